@@ -1,0 +1,36 @@
+# SPDX-License-Identifier: GPL-2.0-only
+# Targets are run through ./run, which installs the Debian packages first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+all: bpf venv
+
+bpf:
+	@$(MAKE) -s -C bpf
+
+$(VENV)/.stamp: setup.cfg setup.py pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check wheel
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.stamp
+
+demo: bpf venv
+	@$(VENV)/bin/ipt2xdp demo
+
+test: bpf venv
+	@$(PY) -m pytest -q -p no:cacheprovider tests compat_tests
+
+bench: bpf venv
+	@$(PY) -m bench
+
+bench-quick: bpf venv
+	@$(PY) -m bench --quick
+
+clean:
+	@$(MAKE) -s -C bpf clean
+	rm -rf $(VENV) build *.egg-info
+
+.PHONY: all bpf venv demo test bench bench-quick clean

@@ -1,0 +1,12 @@
+# SPDX-License-Identifier: GPL-2.0-only
+from ipt2xdp.errors import Ipt2xdpError
+
+HELP = "demo (not built yet)"
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args):
+    raise Ipt2xdpError("'demo' is not built yet")

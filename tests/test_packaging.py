@@ -1,0 +1,27 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The wheel carries the grammar and the compiled BPF objects, so an installed ipt2xdp needs no build."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_grammar_and_bpf_object(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("ipt2xdp-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "ipt2xdp/_data/ipt2xdp.bpf.o" in names
+    assert "ipt2xdp/_data/empty_drop.bpf.o" in names
+    for grammar in (ROOT / "grammar").glob("*.lark"):
+        assert f"ipt2xdp/_data/{grammar.name}" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_cli_help_and_unknown_option_exit_codes():
+    ok = subprocess.run([sys.executable, "-m", "ipt2xdp", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and "import" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "ipt2xdp", "--bogus"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--bogus" in bad.stderr and "Traceback" not in bad.stderr
