@@ -1,0 +1,79 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The real iptables binaries of the active backend: which one is active, restore and save through it.
+
+ipt2xdp never writes netfilter rules itself: the real iptables-restore does, so netfilter keeps the
+complete, authoritative ruleset and XDP is built from what the kernel then holds.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import List, Optional
+
+from ipt2xdp.errors import EXIT_PARAMETER, Ipt2xdpError, UsageError
+
+BACKENDS = ("legacy", "nft")
+_WAIT_SECONDS = "5"
+
+
+class BackendError(Ipt2xdpError):
+    """The real iptables tool failed; carries its exit code and message unchanged."""
+
+    def __init__(self, tool: str, exit_code: int, stderr: str):
+        self.exit_code = exit_code if exit_code in (1, 2, 3, 4) else 1
+        message = stderr.strip() or f"exit status {exit_code}"
+        super().__init__(f"{tool} failed (exit {exit_code}): {message}")
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        raise Ipt2xdpError(f"{name} not found; install it with: apt-get install iptables")
+    return path
+
+
+def active_backend() -> str:
+    """The backend `iptables` runs now: "nft" or "legacy", from `iptables --version`."""
+    override = os.environ.get("IPT2XDP_BACKEND")
+    if override:
+        return resolve(override)
+    result = subprocess.run([_binary("iptables"), "--version"], capture_output=True, text=True)
+    return "nft" if "nf_tables" in result.stdout else "legacy"
+
+
+def resolve(backend: Optional[str]) -> str:
+    if backend in (None, "", "auto"):
+        return active_backend()
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}'; use one of: auto, legacy, nft")
+    return backend
+
+
+def _argv(tool: str, backend: str, extra: List[str]) -> List[str]:
+    argv = [_binary(f"iptables-{backend}-{tool}")] + extra
+    if backend == "legacy":
+        # Legacy serialises on /run/xtables.lock; wait like Docker and kube-proxy do instead of failing.
+        argv += ["-w", _WAIT_SECONDS]
+    return argv
+
+
+def restore(text: str, backend: str, test: bool = False, counters: bool = False) -> None:
+    """Replace the tables named in `text` atomically, as `iptables-restore` does."""
+    extra = (["--test"] if test else []) + (["--counters"] if counters else [])
+    result = subprocess.run(_argv("restore", backend, extra), input=text, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackendError(f"iptables-{backend}-restore", result.returncode, result.stderr)
+
+
+def save(backend: str, counters: bool = False, table: Optional[str] = None) -> str:
+    extra = (["--counters"] if counters else []) + (["-t", table] if table else [])
+    result = subprocess.run(_argv("save", backend, extra), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackendError(f"iptables-{backend}-save", result.returncode, result.stderr)
+    # iptables-nft prints a warning comment when legacy tables also exist; it is not part of the ruleset.
+    return re.sub(r"(?m)^# Warning: iptables-legacy tables present.*\n?", "", result.stdout)
+
+
+__all__ = ["BACKENDS", "BackendError", "active_backend", "resolve", "restore", "save", "EXIT_PARAMETER"]
