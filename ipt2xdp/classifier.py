@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The classifier contract: what the planner hands to compile.compile().
+
+A classifier is a list of ClassifierRule in first-match order plus a default action (the chain
+policy outcome). Each rule is a conjunction of per-field constraints (None = any value). A packet is
+judged by the first rule whose every constrained field holds; its action decides:
+
+    DROP      XDP_DROP (netfilter would drop it; proven by the planner)
+    ACCEPT    XDP_PASS (netfilter would accept it)
+    DEFER     XDP_PASS (unsure: netfilter decides)
+    CONTINUE  resume matching at classifier rule *index* k > the current index (RETURN from an
+              inlined user chain); k == len(rules) means "fall through to the default action".
+
+Field domains (all host-order integers):
+    src, dst     IntervalSet over 0..2**32-1 (negation and CIDR lists are interval sets)
+    proto        frozenset of IP protocol numbers
+    sport, dport IntervalSet over 0..65535; a packet without ports (not TCP/UDP) never matches a
+                 rule that constrains them
+    iif          frozenset of ifindexes (ctx->ingress_ifindex)
+    icmp         IntervalSet over type*256+code; non-ICMP packets never match when constrained
+    tcp_flags    frozenset of 6-bit flag bytes (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32) that match;
+                 non-TCP packets never match when constrained
+
+`evaluate()` is the reference semantics: the BPF program must give the same verdict and rule for
+every packet it does not pass for a structural reason (non-IPv4, fragment, malformed).
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, fields as dataclass_fields
+from typing import FrozenSet, Iterable, Iterator, Optional, Sequence, Tuple
+
+U32_MAX = 0xFFFFFFFF
+U16_MAX = 0xFFFF
+
+
+class Field(enum.IntEnum):
+    """Classifier fields; the value is the bit in the program's per-generation field mask.
+
+    8..10 are reserved so the BPF ABI already has room for them; nothing produces them yet.
+    """
+
+    SRC = 0
+    DST = 1
+    PROTO = 2
+    SPORT = 3
+    DPORT = 4
+    IIF = 5
+    ICMP = 6
+    TCP_FLAGS = 7
+    CT_STATE = 8   # reserved: connection class from bpf_xdp_ct_lookup (none / tracked)
+    PKT_LEN = 9    # reserved: IP total length
+    TTL = 10       # reserved
+
+
+@dataclass(frozen=True)
+class IntervalSet:
+    """A set of integers as sorted, disjoint, non-adjacent inclusive intervals."""
+
+    intervals: Tuple[Tuple[int, int], ...] = ()
+
+    @staticmethod
+    def of(ranges: Iterable[Tuple[int, int]]) -> "IntervalSet":
+        merged = []
+        for lo, hi in sorted((int(a), int(b)) for a, b in ranges):
+            if lo > hi:
+                raise ValueError(f"empty interval {lo}..{hi}")
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        return IntervalSet(tuple((lo, hi) for lo, hi in merged))
+
+    @staticmethod
+    def single(value: int) -> "IntervalSet":
+        return IntervalSet(((int(value), int(value)),))
+
+    @staticmethod
+    def range(lo: int, hi: int) -> "IntervalSet":
+        return IntervalSet.of([(lo, hi)])
+
+    @staticmethod
+    def cidr(text: str) -> "IntervalSet":
+        """'10.0.0.0/8' -> [167772160, 184549375] (host bits are ignored, as iptables does)."""
+        net = ipaddress.IPv4Network(text, strict=False)
+        return IntervalSet(((int(net.network_address), int(net.broadcast_address)),))
+
+    @staticmethod
+    def cidrs(texts: Iterable[str]) -> "IntervalSet":
+        return IntervalSet.of(i for t in texts for i in IntervalSet.cidr(t).intervals)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        return iter(self.intervals)
+
+    def __bool__(self) -> bool:
+        return bool(self.intervals)
+
+    def __contains__(self, value: int) -> bool:
+        import bisect
+
+        i = bisect.bisect_right(self.intervals, (value, float("inf"))) - 1
+        return i >= 0 and self.intervals[i][0] <= value <= self.intervals[i][1]
+
+    def union(self, other: "IntervalSet") -> "IntervalSet":
+        return IntervalSet.of(self.intervals + other.intervals)
+
+    def intersection(self, other: "IntervalSet") -> "IntervalSet":
+        out, i, j = [], 0, 0
+        a, b = self.intervals, other.intervals
+        while i < len(a) and j < len(b):
+            lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+            if lo <= hi:
+                out.append((lo, hi))
+            if a[i][1] < b[j][1]:
+                i += 1
+            else:
+                j += 1
+        return IntervalSet(tuple(out))
+
+    def complement(self, universe_max: int) -> "IntervalSet":
+        """Complement within 0..universe_max (U32_MAX for addresses, U16_MAX for ports)."""
+        out, next_lo = [], 0
+        for lo, hi in self.intervals:
+            if lo > next_lo:
+                out.append((next_lo, lo - 1))
+            next_lo = hi + 1
+        if next_lo <= universe_max:
+            out.append((next_lo, universe_max))
+        return IntervalSet(tuple(out))
+
+    def size(self) -> int:
+        return sum(hi - lo + 1 for lo, hi in self.intervals)
+
+    def as_prefix(self) -> Optional[Tuple[int, int]]:
+        """(network, prefix length) if this set is exactly one CIDR block, else None."""
+        if len(self.intervals) != 1:
+            return None
+        lo, hi = self.intervals[0]
+        span = hi - lo + 1
+        if span & (span - 1) or lo % span:
+            return None
+        return lo, 32 - (span.bit_length() - 1)
+
+    def __repr__(self) -> str:
+        return "IntervalSet(" + ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in self) + ")"
+
+
+@dataclass(frozen=True)
+class Match:
+    """Per-field constraints; None means any value."""
+
+    src: Optional[IntervalSet] = None
+    dst: Optional[IntervalSet] = None
+    proto: Optional[FrozenSet[int]] = None
+    sport: Optional[IntervalSet] = None
+    dport: Optional[IntervalSet] = None
+    iif: Optional[FrozenSet[int]] = None
+    icmp: Optional[IntervalSet] = None
+    tcp_flags: Optional[FrozenSet[int]] = None
+
+    def constrained(self) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclass_fields(self) if getattr(self, f.name) is not None)
+
+
+class Verdict(enum.IntEnum):
+    """Action kinds; the values are the BPF ABI (IPT2XDP_ACT_* in bpf/ipt2xdp_kern_user.h)."""
+
+    DROP = 1
+    ACCEPT = 2
+    DEFER = 3
+    CONTINUE = 4
+
+
+@dataclass(frozen=True)
+class Action:
+    verdict: Verdict
+    target: int = 0  # CONTINUE only: the classifier rule index to resume at
+
+    def __repr__(self) -> str:
+        return f"CONTINUE({self.target})" if self.verdict == Verdict.CONTINUE else self.verdict.name
+
+
+DROP = Action(Verdict.DROP)
+ACCEPT = Action(Verdict.ACCEPT)
+DEFER = Action(Verdict.DEFER)
+
+
+def CONTINUE(index: int) -> Action:  # noqa: N802 - reads like the other action constants
+    return Action(Verdict.CONTINUE, int(index))
+
+
+@dataclass(frozen=True)
+class ClassifierRule:
+    match: Match
+    action: Action
+    rule_id: int  # index of this rule's counters; the planner maps it to an iptables rule position
+
+
+# --- reference semantics ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PacketKey:
+    """What the program extracts from an IPv4 packet; None where the packet has no such field."""
+
+    src: int
+    dst: int
+    proto: int
+    sport: Optional[int] = None
+    dport: Optional[int] = None
+    iif: int = 0
+    icmp: Optional[int] = None       # type*256+code
+    tcp_flags: Optional[int] = None  # low 6 bits of the TCP flags byte
+
+
+def _holds(constraint, value) -> bool:
+    if constraint is None:
+        return True
+    if value is None:
+        return False
+    return value in constraint
+
+
+def matches(match: Match, packet: PacketKey) -> bool:
+    return all(_holds(getattr(match, name), getattr(packet, name))
+               for name in ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags"))
+
+
+def evaluate(rules: Sequence[ClassifierRule], default: Action, packet: PacketKey) -> Tuple[Verdict, Optional[int]]:
+    """First-match evaluation: (final verdict, rule_id that decided it, None for the default)."""
+    index = 0
+    while index < len(rules):
+        rule = rules[index]
+        if matches(rule.match, packet):
+            if rule.action.verdict == Verdict.CONTINUE:
+                if rule.action.target <= index:
+                    raise ValueError(f"rule {index}: CONTINUE({rule.action.target}) must jump forward")
+                index = rule.action.target
+                continue
+            return rule.action.verdict, rule.rule_id
+        index += 1
+    return default.verdict, None
+
+
+def validate(rules: Sequence[ClassifierRule], default: Action) -> None:
+    """Raise ValueError for a classifier compile() cannot represent faithfully."""
+    if default.verdict == Verdict.CONTINUE:
+        raise ValueError("the default action cannot be CONTINUE")
+    for index, rule in enumerate(rules):
+        if rule.rule_id < 0:
+            raise ValueError(f"rule {index}: negative rule_id")
+        if rule.action.verdict == Verdict.CONTINUE and not index < rule.action.target <= len(rules):
+            raise ValueError(f"rule {index}: CONTINUE({rule.action.target}) must jump forward, at most to {len(rules)}")
