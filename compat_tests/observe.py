@@ -1,0 +1,265 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Send a probe corpus from the sender namespace and observe each probe's fate in the receiver.
+
+Why sockets are opened with setns() in this process instead of in helper processes: a socket keeps
+the network namespace it was created in, so the test process can own a raw socket in the receiver and
+an AF_PACKET socket in the sender, with no process start-up (scapy alone takes a second to import).
+Only socket creation happens inside a namespace, the thread's namespace is restored in `finally`, and
+`inside()` checks the switch really happened before anything else runs.
+
+What is observed, per probe id (the IPv4 identification field, unique in a corpus):
+- delivered: an AF_INET SOCK_RAW socket bound to the receiver's veth got it. Raw sockets are fed in
+  ip_local_deliver_finish(), after the NF_INET_LOCAL_IN hook, so they see exactly the packets that
+  filter/INPUT (and every earlier hook) let through to local delivery.
+- ingress: an AF_PACKET tap on the receiver's veth saw a frame of it. Taps run after XDP (native and
+  generic) and before netfilter, so "not delivered, not at ingress" means XDP dropped it.
+- replies: what came back to the sender: ICMP errors (matched by the quoted IP id), echo replies
+  (echo id = probe id), TCP resets (seq/ack encode the probe id, see packets.tcp_seq_ack) and
+  forwarded copies. REJECT versus DROP is visible only here.
+
+End of a run: the sender transmits an end-marker frame (ethertype 0x88B5, never IPv4, so an XDP program
+must pass it). Frames on one veth queue are handled in order, and the whole exchange runs pinned to one
+CPU, so once the receiver's tap has the marker every probe before it has been fully processed. The
+receiver then sends a return marker, which reaches the sender after every reply the probes caused.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import socket
+import struct
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+CLONE_NEWNET = 0x40000000
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_MARKER = 0x88B5  # IEEE local experimental ethertype
+SO_RCVBUFFORCE = 33
+PACKET_IGNORE_OUTGOING = 23
+SOL_PACKET = 263
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def inside(ns_path: str):
+    """Run the body with this thread in the network namespace at ns_path (for socket creation only)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(ns_path, os.O_RDONLY)
+    try:
+        _setns(target)
+        # Refuse to continue unless we are really inside: a silent failure would open host sockets.
+        if os.stat("/proc/thread-self/ns/net").st_ino != os.fstat(target).st_ino:
+            raise RuntimeError(f"setns into {ns_path} did not take effect")
+        yield
+    finally:
+        _setns(own)
+        os.close(own)
+        os.close(target)
+
+
+@dataclass(frozen=True)
+class Fate:
+    """What happened to one probe. Two runs agree on a probe when their `key`s are equal."""
+
+    delivered: bool
+    replies: Tuple[str, ...] = ()
+    ingress: bool = True  # informational: False means it died before the stack (XDP)
+
+    @property
+    def key(self) -> Tuple[bool, Tuple[str, ...]]:
+        return (self.delivered, self.replies)
+
+    def __str__(self) -> str:
+        where = "delivered" if self.delivered else ("dropped" if self.ingress else "dropped before the stack")
+        return where + (f", replies: {', '.join(self.replies)}" if self.replies else "")
+
+
+@dataclass
+class Observation:
+    fates: Dict[int, Fate]
+    marker_lost: bool = False  # the end marker never reached the receiver's tap
+    notes: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _eth(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
+    return dst + src + struct.pack("!H", ethertype) + payload
+
+
+def _ip_fields(pkt: bytes) -> Optional[Tuple[int, int, bytes, bytes, int]]:
+    """(ip id, protocol, src, dst, header length) of an IPv4 packet, or None if it is not one."""
+    if len(pkt) < 20 or pkt[0] >> 4 != 4:
+        return None
+    ihl = (pkt[0] & 0x0F) * 4
+    return struct.unpack("!H", pkt[4:6])[0], pkt[9], pkt[12:16], pkt[16:20], ihl
+
+
+def _classify_reply(pkt: bytes, probes: Dict[int, "object"]) -> Optional[Tuple[int, str]]:
+    """Map a packet that came back to the sender to (probe id, reply kind), or None."""
+    f = _ip_fields(pkt)
+    if f is None:
+        return None
+    ip_id, proto, src, dst, ihl = f
+    body = pkt[ihl:]
+    if proto == socket.IPPROTO_ICMP and len(body) >= 8:
+        icmp_type, code = body[0], body[1]
+        if icmp_type in (3, 4, 5, 11, 12):  # errors quote the offending IP header
+            inner = _ip_fields(body[8:])
+            if inner and inner[0] in probes:
+                return inner[0], f"icmp-{icmp_type}/{code}"
+        elif icmp_type in (0, 14, 16, 18):  # query replies keep the request's identifier
+            ident = struct.unpack("!H", body[4:6])[0]
+            if ident in probes:
+                return ident, f"icmp-{icmp_type}/{code}"
+    if proto == socket.IPPROTO_TCP and len(body) >= 20 and body[13] & 0x04:  # RST
+        seq, ack = struct.unpack("!II", body[4:12])
+        for candidate in (seq >> 8, ack >> 8):
+            if candidate in probes:
+                return candidate, "tcp-rst"
+    probe = probes.get(ip_id)
+    if probe is not None and (src, dst) == (probe.src_bytes, probe.dst_bytes):
+        return ip_id, "forwarded"
+    return None
+
+
+class Endpoints:
+    """The sockets of one testbed: a sender AF_PACKET socket and the receiver's tap and raw sockets."""
+
+    def __init__(self, sender_ns: str, sender_if: str, receiver_ns: str, receiver_if: str,
+                 protocols: Iterable[int]):
+        self._socks: List[socket.socket] = []
+        try:
+            with inside(sender_ns):
+                self.tx = self._packet_socket(sender_if)
+            with inside(receiver_ns):
+                self.tap = self._packet_socket(receiver_if)
+                self.raw = {}
+                for proto in sorted(set(protocols)):
+                    s = self._keep(socket.socket(socket.AF_INET, socket.SOCK_RAW, proto))
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, receiver_if.encode())
+                    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+                    s.setblocking(False)
+                    self.raw[proto] = s
+        except Exception:
+            self.close()
+            raise
+        self.sender_mac = self.tx.getsockname()[4]
+        self.receiver_mac = self.tap.getsockname()[4]
+
+    def _keep(self, s: socket.socket) -> socket.socket:
+        self._socks.append(s)
+        return s
+
+    def _packet_socket(self, ifname: str) -> socket.socket:
+        s = self._keep(socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)))
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)  # see only frames arriving on ifname
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+        s.bind((ifname, ETH_P_ALL))
+        return s
+
+    def close(self) -> None:
+        for s in self._socks:
+            s.close()
+        self._socks.clear()
+
+    def drain(self) -> None:
+        """Throw away anything queued before a run (IPv6 noise, earlier runs)."""
+        for s in self._socks:
+            s.setblocking(False)
+            try:
+                while True:
+                    s.recv(65535)
+            except BlockingIOError:
+                pass
+
+    def exchange(self, probes: list, marker_timeout: float = 1.0) -> Observation:
+        """Send every probe's frames in order, then the markers, and collect fates."""
+        start = time.monotonic()
+        by_id = {p.id: p for p in probes}
+        nonce = os.urandom(8)
+        cpu = min(os.sched_getaffinity(0))
+        saved = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})  # one CPU: veth backlog processing stays in send order
+        try:
+            self.drain()
+            for probe in probes:
+                for frame in probe.frames:
+                    self.tx.send(_eth(self.receiver_mac, self.sender_mac, ETH_P_IP, frame))
+            self.tx.send(_eth(self.receiver_mac, self.sender_mac, ETH_P_MARKER, b"I2XEND" + nonce))
+            ingress, marker_seen = self._read_tap(nonce, by_id, marker_timeout)
+            self.tap.send(_eth(self.sender_mac, self.receiver_mac, ETH_P_MARKER, b"I2XBCK" + nonce))
+            replies, back_seen = self._read_replies(nonce, by_id, marker_timeout)
+        finally:
+            os.sched_setaffinity(0, saved)
+        delivered, notes = self._read_raw(by_id)
+        if not back_seen:
+            notes.append("return marker lost: replies may be incomplete")
+        fates = {pid: Fate(pid in delivered, tuple(sorted(replies.get(pid, ()))), pid in ingress)
+                 for pid in by_id}
+        return Observation(fates, not marker_seen, notes, time.monotonic() - start)
+
+    def _frames(self, sock: socket.socket, nonce_tag: bytes, timeout: float):
+        """Yield received frames until one is the marker nonce_tag (then stop) or the timeout."""
+        deadline = time.monotonic() + timeout
+        sock.setblocking(False)
+        while True:
+            try:
+                frame = sock.recv(65535)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    return
+                continue
+            if frame[12:14] == struct.pack("!H", ETH_P_MARKER) and frame[14:28] == nonce_tag:
+                yield None
+                return
+            yield frame
+
+    def _read_tap(self, nonce: bytes, by_id: dict, timeout: float):
+        seen, marker = set(), False
+        for frame in self._frames(self.tap, b"I2XEND" + nonce, timeout):
+            if frame is None:
+                marker = True
+            elif frame[12:14] == b"\x08\x00":
+                f = _ip_fields(frame[14:])
+                if f and f[0] in by_id:
+                    seen.add(f[0])
+        return seen, marker
+
+    def _read_replies(self, nonce: bytes, by_id: dict, timeout: float):
+        replies: Dict[int, set] = {}
+        for frame in self._frames(self.tx, b"I2XBCK" + nonce, timeout):
+            if frame is None:
+                return replies, True
+            if frame[12:14] == b"\x08\x00":
+                hit = _classify_reply(frame[14:], by_id)
+                if hit:
+                    replies.setdefault(hit[0], set()).add(hit[1])
+        return replies, False
+
+    def _read_raw(self, by_id: dict):
+        """Probe ids that raw sockets received, checked against the probe's addresses and protocol."""
+        delivered, notes = set(), []
+        for proto, s in self.raw.items():
+            try:
+                while True:
+                    f = _ip_fields(s.recv(65535))
+                    probe = by_id.get(f[0]) if f else None
+                    if probe is None or (f[1], f[2], f[3]) != (probe.proto, probe.src_bytes, probe.dst_bytes):
+                        continue  # not a probe (e.g. a kernel reply looped back): ignore
+                    if f[0] in delivered:
+                        notes.append(f"probe {f[0]} delivered twice")
+                    delivered.add(f[0])
+            except BlockingIOError:
+                pass
+        return delivered, notes

@@ -1,0 +1,189 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Probe families for packets.generate(): each returns (description, frames, src, dst, protocol).
+
+Kept apart from packets.py because only this module imports scapy (about a second to load).
+Every probe's IP id is its probe id; TCP seq/ack encode it too (packets.tcp_seq_ack), and ICMP
+queries use it as identifier, so replies can be traced back.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from random import Random
+from typing import List, Tuple
+
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment  # noqa: E402
+from scapy.packet import Raw  # noqa: E402
+
+from compat_tests.packets import tcp_seq_ack  # noqa: E402
+
+
+@dataclass
+class Context:
+    rng: Random
+    src_pool: List[str]
+    dst_pool: List[str]
+    local: List[str]
+    ports: List[int]
+    icmp: List[Tuple[int, int]]
+    protocols: List[int]
+
+    def src(self) -> str:
+        return self.rng.choice(self.src_pool)
+
+    def dst(self) -> str:
+        # Mostly local destinations: only those reach filter/INPUT.
+        return self.rng.choice(self.local if self.rng.random() < 0.85 else self.dst_pool)
+
+    def port(self) -> int:
+        return self.rng.choice(self.ports) if self.rng.random() < 0.8 else self.rng.randrange(65536)
+
+
+def _payload(pid: int) -> bytes:
+    return b"i2x" + pid.to_bytes(2, "big")
+
+
+def _tcp(ctx: Context, pid: int, flags: str = None):
+    flags = ctx.rng.choice(("S", "S", "A", "PA", "SA", "R", "FA", "", "FPU", "SF", "SR", "FSRPAUEC", "SEC"))\
+        if flags is None else flags
+    seq, ack = tcp_seq_ack(pid)
+    sport, dport = ctx.port(), ctx.port()
+    src, dst = ctx.src(), ctx.dst()
+    pkt = IP(id=pid, src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) / Raw(_payload(pid))
+    return pkt, f"tcp {src}:{sport} > {dst}:{dport} [{flags or 'none'}]"
+
+
+def _udp(ctx: Context, pid: int):
+    sport, dport = ctx.port(), ctx.port()
+    src, dst = ctx.src(), ctx.dst()
+    pkt = IP(id=pid, src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(_payload(pid))
+    return pkt, f"udp {src}:{sport} > {dst}:{dport}"
+
+
+def _done(pkt, desc: str):
+    return desc, [bytes(pkt)], pkt[IP].src, pkt[IP].dst, pkt[IP].proto
+
+
+def tcp(ctx: Context, pid: int):
+    return _done(*_tcp(ctx, pid))
+
+
+def udp(ctx: Context, pid: int):
+    return _done(*_udp(ctx, pid))
+
+
+def icmp(ctx: Context, pid: int):
+    t, c = ctx.rng.choice(ctx.icmp)
+    src, dst = ctx.src(), ctx.dst()
+    layer = ICMP(type=t, code=c, id=pid, seq=1)
+    if t in (3, 4, 5, 11, 12):  # errors quote an (unrelated, untracked) packet
+        layer = ICMP(type=t, code=c) / IP(id=(pid + 7) & 0xFFFF, src=dst, dst=src) / UDP(sport=53, dport=ctx.port())
+    pkt = IP(id=pid, src=src, dst=dst) / layer / Raw(_payload(pid))
+    return _done(pkt, f"icmp {src} > {dst} type {t}/{c}")
+
+
+def other_protocol(ctx: Context, pid: int):
+    proto = ctx.rng.choice(ctx.protocols)
+    if proto in (1, 6, 17):
+        return {1: icmp, 6: tcp, 17: udp}[proto](ctx, pid)
+    src, dst = ctx.src(), ctx.dst()
+    pkt = IP(id=pid, src=src, dst=dst, proto=proto) / Raw(bytes(16) + _payload(pid))
+    return _done(pkt, f"proto {proto} {src} > {dst}")
+
+
+def fragments(ctx: Context, pid: int):
+    pkt, desc = (_tcp if ctx.rng.random() < 0.5 else _udp)(ctx, pid)
+    pkt = pkt / Raw(bytes(48))
+    pieces = [bytes(f) for f in fragment(pkt, fragsize=16)]
+    kind = ctx.rng.choice(("in order", "reversed", "first only", "tail only", "tiny first"))
+    if kind == "reversed":
+        pieces.reverse()
+    elif kind == "first only":
+        pieces = pieces[:1]
+    elif kind == "tail only":
+        pieces = pieces[1:]
+    elif kind == "tiny first":  # the L4 header split over two fragments
+        pieces = [bytes(f) for f in fragment(pkt, fragsize=8)]
+    return f"{desc} as {len(pieces)} fragments, {kind}", pieces, pkt[IP].src, pkt[IP].dst, pkt[IP].proto
+
+
+_OPTIONS = {
+    "nop+eol": b"\x01\x01\x01\x00",
+    "record-route": b"\x07\x07\x04" + bytes(4) + b"\x00",
+    "router-alert": b"\x94\x04\x00\x00",
+    "timestamp": b"\x44\x08\x05\x00" + bytes(4),
+    "lsrr": b"\x83\x07\x04" + bytes([10, 0, 0, 1]) + b"\x00",
+    "bad-length": b"\x07\x28\x04\x00",
+}
+
+
+def ip_options(ctx: Context, pid: int):
+    name = ctx.rng.choice(sorted(_OPTIONS))
+    pkt, desc = (_tcp if ctx.rng.random() < 0.5 else _udp)(ctx, pid)
+    raw = bytes(pkt)
+    options = _OPTIONS[name]  # raw bytes, multiple of 4: scapy's option parser rejects the odd ones
+    header = bytearray(raw[:20] + options)
+    header[0] = 0x40 | (len(header) // 4)
+    header[2:4] = (len(raw) + len(options)).to_bytes(2, "big")
+    header[10:12] = b"\0\0"
+    header[10:12] = _csum(bytes(header)).to_bytes(2, "big")
+    return f"{desc} with IP option {name}", [bytes(header) + raw[20:]], pkt[IP].src, pkt[IP].dst, pkt[IP].proto
+
+
+def malformed(ctx: Context, pid: int):
+    pkt, desc = (_tcp if ctx.rng.random() < 0.6 else _udp)(ctx, pid)
+    kind = ctx.rng.choice(("truncated l4", "bad ip checksum", "total length too big", "bad l4 checksum",
+                           "ihl 4", "tcp doff 4", "udp length too big", "total length short"))
+    raw = bytearray(bytes(pkt))
+    ihl = (raw[0] & 0x0F) * 4
+    if kind == "truncated l4":
+        raw = raw[:ihl + 6]
+        raw[2:4] = len(raw).to_bytes(2, "big")
+        raw[10:12] = b"\0\0"
+        raw[10:12] = _csum(bytes(raw[:ihl])).to_bytes(2, "big")
+    elif kind == "bad ip checksum":
+        raw[10] ^= 0x5A
+    elif kind == "total length too big":
+        raw[2:4] = (len(raw) + 40).to_bytes(2, "big")
+        raw[10:12] = b"\0\0"
+        raw[10:12] = _csum(bytes(raw[:ihl])).to_bytes(2, "big")
+    elif kind == "bad l4 checksum":
+        off = ihl + (16 if raw[9] == 6 else 6)
+        raw[off] ^= 0xA5
+    elif kind == "ihl 4":
+        raw[0] = 0x44
+    elif kind == "tcp doff 4" and raw[9] == 6:
+        raw[ihl + 12] = 0x40
+    elif kind == "udp length too big" and raw[9] == 17:
+        raw[ihl + 4:ihl + 6] = (len(raw) - ihl + 20).to_bytes(2, "big")
+    elif kind == "total length short":
+        raw[2:4] = (ihl + 4).to_bytes(2, "big")
+        raw[10:12] = b"\0\0"
+        raw[10:12] = _csum(bytes(raw[:ihl])).to_bytes(2, "big")
+    return f"{desc}, malformed: {kind}", [bytes(raw)], pkt[IP].src, pkt[IP].dst, pkt[IP].proto
+
+
+def odd_addresses(ctx: Context, pid: int):
+    pkt, desc = (_tcp if ctx.rng.random() < 0.5 else _udp)(ctx, pid)
+    which = ctx.rng.choice(("src 127.0.0.1", "src 0.0.0.0", "src 224.0.0.5", "src local", "src 255.255.255.255",
+                            "dst 255.255.255.255", "dst 224.0.0.1", "dst non-local", "dst 127.0.0.1"))
+    field, value = which.split(" ", 1)
+    value = {"local": ctx.local[0], "non-local": "203.0.113.77"}.get(value, value)
+    setattr(pkt[IP], field, value)
+    pkt = IP(bytes(pkt))
+    return _done(pkt, f"{desc}, odd address: {field} {value}")
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+# (family, weight): common shapes dominate, odd ones are always present in a 200-probe corpus.
+FAMILIES = ((tcp, 30), (udp, 18), (icmp, 14), (other_protocol, 6), (fragments, 8), (ip_options, 6),
+            (malformed, 10), (odd_addresses, 8))
