@@ -1,12 +1,437 @@
 // SPDX-License-Identifier: GPL-2.0-only
-// Placeholder until the classifier lands: passes every packet to netfilter.
+/* ipt2xdp: the one fixed XDP program. Its behaviour comes only from map contents.
+ *
+ * A packet is parsed, then judged by the generation of maps in force:
+ *  1. each constrained field maps the packet's value to a class row (ports, protocol, ICMP, TCP
+ *     flags: direct array index; addresses: a /16 directory then a short binary search over sorted
+ *     interval starts; input interface: a hash);
+ *  2. each class row owns a bitmap of the rule slots that may match it, plus a summary bitmap with
+ *     one bit per nonzero 64-bit word. AND-ing the summaries first means only the words where every
+ *     field has a candidate are ever fetched, so the cost stays nearly flat as slots grow;
+ *  3. the lowest set bit >= k of the AND is the first slot that matches. A SET slot (a merged run of
+ *     rules differing only in exact values) confirms with one hash lookup and, on a miss, matching
+ *     resumes after it. A CONTINUE slot resumes at a later slot (RETURN of an inlined user chain);
+ *  4. no slot left: the default action (the chain policy outcome).
+ *
+ * The invariant: XDP never drops what netfilter would accept. Any doubt (non-IPv4, fragments,
+ * malformed or truncated headers, a failed lookup, the per-packet work budget spent, no generation
+ * in force) gives XDP_PASS, and netfilter decides.
+ */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ipt2xdp_kern_user.h"
+#include "ipt2xdp_maps.h"
+#include "parsing.h"
+
+/* What the classifier reads from a packet. */
+struct packet_fields {
+	__u32 src_net, dst_net; /* network byte order, as in the packet */
+	__u32 value[IPT2XDP_NUM_FIELDS]; /* host order; addresses, value_class index, or ifindex */
+	__u16 sport_net, dport_net; /* network byte order; 0 without ports */
+	__u32 ip_len; /* IP total length: what iptables byte counters count */
+	__u8 proto;
+};
+
+/* The maps of the generation in force. */
+struct generation {
+	struct ipt2xdp_gen_config *cfg;
+	void *slots, *value_class, *addr_dir, *addr_bounds, *summary, *chunks, *counters, *iif_class,
+		*exact_set;
+};
+
+static __always_inline void count_stat(__u32 stat)
+{
+	__u64 *value = bpf_map_lookup_elem(&ipt2xdp_stats, &stat);
+
+	if (value)
+		*value += 1;
+}
+
+static __always_inline __u32 ctz64(__u64 x)
+{
+	__u32 n = 0;
+
+	if (!(x & 0xffffffffULL)) { n += 32; x >>= 32; }
+	if (!(x & 0xffffULL)) { n += 16; x >>= 16; }
+	if (!(x & 0xffULL)) { n += 8; x >>= 8; }
+	if (!(x & 0xfULL)) { n += 4; x >>= 4; }
+	if (!(x & 0x3ULL)) { n += 2; x >>= 2; }
+	if (!(x & 0x1ULL)) n += 1;
+	return n;
+}
+
+/* Parse; returns IPT2XDP_STAT_CLASSIFIED when the packet can be classified, else the reason to pass. */
+static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fields *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct hdr_cursor nh = { .pos = data };
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct tcphdr *tcph;
+	struct udphdr *udph;
+	struct icmphdr_min *icmph;
+	__u32 tot_len, l4_end;
+	int proto;
+
+	proto = parse_ethhdr(&nh, data_end, &eth);
+	if (proto < 0)
+		return IPT2XDP_STAT_MALFORMED;
+	if (proto != bpf_htons(ETH_P_IP))
+		return IPT2XDP_STAT_NOT_IPV4;
+	proto = parse_iphdr(&nh, data_end, &iph);
+	if (proto < 0)
+		return IPT2XDP_STAT_MALFORMED;
+	/* The stack trims to tot_len and drops packets shorter than it claims; netfilter sees the
+	 * trimmed packet, so L4 headers must fit within tot_len too. */
+	tot_len = bpf_ntohs(iph->tot_len);
+	if (tot_len < iph->ihl * 4 || (void *)iph + tot_len > data_end)
+		return IPT2XDP_STAT_MALFORMED;
+	/* Netfilter judges reassembled packets; XDP sees the pieces. */
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return IPT2XDP_STAT_FRAGMENT;
+
+	pkt->src_net = iph->saddr;
+	pkt->dst_net = iph->daddr;
+	pkt->proto = proto;
+	pkt->ip_len = tot_len;
+	pkt->value[IPT2XDP_F_SRC] = bpf_ntohl(iph->saddr);
+	pkt->value[IPT2XDP_F_DST] = bpf_ntohl(iph->daddr);
+	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + (proto & 0xff);
+	pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + IPT2XDP_NO_PORT;
+	pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + IPT2XDP_NO_PORT;
+	pkt->value[IPT2XDP_F_IIF] = ctx->ingress_ifindex;
+	pkt->value[IPT2XDP_F_ICMP] = IPT2XDP_VC_ICMP + IPT2XDP_NOT_ICMP;
+	pkt->value[IPT2XDP_F_TCP_FLAGS] = IPT2XDP_VC_TCP_FLAGS + IPT2XDP_NOT_TCP;
+
+	if (proto == IPPROTO_TCP) {
+		if (parse_tcphdr(&nh, data_end, &tcph) < 0)
+			return IPT2XDP_STAT_MALFORMED;
+		pkt->sport_net = tcph->source;
+		pkt->dport_net = tcph->dest;
+		/* byte 13 of the TCP header; the low six bits are FIN..URG */
+		pkt->value[IPT2XDP_F_TCP_FLAGS] = IPT2XDP_VC_TCP_FLAGS + (((__u8 *)tcph)[13] & 0x3f);
+	} else if (proto == IPPROTO_UDP) {
+		if (parse_udphdr(&nh, data_end, &udph) < 0)
+			return IPT2XDP_STAT_MALFORMED;
+		pkt->sport_net = udph->source;
+		pkt->dport_net = udph->dest;
+	} else if (proto == IPPROTO_ICMP) {
+		if (parse_icmphdr(&nh, data_end, &icmph) < 0)
+			return IPT2XDP_STAT_MALFORMED;
+		pkt->value[IPT2XDP_F_ICMP] = IPT2XDP_VC_ICMP + icmph->type * 256 + icmph->code;
+	} else {
+		return IPT2XDP_STAT_CLASSIFIED;
+	}
+	l4_end = nh.pos - (void *)iph;
+	if (l4_end > tot_len)
+		return IPT2XDP_STAT_MALFORMED;
+	if (proto != IPPROTO_ICMP) {
+		pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + bpf_ntohs(pkt->sport_net);
+		pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + bpf_ntohs(pkt->dport_net);
+	}
+	return IPT2XDP_STAT_CLASSIFIED;
+}
+
+#define GEN_MAP(field, outer)                                                                      \
+	do {                                                                                       \
+		gen->field = bpf_map_lookup_elem(&outer, &slot);                                   \
+		if (!gen->field)                                                                   \
+			return -1;                                                                 \
+	} while (0)
+
+static __always_inline int load_generation(__u32 slot, struct generation *gen)
+{
+	__u32 zero = 0;
+	void *cfg_map;
+
+	cfg_map = bpf_map_lookup_elem(&ipt2xdp_g_cfg, &slot);
+	if (!cfg_map)
+		return -1;
+	gen->cfg = bpf_map_lookup_elem(cfg_map, &zero);
+	if (!gen->cfg)
+		return -1;
+	GEN_MAP(slots, ipt2xdp_g_slots);
+	GEN_MAP(value_class, ipt2xdp_g_value_class);
+	GEN_MAP(addr_dir, ipt2xdp_g_addr_dir);
+	GEN_MAP(addr_bounds, ipt2xdp_g_addr_bounds);
+	GEN_MAP(summary, ipt2xdp_g_class_summary);
+	GEN_MAP(chunks, ipt2xdp_g_class_chunks);
+	GEN_MAP(counters, ipt2xdp_g_counters);
+	GEN_MAP(iif_class, ipt2xdp_g_iif_class);
+	GEN_MAP(exact_set, ipt2xdp_g_exact_set);
+	return 0;
+}
+
+/* Address -> class row: the /16 directory bounds the search to the boundaries inside one block,
+ * usually none, so most lookups cost two array reads. */
+static __always_inline int addr_row(struct generation *gen, __u32 field, __u32 addr, __u32 *row)
+{
+	__u32 key = field * 65536 + (addr >> 16);
+	struct ipt2xdp_addr_dir *dir = bpf_map_lookup_elem(gen->addr_dir, &key);
+	struct ipt2xdp_addr_bound *bound;
+	__u32 lo, n, half, mid, i;
+
+	if (!dir)
+		return -1;
+	lo = dir->first; /* bounds[lo].start <= addr, by construction */
+	n = dir->count; /* the answer lies in lo..lo+n */
+	for (i = 0; i < IPT2XDP_ADDR_SEARCH_STEPS && n; i++) {
+		half = (n + 1) / 2;
+		mid = lo + half;
+		bound = bpf_map_lookup_elem(gen->addr_bounds, &mid);
+		if (!bound)
+			return -1;
+		if (bound->start <= addr) {
+			lo = mid;
+			n -= half;
+		} else {
+			n = half - 1;
+		}
+	}
+	if (n)
+		return -1;
+	bound = bpf_map_lookup_elem(gen->addr_bounds, &lo);
+	if (!bound)
+		return -1;
+	*row = bound->row;
+	return 0;
+}
+
+static __always_inline int field_row(struct generation *gen, struct packet_fields *pkt, __u32 field, __u32 *row)
+{
+	__u32 *found;
+
+	if (field == IPT2XDP_F_SRC || field == IPT2XDP_F_DST)
+		return addr_row(gen, field, pkt->value[field], row);
+	if (field == IPT2XDP_F_IIF) {
+		found = bpf_map_lookup_elem(gen->iif_class, &pkt->value[field]);
+		*row = found ? *found : gen->cfg->iif_default_row;
+		return 0;
+	}
+	found = bpf_map_lookup_elem(gen->value_class, &pkt->value[field]);
+	if (!found)
+		return -1;
+	*row = *found;
+	return 0;
+}
+
+static __always_inline __u32 mask_net(__u8 plen)
+{
+	return bpf_htonl(plen >= 32 ? 0xffffffffU : plen ? ~(0xffffffffU >> plen) : 0);
+}
+
+/* SET slot: rule_id of the run's rule whose exact values equal the packet's, or -1. */
+static __always_inline long set_probe(struct generation *gen, struct ipt2xdp_slot *slot, struct packet_fields *pkt)
+{
+	struct ipt2xdp_exact_key key = {};
+	__u32 *rule_id;
+
+	if (slot->key_fields & IPT2XDP_K_SRC)
+		key.src = pkt->src_net & mask_net(slot->src_plen);
+	if (slot->key_fields & IPT2XDP_K_DST)
+		key.dst = pkt->dst_net & mask_net(slot->dst_plen);
+	if (slot->key_fields & IPT2XDP_K_SPORT)
+		key.sport = pkt->sport_net;
+	if (slot->key_fields & IPT2XDP_K_DPORT)
+		key.dport = pkt->dport_net;
+	if (slot->key_fields & IPT2XDP_K_PROTO)
+		key.proto = pkt->proto;
+	key.set_id = slot->set_id;
+	rule_id = bpf_map_lookup_elem(gen->exact_set, &key);
+	return rule_id ? (long)*rule_id : -1;
+}
+
+/* First word index >= start whose summary bit is set in cand, or -1. */
+static __always_inline int next_candidate_word(__u64 *cand, __u32 start)
+{
+	__u64 bits;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++) {
+		if (start >= (__u32)(i + 1) * 64)
+			continue;
+		bits = cand[i];
+		if (start > (__u32)i * 64)
+			bits &= ~0ULL << (start - i * 64);
+		if (bits)
+			return i * 64 + ctz64(bits);
+	}
+	return -1;
+}
+
+static __always_inline void count_rule(struct generation *gen, __u32 counter, struct packet_fields *pkt)
+{
+	struct ipt2xdp_counter *c = bpf_map_lookup_elem(gen->counters, &counter);
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += pkt->ip_len;
+	}
+}
+
+static __always_inline __u32 to_xdp(__u32 action)
+{
+	/* Only a proven DROP drops; ACCEPT, DEFER and anything unexpected pass. */
+	return action == IPT2XDP_ACT_DROP ? XDP_DROP : XDP_PASS;
+}
+
+/* Matching state shared with the per-step callback of bpf_loop(). bpf_loop keeps verification
+ * cheap: the verifier checks the step body once instead of once per iteration and branch, which
+ * a plain bounded loop of IPT2XDP_MAX_STEPS exceeded (1M instructions); since Linux 5.18 the call
+ * is inlined into a plain loop, so it costs no helper call per step. */
+struct match_ctx {
+	struct generation *gen;
+	struct packet_fields *pkt;
+	__u64 cand[IPT2XDP_SUMMARY_WORDS]; /* AND of the fields' summaries */
+	__u32 row[IPT2XDP_NUM_FIELDS];
+	__u32 mask, nchunks, nslots;
+	__u32 k; /* next slot that may match */
+	__u32 done; /* 0: budget left; 1: decided by a slot; 2: no slot left (default action) */
+	__u32 stat;
+	__u32 action;
+	__u32 counter;
+};
+
+static long match_step(__u32 index, void *data)
+{
+	struct match_ctx *m = data;
+	struct generation *gen = m->gen;
+	struct ipt2xdp_chunk *chunk;
+	struct ipt2xdp_slot *slot;
+	__u32 key, s, f, k = m->k;
+	long rule_id;
+	__u64 x;
+	int w;
+
+	if (k >= m->nslots)
+		goto no_slot_left;
+	w = next_candidate_word(m->cand, k >> 6);
+	if (w < 0)
+		goto no_slot_left;
+	x = ~0ULL;
+	if ((__u32)w == k >> 6)
+		x <<= (k & 63);
+#pragma unroll
+	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
+		if (!(m->mask & (1U << f)))
+			continue;
+		key = m->row[f] * m->nchunks + ((__u32)w >> 3);
+		chunk = bpf_map_lookup_elem(gen->chunks, &key);
+		if (!chunk)
+			goto lookup_fail;
+		x &= chunk->words[w & (IPT2XDP_CHUNK_WORDS - 1)];
+	}
+	if (!x) {
+		m->k = ((__u32)w + 1) * 64;
+		return 0;
+	}
+	s = (__u32)w * 64 + ctz64(x);
+	slot = bpf_map_lookup_elem(gen->slots, &s);
+	if (!slot)
+		goto lookup_fail;
+	rule_id = slot->counter;
+	if (slot->kind == IPT2XDP_SLOT_SET) {
+		rule_id = set_probe(gen, slot, m->pkt);
+		if (rule_id < 0) {
+			m->k = s + 1;
+			return 0;
+		}
+	}
+	if (slot->action == IPT2XDP_ACT_CONTINUE) {
+		/* forward only: compile guarantees next > s; the budget bounds the rest */
+		m->k = slot->next > s ? slot->next : s + 1;
+		return 0;
+	}
+	m->done = 1;
+	m->stat = IPT2XDP_STAT_CLASSIFIED;
+	m->action = slot->action;
+	m->counter = (__u32)rule_id;
+	return 1;
+
+no_slot_left:
+	m->done = 2;
+	m->stat = IPT2XDP_STAT_CLASSIFIED;
+	return 1;
+lookup_fail:
+	m->done = 1;
+	m->stat = IPT2XDP_STAT_LOOKUP_FAIL;
+	m->action = IPT2XDP_ACT_DEFER;
+	m->counter = (__u32)-1;
+	return 1;
+}
+
+/* Classify with the generation in force. Returns the stat reason; *verdict is the XDP action. */
+static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
+{
+	struct ipt2xdp_class_summary *summary;
+	struct ipt2xdp_state *state;
+	struct match_ctx m = {};
+	struct generation gen;
+	__u32 zero = 0, f;
+	int i;
+
+	state = bpf_map_lookup_elem(&ipt2xdp_state, &zero);
+	if (!state)
+		return IPT2XDP_STAT_LOOKUP_FAIL;
+	if (state->active >= IPT2XDP_GEN_SLOTS)
+		return IPT2XDP_STAT_DEFER_ALL;
+	if (load_generation(state->active, &gen) < 0)
+		return IPT2XDP_STAT_DEFER_ALL;
+	m.gen = &gen;
+	m.pkt = pkt;
+	m.mask = gen.cfg->field_mask;
+	m.nchunks = gen.cfg->nchunks;
+	m.nslots = gen.cfg->nslots;
+
+#pragma unroll
+	for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++)
+		m.cand[i] = ~0ULL;
+#pragma unroll
+	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
+		if (!(m.mask & (1U << f)))
+			continue;
+		if (field_row(&gen, pkt, f, &m.row[f]) < 0)
+			return IPT2XDP_STAT_LOOKUP_FAIL;
+		summary = bpf_map_lookup_elem(gen.summary, &m.row[f]);
+		if (!summary)
+			return IPT2XDP_STAT_LOOKUP_FAIL;
+#pragma unroll
+		for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++)
+			m.cand[i] &= summary->words[i];
+	}
+
+	bpf_loop(IPT2XDP_MAX_STEPS, match_step, &m, 0);
+	if (!m.done)
+		return IPT2XDP_STAT_BUDGET;
+	if (m.stat != IPT2XDP_STAT_CLASSIFIED)
+		return m.stat;
+	if (m.done == 2) {
+		m.action = gen.cfg->default_action;
+		m.counter = gen.cfg->default_counter;
+	}
+	count_rule(&gen, m.counter, pkt);
+	*verdict = to_xdp(m.action);
+	return IPT2XDP_STAT_CLASSIFIED;
+}
 
 SEC("xdp")
 int ipt2xdp_xdp(struct xdp_md *ctx)
 {
-	return XDP_PASS;
+	struct packet_fields pkt = {};
+	__u32 verdict = XDP_PASS;
+	__u32 stat;
+
+	stat = parse_packet(ctx, &pkt);
+	if (stat == IPT2XDP_STAT_CLASSIFIED)
+		stat = classify(&pkt, &verdict);
+	count_stat(stat);
+	count_stat(verdict == XDP_DROP ? IPT2XDP_STAT_DROP : IPT2XDP_STAT_PASS);
+	return verdict;
 }
 
 char _license[] SEC("license") = "GPL";
+

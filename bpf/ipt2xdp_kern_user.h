@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/* The ABI shared by bpf/ipt2xdp.bpf.c and ipt2xdp/abi.py: fixed-width structs and constants only,
+ * no kernel headers. Every struct has explicit padding and a _Static_assert on its size; abi.py
+ * mirrors them with ctypes, and tests/test_abi.py plus the loader check the mirror against BTF.
+ */
+#ifndef IPT2XDP_KERN_USER_H
+#define IPT2XDP_KERN_USER_H
+
+#include <linux/types.h>
+
+/* Generation slots of every ARRAY_OF_MAPS outer map. */
+#define IPT2XDP_GEN_SLOTS 2
+/* state.active values besides 0..GEN_SLOTS-1: pass every packet to netfilter. */
+#define IPT2XDP_DEFER_ALL 0xffffffffU
+
+/* Classifier capacity: rule slots (after merging runs into hash sets), bitmap geometry. */
+#define IPT2XDP_SUMMARY_WORDS 4 /* one summary bit per 64-bit bitmap word */
+#define IPT2XDP_MAX_SLOTS (64 * 64 * IPT2XDP_SUMMARY_WORDS) /* 16384 */
+#define IPT2XDP_CHUNK_WORDS 8 /* bitmap words per class_chunks value (512 slots) */
+/* Upper bounds on work per packet; running out means XDP_PASS (netfilter decides). */
+#define IPT2XDP_MAX_STEPS 64 /* candidate words + set probes + CONTINUE jumps */
+#define IPT2XDP_ADDR_SEARCH_STEPS 17 /* binary search within one /16 block (< 2^17 bounds) */
+
+/* Fields (bits of gen_config.field_mask); mirrors ipt2xdp.classifier.Field. */
+#define IPT2XDP_F_SRC 0
+#define IPT2XDP_F_DST 1
+#define IPT2XDP_F_PROTO 2
+#define IPT2XDP_F_SPORT 3
+#define IPT2XDP_F_DPORT 4
+#define IPT2XDP_F_IIF 5
+#define IPT2XDP_F_ICMP 6
+#define IPT2XDP_F_TCP_FLAGS 7
+#define IPT2XDP_NUM_FIELDS 8 /* 8..10 reserved: ct state class, packet length, ttl */
+
+/* value_class index layout (ARRAY of __u32 class rows, one region per small-domain field). */
+#define IPT2XDP_VC_PROTO 0 /* 256 entries */
+#define IPT2XDP_VC_SPORT 256 /* 65536 ports + 1 "no port" */
+#define IPT2XDP_VC_DPORT (IPT2XDP_VC_SPORT + 65537)
+#define IPT2XDP_VC_ICMP (IPT2XDP_VC_DPORT + 65537) /* type*256+code, + 1 "not ICMP" */
+#define IPT2XDP_VC_TCP_FLAGS (IPT2XDP_VC_ICMP + 65537) /* 64 flag bytes + 1 "not TCP" */
+#define IPT2XDP_VC_ENTRIES (IPT2XDP_VC_TCP_FLAGS + 65)
+#define IPT2XDP_NO_PORT 65536
+#define IPT2XDP_NOT_ICMP 65536
+#define IPT2XDP_NOT_TCP 64
+/* addr_dir: one entry per /16 block, src blocks first then dst blocks. */
+#define IPT2XDP_ADDR_DIR_ENTRIES (2 * 65536)
+
+/* Actions (slot.action, gen_config.default_action); mirrors ipt2xdp.classifier.Verdict. */
+#define IPT2XDP_ACT_DROP 1
+#define IPT2XDP_ACT_ACCEPT 2
+#define IPT2XDP_ACT_DEFER 3
+#define IPT2XDP_ACT_CONTINUE 4
+
+/* Slot kinds. */
+#define IPT2XDP_SLOT_RULE 0 /* the bitmap bit alone decides */
+#define IPT2XDP_SLOT_SET 1 /* bit means "maybe": confirm with an exact_set lookup */
+
+/* exact_set key parts a SET slot uses (slot.key_fields). */
+#define IPT2XDP_K_SRC 1
+#define IPT2XDP_K_DST 2
+#define IPT2XDP_K_PROTO 4
+#define IPT2XDP_K_SPORT 8
+#define IPT2XDP_K_DPORT 16
+
+/* Global stats (PERCPU_ARRAY, not per generation): why packets got their verdict. */
+#define IPT2XDP_STAT_DEFER_ALL 0 /* no generation in force, or deliberately deferring */
+#define IPT2XDP_STAT_NOT_IPV4 1
+#define IPT2XDP_STAT_MALFORMED 2 /* bad ihl/tot_len, truncated headers */
+#define IPT2XDP_STAT_FRAGMENT 3
+#define IPT2XDP_STAT_LOOKUP_FAIL 4 /* a map lookup failed: pass */
+#define IPT2XDP_STAT_BUDGET 5 /* IPT2XDP_MAX_STEPS exhausted: pass */
+#define IPT2XDP_STAT_CLASSIFIED 6 /* reached a rule or the default */
+#define IPT2XDP_STAT_DROP 7
+#define IPT2XDP_STAT_PASS 8
+#define IPT2XDP_NUM_STATS 9
+
+/* state[0]: which generation slot packets read. Written last by an update (the flip). */
+struct ipt2xdp_state {
+	__u32 active; /* 0..IPT2XDP_GEN_SLOTS-1, or IPT2XDP_DEFER_ALL */
+	__u32 pad;
+	__u64 generation; /* generation number in force (informational) */
+};
+_Static_assert(sizeof(struct ipt2xdp_state) == 16, "abi");
+
+/* cfg[0] of a generation: geometry of its maps and the default action. Class ids stored in
+ * value_class, addr_bounds and iif_class are absolute class_summary row numbers. */
+struct ipt2xdp_gen_config {
+	__u64 generation;
+	__u32 field_mask; /* bit IPT2XDP_F_*: field constrained by some slot (others are skipped) */
+	__u32 nslots;
+	__u32 nchunks; /* class_chunks values per class row */
+	__u32 default_action; /* IPT2XDP_ACT_DROP/ACCEPT/DEFER */
+	__u32 default_counter; /* counters index of the default action */
+	__u32 iif_default_row; /* class row of ifindexes absent from iif_class */
+};
+_Static_assert(sizeof(struct ipt2xdp_gen_config) == 32, "abi");
+
+/* addr_dir[field * 65536 + (addr >> 16)]: the addr_bounds range covering one /16 block. */
+struct ipt2xdp_addr_dir {
+	__u32 first; /* addr_bounds index of the interval that contains block << 16 (absolute) */
+	__u32 count; /* boundaries after it that still start inside the block */
+};
+_Static_assert(sizeof(struct ipt2xdp_addr_dir) == 8, "abi");
+
+/* addr_bounds[i]: an interval of addresses starting at `start` (host byte order) up to the next. */
+struct ipt2xdp_addr_bound {
+	__u32 start; /* host byte order */
+	__u32 row; /* class row (class_summary index) */
+};
+_Static_assert(sizeof(struct ipt2xdp_addr_bound) == 8, "abi");
+
+/* class_summary[row]: bit w set iff bitmap word w of that class is nonzero. */
+struct ipt2xdp_class_summary {
+	__u64 words[IPT2XDP_SUMMARY_WORDS];
+};
+_Static_assert(sizeof(struct ipt2xdp_class_summary) == 8 * IPT2XDP_SUMMARY_WORDS, "abi");
+
+/* class_chunks[row * nchunks + c]: words c*8..c*8+7 of the class bitmap;
+ * bit s of the bitmap = slot s may match a packet in this class. */
+struct ipt2xdp_chunk {
+	__u64 words[IPT2XDP_CHUNK_WORDS];
+};
+_Static_assert(sizeof(struct ipt2xdp_chunk) == 8 * IPT2XDP_CHUNK_WORDS, "abi");
+
+/* slots[s]: what slot s does when its bit is the lowest in the AND of the field bitmaps. */
+struct ipt2xdp_slot {
+	__u32 counter; /* counters index (rule_id) for RULE slots */
+	__u32 next; /* CONTINUE: slot index to resume at (nslots = the default action) */
+	__u16 set_id; /* SET: the set's tag in exact_set keys */
+	__u8 action; /* IPT2XDP_ACT_* */
+	__u8 kind; /* IPT2XDP_SLOT_* */
+	__u8 key_fields; /* SET: IPT2XDP_K_* parts of the key */
+	__u8 src_plen; /* SET: prefix lengths the addresses are masked to */
+	__u8 dst_plen;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct ipt2xdp_slot) == 16, "abi");
+
+/* exact_set key: a packet's values masked to a SET slot's shape; parts not in key_fields are 0. */
+struct ipt2xdp_exact_key {
+	__u32 src; /* network byte order, masked to src_plen */
+	__u32 dst; /* network byte order, masked to dst_plen */
+	__u16 sport; /* network byte order */
+	__u16 dport; /* network byte order */
+	__u16 set_id;
+	__u8 proto;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct ipt2xdp_exact_key) == 16, "abi");
+
+/* counters[rule_id] (PERCPU_ARRAY, per generation). bytes count the IP total length, as
+ * iptables counts at filter/INPUT. */
+struct ipt2xdp_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct ipt2xdp_counter) == 16, "abi");
+
+#endif /* IPT2XDP_KERN_USER_H */

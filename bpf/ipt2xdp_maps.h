@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/* Map definitions of the ipt2xdp XDP program.
+ *
+ * Two kinds of maps:
+ *  - global: `ipt2xdp_state` (which generation is in force) and `ipt2xdp_stats`;
+ *  - per generation: each `ipt2xdp_g_*` is an ARRAY_OF_MAPS with IPT2XDP_GEN_SLOTS entries whose
+ *    inner maps hold one generation's data. The declarations below give the inner map template the
+ *    verifier checks against; userspace creates the real inner maps sized to the ruleset
+ *    (BPF_F_INNER_MAP lets array sizes differ between generations; hash sizes may always differ).
+ * Map names are mirrored once in ipt2xdp/abi.py.
+ *
+ * Inner templates give key_size/value_size rather than __type(): clang 14 emits only forward
+ * declarations for structs reached through the nested pointers of a map-in-map definition, and
+ * libbpf cannot size a forward declaration. `ipt2xdp_abi` below carries their full BTF instead.
+ */
+#ifndef IPT2XDP_MAPS_H
+#define IPT2XDP_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "ipt2xdp_kern_user.h"
+
+/* state[0]: active generation slot; the single word an update flips. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ipt2xdp_state);
+} ipt2xdp_state SEC(".maps");
+
+/* stats[IPT2XDP_STAT_*]: packets per reason, all generations. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, IPT2XDP_NUM_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ipt2xdp_stats SEC(".maps");
+
+/* abi[0]: never read by the program. Its value type holds every shared struct by value, so the
+ * object's BTF describes their layout for tests/test_abi.py and for the load-time check. */
+struct ipt2xdp_abi {
+	struct ipt2xdp_state state;
+	struct ipt2xdp_gen_config gen_config;
+	struct ipt2xdp_addr_dir addr_dir;
+	struct ipt2xdp_addr_bound addr_bound;
+	struct ipt2xdp_class_summary class_summary;
+	struct ipt2xdp_chunk chunk;
+	struct ipt2xdp_slot slot;
+	struct ipt2xdp_exact_key exact_key;
+	struct ipt2xdp_counter counter;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ipt2xdp_abi);
+} ipt2xdp_abi SEC(".maps");
+
+#define IPT2XDP_INNER_ARRAY(name, value_type)                                                        \
+	struct name {                                                                                \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                                                    \
+		__uint(max_entries, 1);                                                              \
+		__uint(map_flags, BPF_F_INNER_MAP);                                                  \
+		__uint(key_size, sizeof(__u32));                                                     \
+		__uint(value_size, sizeof(value_type));                                              \
+	}
+
+#define IPT2XDP_OUTER(name, inner)                                                                   \
+	struct {                                                                                     \
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);                                            \
+		__uint(max_entries, IPT2XDP_GEN_SLOTS);                                              \
+		__type(key, __u32);                                                                  \
+		__array(values, struct inner);                                                       \
+	} name SEC(".maps")
+
+/* cfg[0]: the generation's geometry and default action. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_cfg, struct ipt2xdp_gen_config);
+IPT2XDP_OUTER(ipt2xdp_g_cfg, ipt2xdp_inner_cfg);
+
+/* slots[s]: action and kind of each rule slot. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_slots, struct ipt2xdp_slot);
+IPT2XDP_OUTER(ipt2xdp_g_slots, ipt2xdp_inner_slots);
+
+/* value_class[IPT2XDP_VC_* + value]: class row of a protocol, port, ICMP type/code, TCP flags. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_value_class, __u32);
+IPT2XDP_OUTER(ipt2xdp_g_value_class, ipt2xdp_inner_value_class);
+
+/* addr_dir[field * 65536 + (addr >> 16)]: where to search addr_bounds for one /16 block. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_addr_dir, struct ipt2xdp_addr_dir);
+IPT2XDP_OUTER(ipt2xdp_g_addr_dir, ipt2xdp_inner_addr_dir);
+
+/* addr_bounds[i]: sorted interval starts (host byte order) and their class rows. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_addr_bounds, struct ipt2xdp_addr_bound);
+IPT2XDP_OUTER(ipt2xdp_g_addr_bounds, ipt2xdp_inner_addr_bounds);
+
+/* class_summary[row]: which bitmap words of the class are nonzero. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_class_summary, struct ipt2xdp_class_summary);
+IPT2XDP_OUTER(ipt2xdp_g_class_summary, ipt2xdp_inner_class_summary);
+
+/* class_chunks[row * nchunks + c]: the class's rule bitmap, 512 slots each. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_class_chunks, struct ipt2xdp_chunk);
+IPT2XDP_OUTER(ipt2xdp_g_class_chunks, ipt2xdp_inner_class_chunks);
+
+/* counters[rule_id]: per-rule packets and bytes of this generation, prefilled with every rule_id.
+ * A per-CPU hash, not a per-CPU array: the kernel refuses BPF_F_INNER_MAP for PERCPU_ARRAY, so an
+ * inner per-CPU array would have one size for all generations, while a hash may differ. */
+struct ipt2xdp_inner_counters {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct ipt2xdp_counter));
+};
+IPT2XDP_OUTER(ipt2xdp_g_counters, ipt2xdp_inner_counters);
+
+/* iif_class[ifindex]: class row of an input interface (missing: gen_config.iif_default_row). */
+struct ipt2xdp_inner_iif_class {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+};
+IPT2XDP_OUTER(ipt2xdp_g_iif_class, ipt2xdp_inner_iif_class);
+
+/* exact_set[key]: rule_id of the first rule of a merged run whose exact values equal the key. */
+struct ipt2xdp_inner_exact_set {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(struct ipt2xdp_exact_key));
+	__uint(value_size, sizeof(__u32));
+};
+IPT2XDP_OUTER(ipt2xdp_g_exact_set, ipt2xdp_inner_exact_set);
+
+#endif /* IPT2XDP_MAPS_H */
