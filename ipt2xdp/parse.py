@@ -1,0 +1,546 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Parse iptables-save / iptables-restore text into an `ir.Ruleset`.
+
+`parse(text, path)` returns the Ruleset or raises one `ParseError` holding every diagnostic of the
+file, each with a position. The lark grammar (grammar/iptables_save.lark) gives the structure of
+the file and the shape of a word; options.py gives the meaning of each option.
+
+Two paths: a whole-file LALR parse (fast: a run of rule lines is one token), and, only when that
+fails, a line-by-line re-parse that reports every broken line while still checking the others.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from ipt2xdp import ir, options
+from ipt2xdp.errors import Diagnostic, ParseError, SourceSpan
+from ipt2xdp.options import Given, OptionError
+
+_LARK = None
+_WORD_RE = None
+
+HEADER = {
+    "-s": "-s", "--source": "-s", "--src": "-s", "-d": "-d", "--destination": "-d", "--dst": "-d",
+    "-p": "-p", "--protocol": "-p", "-i": "-i", "--in-interface": "-i", "-o": "-o",
+    "--out-interface": "-o", "-f": "-f", "--fragment": "-f", "-m": "-m", "--match": "-m",
+    "-j": "-j", "--jump": "-j", "-g": "-g", "--goto": "-g",
+}
+_NO_INPUT_IFACE = ("OUTPUT", "POSTROUTING")
+_NO_OUTPUT_IFACE = ("INPUT", "PREROUTING")
+
+# Targets that are extensions, not chains; a -j to any other unknown name must be a declared chain.
+KNOWN_TARGET_EXTENSIONS = frozenset((
+    "AUDIT", "CHECKSUM", "CLASSIFY", "CLUSTERIP", "CONNMARK", "CONNSECMARK", "CT", "DNAT", "DNPT",
+    "DSCP", "ECN", "HL", "HMARK", "IDLETIMER", "LED", "MARK", "MASQUERADE", "MIRROR", "NETMAP",
+    "NFQUEUE", "NOTRACK", "QUEUE", "RATEEST", "REDIRECT", "SAME", "SECMARK", "SET", "SNAT", "SNPT",
+    "SYNPROXY", "TCPMSS", "TCPOPTSTRIP", "TEE", "TOS", "TPROXY", "TRACE", "TTL", "ULOG")) | set(options.TARGETS)
+
+
+def lark_parser():
+    """The grammar, compiled once per process (the iptables wrapper needs a fast start)."""
+    global _LARK, _WORD_RE
+    if _LARK is None:
+        from lark import Lark
+
+        from ipt2xdp.resources import grammar_path
+        _LARK = Lark(grammar_path().read_text(), parser="lalr", lexer="contextual",
+                     start=["start", "line", "words"], maybe_placeholders=False)
+        bang = _LARK.get_terminal("BANG").pattern.to_regexp()
+        word = _LARK.get_terminal("WORD").pattern.to_regexp()
+        _WORD_RE = re.compile(f"{bang}|{word}")
+    return _LARK
+
+
+def split_words(text: str) -> List[Tuple[str, int]]:
+    """Words of a rule line (quotes still in place) with their 0-based column."""
+    lark_parser()
+    return [(m.group(), m.start()) for m in _WORD_RE.finditer(text)]
+
+
+def unquote(word: str) -> str:
+    """`"a \\"b\\""` -> `a "b"`: drop the quotes, resolve backslash escapes inside them."""
+    if '"' not in word:
+        return word
+    out, i, quoted = [], 0, False
+    while i < len(word):
+        c = word[i]
+        if c == '"':
+            quoted = not quoted
+        elif c == "\\" and quoted and i + 1 < len(word):
+            i += 1
+            out.append(word[i])
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+# ----------------------------------------------------------------------------- rules
+
+class RuleError(Exception):
+    def __init__(self, word_index: int, message: str, hint: Optional[str] = None):
+        super().__init__(message)
+        self.word_index, self.message, self.hint = word_index, message, hint
+
+
+@dataclass
+class _Ext:
+    name: str
+    spec: Optional[options.ExtensionSpec]
+    index: int
+    given: List[Given] = field(default_factory=list)
+
+
+def _network(text: str, index: int) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        pass
+    if "/" in text:
+        addr, mask = text.split("/", 1)
+        try:
+            ipaddress.IPv4Address(addr)
+            ipaddress.IPv4Address(mask)
+        except ValueError:
+            raise RuleError(index, f"host/network '{text}' not found") from None
+        raise RuleError(index, f"non-contiguous mask in '{text}' is not supported")
+    hint = "ipt2xdp does not resolve host names; write the address" if text[:1].isalpha() else None
+    if ":" in text:
+        hint = "an IPv6 address: this looks like an ip6tables ruleset; ipt2xdp reads IPv4 (iptables-save) only"
+    raise RuleError(index, f"host/network '{text}' not found", hint)
+
+
+def _generic_args(words: List[str], i: int) -> int:
+    """Index after the arguments of an option we know nothing about: up to the next option."""
+    n = len(words)
+    while i < n:
+        w = words[i]
+        if w == "!" or (w.startswith("-") and len(w) > 1 and not w[1].isdigit()):
+            break
+        i += 1
+    return i
+
+
+class RuleParser:
+    """Parse the words after `-A CHAIN` into one or more ir.Rule (several for `-s a,b`)."""
+
+    def __init__(self, user_chains):
+        self.user_chains = user_chains
+
+    def parse(self, chain: str, words: List[str], counters: ir.Counters, span) -> List[ir.Rule]:
+        head: Dict[str, tuple] = {}
+        exts: List[_Ext] = []
+        target: Optional[_Ext] = None
+        target_kind = None
+        generic: Optional[_Ext] = None       # the last extension with unknown options
+        negate, negate_at = False, -1
+        i, n = 0, len(words)
+        proto_name = None
+        while i < n:
+            w = words[i]
+            if w == "!":
+                if negate:
+                    raise RuleError(i, "multiple '!' flags not allowed")
+                negate, negate_at = True, i
+                i += 1
+                continue
+            key = HEADER.get(w)
+            if key is not None:
+                if key in head:
+                    raise RuleError(i, f"multiple {key} flags not allowed")
+                if key == "-f":
+                    head[key] = (not negate, i)
+                    negate = False
+                    i += 1
+                    continue
+                if i + 1 >= n:
+                    raise RuleError(i, f"option '{w}' requires an argument")
+                arg = words[i + 1]
+                if arg == "!":
+                    raise RuleError(i + 1, f"'{w} ! ...' is the old negation syntax, rejected since iptables 1.6",
+                                    hint=f"write '! {w} ...'")
+                arg = unquote(arg)
+                if key in ("-m", "-j", "-g"):
+                    if negate:
+                        raise RuleError(negate_at, f"'!' cannot be used with {key}")
+                    if key == "-m":
+                        spec = options.MATCHES.get(arg)
+                        ext = _Ext(arg, spec, i)
+                        exts.append(ext)
+                        if spec is None:
+                            generic = ext
+                    else:
+                        if "-j" in head or "-g" in head:
+                            raise RuleError(i, "multiple -j/-g flags not allowed")
+                        target, target_kind = self._target(key, arg, i), key
+                        if target.spec is None and target_kind == "-j" and arg not in self.user_chains:
+                            generic = target
+                        head[key] = (arg, i)
+                    i += 2
+                    continue
+                head[key] = (arg, negate, i)
+                if key == "-p" and not negate:
+                    proto_name = arg
+                negate = False
+                i += 2
+                continue
+            if not w.startswith("--"):
+                raise RuleError(i, f"unexpected argument '{w}'")
+            i = self._option(w, words, i, negate, exts, target, generic, head)
+            negate = False
+        if negate:
+            raise RuleError(negate_at, "'!' at the end of the rule negates nothing")
+        return self._build(chain, head, exts, target, target_kind, counters, span)
+
+    def _target(self, kind: str, name: str, index: int) -> _Ext:
+        if kind == "-g":
+            if name not in self.user_chains:
+                raise RuleError(index + 1, f"goto to undefined chain '{name}'",
+                                hint=f"declare it with ':{name} - [0:0]'")
+            return _Ext(name, options.ExtensionSpec(name, ()), index)
+        spec = options.TARGETS.get(name)
+        if spec is None and name not in self.user_chains and name not in KNOWN_TARGET_EXTENSIONS:
+            raise RuleError(index + 1, f"jump to undefined chain or unknown target '{name}'",
+                            hint=f"declare the chain with ':{name} - [0:0]'")
+        if spec is None and name in self.user_chains:
+            spec = options.ExtensionSpec(name, ())
+        return _Ext(name, spec, index)
+
+    def _option(self, w, words, i, negate, exts, target, generic, head) -> int:
+        owner, spec = None, None
+        if target is not None and target.spec is not None:
+            spec = target.spec.lookup(w)
+            owner = target if spec else None
+        if owner is None:
+            for ext in reversed(exts):
+                if ext.spec is not None:
+                    spec = ext.spec.lookup(w)
+                    if spec:
+                        owner = ext
+                        break
+        if owner is None and "-p" in head:
+            proto, proto_neg, _ = head["-p"]
+            name = options.protocol_name(options.protocol_number(proto) or 0)
+            implicit = options.MATCHES.get(name) if name in options.IMPLICIT_PROTOCOL_MATCHES else None
+            if implicit is not None and not proto_neg and implicit.lookup(w):
+                owner, spec = _Ext(name, implicit, i), implicit.lookup(w)
+                exts.append(owner)
+        if owner is None and generic is not None:
+            end = _generic_args(words, i + 1)
+            generic.given.append(Given(w, negate, tuple(unquote(a) for a in words[i + 1:end]), i))
+            return end
+        if owner is None:
+            known = [s for e in exts if e.spec for o in e.spec.options for s in (o.name,) + o.aliases]
+            if target is not None and target.spec is not None:
+                known += [o.name for o in target.spec.options]
+            close = difflib.get_close_matches(w, known, n=1)
+            where = " for " + ", ".join(f"-m {e.name}" for e in exts) if exts else ""
+            raise RuleError(i, f"unknown option '{w}'{where}",
+                            hint=f"did you mean '{close[0]}'?" if close else None)
+        if negate and not spec.negatable:
+            raise RuleError(i, f"option '{w}' cannot be inverted")
+        end = i + 1 + spec.nargs
+        if end > len(words):
+            raise RuleError(i, f"option '{w}' requires {spec.nargs} argument{'s' * (spec.nargs > 1)}")
+        args = words[i + 1:end]
+        if "!" in args:
+            raise RuleError(i + 1 + args.index("!"), f"'{w} ! ...' is the old negation syntax",
+                            hint=f"write '! {w} ...'")
+        owner.given.append(Given(spec.name, negate, tuple(unquote(a) for a in args), i))
+        return end
+
+    def _build(self, chain, head, exts, target, target_kind, counters, span) -> List[ir.Rule]:
+        protocol = None
+        proto_name = None
+        if "-p" in head:
+            text, neg, at = head["-p"]
+            number = options.protocol_number(text)
+            if number is None:
+                raise RuleError(at + 1, f"unknown protocol '{text}' specified")
+            if number:
+                protocol = ir.Protocol(number, neg)
+                proto_name = None if neg else options.protocol_name(number)
+            elif neg:
+                protocol = ir.Protocol(0, True)
+        ifaces = {}
+        for key in ("-i", "-o"):
+            if key in head:
+                text, neg, at = head[key]
+                if len(text) > 15 or not text:
+                    raise RuleError(at + 1, f"interface name '{text}' must be 1 to 15 characters")
+                forbidden = _NO_INPUT_IFACE if key == "-i" else _NO_OUTPUT_IFACE
+                if chain in forbidden:
+                    raise RuleError(at, f"can't use {key} with {chain}")
+                ifaces[key] = None if text == "+" and not neg else ir.Interface(text, neg)
+        fragment = head["-f"][0] if "-f" in head else None
+        matches = []
+        for ext in exts:
+            matches.append(self._extension(ext, options.MATCH_BUILDERS, proto_name, "match"))
+        tgt = None
+        if target is not None:
+            if target_kind == "-g":
+                tgt = ir.Goto(target.name)
+            elif target.name in self.user_chains and target.name not in options.TARGETS:
+                tgt = ir.Jump(target.name)
+            else:
+                tgt = self._extension(target, options.TARGET_BUILDERS, proto_name, "target")
+        sources = self._addresses(head.get("-s"))
+        destinations = self._addresses(head.get("-d"))
+        return [ir.Rule(chain, s, d, protocol, ifaces.get("-i"), ifaces.get("-o"), fragment, tuple(matches),
+                        tgt, counters, span)
+                for s in sources for d in destinations]
+
+    def _extension(self, ext: _Ext, builders, proto_name, kind):
+        builder = builders.get(ext.name)
+        try:
+            if builder is not None:
+                return builder(ext.given, proto_name, ext.index)
+        except OptionError as e:
+            raise RuleError(e.word_index, e.message, e.hint) from None
+        opts = tuple(ir.Option(g.name, g.negated, g.args) for g in ext.given)
+        return ir.GenericMatch(ext.name, opts) if kind == "match" else ir.GenericTarget(ext.name, opts)
+
+    def _addresses(self, given) -> List[Optional[ir.Address]]:
+        if given is None:
+            return [None]
+        text, neg, at = given
+        out = []
+        for item in text.split(","):
+            net = _network(item, at + 1)
+            out.append(None if net.prefixlen == 0 and not neg else ir.Address(net, neg))
+        return out
+
+
+# ----------------------------------------------------------------------------- file structure
+
+_COUNTERS_RE = re.compile(r"\[(\d+):(\d+)\]")
+_BUILTIN_POLICIES = ("ACCEPT", "DROP")
+
+
+@dataclass
+class _Chain:
+    name: str
+    policy: Optional[str]
+    counters: ir.Counters
+    rules: List[ir.Rule] = field(default_factory=list)
+
+
+@dataclass
+class _Table:
+    name: str
+    line: int
+    chains: Dict[str, _Chain] = field(default_factory=dict)
+
+
+class _Builder:
+    """Consume the items of a file in order (table, chain, rules, commit) and build the Ruleset."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.diagnostics: List[Diagnostic] = []
+        self.tables: Dict[str, ir.Table] = {}
+        self.current: Optional[_Table] = None
+        self.rule_parser = RuleParser(())
+
+    def error(self, line, col, end_col, message, hint=None, code="parse"):
+        self.diagnostics.append(Diagnostic("error", code, message, SourceSpan(self.path, line, col, end_col), hint))
+
+    def table(self, text: str, line: int, col: int) -> None:
+        name = text[1:]
+        if self.current is not None:
+            self.error(line, col, col + len(text), f"COMMIT expected before the next table (table '{self.current.name}' "
+                       f"opened at line {self.current.line})", code="commit")
+        if name not in ir.BUILTIN_CHAINS:
+            self.error(line, col + 1, col + len(text), f"unknown table '{name}'",
+                       hint="tables: " + ", ".join(ir.BUILTIN_CHAINS), code="table")
+            self.current = _Table(name, line)  # still read its lines, to report their errors
+        else:
+            self.current = _Table(name, line)
+        self.rule_parser = RuleParser(self.current.chains)
+
+    def chain(self, decl: str, policy: str, counters: Optional[str], line: int, col: int) -> None:
+        name = decl[1:]
+        end = col + len(decl)
+        if self.current is None:
+            self.error(line, col, end, "chain declared outside a table", hint="start the table with '*filter'")
+            return
+        builtins = ir.BUILTIN_CHAINS.get(self.current.name, ())
+        if name in self.current.chains:
+            self.error(line, col + 1, end, f"chain '{name}' declared twice", code="chain")
+            return
+        if name in builtins:
+            if policy not in _BUILTIN_POLICIES and policy != "-":
+                self.error(line, end + 1, end + 1 + len(policy), f"bad policy '{policy}' for built-in chain {name}",
+                           hint="ACCEPT or DROP")
+                return
+            policy = "ACCEPT" if policy == "-" else policy
+        else:
+            if policy != "-":
+                self.error(line, end + 1, end + 1 + len(policy),
+                           f"can't set policy '{policy}' on user chain '{name}'", hint="write '-'")
+                return
+            if len(name) > 28 or name.startswith("-") or name == "!" or name in KNOWN_TARGET_EXTENSIONS:
+                self.error(line, col + 1, end, f"invalid chain name '{name}'", code="chain")
+                return
+            policy = None
+        self.current.chains[name] = _Chain(name, policy, _counters(counters))
+
+    def rule(self, text: str, line: int, col: int) -> None:
+        words = split_words(text)
+        i = 0
+        counters = ir.ZERO
+        if words and words[0][0].startswith("["):
+            counters = _counters(words[0][0])
+            i = 1
+        action = words[i][0]
+        if len(words) <= i + 1:
+            self.error(line, col + words[i][1], None, f"{action} needs a chain name")
+            return
+        chain_name, chain_col = words[i + 1]
+        span = SourceSpan(self.path, line, col, col + len(text))
+        if self.current is None:
+            self.error(line, col, col + len(text), "rule outside a table", hint="start the table with '*filter'")
+            return
+        start = i + 2
+        position = None
+        if action in ("-I", "--insert") and start < len(words) and words[start][0].isdigit():
+            position = int(words[start][0])
+            start += 1
+        table = self.current
+        self.rule_parser.user_chains = {n for n, c in table.chains.items() if c.policy is None}
+        target_chain = table.chains.get(chain_name)
+        if target_chain is None:
+            self.error(line, col + chain_col, col + chain_col + len(chain_name),
+                       f"rule for undefined chain '{chain_name}' in table '{table.name}'",
+                       hint=f"declare it with ':{chain_name} - [0:0]' before its rules", code="chain")
+            return
+        arg_words = [w for w, _ in words[start:]]
+        try:
+            rules = self.rule_parser.parse(chain_name, arg_words, counters, span)
+        except RuleError as e:
+            word, wcol = words[start + e.word_index] if start + e.word_index < len(words) else words[-1]
+            self.error(line, col + wcol, col + wcol + len(word), e.message, e.hint, code="rule")
+            return
+        if position is None and action in ("-I", "--insert"):
+            position = 1
+        if position is None:
+            target_chain.rules.extend(rules)
+        elif position - 1 > len(target_chain.rules) or position < 1:
+            self.error(line, col + words[start - 1][1], None, f"index of insertion too big ({position})")
+        else:
+            target_chain.rules[position - 1:position - 1] = rules
+
+    def commit(self, line: int, col: int) -> None:
+        if self.current is None:
+            self.error(line, col, col + 6, "COMMIT without a table", code="commit")
+            return
+        table = self.current
+        self.current = None
+        if table.name not in ir.BUILTIN_CHAINS:
+            return
+        builtins = ir.BUILTIN_CHAINS[table.name]
+        chains = [table.chains.get(n) or _Chain(n, "ACCEPT", ir.ZERO) for n in builtins]
+        chains += [c for n, c in table.chains.items() if n not in builtins]
+        self.tables[table.name] = ir.Table(table.name, tuple(
+            ir.Chain(c.name, c.policy, c.counters, tuple(c.rules)) for c in chains))
+
+    def finish(self, last_line: int) -> ir.Ruleset:
+        if self.current is not None:
+            self.error(last_line, 1, None, f"COMMIT expected at the end of table '{self.current.name}' "
+                       f"(opened at line {self.current.line})", code="commit")
+        if self.diagnostics:
+            raise ParseError(self.diagnostics)
+        return ir.Ruleset(tuple(self.tables.values()))
+
+
+def _counters(text: Optional[str]) -> ir.Counters:
+    if not text:
+        return ir.ZERO
+    m = _COUNTERS_RE.fullmatch(text)
+    return ir.Counters(int(m.group(1)), int(m.group(2))) if m else ir.ZERO
+
+
+def _feed(builder: _Builder, item, line_no: Optional[int] = None) -> None:
+    """Hand one parsed item (a lark Tree or a COMMENT token) to the builder."""
+    from lark import Token
+    if isinstance(item, Token):
+        return  # COMMENT
+    kind = item.data
+    toks = item.children
+    first = toks[0]
+    line = line_no or first.line
+    if kind == "table_header":
+        builder.table(str(first), line, first.column)
+    elif kind == "chain_header":
+        builder.chain(str(first), str(toks[1]), str(toks[2]) if len(toks) > 2 else None, line, first.column)
+    elif kind == "commit":
+        builder.commit(line, first.column)
+    elif kind == "rules":
+        for offset, text in enumerate(str(first).split("\n")):
+            col = first.column if offset == 0 else 1
+            stripped = text.lstrip(" \t\f\r")
+            col += len(text) - len(stripped)
+            builder.rule(stripped.rstrip(" \t\f\r"), line + offset, col)
+
+
+def parse(text: str, path: str = "<stdin>") -> ir.Ruleset:
+    """Parse a whole iptables-save file; raise ParseError with every problem found.
+
+    Args:
+        text: the file's contents.
+        path: the name used in diagnostics.
+    Returns:
+        The Ruleset, tables in file order.
+    """
+    from lark.exceptions import UnexpectedInput
+    parser = lark_parser()
+    builder = _Builder(path)
+    source = text if text.endswith("\n") or not text else text + "\n"
+    try:
+        tree = parser.parse(source, start="start")
+    except UnexpectedInput:
+        tree = None
+    if tree is not None:
+        for item in tree.children:
+            _feed(builder, item)
+    else:
+        _parse_lines(parser, builder, text)
+    last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
+    try:
+        return builder.finish(max(last_line, 1))
+    except ParseError as e:
+        e.source_lines = {path: text.splitlines()}
+        raise
+
+
+def _parse_lines(parser, builder: _Builder, text: str) -> None:
+    """The slow path: parse each line on its own so that every broken line is reported."""
+    from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            tree = parser.parse(line + "\n", start="line")
+        except UnexpectedInput as e:
+            col = getattr(e, "column", 1)
+            col = col if isinstance(col, int) and col > 0 else 1
+            builder.error(number, col, None, _syntax_message(line, e, col), code="syntax")
+            continue
+        for item in tree.children:
+            _feed(builder, item, number)
+
+
+def _syntax_message(line: str, e, col: int) -> str:
+    stripped = line.lstrip()
+    if stripped.startswith(("-A", "-I", "[")) and stripped.count('"') % 2:
+        return "unterminated quoted string"
+    if stripped.startswith(("-A", "-I", "--append", "--insert", "[")):
+        return "malformed rule line (expected: [packets:bytes] -A CHAIN options...)"
+    if stripped.startswith(":"):
+        return "malformed chain line (expected: :CHAIN POLICY [packets:bytes])"
+    snippet = line[col - 1:col + 19] if col - 1 < len(line) else line
+    return f"unexpected text '{snippet.strip()}' (not part of an iptables-save file)"
