@@ -46,6 +46,7 @@ class Prepared:
     ipset_script: str = ""
     declared_chains: List[str] = field(default_factory=list)
     declared_sets: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
 
 def prepare(text: str) -> Prepared:
@@ -72,7 +73,20 @@ def prepare(text: str) -> Prepared:
         sets[name] = max(sets.get(name, 1), len(flags.split(",")))
     types = {1: "hash:net", 2: "hash:net,port", 3: "hash:net,port,net"}
     script = "".join(f"create {n} {types[min(d, 3)]} -exist\n" for n, d in sorted(sets.items()))
-    return Prepared("\n".join(out) + "\n", script, chains, sorted(sets))
+    prepared = Prepared("\n".join(out) + "\n", script, chains, sorted(sets))
+    if "--nfacct-name" in text and shutil.which("nfacct") is None:
+        # The nfacct match only counts (it always matches), but its object must exist and the nfacct
+        # tool that creates one is not installed: dropping the match keeps every packet's fate.
+        prepared.text = re.sub(r"\s-m nfacct --nfacct-name \S+", "", prepared.text)
+        prepared.notes.append("removed -m nfacct (a counter that always matches; nfacct not installed)")
+    return prepared
+
+
+def guess_receiver_if(text: str) -> str:
+    """The input device a real ruleset names most often (eth0, ppp0...), else RECEIVER_IF."""
+    names = [n for n in re.findall(r"(?<!!)\s-i\s+(\S+)", text) if n != "lo" and not n.endswith("+")]
+    names = [n for n in names if re.fullmatch(r"[\w.-]{1,15}", n)]
+    return max(sorted(set(names)), key=names.count) if names else RECEIVER_IF
 
 
 class Testbed:
@@ -163,10 +177,10 @@ class Run:
 
 
 def run_once(ruleset: str, corpus: Corpus, backend: str = "legacy", attach: Optional[Attach] = None,
-             forwarding: bool = False) -> Run:
+             forwarding: bool = False, receiver_if: str = RECEIVER_IF) -> Run:
     """Load `ruleset`, optionally attach XDP, send `corpus`, return each probe's fate."""
     start = time.monotonic()
-    with Testbed(corpus.local_addrs, forwarding=forwarding) as bed:
+    with Testbed(corpus.local_addrs, receiver_if=receiver_if, forwarding=forwarding) as bed:
         bed.load(ruleset, backend)
         if attach is not None:
             attach(bed.receiver, bed.receiver_if)
@@ -216,14 +230,14 @@ class Comparison:
 
 
 def compare(ruleset: str, corpus: Corpus, backends: Sequence[str] = ("legacy", "nft"),
-            attach: Optional[Attach] = None, forwarding: bool = False) -> Comparison:
+            attach: Optional[Attach] = None, forwarding: bool = False,
+            receiver_if: str = RECEIVER_IF) -> Comparison:
     """Fates through netfilter alone vs netfilter + attach (attach=None: alone twice, a self-check)."""
     runs, disagreements = [], []
     by_id = corpus.by_id()
     for backend in backends:
-        alone = run_once(ruleset, corpus, backend, None, forwarding)
-        attached = run_once(ruleset, corpus, backend, attach, forwarding)
-        attached.attached = attach is not None
+        alone = run_once(ruleset, corpus, backend, None, forwarding, receiver_if)
+        attached = run_once(ruleset, corpus, backend, attach, forwarding, receiver_if)
         runs.append((alone, attached))
         for pid, fate in alone.fates.items():
             other = attached.fates[pid]

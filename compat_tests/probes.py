@@ -184,6 +184,27 @@ def _csum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def handmade(specs, local_addrs=None):
+    """A corpus from hand-written scapy packets: [(description, packet[, fragsize])], ids assigned here.
+
+    Fills in what tracing needs: IP id, TCP seq/ack, ICMP query id. With fragsize, the packet is sent
+    as fragments of that size.
+    """
+    from compat_tests.packets import DEFAULT_LOCAL, Corpus, Probe
+
+    built = []
+    for pid, spec in enumerate(specs, 1):
+        description, pkt = spec[0], spec[1].copy()
+        pkt[IP].id = pid
+        if TCP in pkt:
+            pkt[TCP].seq, pkt[TCP].ack = tcp_seq_ack(pid)
+        if ICMP in pkt and pkt[ICMP].type in (8, 13, 15, 17):
+            pkt[ICMP].id = pid
+        frames = [bytes(f) for f in fragment(pkt, fragsize=spec[2])] if len(spec) > 2 else [bytes(pkt)]
+        built.append(Probe(pid, description, tuple(frames), pkt[IP].src, pkt[IP].dst, pkt[IP].proto))
+    return Corpus(built, tuple(local_addrs or (DEFAULT_LOCAL,)))
+
+
 # (family, weight): common shapes dominate, odd ones are always present in a 200-probe corpus.
 FAMILIES = ((tcp, 30), (udp, 18), (icmp, 14), (other_protocol, 6), (fragments, 8), (ip_options, 6),
             (malformed, 10), (odd_addresses, 8))

@@ -1,0 +1,116 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The harness's observation is right against the kernel: what filter/INPUT drops is never seen as
+delivered, what it accepts always is, REJECT is told apart from DROP, and an XDP drop is visible."""
+import pytest
+
+from compat_tests import harness
+from compat_tests.packets import DEFAULT_LOCAL, NONLOCAL
+from ipt2xdp.resources import bpf_object_path
+
+pytestmark = pytest.mark.kernel
+
+RULESET = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p udp -m udp --dport 1003 -j DROP
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:sub - [0:0]
+-A INPUT -p udp -m udp --dport 1000 -j DROP
+-A INPUT -p udp -m udp --dport 1001 -j ACCEPT
+-A INPUT -p udp -m udp --dport 1002 -j REJECT
+-A INPUT -p tcp -m tcp --dport 22 -j REJECT --reject-with tcp-reset
+-A INPUT -p tcp -m tcp --dport 23 -j DROP
+-A INPUT -s 10.9.0.0/16 -j DROP
+-A INPUT -p 47 -j DROP
+-A INPUT -p udp -j sub
+-A sub -p udp -m udp --dport 2000 -j RETURN
+-A sub -p udp -m udp --dport 2001 -j DROP
+COMMIT
+"""
+
+
+def _cases():
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.packet import Raw
+
+    src, dst = "192.0.2.1", DEFAULT_LOCAL
+    ip = IP(src=src, dst=dst)
+    data = Raw(b"x" * 40)
+    # (description, packet[, fragsize]) and the expected (delivered, replies)
+    return [
+        (("udp 1000: DROP in INPUT", ip / UDP(dport=1000)), (False, ())),
+        (("udp 1001: ACCEPT (no listener: port unreachable)", ip / UDP(dport=1001)), (True, ("icmp-3/3",))),
+        (("udp 1002: REJECT", ip / UDP(dport=1002)), (False, ("icmp-3/3",))),
+        (("udp 1003: DROP in raw/PREROUTING", ip / UDP(dport=1003)), (False, ())),
+        (("tcp 22 SYN: REJECT with reset", ip / TCP(dport=22, flags="S")), (False, ("tcp-rst",))),
+        (("tcp 23 SYN: DROP", ip / TCP(dport=23, flags="S")), (False, ())),
+        (("tcp 24 SYN: policy ACCEPT, closed port", ip / TCP(dport=24, flags="S")), (True, ("tcp-rst",))),
+        (("tcp 24 ACK: policy ACCEPT, closed port", ip / TCP(dport=24, flags="A")), (True, ("tcp-rst",))),
+        (("echo request: policy ACCEPT", ip / ICMP(type=8)), (True, ("icmp-0/0",))),
+        (("udp from 10.9.1.1: DROP by source", IP(src="10.9.1.1", dst=dst) / UDP(dport=3000)), (False, ())),
+        (("gre: DROP by protocol", IP(src=src, dst=dst, proto=47) / Raw(bytes(8))), (False, ())),
+        (("sctp: policy ACCEPT", IP(src=src, dst=dst, proto=132) / Raw(bytes(16))), (True, ())),
+        (("udp 2000: RETURN from sub, policy ACCEPT", ip / UDP(dport=2000)), (True, ("icmp-3/3",))),
+        (("udp 2001: DROP in sub", ip / UDP(dport=2001)), (False, ())),
+        (("udp 1001 in 3 fragments: reassembled, ACCEPT", ip / UDP(dport=1001) / data, 16), (True, ("icmp-3/3",))),
+        (("udp 1000 in 3 fragments: reassembled, DROP", ip / UDP(dport=1000) / data, 16), (False, ())),
+        (("udp 1001 to a non-local address, forwarding off", IP(src=src, dst=NONLOCAL) / UDP(dport=1001)), (False, ())),
+    ]
+
+
+@pytest.fixture(scope="module")
+def cases():
+    from compat_tests.probes import handmade
+
+    specs, expected = zip(*_cases())
+    return handmade(specs), expected
+
+
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_delivered_exactly_when_netfilter_accepts(cases, backend):
+    corpus, expected = cases
+    run = harness.run_once(RULESET, corpus, backend)
+    assert not run.observation.marker_lost and not run.observation.notes
+    got = {p.description: run.fates[p.id].key for p in corpus.probes}
+    want = {p.description: e for p, e in zip(corpus.probes, expected)}
+    assert got == want
+    # Every probe reached the stack: a drop here is netfilter's, not the harness losing frames.
+    assert all(f.ingress for f in run.fates.values())
+    assert run.seconds < 2
+
+
+@pytest.mark.parametrize("mode", ["xdpdrv", "xdpgeneric"])
+def test_an_xdp_drop_is_seen_and_reported(cases, mode):
+    corpus, expected = cases
+    drop_all = harness.xdp_object_attach(str(bpf_object_path("empty_drop.bpf.o")), mode)
+    cmp = harness.compare(RULESET, corpus, backends=("legacy",), attach=drop_all)
+    _, attached = cmp.runs[0]
+    assert attached.observation.marker_lost  # drop-all also drops the end marker: reported, not hung
+    assert all(not f.delivered and not f.ingress and not f.replies for f in attached.fates.values())
+    # Exactly the probes that netfilter lets through, or answers, disagree.
+    assert {d.probe.id for d in cmp.disagreements} == {
+        p.id for p, e in zip(corpus.probes, expected) if e != (False, ())}
+    report = cmp.report()
+    assert "-A INPUT -p udp -m udp --dport 1001 -j ACCEPT" in report
+    assert "udp 1001: ACCEPT" in report and "dropped before the stack" in report
+    assert "end marker never reached the stack" in report
+
+
+def test_backends_differ_on_truncated_l4_headers():
+    """A kernel fact the planner must respect: xt_tcp/xt_udp drop ("hotdrop") a packet whose header
+    they cannot read, while nf_tables' payload expression just does not match. XDP must DEFER these."""
+    from scapy.layers.inet import IP, TCP
+    from compat_tests.packets import Corpus, Probe
+
+    ruleset = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 22 -j DROP\nCOMMIT\n"
+    full = IP(id=1, src="192.0.2.1", dst=DEFAULT_LOCAL) / TCP(dport=80)
+    cut = IP(id=1, src="192.0.2.1", dst=DEFAULT_LOCAL, proto=6) / bytes(full[TCP])[:6]  # 6 bytes of TCP
+    probe = Probe(1, "tcp header cut after 6 bytes", (bytes(cut),), "192.0.2.1", DEFAULT_LOCAL, 6)
+    corpus = Corpus([probe], (DEFAULT_LOCAL,))
+    legacy = harness.run_once(ruleset, corpus, "legacy").fates[1]
+    nft = harness.run_once(ruleset, corpus, "nft").fates[1]
+    assert (legacy.delivered, nft.delivered) == (False, True)
