@@ -23,6 +23,7 @@ class Device:
     ifindex: int
     kind: str = ""               # "veth", "bridge", "bond", "vlan", ... ("" for physical devices)
     master: Optional[int] = None  # ifindex of the bridge or bond this device is enslaved to
+    link: Optional[int] = None    # ifindex of the lower device (vlan, macvlan, ipvlan, veth peer)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def read_host_context(attached=()) -> HostContext:
             info = link.get_attr("IFLA_LINKINFO")
             kind = info.get_attr("IFLA_INFO_KIND") if info else ""
             devices.append(Device(link.get_attr("IFLA_IFNAME"), link["index"], kind or "",
-                                  link.get_attr("IFLA_MASTER")))
+                                  link.get_attr("IFLA_MASTER"), link.get_attr("IFLA_LINK")))
         local = set(ALWAYS_LOCAL)
         for route in ipr.get_routes(table=255, family=AF_INET):
             if route["type"] in (RTN_LOCAL, RTN_BROADCAST):

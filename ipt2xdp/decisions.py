@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""One decision per iptables rule, with a reason code and a sentence, from the planned classifier.
+
+A rule is "xdp" when every classifier instance of it that a packet can reach decides in XDP,
+"partial" when some instances defer, and "netfilter" when XDP never decides its packets.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Set, Tuple
+
+from ipt2xdp import ir
+from ipt2xdp.classifier import ClassifierRule, Match, Verdict
+from ipt2xdp.translate import unknown_why
+
+OK_WHY = {
+    "ok.drop": "XDP drops matching packets in the driver",
+    "ok.accept": "XDP passes matching packets on; netfilter accepts them",
+    "ok.return": "RETURN is modelled: XDP resumes after the jump",
+    "ok.goto-end": "the end of a goto'd chain is modelled",
+    "ok.policy": "the chain policy decides what no rule matched",
+    "ok.jump": "XDP inlines the user chain with this rule's conditions",
+}
+OTHER_WHY = {
+    "chain.not-input": "XDP only judges packets arriving for this host; this chain stays in netfilter",
+    "chain.unreached": "not reached from filter/INPUT",
+    "chain.too-large": "inlining this user chain would exceed the classifier's capacity",
+    "iface.not-attached": "XDP is not attached to this rule's input device; netfilter sees its packets",
+    "never.empty": "no packet satisfies this rule's matches",
+    "fragment": "XDP passes every fragment to netfilter, so this rule never matches what XDP judges",
+    "shadowed": "an earlier rule defers every packet to netfilter before this one",
+    "earlier": "runs before filter/INPUT: XDP defers every packet this rule may touch",
+    "target.log": "LOG must see the packet; XDP defers wherever this rule may match",
+    "target.nflog": "NFLOG must see the packet; XDP defers wherever this rule may match",
+    "target.reject": "REJECT answers with an ICMP error or a TCP reset; only netfilter sends it",
+}
+
+
+def why(code: str) -> str:
+    if code in OK_WHY:
+        return OK_WHY[code]
+    if code in OTHER_WHY:
+        return OTHER_WHY[code]
+    if code.startswith("earlier."):
+        return OTHER_WHY["earlier"]
+    if code.startswith("target."):
+        return f"-j {code.split('.', 1)[1].upper()} has effects only netfilter performs"
+    return unknown_why(code.split(",")[0])
+
+
+def _covers(a: Match, b: Match) -> bool:
+    """Whether every packet matching b also matches a."""
+    for name in ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags"):
+        outer, inner = getattr(a, name), getattr(b, name)
+        if outer is None:
+            continue
+        if inner is None:
+            return False
+        if isinstance(outer, frozenset):
+            if not inner <= outer:
+                return False
+        elif inner.intersection(outer) != inner:
+            return False
+    return True
+
+
+MAX_COVERERS = 512
+
+
+def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
+    """Which classifier positions some packet can reach.
+
+    A rule is unreachable when an earlier terminal rule matches every packet it matches. Only broad
+    earlier rules (at most two constrained fields) are checked, so the pass stays linear; a rule
+    it misses is reported as reachable, which only makes the report optimistic, never XDP unsafe.
+    """
+    coverers: List[Match] = []
+    targets: Set[int] = set()
+    out = []
+    for index, rule in enumerate(rules):
+        if index in targets:
+            coverers = []  # packets arriving here skipped some earlier rules
+        live = not any(_covers(c, rule.match) for c in coverers)
+        out.append(live)
+        if not live:
+            continue
+        if rule.action.verdict == Verdict.CONTINUE:
+            targets.add(rule.action.target)
+        elif len(rule.match.constrained()) <= 2 and len(coverers) < MAX_COVERERS:
+            coverers.append(rule.match)
+    return out
+
+
+def _render(rule: ir.Rule) -> str:
+    try:
+        from ipt2xdp.render import render_rule
+    except ImportError:  # the printer lands separately; a plain form keeps the report usable
+        return f"-A {rule.chain} ..."
+    return render_rule(rule)
+
+
+def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
+    from ipt2xdp.plan import EARLIER_CHAINS, Decision, RuleRef
+
+    live = reachable(rules)
+    instances: Dict[RuleRef, List[Tuple[Verdict, str]]] = {}
+    for index, (rule, path, code) in enumerate(zip(rules, paths, codes)):
+        if index >= guards and path and live[index]:
+            instances.setdefault(path[-1], []).append((rule.action.verdict, code))
+    emitted: Set[RuleRef] = {path[-1] for index, path in enumerate(paths) if index >= guards and path}
+    decisions = []
+    for table in ruleset.tables:
+        for chain in table.chains:
+            if chain.builtin and (table.name, chain.name) == ("filter", "INPUT"):
+                ref = RuleRef(table.name, chain.name, 0)
+                kind = "xdp" if instances.get(ref) else "netfilter"
+                code = "ok.policy" if kind == "xdp" else "shadowed"
+                decisions.append(Decision(ref, kind, code, why(code), f"-P INPUT {chain.policy}"))
+            for index, rule in enumerate(chain.rules, start=1):
+                ref = RuleRef(table.name, chain.name, index)
+                kind, code = _classify(table.name, chain.name, ref, instances, emitted, remarks, live, EARLIER_CHAINS)
+                decisions.append(Decision(ref, kind, code, why(code), _render(rule)))
+    return tuple(decisions)
+
+
+def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> Tuple[str, str]:
+    if (table, chain) in earlier:
+        return "netfilter", f"earlier.{table}-{chain.lower()}"
+    if table != "filter" or chain in ("FORWARD", "OUTPUT"):
+        return "netfilter", "chain.not-input"
+    if ref in instances:
+        outcomes = instances[ref]
+        deferred = [code for verdict, code in outcomes if verdict == Verdict.DEFER]
+        if not deferred:
+            return "xdp", outcomes[0][1]
+        return ("netfilter" if len(deferred) == len(outcomes) else "partial"), deferred[0]
+    if ref in emitted:
+        return "netfilter", "shadowed"
+    if ref in remarks:
+        code, position = remarks[ref]
+        if position is not None and position < len(live) and not live[position]:
+            return "netfilter", "shadowed"
+        return ("xdp" if code.startswith("ok.") else "netfilter"), code
+    return "netfilter", "chain.unreached"

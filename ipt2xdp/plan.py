@@ -1,0 +1,226 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Plan what XDP may decide: IR ruleset + host context -> classifier rules + a decision per rule.
+
+XDP runs before every netfilter hook, so a filter/INPUT verdict is only used for packets that reach
+filter/INPUT unchanged. The classifier therefore starts with guard rules that defer:
+  1. packets not addressed to this host (they are forwarded, or dropped by the stack: not INPUT's);
+  2. packets any rule of raw/mangle/nat PREROUTING or mangle INPUT may touch (DNAT, marks, drops).
+Then filter/INPUT is flattened: user chains are inlined with the caller's conditions conjoined,
+RETURN becomes CONTINUE to the end of the inlined block, and a rule whose outcome XDP cannot know
+(unmodelled match, or a target with side effects such as LOG or REJECT) becomes DEFER wherever its
+modelled part matches. The chain policy closes the classifier as an explicit rule, so that its
+packets are counted too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ipt2xdp import ir
+from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, U32_MAX, Action, ClassifierRule,
+                                IntervalSet, Match, Verdict)
+from ipt2xdp.hostinfo import HostContext
+from ipt2xdp.translate import Term, conjoin, translate, unknown_why
+
+DEFAULT_MAX_RULES = 100_000
+EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))
+NO_OP_TARGETS = (ir.Accept, ir.Return)  # in an earlier chain these let the packet go on unchanged
+
+TARGET_WHY = {
+    "LOG": "LOG must see the packet; XDP defers wherever this rule may match",
+    "NFLOG": "NFLOG must see the packet; XDP defers wherever this rule may match",
+    "REJECT": "REJECT answers with an ICMP error or a TCP reset; only netfilter sends it",
+}
+
+
+@dataclass(frozen=True)
+class RuleRef:
+    """An iptables rule by position (1-based, as `iptables -L --line-numbers`); index 0 = the policy."""
+
+    table: str
+    chain: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    ref: RuleRef
+    kind: str   # "xdp" | "partial" | "netfilter"
+    code: str
+    why: str
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    rules: Tuple[ClassifierRule, ...]
+    default: Action
+    decisions: Tuple[Decision, ...]
+    # rule_id -> the iptables rules a packet decided by that classifier rule traversed (jumps, then
+    # the deciding rule); the wrapper adds XDP's counters to each of them.
+    counter_paths: Tuple[Tuple[RuleRef, ...], ...]
+    notes: Tuple[str, ...] = ()
+
+    def summary(self) -> Dict[str, int]:
+        kinds = [d.kind for d in self.decisions]
+        return {k: kinds.count(k) for k in ("xdp", "partial", "netfilter")}
+
+
+@dataclass
+class _Emitter:
+    host: HostContext
+    ruleset: ir.Ruleset
+    max_rules: int
+    # Three parallel lists, indexed by classifier position (== rule_id): the rule, the iptables
+    # rules its packets traverse, and the reason code the report shows for it.
+    rules: List[ClassifierRule] = field(default_factory=list)
+    paths: List[Tuple[RuleRef, ...]] = field(default_factory=list)
+    codes: List[str] = field(default_factory=list)
+    terms: Dict[Tuple[str, str, int], Term] = field(default_factory=dict)
+    # iptables rules that produce no classifier rule of their own: inlined jumps, never-matching rules
+    # (code, classifier position the rule would act at, or None)
+    remarks: Dict[RuleRef, Tuple[str, Optional[int]]] = field(default_factory=dict)
+
+    def emit(self, match: Match, action: Action, path: Tuple[RuleRef, ...], code: str) -> None:
+        self.rules.append(ClassifierRule(match, action, len(self.rules)))
+        self.paths.append(path)
+        self.codes.append(code)
+
+    def truncate(self, length: int) -> None:
+        del self.rules[length:], self.paths[length:], self.codes[length:]
+
+    def term(self, table: str, chain: str, index: int, rule: ir.Rule) -> Term:
+        key = (table, chain, index)
+        if key not in self.terms:
+            self.terms[key] = translate(rule, self.host)
+        return self.terms[key]
+
+
+def _chain(ruleset: ir.Ruleset, table: str, chain: str) -> Optional[ir.Chain]:
+    t = ruleset.table(table)
+    return t.chain(chain) if t is not None else None
+
+
+def _side_effect_code(target) -> Optional[str]:
+    if target is None or isinstance(target, (ir.Accept, ir.Drop, ir.Return, ir.Jump, ir.Goto)):
+        return None
+    return f"target.{target.name.lower()}"
+
+
+def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[RuleRef, ...],
+            returns: List[int], depth: int) -> None:
+    """Emit the rules of chain_name under `cond`; RETURNs append their rule index to `returns`.
+
+    `returns` holds the positions of CONTINUE placeholders that the caller patches to the end of
+    its block once it is known (RETURN resumes after the jump that entered this chain).
+    """
+    chain = _chain(em.ruleset, table, chain_name)
+    for index, rule in enumerate(chain.rules, start=1):
+        ref = RuleRef(table, chain_name, index)
+        term = em.term(table, chain_name, index, rule)
+        if not term.disjuncts:
+            em.remarks.setdefault(ref, (term.never, None))
+        for disjunct in term.disjuncts:
+            match = conjoin(cond, disjunct.match)
+            if match is None:
+                continue
+            side_effect = _side_effect_code(rule.target)
+            if disjunct.unknown or side_effect:
+                em.emit(match, DEFER, path + (ref,), disjunct.unknown or side_effect)
+            elif rule.target is None:
+                continue  # a counting-only rule: no effect on the packet's fate
+            elif isinstance(rule.target, ir.Accept):
+                em.emit(match, ACCEPT, path + (ref,), "ok.accept")
+            elif isinstance(rule.target, ir.Drop):
+                em.emit(match, DROP, path + (ref,), "ok.drop")
+            elif isinstance(rule.target, ir.Return):
+                returns.append(len(em.rules))
+                em.emit(match, CONTINUE(0), path + (ref,), "ok.return")  # patched by the caller
+            else:
+                em.remarks.setdefault(ref, ("ok.jump", len(em.rules)))
+                _call(em, table, rule.target, match, path + (ref,), returns, depth)
+
+
+def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, ...],
+          returns: List[int], depth: int) -> None:
+    """Inline a -j or -g; degrade to DEFER when the ruleset would blow up the classifier."""
+    start = len(em.rules)
+    inner_returns: List[int] = []
+    if depth < 64 and start < em.max_rules:
+        _inline(em, table, target.chain, match, path, inner_returns, depth + 1)
+    if depth >= 64 or len(em.rules) > em.max_rules:
+        em.truncate(start)
+        em.emit(match, DEFER, path, "chain.too-large")
+        return
+    if isinstance(target, ir.Goto):
+        # RETURN in, or falling off the end of, a goto'd chain returns to *our* caller: route both
+        # through one rule that continues where our caller's RETURN would.
+        end = len(em.rules)
+        returns.append(end)
+        em.emit(match, CONTINUE(0), path, "ok.goto-end")
+    else:
+        end = len(em.rules)
+    for position in inner_returns:
+        _patch(em, position, end)
+
+
+def _patch(em: _Emitter, position: int, target_index: int) -> None:
+    rule = em.rules[position]
+    em.rules[position] = ClassifierRule(rule.match, CONTINUE(target_index), rule.rule_id)
+
+
+def _earlier_chain_guards(em: _Emitter) -> List[str]:
+    """Defer every packet a rule in raw/mangle/nat PREROUTING or mangle INPUT may touch."""
+    notes = []
+    for table, chain_name in EARLIER_CHAINS:
+        chain = _chain(em.ruleset, table, chain_name)
+        if chain is None:
+            continue
+        if chain.policy not in (None, "ACCEPT"):
+            em.emit(Match(), DEFER, (RuleRef(table, chain_name, 0),), f"earlier.{table}-policy")
+            notes.append(f"{table}/{chain_name} policy {chain.policy}: XDP defers everything")
+        seen: set = set()
+        _guard_chain(em, table, chain_name, Match(), seen, 0)
+    return notes
+
+
+def _guard_chain(em: _Emitter, table: str, chain_name: str, cond: Match, seen: set, depth: int) -> None:
+    chain = _chain(em.ruleset, table, chain_name)
+    for index, rule in enumerate(chain.rules, start=1):
+        ref = RuleRef(table, chain_name, index)
+        for disjunct in em.term(table, chain_name, index, rule).disjuncts:
+            match = conjoin(cond, disjunct.match)
+            if match is None or rule.target is None or isinstance(rule.target, NO_OP_TARGETS):
+                continue
+            if isinstance(rule.target, (ir.Jump, ir.Goto)) and depth < 16 and (rule.target.chain, match) not in seen:
+                seen.add((rule.target.chain, match))
+                _guard_chain(em, table, rule.target.chain, match, seen, depth + 1)
+            else:
+                # Superset of the packets this rule may change: its modelled match, unknowns ignored.
+                em.emit(match, DEFER, (ref,), f"earlier.{table}-{chain_name.lower()}")
+
+
+def _local_guard(em: _Emitter) -> None:
+    local = IntervalSet.of((int(n.network_address), int(n.broadcast_address)) for n in em.host.local_destinations)
+    em.emit(Match(dst=local.complement(U32_MAX)), DEFER, (), "guard.not-local")
+
+
+def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RULES) -> Plan:
+    """Plan filter/INPUT of `ruleset` for packets arriving on host.attached devices."""
+    from ipt2xdp.decisions import decide
+
+    em = _Emitter(host, ruleset, max_rules)
+    _local_guard(em)
+    notes = _earlier_chain_guards(em)
+    guards = len(em.rules)
+    input_chain = _chain(ruleset, "filter", "INPUT")
+    policy = input_chain.policy if input_chain is not None else "ACCEPT"
+    if input_chain is not None:
+        top_returns: List[int] = []
+        _inline(em, "filter", "INPUT", Match(), (), top_returns, 0)
+        policy_position = len(em.rules)
+        for position in top_returns:  # RETURN in a builtin chain: the policy decides
+            _patch(em, position, policy_position)
+    em.emit(Match(), DROP if policy == "DROP" else ACCEPT, (RuleRef("filter", "INPUT", 0),), "ok.policy")
+    decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
+    return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes))

@@ -1,0 +1,256 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Translate one IR rule's matches into classifier terms, exactly or not at all.
+
+A rule becomes a Term: a disjunction of classifier Matches, each either *certain* (XDP knows the
+packet matches) or *unknown* (the modelled part matches but something XDP cannot see decides, so
+the packet must be deferred to netfilter). An empty disjunction means the rule never matches a
+packet XDP judges (for example `-f`: XDP passes every fragment before classifying).
+
+Only XDP_DROP needs proof, so the one rule here is: a field is either translated exactly, or the
+whole disjunct becomes unknown, which can only make XDP defer more.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+
+from ipt2xdp import ir
+from ipt2xdp.classifier import U16_MAX, U32_MAX, IntervalSet, Match
+from ipt2xdp.hostinfo import HostContext
+
+ALL_PROTOCOLS = frozenset(range(256))
+PORT_PROTOCOLS = frozenset({6, 17})  # the only protocols whose ports the XDP program parses
+ICMP_MAX = 0xFFFF  # type*256+code
+
+
+@dataclass(frozen=True)
+class Disjunct:
+    match: Match
+    unknown: Optional[str] = None  # reason code when XDP cannot be sure; None when certain
+
+
+@dataclass(frozen=True)
+class Term:
+    disjuncts: Tuple[Disjunct, ...]
+    unknown_codes: Tuple[str, ...] = ()  # every reason a disjunct is unknown, for the report
+    never: str = ""  # why no disjunct is left (the rule never matches a packet XDP judges)
+
+
+# Matches XDP cannot evaluate (yet), with the sentence the dry-run report shows.
+UNMODELLED_WHY = {
+    "conntrack": "connection state is only known to conntrack",
+    "state": "connection state is only known to conntrack",
+    "set": "ipset membership is not mirrored into XDP",
+    "length": "packet length is not a classifier field yet",
+    "ttl": "TTL is not a classifier field yet",
+    "addrtype": "address types are not modelled yet",
+    "mac": "MAC addresses are not a classifier field",
+    "limit": "rate limits keep state XDP does not share",
+    "recent": "the recent list keeps state XDP does not share",
+    "hashlimit": "rate limits keep state XDP does not share",
+    "mark": "packet marks are set inside netfilter",
+    "connmark": "connection marks live in conntrack",
+    "tcp-option": "TCP options are not parsed by XDP",
+    "out-interface": "the output device is not known when a packet arrives",
+    "interface-ambiguous": "netfilter may see this packet on another device (bridge, macvlan or ipvlan)",
+    "port-protocol": "XDP parses ports of TCP and UDP only",
+}
+
+
+def unknown_why(code: str) -> str:
+    name = code.split(".", 1)[-1]
+    return UNMODELLED_WHY.get(name, f"-m {name} is not modelled in XDP")
+
+
+def _addresses(address: Optional[ir.Address]) -> Optional[IntervalSet]:
+    if address is None:
+        return None
+    net = address.network
+    interval = IntervalSet(((int(net.network_address), int(net.broadcast_address)),))
+    return interval.complement(U32_MAX) if address.negated else interval
+
+
+def _ports(ranges: Iterable[Tuple[int, int]], negated: bool) -> IntervalSet:
+    interval = IntervalSet.of(ranges)
+    return interval.complement(U16_MAX) if negated else interval
+
+
+def _flags(flags: ir.TcpFlags) -> FrozenSet[int]:
+    mask, comp = flags.mask_bits, flags.comp_bits
+    return frozenset(v for v in range(64) if ((v & mask) == comp) != flags.negated)
+
+
+def _icmp(match: ir.IcmpMatch) -> IntervalSet:
+    if match.type is None:
+        interval = IntervalSet.range(0, ICMP_MAX)
+    else:
+        interval = IntervalSet.range(match.type * 256 + match.code[0], match.type * 256 + match.code[1])
+    return interval.complement(ICMP_MAX) if match.negated else interval
+
+
+def _intersect(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a.intersection(b) if isinstance(a, IntervalSet) else a & b
+
+
+def conjoin(a: Match, b: Match) -> Optional[Match]:
+    """The conjunction of two matches, or None when no packet satisfies both."""
+    values = {}
+    for name in ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags"):
+        value = _intersect(getattr(a, name), getattr(b, name))
+        if value is not None and not value:
+            return None
+        values[name] = value
+    return Match(**values)
+
+
+def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int]]:
+    """For each attached device: the name netfilter's -i compares against, and the ambiguous ones.
+
+    A bond slave's packets reach netfilter on the bond; a bridge port's on the bridge, unless
+    br_netfilter sees them as bridged; a device under macvlan/ipvlan may hand packets to its upper
+    device. The first is exact; the others are ambiguous, so -i rules defer for those devices.
+    """
+    names, ambiguous = {}, set()
+    for name in host.attached:
+        device = host.device(name)
+        if device is None:
+            continue
+        master = next((d for d in host.devices if d.ifindex == device.master), None)
+        names[device.ifindex] = master.name if master is not None and master.kind == "bond" else device.name
+        if master is not None and master.kind != "bond":
+            ambiguous.add(device.ifindex)
+        if any(d.link == device.ifindex and d.kind in ("macvlan", "macvtap", "ipvlan", "ipvtap")
+               for d in host.devices):
+            ambiguous.add(device.ifindex)
+    return names, frozenset(ambiguous)
+
+
+def _interface_match(iface: ir.Interface, names: Dict[int, str]) -> FrozenSet[int]:
+    def hit(name: str) -> bool:
+        return name.startswith(iface.prefix) if iface.wildcard else name == iface.name
+
+    return frozenset(ifindex for ifindex, name in names.items() if hit(name) != iface.negated)
+
+
+class _Builder:
+    """Accumulates one rule's constraints; a field XDP cannot decide makes the rule unknown."""
+
+    def __init__(self):
+        self.match = Match()
+        self.unknown: List[str] = []
+        self.never = ""
+        self.either_port: Optional[IntervalSet] = None  # `-m multiport --ports P`: sport or dport in P
+        self.iif_split: Optional[Tuple[FrozenSet[int], FrozenSet[int]]] = None  # (exact, ambiguous)
+
+    def add(self, **constraint) -> None:
+        combined = conjoin(self.match, Match(**constraint))
+        if combined is None:
+            self.never = self.never or ("iface.not-attached" if "iif" in constraint else "never.empty")
+        else:
+            self.match = combined
+
+    def mark_unknown(self, code: str) -> None:
+        if code not in self.unknown:
+            self.unknown.append(code)
+
+
+def _header(builder: _Builder, rule: ir.Rule, names: Dict[int, str], ambiguous: FrozenSet[int]) -> None:
+    for field, address in (("src", rule.source), ("dst", rule.destination)):
+        values = _addresses(address)
+        if values is not None:
+            builder.add(**{field: values})
+    if rule.protocol is not None:
+        numbers = frozenset({rule.protocol.number}) if rule.protocol.number else ALL_PROTOCOLS
+        builder.add(proto=ALL_PROTOCOLS - numbers if rule.protocol.negated else numbers)
+    if rule.in_interface is not None:
+        exact = _interface_match(rule.in_interface, {i: n for i, n in names.items() if i not in ambiguous})
+        if ambiguous:
+            # Packets on ambiguous devices: the interface test is unknown for them.
+            builder.iif_split = (exact, ambiguous)
+        else:
+            builder.add(iif=exact)
+    if rule.out_interface is not None:
+        builder.mark_unknown("match.out-interface")
+    if rule.fragment is True:
+        builder.never = "fragment"  # XDP passes every fragment before classifying; `-f` never matches
+
+
+def _port_constraints(builder: _Builder, rule: ir.Rule) -> None:
+    protocols = builder.match.proto
+    if protocols is None or not protocols <= PORT_PROTOCOLS:
+        builder.mark_unknown("match.port-protocol")
+
+
+def _matches(builder: _Builder, rule: ir.Rule) -> None:
+    for match in rule.matches:
+        if isinstance(match, (ir.TcpMatch, ir.UdpMatch)):
+            _port_constraints(builder, rule)
+            if match.sport is not None:
+                builder.add(sport=_ports([match.sport.range], match.sport.negated))
+            if match.dport is not None:
+                builder.add(dport=_ports([match.dport.range], match.dport.negated))
+            if isinstance(match, ir.TcpMatch):
+                builder.add(proto=frozenset({6}))
+                if match.flags is not None:
+                    builder.add(tcp_flags=_flags(match.flags))
+                if match.option is not None:
+                    builder.mark_unknown("match.tcp-option")
+            else:
+                builder.add(proto=frozenset({17}))
+        elif isinstance(match, ir.MultiportMatch):
+            _port_constraints(builder, rule)
+            ports = _ports(match.ranges, match.negated)
+            if match.kind == "sports":
+                builder.add(sport=ports)
+            elif match.kind == "dports":
+                builder.add(dport=ports)
+            elif match.negated:  # neither port in the list
+                builder.add(sport=ports, dport=ports)
+            else:
+                builder.either_port = ports
+        elif isinstance(match, ir.IcmpMatch):
+            builder.add(proto=frozenset({1}), icmp=_icmp(match))
+        elif isinstance(match, ir.IprangeMatch):
+            for field, span in (("src", match.src), ("dst", match.dst)):
+                if span is not None:
+                    values = IntervalSet.range(int(span.lo), int(span.hi))
+                    builder.add(**{field: values.complement(U32_MAX) if span.negated else values})
+        elif isinstance(match, ir.CommentMatch):
+            continue
+        else:
+            builder.mark_unknown(f"match.{match.name}")
+
+
+def _either_port(base: Match, ports: IntervalSet) -> List[Match]:
+    """`--ports P` as two disjoint matches: sport in P, or dport in P with sport not in P."""
+    first = conjoin(base, Match(sport=ports))
+    second = conjoin(base, Match(sport=ports.complement(U16_MAX), dport=ports))
+    return [m for m in (first, second) if m is not None]
+
+
+def translate(rule: ir.Rule, host: HostContext) -> Term:
+    """The classifier terms of a rule's matches (its target is the planner's business)."""
+    names, ambiguous = nf_interface_names(host)
+    builder = _Builder()
+    _header(builder, rule, names, ambiguous)
+    _matches(builder, rule)
+    if builder.never:
+        return Term((), never=builder.never)
+    unknown = ",".join(builder.unknown) or None
+    bases = [builder.match] if builder.either_port is None else _either_port(builder.match, builder.either_port)
+    disjuncts: List[Disjunct] = []
+    for base in bases:
+        if builder.iif_split is None:
+            disjuncts.append(Disjunct(base, unknown))
+            continue
+        exact, unsure = builder.iif_split
+        for iif, reason in ((exact, unknown), (unsure, "match.interface-ambiguous")):
+            narrowed = conjoin(base, Match(iif=iif)) if iif else None
+            if narrowed is not None:
+                disjuncts.append(Disjunct(narrowed, reason))
+    codes = tuple(dict.fromkeys(c for d in disjuncts if d.unknown for c in d.unknown.split(",")))
+    return Term(tuple(disjuncts), codes, "" if disjuncts else "iface.not-attached")

@@ -1,0 +1,46 @@
+# One INPUT rule per line (policy ACCEPT, XDP on veth0): <rule>;<kind>:<reason code>
+# kind: xdp (XDP decides), partial (for some packets), netfilter (netfilter only)
+-A INPUT -s 10.0.0.0/8 -j DROP;xdp:ok.drop
+-A INPUT ! -s 10.0.0.0/8 -j DROP;xdp:ok.drop
+-A INPUT -d 10.77.1.2/32 -p udp -j DROP;xdp:ok.drop
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT;xdp:ok.accept
+-A INPUT -p tcp -m tcp ! --sport 1024:65535 -j DROP;xdp:ok.drop
+-A INPUT -p udp -m udp --dport 1900 -j DROP;xdp:ok.drop
+-A INPUT -p tcp -m multiport --dports 23,135:139,445 -j DROP;xdp:ok.drop
+-A INPUT -p tcp -m multiport --ports 23,445 -j DROP;xdp:ok.drop
+-A INPUT -p tcp -m multiport ! --ports 23,445 -j DROP;xdp:ok.drop
+-A INPUT -p icmp -m icmp --icmp-type 8 -j DROP;xdp:ok.drop
+-A INPUT -p icmp -m icmp --icmp-type 3/4 -j DROP;xdp:ok.drop
+-A INPUT -p icmp -m icmp ! --icmp-type 0 -j DROP;xdp:ok.drop
+-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j DROP;xdp:ok.drop
+-A INPUT -p tcp -m tcp ! --tcp-flags SYN,ACK SYN -j DROP;xdp:ok.drop
+-A INPUT -p 47 -j DROP;xdp:ok.drop
+-A INPUT ! -p tcp -j DROP;xdp:ok.drop
+-A INPUT -i veth0 -j DROP;xdp:ok.drop
+-A INPUT -i veth+ -j DROP;xdp:ok.drop
+-A INPUT ! -i veth0 -j DROP;netfilter:iface.not-attached
+-A INPUT -i lo -j ACCEPT;netfilter:iface.not-attached
+-A INPUT -m comment --comment "blocked by ops" -j DROP;xdp:ok.drop
+-A INPUT -m iprange --src-range 10.0.0.1-10.0.0.9 -j DROP;xdp:ok.drop
+-A INPUT -m iprange ! --dst-range 10.77.1.1-10.77.1.9 -j DROP;xdp:ok.drop
+-A INPUT -f -j DROP;netfilter:fragment
+-A INPUT ! -f -s 10.0.0.0/8 -j DROP;xdp:ok.drop
+-A INPUT -j LOG --log-prefix "in: ";netfilter:target.log
+-A INPUT -j NFLOG --nflog-group 2;netfilter:target.nflog
+-A INPUT -p tcp -j REJECT --reject-with tcp-reset;netfilter:target.reject
+-A INPUT -j MARK --set-xmark 0x1/0xffffffff;netfilter:target.mark
+-A INPUT -p tcp -m limit --limit 5/min -j ACCEPT;netfilter:match.limit
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT;netfilter:match.conntrack
+-A INPUT -m state --state NEW -j DROP;netfilter:match.state
+-A INPUT -m set --match-set blocklist src -j DROP;netfilter:match.set
+-A INPUT -m length --length 0:64 -j DROP;netfilter:match.length
+-A INPUT -m ttl --ttl-lt 5 -j DROP;netfilter:match.ttl
+-A INPUT -m addrtype --dst-type BROADCAST -j DROP;netfilter:match.addrtype
+-A INPUT -m mac --mac-source 00:11:22:33:44:55 -j DROP;netfilter:match.mac
+-A INPUT -m recent --rcheck --seconds 60 --name ssh -j DROP;netfilter:match.recent
+-A INPUT -m mark --mark 0x1 -j DROP;netfilter:match.mark
+-A INPUT -p tcp -m tcp --tcp-option 2 -j DROP;netfilter:match.tcp-option
+-A INPUT -p sctp -m multiport --dports 5060 -j DROP;netfilter:match.port-protocol
+-A INPUT -m hashlimit --hashlimit-above 10/sec --hashlimit-name x -j DROP;netfilter:match.hashlimit
+-A INPUT -p tcp -m string --string "GET" --algo bm -j DROP;netfilter:match.string
+-A INPUT -j RETURN;xdp:ok.return

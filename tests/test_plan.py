@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Planner decisions (tests/plan/*.t) and flattening semantics checked by hand against iptables'.
+
+The expected verdicts below were worked out from iptables semantics (first match wins, RETURN
+resumes after the jump, a goto'd chain returns to the caller of its caller, policy decides last),
+not from the planner.
+"""
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from ipt2xdp.classifier import PacketKey, Verdict, evaluate, validate
+from ipt2xdp.hostinfo import Device, HostContext
+from ipt2xdp.parse import parse
+from ipt2xdp.plan import RuleRef, plan
+
+HOST = HostContext(devices=(Device("lo", 1), Device("veth0", 5, "veth"), Device("eth1", 6)),
+                   local_destinations=(IPv4Network("10.77.1.2/32"), IPv4Network("224.0.0.0/4")),
+                   attached=("veth0",))
+LOCAL = int(IPv4Address("10.77.1.2"))
+
+
+def ruleset(body: str, policy: str = "ACCEPT", chains: str = "", extra_tables: str = ""):
+    text = f"*filter\n:INPUT {policy} [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{chains}{body}\nCOMMIT\n"
+    return parse(extra_tables + text, "test.rules")
+
+
+def decision_lines():
+    for path in sorted((Path(__file__).parent / "plan").glob("*.t")):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if line and not line.startswith("#"):
+                rule, expected = line.rsplit(";", 1)
+                yield pytest.param(rule, expected, id=f"{path.name}:{number}")
+
+
+@pytest.mark.parametrize("rule, expected", list(decision_lines()))
+def test_decision_table(rule, expected):
+    result = plan(ruleset(rule), HOST)
+    decision = next(d for d in result.decisions if d.ref == RuleRef("filter", "INPUT", 1))
+    assert f"{decision.kind}:{decision.code}" == expected, decision.why
+    assert decision.why
+    validate(result.rules, result.default)
+
+
+def packet(src="198.51.100.7", proto=6, dport=22, sport=40000, iif=5, dst=LOCAL, flags=0x02):
+    tcp_or_udp = proto in (6, 17)
+    return PacketKey(int(IPv4Address(src)), dst, proto, sport if tcp_or_udp else None,
+                     dport if tcp_or_udp else None, iif, None, flags if proto == 6 else None)
+
+
+def verdict(result, pkt):
+    return evaluate(result.rules, result.default, pkt)[0]
+
+
+def test_return_resumes_after_the_jump():
+    rs = ruleset("-A INPUT -j CHECK\n-A INPUT -p tcp -m tcp --dport 22 -j DROP\n"
+                 "-A CHECK -s 10.0.0.0/8 -j RETURN\n-A CHECK -p tcp -j ACCEPT",
+                 chains=":CHECK - [0:0]\n")
+    result = plan(rs, HOST)
+    assert verdict(result, packet(src="10.1.2.3")) == Verdict.DROP      # RETURN, then rule 2 drops
+    assert verdict(result, packet(src="192.0.2.1")) == Verdict.ACCEPT   # CHECK accepts tcp first
+    assert verdict(result, packet(src="10.1.2.3", dport=80)) == Verdict.ACCEPT  # falls to policy
+
+
+def test_goto_returns_to_the_callers_caller():
+    # INPUT -j A; A -g B; B RETURN  => resumes in INPUT after "-j A", skipping the rest of A.
+    rs = ruleset("-A INPUT -j A\n-A INPUT -s 10.0.0.0/8 -j DROP\n"
+                 "-A A -g B\n-A A -j ACCEPT\n-A B -p udp -j ACCEPT\n-A B -p tcp -j RETURN",
+                 policy="ACCEPT", chains=":A - [0:0]\n:B - [0:0]\n")
+    result = plan(rs, HOST)
+    assert verdict(result, packet(src="10.1.1.1", proto=6)) == Verdict.DROP    # RETURN from B
+    assert verdict(result, packet(src="10.1.1.1", proto=47)) == Verdict.DROP   # end of B, same
+    assert verdict(result, packet(src="10.1.1.1", proto=17)) == Verdict.ACCEPT
+
+
+def test_return_from_input_means_policy():
+    rs = ruleset("-A INPUT -s 10.0.0.0/8 -j RETURN\n-A INPUT -j ACCEPT", policy="DROP")
+    result = plan(rs, HOST)
+    assert verdict(result, packet(src="10.9.9.9")) == Verdict.DROP
+    assert verdict(result, packet(src="192.0.2.9")) == Verdict.ACCEPT
+
+
+def test_unknown_rule_defers_only_where_its_modelled_part_matches():
+    rs = ruleset("-A INPUT -p tcp -m limit --limit 1/sec -j ACCEPT\n-A INPUT -j DROP")
+    result = plan(rs, HOST)
+    assert verdict(result, packet(proto=6)) == Verdict.DEFER
+    assert verdict(result, packet(proto=17)) == Verdict.DROP
+
+
+def test_packets_not_for_this_host_are_deferred():
+    result = plan(ruleset("-A INPUT -j DROP"), HOST)
+    assert verdict(result, packet(dst=int(IPv4Address("10.77.1.99")))) == Verdict.DEFER
+    assert verdict(result, packet()) == Verdict.DROP
+
+
+def test_earlier_chains_defer_what_they_may_touch():
+    nat = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+           ":POSTROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp -m tcp --dport 8080 -j DNAT "
+           "--to-destination 10.77.1.2:80\nCOMMIT\n")
+    result = plan(ruleset("-A INPUT -p tcp -j DROP", extra_tables=nat), HOST)
+    assert verdict(result, packet(dport=8080)) == Verdict.DEFER
+    assert verdict(result, packet(dport=8081)) == Verdict.DROP
+    dnat = next(d for d in result.decisions if d.ref == RuleRef("nat", "PREROUTING", 1))
+    assert dnat.kind == "netfilter" and dnat.code == "earlier.nat-prerouting"
+
+
+def test_raw_policy_drop_defers_everything():
+    raw = "*raw\n:PREROUTING DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    result = plan(ruleset("-A INPUT -j DROP", extra_tables=raw), HOST)
+    assert verdict(result, packet()) == Verdict.DEFER
+
+
+def test_oversized_chain_degrades_to_defer():
+    body = "\n".join(f"-A BIG -s 10.0.{i // 250}.{i % 250}/32 -j DROP" for i in range(300))
+    rs = ruleset("-A INPUT -j BIG\n-A INPUT -j DROP\n" + body, chains=":BIG - [0:0]\n")
+    result = plan(rs, HOST, max_rules=100)
+    assert verdict(result, packet(src="10.0.0.1")) == Verdict.DEFER
+    jump = next(d for d in result.decisions if d.ref == RuleRef("filter", "INPUT", 1))
+    assert jump.code == "chain.too-large"
+
+
+def test_bond_slave_is_seen_as_the_bond_and_bridge_ports_are_ambiguous():
+    host = HostContext(devices=(Device("bond0", 7, "bond"), Device("eth2", 8, master=7),
+                                Device("br0", 9, "bridge"), Device("eth3", 10, master=9)),
+                       local_destinations=(IPv4Network("10.77.1.2/32"),), attached=("eth2", "eth3"))
+    result = plan(ruleset("-A INPUT -i bond0 -j DROP\n-A INPUT -i eth3 -j DROP"), host)
+    assert verdict(result, packet(iif=8)) == Verdict.DROP      # eth2 -> netfilter sees bond0
+    assert verdict(result, packet(iif=10)) == Verdict.DEFER    # bridge port: netfilter may see br0
+
+
+def test_counter_paths_name_the_jump_and_the_deciding_rule():
+    rs = ruleset("-A INPUT -j BL\n-A BL -s 203.0.113.0/24 -j DROP", chains=":BL - [0:0]\n")
+    result = plan(rs, HOST)
+    rule_id = evaluate(result.rules, result.default, packet(src="203.0.113.9"))[1]
+    assert result.counter_paths[rule_id] == (RuleRef("filter", "INPUT", 1), RuleRef("filter", "BL", 1))
