@@ -77,7 +77,7 @@
 /* state[0]: which generation slot packets read. Written last by an update (the flip). */
 struct ipt2xdp_state {
 	__u32 active; /* 0..IPT2XDP_GEN_SLOTS-1, or IPT2XDP_DEFER_ALL */
-	__u32 pad;
+	__u32 last_slot; /* the slot last made active (kept while active is DEFER_ALL) */
 	__u64 generation; /* generation number in force (informational) */
 };
 _Static_assert(sizeof(struct ipt2xdp_state) == 16, "abi");

@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""ctypes mirrors of bpf/ipt2xdp_kern_user.h, and the names and shapes of the program's maps.
+
+Three locks keep this file and the C header in step (STYLE.md): _Static_assert in C, the size
+asserts below, tests/test_abi.py (sizes and member offsets against the object's BTF, constants
+against the header), and loader.check_abi() at load time (key/value sizes of every map).
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+# --- constants (bpf/ipt2xdp_kern_user.h) ---------------------------------------------------------
+GEN_SLOTS = 2
+DEFER_ALL = 0xFFFFFFFF
+SUMMARY_WORDS = 4
+MAX_SLOTS = 64 * 64 * SUMMARY_WORDS
+CHUNK_WORDS = 8
+MAX_STEPS = 64
+ADDR_SEARCH_STEPS = 17
+
+F_SRC, F_DST, F_PROTO, F_SPORT, F_DPORT, F_IIF, F_ICMP, F_TCP_FLAGS = range(8)
+NUM_FIELDS = 8
+
+VC_PROTO = 0
+VC_SPORT = 256
+VC_DPORT = VC_SPORT + 65537
+VC_ICMP = VC_DPORT + 65537
+VC_TCP_FLAGS = VC_ICMP + 65537
+VC_ENTRIES = VC_TCP_FLAGS + 65
+NO_PORT = 65536
+NOT_ICMP = 65536
+NOT_TCP = 64
+ADDR_DIR_ENTRIES = 2 * 65536
+
+ACT_DROP, ACT_ACCEPT, ACT_DEFER, ACT_CONTINUE = 1, 2, 3, 4
+SLOT_RULE, SLOT_SET = 0, 1
+K_SRC, K_DST, K_PROTO, K_SPORT, K_DPORT = 1, 2, 4, 8, 16
+
+STAT_NAMES = ("defer_all", "not_ipv4", "malformed", "fragment", "lookup_fail", "budget",
+              "classified", "drop", "pass")
+NUM_STATS = len(STAT_NAMES)
+
+# Counter keys that are not rule ids (rule ids are the planner's, below these).
+DEFAULT_COUNTER = 0xFFFFFFFF   # the default action (chain policy)
+OVERFLOW_COUNTER = 0xFFFFFFFE  # the catch-all DEFER slot that replaces rules beyond capacity
+
+BPF_F_INNER_MAP = 1 << 12
+
+
+# --- structs -------------------------------------------------------------------------------------
+class State(ctypes.Structure):
+    _fields_ = [("active", ctypes.c_uint32), ("last_slot", ctypes.c_uint32), ("generation", ctypes.c_uint64)]
+
+
+class GenConfig(ctypes.Structure):
+    _fields_ = [("generation", ctypes.c_uint64), ("field_mask", ctypes.c_uint32), ("nslots", ctypes.c_uint32),
+                ("nchunks", ctypes.c_uint32), ("default_action", ctypes.c_uint32),
+                ("default_counter", ctypes.c_uint32), ("iif_default_row", ctypes.c_uint32)]
+
+
+class AddrDir(ctypes.Structure):
+    _fields_ = [("first", ctypes.c_uint32), ("count", ctypes.c_uint32)]
+
+
+class AddrBound(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint32), ("row", ctypes.c_uint32)]
+
+
+class ClassSummary(ctypes.Structure):
+    _fields_ = [("words", ctypes.c_uint64 * SUMMARY_WORDS)]
+
+
+class Chunk(ctypes.Structure):
+    _fields_ = [("words", ctypes.c_uint64 * CHUNK_WORDS)]
+
+
+class Slot(ctypes.Structure):
+    _fields_ = [("counter", ctypes.c_uint32), ("next", ctypes.c_uint32), ("set_id", ctypes.c_uint16),
+                ("action", ctypes.c_uint8), ("kind", ctypes.c_uint8), ("key_fields", ctypes.c_uint8),
+                ("src_plen", ctypes.c_uint8), ("dst_plen", ctypes.c_uint8), ("pad", ctypes.c_uint8)]
+
+
+class ExactKey(ctypes.Structure):
+    # src/dst/sport/dport in network byte order, as read from the packet: pack them with
+    # ipt2xdp.compile (struct.pack("!I") / "!H"), never as host integers.
+    _fields_ = [("src", ctypes.c_uint8 * 4), ("dst", ctypes.c_uint8 * 4), ("sport", ctypes.c_uint8 * 2),
+                ("dport", ctypes.c_uint8 * 2), ("set_id", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8)]
+
+
+class Counter(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+STRUCTS = {
+    "ipt2xdp_state": State, "ipt2xdp_gen_config": GenConfig, "ipt2xdp_addr_dir": AddrDir,
+    "ipt2xdp_addr_bound": AddrBound, "ipt2xdp_class_summary": ClassSummary, "ipt2xdp_chunk": Chunk,
+    "ipt2xdp_slot": Slot, "ipt2xdp_exact_key": ExactKey, "ipt2xdp_counter": Counter,
+}
+_SIZES = {State: 16, GenConfig: 32, AddrDir: 8, AddrBound: 8, ClassSummary: 8 * SUMMARY_WORDS,
+          Chunk: 8 * CHUNK_WORDS, Slot: 16, ExactKey: 16, Counter: 16}
+for _cls, _size in _SIZES.items():
+    assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
+
+
+# --- maps ----------------------------------------------------------------------------------------
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
+
+
+@dataclass(frozen=True)
+class MapShape:
+    name: str        # map name in the object (outer map for generation maps)
+    map_type: int    # inner map type for generation maps
+    key_size: int
+    value_size: int
+    map_flags: int = 0
+
+
+MAP_STATE = MapShape("ipt2xdp_state", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(State))
+MAP_STATS = MapShape("ipt2xdp_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8)
+PROGRAM_NAME = "ipt2xdp_xdp"
+
+# Per-generation maps: logical name (as in compile.Tables) -> shape of the inner map.
+GEN_MAPS = {
+    "cfg": MapShape("ipt2xdp_g_cfg", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(GenConfig), BPF_F_INNER_MAP),
+    "slots": MapShape("ipt2xdp_g_slots", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Slot), BPF_F_INNER_MAP),
+    "value_class": MapShape("ipt2xdp_g_value_class", BPF_MAP_TYPE_ARRAY, 4, 4, BPF_F_INNER_MAP),
+    "addr_dir": MapShape("ipt2xdp_g_addr_dir", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrDir), BPF_F_INNER_MAP),
+    "addr_bounds": MapShape("ipt2xdp_g_addr_bounds", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrBound),
+                            BPF_F_INNER_MAP),
+    "class_summary": MapShape("ipt2xdp_g_class_summary", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ClassSummary),
+                              BPF_F_INNER_MAP),
+    "class_chunks": MapShape("ipt2xdp_g_class_chunks", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Chunk),
+                             BPF_F_INNER_MAP),
+    "counters": MapShape("ipt2xdp_g_counters", BPF_MAP_TYPE_PERCPU_HASH, 4, ctypes.sizeof(Counter)),
+    "iif_class": MapShape("ipt2xdp_g_iif_class", BPF_MAP_TYPE_HASH, 4, 4),
+    "exact_set": MapShape("ipt2xdp_g_exact_set", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), 4),
+}

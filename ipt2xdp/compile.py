@@ -1,0 +1,466 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""compile(): classifier rules -> the bytes of one generation of maps. Pure: never touches the kernel.
+
+Steps (each a small function below):
+  1. slots: rules become bitmap slots; long runs of consecutive rules with the same action that
+     differ only in exact values (a blocklist of /32s or /24s, exact 5-tuples) merge into one SET
+     slot backed by a hash set whose value is the original rule_id, so 100k such rules cost one
+     hash lookup per packet and their counters stay per rule;
+  2. classes: per field, the value domain is cut into intervals with the same set of matching
+     slots; equal sets share a class row; each row owns a bitmap of slots and a summary bitmap;
+  3. encode: rows, slots, sets, the address directory and bounds become key/value bytes.
+Beyond IPT2XDP_MAX_SLOTS slots compile raises CapacityError, or with overflow="defer" keeps the
+first slots and ends with a catch-all DEFER slot, so the rest is left to netfilter.
+"""
+from __future__ import annotations
+
+import bisect
+import ctypes
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from ipt2xdp import abi
+from ipt2xdp.classifier import Action, ClassifierRule, IntervalSet, Match, Verdict, validate
+from ipt2xdp.errors import CapacityError
+
+MERGE_MIN_RUN = 4  # shorter runs stay plain slots: a set probe costs more than a bit test
+MAX_SETS = 0xFFFF
+
+_ACT = {Verdict.DROP: abi.ACT_DROP, Verdict.ACCEPT: abi.ACT_ACCEPT, Verdict.DEFER: abi.ACT_DEFER,
+        Verdict.CONTINUE: abi.ACT_CONTINUE}
+_FIELDS = ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags")  # index = abi.F_*
+_KEYABLE = ("src", "dst", "proto", "sport", "dport")
+_KEY_BITS = {"src": abi.K_SRC, "dst": abi.K_DST, "proto": abi.K_PROTO, "sport": abi.K_SPORT, "dport": abi.K_DPORT}
+# Domains of the small fields as value_class regions: (base, size incl. the "absent" value).
+_VALUE_REGIONS = {"proto": (abi.VC_PROTO, 256), "sport": (abi.VC_SPORT, 65537), "dport": (abi.VC_DPORT, 65537),
+                  "icmp": (abi.VC_ICMP, 65537), "tcp_flags": (abi.VC_TCP_FLAGS, 65)}
+
+
+@dataclass
+class MapContents:
+    """One inner map of a generation: contiguous key and value buffers (batch-update ready)."""
+
+    name: str
+    max_entries: int
+    key_size: int
+    value_size: int
+    keys: bytes = b""
+    values: bytes = b""
+
+    @property
+    def count(self) -> int:
+        return len(self.keys) // self.key_size
+
+    def entries(self) -> Iterator[Tuple[bytes, bytes]]:
+        ks, vs = self.key_size, self.value_size
+        for i in range(self.count):
+            yield self.keys[i * ks:(i + 1) * ks], self.values[i * vs:(i + 1) * vs]
+
+
+@dataclass
+class Tables:
+    """One generation's map contents plus what status/tests need to interpret them."""
+
+    maps: Dict[str, MapContents]
+    rule_count: int
+    slot_count: int
+    set_count: int
+    rule_ids: List[int]               # counter keys of the rules, in classifier order
+    default_action: Verdict
+    overflowed_rules: int = 0         # rules replaced by the catch-all DEFER slot
+    field_mask: int = 0
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.maps):
+            m = self.maps[name]
+            h.update(name.encode() + m.keys + b"|" + m.values)
+        return h.hexdigest()[:16]
+
+    def dump(self) -> str:
+        return dump(self)
+
+
+# --- step 1: slots -------------------------------------------------------------------------------
+
+@dataclass
+class _Slot:
+    match: Match                       # what the bitmaps encode (for a SET: a superset)
+    action: Action
+    counter: int
+    first_rule: int                    # classifier index of its first rule
+    set_members: Optional[List[Tuple[bytes, int]]] = None  # SET: (exact key sans set_id, rule_id)
+    key_fields: int = 0
+    src_plen: int = 0
+    dst_plen: int = 0
+
+
+def _field_shape(name: str, value) -> Tuple:
+    """('k', width) if the field is one exact value or prefix (it can go in a set key), else ('s', value)."""
+    if value is None:
+        return ("s", None)
+    if name in ("src", "dst"):
+        prefix = value.as_prefix()
+        return ("k", prefix[1]) if prefix else ("s", value)
+    if name == "proto":
+        return ("k", 8) if len(value) == 1 else ("s", value)
+    if name in ("sport", "dport"):
+        return ("k", 16) if len(value.intervals) == 1 and value.intervals[0][0] == value.intervals[0][1] else ("s", value)
+    return ("s", value)
+
+
+def _shape(rule: ClassifierRule) -> Optional[Tuple]:
+    if rule.action.verdict == Verdict.CONTINUE:
+        return None
+    shape = tuple(_field_shape(n, getattr(rule.match, n)) for n in _FIELDS)
+    if not any(kind == "k" for kind, _ in shape):
+        return None
+    return (rule.action,) + shape
+
+
+def _exact_key(rule: ClassifierRule, key_fields: int) -> bytes:
+    m = rule.match
+    src = m.src.intervals[0][0] if key_fields & abi.K_SRC else 0
+    dst = m.dst.intervals[0][0] if key_fields & abi.K_DST else 0
+    sport = m.sport.intervals[0][0] if key_fields & abi.K_SPORT else 0
+    dport = m.dport.intervals[0][0] if key_fields & abi.K_DPORT else 0
+    proto = next(iter(m.proto)) if key_fields & abi.K_PROTO else 0
+    # network byte order, as the program reads them from the packet
+    return struct.pack("!IIHH", src, dst, sport, dport), proto
+
+
+def _union_match(rules: Sequence[ClassifierRule]) -> Match:
+    def union(name):
+        values = [getattr(r.match, name) for r in rules]
+        if any(v is None for v in values):
+            return None
+        if isinstance(values[0], frozenset):
+            return frozenset().union(*values)
+        return IntervalSet.of(i for v in values for i in v.intervals)
+    return Match(**{n: union(n) for n in _FIELDS})
+
+
+def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> _Slot:
+    shape = _shape(run[0])
+    key_fields = 0
+    plens = {}
+    for name, (kind, width) in zip(_FIELDS, shape[1:]):
+        if kind == "k":
+            key_fields |= _KEY_BITS[name]
+            plens[name] = width
+    members, seen = [], set()
+    for rule in run:
+        key, proto = _exact_key(rule, key_fields)
+        if (key, proto) in seen:
+            continue  # an identical earlier rule shadows it (first match wins)
+        seen.add((key, proto))
+        members.append((key, proto, rule.rule_id))
+    return _Slot(match=_union_match(run), action=run[0].action, counter=run[0].rule_id, first_rule=first_index,
+                 set_members=members, key_fields=key_fields,
+                 src_plen=plens.get("src", 0), dst_plen=plens.get("dst", 0))
+
+
+def build_slots(rules: Sequence[ClassifierRule], merge_min_run: int = MERGE_MIN_RUN) -> Tuple[List[_Slot], Dict[int, int]]:
+    """Rules -> slots, and classifier index -> slot index for every rule that starts a slot."""
+    targets = {r.action.target for r in rules if r.action.verdict == Verdict.CONTINUE}
+    slots: List[_Slot] = []
+    rule_to_slot: Dict[int, int] = {}
+    i = 0
+    while i < len(rules):
+        shape = _shape(rules[i])
+        j = i + 1
+        if shape is not None:
+            while j < len(rules) and j not in targets and _shape(rules[j]) == shape:
+                j += 1
+        rule_to_slot[i] = len(slots)
+        if j - i >= merge_min_run:
+            slots.append(_make_set_slot(rules[i:j], i))
+        else:
+            j = i + 1
+            rule = rules[i]
+            slots.append(_Slot(match=rule.match, action=rule.action, counter=rule.rule_id, first_rule=i))
+        i = j
+    return slots, rule_to_slot
+
+
+# --- step 2: classes -----------------------------------------------------------------------------
+
+def _constraint_intervals(name: str, value) -> Optional[List[Tuple[int, int]]]:
+    if value is None:
+        return None
+    if isinstance(value, frozenset):
+        return [(v, v) for v in sorted(value)]
+    return list(value.intervals)
+
+
+def _domain_max(name: str) -> int:
+    if name in ("src", "dst"):
+        return 0xFFFFFFFF
+    if name in _VALUE_REGIONS:
+        return _VALUE_REGIONS[name][1] - 1
+    return 0xFFFFFFFF  # iif: ifindexes
+
+
+def field_classes(name: str, slots: Sequence[_Slot]) -> Optional[Tuple[List[Tuple[int, int]], List[int]]]:
+    """Cut the field's domain into intervals with equal slot sets.
+
+    Returns (intervals as (start, class), class bitmaps as ints) or None if no slot constrains it.
+    Absent values (no port, not ICMP, not TCP) sit at the top of the domain and only slots that
+    do not constrain the field match them.
+    """
+    wildcard = 0
+    events: Dict[int, int] = {0: 0}
+    constrained = False
+    for index, slot in enumerate(slots):
+        intervals = _constraint_intervals(name, getattr(slot.match, name))
+        if intervals is None:
+            wildcard |= 1 << index
+            continue
+        constrained = True
+        for lo, hi in intervals:
+            events[lo] = events.get(lo, 0) ^ (1 << index)
+            events[hi + 1] = events.get(hi + 1, 0) ^ (1 << index)
+    if not constrained:
+        return None
+    top = _domain_max(name)
+    classes: Dict[int, int] = {}
+    bitmaps: List[int] = []
+    intervals: List[Tuple[int, int]] = []
+    current = 0
+    for point in sorted(events):
+        current ^= events[point]
+        if point > top:
+            break
+        bitmap = wildcard | current
+        cls = classes.setdefault(bitmap, len(bitmaps))
+        if cls == len(bitmaps):
+            bitmaps.append(bitmap)
+        if not intervals or intervals[-1][1] != cls:
+            intervals.append((point, cls))
+    return intervals, bitmaps
+
+
+# --- step 3: encode ------------------------------------------------------------------------------
+
+def _pack_array(name: str, values: Sequence[bytes], value_size: int) -> MapContents:
+    n = max(1, len(values))
+    keys = b"".join(struct.pack("=I", i) for i in range(len(values)))
+    return MapContents(name, n, 4, value_size, keys, b"".join(values))
+
+
+def _dense_array(name: str, blob: bytes, value_size: int) -> MapContents:
+    n = len(blob) // value_size
+    keys = struct.pack(f"={n}I", *range(n))
+    return MapContents(name, max(1, n), 4, value_size, keys, blob)
+
+
+def _summary(bitmap: int, words: int) -> bytes:
+    summary = [0] * abi.SUMMARY_WORDS
+    raw = bitmap.to_bytes(words * 8, "little")
+    for w in range(words):
+        if raw[w * 8:(w + 1) * 8] != b"\0\0\0\0\0\0\0\0":
+            summary[w >> 6] |= 1 << (w & 63)
+    return struct.pack(f"={abi.SUMMARY_WORDS}Q", *summary)
+
+
+def _encode_slot(slot: _Slot, set_id: int, next_slot: int) -> bytes:
+    s = abi.Slot(counter=slot.counter, next=next_slot, set_id=set_id, action=_ACT[slot.action.verdict],
+                 kind=abi.SLOT_SET if slot.set_members is not None else abi.SLOT_RULE,
+                 key_fields=slot.key_fields, src_plen=slot.src_plen, dst_plen=slot.dst_plen)
+    return bytes(s)
+
+
+def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow: str = "raise",
+            max_slots: int = abi.MAX_SLOTS, merge_min_run: int = MERGE_MIN_RUN) -> Tables:  # noqa: A001
+    """Compile a first-match classifier into one generation of map contents.
+
+    Args:
+        rules: classifier rules in first-match order (see ipt2xdp.classifier).
+        default_action: DROP, ACCEPT or DEFER when no rule matches (the chain policy outcome).
+        overflow: "raise" -> CapacityError beyond max_slots; "defer" -> keep what fits and DEFER
+            everything the remaining rules would have decided.
+        max_slots: capacity in bitmap slots (at most abi.MAX_SLOTS).
+        merge_min_run: shortest run of exact-valued rules merged into one hash-set slot.
+    Returns:
+        Tables, whose maps are keyed by the logical names of abi.GEN_MAPS.
+    """
+    validate(rules, default_action)
+    max_slots = min(max_slots, abi.MAX_SLOTS)
+    slots, rule_to_slot = build_slots(rules, merge_min_run)
+    overflowed = 0
+    notes = []
+    if len(slots) > max_slots:
+        if overflow != "defer":
+            raise CapacityError(f"the ruleset needs {len(slots)} classifier slots, XDP holds {max_slots}; "
+                                "leave the rest to netfilter (overflow=defer) or shorten the ruleset")
+        kept = slots[:max_slots - 1]
+        first_dropped = slots[max_slots - 1].first_rule
+        overflowed = len(rules) - first_dropped
+        kept.append(_Slot(match=Match(), action=Action(Verdict.DEFER), counter=abi.OVERFLOW_COUNTER,
+                          first_rule=first_dropped))
+        notes.append(f"{overflowed} rules beyond capacity left to netfilter (catch-all DEFER)")
+        slots = kept
+    nslots = len(slots)
+    words = max(1, (nslots + 63) // 64)
+    nchunks = (words + abi.CHUNK_WORDS - 1) // abi.CHUNK_WORDS
+
+    def slot_of_rule(index: int) -> int:
+        if index >= len(rules):
+            return nslots
+        return min(rule_to_slot.get(index, nslots - 1), nslots - 1 if overflowed else nslots)
+
+    # per-field classes -> absolute rows
+    field_mask, row_base, rows_bitmaps, field_intervals = 0, {}, [], {}
+    for f, name in enumerate(_FIELDS):
+        result = field_classes(name, slots)
+        if result is None:
+            continue
+        intervals, bitmaps = result
+        field_mask |= 1 << f
+        row_base[name] = len(rows_bitmaps)
+        rows_bitmaps.extend(bitmaps)
+        field_intervals[name] = intervals
+
+    maps = _encode_rows(rows_bitmaps, words, nchunks)
+    maps["value_class"] = _encode_value_class(field_intervals, row_base)
+    maps["addr_dir"], maps["addr_bounds"] = _encode_addresses(field_intervals, row_base)
+    named_ifindexes = set().union(*(s.match.iif for s in slots if s.match.iif is not None))
+    maps["iif_class"], iif_default_row = _encode_iif(field_intervals, row_base, named_ifindexes)
+
+    slot_values, set_keys, set_values, set_count = [], [], [], 0
+    for slot in slots:
+        set_id = 0
+        if slot.set_members is not None:
+            set_count += 1
+            if set_count > MAX_SETS:
+                raise CapacityError(f"more than {MAX_SETS} merged rule sets")
+            set_id = set_count
+            for key, proto, rule_id in slot.set_members:
+                set_keys.append(key + struct.pack("=HBB", set_id, proto, 0))
+                set_values.append(struct.pack("=I", rule_id))
+        next_slot = slot_of_rule(slot.action.target) if slot.action.verdict == Verdict.CONTINUE else 0
+        slot_values.append(_encode_slot(slot, set_id, next_slot))
+    maps["slots"] = _pack_array("slots", slot_values, ctypes.sizeof(abi.Slot))
+    maps["exact_set"] = MapContents("exact_set", max(1, len(set_keys)), ctypes.sizeof(abi.ExactKey), 4,
+                                    b"".join(set_keys), b"".join(set_values))
+
+    rule_ids = [r.rule_id for r in rules]
+    counter_keys = sorted(set(rule_ids) | {abi.DEFAULT_COUNTER, abi.OVERFLOW_COUNTER})
+    maps["counters"] = MapContents("counters", len(counter_keys), 4, ctypes.sizeof(abi.Counter),
+                                   struct.pack(f"={len(counter_keys)}I", *counter_keys),
+                                   bytes(ctypes.sizeof(abi.Counter) * len(counter_keys)))
+    cfg = abi.GenConfig(generation=0, field_mask=field_mask, nslots=nslots, nchunks=nchunks,
+                        default_action=_ACT[default_action.verdict], default_counter=abi.DEFAULT_COUNTER,
+                        iif_default_row=iif_default_row)
+    maps["cfg"] = _pack_array("cfg", [bytes(cfg)], ctypes.sizeof(abi.GenConfig))
+    for name, shape in abi.GEN_MAPS.items():
+        m = maps[name]
+        assert (m.key_size, m.value_size) == (shape.key_size, shape.value_size), name
+    return Tables(maps=maps, rule_count=len(rules), slot_count=nslots, set_count=set_count, rule_ids=rule_ids,
+                  default_action=default_action.verdict, overflowed_rules=overflowed, field_mask=field_mask,
+                  notes=notes)
+
+
+def _encode_rows(rows_bitmaps: List[int], words: int, nchunks: int) -> Dict[str, MapContents]:
+    if not rows_bitmaps:
+        rows_bitmaps = [0]  # no field constrained: a placeholder row nobody reads
+    chunk_bytes = nchunks * abi.CHUNK_WORDS * 8
+    chunks = b"".join(b.to_bytes(chunk_bytes, "little") for b in rows_bitmaps)
+    summaries = b"".join(_summary(b, words) for b in rows_bitmaps)
+    return {"class_chunks": _dense_array("class_chunks", chunks, ctypes.sizeof(abi.Chunk)),
+            "class_summary": _dense_array("class_summary", summaries, ctypes.sizeof(abi.ClassSummary))}
+
+
+def _encode_value_class(field_intervals, row_base) -> MapContents:
+    rows = [0] * abi.VC_ENTRIES
+    for name, (base, size) in _VALUE_REGIONS.items():
+        if name not in field_intervals:
+            continue
+        intervals = field_intervals[name]
+        for i, (start, cls) in enumerate(intervals):
+            end = intervals[i + 1][0] if i + 1 < len(intervals) else size
+            rows[base + start:base + end] = [row_base[name] + cls] * (end - start)
+    return _dense_array("value_class", struct.pack(f"={len(rows)}I", *rows), 4)
+
+
+def _encode_addresses(field_intervals, row_base) -> Tuple[MapContents, MapContents]:
+    bounds: List[Tuple[int, int]] = []
+    directory = bytearray(abi.ADDR_DIR_ENTRIES * 8)
+    for f, name in ((0, "src"), (1, "dst")):
+        if name not in field_intervals:
+            continue
+        base = len(bounds)
+        starts = [start for start, _ in field_intervals[name]]
+        bounds.extend((start, row_base[name] + cls) for start, cls in field_intervals[name])
+        for block in range(65536):
+            lo = block << 16
+            first = bisect.bisect_right(starts, lo) - 1          # interval containing lo
+            last = bisect.bisect_right(starts, lo + 0xFFFF) - 1  # interval containing the block's end
+            struct.pack_into("=II", directory, (f * 65536 + block) * 8, base + first, last - first)
+    if not bounds:
+        bounds = [(0, 0)]
+    blob = b"".join(struct.pack("=II", s, r) for s, r in bounds)
+    return (_dense_array("addr_dir", bytes(directory), 8), _dense_array("addr_bounds", blob, 8))
+
+
+def _encode_iif(field_intervals, row_base, named: Sequence[int]) -> Tuple[MapContents, int]:
+    """Named ifindexes -> their rows; every other ifindex takes iif_default_row."""
+    keys, values, default_row = [], [], 0
+    if "iif" in field_intervals:
+        intervals = field_intervals["iif"]
+        starts = [start for start, _ in intervals]
+
+        def row_of(value: int) -> int:
+            return row_base["iif"] + intervals[bisect.bisect_right(starts, value) - 1][1]
+        for ifindex in sorted(named):
+            keys.append(struct.pack("=I", ifindex))
+            values.append(struct.pack("=I", row_of(ifindex)))
+        unnamed = next(v for v in range(len(named) + 1) if v not in named)
+        default_row = row_of(unnamed)
+    return MapContents("iif_class", max(1, len(keys)), 4, 4, b"".join(keys), b"".join(values)), default_row
+
+
+# --- dump ----------------------------------------------------------------------------------------
+
+def dump(tables: Tables) -> str:
+    """Human-readable, deterministic rendering of the tables (golden files compare against it)."""
+    out = [f"# rules {tables.rule_count} slots {tables.slot_count} sets {tables.set_count} "
+           f"default {tables.default_action.name} field_mask {tables.field_mask:#x} digest {tables.digest}"]
+    out.extend(f"# note: {n}" for n in tables.notes)
+    cfg = abi.GenConfig.from_buffer_copy(tables.maps["cfg"].values)
+    out.append(f"cfg nslots={cfg.nslots} nchunks={cfg.nchunks} default_action={cfg.default_action} "
+               f"iif_default_row={cfg.iif_default_row}")
+    for i, (_, value) in enumerate(tables.maps["slots"].entries()):
+        s = abi.Slot.from_buffer_copy(value)
+        out.append(f"slot {i}: counter={s.counter} action={s.action} kind={s.kind} next={s.next} set={s.set_id} "
+                   f"key_fields={s.key_fields:#x} plen={s.src_plen}/{s.dst_plen}")
+    for key, value in sorted(tables.maps["exact_set"].entries()):
+        if tables.set_count:
+            out.append(f"set {key.hex()} -> rule {struct.unpack('=I', value)[0]}")
+    bounds = tables.maps["addr_bounds"]
+    for i, (_, value) in enumerate(bounds.entries()):
+        start, row = struct.unpack("=II", value)
+        out.append(f"addr_bound {i}: start={start:#010x} row={row}")
+    vc = tables.maps["value_class"].values
+    for name, (base, size) in _VALUE_REGIONS.items():
+        rows = struct.unpack_from(f"={size}I", vc, base * 4)
+        runs, start = [], 0
+        for v in range(1, size + 1):
+            if v == size or rows[v] != rows[start]:
+                runs.append(f"{start}" + (f"-{v - 1}" if v - 1 > start else "") + f":{rows[start]}")
+                start = v
+        if len(runs) > 1:
+            out.append(f"{name}: " + " ".join(runs))
+    for key, value in sorted(tables.maps["iif_class"].entries()):
+        if tables.field_mask & (1 << abi.F_IIF):
+            out.append(f"iif {struct.unpack('=I', key)[0]} -> row {struct.unpack('=I', value)[0]}")
+    for i, (_, value) in enumerate(tables.maps["class_summary"].entries()):
+        chunks = tables.maps["class_chunks"]
+        per_row = len(chunks.values) // max(1, tables.maps["class_summary"].count)
+        bitmap = int.from_bytes(chunks.values[i * per_row:(i + 1) * per_row], "little")
+        out.append(f"row {i}: slots {[b for b in range(bitmap.bit_length()) if bitmap >> b & 1]}")
+    return "\n".join(out) + "\n"

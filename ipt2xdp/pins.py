@@ -1,0 +1,83 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Where ipt2xdp's pinned state lives: <bpffs>/ipt2xdp/<netns inode>/, one directory per network
+namespace, so separate invocations (and separate namespaces) find their own program and maps.
+
+`ip netns exec NAME` remounts /sys in a private mount namespace, which hides /sys/fs/bpf. The
+host's bpffs stays reachable through /proc/1/root/sys/fs/bpf (PID 1's root, which root may enter),
+so pins made with or without `ip netns exec` are the same files.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+from typing import Iterator, Optional
+
+from ipt2xdp.errors import LoadError
+
+BPF_FS_MAGIC = 0xCAFE4A11
+_CANDIDATES = ("/sys/fs/bpf", "/proc/1/root/sys/fs/bpf")
+LOCK_DIR = "/run/lock"
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+
+
+def _is_bpffs(path: str) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = _StatFs()
+    if libc.statfs(path.encode(), ctypes.byref(buf)) != 0:
+        return False
+    return (buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
+
+
+def bpffs_root() -> str:
+    """The bpffs mount to pin under; LoadError if none is reachable."""
+    override = os.environ.get("IPT2XDP_BPFFS")
+    for path in ((override,) if override else _CANDIDATES):
+        if _is_bpffs(path):
+            return path
+    raise LoadError("no BPF filesystem at /sys/fs/bpf", errno.ENOENT,
+                    "mount it with: mount -t bpf bpf /sys/fs/bpf")
+
+
+def netns_id() -> int:
+    """Inode of the current network namespace: the key of its pin directory."""
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def pin_dir(root: Optional[str] = None, netns: Optional[int] = None) -> str:
+    return os.path.join(root or bpffs_root(), "ipt2xdp", str(netns if netns is not None else netns_id()))
+
+
+@contextlib.contextmanager
+def lock(netns: Optional[int] = None) -> Iterator[None]:
+    """Serialise ipt2xdp's read-modify-write of one namespace's state (xdp-filter prog_lock style).
+
+    bpffs cannot hold a regular file, so the lock file sits in /run/lock, which `ip netns exec`
+    leaves shared.
+    """
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    path = os.path.join(LOCK_DIR, f"ipt2xdp-{netns if netns is not None else netns_id()}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str) -> None:
+    """Unpin everything under path (bpffs supports unlink and rmdir)."""
+    if not os.path.isdir(path):
+        return
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if os.path.isdir(full):
+            remove_tree(full)
+        else:
+            os.unlink(full)
+    os.rmdir(path)
