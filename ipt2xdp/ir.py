@@ -61,7 +61,7 @@ Matches (each has a class attribute `name`, the `-m` name):
     AddrtypeMatch(src: AddrTypes|None, dst: AddrTypes|None, limit_iface_in: bool, limit_iface_out: bool)
         AddrTypes(types: frozenset[str], negated)        names from ADDR_TYPES
     CommentMatch(text)
-    MacMatch(address: str "AA:BB:CC:DD:EE:FF" upper case, negated)
+    MacMatch(address: str "aa:bb:cc:dd:ee:ff" lower case, negated)
     LimitMatch(avg: int, burst: int)   avg in kernel units (1/10000 s per packet);
         `.rate_per_second` as a float; printed back as iptables does (e.g. "3/min").
     RecentMatch(mode: "set"|"rcheck"|"update"|"remove", negated, seconds: int|None, reap: bool,

@@ -133,6 +133,7 @@ def _etc_protocols() -> Tuple[Dict[str, int], Dict[int, str]]:
     return by_name, by_number
 
 
+@lru_cache(maxsize=4096)
 def protocol_number(text: str) -> Optional[int]:
     """`-p` argument to a number (0 = all), as xtables_parse_protocol does; None if unknown."""
     if text.isdigit():
@@ -145,6 +146,7 @@ def protocol_number(text: str) -> Optional[int]:
     return _etc_protocols()[0].get(text)
 
 
+@lru_cache(maxsize=None)
 def protocol_name(number: int) -> str:
     """The spelling iptables-save prints for a protocol number."""
     for name, value in _CHAIN_PROTOS:
@@ -153,6 +155,7 @@ def protocol_name(number: int) -> str:
     return _etc_protocols()[1].get(number, str(number))
 
 
+@lru_cache(maxsize=4096)
 def service_port(text: str, protocol: Optional[str]) -> Optional[int]:
     """A port number or service name (getservbyname, as iptables does); None if invalid."""
     if text.isdigit():
@@ -514,7 +517,7 @@ def mac(given, proto, index):
     parts = g.args[0].split(":")
     if len(parts) != 6 or not all(len(p) in (1, 2) and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
         raise OptionError(g.index + 1, f"bad mac address '{g.args[0]}'")
-    return ir.MacMatch(":".join(f"{int(p, 16):02X}" for p in parts), g.negated)
+    return ir.MacMatch(":".join(f"{int(p, 16):02x}" for p in parts), g.negated)
 
 
 def limit(given, proto, index):

@@ -11,6 +11,7 @@ fails, a line-by-line re-parse that reports every broken line while still checki
 from __future__ import annotations
 
 import difflib
+import gc
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ HEADER = {
     "--out-interface": "-o", "-f": "-f", "--fragment": "-f", "-m": "-m", "--match": "-m",
     "-j": "-j", "--jump": "-j", "-g": "-g", "--goto": "-g",
 }
+_ADDRESS_OPTIONS = frozenset(("-s", "--source", "--src", "-d", "--destination", "--dst"))
 _NO_INPUT_IFACE = ("OUTPUT", "POSTROUTING")
 _NO_OUTPUT_IFACE = ("INPUT", "PREROUTING")
 
@@ -59,6 +61,10 @@ def split_words(text: str) -> List[Tuple[str, int]]:
     """Words of a rule line (quotes still in place) with their 0-based column."""
     lark_parser()
     return [(m.group(), m.start()) for m in _WORD_RE.finditer(text)]
+
+
+def _words(text: str) -> List[str]:
+    return _WORD_RE.findall(text)
 
 
 def unquote(word: str) -> str:
@@ -95,7 +101,21 @@ class _Ext:
     given: List[Given] = field(default_factory=list)
 
 
+_DOTTED_CIDR = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?")
+
+
 def _network(text: str, index: int) -> ipaddress.IPv4Network:
+    # The common spelling "a.b.c.d[/n]" is decoded by hand: ipaddress's own parser is the main
+    # cost of a 100k-rule blocklist. Anything else goes through ipaddress.
+    m = _DOTTED_CIDR.fullmatch(text)
+    if m:
+        a, b, c, d, plen = m.groups()
+        octets = (int(a), int(b), int(c), int(d))
+        bits = 32 if plen is None else int(plen)
+        if max(octets) <= 255 and bits <= 32 and not any(len(o) > 1 and o[0] == "0" for o in (a, b, c, d)):
+            value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
+            mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
+            return ipaddress.IPv4Network((value & mask, bits))
     try:
         return ipaddress.IPv4Network(text, strict=False)
     except ValueError:
@@ -130,8 +150,29 @@ class RuleParser:
 
     def __init__(self, user_chains):
         self.user_chains = user_chains
+        # Rules that differ only in their addresses (blocklists, kube-proxy) share everything
+        # else: cache the parsed rest by the words with the addresses blanked out. Valid for one
+        # table only: its set of user chains only grows, so a cached success stays a success.
+        self._cache: Dict[tuple, tuple] = {}
 
     def parse(self, chain: str, words: List[str], counters: ir.Counters, span) -> List[ir.Rule]:
+        key_words = list(words)
+        for index, word in enumerate(words):
+            if word in _ADDRESS_OPTIONS and index + 1 < len(words):
+                key_words[index + 1] = None
+        key = (chain, tuple(key_words))
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._parse(chain, words)
+            self._cache[key] = cached
+        t, source_at, destination_at = cached
+        sources = self._addresses(source_at, words)
+        destinations = self._addresses(destination_at, words)
+        return [ir.Rule(chain, s, d, t.protocol, t.in_interface, t.out_interface, t.fragment, t.matches,
+                        t.target, counters, span)
+                for s in sources for d in destinations]
+
+    def _parse(self, chain: str, words: List[str]) -> tuple:
         head: Dict[str, tuple] = {}
         exts: List[_Ext] = []
         target: Optional[_Ext] = None
@@ -194,7 +235,7 @@ class RuleParser:
             negate = False
         if negate:
             raise RuleError(negate_at, "'!' at the end of the rule negates nothing")
-        return self._build(chain, head, exts, target, target_kind, counters, span)
+        return self._build(chain, head, exts, target, target_kind)
 
     def _target(self, kind: str, name: str, index: int) -> _Ext:
         if kind == "-g":
@@ -253,7 +294,8 @@ class RuleParser:
         owner.given.append(Given(spec.name, negate, tuple(unquote(a) for a in args), i))
         return end
 
-    def _build(self, chain, head, exts, target, target_kind, counters, span) -> List[ir.Rule]:
+    def _build(self, chain, head, exts, target, target_kind) -> tuple:
+        """(rule without addresses, where -s is (negated, word index) or None, same for -d)."""
         protocol = None
         proto_name = None
         if "-p" in head:
@@ -288,11 +330,10 @@ class RuleParser:
                 tgt = ir.Jump(target.name)
             else:
                 tgt = self._extension(target, options.TARGET_BUILDERS, proto_name, "target")
-        sources = self._addresses(head.get("-s"))
-        destinations = self._addresses(head.get("-d"))
-        return [ir.Rule(chain, s, d, protocol, ifaces.get("-i"), ifaces.get("-o"), fragment, tuple(matches),
-                        tgt, counters, span)
-                for s in sources for d in destinations]
+        template = ir.Rule(chain, None, None, protocol, ifaces.get("-i"), ifaces.get("-o"), fragment,
+                           tuple(matches), tgt)
+        where = [(head[k][1], head[k][2] + 1) if k in head else None for k in ("-s", "-d")]
+        return template, where[0], where[1]
 
     def _extension(self, ext: _Ext, builders, proto_name, kind):
         builder = builders.get(ext.name)
@@ -304,13 +345,14 @@ class RuleParser:
         opts = tuple(ir.Option(g.name, g.negated, g.args) for g in ext.given)
         return ir.GenericMatch(ext.name, opts) if kind == "match" else ir.GenericTarget(ext.name, opts)
 
-    def _addresses(self, given) -> List[Optional[ir.Address]]:
-        if given is None:
+    @staticmethod
+    def _addresses(where, words) -> List[Optional[ir.Address]]:
+        if where is None:
             return [None]
-        text, neg, at = given
+        neg, at = where
         out = []
-        for item in text.split(","):
-            net = _network(item, at + 1)
+        for item in unquote(words[at]).split(","):
+            net = _network(item, at)
             out.append(None if net.prefixlen == 0 and not neg else ir.Address(net, neg))
         return out
 
@@ -360,7 +402,7 @@ class _Builder:
             self.current = _Table(name, line)  # still read its lines, to report their errors
         else:
             self.current = _Table(name, line)
-        self.rule_parser = RuleParser(self.current.chains)
+        self.rule_parser = RuleParser(set())
 
     def chain(self, decl: str, policy: str, counters: Optional[str], line: int, col: int) -> None:
         name = decl[1:]
@@ -388,41 +430,43 @@ class _Builder:
                 return
             policy = None
         self.current.chains[name] = _Chain(name, policy, _counters(counters))
+        if policy is None:
+            self.rule_parser.user_chains.add(name)
 
     def rule(self, text: str, line: int, col: int) -> None:
-        words = split_words(text)
+        words = _words(text)
         i = 0
         counters = ir.ZERO
-        if words and words[0][0].startswith("["):
-            counters = _counters(words[0][0])
+        if words and words[0].startswith("["):
+            counters = _counters(words[0])
             i = 1
-        action = words[i][0]
+        action = words[i]
         if len(words) <= i + 1:
-            self.error(line, col + words[i][1], None, f"{action} needs a chain name")
+            self.error(line, col, None, f"{action} needs a chain name")
             return
-        chain_name, chain_col = words[i + 1]
+        chain_name = words[i + 1]
         span = SourceSpan(self.path, line, col, col + len(text))
         if self.current is None:
             self.error(line, col, col + len(text), "rule outside a table", hint="start the table with '*filter'")
             return
         start = i + 2
         position = None
-        if action in ("-I", "--insert") and start < len(words) and words[start][0].isdigit():
-            position = int(words[start][0])
+        if action in ("-I", "--insert") and start < len(words) and words[start].isdigit():
+            position = int(words[start])
             start += 1
         table = self.current
-        self.rule_parser.user_chains = {n for n, c in table.chains.items() if c.policy is None}
         target_chain = table.chains.get(chain_name)
         if target_chain is None:
+            chain_col = split_words(text)[i + 1][1]
             self.error(line, col + chain_col, col + chain_col + len(chain_name),
                        f"rule for undefined chain '{chain_name}' in table '{table.name}'",
                        hint=f"declare it with ':{chain_name} - [0:0]' before its rules", code="chain")
             return
-        arg_words = [w for w, _ in words[start:]]
         try:
-            rules = self.rule_parser.parse(chain_name, arg_words, counters, span)
+            rules = self.rule_parser.parse(chain_name, words[start:], counters, span)
         except RuleError as e:
-            word, wcol = words[start + e.word_index] if start + e.word_index < len(words) else words[-1]
+            located = split_words(text)
+            word, wcol = located[start + e.word_index] if start + e.word_index < len(located) else located[-1]
             self.error(line, col + wcol, col + wcol + len(word), e.message, e.hint, code="rule")
             return
         if position is None and action in ("-I", "--insert"):
@@ -430,7 +474,7 @@ class _Builder:
         if position is None:
             target_chain.rules.extend(rules)
         elif position - 1 > len(target_chain.rules) or position < 1:
-            self.error(line, col + words[start - 1][1], None, f"index of insertion too big ({position})")
+            self.error(line, col, None, f"index of insertion too big ({position})")
         else:
             target_chain.rules[position - 1:position - 1] = rules
 
@@ -496,6 +540,18 @@ def parse(text: str, path: str = "<stdin>") -> ir.Ruleset:
     Returns:
         The Ruleset, tables in file order.
     """
+    # The parse allocates millions of small objects and no cycles; the cyclic collector, left on,
+    # rescans the growing heap over and over (it was more than half the time of a 100k-rule parse).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse(text, path)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _parse(text: str, path: str) -> ir.Ruleset:
     from lark.exceptions import UnexpectedInput
     parser = lark_parser()
     builder = _Builder(path)

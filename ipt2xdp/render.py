@@ -1,0 +1,222 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Print an `ir.Ruleset` exactly as iptables-save 1.8.9 prints it (reference/iptables-cli.md §6).
+
+`render(ruleset, counters=False)` gives the whole file; `render_rule(rule)` the `-A CHAIN ...`
+text of one rule, for reports. Rewrites, as iptables-save does them:
+    "-p tcp --dport ssh -s 10.0.0.1"  ->  "-s 10.0.0.1/32 -p tcp -m tcp --dport 22"
+    "--sport 1024:"                   ->  "--sport 1024:65535"
+    "--syn"                           ->  "--tcp-flags FIN,SYN,RST,ACK SYN"
+    "-j REJECT"                       ->  "-j REJECT --reject-with icmp-port-unreachable"
+"""
+from __future__ import annotations
+
+from typing import List
+
+from ipt2xdp import ir, options
+
+_PLAIN = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def save_string(value: str) -> str:
+    """xtables_save_string: bare if only [A-Za-z0-9_-], else double-quoted with \\ before " \\ '."""
+    if value and all(c in _PLAIN for c in value):
+        return value
+    escaped = "".join("\\" + c if c in "\"\\'" else c for c in value)
+    return f'"{escaped}"'
+
+
+def _generic_arg(value: str, always_quoted: bool) -> str:
+    # Extensions ipt2xdp does not model print their own arguments; iptables-save output only
+    # needs quotes where a word would otherwise split or where the extension always quotes.
+    if always_quoted:
+        return '"' + "".join("\\" + c if c in "\"\\" else c for c in value) + '"'
+    if not value or any(c in value for c in " \t\"'\\"):
+        return save_string(value)
+    return value
+
+
+def _bang(negated: bool) -> str:
+    return "! " if negated else ""
+
+
+def _range(r: ir.Range) -> str:
+    return str(r[0]) if r[0] == r[1] else f"{r[0]}:{r[1]}"
+
+
+def _names(selected, order) -> str:
+    return ",".join(n for n in order if n in selected)
+
+
+def _tcp_flags(flags) -> str:
+    return _names(flags, ir.TCP_FLAGS) or "NONE"
+
+
+def _options(ext_name: str, opts) -> List[str]:
+    out = []
+    for o in opts:
+        out.append(_bang(o.negated) + o.name)
+        quoted = (ext_name, o.name) in options.ALWAYS_QUOTED
+        out.extend(_generic_arg(a, quoted) for a in o.args)
+    return out
+
+
+def _ports(m) -> List[str]:
+    out = []
+    for name, p in (("--sport", m.sport), ("--dport", m.dport)):
+        if p is not None and p.range != (0, 65535):  # 1.8.9 prints nothing for (! ) 0:65535
+            out.append(f"{_bang(p.negated)}{name} {_range(p.range)}")
+    return out
+
+
+def _match(m) -> List[str]:
+    kind = type(m)
+    if kind is ir.TcpMatch:
+        out = _ports(m)
+        if m.option is not None:
+            out.append(f"{_bang(m.option.negated)}--tcp-option {m.option.number}")
+        if m.flags is not None:
+            f = m.flags
+            out.append(f"{_bang(f.negated)}--tcp-flags {_tcp_flags(f.mask)} {_tcp_flags(f.comp)}")
+        return out
+    if kind is ir.UdpMatch:
+        return _ports(m)
+    if kind is ir.MultiportMatch:
+        ports = ",".join(f"{lo}:{hi}" if lo != hi else str(lo) for lo, hi in m.ranges)
+        return [f"{_bang(m.negated)}--{m.kind} {ports}"]
+    if kind is ir.IcmpMatch:
+        if m.type is None:
+            return [f"{_bang(m.negated)}--icmp-type any"]
+        code = "" if m.code == (0, 255) else f"/{m.code[0]}"
+        return [f"{_bang(m.negated)}--icmp-type {m.type}{code}"]
+    if kind is ir.ConntrackMatch:
+        out = []
+        if m.states is not None:
+            out.append(f"{_bang(m.states.negated)}--ctstate {_names(m.states.states, ir.CT_STATES)}")
+        return out + _options("conntrack", m.options)
+    if kind is ir.StateMatch:
+        return [f"{_bang(m.states.negated)}--state {_names(m.states.states, ir.CT_STATES)}"]
+    if kind is ir.SetMatch:
+        return [f"{_bang(m.negated)}--match-set {m.set_name} {','.join(m.directions)}"] + _options("set", m.options)
+    if kind is ir.IprangeMatch:
+        return [f"{_bang(r.negated)}--{side}-range {r.lo}-{r.hi}"
+                for side, r in (("src", m.src), ("dst", m.dst)) if r is not None]
+    if kind is ir.LengthMatch:
+        return [f"{_bang(m.negated)}--length {_range(m.range)}"]
+    if kind is ir.TtlMatch:
+        return [f"{_bang(m.negated)}--ttl-{m.op} {m.value}"]
+    if kind is ir.AddrtypeMatch:
+        out = [f"{_bang(t.negated)}--{side}-type {_names(t.types, ir.ADDR_TYPES)}"
+               for side, t in (("src", m.src), ("dst", m.dst)) if t is not None]
+        out += ["--limit-iface-in"] * m.limit_iface_in + ["--limit-iface-out"] * m.limit_iface_out
+        return out
+    if kind is ir.CommentMatch:
+        return ["--comment " + save_string(m.text)]
+    if kind is ir.MacMatch:
+        return [f"{_bang(m.negated)}--mac-source {m.address}"]
+    if kind is ir.LimitMatch:
+        out = ["--limit " + limit_rate(m.avg)]
+        return out + ([f"--limit-burst {m.burst}"] if m.burst != 5 else [])
+    if kind is ir.RecentMatch:
+        return _recent(m)
+    if kind is ir.MarkMatch:
+        mask = "" if m.mask == 0xFFFFFFFF else f"/{m.mask:#x}"
+        return [f"{_bang(m.negated)}--mark {m.value:#x}{mask}"]
+    return _options(m.name, m.options)
+
+
+def limit_rate(avg: int) -> str:
+    """libxt_limit print_rate: the largest unit that still shows the rate as an integer."""
+    units = (("/day", ir.LIMIT_SCALE * 86400), ("/hour", ir.LIMIT_SCALE * 3600),
+             ("/min", ir.LIMIT_SCALE * 60), ("/sec", ir.LIMIT_SCALE))
+    i = 1
+    while i < len(units):
+        mult = units[i][1]
+        if avg > mult or mult // avg < mult % avg:
+            break
+        i += 1
+    return f"{units[i - 1][1] // avg}{units[i - 1][0]}"
+
+
+def _recent(m: ir.RecentMatch) -> List[str]:
+    out = [f"{_bang(m.negated)}--{m.mode}"]
+    if m.seconds:
+        out.append(f"--seconds {m.seconds}")
+    if m.reap:
+        out.append("--reap")
+    if m.hitcount:
+        out.append(f"--hitcount {m.hitcount}")
+    if m.rttl:
+        out.append("--rttl")
+    out.append(f"--name {m.set_name}")
+    out.append(f"--mask {m.mask}")
+    out.append(f"--{m.side}")
+    return out
+
+
+def _target(t) -> List[str]:
+    kind = type(t)
+    if kind is ir.Goto:
+        return ["-g", t.chain]
+    head = ["-j", t.name]
+    if kind is ir.Reject:
+        return head + ["--reject-with", t.reject_with]
+    if kind is ir.Log:
+        out = head + (["--log-prefix", save_string(t.prefix)] if t.prefix else [])
+        if t.level != 4:
+            out += ["--log-level", str(t.level)]
+        return out + [f"--log-{f}" for f in ir.LOG_FLAGS if f in t.flags]
+    if kind is ir.Nflog:
+        out = head + (["--nflog-prefix", save_string(t.prefix)] if t.prefix else [])
+        if t.group:
+            out += ["--nflog-group", str(t.group)]
+        if t.size is not None:
+            out += ["--nflog-size", str(t.size)]
+        elif t.range:
+            out += ["--nflog-range", str(t.range)]
+        if t.threshold != 1:
+            out += ["--nflog-threshold", str(t.threshold)]
+        return out
+    if kind is ir.GenericTarget:
+        return head + _options(t.name, t.options)
+    return head
+
+
+def _match_name(m) -> str:
+    return m.name
+
+
+def render_rule(rule: ir.Rule, counters: bool = False) -> str:
+    """The rule as iptables-save prints it: `-A CHAIN -s .. -d .. -i .. -o .. -p .. -f -m .. -j ..`."""
+    parts = [f"[{rule.counters.packets}:{rule.counters.bytes}] -A" if counters else "-A", rule.chain]
+    for flag, addr in (("-s", rule.source), ("-d", rule.destination)):
+        if addr is not None:
+            parts.append(f"{_bang(addr.negated)}{flag} {addr.network}")
+    for flag, iface in (("-i", rule.in_interface), ("-o", rule.out_interface)):
+        if iface is not None:
+            parts.append(f"{_bang(iface.negated)}{flag} {iface.name}")
+    if rule.protocol is not None:
+        parts.append(f"{_bang(rule.protocol.negated)}-p {options.protocol_name(rule.protocol.number)}")
+    if rule.fragment is not None:
+        parts.append("-f" if rule.fragment else "! -f")
+    for m in rule.matches:
+        parts.append("-m " + m.name)
+        parts.extend(_match(m))
+    if rule.target is not None:
+        parts.extend(_target(rule.target))
+    return " ".join(parts)
+
+
+def render(ruleset: ir.Ruleset, counters: bool = False) -> str:
+    """The whole ruleset in iptables-save layout (without its date comments)."""
+    out: List[str] = []
+    for table in ruleset.tables:
+        out.append(f"*{table.name}")
+        builtins = [c for c in table.chains if c.builtin]
+        users = sorted((c for c in table.chains if not c.builtin), key=lambda c: c.name)
+        for c in builtins + users:
+            count = c.counters if c.builtin else ir.ZERO
+            out.append(f":{c.name} {c.policy or '-'} [{count.packets}:{count.bytes}]")
+        for c in builtins + users:
+            out.extend(render_rule(r, counters) for r in c.rules)
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""
