@@ -111,7 +111,7 @@ class Testbed:
             f"ip link set {self.pair.receiver_if} down",
             f"ip link set {self.pair.receiver_if} name {self.receiver_if}",
             f"ip link set {self.receiver_if} up",
-            *[f"ip addr add {a}/32 dev lo" for a in local_addrs],
+            *[f"ip addr replace {a}/32 dev lo" for a in local_addrs],
             # Replies to spoofed sources leave through the sender, whose MAC is known: no ARP delays.
             f"ip neigh replace {self.pair.sender_ip} lladdr {sender_mac} dev {self.receiver_if} nud permanent",
             f"ip route add default via {self.pair.sender_ip} dev {self.receiver_if}",

@@ -159,7 +159,8 @@ def generate(text: str, n: int = 200, seed: int = 0) -> Corpus:
     src_pool = sorted({a for p in found.sources for a in prefix_edges(p)} | set(DEFAULT_SOURCES))
     dst_scan = sorted({a for p in found.dests for a in prefix_edges(p)})
     local = sorted(({a for a in dst_scan if _usable_local(a)} - set(src_pool)) | {DEFAULT_LOCAL})
-    local = local[:48] if len(local) <= 48 else [DEFAULT_LOCAL] + rng.sample(local, 47)
+    if len(local) > 48:  # each one is an address on the receiver's lo: keep setup fast
+        local = sorted([DEFAULT_LOCAL] + rng.sample([a for a in local if a != DEFAULT_LOCAL], 47))
     dst_pool = sorted(set(local) | set(dst_scan) | {NONLOCAL, "255.255.255.255", "224.0.0.1"})
     ctx = probes.Context(rng, src_pool, dst_pool, local, port_edges(sorted(found.ports)),
                          sorted(found.icmp | set(ICMP_TYPES)), sorted(found.protocols | set(OTHER_PROTOCOLS)))

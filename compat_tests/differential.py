@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Random-ruleset differential runs: one seed -> ruleset -> corpus -> compare; a failing seed is shrunk.
+
+Knobs (environment), read by the tests and by `python -m compat_tests.differential`:
+  IPT2XDP_COMPAT_RULESETS  how many seeded rulesets (default 20 in the test suite)
+  IPT2XDP_COMPAT_PROBES    probes per ruleset (default 200)
+  IPT2XDP_COMPAT_SEED      first seed (default 0), so a CI failure can be replayed alone
+  IPT2XDP_COMPAT_ATTACH    none (netfilter alone twice: checks the harness), native or skb (ipt2xdp)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from compat_tests import harness, packets, rulegen
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def attach_from_env(value: Optional[str] = None) -> Optional[harness.Attach]:
+    value = value or os.environ.get("IPT2XDP_COMPAT_ATTACH", "none")
+    if value == "none":
+        return None
+    if value in ("native", "skb"):
+        return harness.ipt2xdp_attach(value)
+    raise ValueError(f"IPT2XDP_COMPAT_ATTACH={value}: expected none, native or skb")
+
+
+@dataclass
+class SeedFailure:
+    seed: int
+    ruleset: str
+    comparison: harness.Comparison
+    shrunk: Optional[str] = None
+    shrunk_comparison: Optional[harness.Comparison] = None
+
+    def report(self) -> str:
+        lines = [f"seed {self.seed}: {len(self.comparison.disagreements)} disagreement(s)",
+                 f"replay: IPT2XDP_COMPAT_SEED={self.seed} IPT2XDP_COMPAT_RULESETS=1", "",
+                 self.comparison.report()]
+        if self.shrunk_comparison is not None:
+            lines += ["", "shrunk reproducer (same corpus):", self.shrunk_comparison.report()]
+        return "\n".join(lines)
+
+
+def check_seed(seed: int, attach: Optional[harness.Attach] = None, backends: Sequence[str] = ("legacy", "nft"),
+               n_probes: int = 200, shrink: bool = True) -> Optional[SeedFailure]:
+    """Run one seeded ruleset; None when every probe agrees, else the failure (shrunk if asked)."""
+    generated = rulegen.generate(seed)
+    text = rulegen.render(generated)
+    corpus = packets.generate(text, n_probes, seed)
+    cmp = harness.compare(text, corpus, backends, attach)
+    if not cmp.disagreements and not any(r.observation.marker_lost for pair in cmp.runs for r in pair):
+        return None
+    failure = SeedFailure(seed, text, cmp)
+    if shrink:
+        failing = sorted({d.backend for d in cmp.disagreements}) or list(backends)
+
+        def fails(candidate: str) -> bool:
+            try:
+                return bool(harness.compare(candidate, corpus, failing[:1], attach).disagreements)
+            except harness.LoadError:
+                return False
+
+        small = rulegen.render(rulegen.shrink(generated, fails))
+        failure.shrunk = small
+        failure.shrunk_comparison = harness.compare(small, corpus, failing[:1], attach)
+    return failure
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The long run: `python -m compat_tests.differential --rulesets 2000 --attach native`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rulesets", type=int, default=env_int("IPT2XDP_COMPAT_RULESETS", 2000))
+    parser.add_argument("--probes", type=int, default=env_int("IPT2XDP_COMPAT_PROBES", 200))
+    parser.add_argument("--seed", type=int, default=env_int("IPT2XDP_COMPAT_SEED", 0))
+    parser.add_argument("--attach", default=os.environ.get("IPT2XDP_COMPAT_ATTACH", "none"))
+    parser.add_argument("--backends", default="legacy,nft")
+    args = parser.parse_args(argv)
+    attach, backends = attach_from_env(args.attach), args.backends.split(",")
+    start, failures = time.monotonic(), 0
+    for seed in range(args.seed, args.seed + args.rulesets):
+        failure = check_seed(seed, attach, backends, args.probes)
+        if failure:
+            failures += 1
+            print(failure.report(), file=sys.stderr, flush=True)
+    elapsed = time.monotonic() - start
+    print(f"{args.rulesets} rulesets x {args.probes} probes x {len(backends)} backends, attach={args.attach}: "
+          f"{failures} failing seed(s), {elapsed:.0f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    from ipt2xdp.netns import remove_stale_namespaces
+
+    remove_stale_namespaces()
+    sys.exit(main())
