@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""abi.py against the built object's BTF (sizes, member names and offsets) and against the header's
+#defines. bpftool 7.1's JSON: types[] with kind, name, size, members[{name, bits_offset}]."""
+import ctypes
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ipt2xdp import abi
+from ipt2xdp.resources import bpf_object_path
+
+HEADER = Path(__file__).resolve().parents[1] / "bpf" / "ipt2xdp_kern_user.h"
+
+
+@pytest.fixture(scope="module")
+def btf_structs():
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool not installed")
+    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", str(bpf_object_path())],
+                         check=True, capture_output=True, text=True).stdout
+    return {t["name"]: t for t in json.loads(out)["types"] if t.get("kind") == "STRUCT"}
+
+
+@pytest.mark.parametrize("name", sorted(abi.STRUCTS))
+def test_struct_matches_btf(btf_structs, name):
+    mirror = abi.STRUCTS[name]
+    assert name in btf_structs, f"{name} missing from the object's BTF"
+    btf = btf_structs[name]
+    assert ctypes.sizeof(mirror) == btf["size"], f"{name}: size {ctypes.sizeof(mirror)} != BTF {btf['size']}"
+    btf_members = [(m["name"], m["bits_offset"] // 8) for m in btf["members"]]
+    ours = [(f[0], getattr(mirror, f[0]).offset) for f in mirror._fields_]
+    assert ours == btf_members, f"{name}: members differ"
+
+
+def _defines():
+    out = {}
+    for m in re.finditer(r"^#define (IPT2XDP_\w+) (.+?)(?:\s*/\*.*)?$", HEADER.read_text(), re.M):
+        try:
+            out[m.group(1)] = m.group(2).strip()
+        except ValueError:
+            pass
+    return out
+
+
+def _eval(expr, defs):
+    expr = re.sub(r"IPT2XDP_\w+", lambda m: f"({_eval(defs[m.group(0)], defs)})", expr)
+    return eval(expr.replace("U", ""), {})  # noqa: S307 - our own header's integer expressions
+
+
+@pytest.mark.parametrize("c_name,py_value", [
+    ("IPT2XDP_GEN_SLOTS", abi.GEN_SLOTS), ("IPT2XDP_DEFER_ALL", abi.DEFER_ALL),
+    ("IPT2XDP_SUMMARY_WORDS", abi.SUMMARY_WORDS), ("IPT2XDP_MAX_SLOTS", abi.MAX_SLOTS),
+    ("IPT2XDP_CHUNK_WORDS", abi.CHUNK_WORDS), ("IPT2XDP_MAX_STEPS", abi.MAX_STEPS),
+    ("IPT2XDP_VC_SPORT", abi.VC_SPORT), ("IPT2XDP_VC_DPORT", abi.VC_DPORT), ("IPT2XDP_VC_ICMP", abi.VC_ICMP),
+    ("IPT2XDP_VC_TCP_FLAGS", abi.VC_TCP_FLAGS), ("IPT2XDP_VC_ENTRIES", abi.VC_ENTRIES),
+    ("IPT2XDP_ACT_DROP", abi.ACT_DROP), ("IPT2XDP_ACT_ACCEPT", abi.ACT_ACCEPT),
+    ("IPT2XDP_ACT_DEFER", abi.ACT_DEFER), ("IPT2XDP_ACT_CONTINUE", abi.ACT_CONTINUE),
+    ("IPT2XDP_SLOT_SET", abi.SLOT_SET), ("IPT2XDP_K_DPORT", abi.K_DPORT), ("IPT2XDP_F_TCP_FLAGS", abi.F_TCP_FLAGS),
+    ("IPT2XDP_NUM_STATS", abi.NUM_STATS), ("IPT2XDP_STAT_PASS", abi.STAT_NAMES.index("pass")),
+    ("IPT2XDP_STAT_BUDGET", abi.STAT_NAMES.index("budget")),
+])
+def test_constant_matches_header(c_name, py_value):
+    assert _eval(_defines()[c_name], _defines()) == py_value
+
+
+def test_classifier_enums_match_abi():
+    from ipt2xdp.classifier import Field, Verdict
+    assert (Verdict.DROP, Verdict.ACCEPT, Verdict.DEFER, Verdict.CONTINUE) == (
+        abi.ACT_DROP, abi.ACT_ACCEPT, abi.ACT_DEFER, abi.ACT_CONTINUE)
+    assert [Field.SRC, Field.DST, Field.PROTO, Field.SPORT, Field.DPORT, Field.IIF, Field.ICMP, Field.TCP_FLAGS] == \
+        list(range(abi.NUM_FIELDS))

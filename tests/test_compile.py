@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""compile() without a kernel: interval sets, slot merging, classes, capacity, dump."""
+import struct
+
+import pytest
+
+from ipt2xdp import abi
+from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, ClassifierRule, IntervalSet, Match, U16_MAX,
+                                validate)
+from ipt2xdp.compile import build_slots, compile, field_classes
+from ipt2xdp.errors import CapacityError
+
+
+def test_interval_set_algebra():
+    a = IntervalSet.of([(1, 5), (10, 20), (6, 7)])
+    assert a.intervals == ((1, 7), (10, 20))
+    assert a.intersection(IntervalSet.of([(5, 12)])).intervals == ((5, 7), (10, 12))
+    assert a.complement(U16_MAX).intervals == ((0, 0), (8, 9), (21, U16_MAX))
+    assert a.union(IntervalSet.single(8)).intervals == ((1, 8), (10, 20))
+    assert 7 in a and 9 not in a and 20 in a and 21 not in a
+    assert IntervalSet.cidr("10.0.0.0/8").as_prefix() == (0x0A000000, 8)
+    assert IntervalSet.of([(0, 2)]).as_prefix() is None
+    assert IntervalSet.cidrs(["10.0.0.0/9", "10.128.0.0/9"]).as_prefix() == (0x0A000000, 8)
+
+
+def test_validate_rejects_backward_continue():
+    with pytest.raises(ValueError):
+        validate([ClassifierRule(Match(), CONTINUE(0), 0)], ACCEPT)
+    with pytest.raises(ValueError):
+        validate([], CONTINUE(1))
+
+
+def blocklist(n, start=0, action=DROP, plen=32):
+    step = 1 << (32 - plen)
+    return [ClassifierRule(Match(src=IntervalSet.range(0x0A000000 + i * step, 0x0A000000 + (i + 1) * step - 1)),
+                           action, start + i) for i in range(n)]
+
+
+def test_runs_of_exact_rules_merge_into_one_set_slot():
+    rules = blocklist(100) + [ClassifierRule(Match(proto=frozenset({6})), ACCEPT, 100)] + blocklist(50, 200, plen=24)
+    slots, rule_to_slot = build_slots(rules)
+    assert len(slots) == 3
+    assert [s.set_members is not None for s in slots] == [True, False, True]
+    assert rule_to_slot == {0: 0, 100: 1, 101: 2}
+    t = compile(rules, ACCEPT)
+    assert t.set_count == 2 and t.maps["exact_set"].count == 150
+    assert slots[2].src_plen == 24
+
+
+def test_short_runs_and_continue_targets_stay_plain():
+    rules = blocklist(3) + [ClassifierRule(Match(), CONTINUE(6), 3)] + blocklist(6, 10)
+    slots, _ = build_slots(rules)
+    # rule 6 is a CONTINUE target, so the second run splits there: 4..5 plain, 6..9 merged
+    assert [len(s.set_members) if s.set_members else 0 for s in slots] == [0, 0, 0, 0, 0, 0, 4]
+
+
+def test_duplicate_exact_rules_keep_the_first():
+    rules = blocklist(5) + blocklist(5, 100)
+    t = compile(rules, ACCEPT)
+    values = sorted(struct.unpack("=I", v)[0] for _, v in t.maps["exact_set"].entries())
+    assert values == [0, 1, 2, 3, 4]
+
+
+def test_field_classes_merge_equal_rule_sets():
+    rules = [ClassifierRule(Match(dport=IntervalSet.range(10, 20)), DROP, 0),
+             ClassifierRule(Match(dport=IntervalSet.of([(15, 30), (100, 100)])), DROP, 1)]
+    slots, _ = build_slots(rules)
+    intervals, bitmaps = field_classes("dport", slots)
+    assert intervals == [(0, 0), (10, 1), (15, 2), (21, 3), (31, 0), (100, 3), (101, 0)]
+    assert bitmaps == [0, 0b01, 0b11, 0b10]
+    # "no port" (65536) is in no constrained slot's set
+    assert intervals[-1] == (101, 0)
+
+
+def test_unconstrained_fields_are_left_out_of_the_mask():
+    t = compile([ClassifierRule(Match(proto=frozenset({6})), DROP, 0)], ACCEPT)
+    assert t.field_mask == 1 << abi.F_PROTO
+
+
+def test_capacity_error_and_defer():
+    rules = [ClassifierRule(Match(dport=IntervalSet.single(p)), DROP, p) for p in range(10)]
+    with pytest.raises(CapacityError):
+        compile(rules, ACCEPT, max_slots=5, merge_min_run=100)
+    t = compile(rules, ACCEPT, max_slots=5, overflow="defer", merge_min_run=100)
+    assert t.slot_count == 5 and t.overflowed_rules == 6 and t.notes
+
+
+def test_dump_is_deterministic_and_names_the_sets():
+    rules = blocklist(4) + [ClassifierRule(Match(proto=frozenset({17}), dport=IntervalSet.single(53)), DEFER, 9)]
+    a, b = compile(rules, DROP).dump(), compile(rules, DROP).dump()
+    assert a == b
+    assert "slots 2 sets 1 default DROP" in a
+    assert "set 0a000003" in a and "-> rule 3" in a
+
+
+def test_large_blocklist_compiles_fast():
+    import time
+    started = time.monotonic()
+    t = compile(blocklist(100_000), ACCEPT)
+    assert t.slot_count == 1 and t.maps["exact_set"].count == 100_000
+    assert time.monotonic() - started < 10
