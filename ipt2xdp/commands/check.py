@@ -1,12 +1,20 @@
 # SPDX-License-Identifier: GPL-2.0-only
-from ipt2xdp.errors import Ipt2xdpError
+"""`ipt2xdp check`: validate a ruleset; diagnostics with FILE:LINE:COL and exit 2 when broken."""
+from __future__ import annotations
 
-HELP = "check (not built yet)"
+HELP = "validate a ruleset (file, stdin or --live); errors as FILE:LINE:COL, exit 2"
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("file", nargs="?", default="-", help="iptables-save file, or - for stdin (default)")
+    parser.add_argument("--live", action="store_true", help="read the rules of the current network namespace")
 
 
-def run(args):
-    raise Ipt2xdpError("'check' is not built yet")
+def run(args) -> int:
+    from ipt2xdp.commands.fmt import load
+    ruleset, name = load(args)
+    rules = sum(len(t.rules) for t in ruleset.tables)
+    chains = sum(1 for t in ruleset.tables for c in t.chains if not c.builtin)
+    tables = ", ".join(t.name for t in ruleset.tables) or "none"
+    print(f"{name}: OK: {len(ruleset.tables)} table(s) ({tables}), {chains} user chain(s), {rules} rule(s)")
+    return 0

@@ -1,12 +1,41 @@
 # SPDX-License-Identifier: GPL-2.0-only
-from ipt2xdp.errors import Ipt2xdpError
+"""`ipt2xdp fmt`: print a ruleset in the canonical form iptables-save prints."""
+from __future__ import annotations
 
-HELP = "fmt (not built yet)"
+import sys
+
+HELP = "print a ruleset (file, stdin or --live) in iptables-save's canonical form"
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("file", nargs="?", default="-", help="iptables-save file, or - for stdin (default)")
+    parser.add_argument("--live", action="store_true", help="read the rules of the current network namespace")
+    parser.add_argument("--counters", "-c", action="store_true", help="print [packets:bytes] before each rule")
 
 
-def run(args):
-    raise Ipt2xdpError("'fmt' is not built yet")
+def load(args):
+    """The Ruleset named by FILE/-/--live (shared with `check`)."""
+    from ipt2xdp.errors import UsageError
+    from ipt2xdp.parse import parse
+    if args.live:
+        if args.file != "-":
+            raise UsageError("give either FILE or --live, not both")
+        from ipt2xdp.live import read_live
+        return read_live(), "<live>"
+    if args.file == "-":
+        return parse(sys.stdin.read(), "<stdin>"), "<stdin>"
+    try:
+        with open(args.file) as f:
+            text = f.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file} is not a text file") from None
+    return parse(text, args.file), args.file
+
+
+def run(args) -> int:
+    from ipt2xdp.render import render
+    ruleset, _ = load(args)
+    sys.stdout.write(render(ruleset, counters=args.counters))
+    return 0
