@@ -278,6 +278,9 @@ class RuleParser:
             known = [s for e in exts if e.spec for o in e.spec.options for s in (o.name,) + o.aliases]
             if target is not None and target.spec is not None:
                 known += [o.name for o in target.spec.options]
+            if "-p" in head:
+                implicit = options.MATCHES.get(head["-p"][0].lower())
+                known += [o.name for o in implicit.options] if implicit else []
             close = difflib.get_close_matches(w, known, n=1)
             where = " for " + ", ".join(f"-m {e.name}" for e in exts) if exts else ""
             raise RuleError(i, f"unknown option '{w}'{where}",
@@ -456,6 +459,9 @@ class _Builder:
             start += 1
         table = self.current
         target_chain = table.chains.get(chain_name)
+        if target_chain is None and chain_name in ir.BUILTIN_CHAINS.get(table.name, ()):
+            # iptables-restore lets a table use its built-in chains without declaring them
+            target_chain = table.chains[chain_name] = _Chain(chain_name, "ACCEPT", ir.ZERO)
         if target_chain is None:
             chain_col = split_words(text)[i + 1][1]
             self.error(line, col + chain_col, col + chain_col + len(chain_name),
