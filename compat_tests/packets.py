@@ -78,6 +78,18 @@ class Scan:
     ports: Set[int] = field(default_factory=set)
     protocols: Set[int] = field(default_factory=set)
     icmp: Set[Tuple[int, int]] = field(default_factory=set)
+    rules: List["RuleHint"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RuleHint:
+    """The scanned fields of one -A line, so probes can aim at a rule rather than at random fields."""
+
+    source: Optional[str]
+    dest: Optional[str]
+    proto: Optional[int]
+    ports: Tuple[int, ...]
+    icmp: Tuple[Tuple[int, int], ...]
 
 
 _ADDR = r"(\d+\.\d+\.\d+\.\d+(?:/[\d.]+)?)"
@@ -100,7 +112,24 @@ def scan(text: str) -> Scan:
             out.protocols.add(number)
     for value in re.findall(r"--icmp-type\s+(?:!\s+)?(\S+)", text):
         out.icmp.update(_icmp(value))
+    for line in text.splitlines():
+        if line.startswith(("-A ", "-I ")):
+            out.rules.append(_hint(line))
     return out
+
+
+def _hint(line: str) -> RuleHint:
+    src = re.search(r"(?:-s|--source)\s+(?:!\s+)?" + _ADDR, line)
+    dst = re.search(r"(?:-d|--destination)\s+(?:!\s+)?" + _ADDR, line)
+    proto = re.search(r"(?:-p|--protocol)\s+(\w+)", line)
+    number = None
+    if proto:
+        number = int(proto.group(1)) if proto.group(1).isdigit() else _PROTO_NAMES.get(proto.group(1).lower())
+    ports = [int(p) for v in re.findall(r"--(?:[sd]ports?|source-ports?|destination-ports?)\s+(?:!\s+)?([\d,:]+)", line)
+             for p in re.split(r"[,:]", v) if p.isdigit() and int(p) < 65536]
+    icmp = [t for v in re.findall(r"--icmp-type\s+(?:!\s+)?(\S+)", line) for t in _icmp(v)]
+    return RuleHint(src and _prefix(src.group(1)), dst and _prefix(dst.group(1)), number or None,
+                    tuple(ports), tuple(icmp))
 
 
 def _prefix(value: str) -> str:
@@ -163,7 +192,8 @@ def generate(text: str, n: int = 200, seed: int = 0) -> Corpus:
         local = sorted([DEFAULT_LOCAL] + rng.sample([a for a in local if a != DEFAULT_LOCAL], 47))
     dst_pool = sorted(set(local) | set(dst_scan) | {NONLOCAL, "255.255.255.255", "224.0.0.1"})
     ctx = probes.Context(rng, src_pool, dst_pool, local, port_edges(sorted(found.ports)),
-                         sorted(found.icmp | set(ICMP_TYPES)), sorted(found.protocols | set(OTHER_PROTOCOLS)))
+                         sorted(found.icmp | set(ICMP_TYPES)), sorted(found.protocols | set(OTHER_PROTOCOLS)),
+                         found.rules)
     built: List[Probe] = []
     families = probes.FAMILIES
     weights = [w for _, w in families]

@@ -16,7 +16,7 @@ logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from compat_tests.packets import tcp_seq_ack  # noqa: E402
+from compat_tests.packets import prefix_edges, tcp_seq_ack  # noqa: E402
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Context:
     ports: List[int]
     icmp: List[Tuple[int, int]]
     protocols: List[int]
+    rules: list = ()  # packets.RuleHint per -A line
 
     def src(self) -> str:
         return self.rng.choice(self.src_pool)
@@ -175,6 +176,34 @@ def odd_addresses(ctx: Context, pid: int):
     return _done(pkt, f"{desc}, odd address: {field} {value}")
 
 
+def aimed(ctx: Context, pid: int):
+    """A packet built to match one scanned rule's fields (an address at an edge of its prefixes)."""
+    if not ctx.rules:
+        return tcp(ctx, pid)
+    hint = ctx.rng.choice(ctx.rules)
+    rng = ctx.rng
+    src = rng.choice(prefix_edges(hint.source)[1:-1] or [hint.source.split("/")[0]]) if hint.source else ctx.src()
+    dst = ctx.dst()
+    if hint.dest:
+        inside = [a for a in prefix_edges(hint.dest) if a in ctx.local]
+        dst = rng.choice(inside) if inside else dst
+    proto = hint.proto or rng.choice((6, 17, 1))
+    port = lambda: rng.choice(hint.ports) + rng.choice((0, 0, 0, -1, 1)) if hint.ports else ctx.port()  # noqa: E731
+    if proto in (6, 17):
+        sport, dport = min(max(port(), 0), 65535), min(max(port(), 0), 65535)
+        seq, ack = tcp_seq_ack(pid)
+        l4 = TCP(sport=sport, dport=dport, flags=rng.choice(("S", "S", "A", "PA", "SA", "FA")), seq=seq, ack=ack) \
+            if proto == 6 else UDP(sport=sport, dport=dport)
+        desc = f"{'tcp' if proto == 6 else 'udp'} {src}:{sport} > {dst}:{dport}"
+    elif proto == 1:
+        t, c = rng.choice(hint.icmp or ctx.icmp)
+        l4, desc = ICMP(type=t, code=c, id=pid), f"icmp {src} > {dst} type {t}/{c}"
+    else:
+        l4, desc = Raw(bytes(16)), f"proto {proto} {src} > {dst}"
+    pkt = IP(id=pid, src=src, dst=dst, proto=proto) / l4 / Raw(_payload(pid))
+    return _done(IP(bytes(pkt)), desc + " (aimed at a rule)")
+
+
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -206,5 +235,5 @@ def handmade(specs, local_addrs=None):
 
 
 # (family, weight): common shapes dominate, odd ones are always present in a 200-probe corpus.
-FAMILIES = ((tcp, 30), (udp, 18), (icmp, 14), (other_protocol, 6), (fragments, 8), (ip_options, 6),
-            (malformed, 10), (odd_addresses, 8))
+FAMILIES = ((aimed, 30), (tcp, 20), (udp, 12), (icmp, 10), (other_protocol, 5), (fragments, 7),
+            (ip_options, 5), (malformed, 7), (odd_addresses, 6))
