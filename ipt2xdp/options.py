@@ -613,9 +613,8 @@ def reject(given, proto, index):
 
 def log(given, proto, index):
     seen = _single(given)
-    prefix = seen["--log-prefix"].args[0] if "--log-prefix" in seen else ""
-    if len(prefix) > 29:
-        raise OptionError(seen["--log-prefix"].index + 1, "maximum prefix length 29 for --log-prefix")
+    # iptables 1.8.9 silently cuts a longer prefix to the 29 characters the kernel keeps
+    prefix = seen["--log-prefix"].args[0][:29] if "--log-prefix" in seen else ""
     level = 4
     if "--log-level" in seen:
         g = seen["--log-level"]

@@ -1,0 +1,18 @@
+-m conntrack --ctstate NEW,INVALID;-m conntrack --ctstate INVALID,NEW;OK
+-m conntrack --ctstate ESTABLISHED,RELATED;-m conntrack --ctstate RELATED,ESTABLISHED;OK
+-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT;=;OK
+-m conntrack --ctstate UNTRACKED,SNAT;=;OK
+-m conntrack --ctstatus ASSURED;=;OK
+-m conntrack --ctproto 6;=;OK
+-m conntrack --ctorigsrc 10.0.0.1;-m conntrack --ctorigsrc 10.0.0.1;OK
+-m conntrack --ctorigdst 10.0.0.0/8;=;OK
+-m conntrack --ctreplsrc 10.0.0.0/8;=;OK
+-m conntrack --ctrepldst 10.0.0.0/8;=;OK
+-m conntrack --ctorigsrcport 80;=;OK
+-m conntrack --ctorigdstport 80;=;OK
+-m conntrack --ctreplsrcport 80;=;OK
+-m conntrack --ctrepldstport 80;=;OK
+-m conntrack --ctexpire 10:20;=;OK
+-m conntrack --ctdir ORIGINAL;=;OK
+-m conntrack --ctstate BOGUS;;FAIL
+-m conntrack --ctstate;;FAIL

@@ -1,0 +1,9 @@
+-p icmp --icmp-type echo-request;-p icmp -m icmp --icmp-type 8;OK
+-p icmp -m icmp --icmp-type 3/4;=;OK
+-p icmp -m icmp --icmp-type any;=;OK
+-p icmp -m icmp --icmp-type port-unreachable;-p icmp -m icmp --icmp-type 3/3;OK
+-p icmp -m icmp ! --icmp-type 8;=;OK
+-p icmp --icmp-type 0;-p icmp -m icmp --icmp-type 0;OK
+-p icmp --icmp-type nosuchtype;;FAIL
+-p icmp --icmp-type 256;;FAIL
+-p tcp -m icmp --icmp-type 8;;FAIL

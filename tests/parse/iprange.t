@@ -1,0 +1,4 @@
+-m iprange --src-range 10.0.0.1-10.0.0.9;=;OK
+-m iprange ! --dst-range 127.0.0.1-127.0.10.0;=;OK
+-m iprange --src-range 10.0.0.1-10.0.0.9 --dst-range 10.1.0.1-10.1.0.9;=;OK
+-m iprange --src-range 10.0.0.1-bogus;;FAIL

@@ -1,0 +1,4 @@
+-m length --length 100:200;=;OK
+-m length --length 100;=;OK
+-m length ! --length 0:40;=;OK
+-m length --length 70000;;FAIL

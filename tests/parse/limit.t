@@ -1,0 +1,11 @@
+-m limit --limit 3/min;=;OK
+-m limit --limit 12/min --limit-burst 10;=;OK
+-m limit --limit 5/second;-m limit --limit 5/sec;OK
+-m limit --limit 1/s;-m limit --limit 1/sec;OK
+-m limit --limit 60/min;-m limit --limit 1/sec;OK
+-m limit --limit 2/hour;=;OK
+-m limit --limit 2/day;=;OK
+-m limit;-m limit --limit 3/hour;OK
+-m limit --limit-burst 7;-m limit --limit 3/hour --limit-burst 7;OK
+-m limit --limit bogus;;FAIL
+! -m limit --limit 1/s;;FAIL

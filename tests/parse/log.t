@@ -1,0 +1,10 @@
+-j LOG;=;OK
+-j LOG --log-prefix "drop: ";=;OK
+-j LOG --log-prefix x --log-level 6;=;OK
+-j LOG --log-level info;-j LOG --log-level 6;OK
+-j LOG --log-level warning;-j LOG;OK
+-j LOG --log-tcp-sequence --log-tcp-options --log-ip-options --log-uid --log-macdecode;=;OK
+-j LOG --log-uid --log-tcp-sequence;-j LOG --log-tcp-sequence --log-uid;OK
+-j LOG --log-prefix "!#*~%&/()=?" --log-level 6;=;OK
+-j LOG --log-prefix "012345678901234567890123456789";-j LOG --log-prefix 01234567890123456789012345678;OK
+-j LOG --log-level 9;;FAIL

@@ -1,0 +1,3 @@
+-m mac --mac-source 00:00:F1:05:A0:E0;-m mac --mac-source 00:00:f1:05:a0:e0;OK
+-m mac ! --mac-source 00:11:22:33:44:55;=;OK
+-m mac --mac-source 00:11:22:33:44;;FAIL

@@ -1,0 +1,5 @@
+-m mark --mark 0x1;=;OK
+-m mark --mark 1;-m mark --mark 0x1;OK
+-m mark --mark 0x4000/0x4000;=;OK
+-m mark ! --mark 0x2/0xff;=;OK
+-m mark --mark bogus;;FAIL

@@ -1,0 +1,13 @@
+-p tcp -m multiport --dports 80,443;=;OK
+-p tcp -m multiport --dports 80:90,443;=;OK
+-p udp -m multiport --sports 53,123;=;OK
+-p tcp -m multiport --ports 22,80;=;OK
+-p tcp -m multiport --destination-ports 80,443;-p tcp -m multiport --dports 80,443;OK
+-p tcp -m multiport --source-ports 80,443;-p tcp -m multiport --sports 80,443;OK
+-p tcp -m multiport ! --dports 80,443;=;OK
+-p tcp -m multiport --dports ssh,http;-p tcp -m multiport --dports 22,80;OK
+-p tcp -m multiport --dports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15;=;OK
+-p tcp -m multiport --dports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16;;FAIL
+-m multiport --dports 80;;FAIL
+-p tcp -m multiport --dports 90:80;;FAIL
+-p tcp -m multiport --dports 80 --sports 80;;FAIL

@@ -1,0 +1,8 @@
+-m recent --set --name ssh;-m recent --set --name ssh --mask 255.255.255.255 --rsource;OK
+-m recent --update --seconds 60 --hitcount 4 --name ssh;-m recent --update --seconds 60 --hitcount 4 --name ssh --mask 255.255.255.255 --rsource;OK
+-m recent --rcheck --seconds 30 --reap --rttl --name x --rdest;-m recent --rcheck --seconds 30 --reap --rttl --name x --mask 255.255.255.255 --rdest;OK
+-m recent ! --rcheck --name x;-m recent ! --rcheck --name x --mask 255.255.255.255 --rsource;OK
+-m recent --remove;-m recent --remove --name DEFAULT --mask 255.255.255.255 --rsource;OK
+-m recent --set --mask 255.255.255.0;-m recent --set --name DEFAULT --mask 255.255.255.0 --rsource;OK
+-m recent --set --rsource;-m recent --set --name DEFAULT --mask 255.255.255.255 --rsource;OK
+-m recent --set --rcheck;;FAIL

@@ -1,0 +1,8 @@
+-j REJECT;-j REJECT --reject-with icmp-port-unreachable;OK
+-j REJECT --reject-with icmp-net-prohibited;=;OK
+-j REJECT --reject-with host-prohib;-j REJECT --reject-with icmp-host-prohibited;OK
+-j REJECT --reject-with icmp-admin-prohibited;=;OK
+-p tcp -j REJECT --reject-with tcp-reset;=;OK
+-p tcp -j REJECT --reject-with tcp-rst;-p tcp -j REJECT --reject-with tcp-reset;OK
+-j REJECT --reject-with bogus;;FAIL
+-j REJECT --reject-with icmp6-port-unreachable;;FAIL

@@ -1,0 +1,14 @@
+-m set --match-set test4 src;=;OK
+-m set ! --match-set test4 dst;=;OK
+-m set --match-set test4 src,dst;=;OK
+-m set --set test4 src;-m set --match-set test4 src;OK
+-m set --match-set test4 src --return-nomatch;=;OK
+-m set --match-set test4 src ! --update-counters;=;OK
+-m set --match-set test4 src ! --update-subcounters;=;OK
+-m set --match-set test4 src --packets-eq 5;=;OK
+-m set --match-set test4 src --packets-lt 5;=;OK
+-m set --match-set test4 src --packets-gt 5;=;OK
+-m set --match-set test4 src --bytes-eq 5;=;OK
+-m set --match-set test4 src --bytes-lt 5;=;OK
+-m set --match-set test4 src --bytes-gt 5;=;OK
+-m set --match-set test4 foo;;FAIL

@@ -1,0 +1,5 @@
+-m state --state ESTABLISHED,RELATED;-m state --state RELATED,ESTABLISHED;OK
+-m state --state NEW;=;OK
+-m state ! --state INVALID;=;OK
+-m state --state ESTABLISHED,NEW,RELATED,UNTRACKED;-m state --state NEW,RELATED,ESTABLISHED,UNTRACKED;OK
+-m state --state SNAT;;FAIL

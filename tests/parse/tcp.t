@@ -1,0 +1,25 @@
+-p tcp --dport 22;-p tcp -m tcp --dport 22;OK
+-p tcp -m tcp --dport 22;=;OK
+-p tcp --destination-port 80;-p tcp -m tcp --dport 80;OK
+-p tcp --dport ssh;-p tcp -m tcp --dport 22;OK
+-p tcp --source-port 1024:;-p tcp -m tcp --sport 1024:65535;OK
+-p tcp --sport :4;-p tcp -m tcp --sport 0:4;OK
+-p tcp --sport 4:4;-p tcp -m tcp --sport 4;OK
+-p tcp -m tcp ! --sport 67:68 ! --dport 67:68;=;OK
+-p tcp --syn;-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN;OK
+-p tcp ! --syn;-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN;OK
+-p tcp --tcp-flags ALL NONE;-p tcp -m tcp --tcp-flags FIN,SYN,RST,PSH,ACK,URG NONE;OK
+-p tcp --tcp-flags SYN,FIN SYN;-p tcp -m tcp --tcp-flags FIN,SYN SYN;OK
+-p tcp --tcp-option 2;-p tcp -m tcp --tcp-option 2;OK
+-p tcp -m tcp ! --tcp-option 8;=;OK
+-p tcp -m state --state NEW --dport 80;-p tcp -m state --state NEW -m tcp --dport 80;OK
+-m tcp -p tcp --dport 80;-p tcp -m tcp --dport 80;OK
+-p tcp -m tcp --sport 4:3;;FAIL
+-p tcp --dport 99999;;FAIL
+-p tcp --dport nosuchservice;;FAIL
+--dport 22;;FAIL
+-p tcp --dprt 22;;FAIL
+-p tcp --dport ! 22;;FAIL
+-p tcp --tcp-flags BOGUS SYN;;FAIL
+-p tcp --syn --tcp-flags SYN SYN;;FAIL
+-p udp -m tcp --dport 22;;FAIL

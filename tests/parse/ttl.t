@@ -1,0 +1,6 @@
+-m ttl --ttl-eq 64;=;OK
+-m ttl ! --ttl-eq 64;=;OK
+-m ttl --ttl-lt 5;=;OK
+-m ttl --ttl-gt 200;=;OK
+-m ttl ! --ttl-lt 5;;FAIL
+-m ttl --ttl-eq 300;;FAIL
