@@ -43,15 +43,19 @@ def _notice(message: str) -> None:
     print(f"ipt2xdp: {message}", file=sys.stderr)
 
 
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise LoadError(f"unknown XDP mode {mode!r}", errno.EINVAL, "use native, generic or auto",
+                        exit_code=EXIT_PARAMETER)
+
+
 def attach(name: str, prog_fd: int, our_id: int, mode: str, notice: Callable[[str], None] = _notice) -> Tuple[str, bool]:
     """Attach our program to a device. Returns (mode used, whether this call attached it).
 
     auto = native, then generic with a notice when the driver has no native XDP. Another
     program already attached is never replaced.
     """
-    if mode not in MODES:
-        raise LoadError(f"unknown XDP mode {mode!r}", errno.EINVAL, "use native, generic or auto",
-                        exit_code=EXIT_PARAMETER)
+    check_mode(mode)
     index = ifindex(name)
     native_id, generic_id = attached(index)
     for other in (native_id, generic_id):

@@ -2,9 +2,13 @@
 """Where ipt2xdp's pinned state lives: <bpffs>/ipt2xdp/<netns inode>/, one directory per network
 namespace, so separate invocations (and separate namespaces) find their own program and maps.
 
-`ip netns exec NAME` remounts /sys in a private mount namespace, which hides /sys/fs/bpf. The
-host's bpffs stays reachable through /proc/1/root/sys/fs/bpf (PID 1's root, which root may enter),
-so pins made with or without `ip netns exec` are the same files.
+`ip netns exec NAME` remounts /sys in a private mount namespace, which hides /sys/fs/bpf (and a
+bpffs mounted anew there would be a new, empty instance). The original bpffs stays reachable
+through the root of a process still in the original mount namespace: the parent that ran
+`ip netns exec` (ip execs the command, so our parent is the caller's shell), its ancestors, or
+PID 1. /proc/<pid>/root needs ptrace read access; on hosts without CAP_SYS_PTRACE PID 1's is
+refused while our own ancestors' are not, so ancestors are tried first. The same pins are then
+found with or without `ip netns exec`; IPT2XDP_BPFFS overrides the search.
 """
 from __future__ import annotations
 
@@ -18,12 +22,31 @@ from typing import Iterator, Optional
 from ipt2xdp.errors import LoadError
 
 BPF_FS_MAGIC = 0xCAFE4A11
-_CANDIDATES = ("/sys/fs/bpf", "/proc/1/root/sys/fs/bpf")
 LOCK_DIR = "/run/lock"
 
 
 class _StatFs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+
+
+def _ancestors() -> Iterator[int]:
+    pid = os.getppid()
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        yield pid
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return
+
+
+def _candidates() -> Iterator[str]:
+    yield "/sys/fs/bpf"
+    for pid in _ancestors():
+        yield f"/proc/{pid}/root/sys/fs/bpf"
+    yield "/proc/1/root/sys/fs/bpf"
 
 
 def _is_bpffs(path: str) -> bool:
@@ -37,7 +60,7 @@ def _is_bpffs(path: str) -> bool:
 def bpffs_root() -> str:
     """The bpffs mount to pin under; LoadError if none is reachable."""
     override = os.environ.get("IPT2XDP_BPFFS")
-    for path in ((override,) if override else _CANDIDATES):
+    for path in ((override,) if override else _candidates()):
         if _is_bpffs(path):
             return path
     raise LoadError("no BPF filesystem at /sys/fs/bpf", errno.ENOENT,

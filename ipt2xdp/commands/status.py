@@ -1,12 +1,44 @@
 # SPDX-License-Identifier: GPL-2.0-only
-from ipt2xdp.errors import Ipt2xdpError
+"""`ipt2xdp status [--json]`: devices, mode, program, generation, rule count, per-rule counters."""
+from __future__ import annotations
 
-HELP = "status (not built yet)"
+import json
+
+HELP = "show what XDP enforces in this network namespace: devices, generation, per-rule counters"
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--all-counters", action="store_true", help="also list rules whose counters are zero")
 
 
-def run(args):
-    raise Ipt2xdpError("'status' is not built yet")
+def run(args) -> int:
+    from ipt2xdp import libbpf, loader
+
+    libbpf.set_verbose(getattr(args, "verbose", False))
+    info = loader.status()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    if not info["loaded"]:
+        print(f"ipt2xdp: not loaded in this network namespace (netns {info['netns']})")
+        return 0
+    rs = info.get("ruleset", {})
+    state = "DEFERRING ALL to netfilter" if info["deferring_all"] else "enforcing"
+    print(f"program id {info['program_id']}  generation {info['generation']}  {state}")
+    print(f"ruleset: {rs.get('rules', '?')} rules in {rs.get('slots', '?')} slots ({rs.get('sets', 0)} sets), "
+          f"digest {rs.get('digest', '?')}, source {rs.get('source_digest') or '-'}")
+    if rs.get("overflowed_rules"):
+        print(f"  {rs['overflowed_rules']} rules beyond capacity are left to netfilter")
+    if not info["devices"]:
+        print("devices: none attached")
+    for name, d in sorted(info["devices"].items()):
+        live = d["live_mode"] or "NOT ATTACHED (removed outside ipt2xdp)"
+        print(f"device {name} (ifindex {d['ifindex']}): {live}")
+    stats = info["stats"]
+    print("packets: " + ", ".join(f"{k} {v}" for k, v in stats.items() if v) if any(stats.values()) else "packets: none")
+    print(f"{'rule':>10} {'packets':>12} {'bytes':>14}")
+    for rule, c in info["counters"].items():
+        if c["packets"] or args.all_counters:
+            print(f"{rule:>10} {c['packets']:>12} {c['bytes']:>14}")
+    return 0

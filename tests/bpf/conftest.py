@@ -5,7 +5,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def dataplane():
-    from ipt2xdp.loader import Dataplane
+    from ipt2xdp.dataplane import Dataplane
 
     dp = Dataplane.load()
     yield dp

@@ -1,0 +1,306 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Kernel handles of one loaded ipt2xdp program: its maps, atomic generation updates, counters.
+(loader.py builds the user-facing apply/detach/status on top, with pins and devices.)
+
+Atomic generations. Each per-generation map is an ARRAY_OF_MAPS with two slots. An update:
+  1. creates fresh inner maps sized to the ruleset and fills them (nothing reads them yet);
+  2. waits for an RCU grace period (the barrier), so no program run that started before the
+     previous flip can still read the inactive slot;
+  3. stores the inner maps into the inactive slot of every outer map;
+  4. flips state.active to that slot: one u32 store, the only thing a packet reads to choose;
+  5. waits again, so on return no packet reads the old slot; the old inner maps are released.
+The barrier is an update of a throwaway ARRAY_OF_MAPS: for every map-in-map update the kernel
+calls maybe_wait_bpf_programs() -> synchronize_rcu() before the syscall returns (kernel/bpf/
+syscall.c, since Linux 4.20; XDP runs inside an RCU read-side section). A crash before step 4
+leaves the old generation in force; after it, the new one. Nothing else is ever half-visible.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ipt2xdp import abi, devices, libbpf, pins
+from ipt2xdp.compile import Tables
+from ipt2xdp.errors import AbiMismatch, LoadError
+from ipt2xdp.resources import bpf_object_path
+
+PROG_PIN = "prog"
+META_PIN = "meta"
+META_VALUE_SIZE = 4096
+META_ATTACH = abi.GEN_SLOTS  # meta[0..GEN_SLOTS-1]: per-slot generation records; meta[2]: attachments
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+def object_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LoadError("ipt2xdp needs root to load XDP programs", errno.EPERM, "rerun it as root (sudo)")
+
+
+def check_abi(obj: libbpf.BpfObject) -> None:
+    """Compare every map of the object with abi.py; AbiMismatch lists every difference."""
+    l = libbpf.lib()
+    diffs: List[str] = []
+
+    def compare(label, ptr, shape):
+        got = (l.bpf_map__type(ptr), l.bpf_map__key_size(ptr), l.bpf_map__value_size(ptr))
+        want = (shape.map_type, shape.key_size, shape.value_size)
+        for what, g, w in zip(("Type", "KeySize", "ValueSize"), got, want):
+            if g != w:
+                diffs.append(f"{label}: {what} {g} != {w}")
+    for shape in (abi.MAP_STATE, abi.MAP_STATS):
+        compare(shape.name, obj.map(shape.name), shape)
+    for name, shape in abi.GEN_MAPS.items():
+        outer = obj.map(shape.name)
+        if l.bpf_map__max_entries(outer) != abi.GEN_SLOTS:
+            diffs.append(f"{shape.name}: MaxEntries {l.bpf_map__max_entries(outer)} != {abi.GEN_SLOTS}")
+        inner = l.bpf_map__inner_map(outer)
+        if not inner:
+            diffs.append(f"{shape.name}: not a map-in-map")
+            continue
+        compare(shape.name + ".inner", inner, shape)
+        if l.bpf_map__map_flags(inner) != shape.map_flags:
+            diffs.append(f"{shape.name}.inner: Flags {l.bpf_map__map_flags(inner):#x} != {shape.map_flags:#x}")
+    if diffs:
+        raise AbiMismatch(diffs)
+
+
+def rcu_barrier() -> None:
+    """Return only after every XDP program run that started before the call has finished."""
+    inner = libbpf.map_create(abi.BPF_MAP_TYPE_ARRAY, "ipt2xdp_sync", 4, 4, 1)
+    try:
+        outer = libbpf.map_create(abi.BPF_MAP_TYPE_ARRAY_OF_MAPS, "ipt2xdp_sync_o", 4, 4, 1, inner_map_fd=inner)
+        try:
+            libbpf.update_elem(outer, _u32(0), _u32(inner), what="waiting for running XDP programs")
+        finally:
+            os.close(outer)
+    finally:
+        os.close(inner)
+
+
+@dataclass
+class Dataplane:
+    """Kernel handles of one loaded ipt2xdp program and its maps (pinned or not)."""
+
+    prog_fd: int
+    map_fds: Dict[str, int]          # object map name -> fd
+    meta_fd: int
+    obj: Optional[libbpf.BpfObject] = None
+    object_sha: str = ""
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, object_path: Optional[str] = None) -> "Dataplane":
+        """Open, check and load the object; state starts as DEFER_ALL (everything to netfilter)."""
+        path = str(object_path or bpf_object_path())
+        obj = libbpf.BpfObject(path)
+        try:
+            check_abi(obj)
+            obj.load()
+            l = libbpf.lib()
+            names = [abi.MAP_STATE.name, abi.MAP_STATS.name] + [s.name for s in abi.GEN_MAPS.values()]
+            map_fds = {n: l.bpf_map__fd(obj.map(n)) for n in names}
+            meta_fd = libbpf.map_create(abi.BPF_MAP_TYPE_ARRAY, "ipt2xdp_meta", 4, META_VALUE_SIZE, abi.GEN_SLOTS + 1)
+            dp = cls(obj.program_fd(abi.PROGRAM_NAME), map_fds, meta_fd, obj, object_digest(path))
+            dp.write_state(abi.DEFER_ALL, abi.GEN_SLOTS - 1, 0)
+            dp.write_meta(META_ATTACH, {"object_sha": dp.object_sha, "attachments": {}})
+            return dp
+        except BaseException:
+            obj.close()
+            raise
+
+    @classmethod
+    def open_pinned(cls, directory: str) -> Optional["Dataplane"]:
+        """The pinned instance in directory, or None if there is none."""
+        if not os.path.exists(os.path.join(directory, PROG_PIN)):
+            return None
+        fds = {}
+        try:
+            prog_fd = libbpf.obj_get(os.path.join(directory, PROG_PIN))
+            for name in [abi.MAP_STATE.name, abi.MAP_STATS.name] + [s.name for s in abi.GEN_MAPS.values()]:
+                fds[name] = libbpf.obj_get(os.path.join(directory, name))
+            meta_fd = libbpf.obj_get(os.path.join(directory, META_PIN))
+        except LoadError as error:
+            for fd in fds.values():
+                os.close(fd)
+            raise LoadError(f"pinned ipt2xdp state in {directory} is incomplete", error.errno_value,
+                            "remove it with `ipt2xdp detach --all`") from None
+        dp = cls(prog_fd, fds, meta_fd)
+        dp.object_sha = dp.read_meta(META_ATTACH).get("object_sha", "")
+        info = libbpf.map_info(fds[abi.MAP_STATE.name])
+        if info.value_size != abi.MAP_STATE.value_size:
+            dp.close()
+            raise AbiMismatch([f"{abi.MAP_STATE.name}: ValueSize {info.value_size} != {abi.MAP_STATE.value_size} "
+                               f"(pinned by another ipt2xdp version; run `ipt2xdp detach --all` first)"])
+        return dp
+
+    def pin(self, directory: str) -> None:
+        """Pin everything under directory at once: pin into a sibling, then rename it into place."""
+        tmp = f"{directory}-tmp{os.getpid()}"  # bpffs refuses "." in names
+        pins.remove_tree(tmp)
+        os.makedirs(tmp)
+        try:
+            libbpf.obj_pin(self.prog_fd, os.path.join(tmp, PROG_PIN))
+            libbpf.obj_pin(self.meta_fd, os.path.join(tmp, META_PIN))
+            for name, fd in self.map_fds.items():
+                libbpf.obj_pin(fd, os.path.join(tmp, name))
+            os.rename(tmp, directory)
+        except BaseException:
+            pins.remove_tree(tmp)
+            raise
+
+    def close(self) -> None:
+        for fd in [self.prog_fd, self.meta_fd, *self.map_fds.values()]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        self.map_fds = {}
+
+    @property
+    def prog_id(self) -> int:
+        return libbpf.prog_id(self.prog_fd)
+
+    # --- state and metadata ------------------------------------------------------------------
+    def read_state(self) -> abi.State:
+        raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATE.name], _u32(0), ctypes.sizeof(abi.State))
+        return abi.State.from_buffer_copy(raw)
+
+    def write_state(self, active: int, last_slot: int, generation: int) -> None:
+        value = bytes(abi.State(active=active, last_slot=last_slot, generation=generation))
+        libbpf.update_elem(self.map_fds[abi.MAP_STATE.name], _u32(0), value, what="flipping the active generation")
+
+    def defer_all(self, on: bool = True) -> None:
+        """Make XDP pass everything to netfilter (on) or resume the last generation (off)."""
+        st = self.read_state()
+        self.write_state(abi.DEFER_ALL if on else st.last_slot, st.last_slot, st.generation)
+        rcu_barrier()
+
+    def read_meta(self, index: int) -> dict:
+        raw = libbpf.lookup_elem(self.meta_fd, _u32(index), META_VALUE_SIZE) or b""
+        text = raw.split(b"\0", 1)[0]
+        try:
+            return json.loads(text) if text else {}
+        except ValueError:
+            return {}
+
+    def write_meta(self, index: int, record: dict) -> None:
+        data = json.dumps(record, sort_keys=True).encode()
+        if len(data) >= META_VALUE_SIZE:
+            raise LoadError("metadata record too large", errno.E2BIG, "attach fewer devices per namespace")
+        libbpf.update_elem(self.meta_fd, _u32(index), data.ljust(META_VALUE_SIZE, b"\0"), what="writing metadata")
+
+    # --- generations -------------------------------------------------------------------------
+    def _create_inner(self, name: str, tables: Tables, generation: int) -> int:
+        shape = abi.GEN_MAPS[name]
+        contents = tables.maps[name]
+        fd = libbpf.map_create(shape.map_type, f"i2x_{name}"[:15], shape.key_size, shape.value_size,
+                               contents.max_entries, shape.map_flags)
+        try:
+            values = contents.values
+            if name == "cfg":
+                values = struct.pack("=Q", generation) + values[8:]
+            elif shape.map_type == abi.BPF_MAP_TYPE_PERCPU_HASH:
+                values = bytes(len(values) * libbpf.num_possible_cpus())  # zeroed, per CPU
+            libbpf.update_batch(fd, contents.keys, values, contents.count, f"filling map {name}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def apply_generation(self, tables: Tables, record: Optional[dict] = None,
+                         pause_hook: Optional[Callable[[str], None]] = None) -> Tuple[int, Dict[int, Tuple[int, int]]]:
+        """Make tables the generation in force, atomically. Returns (generation, final counters of
+        the generation it replaced). pause_hook(step) is a test hook called between steps."""
+        hook = pause_hook or (lambda step: None)
+        st = self.read_state()
+        last = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
+        target = (last + 1) % abi.GEN_SLOTS
+        generation = st.generation + 1
+        inner: Dict[str, int] = {}
+        try:
+            for name in abi.GEN_MAPS:
+                inner[name] = self._create_inner(name, tables, generation)
+                hook(f"filled {name}")
+            rcu_barrier()
+            self.write_meta(target, dict(record or {}, generation=generation, rules=tables.rule_count,
+                                         slots=tables.slot_count, sets=tables.set_count, digest=tables.digest,
+                                         overflowed_rules=tables.overflowed_rules, applied_at=int(time.time())))
+            for name, shape in abi.GEN_MAPS.items():
+                libbpf.update_elem(self.map_fds[shape.name], _u32(target), _u32(inner[name]),
+                                   what=f"installing generation {generation} map {name}")
+                hook(f"installed {name}")
+            self.write_state(target, target, generation)
+            hook("flipped")
+            rcu_barrier()
+        finally:
+            for fd in inner.values():
+                os.close(fd)
+        old_counters = self.read_counters(slot=last) if st.generation else {}
+        for shape in abi.GEN_MAPS.values():  # release the old generation: memory follows one ruleset
+            try:
+                libbpf.delete_elem(self.map_fds[shape.name], _u32(last))
+            except LoadError:
+                pass
+        return generation, old_counters
+
+    def _inner_fd(self, outer_name: str, slot: int) -> Optional[int]:
+        raw = libbpf.lookup_elem(self.map_fds[outer_name], _u32(slot), 4)
+        if raw is None:
+            return None
+        (map_id,) = struct.unpack("=I", raw)
+        return libbpf.map_fd_by_id(map_id) if map_id else None
+
+    def read_counters(self, slot: Optional[int] = None) -> Dict[int, Tuple[int, int]]:
+        """{counter key: (packets, bytes)} summed over CPUs, for the active (or given) slot.
+
+        Keys are rule ids, plus abi.DEFAULT_COUNTER and abi.OVERFLOW_COUNTER."""
+        if slot is None:
+            st = self.read_state()
+            slot = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
+        fd = self._inner_fd(abi.GEN_MAPS["counters"].name, slot)
+        if fd is None:
+            return {}
+        try:
+            ncpus = libbpf.num_possible_cpus()
+            result = {}
+            for key in list(libbpf.keys(fd, 4)):
+                raw = libbpf.lookup_elem(fd, key, 16 * ncpus)
+                if raw is None:
+                    continue
+                packets = sum(struct.unpack_from("=Q", raw, 16 * c)[0] for c in range(ncpus))
+                nbytes = sum(struct.unpack_from("=Q", raw, 16 * c + 8)[0] for c in range(ncpus))
+                result[struct.unpack("=I", key)[0]] = (packets, nbytes)
+            return result
+        finally:
+            os.close(fd)
+
+    def read_stats(self) -> Dict[str, int]:
+        ncpus = libbpf.num_possible_cpus()
+        out = {}
+        for index, name in enumerate(abi.STAT_NAMES):
+            raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATS.name], _u32(index), 8 * ncpus) or b""
+            out[name] = sum(struct.unpack_from("=Q", raw, 8 * c)[0] for c in range(len(raw) // 8))
+        return out
+
+    def test_run(self, packet: bytes, repeat: int = 1, ingress_ifindex: int = 0) -> Tuple[int, int]:
+        """(XDP verdict, ns per run) of the program on one packet (BPF_PROG_TEST_RUN)."""
+        retval, duration, _ = libbpf.test_run(self.prog_fd, packet, repeat, ingress_ifindex)
+        return retval, duration

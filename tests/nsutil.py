@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Helpers for kernel tests: run Python code inside a test namespace, send and receive UDP, read
+an iptables counter. Everything happens inside namespaces made by ipt2xdp.netns."""
+import contextlib
+import ctypes
+import os
+import socket
+import subprocess
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def inside(ns):
+    """Run the body with this thread in the namespace (sockets made here stay in it)."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(ns.path, os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        yield
+    finally:
+        _libc.setns(home, CLONE_NEWNET)
+        os.close(home)
+        os.close(target)
+
+
+def udp_receiver(ns, port):
+    with inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", port))
+        s.settimeout(0.2)
+    return s
+
+
+def drain(sock):
+    got = 0
+    while True:
+        try:
+            sock.recv(2048)
+            got += 1
+        except (socket.timeout, BlockingIOError):
+            return got
+
+
+def send_udp(ns, dst, port, count=5, payload=b"x" * 32):
+    with inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(count):
+            s.sendto(payload, (dst, port))
+    finally:
+        s.close()
+
+
+def iptables_count(ns, match: str) -> int:
+    """Packets counted by the first INPUT rule whose listing contains match."""
+    out = ns.run(["iptables", "-w", "-L", "INPUT", "-v", "-n", "-x"]).stdout
+    for line in out.splitlines()[2:]:
+        if match in line:
+            return int(line.split()[0])
+    raise AssertionError(f"no INPUT rule with {match!r}:\n{out}")
+
+
+def python_in(ns, code: str, check=True) -> subprocess.CompletedProcess:
+    """Run python code in the namespace with nsenter (a separate process, as the CLI would be)."""
+    import sys
+    return ns.run([sys.executable, "-c", code], check=check)
