@@ -27,7 +27,7 @@ from ipt2xdp.parse import parse
 TABLES_FILE = "/proc/net/ip_tables_names"
 TABLE_ORDER = ("raw", "mangle", "filter", "nat", "security")
 _STANDARD_TARGETS = ("ACCEPT", "DROP", "RETURN", "QUEUE")
-_GOTO_FLAG = 0x08  # IPT_F_GOTO in struct ipt_ip.flags
+_GOTO_FLAG = 0x02  # IPT_F_GOTO in struct ipt_ip.flags (IPT_F_FRAG is 0x01)
 
 
 def legacy_tables() -> List[str]:
@@ -51,20 +51,26 @@ def _save_text(argv: Sequence[str]) -> str:
     return "".join(line + "\n" for line in result.stdout.splitlines() if not line.startswith("#"))
 
 
+def ordered(ruleset: ir.Ruleset) -> ir.Ruleset:
+    """Tables in one fixed order (iptables-legacy-save and iptables-nft-save list them differently)."""
+    rank = {name: i for i, name in enumerate(TABLE_ORDER)}
+    return ir.Ruleset(tuple(sorted(ruleset.tables, key=lambda t: rank.get(t.name, len(rank)))))
+
+
 def read_nft(counters: bool = True) -> ir.Ruleset:
     argv = ["iptables-nft-save"] + (["-c"] if counters else [])
-    return parse(_save_text(argv), path="<iptables-nft-save>")
+    return ordered(parse(_save_text(argv), path="<iptables-nft-save>"))
 
 
 def read_save(counters: bool = True, binary: str = "iptables-save") -> ir.Ruleset:
-    return parse(_save_text([binary] + (["-c"] if counters else [])), path=f"<{binary}>")
+    return ordered(parse(_save_text([binary] + (["-c"] if counters else [])), path=f"<{binary}>"))
 
 
 def read_legacy_save(counters: bool = True) -> ir.Ruleset:
     """iptables-legacy-save, restricted to existing tables (a bare call would create none, but -t would)."""
     text = "".join(_save_text(["iptables-legacy-save", "-t", t] + (["-c"] if counters else []))
                    for t in legacy_tables())
-    return parse(text, path="<iptables-legacy-save>")
+    return ordered(parse(text, path="<iptables-legacy-save>"))
 
 
 # ----------------------------------------------------------------------------- python-iptables
@@ -157,7 +163,7 @@ def legacy_save_text(tables: Optional[Sequence[str]] = None) -> str:
 
 
 def read_legacy_iptc(tables: Optional[Sequence[str]] = None) -> ir.Ruleset:
-    return parse(legacy_save_text(tables), path="<python-iptables>")
+    return ordered(parse(legacy_save_text(tables), path="<python-iptables>"))
 
 
 def backend() -> str:
