@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from compat_tests.observe import Endpoints, Fate, Observation
+from compat_tests.observe import Endpoints, Fate, Observation, open_flows
 from compat_tests.packets import Corpus, Probe
 from ipt2xdp import netns
 
@@ -185,10 +185,14 @@ def run_once(ruleset: str, corpus: Corpus, backend: str = "legacy", attach: Opti
         if attach is not None:
             attach(bed.receiver, bed.receiver_if)
         ends = bed.endpoints(corpus.protocols)
+        flows = []
         try:
+            flows = open_flows(bed.receiver.path, corpus.flows)
             observation = ends.exchange(corpus.probes)
         finally:
             ends.close()
+            for s in flows:
+                s.close()
     return Run(backend, attach is not None, observation, time.monotonic() - start)
 
 

@@ -132,6 +132,41 @@ def _classify_reply(pkt: bytes, probes: Dict[int, "object"]) -> Optional[Tuple[i
     return None
 
 
+def open_flows(receiver_ns: str, flows) -> List[socket.socket]:
+    """Send the first packet of each flow from the receiver, so conntrack has an entry for it.
+
+    The send goes through OUTPUT and conntrack confirmation inside sendto(), so the entry exists when it
+    returns. The sockets stay open (the caller closes them) so replies find a socket, as in real life.
+    """
+    socks = []
+    with inside(receiver_ns):
+        for f in flows:
+            if f.proto == socket.IPPROTO_UDP:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((f.local, f.local_port))
+                payload, dest = b"i2x flow", (f.remote, f.remote_port)
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+                s.bind((f.local, 0))
+                header = struct.pack("!BBHHH", 8, 0, 0, f.local_port, 1) + b"i2x flow"
+                payload = header[:2] + struct.pack("!H", _checksum(header)) + header[4:]
+                dest = (f.remote, 0)
+            socks.append(s)
+            try:
+                s.sendto(payload, dest)
+            except OSError:
+                pass  # OUTPUT may drop it (EPERM): then the flow is simply not tracked, in every run
+    return socks
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data[:len(data) // 2 * 2])) + (data[-1] << 8 if len(data) % 2 else 0)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 class Endpoints:
     """The sockets of one testbed: a sender AF_PACKET socket and the receiver's tap and raw sockets."""
 

@@ -55,11 +55,23 @@ class Probe:
         return socket.inet_aton(self.dst)
 
 
+@dataclass(frozen=True)
+class Flow:
+    """A flow the receiver opens before the probes (so conntrack knows it): UDP, or ICMP echo (port = id)."""
+
+    proto: int
+    local: str
+    local_port: int
+    remote: str
+    remote_port: int
+
+
 @dataclass
 class Corpus:
     probes: List[Probe]
     local_addrs: Tuple[str, ...]  # the harness installs these on the receiver
     seed: int = 0
+    flows: Tuple[Flow, ...] = ()  # the harness opens these from the receiver before sending
 
     @property
     def protocols(self) -> Set[int]:
@@ -194,6 +206,8 @@ def generate(text: str, n: int = 200, seed: int = 0) -> Corpus:
     ctx = probes.Context(rng, src_pool, dst_pool, local, port_edges(sorted(found.ports)),
                          sorted(found.icmp | set(ICMP_TYPES)), sorted(found.protocols | set(OTHER_PROTOCOLS)),
                          found.rules)
+    ctx.flows = [Flow(rng.choice((17, 17, 1)), rng.choice(local), rng.choice(ctx.ports) or 1,
+                      rng.choice(src_pool), rng.choice(ctx.ports) or 1) for _ in range(6)]
     built: List[Probe] = []
     families = probes.FAMILIES
     weights = [w for _, w in families]
@@ -202,4 +216,4 @@ def generate(text: str, n: int = 200, seed: int = 0) -> Corpus:
         pid = len(built) + 1
         description, frames, src, dst, proto = make(ctx, pid)
         built.append(Probe(pid, description, tuple(frames), src, dst, proto))
-    return Corpus(built, tuple(local), seed)
+    return Corpus(built, tuple(local), seed, tuple(ctx.flows))

@@ -29,6 +29,7 @@ class Context:
     icmp: List[Tuple[int, int]]
     protocols: List[int]
     rules: list = ()  # packets.RuleHint per -A line
+    flows: list = ()  # packets.Flow the receiver opens before the probes
 
     def src(self) -> str:
         return self.rng.choice(self.src_pool)
@@ -204,6 +205,30 @@ def aimed(ctx: Context, pid: int):
     return _done(IP(bytes(pkt)), desc + " (aimed at a rule)")
 
 
+def flow(ctx: Context, pid: int):
+    """A packet of a flow the receiver opened: its reply (ESTABLISHED), an ICMP error about it (RELATED),
+    or the reverse of it (NEW)."""
+    if not ctx.flows:
+        return udp(ctx, pid)
+    f = ctx.rng.choice(ctx.flows)
+    kind = ctx.rng.choice(("reply", "reply", "icmp error", "reversed"))
+    if f.proto == 17:
+        outbound = IP(src=f.local, dst=f.remote) / UDP(sport=f.local_port, dport=f.remote_port)
+        reply = UDP(sport=f.remote_port, dport=f.local_port)
+        reverse = UDP(sport=f.local_port, dport=f.remote_port)
+    else:
+        outbound = IP(src=f.local, dst=f.remote) / ICMP(type=8, id=f.local_port, seq=1)
+        reply, reverse = ICMP(type=0, id=f.local_port, seq=1), ICMP(type=8, id=pid, seq=1)
+    if kind == "icmp error":
+        layer = ICMP(type=3, code=3) / IP(bytes(outbound))
+    else:
+        layer = reply if kind == "reply" else reverse
+    pkt = IP(id=pid, src=f.remote, dst=f.local) / layer / Raw(_payload(pid))
+    name = "udp" if f.proto == 17 else "echo"
+    return _done(IP(bytes(pkt)), f"{kind} for the receiver's {name} flow {f.local}:{f.local_port} > "
+                                 f"{f.remote}:{f.remote_port}")
+
+
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -213,7 +238,7 @@ def _csum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def handmade(specs, local_addrs=None):
+def handmade(specs, local_addrs=None, flows=()):
     """A corpus from hand-written scapy packets: [(description, packet[, fragsize])], ids assigned here.
 
     Fills in what tracing needs: IP id, TCP seq/ack, ICMP query id. With fragsize, the packet is sent
@@ -231,9 +256,9 @@ def handmade(specs, local_addrs=None):
             pkt[ICMP].id = pid
         frames = [bytes(f) for f in fragment(pkt, fragsize=spec[2])] if len(spec) > 2 else [bytes(pkt)]
         built.append(Probe(pid, description, tuple(frames), pkt[IP].src, pkt[IP].dst, pkt[IP].proto))
-    return Corpus(built, tuple(local_addrs or (DEFAULT_LOCAL,)))
+    return Corpus(built, tuple(local_addrs or (DEFAULT_LOCAL,)), flows=tuple(flows))
 
 
 # (family, weight): common shapes dominate, odd ones are always present in a 200-probe corpus.
 FAMILIES = ((aimed, 30), (tcp, 20), (udp, 12), (icmp, 10), (other_protocol, 5), (fragments, 7),
-            (ip_options, 5), (malformed, 7), (odd_addresses, 6))
+            (ip_options, 5), (malformed, 7), (odd_addresses, 6), (flow, 8))

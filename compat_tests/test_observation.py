@@ -114,3 +114,30 @@ def test_backends_differ_on_truncated_l4_headers():
     legacy = harness.run_once(ruleset, corpus, "legacy").fates[1]
     nft = harness.run_once(ruleset, corpus, "nft").fates[1]
     assert (legacy.delivered, nft.delivered) == (False, True)
+
+
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_conntrack_state_of_flows_the_receiver_opened(backend):
+    from scapy.layers.inet import ICMP, IP, UDP
+    from compat_tests.packets import Flow
+    from compat_tests.probes import handmade
+
+    ruleset = """*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate ESTABLISHED -j ACCEPT
+-A INPUT -m conntrack --ctstate RELATED -j ACCEPT
+COMMIT
+"""
+    here, there = DEFAULT_LOCAL, "192.0.2.7"
+    flows = [Flow(17, here, 5353, there, 53), Flow(1, here, 4242, there, 0)]
+    quoted = IP(src=here, dst=there) / UDP(sport=5353, dport=53)
+    corpus = handmade([
+        ("udp reply: ESTABLISHED", IP(src=there, dst=here) / UDP(sport=53, dport=5353)),
+        ("udp from another port: NEW", IP(src=there, dst=here) / UDP(sport=54, dport=5353)),
+        ("port unreachable about the flow: RELATED", IP(src=there, dst=here) / ICMP(type=3, code=3) / quoted),
+        ("echo reply: ESTABLISHED", IP(src=there, dst=here) / ICMP(type=0, id=4242, seq=1)),
+    ], flows=flows)
+    run = harness.run_once(ruleset, corpus, backend)
+    assert [run.fates[p.id].delivered for p in corpus.probes] == [True, False, True, True]
