@@ -1,12 +1,143 @@
 # SPDX-License-Identifier: GPL-2.0-only
-from ipt2xdp.errors import Ipt2xdpError
+"""`ipt2xdp import`: make a ruleset the one in force and offload to XDP what XDP can decide exactly.
 
-HELP = "import (not built yet)"
+Order of a real import, chosen so that XDP and netfilter never disagree:
+  1. parse the input completely (bad input: diagnostics, exit 2, nothing in the kernel changes);
+  2. if XDP is loaded, make it defer everything (fail-open) while netfilter changes;
+  3. restore the ruleset into netfilter with the active backend's real iptables-restore;
+  4. read back what the kernel now holds and plan, compile and load *that*, flipping atomically
+     to the new generation; on any failure the deferring state stays and the error says so.
+`--live` skips 2 and 3: it takes what netfilter holds now and changes nothing there.
+"""
+from __future__ import annotations
+
+import sys
+
+HELP = "restore a ruleset into netfilter and offload what XDP can decide (or --dry-run to report)"
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("file", nargs="?", metavar="FILE|-", help="iptables-save file, or - for stdin")
+    parser.add_argument("--live", action="store_true", help="take the ruleset netfilter holds now")
+    parser.add_argument("--iface", action="append", default=[], metavar="IF",
+                        help="device to attach XDP to (repeatable); default: the devices already attached")
+    parser.add_argument("--mode", choices=("native", "generic", "auto"), default="auto",
+                        help="XDP attach mode: native (driver), generic (skb) or auto (native, else generic)")
+    parser.add_argument("--backend", choices=("auto", "legacy", "nft"), default="auto",
+                        help="netfilter backend to restore into and read from (default: the active one)")
+    parser.add_argument("--dry-run", action="store_true", help="report what XDP would decide; change nothing")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: the report as JSON")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 2 if any rule is left to netfilter alone")
 
 
-def run(args):
-    raise Ipt2xdpError("'import' is not built yet")
+def _read_input(args):
+    from ipt2xdp import backend as backends
+    from ipt2xdp.errors import UsageError
+
+    if args.live and args.file:
+        raise UsageError("give either FILE or --live, not both")
+    if args.live:
+        name = backends.resolve(args.backend)
+        return backends.save(name), f"<iptables-{name}-save>"
+    if args.file is None:
+        raise UsageError("nothing to import: give a FILE, - for stdin, or --live")
+    if args.file == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        with open(args.file) as f:
+            return f.read(), args.file
+    except OSError as error:
+        raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
+
+
+def _devices(args, loaded):
+    from ipt2xdp.errors import UsageError
+
+    if args.iface:
+        return list(dict.fromkeys(args.iface))
+    if loaded and loaded.get("devices"):
+        return sorted(loaded["devices"])
+    if args.dry_run:
+        return []
+    raise UsageError("no device given: use --iface IF (XDP is not attached anywhere yet)")
+
+
+def run(args) -> int:
+    from ipt2xdp import backend as backends
+    from ipt2xdp import loader, report
+    from ipt2xdp.errors import EXIT_PARAMETER
+    from ipt2xdp.hostinfo import read_host_context
+    from ipt2xdp.parse import parse
+    from ipt2xdp.plan import plan
+
+    text, path = _read_input(args)
+    ruleset = parse(text, path)
+    loaded = _loaded()
+    devices = _devices(args, loaded)
+    host = read_host_context(attached=devices)
+    missing = [name for name in devices if host.device(name) is None]
+    if missing:
+        from ipt2xdp.errors import UsageError
+
+        raise UsageError(f"no such device: {', '.join(missing)} (see `ip link`)")
+
+    if args.dry_run:
+        result = plan(ruleset, host)
+        old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
+        if args.json:
+            print(report.as_json(result, old, {"devices": devices, "source": path}))
+        else:
+            print(report.as_table(result, old, colour=report.use_colour(sys.stdout)))
+        return EXIT_PARAMETER if args.strict and result.summary()["netfilter"] else 0
+
+    name = backends.resolve(args.backend)
+    if not args.live:
+        was_loaded = bool(loaded and not loaded.get("deferring_all"))
+        loader.defer_all(True)  # a no-op when nothing is loaded yet
+        try:
+            backends.restore(text, name)
+        except BaseException:
+            if was_loaded:
+                loader.defer_all(False)  # netfilter is unchanged, so the old plan is still exact
+            raise
+        # From here netfilter holds the new rules: only a successful apply() ends deferring.
+        text, path = backends.save(name), f"<iptables-{name}-save>"
+        ruleset = parse(text, path)
+    print(_offload(ruleset, host, devices, args, name, report))
+    return 0
+
+
+def _loaded():
+    """loader.status() plus the plan record of the generation in force (None if not loaded)."""
+    from ipt2xdp import loader, planstore
+
+    info = loader.status()
+    if not info.get("loaded"):
+        return None
+    info["plan"] = planstore.load(info.get("ruleset", {}).get("source_digest"))
+    return info
+
+
+def _offload(ruleset, host, devices, args, backend_name, report):
+    from ipt2xdp import loader, planstore
+    from ipt2xdp.compile import compile as compile_tables
+    from ipt2xdp.plan import plan
+    from ipt2xdp.render import render
+
+    result = plan(ruleset, host)
+    tables = compile_tables(result.rules, result.default, overflow="defer")
+    key = planstore.digest(render(ruleset.without_positions()), devices)
+    planstore.save(key, {
+        "backend": backend_name,
+        "devices": list(devices),
+        "decisions": report.decision_records(result),
+        "actions": [rule.action.verdict.name for rule in result.rules],
+        "counter_paths": [[[r.table, r.chain, r.index] for r in path] for path in result.counter_paths],
+        "summary": report.summary(result),
+    })
+    applied = loader.apply(tables, devices, mode=args.mode, source_digest=key)
+    s = report.summary(result)
+    attached = ", ".join(f"{name} ({mode})" for name, mode in sorted(applied.attached.items()))
+    return (f"ipt2xdp: generation {applied.generation} on {attached}: {s['rules']} rules, XDP decides "
+            f"{s['xdp']}, some packets of {s['partial']}, netfilter alone {s['netfilter']}")

@@ -13,10 +13,15 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ipt2xdp import libbpf, loader
+    from ipt2xdp import counters, libbpf, loader, planstore
 
     libbpf.set_verbose(getattr(args, "verbose", False))
     info = loader.status()
+    if info["loaded"]:
+        plan = planstore.load(info.get("ruleset", {}).get("source_digest"))
+        info["rules"] = counters.rule_rows(info["counters"], plan)
+        info["xdp_dropped_packets"], info["xdp_dropped_bytes"] = counters.dropped(info["counters"], plan)
+        info["plan_summary"] = (plan or {}).get("summary")
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
@@ -37,8 +42,16 @@ def run(args) -> int:
         print(f"device {name} (ifindex {d['ifindex']}): {live}")
     stats = info["stats"]
     print("packets: " + ", ".join(f"{k} {v}" for k, v in stats.items() if v) if any(stats.values()) else "packets: none")
-    print(f"{'rule':>10} {'packets':>12} {'bytes':>14}")
-    for rule, c in info["counters"].items():
-        if c["packets"] or args.all_counters:
-            print(f"{rule:>10} {c['packets']:>12} {c['bytes']:>14}")
+    print(f"XDP dropped {info['xdp_dropped_packets']} packets ({info['xdp_dropped_bytes']} bytes) in the driver")
+    if info["rules"]:
+        print(f"{'pkts':>10} {'bytes':>12}  rule (XDP's counts; netfilter counts the rest)")
+        for row in info["rules"]:
+            if row["packets"] or args.all_counters:
+                where = "policy" if row["index"] == 0 else f"#{row['index']}"
+                print(f"{row['packets']:>10} {row['bytes']:>12}  {row['table']}/{row['chain']} {where}: {row['text']}")
+    else:
+        print(f"{'rule':>10} {'packets':>12} {'bytes':>14}")
+        for rule, c in info["counters"].items():
+            if c["packets"] or args.all_counters:
+                print(f"{rule:>10} {c['packets']:>12} {c['bytes']:>14}")
     return 0

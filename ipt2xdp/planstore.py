@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""What the planner decided for the generation in force, kept beside the pinned maps.
+
+The maps say what XDP does per classifier rule; this record says which iptables rules those are
+(the counter paths), what each rule's decision was, and the text of the rules, so that `status`,
+the dry-run diff and the iptables wrapper can speak in iptables' terms. It lives in
+/run/ipt2xdp/<netns inode>/, keyed by the digest the loader stores with the generation, so a crash
+between writing it and flipping leaves at worst an unused file, never a wrong label.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Optional
+
+from ipt2xdp import pins
+
+STATE_ROOT = os.environ.get("IPT2XDP_STATE_DIR", "/run/ipt2xdp")
+
+
+def _directory() -> str:
+    return os.path.join(STATE_ROOT, str(pins.netns_id()))
+
+
+def digest(ruleset_text: str, devices) -> str:
+    h = hashlib.sha256(ruleset_text.encode())
+    h.update(("\0" + ",".join(devices)).encode())
+    return h.hexdigest()[:16]
+
+
+def save(key: str, record: dict) -> str:
+    directory = _directory()
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"plan-{key}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+    # Keep the last few plans only: the one in force and its predecessors for diffs.
+    plans = sorted((os.path.join(directory, n) for n in os.listdir(directory) if n.startswith("plan-")),
+                   key=os.path.getmtime)
+    for old in plans[:-4]:
+        os.unlink(old)
+    return path
+
+
+def load(key: Optional[str]) -> Optional[dict]:
+    if not key:
+        return None
+    try:
+        with open(os.path.join(_directory(), f"plan-{key}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def remove_all() -> None:
+    directory = _directory()
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
