@@ -5,7 +5,7 @@ Knobs (environment), read by the tests and by `python -m compat_tests.differenti
   IPT2XDP_COMPAT_RULESETS  how many seeded rulesets (default 20 in the test suite)
   IPT2XDP_COMPAT_PROBES    probes per ruleset (default 200)
   IPT2XDP_COMPAT_SEED      first seed (default 0), so a CI failure can be replayed alone
-  IPT2XDP_COMPAT_ATTACH    none (netfilter alone twice: checks the harness), native or skb (ipt2xdp)
+  IPT2XDP_COMPAT_ATTACH    none (netfilter alone twice: checks the harness), native or generic (ipt2xdp)
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def attach_from_env(value: Optional[str] = None) -> Optional[harness.Attach]:
     value = value or os.environ.get("IPT2XDP_COMPAT_ATTACH", "none")
     if value == "none":
         return None
-    if value in ("native", "skb"):
+    if value in ("native", "generic", "skb"):
         return harness.ipt2xdp_attach(value)
-    raise ValueError(f"IPT2XDP_COMPAT_ATTACH={value}: expected none, native or skb")
+    raise ValueError(f"IPT2XDP_COMPAT_ATTACH={value}: expected none, native or generic")
 
 
 @dataclass

@@ -250,15 +250,19 @@ def compare(ruleset: str, corpus: Corpus, backends: Sequence[str] = ("legacy", "
     return Comparison(ruleset, corpus, runs, disagreements)
 
 
-def ipt2xdp_attach(mode: str = "native") -> Attach:
+def ipt2xdp_attach(mode: str = "native", backend: str = "auto") -> Attach:
     """The ipt2xdp side: `ipt2xdp import --live --iface IF --mode MODE` inside the receiver namespace.
 
-    TODO(import): confirm the flag names once the import command lands; mode is "native" or "skb".
+    mode is "native" or "generic" ("skb" is taken as "generic").
     """
+    mode = {"skb": "generic"}.get(mode, mode)
+
     def attach(receiver: netns.Namespace, receiver_if: str) -> None:
-        exe = shutil.which("ipt2xdp") or None
-        argv = [exe] if exe else [sys.executable, "-m", "ipt2xdp"]
-        receiver.run(argv + ["import", "--live", "--iface", receiver_if, "--mode", mode])
+        argv = [sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", receiver_if, "--mode", mode,
+                "--backend", backend]
+        result = receiver.run(argv, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"ipt2xdp import failed (exit {result.returncode}): {result.stderr.strip()}")
     return attach
 
 
