@@ -53,7 +53,7 @@ def resolve(backend: Optional[str]) -> str:
 
 def _argv(tool: str, backend: str, extra: List[str]) -> List[str]:
     argv = [_binary(f"iptables-{backend}-{tool}")] + extra
-    if backend == "legacy":
+    if backend == "legacy" and tool == "restore":  # iptables-legacy-save 1.8.9 has no -w
         # Legacy serialises on /run/xtables.lock; wait like Docker and kube-proxy do instead of failing.
         argv += ["-w", _WAIT_SECONDS]
     return argv

@@ -80,7 +80,13 @@ def create_namespace(role: str) -> Namespace:
 
 
 def delete_namespace(name: str) -> None:
-    # Deleting the namespace destroys the veth ends inside it, and any XDP program attached to them.
+    # Deleting the namespace destroys the veth ends inside it and any XDP attachment, but pinned
+    # ipt2xdp state would outlive it in bpffs: unpin that first.
+    from ipt2xdp.pins import forget_netns
+
+    path = f"{NETNS_DIR}/{name}"
+    if os.path.exists(path):
+        forget_netns(path)
     _run(["ip", "netns", "delete", name], check=False)
 
 

@@ -67,9 +67,58 @@ def bpffs_root() -> str:
                     "mount it with: mount -t bpf bpf /sys/fs/bpf")
 
 
+SO_NETNS_COOKIE = 71  # Linux >= 5.14
+CLONE_NEWNET = 0x40000000
+
+
 def netns_id() -> int:
-    """Inode of the current network namespace: the key of its pin directory."""
-    return os.stat("/proc/self/ns/net").st_ino
+    """The key of the current network namespace's pin directory.
+
+    The namespace cookie, unique for the life of the kernel; an inode number is reused once a
+    namespace is gone, and a new namespace would then find a dead one's pins. Falls back to the
+    inode on kernels without SO_NETNS_COOKIE.
+    """
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            return struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    except OSError:
+        return os.stat("/proc/self/ns/net").st_ino
+
+
+def netns_id_of(netns_path: str) -> Optional[int]:
+    """netns_id() of another network namespace (e.g. /var/run/netns/NAME), or None."""
+    import threading
+
+    result: list = []
+
+    def probe() -> None:
+        # setns() changes only this thread's namespace, and the thread ends right after.
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(netns_path, os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) == 0:
+                result.append(netns_id())
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return result[0] if result else None
+
+
+def forget_netns(netns_path: str) -> None:
+    """Unpin a namespace's state before it is deleted (its devices, and attachments, go with it)."""
+    netns = netns_id_of(netns_path)
+    if netns is None:
+        return
+    try:
+        remove_tree(pin_dir(netns=netns))
+    except LoadError:
+        pass
 
 
 def pin_dir(root: Optional[str] = None, netns: Optional[int] = None) -> str:

@@ -14,7 +14,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ipt2xdp import libbpf, loader
+    from ipt2xdp import libbpf, loader, planstore
 
     libbpf.set_verbose(getattr(args, "verbose", False))
     if not args.all and not args.iface:
@@ -23,5 +23,6 @@ def run(args) -> int:
     for name in done:
         print(f"ipt2xdp: detached from {name}")
     if args.all:
+        planstore.remove_all()
         print("ipt2xdp: removed the pinned program and maps; netfilter alone decides")
     return 0
