@@ -10,8 +10,8 @@ Contract
 Ruleset(tables: tuple[Table, ...])                 tables in file order; `ruleset.table("filter")`
 Table(name, chains: tuple[Chain, ...])
     name is one of filter, nat, mangle, raw, security. `table.chain("INPUT")` looks one up.
-    chains: the builtin chains declared in the file first (kernel order), then user chains in
-    declaration order (the printer sorts user chains alphabetically, as iptables-save does).
+    chains: all builtin chains of the table first (kernel order; undeclared ones get ACCEPT),
+    then user chains sorted by name (the order the kernel and iptables-save use).
     `table.rules` is every rule of the table, chain after chain.
 Chain(name, policy: str | None, counters: Counters, rules: tuple[Rule, ...])
     policy is "ACCEPT"/"DROP" for builtin chains, None for user chains (`chain.builtin`).

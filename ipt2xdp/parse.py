@@ -494,7 +494,8 @@ class _Builder:
             return
         builtins = ir.BUILTIN_CHAINS[table.name]
         chains = [table.chains.get(n) or _Chain(n, "ACCEPT", ir.ZERO) for n in builtins]
-        chains += [c for n, c in table.chains.items() if n not in builtins]
+        # user chains by name, as the kernel keeps them and iptables-save lists them
+        chains += sorted((c for n, c in table.chains.items() if n not in builtins), key=lambda c: c.name)
         self.tables[table.name] = ir.Table(table.name, tuple(
             ir.Chain(c.name, c.policy, c.counters, tuple(c.rules)) for c in chains))
 
