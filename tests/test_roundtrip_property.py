@@ -23,7 +23,8 @@ def _range(rng):
 
 
 def _addr(rng):
-    return f"{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}/{rng.randrange(33)}"
+    # /1../32 only: "! -s 0.0.0.0/0" is refused by iptables-nft (legacy takes it)
+    return f"{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}/{rng.randrange(1, 33)}"
 
 
 def random_rule(rng: random.Random, chain: str) -> str:
