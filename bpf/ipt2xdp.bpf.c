@@ -6,8 +6,9 @@
  *     flags: direct array index; addresses: a /16 directory then a short binary search over sorted
  *     interval starts; input interface: a hash);
  *  2. each class row owns a bitmap of the rule slots that may match it, plus a summary bitmap with
- *     one bit per nonzero 64-bit word. AND-ing the summaries first means only the words where every
- *     field has a candidate are ever fetched, so the cost stays nearly flat as slots grow;
+ *     one bit per nonzero 64-bit word, in one map value: one lookup per field, then plain loads.
+ *     AND-ing the summaries first means only the words where every field has a candidate are
+ *     ever read, so the cost stays nearly flat as slots grow (ABV, Baboescu & Varghese 2001);
  *  3. the lowest set bit >= k of the AND is the first slot that matches. A SET slot (a merged run of
  *     rules differing only in exact values) confirms with one hash lookup and, on a miss, matching
  *     resumes after it. A CONTINUE slot resumes at a later slot (RETURN of an inlined user chain);
@@ -37,8 +38,7 @@ struct packet_fields {
 /* The maps of the generation in force. */
 struct generation {
 	struct ipt2xdp_gen_config *cfg;
-	void *slots, *value_class, *addr_dir, *addr_bounds, *summary, *chunks, *counters, *iif_class,
-		*exact_set;
+	void *slots, *value_class, *addr_dir, *addr_bounds, *rows, *counters, *iif_class, *exact_set;
 };
 
 static __always_inline void count_stat(__u32 stat)
@@ -49,17 +49,18 @@ static __always_inline void count_stat(__u32 stat)
 		*value += 1;
 }
 
+/* Index of the lowest set bit of x (x != 0), branch-free (de Bruijn multiply and a table): with
+ * branches, each path gave the verifier a distinct constant word index and the step callback
+ * never converged; a table load is one imprecise value. */
+static const __u8 debruijn64[64] = {
+	0,  1,  48, 2,  57, 49, 28, 3,  61, 58, 50, 42, 38, 29, 17, 4,  62, 55, 59, 36, 53, 51,
+	43, 22, 45, 39, 33, 30, 24, 18, 12, 5,  63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21,
+	44, 32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9,  13, 8,  7,  6,
+};
+
 static __always_inline __u32 ctz64(__u64 x)
 {
-	__u32 n = 0;
-
-	if (!(x & 0xffffffffULL)) { n += 32; x >>= 32; }
-	if (!(x & 0xffffULL)) { n += 16; x >>= 16; }
-	if (!(x & 0xffULL)) { n += 8; x >>= 8; }
-	if (!(x & 0xfULL)) { n += 4; x >>= 4; }
-	if (!(x & 0x3ULL)) { n += 2; x >>= 2; }
-	if (!(x & 0x1ULL)) n += 1;
-	return n;
+	return debruijn64[((x & -x) * 0x03f79d71b4cb0a89ULL) >> 58];
 }
 
 /* Parse; returns IPT2XDP_STAT_CLASSIFIED when the packet can be classified, else the reason to pass. */
@@ -157,8 +158,7 @@ static __always_inline int load_generation(__u32 slot, struct generation *gen)
 	GEN_MAP(value_class, ipt2xdp_g_value_class);
 	GEN_MAP(addr_dir, ipt2xdp_g_addr_dir);
 	GEN_MAP(addr_bounds, ipt2xdp_g_addr_bounds);
-	GEN_MAP(summary, ipt2xdp_g_class_summary);
-	GEN_MAP(chunks, ipt2xdp_g_class_chunks);
+	GEN_MAP(rows, ipt2xdp_g_class_rows);
 	GEN_MAP(counters, ipt2xdp_g_counters);
 	GEN_MAP(iif_class, ipt2xdp_g_iif_class);
 	GEN_MAP(exact_set, ipt2xdp_g_exact_set);
@@ -265,7 +265,12 @@ static __always_inline int next_candidate_word(__u64 *cand, __u32 start)
 
 static __always_inline void count_rule(struct generation *gen, __u32 counter, struct packet_fields *pkt)
 {
-	struct ipt2xdp_counter *c = bpf_map_lookup_elem(gen->counters, &counter);
+	__u32 key = bpf_get_smp_processor_id() * gen->cfg->counter_stride + counter;
+	struct ipt2xdp_counter *c;
+
+	if (counter >= gen->cfg->counter_stride)
+		return;
+	c = bpf_map_lookup_elem(gen->counters, &key);
 
 	if (c) {
 		c->packets += 1;
@@ -282,13 +287,13 @@ static __always_inline __u32 to_xdp(__u32 action)
 /* Matching state shared with the per-step callback of bpf_loop(). bpf_loop keeps verification
  * cheap: the verifier checks the step body once instead of once per iteration and branch, which
  * a plain bounded loop of IPT2XDP_MAX_STEPS exceeded (1M instructions); since Linux 5.18 the call
- * is inlined into a plain loop, so it costs no helper call per step. */
+ * is inlined into a plain loop, so a step costs no helper call. */
 struct match_ctx {
 	struct generation *gen;
 	struct packet_fields *pkt;
+	struct ipt2xdp_class_row *rows[IPT2XDP_NUM_FIELDS]; /* the wildcard row for unused fields */
 	__u64 cand[IPT2XDP_SUMMARY_WORDS]; /* AND of the fields' summaries */
-	__u32 row[IPT2XDP_NUM_FIELDS];
-	__u32 mask, nchunks, nslots;
+	__u32 mask, nslots;
 	__u32 k; /* next slot that may match */
 	__u32 done; /* 0: budget left; 1: decided by a slot; 2: no slot left (default action) */
 	__u32 stat;
@@ -296,46 +301,50 @@ struct match_ctx {
 	__u32 counter;
 };
 
+/* AND of the fields' bitmap word w, masked to slots >= k. Branch-free: unused fields point at the
+ * all-ones wildcard row (a branch per field made the verifier give up on the jump sequence). */
+static __always_inline __u64 and_word(struct match_ctx *m, __u32 w, __u32 k)
+{
+	__u64 x = ~0ULL;
+	__u32 f;
+
+	w &= IPT2XDP_MAX_WORDS - 1;
+	if (w == k >> 6)
+		x <<= (k & 63);
+#pragma unroll
+	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++)
+		x &= m->rows[f]->words[w];
+	return x;
+}
+
 static long match_step(__u32 index, void *data)
 {
 	struct match_ctx *m = data;
-	struct generation *gen = m->gen;
-	struct ipt2xdp_chunk *chunk;
 	struct ipt2xdp_slot *slot;
-	__u32 key, s, f, k = m->k;
+	__u32 s, k = m->k;
 	long rule_id;
 	__u64 x;
 	int w;
 
+	/* One candidate word per step: a scan loop inside the callback made the verifier track every
+	 * word index precisely and exceed its budget; a step is cheap since bpf_loop is inlined. */
 	if (k >= m->nslots)
 		goto no_slot_left;
 	w = next_candidate_word(m->cand, k >> 6);
 	if (w < 0)
 		goto no_slot_left;
-	x = ~0ULL;
-	if ((__u32)w == k >> 6)
-		x <<= (k & 63);
-#pragma unroll
-	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
-		if (!(m->mask & (1U << f)))
-			continue;
-		key = m->row[f] * m->nchunks + ((__u32)w >> 3);
-		chunk = bpf_map_lookup_elem(gen->chunks, &key);
-		if (!chunk)
-			goto lookup_fail;
-		x &= chunk->words[w & (IPT2XDP_CHUNK_WORDS - 1)];
-	}
+	x = and_word(m, (__u32)w, k);
 	if (!x) {
 		m->k = ((__u32)w + 1) * 64;
 		return 0;
 	}
 	s = (__u32)w * 64 + ctz64(x);
-	slot = bpf_map_lookup_elem(gen->slots, &s);
+	slot = bpf_map_lookup_elem(m->gen->slots, &s);
 	if (!slot)
 		goto lookup_fail;
 	rule_id = slot->counter;
 	if (slot->kind == IPT2XDP_SLOT_SET) {
-		rule_id = set_probe(gen, slot, m->pkt);
+		rule_id = set_probe(m->gen, slot, m->pkt);
 		if (rule_id < 0) {
 			m->k = s + 1;
 			return 0;
@@ -359,19 +368,17 @@ no_slot_left:
 lookup_fail:
 	m->done = 1;
 	m->stat = IPT2XDP_STAT_LOOKUP_FAIL;
-	m->action = IPT2XDP_ACT_DEFER;
-	m->counter = (__u32)-1;
 	return 1;
 }
 
 /* Classify with the generation in force. Returns the stat reason; *verdict is the XDP action. */
 static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 {
-	struct ipt2xdp_class_summary *summary;
+	struct ipt2xdp_class_row *wildcard, *row;
 	struct ipt2xdp_state *state;
 	struct match_ctx m = {};
 	struct generation gen;
-	__u32 zero = 0, f;
+	__u32 zero = 0, f, row_index;
 	int i;
 
 	state = bpf_map_lookup_elem(&ipt2xdp_state, &zero);
@@ -381,10 +388,12 @@ static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 		return IPT2XDP_STAT_DEFER_ALL;
 	if (load_generation(state->active, &gen) < 0)
 		return IPT2XDP_STAT_DEFER_ALL;
+	wildcard = bpf_map_lookup_elem(gen.rows, &zero);
+	if (!wildcard)
+		return IPT2XDP_STAT_LOOKUP_FAIL;
 	m.gen = &gen;
 	m.pkt = pkt;
 	m.mask = gen.cfg->field_mask;
-	m.nchunks = gen.cfg->nchunks;
 	m.nslots = gen.cfg->nslots;
 
 #pragma unroll
@@ -392,16 +401,18 @@ static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 		m.cand[i] = ~0ULL;
 #pragma unroll
 	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
+		m.rows[f] = wildcard;
 		if (!(m.mask & (1U << f)))
 			continue;
-		if (field_row(&gen, pkt, f, &m.row[f]) < 0)
+		if (field_row(&gen, pkt, f, &row_index) < 0)
 			return IPT2XDP_STAT_LOOKUP_FAIL;
-		summary = bpf_map_lookup_elem(gen.summary, &m.row[f]);
-		if (!summary)
+		row = bpf_map_lookup_elem(gen.rows, &row_index);
+		if (!row)
 			return IPT2XDP_STAT_LOOKUP_FAIL;
+		m.rows[f] = row;
 #pragma unroll
 		for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++)
-			m.cand[i] &= summary->words[i];
+			m.cand[i] &= row->summary[i];
 	}
 
 	bpf_loop(IPT2XDP_MAX_STEPS, match_step, &m, 0);

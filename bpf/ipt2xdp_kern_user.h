@@ -15,10 +15,12 @@
 
 /* Classifier capacity: rule slots (after merging runs into hash sets), bitmap geometry. */
 #define IPT2XDP_SUMMARY_WORDS 4 /* one summary bit per 64-bit bitmap word */
-#define IPT2XDP_MAX_SLOTS (64 * 64 * IPT2XDP_SUMMARY_WORDS) /* 16384 */
-#define IPT2XDP_CHUNK_WORDS 8 /* bitmap words per class_chunks value (512 slots) */
+#define IPT2XDP_MAX_WORDS (64 * IPT2XDP_SUMMARY_WORDS) /* 256 bitmap words per class row */
+#define IPT2XDP_MAX_SLOTS (64 * IPT2XDP_MAX_WORDS) /* 16384 */
+#define IPT2XDP_WILDCARD_ROW 0 /* class_rows[0]: every bit set; unconstrained fields use it */
 /* Upper bounds on work per packet; running out means XDP_PASS (netfilter decides). */
-#define IPT2XDP_MAX_STEPS 64 /* candidate words + set probes + CONTINUE jumps */
+#define IPT2XDP_MAX_STEPS 1024 /* steps: a candidate word, a set probe or a CONTINUE jump each */
+#define IPT2XDP_MAX_COUNTER_STRIDE (1U << 22) /* counters per CPU: rule ids stay below it */
 #define IPT2XDP_ADDR_SEARCH_STEPS 17 /* binary search within one /16 block (< 2^17 bounds) */
 
 /* Fields (bits of gen_config.field_mask); mirrors ipt2xdp.classifier.Field. */
@@ -83,14 +85,14 @@ struct ipt2xdp_state {
 _Static_assert(sizeof(struct ipt2xdp_state) == 16, "abi");
 
 /* cfg[0] of a generation: geometry of its maps and the default action. Class ids stored in
- * value_class, addr_bounds and iif_class are absolute class_summary row numbers. */
+ * value_class, addr_bounds and iif_class are class_rows indexes. */
 struct ipt2xdp_gen_config {
 	__u64 generation;
 	__u32 field_mask; /* bit IPT2XDP_F_*: field constrained by some slot (others are skipped) */
 	__u32 nslots;
-	__u32 nchunks; /* class_chunks values per class row */
+	__u32 counter_stride; /* counters per CPU: counters[cpu * counter_stride + counter] */
 	__u32 default_action; /* IPT2XDP_ACT_DROP/ACCEPT/DEFER */
-	__u32 default_counter; /* counters index of the default action */
+	__u32 default_counter; /* counter of the default action (= last rule id + 1) */
 	__u32 iif_default_row; /* class row of ifindexes absent from iif_class */
 };
 _Static_assert(sizeof(struct ipt2xdp_gen_config) == 32, "abi");
@@ -105,26 +107,22 @@ _Static_assert(sizeof(struct ipt2xdp_addr_dir) == 8, "abi");
 /* addr_bounds[i]: an interval of addresses starting at `start` (host byte order) up to the next. */
 struct ipt2xdp_addr_bound {
 	__u32 start; /* host byte order */
-	__u32 row; /* class row (class_summary index) */
+	__u32 row; /* class row (class_rows index) */
 };
 _Static_assert(sizeof(struct ipt2xdp_addr_bound) == 8, "abi");
 
-/* class_summary[row]: bit w set iff bitmap word w of that class is nonzero. */
-struct ipt2xdp_class_summary {
-	__u64 words[IPT2XDP_SUMMARY_WORDS];
+/* class_rows[row]: the slots a packet of this class may match (bit s = slot s), and a summary
+ * with bit w set iff words[w] is nonzero. One fixed-size value per row, so a packet needs one
+ * lookup per field and then reads words directly; memory is rows x 2 KiB, rows ~ the ruleset. */
+struct ipt2xdp_class_row {
+	__u64 summary[IPT2XDP_SUMMARY_WORDS];
+	__u64 words[IPT2XDP_MAX_WORDS];
 };
-_Static_assert(sizeof(struct ipt2xdp_class_summary) == 8 * IPT2XDP_SUMMARY_WORDS, "abi");
-
-/* class_chunks[row * nchunks + c]: words c*8..c*8+7 of the class bitmap;
- * bit s of the bitmap = slot s may match a packet in this class. */
-struct ipt2xdp_chunk {
-	__u64 words[IPT2XDP_CHUNK_WORDS];
-};
-_Static_assert(sizeof(struct ipt2xdp_chunk) == 8 * IPT2XDP_CHUNK_WORDS, "abi");
+_Static_assert(sizeof(struct ipt2xdp_class_row) == 8 * (IPT2XDP_SUMMARY_WORDS + IPT2XDP_MAX_WORDS), "abi");
 
 /* slots[s]: what slot s does when its bit is the lowest in the AND of the field bitmaps. */
 struct ipt2xdp_slot {
-	__u32 counter; /* counters index (rule_id) for RULE slots */
+	__u32 counter; /* rule id of a RULE slot (its counter) */
 	__u32 next; /* CONTINUE: slot index to resume at (nslots = the default action) */
 	__u16 set_id; /* SET: the set's tag in exact_set keys */
 	__u8 action; /* IPT2XDP_ACT_* */
@@ -148,8 +146,8 @@ struct ipt2xdp_exact_key {
 };
 _Static_assert(sizeof(struct ipt2xdp_exact_key) == 16, "abi");
 
-/* counters[rule_id] (PERCPU_ARRAY, per generation). bytes count the IP total length, as
- * iptables counts at filter/INPUT. */
+/* counters[cpu * counter_stride + rule_id] (per generation). Each CPU owns its stride, so plain
+ * increments are safe; bytes count the IP total length, as iptables counts at filter/INPUT. */
 struct ipt2xdp_counter {
 	__u64 packets;
 	__u64 bytes;

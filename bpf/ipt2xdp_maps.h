@@ -43,8 +43,7 @@ struct ipt2xdp_abi {
 	struct ipt2xdp_gen_config gen_config;
 	struct ipt2xdp_addr_dir addr_dir;
 	struct ipt2xdp_addr_bound addr_bound;
-	struct ipt2xdp_class_summary class_summary;
-	struct ipt2xdp_chunk chunk;
+	struct ipt2xdp_class_row class_row;
 	struct ipt2xdp_slot slot;
 	struct ipt2xdp_exact_key exact_key;
 	struct ipt2xdp_counter counter;
@@ -93,23 +92,14 @@ IPT2XDP_OUTER(ipt2xdp_g_addr_dir, ipt2xdp_inner_addr_dir);
 IPT2XDP_INNER_ARRAY(ipt2xdp_inner_addr_bounds, struct ipt2xdp_addr_bound);
 IPT2XDP_OUTER(ipt2xdp_g_addr_bounds, ipt2xdp_inner_addr_bounds);
 
-/* class_summary[row]: which bitmap words of the class are nonzero. */
-IPT2XDP_INNER_ARRAY(ipt2xdp_inner_class_summary, struct ipt2xdp_class_summary);
-IPT2XDP_OUTER(ipt2xdp_g_class_summary, ipt2xdp_inner_class_summary);
+/* class_rows[row]: the rule bitmap and summary of one class (row 0: the wildcard row). */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_class_rows, struct ipt2xdp_class_row);
+IPT2XDP_OUTER(ipt2xdp_g_class_rows, ipt2xdp_inner_class_rows);
 
-/* class_chunks[row * nchunks + c]: the class's rule bitmap, 512 slots each. */
-IPT2XDP_INNER_ARRAY(ipt2xdp_inner_class_chunks, struct ipt2xdp_chunk);
-IPT2XDP_OUTER(ipt2xdp_g_class_chunks, ipt2xdp_inner_class_chunks);
-
-/* counters[rule_id]: per-rule packets and bytes of this generation, prefilled with every rule_id.
- * A per-CPU hash, not a per-CPU array: the kernel refuses BPF_F_INNER_MAP for PERCPU_ARRAY, so an
- * inner per-CPU array would have one size for all generations, while a hash may differ. */
-struct ipt2xdp_inner_counters {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 1);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(struct ipt2xdp_counter));
-};
+/* counters[cpu * counter_stride + rule_id]: per-rule packets and bytes of this generation. An
+ * ARRAY strided per CPU rather than a PERCPU_ARRAY: the kernel refuses BPF_F_INNER_MAP for
+ * PERCPU_ARRAY, and only BPF_F_INNER_MAP lets each generation size it to its own rules. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_counters, struct ipt2xdp_counter);
 IPT2XDP_OUTER(ipt2xdp_g_counters, ipt2xdp_inner_counters);
 
 /* iif_class[ifindex]: class row of an input interface (missing: gen_config.iif_default_row). */

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 GEN_SLOTS = 2
 DEFER_ALL = 0xFFFFFFFF
 SUMMARY_WORDS = 4
-MAX_SLOTS = 64 * 64 * SUMMARY_WORDS
-CHUNK_WORDS = 8
-MAX_STEPS = 64
+MAX_WORDS = 64 * SUMMARY_WORDS
+MAX_SLOTS = 64 * MAX_WORDS
+WILDCARD_ROW = 0
+MAX_STEPS = 1024
 ADDR_SEARCH_STEPS = 17
+MAX_COUNTER_STRIDE = 1 << 22
 
 F_SRC, F_DST, F_PROTO, F_SPORT, F_DPORT, F_IIF, F_ICMP, F_TCP_FLAGS = range(8)
 NUM_FIELDS = 8
@@ -41,7 +43,8 @@ STAT_NAMES = ("defer_all", "not_ipv4", "malformed", "fragment", "lookup_fail", "
               "classified", "drop", "pass")
 NUM_STATS = len(STAT_NAMES)
 
-# Counter keys that are not rule ids (rule ids are the planner's, below these).
+# Names that read_counters() gives the counters that are not rules. In the kernel they sit right
+# after the highest rule id (gen_config.default_counter, default_counter + 1).
 DEFAULT_COUNTER = 0xFFFFFFFF   # the default action (chain policy)
 OVERFLOW_COUNTER = 0xFFFFFFFE  # the catch-all DEFER slot that replaces rules beyond capacity
 
@@ -55,7 +58,7 @@ class State(ctypes.Structure):
 
 class GenConfig(ctypes.Structure):
     _fields_ = [("generation", ctypes.c_uint64), ("field_mask", ctypes.c_uint32), ("nslots", ctypes.c_uint32),
-                ("nchunks", ctypes.c_uint32), ("default_action", ctypes.c_uint32),
+                ("counter_stride", ctypes.c_uint32), ("default_action", ctypes.c_uint32),
                 ("default_counter", ctypes.c_uint32), ("iif_default_row", ctypes.c_uint32)]
 
 
@@ -67,12 +70,8 @@ class AddrBound(ctypes.Structure):
     _fields_ = [("start", ctypes.c_uint32), ("row", ctypes.c_uint32)]
 
 
-class ClassSummary(ctypes.Structure):
-    _fields_ = [("words", ctypes.c_uint64 * SUMMARY_WORDS)]
-
-
-class Chunk(ctypes.Structure):
-    _fields_ = [("words", ctypes.c_uint64 * CHUNK_WORDS)]
+class ClassRow(ctypes.Structure):
+    _fields_ = [("summary", ctypes.c_uint64 * SUMMARY_WORDS), ("words", ctypes.c_uint64 * MAX_WORDS)]
 
 
 class Slot(ctypes.Structure):
@@ -95,11 +94,11 @@ class Counter(ctypes.Structure):
 
 STRUCTS = {
     "ipt2xdp_state": State, "ipt2xdp_gen_config": GenConfig, "ipt2xdp_addr_dir": AddrDir,
-    "ipt2xdp_addr_bound": AddrBound, "ipt2xdp_class_summary": ClassSummary, "ipt2xdp_chunk": Chunk,
+    "ipt2xdp_addr_bound": AddrBound, "ipt2xdp_class_row": ClassRow,
     "ipt2xdp_slot": Slot, "ipt2xdp_exact_key": ExactKey, "ipt2xdp_counter": Counter,
 }
-_SIZES = {State: 16, GenConfig: 32, AddrDir: 8, AddrBound: 8, ClassSummary: 8 * SUMMARY_WORDS,
-          Chunk: 8 * CHUNK_WORDS, Slot: 16, ExactKey: 16, Counter: 16}
+_SIZES = {State: 16, GenConfig: 32, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
+          Slot: 16, ExactKey: 16, Counter: 16}
 for _cls, _size in _SIZES.items():
     assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
 
@@ -133,11 +132,9 @@ GEN_MAPS = {
     "addr_dir": MapShape("ipt2xdp_g_addr_dir", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrDir), BPF_F_INNER_MAP),
     "addr_bounds": MapShape("ipt2xdp_g_addr_bounds", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrBound),
                             BPF_F_INNER_MAP),
-    "class_summary": MapShape("ipt2xdp_g_class_summary", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ClassSummary),
-                              BPF_F_INNER_MAP),
-    "class_chunks": MapShape("ipt2xdp_g_class_chunks", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Chunk),
-                             BPF_F_INNER_MAP),
-    "counters": MapShape("ipt2xdp_g_counters", BPF_MAP_TYPE_PERCPU_HASH, 4, ctypes.sizeof(Counter)),
+    "class_rows": MapShape("ipt2xdp_g_class_rows", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ClassRow), BPF_F_INNER_MAP),
+    # max_entries = counter_stride * possible CPUs (the loader multiplies)
+    "counters": MapShape("ipt2xdp_g_counters", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Counter), BPF_F_INNER_MAP),
     "iif_class": MapShape("ipt2xdp_g_iif_class", BPF_MAP_TYPE_HASH, 4, 4),
     "exact_set": MapShape("ipt2xdp_g_exact_set", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), 4),
 }

@@ -258,15 +258,6 @@ def _dense_array(name: str, blob: bytes, value_size: int) -> MapContents:
     return MapContents(name, max(1, n), 4, value_size, keys, blob)
 
 
-def _summary(bitmap: int, words: int) -> bytes:
-    summary = [0] * abi.SUMMARY_WORDS
-    raw = bitmap.to_bytes(words * 8, "little")
-    for w in range(words):
-        if raw[w * 8:(w + 1) * 8] != b"\0\0\0\0\0\0\0\0":
-            summary[w >> 6] |= 1 << (w & 63)
-    return struct.pack(f"={abi.SUMMARY_WORDS}Q", *summary)
-
-
 def _encode_slot(slot: _Slot, set_id: int, next_slot: int) -> bytes:
     s = abi.Slot(counter=slot.counter, next=next_slot, set_id=set_id, action=_ACT[slot.action.verdict],
                  kind=abi.SLOT_SET if slot.set_members is not None else abi.SLOT_RULE,
@@ -305,16 +296,14 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         notes.append(f"{overflowed} rules beyond capacity left to netfilter (catch-all DEFER)")
         slots = kept
     nslots = len(slots)
-    words = max(1, (nslots + 63) // 64)
-    nchunks = (words + abi.CHUNK_WORDS - 1) // abi.CHUNK_WORDS
 
     def slot_of_rule(index: int) -> int:
         if index >= len(rules):
             return nslots
         return min(rule_to_slot.get(index, nslots - 1), nslots - 1 if overflowed else nslots)
 
-    # per-field classes -> absolute rows
-    field_mask, row_base, rows_bitmaps, field_intervals = 0, {}, [], {}
+    # per-field classes -> rows; row 0 is the all-ones wildcard row
+    field_mask, row_base, rows_bitmaps, field_intervals = 0, {}, [(1 << abi.MAX_SLOTS) - 1], {}
     for f, name in enumerate(_FIELDS):
         result = field_classes(name, slots)
         if result is None:
@@ -325,12 +314,21 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         rows_bitmaps.extend(bitmaps)
         field_intervals[name] = intervals
 
-    maps = _encode_rows(rows_bitmaps, words, nchunks)
+    maps = {"class_rows": _encode_rows(rows_bitmaps)}
     maps["value_class"] = _encode_value_class(field_intervals, row_base)
     maps["addr_dir"], maps["addr_bounds"] = _encode_addresses(field_intervals, row_base)
     named_ifindexes = set().union(*(s.match.iif for s in slots if s.match.iif is not None))
     maps["iif_class"], iif_default_row = _encode_iif(field_intervals, row_base, named_ifindexes)
 
+    rule_ids = [r.rule_id for r in rules]
+    default_counter = max(rule_ids, default=-1) + 1
+    stride = default_counter + 2  # + the default action and the overflow catch-all
+    if stride > abi.MAX_COUNTER_STRIDE:
+        raise CapacityError(f"rule id {default_counter - 1} is too large for the counters "
+                            f"(ids must stay below {abi.MAX_COUNTER_STRIDE - 2}); number rules densely")
+    for slot in slots:
+        if slot.counter == abi.OVERFLOW_COUNTER:
+            slot.counter = default_counter + 1
     slot_values, set_keys, set_values, set_count = [], [], [], 0
     for slot in slots:
         set_id = 0
@@ -348,13 +346,10 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
     maps["exact_set"] = MapContents("exact_set", max(1, len(set_keys)), ctypes.sizeof(abi.ExactKey), 4,
                                     b"".join(set_keys), b"".join(set_values))
 
-    rule_ids = [r.rule_id for r in rules]
-    counter_keys = sorted(set(rule_ids) | {abi.DEFAULT_COUNTER, abi.OVERFLOW_COUNTER})
-    maps["counters"] = MapContents("counters", len(counter_keys), 4, ctypes.sizeof(abi.Counter),
-                                   struct.pack(f"={len(counter_keys)}I", *counter_keys),
-                                   bytes(ctypes.sizeof(abi.Counter) * len(counter_keys)))
-    cfg = abi.GenConfig(generation=0, field_mask=field_mask, nslots=nslots, nchunks=nchunks,
-                        default_action=_ACT[default_action.verdict], default_counter=abi.DEFAULT_COUNTER,
+    # counters start at zero: only the size is data (the loader multiplies it by the CPUs)
+    maps["counters"] = MapContents("counters", stride, 4, ctypes.sizeof(abi.Counter))
+    cfg = abi.GenConfig(generation=0, field_mask=field_mask, nslots=nslots, counter_stride=stride,
+                        default_action=_ACT[default_action.verdict], default_counter=default_counter,
                         iif_default_row=iif_default_row)
     maps["cfg"] = _pack_array("cfg", [bytes(cfg)], ctypes.sizeof(abi.GenConfig))
     for name, shape in abi.GEN_MAPS.items():
@@ -365,14 +360,18 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
                   notes=notes)
 
 
-def _encode_rows(rows_bitmaps: List[int], words: int, nchunks: int) -> Dict[str, MapContents]:
-    if not rows_bitmaps:
-        rows_bitmaps = [0]  # no field constrained: a placeholder row nobody reads
-    chunk_bytes = nchunks * abi.CHUNK_WORDS * 8
-    chunks = b"".join(b.to_bytes(chunk_bytes, "little") for b in rows_bitmaps)
-    summaries = b"".join(_summary(b, words) for b in rows_bitmaps)
-    return {"class_chunks": _dense_array("class_chunks", chunks, ctypes.sizeof(abi.Chunk)),
-            "class_summary": _dense_array("class_summary", summaries, ctypes.sizeof(abi.ClassSummary))}
+def _encode_rows(rows_bitmaps: List[int]) -> MapContents:
+    """Each row: summary (bit w: word w nonzero), then the bitmap words, little-endian u64s."""
+    values = []
+    full = (1 << abi.MAX_SLOTS) - 1
+    for bitmap in rows_bitmaps:
+        raw = (bitmap & full).to_bytes(abi.MAX_WORDS * 8, "little")
+        summary = 0
+        for w in range(abi.MAX_WORDS):
+            if raw[w * 8:(w + 1) * 8] != b"\0\0\0\0\0\0\0\0":
+                summary |= 1 << w
+        values.append(summary.to_bytes(abi.SUMMARY_WORDS * 8, "little") + raw)
+    return _pack_array("class_rows", values, ctypes.sizeof(abi.ClassRow))
 
 
 def _encode_value_class(field_intervals, row_base) -> MapContents:
@@ -432,8 +431,8 @@ def dump(tables: Tables) -> str:
            f"default {tables.default_action.name} field_mask {tables.field_mask:#x} digest {tables.digest}"]
     out.extend(f"# note: {n}" for n in tables.notes)
     cfg = abi.GenConfig.from_buffer_copy(tables.maps["cfg"].values)
-    out.append(f"cfg nslots={cfg.nslots} nchunks={cfg.nchunks} default_action={cfg.default_action} "
-               f"iif_default_row={cfg.iif_default_row}")
+    out.append(f"cfg nslots={cfg.nslots} counter_stride={cfg.counter_stride} default_action={cfg.default_action} "
+               f"default_counter={cfg.default_counter} iif_default_row={cfg.iif_default_row}")
     for i, (_, value) in enumerate(tables.maps["slots"].entries()):
         s = abi.Slot.from_buffer_copy(value)
         out.append(f"slot {i}: counter={s.counter} action={s.action} kind={s.kind} next={s.next} set={s.set_id} "
@@ -458,9 +457,9 @@ def dump(tables: Tables) -> str:
     for key, value in sorted(tables.maps["iif_class"].entries()):
         if tables.field_mask & (1 << abi.F_IIF):
             out.append(f"iif {struct.unpack('=I', key)[0]} -> row {struct.unpack('=I', value)[0]}")
-    for i, (_, value) in enumerate(tables.maps["class_summary"].entries()):
-        chunks = tables.maps["class_chunks"]
-        per_row = len(chunks.values) // max(1, tables.maps["class_summary"].count)
-        bitmap = int.from_bytes(chunks.values[i * per_row:(i + 1) * per_row], "little")
+    for i, (_, value) in enumerate(tables.maps["class_rows"].entries()):
+        if i == abi.WILDCARD_ROW:
+            continue
+        bitmap = int.from_bytes(value[abi.SUMMARY_WORDS * 8:], "little")
         out.append(f"row {i}: slots {[b for b in range(bitmap.bit_length()) if bitmap >> b & 1]}")
     return "\n".join(out) + "\n"

@@ -211,14 +211,15 @@ class Dataplane:
     def _create_inner(self, name: str, tables: Tables, generation: int) -> int:
         shape = abi.GEN_MAPS[name]
         contents = tables.maps[name]
+        max_entries = contents.max_entries
+        if name == "counters":  # one stride of counters per possible CPU
+            max_entries *= libbpf.num_possible_cpus()
         fd = libbpf.map_create(shape.map_type, f"i2x_{name}"[:15], shape.key_size, shape.value_size,
-                               contents.max_entries, shape.map_flags)
+                               max_entries, shape.map_flags)
         try:
             values = contents.values
             if name == "cfg":
                 values = struct.pack("=Q", generation) + values[8:]
-            elif shape.map_type == abi.BPF_MAP_TYPE_PERCPU_HASH:
-                values = bytes(len(values) * libbpf.num_possible_cpus())  # zeroed, per CPU
             libbpf.update_batch(fd, contents.keys, values, contents.count, f"filling map {name}")
         except BaseException:
             os.close(fd)
@@ -269,28 +270,36 @@ class Dataplane:
         return libbpf.map_fd_by_id(map_id) if map_id else None
 
     def read_counters(self, slot: Optional[int] = None) -> Dict[int, Tuple[int, int]]:
-        """{counter key: (packets, bytes)} summed over CPUs, for the active (or given) slot.
-
-        Keys are rule ids, plus abi.DEFAULT_COUNTER and abi.OVERFLOW_COUNTER."""
+        """{rule id: (packets, bytes)} summed over CPUs, for the active (or given) slot; rules that
+        never matched are left out. abi.DEFAULT_COUNTER / abi.OVERFLOW_COUNTER name the default
+        action and the capacity catch-all."""
         if slot is None:
             st = self.read_state()
             slot = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
+        cfg_fd = self._inner_fd(abi.GEN_MAPS["cfg"].name, slot)
         fd = self._inner_fd(abi.GEN_MAPS["counters"].name, slot)
-        if fd is None:
-            return {}
         try:
-            ncpus = libbpf.num_possible_cpus()
-            result = {}
-            for key in list(libbpf.keys(fd, 4)):
-                raw = libbpf.lookup_elem(fd, key, 16 * ncpus)
-                if raw is None:
-                    continue
-                packets = sum(struct.unpack_from("=Q", raw, 16 * c)[0] for c in range(ncpus))
-                nbytes = sum(struct.unpack_from("=Q", raw, 16 * c + 8)[0] for c in range(ncpus))
-                result[struct.unpack("=I", key)[0]] = (packets, nbytes)
-            return result
+            if cfg_fd is None or fd is None:
+                return {}
+            cfg = abi.GenConfig.from_buffer_copy(libbpf.lookup_elem(cfg_fd, _u32(0), ctypes.sizeof(abi.GenConfig)))
+            info = libbpf.map_info(fd)
+            raw = libbpf.read_array(fd, info.value_size, info.max_entries)
+            stride = cfg.counter_stride
+            names = {cfg.default_counter: abi.DEFAULT_COUNTER, cfg.default_counter + 1: abi.OVERFLOW_COUNTER}
+            totals: Dict[int, List[int]] = {}
+            values = struct.unpack(f"={len(raw) // 8}Q", raw)
+            for index in range(len(values) // 2):
+                packets, nbytes = values[2 * index], values[2 * index + 1]
+                if packets or nbytes:
+                    key = names.get(index % stride, index % stride)
+                    total = totals.setdefault(key, [0, 0])
+                    total[0] += packets
+                    total[1] += nbytes
+            return {k: (v[0], v[1]) for k, v in totals.items()}
         finally:
-            os.close(fd)
+            for f in (cfg_fd, fd):
+                if f is not None:
+                    os.close(f)
 
     def read_stats(self) -> Dict[str, int]:
         ncpus = libbpf.num_possible_cpus()

@@ -113,6 +113,7 @@ def _declare(l: ctypes.CDLL) -> None:
         "bpf_map_delete_elem": (_I, [_I, _P]),
         "bpf_map_get_next_key": (_I, [_I, _P, _P]),
         "bpf_map_update_batch": (_I, [_I, _P, _P, ctypes.POINTER(_U32), _P]),
+        "bpf_map_lookup_batch": (_I, [_I, _P, _P, _P, _P, ctypes.POINTER(_U32), _P]),
         "bpf_obj_pin": (_I, [_I, _S]),
         "bpf_obj_get": (_I, [_S]),
         "bpf_obj_get_info_by_fd": (_I, [_I, _P, ctypes.POINTER(_U32)]),
@@ -232,6 +233,28 @@ def update_batch(fd: int, keys_blob: bytes, values_blob: bytes, count: int, what
             update_elem(fd, keys_blob[i * ks:(i + 1) * ks], values_blob[i * vs:(i + 1) * vs], what=what)
         return
     check(ret, what)
+
+
+def read_array(fd: int, value_size: int, max_entries: int) -> bytes:
+    """All values of an ARRAY map, in index order (batch lookup, one syscall per 64k entries)."""
+    out = bytearray()
+    in_batch = None
+    out_batch = ctypes.c_uint32()
+    opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
+    while len(out) < value_size * max_entries:
+        n = min(65536, max_entries - len(out) // value_size)
+        keys_buf = ctypes.create_string_buffer(4 * n)
+        values_buf = ctypes.create_string_buffer(value_size * n)
+        count = ctypes.c_uint32(n)
+        ret = lib().bpf_map_lookup_batch(fd, in_batch, ctypes.byref(out_batch), keys_buf, values_buf,
+                                         ctypes.byref(count), ctypes.byref(opts))
+        out += values_buf.raw[:value_size * count.value]
+        if ret < 0:
+            if _errno_of(ret) == errno_names.ENOENT:  # reached the end
+                break
+            check(ret, "reading an array map")
+        in_batch = ctypes.byref(ctypes.c_uint32(out_batch.value))
+    return bytes(out)
 
 
 def obj_pin(fd: int, path: str) -> None:

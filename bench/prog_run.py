@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-only
+"""In-kernel cost of the ipt2xdp program per packet (BPF_PROG_TEST_RUN, large repeat count), at
+1, 1k, 10k and 100k rules, for a packet matching the first, middle, last or no rule, for two rule
+shapes, beside bpf/empty_drop.bpf.o measured in the same run.
+
+    sudo .venv/bin/python bench/prog_run.py [--repeat N] [--rounds R] [--sizes 1,1000,...]
+
+Shapes:
+  exact5  exact 5-tuples (src/32, dst/32, proto, sport, dport) -> DROP; runs merge into one
+          hash-set slot, so n rules cost one hash probe.
+  mixed   rule i cycles through four shapes that never form a mergeable run: a /24 source prefix
+          with a tcp port range; a source address range (not a prefix) with udp/53; a /28 source
+          with any protocol and port; any source to a /32 destination with a tcp port range.
+          Every rule owns its address block, so the probe for rule i matches rule i first.
+          Beyond the classifier's slot capacity (abi.MAX_SLOTS) the rest is compiled with
+          overflow="defer" and reported as such.
+kernel.bpf_stats_enabled is set to 0 while timing (it adds 20-45 ns per run) and restored after.
+Writes bench/out/prog_run-<time>.json. Each figure is the median of --rounds runs of --repeat.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scapy.all import IP, TCP, UDP, Ether, raw  # noqa: E402
+
+from ipt2xdp import abi, libbpf  # noqa: E402
+from ipt2xdp.classifier import ACCEPT, DROP, ClassifierRule, IntervalSet, Match  # noqa: E402
+from ipt2xdp.compile import compile  # noqa: E402
+from ipt2xdp.dataplane import Dataplane  # noqa: E402
+from ipt2xdp.resources import bpf_object_path  # noqa: E402
+
+STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+TCP_, UDP_ = frozenset({6}), frozenset({17})
+
+
+def _ip(value: int) -> str:
+    return ".".join(str(value >> s & 255) for s in (24, 16, 8, 0))
+
+
+# --- rule shapes and their probes ----------------------------------------------------------------
+def exact5_rule(i: int) -> ClassifierRule:
+    return ClassifierRule(Match(src=IntervalSet.single(0x0A000000 + i), dst=IntervalSet.single(0xC0000201),
+                                proto=TCP_, sport=IntervalSet.single(40000 + i % 20000),
+                                dport=IntervalSet.single(443)), DROP, i)
+
+
+def exact5_probe(i: int) -> bytes:
+    return raw(Ether() / IP(src=_ip(0x0A000000 + i), dst="192.0.2.1") / TCP(sport=40000 + i % 20000, dport=443))
+
+
+def mixed_rule(i: int) -> ClassifierRule:
+    block = 0x0B000000 + i * 256
+    kind = i % 4
+    if kind == 0:
+        m = Match(src=IntervalSet.range(block, block + 255), proto=TCP_, dport=IntervalSet.range(1000, 2000))
+    elif kind == 1:
+        m = Match(src=IntervalSet.range(block + 10, block + 200), proto=UDP_, dport=IntervalSet.single(53))
+    elif kind == 2:
+        m = Match(src=IntervalSet.range(block + 16, block + 31))
+    else:
+        m = Match(dst=IntervalSet.single(0xAC100000 + i), proto=TCP_,
+                  dport=IntervalSet.range(20000 + i % 40000, 20010 + i % 40000))
+    return ClassifierRule(m, DROP, i)
+
+
+def mixed_probe(i: int) -> bytes:
+    block = 0x0B000000 + i * 256
+    kind = i % 4
+    if kind == 0:
+        return raw(Ether() / IP(src=_ip(block + 1), dst="192.0.2.1") / TCP(dport=1500))
+    if kind == 1:
+        return raw(Ether() / IP(src=_ip(block + 50), dst="192.0.2.1") / UDP(dport=53))
+    if kind == 2:
+        return raw(Ether() / IP(src=_ip(block + 20), dst="192.0.2.1") / TCP(dport=9))
+    return raw(Ether() / IP(src="198.18.0.1", dst=_ip(0xAC100000 + i)) / TCP(dport=20005 + i % 40000))
+
+
+NO_MATCH = raw(Ether() / IP(src="203.0.113.9", dst="192.0.2.99") / TCP(sport=1, dport=7))
+SHAPES = {"exact5": (exact5_rule, exact5_probe), "mixed": (mixed_rule, mixed_probe)}
+
+
+# --- measurement ---------------------------------------------------------------------------------
+def measure(prog_fd: int, packet: bytes, repeat: int, rounds: int):
+    runs = []
+    verdict = None
+    for _ in range(rounds):
+        verdict, ns, _ = libbpf.test_run(prog_fd, packet, repeat)
+        runs.append(ns)
+    return statistics.median(runs), verdict
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=2_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", default="1,1000,10000,100000")
+    parser.add_argument("--shapes", default="exact5,mixed")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    with open(STATS_SYSCTL) as f:
+        stats_before = f.read().strip()
+    results = {"meta": {
+        "kernel": platform.release(), "cpu": _cpu_model(), "ncpus": os.cpu_count(),
+        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip(),
+        "repeat": args.repeat, "rounds": args.rounds, "bpf_stats_enabled_during_timing": 0,
+        "method": "BPF_PROG_TEST_RUN, same packet repeated, median of rounds; ns/packet as reported "
+                  "by the kernel (duration field)"},
+        "empty_drop": [], "runs": []}
+    empty = libbpf.BpfObject(str(bpf_object_path("empty_drop.bpf.o")))
+    empty.load()
+    empty_fd = empty.program_fd("xdp_drop_all")
+    dp = Dataplane.load()
+    try:
+        with open(STATS_SYSCTL, "w") as f:
+            f.write("0")
+        for shape in args.shapes.split(","):
+            make_rule, make_probe = SHAPES[shape]
+            for n in sizes:
+                started = time.monotonic()
+                rules = [make_rule(i) for i in range(n)]
+                tables = compile(rules, ACCEPT, overflow="defer")
+                compile_s = time.monotonic() - started
+                started = time.monotonic()
+                dp.apply_generation(tables)
+                apply_s = time.monotonic() - started
+                kept = n - tables.overflowed_rules
+                probes = {"first": make_probe(0), "middle": make_probe(n // 2), "last": make_probe(n - 1),
+                          "none": NO_MATCH}
+                row = {"shape": shape, "rules": n, "slots": tables.slot_count, "sets": tables.set_count,
+                       "rules_beyond_capacity": tables.overflowed_rules, "compile_s": round(compile_s, 2),
+                       "apply_s": round(apply_s, 2), "ns": {}, "verdict": {}}
+                for where, packet in probes.items():
+                    ns, verdict = measure(dp.prog_fd, packet, args.repeat, args.rounds)
+                    row["ns"][where] = ns
+                    row["verdict"][where] = {1: "DROP", 2: "PASS"}.get(verdict, verdict)
+                # the empty program in the same run, next to each configuration
+                e_ns, _ = measure(empty_fd, NO_MATCH, args.repeat, args.rounds)
+                results["empty_drop"].append(e_ns)
+                row["empty_drop_ns"] = e_ns
+                results["runs"].append(row)
+                note = f" ({tables.overflowed_rules} beyond capacity -> DEFER)" if tables.overflowed_rules else ""
+                print(f"{shape:7} {n:>6} rules {tables.slot_count:>6} slots: "
+                      + "  ".join(f"{w} {row['ns'][w]:>4} ns {row['verdict'][w]}" for w in probes)
+                      + f"  | empty {e_ns} ns | compile {compile_s:.1f}s apply {apply_s:.1f}s{note}", flush=True)
+                del kept
+    finally:
+        with open(STATS_SYSCTL, "w") as f:
+            f.write(stats_before)
+        dp.close()
+        empty.close()
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, time.strftime("prog_run-%Y%m%dT%H%M%S.json"))
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
