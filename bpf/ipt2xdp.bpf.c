@@ -7,8 +7,10 @@
  *     interval starts; input interface: a hash);
  *  2. each class row owns a bitmap of the rule slots that may match it, plus a summary bitmap with
  *     one bit per nonzero 64-bit word, in one map value: one lookup per field, then plain loads.
- *     AND-ing the summaries first means only the words where every field has a candidate are
- *     ever read, so the cost stays nearly flat as slots grow (ABV, Baboescu & Varghese 2001);
+ *     Slots are grouped by the set of fields they constrain (see gen_config); per group the
+ *     summaries of its fields and members are AND-ed, and only words where some group has a
+ *     candidate are ever read, so the cost stays nearly flat as slots grow (aggregated bit
+ *     vectors, Baboescu & Varghese 2001, without their weakness for interleaved wildcards);
  *  3. the lowest set bit >= k of the AND is the first slot that matches. A SET slot (a merged run of
  *     rules differing only in exact values) confirms with one hash lookup and, on a miss, matching
  *     resumes after it. A CONTINUE slot resumes at a later slot (RETURN of an inlined user chain);
@@ -35,11 +37,19 @@ struct packet_fields {
 	__u8 proto;
 };
 
-/* The maps of the generation in force. */
+/* The generation in force for this packet: its slot index and config. Inner maps are looked up
+ * from the outer maps where needed, not kept: ARRAY_OF_MAPS lookups are inlined (a few
+ * instructions), and keeping nine pointers on the stack overflowed the 512-byte stack limit
+ * shared by the program and its bpf_loop callback. */
 struct generation {
 	struct ipt2xdp_gen_config *cfg;
-	void *slots, *value_class, *addr_dir, *addr_bounds, *rows, *counters, *iif_class, *exact_set;
+	__u32 slot;
 };
+
+static __always_inline void *gen_map(void *outer, struct generation *gen)
+{
+	return bpf_map_lookup_elem(outer, &gen->slot);
+}
 
 static __always_inline void count_stat(__u32 stat)
 {
@@ -136,32 +146,18 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	return IPT2XDP_STAT_CLASSIFIED;
 }
 
-#define GEN_MAP(field, outer)                                                                      \
-	do {                                                                                       \
-		gen->field = bpf_map_lookup_elem(&outer, &slot);                                   \
-		if (!gen->field)                                                                   \
-			return -1;                                                                 \
-	} while (0)
-
 static __always_inline int load_generation(__u32 slot, struct generation *gen)
 {
 	__u32 zero = 0;
 	void *cfg_map;
 
+	gen->slot = slot;
 	cfg_map = bpf_map_lookup_elem(&ipt2xdp_g_cfg, &slot);
 	if (!cfg_map)
 		return -1;
 	gen->cfg = bpf_map_lookup_elem(cfg_map, &zero);
 	if (!gen->cfg)
 		return -1;
-	GEN_MAP(slots, ipt2xdp_g_slots);
-	GEN_MAP(value_class, ipt2xdp_g_value_class);
-	GEN_MAP(addr_dir, ipt2xdp_g_addr_dir);
-	GEN_MAP(addr_bounds, ipt2xdp_g_addr_bounds);
-	GEN_MAP(rows, ipt2xdp_g_class_rows);
-	GEN_MAP(counters, ipt2xdp_g_counters);
-	GEN_MAP(iif_class, ipt2xdp_g_iif_class);
-	GEN_MAP(exact_set, ipt2xdp_g_exact_set);
 	return 0;
 }
 
@@ -170,10 +166,15 @@ static __always_inline int load_generation(__u32 slot, struct generation *gen)
 static __always_inline int addr_row(struct generation *gen, __u32 field, __u32 addr, __u32 *row)
 {
 	__u32 key = field * 65536 + (addr >> 16);
-	struct ipt2xdp_addr_dir *dir = bpf_map_lookup_elem(gen->addr_dir, &key);
+	void *addr_dir = gen_map(&ipt2xdp_g_addr_dir, gen);
+	void *addr_bounds = gen_map(&ipt2xdp_g_addr_bounds, gen);
 	struct ipt2xdp_addr_bound *bound;
+	struct ipt2xdp_addr_dir *dir;
 	__u32 lo, n, half, mid, i;
 
+	if (!addr_dir || !addr_bounds)
+		return -1;
+	dir = bpf_map_lookup_elem(addr_dir, &key);
 	if (!dir)
 		return -1;
 	lo = dir->first; /* bounds[lo].start <= addr, by construction */
@@ -181,7 +182,7 @@ static __always_inline int addr_row(struct generation *gen, __u32 field, __u32 a
 	for (i = 0; i < IPT2XDP_ADDR_SEARCH_STEPS && n; i++) {
 		half = (n + 1) / 2;
 		mid = lo + half;
-		bound = bpf_map_lookup_elem(gen->addr_bounds, &mid);
+		bound = bpf_map_lookup_elem(addr_bounds, &mid);
 		if (!bound)
 			return -1;
 		if (bound->start <= addr) {
@@ -193,7 +194,7 @@ static __always_inline int addr_row(struct generation *gen, __u32 field, __u32 a
 	}
 	if (n)
 		return -1;
-	bound = bpf_map_lookup_elem(gen->addr_bounds, &lo);
+	bound = bpf_map_lookup_elem(addr_bounds, &lo);
 	if (!bound)
 		return -1;
 	*row = bound->row;
@@ -203,15 +204,22 @@ static __always_inline int addr_row(struct generation *gen, __u32 field, __u32 a
 static __always_inline int field_row(struct generation *gen, struct packet_fields *pkt, __u32 field, __u32 *row)
 {
 	__u32 *found;
+	void *map;
 
 	if (field == IPT2XDP_F_SRC || field == IPT2XDP_F_DST)
 		return addr_row(gen, field, pkt->value[field], row);
 	if (field == IPT2XDP_F_IIF) {
-		found = bpf_map_lookup_elem(gen->iif_class, &pkt->value[field]);
+		map = gen_map(&ipt2xdp_g_iif_class, gen);
+		if (!map)
+			return -1;
+		found = bpf_map_lookup_elem(map, &pkt->value[field]);
 		*row = found ? *found : gen->cfg->iif_default_row;
 		return 0;
 	}
-	found = bpf_map_lookup_elem(gen->value_class, &pkt->value[field]);
+	map = gen_map(&ipt2xdp_g_value_class, gen);
+	if (!map)
+		return -1;
+	found = bpf_map_lookup_elem(map, &pkt->value[field]);
 	if (!found)
 		return -1;
 	*row = *found;
@@ -227,8 +235,11 @@ static __always_inline __u32 mask_net(__u8 plen)
 static __always_inline long set_probe(struct generation *gen, struct ipt2xdp_slot *slot, struct packet_fields *pkt)
 {
 	struct ipt2xdp_exact_key key = {};
+	void *exact_set = gen_map(&ipt2xdp_g_exact_set, gen);
 	__u32 *rule_id;
 
+	if (!exact_set)
+		return -1;
 	if (slot->key_fields & IPT2XDP_K_SRC)
 		key.src = pkt->src_net & mask_net(slot->src_plen);
 	if (slot->key_fields & IPT2XDP_K_DST)
@@ -240,7 +251,7 @@ static __always_inline long set_probe(struct generation *gen, struct ipt2xdp_slo
 	if (slot->key_fields & IPT2XDP_K_PROTO)
 		key.proto = pkt->proto;
 	key.set_id = slot->set_id;
-	rule_id = bpf_map_lookup_elem(gen->exact_set, &key);
+	rule_id = bpf_map_lookup_elem(exact_set, &key);
 	return rule_id ? (long)*rule_id : -1;
 }
 
@@ -266,11 +277,12 @@ static __always_inline int next_candidate_word(__u64 *cand, __u32 start)
 static __always_inline void count_rule(struct generation *gen, __u32 counter, struct packet_fields *pkt)
 {
 	__u32 key = bpf_get_smp_processor_id() * gen->cfg->counter_stride + counter;
+	void *counters = gen_map(&ipt2xdp_g_counters, gen);
 	struct ipt2xdp_counter *c;
 
-	if (counter >= gen->cfg->counter_stride)
+	if (counter >= gen->cfg->counter_stride || !counters)
 		return;
-	c = bpf_map_lookup_elem(gen->counters, &key);
+	c = bpf_map_lookup_elem(counters, &key);
 
 	if (c) {
 		c->packets += 1;
@@ -289,11 +301,12 @@ static __always_inline __u32 to_xdp(__u32 action)
  * a plain bounded loop of IPT2XDP_MAX_STEPS exceeded (1M instructions); since Linux 5.18 the call
  * is inlined into a plain loop, so a step costs no helper call. */
 struct match_ctx {
-	struct generation *gen;
+	struct generation gen;
 	struct packet_fields *pkt;
 	struct ipt2xdp_class_row *rows[IPT2XDP_NUM_FIELDS]; /* the wildcard row for unused fields */
-	__u64 cand[IPT2XDP_SUMMARY_WORDS]; /* AND of the fields' summaries */
-	__u32 mask, nslots;
+	struct ipt2xdp_class_row *members[IPT2XDP_MAX_GROUPS]; /* the empty row for unused groups */
+	__u64 cand[IPT2XDP_SUMMARY_WORDS]; /* words where some group may have a matching slot */
+	__u32 nslots;
 	__u32 k; /* next slot that may match */
 	__u32 done; /* 0: budget left; 1: decided by a slot; 2: no slot left (default action) */
 	__u32 stat;
@@ -301,26 +314,37 @@ struct match_ctx {
 	__u32 counter;
 };
 
-/* AND of the fields' bitmap word w, masked to slots >= k. Branch-free: unused fields point at the
- * all-ones wildcard row (a branch per field made the verifier give up on the jump sequence). */
-static __always_inline __u64 and_word(struct match_ctx *m, __u32 w, __u32 k)
+/* Slots of word w (masked to slots >= k) that match the packet: per group, its members AND its
+ * fields' rows; OR over the groups. */
+static __always_inline __u64 match_word(struct match_ctx *m, __u32 w, __u32 k)
 {
-	__u64 x = ~0ULL;
-	__u32 f;
+	__u64 x = 0, xg, low = ~0ULL;
+	__u32 g, f, fields;
 
 	w &= IPT2XDP_MAX_WORDS - 1;
 	if (w == k >> 6)
-		x <<= (k & 63);
+		low <<= (k & 63);
 #pragma unroll
-	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++)
-		x &= m->rows[f]->words[w];
-	return x;
+	for (g = 0; g < IPT2XDP_MAX_GROUPS; g++) {
+		if (g >= m->gen.cfg->ngroups)
+			break;
+		fields = m->gen.cfg->group_fields[g];
+		xg = m->members[g]->words[w];
+		/* branch-free: a field outside the group ORs in all ones (a branch per field and group
+		 * made the verifier's state count explode) */
+#pragma unroll
+		for (f = 0; f < IPT2XDP_NUM_FIELDS; f++)
+			xg &= m->rows[f]->words[w] | (((__u64)((fields >> f) & 1)) - 1);
+		x |= xg;
+	}
+	return x & low;
 }
 
 static long match_step(__u32 index, void *data)
 {
 	struct match_ctx *m = data;
 	struct ipt2xdp_slot *slot;
+	void *slots;
 	__u32 s, k = m->k;
 	long rule_id;
 	__u64 x;
@@ -333,18 +357,21 @@ static long match_step(__u32 index, void *data)
 	w = next_candidate_word(m->cand, k >> 6);
 	if (w < 0)
 		goto no_slot_left;
-	x = and_word(m, (__u32)w, k);
+	x = match_word(m, (__u32)w, k);
 	if (!x) {
 		m->k = ((__u32)w + 1) * 64;
 		return 0;
 	}
 	s = (__u32)w * 64 + ctz64(x);
-	slot = bpf_map_lookup_elem(m->gen->slots, &s);
+	slots = gen_map(&ipt2xdp_g_slots, &m->gen);
+	if (!slots)
+		goto lookup_fail;
+	slot = bpf_map_lookup_elem(slots, &s);
 	if (!slot)
 		goto lookup_fail;
 	rule_id = slot->counter;
 	if (slot->kind == IPT2XDP_SLOT_SET) {
-		rule_id = set_probe(m->gen, slot, m->pkt);
+		rule_id = set_probe(&m->gen, slot, m->pkt);
 		if (rule_id < 0) {
 			m->k = s + 1;
 			return 0;
@@ -371,49 +398,97 @@ lookup_fail:
 	return 1;
 }
 
+/* Candidate words: OR over groups of (member summary AND the summaries of the group's fields).
+ * Straight-line code in the main program, so branches per field are cheap to verify here. */
+static __always_inline void candidate_words(struct match_ctx *m)
+{
+	__u64 c[IPT2XDP_SUMMARY_WORDS];
+	__u32 g, f, fields;
+	int i;
+
+#pragma unroll
+	for (g = 0; g < IPT2XDP_MAX_GROUPS; g++) {
+		if (g >= m->gen.cfg->ngroups)
+			break;
+		fields = m->gen.cfg->group_fields[g];
+#pragma unroll
+		for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++)
+			c[i] = m->members[g]->summary[i];
+#pragma unroll
+		for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
+			if (!(fields & (1U << f)))
+				continue;
+#pragma unroll
+			for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++)
+				c[i] &= m->rows[f]->summary[i];
+		}
+#pragma unroll
+		for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++)
+			m->cand[i] |= c[i];
+	}
+}
+
 /* Classify with the generation in force. Returns the stat reason; *verdict is the XDP action. */
 static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 {
-	struct ipt2xdp_class_row *wildcard, *row;
+	struct ipt2xdp_class_row *wildcard, *empty, *row;
+	struct ipt2xdp_gen_config *cfg;
 	struct ipt2xdp_state *state;
 	struct match_ctx m = {};
-	struct generation gen;
-	__u32 zero = 0, f, row_index;
-	int i;
+	struct generation *gen = &m.gen;
+	__u32 zero = 0, f, g, row_index, mask;
+	void *rows;
 
 	state = bpf_map_lookup_elem(&ipt2xdp_state, &zero);
 	if (!state)
 		return IPT2XDP_STAT_LOOKUP_FAIL;
 	if (state->active >= IPT2XDP_GEN_SLOTS)
 		return IPT2XDP_STAT_DEFER_ALL;
-	if (load_generation(state->active, &gen) < 0)
+	if (load_generation(state->active, gen) < 0)
 		return IPT2XDP_STAT_DEFER_ALL;
-	wildcard = bpf_map_lookup_elem(gen.rows, &zero);
-	if (!wildcard)
+	/* group geometry is read from cfg, never copied into match_ctx: copies refined by branches
+	 * multiplied the states in which the verifier had to check the step callback */
+	cfg = gen->cfg;
+	/* Rows 0 and 1 of the generation's own class_rows, not a global map: if the pointers in
+	 * match_ctx could point into two different maps, the verifier would have to check the step
+	 * callback once per combination. */
+	rows = gen_map(&ipt2xdp_g_class_rows, gen);
+	if (!rows)
 		return IPT2XDP_STAT_LOOKUP_FAIL;
-	m.gen = &gen;
+	row_index = IPT2XDP_WILDCARD_ROW;
+	wildcard = bpf_map_lookup_elem(rows, &row_index);
+	row_index = IPT2XDP_EMPTY_ROW;
+	empty = bpf_map_lookup_elem(rows, &row_index);
+	if (!wildcard || !empty)
+		return IPT2XDP_STAT_LOOKUP_FAIL;
 	m.pkt = pkt;
-	m.mask = gen.cfg->field_mask;
-	m.nslots = gen.cfg->nslots;
+	m.nslots = cfg->nslots;
+	mask = cfg->field_mask;
 
-#pragma unroll
-	for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++)
-		m.cand[i] = ~0ULL;
 #pragma unroll
 	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
 		m.rows[f] = wildcard;
-		if (!(m.mask & (1U << f)))
+		if (!(mask & (1U << f)))
 			continue;
-		if (field_row(&gen, pkt, f, &row_index) < 0)
+		if (field_row(gen, pkt, f, &row_index) < 0)
 			return IPT2XDP_STAT_LOOKUP_FAIL;
-		row = bpf_map_lookup_elem(gen.rows, &row_index);
+		row = bpf_map_lookup_elem(rows, &row_index);
 		if (!row)
 			return IPT2XDP_STAT_LOOKUP_FAIL;
 		m.rows[f] = row;
-#pragma unroll
-		for (i = 0; i < IPT2XDP_SUMMARY_WORDS; i++)
-			m.cand[i] &= row->summary[i];
 	}
+#pragma unroll
+	for (g = 0; g < IPT2XDP_MAX_GROUPS; g++) {
+		m.members[g] = empty;
+		if (g >= cfg->ngroups)
+			continue;
+		row_index = cfg->group_row[g];
+		row = bpf_map_lookup_elem(rows, &row_index);
+		if (!row)
+			return IPT2XDP_STAT_LOOKUP_FAIL;
+		m.members[g] = row;
+	}
+	candidate_words(&m);
 
 	bpf_loop(IPT2XDP_MAX_STEPS, match_step, &m, 0);
 	if (!m.done)
@@ -421,10 +496,10 @@ static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 	if (m.stat != IPT2XDP_STAT_CLASSIFIED)
 		return m.stat;
 	if (m.done == 2) {
-		m.action = gen.cfg->default_action;
-		m.counter = gen.cfg->default_counter;
+		m.action = cfg->default_action;
+		m.counter = cfg->default_counter;
 	}
-	count_rule(&gen, m.counter, pkt);
+	count_rule(gen, m.counter, pkt);
 	*verdict = to_xdp(m.action);
 	return IPT2XDP_STAT_CLASSIFIED;
 }

@@ -18,6 +18,8 @@
 #define IPT2XDP_MAX_WORDS (64 * IPT2XDP_SUMMARY_WORDS) /* 256 bitmap words per class row */
 #define IPT2XDP_MAX_SLOTS (64 * IPT2XDP_MAX_WORDS) /* 16384 */
 #define IPT2XDP_WILDCARD_ROW 0 /* class_rows[0]: every bit set; unconstrained fields use it */
+#define IPT2XDP_EMPTY_ROW 1 /* class_rows[1]: no bit set; the members of unused groups */
+#define IPT2XDP_MAX_GROUPS 8 /* shape groups: slots constraining the same set of fields */
 /* Upper bounds on work per packet; running out means XDP_PASS (netfilter decides). */
 #define IPT2XDP_MAX_STEPS 1024 /* steps: a candidate word, a set probe or a CONTINUE jump each */
 #define IPT2XDP_MAX_COUNTER_STRIDE (1U << 22) /* counters per CPU: rule ids stay below it */
@@ -94,8 +96,17 @@ struct ipt2xdp_gen_config {
 	__u32 default_action; /* IPT2XDP_ACT_DROP/ACCEPT/DEFER */
 	__u32 default_counter; /* counter of the default action (= last rule id + 1) */
 	__u32 iif_default_row; /* class row of ifindexes absent from iif_class */
+	__u32 ngroups;
+	/* Shape groups. A slot belongs to one group; a group's fields are the fields its slots
+	 * constrain, and a field's rows hold bits only for slots of groups that use the field. A
+	 * slot of group g matches iff its bit is set in group_row[g] and in the packet's row of every
+	 * field of g. So a slot that leaves a field open never spreads its bit over that field's rows,
+	 * and the summaries stay selective when wildcard rules interleave (the weak spot of ABV). */
+	__u16 group_fields[IPT2XDP_MAX_GROUPS]; /* bit IPT2XDP_F_* */
+	__u32 group_row[IPT2XDP_MAX_GROUPS]; /* class_rows index of the group's member bitmap */
+	__u32 pad;
 };
-_Static_assert(sizeof(struct ipt2xdp_gen_config) == 32, "abi");
+_Static_assert(sizeof(struct ipt2xdp_gen_config) == 88, "abi");
 
 /* addr_dir[field * 65536 + (addr >> 16)]: the addr_bounds range covering one /16 block. */
 struct ipt2xdp_addr_dir {

@@ -64,6 +64,16 @@ struct {
 		__uint(value_size, sizeof(value_type));                                              \
 	}
 
+/* A fixed-size inner array: every generation has the same max_entries, so the verifier can
+ * inline its lookups (it refuses to for BPF_F_INNER_MAP arrays, whose size may vary). */
+#define IPT2XDP_INNER_FIXED_ARRAY(name, value_type, entries)                                         \
+	struct name {                                                                                \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                                                    \
+		__uint(max_entries, entries);                                                        \
+		__uint(key_size, sizeof(__u32));                                                     \
+		__uint(value_size, sizeof(value_type));                                              \
+	}
+
 #define IPT2XDP_OUTER(name, inner)                                                                   \
 	struct {                                                                                     \
 		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);                                            \
@@ -73,7 +83,7 @@ struct {
 	} name SEC(".maps")
 
 /* cfg[0]: the generation's geometry and default action. */
-IPT2XDP_INNER_ARRAY(ipt2xdp_inner_cfg, struct ipt2xdp_gen_config);
+IPT2XDP_INNER_FIXED_ARRAY(ipt2xdp_inner_cfg, struct ipt2xdp_gen_config, 1);
 IPT2XDP_OUTER(ipt2xdp_g_cfg, ipt2xdp_inner_cfg);
 
 /* slots[s]: action and kind of each rule slot. */
@@ -81,11 +91,11 @@ IPT2XDP_INNER_ARRAY(ipt2xdp_inner_slots, struct ipt2xdp_slot);
 IPT2XDP_OUTER(ipt2xdp_g_slots, ipt2xdp_inner_slots);
 
 /* value_class[IPT2XDP_VC_* + value]: class row of a protocol, port, ICMP type/code, TCP flags. */
-IPT2XDP_INNER_ARRAY(ipt2xdp_inner_value_class, __u32);
+IPT2XDP_INNER_FIXED_ARRAY(ipt2xdp_inner_value_class, __u32, IPT2XDP_VC_ENTRIES);
 IPT2XDP_OUTER(ipt2xdp_g_value_class, ipt2xdp_inner_value_class);
 
 /* addr_dir[field * 65536 + (addr >> 16)]: where to search addr_bounds for one /16 block. */
-IPT2XDP_INNER_ARRAY(ipt2xdp_inner_addr_dir, struct ipt2xdp_addr_dir);
+IPT2XDP_INNER_FIXED_ARRAY(ipt2xdp_inner_addr_dir, struct ipt2xdp_addr_dir, IPT2XDP_ADDR_DIR_ENTRIES);
 IPT2XDP_OUTER(ipt2xdp_g_addr_dir, ipt2xdp_inner_addr_dir);
 
 /* addr_bounds[i]: sorted interval starts (host byte order) and their class rows. */

@@ -17,6 +17,8 @@ SUMMARY_WORDS = 4
 MAX_WORDS = 64 * SUMMARY_WORDS
 MAX_SLOTS = 64 * MAX_WORDS
 WILDCARD_ROW = 0
+EMPTY_ROW = 1
+MAX_GROUPS = 8
 MAX_STEPS = 1024
 ADDR_SEARCH_STEPS = 17
 MAX_COUNTER_STRIDE = 1 << 22
@@ -59,7 +61,9 @@ class State(ctypes.Structure):
 class GenConfig(ctypes.Structure):
     _fields_ = [("generation", ctypes.c_uint64), ("field_mask", ctypes.c_uint32), ("nslots", ctypes.c_uint32),
                 ("counter_stride", ctypes.c_uint32), ("default_action", ctypes.c_uint32),
-                ("default_counter", ctypes.c_uint32), ("iif_default_row", ctypes.c_uint32)]
+                ("default_counter", ctypes.c_uint32), ("iif_default_row", ctypes.c_uint32),
+                ("ngroups", ctypes.c_uint32), ("group_fields", ctypes.c_uint16 * MAX_GROUPS),
+                ("group_row", ctypes.c_uint32 * MAX_GROUPS), ("pad", ctypes.c_uint32)]
 
 
 class AddrDir(ctypes.Structure):
@@ -97,7 +101,7 @@ STRUCTS = {
     "ipt2xdp_addr_bound": AddrBound, "ipt2xdp_class_row": ClassRow,
     "ipt2xdp_slot": Slot, "ipt2xdp_exact_key": ExactKey, "ipt2xdp_counter": Counter,
 }
-_SIZES = {State: 16, GenConfig: 32, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
+_SIZES = {State: 16, GenConfig: 88, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
           Slot: 16, ExactKey: 16, Counter: 16}
 for _cls, _size in _SIZES.items():
     assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
@@ -126,10 +130,11 @@ PROGRAM_NAME = "ipt2xdp_xdp"
 
 # Per-generation maps: logical name (as in compile.Tables) -> shape of the inner map.
 GEN_MAPS = {
-    "cfg": MapShape("ipt2xdp_g_cfg", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(GenConfig), BPF_F_INNER_MAP),
+    # cfg, value_class and addr_dir have a fixed size (no BPF_F_INNER_MAP): their lookups are inlined
+    "cfg": MapShape("ipt2xdp_g_cfg", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(GenConfig)),
     "slots": MapShape("ipt2xdp_g_slots", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Slot), BPF_F_INNER_MAP),
-    "value_class": MapShape("ipt2xdp_g_value_class", BPF_MAP_TYPE_ARRAY, 4, 4, BPF_F_INNER_MAP),
-    "addr_dir": MapShape("ipt2xdp_g_addr_dir", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrDir), BPF_F_INNER_MAP),
+    "value_class": MapShape("ipt2xdp_g_value_class", BPF_MAP_TYPE_ARRAY, 4, 4),
+    "addr_dir": MapShape("ipt2xdp_g_addr_dir", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrDir)),
     "addr_bounds": MapShape("ipt2xdp_g_addr_bounds", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrBound),
                             BPF_F_INNER_MAP),
     "class_rows": MapShape("ipt2xdp_g_class_rows", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ClassRow), BPF_F_INNER_MAP),

@@ -205,17 +205,20 @@ def _domain_max(name: str) -> int:
     return 0xFFFFFFFF  # iif: ifindexes
 
 
-def field_classes(name: str, slots: Sequence[_Slot]) -> Optional[Tuple[List[Tuple[int, int]], List[int]]]:
+def field_classes(name: str, slots: Sequence[_Slot],
+                  participants: Optional[Sequence[int]] = None) -> Optional[Tuple[List[Tuple[int, int]], List[int]]]:
     """Cut the field's domain into intervals with equal slot sets.
 
-    Returns (intervals as (start, class), class bitmaps as ints) or None if no slot constrains it.
-    Absent values (no port, not ICMP, not TCP) sit at the top of the domain and only slots that
-    do not constrain the field match them.
+    Only participant slots (those whose group uses the field; default all) get bits; a participant
+    that leaves the field open gets its bit everywhere. Returns (intervals as (start, class), class
+    bitmaps as ints) or None if no slot constrains the field. Absent values (no port, not ICMP,
+    not TCP) sit at the top of the domain and only slots that leave the field open match them.
     """
     wildcard = 0
     events: Dict[int, int] = {0: 0}
     constrained = False
-    for index, slot in enumerate(slots):
+    for index in (range(len(slots)) if participants is None else participants):
+        slot = slots[index]
         intervals = _constraint_intervals(name, getattr(slot.match, name))
         if intervals is None:
             wildcard |= 1 << index
@@ -242,6 +245,29 @@ def field_classes(name: str, slots: Sequence[_Slot]) -> Optional[Tuple[List[Tupl
         if not intervals or intervals[-1][1] != cls:
             intervals.append((point, cls))
     return intervals, bitmaps
+
+
+def _slot_fields(slot: _Slot) -> int:
+    return sum(1 << f for f, name in enumerate(_FIELDS) if getattr(slot.match, name) is not None)
+
+
+def group_slots(slots: Sequence[_Slot], max_groups: int = abi.MAX_GROUPS) -> List[Tuple[int, List[int]]]:
+    """Group slots by the set of fields they constrain: [(field bits, slot indexes)].
+
+    Beyond max_groups shapes the smallest are merged into one group over the union of their
+    fields; there a slot that leaves one of those fields open is a wildcard in its rows.
+    """
+    by_shape: Dict[int, List[int]] = {}
+    for index, slot in enumerate(slots):
+        by_shape.setdefault(_slot_fields(slot), []).append(index)
+    shapes = sorted(by_shape.items(), key=lambda item: (-len(item[1]), item[0]))
+    if len(shapes) <= max_groups:
+        return shapes
+    kept, rest = shapes[:max_groups - 1], shapes[max_groups - 1:]
+    merged_fields = 0
+    for fields, _ in rest:
+        merged_fields |= fields
+    return kept + [(merged_fields, sorted(i for _, members in rest for i in members))]
 
 
 # --- step 3: encode ------------------------------------------------------------------------------
@@ -302,10 +328,12 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
             return nslots
         return min(rule_to_slot.get(index, nslots - 1), nslots - 1 if overflowed else nslots)
 
-    # per-field classes -> rows; row 0 is the all-ones wildcard row
-    field_mask, row_base, rows_bitmaps, field_intervals = 0, {}, [(1 << abi.MAX_SLOTS) - 1], {}
+    groups = group_slots(slots)
+    # per-field classes -> rows; row 0 is the all-ones wildcard row, row 1 the empty row
+    field_mask, row_base, rows_bitmaps, field_intervals = 0, {}, [(1 << abi.MAX_SLOTS) - 1, 0], {}
     for f, name in enumerate(_FIELDS):
-        result = field_classes(name, slots)
+        participants = sorted(i for fields, members in groups if fields & (1 << f) for i in members)
+        result = field_classes(name, slots, participants) if participants else None
         if result is None:
             continue
         intervals, bitmaps = result
@@ -313,6 +341,11 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         row_base[name] = len(rows_bitmaps)
         rows_bitmaps.extend(bitmaps)
         field_intervals[name] = intervals
+    group_fields, group_rows = [], []
+    for fields, members in groups:
+        group_fields.append(fields & field_mask)
+        group_rows.append(len(rows_bitmaps))
+        rows_bitmaps.append(sum(1 << i for i in members))
 
     maps = {"class_rows": _encode_rows(rows_bitmaps)}
     maps["value_class"] = _encode_value_class(field_intervals, row_base)
@@ -350,7 +383,10 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
     maps["counters"] = MapContents("counters", stride, 4, ctypes.sizeof(abi.Counter))
     cfg = abi.GenConfig(generation=0, field_mask=field_mask, nslots=nslots, counter_stride=stride,
                         default_action=_ACT[default_action.verdict], default_counter=default_counter,
-                        iif_default_row=iif_default_row)
+                        iif_default_row=iif_default_row, ngroups=len(groups))
+    for g, (fields, row) in enumerate(zip(group_fields, group_rows)):
+        cfg.group_fields[g] = fields
+        cfg.group_row[g] = row
     maps["cfg"] = _pack_array("cfg", [bytes(cfg)], ctypes.sizeof(abi.GenConfig))
     for name, shape in abi.GEN_MAPS.items():
         m = maps[name]
@@ -433,6 +469,8 @@ def dump(tables: Tables) -> str:
     cfg = abi.GenConfig.from_buffer_copy(tables.maps["cfg"].values)
     out.append(f"cfg nslots={cfg.nslots} counter_stride={cfg.counter_stride} default_action={cfg.default_action} "
                f"default_counter={cfg.default_counter} iif_default_row={cfg.iif_default_row}")
+    for g in range(cfg.ngroups):
+        out.append(f"group {g}: fields={cfg.group_fields[g]:#x} members=row {cfg.group_row[g]}")
     for i, (_, value) in enumerate(tables.maps["slots"].entries()):
         s = abi.Slot.from_buffer_copy(value)
         out.append(f"slot {i}: counter={s.counter} action={s.action} kind={s.kind} next={s.next} set={s.set_id} "
@@ -458,7 +496,7 @@ def dump(tables: Tables) -> str:
         if tables.field_mask & (1 << abi.F_IIF):
             out.append(f"iif {struct.unpack('=I', key)[0]} -> row {struct.unpack('=I', value)[0]}")
     for i, (_, value) in enumerate(tables.maps["class_rows"].entries()):
-        if i == abi.WILDCARD_ROW:
+        if i in (abi.WILDCARD_ROW, abi.EMPTY_ROW):
             continue
         bitmap = int.from_bytes(value[abi.SUMMARY_WORDS * 8:], "little")
         out.append(f"row {i}: slots {[b for b in range(bitmap.bit_length()) if bitmap >> b & 1]}")

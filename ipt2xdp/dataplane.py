@@ -51,6 +51,10 @@ def require_root() -> None:
         raise LoadError("ipt2xdp needs root to load XDP programs", errno.EPERM, "rerun it as root (sudo)")
 
 
+# Inner maps without BPF_F_INNER_MAP must have exactly the template's size.
+FIXED_INNER_ENTRIES = {"cfg": 1, "value_class": abi.VC_ENTRIES, "addr_dir": abi.ADDR_DIR_ENTRIES}
+
+
 def check_abi(obj: libbpf.BpfObject) -> None:
     """Compare every map of the object with abi.py; AbiMismatch lists every difference."""
     l = libbpf.lib()
@@ -75,6 +79,9 @@ def check_abi(obj: libbpf.BpfObject) -> None:
         compare(shape.name + ".inner", inner, shape)
         if l.bpf_map__map_flags(inner) != shape.map_flags:
             diffs.append(f"{shape.name}.inner: Flags {l.bpf_map__map_flags(inner):#x} != {shape.map_flags:#x}")
+        fixed = FIXED_INNER_ENTRIES.get(name)
+        if fixed is not None and l.bpf_map__max_entries(inner) != fixed:
+            diffs.append(f"{shape.name}.inner: MaxEntries {l.bpf_map__max_entries(inner)} != {fixed}")
     if diffs:
         raise AbiMismatch(diffs)
 
