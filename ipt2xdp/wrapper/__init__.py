@@ -1,0 +1,104 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""ipt2xdp-iptables, ipt2xdp-iptables-save, ipt2xdp-iptables-restore: one program, named by argv[0].
+
+Every call runs the real backend binary with the same arguments, stdin, stdout, stderr and exit
+code. Where nothing needs doing around it (ipt2xdp not loaded here, listing without counters) the
+wrapper exec()s it, so the caller talks to the real tool directly. Imports stay inside functions:
+fail2ban and Docker call iptables hundreds of times and each call pays Python's startup.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+
+def _emit(data: bytes) -> None:
+    sys.stdout.flush()
+    os.write(1, data) if len(data) < 65536 else sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def _iptables(argv0: str, args: List[str], backend: str) -> int:
+    from ipt2xdp.wrapper import cmdline, realbin, sync
+
+    cmd = cmdline.parse_iptables(args)
+    if sync.pin_dir_fast() is None:
+        realbin.exec_real(backend, argv0, args)
+    if cmd.changes_planned_tables:
+        return sync.run_changing(backend, cmd.wait, lambda: realbin.run_real(backend, argv0, args).returncode)
+    zeroing = "Z" in cmd.commands and cmd.table in cmdline.PLANNED_TABLES
+    if not (zeroing or (cmd.wants_counters and cmd.table in cmdline.PLANNED_TABLES)):
+        realbin.exec_real(backend, argv0, args)
+    return _counted_listing(argv0, args, backend, cmd, zeroing)
+
+
+def _counted_listing(argv0, args, backend, cmd, zeroing) -> int:
+    from ipt2xdp.wrapper import realbin, rewrite, sync, xdpcounts
+
+    with sync.wrapper_lock(None):
+        counts = {k: v for k, v in xdpcounts.current().items() if k[0] == cmd.table}
+        listing = "L" in cmd.commands and cmd.verbose
+        if counts and (listing or "S" in cmd.commands and cmd.verbose):
+            real_args = args + ["-x"] if listing and not cmd.exact else args
+            result = realbin.run_real(backend, argv0, real_args, capture_stdout=True)
+            text = result.stdout.decode("utf-8", "surrogateescape")
+            if result.returncode == 0:
+                if listing:
+                    text = rewrite.listing(text, counts, cmd.table, cmd.exact, cmd.line_numbers,
+                                           single=(cmd.chain, cmd.rulenum) if cmd.rulenum else None)
+                else:
+                    text = rewrite.rules(text, counts, cmd.table, cmd.chain, cmd.rulenum)
+            _emit(text.encode("utf-8", "surrogateescape"))
+        else:
+            result = realbin.run_real(backend, argv0, args)
+        if zeroing and result.returncode == 0:
+            xdpcounts.zero(cmd.table, cmd.chain, cmd.rulenum, policy_too=backend == "legacy")
+        return result.returncode
+
+
+def _save(argv0: str, args: List[str], backend: str) -> int:
+    from ipt2xdp.wrapper import realbin, rewrite, sync, xdpcounts
+
+    if sync.pin_dir_fast() is None:
+        realbin.exec_real(backend, argv0, args)
+    counts = xdpcounts.current()
+    if not counts:
+        realbin.exec_real(backend, argv0, args)
+    result = realbin.run_real(backend, argv0, args, capture_stdout=True)
+    text = result.stdout.decode("utf-8", "surrogateescape")
+    if result.returncode == 0:
+        text = rewrite.save(text, counts)
+    _emit(text.encode("utf-8", "surrogateescape"))
+    return result.returncode
+
+
+def _restore(argv0: str, args: List[str], backend: str) -> int:
+    from ipt2xdp.wrapper import cmdline, realbin, sync
+
+    cmd = cmdline.parse_restore(args)
+    if cmd.test or sync.pin_dir_fast() is None:
+        realbin.exec_real(backend, argv0, args)
+    return sync.run_changing(backend, cmd.wait, lambda: realbin.run_real(backend, argv0, args).returncode)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from ipt2xdp.wrapper import realbin
+
+    argv = list(sys.argv if argv is None else argv)
+    name = realbin.applet(argv[0])
+    backend = realbin.backend()
+    try:
+        if name.endswith("-save"):
+            return _save(argv[0], argv[1:], backend)
+        if name.endswith("-restore"):
+            return _restore(argv[0], argv[1:], backend)
+        if name.startswith("iptables") or name.startswith("ip6tables"):
+            if name.startswith("ip6tables"):  # XDP decides IPv4 only: IPv6 is pure pass-through
+                realbin.exec_real(backend, argv[0], argv[1:])
+            return _iptables(argv[0], argv[1:], backend)
+    except BrokenPipeError:
+        return 1
+    # Unknown name: let the real multi-binary say so, in its words.
+    realbin.exec_real(backend, argv[0], argv[1:])
+    return 1

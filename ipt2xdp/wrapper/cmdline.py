@@ -1,0 +1,201 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""What an iptables / iptables-save / iptables-restore command line asks for, without validating it.
+
+The real binary validates and reports errors; this only decides what the wrapper has to do around
+it. Every doubt resolves towards "it may change the ruleset" (a needless re-plan costs time; a
+missed one would leave XDP out of step), never towards "read-only".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Set
+
+# iptables' getopt string: letters that take an argument (required or optional) and so end a cluster.
+_REQUIRED_ARG = set("ACDRIMNEPopsdjitmcg")
+_OPTIONAL_ARG = set("LSFZXhwW")
+_COMMAND_LONG = {
+    "--append": "A", "--check": "C", "--delete": "D", "--replace": "R", "--insert": "I", "--list": "L",
+    "--list-rules": "S", "--flush": "F", "--zero": "Z", "--new-chain": "N", "--new": "N",
+    "--delete-chain": "X", "--rename-chain": "E", "--policy": "P", "--version": "V", "--help": "h",
+}
+READ_ONLY = set("LSCVh")
+# Commands that change rules, chains or policies (-Z changes counters only).
+CHANGING = set("ADRINEPFX")
+# Tables whose contents the planner reads: a change there can change what XDP may decide.
+PLANNED_TABLES = ("filter", "raw", "mangle", "nat")
+
+
+@dataclass
+class Command:
+    commands: Set[str] = field(default_factory=set)
+    table: str = "filter"
+    verbose: bool = False
+    exact: bool = False
+    numeric: bool = False
+    line_numbers: bool = False
+    wait: Optional[float] = None     # None: no -w; 0.0: -w without seconds (wait forever)
+    chain: Optional[str] = None      # first positional argument after -L/-S/-Z
+    rulenum: Optional[int] = None    # second positional argument after -L/-S/-Z
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.commands) and self.commands <= READ_ONLY
+
+    @property
+    def changes_planned_tables(self) -> bool:
+        return bool(self.commands & CHANGING) and self.table in PLANNED_TABLES
+
+    @property
+    def wants_counters(self) -> bool:
+        """Whether the output carries counters XDP's drops must be added to."""
+        return self.verbose and bool(self.commands & {"L", "S"})
+
+
+def _wait_value(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+def parse_iptables(args: List[str]) -> Command:
+    cmd = Command()
+    positional: List[str] = []
+    after_listing = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg.startswith("--"):
+            name, _, value = arg.partition("=")
+            if name in _COMMAND_LONG:
+                cmd.commands.add(_COMMAND_LONG[name])
+                after_listing = _COMMAND_LONG[name] in "LSZ"
+            elif name == "--table" and i < len(args):
+                cmd.table = value or args[i]
+                i += 0 if value else 1
+            elif name == "--verbose":
+                cmd.verbose = True
+            elif name == "--exact":
+                cmd.exact = True
+            elif name == "--numeric":
+                cmd.numeric = True
+            elif name == "--line-numbers":
+                cmd.line_numbers = True
+            elif name == "--wait":
+                cmd.wait = _wait_value(value) if value else 0.0
+                if not value and i < len(args) and args[i][:1].isdigit():
+                    cmd.wait = _wait_value(args[i])
+                    i += 1
+            continue
+        if arg.startswith("-") and len(arg) > 1 and not arg.startswith("!"):
+            letters = arg[1:]
+            for j, letter in enumerate(letters):
+                rest = letters[j + 1:]
+                if letter in "ADRINEPZLSCFXVh":
+                    cmd.commands.add(letter)
+                    after_listing = letter in "LSZ"
+                if letter == "v":
+                    cmd.verbose = True
+                elif letter == "x":
+                    cmd.exact = True
+                elif letter == "n":
+                    cmd.numeric = True
+                if letter in _REQUIRED_ARG:
+                    value = rest
+                    if not value and i < len(args):
+                        value = args[i]
+                        i += 1
+                    if letter == "t":
+                        cmd.table = value
+                    elif letter in "ACDRINEP" and not positional:
+                        cmd.chain = value
+                    break
+                if letter in _OPTIONAL_ARG:
+                    if letter == "w":
+                        if rest:
+                            cmd.wait = _wait_value(rest)
+                        elif i < len(args) and args[i][:1].isdigit():
+                            cmd.wait = _wait_value(args[i])
+                            i += 1
+                        else:
+                            cmd.wait = 0.0
+                    elif rest and letter in "LSZ":
+                        positional.append(rest)
+                    break
+            continue
+        if after_listing:
+            positional.append(arg)
+    if positional and cmd.commands & set("LSZ"):
+        cmd.chain = positional[0]
+        if len(positional) > 1 and positional[1].isdigit():
+            cmd.rulenum = int(positional[1])
+    return cmd
+
+
+@dataclass
+class SaveCommand:
+    counters: bool = False
+    table: Optional[str] = None
+
+
+def parse_save(args: List[str]) -> SaveCommand:
+    cmd = SaveCommand()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg in ("-c", "--counters"):
+            cmd.counters = True
+        elif arg in ("-t", "--table") and i < len(args):
+            cmd.table = args[i]
+            i += 1
+        elif arg.startswith("--table="):
+            cmd.table = arg.split("=", 1)[1]
+        elif arg.startswith("-t") and len(arg) > 2:
+            cmd.table = arg[2:]
+        elif arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:]:
+            cmd.counters = True
+    return cmd
+
+
+@dataclass
+class RestoreCommand:
+    test: bool = False
+    wait: Optional[float] = None
+
+
+def parse_restore(args: List[str]) -> RestoreCommand:
+    cmd = RestoreCommand()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--test":
+            cmd.test = True
+        elif arg.startswith("--wait"):
+            _, _, value = arg.partition("=")
+            cmd.wait = _wait_value(value) if value else 0.0
+            if not value and i < len(args) and args[i][:1].isdigit():
+                cmd.wait = _wait_value(args[i])
+                i += 1
+        elif arg.startswith("-") and not arg.startswith("--"):
+            letters = arg[1:]
+            for j, letter in enumerate(letters):
+                if letter == "t":
+                    cmd.test = True
+                elif letter in "TMW":  # take an argument: the rest of the cluster or the next word
+                    if not letters[j + 1:]:
+                        i += 1
+                    break
+                elif letter == "w":
+                    rest = letters[j + 1:]
+                    if rest:
+                        cmd.wait = _wait_value(rest)
+                    elif i < len(args) and args[i][:1].isdigit():
+                        cmd.wait = _wait_value(args[i])
+                        i += 1
+                    else:
+                        cmd.wait = 0.0
+                    break
+    return cmd

@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The real iptables the wrapper stands in front of, found without running anything.
+
+Startup cost matters (fail2ban and Docker call iptables hundreds of times), so the backend is
+found from files: IPT2XDP_BACKEND, then the backend `ipt2xdp alternatives install` recorded, then
+where /usr/sbin/iptables resolves to now. Running `iptables --version` (backend.active_backend())
+would be slower and, once the wrapper is the alternative, would run the wrapper itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import List, Optional
+
+SBIN = os.environ.get("IPT2XDP_SBIN", "/usr/sbin")
+STATE_FILE = os.environ.get("IPT2XDP_ALT_STATE", "/var/lib/ipt2xdp/alternatives.json")
+
+
+def recorded() -> Optional[dict]:
+    """What `ipt2xdp alternatives install` recorded, or None."""
+    try:
+        with open(STATE_FILE) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _from_link() -> Optional[str]:
+    target = os.path.basename(os.path.realpath(os.path.join(SBIN, "iptables")))
+    if "nft" in target:
+        return "nft"
+    if "legacy" in target:
+        return "legacy"
+    return None
+
+
+def backend() -> str:
+    override = os.environ.get("IPT2XDP_BACKEND")
+    if override in ("nft", "legacy"):
+        return override
+    state = recorded()
+    if state and state.get("backend") in ("nft", "legacy"):
+        return state["backend"]
+    found = _from_link()
+    if found:
+        return found
+    from ipt2xdp import backend as backends  # last resort: ask the binary
+
+    return backends.active_backend()
+
+
+def multi_binary(name: str) -> str:
+    """xtables-<backend>-multi: it picks its applet from argv[0], so we choose argv[0] freely."""
+    return os.path.join(SBIN, f"xtables-{name}-multi")
+
+
+def applet(argv0: str) -> str:
+    """The applet name the real multi-binary gets: what the caller typed, minus our prefix, so that
+    messages and version strings are the ones the caller would have seen from the real tool."""
+    base = os.path.basename(argv0)
+    if base.startswith("ipt2xdp-"):
+        base = base[len("ipt2xdp-"):]
+    return base
+
+
+def exec_real(name: str, argv0: str, args: List[str]) -> None:
+    """Replace this process with the real tool: byte-identical by construction."""
+    os.execv(multi_binary(name), [applet(argv0)] + list(args))
+
+
+def run_real(name: str, argv0: str, args: List[str], capture_stdout: bool = False) -> subprocess.CompletedProcess:
+    """Run the real tool on our stdin/stderr (and stdout unless captured); return its result."""
+    return subprocess.run([applet(argv0)] + list(args), executable=multi_binary(name),
+                          stdout=subprocess.PIPE if capture_stdout else None)

@@ -1,0 +1,176 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Keep XDP in step with a change made through the real iptables.
+
+Order (DESIGN §2, "updates are atomic"): XDP defers everything before the real command runs, so
+no packet is judged by the old plan against the new ruleset; after the command succeeds the plan
+is rebuilt from what the kernel now holds (exactly `ipt2xdp import --live` on the devices already
+attached) and the flip to it ends deferring. If the command failed, netfilter is unchanged and the
+old plan is still exact, so deferring simply ends. If re-planning fails, XDP keeps deferring:
+slower, never wrong.
+
+The whole sequence runs under the wrapper's lock, so two callers (Docker and fail2ban at once)
+never interleave "change, re-read, apply": the later one re-reads after the earlier one's change.
+It is a separate file from pins.lock(), which loader.apply() takes inside; flock locks on two
+open files of the same path would deadlock one process.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import sys
+import types
+from typing import Iterator, Optional
+
+LOCK_DIR = "/run/lock"
+
+
+def pin_dir_fast() -> Optional[str]:
+    """This namespace's pin directory if ipt2xdp is loaded here, else None; cheap on the common path."""
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            netns = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
+    except OSError:
+        netns = os.stat("/proc/self/ns/net").st_ino
+    root = os.environ.get("IPT2XDP_BPFFS")
+    if root is None and os.path.isdir("/sys/fs/bpf/ipt2xdp"):
+        root = "/sys/fs/bpf"
+    if root is None:  # bpffs hidden (ip netns exec): the full search
+        from ipt2xdp import pins
+        from ipt2xdp.errors import LoadError
+
+        try:
+            root = pins.bpffs_root()
+        except LoadError:
+            return None
+    path = os.path.join(root, "ipt2xdp", str(netns))
+    return path if os.path.exists(os.path.join(path, "prog")) else None
+
+
+class LockTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def wrapper_lock(wait: Optional[float]) -> Iterator[None]:
+    """Serialise wrapper updates in this namespace. wait: None or 0 = wait forever (what Debian's
+    iptables 1.8.9 does with and without -w), N = give up after N seconds like `-w N`."""
+    from ipt2xdp import pins
+
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    path = os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{pins.netns_id()}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if wait:
+            def expired(signum, frame):
+                raise LockTimeout()
+            old = signal.signal(signal.SIGALRM, expired)
+            signal.setitimer(signal.ITIMER_REAL, wait)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except LockTimeout:
+                raise
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _note(message: str) -> None:
+    print(f"ipt2xdp: {message}", file=sys.stderr)
+
+
+def was_deferring() -> bool:
+    from ipt2xdp import loader
+
+    return bool(loader.status().get("deferring_all"))
+
+
+def begin() -> bool:
+    """Defer everything before netfilter changes; returns whether XDP was enforcing before."""
+    from ipt2xdp import loader
+
+    enforcing = not was_deferring()
+    loader.defer_all(True)
+    return enforcing
+
+
+def abort(enforcing_before: bool) -> None:
+    """The real command failed: netfilter is unchanged, the old plan is exact again."""
+    from ipt2xdp import loader
+
+    if enforcing_before:
+        loader.defer_all(False)
+
+
+def replan(backend_name: str) -> None:
+    """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
+    carrying XDP's per-rule counts over to the new plan."""
+    from ipt2xdp import backend as backends
+    from ipt2xdp import loader, planstore, report
+    from ipt2xdp.commands.import_ import _offload
+    from ipt2xdp.hostinfo import read_host_context
+    from ipt2xdp.parse import parse
+    from ipt2xdp.wrapper import xdpcounts
+
+    info = loader.status()
+    if not info.get("loaded"):
+        return
+    old_key = info.get("ruleset", {}).get("source_digest")
+    old_plan = planstore.load(old_key)
+    devices = sorted(info.get("devices", {}))
+    modes = {d["mode"] for d in info.get("devices", {}).values()}
+    text = backends.save(backend_name)
+    ruleset = parse(text, f"<iptables-{backend_name}-save>")
+    host = read_host_context(attached=devices)
+    args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto")
+    # Counts up to now; drops between this read and the flip are lost (microseconds, all deferred).
+    before = xdpcounts.current()
+    _offload(ruleset, host, devices, args, backend_name, report)
+    new_key = loader.status().get("ruleset", {}).get("source_digest")
+    if new_key and new_key != old_key:
+        xdpcounts.carry(before, old_plan, planstore.load(new_key), new_key)
+    elif new_key:
+        # Same ruleset text (e.g. a rule added and removed): positions are unchanged.
+        xdpcounts.save_adjust(new_key, before)
+
+
+def run_changing(backend_name: str, wait: Optional[float], command) -> int:
+    """Run command() (returns the real tool's exit code) with XDP deferring, then bring XDP in step."""
+    try:
+        lock = wrapper_lock(wait)
+        lock.__enter__()
+    except LockTimeout:
+        # The same words and exit code as the real tool when the xtables lock stays busy.
+        print("Another app is currently holding the xtables lock. "
+              f"Stopped waiting after {int(wait) if wait == int(wait) else wait}s.", file=sys.stderr)
+        return 4
+    try:
+        try:
+            enforcing = begin()
+        except Exception as error:  # noqa: BLE001 - never block the firewall change on XDP
+            _note(f"could not make XDP defer ({error}); leaving it untouched")
+            return command()
+        rc = command()
+        if rc != 0:
+            abort(enforcing)
+            return rc
+        try:
+            replan(backend_name)
+        except Exception as error:  # noqa: BLE001 - XDP stays deferring: slower, never wrong
+            _note(f"XDP keeps deferring everything to netfilter: re-planning failed: {error}")
+        return rc
+    finally:
+        lock.__exit__(None, None, None)
+
+
+__all__ = ["pin_dir_fast", "wrapper_lock", "run_changing", "replan", "LockTimeout", "errno"]

@@ -1,0 +1,94 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The wrapper's pure parts: what a command line asks for, and counter rewriting in iptables' format."""
+import pytest
+
+from ipt2xdp.wrapper import cmdline, realbin, rewrite
+
+
+@pytest.mark.parametrize("args, changing, read_only", [
+    (["-w", "-C", "f2b-sshd", "-j", "RETURN"], False, True),
+    (["-w", "-N", "f2b-sshd"], True, False),
+    (["-w", "-I", "f2b-sshd", "1", "-s", "192.0.2.7", "-j", "REJECT", "--reject-with", "icmp-port-unreachable"],
+     True, False),
+    (["-nvL"], False, True),
+    (["-L", "INPUT", "-v", "-x", "--line-numbers"], False, True),
+    (["-S", "-v"], False, True),
+    (["--version"], False, True),
+    (["-t", "nat", "-A", "PREROUTING", "-j", "DOCKER"], True, False),
+    (["-t", "security", "-A", "INPUT", "-j", "ACCEPT"], False, False),
+    (["--append", "INPUT", "-j", "ACCEPT"], True, False),
+    (["-Z"], False, False),
+    (["--bogus"], False, False),
+    (["-A", "INPUT", "-m", "comment", "--comment", "-L", "-j", "ACCEPT"], True, False),
+])
+def test_classifies_commands(args, changing, read_only):
+    cmd = cmdline.parse_iptables(args)
+    assert cmd.changes_planned_tables is changing
+    assert cmd.read_only is read_only
+
+
+def test_listing_options_and_positionals():
+    cmd = cmdline.parse_iptables(["-L", "INPUT", "3", "-v", "-n", "-x", "--line-numbers", "-w", "5"])
+    assert (cmd.chain, cmd.rulenum, cmd.verbose, cmd.exact, cmd.line_numbers, cmd.wait) == ("INPUT", 3, True, True, True, 5.0)
+    assert cmdline.parse_iptables(["-t", "raw", "-Z", "PREROUTING"]).table == "raw"
+    assert cmdline.parse_iptables(["-Z", "INPUT", "2"]).rulenum == 2
+    assert cmdline.parse_iptables(["-w"]).wait == 0.0
+
+
+def test_save_and_restore_options():
+    assert cmdline.parse_save(["-c"]).counters and cmdline.parse_save(["-t", "nat"]).table == "nat"
+    assert cmdline.parse_restore(["-t"]).test and cmdline.parse_restore(["--test"]).test
+    assert not cmdline.parse_restore(["-n", "-T", "filter"]).test
+    assert cmdline.parse_restore(["-w", "3", "-n"]).wait == 3.0
+
+
+def test_applet_name_drops_our_prefix():
+    assert realbin.applet("/usr/sbin/ipt2xdp-iptables-save") == "iptables-save"
+    assert realbin.applet("/usr/sbin/iptables") == "iptables"
+
+
+@pytest.mark.parametrize("value, text", [
+    (0, "    0 "), (99999, "99999 "), (100000, " 100K "), (1234567, "1235K "), (987654321, " 988M "),
+    (123456789012, " 123G "), (9999499, "9999K "), (9999500, "  10M "),
+])
+def test_abbreviation_matches_xtables_print_num(value, text):
+    assert rewrite.abbreviate(value) == text
+
+
+EXACT = ("Chain INPUT (policy ACCEPT 5 packets, 100 bytes)\n"
+         "num      pkts      bytes target     prot opt in     out     source               destination         \n"
+         "1           0        0 DROP       17   --  *      *       0.0.0.0/0            0.0.0.0/0            udp dpt:99\n"
+         "2           3      120 ACCEPT     0    --  *      *       0.0.0.0/0            0.0.0.0/0           \n")
+
+
+def test_listing_adds_counts_exact_and_abbreviated():
+    counts = {("filter", "INPUT", 1): (7, 294), ("filter", "INPUT", 0): (1, 1)}
+    out = rewrite.listing(EXACT, counts, "filter", exact=True, line_numbers=True)
+    assert out.splitlines()[0] == "Chain INPUT (policy ACCEPT 6 packets, 101 bytes)"
+    assert out.splitlines()[2].startswith("1           7      294 DROP       17   --")
+    assert out.splitlines()[3] == EXACT.splitlines()[3]
+    short = rewrite.listing(EXACT, {("filter", "INPUT", 1): (200000, 0)}, "filter", exact=False, line_numbers=True)
+    lines = short.splitlines()
+    assert lines[1].startswith("num   pkts bytes target     prot")
+    assert lines[2].startswith("1     200K     0 DROP       17")
+    assert lines[3].startswith("2        3   120 ACCEPT")
+
+
+def test_listing_of_one_rule():
+    line = "       0        0 DROP       17   --  *      *       0.0.0.0/0            0.0.0.0/0            udp dpt:99\n"
+    out = rewrite.listing(line, {("filter", "INPUT", 2): (4, 40)}, "filter", True, False, single=("INPUT", 2))
+    assert out.startswith("       4       40 DROP")
+
+
+def test_rules_and_save_add_counts():
+    s = ('-P INPUT ACCEPT -c 1 2\n-A INPUT -p udp -m udp --dport 99 -c 0 0 -j DROP\n'
+         '-A INPUT -m comment --comment "x -c 5 5" -c 3 4 -j LOG --log-prefix "a"\n')
+    out = rewrite.rules(s, {("filter", "INPUT", 0): (1, 1), ("filter", "INPUT", 2): (1, 1)}, "filter", None, None)
+    assert out.splitlines() == ["-P INPUT ACCEPT -c 2 3", s.splitlines()[1],
+                                '-A INPUT -m comment --comment "x -c 5 5" -c 4 5 -j LOG --log-prefix "a"']
+    saved = ("*filter\n:INPUT ACCEPT [1:2]\n:X - [0:0]\n[0:0] -A INPUT -j X\n[0:0] -A X -s 1.2.3.4/32 -j DROP\nCOMMIT\n")
+    counts = {("filter", "INPUT", 1): (3, 30), ("filter", "X", 1): (3, 30), ("filter", "INPUT", 0): (2, 2)}
+    assert rewrite.save(saved, counts) == ("*filter\n:INPUT ACCEPT [3:4]\n:X - [0:0]\n[3:30] -A INPUT -j X\n"
+                                           "[3:30] -A X -s 1.2.3.4/32 -j DROP\nCOMMIT\n")
+    plain = "*filter\n:INPUT ACCEPT [1:2]\n-A INPUT -j X\nCOMMIT\n"
+    assert rewrite.save(plain, counts) == "*filter\n:INPUT ACCEPT [3:4]\n-A INPUT -j X\nCOMMIT\n"
