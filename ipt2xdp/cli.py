@@ -17,7 +17,7 @@ from ipt2xdp import __version__
 from ipt2xdp.errors import EXIT_OTHER, Ipt2xdpError, ParseError, render_diagnostics
 
 # Order is the order shown in --help.
-COMMANDS = ("import", "status", "detach", "fmt", "check", "demo")
+COMMANDS = ("import", "status", "detach", "fmt", "check", "demo", "alternatives")
 
 EPILOG = """examples:
   ipt2xdp check /etc/iptables/rules.v4          validate a ruleset, errors with file:line:col
@@ -26,6 +26,7 @@ EPILOG = """examples:
   ipt2xdp import --live --dry-run               show, rule by rule, what XDP would decide
   ipt2xdp status                                devices, generation and per-rule XDP counters
   ipt2xdp detach --all                          leave netfilter alone in charge
+  ipt2xdp alternatives install                  make `iptables` the wrapper that keeps XDP in step
 """
 
 

@@ -1,0 +1,202 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""`ipt2xdp alternatives install|remove|status`: put the wrapper behind the `iptables` names.
+
+Registered with update-alternatives, never by overwriting files, so dpkg/rpm keep owning the real
+binaries and an iptables upgrade cannot silently drop the wrapper (priority 100 > nft 20 > legacy
+10). Debian has one `iptables` group with slaves iptables-save/-restore; Fedora/RHEL have one
+`iptables` group whose followers include the ip6tables names. Every slave the group has keeps a
+target: the iptables-save/-restore slaves get the wrapper, any other (ip6tables*) keeps the path
+the previously selected alternative gave it, so IPv6 tools keep working unchanged.
+
+Before switching, the backend the group pointed to is recorded (realbin.STATE_FILE): the wrapper
+runs that real binary, since `iptables` is the wrapper itself afterwards. remove restores the
+previous selection (manual or auto).
+
+--altdir/--admindir/--log/--sbin exist for tests: the host's alternatives stay untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+HELP = "register the iptables wrapper with update-alternatives (install, remove, status)"
+GROUP = "iptables"
+PRIORITY = 100
+
+
+def add_arguments(parser):
+    parser.add_argument("action", choices=("install", "remove", "status"))
+    parser.add_argument("--altdir", help="update-alternatives --altdir (tests)")
+    parser.add_argument("--admindir", help="update-alternatives --admindir (tests)")
+    parser.add_argument("--log", help="update-alternatives --log (tests)")
+    parser.add_argument("--wrapper-dir", help="where ipt2xdp-iptables* are (default: beside this python)")
+    parser.add_argument("--state", help="where to record the previous backend (default /var/lib/ipt2xdp)")
+    parser.add_argument("--json", action="store_true", help="status as JSON")
+
+
+def _ua(args) -> List[str]:
+    tool = shutil.which("update-alternatives") or shutil.which("alternatives")
+    if tool is None:
+        from ipt2xdp.errors import Ipt2xdpError
+
+        raise Ipt2xdpError("neither update-alternatives nor alternatives is installed")
+    argv = [tool]
+    for option in ("altdir", "admindir", "log"):
+        if getattr(args, option):
+            argv += [f"--{option}", getattr(args, option)]
+    return argv
+
+
+def _call(args, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(_ua(args) + list(extra), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        from ipt2xdp.errors import Ipt2xdpError
+
+        raise Ipt2xdpError(f"update-alternatives {' '.join(extra)} failed: {result.stderr.strip()}")
+    return result
+
+
+def query(args) -> Optional[dict]:
+    """The group as {link, status, value, slaves: {name: link}, alternatives: {path: {priority, slaves}}}."""
+    result = _call(args, "--query", GROUP, check=False)
+    if result.returncode != 0:
+        return None
+    group: dict = {"slaves": {}, "alternatives": {}}
+    current = None
+    section = None
+    for line in result.stdout.splitlines():
+        if not line.strip():
+            current, section = None, None
+            continue
+        if line.startswith(" ") and section == "slaves":
+            name, path = line.split(None, 1)
+            (current["slaves"] if current is not None else group["slaves"])[name] = path
+            continue
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "Link":
+            group["link"] = value
+        elif key == "Status":
+            group["status"] = value
+        elif key == "Value":
+            group["value"] = value
+        elif key == "Alternative":
+            current = group["alternatives"].setdefault(value, {"slaves": {}})
+        elif key == "Priority" and current is not None:
+            current["priority"] = int(value)
+        elif key == "Slaves":
+            section = "slaves"
+    return group
+
+
+def _backend_of(path: Optional[str]) -> Optional[str]:
+    name = os.path.basename(path or "")
+    return "nft" if "nft" in name else "legacy" if "legacy" in name else None
+
+
+def _wrapper_dir(args) -> str:
+    if args.wrapper_dir:
+        return args.wrapper_dir
+    beside = os.path.dirname(sys.executable)  # the venv's bin/, where pip put the console scripts
+    if os.path.exists(os.path.join(beside, "ipt2xdp-iptables")):
+        return beside
+    found = shutil.which("ipt2xdp-iptables")
+    return os.path.dirname(found) if found else "/usr/sbin"
+
+
+def _state_file(args) -> str:
+    if args.state:
+        return args.state
+    from ipt2xdp.wrapper import realbin
+
+    return realbin.STATE_FILE
+
+
+def install(args) -> int:
+    group = query(args)
+    if group is None:
+        from ipt2xdp.errors import Ipt2xdpError
+
+        raise Ipt2xdpError("no `iptables` alternatives group: is the iptables package installed?")
+    directory = _wrapper_dir(args)
+    wrapper = os.path.join(directory, "ipt2xdp-iptables")
+    if group.get("value") == wrapper:
+        print(f"ipt2xdp: {wrapper} is already the iptables alternative")
+        return 0
+    backend = _backend_of(group.get("value"))
+    if backend is None:
+        from ipt2xdp.errors import Ipt2xdpError
+
+        raise Ipt2xdpError(f"iptables points to {group.get('value')}, neither -nft nor -legacy; not touching it")
+    previous_slaves = group["alternatives"].get(group.get("value"), {}).get("slaves", {})
+    extra: List[str] = []
+    for name, link in sorted(group["slaves"].items()):
+        if name in ("iptables-save", "iptables-restore"):
+            target = os.path.join(directory, f"ipt2xdp-{name}")
+        else:
+            target = previous_slaves.get(name)  # ip6tables* on Fedora: keep the real ones
+        if target:
+            extra += ["--slave", link, name, target]
+    state = {"backend": backend, "previous_value": group.get("value"), "previous_status": group.get("status"),
+             "wrapper": wrapper}
+    path = _state_file(args)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+    _call(args, "--install", group["link"], GROUP, wrapper, str(PRIORITY), *extra)
+    # A manual selection is not overridden by priority: select the wrapper explicitly.
+    _call(args, "--set", GROUP, wrapper)
+    print(f"ipt2xdp: iptables -> {wrapper} (running iptables-{backend}); undo with `ipt2xdp alternatives remove`")
+    return 0
+
+
+def remove(args) -> int:
+    path = _state_file(args)
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        state = {}
+    group = query(args) or {}
+    wrapper = state.get("wrapper") or os.path.join(_wrapper_dir(args), "ipt2xdp-iptables")
+    if wrapper in group.get("alternatives", {}):
+        _call(args, "--remove", GROUP, wrapper)
+    previous = state.get("previous_value")
+    if state.get("previous_status") == "manual" and previous:
+        _call(args, "--set", GROUP, previous)
+    elif group:
+        _call(args, "--auto", GROUP)
+    if os.path.exists(path):
+        os.unlink(path)
+    now = (query(args) or {}).get("value")
+    print(f"ipt2xdp: iptables -> {now}")
+    return 0
+
+
+def status(args) -> int:
+    group = query(args) or {}
+    path = _state_file(args)
+    try:
+        with open(path) as f:
+            state: Dict = json.load(f)
+    except (OSError, ValueError):
+        state = {}
+    installed = any(os.path.basename(p) == "ipt2xdp-iptables" for p in group.get("alternatives", {}))
+    info = {"installed": installed, "selected": os.path.basename(group.get("value") or "") == "ipt2xdp-iptables",
+            "value": group.get("value"), "status": group.get("status"), "recorded": state}
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        print(f"iptables -> {info['value']} ({info['status']}); wrapper "
+              f"{'registered' if installed else 'not registered'}"
+              + (f", runs iptables-{state['backend']}" if state.get("backend") else ""))
+    return 0
+
+
+def run(args) -> int:
+    return {"install": install, "remove": remove, "status": status}[args.action](args)
