@@ -15,7 +15,8 @@ Shapes:
           Every rule owns its address block, so the probe for rule i matches rule i first.
           Beyond the classifier's slot capacity (abi.MAX_SLOTS) the rest is compiled with
           overflow="defer" and reported as such.
-kernel.bpf_stats_enabled is set to 0 while timing (it adds 20-45 ns per run) and restored after.
+kernel.bpf_stats_enabled is set to 0 while timing (it adds 20-45 ns per run) and restored after;
+the process is pinned to one CPU (BPF_PROG_TEST_RUN runs on the caller's CPU), --cpu.
 Writes bench/out/prog_run-<time>.json. Each figure is the median of --rounds runs of --repeat.
 """
 from __future__ import annotations
@@ -103,13 +104,15 @@ def measure(prog_fd: int, packet: bytes, repeat: int, rounds: int):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=2_000_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cpu", type=int, default=1)
     parser.add_argument("--sizes", default="1,1000,10000,100000")
     parser.add_argument("--shapes", default="exact5,mixed")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    os.sched_setaffinity(0, {args.cpu})
 
     with open(STATS_SYSCTL) as f:
         stats_before = f.read().strip()
@@ -117,7 +120,7 @@ def main() -> int:
         "kernel": platform.release(), "cpu": _cpu_model(), "ncpus": os.cpu_count(),
         "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True).stdout.strip(),
-        "repeat": args.repeat, "rounds": args.rounds, "bpf_stats_enabled_during_timing": 0,
+        "repeat": args.repeat, "rounds": args.rounds, "bpf_stats_enabled_during_timing": 0, "cpu": args.cpu,
         "method": "BPF_PROG_TEST_RUN, same packet repeated, median of rounds; ns/packet as reported "
                   "by the kernel (duration field)"},
         "empty_drop": [], "runs": []}

@@ -303,8 +303,10 @@ static __always_inline __u32 to_xdp(__u32 action)
 struct match_ctx {
 	struct generation gen;
 	struct packet_fields *pkt;
-	struct ipt2xdp_class_row *rows[IPT2XDP_NUM_FIELDS]; /* the wildcard row for unused fields */
-	struct ipt2xdp_class_row *members[IPT2XDP_MAX_GROUPS]; /* the empty row for unused groups */
+	/* Fields no group uses and groups past ngroups are never read (group_fields masks them, the
+	 * group loop stops at ngroups); they hold any valid row so the verifier sees one map. */
+	struct ipt2xdp_class_row *rows[IPT2XDP_NUM_FIELDS];
+	struct ipt2xdp_class_row *members[IPT2XDP_MAX_GROUPS];
 	__u64 cand[IPT2XDP_SUMMARY_WORDS]; /* words where some group may have a matching slot */
 	__u32 nslots;
 	__u32 k; /* next slot that may match */
@@ -431,7 +433,7 @@ static __always_inline void candidate_words(struct match_ctx *m)
 /* Classify with the generation in force. Returns the stat reason; *verdict is the XDP action. */
 static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 {
-	struct ipt2xdp_class_row *wildcard, *empty, *row;
+	struct ipt2xdp_class_row *any_row, *row;
 	struct ipt2xdp_gen_config *cfg;
 	struct ipt2xdp_state *state;
 	struct match_ctx m = {};
@@ -449,17 +451,15 @@ static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 	/* group geometry is read from cfg, never copied into match_ctx: copies refined by branches
 	 * multiplied the states in which the verifier had to check the step callback */
 	cfg = gen->cfg;
-	/* Rows 0 and 1 of the generation's own class_rows, not a global map: if the pointers in
-	 * match_ctx could point into two different maps, the verifier would have to check the step
-	 * callback once per combination. */
+	if (!cfg->nslots || !cfg->ngroups)
+		goto no_slot_left;
 	rows = gen_map(&ipt2xdp_g_class_rows, gen);
 	if (!rows)
 		return IPT2XDP_STAT_LOOKUP_FAIL;
-	row_index = IPT2XDP_WILDCARD_ROW;
-	wildcard = bpf_map_lookup_elem(rows, &row_index);
-	row_index = IPT2XDP_EMPTY_ROW;
-	empty = bpf_map_lookup_elem(rows, &row_index);
-	if (!wildcard || !empty)
+	/* group 0 always exists when there are slots: its member row stands in for unused entries */
+	row_index = cfg->group_row[0];
+	any_row = bpf_map_lookup_elem(rows, &row_index);
+	if (!any_row)
 		return IPT2XDP_STAT_LOOKUP_FAIL;
 	m.pkt = pkt;
 	m.nslots = cfg->nslots;
@@ -467,7 +467,7 @@ static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 
 #pragma unroll
 	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
-		m.rows[f] = wildcard;
+		m.rows[f] = any_row;
 		if (!(mask & (1U << f)))
 			continue;
 		if (field_row(gen, pkt, f, &row_index) < 0)
@@ -479,8 +479,8 @@ static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 	}
 #pragma unroll
 	for (g = 0; g < IPT2XDP_MAX_GROUPS; g++) {
-		m.members[g] = empty;
-		if (g >= cfg->ngroups)
+		m.members[g] = any_row;
+		if (g >= cfg->ngroups || g == 0)
 			continue;
 		row_index = cfg->group_row[g];
 		row = bpf_map_lookup_elem(rows, &row_index);
@@ -495,12 +495,14 @@ static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 		return IPT2XDP_STAT_BUDGET;
 	if (m.stat != IPT2XDP_STAT_CLASSIFIED)
 		return m.stat;
-	if (m.done == 2) {
-		m.action = cfg->default_action;
-		m.counter = cfg->default_counter;
+	if (m.done == 1) {
+		count_rule(gen, m.counter, pkt);
+		*verdict = to_xdp(m.action);
+		return IPT2XDP_STAT_CLASSIFIED;
 	}
-	count_rule(gen, m.counter, pkt);
-	*verdict = to_xdp(m.action);
+no_slot_left:
+	count_rule(gen, cfg->default_counter, pkt);
+	*verdict = to_xdp(cfg->default_action);
 	return IPT2XDP_STAT_CLASSIFIED;
 }
 

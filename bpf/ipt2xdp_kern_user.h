@@ -17,12 +17,11 @@
 #define IPT2XDP_SUMMARY_WORDS 4 /* one summary bit per 64-bit bitmap word */
 #define IPT2XDP_MAX_WORDS (64 * IPT2XDP_SUMMARY_WORDS) /* 256 bitmap words per class row */
 #define IPT2XDP_MAX_SLOTS (64 * IPT2XDP_MAX_WORDS) /* 16384 */
-#define IPT2XDP_WILDCARD_ROW 0 /* class_rows[0]: every bit set; unconstrained fields use it */
-#define IPT2XDP_EMPTY_ROW 1 /* class_rows[1]: no bit set; the members of unused groups */
 #define IPT2XDP_MAX_GROUPS 8 /* shape groups: slots constraining the same set of fields */
 /* Upper bounds on work per packet; running out means XDP_PASS (netfilter decides). */
 #define IPT2XDP_MAX_STEPS 1024 /* steps: a candidate word, a set probe or a CONTINUE jump each */
 #define IPT2XDP_MAX_COUNTER_STRIDE (1U << 22) /* counters per CPU: rule ids stay below it */
+#define IPT2XDP_MAX_BOUNDS (1U << 18) /* addr_bounds entries (src and dst intervals together) */
 #define IPT2XDP_ADDR_SEARCH_STEPS 17 /* binary search within one /16 block (< 2^17 bounds) */
 
 /* Fields (bits of gen_config.field_mask); mirrors ipt2xdp.classifier.Field. */

@@ -87,7 +87,7 @@ IPT2XDP_INNER_FIXED_ARRAY(ipt2xdp_inner_cfg, struct ipt2xdp_gen_config, 1);
 IPT2XDP_OUTER(ipt2xdp_g_cfg, ipt2xdp_inner_cfg);
 
 /* slots[s]: action and kind of each rule slot. */
-IPT2XDP_INNER_ARRAY(ipt2xdp_inner_slots, struct ipt2xdp_slot);
+IPT2XDP_INNER_FIXED_ARRAY(ipt2xdp_inner_slots, struct ipt2xdp_slot, IPT2XDP_MAX_SLOTS);
 IPT2XDP_OUTER(ipt2xdp_g_slots, ipt2xdp_inner_slots);
 
 /* value_class[IPT2XDP_VC_* + value]: class row of a protocol, port, ICMP type/code, TCP flags. */
@@ -99,10 +99,11 @@ IPT2XDP_INNER_FIXED_ARRAY(ipt2xdp_inner_addr_dir, struct ipt2xdp_addr_dir, IPT2X
 IPT2XDP_OUTER(ipt2xdp_g_addr_dir, ipt2xdp_inner_addr_dir);
 
 /* addr_bounds[i]: sorted interval starts (host byte order) and their class rows. */
-IPT2XDP_INNER_ARRAY(ipt2xdp_inner_addr_bounds, struct ipt2xdp_addr_bound);
+IPT2XDP_INNER_FIXED_ARRAY(ipt2xdp_inner_addr_bounds, struct ipt2xdp_addr_bound, IPT2XDP_MAX_BOUNDS);
 IPT2XDP_OUTER(ipt2xdp_g_addr_bounds, ipt2xdp_inner_addr_bounds);
 
-/* class_rows[row]: the rule bitmap and summary of one class (row 0: the wildcard row). */
+/* class_rows[row]: the rule bitmap and summary of one class, and the member bitmaps of groups.
+ * Sized per generation (BPF_F_INNER_MAP): rows follow the ruleset and are 2 KiB each. */
 IPT2XDP_INNER_ARRAY(ipt2xdp_inner_class_rows, struct ipt2xdp_class_row);
 IPT2XDP_OUTER(ipt2xdp_g_class_rows, ipt2xdp_inner_class_rows);
 

@@ -16,12 +16,11 @@ DEFER_ALL = 0xFFFFFFFF
 SUMMARY_WORDS = 4
 MAX_WORDS = 64 * SUMMARY_WORDS
 MAX_SLOTS = 64 * MAX_WORDS
-WILDCARD_ROW = 0
-EMPTY_ROW = 1
 MAX_GROUPS = 8
 MAX_STEPS = 1024
 ADDR_SEARCH_STEPS = 17
 MAX_COUNTER_STRIDE = 1 << 22
+MAX_BOUNDS = 1 << 18
 
 F_SRC, F_DST, F_PROTO, F_SPORT, F_DPORT, F_IIF, F_ICMP, F_TCP_FLAGS = range(8)
 NUM_FIELDS = 8
@@ -51,6 +50,10 @@ DEFAULT_COUNTER = 0xFFFFFFFF   # the default action (chain policy)
 OVERFLOW_COUNTER = 0xFFFFFFFE  # the catch-all DEFER slot that replaces rules beyond capacity
 
 BPF_F_INNER_MAP = 1 << 12
+
+# Fixed max_entries of the inner maps that have no BPF_F_INNER_MAP (compile sizes them exactly).
+FIXED_INNER_ENTRIES = {"cfg": 1, "slots": MAX_SLOTS, "value_class": VC_ENTRIES, "addr_dir": ADDR_DIR_ENTRIES,
+                       "addr_bounds": MAX_BOUNDS}
 
 
 # --- structs -------------------------------------------------------------------------------------
@@ -130,13 +133,13 @@ PROGRAM_NAME = "ipt2xdp_xdp"
 
 # Per-generation maps: logical name (as in compile.Tables) -> shape of the inner map.
 GEN_MAPS = {
-    # cfg, value_class and addr_dir have a fixed size (no BPF_F_INNER_MAP): their lookups are inlined
+    # cfg, slots, value_class, addr_dir and addr_bounds have a fixed size (no BPF_F_INNER_MAP), so
+    # the verifier inlines their lookups; the rest are sized per generation.
     "cfg": MapShape("ipt2xdp_g_cfg", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(GenConfig)),
-    "slots": MapShape("ipt2xdp_g_slots", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Slot), BPF_F_INNER_MAP),
+    "slots": MapShape("ipt2xdp_g_slots", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Slot)),
     "value_class": MapShape("ipt2xdp_g_value_class", BPF_MAP_TYPE_ARRAY, 4, 4),
     "addr_dir": MapShape("ipt2xdp_g_addr_dir", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrDir)),
-    "addr_bounds": MapShape("ipt2xdp_g_addr_bounds", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrBound),
-                            BPF_F_INNER_MAP),
+    "addr_bounds": MapShape("ipt2xdp_g_addr_bounds", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(AddrBound)),
     "class_rows": MapShape("ipt2xdp_g_class_rows", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ClassRow), BPF_F_INNER_MAP),
     # max_entries = counter_stride * possible CPUs (the loader multiplies)
     "counters": MapShape("ipt2xdp_g_counters", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Counter), BPF_F_INNER_MAP),

@@ -329,8 +329,8 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         return min(rule_to_slot.get(index, nslots - 1), nslots - 1 if overflowed else nslots)
 
     groups = group_slots(slots)
-    # per-field classes -> rows; row 0 is the all-ones wildcard row, row 1 the empty row
-    field_mask, row_base, rows_bitmaps, field_intervals = 0, {}, [(1 << abi.MAX_SLOTS) - 1, 0], {}
+    # per-field classes -> rows, then one member row per group
+    field_mask, row_base, rows_bitmaps, field_intervals = 0, {}, [], {}
     for f, name in enumerate(_FIELDS):
         participants = sorted(i for fields, members in groups if fields & (1 << f) for i in members)
         result = field_classes(name, slots, participants) if participants else None
@@ -376,6 +376,7 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         next_slot = slot_of_rule(slot.action.target) if slot.action.verdict == Verdict.CONTINUE else 0
         slot_values.append(_encode_slot(slot, set_id, next_slot))
     maps["slots"] = _pack_array("slots", slot_values, ctypes.sizeof(abi.Slot))
+    maps["slots"].max_entries = abi.MAX_SLOTS
     maps["exact_set"] = MapContents("exact_set", max(1, len(set_keys)), ctypes.sizeof(abi.ExactKey), 4,
                                     b"".join(set_keys), b"".join(set_values))
 
@@ -399,6 +400,7 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
 def _encode_rows(rows_bitmaps: List[int]) -> MapContents:
     """Each row: summary (bit w: word w nonzero), then the bitmap words, little-endian u64s."""
     values = []
+    rows_bitmaps = rows_bitmaps or [0]  # an empty ruleset still gets a (never read) row
     full = (1 << abi.MAX_SLOTS) - 1
     for bitmap in rows_bitmaps:
         raw = (bitmap & full).to_bytes(abi.MAX_WORDS * 8, "little")
@@ -436,10 +438,13 @@ def _encode_addresses(field_intervals, row_base) -> Tuple[MapContents, MapConten
             first = bisect.bisect_right(starts, lo) - 1          # interval containing lo
             last = bisect.bisect_right(starts, lo + 0xFFFF) - 1  # interval containing the block's end
             struct.pack_into("=II", directory, (f * 65536 + block) * 8, base + first, last - first)
-    if not bounds:
-        bounds = [(0, 0)]
+    if len(bounds) > abi.MAX_BOUNDS:
+        raise CapacityError(f"the address constraints need {len(bounds)} interval bounds, XDP holds "
+                            f"{abi.MAX_BOUNDS}; leave some address rules to netfilter")
     blob = b"".join(struct.pack("=II", s, r) for s, r in bounds)
-    return (_dense_array("addr_dir", bytes(directory), 8), _dense_array("addr_bounds", blob, 8))
+    bounds_map = _dense_array("addr_bounds", blob, 8)
+    bounds_map.max_entries = abi.MAX_BOUNDS
+    return (_dense_array("addr_dir", bytes(directory), 8), bounds_map)
 
 
 def _encode_iif(field_intervals, row_base, named: Sequence[int]) -> Tuple[MapContents, int]:
@@ -496,8 +501,6 @@ def dump(tables: Tables) -> str:
         if tables.field_mask & (1 << abi.F_IIF):
             out.append(f"iif {struct.unpack('=I', key)[0]} -> row {struct.unpack('=I', value)[0]}")
     for i, (_, value) in enumerate(tables.maps["class_rows"].entries()):
-        if i in (abi.WILDCARD_ROW, abi.EMPTY_ROW):
-            continue
         bitmap = int.from_bytes(value[abi.SUMMARY_WORDS * 8:], "little")
         out.append(f"row {i}: slots {[b for b in range(bitmap.bit_length()) if bitmap >> b & 1]}")
     return "\n".join(out) + "\n"

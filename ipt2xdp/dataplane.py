@@ -51,8 +51,7 @@ def require_root() -> None:
         raise LoadError("ipt2xdp needs root to load XDP programs", errno.EPERM, "rerun it as root (sudo)")
 
 
-# Inner maps without BPF_F_INNER_MAP must have exactly the template's size.
-FIXED_INNER_ENTRIES = {"cfg": 1, "value_class": abi.VC_ENTRIES, "addr_dir": abi.ADDR_DIR_ENTRIES}
+FIXED_INNER_ENTRIES = abi.FIXED_INNER_ENTRIES  # inner maps without BPF_F_INNER_MAP keep the template's size
 
 
 def check_abi(obj: libbpf.BpfObject) -> None:
