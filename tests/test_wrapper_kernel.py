@@ -104,6 +104,11 @@ def setup(request):
     backend = request.param
     with netns.veth_pair() as pair:
         for ns in (pair.sender, pair.receiver):
+            if backend == "legacy":
+                # Legacy iptables instantiates a table on first use, listing and -C included; start
+                # with all four so a read-only command cannot change the ruleset text under the plan.
+                for table in ("filter", "nat", "mangle", "raw"):
+                    real(ns, backend, ["iptables", "-t", table, "-S"])
             ns.run(["ipset", "-exist", "create", "f2b-ips", "hash:ip", "timeout", "0", "maxelem", "65536"])
         r = pair.receiver.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", "import",
                                "--live", "--iface", pair.receiver_if], check=False)
