@@ -180,19 +180,34 @@ def run_once(ruleset: str, corpus: Corpus, backend: str = "legacy", attach: Opti
              forwarding: bool = False, receiver_if: str = RECEIVER_IF) -> Run:
     """Load `ruleset`, optionally attach XDP, send `corpus`, return each probe's fate."""
     start = time.monotonic()
+    mode = getattr(attach, "reuse_mode", None)
+    if mode is not None:  # ipt2xdp: re-import onto a receiver kept with the program attached
+        from compat_tests import reuse
+
+        bed = reuse.bed(backend, mode, forwarding, receiver_if)
+        bed.reset(corpus.local_addrs)
+        return _exchange(bed, ruleset, corpus, backend, attach, start)
     with Testbed(corpus.local_addrs, receiver_if=receiver_if, forwarding=forwarding) as bed:
-        bed.load(ruleset, backend)
-        if attach is not None:
+        return _exchange(bed, ruleset, corpus, backend, attach, start)
+
+
+def _exchange(bed: Testbed, ruleset: str, corpus: Corpus, backend: str, attach: Optional[Attach],
+              start: float) -> Run:
+    bed.load(ruleset, backend)
+    if attach is not None:
+        if getattr(attach, "takes_backend", False):
+            attach(bed.receiver, bed.receiver_if, backend=backend)
+        else:
             attach(bed.receiver, bed.receiver_if)
-        ends = bed.endpoints(corpus.protocols)
-        flows = []
-        try:
-            flows = open_flows(bed.receiver.path, corpus.flows)
-            observation = ends.exchange(corpus.probes)
-        finally:
-            ends.close()
-            for s in flows:
-                s.close()
+    ends = bed.endpoints(corpus.protocols)
+    flows = []
+    try:
+        flows = open_flows(bed.receiver.path, corpus.flows)
+        observation = ends.exchange(corpus.probes)
+    finally:
+        ends.close()
+        for s in flows:
+            s.close()
     return Run(backend, attach is not None, observation, time.monotonic() - start)
 
 
@@ -250,19 +265,26 @@ def compare(ruleset: str, corpus: Corpus, backends: Sequence[str] = ("legacy", "
     return Comparison(ruleset, corpus, runs, disagreements)
 
 
-def ipt2xdp_attach(mode: str = "native", backend: str = "auto") -> Attach:
-    """The ipt2xdp side: `ipt2xdp import --live --iface IF --mode MODE` inside the receiver namespace.
+def ipt2xdp_attach(mode: str = "native", backend: Optional[str] = None, reuse: bool = True) -> Attach:
+    """The ipt2xdp side: `ipt2xdp import --live --iface IF --mode MODE --backend B` in the receiver.
 
-    mode is "native" or "generic" ("skb" is taken as "generic").
+    mode is "native" or "generic" ("skb" is taken as "generic"). backend None means the backend the
+    run loaded (run_once passes it): with both iptables backends installed "auto" would pick the
+    system's alternative, which may not be the one holding the ruleset, and ipt2xdp would then plan
+    an empty ruleset. reuse: keep the receiver (and the attached program) for the next ruleset
+    and re-import there (compat_tests.reuse); False attaches to a fresh testbed every time.
     """
     mode = {"skb": "generic"}.get(mode, mode)
 
-    def attach(receiver: netns.Namespace, receiver_if: str) -> None:
+    def attach(receiver: netns.Namespace, receiver_if: str, backend: Optional[str] = backend) -> None:
         argv = [sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", receiver_if, "--mode", mode,
-                "--backend", backend]
+                "--backend", backend or "auto"]
         result = receiver.run(argv, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"ipt2xdp import failed (exit {result.returncode}): {result.stderr.strip()}")
+    attach.takes_backend = True
+    if reuse:
+        attach.reuse_mode = mode
     return attach
 
 
