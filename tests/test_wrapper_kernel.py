@@ -189,3 +189,33 @@ def test_xdp_drops_appear_in_listings_and_survive_changes_and_zero(setup):
     lines = wrapped(ns, backend, "iptables", ["-L", "-v", "-x", "-n"]).stdout.splitlines()
     assert lines[2].split()[0] == "7"
     assert wrapped(ns, backend, "iptables", ["-L", "BL", "-v", "-x", "-n"]).stdout.splitlines()[3].split()[0] == "0"
+
+
+def test_concurrent_callers_lose_no_update(setup):
+    import subprocess
+    backend, pair = setup
+    ns = pair.receiver
+    procs = [subprocess.Popen(ns.argv(["env", f"IPT2XDP_BACKEND={backend}", str(BIN / "ipt2xdp-iptables"), "-w",
+                                       "-A", "INPUT", "-s", f"198.51.100.{i}", "-j", "DROP"]))
+             for i in range(1, 7)]
+    assert [p.wait() for p in procs] == [0] * 6
+    state = in_step(ns, backend)
+    assert state == dict(state, deferring=False, key_matches=True, same=True)
+    assert real(ns, backend, ["iptables", "-S", "INPUT"]).stdout.count("198.51.100.") == 6
+
+
+def test_wait_gives_up_like_the_real_tool_when_the_wrapper_lock_is_busy(setup):
+    import fcntl
+    import os
+    from ipt2xdp import pins
+    backend, pair = setup
+    path = f"/run/lock/ipt2xdp-wrapper-{pins.netns_id_of(pair.receiver.path)}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        got = wrapped(pair.receiver, backend, "iptables", ["-w", "1", "-A", "INPUT", "-j", "ACCEPT"])
+    finally:
+        os.close(fd)
+    assert got.returncode == 4
+    assert got.stderr == "Another app is currently holding the xtables lock. Stopped waiting after 1s.\n"
+    assert "-A INPUT -j ACCEPT" not in real(pair.receiver, backend, ["iptables", "-S"]).stdout
