@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ipt2xdp import loader, pins
+from ipt2xdp import abi, loader, pins
 from ipt2xdp.classifier import ACCEPT, DROP, ClassifierRule, IntervalSet, Match
 from ipt2xdp.compile import compile
 from ipt2xdp.netns import veth_pair
@@ -162,10 +162,7 @@ def test_killed_updates_leave_old_or_new_and_never_drop_common_traffic():
         p.close()
 
 
-STEPS = [f"filled {n}" for n in ("cfg", "slots", "value_class", "addr_dir", "addr_bounds", "class_summary",
-                                 "class_chunks", "counters", "iif_class", "exact_set")] + \
-        [f"installed {n}" for n in ("cfg", "slots", "value_class", "addr_dir", "addr_bounds", "class_summary",
-                                    "class_chunks", "counters", "iif_class", "exact_set")] + ["flipped"]
+STEPS = [f"filled {n}" for n in abi.GEN_MAPS] + [f"installed {n}" for n in abi.GEN_MAPS] + ["flipped"]
 
 
 def test_kill_at_every_step_of_the_update():
