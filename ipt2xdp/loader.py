@@ -165,8 +165,13 @@ def read_counters() -> Dict[int, Tuple[int, int]]:
         dp.close()
 
 
-def status() -> dict:
-    """What is loaded in this network namespace, as a JSON-ready dict."""
+def status(live_source_digest: Optional[str] = None) -> dict:
+    """What is loaded in this network namespace, as a JSON-ready dict.
+
+    Args:
+        live_source_digest: digest of the ruleset netfilter holds now (computed by the caller the
+            same way as apply()'s source_digest); adds "in_sync": whether XDP was built from it.
+    """
     directory = pins.pin_dir()
     out = {"netns": pins.netns_id(), "pin_dir": directory, "loaded": False}
     dp = Dataplane.open_pinned(directory)
@@ -191,6 +196,8 @@ def status() -> dict:
                    ruleset=dp.read_meta(slot), devices=attachments, stats=dp.read_stats(),
                    counters={("default" if k == abi.DEFAULT_COUNTER else "overflow" if k == abi.OVERFLOW_COUNTER
                               else str(k)): {"packets": p, "bytes": b} for k, (p, b) in sorted(counters.items())})
+        if live_source_digest is not None:
+            out["in_sync"] = out["ruleset"].get("source_digest") == live_source_digest
         return out
     finally:
         dp.close()

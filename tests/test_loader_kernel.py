@@ -132,3 +132,30 @@ def test_not_root_gets_a_one_line_message(pair):
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 4, r.stderr
     assert r.stderr.count("\n") == 1 and "EPERM" in r.stderr and "root" in r.stderr
+
+
+def test_status_and_detach_commands(pair):
+    import json
+    p = pair
+    with inside(p.receiver):
+        loader.apply(compile(RULES, ACCEPT), [p.receiver_if], "generic", source_digest="abc")
+        assert loader.status(live_source_digest="abc")["in_sync"] is True
+        assert loader.status(live_source_digest="other")["in_sync"] is False
+    send_udp(p.sender, p.receiver_ip, DROPPED_PORT, count=3)
+    time.sleep(0.1)
+    cli = [sys.executable, "-m", "ipt2xdp"]
+    out = json.loads(p.receiver.run(cli + ["status", "--json"]).stdout)
+    assert out["loaded"] and out["generation"] == 1 and out["counters"]["0"]["packets"] == 3
+    assert out["devices"][p.receiver_if]["live_mode"] == "generic" and out["stats"]["drop"] == 3
+    text = p.receiver.run(cli + ["status"]).stdout
+    assert "generation 1" in text and f"device {p.receiver_if}" in text
+    bad = p.receiver.run(cli + ["detach", "--iface", "nosuch0"], check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "ENODEV" in bad.stderr
+    done = p.receiver.run(cli + ["detach", "--iface", p.receiver_if])
+    assert f"detached from {p.receiver_if}" in done.stdout
+    with inside(p.receiver):
+        assert devices.attached(devices.ifindex(p.receiver_if)) == (0, 0)
+        assert loader.status()["loaded"], "--iface keeps the pins; --all removes them"
+    p.receiver.run(cli + ["detach", "--all"])
+    with inside(p.receiver):
+        assert not loader.status()["loaded"]
