@@ -6,15 +6,17 @@ Knobs (environment), read by the tests and by `python -m compat_tests.differenti
   IPT2XDP_COMPAT_PROBES    probes per ruleset (default 200)
   IPT2XDP_COMPAT_SEED      first seed (default 0), so a CI failure can be replayed alone
   IPT2XDP_COMPAT_ATTACH    none (netfilter alone twice: checks the harness), native or generic (ipt2xdp)
+  IPT2XDP_COMPAT_WORKERS   seeds checked in parallel (default 4), each worker with its own namespaces
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from compat_tests import harness, packets, rulegen
 
@@ -74,6 +76,56 @@ def check_seed(seed: int, attach: Optional[harness.Attach] = None, backends: Seq
     return failure
 
 
+def _worker(seeds: Sequence[int], attach_name: str, backends: Sequence[str], n_probes: int, out) -> None:
+    from compat_tests import reuse
+
+    try:
+        attach = attach_from_env(attach_name)
+        for seed in seeds:
+            try:
+                failure = check_seed(seed, attach, backends, n_probes)
+                out.put((seed, failure.report() if failure else None))
+            except Exception as error:  # a harness or import error fails the seed, not the whole run
+                out.put((seed, f"seed {seed}: {type(error).__name__}: {error}"))
+    finally:
+        reuse.close_all()  # forked workers do not run atexit handlers
+        out.put(None)
+
+
+def run_seeds(seeds: Sequence[int], attach_name: str = "none", backends: Sequence[str] = ("legacy", "nft"),
+              n_probes: int = 200, workers: Optional[int] = None, progress=None) -> List[str]:
+    """Check seeds in `workers` processes; returns the failure reports in seed order.
+
+    Why parallel: an import spends most of its time waiting for RCU grace periods (map-in-map
+    updates), not on a CPU, so several workers overlap their waits. Runs stay exact: every worker
+    has its own namespaces, and the exchange itself never depends on timing.
+    """
+    workers = max(1, min(workers or env_int("IPT2XDP_COMPAT_WORKERS", 4), len(seeds)))
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(list(seeds[i::workers]), attach_name, tuple(backends), n_probes, out))
+             for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    reports, seen, running = {}, set(), workers
+    while running:
+        item = out.get()
+        if item is None:
+            running -= 1
+            continue
+        seed, report = item
+        seen.add(seed)
+        if report:
+            reports[seed] = report
+        if progress:
+            progress(seed, report, len(seen))
+    for proc in procs:
+        proc.join()
+    for seed in set(seeds) - seen:  # a worker killed mid-run must not pass for a clean run
+        reports[seed] = f"seed {seed}: never reported (worker died)"
+    return [reports[s] for s in sorted(reports)]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The long run: `python -m compat_tests.differential --rulesets 2000 --attach native`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,17 +134,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=env_int("IPT2XDP_COMPAT_SEED", 0))
     parser.add_argument("--attach", default=os.environ.get("IPT2XDP_COMPAT_ATTACH", "none"))
     parser.add_argument("--backends", default="legacy,nft")
+    parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
-    attach, backends = attach_from_env(args.attach), args.backends.split(",")
-    start, failures = time.monotonic(), 0
-    for seed in range(args.seed, args.seed + args.rulesets):
-        failure = check_seed(seed, attach, backends, args.probes)
-        if failure:
-            failures += 1
-            print(failure.report(), file=sys.stderr, flush=True)
+    backends = args.backends.split(",")
+    seeds = range(args.seed, args.seed + args.rulesets)
+    start = time.monotonic()
+
+    def progress(seed, report, done):
+        if report:
+            print(report, file=sys.stderr, flush=True)
+        if done % 100 == 0:
+            print(f"  {done}/{len(seeds)} rulesets, {time.monotonic() - start:.0f} s", flush=True)
+
+    failures = len(run_seeds(seeds, args.attach, backends, args.probes, args.workers, progress))
     elapsed = time.monotonic() - start
-    print(f"{args.rulesets} rulesets x {args.probes} probes x {len(backends)} backends, attach={args.attach}: "
-          f"{failures} failing seed(s), {elapsed:.0f} s")
+    print(f"{args.rulesets} rulesets x {args.probes} probes x {len(backends)} backends, attach={args.attach}, "
+          f"{args.workers or env_int('IPT2XDP_COMPAT_WORKERS', 4)} workers: {failures} failing seed(s), {elapsed:.0f} s")
     return 1 if failures else 0
 
 
