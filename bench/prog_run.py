@@ -120,7 +120,7 @@ def main() -> int:
         "kernel": platform.release(), "cpu": _cpu_model(), "ncpus": os.cpu_count(),
         "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True).stdout.strip(),
-        "repeat": args.repeat, "rounds": args.rounds, "bpf_stats_enabled_during_timing": 0, "cpu": args.cpu,
+        "repeat": args.repeat, "rounds": args.rounds, "bpf_stats_enabled_during_timing": 0, "pinned_cpu": args.cpu,
         "method": "BPF_PROG_TEST_RUN, same packet repeated, median of rounds; ns/packet as reported "
                   "by the kernel (duration field)"},
         "empty_drop": [], "runs": []}

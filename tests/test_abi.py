@@ -74,3 +74,37 @@ def test_classifier_enums_match_abi():
         abi.ACT_DROP, abi.ACT_ACCEPT, abi.ACT_DEFER, abi.ACT_CONTINUE)
     assert [Field.SRC, Field.DST, Field.PROTO, Field.SPORT, Field.DPORT, Field.IIF, Field.ICMP, Field.TCP_FLAGS] == \
         list(range(abi.NUM_FIELDS))
+
+
+def test_load_time_check_lists_every_difference(monkeypatch):
+    """The loader compares every map of the object with abi.py before loading (cilium style)."""
+    import dataclasses
+
+    from ipt2xdp import libbpf
+    from ipt2xdp.dataplane import check_abi
+    from ipt2xdp.errors import AbiMismatch
+
+    obj = libbpf.BpfObject(str(bpf_object_path()))
+    try:
+        check_abi(obj)  # the shipped object agrees
+        shapes = dict(abi.GEN_MAPS)
+        shapes["slots"] = dataclasses.replace(shapes["slots"], value_size=24)
+        shapes["exact_set"] = dataclasses.replace(shapes["exact_set"], key_size=12)
+        monkeypatch.setattr(abi, "GEN_MAPS", shapes)
+        with pytest.raises(AbiMismatch) as info:
+            check_abi(obj)
+        assert info.value.differences == ["ipt2xdp_g_slots.inner: ValueSize 16 != 24",
+                                          "ipt2xdp_g_exact_set.inner: KeySize 16 != 12"]
+        assert info.value.exit_code == 3 and "rebuild" in str(info.value)
+    finally:
+        obj.close()
+
+
+def test_missing_bpffs_is_a_one_line_error(monkeypatch, tmp_path):
+    from ipt2xdp import pins
+    from ipt2xdp.errors import LoadError
+
+    monkeypatch.setenv("IPT2XDP_BPFFS", str(tmp_path))
+    with pytest.raises(LoadError) as info:
+        pins.pin_dir()
+    assert "mount -t bpf bpf /sys/fs/bpf" in str(info.value) and "\n" not in str(info.value)
