@@ -9,10 +9,13 @@ Atomic generations. Each per-generation map is an ARRAY_OF_MAPS with two slots. 
   3. stores the inner maps into the inactive slot of every outer map;
   4. flips state.active to that slot: one u32 store, the only thing a packet reads to choose;
   5. waits again, so on return no packet reads the old slot; the old inner maps are released.
-The barrier is an update of a throwaway ARRAY_OF_MAPS: for every map-in-map update the kernel
-calls maybe_wait_bpf_programs() -> synchronize_rcu() before the syscall returns (kernel/bpf/
-syscall.c, since Linux 4.20; XDP runs inside an RCU read-side section). A crash before step 4
-leaves the old generation in force; after it, the new one. Nothing else is ever half-visible.
+The barrier is an update of a throwaway ARRAY_OF_MAPS: after every successful update of an
+ARRAY_OF_MAPS or HASH_OF_MAPS the kernel calls maybe_wait_bpf_programs(), which runs
+synchronize_rcu() (synchronize_rcu_expedited() in newer trees) before the syscall returns
+(kernel/bpf/syscall.c; XDP runs inside an RCU read-side section, in native and generic mode and
+under BPF_PROG_TEST_RUN). tests/test_loader_kill.py checks the effect on this kernel: an updater
+parked or killed at every step leaves exactly the old or the new ruleset in force. A crash
+before step 4 leaves the old generation in force; after it, the new one.
 """
 from __future__ import annotations
 
