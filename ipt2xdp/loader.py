@@ -36,6 +36,16 @@ def _stderr_notice(message: str) -> None:
     print(f"ipt2xdp: {message}", file=sys.stderr)
 
 
+def _remove_stale_tmp(directory: str) -> None:
+    """Pin directories a killed first apply left half made (<dir>-tmp<pid>, pid gone): unpin them."""
+    parent, name = os.path.split(directory)
+    for entry in os.listdir(parent):
+        if entry.startswith(name + "-tmp"):
+            pid = entry[len(name) + 4:]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                pins.remove_tree(os.path.join(parent, entry))
+
+
 def _open_or_load(directory: str, object_path: Optional[str]) -> Tuple[Dataplane, bool]:
     dp = Dataplane.open_pinned(directory)
     if dp is not None:
@@ -70,6 +80,7 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
     directory = pins.pin_dir()
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     with pins.lock():
+        _remove_stale_tmp(directory)
         dp, fresh = _open_or_load(directory, object_path)
         newly: List[str] = []
         try:
@@ -165,12 +176,14 @@ def read_counters() -> Dict[int, Tuple[int, int]]:
         dp.close()
 
 
-def status(live_source_digest: Optional[str] = None) -> dict:
+def status(live_source_digest: Optional[str] = None, include_counters: bool = True) -> dict:
     """What is loaded in this network namespace, as a JSON-ready dict.
 
     Args:
         live_source_digest: digest of the ruleset netfilter holds now (computed by the caller the
             same way as apply()'s source_digest); adds "in_sync": whether XDP was built from it.
+        include_counters: False skips reading the per-rule counters (the one part whose cost
+            grows with the ruleset: one batch read of rules x CPUs entries); "counters" is {}.
     """
     directory = pins.pin_dir()
     out = {"netns": pins.netns_id(), "pin_dir": directory, "loaded": False}
@@ -190,7 +203,7 @@ def status(live_source_digest: Optional[str] = None) -> dict:
                 live = "native" if native == our_id else "generic" if generic == our_id else None
             attachments[name] = {"ifindex": info["ifindex"], "mode": info["mode"], "attached": live is not None,
                                  "live_mode": live}
-        counters = dp.read_counters()
+        counters = dp.read_counters() if include_counters else {}
         out.update(loaded=True, program_id=our_id, object_sha=record.get("object_sha", ""),
                    deferring_all=st.active >= abi.GEN_SLOTS, generation=st.generation, active_slot=slot,
                    ruleset=dp.read_meta(slot), devices=attachments, stats=dp.read_stats(),
