@@ -99,3 +99,27 @@ def test_large_blocklist_compiles_fast():
     t = compile(blocklist(100_000), ACCEPT)
     assert t.slot_count == 1 and t.maps["exact_set"].count == 100_000
     assert time.monotonic() - started < 10
+
+
+# --- golden dump (nftables .payload style): the map contents of a small classifier ---------------
+GOLDEN = __import__("pathlib").Path(__file__).parent / "compile" / "small.maps"
+
+
+def golden_classifier():
+    tcp = frozenset({6})
+    return [
+        ClassifierRule(Match(src=IntervalSet.cidr("10.0.0.0/8"), proto=tcp, dport=IntervalSet.single(22)), DROP, 0),
+        ClassifierRule(Match(proto=frozenset({17}), dport=IntervalSet.single(53)), ACCEPT, 1),
+        ClassifierRule(Match(iif=frozenset({2})), CONTINUE(4), 2),
+        ClassifierRule(Match(proto=tcp), DEFER, 3),
+    ] + blocklist(4, 4)
+
+
+def test_golden_dump():
+    """IPT2XDP_UPDATE_GOLDEN=1 rewrites tests/compile/small.maps; review the diff."""
+    import os
+    text = "\n".join(f"# {r.rule_id}: {r.match} -> {r.action!r}" for r in golden_classifier()) + "\n"
+    text += compile(golden_classifier(), ACCEPT).dump()
+    if os.environ.get("IPT2XDP_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert GOLDEN.read_text() == text
