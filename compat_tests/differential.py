@@ -5,7 +5,8 @@ Knobs (environment), read by the tests and by `python -m compat_tests.differenti
   IPT2XDP_COMPAT_RULESETS  how many seeded rulesets (default 20 in the test suite)
   IPT2XDP_COMPAT_PROBES    probes per ruleset (default 200)
   IPT2XDP_COMPAT_SEED      first seed (default 0), so a CI failure can be replayed alone
-  IPT2XDP_COMPAT_ATTACH    none (netfilter alone twice: checks the harness), native or generic (ipt2xdp)
+  IPT2XDP_COMPAT_ATTACH    native (default) or generic: ipt2xdp import --live; none: netfilter alone
+                           twice (checks the harness)
   IPT2XDP_COMPAT_WORKERS   seeds checked in parallel (default 4), each worker with its own namespaces
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ def env_int(name: str, default: int) -> int:
 
 
 def attach_from_env(value: Optional[str] = None) -> Optional[harness.Attach]:
-    value = value or os.environ.get("IPT2XDP_COMPAT_ATTACH", "none")
+    value = value or os.environ.get("IPT2XDP_COMPAT_ATTACH", "native")
     if value == "none":
         return None
     if value in ("native", "generic", "skb"):
@@ -132,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--rulesets", type=int, default=env_int("IPT2XDP_COMPAT_RULESETS", 2000))
     parser.add_argument("--probes", type=int, default=env_int("IPT2XDP_COMPAT_PROBES", 200))
     parser.add_argument("--seed", type=int, default=env_int("IPT2XDP_COMPAT_SEED", 0))
-    parser.add_argument("--attach", default=os.environ.get("IPT2XDP_COMPAT_ATTACH", "none"))
+    parser.add_argument("--attach", default=os.environ.get("IPT2XDP_COMPAT_ATTACH", "native"))
     parser.add_argument("--backends", default="legacy,nft")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)

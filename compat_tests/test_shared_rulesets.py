@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Every ruleset in ../shared/rulesets that iptables accepts loads (missing chains and ipsets declared)
-and goes through the harness on both backends, netfilter alone compared with itself.
+and goes through the harness on both backends, netfilter alone compared with netfilter + ipt2xdp
+(IPT2XDP_COMPAT_ATTACH, default native; none compares netfilter alone with itself).
 
 Files iptables refuses are listed in REFUSED with the reason; a file that loads although listed, or
 fails although not listed, fails the test, so the list cannot silently hide a regression.
