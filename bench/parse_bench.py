@@ -13,6 +13,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench.common import stamp, use_tree  # noqa: E402
+
+use_tree()
+
 from ipt2xdp.netns import create_namespace, delete_namespace  # noqa: E402
 from ipt2xdp.parse import lark_parser, parse  # noqa: E402
 from ipt2xdp.render import render  # noqa: E402
@@ -58,30 +62,42 @@ def best_of(runs: int, fn):
     return min(times), result
 
 
-def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+def run(n: int = 100_000, repeats: int = 3, log=print) -> dict:
     start = time.perf_counter()
     lark_parser()
     grammar_load = time.perf_counter() - start
-    print(f"grammar load (once per process): {grammar_load * 1000:.0f} ms")
+    log(f"  grammar load (once per process): {grammar_load * 1000:.0f} ms")
+    res = {"meta": {**stamp(), "method": {"rules": n, "ipt2xdp": f"best of {repeats}",
+                                          "iptables": "one run of `iptables-*-restore --test` in a private namespace",
+                                          "roundtrip": "render(parse(x)) == x asserted"}},
+           "grammar_s": grammar_load, "rulesets": {}}
     ns = create_namespace("bench") if os.geteuid() == 0 else None
     try:
         for name, make in (("blocklist", blocklist), ("mixed", mixed)):
             text = make(n)
-            t_parse, ruleset = best_of(3, lambda: parse(text, name))
-            t_render, out = best_of(3, lambda: render(ruleset))
+            t_parse, ruleset = best_of(repeats, lambda: parse(text, name))
+            t_render, out = best_of(repeats, lambda: render(ruleset))
             assert out == text, f"{name}: render(parse(x)) != x"
-            line = f"{name:9s} {n} rules, {len(text) / 1e6:.1f} MB: parse {t_parse:.2f} s, print {t_render:.2f} s"
+            row = {"rules": n, "mb": len(text) / 1e6, "parse_s": t_parse, "print_s": t_render}
+            line = f"  {name:9s} {n} rules, {len(text) / 1e6:.1f} MB: parse {t_parse:.2f} s, print {t_render:.2f} s"
             for binary in ("iptables-legacy-restore", "iptables-nft-restore"):
                 if ns is None:
                     continue
                 t_ipt, result = best_of(1, lambda: ns.run([binary, "--test"], check=False, input=text))
                 status = "" if result.returncode == 0 else f" (exit {result.returncode})"
+                row[binary] = t_ipt if result.returncode == 0 else None
                 line += f", {binary} --test {t_ipt:.2f} s{status}"
-            print(line)
+            res["rulesets"][name] = row
+            log(line)
     finally:
         if ns is not None:
             delete_namespace(ns.name)
+    return res
+
+
+def main() -> int:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    run(n)
     return 0
 
 

@@ -34,6 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import stamp, use_tree  # noqa: E402
+
+use_tree()
+
 from scapy.all import IP, TCP, UDP, Ether, raw  # noqa: E402
 
 from ipt2xdp import abi, libbpf  # noqa: E402
@@ -102,25 +106,13 @@ def measure(prog_fd: int, packet: bytes, repeat: int, rounds: int):
     return statistics.median(runs), verdict
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--cpu", type=int, default=1)
-    parser.add_argument("--sizes", default="1,1000,10000,100000")
-    parser.add_argument("--shapes", default="exact5,mixed")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    os.sched_setaffinity(0, {args.cpu})
-
+def run(sizes=(1, 1000, 10000, 100000), shapes=("exact5", "mixed"), repeat=1_000_000, rounds=7, cpu=1,
+        log=print) -> dict:
+    os.sched_setaffinity(0, {cpu})
     with open(STATS_SYSCTL) as f:
         stats_before = f.read().strip()
     results = {"meta": {
-        "kernel": platform.release(), "cpu": _cpu_model(), "ncpus": os.cpu_count(),
-        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True).stdout.strip(),
-        "repeat": args.repeat, "rounds": args.rounds, "bpf_stats_enabled_during_timing": 0, "pinned_cpu": args.cpu,
+        **stamp(), "repeat": repeat, "rounds": rounds, "bpf_stats_enabled_during_timing": 0, "pinned_cpu": cpu,
         "method": "BPF_PROG_TEST_RUN, same packet repeated, median of rounds; ns/packet as reported "
                   "by the kernel (duration field)"},
         "empty_drop": [], "runs": []}
@@ -131,7 +123,7 @@ def main() -> int:
     try:
         with open(STATS_SYSCTL, "w") as f:
             f.write("0")
-        for shape in args.shapes.split(","):
+        for shape in shapes:
             make_rule, make_probe = SHAPES[shape]
             for n in sizes:
                 started = time.monotonic()
@@ -141,36 +133,45 @@ def main() -> int:
                 started = time.monotonic()
                 dp.apply_generation(tables)
                 apply_s = time.monotonic() - started
-                kept = n - tables.overflowed_rules
                 probes = {"first": make_probe(0), "middle": make_probe(n // 2), "last": make_probe(n - 1),
                           "none": NO_MATCH}
                 row = {"shape": shape, "rules": n, "slots": tables.slot_count, "sets": tables.set_count,
                        "rules_beyond_capacity": tables.overflowed_rules, "compile_s": round(compile_s, 2),
                        "apply_s": round(apply_s, 2), "ns": {}, "verdict": {}}
                 for where, packet in probes.items():
-                    ns, verdict = measure(dp.prog_fd, packet, args.repeat, args.rounds)
+                    ns, verdict = measure(dp.prog_fd, packet, repeat, rounds)
                     row["ns"][where] = ns
                     row["verdict"][where] = {1: "DROP", 2: "PASS"}.get(verdict, verdict)
                 # the empty program in the same run, next to each configuration
-                e_ns, _ = measure(empty_fd, NO_MATCH, args.repeat, args.rounds)
+                e_ns, _ = measure(empty_fd, NO_MATCH, repeat, rounds)
                 results["empty_drop"].append(e_ns)
                 row["empty_drop_ns"] = e_ns
                 results["runs"].append(row)
                 note = f" ({tables.overflowed_rules} beyond capacity -> DEFER)" if tables.overflowed_rules else ""
-                print(f"{shape:7} {n:>6} rules {tables.slot_count:>6} slots: "
-                      + "  ".join(f"{w} {row['ns'][w]:>4} ns {row['verdict'][w]}" for w in probes)
-                      + f"  | empty {e_ns} ns | compile {compile_s:.1f}s apply {apply_s:.1f}s{note}", flush=True)
-                del kept
+                log(f"  {shape:7} {n:>6} rules {tables.slot_count:>6} slots: "
+                    + "  ".join(f"{w} {row['ns'][w]:>4} ns {row['verdict'][w]}" for w in probes)
+                    + f"  | empty {e_ns} ns | compile {compile_s:.1f}s apply {apply_s:.1f}s{note}")
     finally:
         with open(STATS_SYSCTL, "w") as f:
             f.write(stats_before)
         dp.close()
         empty.close()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, time.strftime("prog_run-%Y%m%dT%H%M%S.json"))
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {path}")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cpu", type=int, default=1)
+    parser.add_argument("--sizes", default="1,1000,10000,100000")
+    parser.add_argument("--shapes", default="exact5,mixed")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    args = parser.parse_args()
+    results = run([int(s) for s in args.sizes.split(",")], args.shapes.split(","), args.repeat, args.rounds,
+                  args.cpu, log=lambda m: print(m, flush=True))
+    from bench.common import write_json
+    print(f"wrote {write_json('prog_run', results, Path(args.out))}")
     return 0
 
 

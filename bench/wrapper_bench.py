@@ -22,6 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import stamp, use_tree  # noqa: E402
+
+use_tree()
+
 from ipt2xdp import netns  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -46,40 +50,53 @@ def timed(ns, argv, rounds):
     return statistics.median(times) * 1000
 
 
+def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -> dict:
+    real = ["env", f"IPT2XDP_BACKEND={backend}"]
+    res = {"meta": {**stamp(), "method": {
+        "rules": rules, "rounds": rounds, "backend": backend,
+        "change": "median wall ms of `-w -A INPUT -s 192.0.2.1 -j DROP` and the matching `-D`, per process "
+                  "(Python start and nsenter included); real binary in a plain namespace, ipt2xdp-iptables "
+                  "in a namespace with ipt2xdp imported (--live) on a veth",
+        "check_version": "pass-through calls, median of rounds"}}}
+    with netns.veth_pair() as pair:
+        plain, xdp = pair.sender, pair.receiver
+        for ns in (plain, xdp):
+            ns.run([f"iptables-{backend}-restore"], input=ruleset(rules))
+        r = xdp.run(real + [sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", pair.receiver_if],
+                    check=False)
+        if r.returncode:
+            raise RuntimeError(r.stderr)
+        rule = ["INPUT", "-s", "192.0.2.1", "-j", "DROP"]
+        real_bin = f"iptables-{backend}"
+        results = {}
+        try:
+            for who, ns, argv0 in (("real", plain, [real_bin]),
+                                   ("wrapper", xdp, real + [str(BIN / "ipt2xdp-iptables")])):
+                add, delete = [], []
+                for _ in range(rounds):
+                    add.append(timed(ns, argv0 + ["-w", "-A", *rule], 1))
+                    delete.append(timed(ns, argv0 + ["-w", "-D", *rule], 1))
+                results[who] = {"change": statistics.median(add + delete),
+                                "check": timed(ns, argv0 + ["-w", "-C", *rule], rounds),
+                                "version": timed(ns, argv0 + ["--version"], rounds)}
+        finally:
+            xdp.run(real + [sys.executable, "-m", "ipt2xdp", "detach", "--all"], check=False)
+    res["ms"] = results
+    log(f"  {rules} rules, backend {backend}, {rounds} rounds, median wall ms per call")
+    log(f"  {'call':<10} {'real':>10} {'wrapper':>10} {'added':>10}")
+    for key in ("change", "check", "version"):
+        a, b = results["real"][key], results["wrapper"][key]
+        log(f"  {key:<10} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
+    return res
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--backend", default="nft", choices=("nft", "legacy"))
     args = parser.parse_args()
-    real = ["env", f"IPT2XDP_BACKEND={args.backend}"]
-    with netns.veth_pair() as pair:
-        plain, xdp = pair.sender, pair.receiver
-        for ns in (plain, xdp):
-            ns.run([f"iptables-{args.backend}-restore"], input=ruleset(args.rules))
-        r = xdp.run(real + [sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", pair.receiver_if],
-                    check=False)
-        if r.returncode:
-            print(r.stderr, file=sys.stderr)
-            return 1
-        rule = ["INPUT", "-s", "192.0.2.1", "-j", "DROP"]
-        real_bin = f"iptables-{args.backend}"
-        rows = []
-        results = {}
-        for who, ns, argv0 in (("real", plain, [real_bin]), ("wrapper", xdp, real + [str(BIN / "ipt2xdp-iptables")])):
-            add, delete = [], []
-            for _ in range(args.rounds):
-                add.append(timed(ns, argv0 + ["-w", "-A", *rule], 1))
-                delete.append(timed(ns, argv0 + ["-w", "-D", *rule], 1))
-            results[who] = {"change": statistics.median(add + delete),
-                            "check": timed(ns, argv0 + ["-w", "-C", *rule], args.rounds),
-                            "version": timed(ns, argv0 + ["--version"], args.rounds)}
-        for key in ("change", "check", "version"):
-            rows.append((key, results["real"][key], results["wrapper"][key]))
-        print(f"{args.rules} rules, backend {args.backend}, {args.rounds} rounds, median wall ms per call")
-        print(f"{'call':<10} {'real':>10} {'wrapper':>10} {'added':>10}")
-        for key, a, b in rows:
-            print(f"{key:<10} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
+    run(args.rules, args.rounds, args.backend)
     return 0
 
 

@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""`python -m bench` (make bench): every benchmark in one run, JSON in bench/out/, then bench/RESULTS.md
+and PNG plots regenerated from that JSON (bench/report.py). `--quick` (make bench-quick) is a smoke
+run of every benchmark at small sizes; `--smoke` is the smallest slice (the pytest smoke test).
+
+    sudo .venv/bin/python -m bench [--quick|--smoke] [--only prog_run,e2e,control,wrapper,parse]
+                                   [--src head|tree] [--out DIR] [--no-results]
+
+By default the ipt2xdp measured is a snapshot of the committed HEAD (git archive + BPF build in /tmp),
+because the shared work tree is often mid-change; `--src tree` measures the work tree.
+`python -m bench --render` only regenerates RESULTS.md and the plots from bench/out/*-latest.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SECTIONS = ("prog_run", "e2e", "control", "wrapper", "parse")
+
+PROFILES = {
+    "full": {
+        "prog_run": dict(sizes=(1, 10, 100, 1000, 10000, 100000), repeat=1_000_000, rounds=5),
+        "e2e": dict(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=2.0, rounds=5),
+        "control": dict(sizes=(1000, 10000, 100000), repeats=3),
+        "wrapper": dict(rules=10000, rounds=3),
+        "parse": dict(n=100000, repeats=3),
+    },
+    "quick": {
+        "prog_run": dict(sizes=(1, 100, 1000), repeat=100_000, rounds=3),
+        "e2e": dict(rule_sizes=(100,), bl_sizes=(1000,), seconds=0.5, rounds=2),
+        "control": dict(sizes=(100, 1000), repeats=1),
+        "wrapper": dict(rules=100, rounds=1),
+        "parse": dict(n=1000, repeats=1),
+    },
+    "smoke": {
+        "prog_run": dict(sizes=(1, 10), shapes=("exact5",), repeat=10_000, rounds=1),
+        "e2e": dict(rule_sizes=(10,), bl_sizes=(100,), seconds=0.2, rounds=1),
+        "control": dict(sizes=(10,), repeats=1),
+        "wrapper": dict(rules=10, rounds=1),
+        "parse": dict(n=100, repeats=1),
+    },
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="smoke run of every benchmark, small sizes (~2 min)")
+    g.add_argument("--smoke", action="store_true", help="smallest slice (under a minute)")
+    p.add_argument("--only", default=",".join(SECTIONS))
+    p.add_argument("--src", choices=("head", "tree"), default="head")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    p.add_argument("--no-results", action="store_true", help="do not rewrite bench/RESULTS.md and plots")
+    p.add_argument("--render", action="store_true", help="only regenerate RESULTS.md and plots from the JSON")
+    a = p.parse_args()
+    out = Path(a.out)
+    from bench import common
+
+    if a.render:
+        from bench import report
+        report.write(out)
+        return 0
+    if os.geteuid() != 0:
+        print("python -m bench: needs root (BPF, XDP, network namespaces)", file=sys.stderr)
+        return 1
+    if a.src == "head":
+        print(f"measuring a snapshot of HEAD in {common.snapshot_head()}", flush=True)
+    common.use_tree()
+    profile = "smoke" if a.smoke else "quick" if a.quick else "full"
+    params = PROFILES[profile]
+    failed = []
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    started_all = time.perf_counter()
+    for section in a.only.split(","):
+        started = time.perf_counter()
+        print(f"== {section} ({profile}): {params[section]}", flush=True)
+        try:
+            if section == "prog_run":
+                from bench import prog_run
+                res = prog_run.run(log=log, **params[section])
+            elif section == "e2e":
+                from bench import e2e
+                res = e2e.run(log=log, **params[section])
+            elif section == "control":
+                from bench import control
+                res = control.run(log=log, **params[section])
+            elif section == "wrapper":
+                from bench import wrapper_bench
+                res = wrapper_bench.run(log=log, **params[section])
+            elif section == "parse":
+                from bench import parse_bench
+                res = parse_bench.run(log=log, **params[section])
+            else:
+                raise ValueError(f"unknown section {section}")
+        except Exception:  # noqa: BLE001 - one broken benchmark must not lose the others
+            traceback.print_exc()
+            failed.append(section)
+            continue
+        res.setdefault("meta", {})["profile"] = profile
+        res["meta"]["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in params[section].items()}
+        res["meta"]["command"] = "python -m bench " + " ".join(sys.argv[1:])
+        res["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
+        print(f"   wrote {common.write_json(section, res, out)} ({res['meta']['elapsed_s']} s)", flush=True)
+    print(f"all benchmarks: {time.perf_counter() - started_all:.0f} s", flush=True)
+    if not a.no_results:
+        from bench import report
+        report.write(out)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
