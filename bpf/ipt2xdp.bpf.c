@@ -103,6 +103,11 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	/* Netfilter judges reassembled packets; XDP sees the pieces. */
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return IPT2XDP_STAT_FRAGMENT;
+	/* The stack processes IP options after PREROUTING and before filter/INPUT: bad ones get an
+	 * ICMP parameter problem, source routes are dropped. Only netfilter plus the stack can tell
+	 * what happens, so such packets are passed (counted with the malformed ones). */
+	if (iph->ihl != 5)
+		return IPT2XDP_STAT_MALFORMED;
 
 	pkt->src_net = iph->saddr;
 	pkt->dst_net = iph->daddr;
