@@ -28,6 +28,31 @@
 #include "ipt2xdp_maps.h"
 #include "parsing.h"
 
+#define ENOENT 2
+#define BPF_F_CURRENT_NETNS (-1)
+
+/* Conntrack lookup from XDP (net/netfilter/nf_conntrack_bpf.c). The kernel's struct bpf_ct_opts
+ * is 16 bytes since 6.x (NF_BPF_CT_OPTS_SZ; ct_zone_* were added after the 12-byte original):
+ * checked against /sys/kernel/btf/vmlinux. libbpf resolves the kfuncs by name from vmlinux BTF
+ * (composite argument types are compatible whatever their members; a bare forward declaration is
+ * not, so nf_conn gets a placeholder member: the program never reads it). */
+struct nf_conn {
+	__u64 opaque;
+};
+struct bpf_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u16 ct_zone_id;
+	__u8 ct_zone_dir;
+	__u8 reserved[3];
+};
+_Static_assert(sizeof(struct bpf_ct_opts) == 16, "NF_BPF_CT_OPTS_SZ");
+extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *xdp_ctx, struct bpf_sock_tuple *bpf_tuple,
+					 __u32 tuple__sz, struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym;
+
 /* What the classifier reads from a packet. */
 struct packet_fields {
 	__u32 src_net, dst_net; /* network byte order, as in the packet */
@@ -115,7 +140,7 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	pkt->ip_len = tot_len;
 	pkt->value[IPT2XDP_F_SRC] = bpf_ntohl(iph->saddr);
 	pkt->value[IPT2XDP_F_DST] = bpf_ntohl(iph->daddr);
-	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + (proto & 0xff);
+	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + (proto & 0xff);
 	pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + IPT2XDP_NO_PORT;
 	pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + IPT2XDP_NO_PORT;
 	pkt->value[IPT2XDP_F_IIF] = ctx->ingress_ifindex;
@@ -149,6 +174,35 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 		pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + bpf_ntohs(pkt->dport_net);
 	}
 	return IPT2XDP_STAT_CLASSIFIED;
+}
+
+/* Conntrack class of a TCP or UDP packet (called only when the generation uses the field), folded
+ * into the protocol's class index: an entry in either direction is FOUND; -ENOENT is NONE; any
+ * other error stays NOT_LOOKED_UP. Not inlined: its 50 bytes of stack stay off the path of the
+ * bpf_loop callback (program + callback must fit in 512 bytes). The
+ * lookup is in the netns of the receiving device and zone 0, as conntrack would see the packet
+ * unless raw/PREROUTING changes the zone (those packets are deferred by the planner's guards). */
+static __noinline void ct_class(struct xdp_md *ctx, struct packet_fields *pkt)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_ct_opts opts = {};
+	struct nf_conn *ct;
+
+	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
+		return;
+	tuple.ipv4.saddr = pkt->src_net;
+	tuple.ipv4.daddr = pkt->dst_net;
+	tuple.ipv4.sport = pkt->sport_net;
+	tuple.ipv4.dport = pkt->dport_net;
+	opts.netns_id = BPF_F_CURRENT_NETNS;
+	opts.l4proto = pkt->proto;
+	ct = bpf_xdp_ct_lookup(ctx, &tuple, sizeof(tuple.ipv4), &opts, sizeof(opts));
+	if (ct) {
+		bpf_ct_release(ct);
+		pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_FOUND * 256 + pkt->proto;
+	} else if (opts.error == -ENOENT) {
+		pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NONE * 256 + pkt->proto;
+	}
 }
 
 static __always_inline int load_generation(__u32 slot, struct generation *gen)
@@ -436,7 +490,7 @@ static __always_inline void candidate_words(struct match_ctx *m)
 }
 
 /* Classify with the generation in force. Returns the stat reason; *verdict is the XDP action. */
-static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
+static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *pkt, __u32 *verdict)
 {
 	struct ipt2xdp_class_row *any_row, *row;
 	struct ipt2xdp_gen_config *cfg;
@@ -469,6 +523,8 @@ static __always_inline __u32 classify(struct packet_fields *pkt, __u32 *verdict)
 	m.pkt = pkt;
 	m.nslots = cfg->nslots;
 	mask = cfg->field_mask;
+	if (mask & (1U << IPT2XDP_F_CT_STATE))
+		ct_class(ctx, pkt);
 
 #pragma unroll
 	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
@@ -520,7 +576,7 @@ int ipt2xdp_xdp(struct xdp_md *ctx)
 
 	stat = parse_packet(ctx, &pkt);
 	if (stat == IPT2XDP_STAT_CLASSIFIED)
-		stat = classify(&pkt, &verdict);
+		stat = classify(ctx, &pkt, &verdict);
 	count_stat(stat);
 	count_stat(verdict == XDP_DROP ? IPT2XDP_STAT_DROP : IPT2XDP_STAT_PASS);
 	return verdict;

@@ -33,11 +33,15 @@
 #define IPT2XDP_F_IIF 5
 #define IPT2XDP_F_ICMP 6
 #define IPT2XDP_F_TCP_FLAGS 7
-#define IPT2XDP_NUM_FIELDS 8 /* 8..10 reserved: ct state class, packet length, ttl */
+#define IPT2XDP_NUM_FIELDS 8 /* fields with their own class row */
+/* Conntrack class from bpf_xdp_ct_lookup (IPT2XDP_CT_*). Only a field_mask bit (look it up): its
+ * value is folded into the protocol's class index (value_class[IPT2XDP_VC_PROTO + class * 256 +
+ * proto]), so it costs no class row and no bitmap AND of its own. 9..10 reserved: length, ttl. */
+#define IPT2XDP_F_CT_STATE 8
 
 /* value_class index layout (ARRAY of __u32 class rows, one region per small-domain field). */
-#define IPT2XDP_VC_PROTO 0 /* 256 entries */
-#define IPT2XDP_VC_SPORT 256 /* 65536 ports + 1 "no port" */
+#define IPT2XDP_VC_PROTO 0 /* 3 conntrack classes x 256 protocols */
+#define IPT2XDP_VC_SPORT (3 * 256) /* 65536 ports + 1 "no port" */
 #define IPT2XDP_VC_DPORT (IPT2XDP_VC_SPORT + 65537)
 #define IPT2XDP_VC_ICMP (IPT2XDP_VC_DPORT + 65537) /* type*256+code, + 1 "not ICMP" */
 #define IPT2XDP_VC_TCP_FLAGS (IPT2XDP_VC_ICMP + 65537) /* 64 flag bytes + 1 "not TCP" */
@@ -45,6 +49,11 @@
 #define IPT2XDP_NO_PORT 65536
 #define IPT2XDP_NOT_ICMP 65536
 #define IPT2XDP_NOT_TCP 64
+/* Conntrack classes (value_class[IPT2XDP_VC_PROTO + class * 256 + proto]); looked up only when
+ * the generation's field_mask has IPT2XDP_F_CT_STATE, else every packet is NOT_LOOKED_UP. */
+#define IPT2XDP_CT_NONE 0 /* TCP/UDP, bpf_xdp_ct_lookup found no entry (-ENOENT) */
+#define IPT2XDP_CT_FOUND 1 /* TCP/UDP, an entry exists (either direction) */
+#define IPT2XDP_CT_NOT_LOOKED_UP 2 /* other protocols, ICMP, or a lookup error */
 /* addr_dir: one entry per /16 block, src blocks first then dst blocks. */
 #define IPT2XDP_ADDR_DIR_ENTRIES (2 * 65536)
 

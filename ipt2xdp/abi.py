@@ -23,10 +23,11 @@ MAX_COUNTER_STRIDE = 1 << 22
 MAX_BOUNDS = 1 << 18
 
 F_SRC, F_DST, F_PROTO, F_SPORT, F_DPORT, F_IIF, F_ICMP, F_TCP_FLAGS = range(8)
-NUM_FIELDS = 8
+NUM_FIELDS = 8  # fields with their own class row
+F_CT_STATE = 8  # a field_mask bit only: the conntrack class is folded into the protocol's index
 
-VC_PROTO = 0
-VC_SPORT = 256
+VC_PROTO = 0  # + ct_class * 256 + protocol
+VC_SPORT = 3 * 256
 VC_DPORT = VC_SPORT + 65537
 VC_ICMP = VC_DPORT + 65537
 VC_TCP_FLAGS = VC_ICMP + 65537
@@ -35,6 +36,7 @@ NO_PORT = 65536
 NOT_ICMP = 65536
 NOT_TCP = 64
 ADDR_DIR_ENTRIES = 2 * 65536
+CT_NONE, CT_FOUND, CT_NOT_LOOKED_UP = 0, 1, 2  # conntrack classes (value_class[VC_PROTO + class * 256 + proto])
 
 ACT_DROP, ACT_ACCEPT, ACT_DEFER, ACT_CONTINUE = 1, 2, 3, 4
 SLOT_RULE, SLOT_SET = 0, 1

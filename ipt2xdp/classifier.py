@@ -20,6 +20,10 @@ Field domains (all host-order integers):
     icmp         IntervalSet over type*256+code; non-ICMP packets never match when constrained
     tcp_flags    frozenset of 6-bit flag bytes (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32) that match;
                  non-TCP packets never match when constrained
+    ct           frozenset of CtClass values: what bpf_xdp_ct_lookup said of the packet. NONE: a TCP
+                 or UDP packet without a conntrack entry; FOUND: an entry exists (either direction);
+                 NOT_LOOKED_UP: every other protocol (ICMP included) or a lookup error. Every
+                 packet has a class, so unlike ports this field is never absent.
 
 `evaluate()` is the reference semantics: the BPF program must give the same verdict and rule for
 every packet it does not pass for a structural reason (non-IPv4, fragment, malformed).
@@ -38,7 +42,7 @@ U16_MAX = 0xFFFF
 class Field(enum.IntEnum):
     """Classifier fields; the value is the bit in the program's per-generation field mask.
 
-    8..10 are reserved so the BPF ABI already has room for them; nothing produces them yet.
+    9..10 are reserved so the BPF ABI already has room for them; nothing produces them yet.
     """
 
     SRC = 0
@@ -49,7 +53,7 @@ class Field(enum.IntEnum):
     IIF = 5
     ICMP = 6
     TCP_FLAGS = 7
-    CT_STATE = 8   # reserved: connection class from bpf_xdp_ct_lookup (none / tracked)
+    CT_STATE = 8   # connection class from bpf_xdp_ct_lookup (CtClass); Match.ct
     PKT_LEN = 9    # reserved: IP total length
     TTL = 10       # reserved
 
@@ -146,6 +150,17 @@ class IntervalSet:
         return "IntervalSet(" + ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in self) + ")"
 
 
+class CtClass(enum.IntEnum):
+    """Conntrack classes; the values are the BPF ABI (IPT2XDP_CT_* in bpf/ipt2xdp_kern_user.h)."""
+
+    NONE = 0
+    FOUND = 1
+    NOT_LOOKED_UP = 2
+
+
+ALL_CT = frozenset(CtClass)
+
+
 @dataclass(frozen=True)
 class Match:
     """Per-field constraints; None means any value."""
@@ -158,6 +173,7 @@ class Match:
     iif: Optional[FrozenSet[int]] = None
     icmp: Optional[IntervalSet] = None
     tcp_flags: Optional[FrozenSet[int]] = None
+    ct: Optional[FrozenSet[int]] = None
 
     def constrained(self) -> Tuple[str, ...]:
         return tuple(f.name for f in dataclass_fields(self) if getattr(self, f.name) is not None)
@@ -211,6 +227,10 @@ class PacketKey:
     iif: int = 0
     icmp: Optional[int] = None       # type*256+code
     tcp_flags: Optional[int] = None  # low 6 bits of the TCP flags byte
+    ct: int = CtClass.NOT_LOOKED_UP  # the packet's conntrack class (CtClass)
+
+
+FIELD_NAMES = ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags", "ct")  # index = Field
 
 
 def _holds(constraint, value) -> bool:
@@ -223,7 +243,7 @@ def _holds(constraint, value) -> bool:
 
 def matches(match: Match, packet: PacketKey) -> bool:
     return all(_holds(getattr(match, name), getattr(packet, name))
-               for name in ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags"))
+               for name in FIELD_NAMES)
 
 
 def evaluate(rules: Sequence[ClassifierRule], default: Action, packet: PacketKey) -> Tuple[Verdict, Optional[int]]:

@@ -34,8 +34,20 @@ _FIELDS = ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags") 
 _KEYABLE = ("src", "dst", "proto", "sport", "dport")
 _KEY_BITS = {"src": abi.K_SRC, "dst": abi.K_DST, "proto": abi.K_PROTO, "sport": abi.K_SPORT, "dport": abi.K_DPORT}
 # Domains of the small fields as value_class regions: (base, size incl. the "absent" value).
-_VALUE_REGIONS = {"proto": (abi.VC_PROTO, 256), "sport": (abi.VC_SPORT, 65537), "dport": (abi.VC_DPORT, 65537),
+_VALUE_REGIONS = {"proto": (abi.VC_PROTO, 3 * 256), "sport": (abi.VC_SPORT, 65537), "dport": (abi.VC_DPORT, 65537),
                   "icmp": (abi.VC_ICMP, 65537), "tcp_flags": (abi.VC_TCP_FLAGS, 65)}
+_CT_CLASSES = (abi.CT_NONE, abi.CT_FOUND, abi.CT_NOT_LOOKED_UP)
+
+
+def _constraint(match: Match, name: str):
+    """A slot's constraint on a bitmap field. The conntrack class shares the protocol's class index
+    (ct_class * 256 + proto), so "proto" is the product of the two constraints."""
+    value = getattr(match, name)
+    if name != "proto" or (value is None and match.ct is None):
+        return value
+    protocols = sorted(value) if value is not None else range(256)
+    classes = sorted(match.ct) if match.ct is not None else _CT_CLASSES
+    return frozenset(ct * 256 + p for ct in classes for p in protocols)
 
 
 @dataclass
@@ -116,7 +128,7 @@ def _field_shape(name: str, value) -> Tuple:
 def _shape(rule: ClassifierRule) -> Optional[Tuple]:
     if rule.action.verdict == Verdict.CONTINUE:
         return None
-    shape = tuple(_field_shape(n, getattr(rule.match, n)) for n in _FIELDS)
+    shape = tuple(_field_shape(n, getattr(rule.match, n)) for n in _FIELDS) + (("s", rule.match.ct),)
     if not any(kind == "k" for kind, _ in shape):
         return None
     return (rule.action,) + shape
@@ -138,17 +150,17 @@ def _union_match(rules: Sequence[ClassifierRule]) -> Match:
         values = [getattr(r.match, name) for r in rules]
         if any(v is None for v in values):
             return None
-        if isinstance(values[0], frozenset):
+        if name == "ct" or isinstance(values[0], frozenset):
             return frozenset().union(*values)
         return IntervalSet.of(i for v in values for i in v.intervals)
-    return Match(**{n: union(n) for n in _FIELDS})
+    return Match(**{n: union(n) for n in _FIELDS + ("ct",)})
 
 
 def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> _Slot:
     shape = _shape(run[0])
     key_fields = 0
     plens = {}
-    for name, (kind, width) in zip(_FIELDS, shape[1:]):
+    for name, (kind, width) in zip(_FIELDS, shape[1:1 + len(_FIELDS)]):
         if kind == "k":
             key_fields |= _KEY_BITS[name]
             plens[name] = width
@@ -219,7 +231,7 @@ def field_classes(name: str, slots: Sequence[_Slot],
     constrained = False
     for index in (range(len(slots)) if participants is None else participants):
         slot = slots[index]
-        intervals = _constraint_intervals(name, getattr(slot.match, name))
+        intervals = _constraint_intervals(name, _constraint(slot.match, name))
         if intervals is None:
             wildcard |= 1 << index
             continue
@@ -248,7 +260,7 @@ def field_classes(name: str, slots: Sequence[_Slot],
 
 
 def _slot_fields(slot: _Slot) -> int:
-    return sum(1 << f for f, name in enumerate(_FIELDS) if getattr(slot.match, name) is not None)
+    return sum(1 << f for f, name in enumerate(_FIELDS) if _constraint(slot.match, name) is not None)
 
 
 def group_slots(slots: Sequence[_Slot], max_groups: int = abi.MAX_GROUPS) -> List[Tuple[int, List[int]]]:
@@ -341,6 +353,8 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         row_base[name] = len(rows_bitmaps)
         rows_bitmaps.extend(bitmaps)
         field_intervals[name] = intervals
+    if any(slot.match.ct is not None for slot in slots):
+        field_mask |= 1 << abi.F_CT_STATE  # the program looks the class up (folded into "proto")
     group_fields, group_rows = [], []
     for fields, members in groups:
         group_fields.append(fields & field_mask)

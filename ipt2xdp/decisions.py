@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Dict, List, Sequence, Set, Tuple
 
 from ipt2xdp import ir
-from ipt2xdp.classifier import ClassifierRule, Match, Verdict
+from ipt2xdp.classifier import FIELD_NAMES, ClassifierRule, Match, Verdict
 from ipt2xdp.translate import unknown_why
 
 OK_WHY = {
@@ -49,7 +49,7 @@ def why(code: str) -> str:
 
 def _covers(a: Match, b: Match) -> bool:
     """Whether every packet matching b also matches a."""
-    for name in ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags"):
+    for name in FIELD_NAMES:
         outer, inner = getattr(a, name), getattr(b, name)
         if outer is None:
             continue

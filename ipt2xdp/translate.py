@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from ipt2xdp import ir
-from ipt2xdp.classifier import U16_MAX, U32_MAX, IntervalSet, Match
+from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, U16_MAX, U32_MAX, CtClass, IntervalSet, Match
 from ipt2xdp.hostinfo import HostContext
 
 ALL_PROTOCOLS = frozenset(range(256))
@@ -99,7 +99,7 @@ def _intersect(a, b):
 def conjoin(a: Match, b: Match) -> Optional[Match]:
     """The conjunction of two matches, or None when no packet satisfies both."""
     values = {}
-    for name in ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags"):
+    for name in FIELD_NAMES:
         value = _intersect(getattr(a, name), getattr(b, name))
         if value is not None and not value:
             return None

@@ -61,6 +61,9 @@ def _eval(expr, defs):
     ("IPT2XDP_ACT_DROP", abi.ACT_DROP), ("IPT2XDP_ACT_ACCEPT", abi.ACT_ACCEPT),
     ("IPT2XDP_ACT_DEFER", abi.ACT_DEFER), ("IPT2XDP_ACT_CONTINUE", abi.ACT_CONTINUE),
     ("IPT2XDP_SLOT_SET", abi.SLOT_SET), ("IPT2XDP_K_DPORT", abi.K_DPORT), ("IPT2XDP_F_TCP_FLAGS", abi.F_TCP_FLAGS),
+    ("IPT2XDP_F_CT_STATE", abi.F_CT_STATE), ("IPT2XDP_NUM_FIELDS", abi.NUM_FIELDS),
+    ("IPT2XDP_VC_PROTO", abi.VC_PROTO), ("IPT2XDP_CT_NONE", abi.CT_NONE), ("IPT2XDP_CT_FOUND", abi.CT_FOUND),
+    ("IPT2XDP_CT_NOT_LOOKED_UP", abi.CT_NOT_LOOKED_UP),
     ("IPT2XDP_NUM_STATS", abi.NUM_STATS), ("IPT2XDP_STAT_PASS", abi.STAT_NAMES.index("pass")),
     ("IPT2XDP_STAT_BUDGET", abi.STAT_NAMES.index("budget")),
 ])
@@ -69,11 +72,13 @@ def test_constant_matches_header(c_name, py_value):
 
 
 def test_classifier_enums_match_abi():
-    from ipt2xdp.classifier import Field, Verdict
+    from ipt2xdp.classifier import CtClass, Field, Verdict
     assert (Verdict.DROP, Verdict.ACCEPT, Verdict.DEFER, Verdict.CONTINUE) == (
         abi.ACT_DROP, abi.ACT_ACCEPT, abi.ACT_DEFER, abi.ACT_CONTINUE)
     assert [Field.SRC, Field.DST, Field.PROTO, Field.SPORT, Field.DPORT, Field.IIF, Field.ICMP, Field.TCP_FLAGS] == \
         list(range(abi.NUM_FIELDS))
+    assert Field.CT_STATE == abi.F_CT_STATE
+    assert (CtClass.NONE, CtClass.FOUND, CtClass.NOT_LOOKED_UP) == (abi.CT_NONE, abi.CT_FOUND, abi.CT_NOT_LOOKED_UP)
 
 
 def test_load_time_check_lists_every_difference(monkeypatch):

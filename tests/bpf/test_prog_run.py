@@ -9,8 +9,8 @@ import pytest
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Dot1Q, Ether, IPv6, raw
 
 from ipt2xdp import abi
-from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, ClassifierRule, IntervalSet, Match, PacketKey,
-                                U32_MAX, evaluate)
+from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, ClassifierRule, CtClass, IntervalSet, Match,
+                                PacketKey, U32_MAX, evaluate)
 from ipt2xdp.compile import compile
 from tests.bpf.packets import icmp, patch_ip, proto, tcp, udp
 
@@ -190,6 +190,8 @@ def _random_rules(rng, n):
             m["icmp"] = _random_intervals(rng, 65535, [0, 8 * 256, 3 * 256 + 1])
         if rng.random() < 0.1:
             m["iif"] = frozenset({1}) if rng.random() < 0.5 else frozenset({77})
+        if rng.random() < 0.2:
+            m["ct"] = frozenset(rng.sample(list(CtClass), rng.randint(1, 2)))
         r = rng.random()
         action = (DROP if r < 0.4 else ACCEPT if r < 0.7 else DEFER if r < 0.85 or i >= n - 1
                   else CONTINUE(rng.randint(i + 1, n)))
@@ -219,10 +221,10 @@ def _random_packet(rng):
     flags = rng.randint(0, 63)
     if p == "tcp":
         pkt = raw(Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=port, flags=flags))
-        key = PacketKey(_ip(src), _ip(dst), 6, sport, port, 1, None, flags)
+        key = PacketKey(_ip(src), _ip(dst), 6, sport, port, 1, None, flags, CtClass.NONE)
     elif p == "udp":
         pkt = raw(Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=port))
-        key = PacketKey(_ip(src), _ip(dst), 17, sport, port, 1)
+        key = PacketKey(_ip(src), _ip(dst), 17, sport, port, 1, ct=CtClass.NONE)
     elif p == "icmp":
         t, c = rng.choice([(8, 0), (0, 0), (3, 1), (3, 3)])
         pkt = raw(Ether() / IP(src=src, dst=dst) / ICMP(type=t, code=c))
@@ -265,3 +267,38 @@ def test_overflow_defers_the_rest(dataplane):
     assert dataplane.test_run(tcp("1.1.1.1", 9))[0] == XDP_PASS        # beyond capacity: netfilter decides
     assert dataplane.test_run(tcp("1.1.1.1", 999))[0] == XDP_PASS      # even the DROP policy is deferred
     assert dataplane.read_counters()[abi.OVERFLOW_COUNTER][0] == 2
+
+
+# --- conntrack class: BPF_PROG_TEST_RUN has no conntrack entry for these tuples ------------------
+
+NONE_, FOUND_, NLU_ = frozenset({CtClass.NONE}), frozenset({CtClass.FOUND}), frozenset({CtClass.NOT_LOOKED_UP})
+CT_RULES = [
+    ClassifierRule(Match(proto=TCP_, dport=ports(22), ct=FOUND_), ACCEPT, 300),
+    ClassifierRule(Match(proto=UDP_, ct=NONE_), DROP, 301),
+    ClassifierRule(Match(ct=NLU_), DROP, 302),
+    ClassifierRule(Match(proto=TCP_, dport=ports(80), ct=NONE_), DROP, 303),
+    ClassifierRule(Match(proto=TCP_, ct=FOUND_ | NLU_), DROP, 304),
+]
+CT_CASES = [
+    ("tcp/22 without an entry is NONE, not FOUND", tcp("1.2.3.4", 22), XDP_PASS, DEFAULT),
+    ("udp without an entry is NONE", udp("1.2.3.4", 53), XDP_DROP, 301),
+    ("icmp is never looked up", icmp("1.2.3.4", 3, 3), XDP_DROP, 302),
+    ("GRE is never looked up", proto("1.2.3.4", 47), XDP_DROP, 302),
+    ("tcp/80 without an entry is NONE", tcp("1.2.3.4", 80, flags="S"), XDP_DROP, 303),
+    ("tcp/443 is neither FOUND nor NOT_LOOKED_UP", tcp("1.2.3.4", 443, flags="S"), XDP_PASS, DEFAULT),
+]
+
+
+@pytest.mark.parametrize("description,packet,verdict,counter", CT_CASES, ids=[c[0] for c in CT_CASES])
+def test_ct_class(dataplane, description, packet, verdict, counter):
+    tables = compile(CT_RULES, ACCEPT)
+    assert tables.field_mask & (1 << abi.F_CT_STATE)
+    dataplane.apply_generation(tables)
+    got, _ = dataplane.test_run(packet, ingress_ifindex=1)
+    assert got == verdict, description
+    risen = {k for k, v in dataplane.read_counters().items() if v[0]}
+    assert risen == {counter}, description
+
+
+def test_no_lookup_without_ct_rules():
+    assert not compile(RULES, ACCEPT).field_mask & (1 << abi.F_CT_STATE)
