@@ -48,8 +48,23 @@ def kernel_tier_missing() -> str:
 _MISSING = None
 
 
+def _shared_rulesets() -> str:
+    """../shared/rulesets beside the checkout (as in CI), or /work/shared/rulesets, or the env var."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.environ.get("IPT2XDP_SHARED_RULESETS", ""),
+                  os.path.join(here, "..", "shared", "rulesets"), "/work/shared/rulesets"]
+    for candidate in candidates:
+        if candidate and os.path.isfile(os.path.join(candidate, "MANIFEST.txt")):
+            return os.path.realpath(candidate)
+    raise pytest.UsageError("the shared rulesets (../shared/rulesets) are missing; "
+                            "set IPT2XDP_SHARED_RULESETS to their directory")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "kernel: needs root, BPF, XDP and network namespaces")
+    # Tests read the real rulesets from here; a missing directory fails the run instead of
+    # quietly parametrizing nothing.
+    os.environ["IPT2XDP_SHARED_RULESETS"] = _shared_rulesets()
 
 
 def pytest_sessionstart(session):

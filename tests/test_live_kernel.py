@@ -3,6 +3,7 @@
 give the same IR for the same ruleset (counters and spans aside), in namespaces of our own."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from ipt2xdp.netns import create_namespace, delete_namespace
 
 pytestmark = pytest.mark.kernel
 
-RULESETS = Path("/work/shared/rulesets")
+RULESETS = Path(os.environ["IPT2XDP_SHARED_RULESETS"])
 SAMPLES = ["real/IPPartEval__sargon__iptables-save.txt",
            "netfilter_iptables__ipt-save_dumps_fedora27-iptables",
            "real/IPPartEval__config_home_user__typical_home_user_iptables-save",

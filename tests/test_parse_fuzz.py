@@ -3,6 +3,7 @@
 and every diagnostic carries a position inside the file."""
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from ipt2xdp.errors import ParseError
 from ipt2xdp.parse import parse
 from ipt2xdp.render import render
 
-SEEDS = sorted(p for p in Path("/work/shared/rulesets").rglob("*")
+SEEDS = sorted(p for p in Path(os.environ["IPT2XDP_SHARED_RULESETS"]).rglob("*")
                if p.is_file() and p.name != "MANIFEST.txt" and p.stat().st_size < 20000)
 TOKENS = ["!", "-s", "-d", "-p", "tcp", "-m", "tcp", "--dport", "22", "-j", "ACCEPT", '"', "\\", ":",
           "-A", "INPUT", "COMMIT", "*filter", "[1:2]", "--comment", "0.0.0.0/0", "300.1.1.1", ",",

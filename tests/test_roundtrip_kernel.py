@@ -22,7 +22,7 @@ from ipt2xdp.render import render
 
 pytestmark = pytest.mark.kernel
 
-RULESETS = Path(os.environ.get("IPT2XDP_RULESETS", "/work/shared/rulesets"))
+RULESETS = Path(os.environ["IPT2XDP_SHARED_RULESETS"])
 FILES = sorted(p for p in RULESETS.rglob("*") if p.is_file() and p.name != "MANIFEST.txt")
 IPSETS = ("docker-ext-bridges-v4",)
 # Files iptables 1.8.9 rejects although ipt2xdp accepts them, with the reason.
