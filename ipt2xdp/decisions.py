@@ -32,6 +32,10 @@ OTHER_WHY = {
     "target.log": "LOG must see the packet; XDP defers wherever this rule may match",
     "target.nflog": "NFLOG must see the packet; XDP defers wherever this rule may match",
     "target.reject": "REJECT answers with an ICMP error or a TCP reset; only netfilter sends it",
+    "skip.maybe-drop": "XDP cannot tell whether this DROP rule matches; it goes on past it and only drops "
+                       "where a later rule drops too (later ACCEPTs defer for these packets)",
+    "after.maybe-drop": "an earlier DROP rule XDP cannot evaluate may drop some of these packets; "
+                        "netfilter decides those",
 }
 
 
@@ -130,6 +134,8 @@ def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> 
     if ref in instances:
         outcomes = instances[ref]
         deferred = [code for verdict, code in outcomes if verdict == Verdict.DEFER]
+        if ref in remarks and remarks[ref][0] == "skip.maybe-drop":
+            return "partial", remarks[ref][0]
         if not deferred:
             return "xdp", outcomes[0][1]
         return ("netfilter" if len(deferred) == len(outcomes) else "partial"), deferred[0]
@@ -139,5 +145,7 @@ def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> 
         code, position = remarks[ref]
         if position is not None and position < len(live) and not live[position]:
             return "netfilter", "shadowed"
+        if code == "skip.maybe-drop":
+            return "partial", code
         return ("xdp" if code.startswith("ok.") else "netfilter"), code
     return "netfilter", "chain.unreached"

@@ -6,7 +6,9 @@ The planner itself is pure: it takes a HostContext value, so tests can hand it a
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import shutil
+import subprocess
+from dataclasses import dataclass, field, replace
 from typing import Optional, Tuple
 
 RTN_LOCAL = 2
@@ -33,12 +35,21 @@ class HostContext:
     local_destinations: Tuple[ipaddress.IPv4Network, ...] = ALWAYS_LOCAL
     forwarding: bool = False
     attached: Tuple[str, ...] = field(default=())  # names of the devices XDP will be attached to
+    # Conntrack facts that decide what state a packet without a conntrack entry gets (defaults are
+    # the cautious ones; read_host_context() reads the namespace's sysctls):
+    ct_checksum: bool = True    # net.netfilter.nf_conntrack_checksum: bad L4 checksums make INVALID
+    ct_tcp_loose: bool = True   # net.netfilter.nf_conntrack_tcp_loose: mid-stream TCP pickup is NEW
+    # Whether something outside the iptables ruleset may assign conntrack helpers, whose
+    # expectations make a packet without an entry RELATED (nf_conntrack_helper=1 on kernels < 6.0,
+    # nftables `ct helper`, or unknown). Helpers assigned by `-t raw -j CT --helper` are seen in the
+    # ruleset by the planner itself.
+    ct_external_helpers: bool = True
 
     def device(self, name: str) -> Optional[Device]:
         return next((d for d in self.devices if d.name == name), None)
 
     def with_attached(self, names) -> "HostContext":
-        return HostContext(self.devices, self.local_destinations, self.forwarding, tuple(names))
+        return replace(self, attached=tuple(names))
 
 
 def _read_forwarding() -> bool:
@@ -47,6 +58,30 @@ def _read_forwarding() -> bool:
             return f.read().strip() == "1"
     except OSError:
         return True  # unknown: assume the worst (traffic may be forwarded)
+
+
+def _read_sysctl(name: str) -> Optional[str]:
+    try:
+        with open(f"/proc/sys/net/netfilter/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _external_helpers() -> bool:
+    """Whether conntrack helpers may be assigned outside iptables (then expectations may exist)."""
+    if _read_sysctl("nf_conntrack_helper") == "1":  # automatic assignment (kernels before 6.0)
+        return True
+    nft = shutil.which("nft")
+    if nft is None:
+        return True  # nftables rules cannot be read: a `ct helper` there cannot be ruled out
+    try:
+        out = subprocess.run([nft, "list", "ruleset"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    if out.returncode != 0:
+        return True
+    return "ct helper" in out.stdout
 
 
 def read_host_context(attached=()) -> HostContext:
@@ -66,4 +101,7 @@ def read_host_context(attached=()) -> HostContext:
                 dst = route.get_attr("RTA_DST")
                 local.add(ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False))
     ordered = tuple(sorted(local, key=lambda n: (int(n.network_address), n.prefixlen)))
-    return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached))
+    return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached),
+                       ct_checksum=_read_sysctl("nf_conntrack_checksum") != "0",
+                       ct_tcp_loose=_read_sysctl("nf_conntrack_tcp_loose") != "0",
+                       ct_external_helpers=_external_helpers())

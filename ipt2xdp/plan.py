@@ -13,7 +13,7 @@ packets are counted too.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ipt2xdp import ir
@@ -25,6 +25,20 @@ from ipt2xdp.translate import Term, conjoin, translate, unknown_why
 DEFAULT_MAX_RULES = 100_000
 EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))
 NO_OP_TARGETS = (ir.Accept, ir.Return)  # in an earlier chain these let the packet go on unchanged
+
+# Unknown parts of a DROP rule that read the packet or conntrack without changing any state. XDP
+# may then go on past the rule as if it did not match ("maybe-drop"): netfilter drops the packet
+# either way when a later rule does, so a later DROP stays exact; a later ACCEPT (or an ACCEPT
+# policy) becomes DEFER for the packets the maybe-drop rule may match. Matches with side effects
+# (-m recent --set/--update, -m limit and -m hashlimit tokens, set counters) are not skipped, nor
+# an ambiguous input device (the packet may be bridged and never reach INPUT).
+SKIPPABLE_UNKNOWN = frozenset({"match.ctstate-unsure", "match.conntrack", "match.state", "match.length", "match.ttl",
+                               "match.addrtype", "match.mac", "match.mark", "match.connmark", "match.tcp-option",
+                               "match.string", "match.u32", "match.port-protocol", "match.out-interface"})
+MAX_MAYBE_DROPS = 16
+# Targets in the raw table that give packets a conntrack helper (hence expectations: RELATED) or
+# leave them untracked.
+CT_RAW_TARGETS = ("CT", "NOTRACK")
 
 TARGET_WHY = {
     "LOG": "LOG must see the packet; XDP defers wherever this rule may match",
@@ -80,6 +94,15 @@ class _Emitter:
     # iptables rules that produce no classifier rule of their own: inlined jumps, never-matching rules
     # (code, classifier position the rule would act at, or None)
     remarks: Dict[RuleRef, Tuple[str, Optional[int]]] = field(default_factory=dict)
+    # matches of the DROP rules XDP steps past (see SKIPPABLE_UNKNOWN); later ACCEPTs defer for them
+    maybe_drops: List[Match] = field(default_factory=list)
+
+    def emit_accept(self, match: Match, path: Tuple[RuleRef, ...], code: str) -> None:
+        for dropped in self.maybe_drops:
+            narrowed = conjoin(match, dropped)
+            if narrowed is not None:
+                self.emit(narrowed, DEFER, path, "after.maybe-drop")
+        self.emit(match, ACCEPT, path, code)
 
     def emit(self, match: Match, action: Action, path: Tuple[RuleRef, ...], code: str) -> None:
         self.rules.append(ClassifierRule(match, action, len(self.rules)))
@@ -125,12 +148,16 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             if match is None:
                 continue
             side_effect = _side_effect_code(rule.target)
-            if disjunct.unknown or side_effect:
+            if (disjunct.unknown and not side_effect and isinstance(rule.target, ir.Drop)
+                    and set(disjunct.unknown.split(",")) <= SKIPPABLE_UNKNOWN and len(em.maybe_drops) < MAX_MAYBE_DROPS):
+                em.maybe_drops.append(match)
+                em.remarks.setdefault(ref, ("skip.maybe-drop", None))
+            elif disjunct.unknown or side_effect:
                 em.emit(match, DEFER, path + (ref,), disjunct.unknown or side_effect)
             elif rule.target is None:
                 continue  # a counting-only rule: no effect on the packet's fate
             elif isinstance(rule.target, ir.Accept):
-                em.emit(match, ACCEPT, path + (ref,), "ok.accept")
+                em.emit_accept(match, path + (ref,), "ok.accept")
             elif isinstance(rule.target, ir.Drop):
                 em.emit(match, DROP, path + (ref,), "ok.drop")
             elif isinstance(rule.target, ir.Return):
@@ -200,6 +227,14 @@ def _guard_chain(em: _Emitter, table: str, chain_name: str, cond: Match, seen: s
                 em.emit(match, DEFER, (ref,), f"earlier.{table}-{chain_name.lower()}")
 
 
+def _raw_ct_targets(ruleset: ir.Ruleset) -> bool:
+    """Whether any raw-table rule assigns a conntrack helper, a template or NOTRACK."""
+    raw = ruleset.table("raw")
+    return raw is not None and any(
+        rule.target is not None and getattr(rule.target, "name", "").upper() in CT_RAW_TARGETS
+        for chain in raw.chains for rule in chain.rules)
+
+
 def _local_guard(em: _Emitter) -> None:
     local = IntervalSet.of((int(n.network_address), int(n.broadcast_address)) for n in em.host.local_destinations)
     em.emit(Match(dst=local.complement(U32_MAX)), DEFER, (), "guard.not-local")
@@ -209,6 +244,8 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     """Plan filter/INPUT of `ruleset` for packets arriving on host.attached devices."""
     from ipt2xdp.decisions import decide
 
+    if not host.ct_external_helpers and _raw_ct_targets(ruleset):
+        host = replace(host, ct_external_helpers=True)  # expectations (RELATED) or UNTRACKED possible
     em = _Emitter(host, ruleset, max_rules)
     _local_guard(em)
     notes = _earlier_chain_guards(em)
@@ -221,6 +258,9 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
         policy_position = len(em.rules)
         for position in top_returns:  # RETURN in a builtin chain: the policy decides
             _patch(em, position, policy_position)
-    em.emit(Match(), DROP if policy == "DROP" else ACCEPT, (RuleRef("filter", "INPUT", 0),), "ok.policy")
+    if policy == "DROP":
+        em.emit(Match(), DROP, (RuleRef("filter", "INPUT", 0),), "ok.policy")
+    else:
+        em.emit_accept(Match(), (RuleRef("filter", "INPUT", 0),), "ok.policy")
     decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
     return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes))

@@ -54,7 +54,52 @@ UNMODELLED_WHY = {
     "out-interface": "the output device is not known when a packet arrives",
     "interface-ambiguous": "netfilter may see this packet on another device (bridge, macvlan or ipvlan)",
     "port-protocol": "XDP parses ports of TCP and UDP only",
+    "ctstate-unsure": "XDP's conntrack lookup cannot tell this state for these packets "
+                      "(a tracked flow, ICMP or another protocol, or NEW versus INVALID)",
 }
+
+# --- connection state ------------------------------------------------------------------------------
+# What bpf_xdp_ct_lookup's class says about the state xt_conntrack/xt_state would see at
+# filter/INPUT. A state match tests "statebits & mask", statebits being one base state plus, with
+# -m conntrack, SNAT/DNAT when the connection is NATed.
+BASE_STATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
+
+
+def ct_possible_states(cls: CtClass, host: HostContext, with_nat: bool) -> List[FrozenSet[str]]:
+    """Every set of state bits a packet of this class may carry at filter/INPUT.
+
+    NONE (TCP/UDP, no entry): conntrack creates one (NEW) or refuses the packet (INVALID: bad
+    checksum when nf_conntrack_checksum is on, invalid TCP flags, a non-SYN TCP packet when
+    nf_conntrack_tcp_loose is 0). XDP does not check L4 checksums, so both stay possible. An
+    expectation (a helper's) would make it RELATED, and raw NOTRACK UNTRACKED: possible only when
+    host.ct_external_helpers (the planner sets it when raw assigns helpers or skips tracking). No NAT
+    yet: a DNAT in nat/PREROUTING is deferred by the planner's guards, SNAT comes after INPUT.
+    FOUND and NOT_LOOKED_UP: anything (a found flow may be ESTABLISHED, RELATED, still NEW (a
+    retransmitted SYN) or INVALID (out of window); ICMP errors may be RELATED).
+    """
+    if cls == CtClass.NONE:
+        bases = {"NEW", "INVALID"}
+        if host.ct_external_helpers:
+            bases |= {"RELATED", "UNTRACKED"}
+        return [frozenset({b}) for b in sorted(bases)]
+    nat = [frozenset(), frozenset({"SNAT"}), frozenset({"DNAT"}), frozenset({"SNAT", "DNAT"})] if with_nat \
+        else [frozenset()]
+    return [frozenset({b}) | n for b in BASE_STATES for n in nat]
+
+
+def ct_outcomes(states: ir.StateSet, host: HostContext, with_nat: bool) -> Dict[CtClass, str]:
+    """Per class: "match", "nomatch" or "unknown" for a state match."""
+    out = {}
+    for cls in CtClass:
+        results = {bool(bits & states.states) != states.negated for bits in ct_possible_states(cls, host, with_nat)}
+        out[cls] = "unknown" if len(results) > 1 else ("match" if results.pop() else "nomatch")
+    return out
+
+
+def _and3(a: str, b: str) -> str:
+    if "nomatch" in (a, b):
+        return "nomatch"
+    return "unknown" if "unknown" in (a, b) else "match"
 
 
 def unknown_why(code: str) -> str:
@@ -145,6 +190,10 @@ class _Builder:
         self.never = ""
         self.either_port: Optional[IntervalSet] = None  # `-m multiport --ports P`: sport or dport in P
         self.iif_split: Optional[Tuple[FrozenSet[int], FrozenSet[int]]] = None  # (exact, ambiguous)
+        self.ct: Optional[Dict[CtClass, str]] = None  # state matches: outcome per conntrack class
+
+    def add_ct(self, outcomes: Dict[CtClass, str]) -> None:
+        self.ct = outcomes if self.ct is None else {c: _and3(self.ct[c], outcomes[c]) for c in CtClass}
 
     def add(self, **constraint) -> None:
         combined = conjoin(self.match, Match(**constraint))
@@ -185,7 +234,7 @@ def _port_constraints(builder: _Builder, rule: ir.Rule) -> None:
         builder.mark_unknown("match.port-protocol")
 
 
-def _matches(builder: _Builder, rule: ir.Rule) -> None:
+def _matches(builder: _Builder, rule: ir.Rule, host: HostContext) -> None:
     for match in rule.matches:
         if isinstance(match, (ir.TcpMatch, ir.UdpMatch)):
             _port_constraints(builder, rule)
@@ -221,6 +270,10 @@ def _matches(builder: _Builder, rule: ir.Rule) -> None:
                     builder.add(**{field: values.complement(U32_MAX) if span.negated else values})
         elif isinstance(match, ir.CommentMatch):
             continue
+        elif isinstance(match, ir.StateMatch):
+            builder.add_ct(ct_outcomes(match.states, host, with_nat=False))
+        elif isinstance(match, ir.ConntrackMatch) and match.states is not None and not match.options:
+            builder.add_ct(ct_outcomes(match.states, host, with_nat=True))
         else:
             builder.mark_unknown(f"match.{match.name}")
 
@@ -237,7 +290,7 @@ def translate(rule: ir.Rule, host: HostContext) -> Term:
     names, ambiguous = nf_interface_names(host)
     builder = _Builder()
     _header(builder, rule, names, ambiguous)
-    _matches(builder, rule)
+    _matches(builder, rule, host)
     if builder.never:
         return Term((), never=builder.never)
     unknown = ",".join(builder.unknown) or None
@@ -252,5 +305,28 @@ def translate(rule: ir.Rule, host: HostContext) -> Term:
             narrowed = conjoin(base, Match(iif=iif)) if iif else None
             if narrowed is not None:
                 disjuncts.append(Disjunct(narrowed, reason))
+    never = "iface.not-attached"
+    if builder.ct is not None and disjuncts:
+        disjuncts = _split_ct(disjuncts, builder.ct)
+        never = "never.empty"
     codes = tuple(dict.fromkeys(c for d in disjuncts if d.unknown for c in d.unknown.split(",")))
-    return Term(tuple(disjuncts), codes, "" if disjuncts else "iface.not-attached")
+    return Term(tuple(disjuncts), codes, "" if disjuncts else never)
+
+
+def _split_ct(disjuncts: List[Disjunct], outcomes: Dict[CtClass, str]) -> List[Disjunct]:
+    """Each disjunct once for the classes where the state match surely matches (as it was) and
+    once, unknown, for the classes where it may; classes where it cannot match are left out."""
+    sure = frozenset(c for c, o in outcomes.items() if o == "match")
+    unsure = frozenset(c for c, o in outcomes.items() if o == "unknown")
+    out = []
+    for d in disjuncts:
+        if sure:
+            m = conjoin(d.match, Match(ct=sure if sure != ALL_CT else None))
+            if m is not None:
+                out.append(Disjunct(m, d.unknown))
+        if unsure:
+            m = conjoin(d.match, Match(ct=unsure if unsure != ALL_CT else None))
+            if m is not None:
+                reason = ",".join(filter(None, (d.unknown, "match.ctstate-unsure")))
+                out.append(Disjunct(m, reason))
+    return out

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from ipt2xdp.classifier import PacketKey, Verdict, evaluate, validate
+from dataclasses import replace
+
+from ipt2xdp.classifier import CtClass, PacketKey, Verdict, evaluate, validate
 from ipt2xdp.hostinfo import Device, HostContext
 from ipt2xdp.parse import parse
 from ipt2xdp.plan import RuleRef, plan
 
 HOST = HostContext(devices=(Device("lo", 1), Device("veth0", 5, "veth"), Device("eth1", 6)),
                    local_destinations=(IPv4Network("10.77.1.2/32"), IPv4Network("224.0.0.0/4")),
-                   attached=("veth0",))
+                   attached=("veth0",), ct_external_helpers=False)
 LOCAL = int(IPv4Address("10.77.1.2"))
 
 
@@ -43,10 +45,12 @@ def test_decision_table(rule, expected):
     validate(result.rules, result.default)
 
 
-def packet(src="198.51.100.7", proto=6, dport=22, sport=40000, iif=5, dst=LOCAL, flags=0x02):
+def packet(src="198.51.100.7", proto=6, dport=22, sport=40000, iif=5, dst=LOCAL, flags=0x02, ct=None, icmp=None):
     tcp_or_udp = proto in (6, 17)
+    if ct is None:
+        ct = CtClass.NONE if tcp_or_udp else CtClass.NOT_LOOKED_UP
     return PacketKey(int(IPv4Address(src)), dst, proto, sport if tcp_or_udp else None,
-                     dport if tcp_or_udp else None, iif, None, flags if proto == 6 else None)
+                     dport if tcp_or_udp else None, iif, icmp, flags if proto == 6 else None, ct)
 
 
 def verdict(result, pkt):
@@ -134,3 +138,62 @@ def test_counter_paths_name_the_jump_and_the_deciding_rule():
     result = plan(rs, HOST)
     rule_id = evaluate(result.rules, result.default, packet(src="203.0.113.9"))[1]
     assert result.counter_paths[rule_id] == (RuleRef("filter", "INPUT", 1), RuleRef("filter", "BL", 1))
+
+
+# --- connection state -------------------------------------------------------------------------------
+
+SERVER = ("-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+          "-A INPUT -m conntrack --ctstate INVALID -j DROP\n"
+          "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n"
+          "-A INPUT -p tcp -m tcp --dport 25 -m state --state NEW -j ACCEPT\n")
+
+
+def test_established_related_is_no_match_without_an_entry():
+    result = plan(ruleset(SERVER, policy="DROP"), HOST)
+    validate(result.rules, result.default)
+    # no conntrack entry: NEW or INVALID, never ESTABLISHED/RELATED; a closed port meets the policy
+    assert verdict(result, packet(dport=80)) == Verdict.DROP
+    assert verdict(result, packet(proto=17, dport=53)) == Verdict.DROP
+    # a tracked flow (ESTABLISHED, or a SYN retransmit still NEW, or INVALID): netfilter decides
+    assert verdict(result, packet(dport=80, ct=CtClass.FOUND)) == Verdict.DEFER
+    # ICMP is never looked up (an error may be RELATED)
+    assert verdict(result, packet(proto=1, icmp=3 * 256 + 3)) == Verdict.DEFER
+    # the INVALID DROP rule is stepped past; an ACCEPT after it defers (netfilter may drop INVALID)
+    assert verdict(result, packet(dport=22)) == Verdict.DEFER
+    assert verdict(result, packet(dport=25)) == Verdict.DEFER
+
+
+def test_expectations_make_no_entry_possibly_related():
+    raw = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+           "-A PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp\nCOMMIT\n")
+    result = plan(ruleset(SERVER, policy="DROP", extra_tables=raw), HOST)
+    assert verdict(result, packet(dport=80)) == Verdict.DEFER
+    result = plan(ruleset(SERVER, policy="DROP"), replace(HOST, ct_external_helpers=True))
+    assert verdict(result, packet(dport=80)) == Verdict.DEFER
+
+
+def test_negated_state_drop_is_exact_for_new_packets():
+    rs = ruleset("-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -p tcp -j DROP\n-A INPUT -j ACCEPT")
+    result = plan(rs, HOST)
+    assert verdict(result, packet(dport=80)) == Verdict.DROP
+    assert verdict(result, packet(dport=80, ct=CtClass.FOUND)) == Verdict.DEFER
+    assert verdict(result, packet(proto=17, dport=80)) == Verdict.ACCEPT
+
+
+def test_state_in_user_chain_with_return():
+    rs = ruleset("-A INPUT -j CHK\n-A INPUT -p udp -j ACCEPT\n"
+                 "-A CHK -m state --state ESTABLISHED,RELATED -j RETURN\n-A CHK -p tcp -j DROP",
+                 chains=":CHK - [0:0]\n")
+    result = plan(rs, HOST)
+    validate(result.rules, result.default)
+    assert verdict(result, packet(dport=80)) == Verdict.DROP
+    assert verdict(result, packet(dport=80, ct=CtClass.FOUND)) == Verdict.DEFER
+    assert verdict(result, packet(proto=17, dport=53)) == Verdict.ACCEPT
+    assert verdict(result, packet(proto=17, dport=53, ct=CtClass.FOUND)) == Verdict.DEFER
+
+
+def test_maybe_drop_never_skips_side_effects():
+    rs = ruleset("-A INPUT -p tcp -m recent --rcheck --name x -j DROP\n-A INPUT -p tcp -j DROP")
+    assert verdict(plan(rs, HOST), packet(dport=80)) == Verdict.DEFER
+    rs = ruleset("-A INPUT -p tcp -m length --length 0:64 -j DROP\n-A INPUT -p tcp -j DROP")
+    assert verdict(plan(rs, HOST), packet(dport=80)) == Verdict.DROP

@@ -30,17 +30,23 @@
 -A INPUT -p tcp -j REJECT --reject-with tcp-reset;netfilter:target.reject
 -A INPUT -j MARK --set-xmark 0x1/0xffffffff;netfilter:target.mark
 -A INPUT -p tcp -m limit --limit 5/min -j ACCEPT;netfilter:match.limit
--A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT;netfilter:match.conntrack
--A INPUT -m state --state NEW -j DROP;netfilter:match.state
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT;netfilter:match.ctstate-unsure
+-A INPUT -m state --state ESTABLISHED -j ACCEPT;netfilter:match.ctstate-unsure
+-A INPUT -m conntrack --ctstate INVALID -j DROP;partial:skip.maybe-drop
+-A INPUT -m conntrack --ctstate NEW,INVALID -p tcp -j DROP;partial:skip.maybe-drop
+-A INPUT -m conntrack ! --ctstate INVALID,NEW,RELATED,ESTABLISHED,UNTRACKED -j DROP;netfilter:never.empty
+-A INPUT -m conntrack --ctstate NEW --ctproto tcp -j DROP;partial:skip.maybe-drop
+-A INPUT -m conntrack --ctstate NEW -m limit --limit 1/s -j DROP;netfilter:match.limit,match.ctstate-unsure
+-A INPUT -m state --state NEW -j DROP;partial:skip.maybe-drop
 -A INPUT -m set --match-set blocklist src -j DROP;netfilter:match.set
--A INPUT -m length --length 0:64 -j DROP;netfilter:match.length
--A INPUT -m ttl --ttl-lt 5 -j DROP;netfilter:match.ttl
--A INPUT -m addrtype --dst-type BROADCAST -j DROP;netfilter:match.addrtype
--A INPUT -m mac --mac-source 00:11:22:33:44:55 -j DROP;netfilter:match.mac
+-A INPUT -m length --length 0:64 -j DROP;partial:skip.maybe-drop
+-A INPUT -m ttl --ttl-lt 5 -j DROP;partial:skip.maybe-drop
+-A INPUT -m addrtype --dst-type BROADCAST -j DROP;partial:skip.maybe-drop
+-A INPUT -m mac --mac-source 00:11:22:33:44:55 -j DROP;partial:skip.maybe-drop
 -A INPUT -m recent --rcheck --seconds 60 --name ssh -j DROP;netfilter:match.recent
--A INPUT -m mark --mark 0x1 -j DROP;netfilter:match.mark
--A INPUT -p tcp -m tcp --tcp-option 2 -j DROP;netfilter:match.tcp-option
--A INPUT -p sctp -m multiport --dports 5060 -j DROP;netfilter:match.port-protocol
+-A INPUT -m mark --mark 0x1 -j DROP;partial:skip.maybe-drop
+-A INPUT -p tcp -m tcp --tcp-option 2 -j DROP;partial:skip.maybe-drop
+-A INPUT -p sctp -m multiport --dports 5060 -j DROP;partial:skip.maybe-drop
 -A INPUT -m hashlimit --hashlimit-above 10/sec --hashlimit-name x -j DROP;netfilter:match.hashlimit
--A INPUT -p tcp -m string --string "GET" --algo bm -j DROP;netfilter:match.string
+-A INPUT -p tcp -m string --string "GET" --algo bm -j DROP;partial:skip.maybe-drop
 -A INPUT -j RETURN;xdp:ok.return
