@@ -10,10 +10,14 @@ fails, a line-by-line re-parse that reports every broken line while still checki
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import gc
 import ipaddress
+import itertools
 import re
+import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -31,6 +35,11 @@ HEADER = {
     "-j": "-j", "--jump": "-j", "-g": "-g", "--goto": "-g",
 }
 _ADDRESS_OPTIONS = frozenset(("-s", "--source", "--src", "-d", "--destination", "--dst"))
+# Options whose argument decides how the rest of a rule is read (see RuleParser templates).
+_STRUCTURAL = frozenset(k for k, v in HEADER.items() if v in ("-p", "-i", "-o", "-m", "-j", "-g"))
+_EXACT = object()
+_inet_aton = socket.inet_aton
+_from_bytes = int.from_bytes
 _NO_INPUT_IFACE = ("OUTPUT", "POSTROUTING")
 _NO_OUTPUT_IFACE = ("INPUT", "PREROUTING")
 
@@ -50,11 +59,26 @@ def lark_parser():
 
         from ipt2xdp.resources import grammar_path
         _LARK = Lark(grammar_path().read_text(), parser="lalr", lexer="contextual",
-                     start=["start", "line", "words"], maybe_placeholders=False)
+                     start=["start", "line", "words"], maybe_placeholders=False,
+                     edit_terminals=_possessive_rule_block)
         bang = _LARK.get_terminal("BANG").pattern.to_regexp()
         word = _LARK.get_terminal("WORD").pattern.to_regexp()
         _WORD_RE = re.compile(f"{bang}|{word}")
     return _LARK
+
+
+def _possessive_rule_block(terminal) -> None:
+    """Make the outer repeat of RULE_BLOCK possessive (`)*` -> `)*+`, Python 3.11+).
+
+    Nothing follows the repeat inside the token, so the match is the same; but a greedy repeat
+    keeps backtracking state for each of its ~100,000 iterations (one per rule line), which made
+    the lexer 3x slower on a big file. The pattern itself is still the grammar's.
+    """
+    if terminal.name != "RULE_BLOCK" or sys.version_info < (3, 11):
+        return
+    value = terminal.pattern.value
+    if value.endswith(")*"):
+        terminal.pattern = type(terminal.pattern)(value + "+", terminal.pattern.flags, terminal.pattern.raw)
 
 
 def split_words(text: str) -> List[Tuple[str, int]]:
@@ -64,7 +88,12 @@ def split_words(text: str) -> List[Tuple[str, int]]:
 
 
 def _words(text: str) -> List[str]:
-    return _WORD_RE.findall(text)
+    # A line the grammar accepted as RULE_LINE is words separated by SPACE; without a double
+    # quote a WORD is a maximal run of non-space characters and "!" alone is BANG, so str.split
+    # (same whitespace as the regex's \s) gives the same words as the WORD/BANG regex, 5x faster.
+    if '"' in text:
+        return _WORD_RE.findall(text)
+    return text.split()
 
 
 def unquote(word: str) -> str:
@@ -101,21 +130,87 @@ class _Ext:
     given: List[Given] = field(default_factory=list)
 
 
-_DOTTED_CIDR = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?")
+def _fast_constructor(cls):
+    """A constructor for a frozen dataclass that fills the instance dict in one step.
+
+    The dataclass __init__ sets each field through object.__setattr__ (frozen), which is most of
+    the cost of building 100,000 rules. Same fields, same defaults, same resulting object; classes
+    with slots, default factories or __post_init__ keep their own constructor.
+    """
+    fs = dataclasses.fields(cls)
+    if (hasattr(cls, "__slots__") or hasattr(cls, "__post_init__")
+            or any(f.default_factory is not dataclasses.MISSING or not f.init for f in fs)):
+        return cls
+    names = [f.name for f in fs]
+    defaults = {f"_d_{f.name}": f.default for f in fs if f.default is not dataclasses.MISSING}
+    params = ", ".join(f"{n}=_d_{n}" if f"_d_{n}" in defaults else n for n in names)
+    body = ", ".join(f"{n!r}: {n}" for n in names)
+    namespace = {"_cls": cls, "_new": object.__new__, "_set": object.__setattr__, **defaults}
+    exec(f"def make({params}):\n    o = _new(_cls)\n    _set(o, '__dict__', {{{body}}})\n    return o\n", namespace)
+    return namespace["make"]
+
+
+_new_rule = _fast_constructor(ir.Rule)
+_new_address = _fast_constructor(ir.Address)
+_new_span = _fast_constructor(SourceSpan)
+
+
+def _slow_network(value: int, bits: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network((value, bits))
+
+
+_NETMASKS = {bits: ipaddress.IPv4Network._make_netmask(bits) for bits in range(33)}
+
+
+def _quick_network(value: int, bits: int) -> ipaddress.IPv4Network:
+    """IPv4Network((value, bits)) for a value with no host bits, without re-validating it."""
+    address = object.__new__(ipaddress.IPv4Address)
+    address._ip = value
+    net = object.__new__(ipaddress.IPv4Network)
+    d = net.__dict__
+    d["network_address"] = address
+    d["netmask"], d["_prefixlen"] = _NETMASKS[bits]
+    if bits == 31:
+        d["hosts"] = net.__iter__
+    elif bits == 32:
+        d["hosts"] = lambda: [ipaddress.IPv4Address(value)]
+    return net
+
+
+def _check_quick_network() -> bool:
+    """_quick_network builds what this Python's ipaddress builds (else the slow one is used)."""
+    try:
+        for value, bits in ((0x0A000001, 32), (0x0A000000, 31), (0x0A000000, 24), (0, 0)):
+            fast, real = _quick_network(value, bits), _slow_network(value, bits)
+            if (sorted(vars(fast)) != sorted(vars(real)) or fast != real or hash(fast) != hash(real)
+                    or str(fast) != str(real) or fast.netmask != real.netmask
+                    or fast.prefixlen != real.prefixlen
+                    or list(itertools.islice(fast.hosts(), 3)) != list(itertools.islice(real.hosts(), 3))):
+                return False
+        return True
+    except Exception:  # noqa: BLE001 - any surprise means: use the real constructor
+        return False
+
+
+_make_network = _quick_network if _check_quick_network() else _slow_network
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# a.b.c.d[/n] in canonical decimal (no leading zeros, each octet 0..255), ASCII digits only
+_DOTTED_CIDR = re.compile(rf"({_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET})(?:/([0-9]{{1,2}}))?")
+_MASKS = [(0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF for bits in range(33)]
 
 
 def _network(text: str, index: int) -> ipaddress.IPv4Network:
-    # The common spelling "a.b.c.d[/n]" is decoded by hand: ipaddress's own parser is the main
-    # cost of a 100k-rule blocklist. Anything else goes through ipaddress.
+    # The common spelling "a.b.c.d[/n]" is decoded by hand (the regex checks it, inet_aton
+    # converts it): ipaddress's own parser is the main cost of a 100k-rule blocklist. Anything
+    # else goes through ipaddress.
     m = _DOTTED_CIDR.fullmatch(text)
     if m:
-        a, b, c, d, plen = m.groups()
-        octets = (int(a), int(b), int(c), int(d))
+        addr, plen = m.groups()
         bits = 32 if plen is None else int(plen)
-        if max(octets) <= 255 and bits <= 32 and not any(len(o) > 1 and o[0] == "0" for o in (a, b, c, d)):
-            value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
-            mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
-            return ipaddress.IPv4Network((value & mask, bits))
+        if bits <= 32:
+            return _make_network(_from_bytes(_inet_aton(addr), "big") & _MASKS[bits], bits)
     try:
         return ipaddress.IPv4Network(text, strict=False)
     except ValueError:
@@ -150,12 +245,44 @@ class RuleParser:
 
     def __init__(self, user_chains):
         self.user_chains = user_chains
-        # Rules that differ only in their addresses (blocklists, kube-proxy) share everything
-        # else: cache the parsed rest by the words with the addresses blanked out. Valid for one
-        # table only: its set of user chains only grows, so a cached success stays a success.
+        # Two caches, valid for one table only: its set of user chains only grows, so a cached
+        # success stays a success.
+        # 1. Templates: big rulesets repeat a few rule shapes whose values differ (addresses,
+        #    ports, comments). The key blanks every word that is neither an option ("-..."), nor
+        #    "!", nor the argument of -p/-i/-o/-m/-j/-g. The first rule of a key is parsed in full;
+        #    if each blanked word turned out to be an address or the argument of an option of a
+        #    known match or target, the parse of any rule with that key takes the same path, so
+        #    the key maps to the parsed rule plus the list of matches/targets to rebuild from the
+        #    blanked words (their builders check the values; one memo per match instance).
+        #    Otherwise the key maps to _EXACT and the rule takes cache 2.
+        # 2. The parsed rest of a rule keyed by its words with only the addresses blanked out.
+        self._templates: Dict[tuple, object] = {}
         self._cache: Dict[tuple, tuple] = {}
+        self._built: list = []
 
     def parse(self, chain: str, words: List[str], counters: ir.Counters, span) -> List[ir.Rule]:
+        structural = _STRUCTURAL
+        key = (chain, *[w if w[0] == "-" or w == "!" or p in structural else None
+                        for p, w in zip([""] + words, words)])
+        entry = self._templates.get(key)
+        if entry is None:
+            entry = self._learn(chain, words, key)
+        if entry is _EXACT:
+            t, source_at, destination_at = self._exact(chain, words)
+        else:
+            t, source_at, destination_at, dynamic = entry
+            if dynamic:
+                t = self._rebuild(t, dynamic, words)
+        if source_at is None and destination_at is None:
+            return [_new_rule(chain, None, None, t.protocol, t.in_interface, t.out_interface, t.fragment,
+                              t.matches, t.target, counters, span)]
+        sources = self._addresses(source_at, words)
+        destinations = self._addresses(destination_at, words)
+        return [_new_rule(chain, s, d, t.protocol, t.in_interface, t.out_interface, t.fragment, t.matches,
+                          t.target, counters, span)
+                for s in sources for d in destinations]
+
+    def _exact(self, chain: str, words: List[str]) -> tuple:
         key_words = list(words)
         for index, word in enumerate(words):
             if word in _ADDRESS_OPTIONS and index + 1 < len(words):
@@ -165,12 +292,53 @@ class RuleParser:
         if cached is None:
             cached = self._parse(chain, words)
             self._cache[key] = cached
-        t, source_at, destination_at = cached
-        sources = self._addresses(source_at, words)
-        destinations = self._addresses(destination_at, words)
-        return [ir.Rule(chain, s, d, t.protocol, t.in_interface, t.out_interface, t.fragment, t.matches,
-                        t.target, counters, span)
-                for s in sources for d in destinations]
+        return cached
+
+    def _learn(self, chain: str, words: List[str], key: tuple):
+        """Parse the first rule of a template key; return (and remember) its template or _EXACT."""
+        template, source_at, destination_at = self._parse(chain, words)
+        blanked = {i for i, k in enumerate(key[1:]) if k is None}
+        allowed = {where[1] for where in (source_at, destination_at) if where is not None}
+        dynamic = []
+        proto_name, built = self._built
+        for slot, ext, builder in built:
+            if builder is None:
+                continue
+            positions = [k for g in ext.given for k in range(g.index + 1, g.index + 1 + len(g.args))]
+            allowed.update(positions)
+            if blanked.intersection(positions):
+                layout = tuple((g.name, g.negated, g.index, len(g.args)) for g in ext.given)
+                dynamic.append((slot, builder, proto_name, ext.index, layout, tuple(positions), {}))
+        if not blanked <= allowed:
+            self._templates[key] = _EXACT
+            return _EXACT
+        entry = (template, source_at, destination_at, tuple(dynamic))
+        self._templates[key] = entry
+        return entry
+
+    @staticmethod
+    def _rebuild(t: ir.Rule, dynamic: tuple, words: List[str]) -> ir.Rule:
+        matches, target = t.matches, t.target
+        changed = False
+        for slot, builder, proto_name, ext_index, layout, positions, memo in dynamic:
+            memo_key = tuple([words[k] for k in positions])
+            value = memo.get(memo_key)
+            if value is None:
+                given = [Given(name, negated, tuple([unquote(a) for a in words[at + 1:at + 1 + nargs]]), at)
+                         for name, negated, at, nargs in layout]
+                try:
+                    value = builder(given, proto_name, ext_index)
+                except OptionError as e:
+                    raise RuleError(e.word_index, e.message, e.hint) from None
+                memo[memo_key] = value
+            if slot < 0:
+                target = value
+            else:
+                if not changed:
+                    matches, changed = list(matches), True
+                matches[slot] = value
+        return _new_rule(t.chain, None, None, t.protocol, t.in_interface, t.out_interface, t.fragment,
+                         tuple(matches) if changed else matches, target)
 
     def _parse(self, chain: str, words: List[str]) -> tuple:
         head: Dict[str, tuple] = {}
@@ -323,8 +491,10 @@ class RuleParser:
                 ifaces[key] = None if text == "+" and not neg else ir.Interface(text, neg)
         fragment = head["-f"][0] if "-f" in head else None
         matches = []
-        for ext in exts:
+        built = []  # (slot, ext, the builder used or None): what a template may rebuild
+        for slot, ext in enumerate(exts):
             matches.append(self._extension(ext, options.MATCH_BUILDERS, proto_name, "match"))
+            built.append((slot, ext, options.MATCH_BUILDERS.get(ext.name)))
         tgt = None
         if target is not None:
             if target_kind == "-g":
@@ -333,6 +503,8 @@ class RuleParser:
                 tgt = ir.Jump(target.name)
             else:
                 tgt = self._extension(target, options.TARGET_BUILDERS, proto_name, "target")
+                built.append((-1, target, options.TARGET_BUILDERS.get(target.name)))
+        self._built = (proto_name, built)
         template = ir.Rule(chain, None, None, protocol, ifaces.get("-i"), ifaces.get("-o"), fragment,
                            tuple(matches), tgt)
         where = [(head[k][1], head[k][2] + 1) if k in head else None for k in ("-s", "-d")]
@@ -353,10 +525,14 @@ class RuleParser:
         if where is None:
             return [None]
         neg, at = where
+        text = words[at]
+        if "," not in text and '"' not in text:
+            net = _network(text, at)
+            return [None if net._prefixlen == 0 and not neg else _new_address(net, neg)]
         out = []
-        for item in unquote(words[at]).split(","):
+        for item in unquote(text).split(","):
             net = _network(item, at)
-            out.append(None if net.prefixlen == 0 and not neg else ir.Address(net, neg))
+            out.append(None if net.prefixlen == 0 and not neg else _new_address(net, neg))
         return out
 
 
@@ -448,7 +624,7 @@ class _Builder:
             self.error(line, col, None, f"{action} needs a chain name")
             return
         chain_name = words[i + 1]
-        span = SourceSpan(self.path, line, col, col + len(text))
+        span = _new_span(self.path, line, col, col + len(text))
         if self.current is None:
             self.error(line, col, col + len(text), "rule outside a table", hint="start the table with '*filter'")
             return
