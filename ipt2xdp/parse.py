@@ -15,6 +15,7 @@ import difflib
 import gc
 import ipaddress
 import itertools
+import operator
 import re
 import socket
 import sys
@@ -262,8 +263,8 @@ class RuleParser:
 
     def parse(self, chain: str, words: List[str], counters: ir.Counters, span) -> List[ir.Rule]:
         structural = _STRUCTURAL
-        key = (chain, *[w if w[0] == "-" or w == "!" or p in structural else None
-                        for p, w in zip([""] + words, words)])
+        # kept: options and "!" (also any "!word": keeping a word only makes the key stricter)
+        key = (chain, *[w if w[0] in "-!" or p in structural else None for p, w in zip([""] + words, words)])
         entry = self._templates.get(key)
         if entry is None:
             entry = self._learn(chain, words, key)
@@ -271,8 +272,13 @@ class RuleParser:
             t, source_at, destination_at = self._exact(chain, words)
         else:
             t, source_at, destination_at, dynamic = entry
-            if dynamic:
-                t = self._rebuild(t, dynamic, words)
+            if dynamic is not None:
+                values, memo = dynamic[0], dynamic[1]
+                value_key = values(words)
+                rebuilt = memo.get(value_key)
+                if rebuilt is None:
+                    rebuilt = memo[value_key] = self._rebuild(t, dynamic[2], words)
+                t = rebuilt
         if source_at is None and destination_at is None:
             return [_new_rule(chain, None, None, t.protocol, t.in_interface, t.out_interface, t.fragment,
                               t.matches, t.target, counters, span)]
@@ -295,11 +301,18 @@ class RuleParser:
         return cached
 
     def _learn(self, chain: str, words: List[str], key: tuple):
-        """Parse the first rule of a template key; return (and remember) its template or _EXACT."""
+        """Parse the first rule of a template key; return (and remember) its template or _EXACT.
+
+        A template is (rule without addresses, -s where, -d where, dynamic), dynamic None when no
+        match or target depends on a blanked word, else (getter of those words, memo of the
+        rebuilt rule by those words, per match/target: (slot, builder, protocol name, -m index,
+        layout of its options, getter of its blanked words, memo of the built value)).
+        """
         template, source_at, destination_at = self._parse(chain, words)
         blanked = {i for i, k in enumerate(key[1:]) if k is None}
         allowed = {where[1] for where in (source_at, destination_at) if where is not None}
-        dynamic = []
+        parts = []
+        all_positions: List[int] = []
         proto_name, built = self._built
         for slot, ext, builder in built:
             if builder is None:
@@ -308,20 +321,22 @@ class RuleParser:
             allowed.update(positions)
             if blanked.intersection(positions):
                 layout = tuple((g.name, g.negated, g.index, len(g.args)) for g in ext.given)
-                dynamic.append((slot, builder, proto_name, ext.index, layout, tuple(positions), {}))
+                parts.append((slot, builder, proto_name, ext.index, layout, operator.itemgetter(*positions), {}))
+                all_positions += positions
         if not blanked <= allowed:
             self._templates[key] = _EXACT
             return _EXACT
-        entry = (template, source_at, destination_at, tuple(dynamic))
+        dynamic = (operator.itemgetter(*all_positions), {}, tuple(parts)) if parts else None
+        entry = (template, source_at, destination_at, dynamic)
         self._templates[key] = entry
         return entry
 
     @staticmethod
-    def _rebuild(t: ir.Rule, dynamic: tuple, words: List[str]) -> ir.Rule:
-        matches, target = t.matches, t.target
-        changed = False
-        for slot, builder, proto_name, ext_index, layout, positions, memo in dynamic:
-            memo_key = tuple([words[k] for k in positions])
+    def _rebuild(t: ir.Rule, parts: tuple, words: List[str]) -> ir.Rule:
+        """The template rule with its matches/target rebuilt from this rule's words."""
+        matches, target = list(t.matches), t.target
+        for slot, builder, proto_name, ext_index, layout, values, memo in parts:
+            memo_key = values(words)
             value = memo.get(memo_key)
             if value is None:
                 given = [Given(name, negated, tuple([unquote(a) for a in words[at + 1:at + 1 + nargs]]), at)
@@ -334,11 +349,9 @@ class RuleParser:
             if slot < 0:
                 target = value
             else:
-                if not changed:
-                    matches, changed = list(matches), True
                 matches[slot] = value
         return _new_rule(t.chain, None, None, t.protocol, t.in_interface, t.out_interface, t.fragment,
-                         tuple(matches) if changed else matches, target)
+                         tuple(matches), target)
 
     def _parse(self, chain: str, words: List[str]) -> tuple:
         head: Dict[str, tuple] = {}
