@@ -101,6 +101,8 @@ def unquote(word: str) -> str:
     """`"a \\"b\\""` -> `a "b"`: drop the quotes, resolve backslash escapes inside them."""
     if '"' not in word:
         return word
+    if word[0] == '"' and word[-1] == '"' and "\\" not in word and word.count('"') == 2:
+        return word[1:-1]  # one plain quoted part, the usual case
     out, i, quoted = [], 0, False
     while i < len(word):
         c = word[i]
@@ -199,6 +201,7 @@ _make_network = _quick_network if _check_quick_network() else _slow_network
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # a.b.c.d[/n] in canonical decimal (no leading zeros, each octet 0..255), ASCII digits only
 _DOTTED_CIDR = re.compile(rf"({_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET})(?:/([0-9]{{1,2}}))?")
+_dotted_fullmatch = _DOTTED_CIDR.fullmatch
 _MASKS = [(0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF for bits in range(33)]
 
 
@@ -539,6 +542,14 @@ class RuleParser:
             return [None]
         neg, at = where
         text = words[at]
+        m = _dotted_fullmatch(text)
+        if m is not None:  # the common case of _network, inline
+            addr, plen = m.groups()
+            bits = 32 if plen is None else int(plen)
+            if bits <= 32:
+                if bits == 0 and not neg:
+                    return [None]
+                return [_new_address(_make_network(_from_bytes(_inet_aton(addr), "big") & _MASKS[bits], bits), neg)]
         if "," not in text and '"' not in text:
             net = _network(text, at)
             return [None if net._prefixlen == 0 and not neg else _new_address(net, neg)]
@@ -624,6 +635,40 @@ class _Builder:
         self.current.chains[name] = _Chain(name, policy, _counters(counters))
         if policy is None:
             self.rule_parser.user_chains.add(name)
+
+    def rules(self, block: str, line: int, col: int) -> None:
+        """A run of rule lines (one RULE_BLOCK token starting at line:col).
+
+        The common line (`-A CHAIN ...` of a known chain, no counters) is handled
+        inline; any other line, and any line whose rule is in error, goes through rule().
+        """
+        rule = self.rule
+        table = self.current
+        if table is None:
+            chains, parse = {}, None
+        else:
+            chains, parse = table.chains, self.rule_parser.parse
+        path, zero, new_span, findall = self.path, ir.ZERO, _new_span, _WORD_RE.findall
+        for offset, text in enumerate(block.split("\n")):
+            c = col if offset == 0 else 1
+            if text[0] in " \t\f\r":
+                stripped = text.lstrip(" \t\f\r")
+                c += len(text) - len(stripped)
+                text = stripped
+            if text[-1] in " \t\f\r":
+                text = text.rstrip(" \t\f\r")
+            if not text.startswith("-A "):
+                rule(text, line + offset, c)
+                continue
+            words = findall(text) if '"' in text else text.split()  # see _words
+            target_chain = chains.get(words[1])
+            if target_chain is None:
+                rule(text, line + offset, c)
+                continue
+            try:
+                target_chain.rules.extend(parse(words[1], words[2:], zero, new_span(path, line + offset, c, c + len(text))))
+            except RuleError:
+                rule(text, line + offset, c)  # parses it again, the same way, and reports the error
 
     def rule(self, text: str, line: int, col: int) -> None:
         words = _words(text)
@@ -720,11 +765,7 @@ def _feed(builder: _Builder, item, line_no: Optional[int] = None) -> None:
     elif kind == "commit":
         builder.commit(line, first.column)
     elif kind == "rules":
-        for offset, text in enumerate(str(first).split("\n")):
-            col = first.column if offset == 0 else 1
-            stripped = text.lstrip(" \t\f\r")
-            col += len(text) - len(stripped)
-            builder.rule(stripped.rstrip(" \t\f\r"), line + offset, col)
+        builder.rules(str(first), line, first.column)
 
 
 def parse(text: str, path: str = "<stdin>") -> ir.Ruleset:
