@@ -115,7 +115,10 @@ def _classify_reply(pkt: bytes, probes: Dict[int, "object"]) -> Optional[Tuple[i
         icmp_type, code = body[0], body[1]
         if icmp_type in (3, 4, 5, 11, 12):  # errors quote the offending IP header
             inner = _ip_fields(body[8:])
-            if inner and inner[0] in probes:
+            # The quoted addresses must be the probe's too: a reused receiver can still answer
+            # a packet of an earlier run that had the same IP id (a fragment reassembly timeout).
+            probe = probes.get(inner[0]) if inner else None
+            if probe is not None and (inner[2], inner[3]) == (probe.src_bytes, probe.dst_bytes):
                 return inner[0], f"icmp-{icmp_type}/{code}"
         elif icmp_type in (0, 14, 16, 18):  # query replies keep the request's identifier
             ident = struct.unpack("!H", body[4:6])[0]
