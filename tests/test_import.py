@@ -142,7 +142,11 @@ def test_dry_run_json_reports_every_rule_and_changes_nothing(pair):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert len(report["decisions"]) == 17  # 16 rules and the INPUT policy
-    assert {d["kind"] for d in report["decisions"]} == {"xdp", "netfilter"}
+    assert {d["kind"] for d in report["decisions"]} <= {"xdp", "partial", "netfilter"}
+    kinds = {(d["chain"], d["index"]): (d["kind"], d["code"]) for d in report["decisions"]}
+    assert kinds[("BLOCKLIST", 1)] == ("xdp", "ok.drop")       # -s 203.0.113.0/24 -j DROP
+    assert kinds[("INPUT", 1)] == ("netfilter", "iface.not-attached")  # -i lo
+    assert kinds[("INPUT", 5)][0] == "netfilter"                # -m limit: netfilter decides
     assert all(d["why"] and d["code"] for d in report["decisions"])
     assert saved(pair.receiver).strip() == ""
     assert not json.loads(ipt2xdp(pair.receiver, "status", "--json").stdout)["loaded"]
