@@ -14,13 +14,13 @@ packets are counted too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, U32_MAX, Action, ClassifierRule,
                                 IntervalSet, Match, Verdict)
 from ipt2xdp.hostinfo import HostContext
-from ipt2xdp.translate import Term, conjoin, translate, unknown_why
+from ipt2xdp.translate import Term, conjoin, nf_interface_names, translate, unknown_why
 
 DEFAULT_MAX_RULES = 100_000
 EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))
@@ -96,6 +96,11 @@ class _Emitter:
     remarks: Dict[RuleRef, Tuple[str, Optional[int]]] = field(default_factory=dict)
     # matches of the DROP rules XDP steps past (see SKIPPABLE_UNKNOWN); later ACCEPTs defer for them
     maybe_drops: List[Match] = field(default_factory=list)
+    # the -i names netfilter sees for the attached devices: the same for every rule
+    interfaces: Optional[Tuple[Dict[int, str], FrozenSet[int]]] = None
+
+    def __post_init__(self) -> None:
+        self.interfaces = nf_interface_names(self.host)
 
     def emit_accept(self, match: Match, path: Tuple[RuleRef, ...], code: str) -> None:
         for dropped in self.maybe_drops:
@@ -115,7 +120,7 @@ class _Emitter:
     def term(self, table: str, chain: str, index: int, rule: ir.Rule) -> Term:
         key = (table, chain, index)
         if key not in self.terms:
-            self.terms[key] = translate(rule, self.host)
+            self.terms[key] = translate(rule, self.host, self.interfaces)
         return self.terms[key]
 
 

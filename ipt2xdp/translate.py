@@ -285,9 +285,13 @@ def _either_port(base: Match, ports: IntervalSet) -> List[Match]:
     return [m for m in (first, second) if m is not None]
 
 
-def translate(rule: ir.Rule, host: HostContext) -> Term:
-    """The classifier terms of a rule's matches (its target is the planner's business)."""
-    names, ambiguous = nf_interface_names(host)
+def translate(rule: ir.Rule, host: HostContext,
+              interfaces: Optional[Tuple[Dict[int, str], FrozenSet[int]]] = None) -> Term:
+    """The classifier terms of a rule's matches (its target is the planner's business).
+
+    `interfaces` is nf_interface_names(host), which a caller translating many rules computes once.
+    """
+    names, ambiguous = interfaces if interfaces is not None else nf_interface_names(host)
     builder = _Builder()
     _header(builder, rule, names, ambiguous)
     _matches(builder, rule, host)
