@@ -112,7 +112,7 @@ def _loaded():
     """loader.status() plus the plan record of the generation in force (None if not loaded)."""
     from ipt2xdp import loader, planstore
 
-    info = loader.status()
+    info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return None
     info["plan"] = planstore.load(info.get("ruleset", {}).get("source_digest"))

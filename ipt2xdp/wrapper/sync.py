@@ -92,7 +92,7 @@ def _note(message: str) -> None:
 def was_deferring() -> bool:
     from ipt2xdp import loader
 
-    return bool(loader.status().get("deferring_all"))
+    return bool(loader.status(include_counters=False).get("deferring_all"))
 
 
 def begin() -> bool:
@@ -122,7 +122,7 @@ def replan(backend_name: str) -> None:
     from ipt2xdp.parse import parse
     from ipt2xdp.wrapper import xdpcounts
 
-    info = loader.status()
+    info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return
     old_key = info.get("ruleset", {}).get("source_digest")
@@ -136,7 +136,7 @@ def replan(backend_name: str) -> None:
     # Counts up to now; drops between this read and the flip are lost (microseconds, all deferred).
     before = xdpcounts.current()
     _offload(ruleset, host, devices, args, backend_name, report)
-    new_key = loader.status().get("ruleset", {}).get("source_digest")
+    new_key = loader.status(include_counters=False).get("ruleset", {}).get("source_digest")
     if new_key and new_key != old_key:
         xdpcounts.carry(before, old_plan, planstore.load(new_key), new_key)
     elif new_key:
