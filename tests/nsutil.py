@@ -26,6 +26,19 @@ def inside(ns):
         os.close(target)
 
 
+def unload_and_close(pair):
+    """Detach ipt2xdp in the receiver, unpin its state, and delete both namespaces."""
+    from ipt2xdp import loader, pins
+
+    with inside(pair.receiver):
+        directory = pins.pin_dir()
+        try:
+            loader.detach(all_devices=True)
+        finally:
+            pins.remove_tree(directory)
+    pair.close()
+
+
 def udp_receiver(ns, port):
     with inside(ns):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

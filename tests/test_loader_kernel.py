@@ -15,7 +15,7 @@ from ipt2xdp.classifier import ACCEPT, DROP, ClassifierRule, IntervalSet, Match
 from ipt2xdp.compile import compile
 from ipt2xdp.errors import LoadError
 from ipt2xdp.netns import veth_pair
-from tests.nsutil import drain, inside, iptables_count, python_in, send_udp, udp_receiver
+from tests.nsutil import drain, inside, iptables_count, python_in, send_udp, udp_receiver, unload_and_close
 
 pytestmark = pytest.mark.kernel
 
@@ -31,13 +31,7 @@ def pair():
             p.receiver.run(["iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(port)])
         yield p
     finally:
-        with inside(p.receiver):
-            directory = pins.pin_dir()
-            try:
-                loader.detach(all_devices=True)
-            finally:
-                pins.remove_tree(directory)
-        p.close()
+        unload_and_close(p)
 
 
 def _settle(p):

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from ipt2xdp import abi, loader, pins
+from ipt2xdp import abi, loader
 from ipt2xdp.classifier import ACCEPT, DROP, ClassifierRule, IntervalSet, Match
 from ipt2xdp.compile import compile
 from ipt2xdp.netns import veth_pair
-from tests.nsutil import inside, iptables_count, send_udp, udp_receiver
+from tests.nsutil import inside, iptables_count, send_udp, udp_receiver, unload_and_close
 
 pytestmark = pytest.mark.kernel
 
@@ -153,13 +153,7 @@ def test_killed_updates_leave_old_or_new_and_never_drop_common_traffic():
         print("outcomes:", outcomes, "update seconds:", round(duration, 3))
         assert "old" in outcomes
     finally:
-        with inside(p.receiver):
-            directory = pins.pin_dir()
-            try:
-                loader.detach(all_devices=True)
-            finally:
-                pins.remove_tree(directory)
-        p.close()
+        unload_and_close(p)
 
 
 STEPS = [f"filled {n}" for n in abi.GEN_MAPS] + [f"installed {n}" for n in abi.GEN_MAPS] + ["flipped"]
@@ -190,10 +184,4 @@ def test_kill_at_every_step_of_the_update():
             proc.wait()
             assert ruleset_in_force(p) == ("new" if step == "flipped" else "old"), f"killed at {step}"
     finally:
-        with inside(p.receiver):
-            directory = pins.pin_dir()
-            try:
-                loader.detach(all_devices=True)
-            finally:
-                pins.remove_tree(directory)
-        p.close()
+        unload_and_close(p)
