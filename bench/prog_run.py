@@ -22,10 +22,8 @@ Writes bench/out/prog_run-<time>.json. Each figure is the median of --rounds run
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +37,7 @@ use_tree()
 
 from scapy.all import IP, TCP, UDP, Ether, raw  # noqa: E402
 
-from ipt2xdp import abi, libbpf  # noqa: E402
+from ipt2xdp import libbpf  # noqa: E402
 from ipt2xdp.classifier import ACCEPT, DROP, ClassifierRule, IntervalSet, Match  # noqa: E402
 from ipt2xdp.compile import compile  # noqa: E402
 from ipt2xdp.dataplane import Dataplane  # noqa: E402

@@ -15,7 +15,7 @@ import random
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 # Addresses the corpus owns: the receiver gets DEFAULT_LOCAL (and every scanned -d value that is not a
 # scanned source), the sender spoofs sources freely. NONLOCAL is never installed anywhere.

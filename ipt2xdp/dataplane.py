@@ -26,10 +26,10 @@ import json
 import os
 import struct
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
-from ipt2xdp import abi, devices, libbpf, pins
+from ipt2xdp import abi, libbpf, pins
 from ipt2xdp.compile import Tables
 from ipt2xdp.errors import AbiMismatch, LoadError
 from ipt2xdp.resources import bpf_object_path

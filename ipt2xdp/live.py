@@ -16,7 +16,6 @@ No reader creates a table that does not exist: the legacy reader only opens the 
 from __future__ import annotations
 
 import ipaddress
-import os
 import subprocess
 from typing import List, Optional, Sequence
 

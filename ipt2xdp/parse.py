@@ -364,7 +364,6 @@ class RuleParser:
         generic: Optional[_Ext] = None       # the last extension with unknown options
         negate, negate_at = False, -1
         i, n = 0, len(words)
-        proto_name = None
         while i < n:
             w = words[i]
             if w == "!":
@@ -408,8 +407,6 @@ class RuleParser:
                     i += 2
                     continue
                 head[key] = (arg, negate, i)
-                if key == "-p" and not negate:
-                    proto_name = arg
                 negate = False
                 i += 2
                 continue
@@ -812,7 +809,7 @@ def _parse(text: str, path: str) -> ir.Ruleset:
 
 def _parse_lines(parser, builder: _Builder, text: str) -> None:
     """The slow path: parse each line on its own so that every broken line is reported."""
-    from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+    from lark.exceptions import UnexpectedInput
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue

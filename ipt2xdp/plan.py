@@ -14,13 +14,13 @@ packets are counted too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, U32_MAX, Action, ClassifierRule,
-                                IntervalSet, Match, Verdict)
+                                IntervalSet, Match)
 from ipt2xdp.hostinfo import HostContext
-from ipt2xdp.translate import Term, conjoin, nf_interface_names, translate, unknown_why
+from ipt2xdp.translate import Term, conjoin, nf_interface_names, translate
 
 DEFAULT_MAX_RULES = 100_000
 EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))

@@ -11,8 +11,8 @@ whole disjunct becomes unknown, which can only make XDP defer more.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, U16_MAX, U32_MAX, CtClass, IntervalSet, Match

@@ -2,7 +2,6 @@
 """`ipt2xdp import` end to end in namespaces: the file becomes the ruleset in force, XDP drops what
 it proves netfilter drops, accepted traffic reaches a socket, bad input changes nothing."""
 import json
-import socket
 import subprocess
 import sys
 import time

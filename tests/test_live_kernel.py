@@ -4,7 +4,6 @@ give the same IR for the same ruleset (counters and spans aside), in namespaces 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 

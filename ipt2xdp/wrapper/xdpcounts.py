@@ -105,7 +105,7 @@ def carry(old: Counts, old_plan: Optional[dict], new_plan: Optional[dict], new_k
 
 def zero(table: str, chain: Optional[str], rulenum: Optional[int], policy_too: bool) -> None:
     """-Z: make the shown counts of these rules zero by storing minus their current value."""
-    from ipt2xdp import loader, planstore
+    from ipt2xdp import loader
 
     info = loader.status()
     if not info.get("loaded"):
