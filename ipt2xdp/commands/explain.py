@@ -74,10 +74,9 @@ def _run_loaded(args, spec) -> int:
     from ipt2xdp.errors import UsageError
     from ipt2xdp.explain import explain, render_text, why
 
-    loaded = explain_loaded.load()
     if args.iface:
-        raise UsageError("--iface does not go with --loaded: the loaded plan's devices are "
-                         + ", ".join(loaded.host.attached))
+        raise UsageError("--iface does not go with --loaded: the loaded plan's devices are the ones it was made for")
+    loaded = explain_loaded.load()
     if not spec.iface and loaded.host.attached:
         spec = replace(spec, iface=loaded.host.attached[0])
     if spec.iface and loaded.host.device(spec.iface) is None:
