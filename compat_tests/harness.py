@@ -239,9 +239,12 @@ class Comparison:
     corpus: Corpus
     runs: List[Tuple[Run, Run]]  # (alone, attached) per backend
     disagreements: List[Disagreement]
+    receiver_if: str = RECEIVER_IF  # the receiver's device and forwarding, for report()'s explanations
+    forwarding: bool = False
 
     def report(self, limit: int = 20) -> str:
-        """The ruleset, then every disagreeing probe with both fates (at most `limit`)."""
+        """The ruleset, then every disagreeing probe with both fates and what `ipt2xdp explain`
+        says of it (deciding rule and reason; at most `limit` probes)."""
         if not self.disagreements and not any(r.observation.notes for pair in self.runs for r in pair):
             return "no disagreements"
         lines = ["ruleset:", *("    " + l for l in self.ruleset.strip().splitlines()), ""]
@@ -252,7 +255,11 @@ class Comparison:
                     lines.append(f"[{run.backend}/{kind}] end marker never reached the stack: the attached "
                                  "program must XDP_PASS non-IPv4 frames")
                 lines += [f"[{run.backend}/{kind}] {n}" for n in run.observation.notes]
-        lines += [str(d) for d in self.disagreements[:limit]]
+        from compat_tests.explained import explain_probe
+
+        for d in self.disagreements[:limit]:
+            lines.append(str(d))
+            lines += explain_probe(self.ruleset, d.probe, self.receiver_if, self.corpus.local_addrs, self.forwarding)
         if len(self.disagreements) > limit:
             lines.append(f"... and {len(self.disagreements) - limit} more")
         return "\n".join(lines)
@@ -279,7 +286,7 @@ def compare(ruleset: str, corpus: Corpus, backends: Sequence[str] = ("legacy", "
                 alone.observation.notes.append(f"probe {pid}: netfilter alone is not deterministic here "
                                                f"({alone.fates[pid]} / {again[pid]}); not counted")
         disagreements += [Disagreement(backend, by_id[pid], alone.fates[pid], attached.fates[pid]) for pid in differ]
-    return Comparison(ruleset, corpus, runs, disagreements)
+    return Comparison(ruleset, corpus, runs, disagreements, receiver_if, forwarding)
 
 
 def ipt2xdp_attach(mode: str = "native", backend: Optional[str] = None, reuse: bool = True) -> Attach:

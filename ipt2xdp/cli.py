@@ -17,13 +17,15 @@ from ipt2xdp import __version__
 from ipt2xdp.errors import EXIT_OTHER, Ipt2xdpError, ParseError, render_diagnostics
 
 # Order is the order shown in --help.
-COMMANDS = ("import", "status", "detach", "fmt", "check", "demo", "alternatives")
+COMMANDS = ("import", "explain", "status", "detach", "fmt", "check", "demo", "alternatives")
 
 EPILOG = """examples:
   ipt2xdp check /etc/iptables/rules.v4          validate a ruleset, errors with file:line:col
   ipt2xdp fmt --live                            print the kernel's ruleset in canonical form
   ipt2xdp import rules.v4 --iface eth0          restore rules.v4 and offload what XDP can decide
   ipt2xdp import --live --dry-run               show, rule by rule, what XDP would decide
+  ipt2xdp explain --loaded --packet "tcp 198.51.100.7:4242 > 10.0.0.1:22 flags S iface eth0"
+                                                what XDP does with that packet, which rule decides, why
   ipt2xdp status                                devices, generation and per-rule XDP counters
   ipt2xdp detach --all                          leave netfilter alone in charge
   ipt2xdp alternatives install                  make `iptables` the wrapper that keeps XDP in step

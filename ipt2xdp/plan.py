@@ -74,6 +74,7 @@ class Plan:
     # the deciding rule); the wrapper adds XDP's counters to each of them.
     counter_paths: Tuple[Tuple[RuleRef, ...], ...]
     notes: Tuple[str, ...] = ()
+    codes: Tuple[str, ...] = ()  # rule_id -> the reason code of that classifier rule (for explain)
 
     def summary(self) -> Dict[str, int]:
         kinds = [d.kind for d in self.decisions]
@@ -268,4 +269,4 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     else:
         em.emit_accept(Match(), (RuleRef("filter", "INPUT", 0),), "ok.policy")
     decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
-    return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes))
+    return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes), tuple(em.codes))

@@ -61,3 +61,23 @@ def remove_all() -> None:
         for name in os.listdir(directory):
             os.unlink(os.path.join(directory, name))
         os.rmdir(directory)
+
+
+def host_record(host) -> dict:
+    """A HostContext as JSON, stored with the plan so that `explain --loaded` can plan it again."""
+    return {"devices": [[d.name, d.ifindex, d.kind, d.master, d.link] for d in host.devices],
+            "local_destinations": [str(n) for n in host.local_destinations],
+            "forwarding": host.forwarding, "attached": list(host.attached),
+            "ct_checksum": host.ct_checksum, "ct_tcp_loose": host.ct_tcp_loose,
+            "ct_external_helpers": host.ct_external_helpers}
+
+
+def host_from_record(record: dict):
+    import ipaddress
+
+    from ipt2xdp.hostinfo import Device, HostContext
+
+    return HostContext(tuple(Device(*d) for d in record["devices"]),
+                       tuple(ipaddress.IPv4Network(n) for n in record["local_destinations"]),
+                       record["forwarding"], tuple(record["attached"]), record["ct_checksum"],
+                       record["ct_tcp_loose"], record["ct_external_helpers"])

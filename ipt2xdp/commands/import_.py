@@ -127,9 +127,12 @@ def _offload(ruleset, host, devices, args, backend_name, report):
 
     result = plan(ruleset, host)
     tables = compile_tables(result.rules, result.default, overflow="defer")
-    key = planstore.digest(render(ruleset.without_positions()), devices)
+    text = render(ruleset.without_positions())
+    key = planstore.digest(text, devices)
     planstore.save(key, {
         "backend": backend_name,
+        "ruleset_text": text,                  # with "host": what `explain --loaded` plans again
+        "host": planstore.host_record(host),
         "devices": list(devices),
         "decisions": report.decision_records(result),
         "actions": [rule.action.verdict.name for rule in result.rules],
