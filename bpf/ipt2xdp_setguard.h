@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /* The ipset guard: shared by the XDP program and bpf/ipt2xdp_setguard.bpf.c (mirrored in
  * ipt2xdp/setguard.py). XDP decides `-m set` rules from a copy of the sets' members taken at import.
- * The tracing programs count, at entry and again at exit of every kernel function that can remove
- * or add set members, into `live`; the import stores the counts it read *before* copying the sets
- * in expect[generation slot]. A DROP whose truth depends on the sets not having lost (or gained)
+ * The guard programs (ipt2xdp_setguard.bpf.c) count every request that may change a set into
+ * `live` when it starts and when it is done; the import waits until none is in flight, reads the
+ * counts, copies the sets, and stores the counts in expect[generation slot]. A DROP whose truth depends on the sets not having lost (or gained)
  * members is compiled as IPT2XDP_ACT_SET_GUARDED | bits and only drops while the counts it depends
  * on are unchanged and, for removals, before the earliest element timeout (deadline_ns); otherwise
  * the packet goes to netfilter, which holds the sets in force. No polling: a change is seen by the
@@ -28,12 +28,13 @@
 #define IPT2XDP_ACT_SET_STALE 0x20
 
 struct ipt2xdp_setguard {
-	__u64 removals; /* live: bumped twice per call of a removing function; expect: value read */
-	__u64 additions; /* same for adding functions */
+	__u64 removals; /* live: requests that may remove members, counted as they start */
+	__u64 additions; /* live: requests that may add members; expect: the values read */
 	__u64 deadline_ns; /* expect only: bpf_ktime_get_ns() bound before any element times out */
-	__u64 pad;
+	__u64 settled; /* live only: requests counted in removals that are done */
+	__u64 netns_cookie; /* live only: the namespace whose sets are guarded (0: count every one) */
 };
-_Static_assert(sizeof(struct ipt2xdp_setguard) == 32, "abi");
+_Static_assert(sizeof(struct ipt2xdp_setguard) == 40, "abi");
 
 /* The one map both objects share: the loader pins it beside the program and sets its pin path in
  * both objects before loading them, so they open the same map. */

@@ -108,7 +108,7 @@ class Counter(ctypes.Structure):
 
 class SetGuard(ctypes.Structure):
     _fields_ = [("removals", ctypes.c_uint64), ("additions", ctypes.c_uint64), ("deadline_ns", ctypes.c_uint64),
-                ("pad", ctypes.c_uint64)]
+                ("settled", ctypes.c_uint64), ("netns_cookie", ctypes.c_uint64)]
 
 
 STRUCTS = {
@@ -118,7 +118,7 @@ STRUCTS = {
     "ipt2xdp_setguard": SetGuard,
 }
 _SIZES = {State: 16, GenConfig: 88, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
-          Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 32}
+          Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40}
 for _cls, _size in _SIZES.items():
     assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
 

@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import IntervalSet
@@ -44,7 +44,9 @@ WHY = {
     "set-nomatch": "the ipset has nomatch entries (exceptions); XDP does not mirror them",
     "set-counters": "matching updates the ipset's packet counters (add ! --update-counters to offload)",
     "set-options": "--return-nomatch, --packets-* and --bytes-* depend on more than membership",
-    "set-guard": "the ipset change guard could not be attached, so a mirror could not be kept exact",
+    "set-guard": "the ipset change guard is not attached or ipset changes were in flight, so a mirror "
+                 "could not be kept exact",
+    "set-target": "a -j SET rule changes this ipset as packets pass; XDP cannot follow it",
 }
 
 
@@ -151,11 +153,27 @@ def referenced_sets(ruleset: ir.Ruleset) -> List[str]:
     return list(names)
 
 
-def read_sets(names: Iterable[str], ipset: str = IPSET) -> Tuple[IpSet, ...]:
+def changed_by_rules(ruleset: ir.Ruleset) -> FrozenSet[str]:
+    """Sets some `-j SET --add-set/--del-set` rule (any table) changes from the packet path."""
+    names = set()
+    for table in ruleset.tables:
+        for chain in table.chains:
+            for rule in chain.rules:
+                if getattr(rule.target, "name", "") == "SET":
+                    names.update(o.args[0] for o in rule.target.options
+                                 if o.name in ("--add-set", "--del-set") and o.args)
+    return frozenset(names)
+
+
+def read_sets(names: Iterable[str], changed: FrozenSet[str] = frozenset(), ipset: str = IPSET) -> Tuple[IpSet, ...]:
     """Read the named sets of the current network namespace. A set that cannot be read is
-    returned as unsupported ("set-missing"), so its rules defer."""
+    returned as unsupported ("set-missing"), so its rules defer; so is a set in `changed`
+    ("set-target")."""
     out = []
     for name in names:
+        if name in changed:
+            out.append(IpSet(name, unsupported="set-target"))
+            continue
         read_at = time.monotonic_ns()
         try:
             result = subprocess.run([ipset, "save", name], capture_output=True, text=True)

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The kernel side of ipset mirroring: the change counters XDP compares with (bpf/ipt2xdp_setguard.h).
 
-`ensure()` loads bpf/ipt2xdp_setguard.bpf.o once per network namespace: fentry and fexit programs
-on the kernel functions that add or remove set members, counting into the map `ipt2xdp_setguard`,
+`ensure()` loads bpf/ipt2xdp_setguard.bpf.o once per network namespace: raw tracepoint programs
+that count every request that may change an ipset (an nfnetlink send, see the C file) when it
+starts and when it is done, into the map `ipt2xdp_setguard`,
 which the XDP program shares (Dataplane.load points its map at the same pin). Links are pinned in
 <bpffs>/ipt2xdp/setguard-<netns>/ (and the map beside the XDP program, or there before the first
-load), so they outlive the command; `detach --all` removes them. The import reads `counts()` *before* reading the sets; `store_expectation()` puts
+load), so they outlive the command; `detach --all` removes them. The import waits for a moment with no request in flight (`settled_counts()`), reads the counts
+then, and only then the sets; `store_expectation()` puts
 those counts and the timeout deadline in the generation's slot before the flip.
 
 For the `ipt2xdp watch` service: `counts()` moves whenever a set loses or gains members; a mirror
@@ -109,12 +111,13 @@ def ensure() -> None:
         try:
             share_map(obj, create=True)
             obj.load()
+            _set_netns_cookie(obj)
             for name, prog in _programs(obj):
                 ctypes.set_errno(0)
                 link = l.bpf_program__attach(prog)
                 if not link:
                     raise LoadError(f"attaching the ipset guard {name}", ctypes.get_errno() or errno.EINVAL,
-                                    "the kernel needs fentry/fexit and BTF for ip_set_core (Linux >= 5.11); "
+                                    "the kernel needs raw tracepoints and BTF (CONFIG_DEBUG_INFO_BTF); "
                                     "-m set rules stay with netfilter")
                 links.append(link)
             for (name, _), link in zip(_programs(obj), links):
@@ -130,6 +133,17 @@ def ensure() -> None:
                 l.bpf_link__destroy(link)
             obj.close()
         _check_shared_with_xdp()
+
+
+def _set_netns_cookie(obj: libbpf.BpfObject) -> None:
+    """Count only this namespace's nfnetlink requests (the guard's map may be new or shared)."""
+    fd = libbpf.lib().bpf_map__fd(obj.map(abi.MAP_SETGUARD.name))
+    key = struct.pack("=I", abi.SETGUARD_LIVE)
+    live = abi.SetGuard.from_buffer_copy(libbpf.lookup_elem(fd, key, ctypes.sizeof(abi.SetGuard)))
+    if live.netns_cookie != pins.netns_id():
+        # Written before any program is attached: no count can be lost by this read-modify-write.
+        live.netns_cookie = pins.netns_id()
+        libbpf.update_elem(fd, key, bytes(live), what="configuring the ipset guard")
 
 
 def _prog_map_ids(prog_fd: int) -> List[int]:
@@ -176,10 +190,26 @@ def _read(index: int) -> abi.SetGuard:
     return abi.SetGuard.from_buffer_copy(raw)
 
 
-def counts() -> Tuple[int, int]:
-    """(removals, additions) counted so far in this namespace's guard: read it before the sets."""
+def counts() -> Tuple[int, int, int]:
+    """(removals, additions, settled) counted so far in this namespace's guard. `settled` is read
+    first, so removals == settled means no request that may change a set was in flight."""
+    settled = _read(abi.SETGUARD_LIVE).settled
     live = _read(abi.SETGUARD_LIVE)
-    return live.removals, live.additions
+    return live.removals, live.additions, settled
+
+
+def settled_counts(timeout_s: float = 2.0) -> Tuple[int, int]:
+    """(removals, additions) at a moment when no set change was in flight; LoadError if requests
+    kept coming for timeout_s (then the sets are read but not trusted)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        removals, additions, settled = counts()
+        if removals == settled:
+            return removals, additions
+        if time.monotonic() > deadline:
+            raise LoadError("ipset changes kept being in flight while the sets were to be read", errno.EBUSY,
+                            "import again when the sets are quiet; -m set rules stay with netfilter meanwhile")
+        time.sleep(0.01)
 
 
 def store_expectation(fd: int, slot: int, expectation: Optional[Expectation]) -> None:
@@ -229,12 +259,13 @@ def mirror_for_import(host, ruleset, notice=None):
         return host, None
     try:
         ensure()
-        removals, additions = counts()
+        removals, additions = settled_counts()
     except LoadError as error:
         if notice is not None:
             notice(f"ipsets not mirrored: {error}")
         return replace(host, ipsets=tuple(ipsets.IpSet(n, unsupported="set-guard") for n in names)), None
-    return replace(host, ipsets=ipsets.read_sets(names)), Expectation(removals, additions)
+    return (replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset))),
+            Expectation(removals, additions))
 
 
 def with_deadline(expectation: Optional[Expectation], deadline_ns: Optional[int]) -> Optional[Expectation]:

@@ -88,7 +88,7 @@ def run(args) -> int:
 
         names = ipsets.referenced_sets(ruleset)
         if names:
-            host = replace(host, ipsets=ipsets.read_sets(names))
+            host = replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset)))
         result = plan(ruleset, host)
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
         if args.json:
