@@ -8,8 +8,8 @@
  * request is processed inside the syscall that sends it on a NETLINK_NETFILTER socket, or inside an
  * io_uring request. So:
  *  - sys_enter of write/writev/pwritev2/sendto/sendmsg/sendmmsg/splice/sendfile on such a socket
- *    (any of them, without looking, for 32-bit tasks), unless the request is one read-only ipset
- *    message or one message of another nfnetlink subsystem, counts a start before the kernel reads
+ *    (any of them, without looking, for 32-bit tasks), unless its messages are read-only ipset
+ *    commands or belong to other nfnetlink subsystems, counts a start before the kernel reads
  *    the request, and marks the thread; its sys_exit counts the request done;
  *  - an io_uring request that may write to a socket (any namespace: its file is not resolved yet
  *    when it is submitted) counts a start when submitted and is done when its completion is posted.
@@ -24,6 +24,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 
 #include "ipt2xdp_setguard.h"
 
@@ -85,7 +86,7 @@ struct {
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, __u8);
-} ipt2xdp_setguard_busy SEC(".maps");
+} setguard_busy SEC(".maps");
 
 static __always_inline struct ipt2xdp_setguard *live(void)
 {
@@ -137,7 +138,7 @@ static __always_inline void start(__u64 key)
 	if (!g)
 		return;
 	/* mark first: a start without a mark would never be done (safe, but stale for good) */
-	if (bpf_map_update_elem(&ipt2xdp_setguard_busy, &key, &one, BPF_ANY) != 0)
+	if (bpf_map_update_elem(&setguard_busy, &key, &one, BPF_ANY) != 0)
 		return;
 	__sync_fetch_and_add(&g->removals, 1);
 	__sync_fetch_and_add(&g->additions, 1);
@@ -149,7 +150,7 @@ static __always_inline void done(__u64 key)
 
 	if (!g || g->removals == g->settled) /* nothing in flight: skip the hash lookup */
 		return;
-	if (bpf_map_delete_elem(&ipt2xdp_setguard_busy, &key) == 0)
+	if (bpf_map_delete_elem(&setguard_busy, &key) == 0)
 		__sync_fetch_and_add(&g->settled, 1);
 }
 
@@ -168,41 +169,71 @@ struct nlmsghdr_min {
 	__u16 type;
 };
 
-#define NFNL_SUBSYS_IPSET 6
 
-/* Whether the request may change an ipset: anything but one ipset message of a read-only command
- * (protocol, list, save, test, header, type, get_byname, get_byindex), or one message of another
- * nfnetlink subsystem (they never touch ipsets; ipset has no batches). Buffers that hold several
- * messages or several pieces, or cannot be read, count. The bytes are read before the kernel
- * copies them: a thread that rewrites its own request meanwhile could slip past, and is not
- * something an ipset client does. */
+#define NFNL_SUBSYS_IPSET 6
+#define NFNL_MSG_BATCH_BEGIN 0x10
+#define MAX_MESSAGES 16
+
+/* Whether the nlmsghdr at base is a message that may change ipsets: an ipset command other than
+ * protocol, list, save, test, header, type, get_byname and get_byindex. */
+static __always_inline int ipset_change(struct nlmsghdr_min *nlh)
+{
+	__u8 cmd = nlh->type & 0xff;
+
+	if (nlh->type >> 8 != NFNL_SUBSYS_IPSET)
+		return 0;
+	return !(cmd == 1 || cmd == 7 || cmd == 8 || (cmd >= 11 && cmd <= 15));
+}
+
+/* Whether the request may change an ipset. One skb carries the whole send. If it starts with a
+ * batch, nfnetlink hands all of it to the batch's subsystem (ipset has no batches: only counted
+ * to be safe); otherwise each message goes to its own subsystem, so every message is looked at.
+ * Sends in several pieces (other than a batch) or with more than MAX_MESSAGES messages, and
+ * unreadable ones, count. The bytes are read before the kernel copies them: a thread rewriting
+ * its own request meanwhile could slip past; no ipset client does that. */
 static __always_inline int may_change_sets(long id, struct pt_regs *regs)
 {
-	struct user_msghdr msg;
+	struct user_msghdr msg = {};
 	struct user_iovec iov;
 	struct nlmsghdr_min nlh;
-	__u8 cmd;
+	__u16 res_id;
+	__u64 offset = 0;
+	int i;
 
 	if (id == 1 || id == 44) { /* write, sendto: (fd, buf, len) */
 		iov.base = (void *)BPF_CORE_READ(regs, si);
 		iov.len = BPF_CORE_READ(regs, dx);
+		msg.iovlen = 1;
 	} else if (id == 46) { /* sendmsg: (fd, msg, flags) */
-		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)BPF_CORE_READ(regs, si)) || msg.iovlen != 1 ||
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)BPF_CORE_READ(regs, si)) || !msg.iovlen ||
 		    bpf_probe_read_user(&iov, sizeof(iov), msg.iov))
 			return 1;
 	} else if (id == 20) { /* writev: (fd, iov, iovcnt) */
-		if (BPF_CORE_READ(regs, dx) != 1 ||
-		    bpf_probe_read_user(&iov, sizeof(iov), (void *)BPF_CORE_READ(regs, si)))
+		msg.iovlen = BPF_CORE_READ(regs, dx);
+		if (!msg.iovlen || bpf_probe_read_user(&iov, sizeof(iov), (void *)BPF_CORE_READ(regs, si)))
 			return 1;
 	} else {
 		return 1;
 	}
-	if (bpf_probe_read_user(&nlh, sizeof(nlh), iov.base) || nlh.len < iov.len)
+	if (bpf_probe_read_user(&nlh, sizeof(nlh), iov.base))
 		return 1;
-	if (nlh.type >> 8 != NFNL_SUBSYS_IPSET)
-		return 0;
-	cmd = nlh.type & 0xff;
-	return !(cmd == 1 || cmd == 7 || cmd == 8 || (cmd >= 11 && cmd <= 15));
+	if (nlh.type == NFNL_MSG_BATCH_BEGIN) {
+		if (bpf_probe_read_user(&res_id, sizeof(res_id), iov.base + 18)) /* nfgenmsg.res_id */
+			return 1;
+		return bpf_ntohs(res_id) == NFNL_SUBSYS_IPSET;
+	}
+	if (msg.iovlen != 1)
+		return 1;
+	for (i = 0; i < MAX_MESSAGES; i++) {
+		if (ipset_change(&nlh) || nlh.len < 16)
+			return 1;
+		offset += (nlh.len + 3) & ~3U; /* NLMSG_ALIGN */
+		if (offset >= iov.len)
+			return 0;
+		if (bpf_probe_read_user(&nlh, sizeof(nlh), iov.base + offset))
+			return 1;
+	}
+	return 1;
 }
 
 SEC("raw_tp/sys_enter")

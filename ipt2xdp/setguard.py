@@ -172,7 +172,7 @@ def _check_shared_with_xdp() -> None:
         n = ctypes.c_uint32(ctypes.sizeof(info))
         libbpf.check(libbpf.lib().bpf_obj_get_info_by_fd(link_fd, info, ctypes.byref(n)), "reading the guard's link")
         guard_fd = libbpf.check(libbpf.lib().bpf_prog_get_fd_by_id(info[2]), "opening the guard program")
-        if not set(_prog_map_ids(guard_fd)) <= set(_prog_map_ids(xdp_fd)):
+        if not set(_prog_map_ids(guard_fd)) & set(_prog_map_ids(xdp_fd)):  # only the guard map is shared
             raise LoadError("the XDP program in force does not read this namespace's ipset guard map", errno.ESTALE,
                             "run `ipt2xdp detach --all`, then import again")
     finally:
