@@ -15,6 +15,8 @@ Reading needs the ipset tool (`ipset save NAME`, the format `ipset restore` read
 from __future__ import annotations
 
 import shlex
+import socket
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from ipt2xdp.classifier import IntervalSet
 IPSET = "/usr/sbin/ipset"
 MIRRORED_TYPES = ("hash:ip", "hash:net")
 NS = 1_000_000_000
+_U32 = struct.Struct("!I")
 # ipset lists a timeout as whole seconds left, rounded down (1 when under a second): an element
 # listed with T may expire T - 1 s after the listing began. One more second covers jiffies
 # granularity and the clock XDP reads (bpf_ktime_get_ns, CLOCK_MONOTONIC) versus jiffies.
@@ -68,10 +71,10 @@ class IpSet:
 def _member_interval(text: str, netmask: int) -> Tuple[int, int]:
     address, _, plen = text.partition("/")
     length = int(plen) if plen else netmask
-    parts = address.split(".")
-    if len(parts) != 4:
-        raise ValueError(f"not an IPv4 member: {text!r}")
-    value = (int(parts[0]) << 24) | (int(parts[1]) << 16) | (int(parts[2]) << 8) | int(parts[3])
+    try:
+        value = _U32.unpack(socket.inet_aton(address))[0]
+    except OSError:
+        raise ValueError(f"not an IPv4 member: {text!r}") from None
     span = 1 << (32 - length)
     low = value & ~(span - 1) & 0xFFFFFFFF
     return low, low + span - 1
@@ -109,6 +112,9 @@ class _Builder:
 
     def add(self, words: List[str]) -> None:
         self.members += 1
+        if len(words) == 3 and not self.unsupported:  # the common line: no extensions
+            self.intervals.append(_member_interval(words[2], self.netmask))
+            return
         rest = words[3:]
         if "nomatch" in rest:
             self.unsupported = self.unsupported or "set-nomatch"
