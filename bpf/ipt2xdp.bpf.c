@@ -26,6 +26,7 @@
 
 #include "ipt2xdp_kern_user.h"
 #include "ipt2xdp_maps.h"
+#include "ipt2xdp_setguard.h"
 #include "parsing.h"
 
 #define ENOENT 2
@@ -557,7 +558,11 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	if (m.stat != IPT2XDP_STAT_CLASSIFIED)
 		return m.stat;
 	if (m.done == 1) {
-		count_rule(gen, m.counter, pkt);
+		/* a DROP that trusts a copy of ipset members which has since changed: netfilter
+		 * decides, and counts the packet itself */
+		m.action = setguard_action(gen->slot, m.action);
+		if (m.action != IPT2XDP_ACT_SET_STALE)
+			count_rule(gen, m.counter, pkt);
 		*verdict = to_xdp(m.action);
 		return IPT2XDP_STAT_CLASSIFIED;
 	}

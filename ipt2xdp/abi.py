@@ -40,6 +40,11 @@ CT_NONE, CT_FOUND, CT_NOT_LOOKED_UP = 0, 1, 2  # conntrack classes (value_class[
 
 ACT_DROP, ACT_ACCEPT, ACT_DEFER, ACT_CONTINUE = 1, 2, 3, 4
 SLOT_RULE, SLOT_SET = 0, 1
+# bpf/ipt2xdp_setguard.h: guarded DROP actions, and the shared guard map
+ACT_SET_GUARDED, ACT_SET_STALE = 0x10, 0x20
+GUARD_REMOVALS, GUARD_ADDITIONS = 1, 2
+SETGUARD_LIVE = 0
+SETGUARD_ENTRIES = 1 + GEN_SLOTS  # live + one expectation per generation slot
 K_SRC, K_DST, K_PROTO, K_SPORT, K_DPORT = 1, 2, 4, 8, 16
 
 STAT_NAMES = ("defer_all", "not_ipv4", "malformed", "fragment", "lookup_fail", "budget",
@@ -101,13 +106,19 @@ class Counter(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class SetGuard(ctypes.Structure):
+    _fields_ = [("removals", ctypes.c_uint64), ("additions", ctypes.c_uint64), ("deadline_ns", ctypes.c_uint64),
+                ("settled", ctypes.c_uint64), ("netns_cookie", ctypes.c_uint64)]
+
+
 STRUCTS = {
     "ipt2xdp_state": State, "ipt2xdp_gen_config": GenConfig, "ipt2xdp_addr_dir": AddrDir,
     "ipt2xdp_addr_bound": AddrBound, "ipt2xdp_class_row": ClassRow,
     "ipt2xdp_slot": Slot, "ipt2xdp_exact_key": ExactKey, "ipt2xdp_counter": Counter,
+    "ipt2xdp_setguard": SetGuard,
 }
 _SIZES = {State: 16, GenConfig: 88, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
-          Slot: 16, ExactKey: 16, Counter: 16}
+          Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40}
 for _cls, _size in _SIZES.items():
     assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
 
@@ -131,6 +142,7 @@ class MapShape:
 
 MAP_STATE = MapShape("ipt2xdp_state", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(State))
 MAP_STATS = MapShape("ipt2xdp_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8)
+MAP_SETGUARD = MapShape("ipt2xdp_setguard", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(SetGuard))
 PROGRAM_NAME = "ipt2xdp_xdp"
 
 # Per-generation maps: logical name (as in compile.Tables) -> shape of the inner map.

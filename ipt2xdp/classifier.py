@@ -188,13 +188,22 @@ class Verdict(enum.IntEnum):
     CONTINUE = 4
 
 
+# Action.guard bits (IPT2XDP_GUARD_* in bpf/ipt2xdp_setguard.h): a DROP proven from a copy of ipset
+# members holds only while the sets have not lost (REMOVALS) or gained (ADDITIONS) members.
+GUARD_REMOVALS = 1
+GUARD_ADDITIONS = 2
+
+
 @dataclass(frozen=True)
 class Action:
     verdict: Verdict
     target: int = 0  # CONTINUE only: the classifier rule index to resume at
+    guard: int = 0   # DROP only: GUARD_* bits; XDP passes instead once those set changes happened
 
     def __repr__(self) -> str:
-        return f"CONTINUE({self.target})" if self.verdict == Verdict.CONTINUE else self.verdict.name
+        if self.verdict == Verdict.CONTINUE:
+            return f"CONTINUE({self.target})"
+        return self.verdict.name + (f"[set-guard {self.guard}]" if self.guard else "")
 
 
 DROP = Action(Verdict.DROP)

@@ -84,6 +84,9 @@ class Tables:
     overflowed_rules: int = 0         # rules replaced by the catch-all DEFER slot
     field_mask: int = 0
     notes: List[str] = field(default_factory=list)
+    # What guarded DROPs compare with (setguard.Expectation); set by the importer, not by compile:
+    # it is a fact about the host's sets when they were read, not about the ruleset.
+    set_guard: Optional[object] = None
 
     @property
     def digest(self) -> str:
@@ -296,8 +299,16 @@ def _dense_array(name: str, blob: bytes, value_size: int) -> MapContents:
     return MapContents(name, max(1, n), 4, value_size, keys, blob)
 
 
+def _action_code(action: Action) -> int:
+    """A DROP guarded by ipset copies is IPT2XDP_ACT_SET_GUARDED | bits: a program without the
+    guard passes such slots, as it passes every action it does not know."""
+    if action.guard:
+        return abi.ACT_SET_GUARDED | action.guard
+    return _ACT[action.verdict]
+
+
 def _encode_slot(slot: _Slot, set_id: int, next_slot: int) -> bytes:
-    s = abi.Slot(counter=slot.counter, next=next_slot, set_id=set_id, action=_ACT[slot.action.verdict],
+    s = abi.Slot(counter=slot.counter, next=next_slot, set_id=set_id, action=_action_code(slot.action),
                  kind=abi.SLOT_SET if slot.set_members is not None else abi.SLOT_RULE,
                  key_fields=slot.key_fields, src_plen=slot.src_plen, dst_plen=slot.dst_plen)
     return bytes(s)

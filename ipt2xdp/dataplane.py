@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ipt2xdp import abi, libbpf, pins
+from ipt2xdp import abi, libbpf, pins, setguard
 from ipt2xdp.compile import Tables
 from ipt2xdp.errors import AbiMismatch, LoadError
 from ipt2xdp.resources import bpf_object_path
@@ -119,9 +119,10 @@ class Dataplane:
         obj = libbpf.BpfObject(path)
         try:
             check_abi(obj)
+            setguard.share_map(obj)
             obj.load()
             l = libbpf.lib()
-            names = [abi.MAP_STATE.name, abi.MAP_STATS.name] + [s.name for s in abi.GEN_MAPS.values()]
+            names = [abi.MAP_STATE.name, abi.MAP_STATS.name, abi.MAP_SETGUARD.name] + [s.name for s in abi.GEN_MAPS.values()]
             map_fds = {n: l.bpf_map__fd(obj.map(n)) for n in names}
             meta_fd = libbpf.map_create(abi.BPF_MAP_TYPE_ARRAY, "ipt2xdp_meta", 4, META_VALUE_SIZE, abi.GEN_SLOTS + 1)
             dp = cls(obj.program_fd(abi.PROGRAM_NAME), map_fds, meta_fd, obj, object_digest(path))
@@ -140,7 +141,8 @@ class Dataplane:
         fds = {}
         try:
             prog_fd = libbpf.obj_get(os.path.join(directory, PROG_PIN))
-            for name in [abi.MAP_STATE.name, abi.MAP_STATS.name] + [s.name for s in abi.GEN_MAPS.values()]:
+            for name in [abi.MAP_STATE.name, abi.MAP_STATS.name, abi.MAP_SETGUARD.name] + \
+                    [s.name for s in abi.GEN_MAPS.values()]:
                 fds[name] = libbpf.obj_get(os.path.join(directory, name))
             meta_fd = libbpf.obj_get(os.path.join(directory, META_PIN))
         except LoadError as error:
@@ -250,6 +252,7 @@ class Dataplane:
                 inner[name] = self._create_inner(name, tables, generation)
                 hook(f"filled {name}")
             rcu_barrier()
+            setguard.store_expectation(self.map_fds[abi.MAP_SETGUARD.name], target, tables.set_guard)
             self.write_meta(target, dict(record or {}, generation=generation, rules=tables.rule_count,
                                          slots=tables.slot_count, sets=tables.set_count, digest=tables.digest,
                                          overflowed_rules=tables.overflowed_rules, applied_at=int(time.time())))

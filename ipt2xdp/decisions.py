@@ -14,6 +14,8 @@ from ipt2xdp.translate import unknown_why
 
 OK_WHY = {
     "ok.drop": "XDP drops matching packets in the driver",
+    "ok.set-drop": "XDP drops members of the mirrored ipset in the driver; once a member may have left "
+                   "the set (ipset del, flush, swap, a timeout) it passes them to netfilter until the next import",
     "ok.accept": "XDP passes matching packets on; netfilter accepts them",
     "ok.return": "RETURN is modelled: XDP resumes after the jump",
     "ok.goto-end": "the end of a goto'd chain is modelled",

@@ -9,7 +9,10 @@ import ipaddress
 import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
+
+if TYPE_CHECKING:
+    from ipt2xdp.ipsets import IpSet
 
 RTN_LOCAL = 2
 RTN_BROADCAST = 3
@@ -44,6 +47,12 @@ class HostContext:
     # nftables `ct helper`, or unknown). Helpers assigned by `-t raw -j CT --helper` are seen in the
     # ruleset by the planner itself.
     ct_external_helpers: bool = True
+    # The ipsets `-m set` rules read (ipsets.read_sets), or None when they were not read: then every
+    # set match stays unknown. Left out of comparisons: a set may hold 100k members.
+    ipsets: Optional[Tuple["IpSet", ...]] = field(default=None, compare=False)
+
+    def ipset(self, name: str) -> Optional["IpSet"]:
+        return next((s for s in self.ipsets or () if s.name == name), None)
 
     def device(self, name: str) -> Optional[Device]:
         return next((d for d in self.devices if d.name == name), None)

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi, devices, pins
+from ipt2xdp import abi, devices, pins, setguard
 from ipt2xdp.compile import Tables
 from ipt2xdp.dataplane import META_ATTACH, Dataplane, object_digest, require_root
 from ipt2xdp.errors import LoadError
@@ -122,6 +122,7 @@ def detach(ifaces: Sequence[str] = (), all_devices: bool = False) -> List[str]:
         if dp is None:
             if all_devices:
                 pins.remove_tree(directory)
+                setguard.remove()
                 return []
             raise LoadError("ipt2xdp is not loaded in this network namespace", 0,
                             "nothing to detach; `ipt2xdp status` shows what is loaded", exit_code=1)
@@ -149,6 +150,7 @@ def detach(ifaces: Sequence[str] = (), all_devices: bool = False) -> List[str]:
             dp.close()
         if all_devices:
             pins.remove_tree(directory)
+            setguard.remove()
         return done
 
 
@@ -209,6 +211,7 @@ def status(live_source_digest: Optional[str] = None, include_counters: bool = Tr
                    ruleset=dp.read_meta(slot), devices=attachments, stats=dp.read_stats(),
                    counters={("default" if k == abi.DEFAULT_COUNTER else "overflow" if k == abi.OVERFLOW_COUNTER
                               else str(k)): {"packets": p, "bytes": b} for k, (p, b) in sorted(counters.items())})
+        out["ipset_mirror"] = setguard.mirror_state(slot)
         if live_source_digest is not None:
             out["in_sync"] = out["ruleset"].get("source_digest") == live_source_digest
         return out

@@ -115,8 +115,11 @@ def forget_netns(netns_path: str) -> None:
     netns = netns_id_of(netns_path)
     if netns is None:
         return
+    from ipt2xdp import setguard
+
     try:
         remove_tree(pin_dir(netns=netns))
+        setguard.remove(netns)
     except LoadError:
         pass
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from ipt2xdp import ir
-from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, U32_MAX, Action, ClassifierRule,
-                                IntervalSet, Match)
+from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, U32_MAX, Action,
+                                ClassifierRule, IntervalSet, Match, Verdict)
 from ipt2xdp.hostinfo import HostContext
-from ipt2xdp.translate import Term, conjoin, nf_interface_names, translate
+from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
 
 DEFAULT_MAX_RULES = 100_000
 EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))
@@ -75,6 +75,8 @@ class Plan:
     counter_paths: Tuple[Tuple[RuleRef, ...], ...]
     notes: Tuple[str, ...] = ()
     codes: Tuple[str, ...] = ()  # rule_id -> the reason code of that classifier rule (for explain)
+    # Guarded DROPs (ipset copies) hold until this CLOCK_MONOTONIC ns, when a member may time out.
+    set_deadline_ns: Optional[int] = None
 
     def summary(self) -> Dict[str, int]:
         kinds = [d.kind for d in self.decisions]
@@ -99,9 +101,16 @@ class _Emitter:
     maybe_drops: List[Match] = field(default_factory=list)
     # the -i names netfilter sees for the attached devices: the same for every rule
     interfaces: Optional[Tuple[Dict[int, str], FrozenSet[int]]] = None
+    # (classifier position, GUARD_* bits): from that position on, a DROP relies on the mirrored
+    # sets of an earlier rule not changing that way (see guard_set_drops)
+    set_events: List[Tuple[int, int]] = field(default_factory=list)
+    set_expiries: List[int] = field(default_factory=list)  # of the copies some DROP relies on
 
     def __post_init__(self) -> None:
         self.interfaces = nf_interface_names(self.host)
+        # Earlier chains are guarded by a superset of what their rules touch: a set match there
+        # stays unknown (its copy could grow stale unnoticed by the filter rules' guards).
+        self.guard_host = replace(self.host, ipsets=None)
 
     def emit_accept(self, match: Match, path: Tuple[RuleRef, ...], code: str) -> None:
         for dropped in self.maybe_drops:
@@ -121,8 +130,17 @@ class _Emitter:
     def term(self, table: str, chain: str, index: int, rule: ir.Rule) -> Term:
         key = (table, chain, index)
         if key not in self.terms:
-            self.terms[key] = translate(rule, self.host, self.interfaces)
+            host = self.host if table == "filter" else self.guard_host
+            self.terms[key] = translate(rule, host, self.interfaces)
         return self.terms[key]
+
+    def note_sets(self, uses: Tuple[SetUse, ...], bits: int) -> int:
+        """Record what set changes matter from here on (and their expiry); returns bits."""
+        if any(u.forceadd for u in uses) and bits & GUARD_REMOVALS:
+            bits |= GUARD_ADDITIONS  # an add to a full forceadd set evicts a member
+        if bits & GUARD_REMOVALS:
+            self.set_expiries.extend(u.expiry_ns for u in uses if u.expiry_ns is not None)
+        return bits
 
 
 def _chain(ruleset: ir.Ruleset, table: str, chain: str) -> Optional[ir.Chain]:
@@ -147,6 +165,8 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     for index, rule in enumerate(chain.rules, start=1):
         ref = RuleRef(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
+        if term.set_uses:
+            em.set_events.append((len(em.rules), em.note_sets(term.set_uses, _earlier_set_bits(rule, term))))
         if not term.disjuncts:
             em.remarks.setdefault(ref, (term.never, None))
         for disjunct in term.disjuncts:
@@ -164,6 +184,9 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 continue  # a counting-only rule: no effect on the packet's fate
             elif isinstance(rule.target, ir.Accept):
                 em.emit_accept(match, path + (ref,), "ok.accept")
+            elif isinstance(rule.target, ir.Drop) and term.set_uses:
+                em.emit(match, Action(DROP.verdict, guard=em.note_sets(term.set_uses, _own_set_bits(term))),
+                        path + (ref,), "ok.set-drop")
             elif isinstance(rule.target, ir.Drop):
                 em.emit(match, DROP, path + (ref,), "ok.drop")
             elif isinstance(rule.target, ir.Return):
@@ -200,6 +223,43 @@ def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, .
 def _patch(em: _Emitter, position: int, target_index: int) -> None:
     rule = em.rules[position]
     em.rules[position] = ClassifierRule(rule.match, CONTINUE(target_index), rule.rule_id)
+
+
+def _own_set_bits(term: Term) -> int:
+    """A DROP that matched by membership stops matching when members go (or, negated, come)."""
+    return sum({GUARD_ADDITIONS if u.negated else GUARD_REMOVALS for u in term.set_uses})
+
+
+def _earlier_set_bits(rule: ir.Rule, term: Term) -> int:
+    """What changes of this rule's sets can alter the fate of a packet a later DROP decides.
+
+    The later DROP is only reached when XDP saw this rule not match (or jump past it). A change
+    that makes it match a packet it did not (an added member, a removed one when negated) lets
+    an ACCEPT, a side effect or an unknown act first. A DROP rule fully decided in XDP, or one
+    it steps past, can only drop such a packet too, and a rule without a target does nothing.
+    Jumps, gotos and RETURN also change what follows when they *stop* matching: both ways.
+    """
+    if rule.target is None:
+        return 0
+    if isinstance(rule.target, (ir.Jump, ir.Goto, ir.Return)):
+        return GUARD_REMOVALS | GUARD_ADDITIONS
+    exact = all(d.unknown is None or set(d.unknown.split(",")) <= SKIPPABLE_UNKNOWN for d in term.disjuncts)
+    if isinstance(rule.target, ir.Drop) and exact:
+        return 0
+    return sum({GUARD_REMOVALS if u.negated else GUARD_ADDITIONS for u in term.set_uses})
+
+
+def guard_set_drops(em: _Emitter) -> None:
+    """Give every DROP the guard bits of its own sets and of every set rule before it."""
+    events = sorted(em.set_events)
+    earlier, e = 0, 0
+    for index, rule in enumerate(em.rules):
+        while e < len(events) and events[e][0] <= index:
+            earlier |= events[e][1]
+            e += 1
+        if rule.action.verdict == Verdict.DROP and (earlier | rule.action.guard) != rule.action.guard:
+            em.rules[index] = ClassifierRule(rule.match, Action(Verdict.DROP, guard=earlier | rule.action.guard),
+                                             rule.rule_id)
 
 
 def _earlier_chain_guards(em: _Emitter) -> List[str]:
@@ -268,5 +328,9 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
         em.emit(Match(), DROP, (RuleRef("filter", "INPUT", 0),), "ok.policy")
     else:
         em.emit_accept(Match(), (RuleRef("filter", "INPUT", 0),), "ok.policy")
+    if em.set_events:
+        guard_set_drops(em)
     decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
-    return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes), tuple(em.codes))
+    deadline = min(em.set_expiries) if em.set_expiries else None
+    return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes), tuple(em.codes),
+                deadline)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from ipt2xdp import ir
+from ipt2xdp import ipsets, ir
 from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, U16_MAX, U32_MAX, CtClass, IntervalSet, Match
 from ipt2xdp.hostinfo import HostContext
 
@@ -30,10 +30,22 @@ class Disjunct:
 
 
 @dataclass(frozen=True)
+class SetUse:
+    """A `-m set` match XDP evaluates from a copy of the set's members (see ipsets.py)."""
+
+    name: str
+    negated: bool
+    forceadd: bool = False           # an add may evict a member: additions count as removals too
+    expiry_ns: Optional[int] = None  # the copy is exact until then (member timeouts)
+
+
+@dataclass(frozen=True)
 class Term:
     disjuncts: Tuple[Disjunct, ...]
     unknown_codes: Tuple[str, ...] = ()  # every reason a disjunct is unknown, for the report
     never: str = ""  # why no disjunct is left (the rule never matches a packet XDP judges)
+    # mirrored sets the disjuncts rely on, kept even when no disjunct is left (an empty set)
+    set_uses: Tuple[SetUse, ...] = ()
 
 
 # Matches XDP cannot evaluate (yet), with the sentence the dry-run report shows.
@@ -41,6 +53,7 @@ UNMODELLED_WHY = {
     "conntrack": "connection state is only known to conntrack",
     "state": "connection state is only known to conntrack",
     "set": "ipset membership is not mirrored into XDP",
+    **ipsets.WHY,
     "length": "packet length is not a classifier field yet",
     "ttl": "TTL is not a classifier field yet",
     "addrtype": "address types are not modelled yet",
@@ -191,6 +204,7 @@ class _Builder:
         self.either_port: Optional[IntervalSet] = None  # `-m multiport --ports P`: sport or dport in P
         self.iif_split: Optional[Tuple[FrozenSet[int], FrozenSet[int]]] = None  # (exact, ambiguous)
         self.ct: Optional[Dict[CtClass, str]] = None  # state matches: outcome per conntrack class
+        self.set_uses: List[SetUse] = []
 
     def add_ct(self, outcomes: Dict[CtClass, str]) -> None:
         self.ct = outcomes if self.ct is None else {c: _and3(self.ct[c], outcomes[c]) for c in CtClass}
@@ -274,8 +288,23 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext) -> None:
             builder.add_ct(ct_outcomes(match.states, host, with_nat=False))
         elif isinstance(match, ir.ConntrackMatch) and match.states is not None and not match.options:
             builder.add_ct(ct_outcomes(match.states, host, with_nat=True))
+        elif isinstance(match, ir.SetMatch) and host.ipsets is not None:
+            _set_match(builder, match, host)
         else:
             builder.mark_unknown(f"match.{match.name}")
+
+
+def _set_match(builder: _Builder, match: ir.SetMatch, host: HostContext) -> None:
+    """Members of a mirrored set as an address list on the first direction (hash:ip and hash:net
+    have one dimension: xt_set uses the first flag and ignores the rest)."""
+    ipset = host.ipset(match.set_name)
+    problem = ipsets.match_problem(match, ipset)
+    if problem:
+        builder.mark_unknown(f"match.{problem}")
+        return
+    builder.set_uses.append(SetUse(ipset.name, match.negated, ipset.forceadd, ipset.expiry_ns))
+    values = ipset.addresses.complement(U32_MAX) if match.negated else ipset.addresses
+    builder.add(**{match.directions[0]: values})
 
 
 def _either_port(base: Match, ports: IntervalSet) -> List[Match]:
@@ -295,8 +324,9 @@ def translate(rule: ir.Rule, host: HostContext,
     builder = _Builder()
     _header(builder, rule, names, ambiguous)
     _matches(builder, rule, host)
+    uses = tuple(builder.set_uses)
     if builder.never:
-        return Term((), never=builder.never)
+        return Term((), never=builder.never, set_uses=uses)
     unknown = ",".join(builder.unknown) or None
     bases = [builder.match] if builder.either_port is None else _either_port(builder.match, builder.either_port)
     disjuncts: List[Disjunct] = []
@@ -314,7 +344,7 @@ def translate(rule: ir.Rule, host: HostContext,
         disjuncts = _split_ct(disjuncts, builder.ct)
         never = "never.empty"
     codes = tuple(dict.fromkeys(c for d in disjuncts if d.unknown for c in d.unknown.split(",")))
-    return Term(tuple(disjuncts), codes, "" if disjuncts else never)
+    return Term(tuple(disjuncts), codes, "" if disjuncts else never, uses)
 
 
 def _split_ct(disjuncts: List[Disjunct], outcomes: Dict[CtClass, str]) -> List[Disjunct]:

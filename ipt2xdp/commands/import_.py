@@ -12,6 +12,7 @@ Order of a real import, chosen so that XDP and netfilter never disagree:
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 HELP = "restore a ruleset into netfilter and offload what XDP can decide (or --dry-run to report)"
 
@@ -83,6 +84,11 @@ def run(args) -> int:
         raise UsageError(f"no such device: {', '.join(missing)} (see `ip link`)")
 
     if args.dry_run:
+        from ipt2xdp import ipsets
+
+        names = ipsets.referenced_sets(ruleset)
+        if names:
+            host = replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset)))
         result = plan(ruleset, host)
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
         if args.json:
@@ -120,13 +126,15 @@ def _loaded():
 
 
 def _offload(ruleset, host, devices, args, backend_name, report):
-    from ipt2xdp import loader, planstore
+    from ipt2xdp import loader, planstore, setguard
     from ipt2xdp.compile import compile as compile_tables
     from ipt2xdp.plan import plan
     from ipt2xdp.render import render
 
+    host, expectation = setguard.mirror_for_import(host, ruleset, loader._stderr_notice)
     result = plan(ruleset, host)
     tables = compile_tables(result.rules, result.default, overflow="defer")
+    tables.set_guard = setguard.with_deadline(expectation, result.set_deadline_ns)
     text = render(ruleset.without_positions())
     key = planstore.digest(text, devices)
     planstore.save(key, {

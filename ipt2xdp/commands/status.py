@@ -35,6 +35,12 @@ def run(args) -> int:
           f"digest {rs.get('digest', '?')}, source {rs.get('source_digest') or '-'}")
     if rs.get("overflowed_rules"):
         print(f"  {rs['overflowed_rules']} rules beyond capacity are left to netfilter")
+    mirror = info.get("ipset_mirror") or {}
+    if mirror.get("mirrored"):
+        until = f", exact for {mirror['deadline_in_s']} s more (member timeouts)" if mirror.get("deadline_in_s") else ""
+        print(f"ipset mirror: current{until}" if mirror["current"] else
+              f"ipset mirror: STALE ({', '.join(mirror['changed'])}): XDP passes set drops to netfilter; "
+              "`ipt2xdp import --live` mirrors the sets again")
     if not info["devices"]:
         print("devices: none attached")
     for name, d in sorted(info["devices"].items()):
