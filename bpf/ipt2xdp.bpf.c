@@ -30,6 +30,7 @@
 #include "parsing.h"
 
 #define ENOENT 2
+#define AF_INET 2
 #define BPF_F_CURRENT_NETNS (-1)
 
 /* Conntrack lookup from XDP (net/netfilter/nf_conntrack_bpf.c). The kernel's struct bpf_ct_opts
@@ -59,8 +60,10 @@ struct packet_fields {
 	__u32 src_net, dst_net; /* network byte order, as in the packet */
 	__u32 value[IPT2XDP_NUM_FIELDS]; /* host order; addresses, value_class index, or ifindex */
 	__u16 sport_net, dport_net; /* network byte order; 0 without ports */
-	__u32 ip_len; /* IP total length: what iptables byte counters count */
+	__u16 ip_len; /* IP total length, what iptables byte counters count (16 bits, as in the
+			* header: a wider field grew the main stack past its 512-byte limit) */
 	__u8 proto;
+	__u8 tos; /* for the route lookup: policy rules may select on it */
 };
 
 /* The generation in force for this packet: its slot index and config. Inner maps are looked up
@@ -138,6 +141,7 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	pkt->src_net = iph->saddr;
 	pkt->dst_net = iph->daddr;
 	pkt->proto = proto;
+	pkt->tos = iph->tos;
 	pkt->ip_len = tot_len;
 	pkt->value[IPT2XDP_F_SRC] = bpf_ntohl(iph->saddr);
 	pkt->value[IPT2XDP_F_DST] = bpf_ntohl(iph->daddr);
@@ -356,6 +360,40 @@ static __always_inline __u32 to_xdp(__u32 action)
 	return action == IPT2XDP_ACT_DROP ? XDP_DROP : XDP_PASS;
 }
 
+/* Whether the kernel delivers this packet locally, so that a filter/INPUT DROP may be taken. Asked
+ * only on the way to XDP_DROP: the planner's local destinations are a snapshot from the import,
+ * and an address removed since may now be forwarded (filter/FORWARD decides it, not INPUT).
+ * ip_route_input_slow() delivers multicast and 255.255.255.255 without the FIB: those keep the
+ * planner's view. Otherwise the lookup is the one the stack makes (ingress device, all policy
+ * rules; ports, protocol and TOS for rules that select on them), and only two answers mean the
+ * packet never reaches filter/FORWARD:
+ *  - NOT_FWDED: a route of type local or broadcast (INPUT), or no route at all (the stack drops
+ *    it; with forwarding on it answers ICMP unreachable, which an XDP drop leaves out, as before);
+ *  - FWD_DISABLED: forwarding is off on the device, so the stack delivers locally or drops
+ *    (ip_route_input_slow: !IN_DEV_FORWARD -> ip_error, no FORWARD hook).
+ * Anything else (a unicast route, blackhole/unreachable/prohibit routes, an error) passes.
+ * `fib` is scratch space of the caller's: a struct on this function's own stack would not fit. */
+static __noinline int delivered_locally(struct xdp_md *ctx, struct packet_fields *pkt, struct bpf_fib_lookup *fib)
+{
+	__u32 dst = bpf_ntohl(pkt->dst_net);
+	long rc;
+
+	if ((dst >> 28) == 0xe || dst == 0xffffffffU)
+		return 1;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->l4_protocol = pkt->proto;
+	fib->sport = pkt->sport_net;
+	fib->dport = pkt->dport_net;
+	fib->tot_len = pkt->ip_len;
+	fib->tos = pkt->tos;
+	fib->ipv4_src = pkt->src_net;
+	fib->ipv4_dst = pkt->dst_net;
+	fib->ifindex = ctx->ingress_ifindex;
+	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	return rc == BPF_FIB_LKUP_RET_NOT_FWDED || rc == BPF_FIB_LKUP_RET_FWD_DISABLED;
+}
+
 /* Matching state shared with the per-step callback of bpf_loop(). bpf_loop keeps verification
  * cheap: the verifier checks the step body once instead of once per iteration and branch, which
  * a plain bounded loop of IPT2XDP_MAX_STEPS exceeded (1M instructions); since Linux 5.18 the call
@@ -363,10 +401,18 @@ static __always_inline __u32 to_xdp(__u32 action)
 struct match_ctx {
 	struct generation gen;
 	struct packet_fields *pkt;
-	/* Fields no group uses and groups past ngroups are never read (group_fields masks them, the
-	 * group loop stops at ngroups); they hold any valid row so the verifier sees one map. */
-	struct ipt2xdp_class_row *rows[IPT2XDP_NUM_FIELDS];
-	struct ipt2xdp_class_row *members[IPT2XDP_MAX_GROUPS];
+	union {
+		struct {
+			/* Fields no group uses and groups past ngroups are never read (group_fields
+			 * masks them, the group loop stops at ngroups); they hold any valid row so
+			 * the verifier sees one map. */
+			struct ipt2xdp_class_row *rows[IPT2XDP_NUM_FIELDS];
+			struct ipt2xdp_class_row *members[IPT2XDP_MAX_GROUPS];
+		};
+		/* Once matching is done: the route lookup before a DROP (delivered_locally). The
+		 * 512-byte stack of the program and its calls has no room for both. */
+		struct bpf_fib_lookup fib;
+	};
 	__u64 cand[IPT2XDP_SUMMARY_WORDS]; /* words where some group may have a matching slot */
 	__u32 nslots;
 	__u32 k; /* next slot that may match */
@@ -561,14 +607,20 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 		/* a DROP that trusts a copy of ipset members which has since changed: netfilter
 		 * decides, and counts the packet itself */
 		m.action = setguard_action(gen->slot, m.action);
-		if (m.action != IPT2XDP_ACT_SET_STALE)
-			count_rule(gen, m.counter, pkt);
-		*verdict = to_xdp(m.action);
-		return IPT2XDP_STAT_CLASSIFIED;
-	}
+		if (m.action == IPT2XDP_ACT_SET_STALE) {
+			*verdict = to_xdp(m.action);
+			return IPT2XDP_STAT_CLASSIFIED;
+		}
+	} else {
 no_slot_left:
-	count_rule(gen, cfg->default_counter, pkt);
-	*verdict = to_xdp(cfg->default_action);
+		m.action = cfg->default_action;
+		m.counter = cfg->default_counter;
+	}
+	/* not counted: netfilter counts the packet where it goes */
+	if (to_xdp(m.action) == XDP_DROP && !delivered_locally(ctx, pkt, &m.fib))
+		return IPT2XDP_STAT_NOT_LOCAL;
+	count_rule(gen, m.counter, pkt);
+	*verdict = to_xdp(m.action);
 	return IPT2XDP_STAT_CLASSIFIED;
 }
 

@@ -84,7 +84,10 @@
 #define IPT2XDP_STAT_CLASSIFIED 6 /* reached a rule or the default */
 #define IPT2XDP_STAT_DROP 7
 #define IPT2XDP_STAT_PASS 8
-#define IPT2XDP_NUM_STATS 9
+/* a DROP verdict not taken: the kernel's routing no longer delivers the destination locally (an
+ * address removed since the import, forwarded now): filter/INPUT does not see the packet */
+#define IPT2XDP_STAT_NOT_LOCAL 9
+#define IPT2XDP_NUM_STATS 10
 
 /* state[0]: which generation slot packets read. Written last by an update (the flip). */
 struct ipt2xdp_state {

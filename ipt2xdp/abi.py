@@ -48,7 +48,7 @@ SETGUARD_ENTRIES = 1 + GEN_SLOTS  # live + one expectation per generation slot
 K_SRC, K_DST, K_PROTO, K_SPORT, K_DPORT = 1, 2, 4, 8, 16
 
 STAT_NAMES = ("defer_all", "not_ipv4", "malformed", "fragment", "lookup_fail", "budget",
-              "classified", "drop", "pass")
+              "classified", "drop", "pass", "not_local")
 NUM_STATS = len(STAT_NAMES)
 
 # Names that read_counters() gives the counters that are not rules. In the kernel they sit right

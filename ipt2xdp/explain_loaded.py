@@ -36,7 +36,9 @@ class Loaded:
 
 def load() -> Loaded:
     """The plan in force in this network namespace, planned again from its stored record."""
-    from ipt2xdp import loader, planstore, report
+    from dataclasses import replace
+
+    from ipt2xdp import ipsets, loader, planstore, report
     from ipt2xdp.parse import parse
     from ipt2xdp.plan import plan
 
@@ -50,6 +52,11 @@ def load() -> Loaded:
                         REIMPORT, exit_code=1)
     ruleset = parse(record["ruleset_text"], "<loaded plan>")
     host = planstore.host_from_record(record["host"])
+    names = ipsets.referenced_sets(ruleset)
+    if names:
+        # Members are not stored with the plan (a set may hold 100k); today's members are read, and
+        # the program run below shows whether the loaded copy still agrees with them.
+        host = replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset)))
     result = plan(ruleset, host)
     if (report.decision_records(result) != record["decisions"]
             or [r.action.verdict.name for r in result.rules] != record["actions"]):

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 RTN_LOCAL = 2
 RTN_BROADCAST = 3
 AF_INET = 2
+RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
+RTN_NAMES = ("UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE", "UNREACHABLE",
+             "PROHIBIT", "THROW", "NAT", "XRESOLVE")  # rtm_type values, as -m addrtype names them
 
 # Destinations the stack delivers locally without a route entry of type local or broadcast.
 ALWAYS_LOCAL = (ipaddress.IPv4Network("224.0.0.0/4"), ipaddress.IPv4Network("255.255.255.255/32"))
@@ -29,6 +32,16 @@ class Device:
     kind: str = ""               # "veth", "bridge", "bond", "vlan", ... ("" for physical devices)
     master: Optional[int] = None  # ifindex of the bridge or bond this device is enslaved to
     link: Optional[int] = None    # ifindex of the lower device (vlan, macvlan, ipvlan, veth peer)
+
+
+@dataclass(frozen=True)
+class RouteType:
+    """A route of table local or main, as -m addrtype's lookup (inet_addr_type) may find it."""
+
+    network: ipaddress.IPv4Network
+    kind: str    # RTN_NAMES
+    oif: int     # the device of its (first) nexthop; 0 without one, -1 unknown
+    table: int   # RT_TABLE_LOCAL or RT_TABLE_MAIN
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,8 @@ class HostContext:
     ct_external_helpers: bool = True
     # The ipsets `-m set` rules read (ipsets.read_sets), or None when they were not read: then every
     # set match stays unknown. Left out of comparisons: a set may hold 100k members.
+    # Routes of tables local and main (TOS 0) for -m addrtype; None: not known, addrtype is unknown.
+    route_types: Optional[Tuple[RouteType, ...]] = None
     ipsets: Optional[Tuple["IpSet", ...]] = field(default=None, compare=False)
 
     def ipset(self, name: str) -> Optional["IpSet"]:
@@ -105,12 +120,28 @@ def read_host_context(attached=()) -> HostContext:
             devices.append(Device(link.get_attr("IFLA_IFNAME"), link["index"], kind or "",
                                   link.get_attr("IFLA_MASTER"), link.get_attr("IFLA_LINK")))
         local = set(ALWAYS_LOCAL)
-        for route in ipr.get_routes(table=255, family=AF_INET):
-            if route["type"] in (RTN_LOCAL, RTN_BROADCAST):
-                dst = route.get_attr("RTA_DST")
-                local.add(ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False))
+        routes = []
+        for table in (RT_TABLE_LOCAL, RT_TABLE_MAIN):
+            for route in ipr.get_routes(table=table, family=AF_INET):
+                network = ipaddress.IPv4Network(f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}",
+                                                strict=False)
+                if table == RT_TABLE_LOCAL and route["type"] in (RTN_LOCAL, RTN_BROADCAST):
+                    local.add(network)
+                if route["tos"] == 0 and route["type"] < len(RTN_NAMES):
+                    routes.append(RouteType(network, RTN_NAMES[route["type"]], _first_oif(route), table))
     ordered = tuple(sorted(local, key=lambda n: (int(n.network_address), n.prefixlen)))
     return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached),
                        ct_checksum=_read_sysctl("nf_conntrack_checksum") != "0",
                        ct_tcp_loose=_read_sysctl("nf_conntrack_tcp_loose") != "0",
-                       ct_external_helpers=_external_helpers())
+                       ct_external_helpers=_external_helpers(), route_types=tuple(routes))
+
+
+def _first_oif(route) -> int:
+    """The device of a route's first nexthop, as inet_dev_addr_type compares it; 0 without one."""
+    if route.get_attr("RTA_NH_ID"):
+        return -1  # a nexthop object: its device is not read here (unknown)
+    oif = route.get_attr("RTA_OIF")
+    if oif:
+        return oif
+    hops = route.get_attr("RTA_MULTIPATH")
+    return hops[0]["oif"] if hops else 0

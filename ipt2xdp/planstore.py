@@ -69,15 +69,20 @@ def host_record(host) -> dict:
             "local_destinations": [str(n) for n in host.local_destinations],
             "forwarding": host.forwarding, "attached": list(host.attached),
             "ct_checksum": host.ct_checksum, "ct_tcp_loose": host.ct_tcp_loose,
-            "ct_external_helpers": host.ct_external_helpers}
+            "ct_external_helpers": host.ct_external_helpers,
+            "route_types": None if host.route_types is None else
+            [[str(r.network), r.kind, r.oif, r.table] for r in host.route_types]}
 
 
 def host_from_record(record: dict):
     import ipaddress
 
-    from ipt2xdp.hostinfo import Device, HostContext
+    from ipt2xdp.hostinfo import Device, HostContext, RouteType
 
+    routes = record.get("route_types")
     return HostContext(tuple(Device(*d) for d in record["devices"]),
                        tuple(ipaddress.IPv4Network(n) for n in record["local_destinations"]),
                        record["forwarding"], tuple(record["attached"]), record["ct_checksum"],
-                       record["ct_tcp_loose"], record["ct_external_helpers"])
+                       record["ct_tcp_loose"], record["ct_external_helpers"],
+                       route_types=None if routes is None else
+                       tuple(RouteType(ipaddress.IPv4Network(n), k, o, t) for n, k, o, t in routes))

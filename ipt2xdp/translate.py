@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from ipt2xdp import ipsets, ir
+from ipt2xdp import addrtype, ipsets, ir
 from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, U16_MAX, U32_MAX, CtClass, IntervalSet, Match
 from ipt2xdp.hostinfo import HostContext
 
@@ -56,7 +56,8 @@ UNMODELLED_WHY = {
     **ipsets.WHY,
     "length": "packet length is not a classifier field yet",
     "ttl": "TTL is not a classifier field yet",
-    "addrtype": "address types are not modelled yet",
+    "addrtype": "the address type may change after the import (a source's type, a destination whose "
+                "routes are ambiguous, or an input device ipt2xdp cannot map)",
     "mac": "MAC addresses are not a classifier field",
     "limit": "rate limits keep state XDP does not share",
     "recent": "the recent list keeps state XDP does not share",
@@ -205,6 +206,8 @@ class _Builder:
         self.iif_split: Optional[Tuple[FrozenSet[int], FrozenSet[int]]] = None  # (exact, ambiguous)
         self.ct: Optional[Dict[CtClass, str]] = None  # state matches: outcome per conntrack class
         self.set_uses: List[SetUse] = []
+        # Per -m addrtype: disjoint (constraint, unknown reason or None) alternatives to conjoin.
+        self.alternatives: List[List[Tuple[Match, Optional[str]]]] = []
 
     def add_ct(self, outcomes: Dict[CtClass, str]) -> None:
         self.ct = outcomes if self.ct is None else {c: _and3(self.ct[c], outcomes[c]) for c in CtClass}
@@ -248,7 +251,67 @@ def _port_constraints(builder: _Builder, rule: ir.Rule) -> None:
         builder.mark_unknown("match.port-protocol")
 
 
-def _matches(builder: _Builder, rule: ir.Rule, host: HostContext) -> None:
+def _nf_ifindex(host: HostContext, ifindex: int) -> Optional[int]:
+    """The input device netfilter (and inet_dev_addr_type) sees for an attached one: a bond slave's
+    bond; None for a VRF slave (its addresses live in the VRF's table)."""
+    device = next((d for d in host.devices if d.ifindex == ifindex), None)
+    master = next((d for d in host.devices if device is not None and d.ifindex == device.master), None)
+    if master is not None and master.kind == "vrf":
+        return None
+    return master.ifindex if master is not None and master.kind == "bond" else ifindex
+
+
+def _addrtype_alternatives(match: ir.AddrtypeMatch, host: HostContext,
+                           interfaces: Tuple[Dict[int, str], FrozenSet[int]]) -> List[Tuple[Match, Optional[str]]]:
+    """-m addrtype as disjoint alternatives. A destination's type comes from the routes read at
+    import: only destinations local then are decided in XDP (the planner's guard), and a DROP is
+    taken only while the kernel still delivers locally (bpf_fib_lookup), so a removed address is
+    never judged by its old type. A source has no such guard (an address moved to another host
+    keeps sending): outside the ranges whose type no route changes, it is unknown."""
+    unknown = "match.addrtype"
+    out: List[Tuple[Match, Optional[str]]] = []
+    if match.limit_iface_out or (match.dst is not None and host.route_types is None):
+        return [(Match(), unknown)]
+    names, ambiguous = interfaces
+    if match.dst is not None and match.limit_iface_in:
+        devices: List[Tuple[Optional[FrozenSet[int]], Optional[int]]] = []
+        for ifindex in names:
+            nf = None if ifindex in ambiguous else _nf_ifindex(host, ifindex)
+            if nf is None:
+                out.append((Match(iif=frozenset({ifindex})), unknown))
+            else:
+                devices.append((frozenset({ifindex}), nf))
+    else:
+        devices = [(None, None)]
+    for iif, nf in devices:
+        dst_alts: List[Tuple[Optional[IntervalSet], Optional[str]]] = [(None, None)]
+        if match.dst is not None:
+            types, uncertain = addrtype.address_types(host.route_types, nf)
+            dst_alts = [(addrtype.selected(types, match.dst.types, match.dst.negated), None), (uncertain, unknown)]
+        for dst, reason in dst_alts:
+            if dst is not None and not dst:
+                continue
+            for src, src_reason in _src_type_alternatives(match.src):
+                out.append((Match(src=src, dst=dst, iif=iif), reason or src_reason))
+    return [(m, r) for m, r in out if all(v is None or v for v in (m.src, m.dst, m.iif))]
+
+
+def _src_type_alternatives(types: Optional[ir.AddrTypes]) -> List[Tuple[Optional[IntervalSet], Optional[str]]]:
+    if types is None:
+        return [(None, None)]
+    intrinsic = IntervalSet()
+    for kind, addresses in addrtype.INTRINSIC:
+        if (kind in types.types) != types.negated:
+            intrinsic = intrinsic.union(addresses)
+    routed = frozenset(t for t in addrtype.ROUTED_TYPES if (t in types.types) != types.negated)
+    rest = addrtype.INTRINSIC_ALL.complement(U32_MAX)
+    if routed == addrtype.ROUTED_TYPES:
+        return [(intrinsic.union(rest), None)]
+    return [(intrinsic, None)] + ([(rest, "match.addrtype")] if routed else [])
+
+
+def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
+             interfaces: Optional[Tuple[Dict[int, str], FrozenSet[int]]] = None) -> None:
     for match in rule.matches:
         if isinstance(match, (ir.TcpMatch, ir.UdpMatch)):
             _port_constraints(builder, rule)
@@ -290,6 +353,11 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext) -> None:
             builder.add_ct(ct_outcomes(match.states, host, with_nat=True))
         elif isinstance(match, ir.SetMatch) and host.ipsets is not None:
             _set_match(builder, match, host)
+        elif isinstance(match, ir.AddrtypeMatch):
+            alternatives = _addrtype_alternatives(match, host, interfaces or nf_interface_names(host))
+            if not alternatives:
+                builder.never = builder.never or "never.empty"
+            builder.alternatives.append(alternatives)
         else:
             builder.mark_unknown(f"match.{match.name}")
 
@@ -323,19 +391,25 @@ def translate(rule: ir.Rule, host: HostContext,
     names, ambiguous = interfaces if interfaces is not None else nf_interface_names(host)
     builder = _Builder()
     _header(builder, rule, names, ambiguous)
-    _matches(builder, rule, host)
+    _matches(builder, rule, host, (names, ambiguous))
     uses = tuple(builder.set_uses)
     if builder.never:
         return Term((), never=builder.never, set_uses=uses)
     unknown = ",".join(builder.unknown) or None
     bases = [builder.match] if builder.either_port is None else _either_port(builder.match, builder.either_port)
+    based: List[Tuple[Match, Optional[str]]] = [(b, unknown) for b in bases]
+    for alternatives in builder.alternatives:
+        based = [(m, _reasons(r, ar)) for b, r in based for alt, ar in alternatives
+                 for m in (conjoin(b, alt),) if m is not None]
+    if not based:
+        return Term((), never="never.empty", set_uses=uses)
     disjuncts: List[Disjunct] = []
-    for base in bases:
+    for base, base_unknown in based:
         if builder.iif_split is None:
-            disjuncts.append(Disjunct(base, unknown))
+            disjuncts.append(Disjunct(base, base_unknown))
             continue
         exact, unsure = builder.iif_split
-        for iif, reason in ((exact, unknown), (unsure, "match.interface-ambiguous")):
+        for iif, reason in ((exact, base_unknown), (unsure, "match.interface-ambiguous")):
             narrowed = conjoin(base, Match(iif=iif)) if iif else None
             if narrowed is not None:
                 disjuncts.append(Disjunct(narrowed, reason))
@@ -345,6 +419,11 @@ def translate(rule: ir.Rule, host: HostContext,
         never = "never.empty"
     codes = tuple(dict.fromkeys(c for d in disjuncts if d.unknown for c in d.unknown.split(",")))
     return Term(tuple(disjuncts), codes, "" if disjuncts else never, uses)
+
+
+def _reasons(a: Optional[str], b: Optional[str]) -> Optional[str]:
+    codes = [c for r in (a, b) if r for c in r.split(",")]
+    return ",".join(dict.fromkeys(codes)) or None
 
 
 def _split_ct(disjuncts: List[Disjunct], outcomes: Dict[CtClass, str]) -> List[Disjunct]:

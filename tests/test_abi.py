@@ -66,6 +66,7 @@ def _eval(expr, defs):
     ("IPT2XDP_CT_NOT_LOOKED_UP", abi.CT_NOT_LOOKED_UP),
     ("IPT2XDP_NUM_STATS", abi.NUM_STATS), ("IPT2XDP_STAT_PASS", abi.STAT_NAMES.index("pass")),
     ("IPT2XDP_STAT_BUDGET", abi.STAT_NAMES.index("budget")),
+    ("IPT2XDP_STAT_NOT_LOCAL", abi.STAT_NAMES.index("not_local")),
 ])
 def test_constant_matches_header(c_name, py_value):
     assert _eval(_defines()[c_name], _defines()) == py_value

@@ -13,13 +13,21 @@ import pytest
 from dataclasses import replace
 
 from ipt2xdp.classifier import CtClass, PacketKey, Verdict, evaluate, validate
-from ipt2xdp.hostinfo import Device, HostContext
+from ipt2xdp.hostinfo import Device, HostContext, RouteType
 from ipt2xdp.parse import parse
 from ipt2xdp.plan import RuleRef, plan
 
+ROUTES = (RouteType(IPv4Network("10.77.1.2/32"), "LOCAL", 5, 255),
+          RouteType(IPv4Network("10.77.1.255/32"), "BROADCAST", 5, 255),
+          RouteType(IPv4Network("10.88.0.1/32"), "LOCAL", 6, 255),
+          RouteType(IPv4Network("127.0.0.0/8"), "LOCAL", 1, 255),
+          RouteType(IPv4Network("10.77.1.0/24"), "UNICAST", 5, 254),
+          RouteType(IPv4Network("0.0.0.0/0"), "UNICAST", 5, 254))
 HOST = HostContext(devices=(Device("lo", 1), Device("veth0", 5, "veth"), Device("eth1", 6)),
-                   local_destinations=(IPv4Network("10.77.1.2/32"), IPv4Network("224.0.0.0/4")),
-                   attached=("veth0",), ct_external_helpers=False)
+                   local_destinations=(IPv4Network("10.77.1.2/32"), IPv4Network("10.77.1.255/32"),
+                                       IPv4Network("10.88.0.1/32"), IPv4Network("127.0.0.0/8"),
+                                       IPv4Network("224.0.0.0/4")),
+                   attached=("veth0",), ct_external_helpers=False, route_types=ROUTES)
 LOCAL = int(IPv4Address("10.77.1.2"))
 
 
@@ -197,3 +205,32 @@ def test_maybe_drop_never_skips_side_effects():
     assert verdict(plan(rs, HOST), packet(dport=80)) == Verdict.DEFER
     rs = ruleset("-A INPUT -p tcp -m length --length 0:64 -j DROP\n-A INPUT -p tcp -j DROP")
     assert verdict(plan(rs, HOST), packet(dport=80)) == Verdict.DROP
+
+
+def test_ufw_not_local_returns_for_the_hosts_destination_types():
+    """ufw's not-local chain: local, multicast and broadcast destinations RETURN (xt_addrtype), so
+    the rate-limited logging and the DROP after them never see a packet XDP decides."""
+    chains = ":ufw-not-local - [0:0]\n:ufw-logging-deny - [0:0]\n"
+    body = ("-A INPUT -j ufw-not-local\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n"
+            "-A ufw-not-local -m addrtype --dst-type LOCAL -j RETURN\n"
+            "-A ufw-not-local -m addrtype --dst-type MULTICAST -j RETURN\n"
+            "-A ufw-not-local -m addrtype --dst-type BROADCAST -j RETURN\n"
+            "-A ufw-not-local -m limit --limit 3/min --limit-burst 10 -j ufw-logging-deny\n"
+            "-A ufw-not-local -j DROP\n"
+            "-A ufw-logging-deny -j LOG --log-prefix \"[UFW BLOCK] \"")
+    result = plan(ruleset(body, policy="DROP", chains=chains), HOST)
+    assert verdict(result, packet(dport=22)) == Verdict.ACCEPT
+    assert verdict(result, packet(dport=23)) == Verdict.DROP
+    assert verdict(result, packet(proto=17, dst=int(IPv4Address("10.77.1.255")))) == Verdict.DROP
+    assert verdict(result, packet(proto=17, dst=int(IPv4Address("224.0.0.251")))) == Verdict.DROP
+    unknown_routes = plan(ruleset(body, policy="DROP", chains=chains), replace(HOST, route_types=None))
+    assert verdict(unknown_routes, packet(dport=23)) == Verdict.DEFER
+
+
+def test_limit_iface_in_compares_the_route_device_with_the_input_device():
+    host = replace(HOST, attached=("veth0", "eth1"))
+    result = plan(ruleset("-A INPUT -m addrtype --dst-type LOCAL --limit-iface-in -j DROP"), host)
+    veth0_local, eth1_local = int(IPv4Address("10.77.1.2")), int(IPv4Address("10.88.0.1"))
+    assert verdict(result, packet(iif=5, dst=veth0_local)) == Verdict.DROP
+    assert verdict(result, packet(iif=6, dst=veth0_local)) == Verdict.ACCEPT  # UNICAST on eth1
+    assert verdict(result, packet(iif=6, dst=eth1_local)) == Verdict.DROP

@@ -41,7 +41,6 @@
 -A INPUT -m set --match-set blocklist src -j DROP;netfilter:match.set
 -A INPUT -m length --length 0:64 -j DROP;partial:skip.maybe-drop
 -A INPUT -m ttl --ttl-lt 5 -j DROP;partial:skip.maybe-drop
--A INPUT -m addrtype --dst-type BROADCAST -j DROP;partial:skip.maybe-drop
 -A INPUT -m mac --mac-source 00:11:22:33:44:55 -j DROP;partial:skip.maybe-drop
 -A INPUT -m recent --rcheck --seconds 60 --name ssh -j DROP;netfilter:match.recent
 -A INPUT -m mark --mark 0x1 -j DROP;partial:skip.maybe-drop
