@@ -146,9 +146,10 @@ def decode(maps: Dict[str, MapContents], names: RuleNames) -> View:
 
     def sets_of(rows_of_ranges: List[Tuple[object, int]]) -> List[Tuple[object, FrozenSet[Identity]]]:
         common = -1
-        for _, row in rows_of_ranges:
+        for row in {row for _, row in rows_of_ranges}:
             common &= bitmap(row)
-        return [(start, _identities(bitmap(row) & ~common, slot_ids)) for start, row in rows_of_ranges]
+        rules = {row: _identities(bitmap(row) & ~common, slot_ids) for row in {row for _, row in rows_of_ranges}}
+        return [(start, rules[row]) for start, row in rows_of_ranges]
 
     fields: Dict[str, Ranges] = {}
     vc = maps["value_class"].values
