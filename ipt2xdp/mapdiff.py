@@ -131,7 +131,7 @@ class _Section:
                 "truncated": total - len(self.entries)}
 
 
-def compare_views(old: Optional[View], new: View) -> List[dict]:
+def compare_views(old: Optional[View], new: View, ifnames: Optional[Dict[int, str]] = None) -> List[dict]:
     """Per user-level map: counts of entries added, removed, changed, and the first ENTRY_LIMIT."""
     empty = View({}, {}, {name: [(0, frozenset())] for name in FIELDS}, {}, {}, False, 0)
     old = _pair_edited_rules(old, new) if old else empty
@@ -175,7 +175,9 @@ def compare_views(old: Optional[View], new: View) -> List[dict]:
     for key in sorted(set(new.iif) | set(old.iif), key=str):
         before, after = old.iif.get(key, frozenset()), new.iif.get(key, frozenset())
         if before != after:
-            s.add(before, after, {"key": "other devices" if key == "other" else f"ifindex {key}",
+            device = (ifnames or {}).get(key)
+            s.add(before, after, {"key": "other devices" if key == "other" else f"{device} (ifindex {key})"
+                                  if device else f"ifindex {key}",
                                   "before": names(before), "after": names(after)})
     sections.append(s)
     return [section.record() for section in sections]
@@ -297,17 +299,17 @@ def _as_dict(m: MapContents) -> Dict[bytes, bytes]:
 
 # --- the dry run's section -------------------------------------------------------------------------
 
-def map_diff(plan, tables, loaded, record: Optional[dict]) -> dict:
+def map_diff(plan, tables, loaded, record: Optional[dict], ifnames: Optional[Dict[int, str]] = None) -> dict:
     """The new plan's compiled tables against the loaded generation (mapread.LoadedGeneration or
     None), rules named through the plans' counter paths (record: the loaded plan's planstore
-    record, or None when it is missing)."""
+    record, or None when it is missing); ifnames: ifindex -> device name, for input devices."""
     from ipt2xdp.mapview import RuleNames, decode, rule_names
     from ipt2xdp.report import decision_records
 
     paths = [[(r.table, r.chain, r.index) for r in path] for path in plan.counter_paths]
     new_view = decode(tables.maps, rule_names(paths, decision_records(plan)))
     if loaded is None:
-        return {"loaded": False, "maps": compare_views(None, new_view)}
+        return {"loaded": False, "maps": compare_views(None, new_view, ifnames)}
     if record and "counter_paths" in record:
         old_names = rule_names(record["counter_paths"], record["decisions"])
     else:
@@ -315,7 +317,7 @@ def map_diff(plan, tables, loaded, record: Optional[dict]) -> dict:
     raw = raw_differences(loaded.maps, {name: tables.maps[name] for name in loaded.maps})
     return {"loaded": True, "against": "kernel", "generation": loaded.generation,
             "deferring_all": loaded.deferring_all, "loaded_rules_named": bool(old_names.identity),
-            "maps": compare_views(decode(loaded.maps, old_names), new_view),
+            "maps": compare_views(decode(loaded.maps, old_names), new_view, ifnames),
             "kernel_maps": raw, "kernel_maps_identical": not any(raw.values())}
 
 

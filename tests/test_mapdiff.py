@@ -142,3 +142,17 @@ def test_report_shows_the_section_in_json_and_table():
     assert "\033[" not in plain
     coloured = as_table(new, decision_records(old), colour=True, map_diff=diff)
     assert "\033[31m-\033[0m 22: was filter/INPUT #1" in coloured
+
+
+def test_icmp_types_and_input_devices_read_as_such():
+    before = HEAD + "-A INPUT -p icmp -m icmp --icmp-type 8 -j DROP\nCOMMIT\n"
+    after = HEAD + "-A INPUT -p icmp -m icmp --icmp-type 0 -j DROP\n-A INPUT -i eth0 -p udp -j DROP\nCOMMIT\n"
+    old, old_tables = compiled(before)
+    new, new_tables = compiled(after)
+    diff = mapdiff.map_diff(new, new_tables, Loaded(old_tables), record(old), {2: "eth0"})
+    # the icmp rule edited in place: type 8 (all its codes) leaves, type 0 arrives; the new udp rule
+    # singles out udp and eth0 (every other device does not match it)
+    assert counts(diff) == {"actions": (1, 0, 0), "icmp": (1, 1, 0), "proto": (1, 0, 0), "iif": (1, 0, 0)}
+    assert [(e["op"], e["key"]) for e in entries(diff, "icmp")] == [("added", "type 0"), ("removed", "type 8")]
+    assert entries(diff, "iif") == [{"op": "added", "key": "eth0 (ifindex 2)", "before": [], "after": ["filter/INPUT #2"]}]
+    assert entries(diff, "proto") == [{"op": "added", "key": "udp", "before": [], "after": ["filter/INPUT #2"]}]

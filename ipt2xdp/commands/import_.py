@@ -85,7 +85,7 @@ def run(args) -> int:
     if args.dry_run:
         result = plan(ruleset, host)
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
-        maps = _map_diff(result, loaded)
+        maps = _map_diff(result, loaded, host)
         if args.json:
             print(report.as_json(result, old, {"devices": devices, "source": path}, map_diff=maps))
         else:
@@ -109,7 +109,7 @@ def run(args) -> int:
     return 0
 
 
-def _map_diff(result, loaded):
+def _map_diff(result, loaded, host):
     """The map entries importing this plan would change, against the maps in the kernel now."""
     from ipt2xdp import mapdiff, mapread, planstore
     from ipt2xdp.compile import compile as compile_tables
@@ -121,7 +121,7 @@ def _map_diff(result, loaded):
         return {"error": f"the plan does not compile, so it could not be loaded: {error}"}
     generation = mapread.read_loaded() if loaded else None
     record = planstore.load(generation.source_digest) if generation else None
-    return mapdiff.map_diff(result, tables, generation, record)
+    return mapdiff.map_diff(result, tables, generation, record, {d.ifindex: d.name for d in host.devices})
 
 
 def _loaded():
