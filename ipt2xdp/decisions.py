@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Dict, List, Sequence, Set, Tuple
 
 from ipt2xdp import ir
-from ipt2xdp.classifier import FIELD_NAMES, ClassifierRule, Match, Verdict
+from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, ClassifierRule, CtClass, Match, Verdict
 from ipt2xdp.translate import unknown_why
 
 OK_WHY = {
@@ -38,6 +38,9 @@ OTHER_WHY = {
                        "where a later rule drops too (later ACCEPTs defer for these packets)",
     "after.maybe-drop": "an earlier DROP rule XDP cannot evaluate may drop some of these packets; "
                         "netfilter decides those",
+    "ctstate.lookup": "XDP's conntrack lookup tells which packets this rule cannot match (for a "
+                      "state like ESTABLISHED: TCP and UDP without a conntrack entry) and goes on past "
+                      "it for those; the packets it may match go to netfilter",
 }
 
 
@@ -108,10 +111,10 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
     from ipt2xdp.plan import EARLIER_CHAINS, Decision, RuleRef
 
     live = reachable(rules)
-    instances: Dict[RuleRef, List[Tuple[Verdict, str]]] = {}
+    instances: Dict[RuleRef, List[Tuple[Verdict, str, Match]]] = {}
     for index, (rule, path, code) in enumerate(zip(rules, paths, codes)):
         if index >= guards and path and live[index]:
-            instances.setdefault(path[-1], []).append((rule.action.verdict, code))
+            instances.setdefault(path[-1], []).append((rule.action.verdict, code, rule.match))
     emitted: Set[RuleRef] = {path[-1] for index, path in enumerate(paths) if index >= guards and path}
     decisions = []
     for table in ruleset.tables:
@@ -128,6 +131,22 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
     return tuple(decisions)
 
 
+def _lookup_rules_out_some(match: Match) -> bool:
+    """Whether the rule's state match leaves out a conntrack class some packet of the rule's other
+    matches can be in: XDP then knows, from its lookup, that the rule does not match those packets.
+    The lookup classes TCP and UDP (entry or none); every other packet is "not looked up"."""
+    if match.ct is None:
+        return False
+    may_be_tcp_udp = match.proto is None or bool(match.proto & {6, 17})
+    may_be_other = match.proto is None or bool(match.proto - {6, 17})
+    for excluded in ALL_CT - match.ct:
+        if excluded == CtClass.NOT_LOOKED_UP and may_be_other:
+            return True
+        if excluded != CtClass.NOT_LOOKED_UP and may_be_tcp_udp:
+            return True
+    return False
+
+
 def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> Tuple[str, str]:
     if (table, chain) in earlier:
         return "netfilter", f"earlier.{table}-{chain.lower()}"
@@ -135,12 +154,17 @@ def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> 
         return "netfilter", "chain.not-input"
     if ref in instances:
         outcomes = instances[ref]
-        deferred = [code for verdict, code in outcomes if verdict == Verdict.DEFER]
+        deferred = [code for verdict, code, _ in outcomes if verdict == Verdict.DEFER]
         if ref in remarks and remarks[ref][0] == "skip.maybe-drop":
             return "partial", remarks[ref][0]
         if not deferred:
             return "xdp", outcomes[0][1]
-        return ("netfilter" if len(deferred) == len(outcomes) else "partial"), deferred[0]
+        if len(deferred) < len(outcomes):
+            return "partial", deferred[0]
+        if any(_lookup_rules_out_some(match) for _, _, match in outcomes):
+            unsure_state_only = all(code == "match.ctstate-unsure" for code in deferred)
+            return "partial", "ctstate.lookup" if unsure_state_only else deferred[0]
+        return "netfilter", deferred[0]
     if ref in emitted:
         return "netfilter", "shadowed"
     if ref in remarks:

@@ -57,14 +57,19 @@ def decision_records(plan: Plan) -> List[dict]:
              "code": d.code, "why": d.why, "text": d.text} for d in plan.decisions]
 
 
-def as_json(plan: Plan, loaded: Optional[Sequence[dict]] = None, extra: Optional[dict] = None) -> str:
+def as_json(plan: Plan, loaded: Optional[Sequence[dict]] = None, extra: Optional[dict] = None,
+            map_diff: Optional[dict] = None) -> str:
+    """map_diff: mapdiff.map_diff()'s result, shown as "map_diff" when given."""
     document = {"summary": summary(plan), "decisions": decision_records(plan),
                 "diff": diff(loaded, plan), "notes": list(plan.notes)}
+    if map_diff is not None:
+        document["map_diff"] = map_diff
     document.update(extra or {})
     return json.dumps(document, indent=2)
 
 
-def as_table(plan: Plan, loaded: Optional[Sequence[dict]] = None, colour: Optional[bool] = None) -> str:
+def as_table(plan: Plan, loaded: Optional[Sequence[dict]] = None, colour: Optional[bool] = None,
+             map_diff: Optional[dict] = None) -> str:
     if colour is None:
         colour = False
     lines = []
@@ -93,6 +98,10 @@ def as_table(plan: Plan, loaded: Optional[Sequence[dict]] = None, colour: Option
         lines += [f"  ~ {t}" for t in d["changed"]]
     else:
         lines.append("nothing is loaded now: every rule above is new to XDP")
+    if map_diff is not None:
+        from ipt2xdp.mapdiff import table_lines
+
+        lines += table_lines(map_diff, colour)
     return "\n".join(lines)
 
 

@@ -91,10 +91,11 @@ def run(args) -> int:
             host = replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset)))
         result = plan(ruleset, host)
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
+        maps = _map_diff(result, loaded, host)
         if args.json:
-            print(report.as_json(result, old, {"devices": devices, "source": path}))
+            print(report.as_json(result, old, {"devices": devices, "source": path}, map_diff=maps))
         else:
-            print(report.as_table(result, old, colour=report.use_colour(sys.stdout)))
+            print(report.as_table(result, old, colour=report.use_colour(sys.stdout), map_diff=maps))
         return EXIT_PARAMETER if args.strict and result.summary()["netfilter"] else 0
 
     name = backends.resolve(args.backend)
@@ -112,6 +113,21 @@ def run(args) -> int:
         ruleset = parse(text, path)
     print(_offload(ruleset, host, devices, args, name, report))
     return 0
+
+
+def _map_diff(result, loaded, host):
+    """The map entries importing this plan would change, against the maps in the kernel now."""
+    from ipt2xdp import mapdiff, mapread, planstore
+    from ipt2xdp.compile import compile as compile_tables
+    from ipt2xdp.errors import CapacityError
+
+    try:
+        tables = compile_tables(result.rules, result.default, overflow="defer")  # as _offload does
+    except CapacityError as error:
+        return {"error": f"the plan does not compile, so it could not be loaded: {error}"}
+    generation = mapread.read_loaded() if loaded else None
+    record = planstore.load(generation.source_digest) if generation else None
+    return mapdiff.map_diff(result, tables, generation, record, {d.ifindex: d.name for d in host.devices})
 
 
 def _loaded():

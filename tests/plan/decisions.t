@@ -30,8 +30,12 @@
 -A INPUT -p tcp -j REJECT --reject-with tcp-reset;netfilter:target.reject
 -A INPUT -j MARK --set-xmark 0x1/0xffffffff;netfilter:target.mark
 -A INPUT -p tcp -m limit --limit 5/min -j ACCEPT;netfilter:match.limit
--A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT;netfilter:match.ctstate-unsure
--A INPUT -m state --state ESTABLISHED -j ACCEPT;netfilter:match.ctstate-unsure
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT;partial:ctstate.lookup
+-A INPUT -m state --state ESTABLISHED -j ACCEPT;partial:ctstate.lookup
+-A INPUT -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT;partial:ctstate.lookup
+-A INPUT -p icmp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT;netfilter:match.ctstate-unsure
+-A INPUT -p gre -m state --state ESTABLISHED -j ACCEPT;netfilter:match.ctstate-unsure
+-A INPUT -m conntrack --ctstate ESTABLISHED -j LOG;partial:ctstate.lookup
 -A INPUT -m conntrack --ctstate INVALID -j DROP;partial:skip.maybe-drop
 -A INPUT -m conntrack --ctstate NEW,INVALID -p tcp -j DROP;partial:skip.maybe-drop
 -A INPUT -m conntrack ! --ctstate INVALID,NEW,RELATED,ESTABLISHED,UNTRACKED -j DROP;netfilter:never.empty
