@@ -105,23 +105,31 @@ def send(iface: str, frame: bytes, seconds: float, batch: int = BATCH) -> dict:
     return {"sent": sent, "seconds": elapsed, "calls": calls, "errors": errors}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_frame_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that say which frame to send and where (shared with bench/livegen.py)."""
     p.add_argument("--iface", required=True)
     p.add_argument("--dst-mac", required=True)
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
     p.add_argument("--sport", type=int, default=4000)
     p.add_argument("--dport", type=int, default=9)
-    p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--batch", type=int, default=BATCH)
-    a = p.parse_args()
+
+
+def frame_from_arguments(a: argparse.Namespace) -> bytes:
     probe = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     probe.bind((a.iface, 0))
     src_mac = probe.getsockname()[4]  # /sys/class/net would show the host's namespace under nsenter
     probe.close()
-    frame = udp_frame(src_mac, _mac(a.dst_mac), a.src, a.dst, a.sport, a.dport)
-    print(json.dumps(send(a.iface, frame, a.seconds, a.batch)), flush=True)
+    return udp_frame(src_mac, _mac(a.dst_mac), a.src, a.dst, a.sport, a.dport)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_frame_arguments(p)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--batch", type=int, default=BATCH)
+    a = p.parse_args()
+    print(json.dumps(send(a.iface, frame_from_arguments(a), a.seconds, a.batch)), flush=True)
     return 0
 
 
