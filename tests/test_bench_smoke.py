@@ -45,9 +45,10 @@ def test_live_generator_frames_reach_the_receiver(e2e, kind, size, counted_at):
         gen = e2e.generate(pair, e2e.link_mac(pair.receiver, pair.receiver_if), cpu, "live", frames=PROBE_FRAMES)
         after = e2e.read_counters(pair, counter)
     assert gen["sent"] == PROBE_FRAMES and gen["busy_seconds"] > 0
-    arrived = after["rx"] - before["rx"]
-    assert PROBE_FRAMES <= arrived <= PROBE_FRAMES + 10, arrived  # + the odd IPv6 router solicitation
-    assert e2e.dropped(counter, before, after) == PROBE_FRAMES
+    # the generator's veth adds the odd IPv6 router solicitation, which XDP_DROP counts as well
+    arrived, dropped = after["rx"] - before["rx"], e2e.dropped(counter, before, after)
+    assert PROBE_FRAMES <= arrived <= PROBE_FRAMES + 10, arrived
+    assert PROBE_FRAMES <= dropped <= arrived, (dropped, arrived)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
