@@ -31,7 +31,7 @@ PROFILES = {
     "full": {
         # repeat/rounds sized for a loaded shared 2-vCPU VM (1M x 5 took ~2 min per configuration there)
         "prog_run": dict(sizes=(1, 10, 100, 1000, 10000, 100000), repeat=200_000, rounds=3),
-        "e2e": dict(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=1.0, rounds=3),
+        "e2e": dict(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=1.0, rounds=5),
         "control": dict(sizes=(1000, 10000, 100000), repeats=2),
         "wrapper": dict(rules=10000, rounds=2),
         "parse": dict(n=100000, repeats=2),
