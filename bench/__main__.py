@@ -95,7 +95,7 @@ def main() -> int:
                 continue
             res.setdefault("meta", {})["profile"] = profile
             res["meta"]["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in params[section].items()}
-            res["meta"]["command"] = "python -m bench " + " ".join(sys.argv[1:])
+            res["meta"]["command"] = " ".join(["python -m bench", *sys.argv[1:]])
             res["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
             res["meta"]["loadavg_after"] = os.getloadavg()
             res["meta"]["bpf_stats_enabled"] = {"before_run": stats_before, "during": common.read_bpf_stats()}

@@ -36,11 +36,8 @@ cross-check for both, wall time. Figures are medians over rounds.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -51,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import PY, bpf_stats_off, median, stamp, use_tree, write_json  # noqa: E402
+from bench.receiver import dropped, ksoftirqd_ns, link_mac, prepare_receiver, read_counters  # noqa: E402
 
 use_tree()
 from ipt2xdp import netns  # noqa: E402
@@ -129,7 +127,8 @@ def setup(kind: str, size: int, pair) -> str:
         rcv.run(["nft", "-f", "-"], input=text)
         return "nft"
     if kind == "xdpfilter-bl":
-        rcv.run(["xdp-filter", "load", pair.receiver_if, "-m", "native", "-f", "ipv4"])  # policy allow: listed sources dropped
+        # default policy allow: the listed sources are dropped
+        rcv.run(["xdp-filter", "load", pair.receiver_if, "-m", "native", "-f", "ipv4"])
         batch = "".join("map update pinned /sys/fs/bpf/xdp-filter/filter_ipv4 key %s value 1 0 0 0 0 0 0 0\n"
                         % " ".join(a.split(".")) for a in blocklist_addrs(size))
         with tempfile.NamedTemporaryFile("w", delete=False) as f:
@@ -147,104 +146,6 @@ def teardown(kind: str, pair) -> None:
         pair.receiver.run(["xdp-filter", "unload", pair.receiver_if], check=False)
     if kind.startswith("ipt2xdp"):
         pair.receiver.run([PY, "-m", "ipt2xdp", "detach", "--all"], check=False)
-
-
-# --- the receiver's side of each pair ---------------------------------------------------------------
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def in_netns(ns):
-    """Run this thread in namespace `ns` (ethtool ioctls name devices of the current namespace)."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(ns.path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET):
-            raise OSError(ctypes.get_errno(), f"setns into {ns.path}")
-        yield
-    finally:
-        _libc.setns(home, CLONE_NEWNET)
-        os.close(target)
-        os.close(home)
-
-
-def receiver_ethtool(pair, call):
-    """call(IoctlEthtool of the receiver veth), made inside the receiver namespace."""
-    from pyroute2.ethtool.ioctl import IoctlEthtool
-    with in_netns(pair.receiver):
-        dev = IoctlEthtool(pair.receiver_if)
-        try:
-            return call(dev)
-        finally:
-            dev.close()
-
-
-def prepare_receiver(pair) -> None:
-    """GRO on (NAPI on the veth ring, which frames from the peer's XDP need), a route and a
-    permanent neighbour entry for SRC (replies such as ICMP port unreachable need no ARP)."""
-    def gro_on(dev):
-        features = dev.get_features()
-        features["rx-gro"] = True
-        dev.set_features(features)
-        return dev.get_features()["rx-gro"]
-
-    if not receiver_ethtool(pair, gro_on):
-        raise RuntimeError(f"could not turn GRO on for {pair.receiver_if}")
-    sender_mac = link_mac(pair.sender, pair.sender_if)
-    pair.receiver.run(["ip", "route", "add", f"{SRC}/32", "dev", pair.receiver_if])
-    pair.receiver.run(["ip", "neigh", "replace", SRC, "lladdr", sender_mac, "dev", pair.receiver_if,
-                       "nud", "permanent"])
-
-
-def link_mac(ns, ifname: str) -> str:
-    return json.loads(ns.run(["ip", "-j", "link", "show", ifname]).stdout)[0]["address"]
-
-
-def xdp_drops(pair) -> int:
-    """The receiver veth's own XDP drop counter (ethtool -S rx_queue_N_xdp_drops)."""
-    stats = receiver_ethtool(pair, lambda dev: dev.get_statistics())
-    return sum(v for k, v in stats if k.startswith("rx_queue_") and k.endswith("_xdp_drops"))
-
-
-def read_counters(pair, counter: str) -> dict:
-    out = pair.receiver.run(["cat", "/proc/net/dev", "/proc/net/snmp"]).stdout
-    rx = None
-    for line in out.splitlines():
-        if line.strip().startswith(pair.receiver_if + ":"):
-            rx = int(line.split(":", 1)[1].split()[1])  # packets (column 0 is bytes)
-    udp_lines = [line.split() for line in out.splitlines() if line.startswith("Udp:")]
-    udp = dict(zip(udp_lines[0][1:], map(int, udp_lines[1][1:])))
-    c = {"rx": rx, "udp_noports": udp["NoPorts"]}
-    if counter == "xdp":
-        c["filter"] = xdp_drops(pair)
-    elif counter.startswith("iptables-"):
-        text = pair.receiver.run([counter, "-w", "-t", "filter", "-nvxL", "INPUT"]).stdout
-        c["filter"] = sum(int(line.split()[0]) for line in text.splitlines()[2:] if line.strip())
-    elif counter == "nft":
-        text = pair.receiver.run(["nft", "list", "table", "ip", "bench"]).stdout
-        c["filter"] = sum(int(m) for m in re.findall(r"counter packets (\d+)", text))
-    return c
-
-
-def dropped(counter: str, before: dict, after: dict) -> int:
-    key = "udp_noports" if counter == "stack" else "filter"
-    return after[key] - before[key]
-
-
-def ksoftirqd_ns(cpu: int) -> int:
-    """CPU time of ksoftirqd/cpu so far (softirq work the kernel deferred from the generator's context)."""
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    if f.read().strip() != f"ksoftirqd/{cpu}":
-                        continue
-                with open(f"/proc/{pid}/schedstat") as f:
-                    return int(f.read().split()[0])
-            except OSError:
-                continue
-    raise RuntimeError(f"no ksoftirqd/{cpu}")
 
 
 # --- the generator -----------------------------------------------------------------------------------
@@ -332,7 +233,7 @@ def run(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=2.0, rounds=5, cpu
             pair = netns.veth_pair()
             pairs[name] = pair
             started = time.perf_counter()
-            prepare_receiver(pair)
+            prepare_receiver(pair, SRC)
             counters[name] = setup(kind, size, pair)
             setup_s[name] = time.perf_counter() - started
             log(f"  e2e setup {name}: {setup_s[name]:.1f} s")

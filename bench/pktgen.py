@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The project's own traffic generator: 64-byte UDP frames through AF_PACKET with sendmmsg (ctypes).
+"""The project's fallback traffic generator: 64-byte UDP frames through AF_PACKET with sendmmsg (ctypes).
 
-xdp-trafficgen is broken on kernels >= 6.16, so bench/e2e.py runs this in the generator namespace:
+bench/e2e.py uses bench/livegen.py (BPF_PROG_RUN live frames, about ten times cheaper per frame)
+and falls back to this, in the generator namespace, where live frames do not work (Linux < 5.18):
 
     nsenter --net=/var/run/netns/SND -- taskset -c CPU python -m bench.pktgen \
         --iface IF --dst-mac MAC --src 10.77.1.1 --dst 10.77.1.2 --dport 9 --seconds 2

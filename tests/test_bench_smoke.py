@@ -35,18 +35,19 @@ def e2e():
 @pytest.mark.parametrize("kind,size,counted_at", [("none", 0, "stack"), ("empty_drop", 0, "xdp"),
                                                   ("legacy", 10, "iptables-legacy"), ("nftset", 100, "nft")])
 def test_live_generator_frames_reach_the_receiver(e2e, kind, size, counted_at):
+    from bench import receiver
     from ipt2xdp import netns
     cpu = max(os.sched_getaffinity(0))
     with netns.veth_pair() as pair:
-        e2e.prepare_receiver(pair)
+        receiver.prepare_receiver(pair, e2e.SRC)
         counter = e2e.setup(kind, size, pair)
         assert counter == counted_at
-        before = e2e.read_counters(pair, counter)
-        gen = e2e.generate(pair, e2e.link_mac(pair.receiver, pair.receiver_if), cpu, "live", frames=PROBE_FRAMES)
-        after = e2e.read_counters(pair, counter)
+        before = receiver.read_counters(pair, counter)
+        gen = e2e.generate(pair, receiver.link_mac(pair.receiver, pair.receiver_if), cpu, "live", frames=PROBE_FRAMES)
+        after = receiver.read_counters(pair, counter)
     assert gen["sent"] == PROBE_FRAMES and gen["busy_seconds"] > 0
     # the generator's veth adds the odd IPv6 router solicitation, which XDP_DROP counts as well
-    arrived, dropped = after["rx"] - before["rx"], e2e.dropped(counter, before, after)
+    arrived, dropped = after["rx"] - before["rx"], receiver.dropped(counter, before, after)
     assert PROBE_FRAMES <= arrived <= PROBE_FRAMES + 10, arrived
     assert PROBE_FRAMES <= dropped <= arrived, (dropped, arrived)
 
