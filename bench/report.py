@@ -26,9 +26,12 @@ def _f(x, nd=0):
     return f"{x:,.{nd}f}"
 
 
-class Targets:
-    def __init__(self):
+class Report:
+    """What the sections add up to: the targets table, and the directory their plots are drawn into."""
+
+    def __init__(self, plot_dir: Path):
         self.rows = []
+        self.plot_dir = plot_dir
 
     def add(self, what, measured, goal, met, note=""):
         self.rows.append((what, measured, goal, met, note))
@@ -44,6 +47,22 @@ class Targets:
         miss = f"by {value / goal:.2f}x" if unit == "x" else f"by {value - goal:.{digits}f}{unit} ({value / goal:.1f}x)"
         self.add(what, f"{value:.{digits}f}{unit}", f"{'<=' if unit == 'x' else '<'} {goal:g}{unit}", met,
                  "; ".join(x for x in ("" if met else miss, note) if x))
+
+    def plot(self, filename: str, alt: str, meta: dict, draw, figsize=(8, 5)) -> list:
+        """plot_dir/<filename> drawn by draw(ax), stamped; the Markdown lines that show it."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return ["(no plot: matplotlib is not installed; `pip install .[bench]`)", ""]
+        fig, ax = plt.subplots(figsize=figsize)
+        draw(ax)
+        fig.text(0.01, 0.005, _stamp(meta), fontsize=6)
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.savefig(self.plot_dir / filename, dpi=110)
+        plt.close(fig)
+        return [f"![{alt}]({filename})", ""]
 
     def table(self):
         if not self.rows:
@@ -67,25 +86,8 @@ def row(*cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def plot(filename: str, alt: str, meta: dict, draw, figsize=(8, 5)) -> list:
-    """bench/<filename> drawn by draw(ax), stamped; the Markdown lines that show it."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return ["(no plot: matplotlib is not installed; `pip install .[bench]`)", ""]
-    fig, ax = plt.subplots(figsize=figsize)
-    draw(ax)
-    fig.text(0.01, 0.005, _stamp(meta), fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(ROOT / "bench" / filename, dpi=110)
-    plt.close(fig)
-    return [f"![{alt}]({filename})", ""]
-
-
 # --- sections ------------------------------------------------------------------------------------
-def prog_run_section(d, targets):
+def prog_run_section(d, rep):
     m = d["meta"]
     lines = heading("XDP program cost per packet (BPF_PROG_TEST_RUN)", m, "bench/prog_run.py",
                     f"{m['method']}; repeat {m['repeat']:,}, {m['rounds']} rounds, pinned to CPU {m['pinned_cpu']}, "
@@ -107,7 +109,7 @@ def prog_run_section(d, targets):
         if goal and base[r["shape"]]["rules"] == 1:
             note = (f"({r['rules_beyond_capacity']:,} rules beyond XDP capacity are DEFERred)"
                     if r["rules_beyond_capacity"] else "")
-            targets.at_most(f"program cost, {r['shape']}, {r['rules']:,} rules vs 1 rule (worst position)",
+            rep.at_most(f"program cost, {r['shape']}, {r['rules']:,} rules vs 1 rule (worst position)",
                             r["ratio"], goal, "x", note=note)
 
     def draw(ax):
@@ -122,10 +124,10 @@ def prog_run_section(d, targets):
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
         ax.set_title("ipt2xdp program cost per packet")
-    return lines + plot("prog_run.png", "program cost", m, draw)
+    return lines + rep.plot("prog_run.png", "program cost", m, draw)
 
 
-def e2e_section(d, targets):
+def e2e_section(d, rep):
     m, c = d["meta"], d["configs"]
     meth = m["method"]
     live = meth.get("generator_kind") == "live"
@@ -168,7 +170,7 @@ def e2e_section(d, targets):
     for ours, theirs, goal, what in checks:
         r = ratio(ours, theirs)
         if r is not None:
-            targets.at_least(f"end to end, {what}", r, goal)
+            rep.at_least(f"end to end, {what}", r, goal)
     if empty:
         ceilings = [f"{c[f'legacy-{n}']['ns_per_packet'] / empty:,.1f}x at {n:,} rules"
                     for n in d.get("rule_sizes", []) if f"legacy-{n}" in c]
@@ -187,10 +189,10 @@ def e2e_section(d, targets):
         ax.set_xlabel("arrived kpps (median), log scale; generator + receiver on one CPU")
         ax.invert_yaxis()
         ax.set_title("End to end: 64-byte UDP over veth, deciding rule last")
-    return lines + plot("e2e.png", "end to end", m, draw, figsize=(9, 5))
+    return lines + rep.plot("e2e.png", "end to end", m, draw, figsize=(9, 5))
 
 
-def control_section(d, targets):
+def control_section(d, rep):
     m = d["meta"]
     meth = m["method"]
     lines = heading("Control plane: import time and map memory", m, "bench/control.py",
@@ -207,7 +209,7 @@ def control_section(d, targets):
         x = d["sizes"].get(str(n))
         if x:
             for what, v in (("API parse+plan+compile+load", x["api_s"]["total"]), ("whole CLI", x["cli_s"])):
-                targets.at_most(f"import {n:,} rules ({what})", v, goal, " s")
+                rep.at_most(f"import {n:,} rules ({what})", v, goal, " s")
     sizes = list(d["sizes"].values())
 
     def draw(ax):
@@ -222,10 +224,10 @@ def control_section(d, targets):
         ax.set_ylabel("seconds")
         ax.legend()
         ax.set_title("ipt2xdp import time by step")
-    return lines + plot("control.png", "import time", m, draw)
+    return lines + rep.plot("control.png", "import time", m, draw)
 
 
-def wrapper_section(d, targets):
+def wrapper_section(d, rep):
     m = d["meta"]
     meth = m["method"]
     ms = d["ms"]
@@ -238,11 +240,11 @@ def wrapper_section(d, targets):
         lines.append(f"| {key} | {a:.1f} | {b:.1f} | {b - a:.1f} |")
     lines.append("")
     v = ms["wrapper"]["change"]
-    targets.at_most(f"one rule change through the CLI at {meth['rules']:,} rules", v, 30, " ms", digits=0)
+    rep.at_most(f"one rule change through the CLI at {meth['rules']:,} rules", v, 30, " ms", digits=0)
     return lines
 
 
-def parse_section(d, targets):
+def parse_section(d, rep):
     m = d["meta"]
     meth = m["method"]
     lines = heading("Parser front end: parse and print", m, "bench/parse_bench.py",
@@ -257,8 +259,8 @@ def parse_section(d, targets):
     return lines
 
 
-def render(out: Path = OUT):
-    targets, body = Targets(), []
+def render(out: Path = OUT, plot_dir: Path = ROOT / "bench"):
+    rep, body = Report(plot_dir), []
     profiles, elapsed = set(), 0.0
     for name, fn in (("prog_run", prog_run_section), ("e2e", e2e_section), ("control", control_section),
                      ("wrapper", wrapper_section), ("parse", parse_section)):
@@ -266,7 +268,7 @@ def render(out: Path = OUT):
         if d:
             profiles.add(d["meta"].get("profile", "?"))
             elapsed += d["meta"].get("elapsed_s", 0)
-            body += fn(d, targets)
+            body += fn(d, rep)
     head = [BEGIN, "", "# Benchmark results", "",
             "Regenerated by `sudo make bench` (`python -m bench`) from bench/out/*-latest.json; every figure below "
             "comes from that JSON (bench/report.py), none is typed by hand. Profiles in these files: "
@@ -276,7 +278,7 @@ def render(out: Path = OUT):
             "These are shared 2-vCPU VMs with other sessions running: absolute figures drift; the ratios "
             "measured side by side in one run are what count. Time the sections below took to run: "
             f"{elapsed / 60:,.0f} min (each section's stamp says its own).", "", "## Targets", ""]
-    head += targets.table() + [""]
+    head += rep.table() + [""]
     return "\n".join(head + body + [END]) + "\n"
 
 

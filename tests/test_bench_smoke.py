@@ -81,5 +81,7 @@ def test_bench_smoke(tmp_path):
     # and the report renders from it
     sys.path.insert(0, str(ROOT))
     from bench import report
-    text = report.render(tmp_path)
+    text = report.render(tmp_path, plot_dir=tmp_path)  # not over the committed bench/*.png
     assert "## Targets" in text and "## End to end" in text
+    for png in ("prog_run.png", "e2e.png", "control.png"):
+        assert (tmp_path / png).stat().st_size > 0 and f"]({png})" in text
