@@ -238,7 +238,7 @@ def run(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=2.0, rounds=5, cpu
             setup_s[name] = time.perf_counter() - started
             log(f"  e2e setup {name}: {setup_s[name]:.1f} s")
         macs = {name: link_mac(pair.receiver, pair.receiver_if) for name, pair in pairs.items()}
-        fallback_reason = None
+        fallback_reason = "requested with --generator af_packet" if generator == "af_packet" else None
         if generator == "auto":
             generator, fallback_reason = choose_generator(pairs["none"], counters["none"], cpu)
         log(f"  e2e generator: {generator}" + (f" ({fallback_reason})" if fallback_reason else ""))

@@ -6,37 +6,14 @@ rx_queue_N_xdp_drops), netfilter rule counters, UdpNoPorts (/proc/net/snmp); and
 ksoftirqd on the generator's CPU, where the kernel defers receive work it could not finish inline."""
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import re
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def in_netns(ns):
-    """Run this thread in namespace `ns` (ethtool ioctls name devices of the current namespace)."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(ns.path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET):
-            raise OSError(ctypes.get_errno(), f"setns into {ns.path}")
-        yield
-    finally:
-        back = _libc.setns(home, CLONE_NEWNET)
-        os.close(target)
-        os.close(home)
-        if back:
-            raise OSError(ctypes.get_errno(), "setns back into the benchmark's own namespace")
-
-
 def receiver_ethtool(pair, call):
     """call(IoctlEthtool of the receiver veth), made inside the receiver namespace."""
     from pyroute2.ethtool.ioctl import IoctlEthtool
-    with in_netns(pair.receiver):
+    with pair.receiver.entered():  # the ioctl names a device of the current namespace
         dev = IoctlEthtool(pair.receiver_if)
         try:
             return call(dev)
