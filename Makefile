@@ -27,10 +27,15 @@ test: bpf venv
 compat-long: bpf venv
 	@$(PY) -m compat_tests.differential --rulesets 2000 --attach native
 
-bench: bpf venv
+# The plots need matplotlib: the 'bench' extra, installed once beside the venv's test extra.
+$(VENV)/.bench-stamp: $(VENV)/.stamp
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
+	@touch $@
+
+bench: bpf venv $(VENV)/.bench-stamp
 	@$(PY) -m bench
 
-bench-quick: bpf venv
+bench-quick: bpf venv $(VENV)/.bench-stamp
 	@$(PY) -m bench --quick
 
 clean:

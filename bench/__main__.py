@@ -13,6 +13,7 @@ because the shared work tree is often mid-change; `--src tree` measures the work
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -22,13 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("prog_run", "e2e", "control", "wrapper", "parse")
+MODULES = {"prog_run": "prog_run", "e2e": "e2e", "control": "control", "wrapper": "wrapper_bench",
+           "parse": "parse_bench"}
+SECTIONS = tuple(MODULES)
 
 PROFILES = {
     "full": {
         # repeat/rounds sized for a loaded shared 2-vCPU VM (1M x 5 took ~2 min per configuration there)
         "prog_run": dict(sizes=(1, 10, 100, 1000, 10000, 100000), repeat=200_000, rounds=3),
-        "e2e": dict(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=1.0, rounds=3),
+        "e2e": dict(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=1.0, rounds=5),
         "control": dict(sizes=(1000, 10000, 100000), repeats=2),
         "wrapper": dict(rules=10000, rounds=2),
         "parse": dict(n=100000, repeats=2),
@@ -79,36 +82,25 @@ def main() -> int:
     failed = []
     log = lambda m: print(m, flush=True)  # noqa: E731
     started_all = time.perf_counter()
-    for section in a.only.split(","):
-        started = time.perf_counter()
-        print(f"== {section} ({profile}): {params[section]}", flush=True)
-        try:
-            if section == "prog_run":
-                from bench import prog_run
-                res = prog_run.run(log=log, **params[section])
-            elif section == "e2e":
-                from bench import e2e
-                res = e2e.run(log=log, **params[section])
-            elif section == "control":
-                from bench import control
-                res = control.run(log=log, **params[section])
-            elif section == "wrapper":
-                from bench import wrapper_bench
-                res = wrapper_bench.run(log=log, **params[section])
-            elif section == "parse":
-                from bench import parse_bench
-                res = parse_bench.run(log=log, **params[section])
-            else:
-                raise ValueError(f"unknown section {section}")
-        except Exception:  # noqa: BLE001 - one broken benchmark must not lose the others
-            traceback.print_exc()
-            failed.append(section)
-            continue
-        res.setdefault("meta", {})["profile"] = profile
-        res["meta"]["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in params[section].items()}
-        res["meta"]["command"] = "python -m bench " + " ".join(sys.argv[1:])
-        res["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
-        print(f"   wrote {common.write_json(section, res, out)} ({res['meta']['elapsed_s']} s)", flush=True)
+    with common.bpf_stats_off() as stats_before:
+        print(f"kernel.bpf_stats_enabled: was {stats_before}, 0 for the run", flush=True)
+        for section in a.only.split(","):
+            started = time.perf_counter()
+            print(f"== {section} ({profile}): {params[section]}", flush=True)
+            try:
+                res = importlib.import_module(f"bench.{MODULES[section]}").run(log=log, **params[section])
+            except Exception:  # noqa: BLE001 - one broken benchmark must not lose the others
+                traceback.print_exc()
+                failed.append(section)
+                continue
+            res.setdefault("meta", {})["profile"] = profile
+            res["meta"]["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in params[section].items()}
+            res["meta"]["command"] = " ".join(["python -m bench", *sys.argv[1:]])
+            res["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
+            res["meta"]["loadavg_after"] = os.getloadavg()
+            res["meta"]["bpf_stats_enabled"] = {"before_run": stats_before, "during": common.read_bpf_stats()}
+            print(f"   wrote {common.write_json(section, res, out)} ({res['meta']['elapsed_s']} s)", flush=True)
+    print(f"kernel.bpf_stats_enabled restored to {common.read_bpf_stats()}", flush=True)
     print(f"all benchmarks: {time.perf_counter() - started_all:.0f} s", flush=True)
     if not a.no_results:
         from bench import report

@@ -3,10 +3,16 @@
 
 Every configuration gets its own veth pair (generator namespace + receiver namespace), all set up
 before timing, so the rounds interleave the configurations (round r measures each one in turn)
-and all see the same traffic: one 64-byte UDP frame from SRC to the receiver, port 9, sent by
-bench/pktgen.py (AF_PACKET + sendmmsg) pinned with `taskset -c CPU`. veth hands each frame to the
-receiver in the sender's context, so the receiver's softirq (XDP, IP, netfilter) runs on the same
-CPU: the receive rate is bounded by generator + receiver cost per packet.
+and all see the same traffic: one 64-byte UDP frame from SRC to the receiver's address, port 9,
+checksums valid, the receiver's MAC as destination; the receiver has a route and a permanent
+neighbour entry for SRC (its ICMP replies need no ARP) and GRO on (veth then polls its ring with
+NAPI, which XDP frames from the peer need; the same for every configuration).
+
+Generator: bench/livegen.py, BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES of an XDP_TX program
+on the generator's veth, pinned to CPU `cpu`. Frames land in the receiver veth's ring and the
+receiver's softirq (XDP, IP, netfilter) runs when each batch of 64 is flushed, on the same CPU.
+A probe of 4,096 frames must all arrive before timing; if it fails (kernel < 5.18, ...) the run
+falls back to bench/pktgen.py (AF_PACKET + sendmmsg, pinned with taskset) and records why.
 
 Configurations (N = rule counts, B = blocklist sizes):
   none             no filter: UDP to a closed port (dropped by the stack, UdpNoPorts)
@@ -17,18 +23,21 @@ Configurations (N = rule counts, B = blocklist sizes):
   ipset-B          ipset hash:ip of B addresses (SRC last) + iptables-legacy `-m set --match-set` DROP
   nftset-B         nft table, ipv4_addr set of B addresses, `ip saddr @bl drop` in an input hook
   ipt2xdp-bl-B     `ipt2xdp import` of B rules `-s A/32 -j DROP` (SRC last), native
-  xdpfilter-bl-B   xdp-filter (ipv4 feature, default policy allow: listed sources dropped) with B source addresses, native; its map
-                   holds at most 10,000 addresses, so it runs at min(B, 10000) beside ipt2xdp-bl there
-Per round and configuration: the receiver veth's rx packets (/proc/net/dev in the receiver
-namespace) and where they were dropped (filter counters, or rx minus IpInReceives for XDP) over
-the generator's sending time. Figures are medians over rounds.
+  xdpfilter-bl-B   xdp-filter (ipv4 feature, default policy allow: listed sources dropped) with B
+                   source addresses, native; its map holds at most 10,000 addresses, so it runs at
+                   min(B, 10000) beside ipt2xdp-bl there
+Counted in the receiver namespace, per round and configuration: frames that arrived (rx packets of
+the receiver veth, /proc/net/dev) and where they were dropped (the veth's XDP drop counter for XDP
+filters, the rule counters for netfilter, UdpNoPorts for no filter). The rate is arrived frames
+over the CPU time spent: with the live generator the kernel's own timing of the runs plus the
+CPU's ksoftirqd runtime over the sample (receiver work deferred there); with AF_PACKET, and as a
+cross-check for both, wall time. Figures are medians over rounds.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import PY, bpf_stats_off, median, stamp, use_tree, write_json  # noqa: E402
+from bench.receiver import dropped, ksoftirqd_ns, link_mac, prepare_receiver, read_counters  # noqa: E402
 
 use_tree()
 from ipt2xdp import netns  # noqa: E402
@@ -117,7 +127,8 @@ def setup(kind: str, size: int, pair) -> str:
         rcv.run(["nft", "-f", "-"], input=text)
         return "nft"
     if kind == "xdpfilter-bl":
-        rcv.run(["xdp-filter", "load", pair.receiver_if, "-m", "native", "-f", "ipv4"])  # policy allow: listed sources dropped
+        # default policy allow: the listed sources are dropped
+        rcv.run(["xdp-filter", "load", pair.receiver_if, "-m", "native", "-f", "ipv4"])
         batch = "".join("map update pinned /sys/fs/bpf/xdp-filter/filter_ipv4 key %s value 1 0 0 0 0 0 0 0\n"
                         % " ".join(a.split(".")) for a in blocklist_addrs(size))
         with tempfile.NamedTemporaryFile("w", delete=False) as f:
@@ -137,44 +148,50 @@ def teardown(kind: str, pair) -> None:
         pair.receiver.run([PY, "-m", "ipt2xdp", "detach", "--all"], check=False)
 
 
-# --- counters --------------------------------------------------------------------------------
-def read_counters(pair, counter: str) -> dict:
-    out = pair.receiver.run(["cat", "/proc/net/dev", "/proc/net/snmp"]).stdout
-    rx = None
-    for line in out.splitlines():
-        if line.strip().startswith(pair.receiver_if + ":"):
-            rx = int(line.split(":", 1)[1].split()[1])  # packets (column 0 is bytes)
-    ip_lines = [line.split() for line in out.splitlines() if line.startswith("Ip:")]
-    ip = dict(zip(ip_lines[0][1:], map(int, ip_lines[1][1:])))
-    udp_lines = [line.split() for line in out.splitlines() if line.startswith("Udp:")]
-    udp = dict(zip(udp_lines[0][1:], map(int, udp_lines[1][1:])))
-    c = {"rx": rx, "ip_in": ip["InReceives"], "udp_noports": udp["NoPorts"]}
-    if counter.startswith("iptables-"):
-        text = pair.receiver.run([counter, "-w", "-t", "filter", "-nvxL", "INPUT"]).stdout
-        c["filter"] = sum(int(line.split()[0]) for line in text.splitlines()[2:] if line.strip())
-    elif counter == "nft":
-        text = pair.receiver.run(["nft", "list", "table", "ip", "bench"]).stdout
-        c["filter"] = sum(int(m) for m in re.findall(r"counter packets (\d+)", text))
-    return c
+# --- the generator -----------------------------------------------------------------------------------
+def generate(pair, mac: str, cpu: int, generator: str, seconds: float = 0, frames: int = 0) -> dict:
+    args = ["--iface", pair.sender_if, "--dst-mac", mac, "--src", SRC, "--dst", pair.receiver_ip,
+            "--dport", str(DPORT)]
+    if generator == "live":
+        argv = [PY, "-m", "bench.livegen", *args, "--cpu", str(cpu)]
+        argv += ["--frames", str(frames)] if frames else ["--seconds", str(seconds)]
+    else:
+        argv = ["taskset", "-c", str(cpu), PY, "-m", "bench.pktgen", *args, "--seconds", str(seconds)]
+    soft_before = ksoftirqd_ns(cpu)
+    r = pair.sender.run(argv)
+    gen = json.loads(r.stdout.strip().splitlines()[-1])
+    gen["ksoftirqd_seconds"] = (ksoftirqd_ns(cpu) - soft_before) / 1e9
+    if "busy_seconds" in gen:
+        gen["busy_seconds"] += gen["ksoftirqd_seconds"]
+    return gen
 
 
-def dropped(counter: str, before: dict, after: dict) -> int:
-    if counter == "xdp":  # dropped before the IP layer
-        return (after["rx"] - before["rx"]) - (after["ip_in"] - before["ip_in"])
-    if counter == "stack":
-        return after["udp_noports"] - before["udp_noports"]
-    return after["filter"] - before["filter"]
+PROBE_FRAMES = 4096
 
 
-def receiver_mac(pair) -> str:
-    return json.loads(pair.receiver.run(["ip", "-j", "link", "show", pair.receiver_if]).stdout)[0]["address"]
+def choose_generator(pair, counter: str, cpu: int) -> tuple:
+    """("live", None) if PROBE_FRAMES live frames all reach the receiver, else ("af_packet", why)."""
+    mac = link_mac(pair.receiver, pair.receiver_if)
+    try:
+        before = read_counters(pair, counter)
+        gen = generate(pair, mac, cpu, "live", frames=PROBE_FRAMES)
+        after = read_counters(pair, counter)
+    except (RuntimeError, ValueError) as error:
+        return "af_packet", f"live-frames generator failed: {str(error)[-300:]}"
+    arrived, handled = after["rx"] - before["rx"], dropped(counter, before, after)
+    if gen["sent"] != PROBE_FRAMES or arrived < PROBE_FRAMES or handled < PROBE_FRAMES:
+        return "af_packet", (f"live-frames probe: sent {gen['sent']}, receiver saw {arrived} and "
+                             f"counted {handled} of {PROBE_FRAMES}")
+    return "live", None
 
 
-def generate(pair, mac: str, seconds: float, cpu: int) -> dict:
-    r = pair.sender.run(["taskset", "-c", str(cpu), PY, "-m", "bench.pktgen", "--iface", pair.sender_if,
-                         "--dst-mac", mac, "--src", SRC, "--dst", pair.receiver_ip, "--dport", str(DPORT),
-                         "--seconds", str(seconds)])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+GENERATORS = {
+    "live": "bench/livegen.py: BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES of a 2-instruction XDP_TX "
+            "program on the generator's veth, batch_size 64, one 60-byte frame (64 on the wire) IPv4/UDP "
+            + SRC + " -> receiver:9, checksums valid",
+    "af_packet": "bench/pktgen.py: AF_PACKET SOCK_RAW + sendmmsg (ctypes), 256 frames per call, one 60-byte "
+                 "frame (64 on the wire) IPv4/UDP " + SRC + " -> receiver:9, checksums valid",
+}
 
 
 def configurations(rule_sizes, bl_sizes):
@@ -194,29 +211,46 @@ def label(kind: str, size: int) -> str:
     return kind if not size else f"{kind}-{size}"
 
 
-def run(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=2.0, rounds=5, cpu=1, log=print) -> dict:
+def summarize(kind: str, size: int, counter: str, setup_s: float, s: list) -> dict:
+    wall_pps = median([x["rx"] / x["seconds"] for x in s])
+    busy = [x["rx"] / x["busy_seconds"] for x in s if x.get("busy_seconds")]
+    rx_pps = median(busy) if busy else wall_pps
+    return {"kind": kind, "size": size, "counted_at": counter, "setup_s": round(setup_s, 2),
+            "rx_pps": rx_pps, "wall_rx_pps": wall_pps, "sent_pps": median([x["sent"] / x["seconds"] for x in s]),
+            "arrived_fraction": median([x["rx"] / x["sent"] if x["sent"] else 0 for x in s]),
+            "dropped_fraction": median([x["dropped"] / x["rx"] if x["rx"] else 0 for x in s]),
+            "ns_per_packet": 1e9 / rx_pps if rx_pps else None, "samples": s}
+
+
+def run(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=2.0, rounds=5, cpu=1, generator="auto",
+        log=print) -> dict:
     configs = configurations(rule_sizes, bl_sizes)
     pairs, counters, setup_s = {}, {}, {}
-    results = {"meta": {**stamp(), "method": {
-        "generator": "bench/pktgen.py: AF_PACKET SOCK_RAW + sendmmsg (ctypes), 256 frames per call, one "
-                     "60-byte frame (64 on the wire) IPv4/UDP " + SRC + " -> receiver:9",
-        "cpu_pinning": f"generator `taskset -c {cpu}`; the receiver's softirq runs in the sender's "
-                       "context on the same CPU",
-        "seconds_per_sample": seconds, "rounds": rounds, "interleaved": True,
-        "statistic": "median over rounds of receiver rx packets / generator sending time",
-        "ns_per_packet": "1e9 / received pps (one CPU busy for generator + receiver)",
-        "bpf_stats_enabled_during_timing": 0}},
-        "rule_sizes": list(rule_sizes), "bl_sizes": list(bl_sizes), "configs": {}}
+    results = {"meta": stamp(), "rule_sizes": list(rule_sizes), "bl_sizes": list(bl_sizes), "configs": {}}
     try:
         for kind, size in configs:
             name = label(kind, size)
             pair = netns.veth_pair()
             pairs[name] = pair
             started = time.perf_counter()
+            prepare_receiver(pair, SRC)
             counters[name] = setup(kind, size, pair)
             setup_s[name] = time.perf_counter() - started
             log(f"  e2e setup {name}: {setup_s[name]:.1f} s")
-        macs = {name: receiver_mac(pair) for name, pair in pairs.items()}
+        macs = {name: link_mac(pair.receiver, pair.receiver_if) for name, pair in pairs.items()}
+        fallback_reason = "requested with --generator af_packet" if generator == "af_packet" else None
+        if generator == "auto":
+            generator, fallback_reason = choose_generator(pairs["none"], counters["none"], cpu)
+        log(f"  e2e generator: {generator}" + (f" ({fallback_reason})" if fallback_reason else ""))
+        results["meta"]["method"] = {
+            "generator": GENERATORS[generator], "generator_kind": generator, "fallback_reason": fallback_reason,
+            "cpu_pinning": f"generator pinned to CPU {cpu}; the receiver's softirq runs in the generator's "
+                           "context (or that CPU's ksoftirqd) on the same CPU",
+            "seconds_per_sample": seconds, "rounds": rounds, "interleaved": True,
+            "statistic": ("median over rounds of arrived frames / (kernel-timed run time + ksoftirqd time)"
+                          if generator == "live" else "median over rounds of arrived frames / sending time"),
+            "ns_per_packet": "1e9 / rx pps: one CPU busy for generator + receiver",
+            "bpf_stats_enabled_during_timing": 0}
         samples = {name: [] for name in pairs}
         with bpf_stats_off():
             for r in range(rounds):
@@ -224,23 +258,17 @@ def run(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=2.0, rounds=5, cpu
                     name = label(kind, size)
                     pair = pairs[name]
                     before = read_counters(pair, counters[name])
-                    gen = generate(pair, macs[name], seconds, cpu)
+                    gen = generate(pair, macs[name], cpu, generator, seconds=seconds)
                     after = read_counters(pair, counters[name])
-                    rx = after["rx"] - before["rx"]
-                    samples[name].append({"sent": gen["sent"], "seconds": gen["seconds"], "rx": rx,
-                                          "dropped": dropped(counters[name], before, after)})
+                    samples[name].append({**gen, "rx": after["rx"] - before["rx"],
+                                          "dropped": dropped(counters[name], before, after),
+                                          "loadavg": os.getloadavg()[0]})
                 log(f"  e2e round {r + 1}/{rounds}: " + ", ".join(
-                    f"{n} {s[-1]['rx'] / s[-1]['seconds'] / 1e3:.0f}k" for n, s in samples.items()))
+                    f"{n} {s[-1]['rx'] / s[-1].get('busy_seconds', s[-1]['seconds']) / 1e3:.0f}k"
+                    for n, s in samples.items()))
         for kind, size in configs:
             name = label(kind, size)
-            s = samples[name]
-            rx_pps = median([x["rx"] / x["seconds"] for x in s])
-            results["configs"][name] = {
-                "kind": kind, "size": size, "counted_at": counters[name], "setup_s": round(setup_s[name], 2),
-                "rx_pps": rx_pps, "sent_pps": median([x["sent"] / x["seconds"] for x in s]),
-                "dropped_pps": median([x["dropped"] / x["seconds"] for x in s]),
-                "dropped_fraction": median([x["dropped"] / x["rx"] if x["rx"] else 0 for x in s]),
-                "ns_per_packet": 1e9 / rx_pps if rx_pps else None, "samples": s}
+            results["configs"][name] = summarize(kind, size, counters[name], setup_s[name], samples[name])
     finally:
         for name, pair in pairs.items():
             kind = name.rsplit("-", 1)[0] if name[-1].isdigit() else name
@@ -258,11 +286,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--cpu", type=int, default=1)
+    p.add_argument("--generator", choices=("auto", "live", "af_packet"), default="auto")
     a = p.parse_args()
     if os.environ.get("IPT2XDP_BENCH_TREE") is None:
         print("note: measuring the work tree; `python -m bench` measures a HEAD snapshot by default")
     res = run([int(x) for x in a.rules.split(",")], [int(x) for x in a.blocklist.split(",")],
-              a.seconds, a.rounds, a.cpu)
+              a.seconds, a.rounds, a.cpu, a.generator)
     for name, c in res["configs"].items():
         print(f"{name:22} rx {c['rx_pps'] / 1e3:8.0f} kpps  {c['ns_per_packet']:8.0f} ns/pkt  "
               f"dropped {c['dropped_fraction'] * 100:5.1f}% at {c['counted_at']}")

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The project's own traffic generator: 64-byte UDP frames through AF_PACKET with sendmmsg (ctypes).
+"""The project's fallback traffic generator: 64-byte UDP frames through AF_PACKET with sendmmsg (ctypes).
 
-xdp-trafficgen is broken on kernels >= 6.16, so bench/e2e.py runs this in the generator namespace:
+bench/e2e.py uses bench/livegen.py (BPF_PROG_RUN live frames, about ten times cheaper per frame)
+and falls back to this, in the generator namespace, where live frames do not work (Linux < 5.18):
 
     nsenter --net=/var/run/netns/SND -- taskset -c CPU python -m bench.pktgen \
         --iface IF --dst-mac MAC --src 10.77.1.1 --dst 10.77.1.2 --dport 9 --seconds 2
@@ -105,23 +106,31 @@ def send(iface: str, frame: bytes, seconds: float, batch: int = BATCH) -> dict:
     return {"sent": sent, "seconds": elapsed, "calls": calls, "errors": errors}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_frame_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that say which frame to send and where (shared with bench/livegen.py)."""
     p.add_argument("--iface", required=True)
     p.add_argument("--dst-mac", required=True)
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
     p.add_argument("--sport", type=int, default=4000)
     p.add_argument("--dport", type=int, default=9)
-    p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--batch", type=int, default=BATCH)
-    a = p.parse_args()
+
+
+def frame_from_arguments(a: argparse.Namespace) -> bytes:
     probe = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     probe.bind((a.iface, 0))
     src_mac = probe.getsockname()[4]  # /sys/class/net would show the host's namespace under nsenter
     probe.close()
-    frame = udp_frame(src_mac, _mac(a.dst_mac), a.src, a.dst, a.sport, a.dport)
-    print(json.dumps(send(a.iface, frame, a.seconds, a.batch)), flush=True)
+    return udp_frame(src_mac, _mac(a.dst_mac), a.src, a.dst, a.sport, a.dport)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_frame_arguments(p)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--batch", type=int, default=BATCH)
+    a = p.parse_args()
+    print(json.dumps(send(a.iface, frame_from_arguments(a), a.seconds, a.batch)), flush=True)
     return 0
 
 

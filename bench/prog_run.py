@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import stamp, use_tree  # noqa: E402
+from bench.common import bpf_stats_off, stamp, use_tree  # noqa: E402
 
 use_tree()
 
@@ -43,7 +43,6 @@ from ipt2xdp.compile import compile  # noqa: E402
 from ipt2xdp.dataplane import Dataplane  # noqa: E402
 from ipt2xdp.resources import bpf_object_path  # noqa: E402
 
-STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 TCP_, UDP_ = frozenset({6}), frozenset({17})
 
 
@@ -106,8 +105,6 @@ def measure(prog_fd: int, packet: bytes, repeat: int, rounds: int):
 def run(sizes=(1, 1000, 10000, 100000), shapes=("exact5", "mixed"), repeat=1_000_000, rounds=7, cpu=1,
         log=print) -> dict:
     os.sched_setaffinity(0, {cpu})
-    with open(STATS_SYSCTL) as f:
-        stats_before = f.read().strip()
     results = {"meta": {
         **stamp(), "repeat": repeat, "rounds": rounds, "bpf_stats_enabled_during_timing": 0, "pinned_cpu": cpu,
         "method": "BPF_PROG_TEST_RUN, same packet repeated, median of rounds; ns/packet as reported "
@@ -118,39 +115,36 @@ def run(sizes=(1, 1000, 10000, 100000), shapes=("exact5", "mixed"), repeat=1_000
     empty_fd = empty.program_fd("xdp_drop_all")
     dp = Dataplane.load()
     try:
-        with open(STATS_SYSCTL, "w") as f:
-            f.write("0")
-        for shape in shapes:
-            make_rule, make_probe = SHAPES[shape]
-            for n in sizes:
-                started = time.monotonic()
-                rules = [make_rule(i) for i in range(n)]
-                tables = compile(rules, ACCEPT, overflow="defer")
-                compile_s = time.monotonic() - started
-                started = time.monotonic()
-                dp.apply_generation(tables)
-                apply_s = time.monotonic() - started
-                probes = {"first": make_probe(0), "middle": make_probe(n // 2), "last": make_probe(n - 1),
-                          "none": NO_MATCH}
-                row = {"shape": shape, "rules": n, "slots": tables.slot_count, "sets": tables.set_count,
-                       "rules_beyond_capacity": tables.overflowed_rules, "compile_s": round(compile_s, 2),
-                       "apply_s": round(apply_s, 2), "ns": {}, "verdict": {}}
-                for where, packet in probes.items():
-                    ns, verdict = measure(dp.prog_fd, packet, repeat, rounds)
-                    row["ns"][where] = ns
-                    row["verdict"][where] = {1: "DROP", 2: "PASS"}.get(verdict, verdict)
-                # the empty program in the same run, next to each configuration
-                e_ns, _ = measure(empty_fd, NO_MATCH, repeat, rounds)
-                results["empty_drop"].append(e_ns)
-                row["empty_drop_ns"] = e_ns
-                results["runs"].append(row)
-                note = f" ({tables.overflowed_rules} beyond capacity -> DEFER)" if tables.overflowed_rules else ""
-                log(f"  {shape:7} {n:>6} rules {tables.slot_count:>6} slots: "
-                    + "  ".join(f"{w} {row['ns'][w]:>4} ns {row['verdict'][w]}" for w in probes)
-                    + f"  | empty {e_ns} ns | compile {compile_s:.1f}s apply {apply_s:.1f}s{note}")
+        with bpf_stats_off():
+            for shape in shapes:
+                make_rule, make_probe = SHAPES[shape]
+                for n in sizes:
+                    started = time.monotonic()
+                    rules = [make_rule(i) for i in range(n)]
+                    tables = compile(rules, ACCEPT, overflow="defer")
+                    compile_s = time.monotonic() - started
+                    started = time.monotonic()
+                    dp.apply_generation(tables)
+                    apply_s = time.monotonic() - started
+                    probes = {"first": make_probe(0), "middle": make_probe(n // 2), "last": make_probe(n - 1),
+                              "none": NO_MATCH}
+                    row = {"shape": shape, "rules": n, "slots": tables.slot_count, "sets": tables.set_count,
+                           "rules_beyond_capacity": tables.overflowed_rules, "compile_s": round(compile_s, 2),
+                           "apply_s": round(apply_s, 2), "ns": {}, "verdict": {}}
+                    for where, packet in probes.items():
+                        ns, verdict = measure(dp.prog_fd, packet, repeat, rounds)
+                        row["ns"][where] = ns
+                        row["verdict"][where] = {1: "DROP", 2: "PASS"}.get(verdict, verdict)
+                    # the empty program in the same run, next to each configuration
+                    e_ns, _ = measure(empty_fd, NO_MATCH, repeat, rounds)
+                    results["empty_drop"].append(e_ns)
+                    row["empty_drop_ns"] = e_ns
+                    results["runs"].append(row)
+                    note = f" ({tables.overflowed_rules} beyond capacity -> DEFER)" if tables.overflowed_rules else ""
+                    log(f"  {shape:7} {n:>6} rules {tables.slot_count:>6} slots: "
+                        + "  ".join(f"{w} {row['ns'][w]:>4} ns {row['verdict'][w]}" for w in probes)
+                        + f"  | empty {e_ns} ns | compile {compile_s:.1f}s apply {apply_s:.1f}s{note}")
     finally:
-        with open(STATS_SYSCTL, "w") as f:
-            f.write(stats_before)
         dp.close()
         empty.close()
     return results

@@ -7,6 +7,8 @@ Commands run through `nsenter --net=` rather than `ip netns exec`, so /sys/fs/bp
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import os
 import re
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 NETNS_DIR = "/var/run/netns"
+CLONE_NEWNET = 0x40000000
 PREFIX = "ipt2xdp"
 _counter = itertools.count()
 
@@ -42,6 +45,23 @@ class Namespace:
 
     def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(["sh", "-c", script], check=check)
+
+    @contextlib.contextmanager
+    def entered(self):
+        """Run the body with this thread in the namespace (sockets and ioctls made there stay in it)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        home = os.open("/proc/self/ns/net", os.O_RDONLY)
+        target = os.open(self.path, os.O_RDONLY)
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {self.path}")
+            yield
+        finally:
+            back = libc.setns(home, CLONE_NEWNET)
+            os.close(home)
+            os.close(target)
+            if back != 0:
+                raise OSError(ctypes.get_errno(), "setns back into the caller's namespace")
 
 
 @dataclass

@@ -1,29 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Helpers for kernel tests: run Python code inside a test namespace, send and receive UDP, read
 an iptables counter. Everything happens inside namespaces made by ipt2xdp.netns."""
-import contextlib
-import ctypes
-import os
 import socket
 import subprocess
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
-
-@contextlib.contextmanager
 def inside(ns):
     """Run the body with this thread in the namespace (sockets made here stay in it)."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(ns.path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        yield
-    finally:
-        _libc.setns(home, CLONE_NEWNET)
-        os.close(home)
-        os.close(target)
+    return ns.entered()
 
 
 def unload_and_close(pair):
