@@ -53,7 +53,9 @@ def load() -> Loaded:
     ruleset = parse(record["ruleset_text"], "<loaded plan>")
     host = planstore.host_from_record(record["host"])
     names = ipsets.referenced_sets(ruleset)
-    if names:
+    if names and record.get("ipsets") == "defer":
+        host = replace(host, ipsets=tuple(ipsets.IpSet(n, unsupported="set-off") for n in names))
+    elif names:
         # Members are not stored with the plan (a set may hold 100k); today's members are read, and
         # the program run below shows whether the loaded copy still agrees with them.
         host = replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset)))

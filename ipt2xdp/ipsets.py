@@ -50,6 +50,7 @@ WHY = {
     "set-guard": "the ipset change guard is not attached or ipset changes were in flight, so a mirror "
                  "could not be kept exact",
     "set-target": "a -j SET rule changes this ipset as packets pass; XDP cannot follow it",
+    "set-off": "ipset mirroring is turned off (import --ipsets defer), so netfilter decides set matches",
 }
 
 

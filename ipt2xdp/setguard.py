@@ -246,10 +246,11 @@ def remove(netns: Optional[int] = None) -> None:
     pins.remove_tree(guard_dir(netns))
 
 
-def mirror_for_import(host, ruleset, notice=None):
+def mirror_for_import(host, ruleset, notice=None, mirror: bool = True):
     """(host with the ruleset's sets, Expectation) for a real import, in the order exactness needs:
     guard attached, then the counts read, then the sets read. Without a guard the sets are left
-    unknown (set-guard) and the Expectation is None."""
+    unknown (set-guard) and the Expectation is None. `mirror=False` (import --ipsets defer) leaves
+    them unknown without attaching the guard, whose tracepoints every syscall of the host pays."""
     from dataclasses import replace
 
     from ipt2xdp import ipsets
@@ -257,6 +258,8 @@ def mirror_for_import(host, ruleset, notice=None):
     names = ipsets.referenced_sets(ruleset)
     if not names:
         return host, None
+    if not mirror:
+        return replace(host, ipsets=tuple(ipsets.IpSet(n, unsupported="set-off") for n in names)), None
     try:
         ensure()
         removals, additions = settled_counts()

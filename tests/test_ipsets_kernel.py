@@ -188,3 +188,23 @@ def test_timeout_set_defers_before_members_expire(lab):
         assert time.monotonic() < deadline, "the member should have expired"
         time.sleep(0.2)
     assert_reaches_netfilter(lab, 14, accepted=True)
+
+
+def test_ipsets_defer_leaves_sets_to_netfilter_and_is_kept(lab):
+    """--ipsets defer: no guard (its tracepoints cost every syscall of the host), set rules are
+    netfilter's, and later imports and wrapper syncs keep that choice."""
+    report = json.loads(ipt2xdp(lab.rx, "import", "--dry-run", "--json", "--ipsets", "defer", str(lab.rules)))
+    set_rules = [d for d in report["decisions"] if "--match-set" in d["text"]]
+    assert "match.set-off" in {d["code"] for d in set_rules}, set_rules
+    assert {d["kind"] for d in set_rules} == {"netfilter"}, set_rules
+    lab.import_("--ipsets", "defer", str(lab.rules))
+    mirror = status(lab.rx)["ipset_mirror"]
+    assert not mirror.get("guard") and not mirror.get("mirrored"), mirror
+    seen = rule_packets(lab.rx, 1)
+    assert lab.send(11) == 0
+    assert rule_packets(lab.rx, 1) == seen + 5, "netfilter, not XDP, drops the set's member"
+    lab.import_("--live")  # no --ipsets: the loaded plan's choice holds
+    assert not status(lab.rx)["ipset_mirror"].get("mirrored")
+    lab.import_("--ipsets", "mirror", "--live")
+    assert status(lab.rx)["ipset_mirror"]["current"]
+    assert_dropped_in_xdp(lab, 11, 1)

@@ -28,6 +28,9 @@ def add_arguments(parser):
                         help="netfilter backend to restore into and read from (default: the active one)")
     parser.add_argument("--dry-run", action="store_true", help="report what XDP would decide; change nothing")
     parser.add_argument("--json", action="store_true", help="with --dry-run: the report as JSON")
+    parser.add_argument("--ipsets", choices=("mirror", "defer"), default=None,
+                        help="mirror -m set members into XDP (default), or leave set matches to netfilter; "
+                             "kept for later imports and wrapper calls")
     parser.add_argument("--strict", action="store_true",
                         help="exit 2 if any rule is left to netfilter alone")
 
@@ -75,6 +78,8 @@ def run(args) -> int:
     text, path = _read_input(args)
     ruleset = parse(text, path)
     loaded = _loaded()
+    if args.ipsets is None:
+        args.ipsets = ((loaded or {}).get("plan") or {}).get("ipsets", "mirror")
     devices = _devices(args, loaded)
     host = read_host_context(attached=devices)
     missing = [name for name in devices if host.device(name) is None]
@@ -87,7 +92,9 @@ def run(args) -> int:
         from ipt2xdp import ipsets
 
         names = ipsets.referenced_sets(ruleset)
-        if names:
+        if names and args.ipsets == "defer":
+            host = replace(host, ipsets=tuple(ipsets.IpSet(n, unsupported="set-off") for n in names))
+        elif names:
             host = replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset)))
         result = plan(ruleset, host)
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
@@ -147,7 +154,9 @@ def _offload(ruleset, host, devices, args, backend_name, report):
     from ipt2xdp.plan import plan
     from ipt2xdp.render import render
 
-    host, expectation = setguard.mirror_for_import(host, ruleset, loader._stderr_notice)
+    ipset_mode = getattr(args, "ipsets", None) or "mirror"
+    host, expectation = setguard.mirror_for_import(host, ruleset, loader._stderr_notice,
+                                                   mirror=ipset_mode == "mirror")
     result = plan(ruleset, host)
     tables = compile_tables(result.rules, result.default, overflow="defer")
     tables.set_guard = setguard.with_deadline(expectation, result.set_deadline_ns)
@@ -155,6 +164,7 @@ def _offload(ruleset, host, devices, args, backend_name, report):
     key = planstore.digest(text, devices)
     planstore.save(key, {
         "backend": backend_name,
+        "ipsets": ipset_mode,
         "ruleset_text": text,                  # with "host": what `explain --loaded` plans again
         "host": planstore.host_record(host),
         "devices": list(devices),

@@ -132,7 +132,8 @@ def replan(backend_name: str) -> None:
     text = backends.save(backend_name)
     ruleset = parse(text, f"<iptables-{backend_name}-save>")
     host = read_host_context(attached=devices)
-    args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto")
+    args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto",
+                                 ipsets=(old_plan or {}).get("ipsets", "mirror"))
     # Counts up to now; drops between this read and the flip are lost (microseconds, all deferred).
     before = xdpcounts.current()
     _offload(ruleset, host, devices, args, backend_name, report)
