@@ -89,6 +89,54 @@ def _note(message: str) -> None:
     print(f"ipt2xdp: {message}", file=sys.stderr)
 
 
+def _stale_path() -> str:
+    from ipt2xdp import planstore
+
+    return os.path.join(planstore.STATE_ROOT, str(_netns()), "stale")
+
+
+def _netns() -> int:
+    from ipt2xdp import pins
+
+    return pins.netns_id()
+
+
+def stale_mark() -> int:
+    """How many times `ipt2xdp watch` has seen a change it could not rule out as relaxing."""
+    try:
+        with open(_stale_path()) as f:
+            return int(f.read() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def mark_stale() -> int:
+    """The watcher's half of the hand-over: called before it makes XDP defer. A re-plan that read
+    the ruleset before this mark moved must not leave XDP enforcing its (possibly stale) plan."""
+    path = _stale_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    value = stale_mark() + 1
+    with open(path + ".tmp", "w") as f:
+        f.write(str(value))
+    os.replace(path + ".tmp", path)
+    return value
+
+
+@contextlib.contextmanager
+def guarded_flip() -> Iterator[None]:
+    """Around "read the ruleset, plan, flip": if the watcher marked a change after the read began,
+    the flip may have ended its deferral with a plan made before that change; defer again (the
+    watcher re-imports right after). Leaves a window of one map write, not one re-plan."""
+    mark = stale_mark()
+    yield
+    if stale_mark() != mark:
+        from ipt2xdp import loader
+
+        loader.defer_all(True)
+        _note("the ruleset changed while XDP was re-planned; deferring to netfilter until `ipt2xdp watch` "
+              "re-imports")
+
+
 def was_deferring() -> bool:
     from ipt2xdp import loader
 
@@ -104,17 +152,29 @@ def begin() -> bool:
     return enforcing
 
 
-def abort(enforcing_before: bool) -> None:
-    """The real command failed: netfilter is unchanged, the old plan is exact again."""
+def abort(enforcing_before: bool, mark: int) -> None:
+    """The real command failed: netfilter is unchanged by it, so the old plan is exact again,
+    unless the watcher has seen another change meanwhile (then it keeps deferring for the watcher)."""
     from ipt2xdp import loader
 
-    if enforcing_before:
+    if enforcing_before and stale_mark() == mark:
         loader.defer_all(False)
 
 
-def replan(backend_name: str) -> None:
+def replan(backend_name: str, ruleset=None, host=None) -> None:
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
-    carrying XDP's per-rule counts over to the new plan."""
+    carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
+    caller, after the point its own changes are covered from."""
+    from ipt2xdp import loader
+
+    info = loader.status(include_counters=False)
+    if not info.get("loaded"):
+        return
+    with guarded_flip():
+        _replan(info, backend_name, ruleset, host)
+
+
+def _replan(info: dict, backend_name: str, ruleset, host) -> None:
     from ipt2xdp import backend as backends
     from ipt2xdp import loader, planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -122,16 +182,14 @@ def replan(backend_name: str) -> None:
     from ipt2xdp.parse import parse
     from ipt2xdp.wrapper import xdpcounts
 
-    info = loader.status(include_counters=False)
-    if not info.get("loaded"):
-        return
     old_key = info.get("ruleset", {}).get("source_digest")
     old_plan = planstore.load(old_key)
     devices = sorted(info.get("devices", {}))
     modes = {d["mode"] for d in info.get("devices", {}).values()}
-    text = backends.save(backend_name)
-    ruleset = parse(text, f"<iptables-{backend_name}-save>")
-    host = read_host_context(attached=devices)
+    if ruleset is None:
+        ruleset = parse(backends.save(backend_name), f"<iptables-{backend_name}-save>")
+    if host is None:
+        host = read_host_context(attached=devices)
     args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto")
     # Counts up to now; drops between this read and the flip are lost (microseconds, all deferred).
     before = xdpcounts.current()
@@ -155,6 +213,7 @@ def run_changing(backend_name: str, wait: Optional[float], command) -> int:
               f"Stopped waiting after {int(wait) if wait == int(wait) else wait}s.", file=sys.stderr)
         return 4
     try:
+        mark = stale_mark()
         try:
             enforcing = begin()
         except Exception as error:  # noqa: BLE001 - never block the firewall change on XDP
@@ -162,7 +221,7 @@ def run_changing(backend_name: str, wait: Optional[float], command) -> int:
             return command()
         rc = command()
         if rc != 0:
-            abort(enforcing)
+            abort(enforcing, mark)
             return rc
         try:
             replan(backend_name)
@@ -173,4 +232,5 @@ def run_changing(backend_name: str, wait: Optional[float], command) -> int:
         lock.__exit__(None, None, None)
 
 
-__all__ = ["pin_dir_fast", "wrapper_lock", "run_changing", "replan", "LockTimeout", "errno"]
+__all__ = ["pin_dir_fast", "wrapper_lock", "run_changing", "replan", "LockTimeout", "stale_mark", "mark_stale",
+           "guarded_flip", "errno"]
