@@ -88,10 +88,11 @@ class Watcher:
             started = time.monotonic()
             ruleset, live_key, host = drift.live(backend, devices)
             if record and live_key == key and record.get("host_digest") == drift.host_digest(host):
+                again = "enforcing again" if info.get("deferring_all") else "nothing to do"
                 if info.get("deferring_all"):
                     loader.defer_all(False)
-                    log(f"{reasons}: the plan in force is already that of iptables-{backend}'s ruleset; "
-                        f"enforcing again ({time.monotonic() - started:.2f} s)")
+                log(f"{reasons}: in step, the plan in force is that of iptables-{backend}'s ruleset and this "
+                    f"host; {again} ({time.monotonic() - started:.2f} s)")
                 return
             sync.replan(backend, ruleset, host if sorted(devices) == devices else None)
             generation = loader.status(include_counters=False).get("generation")

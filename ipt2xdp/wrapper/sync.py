@@ -66,7 +66,7 @@ def wrapper_lock(wait: Optional[float]) -> Iterator[None]:
     path = os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{pins.netns_id()}.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if wait:
+        if wait and wait > 0:
             def expired(signum, frame):
                 raise LockTimeout()
             old = signal.signal(signal.SIGALRM, expired)
@@ -115,10 +115,17 @@ def mark_stale() -> int:
     the ruleset before this mark moved must not leave XDP enforcing its (possibly stale) plan."""
     path = _stale_path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    value = stale_mark() + 1
-    with open(path + ".tmp", "w") as f:
-        f.write(str(value))
-    os.replace(path + ".tmp", path)
+    # One fixed-width pwrite, no rename: this runs inside the window it is meant to close. A reader
+    # that catches it half written sees "changed", which only costs an extra deferral.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            value = int(os.pread(fd, 32, 0) or 0) + 1
+        except ValueError:
+            value = 1
+        os.pwrite(fd, b"%020d" % value, 0)
+    finally:
+        os.close(fd)
     return value
 
 
@@ -202,16 +209,34 @@ def _replan(info: dict, backend_name: str, ruleset, host) -> None:
         xdpcounts.save_adjust(new_key, before)
 
 
+def lock_wait(backend_name: str, wait: Optional[float]) -> Optional[float]:
+    """How long to wait for the wrapper's lock: legacy iptables gives up after -w N seconds (and
+    1.8.9 waits forever without -w); iptables-nft takes no lock and never fails for one, so the
+    wrapper waits for its own (held for one re-plan at most) whatever -w says."""
+    return wait if backend_name == "legacy" else None
+
+
+def busy(wait: float) -> int:
+    """The real legacy binary's words and exit code when the lock stays busy for -w N seconds."""
+    path = os.environ.get("XTABLES_LOCKFILE") or "/run/xtables.lock"
+    print(f"Can't lock {path}: Resource temporarily unavailable\n"
+          f"Another app is currently holding the xtables lock. Stopped waiting after {int(wait)}s.",
+          file=sys.stderr)
+    return 4
+
+
 def run_changing(backend_name: str, wait: Optional[float], command) -> int:
-    """Run command() (returns the real tool's exit code) with XDP deferring, then bring XDP in step."""
+    """Run command() (returns the real tool's exit code) with XDP deferring, then bring XDP in step.
+
+    The wrapper's lock is taken first, then the real legacy binary takes /run/xtables.lock itself
+    (the wrapper cannot hold that one for it: the binary's own flock would block on it). So with
+    -w N a legacy call waits up to N seconds for each; without -w, like Debian's 1.8.9, forever."""
+    wait = lock_wait(backend_name, wait)
     try:
         lock = wrapper_lock(wait)
         lock.__enter__()
     except LockTimeout:
-        # The same words and exit code as the real tool when the xtables lock stays busy.
-        print("Another app is currently holding the xtables lock. "
-              f"Stopped waiting after {int(wait) if wait == int(wait) else wait}s.", file=sys.stderr)
-        return 4
+        return busy(wait)
     try:
         mark = stale_mark()
         try:
