@@ -70,7 +70,7 @@ def run(args) -> int:
 
     # The wrapper's lock: an import, a wrapper call and `ipt2xdp watch` never interleave their
     # "read, change, read back, flip", so none of them flips to a plan older than another's change.
-    with sync.wrapper_lock(None), sync.guarded_flip():
+    with sync.wrapper_lock(None), sync.guarded_flip(say=True):
         return _run(args, sync.stale_mark())
 
 

@@ -130,18 +130,20 @@ def mark_stale() -> int:
 
 
 @contextlib.contextmanager
-def guarded_flip() -> Iterator[None]:
+def guarded_flip(say: bool = False) -> Iterator[None]:
     """Around "read the ruleset, plan, flip": if the watcher marked a change after the read began,
     the flip may have ended its deferral with a plan made before that change; defer again (the
-    watcher re-imports right after). Leaves a window of one map write, not one re-plan."""
+    watcher re-imports right after). Leaves a window of one map write, not one re-plan. say: tell
+    stderr (never from the wrapper, whose stderr is the real tool's)."""
     mark = stale_mark()
     yield
     if stale_mark() != mark:
         from ipt2xdp import loader
 
         loader.defer_all(True)
-        _note("the ruleset changed while XDP was re-planned; deferring to netfilter until `ipt2xdp watch` "
-              "re-imports")
+        if say:
+            _note("the ruleset changed while XDP was re-planned; deferring to netfilter until `ipt2xdp watch` "
+                  "re-imports")
 
 
 def was_deferring() -> bool:
