@@ -22,7 +22,7 @@ import time
 import pytest
 
 from ipt2xdp import netns
-from tests.test_wrapper_kernel import BIN, in_step, real, wrapped
+from tests.test_wrapper_kernel import BIN, in_step, real
 
 pytestmark = pytest.mark.kernel
 

@@ -116,6 +116,8 @@ def test_changes_around_the_wrapper_are_brought_in_step(watched):
     assert_in_step_soon(pair, backend, f"iptables-{backend} -t nat")
     ns.run(["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"])
     assert_in_step_soon(pair, backend, "an address added")
+    ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    assert_in_step_soon(pair, backend, "forwarding switched on")
     status = cli(ns, backend, "status")
     assert "in step" in status.stdout and status.returncode == 0
     # The other backend's filter rules only drop more; the plan (and status) say so, and stay in step.

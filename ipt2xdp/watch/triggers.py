@@ -9,8 +9,8 @@ re-import at worst, never a missed one).
 
 Built in: nf_tables notifications, the legacy tables' digest (legacy sends no notification), the
 host facts the planner reads (devices, their names and masters, local addresses: rtnetlink; the
-forwarding and conntrack sysctls: polled). Other parts of ipt2xdp add their own with register():
-a mirror kept elsewhere that exposes an invalidation counter needs only
+forwarding and conntrack sysctls: polled every 2 s). Other parts of ipt2xdp add their own with
+register(): a mirror kept elsewhere that exposes an invalidation counter needs only
 
     triggers.register("ipset", lambda: triggers.CounterTrigger("ipset", read_counter, 1.0))
 
@@ -222,9 +222,8 @@ RTMGRP_IPV4_ROUTE = 0x40
 
 
 def host_facts() -> tuple:
-    """What the planner reads about this namespace (hostinfo.read_host_context), minus the
-    nftables `ct helper` probe: device names, kinds, masters and lower devices, local and
-    broadcast routes, and the sysctls."""
+    """What the planner reads about this namespace through rtnetlink (hostinfo.read_host_context):
+    device names, kinds, masters and lower devices, local and broadcast routes."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
@@ -235,17 +234,15 @@ def host_facts() -> tuple:
                           link.get_attr("IFLA_MASTER"), link.get_attr("IFLA_LINK")))
         local = sorted((r["type"], r.get_attr("RTA_DST"), r["dst_len"])
                        for r in ipr.get_routes(table=255, family=socket.AF_INET) if r["type"] in (2, 3))
-    return tuple(sorted(links)), tuple(local), _sysctls()
+    return tuple(sorted(links)), tuple(local)
 
 
 class HostTrigger(Trigger):
-    """Device and address changes (rtnetlink), and the sysctls the planner reads (polled).
-
-    Every rtnetlink message only prompts a fresh read of the facts; a change is reported only when
-    they differ (operstate flaps and statistics updates leave them alone)."""
+    """Device and address changes (rtnetlink). Every message only prompts a fresh read of the
+    facts; a change is reported only when they differ (operstate flaps and statistics updates
+    leave them alone)."""
 
     name = "host"
-    poll_interval = SYSCTL_POLL_SECONDS
 
     def __init__(self, facts: Callable[[], tuple] = host_facts):
         self._facts = facts
@@ -261,7 +258,7 @@ class HostTrigger(Trigger):
         now = self._facts()
         if now == self._last:
             return []
-        labels = ("devices", "local addresses", "sysctls")
+        labels = ("devices", "local addresses")
         changed = [label for label, a, b in zip(labels, self._last, now) if a != b]
         self._last = now
         return [Change(self.name, ", ".join(changed) + " changed")]
@@ -278,5 +275,7 @@ class HostTrigger(Trigger):
 register("nftables", NftTrigger)
 register("legacy", legacy_trigger)
 register("host", HostTrigger)
+# The forwarding and conntrack sysctls send no notification: a few small reads per poll.
+register("sysctl", lambda: CounterTrigger("sysctl", _sysctls, SYSCTL_POLL_SECONDS))
 
 __all__ = ["Change", "Trigger", "CounterTrigger", "NftTrigger", "HostTrigger", "register", "build", "PLUGIN_MODULES"]
