@@ -17,7 +17,7 @@ from ipt2xdp import __version__
 from ipt2xdp.errors import EXIT_OTHER, Ipt2xdpError, ParseError, render_diagnostics
 
 # Order is the order shown in --help.
-COMMANDS = ("import", "explain", "status", "detach", "fmt", "check", "demo", "alternatives")
+COMMANDS = ("import", "explain", "status", "watch", "detach", "fmt", "check", "demo", "alternatives", "service")
 
 EPILOG = """examples:
   ipt2xdp check /etc/iptables/rules.v4          validate a ruleset, errors with file:line:col
@@ -26,9 +26,11 @@ EPILOG = """examples:
   ipt2xdp import --live --dry-run               show, rule by rule, what XDP would decide
   ipt2xdp explain --loaded --packet "tcp 198.51.100.7:4242 > 10.0.0.1:22 flags S iface eth0"
                                                 what XDP does with that packet, which rule decides, why
-  ipt2xdp status                                devices, generation and per-rule XDP counters
+  ipt2xdp status                                devices, generation, per-rule XDP counters, drift
+  ipt2xdp watch                                 keep XDP in step with changes made around the wrapper
   ipt2xdp detach --all                          leave netfilter alone in charge
   ipt2xdp alternatives install                  make `iptables` the wrapper that keeps XDP in step
+  ipt2xdp service install --iface eth0          systemd units: re-import at boot, watch for drift
 """
 
 

@@ -18,6 +18,8 @@ def test_wheel_contains_grammar_and_bpf_object(tmp_path):
     for grammar in (ROOT / "grammar").glob("*.lark"):
         assert f"ipt2xdp/_data/{grammar.name}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
+    for unit in ("ipt2xdp-boot.service", "ipt2xdp-watch.service", "ipt2xdp-watch@.service"):
+        assert f"ipt2xdp/systemd/{unit}" in names
 
 
 def test_cli_help_and_unknown_option_exit_codes():

@@ -68,12 +68,24 @@ def _devices(args, loaded):
 
 
 def run(args) -> int:
+    if args.dry_run:
+        return _run(args, 0)
+    from ipt2xdp.wrapper import sync
+
+    # The wrapper's lock: an import, a wrapper call and `ipt2xdp watch` never interleave their
+    # "read, change, read back, flip", so none of them flips to a plan older than another's change.
+    with sync.wrapper_lock(None), sync.guarded_flip(say=True):
+        return _run(args, sync.stale_mark())
+
+
+def _run(args, mark: int) -> int:
     from ipt2xdp import backend as backends
     from ipt2xdp import loader, report
     from ipt2xdp.errors import EXIT_PARAMETER
     from ipt2xdp.hostinfo import read_host_context
     from ipt2xdp.parse import parse
     from ipt2xdp.plan import plan
+    from ipt2xdp.wrapper import sync
 
     text, path = _read_input(args)
     ruleset = parse(text, path)
@@ -100,7 +112,14 @@ def run(args) -> int:
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
         maps = _map_diff(result, loaded, host)
         if args.json:
-            print(report.as_json(result, old, {"devices": devices, "source": path}, map_diff=maps))
+            from ipt2xdp import drift, planstore
+            from ipt2xdp.render import render
+
+            # The digests an import of this ruleset would record: equal to `status --json`'s when in step.
+            print(report.as_json(result, old, {"devices": devices, "source": path,
+                                               "source_digest": planstore.digest(render(ruleset.without_positions()),
+                                                                                 devices),
+                                               "host_digest": drift.host_digest(host)}, map_diff=maps))
         else:
             print(report.as_table(result, old, colour=report.use_colour(sys.stdout), map_diff=maps))
         return EXIT_PARAMETER if args.strict and result.summary()["netfilter"] else 0
@@ -112,7 +131,7 @@ def run(args) -> int:
         try:
             backends.restore(text, name)
         except BaseException:
-            if was_loaded:
+            if was_loaded and sync.stale_mark() == mark:
                 loader.defer_all(False)  # netfilter is unchanged, so the old plan is still exact
             raise
         # From here netfilter holds the new rules: only a successful apply() ends deferring.
@@ -149,7 +168,7 @@ def _loaded():
 
 
 def _offload(ruleset, host, devices, args, backend_name, report):
-    from ipt2xdp import loader, planstore, setguard
+    from ipt2xdp import drift, loader, planstore, setguard
     from ipt2xdp.compile import compile as compile_tables
     from ipt2xdp.plan import plan
     from ipt2xdp.render import render
@@ -172,6 +191,9 @@ def _offload(ruleset, host, devices, args, backend_name, report):
         "actions": [rule.action.verdict.name for rule in result.rules],
         "counter_paths": [[[r.table, r.chain, r.index] for r in path] for path in result.counter_paths],
         "summary": report.summary(result),
+        # The plan's other input, and the policies the decisions omit: `status` tells drift by them.
+        "host_digest": drift.host_digest(host),
+        "policies": drift.policies(ruleset),
     })
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key)
     s = report.summary(result)

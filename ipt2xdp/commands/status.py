@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""`ipt2xdp status [--json]`: devices, mode, program, generation, rule count, per-rule counters."""
+"""`ipt2xdp status [--json]`: devices, mode, program, generation, rule count, per-rule counters, and
+whether the plan is still that of the ruleset in force (drift; exit 1 when it is not)."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,12 @@ HELP = "show what XDP enforces in this network namespace: devices, generation, p
 def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--all-counters", action="store_true", help="also list rules whose counters are zero")
+    parser.add_argument("--no-drift", action="store_true",
+                        help="skip comparing the plan with the live ruleset (reading it costs time at 10k rules)")
 
 
 def run(args) -> int:
-    from ipt2xdp import counters, libbpf, loader, planstore
+    from ipt2xdp import counters, drift, libbpf, loader, planstore
 
     libbpf.set_verbose(getattr(args, "verbose", False))
     info = loader.status()
@@ -22,9 +25,11 @@ def run(args) -> int:
         info["rules"] = counters.rule_rows(info["counters"], plan)
         info["xdp_dropped_packets"], info["xdp_dropped_bytes"] = counters.dropped(info["counters"], plan)
         info["plan_summary"] = (plan or {}).get("summary")
+        if not args.no_drift:
+            info["drift"] = drift.check(info)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
-        return 0
+        return _exit_code(info)
     if not info["loaded"]:
         print(f"ipt2xdp: not loaded in this network namespace (netns {info['netns']})")
         return 0
@@ -41,6 +46,8 @@ def run(args) -> int:
         print(f"ipset mirror: current{until}" if mirror["current"] else
               f"ipset mirror: STALE ({', '.join(mirror['changed'])}): XDP passes set drops to netfilter; "
               "`ipt2xdp import --live` mirrors the sets again")
+    for line in drift.describe(info.get("drift", {})):
+        print(line)
     if not info["devices"]:
         print("devices: none attached")
     for name, d in sorted(info["devices"].items()):
@@ -60,4 +67,9 @@ def run(args) -> int:
         for rule, c in info["counters"].items():
             if c["packets"] or args.all_counters:
                 print(f"{rule:>10} {c['packets']:>12} {c['bytes']:>14}")
-    return 0
+    return _exit_code(info)
+
+
+def _exit_code(info) -> int:
+    """0 in step (or not loaded), 1 drift: scripts and monitoring can alert on it."""
+    return 1 if info.get("loaded") and info.get("drift", {}).get("in_step") is False else 0

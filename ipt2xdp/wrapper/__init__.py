@@ -36,7 +36,12 @@ def _iptables(argv0: str, args: List[str], backend: str) -> int:
 def _counted_listing(argv0, args, backend, cmd, zeroing) -> int:
     from ipt2xdp.wrapper import realbin, rewrite, sync, xdpcounts
 
-    with sync.wrapper_lock(None):
+    try:
+        lock = sync.wrapper_lock(sync.lock_wait(backend, cmd.wait))
+        lock.__enter__()
+    except sync.LockTimeout:
+        return sync.busy(cmd.wait)
+    try:
         counts = {k: v for k, v in xdpcounts.current().items() if k[0] == cmd.table}
         listing = "L" in cmd.commands and cmd.verbose
         if counts and (listing or "S" in cmd.commands and cmd.verbose):
@@ -55,6 +60,8 @@ def _counted_listing(argv0, args, backend, cmd, zeroing) -> int:
         if zeroing and result.returncode == 0:
             xdpcounts.zero(cmd.table, cmd.chain, cmd.rulenum, policy_too=backend == "legacy")
         return result.returncode
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _save(argv0: str, args: List[str], backend: str) -> int:

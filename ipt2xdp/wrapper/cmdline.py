@@ -7,6 +7,7 @@ missed one would leave XDP out of step), never towards "read-only".
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Set
 
@@ -52,10 +53,19 @@ class Command:
 
 
 def _wait_value(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
+    """Seconds as iptables 1.8.9 reads them: sscanf("%i"), so "1.5" is 1, "0.5" is 0 (wait
+    forever), "0x10" is 16 and "010" is 8; what it cannot read the real binary rejects itself."""
+    match = re.match(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
+    if not match:
         return 0.0
+    digits = match.group(2)
+    if digits[:2] in ("0x", "0X"):
+        value = int(digits, 16)
+    elif digits.startswith("0"):
+        value = int(digits, 8)
+    else:
+        value = int(digits)
+    return float(-value if match.group(1) == "-" else value)
 
 
 def parse_iptables(args: List[str]) -> Command:

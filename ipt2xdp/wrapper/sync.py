@@ -66,7 +66,7 @@ def wrapper_lock(wait: Optional[float]) -> Iterator[None]:
     path = os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{pins.netns_id()}.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if wait:
+        if wait and wait > 0:
             def expired(signum, frame):
                 raise LockTimeout()
             old = signal.signal(signal.SIGALRM, expired)
@@ -89,6 +89,63 @@ def _note(message: str) -> None:
     print(f"ipt2xdp: {message}", file=sys.stderr)
 
 
+def _stale_path() -> str:
+    from ipt2xdp import planstore
+
+    return os.path.join(planstore.STATE_ROOT, str(_netns()), "stale")
+
+
+def _netns() -> int:
+    from ipt2xdp import pins
+
+    return pins.netns_id()
+
+
+def stale_mark() -> int:
+    """How many times `ipt2xdp watch` has seen a change it could not rule out as relaxing."""
+    try:
+        with open(_stale_path()) as f:
+            return int(f.read() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def mark_stale() -> int:
+    """The watcher's half of the hand-over: called before it makes XDP defer. A re-plan that read
+    the ruleset before this mark moved must not leave XDP enforcing its (possibly stale) plan."""
+    path = _stale_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # One fixed-width pwrite, no rename: this runs inside the window it is meant to close. A reader
+    # that catches it half written sees "changed", which only costs an extra deferral.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            value = int(os.pread(fd, 32, 0) or 0) + 1
+        except ValueError:
+            value = 1
+        os.pwrite(fd, b"%020d" % value, 0)
+    finally:
+        os.close(fd)
+    return value
+
+
+@contextlib.contextmanager
+def guarded_flip(say: bool = False) -> Iterator[None]:
+    """Around "read the ruleset, plan, flip": if the watcher marked a change after the read began,
+    the flip may have ended its deferral with a plan made before that change; defer again (the
+    watcher re-imports right after). Leaves a window of one map write, not one re-plan. say: tell
+    stderr (never from the wrapper, whose stderr is the real tool's)."""
+    mark = stale_mark()
+    yield
+    if stale_mark() != mark:
+        from ipt2xdp import loader
+
+        loader.defer_all(True)
+        if say:
+            _note("the ruleset changed while XDP was re-planned; deferring to netfilter until `ipt2xdp watch` "
+                  "re-imports")
+
+
 def was_deferring() -> bool:
     from ipt2xdp import loader
 
@@ -104,17 +161,29 @@ def begin() -> bool:
     return enforcing
 
 
-def abort(enforcing_before: bool) -> None:
-    """The real command failed: netfilter is unchanged, the old plan is exact again."""
+def abort(enforcing_before: bool, mark: int) -> None:
+    """The real command failed: netfilter is unchanged by it, so the old plan is exact again,
+    unless the watcher has seen another change meanwhile (then it keeps deferring for the watcher)."""
     from ipt2xdp import loader
 
-    if enforcing_before:
+    if enforcing_before and stale_mark() == mark:
         loader.defer_all(False)
 
 
-def replan(backend_name: str) -> None:
+def replan(backend_name: str, ruleset=None, host=None) -> None:
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
-    carrying XDP's per-rule counts over to the new plan."""
+    carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
+    caller, after the point its own changes are covered from."""
+    from ipt2xdp import loader
+
+    info = loader.status(include_counters=False)
+    if not info.get("loaded"):
+        return
+    with guarded_flip():
+        _replan(info, backend_name, ruleset, host)
+
+
+def _replan(info: dict, backend_name: str, ruleset, host) -> None:
     from ipt2xdp import backend as backends
     from ipt2xdp import loader, planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -122,16 +191,14 @@ def replan(backend_name: str) -> None:
     from ipt2xdp.parse import parse
     from ipt2xdp.wrapper import xdpcounts
 
-    info = loader.status(include_counters=False)
-    if not info.get("loaded"):
-        return
     old_key = info.get("ruleset", {}).get("source_digest")
     old_plan = planstore.load(old_key)
     devices = sorted(info.get("devices", {}))
     modes = {d["mode"] for d in info.get("devices", {}).values()}
-    text = backends.save(backend_name)
-    ruleset = parse(text, f"<iptables-{backend_name}-save>")
-    host = read_host_context(attached=devices)
+    if ruleset is None:
+        ruleset = parse(backends.save(backend_name), f"<iptables-{backend_name}-save>")
+    if host is None:
+        host = read_host_context(attached=devices)
     args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto",
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
     # Counts up to now; drops between this read and the flip are lost (microseconds, all deferred).
@@ -145,17 +212,36 @@ def replan(backend_name: str) -> None:
         xdpcounts.save_adjust(new_key, before)
 
 
+def lock_wait(backend_name: str, wait: Optional[float]) -> Optional[float]:
+    """How long to wait for the wrapper's lock: legacy iptables gives up after -w N seconds (and
+    1.8.9 waits forever without -w); iptables-nft takes no lock and never fails for one, so the
+    wrapper waits for its own (held for one re-plan at most) whatever -w says."""
+    return wait if backend_name == "legacy" else None
+
+
+def busy(wait: float) -> int:
+    """The real legacy binary's words and exit code when the lock stays busy for -w N seconds."""
+    path = os.environ.get("XTABLES_LOCKFILE") or "/run/xtables.lock"
+    print(f"Can't lock {path}: Resource temporarily unavailable\n"
+          f"Another app is currently holding the xtables lock. Stopped waiting after {int(wait)}s.",
+          file=sys.stderr)
+    return 4
+
+
 def run_changing(backend_name: str, wait: Optional[float], command) -> int:
-    """Run command() (returns the real tool's exit code) with XDP deferring, then bring XDP in step."""
+    """Run command() (returns the real tool's exit code) with XDP deferring, then bring XDP in step.
+
+    The wrapper's lock is taken first, then the real legacy binary takes /run/xtables.lock itself
+    (the wrapper cannot hold that one for it: the binary's own flock would block on it). So with
+    -w N a legacy call waits up to N seconds for each; without -w, like Debian's 1.8.9, forever."""
+    wait = lock_wait(backend_name, wait)
     try:
         lock = wrapper_lock(wait)
         lock.__enter__()
     except LockTimeout:
-        # The same words and exit code as the real tool when the xtables lock stays busy.
-        print("Another app is currently holding the xtables lock. "
-              f"Stopped waiting after {int(wait) if wait == int(wait) else wait}s.", file=sys.stderr)
-        return 4
+        return busy(wait)
     try:
+        mark = stale_mark()
         try:
             enforcing = begin()
         except Exception as error:  # noqa: BLE001 - never block the firewall change on XDP
@@ -163,7 +249,7 @@ def run_changing(backend_name: str, wait: Optional[float], command) -> int:
             return command()
         rc = command()
         if rc != 0:
-            abort(enforcing)
+            abort(enforcing, mark)
             return rc
         try:
             replan(backend_name)
@@ -174,4 +260,5 @@ def run_changing(backend_name: str, wait: Optional[float], command) -> int:
         lock.__exit__(None, None, None)
 
 
-__all__ = ["pin_dir_fast", "wrapper_lock", "run_changing", "replan", "LockTimeout", "errno"]
+__all__ = ["pin_dir_fast", "wrapper_lock", "run_changing", "replan", "LockTimeout", "stale_mark", "mark_stale",
+           "guarded_flip", "errno"]

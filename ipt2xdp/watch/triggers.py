@@ -1,0 +1,281 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""What makes `ipt2xdp watch` re-import: one Trigger per kind of change the plan depends on.
+
+A trigger is either an event source (fileno() is readable when something may have changed) or a
+poll source (poll_interval seconds between check() calls), or both. check() says what changed
+since the last rebase(); rebase() is called just before the watcher reads the ruleset for a
+re-import, so a change that lands after it is reported again on the next check (a needless
+re-import at worst, never a missed one).
+
+Built in: nf_tables notifications, the legacy tables' digest (legacy sends no notification), the
+host facts the planner reads (devices, their names and masters, local addresses: rtnetlink; the
+forwarding and conntrack sysctls: polled every 2 s). Other parts of ipt2xdp add their own with
+register(): a mirror kept elsewhere that exposes an invalidation counter needs only
+
+    triggers.register("ipset", lambda: triggers.CounterTrigger("ipset", read_counter, 1.0))
+
+in a module listed in PLUGIN_MODULES.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Callable, Dict, Hashable, List, Optional
+
+# Modules imported by the watcher before it builds its triggers; each calls register() on import.
+PLUGIN_MODULES: List[str] = []
+
+
+@dataclass(frozen=True)
+class Change:
+    source: str
+    detail: str
+    # Whether the change may make netfilter accept something the loaded plan drops. Unsure is True:
+    # the watcher then makes XDP defer everything until the re-import.
+    relaxing: bool = True
+
+
+class Trigger:
+    name = "trigger"
+    poll_interval: Optional[float] = None
+
+    def fileno(self) -> Optional[int]:
+        return None
+
+    def check(self) -> List[Change]:
+        return []
+
+    def rebase(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_FACTORIES: Dict[str, Callable[[], Optional[Trigger]]] = {}
+
+
+def register(name: str, factory: Callable[[], Optional[Trigger]]) -> None:
+    """Add a kind of trigger; factory() returns it, or None when it does not apply on this host."""
+    _FACTORIES[name] = factory
+
+
+def build(names: Optional[List[str]] = None) -> List[Trigger]:
+    import importlib
+
+    for module in PLUGIN_MODULES:
+        importlib.import_module(module)
+    built = []
+    for name, factory in _FACTORIES.items():
+        if names is None or name in names:
+            trigger = factory()
+            if trigger is not None:
+                built.append(trigger)
+    return built
+
+
+# ------------------------------------------------------------------------------------- polling
+
+class CounterTrigger(Trigger):
+    """Re-import when read() returns something else than at the last rebase (a generation counter,
+    a digest, a file's mtime...)."""
+
+    def __init__(self, name: str, read: Callable[[], Hashable], interval: float, relaxing: bool = True):
+        self.name = name
+        self.poll_interval = interval
+        self._read = read
+        self._relaxing = relaxing
+        self._last = read()
+
+    def check(self) -> List[Change]:
+        now = self._read()
+        if now == self._last:
+            return []
+        before, self._last = self._last, now
+        return [Change(self.name, f"{before} -> {now}", self._relaxing)]
+
+    def rebase(self) -> None:
+        self._last = self._read()
+
+
+# Measured at 10k legacy rules (python -m bench.legacy_poll): one digest costs 8-14 ms of CPU, so a
+# one-second poll costs under 1.5% of one CPU and bounds how long a legacy change goes unseen.
+LEGACY_POLL_SECONDS = 1.0
+SYSCTL_POLL_SECONDS = 2.0
+
+
+def legacy_trigger() -> Trigger:
+    from ipt2xdp.watch import legacydigest
+
+    return CounterTrigger("legacy", legacydigest.digest, LEGACY_POLL_SECONDS)
+
+
+SYSCTLS = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/netfilter/nf_conntrack_checksum",
+           "/proc/sys/net/netfilter/nf_conntrack_tcp_loose", "/proc/sys/net/netfilter/nf_conntrack_helper")
+
+
+def _sysctls() -> tuple:
+    values = []
+    for path in SYSCTLS:
+        try:
+            with open(path) as f:
+                values.append(f.read().strip())
+        except OSError:
+            values.append(None)
+    return tuple(values)
+
+
+# ----------------------------------------------------------------------------- netlink events
+
+NETLINK_ROUTE = 0
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWGEN = 15
+NFT_MSG_NAMES = {0: "NEWTABLE", 2: "DELTABLE", 3: "NEWCHAIN", 5: "DELCHAIN", 6: "NEWRULE", 8: "DELRULE",
+                 9: "NEWSET", 11: "DELSET", 12: "NEWSETELEM", 14: "DELSETELEM", 18: "NEWOBJ", 20: "DELOBJ",
+                 22: "NEWFLOWTABLE", 24: "DELFLOWTABLE", 26: "DESTROYTABLE", 27: "DESTROYCHAIN",
+                 28: "DESTROYRULE", 29: "DESTROYSET", 30: "DESTROYSETELEM", 31: "DESTROYOBJ",
+                 32: "DESTROYFLOWTABLE"}
+# nf_tables families whose rules never see an IPv4 packet: ip6 and arp.
+IRRELEVANT_FAMILIES = {10: "ip6", 3: "arp"}
+_NLMSG = struct.Struct("=IHHII")
+
+
+def _netlink_socket(protocol: int, groups: int = 0, memberships=()) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, protocol)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, groups))
+        for group in memberships:
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _drain(sock: socket.socket):
+    """Every pending message as (type, payload); ('overrun', b'') when the kernel dropped some."""
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            if error.errno == errno.ENOBUFS:  # notifications were lost: assume anything changed
+                yield "overrun", b""
+                continue
+            raise
+        offset = 0
+        while offset + _NLMSG.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
+            if length < _NLMSG.size:
+                break
+            yield kind, data[offset + _NLMSG.size:offset + length]
+            offset += (length + 3) & ~3
+
+
+class NftTrigger(Trigger):
+    """nf_tables change notifications (what `nft monitor` and iptables-nft users see)."""
+
+    name = "nftables"
+
+    def __init__(self):
+        self._sock = _netlink_socket(NETLINK_NETFILTER, memberships=(NFNLGRP_NFTABLES,))
+
+    def fileno(self) -> Optional[int]:
+        return self._sock.fileno()
+
+    def check(self) -> List[Change]:
+        what: Dict[str, int] = {}
+        for kind, payload in _drain(self._sock):
+            if kind == "overrun":
+                what["notifications lost"] = what.get("notifications lost", 0) + 1
+                continue
+            if kind >> 8 != NFNL_SUBSYS_NFTABLES or (kind & 0xFF) == NFT_MSG_NEWGEN:
+                continue
+            family = payload[0] if payload else 0
+            if family in IRRELEVANT_FAMILIES:
+                continue
+            label = NFT_MSG_NAMES.get(kind & 0xFF, f"message {kind & 0xFF}")
+            what[label] = what.get(label, 0) + 1
+        if not what:
+            return []
+        return [Change(self.name, ", ".join(f"{n} x{c}" for n, c in sorted(what.items())))]
+
+    def rebase(self) -> None:
+        for _ in _drain(self._sock):  # the coming read covers every change notified so far
+            pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+
+
+def host_facts() -> tuple:
+    """What the planner reads about this namespace through rtnetlink (hostinfo.read_host_context):
+    device names, kinds, masters and lower devices, local and broadcast routes."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = []
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            links.append((link["index"], link.get_attr("IFLA_IFNAME"), info.get_attr("IFLA_INFO_KIND") if info else "",
+                          link.get_attr("IFLA_MASTER"), link.get_attr("IFLA_LINK")))
+        local = sorted((r["type"], r.get_attr("RTA_DST"), r["dst_len"])
+                       for r in ipr.get_routes(table=255, family=socket.AF_INET) if r["type"] in (2, 3))
+    return tuple(sorted(links)), tuple(local)
+
+
+class HostTrigger(Trigger):
+    """Device and address changes (rtnetlink). Every message only prompts a fresh read of the
+    facts; a change is reported only when they differ (operstate flaps and statistics updates
+    leave them alone)."""
+
+    name = "host"
+
+    def __init__(self, facts: Callable[[], tuple] = host_facts):
+        self._facts = facts
+        self._sock = _netlink_socket(NETLINK_ROUTE, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE)
+        self._last = facts()
+
+    def fileno(self) -> Optional[int]:
+        return self._sock.fileno()
+
+    def check(self) -> List[Change]:
+        for _ in _drain(self._sock):
+            pass
+        now = self._facts()
+        if now == self._last:
+            return []
+        labels = ("devices", "local addresses")
+        changed = [label for label, a, b in zip(labels, self._last, now) if a != b]
+        self._last = now
+        return [Change(self.name, ", ".join(changed) + " changed")]
+
+    def rebase(self) -> None:
+        for _ in _drain(self._sock):
+            pass
+        self._last = self._facts()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+register("nftables", NftTrigger)
+register("legacy", legacy_trigger)
+register("host", HostTrigger)
+# The forwarding and conntrack sysctls send no notification: a few small reads per poll.
+register("sysctl", lambda: CounterTrigger("sysctl", _sysctls, SYSCTL_POLL_SECONDS))
+
+__all__ = ["Change", "Trigger", "CounterTrigger", "NftTrigger", "HostTrigger", "register", "build", "PLUGIN_MODULES"]
