@@ -287,3 +287,18 @@ def test_ctproto_is_the_packets_protocol_when_it_has_an_entry():
     assert verdict(result, packet(proto=17, dport=80)) == Verdict.DEFER
     assert verdict(result, packet(dport=80, flags=SYN_FIN, ct=VERIFIED)) == Verdict.ACCEPT
     assert verdict(result, packet(proto=17, dport=80, ct=CtClass.FOUND)) == Verdict.DEFER
+
+
+def test_raw_notrack_only_changes_the_packets_it_matches():
+    """NOTRACK in raw PREROUTING: its packets are deferred by the earlier-chain guard, the rest are
+    never UNTRACKED, so a valid SYN from outside is still surely NEW. A helper (CT --helper) makes
+    expectations, so any packet without an entry may be RELATED."""
+    notrack = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -i lo -j CT --notrack\n"
+               "-A PREROUTING -p udp -m udp --dport 123 -j NOTRACK\n-A OUTPUT -o lo -j NOTRACK\nCOMMIT\n")
+    result = plan(ruleset(STATEFUL, policy="DROP", extra_tables=notrack), HOST)
+    assert verdict(result, packet(dport=31337, ct=VERIFIED)) == Verdict.DROP
+    assert verdict(result, packet(dport=22, ct=VERIFIED)) == Verdict.ACCEPT
+    assert verdict(result, packet(proto=17, dport=123, ct=VERIFIED)) == Verdict.DEFER  # the guard
+    helper = notrack.replace("-j NOTRACK\n-A OUTPUT", "-j CT --helper ftp\n-A OUTPUT")
+    result = plan(ruleset(STATEFUL, policy="DROP", extra_tables=helper), HOST)
+    assert verdict(result, packet(dport=31337, ct=VERIFIED)) == Verdict.DEFER
