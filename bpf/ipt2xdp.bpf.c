@@ -181,9 +181,69 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	return IPT2XDP_STAT_CLASSIFIED;
 }
 
+/* Whether conntrack's tcp_error/udp_error would pass the length and checksum of this TCP or UDP
+ * packet (parse_packet has checked the TCP data offset against the IP total length, and that
+ * there are no IP options: L4 starts at byte 34). UDP: 8 <= length field <= IP payload, and a
+ * zero checksum is not checked. The checksum is nf_ip_checksum's: the pseudo-header with the IP
+ * payload length, then the whole payload up to tot_len. A packet whose checksum verifies here
+ * verifies in conntrack too (which may also skip it: CHECKSUM_UNNECESSARY, or the sysctl off);
+ * one that does not, or is too long to check, or a failed helper, is "not verified" and the
+ * planner keeps NEW and INVALID both possible for it. Scratch space comes from a per-CPU map:
+ * this function runs on top of the main program's full stack. */
+static __noinline int l4_verified(struct xdp_md *ctx, struct packet_fields *pkt)
+{
+	__u32 zero = 0, len = pkt->ip_len - 20, n, size, i;
+	struct ipt2xdp_csum_scratch *scratch;
+	__be32 *words;
+	__s64 sum;
+
+	scratch = bpf_map_lookup_elem(&ipt2xdp_csum_scratch, &zero);
+	if (!scratch || len > IPT2XDP_CSUM_CHUNK * IPT2XDP_CSUM_MAX_CHUNKS)
+		return 0;
+	words = (__be32 *)scratch->bytes;
+	if (pkt->proto == IPPROTO_UDP) {
+		if (bpf_xdp_load_bytes(ctx, 34, scratch->bytes, 8) < 0)
+			return 0;
+		n = bpf_ntohs(((struct udphdr *)scratch->bytes)->len);
+		if (n < 8 || n > len)
+			return 0;
+		if (!((struct udphdr *)scratch->bytes)->check)
+			return 1;
+	}
+	words[0] = pkt->src_net;
+	words[1] = pkt->dst_net;
+	words[2] = bpf_htonl((pkt->proto << 16) | len);
+	sum = bpf_csum_diff(0, 0, words, 12, 0);
+#pragma unroll
+	for (i = 0; i < IPT2XDP_CSUM_MAX_CHUNKS; i++) {
+		if (len <= i * IPT2XDP_CSUM_CHUNK)
+			break;
+		n = len - i * IPT2XDP_CSUM_CHUNK;
+		if (n > IPT2XDP_CSUM_CHUNK)
+			n = IPT2XDP_CSUM_CHUNK;
+		/* n is 1..CHUNK here; the mask (an identity on that range, hidden from the compiler)
+		 * lets the verifier see the bounds bpf_xdp_load_bytes needs */
+		asm volatile("" : "+r"(n));
+		n = ((n - 1) & (IPT2XDP_CSUM_CHUNK - 1)) + 1;
+		if (sum < 0 || bpf_xdp_load_bytes(ctx, 34 + i * IPT2XDP_CSUM_CHUNK, scratch->bytes, n) < 0)
+			return 0;
+		/* an odd tail is summed as if padded with zeros, as the Internet checksum is */
+		scratch->bytes[n] = 0;
+		scratch->bytes[n + 1] = 0;
+		scratch->bytes[n + 2] = 0;
+		size = ((n + 3) >> 2) << 2; /* 4..CHUNK: CHUNK is a multiple of 4 */
+		sum = bpf_csum_diff(0, 0, words, size, (__u32)sum);
+	}
+	if (sum < 0)
+		return 0;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
+}
+
 /* Conntrack class of a TCP or UDP packet (called only when the generation uses the field), folded
- * into the protocol's class index: an entry in either direction is FOUND; -ENOENT is NONE; any
- * other error stays NOT_LOOKED_UP. Not inlined: its 50 bytes of stack stay off the path of the
+ * into the protocol's class index: an entry in either direction is FOUND; -ENOENT is
+ * NONE_VERIFIED or NONE (l4_verified); any other error stays NOT_LOOKED_UP. Not inlined: its 50 bytes of stack stay off the path of the
  * bpf_loop callback (program + callback must fit in 512 bytes). The
  * lookup is in the netns of the receiving device and zone 0, as conntrack would see the packet
  * unless raw/PREROUTING changes the zone (those packets are deferred by the planner's guards). */
@@ -192,6 +252,7 @@ static __noinline void ct_class(struct xdp_md *ctx, struct packet_fields *pkt)
 	struct bpf_sock_tuple tuple = {};
 	struct bpf_ct_opts opts = {};
 	struct nf_conn *ct;
+	__u32 cls;
 
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
 		return;
@@ -206,7 +267,8 @@ static __noinline void ct_class(struct xdp_md *ctx, struct packet_fields *pkt)
 		bpf_ct_release(ct);
 		pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_FOUND * 256 + pkt->proto;
 	} else if (opts.error == -ENOENT) {
-		pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NONE * 256 + pkt->proto;
+		cls = l4_verified(ctx, pkt) ? IPT2XDP_CT_NONE_VERIFIED : IPT2XDP_CT_NONE;
+		pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + cls * 256 + pkt->proto;
 	}
 }
 

@@ -40,8 +40,9 @@
 #define IPT2XDP_F_CT_STATE 8
 
 /* value_class index layout (ARRAY of __u32 class rows, one region per small-domain field). */
-#define IPT2XDP_VC_PROTO 0 /* 3 conntrack classes x 256 protocols */
-#define IPT2XDP_VC_SPORT (3 * 256) /* 65536 ports + 1 "no port" */
+#define IPT2XDP_CT_CLASSES 4 /* conntrack classes (IPT2XDP_CT_*) */
+#define IPT2XDP_VC_PROTO 0 /* IPT2XDP_CT_CLASSES conntrack classes x 256 protocols */
+#define IPT2XDP_VC_SPORT (IPT2XDP_CT_CLASSES * 256) /* 65536 ports + 1 "no port" */
 #define IPT2XDP_VC_DPORT (IPT2XDP_VC_SPORT + 65537)
 #define IPT2XDP_VC_ICMP (IPT2XDP_VC_DPORT + 65537) /* type*256+code, + 1 "not ICMP" */
 #define IPT2XDP_VC_TCP_FLAGS (IPT2XDP_VC_ICMP + 65537) /* 64 flag bytes + 1 "not TCP" */
@@ -51,9 +52,17 @@
 #define IPT2XDP_NOT_TCP 64
 /* Conntrack classes (value_class[IPT2XDP_VC_PROTO + class * 256 + proto]); looked up only when
  * the generation's field_mask has IPT2XDP_F_CT_STATE, else every packet is NOT_LOOKED_UP. */
-#define IPT2XDP_CT_NONE 0 /* TCP/UDP, bpf_xdp_ct_lookup found no entry (-ENOENT) */
+#define IPT2XDP_CT_NONE 0 /* TCP/UDP, no entry (-ENOENT); length or checksum not verified */
 #define IPT2XDP_CT_FOUND 1 /* TCP/UDP, an entry exists (either direction) */
 #define IPT2XDP_CT_NOT_LOOKED_UP 2 /* other protocols, ICMP, or a lookup error */
+/* TCP/UDP, no entry, and what tcp_error/udp_error check of length and checksum passes (the
+ * checksum over the whole IP payload, as nf_ip_checksum computes it); TCP flags are judged by
+ * the planner through the TCP flags field. */
+#define IPT2XDP_CT_NONE_VERIFIED 3
+/* The L4 checksum is verified in chunks of IPT2XDP_CSUM_CHUNK bytes (bpf_csum_diff's limit)
+ * copied into a per-CPU scratch buffer; longer IP payloads stay unverified (IPT2XDP_CT_NONE). */
+#define IPT2XDP_CSUM_CHUNK 512
+#define IPT2XDP_CSUM_MAX_CHUNKS 4
 /* addr_dir: one entry per /16 block, src blocks first then dst blocks. */
 #define IPT2XDP_ADDR_DIR_ENTRIES (2 * 65536)
 
@@ -88,6 +97,12 @@
  * address removed since the import, forwarded now): filter/INPUT does not see the packet */
 #define IPT2XDP_STAT_NOT_LOCAL 9
 #define IPT2XDP_NUM_STATS 10
+
+/* csum_scratch[0] (PERCPU_ARRAY): a chunk of L4 bytes for bpf_csum_diff, padded to 4 bytes. */
+struct ipt2xdp_csum_scratch {
+	__u8 bytes[IPT2XDP_CSUM_CHUNK + 4];
+};
+_Static_assert(sizeof(struct ipt2xdp_csum_scratch) == IPT2XDP_CSUM_CHUNK + 4, "abi");
 
 /* state[0]: which generation slot packets read. Written last by an update (the flip). */
 struct ipt2xdp_state {

@@ -36,6 +36,14 @@ struct {
 	__type(value, __u64);
 } ipt2xdp_stats SEC(".maps");
 
+/* csum_scratch[0]: per-CPU room for L4 checksum verification (the 512-byte stack has none). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ipt2xdp_csum_scratch);
+} ipt2xdp_csum_scratch SEC(".maps");
+
 /* abi[0]: never read by the program. Its value type holds every shared struct by value, so the
  * object's BTF describes their layout for tests/test_abi.py and for the load-time check. */
 struct ipt2xdp_abi {

@@ -26,8 +26,9 @@ F_SRC, F_DST, F_PROTO, F_SPORT, F_DPORT, F_IIF, F_ICMP, F_TCP_FLAGS = range(8)
 NUM_FIELDS = 8  # fields with their own class row
 F_CT_STATE = 8  # a field_mask bit only: the conntrack class is folded into the protocol's index
 
+CT_CLASSES = 4  # conntrack classes (CT_*), each with its 256 protocol values in value_class
 VC_PROTO = 0  # + ct_class * 256 + protocol
-VC_SPORT = 3 * 256
+VC_SPORT = CT_CLASSES * 256
 VC_DPORT = VC_SPORT + 65537
 VC_ICMP = VC_DPORT + 65537
 VC_TCP_FLAGS = VC_ICMP + 65537
@@ -36,7 +37,10 @@ NO_PORT = 65536
 NOT_ICMP = 65536
 NOT_TCP = 64
 ADDR_DIR_ENTRIES = 2 * 65536
-CT_NONE, CT_FOUND, CT_NOT_LOOKED_UP = 0, 1, 2  # conntrack classes (value_class[VC_PROTO + class * 256 + proto])
+# conntrack classes (value_class[VC_PROTO + class * 256 + proto])
+CT_NONE, CT_FOUND, CT_NOT_LOOKED_UP, CT_NONE_VERIFIED = 0, 1, 2, 3
+CSUM_CHUNK = 512       # bytes per bpf_csum_diff call (the helper's limit)
+CSUM_MAX_CHUNKS = 4    # L4 bytes XDP verifies: at most CSUM_CHUNK * CSUM_MAX_CHUNKS
 
 ACT_DROP, ACT_ACCEPT, ACT_DEFER, ACT_CONTINUE = 1, 2, 3, 4
 SLOT_RULE, SLOT_SET = 0, 1
@@ -111,14 +115,18 @@ class SetGuard(ctypes.Structure):
                 ("settled", ctypes.c_uint64), ("netns_cookie", ctypes.c_uint64)]
 
 
+class CsumScratch(ctypes.Structure):
+    _fields_ = [("bytes", ctypes.c_uint8 * (CSUM_CHUNK + 4))]
+
+
 STRUCTS = {
     "ipt2xdp_state": State, "ipt2xdp_gen_config": GenConfig, "ipt2xdp_addr_dir": AddrDir,
     "ipt2xdp_addr_bound": AddrBound, "ipt2xdp_class_row": ClassRow,
     "ipt2xdp_slot": Slot, "ipt2xdp_exact_key": ExactKey, "ipt2xdp_counter": Counter,
-    "ipt2xdp_setguard": SetGuard,
+    "ipt2xdp_setguard": SetGuard, "ipt2xdp_csum_scratch": CsumScratch,
 }
 _SIZES = {State: 16, GenConfig: 88, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
-          Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40}
+          Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40, CsumScratch: CSUM_CHUNK + 4}
 for _cls, _size in _SIZES.items():
     assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
 
@@ -142,6 +150,7 @@ class MapShape:
 
 MAP_STATE = MapShape("ipt2xdp_state", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(State))
 MAP_STATS = MapShape("ipt2xdp_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8)
+MAP_CSUM_SCRATCH = MapShape("ipt2xdp_csum_scratch", BPF_MAP_TYPE_PERCPU_ARRAY, 4, ctypes.sizeof(CsumScratch))
 MAP_SETGUARD = MapShape("ipt2xdp_setguard", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(SetGuard))
 PROGRAM_NAME = "ipt2xdp_xdp"
 

@@ -21,7 +21,9 @@ Field domains (all host-order integers):
     tcp_flags    frozenset of 6-bit flag bytes (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32) that match;
                  non-TCP packets never match when constrained
     ct           frozenset of CtClass values: what bpf_xdp_ct_lookup said of the packet. NONE: a TCP
-                 or UDP packet without a conntrack entry; FOUND: an entry exists (either direction);
+                 or UDP packet without a conntrack entry (NONE_VERIFIED when XDP verified its L4
+                 length and checksum as tcp_error/udp_error would, NONE when it could not);
+                 FOUND: an entry exists (either direction);
                  NOT_LOOKED_UP: every other protocol (ICMP included) or a lookup error. Every
                  packet has a class, so unlike ports this field is never absent.
 
@@ -153,9 +155,10 @@ class IntervalSet:
 class CtClass(enum.IntEnum):
     """Conntrack classes; the values are the BPF ABI (IPT2XDP_CT_* in bpf/ipt2xdp_kern_user.h)."""
 
-    NONE = 0
+    NONE = 0           # TCP/UDP without an entry; XDP could not verify its length and checksum
     FOUND = 1
     NOT_LOOKED_UP = 2
+    NONE_VERIFIED = 3  # TCP/UDP without an entry whose length and checksum pass conntrack's checks
 
 
 ALL_CT = frozenset(CtClass)

@@ -34,9 +34,9 @@ _FIELDS = ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags") 
 _KEYABLE = ("src", "dst", "proto", "sport", "dport")
 _KEY_BITS = {"src": abi.K_SRC, "dst": abi.K_DST, "proto": abi.K_PROTO, "sport": abi.K_SPORT, "dport": abi.K_DPORT}
 # Domains of the small fields as value_class regions: (base, size incl. the "absent" value).
-_VALUE_REGIONS = {"proto": (abi.VC_PROTO, 3 * 256), "sport": (abi.VC_SPORT, 65537), "dport": (abi.VC_DPORT, 65537),
+_VALUE_REGIONS = {"proto": (abi.VC_PROTO, abi.CT_CLASSES * 256), "sport": (abi.VC_SPORT, 65537), "dport": (abi.VC_DPORT, 65537),
                   "icmp": (abi.VC_ICMP, 65537), "tcp_flags": (abi.VC_TCP_FLAGS, 65)}
-_CT_CLASSES = (abi.CT_NONE, abi.CT_FOUND, abi.CT_NOT_LOOKED_UP)
+_CT_CLASSES = tuple(range(abi.CT_CLASSES))
 
 
 def _constraint(match: Match, name: str):

@@ -68,7 +68,7 @@ def check_abi(obj: libbpf.BpfObject) -> None:
         for what, g, w in zip(("Type", "KeySize", "ValueSize"), got, want):
             if g != w:
                 diffs.append(f"{label}: {what} {g} != {w}")
-    for shape in (abi.MAP_STATE, abi.MAP_STATS):
+    for shape in (abi.MAP_STATE, abi.MAP_STATS, abi.MAP_CSUM_SCRATCH):
         compare(shape.name, obj.map(shape.name), shape)
     for name, shape in abi.GEN_MAPS.items():
         outer = obj.map(shape.name)

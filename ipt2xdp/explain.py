@@ -72,10 +72,14 @@ class Explanation:
 
 def ct_class(spec: PacketSpec) -> CtClass:
     """What bpf_xdp_ct_lookup reports for the packet: only TCP and UDP are looked up; a flow in
-    state `established` has an entry, every other state is taken as the flow's first packet."""
+    state `established` has an entry, every other state is taken as the flow's first packet, with
+    the valid length and checksum the spec's frame has (NONE_VERIFIED), except `invalid`: one XDP
+    cannot verify (NONE)."""
     if spec.proto not in PORT_PROTOCOLS:
         return CtClass.NOT_LOOKED_UP
-    return CtClass.FOUND if spec.ct == "established" else CtClass.NONE
+    if spec.ct == "established":
+        return CtClass.FOUND
+    return CtClass.NONE if spec.ct == "invalid" else CtClass.NONE_VERIFIED
 
 
 def packet_key(spec: PacketSpec, host: HostContext, ct: Optional[CtClass] = None) -> PacketKey:

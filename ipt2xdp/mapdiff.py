@@ -24,7 +24,8 @@ TITLES = {"actions": "rule actions", "exact": "exact-match sets", "src": "source
           "dport": "destination ports", "icmp": "ICMP types", "tcp_flags": "TCP flags",
           "iif": "input devices"}
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah", 132: "sctp"}
-CT_NAMES = {abi.CT_NONE: "no conntrack entry", abi.CT_FOUND: "conntrack entry", abi.CT_NOT_LOOKED_UP: "not looked up"}
+CT_NAMES = {abi.CT_NONE: "no conntrack entry (unverified)", abi.CT_FOUND: "conntrack entry",
+            abi.CT_NOT_LOOKED_UP: "not looked up", abi.CT_NONE_VERIFIED: "no conntrack entry"}
 
 
 # --- rendering of keys ---------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def _proto_values(with_ct: bool) -> List[Tuple[int, int]]:
     not_looked_up = [(abi.CT_NOT_LOOKED_UP * 256, abi.CT_NOT_LOOKED_UP * 256 + 255)]
     if not with_ct:
         return not_looked_up
-    return [(ct * 256 + p, ct * 256 + p) for ct in (abi.CT_NONE, abi.CT_FOUND) for p in (6, 17)] + not_looked_up
+    return [(ct * 256 + p, ct * 256 + p) for ct in (abi.CT_NONE, abi.CT_FOUND, abi.CT_NONE_VERIFIED) for p in (6, 17)] + not_looked_up
 
 
 def _render(name: str, lo: int, hi: int, with_ct: bool) -> str:

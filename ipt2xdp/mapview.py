@@ -27,7 +27,7 @@ Ranges = List[Tuple[int, FrozenSet[Identity]]]  # (first value, rules) in increa
 # field name -> (bit in field_mask, value_class base or None, domain size incl. the "absent" value)
 FIELDS = {
     "src": (abi.F_SRC, None, 1 << 32), "dst": (abi.F_DST, None, 1 << 32),
-    "proto": (abi.F_PROTO, abi.VC_PROTO, 3 * 256), "sport": (abi.F_SPORT, abi.VC_SPORT, 65537),
+    "proto": (abi.F_PROTO, abi.VC_PROTO, abi.CT_CLASSES * 256), "sport": (abi.F_SPORT, abi.VC_SPORT, 65537),
     "dport": (abi.F_DPORT, abi.VC_DPORT, 65537), "icmp": (abi.F_ICMP, abi.VC_ICMP, 65537),
     "tcp_flags": (abi.F_TCP_FLAGS, abi.VC_TCP_FLAGS, 65),
 }

@@ -12,7 +12,8 @@ PROTO is tcp, udp, icmp, any name of /etc/protocols, or a number. TCP and UDP ne
 port; the source port defaults to 40000. TCP flags are letters (F S R P A U, `tcpdump` style) or
 iptables names (SYN,ACK), default S; ICMP type and code are numbers or iptables names, default
 echo-request. `ct` is the state conntrack would report for the packet; the default, `none`, is a
-packet of a flow conntrack has never seen. `frag` makes it a fragment: first (MF set, offset 0),
+packet of a flow conntrack has never seen, with a valid checksum (XDP's class NONE_VERIFIED);
+`invalid` is one whose checksum XDP cannot verify (class NONE). `frag` makes it a fragment: first (MF set, offset 0),
 more (MF set, offset > 0) or last (offset > 0, MF clear).
 
 A bad spec raises ParseError with the column of the offending word, rendered with a caret like

@@ -36,8 +36,7 @@ SKIPPABLE_UNKNOWN = frozenset({"match.ctstate-unsure", "match.conntrack", "match
                                "match.addrtype", "match.mac", "match.mark", "match.connmark", "match.tcp-option",
                                "match.string", "match.u32", "match.port-protocol", "match.out-interface"})
 MAX_MAYBE_DROPS = 16
-# Targets in the raw table that give packets a conntrack helper (hence expectations: RELATED) or
-# leave them untracked.
+# Targets in the raw table that change conntrack handling (helpers, NOTRACK, zones, templates).
 CT_RAW_TARGETS = ("CT", "NOTRACK")
 
 TARGET_WHY = {
@@ -294,10 +293,14 @@ def _guard_chain(em: _Emitter, table: str, chain_name: str, cond: Match, seen: s
 
 
 def _raw_ct_targets(ruleset: ir.Ruleset) -> bool:
-    """Whether any raw-table rule assigns a conntrack helper, a template or NOTRACK."""
+    """Whether a raw-table rule assigns a conntrack helper: its expectations may make packets of
+    other flows RELATED. NOTRACK (or CT --notrack, --zone) changes only the packets the rule
+    matches: in PREROUTING those are deferred by the earlier-chain guards, in OUTPUT they are
+    locally generated (a reply to an untracked packet gets an entry of its own)."""
     raw = ruleset.table("raw")
     return raw is not None and any(
-        rule.target is not None and getattr(rule.target, "name", "").upper() in CT_RAW_TARGETS
+        isinstance(rule.target, ir.GenericTarget) and rule.target.name.upper() == "CT"
+        and any(option.name == "--helper" for option in rule.target.options)
         for chain in raw.chains for rule in chain.rules)
 
 

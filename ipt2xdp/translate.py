@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ipt2xdp import addrtype, ipsets, ir
-from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, U16_MAX, U32_MAX, CtClass, IntervalSet, Match
+from ipt2xdp.classifier import FIELD_NAMES, U16_MAX, U32_MAX, IntervalSet, Match
+from ipt2xdp.ctstate import CtAtom, ct_cases, ct_outcomes, ct_test
 from ipt2xdp.hostinfo import HostContext
 
 ALL_PROTOCOLS = frozenset(range(256))
@@ -71,44 +72,6 @@ UNMODELLED_WHY = {
     "ctstate-unsure": "XDP's conntrack lookup cannot tell this state for these packets "
                       "(a tracked flow, ICMP or another protocol, or NEW versus INVALID)",
 }
-
-# --- connection state ------------------------------------------------------------------------------
-# What bpf_xdp_ct_lookup's class says about the state xt_conntrack/xt_state would see at
-# filter/INPUT. A state match tests "statebits & mask", statebits being one base state plus, with
-# -m conntrack, SNAT/DNAT when the connection is NATed.
-BASE_STATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
-
-
-def ct_possible_states(cls: CtClass, host: HostContext, with_nat: bool) -> List[FrozenSet[str]]:
-    """Every set of state bits a packet of this class may carry at filter/INPUT.
-
-    NONE (TCP/UDP, no entry): conntrack creates one (NEW) or refuses the packet (INVALID: bad
-    checksum when nf_conntrack_checksum is on, invalid TCP flags, a non-SYN TCP packet when
-    nf_conntrack_tcp_loose is 0). XDP does not check L4 checksums, so both stay possible. An
-    expectation (a helper's) would make it RELATED, and raw NOTRACK UNTRACKED: possible only when
-    host.ct_external_helpers (the planner sets it when raw assigns helpers or skips tracking). No NAT
-    yet: a DNAT in nat/PREROUTING is deferred by the planner's guards, SNAT comes after INPUT.
-    FOUND and NOT_LOOKED_UP: anything (a found flow may be ESTABLISHED, RELATED, still NEW (a
-    retransmitted SYN) or INVALID (out of window); ICMP errors may be RELATED).
-    """
-    if cls == CtClass.NONE:
-        bases = {"NEW", "INVALID"}
-        if host.ct_external_helpers:
-            bases |= {"RELATED", "UNTRACKED"}
-        return [frozenset({b}) for b in sorted(bases)]
-    nat = [frozenset(), frozenset({"SNAT"}), frozenset({"DNAT"}), frozenset({"SNAT", "DNAT"})] if with_nat \
-        else [frozenset()]
-    return [frozenset({b}) | n for b in BASE_STATES for n in nat]
-
-
-def ct_outcomes(states: ir.StateSet, host: HostContext, with_nat: bool) -> Dict[CtClass, str]:
-    """Per class: "match", "nomatch" or "unknown" for a state match."""
-    out = {}
-    for cls in CtClass:
-        results = {bool(bits & states.states) != states.negated for bits in ct_possible_states(cls, host, with_nat)}
-        out[cls] = "unknown" if len(results) > 1 else ("match" if results.pop() else "nomatch")
-    return out
-
 
 def _and3(a: str, b: str) -> str:
     if "nomatch" in (a, b):
@@ -204,13 +167,13 @@ class _Builder:
         self.never = ""
         self.either_port: Optional[IntervalSet] = None  # `-m multiport --ports P`: sport or dport in P
         self.iif_split: Optional[Tuple[FrozenSet[int], FrozenSet[int]]] = None  # (exact, ambiguous)
-        self.ct: Optional[Dict[CtClass, str]] = None  # state matches: outcome per conntrack class
+        self.ct: Optional[Dict[CtAtom, str]] = None  # state matches: outcome per conntrack class and kind
         self.set_uses: List[SetUse] = []
         # Per -m addrtype: disjoint (constraint, unknown reason or None) alternatives to conjoin.
         self.alternatives: List[List[Tuple[Match, Optional[str]]]] = []
 
-    def add_ct(self, outcomes: Dict[CtClass, str]) -> None:
-        self.ct = outcomes if self.ct is None else {c: _and3(self.ct[c], outcomes[c]) for c in CtClass}
+    def add_ct(self, outcomes: Dict[CtAtom, str]) -> None:
+        self.ct = outcomes if self.ct is None else {a: _and3(self.ct[a], outcomes[a]) for a in outcomes}
 
     def add(self, **constraint) -> None:
         combined = conjoin(self.match, Match(**constraint))
@@ -347,10 +310,8 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
                     builder.add(**{field: values.complement(U32_MAX) if span.negated else values})
         elif isinstance(match, ir.CommentMatch):
             continue
-        elif isinstance(match, ir.StateMatch):
-            builder.add_ct(ct_outcomes(match.states, host, with_nat=False))
-        elif isinstance(match, ir.ConntrackMatch) and match.states is not None and not match.options:
-            builder.add_ct(ct_outcomes(match.states, host, with_nat=True))
+        elif isinstance(match, (ir.StateMatch, ir.ConntrackMatch)) and ct_test(match) is not None:
+            builder.add_ct(ct_outcomes(ct_test(match), host))
         elif isinstance(match, ir.SetMatch) and host.ipsets is not None:
             _set_match(builder, match, host)
         elif isinstance(match, ir.AddrtypeMatch):
@@ -426,20 +387,18 @@ def _reasons(a: Optional[str], b: Optional[str]) -> Optional[str]:
     return ",".join(dict.fromkeys(codes)) or None
 
 
-def _split_ct(disjuncts: List[Disjunct], outcomes: Dict[CtClass, str]) -> List[Disjunct]:
-    """Each disjunct once for the classes where the state match surely matches (as it was) and
-    once, unknown, for the classes where it may; classes where it cannot match are left out."""
-    sure = frozenset(c for c, o in outcomes.items() if o == "match")
-    unsure = frozenset(c for c, o in outcomes.items() if o == "unknown")
+def _split_ct(disjuncts: List[Disjunct], outcomes: Dict[CtAtom, str]) -> List[Disjunct]:
+    """Each disjunct once per case where the state match surely matches (as it was) and once,
+    unknown, per case where it may; cases where it cannot match are left out."""
     out = []
+    cases = ct_cases(outcomes)
     for d in disjuncts:
-        if sure:
-            m = conjoin(d.match, Match(ct=sure if sure != ALL_CT else None))
-            if m is not None:
-                out.append(Disjunct(m, d.unknown))
-        if unsure:
-            m = conjoin(d.match, Match(ct=unsure if unsure != ALL_CT else None))
-            if m is not None:
-                reason = ",".join(filter(None, (d.unknown, "match.ctstate-unsure")))
-                out.append(Disjunct(m, reason))
+        for constraint, result in cases:
+            if result == "nomatch":
+                continue
+            m = conjoin(d.match, constraint)
+            if m is None:
+                continue
+            reason = d.unknown if result == "match" else ",".join(filter(None, (d.unknown, "match.ctstate-unsure")))
+            out.append(Disjunct(m, reason))
     return out

@@ -63,7 +63,9 @@ def _eval(expr, defs):
     ("IPT2XDP_SLOT_SET", abi.SLOT_SET), ("IPT2XDP_K_DPORT", abi.K_DPORT), ("IPT2XDP_F_TCP_FLAGS", abi.F_TCP_FLAGS),
     ("IPT2XDP_F_CT_STATE", abi.F_CT_STATE), ("IPT2XDP_NUM_FIELDS", abi.NUM_FIELDS),
     ("IPT2XDP_VC_PROTO", abi.VC_PROTO), ("IPT2XDP_CT_NONE", abi.CT_NONE), ("IPT2XDP_CT_FOUND", abi.CT_FOUND),
-    ("IPT2XDP_CT_NOT_LOOKED_UP", abi.CT_NOT_LOOKED_UP),
+    ("IPT2XDP_CT_NOT_LOOKED_UP", abi.CT_NOT_LOOKED_UP), ("IPT2XDP_CT_NONE_VERIFIED", abi.CT_NONE_VERIFIED),
+    ("IPT2XDP_CT_CLASSES", abi.CT_CLASSES), ("IPT2XDP_CSUM_CHUNK", abi.CSUM_CHUNK),
+    ("IPT2XDP_CSUM_MAX_CHUNKS", abi.CSUM_MAX_CHUNKS),
     ("IPT2XDP_NUM_STATS", abi.NUM_STATS), ("IPT2XDP_STAT_PASS", abi.STAT_NAMES.index("pass")),
     ("IPT2XDP_STAT_BUDGET", abi.STAT_NAMES.index("budget")),
     ("IPT2XDP_STAT_NOT_LOCAL", abi.STAT_NAMES.index("not_local")),
@@ -79,7 +81,9 @@ def test_classifier_enums_match_abi():
     assert [Field.SRC, Field.DST, Field.PROTO, Field.SPORT, Field.DPORT, Field.IIF, Field.ICMP, Field.TCP_FLAGS] == \
         list(range(abi.NUM_FIELDS))
     assert Field.CT_STATE == abi.F_CT_STATE
-    assert (CtClass.NONE, CtClass.FOUND, CtClass.NOT_LOOKED_UP) == (abi.CT_NONE, abi.CT_FOUND, abi.CT_NOT_LOOKED_UP)
+    assert (CtClass.NONE, CtClass.FOUND, CtClass.NOT_LOOKED_UP, CtClass.NONE_VERIFIED) == (
+        abi.CT_NONE, abi.CT_FOUND, abi.CT_NOT_LOOKED_UP, abi.CT_NONE_VERIFIED)
+    assert len(CtClass) == abi.CT_CLASSES and abi.VC_SPORT == abi.VC_PROTO + abi.CT_CLASSES * 256
 
 
 def test_load_time_check_lists_every_difference(monkeypatch):
@@ -97,9 +101,11 @@ def test_load_time_check_lists_every_difference(monkeypatch):
         shapes["slots"] = dataclasses.replace(shapes["slots"], value_size=24)
         shapes["exact_set"] = dataclasses.replace(shapes["exact_set"], key_size=12)
         monkeypatch.setattr(abi, "GEN_MAPS", shapes)
+        monkeypatch.setattr(abi, "MAP_CSUM_SCRATCH", dataclasses.replace(abi.MAP_CSUM_SCRATCH, value_size=512))
         with pytest.raises(AbiMismatch) as info:
             check_abi(obj)
-        assert info.value.differences == ["ipt2xdp_g_slots.inner: ValueSize 16 != 24",
+        assert info.value.differences == ["ipt2xdp_csum_scratch: ValueSize 516 != 512",
+                                          "ipt2xdp_g_slots.inner: ValueSize 16 != 24",
                                           "ipt2xdp_g_exact_set.inner: KeySize 16 != 12"]
         assert info.value.exit_code == 3 and "rebuild" in str(info.value)
     finally:

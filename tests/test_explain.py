@@ -117,7 +117,7 @@ def test_text_names_rule_path_and_reason():
         "  via     filter/A #1: -A A -p tcp -j B",
         "reason:   ok.accept: XDP passes matching packets on; netfilter accepts them",
         lines[6]]
-    assert lines[6].startswith("xdp:      classifier rule ") and lines[6].endswith("conntrack lookup NONE")
+    assert lines[6].startswith("xdp:      classifier rule ") and lines[6].endswith("conntrack lookup NONE_VERIFIED")
 
 
 def test_missing_iface_is_the_first_attached_device_and_said_so():

@@ -47,7 +47,9 @@ PACKETS = [
     ("tcp 10.1.2.3:4242 > R:22", "DROP", "ok.drop", "filter/BLOCK#2"),
     ("tcp 10.1.99.1:4242 > R:22", "PASS", "ok.accept", "filter/SERVICES#1"),
     ("tcp OUT:4242 > R:23", "PASS", "target.log", "filter/INPUT#5"),
-    ("tcp OUT:4242 > R:8050", "PASS", "match.ctstate-unsure", "filter/SERVICES#3"),
+    # a valid SYN without an entry is surely NEW (checksum verified in XDP); SYN+FIN surely INVALID
+    ("tcp OUT:4242 > R:8050", "PASS", "ok.accept", "filter/SERVICES#3"),
+    ("tcp OUT:4243 > R:8050 flags SF", "DROP", "ok.policy", "filter/INPUT#0"),  # not the tuple above
     ("udp OUT:5000 > R:53", "PASS", "ok.accept", "filter/SERVICES#2"),
     ("udp OUT:5000 > R:54", "DROP", "ok.policy", "filter/INPUT#0"),
     ("icmp OUT > R type echo-request", "PASS", "match.ctstate-unsure", "filter/INPUT#1"),

@@ -234,3 +234,71 @@ def test_limit_iface_in_compares_the_route_device_with_the_input_device():
     assert verdict(result, packet(iif=5, dst=veth0_local)) == Verdict.DROP
     assert verdict(result, packet(iif=6, dst=veth0_local)) == Verdict.ACCEPT  # UNICAST on eth1
     assert verdict(result, packet(iif=6, dst=eth1_local)) == Verdict.DROP
+
+
+STATEFUL = ("-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+            "-A INPUT -m conntrack --ctstate INVALID -j DROP\n"
+            "-A INPUT -p tcp -m tcp --dport 22 -m state --state NEW -j ACCEPT\n"
+            "-A INPUT -p udp -m udp --dport 53 -m state --state NEW -j ACCEPT\n")
+SYN, SYN_FIN, ACK, SYN_ACK, SYN_PSH_URG = 0x02, 0x03, 0x10, 0x12, 0x2A
+VERIFIED = CtClass.NONE_VERIFIED
+
+
+def test_new_versus_invalid_for_packets_without_an_entry():
+    """Worked out from tcp_error/tcp_new: with the length and checksum verified, SYN is NEW, ACK is
+    NEW with tcp_loose (INVALID without), every other flag combination INVALID; unverified, NEW
+    and INVALID both stay possible, but an INVALID-only combination is INVALID either way."""
+    result = plan(ruleset(STATEFUL, policy="DROP"), HOST)
+    validate(result.rules, result.default)
+    assert verdict(result, packet(dport=22, ct=VERIFIED)) == Verdict.ACCEPT
+    assert verdict(result, packet(dport=22, flags=SYN_PSH_URG, ct=VERIFIED)) == Verdict.ACCEPT
+    assert verdict(result, packet(dport=31337, ct=VERIFIED)) == Verdict.DROP
+    assert verdict(result, packet(proto=17, dport=53, ct=VERIFIED)) == Verdict.ACCEPT
+    assert verdict(result, packet(proto=17, dport=31337, ct=VERIFIED)) == Verdict.DROP
+    assert verdict(result, packet(dport=22, flags=ACK, ct=VERIFIED)) == Verdict.ACCEPT  # picked up (loose)
+    for flags in (SYN_FIN, SYN_ACK, 0x00, 0x04, 0x11):  # invalid or refused without an entry: INVALID
+        assert verdict(result, packet(dport=22, flags=flags, ct=VERIFIED)) == Verdict.DROP
+        assert verdict(result, packet(dport=22, flags=flags)) == Verdict.DROP
+    # checksum not verified: INVALID (-> DROP) or NEW (-> ACCEPT): netfilter decides; drops either way
+    assert verdict(result, packet(dport=22)) == Verdict.DEFER
+    assert verdict(result, packet(proto=17, dport=53)) == Verdict.DEFER
+    assert verdict(result, packet(dport=31337)) == Verdict.DROP
+    assert verdict(result, packet(dport=22, ct=CtClass.FOUND)) == Verdict.DEFER
+
+
+def test_host_sysctls_and_helpers_change_new_versus_invalid():
+    strict = plan(ruleset(STATEFUL, policy="DROP"), replace(HOST, ct_tcp_loose=False))
+    assert verdict(strict, packet(dport=22, flags=ACK, ct=VERIFIED)) == Verdict.DROP   # not picked up: INVALID
+    assert verdict(strict, packet(dport=22, ct=VERIFIED)) == Verdict.ACCEPT
+    unchecked = plan(ruleset(STATEFUL, policy="DROP"), replace(HOST, ct_checksum=False))
+    assert verdict(unchecked, packet(dport=22)) == Verdict.ACCEPT        # a bad TCP checksum is not looked at
+    assert verdict(unchecked, packet(proto=17, dport=53)) == Verdict.DEFER  # a UDP length may still be bad
+    helpers = plan(ruleset(STATEFUL, policy="DROP"), replace(HOST, ct_external_helpers=True))
+    assert verdict(helpers, packet(dport=31337, ct=VERIFIED)) == Verdict.DEFER  # an expectation: RELATED
+
+
+def test_ctproto_is_the_packets_protocol_when_it_has_an_entry():
+    rs = ruleset("-A INPUT -m conntrack --ctstate NEW,RELATED --ctproto 6 -j DROP\n"
+                 "-A INPUT -m conntrack --ctstate INVALID --ctproto 6 -j ACCEPT\n")
+    result = plan(rs, HOST)
+    assert verdict(result, packet(dport=80, ct=VERIFIED)) == Verdict.DROP
+    assert verdict(result, packet(proto=17, dport=80, ct=VERIFIED)) == Verdict.ACCEPT  # policy
+    # INVALID has no entry, so --ctproto 6 is not tested: a UDP packet that may be INVALID may match
+    assert verdict(result, packet(proto=17, dport=80)) == Verdict.DEFER
+    assert verdict(result, packet(dport=80, flags=SYN_FIN, ct=VERIFIED)) == Verdict.ACCEPT
+    assert verdict(result, packet(proto=17, dport=80, ct=CtClass.FOUND)) == Verdict.DEFER
+
+
+def test_raw_notrack_only_changes_the_packets_it_matches():
+    """NOTRACK in raw PREROUTING: its packets are deferred by the earlier-chain guard, the rest are
+    never UNTRACKED, so a valid SYN from outside is still surely NEW. A helper (CT --helper) makes
+    expectations, so any packet without an entry may be RELATED."""
+    notrack = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -i lo -j CT --notrack\n"
+               "-A PREROUTING -p udp -m udp --dport 123 -j NOTRACK\n-A OUTPUT -o lo -j NOTRACK\nCOMMIT\n")
+    result = plan(ruleset(STATEFUL, policy="DROP", extra_tables=notrack), HOST)
+    assert verdict(result, packet(dport=31337, ct=VERIFIED)) == Verdict.DROP
+    assert verdict(result, packet(dport=22, ct=VERIFIED)) == Verdict.ACCEPT
+    assert verdict(result, packet(proto=17, dport=123, ct=VERIFIED)) == Verdict.DEFER  # the guard
+    helper = notrack.replace("-j NOTRACK\n-A OUTPUT", "-j CT --helper ftp\n-A OUTPUT")
+    result = plan(ruleset(STATEFUL, policy="DROP", extra_tables=helper), HOST)
+    assert verdict(result, packet(dport=31337, ct=VERIFIED)) == Verdict.DEFER

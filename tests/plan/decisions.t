@@ -40,7 +40,7 @@
 -A INPUT -m conntrack --ctstate NEW,INVALID -p tcp -j DROP;partial:skip.maybe-drop
 -A INPUT -m conntrack ! --ctstate INVALID,NEW,RELATED,ESTABLISHED,UNTRACKED -j DROP;netfilter:never.empty
 -A INPUT -m conntrack --ctstate NEW --ctproto tcp -j DROP;partial:skip.maybe-drop
--A INPUT -m conntrack --ctstate NEW -m limit --limit 1/s -j DROP;netfilter:match.limit,match.ctstate-unsure
+-A INPUT -m conntrack --ctstate NEW -m limit --limit 1/s -j DROP;partial:match.limit,match.ctstate-unsure
 -A INPUT -m state --state NEW -j DROP;partial:skip.maybe-drop
 -A INPUT -m set --match-set blocklist src -j DROP;netfilter:match.set
 -A INPUT -m length --length 0:64 -j DROP;partial:skip.maybe-drop
