@@ -60,11 +60,12 @@ class HostContext:
     # nftables `ct helper`, or unknown). Helpers assigned by `-t raw -j CT --helper` are seen in the
     # ruleset by the planner itself.
     ct_external_helpers: bool = True
-    # The ipsets `-m set` rules read (ipsets.read_sets), or None when they were not read: then every
-    # set match stays unknown. Left out of comparisons: a set may hold 100k members.
     # Routes of tables local and main (TOS 0) for -m addrtype; None: not known, addrtype is unknown.
     route_types: Optional[Tuple[RouteType, ...]] = None
-    ipsets: Optional[Tuple["IpSet", ...]] = field(default=None, compare=False)
+    # The ipsets `-m set` rules read (ipsets.read_sets), or None when they were not read: then every
+    # set match stays unknown. Left out of comparisons and repr (so of drift.host_digest): a set may
+    # hold 100k members, and its changes are the set guard's business, not drift's.
+    ipsets: Optional[Tuple["IpSet", ...]] = field(default=None, compare=False, repr=False)
 
     def ipset(self, name: str) -> Optional["IpSet"]:
         return next((s for s in self.ipsets or () if s.name == name), None)
