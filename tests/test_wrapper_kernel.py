@@ -68,7 +68,8 @@ BAD = [
 ]
 FRESH = """
 import json, sys
-from ipt2xdp import backend, loader, planstore, report
+from dataclasses import replace
+from ipt2xdp import backend, ipsets, loader, planstore, report
 from ipt2xdp.hostinfo import read_host_context
 from ipt2xdp.parse import parse
 from ipt2xdp.plan import plan
@@ -76,7 +77,10 @@ from ipt2xdp.render import render
 st = loader.status()
 devices = sorted(st["devices"])
 rs = parse(backend.save(sys.argv[1]), "<live>")
-fresh = report.decision_records(plan(rs, read_host_context(attached=devices)))
+host = read_host_context(attached=devices)
+if ipsets.referenced_sets(rs):  # as a fresh import reads them
+    host = replace(host, ipsets=ipsets.read_sets(ipsets.referenced_sets(rs), ipsets.changed_by_rules(rs)))
+fresh = report.decision_records(plan(rs, host))
 key = st["ruleset"]["source_digest"]
 print(json.dumps({"deferring": st["deferring_all"], "generation": st["generation"],
                   "key_matches": key == planstore.digest(render(rs.without_positions()), devices),
