@@ -182,14 +182,15 @@ def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> _Slot:
 def build_slots(rules: Sequence[ClassifierRule], merge_min_run: int = MERGE_MIN_RUN) -> Tuple[List[_Slot], Dict[int, int]]:
     """Rules -> slots, and classifier index -> slot index for every rule that starts a slot."""
     targets = {r.action.target for r in rules if r.action.verdict == Verdict.CONTINUE}
+    shapes = [_shape(rule) for rule in rules]
     slots: List[_Slot] = []
     rule_to_slot: Dict[int, int] = {}
     i = 0
     while i < len(rules):
-        shape = _shape(rules[i])
+        shape = shapes[i]
         j = i + 1
         if shape is not None:
-            while j < len(rules) and j not in targets and _shape(rules[j]) == shape:
+            while j < len(rules) and j not in targets and shapes[j] == shape:
                 j += 1
         rule_to_slot[i] = len(slots)
         if j - i >= merge_min_run:
@@ -429,12 +430,21 @@ def _encode_rows(rows_bitmaps: List[int]) -> MapContents:
     full = (1 << abi.MAX_SLOTS) - 1
     for bitmap in rows_bitmaps:
         raw = (bitmap & full).to_bytes(abi.MAX_WORDS * 8, "little")
-        summary = 0
-        for w in range(abi.MAX_WORDS):
-            if raw[w * 8:(w + 1) * 8] != b"\0\0\0\0\0\0\0\0":
-                summary |= 1 << w
-        values.append(summary.to_bytes(abi.SUMMARY_WORDS * 8, "little") + raw)
+        values.append(_summary(raw).to_bytes(abi.SUMMARY_WORDS * 8, "little") + raw)
     return _pack_array("class_rows", values, ctypes.sizeof(abi.ClassRow))
+
+
+_NONZERO_DIGIT = bytes([ord("0")] + [ord("1")] * 255)
+
+
+def _summary(raw: bytes) -> int:
+    """Bit w set iff the little-endian u64 word w of raw is nonzero (bytewise, no loop per word):
+    OR the eight byte lanes of the words, then read one '0'/'1' digit per word."""
+    lanes = 0
+    for lane in range(8):
+        lanes |= int.from_bytes(raw[lane::8], "big")
+    digits = lanes.to_bytes(len(raw) // 8, "big").translate(_NONZERO_DIGIT)
+    return int(digits[::-1], 2)
 
 
 def _encode_value_class(field_intervals, row_base) -> MapContents:
@@ -458,11 +468,7 @@ def _encode_addresses(field_intervals, row_base) -> Tuple[MapContents, MapConten
         base = len(bounds)
         starts = [start for start, _ in field_intervals[name]]
         bounds.extend((start, row_base[name] + cls) for start, cls in field_intervals[name])
-        for block in range(65536):
-            lo = block << 16
-            first = bisect.bisect_right(starts, lo) - 1          # interval containing lo
-            last = bisect.bisect_right(starts, lo + 0xFFFF) - 1  # interval containing the block's end
-            struct.pack_into("=II", directory, (f * 65536 + block) * 8, base + first, last - first)
+        directory[f * 65536 * 8:(f + 1) * 65536 * 8] = _directory_blocks(starts, base)
     if len(bounds) > abi.MAX_BOUNDS:
         raise CapacityError(f"the address constraints need {len(bounds)} interval bounds, XDP holds "
                             f"{abi.MAX_BOUNDS}; leave some address rules to netfilter")
@@ -470,6 +476,26 @@ def _encode_addresses(field_intervals, row_base) -> Tuple[MapContents, MapConten
     bounds_map = _dense_array("addr_bounds", blob, 8)
     bounds_map.max_entries = abi.MAX_BOUNDS
     return (_dense_array("addr_dir", bytes(directory), 8), bounds_map)
+
+
+def _directory_blocks(starts: List[int], base: int) -> bytes:
+    """One (first bound, bounds after it) entry per /16 block: the interval containing the block's
+    first address and how many more start inside the block. A run of blocks inside one interval
+    is written at once (starts[0] is 0: the first interval begins at the domain's start)."""
+    out = []
+    block, count = 0, len(starts)
+    while block < 65536:
+        lo = block << 16
+        first = bisect.bisect_right(starts, lo) - 1          # interval containing lo
+        last = bisect.bisect_right(starts, lo + 0xFFFF) - 1  # interval containing the block's end
+        if last == first:  # every block before the one holding the next start is inside it too
+            end = starts[first + 1] >> 16 if first + 1 < count else 65536
+            out.append(struct.pack("=II", base + first, 0) * (end - block))
+            block = end
+        else:
+            out.append(struct.pack("=II", base + first, last - first))
+            block += 1
+    return b"".join(out)
 
 
 def _encode_iif(field_intervals, row_base, named: Sequence[int]) -> Tuple[MapContents, int]:

@@ -4,9 +4,10 @@
 
 Atomic generations. Each per-generation map is an ARRAY_OF_MAPS with two slots. An update:
   1. creates fresh inner maps sized to the ruleset and fills them (nothing reads them yet);
-  2. waits for an RCU grace period (the barrier), so no program run that started before the
-     previous flip can still read the inactive slot;
-  3. stores the inner maps into the inactive slot of every outer map;
+  2. waits for an RCU grace period (the barrier, in a thread while 1 runs), so no program run
+     that started before the previous flip can still read the inactive slot;
+  3. stores the inner maps into the inactive slot of every outer map (in parallel threads, so
+     the nine updates share their grace-period waits);
   4. flips state.active to that slot: one u32 store, the only thing a packet reads to choose;
   5. waits again, so on return no packet reads the old slot; the old inner maps are released.
 The barrier is an update of a throwaway ARRAY_OF_MAPS: after every successful update of an
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -99,6 +101,59 @@ def rcu_barrier() -> None:
             os.close(outer)
     finally:
         os.close(inner)
+
+
+ZERO_CHUNK = 256  # entries per chunk tested for zero
+
+
+def _nonzero_entries(keys: bytes, values: bytes, count: int, value_size: int) -> Tuple[bytes, bytes, int]:
+    """The entries of an ARRAY map worth writing, in chunks: a new array is all zeros already, and
+    the big dense ones (value_class, addr_dir: 330k entries, about 1 us each to write) are zero
+    where the ruleset leaves a field alone. Chunks with any nonzero value are written whole."""
+    key_size = len(keys) // count if count else 0
+    zero = bytes(ZERO_CHUNK * value_size)
+    kept_keys, kept_values, kept = [], [], 0
+    for first in range(0, count, ZERO_CHUNK):
+        last = min(count, first + ZERO_CHUNK)
+        chunk = values[first * value_size:last * value_size]
+        if chunk != zero[:len(chunk)]:
+            kept_keys.append(keys[first * key_size:last * key_size])
+            kept_values.append(chunk)
+            kept += last - first
+    return b"".join(kept_keys), b"".join(kept_values), kept
+
+
+class _Background:
+    """fn() in a thread; join() waits and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None]):
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as error:  # noqa: BLE001 - handed to the joining thread
+            self.error = error
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def concurrently(calls: List[Callable[[], None]]) -> None:
+    """Run the calls in parallel threads, wait for all, raise the first error."""
+    running = [_Background(call) for call in calls]
+    errors = []
+    for job in running:
+        try:
+            job.join()
+        except BaseException as error:  # noqa: BLE001 - every job is waited for before raising
+            errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 @dataclass
@@ -228,10 +283,12 @@ class Dataplane:
         fd = libbpf.map_create(shape.map_type, f"i2x_{name}"[:15], shape.key_size, shape.value_size,
                                max_entries, shape.map_flags)
         try:
-            values = contents.values
+            keys, values, count = contents.keys, contents.values, contents.count
             if name == "cfg":
                 values = struct.pack("=Q", generation) + values[8:]
-            libbpf.update_batch(fd, contents.keys, values, contents.count, f"filling map {name}")
+            if shape.map_type == abi.BPF_MAP_TYPE_ARRAY:
+                keys, values, count = _nonzero_entries(keys, values, count, shape.value_size)
+            libbpf.update_batch(fd, keys, values, count, f"filling map {name}")
         except BaseException:
             os.close(fd)
             raise
@@ -240,26 +297,36 @@ class Dataplane:
     def apply_generation(self, tables: Tables, record: Optional[dict] = None,
                          pause_hook: Optional[Callable[[str], None]] = None) -> Tuple[int, Dict[int, Tuple[int, int]]]:
         """Make tables the generation in force, atomically. Returns (generation, final counters of
-        the generation it replaced). pause_hook(step) is a test hook called between steps."""
+        the generation it replaced). pause_hook(step) is a test hook called between steps.
+
+        Every update or delete of an outer map waits for a grace period before it returns, so the
+        updates of the nine outer maps run in parallel threads and share their waits (the
+        syscalls release the GIL); the first barrier runs while the inner maps are filled. A
+        generation costs about three grace periods, not two per outer map plus two."""
         hook = pause_hook or (lambda step: None)
         st = self.read_state()
         last = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
         target = (last + 1) % abi.GEN_SLOTS
         generation = st.generation + 1
         inner: Dict[str, int] = {}
+        barrier = _Background(rcu_barrier)
         try:
-            for name in abi.GEN_MAPS:
-                inner[name] = self._create_inner(name, tables, generation)
-                hook(f"filled {name}")
-            rcu_barrier()
+            try:
+                for name in abi.GEN_MAPS:
+                    inner[name] = self._create_inner(name, tables, generation)
+                    hook(f"filled {name}")
+            finally:
+                barrier.join()
             setguard.store_expectation(self.map_fds[abi.MAP_SETGUARD.name], target, tables.set_guard)
             self.write_meta(target, dict(record or {}, generation=generation, rules=tables.rule_count,
                                          slots=tables.slot_count, sets=tables.set_count, digest=tables.digest,
                                          overflowed_rules=tables.overflowed_rules, applied_at=int(time.time())))
-            for name, shape in abi.GEN_MAPS.items():
-                libbpf.update_elem(self.map_fds[shape.name], _u32(target), _u32(inner[name]),
+
+            def install(name: str) -> None:
+                libbpf.update_elem(self.map_fds[abi.GEN_MAPS[name].name], _u32(target), _u32(inner[name]),
                                    what=f"installing generation {generation} map {name}")
                 hook(f"installed {name}")
+            concurrently([lambda name=name: install(name) for name in abi.GEN_MAPS])
             self.write_state(target, target, generation)
             hook("flipped")
             rcu_barrier()
@@ -267,11 +334,13 @@ class Dataplane:
             for fd in inner.values():
                 os.close(fd)
         old_counters = self.read_counters(slot=last) if st.generation else {}
-        for shape in abi.GEN_MAPS.values():  # release the old generation: memory follows one ruleset
+
+        def release(outer_fd: int) -> None:  # the old generation: memory follows one ruleset
             try:
-                libbpf.delete_elem(self.map_fds[shape.name], _u32(last))
+                libbpf.delete_elem(outer_fd, _u32(last))
             except LoadError:
                 pass
+        concurrently([lambda fd=self.map_fds[shape.name]: release(fd) for shape in abi.GEN_MAPS.values()])
         return generation, old_counters
 
     def _inner_fd(self, outer_name: str, slot: int) -> Optional[int]:

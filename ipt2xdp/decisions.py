@@ -6,6 +6,7 @@ A rule is "xdp" when every classifier instance of it that a packet can reach dec
 """
 from __future__ import annotations
 
+import bisect
 from typing import Dict, List, Sequence, Set, Tuple
 
 from ipt2xdp import ir
@@ -75,27 +76,97 @@ def _covers(a: Match, b: Match) -> bool:
 MAX_COVERERS = 512
 
 
+class _Union:
+    """The union of some IntervalSets (sorted disjoint [lo, hi] lists) or frozensets of one field."""
+
+    def __init__(self) -> None:
+        self.starts: List[int] = []
+        self.ends: List[int] = []
+        self.members: set = set()
+
+    def add(self, value) -> None:
+        if isinstance(value, frozenset):
+            self.members |= value
+            return
+        starts, ends = self.starts, self.ends
+        for lo, hi in value.intervals:
+            # merge with every stored interval that overlaps or touches [lo, hi]
+            first = bisect.bisect_left(ends, lo - 1)
+            last = bisect.bisect_right(starts, hi + 1)
+            if first < last:
+                lo, hi = min(lo, starts[first]), max(hi, ends[last - 1])
+            starts[first:last] = [lo]
+            ends[first:last] = [hi]
+
+    def holds(self, value) -> bool:
+        """Whether value lies inside the union."""
+        if isinstance(value, frozenset):
+            return value <= self.members
+        starts, ends = self.starts, self.ends
+        for lo, hi in value.intervals:
+            i = bisect.bisect_right(starts, lo) - 1
+            if i < 0 or ends[i] < hi:
+                return False
+        return True
+
+
+class _Coverers:
+    """Earlier broad terminal rules, grouped by the fields they constrain, for "does any of them
+    cover this match" in about one union test per group instead of one _covers() per rule.
+
+    A group can cover a match only if the match constrains every field of the group and each of
+    its values lies inside the union of the group's values for that field; only then are the
+    group's members tried one by one. The answer is exactly `any(_covers(c, m) for c in all)`.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.groups: Dict[Tuple[str, ...], Tuple[List[Match], Dict[str, _Union]]] = {}
+
+    def add(self, match: Match, fields: Tuple[str, ...]) -> None:
+        members, unions = self.groups.setdefault(fields, ([], {name: _Union() for name in fields}))
+        members.append(match)
+        for name in fields:
+            unions[name].add(getattr(match, name))
+        self.count += 1
+
+    def cover(self, match: Match, fields: Tuple[str, ...]) -> bool:
+        present = set(fields)
+        for group_fields, (members, unions) in self.groups.items():
+            if not present.issuperset(group_fields):
+                continue
+            if all(unions[name].holds(getattr(match, name)) for name in group_fields):
+                if any(_covers(c, match) for c in members):
+                    return True
+        return False
+
+
+def _constrained(match: Match) -> Tuple[str, ...]:
+    return tuple(name for name in FIELD_NAMES if getattr(match, name) is not None)
+
+
 def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
     """Which classifier positions some packet can reach.
 
     A rule is unreachable when an earlier terminal rule matches every packet it matches. Only broad
-    earlier rules (at most two constrained fields) are checked, so the pass stays linear; a rule
-    it misses is reported as reachable, which only makes the report optimistic, never XDP unsafe.
+    earlier rules (at most two constrained fields, the first MAX_COVERERS of them) are checked; a
+    rule it misses is reported as reachable, which only makes the report optimistic, never XDP unsafe.
     """
-    coverers: List[Match] = []
+    coverers = _Coverers()
     targets: Set[int] = set()
     out = []
     for index, rule in enumerate(rules):
         if index in targets:
-            coverers = []  # packets arriving here skipped some earlier rules
-        live = not any(_covers(c, rule.match) for c in coverers)
+            coverers = _Coverers()  # packets arriving here skipped some earlier rules
+        fields = _constrained(rule.match)
+        live = not coverers.cover(rule.match, fields)
         out.append(live)
         if not live:
             continue
         if rule.action.verdict == Verdict.CONTINUE:
             targets.add(rule.action.target)
-        elif len(rule.match.constrained()) <= 2 and len(coverers) < MAX_COVERERS:
-            coverers.append(rule.match)
+        elif len(fields) <= 2 and coverers.count < MAX_COVERERS:
+            coverers.add(rule.match, fields)
     return out
 
 

@@ -35,7 +35,7 @@ def save(key: str, record: dict) -> str:
     path = os.path.join(directory, f"plan-{key}.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(record, f)
+        f.write(json.dumps(record))  # one C-encoder pass; json.dump() encodes piecewise in Python
     os.replace(tmp, path)
     # Keep the last few plans only: the one in force and its predecessors for diffs.
     plans = sorted((os.path.join(directory, n) for n in os.listdir(directory) if n.startswith("plan-")),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ipt2xdp import addrtype, ipsets, ir
-from ipt2xdp.classifier import FIELD_NAMES, U16_MAX, U32_MAX, IntervalSet, Match
+from ipt2xdp.classifier import U16_MAX, U32_MAX, IntervalSet, Match
 from ipt2xdp.ctstate import CtAtom, ct_cases, ct_outcomes, ct_test
 from ipt2xdp.hostinfo import HostContext
 
@@ -110,20 +110,24 @@ def _icmp(match: ir.IcmpMatch) -> IntervalSet:
     return interval.complement(ICMP_MAX) if match.negated else interval
 
 
-def _intersect(a, b):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a.intersection(b) if isinstance(a, IntervalSet) else a & b
-
-
 def conjoin(a: Match, b: Match) -> Optional[Match]:
     """The conjunction of two matches, or None when no packet satisfies both."""
-    values = {}
-    for name in FIELD_NAMES:
-        value = _intersect(getattr(a, name), getattr(b, name))
-        if value is not None and not value:
+    return _conjoin_fields(a, vars(b))
+
+
+def _conjoin_fields(a: Match, fields: Dict[str, object]) -> Optional[Match]:
+    """conjoin(a, Match(**fields)) without building the second Match (the planner's hot path)."""
+    values = dict(vars(a))
+    for name, value in values.items():
+        if value is not None and not value and fields.get(name) is None:
+            return None
+    for name, value in fields.items():
+        if value is None:
+            continue
+        current = values[name]
+        if current is not None:
+            value = current.intersection(value) if isinstance(current, IntervalSet) else current & value
+        if not value:
             return None
         values[name] = value
     return Match(**values)
@@ -176,7 +180,7 @@ class _Builder:
         self.ct = outcomes if self.ct is None else {a: _and3(self.ct[a], outcomes[a]) for a in outcomes}
 
     def add(self, **constraint) -> None:
-        combined = conjoin(self.match, Match(**constraint))
+        combined = _conjoin_fields(self.match, constraint)
         if combined is None:
             self.never = self.never or ("iface.not-attached" if "iif" in constraint else "never.empty")
         else:
