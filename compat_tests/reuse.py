@@ -33,7 +33,7 @@ class ReusedBed(harness.Testbed):
         self.local_addrs: Sequence[str] = ()
         self.imports = 0
 
-    def reset(self, local_addrs: Sequence[str]) -> None:
+    def reset(self, local_addrs: Sequence[str], sysctls: Sequence[Tuple[str, str]] = ()) -> None:
         legacy_tables = self.receiver.run(["cat", "/proc/net/ip_tables_names"], check=False).stdout.split()
         empty = "".join(f"*{t}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in _EMPTY[t].split()) + "COMMIT\n"
                         for t in legacy_tables if t in _EMPTY)
@@ -47,6 +47,7 @@ class ReusedBed(harness.Testbed):
             *[f"ip addr del {a}/32 dev lo" for a in self.local_addrs],
             *[f"ip addr replace {a}/32 dev lo" for a in local_addrs]]))
         self.local_addrs = tuple(local_addrs)
+        self.set_sysctls(sysctls)  # before the import, which reads them (ct_tcp_loose)
 
 
 def bed(backend: str, mode: str, forwarding: bool, receiver_if: str) -> ReusedBed:
