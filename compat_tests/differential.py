@@ -8,7 +8,7 @@ Knobs (environment), read by the tests and by `python -m compat_tests.differenti
   IPT2XDP_COMPAT_ATTACH    native (default) or generic: ipt2xdp import --live; none: netfilter alone
                            twice (checks the harness)
   IPT2XDP_COMPAT_WORKERS   seeds checked in parallel (default 4), each worker with its own namespaces
-  IPT2XDP_COMPAT_FORWARDING  seeds run with forwarding on in the test suite (default 20)
+  IPT2XDP_COMPAT_FORWARDING  seeds run with forwarding on in the test suite (default 12)
 """
 from __future__ import annotations
 

@@ -114,17 +114,12 @@ class Testbed:
         try:
             self.sender, self.receiver = self.pair.sender, self.pair.receiver
             self.sender_if, self.receiver_if = self.pair.sender_if, receiver_if
-            self._setup(local_addrs, forwarding)
-            self.set_sysctls(sysctls)
+            self._setup(local_addrs, forwarding, sysctls)
             if forwarding:
                 self._add_beyond()
         except Exception:
             self.pair.close()
             raise
-
-    def set_sysctls(self, sysctls: Sequence[Tuple[str, str]]) -> None:
-        if sysctls:
-            self.receiver.sh("set -e\n" + "\n".join(f"sysctl -qw {k}={v}" for k, v in sysctls))
 
     def _add_beyond(self) -> None:
         beyond = netns.create_namespace("fwd")
@@ -147,11 +142,11 @@ class Testbed:
                                                                           FORWARD_IF)]]))
         self.beyond = (beyond.path, peer, FORWARD_IF)
 
-    def _setup(self, local_addrs: Sequence[str], forwarding: bool) -> None:
+    def _setup(self, local_addrs: Sequence[str], forwarding: bool, sysctls: Sequence[Tuple[str, str]]) -> None:
         # /sys under nsenter still shows the host's devices, so ask ip for the sender's MAC.
         link = self.sender.run(["ip", "-o", "link", "show", self.sender_if]).stdout
         sender_mac = re.search(r"link/ether (\S+)", link).group(1)
-        sysctls = dict(_RECEIVER_SYSCTLS, **{"net.ipv4.ip_forward": "1" if forwarding else "0"})
+        sysctls = {**_RECEIVER_SYSCTLS, "net.ipv4.ip_forward": "1" if forwarding else "0", **dict(sysctls)}
         self.receiver.sh("set -e\n" + "\n".join([
             f"ip link set {self.pair.receiver_if} down",
             f"ip link set {self.pair.receiver_if} name {self.receiver_if}",

@@ -45,9 +45,10 @@ class ReusedBed(harness.Testbed):
             "conntrack -F 2>/dev/null || true",
             "conntrack -F expect 2>/dev/null || true",
             *[f"ip addr del {a}/32 dev lo" for a in self.local_addrs],
-            *[f"ip addr replace {a}/32 dev lo" for a in local_addrs]]))
+            *[f"ip addr replace {a}/32 dev lo" for a in local_addrs],
+            # before the import, which reads them (nf_conntrack_tcp_loose)
+            *[f"sysctl -qw {k}={v}" for k, v in sysctls]]))
         self.local_addrs = tuple(local_addrs)
-        self.set_sysctls(sysctls)  # before the import, which reads them (ct_tcp_loose)
 
 
 def bed(backend: str, mode: str, forwarding: bool, receiver_if: str) -> ReusedBed:

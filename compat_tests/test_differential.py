@@ -3,7 +3,7 @@
 
 CI: IPT2XDP_COMPAT_RULESETS seeds (default 200) x 200 probes on both backends with ipt2xdp attached in
 native mode, a slice of IPT2XDP_COMPAT_GENERIC seeds (default 20) in generic mode and one of
-IPT2XDP_COMPAT_FORWARDING seeds (default 20) with forwarding on (receiver forwards to a third
+IPT2XDP_COMPAT_FORWARDING seeds (default 12) with forwarding on (receiver forwards to a third
 namespace, FORWARD rules in the ruleset, TTL-1 probes), checked by
 IPT2XDP_COMPAT_WORKERS processes (differential.run_seeds). IPT2XDP_COMPAT_ATTACH=none instead checks
 the harness (netfilter alone twice: any disagreement is the harness's fault).
@@ -24,7 +24,7 @@ PROBES = differential.env_int("IPT2XDP_COMPAT_PROBES", 200)
 ATTACH = os.environ.get("IPT2XDP_COMPAT_ATTACH", "native")
 
 
-FORWARDING = differential.env_int("IPT2XDP_COMPAT_FORWARDING", 20)
+FORWARDING = differential.env_int("IPT2XDP_COMPAT_FORWARDING", 12)
 
 
 def _check(seeds, attach, forwarding=False):
