@@ -22,7 +22,8 @@ import pytest
 from compat_tests import updates
 from compat_tests.differential import env_int
 from compat_tests.streams import STREAMS, ProbeStreams
-from ipt2xdp import netns
+from ipt2xdp import netns, pins
+from ipt2xdp.dataplane import Dataplane
 
 pytestmark = pytest.mark.kernel
 
@@ -39,6 +40,16 @@ def _pair():
     pair = netns.veth_pair()
     pair.receiver.sh("sysctl -qw net.ipv4.icmp_ratemask=0 net.ipv4.icmp_ratelimit=0")
     return pair
+
+
+def _xdp_stats(directory):
+    """XDP's global counters (defer_all, classified, drop...) from the receiver's pinned maps."""
+    dp = Dataplane.open_pinned(directory)
+    assert dp is not None, f"nothing pinned in {directory}"
+    try:
+        return dp.read_stats()
+    finally:
+        dp.close()
 
 
 def _names(pair):
@@ -90,6 +101,7 @@ def test_no_probe_is_lost_while_the_ruleset_changes(tmp_path, backend):
         first = next(chain)
         path.write_text(first.render(names))
         pair.receiver.run(argv)
+        pinned = pins.pin_dir(netns=pins.netns_id_of(pair.receiver.path))
         streams = ProbeStreams(pair.sender.path, pair.receiver.path, pair.sender_ip, pair.receiver_ip)
         stop = threading.Event()
 
@@ -99,11 +111,12 @@ def test_no_probe_is_lost_while_the_ruleset_changes(tmp_path, backend):
                 time.sleep(0.0005)
 
         sender = threading.Thread(target=send)
-        per_import, seconds = [], []
+        per_import, seconds, deferred, classified = [], [], [], []
         try:
             streams.prime()
             streams.start_receiving()
             sender.start()
+            last = _xdp_stats(pinned)
             for version in chain:
                 text = version.render(names)
                 coverage.add(version, text)
@@ -112,6 +125,12 @@ def test_no_probe_is_lost_while_the_ruleset_changes(tmp_path, backend):
                 pair.receiver.run(argv)
                 seconds.append(time.monotonic() - start)
                 per_import.append(min(streams.sent[s] - before[s] for s in updates.PROBES))
+                # Since the previous import: packets XDP passed while this import had it deferring
+                # everything, and packets the generation in force classified.
+                now = _xdp_stats(pinned)
+                deferred.append(now["defer_all"] - last["defer_all"])
+                classified.append(now["classified"] - last["classified"])
+                last = now
         finally:
             stop.set()
             if sender.is_alive():
@@ -123,15 +142,19 @@ def test_no_probe_is_lost_while_the_ruleset_changes(tmp_path, backend):
         sent = streams.sent
         summary = (f"{backend}: {count} imports ({statistics.median(seconds):.2f} s median, {max(seconds):.2f} s max); "
                    f"sent per stream {sent}; probes per import: min {min(per_import)}, median "
-                   f"{statistics.median(per_import)}; canary delivered "
+                   f"{statistics.median(per_import)}; per import, deferred while updating: min {min(deferred)}, "
+                   f"median {statistics.median(deferred)}; classified by a generation: min {min(classified)}, "
+                   f"median {statistics.median(classified)}; canary delivered "
                    f"{streams.counts['canary'].received(sent['canary'])}; XDP stats {stats}; "
                    f"versions: {coverage}")
-        print(summary)
+        print(summary, flush=True)
         for name in updates.PROBES:
             lost = streams.counts[name].lost(sent[name])
             assert not lost, f"{name}: {len(lost)} of {sent[name]} probes lost, first {lost[:10]}\n{summary}"
             assert streams.counts[name].duplicated(sent[name]) == 0, f"{name}: duplicates\n{summary}"
         assert min(per_import) >= MIN_PER_IMPORT, f"the stream stalled during an import\n{summary}"
+        # Every import's fail-open window and every generation in force saw probes.
+        assert min(deferred) > 0 and min(classified) > 0, summary
         # The probes crossed deferring windows (fail-open during each import) and generations in force,
         # and XDP dropped traffic (the canary, when a version drops it) in between.
         assert stats["defer_all"] > 0 and stats["classified"] > 0 and stats["drop"] > 0, summary
