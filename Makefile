@@ -27,6 +27,14 @@ test: bpf venv
 compat-long: bpf venv
 	@$(PY) -m compat_tests.differential --rulesets 2000 --attach native
 
+# Forwarding on: the receiver forwards to a third namespace, rulesets have FORWARD rules.
+compat-long-forwarding: bpf venv
+	@$(PY) -m compat_tests.differential --rulesets 500 --attach native --forwarding
+
+# 1,000 imports under a probe stream, 500 per backend (about 1.5-2 s per import: 30-40 min).
+compat-updates: bpf venv
+	@IPT2XDP_COMPAT_UPDATES=1000 $(PY) -m pytest -q -s -p no:cacheprovider compat_tests/test_update_under_traffic.py
+
 # The plots need matplotlib: the 'bench' extra, installed once beside the venv's test extra.
 $(VENV)/.bench-stamp: $(VENV)/.stamp
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
@@ -42,4 +50,4 @@ clean:
 	@$(MAKE) -s -C bpf clean
 	rm -rf $(VENV) build *.egg-info
 
-.PHONY: all bpf venv demo test compat-long bench bench-quick clean
+.PHONY: all bpf venv demo test compat-long compat-long-forwarding compat-updates bench bench-quick clean

@@ -8,6 +8,7 @@ Knobs (environment), read by the tests and by `python -m compat_tests.differenti
   IPT2XDP_COMPAT_ATTACH    native (default) or generic: ipt2xdp import --live; none: netfilter alone
                            twice (checks the harness)
   IPT2XDP_COMPAT_WORKERS   seeds checked in parallel (default 4), each worker with its own namespaces
+  IPT2XDP_COMPAT_FORWARDING  seeds run with forwarding on in the test suite (default 12)
 """
 from __future__ import annotations
 
@@ -53,12 +54,15 @@ class SeedFailure:
 
 
 def check_seed(seed: int, attach: Optional[harness.Attach] = None, backends: Sequence[str] = ("legacy", "nft"),
-               n_probes: int = 200, shrink: bool = True) -> Optional[SeedFailure]:
-    """Run one seeded ruleset; None when every probe agrees, else the failure (shrunk if asked)."""
-    generated = rulegen.generate(seed)
+               n_probes: int = 200, shrink: bool = True, forwarding: bool = False) -> Optional[SeedFailure]:
+    """Run one seeded ruleset; None when every probe agrees, else the failure (shrunk if asked).
+
+    forwarding: the receiver forwards to a third namespace, and the ruleset has FORWARD rules.
+    """
+    generated = rulegen.generate(seed, forwarding=forwarding)
     text = rulegen.render(generated)
-    corpus = packets.generate(text, n_probes, seed)
-    cmp = harness.compare(text, corpus, backends, attach)
+    corpus = packets.generate(text, n_probes, seed, forwarding=forwarding)
+    cmp = harness.compare(text, corpus, backends, attach, forwarding=forwarding)
     if not cmp.disagreements and not any(r.observation.marker_lost for pair in cmp.runs for r in pair):
         return None
     failure = SeedFailure(seed, text, cmp)
@@ -67,25 +71,29 @@ def check_seed(seed: int, attach: Optional[harness.Attach] = None, backends: Seq
 
         def fails(candidate: str) -> bool:
             try:
-                return bool(harness.compare(candidate, corpus, failing[:1], attach).disagreements)
+                return bool(harness.compare(candidate, corpus, failing[:1], attach, forwarding=forwarding).disagreements)
             except harness.LoadError:
                 return False
 
         small = rulegen.render(rulegen.shrink(generated, fails))
         failure.shrunk = small
-        failure.shrunk_comparison = harness.compare(small, corpus, failing[:1], attach)
+        failure.shrunk_comparison = harness.compare(small, corpus, failing[:1], attach, forwarding=forwarding)
     return failure
 
 
-def _worker(seeds: Sequence[int], attach_name: str, backends: Sequence[str], n_probes: int, out) -> None:
+def _worker(seeds: Sequence[int], attach_name: str, backends: Sequence[str], n_probes: int, out,
+            forwarding: bool = False) -> None:
     from compat_tests import reuse
 
     try:
         attach = attach_from_env(attach_name)
         for seed in seeds:
             try:
-                failure = check_seed(seed, attach, backends, n_probes)
-                out.put((seed, failure.report() if failure else None))
+                failure = check_seed(seed, attach, backends, n_probes, forwarding=forwarding)
+                report = failure.report() if failure else None
+                if report and forwarding:
+                    report = "forwarding run (--forwarding / IPT2XDP_COMPAT_FORWARDING)\n" + report
+                out.put((seed, report))
             except Exception as error:  # a harness or import error fails the seed, not the whole run
                 out.put((seed, f"seed {seed}: {type(error).__name__}: {error}"))
     finally:
@@ -94,7 +102,8 @@ def _worker(seeds: Sequence[int], attach_name: str, backends: Sequence[str], n_p
 
 
 def run_seeds(seeds: Sequence[int], attach_name: str = "none", backends: Sequence[str] = ("legacy", "nft"),
-              n_probes: int = 200, workers: Optional[int] = None, progress=None) -> List[str]:
+              n_probes: int = 200, workers: Optional[int] = None, progress=None,
+              forwarding: bool = False) -> List[str]:
     """Check seeds in `workers` processes; returns the failure reports in seed order.
 
     Why parallel: an import spends most of its time waiting for RCU grace periods (map-in-map
@@ -104,7 +113,8 @@ def run_seeds(seeds: Sequence[int], attach_name: str = "none", backends: Sequenc
     workers = max(1, min(workers or env_int("IPT2XDP_COMPAT_WORKERS", 4), len(seeds)))
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(list(seeds[i::workers]), attach_name, tuple(backends), n_probes, out))
+    procs = [ctx.Process(target=_worker, args=(list(seeds[i::workers]), attach_name, tuple(backends), n_probes, out,
+                                               forwarding))
              for i in range(workers)]
     for proc in procs:
         proc.start()
@@ -136,6 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--attach", default=os.environ.get("IPT2XDP_COMPAT_ATTACH", "native"))
     parser.add_argument("--backends", default="legacy,nft")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--forwarding", action="store_true",
+                        help="receiver forwards to a third namespace; rulesets get FORWARD rules")
     args = parser.parse_args(argv)
     backends = args.backends.split(",")
     seeds = range(args.seed, args.seed + args.rulesets)
@@ -147,9 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if done % 100 == 0:
             print(f"  {done}/{len(seeds)} rulesets, {time.monotonic() - start:.0f} s", flush=True)
 
-    failures = len(run_seeds(seeds, args.attach, backends, args.probes, args.workers, progress))
+    failures = len(run_seeds(seeds, args.attach, backends, args.probes, args.workers, progress, args.forwarding))
     elapsed = time.monotonic() - start
     print(f"{args.rulesets} rulesets x {args.probes} probes x {len(backends)} backends, attach={args.attach}, "
+          f"forwarding={'on' if args.forwarding else 'off'}, "
           f"{args.workers or env_int('IPT2XDP_COMPAT_WORKERS', 4)} workers: {failures} failing seed(s), {elapsed:.0f} s")
     return 1 if failures else 0
 

@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from compat_tests.observe import Endpoints, Fate, Observation, open_flows
-from compat_tests.packets import Corpus, Probe
+from compat_tests.observe import Endpoints, Fate, Observation, bind_tcp_flows, listen, open_flows
+from compat_tests.packets import FORWARDED, Corpus, Probe
 from ipt2xdp import netns
 
 BACKENDS = {"legacy": "iptables-legacy-restore", "nft": "iptables-nft-restore"}
 RECEIVER_IF = "rcv0"
+FORWARD_IF = "fwd0"  # the receiver's device towards the third namespace in forwarding runs
 RERUNS = 2  # extra netfilter-alone runs when fates differ (compare)  # the receiver's veth is renamed to this, so rulesets can say -i rcv0
 Attach = Callable[[netns.Namespace, str], None]
 # Targets iptables knows; any other -j/-g name must be a chain, declared if the ruleset does not.
@@ -100,23 +101,52 @@ def guess_receiver_if(text: str) -> str:
 
 
 class Testbed:
-    """A sender and a receiver namespace joined by veth, ready for one ruleset and one corpus."""
+    """A sender and a receiver namespace joined by veth, ready for one ruleset and one corpus.
 
-    def __init__(self, local_addrs: Sequence[str] = (), receiver_if: str = RECEIVER_IF, forwarding: bool = False):
+    forwarding: the receiver forwards (ip_forward=1) and routes packets.FORWARDED over a second veth
+    (FORWARD_IF) to a third namespace, `beyond`, where a tap sees the forwarded copies.
+    """
+
+    def __init__(self, local_addrs: Sequence[str] = (), receiver_if: str = RECEIVER_IF, forwarding: bool = False,
+                 sysctls: Sequence[Tuple[str, str]] = ()):
         self.pair = netns.veth_pair()
+        self.beyond: Optional[Tuple[str, str, str]] = None
         try:
             self.sender, self.receiver = self.pair.sender, self.pair.receiver
             self.sender_if, self.receiver_if = self.pair.sender_if, receiver_if
-            self._setup(local_addrs, forwarding)
+            self._setup(local_addrs, forwarding, sysctls)
+            if forwarding:
+                self._add_beyond()
         except Exception:
             self.pair.close()
             raise
 
-    def _setup(self, local_addrs: Sequence[str], forwarding: bool) -> None:
+    def _add_beyond(self) -> None:
+        beyond = netns.create_namespace("fwd")
+        self.pair._extra.append(beyond)  # deleted with the pair
+        octet = int(self.pair.sender_ip.split(".")[2])
+        near, far = f"10.99.{octet}.1", f"10.99.{octet}.2"
+        peer = f"i2xf{self.pair.sender_if[4:]}"[:15]
+        self.receiver.run(["ip", "link", "add", FORWARD_IF, "type", "veth", "peer", "name", peer,
+                           "netns", beyond.name])
+        beyond.sh(f"set -e\nip addr add {far}/24 dev {peer}\nip link set {peer} up\n"
+                  "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+        far_mac = re.search(r"link/ether (\S+)", beyond.run(["ip", "-o", "link", "show", peer]).stdout).group(1)
+        self.receiver.sh("set -e\n" + "\n".join([
+            f"ip addr add {near}/24 dev {FORWARD_IF}", f"ip link set {FORWARD_IF} up",
+            f"ip neigh replace {far} lladdr {far_mac} dev {FORWARD_IF} nud permanent",
+            f"ip route add {FORWARDED} via {far} dev {FORWARD_IF}",
+            # A packet routed back out the device it came in on would make the receiver send an
+            # ICMP redirect, rate-limited per peer in a way no run can reset: off.
+            *[f"sysctl -qw net/ipv4/conf/{d}/send_redirects=0" for d in ("all", "default", self.receiver_if,
+                                                                          FORWARD_IF)]]))
+        self.beyond = (beyond.path, peer, FORWARD_IF)
+
+    def _setup(self, local_addrs: Sequence[str], forwarding: bool, sysctls: Sequence[Tuple[str, str]]) -> None:
         # /sys under nsenter still shows the host's devices, so ask ip for the sender's MAC.
         link = self.sender.run(["ip", "-o", "link", "show", self.sender_if]).stdout
         sender_mac = re.search(r"link/ether (\S+)", link).group(1)
-        sysctls = dict(_RECEIVER_SYSCTLS, **{"net.ipv4.ip_forward": "1" if forwarding else "0"})
+        sysctls = {**_RECEIVER_SYSCTLS, "net.ipv4.ip_forward": "1" if forwarding else "0", **dict(sysctls)}
         self.receiver.sh("set -e\n" + "\n".join([
             f"ip link set {self.pair.receiver_if} down",
             f"ip link set {self.pair.receiver_if} name {self.receiver_if}",
@@ -142,7 +172,8 @@ class Testbed:
         raise LoadError(f"{BACKENDS[backend]}: too many missing chains or sets")
 
     def endpoints(self, protocols) -> Endpoints:
-        return Endpoints(self.sender.path, self.sender_if, self.receiver.path, self.receiver_if, protocols)
+        return Endpoints(self.sender.path, self.sender_if, self.receiver.path, self.receiver_if, protocols,
+                         self.beyond)
 
     def close(self) -> None:
         self.pair.close()
@@ -195,9 +226,9 @@ def run_once(ruleset: str, corpus: Corpus, backend: str = "legacy", attach: Opti
         from compat_tests import reuse
 
         bed = reuse.bed(backend, mode, forwarding, receiver_if)
-        bed.reset(corpus.local_addrs)
+        bed.reset(corpus.local_addrs, corpus.sysctls)
         return _exchange(bed, ruleset, corpus, backend, attach, start)
-    with Testbed(corpus.local_addrs, receiver_if=receiver_if, forwarding=forwarding) as bed:
+    with Testbed(corpus.local_addrs, receiver_if=receiver_if, forwarding=forwarding, sysctls=corpus.sysctls) as bed:
         return _exchange(bed, ruleset, corpus, backend, attach, start)
 
 
@@ -210,15 +241,28 @@ def _exchange(bed: Testbed, ruleset: str, corpus: Corpus, backend: str, attach: 
         else:
             attach(bed.receiver, bed.receiver_if)
     ends = bed.endpoints(corpus.protocols)
-    flows = []
+    socks = []
     try:
-        flows = open_flows(bed.receiver.path, corpus.flows)
-        observation = ends.exchange(corpus.probes)
+        socks += open_flows(bed.receiver.path, corpus.flows)
+        socks += listen(bed.receiver.path, corpus.tcp_flows)
+        observation = _exchange_in_two_steps(ends, corpus.probes)
     finally:
         ends.close()
-        for s in flows:
+        for s in socks:
             s.close()
     return Run(backend, attach is not None, observation, time.monotonic() - start)
+
+
+def _exchange_in_two_steps(ends: Endpoints, probes: Sequence[Probe]) -> Observation:
+    """The TCP flows' SYNs first; their SYN-ACKs give the receiver's ISNs, which the flows' later
+    segments need in their ack field; then every other probe, in corpus order."""
+    syns = [p for p in probes if p.opens is not None]
+    if not syns:
+        return ends.exchange(list(probes))
+    first = ends.exchange(syns)
+    isn = {p.opens: first.server_isn[p.id] for p in syns if p.id in first.server_isn}
+    rest = bind_tcp_flows([p for p in probes if p.opens is None], isn)
+    return first.merge(ends.exchange(rest))
 
 
 @dataclass

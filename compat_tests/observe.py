@@ -90,6 +90,12 @@ class Observation:
     marker_lost: bool = False  # the end marker never reached the receiver's tap
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    server_isn: Dict[int, int] = field(default_factory=dict)  # SYN probe id -> seq of the SYN-ACK it got
+
+    def merge(self, later: "Observation") -> "Observation":
+        return Observation({**self.fates, **later.fates}, self.marker_lost or later.marker_lost,
+                           self.notes + later.notes, self.seconds + later.seconds,
+                           {**self.server_isn, **later.server_isn})
 
 
 def _eth(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
@@ -102,6 +108,49 @@ def _ip_fields(pkt: bytes) -> Optional[Tuple[int, int, bytes, bytes, int]]:
         return None
     ihl = (pkt[0] & 0x0F) * 4
     return struct.unpack("!H", pkt[4:6])[0], pkt[9], pkt[12:16], pkt[16:20], ihl
+
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def tcp_reply_index(probes) -> Dict[tuple, int]:
+    """Keys a TCP answer (reset, SYN-ACK) to a single-frame TCP probe would carry -> probe id.
+
+    An answer to a segment with ACK set has seq = the segment's ack; to one without, ack = seq +
+    payload + SYN + FIN. Keyed with the answer's addresses and ports, this traces answers to
+    segments whose numbers are not chosen from the probe id (TCP flows, whose receiver side
+    numbers are the kernel's). The first probe wins a shared key, the same in every run.
+    """
+    index: Dict[tuple, int] = {}
+    for probe in probes:
+        f = _ip_fields(probe.frames[0]) if len(probe.frames) == 1 else None
+        if f is None or f[1] != socket.IPPROTO_TCP or len(probe.frames[0]) < f[4] + 20:
+            continue
+        body = probe.frames[0][f[4]:]
+        sport, dport, seq, ack = struct.unpack("!HHII", body[:12])
+        flags, payload = body[13], len(body) - (body[12] >> 4) * 4
+        ends = (f[3], f[2], dport, sport)
+        if flags & TCP_ACK:
+            index.setdefault(ends + ("seq", ack), probe.id)
+        else:
+            end = (seq + payload + bool(flags & TCP_SYN) + bool(flags & TCP_FIN)) & 0xFFFFFFFF
+            index.setdefault(ends + ("ack", end), probe.id)
+    return index
+
+
+def _classify_tcp_answer(pkt: bytes, ihl: int, index: Dict[tuple, int]) -> Optional[Tuple[int, str, int]]:
+    """(probe id, "tcp-rst" or "tcp-synack", the answer's seq) for an answer found in `index`."""
+    body = pkt[ihl:]
+    if len(body) < 20 or not body[13] & TCP_RST and body[13] & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK:
+        return None
+    sport, dport, seq, ack = struct.unpack("!HHII", body[:12])
+    ends = (pkt[12:16], pkt[16:20], sport, dport)
+    pid = index.get(ends + ("ack", ack)) if body[13] & TCP_ACK else None
+    if pid is None and body[13] & TCP_RST:
+        pid = index.get(ends + ("seq", seq))
+    if pid is None:
+        return None
+    return pid, "tcp-rst" if body[13] & TCP_RST else "tcp-synack", seq
 
 
 def _classify_reply(pkt: bytes, probes: Dict[int, "object"]) -> Optional[Tuple[int, str]]:
@@ -163,6 +212,43 @@ def open_flows(receiver_ns: str, flows) -> List[socket.socket]:
     return socks
 
 
+def listen(receiver_ns: str, tcp_flows) -> List[socket.socket]:
+    """A listening socket in the receiver per TCP flow server (address, port); the caller closes them."""
+    socks = []
+    with inside(receiver_ns):
+        for address, port in sorted({(f.server, f.server_port) for f in tcp_flows}):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            socks.append(s)
+            s.bind((address, port))
+            s.listen(64)
+    return socks
+
+
+def bind_tcp_flows(probes, server_isn: Dict[int, int]) -> list:
+    """Probes with their flow's ack made absolute: ack offset + the receiver's ISN + 1.
+
+    server_isn: flow index -> the receiver's ISN from the SYN-ACK (a flow whose SYN got none keeps
+    the bare offsets: its segments then meet no connection, the same way in every run that agrees).
+    """
+    from dataclasses import replace
+
+    out = []
+    for probe in probes:
+        if probe.tcp_flow is None or probe.tcp_flow[0] not in server_isn:
+            out.append(probe)
+            continue
+        frame = bytearray(probe.frames[0])
+        ihl = (frame[0] & 0x0F) * 4
+        ack = (server_isn[probe.tcp_flow[0]] + 1 + probe.tcp_flow[1]) & 0xFFFFFFFF
+        frame[ihl + 8:ihl + 12] = struct.pack("!I", ack)
+        frame[ihl + 16:ihl + 18] = b"\0\0"
+        pseudo = bytes(frame[12:20]) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(frame) - ihl)
+        frame[ihl + 16:ihl + 18] = struct.pack("!H", _checksum(pseudo + bytes(frame[ihl:])))
+        out.append(replace(probe, frames=(bytes(frame),)))
+    return out
+
+
 def _checksum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data[:len(data) // 2 * 2])) + (data[-1] << 8 if len(data) % 2 else 0)
     while total >> 16:
@@ -174,12 +260,20 @@ class Endpoints:
     """The sockets of one testbed: a sender AF_PACKET socket and the receiver's tap and raw sockets."""
 
     def __init__(self, sender_ns: str, sender_if: str, receiver_ns: str, receiver_if: str,
-                 protocols: Iterable[int]):
+                 protocols: Iterable[int], beyond: Optional[Tuple[str, str, str]] = None):
+        """beyond: (namespace, its device, the receiver's device towards it) of a third namespace the
+        receiver forwards to; forwarded copies seen there are the reply "seen beyond"."""
         self._socks: List[socket.socket] = []
+        self.beyond_tap = self.towards_beyond = None
         try:
             with inside(sender_ns):
                 self.tx = self._packet_socket(sender_if)
+            if beyond is not None:
+                with inside(beyond[0]):
+                    self.beyond_tap = self._packet_socket(beyond[1])
             with inside(receiver_ns):
+                if beyond is not None:
+                    self.towards_beyond = self._packet_socket(beyond[2])
                 self.tap = self._packet_socket(receiver_if)
                 self.raw = {}
                 for proto in sorted(set(protocols)):
@@ -193,6 +287,8 @@ class Endpoints:
             raise
         self.sender_mac = self.tx.getsockname()[4]
         self.receiver_mac = self.tap.getsockname()[4]
+        if beyond is not None:
+            self.beyond_macs = (self.beyond_tap.getsockname()[4], self.towards_beyond.getsockname()[4])
 
     def _keep(self, s: socket.socket) -> socket.socket:
         self._socks.append(s)
@@ -235,16 +331,38 @@ class Endpoints:
                     self.tx.send(_eth(self.receiver_mac, self.sender_mac, ETH_P_IP, frame))
             self.tx.send(_eth(self.receiver_mac, self.sender_mac, ETH_P_MARKER, b"I2XEND" + nonce))
             ingress, marker_seen = self._read_tap(nonce, by_id, marker_timeout)
+            beyond_seen = True
+            if self.beyond_tap is not None:
+                # Forwarded copies left the receiver before its tap saw the marker; a marker sent the
+                # same way now arrives behind all of them.
+                self.towards_beyond.send(_eth(*self.beyond_macs, ETH_P_MARKER, b"I2XFWD" + nonce))
+                beyond, beyond_seen = self._read_beyond(nonce, by_id, marker_timeout)
             self.tap.send(_eth(self.sender_mac, self.receiver_mac, ETH_P_MARKER, b"I2XBCK" + nonce))
-            replies, back_seen = self._read_replies(nonce, by_id, marker_timeout)
+            replies, isn, back_seen = self._read_replies(nonce, by_id, tcp_reply_index(probes), marker_timeout)
         finally:
             os.sched_setaffinity(0, saved)
         delivered, notes = self._read_raw(by_id)
         if not back_seen:
             notes.append("return marker lost: replies may be incomplete")
+        if self.beyond_tap is not None:
+            for pid in beyond:
+                replies.setdefault(pid, set()).add("seen beyond")
+            if not beyond_seen:
+                notes.append("marker to the forwarding destination lost: forwarded copies may be incomplete")
         fates = {pid: Fate(pid in delivered, tuple(sorted(replies.get(pid, ()))), pid in ingress)
                  for pid in by_id}
-        return Observation(fates, not marker_seen, notes, time.monotonic() - start)
+        return Observation(fates, not marker_seen, notes, time.monotonic() - start, isn)
+
+    def _read_beyond(self, nonce: bytes, by_id: dict, timeout: float):
+        seen = set()
+        for frame in self._frames(self.beyond_tap, b"I2XFWD" + nonce, timeout):
+            if frame is None:
+                return seen, True
+            f = _ip_fields(frame[14:]) if frame[12:14] == b"\x08\x00" else None
+            probe = by_id.get(f[0]) if f else None
+            if probe is not None and (f[2], f[3]) == (probe.src_bytes, probe.dst_bytes):
+                seen.add(f[0])
+        return seen, False
 
     def _frames(self, sock: socket.socket, nonce_tag: bytes, timeout: float):
         """Yield received frames until one is the marker nonce_tag (then stop) or the timeout."""
@@ -274,16 +392,25 @@ class Endpoints:
                     seen.add(f[0])
         return seen, marker
 
-    def _read_replies(self, nonce: bytes, by_id: dict, timeout: float):
+    def _read_replies(self, nonce: bytes, by_id: dict, tcp_index: Dict[tuple, int], timeout: float):
         replies: Dict[int, set] = {}
+        isn: Dict[int, int] = {}
         for frame in self._frames(self.tx, b"I2XBCK" + nonce, timeout):
             if frame is None:
-                return replies, True
+                return replies, isn, True
             if frame[12:14] == b"\x08\x00":
-                hit = _classify_reply(frame[14:], by_id)
+                f = _ip_fields(frame[14:])
+                answer = _classify_tcp_answer(frame[14:], f[4], tcp_index) \
+                    if f and f[1] == socket.IPPROTO_TCP else None
+                if answer is not None:
+                    hit = answer[:2]
+                    if answer[1] == "tcp-synack":
+                        isn.setdefault(answer[0], answer[2])
+                else:
+                    hit = _classify_reply(frame[14:], by_id)
                 if hit:
                     replies.setdefault(hit[0], set()).add(hit[1])
-        return replies, False
+        return replies, isn, False
 
     def _read_raw(self, by_id: dict):
         """Probe ids that raw sockets received, checked against the probe's addresses and protocol."""

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 DEFAULT_LOCAL = "198.51.100.10"
 NONLOCAL = "203.0.113.77"
 DEFAULT_SOURCES = ("192.0.2.1", "192.0.2.200", "100.64.3.4")
+# With forwarding on, the receiver routes this block to a third namespace behind it.
+FORWARDED = "203.0.113.0/24"
 OTHER_PROTOCOLS = (47, 50, 51, 132, 136)  # GRE, ESP, AH, SCTP, UDPLite: proto-only matches
 TCP_FLAG_SETS = ("S", "SA", "A", "PA", "FA", "R", "RA", "F", "", "SF", "SR", "FPU", "FSRPAUEC", "SEC")
 ICMP_TYPES = ((0, 0), (3, 0), (3, 1), (3, 3), (3, 4), (3, 13), (4, 0), (5, 1), (8, 0), (8, 1), (11, 0),
@@ -45,6 +47,11 @@ class Probe:
     src: str
     dst: str
     proto: int
+    # TCP flows the sender opens (TcpFlow): `opens` marks the flow's SYN, sent in a first exchange;
+    # `tcp_flow` = (flow index, ack offset) marks a later segment of the flow, whose ack field holds
+    # only the offset until the run adds the receiver's initial sequence number + 1 to it.
+    opens: Optional[int] = None
+    tcp_flow: Optional[Tuple[int, int]] = None
 
     @property
     def src_bytes(self) -> bytes:
@@ -66,12 +73,31 @@ class Flow:
     remote_port: int
 
 
+@dataclass(frozen=True)
+class TcpFlow:
+    """A TCP connection the sender opens with a real handshake to a socket listening in the receiver.
+
+    The client address is spoofed (the sender's kernel ignores the receiver's answers); the client's
+    initial sequence number is the SYN probe's (packets.tcp_seq_ack), the server's is learned from
+    its SYN-ACK during the run.
+    """
+
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+
+
 @dataclass
 class Corpus:
     probes: List[Probe]
     local_addrs: Tuple[str, ...]  # the harness installs these on the receiver
     seed: int = 0
     flows: Tuple[Flow, ...] = ()  # the harness opens these from the receiver before sending
+    tcp_flows: Tuple[TcpFlow, ...] = ()  # the harness listens on their server side
+    # Receiver sysctls this corpus needs, e.g. net.netfilter.nf_conntrack_tcp_loose (set before
+    # ipt2xdp import, which reads them).
+    sysctls: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def protocols(self) -> Set[int]:
@@ -191,29 +217,49 @@ def _usable_local(addr: str) -> bool:
                 or int(a) == 0 or a.is_link_local)
 
 
-def generate(text: str, n: int = 200, seed: int = 0) -> Corpus:
-    """A corpus of n probes for the ruleset `text`, the same for the same (text, n, seed)."""
+def generate(text: str, n: int = 200, seed: int = 0, forwarding: bool = False) -> Corpus:
+    """A corpus of n probes for the ruleset `text`, the same for the same (text, n, seed, forwarding).
+
+    forwarding: the receiver forwards (harness.Testbed(forwarding=True)); a share of the probes then
+    goes to FORWARDED, which the receiver routes on to a third namespace.
+    """
     from compat_tests import probes  # scapy is imported only when a corpus is built
 
     rng = random.Random(f"{seed}:{text}")
     found = scan(text)
     src_pool = sorted({a for p in found.sources for a in prefix_edges(p)} | set(DEFAULT_SOURCES))
     dst_scan = sorted({a for p in found.dests for a in prefix_edges(p)})
-    local = sorted(({a for a in dst_scan if _usable_local(a)} - set(src_pool)) | {DEFAULT_LOCAL})
+    block = ipaddress.IPv4Network(FORWARDED)
+    local = {a for a in dst_scan if _usable_local(a)} - set(src_pool)
+    if forwarding:  # the forwarded block lies behind the receiver, none of it is local
+        local = {a for a in local if ipaddress.IPv4Address(a) not in block}
+    local = sorted(local | {DEFAULT_LOCAL})
     if len(local) > 48:  # each one is an address on the receiver's lo: keep setup fast
         local = sorted([DEFAULT_LOCAL] + rng.sample([a for a in local if a != DEFAULT_LOCAL], 47))
     dst_pool = sorted(set(local) | set(dst_scan) | {NONLOCAL, "255.255.255.255", "224.0.0.1"})
+    forwarded: List[str] = []
+    if forwarding:
+        forwarded = sorted({a for p in found.dests if ipaddress.IPv4Network(p, strict=False).subnet_of(block)
+                            for a in prefix_edges(p) if ipaddress.IPv4Address(a) in block} | {NONLOCAL})
+        forwarded = [a for a in forwarded if a not in (str(block.network_address), str(block.broadcast_address))]
     ctx = probes.Context(rng, src_pool, dst_pool, local, port_edges(sorted(found.ports)),
                          sorted(found.icmp | set(ICMP_TYPES)), sorted(found.protocols | set(OTHER_PROTOCOLS)),
-                         found.rules)
+                         found.rules, forwarded=forwarded)
     ctx.flows = [Flow(rng.choice((17, 17, 1)), rng.choice(local), rng.choice(ctx.ports) or 1,
                       rng.choice(src_pool), rng.choice(ctx.ports) or 1) for _ in range(6)]
+    servers = sorted({(rng.choice(local), rng.choice([p for p in ctx.ports if p] or [80])) for _ in range(3)})
+    ctx.tcp_flows = [TcpFlow(rng.choice(src_pool), rng.choice((20000, min(rng.choice(ctx.ports) or 1, 60000))) + i,
+                             *servers[i % len(servers)]) for i in range(4)]
+    loose = rng.choice(("0", "1"))
     built: List[Probe] = []
+    for index in range(len(ctx.tcp_flows)):  # the flows' SYNs first: a run sends them in a first exchange
+        built.append(probes.tcp_flow_syn(ctx, len(built) + 1, index))
     families = probes.FAMILIES
     weights = [w for _, w in families]
     while len(built) < n:
         make = rng.choices([f for f, _ in families], weights)[0]
         pid = len(built) + 1
-        description, frames, src, dst, proto = make(ctx, pid)
-        built.append(Probe(pid, description, tuple(frames), src, dst, proto))
-    return Corpus(built, tuple(local), seed, tuple(ctx.flows))
+        made = make(ctx, pid)
+        built.append(made if isinstance(made, Probe) else Probe(pid, made[0], tuple(made[1]), *made[2:]))
+    return Corpus(built, tuple(local), seed, tuple(ctx.flows), tuple(ctx.tcp_flows),
+                  (("net.netfilter.nf_conntrack_tcp_loose", loose),))

@@ -8,7 +8,7 @@ queries use it as identifier, so replies can be traced back.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from random import Random
 from typing import List, Tuple
 
@@ -16,7 +16,7 @@ logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from compat_tests.packets import prefix_edges, tcp_seq_ack  # noqa: E402
+from compat_tests.packets import Probe, prefix_edges, tcp_seq_ack  # noqa: E402
 
 
 @dataclass
@@ -30,13 +30,22 @@ class Context:
     protocols: List[int]
     rules: list = ()  # packets.RuleHint per -A line
     flows: list = ()  # packets.Flow the receiver opens before the probes
+    forwarded: list = ()  # destinations the receiver forwards to the third namespace (forwarding runs)
+    tcp_flows: list = ()  # packets.TcpFlow the sender opens
+    # Per TCP flow: (probes sent after the SYN, client sequence offset), as a real client advances.
+    cursors: dict = field(default_factory=dict)
+    syn_seq: dict = field(default_factory=dict)  # per TCP flow: the client's ISN (its SYN's seq)
 
     def src(self) -> str:
         return self.rng.choice(self.src_pool)
 
     def dst(self) -> str:
-        # Mostly local destinations: only those reach filter/INPUT.
-        return self.rng.choice(self.local if self.rng.random() < 0.85 else self.dst_pool)
+        # Mostly local destinations: only those reach filter/INPUT. Forwarding runs send a quarter
+        # to the forwarded block (filter/FORWARD).
+        roll = self.rng.random()
+        if self.forwarded and roll < 0.25:
+            return self.rng.choice(self.forwarded)
+        return self.rng.choice(self.local if roll < 0.85 else self.dst_pool)
 
     def port(self) -> int:
         return self.rng.choice(self.ports) if self.rng.random() < 0.8 else self.rng.randrange(65536)
@@ -169,12 +178,15 @@ def malformed(ctx: Context, pid: int):
 def odd_addresses(ctx: Context, pid: int):
     pkt, desc = (_tcp if ctx.rng.random() < 0.5 else _udp)(ctx, pid)
     which = ctx.rng.choice(("src 127.0.0.1", "src 0.0.0.0", "src 224.0.0.5", "src local", "src 255.255.255.255",
-                            "dst 255.255.255.255", "dst 224.0.0.1", "dst non-local", "dst 127.0.0.1"))
-    field, value = which.split(" ", 1)
+                            "dst 255.255.255.255", "dst 224.0.0.1", "dst non-local", "dst 127.0.0.1", "ttl 1"))
+    name, value = which.split(" ", 1)
+    if name == "ttl":  # to a forwarded destination: time exceeded, whatever filter/FORWARD says
+        pkt[IP].ttl, pkt[IP].dst = 1, ctx.rng.choice(list(ctx.forwarded) or [pkt[IP].dst])
+        return _done(IP(bytes(pkt)), f"{desc}, ttl 1 to {pkt[IP].dst}")
     value = {"local": ctx.local[0], "non-local": "203.0.113.77"}.get(value, value)
-    setattr(pkt[IP], field, value)
+    setattr(pkt[IP], name, value)
     pkt = IP(bytes(pkt))
-    return _done(pkt, f"{desc}, odd address: {field} {value}")
+    return _done(pkt, f"{desc}, odd address: {name} {value}")
 
 
 def aimed(ctx: Context, pid: int):
@@ -229,6 +241,60 @@ def flow(ctx: Context, pid: int):
                                  f"{f.remote}:{f.remote_port}")
 
 
+def tcp_flow_syn(ctx: Context, pid: int, index: int) -> Probe:
+    """The SYN that opens ctx.tcp_flows[index]; its seq (tcp_seq_ack) is the client's ISN."""
+    f = ctx.tcp_flows[index]
+    ctx.cursors[index] = (0, 1)
+    seq, _ = tcp_seq_ack(pid)
+    ctx.syn_seq[index] = seq
+    pkt = IP(id=pid, src=f.client, dst=f.server) / TCP(sport=f.client_port, dport=f.server_port, flags="S", seq=seq,
+                                                       window=65535)
+    return Probe(pid, f"tcp flow {index} {f.client}:{f.client_port} > {f.server}:{f.server_port}: SYN", (bytes(pkt),),
+                 f.client, f.server, 6, opens=index)
+
+
+# Segments of an open TCP flow: (kind, flags, payload length, sequence jump, ack jump). Jumps put the
+# segment outside the receiver's window (conntrack: INVALID unless be_liberal; TCP: a duplicate ACK).
+_SEGMENTS = (("data", "PA", 8, 0, 0), ("pure ack", "A", 0, 0, 0), ("fin", "FA", 0, 0, 0), ("rst", "R", 0, 0, None),
+             ("rst+ack", "RA", 0, 0, 0), ("data out of window", "PA", 8, 1 << 30, 0),
+             ("ack of unsent data", "A", 0, 0, 1 << 30), ("rst out of window", "R", 0, 1 << 30, None),
+             ("syn in the open flow", "S", 0, 7777, None), ("ack without syn (no entry)", "A", 0, 0, 0),
+             ("data without syn (no entry)", "PA", 8, 0, 0))
+
+
+def tcp_flow(ctx: Context, pid: int):
+    """A later segment of a flow the sender opened (SYN in the first exchange, this in the second).
+
+    The first segment of every flow completes the handshake. The ack field is an offset from the
+    receiver's ISN + 1 (a small negative one per segment, so a reset can be traced back by its seq;
+    TCP takes such an old ack as a duplicate); the harness adds the ISN the run learned.
+    """
+    if not ctx.tcp_flows:
+        return tcp(ctx, pid)
+    index = ctx.rng.randrange(len(ctx.tcp_flows))
+    count = ctx.cursors.get(index, (0, 1))[0]
+    return tcp_flow_segment(ctx, pid, index, "handshake ack" if count == 0 else ctx.rng.choice(_SEGMENTS)[0])
+
+
+def tcp_flow_segment(ctx: Context, pid: int, index: int, kind: str) -> Probe:
+    """The segment `kind` (handshake ack, or one of _SEGMENTS) of flow `index`, after those before it."""
+    f = ctx.tcp_flows[index]
+    count, offset = ctx.cursors.get(index, (0, 1))
+    kind, flags, size, seq_jump, ack_jump = next(s for s in (("handshake ack", "A", 0, 0, 0),) + _SEGMENTS
+                                                 if s[0] == kind)
+    sport = f.client_port + 1000 if "no entry" in kind else f.client_port
+    if "no entry" not in kind:  # those go out from another port: the flow itself does not advance
+        ctx.cursors[index] = (count + 1, offset + size + (kind == "fin"))
+    isn = ctx.syn_seq[index]
+    seq = (isn + offset + seq_jump) & 0xFFFFFFFF
+    ack = (0 if ack_jump is None else ack_jump - count) & 0xFFFFFFFF
+    tcp_layer = TCP(sport=sport, dport=f.server_port, flags=flags, seq=seq, ack=ack, window=65535)
+    pkt = IP(id=pid, src=f.client, dst=f.server) / tcp_layer / Raw(_payload(pid).ljust(size, b".")[:size] if size else b"")
+    description = f"tcp flow {index} {f.client}:{sport} > {f.server}:{f.server_port}: {kind} [{flags}]"
+    return Probe(pid, description, (bytes(pkt),), f.client, f.server, 6,
+                 tcp_flow=None if ack_jump is None else (index, ack))
+
+
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -261,4 +327,4 @@ def handmade(specs, local_addrs=None, flows=()):
 
 # (family, weight): common shapes dominate, odd ones are always present in a 200-probe corpus.
 FAMILIES = ((aimed, 30), (tcp, 20), (udp, 12), (icmp, 10), (other_protocol, 5), (fragments, 7),
-            (ip_options, 5), (malformed, 7), (odd_addresses, 6), (flow, 8))
+            (ip_options, 5), (malformed, 7), (odd_addresses, 6), (flow, 8), (tcp_flow, 10))

@@ -33,7 +33,7 @@ class ReusedBed(harness.Testbed):
         self.local_addrs: Sequence[str] = ()
         self.imports = 0
 
-    def reset(self, local_addrs: Sequence[str]) -> None:
+    def reset(self, local_addrs: Sequence[str], sysctls: Sequence[Tuple[str, str]] = ()) -> None:
         legacy_tables = self.receiver.run(["cat", "/proc/net/ip_tables_names"], check=False).stdout.split()
         empty = "".join(f"*{t}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in _EMPTY[t].split()) + "COMMIT\n"
                         for t in legacy_tables if t in _EMPTY)
@@ -45,7 +45,9 @@ class ReusedBed(harness.Testbed):
             "conntrack -F 2>/dev/null || true",
             "conntrack -F expect 2>/dev/null || true",
             *[f"ip addr del {a}/32 dev lo" for a in self.local_addrs],
-            *[f"ip addr replace {a}/32 dev lo" for a in local_addrs]]))
+            *[f"ip addr replace {a}/32 dev lo" for a in local_addrs],
+            # before the import, which reads them (nf_conntrack_tcp_loose)
+            *[f"sysctl -qw {k}={v}" for k, v in sysctls]]))
         self.local_addrs = tuple(local_addrs)
 
 

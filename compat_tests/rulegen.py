@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List
 
-from compat_tests.harness import RECEIVER_IF
+from compat_tests.harness import FORWARD_IF, RECEIVER_IF
 
 SOURCES = ("10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3", "192.168.0.0/16", "192.168.1.128/25",
            "172.16.0.0/12", "100.64.0.0/10", "192.0.2.0/24", "192.0.2.1", "0.0.0.0/0")
@@ -22,6 +22,9 @@ PORTS = ("22", "53", "80", "443", "1000:2000", "8080", "0:1023", "1024:65535", "
 ICMP = ("echo-request", "echo-reply", "destination-unreachable", "port-unreachable", "time-exceeded",
         "8", "0", "3/3", "11/0", "13", "any")
 IFACES = (RECEIVER_IF, "rcv+", "lo", "eth0", "rcv1")
+# Forwarding runs: FORWARD rules name the forwarded block and the device towards it.
+FORWARD_DESTS = ("203.0.113.0/24", "203.0.113.77", "203.0.113.64/26", "203.0.113.128/25", "198.51.100.0/24")
+OUT_IFACES = (FORWARD_IF, RECEIVER_IF, "fwd+", "eth1")
 STATES = ("NEW", "ESTABLISHED", "RELATED", "INVALID", "ESTABLISHED,RELATED", "NEW,INVALID", "UNTRACKED")
 FLAGS = (("SYN,RST,ACK,FIN", "SYN"), ("ALL", "NONE"), ("ALL", "FIN,URG,PSH"), ("SYN,FIN", "SYN,FIN"),
          ("ACK,RST", "RST"), ("ALL", "ALL"), ("SYN", "SYN"))
@@ -82,16 +85,19 @@ def _protocol_atoms(rng: random.Random, target_hint: List[str]) -> List[str]:
     return atoms
 
 
-def _rule(rng: random.Random, chain_index: int, chains: List[str], in_user_chain: bool) -> Rule:
+def _rule(rng: random.Random, chain_index: int, chains: List[str], in_user_chain: bool,
+          forward: bool = False) -> Rule:
     atoms, hint = [], []
     if rng.random() < 0.45:
         source = rng.choice(SOURCES)
         # iptables-nft 1.8.9 refuses "! -s 0.0.0.0/0" (RULE_APPEND: Invalid argument); legacy takes it.
         atoms.append(f"{_neg(rng) if source != '0.0.0.0/0' else ''}-s {source}")
-    if rng.random() < 0.3:
-        atoms.append(f"{_neg(rng)}-d {rng.choice(DESTS)}")
+    if rng.random() < (0.5 if forward else 0.3):
+        atoms.append(f"{_neg(rng)}-d {rng.choice(FORWARD_DESTS if forward else DESTS)}")
     if rng.random() < 0.15:
         atoms.append(f"{_neg(rng)}-i {rng.choice(IFACES)}")
+    if forward and rng.random() < 0.3:
+        atoms.append(f"{_neg(rng)}-o {rng.choice(OUT_IFACES)}")
     if rng.random() < 0.6:
         atoms += _protocol_atoms(rng, hint)
     if rng.random() < 0.05:
@@ -112,7 +118,7 @@ def _rule(rng: random.Random, chain_index: int, chains: List[str], in_user_chain
 
 
 def _target(rng: random.Random, chain_index: int, chains: List[str], in_user_chain: bool, hint: List[str]) -> str:
-    later = chains[chain_index + 1:]
+    later = [c for c in chains[chain_index + 1:] if c != "FORWARD"]  # jumps go to user chains only
     options = ["-j ACCEPT"] * 4 + ["-j DROP"] * 4 + ["-j REJECT", "-j LOG --log-prefix \"i2x \"", ""]
     if in_user_chain:
         options += ["-j RETURN"] * 2
@@ -125,17 +131,21 @@ def _target(rng: random.Random, chain_index: int, chains: List[str], in_user_cha
     return target
 
 
-def generate(seed: int, max_rules: int = 12, max_chains: int = 3) -> GenRuleset:
-    """A random filter-table ruleset; the same seed always gives the same ruleset."""
+def generate(seed: int, max_rules: int = 12, max_chains: int = 3, forwarding: bool = False) -> GenRuleset:
+    """A random filter-table ruleset; the same seed always gives the same ruleset.
+
+    forwarding: FORWARD gets rules as well (forwarded destinations, -o), for runs where the receiver
+    forwards (harness.Testbed(forwarding=True)); user chains may then be reached from both.
+    """
     rng = random.Random(seed)
     user = [f"chain{i}" for i in range(rng.randint(0, max_chains))]
-    order = ["INPUT"] + user
+    order = ["INPUT"] + (["FORWARD"] if forwarding else []) + user
     policies = {"INPUT": rng.choice(("ACCEPT", "DROP")), "FORWARD": rng.choice(("ACCEPT", "DROP")),
                 "OUTPUT": "ACCEPT"}
     chains = {}
     for index, name in enumerate(order):
-        count = rng.randint(1, max_rules) if name == "INPUT" else rng.randint(0, max(1, max_rules // 2))
-        chains[name] = [_rule(rng, index, order, name != "INPUT") for _ in range(count)]
+        count = rng.randint(1, max_rules) if name in ("INPUT", "FORWARD") else rng.randint(0, max(1, max_rules // 2))
+        chains[name] = [_rule(rng, index, order, name not in policies, name == "FORWARD") for _ in range(count)]
     return GenRuleset(seed, policies, chains)
 
 

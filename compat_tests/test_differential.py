@@ -2,7 +2,9 @@
 """Seeded random rulesets through netfilter alone and netfilter + ipt2xdp, probe by probe.
 
 CI: IPT2XDP_COMPAT_RULESETS seeds (default 200) x 200 probes on both backends with ipt2xdp attached in
-native mode, and a slice of IPT2XDP_COMPAT_GENERIC seeds (default 20) in generic mode, checked by
+native mode, a slice of IPT2XDP_COMPAT_GENERIC seeds (default 20) in generic mode and one of
+IPT2XDP_COMPAT_FORWARDING seeds (default 12) with forwarding on (receiver forwards to a third
+namespace, FORWARD rules in the ruleset, TTL-1 probes), checked by
 IPT2XDP_COMPAT_WORKERS processes (differential.run_seeds). IPT2XDP_COMPAT_ATTACH=none instead checks
 the harness (netfilter alone twice: any disagreement is the harness's fault).
 """
@@ -22,10 +24,13 @@ PROBES = differential.env_int("IPT2XDP_COMPAT_PROBES", 200)
 ATTACH = os.environ.get("IPT2XDP_COMPAT_ATTACH", "native")
 
 
-def _check(seeds, attach):
-    failures = differential.run_seeds(seeds, attach, n_probes=PROBES)
-    assert not failures, f"{len(failures)} of {len(seeds)} seeds disagree (attach={attach}):\n\n" + \
-        "\n\n".join(failures[:5])
+FORWARDING = differential.env_int("IPT2XDP_COMPAT_FORWARDING", 12)
+
+
+def _check(seeds, attach, forwarding=False):
+    failures = differential.run_seeds(seeds, attach, n_probes=PROBES, forwarding=forwarding)
+    assert not failures, f"{len(failures)} of {len(seeds)} seeds disagree (attach={attach}, forwarding=" \
+        f"{forwarding}):\n\n" + "\n\n".join(failures[:5])
 
 
 def test_random_rulesets_agree():
@@ -36,6 +41,13 @@ def test_random_rulesets_agree():
 def test_random_rulesets_agree_in_generic_mode():
     # other seeds than the native run: more rulesets seen in all
     _check(range(FIRST + COUNT, FIRST + COUNT + GENERIC), "generic")
+
+
+@pytest.mark.skipif(FORWARDING == 0, reason="IPT2XDP_COMPAT_FORWARDING=0")
+def test_random_rulesets_agree_with_forwarding_on():
+    # The receiver forwards (ip_forward=1) to a third namespace; FORWARD has rules too.
+    first = FIRST + COUNT + GENERIC
+    _check(range(first, first + FORWARDING), ATTACH, forwarding=True)
 
 
 def test_a_failing_seed_is_shrunk_to_a_small_reproducer():

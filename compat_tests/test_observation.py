@@ -141,3 +141,90 @@ COMMIT
     ], flows=flows)
     run = harness.run_once(ruleset, corpus, backend)
     assert [run.fates[p.id].delivered for p in corpus.probes] == [True, False, True, True]
+
+
+def _flow_corpus(loose: str):
+    """One TCP flow the sender opens to a listener on 8080, then segments of it, in this order."""
+    import random
+
+    from compat_tests import probes
+    from compat_tests.packets import Corpus, TcpFlow
+
+    ctx = probes.Context(random.Random(0), [], [], [DEFAULT_LOCAL], [], [], [],
+                         tcp_flows=[TcpFlow("192.0.2.9", 40000, DEFAULT_LOCAL, 8080)])
+    built = [probes.tcp_flow_syn(ctx, 1, 0)]
+    for kind in ("handshake ack", "data", "data out of window", "ack of unsent data", "ack without syn (no entry)",
+                 "pure ack", "rst"):
+        built.append(probes.tcp_flow_segment(ctx, len(built) + 1, 0, kind))
+    return Corpus(built, (DEFAULT_LOCAL,), tcp_flows=tuple(ctx.tcp_flows),
+                  sysctls=(("net.netfilter.nf_conntrack_tcp_loose", loose),))
+
+
+@pytest.mark.parametrize("loose", ["0", "1"])
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_tcp_flows_the_sender_opens(backend, loose):
+    """A real handshake from the sender to a listening socket: the SYN-ACK is traced and its ISN put
+    into the later segments, so they are ESTABLISHED; out-of-window ones are INVALID; an ACK with no
+    connection is NEW only with nf_conntrack_tcp_loose=1 (then the listener answers with a reset)."""
+    ruleset = """*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate INVALID -j DROP
+-A INPUT -m conntrack --ctstate ESTABLISHED -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 8080 -m conntrack --ctstate NEW -j ACCEPT
+COMMIT
+"""
+    corpus = _flow_corpus(loose)
+    run = harness.run_once(ruleset, corpus, backend)
+    assert not run.observation.marker_lost and not run.observation.notes
+    got = [(p.description.split(": ", 1)[1], run.fates[p.id].key) for p in corpus.probes]
+    pickup = (True, ("tcp-rst",)) if loose == "1" else (False, ())
+    assert got == [
+        ("SYN", (True, ("tcp-synack",))),
+        ("handshake ack [A]", (True, ())),
+        ("data [PA]", (True, ())),
+        ("data out of window [PA]", (False, ())),
+        ("ack of unsent data [A]", (False, ())),
+        ("ack without syn (no entry) [A]", pickup),
+        ("pure ack [A]", (True, ())),
+        ("rst [R]", (True, ())),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_forwarding_on_copies_beyond_the_receiver(backend):
+    """ip_forward=1: probes to packets.FORWARDED go through filter/FORWARD to the third namespace,
+    where they are seen; FORWARD's DROP and REJECT are observed, and so is the TTL check."""
+    from scapy.layers.inet import IP, UDP
+    from compat_tests.packets import FORWARDED
+    from compat_tests.probes import handmade
+
+    ruleset = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -p udp -m udp --dport 1000 -j DROP
+-A FORWARD -p udp -m udp --dport 1001 -j REJECT
+-A FORWARD -o fwd0 -p udp -m udp --dport 1003 -j DROP
+COMMIT
+"""
+    far = FORWARDED.replace(".0/24", ".77")
+    src = "192.0.2.1"
+    cases = [
+        (("udp 1000 forwarded: DROP in FORWARD", IP(src=src, dst=far) / UDP(dport=1000)), (False, ())),
+        (("udp 1001 forwarded: REJECT", IP(src=src, dst=far) / UDP(dport=1001)), (False, ("icmp-3/3",))),
+        (("udp 1002 forwarded: ACCEPT, seen beyond", IP(src=src, dst=far) / UDP(dport=1002)), (False, ("seen beyond",))),
+        (("udp 1003 forwarded out fwd0: DROP", IP(src=src, dst=far) / UDP(dport=1003)), (False, ())),
+        (("udp 1003 routed back out the veth: forwarded", IP(src=src, dst="100.64.9.9") / UDP(dport=1003)),
+         (False, ("forwarded",))),
+        (("udp 1002 with ttl 1: time exceeded", IP(src=src, dst=far, ttl=1) / UDP(dport=1002)), (False, ("icmp-11/0",))),
+        (("udp 1000 to a local address: INPUT accepts", IP(src=src, dst=DEFAULT_LOCAL) / UDP(dport=1000)),
+         (True, ("icmp-3/3",))),
+    ]
+    specs, expected = zip(*cases)
+    corpus = handmade(specs)
+    run = harness.run_once(ruleset, corpus, backend, forwarding=True)
+    assert not run.observation.marker_lost and not run.observation.notes
+    assert {p.description: run.fates[p.id].key for p in corpus.probes} == \
+        {p.description: e for p, e in zip(corpus.probes, expected)}

@@ -22,6 +22,15 @@ def test_generator_covers_the_subset():
         assert needle in text, needle
 
 
+def test_forwarding_rulesets_have_forward_rules():
+    text = "".join(rulegen.render(rulegen.generate(s, forwarding=True)) for s in range(60))
+    for needle in ("-A FORWARD", "-o fwd0", "-d 203.0.113.", "-A FORWARD ! -o", "-A FORWARD -s"):
+        assert needle in text, needle
+    assert "-j FORWARD" not in text and "-g FORWARD" not in text
+    # forwarding off: INPUT only, as before
+    assert "-A FORWARD" not in "".join(rulegen.render(rulegen.generate(s)) for s in range(60))
+
+
 def test_shrinker_keeps_only_what_fails():
     generated = next(g for g in map(rulegen.generate, range(100))
                      if rulegen.rule_count(g) > 6 and "-j DROP" in rulegen.render(g))
@@ -45,7 +54,8 @@ def test_iptables_restore_accepts_every_generated_ruleset(backend):
     try:
         refused = []
         for seed in SEEDS:
-            text = rulegen.render(rulegen.generate(seed))
+            # every other seed with forwarding on: FORWARD rules, -o, user chains reached from both
+            text = rulegen.render(rulegen.generate(seed, forwarding=seed % 2 == 1))
             result = ns.run([f"iptables-{backend}-restore", "-w"], check=False, input=text)
             if result.returncode != 0:
                 refused.append(f"seed {seed}: {result.stderr.strip()}\n{text}")
