@@ -178,5 +178,7 @@ def test_no_probe_is_lost_while_the_ruleset_changes(tmp_path, backend):
         assert stats["defer_all"] > 0 and stats["classified"] > 0 and stats["drop"] > 0, summary
         if count >= 30:
             assert 0 < coverage.canary_dropped < coverage.versions, summary
+        if count >= 100:  # rare mutations (removing a user chain) need a few dozen versions to come up
             assert set(coverage.changes) == set(updates.MUTATIONS), summary
+        if count >= 30:
             assert coverage.with_user_chains and coverage.with_conntrack and coverage.drop_policy, summary
