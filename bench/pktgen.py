@@ -23,6 +23,8 @@ import struct
 import sys
 import time
 
+from ipt2xdp.packetspec import internet_checksum
+
 BATCH = 256
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20
@@ -43,25 +45,16 @@ class Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint)]
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def udp_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str, sport: int, dport: int) -> bytes:
     """A 60-byte Ethernet frame (64 with FCS): IPv4/UDP with an 18-byte payload."""
     payload = b"ipt2xdp-bench-0000"[:18]
     udp_len = 8 + len(payload)
     s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
     pseudo = s + d + struct.pack("!BBH", 0, 17, udp_len)
     udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
-    udp = udp[:6] + struct.pack("!H", _csum(pseudo + udp) or 0xFFFF) + udp[8:]
+    udp = udp[:6] + struct.pack("!H", internet_checksum(pseudo + udp) or 0xFFFF) + udp[8:]
     frame = dst_mac + src_mac + b"\x08\x00" + ip + udp
     assert len(frame) == 60, len(frame)
     return frame

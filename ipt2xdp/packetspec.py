@@ -243,7 +243,8 @@ def parse_packet(text: str, source: str = SOURCE) -> PacketSpec:
 
 # --- to and from bytes (BPF_PROG_TEST_RUN of the loaded program; compat_tests' probes) -------------
 
-def _checksum(data: bytes) -> int:
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 checksum (also bench/pktgen.py's frames)."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -270,12 +271,12 @@ def to_frame(spec: PacketSpec, ip_id: int = 0x1234) -> bytes:
     if spec.proto in PORT_PROTOCOLS:
         pseudo = src + dst + struct.pack("!BBH", 0, spec.proto, len(l4))
         at = 16 if spec.proto == 6 else 6
-        l4 = l4[:at] + struct.pack("!H", _checksum(pseudo + l4)) + l4[at + 2:]
+        l4 = l4[:at] + struct.pack("!H", internet_checksum(pseudo + l4)) + l4[at + 2:]
     elif spec.proto == 1:
-        l4 = l4[:2] + struct.pack("!H", _checksum(l4)) + l4[4:]
+        l4 = l4[:2] + struct.pack("!H", internet_checksum(l4)) + l4[4:]
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ip_id, FRAG_FIELD[spec.frag], 64, spec.proto, 0,
                          src, dst)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     ethernet = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
     return ethernet + header + l4
 

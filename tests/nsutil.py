@@ -10,8 +10,8 @@ def inside(ns):
     return ns.entered()
 
 
-def unload_and_close(pair):
-    """Detach ipt2xdp in the receiver, unpin its state, and delete both namespaces."""
+def unload(pair):
+    """Detach ipt2xdp in the receiver and unpin its state."""
     from ipt2xdp import loader, pins
 
     with inside(pair.receiver):
@@ -20,6 +20,11 @@ def unload_and_close(pair):
             loader.detach(all_devices=True)
         finally:
             pins.remove_tree(directory)
+
+
+def unload_and_close(pair):
+    """unload(), then delete both namespaces."""
+    unload(pair)
     pair.close()
 
 

@@ -41,14 +41,8 @@ def setup(request):
             assert r.returncode == 0, r.stderr
             yield backend, pair, lock.name
         finally:
-            from tests.nsutil import inside
-            from ipt2xdp import loader, pins
-            with inside(pair.receiver):
-                directory = pins.pin_dir()
-                try:
-                    loader.detach(all_devices=True)
-                finally:
-                    pins.remove_tree(directory)
+            from tests.nsutil import unload
+            unload(pair)
 
 
 def with_lockfile(ns, lockfile, argv, input=None):
