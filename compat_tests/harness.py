@@ -171,9 +171,13 @@ class Testbed:
                 raise LoadError(f"{BACKENDS[backend]} refused the ruleset: {result.stderr.strip()}")
         raise LoadError(f"{BACKENDS[backend]}: too many missing chains or sets")
 
-    def endpoints(self, protocols) -> Endpoints:
+    def endpoints(self, protocols, ip_id_offset: int = 0) -> Endpoints:
         return Endpoints(self.sender.path, self.sender_if, self.receiver.path, self.receiver_if, protocols,
-                         self.beyond)
+                         self.beyond, ip_id_offset)
+
+    def ip_id_offset(self, ruleset: str, corpus: Corpus) -> int:
+        """What to add to the probes' IP ids on the wire: nothing on a fresh testbed."""
+        return 0
 
     def close(self) -> None:
         self.pair.close()
@@ -240,7 +244,7 @@ def _exchange(bed: Testbed, ruleset: str, corpus: Corpus, backend: str, attach: 
             attach(bed.receiver, bed.receiver_if, backend=backend)
         else:
             attach(bed.receiver, bed.receiver_if)
-    ends = bed.endpoints(corpus.protocols)
+    ends = bed.endpoints(corpus.protocols, bed.ip_id_offset(ruleset, corpus))
     socks = []
     try:
         socks += open_flows(bed.receiver.path, corpus.flows)

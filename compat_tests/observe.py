@@ -153,22 +153,27 @@ def _classify_tcp_answer(pkt: bytes, ihl: int, index: Dict[tuple, int]) -> Optio
     return pid, "tcp-rst" if body[13] & TCP_RST else "tcp-synack", seq
 
 
-def _classify_reply(pkt: bytes, probes: Dict[int, "object"]) -> Optional[Tuple[int, str]]:
-    """Map a packet that came back to the sender to (probe id, reply kind), or None."""
+def _classify_reply(pkt: bytes, probes: Dict[int, "object"], id_offset: int = 0) -> Optional[Tuple[int, str]]:
+    """Map a packet that came back to the sender to (probe id, reply kind), or None.
+
+    id_offset: what the sender added to every probe's IP id (Endpoints); echo identifiers and TCP
+    sequence numbers carry the bare probe id."""
     f = _ip_fields(pkt)
     if f is None:
         return None
     ip_id, proto, src, dst, ihl = f
+    ip_id = (ip_id - id_offset) & 0xFFFF
     body = pkt[ihl:]
     if proto == socket.IPPROTO_ICMP and len(body) >= 8:
         icmp_type, code = body[0], body[1]
         if icmp_type in (3, 4, 5, 11, 12):  # errors quote the offending IP header
             inner = _ip_fields(body[8:])
+            quoted = (inner[0] - id_offset) & 0xFFFF if inner else None
             # The quoted addresses must be the probe's too: a reused receiver can still answer
             # a packet of an earlier run that had the same IP id (a fragment reassembly timeout).
-            probe = probes.get(inner[0]) if inner else None
+            probe = probes.get(quoted) if inner else None
             if probe is not None and (inner[2], inner[3]) == (probe.src_bytes, probe.dst_bytes):
-                return inner[0], f"icmp-{icmp_type}/{code}"
+                return quoted, f"icmp-{icmp_type}/{code}"
         elif icmp_type in (0, 14, 16, 18):  # query replies keep the request's identifier
             ident = struct.unpack("!H", body[4:6])[0]
             if ident in probes:
@@ -256,13 +261,29 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def with_ip_id(frame: bytes, ip_id: int) -> bytes:
+    """An IPv4 frame with another identification field (and its header checksum made right)."""
+    out = bytearray(frame)
+    ihl = (out[0] & 0x0F) * 4
+    out[4:6] = struct.pack("!H", ip_id & 0xFFFF)
+    out[10:12] = b"\0\0"
+    out[10:12] = struct.pack("!H", _checksum(bytes(out[:ihl])))
+    return bytes(out)
+
+
 class Endpoints:
     """The sockets of one testbed: a sender AF_PACKET socket and the receiver's tap and raw sockets."""
 
     def __init__(self, sender_ns: str, sender_if: str, receiver_ns: str, receiver_if: str,
-                 protocols: Iterable[int], beyond: Optional[Tuple[str, str, str]] = None):
+                 protocols: Iterable[int], beyond: Optional[Tuple[str, str, str]] = None,
+                 ip_id_offset: int = 0):
         """beyond: (namespace, its device, the receiver's device towards it) of a third namespace the
-        receiver forwards to; forwarded copies seen there are the reply "seen beyond"."""
+        receiver forwards to; forwarded copies seen there are the reply "seen beyond".
+
+        ip_id_offset: added to every probe's IP id on the wire (and taken off what comes back). A
+        receiver kept across rulesets holds IP fragment queues for 30 s, keyed by addresses and IP
+        id; without the offset a later run's tail fragment could complete an earlier run's head."""
+        self.ip_id_offset = ip_id_offset
         self._socks: List[socket.socket] = []
         self.beyond_tap = self.towards_beyond = None
         try:
@@ -328,6 +349,8 @@ class Endpoints:
             self.drain()
             for probe in probes:
                 for frame in probe.frames:
+                    if self.ip_id_offset and _ip_fields(frame):
+                        frame = with_ip_id(frame, probe.id + self.ip_id_offset)
                     self.tx.send(_eth(self.receiver_mac, self.sender_mac, ETH_P_IP, frame))
             self.tx.send(_eth(self.receiver_mac, self.sender_mac, ETH_P_MARKER, b"I2XEND" + nonce))
             ingress, marker_seen = self._read_tap(nonce, by_id, marker_timeout)
@@ -359,10 +382,14 @@ class Endpoints:
             if frame is None:
                 return seen, True
             f = _ip_fields(frame[14:]) if frame[12:14] == b"\x08\x00" else None
-            probe = by_id.get(f[0]) if f else None
+            pid = self._probe_id(f[0]) if f else None
+            probe = by_id.get(pid)
             if probe is not None and (f[2], f[3]) == (probe.src_bytes, probe.dst_bytes):
-                seen.add(f[0])
+                seen.add(pid)
         return seen, False
+
+    def _probe_id(self, wire_ip_id: int) -> int:
+        return (wire_ip_id - self.ip_id_offset) & 0xFFFF
 
     def _frames(self, sock: socket.socket, nonce_tag: bytes, timeout: float):
         """Yield received frames until one is the marker nonce_tag (then stop) or the timeout."""
@@ -388,8 +415,8 @@ class Endpoints:
                 marker = True
             elif frame[12:14] == b"\x08\x00":
                 f = _ip_fields(frame[14:])
-                if f and f[0] in by_id:
-                    seen.add(f[0])
+                if f and self._probe_id(f[0]) in by_id:
+                    seen.add(self._probe_id(f[0]))
         return seen, marker
 
     def _read_replies(self, nonce: bytes, by_id: dict, tcp_index: Dict[tuple, int], timeout: float):
@@ -407,7 +434,7 @@ class Endpoints:
                     if answer[1] == "tcp-synack":
                         isn.setdefault(answer[0], answer[2])
                 else:
-                    hit = _classify_reply(frame[14:], by_id)
+                    hit = _classify_reply(frame[14:], by_id, self.ip_id_offset)
                 if hit:
                     replies.setdefault(hit[0], set()).add(hit[1])
         return replies, isn, False
@@ -419,12 +446,13 @@ class Endpoints:
             try:
                 while True:
                     f = _ip_fields(s.recv(65535))
-                    probe = by_id.get(f[0]) if f else None
+                    pid = self._probe_id(f[0]) if f else None
+                    probe = by_id.get(pid)
                     if probe is None or (f[1], f[2], f[3]) != (probe.proto, probe.src_bytes, probe.dst_bytes):
                         continue  # not a probe (e.g. a kernel reply looped back): ignore
-                    if f[0] in delivered:
-                        notes.append(f"probe {f[0]} delivered twice")
-                    delivered.add(f[0])
+                    if pid in delivered:
+                        notes.append(f"probe {pid} delivered twice")
+                    delivered.add(pid)
             except BlockingIOError:
                 pass
         return delivered, notes

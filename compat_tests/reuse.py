@@ -32,6 +32,19 @@ class ReusedBed(harness.Testbed):
         super().__init__((), receiver_if=receiver_if, forwarding=forwarding)
         self.local_addrs: Sequence[str] = ()
         self.imports = 0
+        self._next_ip_id = 0
+
+    def ip_id_offset(self, ruleset: str, corpus: harness.Corpus) -> int:
+        """A fresh range of IP ids for every run: fragment queues (and late ICMP time-exceeded
+        replies) of earlier runs live 30 s, keyed by addresses and IP id, and would otherwise meet
+        this run's fragments. 65,536 ids last for 200+ runs of 200 probes, well over 30 s. A ruleset
+        that reads packet bytes with -m u32 could see the id, so it keeps the ids netfilter alone saw."""
+        if "u32" in ruleset:
+            return 0
+        span = max((p.id for p in corpus.probes), default=0) + 1
+        offset = self._next_ip_id
+        self._next_ip_id = (offset + span) & 0xFFFF
+        return offset
 
     def reset(self, local_addrs: Sequence[str], sysctls: Sequence[Tuple[str, str]] = ()) -> None:
         legacy_tables = self.receiver.run(["cat", "/proc/net/ip_tables_names"], check=False).stdout.split()
