@@ -262,12 +262,16 @@ def _checksum(data: bytes) -> int:
 
 
 def with_ip_id(frame: bytes, ip_id: int) -> bytes:
-    """An IPv4 frame with another identification field (and its header checksum made right)."""
+    """An IPv4 frame with another identification field, its header checksum updated incrementally
+    (RFC 1624): a probe sent with a wrong checksum on purpose stays wrong by the same amount."""
     out = bytearray(frame)
-    ihl = (out[0] & 0x0F) * 4
-    out[4:6] = struct.pack("!H", ip_id & 0xFFFF)
-    out[10:12] = b"\0\0"
-    out[10:12] = struct.pack("!H", _checksum(bytes(out[:ihl])))
+    old_id, old_sum = struct.unpack("!H", out[4:6])[0], struct.unpack("!H", out[10:12])[0]
+    new_id = ip_id & 0xFFFF
+    total = (~old_sum & 0xFFFF) + (~old_id & 0xFFFF) + new_id
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    out[4:6] = struct.pack("!H", new_id)
+    out[10:12] = struct.pack("!H", ~total & 0xFFFF)
     return bytes(out)
 
 
