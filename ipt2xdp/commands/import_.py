@@ -195,7 +195,12 @@ def _offload(ruleset, host, devices, args, backend_name, report):
         "host_digest": drift.host_digest(host),
         "policies": drift.policies(ruleset),
     })
+    from ipt2xdp.wrapper import xdpcounts
+
+    before = loader.status(include_counters=False)
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key)
+    # The counts XDP kept for each rule stay with it, as netfilter's own do.
+    xdpcounts.after_flip(before, applied.previous_counters)
     s = report.summary(result)
     attached = ", ".join(f"{name} ({mode})" for name, mode in sorted(applied.attached.items()))
     return (f"ipt2xdp: generation {applied.generation} on {attached}: {s['rules']} rules, XDP decides "
