@@ -17,6 +17,7 @@ replaces, and keeps them otherwise.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Optional, Tuple
@@ -130,6 +131,13 @@ def _by_text(old: List[str], new: List[str]) -> List[Optional[int]]:
     return out
 
 
+def _renamed(text: str, change: Change) -> str:
+    """A rule's text as it reads after `-E OLD NEW`: its chain and its jumps to OLD say NEW."""
+    if change.command != "E" or not change.chain or not change.new_chain:
+        return text
+    return re.sub(rf"(^|\s)(-A|-j|-g) {re.escape(change.chain)}(?=\s|$)", rf"\1\2 {change.new_chain}", text)
+
+
 def _rule_map(change: Change, table: str, chain: str, old: List[str],
               new_chains: Dict[Tuple[str, str], List[str]]) -> Tuple[str, List[Optional[int]]]:
     """(the chain's name in the new plan, old position -> new position)."""
@@ -142,6 +150,8 @@ def _rule_map(change: Change, table: str, chain: str, old: List[str],
         return chain, [None] * len(old)
     target = change.new_chain if named and change.command == "E" and chain == change.chain else chain
     new = new_chains.get((table, target), [])
+    if named:
+        old = [_renamed(text, change) for text in old]
     if named and chain == change.chain and change.command in ("A", "I", "D", "R", "F", "X"):
         mapping = _edited_chain(change, old, new)
     else:
