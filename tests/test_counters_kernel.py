@@ -113,14 +113,14 @@ def listings(run, formats):
     return out
 
 
-def play(backend, through_wrapper, base=BASE, script=SCRIPT):
+def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "mangle", "filter")):
     """[(step, {command: output})] after every step of script; and, through the wrapper, the real
     binary's -L INPUT -v -x after the first packets (what netfilter itself counted)."""
     pair = netns.veth_pair()
     loaded = False
     try:
         ns = pair.receiver
-        for table in ("filter", "nat", "mangle", "raw"):  # legacy makes tables on first use: the same in both
+        for table in tables:  # legacy makes a table on first use: make them the same way in both runs
             real(ns, backend, ["iptables", "-t", table, "-S"])
         real(ns, backend, ["iptables-restore"], input=base)
         if through_wrapper:
@@ -179,4 +179,13 @@ def test_a_dropped_packet_that_returned_from_a_chain_counts_on_the_jump():
     base = BASE.replace("--dport 1003:1004 -j BL", "-j BL")
     want, _ = play("nft", False, base, [("send", {1009: 3})])
     got, _ = play("nft", True, base, [("send", {1009: 3})])
+    assert got == want
+
+
+@pytest.mark.xfail(strict=True, reason="not yet: nat PREROUTING sees only the packets that make a new conntrack "
+                   "entry (every packet of a dropped flow, none of an established one); XDP does not record which "
+                   "of its drops those were")
+def test_a_dropped_packet_counts_on_the_nat_prerouting_policy():
+    want, _ = play("legacy", False, script=[("send", {1001: 3})], tables=("nat", "filter"))
+    got, _ = play("legacy", True, script=[("send", {1001: 3})], tables=("nat", "filter"))
     assert got == want
