@@ -113,7 +113,7 @@ def listings(run, formats):
     return out
 
 
-def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "mangle", "filter")):
+def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "mangle", "filter"), prepare=()):
     """[(step, {command: output})] after every step of script; and, through the wrapper, the real
     binary's -L INPUT -v -x after the first packets (what netfilter itself counted)."""
     pair = netns.veth_pair()
@@ -123,6 +123,8 @@ def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "man
         for table in tables:  # legacy makes a table on first use: make them the same way in both runs
             real(ns, backend, ["iptables", "-t", table, "-S"])
         real(ns, backend, ["iptables-restore"], input=base)
+        for args in prepare:
+            real(ns, backend, ["iptables", *args])
         if through_wrapper:
             r = ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", "import", "--live",
                         "--iface", pair.receiver_if], check=False)
@@ -186,6 +188,10 @@ def test_a_dropped_packet_that_returned_from_a_chain_counts_on_the_jump():
                    "entry (every packet of a dropped flow, none of an established one); XDP does not record which "
                    "of its drops those were")
 def test_a_dropped_packet_counts_on_the_nat_prerouting_policy():
-    want, _ = play("legacy", False, script=[("send", {1001: 3})], tables=("nat", "filter"))
-    got, _ = play("legacy", True, script=[("send", {1001: 3})], tables=("nat", "filter"))
+    # A nat rule the test's packets do not match: they pass nat PREROUTING to its policy.
+    dnat = [["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "DNAT",
+             "--to-destination", "10.9.9.9:80"]]
+    want, _ = play("legacy", False, script=[("send", {1001: 3})], prepare=dnat)
+    assert ":PREROUTING ACCEPT [4:" in want[0][1]["iptables-save -c"].split("*nat")[1]
+    got, _ = play("legacy", True, script=[("send", {1001: 3})], prepare=dnat)
     assert got == want
