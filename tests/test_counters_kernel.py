@@ -43,7 +43,8 @@ COMMIT
 UDP_DROP = ["-p", "udp", "-j", "DROP", "--dport"]
 FORMATS = [["iptables", "-L", "-v", "-n"], ["iptables", "-S", "-v"], ["iptables", "-L", "INPUT", "2", "-v", "-n"],
            ["iptables", "-L", "INPUT", "2", "-v", "-x", "-n", "--line-numbers"], ["iptables", "-S", "INPUT", "2", "-v"],
-           ["iptables", "-L", "INPUT", "-v", "-n", "--line-numbers"]]
+           ["iptables", "-L", "INPUT", "-v", "-n", "--line-numbers"], ["iptables", "-t", "mangle", "-L", "-v", "-n"],
+           ["iptables", "-t", "raw", "-S", "-v"]]
 # (what, argument); "+" after a step: also compare every listing format.
 SCRIPT = [
     ("send", {1001: 3, 1002: 4, 1003: 5, 1005: 2, 1009: 6}), ("+", None),
@@ -71,6 +72,10 @@ SCRIPT = [
     ("send", {1007: 2, 1003: 1}),
     ("restore", ["-n", "-c"], "*filter\n:INPUT DROP [5:50]\nCOMMIT\n"),
     ("send", {1009: 1, 1003: 1}),
+    ("restore", ["-n"], "*filter\n:INPUT DROP [0:0]\nCOMMIT\n"),  # sets the policy, keeps the rules
+    ("send", {1009: 2, 1001: 1}),
+    ("output", ["iptables", "-L", "INPUT", "-Z", "-v", "-x", "-n"]),  # lists, then zeroes
+    ("send", {1009: 1, 1001: 2}),
     ("restore", ["-n"], "*filter\n:BLK - [0:0]\nCOMMIT\n"),   # flushes BLK
     ("send", {1002: 1, 1001: 1}),
     ("resave", []),                                           # restore without -c: every counter restarts
@@ -148,7 +153,9 @@ def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "man
                     tool(["iptables-restore", *step[1]], input=tool(["iptables-save", *step[1]]).stdout)
                 elif what == "restore":
                     tool(["iptables-restore", *step[1]], input=step[2])
-                seen.append((f"{number}: {step}", listings(tool, FORMATS if what == "+" else [])))
+                output = tool(step[1]).stdout if what == "output" else None
+                shown = dict(listings(tool, FORMATS if what == "+" else []), output=output)
+                seen.append((f"{number}: {step}", shown))
         finally:
             sink.close()
         return seen, netfilter_alone

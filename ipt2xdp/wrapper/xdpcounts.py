@@ -20,7 +20,7 @@ from ipt2xdp.wrapper import countmap
 
 Key = countmap.Key
 Counts = countmap.Counts
-PENDING = "pending-change.json"
+PENDING_PREFIX = "pending-change-"
 
 
 def _directory() -> str:
@@ -100,13 +100,18 @@ def current() -> Counts:
     return effective(_raw(info), planstore.load(info.get("ruleset", {}).get("source_digest")), generation_id(info))
 
 
+def _pending_path(pid: int) -> str:
+    return os.path.join(_directory(), f"{PENDING_PREFIX}{pid}.json")
+
+
 def expect(change: Optional[countmap.Change]) -> None:
-    """The wrapper, before it runs a changing command: the next flip away from the generation in
-    force follows this change (None: forget it). A file, not a variable, so that whichever process
-    flips (this one, or a resident planner) finds it; the wrapper's lock keeps it one caller's."""
+    """The wrapper, before it runs a changing command: this process's next flip away from the
+    generation in force follows this change (None: forget it). One file per process, as two
+    wrapper calls may both be waiting for the lock; a flip in between (another caller's) makes the
+    record name a generation no longer in force, and the counts then follow rule text."""
     from ipt2xdp import loader
 
-    path = os.path.join(_directory(), PENDING)
+    path = _pending_path(os.getpid())
     if change is None:
         try:
             os.unlink(path)
@@ -116,10 +121,22 @@ def expect(change: Optional[countmap.Change]) -> None:
     ident = generation_id(loader.status(include_counters=False))
     if ident:
         _write(path, {"after": ident, "change": change.to_json()})
+        _remove_orphans()
+
+
+def _remove_orphans() -> None:
+    """Records of wrapper calls that were killed before they could remove theirs."""
+    for name in os.listdir(_directory()):
+        pid = name[len(PENDING_PREFIX):-len(".json")]
+        if name.startswith(PENDING_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(_directory(), name))
+            except OSError:
+                pass
 
 
 def _pending(ident: str) -> countmap.Change:
-    path = os.path.join(_directory(), PENDING)
+    path = _pending_path(os.getpid())
     try:
         with open(path) as f:
             record = json.load(f)
@@ -129,9 +146,11 @@ def _pending(ident: str) -> countmap.Change:
     return countmap.Change.from_json(record["change"]) if record.get("after") == ident else countmap.UNKNOWN
 
 
-def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]]) -> None:
+def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]],
+               change: Optional[countmap.Change] = None) -> None:
     """Carry the replaced generation's counts to the one now in force. before: loader.status()
-    from before the flip; previous_counters: ApplyResult.previous_counters (final)."""
+    from before the flip; previous_counters: ApplyResult.previous_counters (final); change: what
+    the flip follows (default: what this process's wrapper call expect()ed)."""
     from ipt2xdp import loader, planstore
 
     old_ident = generation_id(before)
@@ -144,7 +163,8 @@ def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]]) -> N
     old_plan = planstore.load(before.get("ruleset", {}).get("source_digest"))
     new_plan = planstore.load(after.get("ruleset", {}).get("source_digest"))
     old_total = effective(previous_counters, old_plan, old_ident)
-    save_adjust(new_ident, countmap.follow(old_total, old_plan, new_plan, _pending(old_ident)))
+    pending = _pending(old_ident)
+    save_adjust(new_ident, countmap.follow(old_total, old_plan, new_plan, change or pending))
 
 
 def _zeroed(key: Key, table: str, chain: Optional[str], rulenum: Optional[int], legacy: bool) -> bool:
