@@ -80,6 +80,12 @@ SCRIPT = [
     ("send", {1002: 1, 1001: 1}),
     ("resave", []),                                           # restore without -c: every counter restarts
     ("send", {1001: 1, 1009: 1}), ("+", None),
+    ("behind", ["-I", "INPUT", "2"] + UDP_DROP + ["1008"]),   # around the wrapper, then `import --live`
+    ("send", {1008: 2, 1001: 1, 1006: 1}),
+    ("behind", ["-D", "INPUT", "2"]),
+    ("send", {1001: 1}),
+    ("import", BASE.replace("1002", "1010")),                 # `ipt2xdp import FILE` restores: all restart
+    ("send", {1001: 2, 1010: 1, 1009: 1}),
     ("iptables", ["-Z", "INPUT", "1"]),
     ("iptables", ["-Z"]),
     ("send", {1001: 1, 1009: 1}),
@@ -93,6 +99,10 @@ def real(ns, backend, args, input=None):
 
 def wrapped(ns, backend, args, input=None):
     return ns.run(["env", f"IPT2XDP_BACKEND={backend}", str(BIN / f"ipt2xdp-{args[0]}"), *args[1:]], input=input)
+
+
+def ipt2xdp(ns, backend, args, input=None):
+    return ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", *args], input=input)
 
 
 def send(pair, sink, trains):
@@ -131,10 +141,8 @@ def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "man
         for args in prepare:
             real(ns, backend, ["iptables", *args])
         if through_wrapper:
-            r = ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", "import", "--live",
-                        "--iface", pair.receiver_if], check=False)
-            assert r.returncode == 0, r.stderr
             loaded = True
+            ipt2xdp(ns, backend, ["import", "--live", "--iface", pair.receiver_if])
         tool = (lambda args, input=None: wrapped(ns, backend, args, input)) if through_wrapper else \
             (lambda args, input=None: real(ns, backend, args, input))
         sink = nsutil.udp_receiver(ns, MARKER)
@@ -153,6 +161,15 @@ def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "man
                     tool(["iptables-restore", *step[1]], input=tool(["iptables-save", *step[1]]).stdout)
                 elif what == "restore":
                     tool(["iptables-restore", *step[1]], input=step[2])
+                elif what == "behind":
+                    real(ns, backend, ["iptables", *step[1]])
+                    if through_wrapper:
+                        ipt2xdp(ns, backend, ["import", "--live"])
+                elif what == "import":
+                    if through_wrapper:
+                        ipt2xdp(ns, backend, ["import", "-"], input=step[1])
+                    else:
+                        real(ns, backend, ["iptables-restore"], input=step[1])
                 output = tool(step[1]).stdout if what == "output" else None
                 shown = dict(listings(tool, FORMATS if what == "+" else []), output=output)
                 seen.append((f"{number}: {step}", shown))

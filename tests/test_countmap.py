@@ -87,3 +87,14 @@ def test_command_lines_describe_the_change():
     restore = cmdline.parse_restore(["-n", "-c", "-T", "filter", "--modprobe", "/sbin/modprobe", "rules.v4"])
     assert (restore.noflush, restore.counters, restore.table, restore.file) == (True, True, "filter", "rules.v4")
     assert cmdline.parse_restore(["--noflush", "--counters", "--table=nat"]).table == "nat"
+
+
+def test_a_change_made_around_the_wrapper_resets_the_policies_the_kernel_must_have_reset():
+    old = dict(OLD, policies={"filter/INPUT": "DROP"}, backend="nft")
+    same_policy = dict(plan(INPUT=["a", "b", "b", "c", "d"], BL=["x", "y"]), policies={"filter/INPUT": "DROP"})
+    assert follow(COUNTS, old, dict(same_policy, backend="nft"))[("filter", "INPUT", 0)] == (6, 60)
+    assert ("filter", "INPUT", 0) not in follow(COUNTS, old, dict(same_policy, backend="legacy"))  # a commit
+    unchanged = dict(OLD, policies={"filter/INPUT": "DROP"}, backend="legacy")
+    assert follow(COUNTS, old, unchanged)[("filter", "INPUT", 0)] == (6, 60)
+    accept = dict(OLD, policies={"filter/INPUT": "ACCEPT"}, backend="nft")
+    assert ("filter", "INPUT", 0) not in follow(COUNTS, old, accept)  # -P INPUT ACCEPT

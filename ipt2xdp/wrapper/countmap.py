@@ -65,13 +65,15 @@ def _chains(plan: Optional[dict]) -> Dict[Tuple[str, str], List[str]]:
 
 
 def _policy_reset(change: Change, table: str, chain: str) -> bool:
+    if change.command == "guess":
+        return table in change.touched_tables or (table, chain) in change.set_chains
     if change.command == "restore":
         if table in change.replaced_tables:
             return True
         if change.legacy:
             return table in change.touched_tables
         return (table, chain) in change.set_chains
-    if change.command in ("", "Z"):
+    if change.command == "Z":
         return False
     if table != change.table:
         return False
@@ -145,7 +147,7 @@ def _rule_map(change: Change, table: str, chain: str, old: List[str],
         return chain, [None] * len(old)
     if change.command == "restore" and (table, chain) in change.set_chains and chain not in BUILTIN:
         return chain, [None] * len(old)  # with --noflush a user chain's `:CHAIN` line flushes it
-    named = table == change.table and change.command not in ("", "restore")
+    named = table == change.table and change.command not in ("", "guess", "restore")
     if named and change.command == "F" and change.chain is None:
         return chain, [None] * len(old)
     target = change.new_chain if named and change.command == "E" and chain == change.chain else chain
@@ -158,16 +160,37 @@ def _rule_map(change: Change, table: str, chain: str, old: List[str],
         mapping = list(range(1, len(old) + 1))
     # A position map must land on the same rule text; if it does not (the kernel changed by more
     # than this command, or the command was not understood), identify rules by text instead.
-    if change.command in ("", "restore") or any(
+    if change.command in ("", "guess", "restore") or any(
             p is not None and (p > len(new) or new[p - 1] != text) for p, text in zip(mapping, old)):
         mapping = _by_text(old, new)
     return target, mapping
+
+
+def _guessed(change: Change, old_plan: Optional[dict], new_plan: Optional[dict],
+             old_chains, new_chains) -> Change:
+    """For a change made around the wrapper: the policies whose counters the kernel must have
+    reset, from what the two plans show. A policy set anew (-P) restarts its counter; with legacy,
+    a table whose rules differ was committed to, which restarts all its policy counters."""
+    if change.command:
+        return change
+    old_policies, new_policies = (old_plan or {}).get("policies", {}), (new_plan or {}).get("policies", {})
+    set_chains = {tuple(name.split("/", 1)) for name, policy in new_policies.items()
+                  if old_policies.get(name, policy) != policy}
+    touched = set()
+    if change.legacy or (new_plan or {}).get("backend") == "legacy":
+        for table in {t for t, _ in old_chains} | {t for t, _ in new_chains}:
+            if {k: v for k, v in old_chains.items() if k[0] == table} != \
+                    {k: v for k, v in new_chains.items() if k[0] == table}:
+                touched.add(table)
+    return Change(command="guess", legacy=bool(touched), touched_tables=frozenset(touched),
+                  set_chains=frozenset(set_chains))
 
 
 def follow(counts: Counts, old_plan: Optional[dict], new_plan: Optional[dict], change: Change = UNKNOWN) -> Counts:
     """counts (XDP's share per rule of old_plan) moved to the same rules of new_plan; rules the
     change replaced, flushed or deleted, and policies whose counters it reset, drop out."""
     old_chains, new_chains = _chains(old_plan), _chains(new_plan)
+    change = _guessed(change, old_plan, new_plan, old_chains, new_chains)
     maps: Dict[Tuple[str, str], Tuple[str, List[Optional[int]]]] = {}
     out: Counts = {}
     for (table, chain, index), value in counts.items():
