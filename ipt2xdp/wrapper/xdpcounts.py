@@ -151,7 +151,7 @@ def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]],
     """Carry the replaced generation's counts to the one now in force. before: loader.status()
     from before the flip; previous_counters: ApplyResult.previous_counters (final); change: what
     the flip follows (default: what this process's wrapper call expect()ed)."""
-    from ipt2xdp import loader, planstore
+    from ipt2xdp import abi, loader, planstore
 
     old_ident = generation_id(before)
     if old_ident is None:
@@ -160,10 +160,14 @@ def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]],
     new_ident = generation_id(after)
     if new_ident is None or new_ident == old_ident:
         return
+    pending = _pending(old_ident)
+    named = (abi.DEFAULT_COUNTER, abi.OVERFLOW_COUNTER)  # not rules: never carried
+    if not load_adjust(old_ident) and not any(k not in named and v != (0, 0) for k, v in previous_counters.items()):
+        save_adjust(new_ident, {})  # nothing counted yet: spare reading two plan records
+        return
     old_plan = planstore.load(before.get("ruleset", {}).get("source_digest"))
     new_plan = planstore.load(after.get("ruleset", {}).get("source_digest"))
     old_total = effective(previous_counters, old_plan, old_ident)
-    pending = _pending(old_ident)
     save_adjust(new_ident, countmap.follow(old_total, old_plan, new_plan, change or pending))
 
 
