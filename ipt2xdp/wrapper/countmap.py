@@ -55,13 +55,19 @@ UNKNOWN = Change()
 BUILTIN = frozenset(("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"))
 
 
-def _chains(plan: Optional[dict]) -> Dict[Tuple[str, str], List[str]]:
-    """(table, chain) -> rule texts in order (position n at [n - 1]); policies left out."""
-    out: Dict[Tuple[str, str], Dict[int, str]] = {}
+def _chains(plan: Optional[dict], tables: FrozenSet[str]) -> Dict[Tuple[str, str], List[str]]:
+    """(table, chain) -> rule texts in order (position n at [n - 1]) of these tables; policies
+    left out. (A plan's decisions come in ruleset order, ten thousand of them at times.)"""
+    out: Dict[Tuple[str, str], List[str]] = {}
     for d in (plan or {}).get("decisions", []):
-        if d["index"] > 0:
-            out.setdefault((d["table"], d["chain"]), {})[d["index"]] = d["text"]
-    return {key: [rules[i] for i in sorted(rules)] for key, rules in out.items()}
+        if d["index"] > 0 and d["table"] in tables:
+            rules = out.setdefault((d["table"], d["chain"]), [])
+            if d["index"] != len(rules) + 1:  # not in order after all: place it by its number
+                rules.extend([""] * (d["index"] - len(rules) - 1))
+                rules[d["index"] - 1:d["index"]] = [d["text"]]
+            else:
+                rules.append(d["text"])
+    return out
 
 
 def _policy_reset(change: Change, table: str, chain: str) -> bool:
@@ -152,7 +158,7 @@ def _rule_map(change: Change, table: str, chain: str, old: List[str],
         return chain, [None] * len(old)
     target = change.new_chain if named and change.command == "E" and chain == change.chain else chain
     new = new_chains.get((table, target), [])
-    if named:
+    if named and change.command == "E":
         old = [_renamed(text, change) for text in old]
     if named and chain == change.chain and change.command in ("A", "I", "D", "R", "F", "X"):
         mapping = _edited_chain(change, old, new)
@@ -189,7 +195,8 @@ def _guessed(change: Change, old_plan: Optional[dict], new_plan: Optional[dict],
 def follow(counts: Counts, old_plan: Optional[dict], new_plan: Optional[dict], change: Change = UNKNOWN) -> Counts:
     """counts (XDP's share per rule of old_plan) moved to the same rules of new_plan; rules the
     change replaced, flushed or deleted, and policies whose counters it reset, drop out."""
-    old_chains, new_chains = _chains(old_plan), _chains(new_plan)
+    tables = frozenset(table for table, _, _ in counts)
+    old_chains, new_chains = _chains(old_plan, tables), _chains(new_plan, tables)
     change = _guessed(change, old_plan, new_plan, old_chains, new_chains)
     maps: Dict[Tuple[str, str], Tuple[str, List[Optional[int]]]] = {}
     out: Counts = {}
