@@ -5,13 +5,26 @@ A packet XDP dropped never reached netfilter, so every iptables rule it would ha
 way lost a count: the jumps into user chains and the deciding rule. The plan's counter paths list
 exactly those, so XDP's count of one DROP classifier rule is added to each rule of its path.
 Packets XDP passes on (ACCEPT, DEFER) are counted by netfilter itself and are not added again.
-(Not yet: a RETURN rule a dropped packet matched on its way is not on the path.)
+A dropped packet also passed raw PREROUTING, mangle PREROUTING and mangle INPUT before filter
+INPUT; where such a chain holds no rules, its policy counter counts every packet, so XDP's drops
+are added there too.
+(Not yet: a RETURN rule a dropped packet matched on its way, or the jump into a chain it fell off
+the end of, is not on the path; nor are earlier chains with rules, or nat PREROUTING, which sees
+only the packets that make a new conntrack entry.)
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
 RuleKey = Tuple[str, str, int]  # (table, chain, index); index 0 is the chain policy
+PASSED_BEFORE = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"))
+
+
+def _passed_policies(plan: dict) -> List[RuleKey]:
+    """The policies of the empty chains every packet XDP dropped would have passed first."""
+    policies = plan.get("policies", {})
+    ruled = {(d["table"], d["chain"]) for d in plan.get("decisions", []) if d["index"] > 0}
+    return [(t, c, 0) for t, c in PASSED_BEFORE if f"{t}/{c}" in policies and (t, c) not in ruled]
 
 
 def per_rule(counters: Dict[str, dict], plan: Optional[dict]) -> Dict[RuleKey, Tuple[int, int]]:
@@ -20,10 +33,11 @@ def per_rule(counters: Dict[str, dict], plan: Optional[dict]) -> Dict[RuleKey, T
     if not plan:
         return {}
     paths, actions = plan.get("counter_paths", []), plan.get("actions", [])
+    passed = _passed_policies(plan)
     for rule_id, value in counters.items():
         if not rule_id.isdigit() or int(rule_id) >= len(paths) or actions[int(rule_id)] != "DROP":
             continue
-        for table, chain, index in paths[int(rule_id)]:
+        for table, chain, index in [tuple(ref) for ref in paths[int(rule_id)]] + passed:
             entry = totals.setdefault((table, chain, index), [0, 0])
             entry[0] += value["packets"]
             entry[1] += value["bytes"]

@@ -135,6 +135,12 @@ def _run(args, mark: int) -> int:
                 loader.defer_all(False)  # netfilter is unchanged, so the old plan is still exact
             raise
         # From here netfilter holds the new rules: only a successful apply() ends deferring.
+        # The restore started every counter of the tables it replaced again; so does XDP's share.
+        from ipt2xdp.wrapper import countmap
+
+        tables = frozenset(table.name for table in ruleset.tables)
+        args.count_change = countmap.Change(command="restore", legacy=name == "legacy", replaced_tables=tables,
+                                            touched_tables=tables)
         text, path = backends.save(name), f"<iptables-{name}-save>"
         ruleset = parse(text, path)
     print(_offload(ruleset, host, devices, args, name, report))
@@ -195,7 +201,12 @@ def _offload(ruleset, host, devices, args, backend_name, report):
         "host_digest": drift.host_digest(host),
         "policies": drift.policies(ruleset),
     })
+    from ipt2xdp.wrapper import xdpcounts
+
+    before = loader.status(include_counters=False)
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key)
+    # The counts XDP kept for each rule stay with it, as netfilter's own do.
+    xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None))
     s = report.summary(result)
     attached = ", ".join(f"{name} ({mode})" for name, mode in sorted(applied.attached.items()))
     return (f"ipt2xdp: generation {applied.generation} on {attached}: {s['rules']} rules, XDP decides "

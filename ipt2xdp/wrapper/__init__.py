@@ -26,11 +26,55 @@ def _iptables(argv0: str, args: List[str], backend: str) -> int:
     if sync.pin_dir_fast() is None:
         realbin.exec_real(backend, argv0, args)
     if cmd.changes_planned_tables:
-        return sync.run_changing(backend, cmd.wait, lambda: realbin.run_real(backend, argv0, args).returncode)
+        return _changing(backend, cmd.wait, _rule_change(cmd, backend),
+                         lambda: realbin.run_real(backend, argv0, args).returncode)
     zeroing = "Z" in cmd.commands and cmd.table in cmdline.PLANNED_TABLES
     if not (zeroing or (cmd.wants_counters and cmd.table in cmdline.PLANNED_TABLES)):
         realbin.exec_real(backend, argv0, args)
     return _counted_listing(argv0, args, backend, cmd, zeroing)
+
+
+def _rule_change(cmd, backend: str):
+    """What an iptables command does to the kernel's rule objects, for XDP's counts to follow."""
+    from ipt2xdp.wrapper import countmap
+
+    letters = sorted(cmd.commands & set("ADRINEPFX"))
+    return countmap.Change(table=cmd.table, command=letters[0] if len(letters) == 1 else "", chain=cmd.chain,
+                           rulenum=cmd.position, new_chain=cmd.new_chain, legacy=backend == "legacy")
+
+
+def _restore_change(cmd, text: str, backend: str):
+    """What an iptables-restore input does to the kernel's counters (see countmap.Change)."""
+    from ipt2xdp.wrapper import countmap
+
+    tables, chains, table = set(), set(), None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:].strip()
+            tables.add(table)
+        elif line.startswith(":") and table and len(line) > 1:
+            chains.add((table, line[1:].split()[0]))
+    if cmd.table:
+        tables &= {cmd.table}
+        chains = {c for c in chains if c[0] == cmd.table}
+    return countmap.Change(command="restore", legacy=backend == "legacy", touched_tables=frozenset(tables),
+                           replaced_tables=frozenset() if cmd.noflush else frozenset(tables),
+                           set_chains=frozenset(chains) if cmd.noflush else frozenset())
+
+
+def _changing(backend: str, wait, change, command) -> int:
+    """sync.run_changing(), telling the flip it ends which change XDP's counts follow."""
+    from ipt2xdp.wrapper import sync, xdpcounts
+
+    try:
+        xdpcounts.expect(change)
+    except Exception:  # noqa: BLE001 - counts then follow rule text; never block the change
+        pass
+    try:
+        return sync.run_changing(backend, wait, command)
+    finally:
+        xdpcounts.expect(None)
 
 
 def _counted_listing(argv0, args, backend, cmd, zeroing) -> int:
@@ -41,7 +85,7 @@ def _counted_listing(argv0, args, backend, cmd, zeroing) -> int:
         lock.__enter__()
     except sync.LockTimeout:
         return sync.busy(cmd.wait)
-    try:
+    def run() -> int:
         counts = {k: v for k, v in xdpcounts.current().items() if k[0] == cmd.table}
         listing = "L" in cmd.commands and cmd.verbose
         if counts and (listing or "S" in cmd.commands and cmd.verbose):
@@ -57,9 +101,12 @@ def _counted_listing(argv0, args, backend, cmd, zeroing) -> int:
             _emit(text.encode("utf-8", "surrogateescape"))
         else:
             result = realbin.run_real(backend, argv0, args)
-        if zeroing and result.returncode == 0:
-            xdpcounts.zero(cmd.table, cmd.chain, cmd.rulenum, policy_too=backend == "legacy")
         return result.returncode
+
+    try:
+        if zeroing:
+            return xdpcounts.zeroing(run, cmd.table, cmd.chain, cmd.rulenum, legacy=backend == "legacy")
+        return run()
     finally:
         lock.__exit__(None, None, None)
 
@@ -69,10 +116,13 @@ def _save(argv0: str, args: List[str], backend: str) -> int:
 
     if sync.pin_dir_fast() is None:
         realbin.exec_real(backend, argv0, args)
-    counts = xdpcounts.current()
-    if not counts:
-        realbin.exec_real(backend, argv0, args)
-    result = realbin.run_real(backend, argv0, args, capture_stdout=True)
+    # Under the wrapper's lock: between a flip and its carried counts being stored, the counts
+    # are incomplete.
+    with sync.wrapper_lock(None):
+        counts = xdpcounts.current()
+        if not counts:
+            realbin.exec_real(backend, argv0, args)
+        result = realbin.run_real(backend, argv0, args, capture_stdout=True)
     text = result.stdout.decode("utf-8", "surrogateescape")
     if result.returncode == 0:
         text = rewrite.save(text, counts)
@@ -86,7 +136,19 @@ def _restore(argv0: str, args: List[str], backend: str) -> int:
     cmd = cmdline.parse_restore(args)
     if cmd.test or sync.pin_dir_fast() is None:
         realbin.exec_real(backend, argv0, args)
-    return sync.run_changing(backend, cmd.wait, lambda: realbin.run_real(backend, argv0, args).returncode)
+    # The input says which tables' counters start again; read it here and hand the same bytes on.
+    if cmd.file is None:
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(cmd.file, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""  # the real tool says what is wrong with the file
+    change = _restore_change(cmd, data.decode("utf-8", "surrogateescape"), backend)
+    run = (lambda: realbin.run_real(backend, argv0, args, input=data).returncode) if cmd.file is None \
+        else (lambda: realbin.run_real(backend, argv0, args).returncode)
+    return _changing(backend, cmd.wait, change, run)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -35,8 +35,10 @@ class Command:
     numeric: bool = False
     line_numbers: bool = False
     wait: Optional[float] = None     # None: no -w; 0.0: -w without seconds (wait forever)
-    chain: Optional[str] = None      # first positional argument after -L/-S/-Z
+    chain: Optional[str] = None      # the chain named (first positional argument after -L/-S/-Z/-F/-X)
     rulenum: Optional[int] = None    # second positional argument after -L/-S/-Z
+    position: Optional[int] = None   # rule number after -I/-D/-R CHAIN
+    new_chain: Optional[str] = None  # -E OLD NEW
 
     @property
     def read_only(self) -> bool:
@@ -80,7 +82,7 @@ def parse_iptables(args: List[str]) -> Command:
             name, _, value = arg.partition("=")
             if name in _COMMAND_LONG:
                 cmd.commands.add(_COMMAND_LONG[name])
-                after_listing = _COMMAND_LONG[name] in "LSZ"
+                after_listing = _COMMAND_LONG[name] in "LSZFX"
             elif name == "--table" and i < len(args):
                 cmd.table = value or args[i]
                 i += 0 if value else 1
@@ -104,7 +106,7 @@ def parse_iptables(args: List[str]) -> Command:
                 rest = letters[j + 1:]
                 if letter in "ADRINEPZLSCFXVh":
                     cmd.commands.add(letter)
-                    after_listing = letter in "LSZ"
+                    after_listing = letter in "LSZFX"
                 if letter == "v":
                     cmd.verbose = True
                 elif letter == "x":
@@ -120,6 +122,13 @@ def parse_iptables(args: List[str]) -> Command:
                         cmd.table = value
                     elif letter in "ACDRINEP" and not positional:
                         cmd.chain = value
+                        following = args[i] if i < len(args) else ""
+                        if letter in "IDR" and following.isdigit():
+                            cmd.position = int(following)
+                            i += 1
+                        elif letter == "E" and following:
+                            cmd.new_chain = following
+                            i += 1
                     break
                 if letter in _OPTIONAL_ARG:
                     if letter == "w":
@@ -130,13 +139,13 @@ def parse_iptables(args: List[str]) -> Command:
                             i += 1
                         else:
                             cmd.wait = 0.0
-                    elif rest and letter in "LSZ":
+                    elif rest and letter in "LSZFX":
                         positional.append(rest)
                     break
             continue
         if after_listing:
             positional.append(arg)
-    if positional and cmd.commands & set("LSZ"):
+    if positional and cmd.commands & set("LSZFX"):
         cmd.chain = positional[0]
         if len(positional) > 1 and positional[1].isdigit():
             cmd.rulenum = int(positional[1])
@@ -173,6 +182,10 @@ def parse_save(args: List[str]) -> SaveCommand:
 class RestoreCommand:
     test: bool = False
     wait: Optional[float] = None
+    counters: bool = False
+    noflush: bool = False
+    table: Optional[str] = None      # -T: only this table of the input
+    file: Optional[str] = None       # input file instead of stdin
 
 
 def parse_restore(args: List[str]) -> RestoreCommand:
@@ -183,6 +196,22 @@ def parse_restore(args: List[str]) -> RestoreCommand:
         i += 1
         if arg == "--test":
             cmd.test = True
+        elif arg in ("--modprobe", "--wait-interval"):
+            i += 1  # their argument is not the input file
+        elif arg.startswith(("--modprobe=", "--wait-interval=")):
+            pass
+        elif arg == "--counters":
+            cmd.counters = True
+        elif arg == "--noflush":
+            cmd.noflush = True
+        elif arg.startswith("--table"):
+            _, _, value = arg.partition("=")
+            if not value and i < len(args):
+                value = args[i]
+                i += 1
+            cmd.table = value
+        elif not arg.startswith("-"):
+            cmd.file = arg
         elif arg.startswith("--wait"):
             _, _, value = arg.partition("=")
             cmd.wait = _wait_value(value) if value else 0.0
@@ -194,9 +223,17 @@ def parse_restore(args: List[str]) -> RestoreCommand:
             for j, letter in enumerate(letters):
                 if letter == "t":
                     cmd.test = True
+                elif letter == "c":
+                    cmd.counters = True
+                elif letter == "n":
+                    cmd.noflush = True
                 elif letter in "TMW":  # take an argument: the rest of the cluster or the next word
-                    if not letters[j + 1:]:
+                    value = letters[j + 1:]
+                    if not value:
+                        value = args[i] if i < len(args) else ""
                         i += 1
+                    if letter == "T":
+                        cmd.table = value
                     break
                 elif letter == "w":
                     rest = letters[j + 1:]

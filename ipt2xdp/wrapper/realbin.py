@@ -69,7 +69,9 @@ def exec_real(name: str, argv0: str, args: List[str]) -> None:
     os.execv(multi_binary(name), [applet(argv0)] + list(args))
 
 
-def run_real(name: str, argv0: str, args: List[str], capture_stdout: bool = False) -> subprocess.CompletedProcess:
-    """Run the real tool on our stdin/stderr (and stdout unless captured); return its result."""
-    return subprocess.run([applet(argv0)] + list(args), executable=multi_binary(name),
+def run_real(name: str, argv0: str, args: List[str], capture_stdout: bool = False,
+             input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+    """Run the real tool on our stdin (or input, already read from it), our stderr and our stdout
+    unless captured; return its result."""
+    return subprocess.run([applet(argv0)] + list(args), executable=multi_binary(name), input=input,
                           stdout=subprocess.PIPE if capture_stdout else None)

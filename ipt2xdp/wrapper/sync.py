@@ -185,11 +185,10 @@ def replan(backend_name: str, ruleset=None, host=None) -> None:
 
 def _replan(info: dict, backend_name: str, ruleset, host) -> None:
     from ipt2xdp import backend as backends
-    from ipt2xdp import loader, planstore, report
+    from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
     from ipt2xdp.hostinfo import read_host_context
     from ipt2xdp.parse import parse
-    from ipt2xdp.wrapper import xdpcounts
 
     old_key = info.get("ruleset", {}).get("source_digest")
     old_plan = planstore.load(old_key)
@@ -201,15 +200,7 @@ def _replan(info: dict, backend_name: str, ruleset, host) -> None:
         host = read_host_context(attached=devices)
     args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto",
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
-    # Counts up to now; drops between this read and the flip are lost (microseconds, all deferred).
-    before = xdpcounts.current()
-    _offload(ruleset, host, devices, args, backend_name, report)
-    new_key = loader.status(include_counters=False).get("ruleset", {}).get("source_digest")
-    if new_key and new_key != old_key:
-        xdpcounts.carry(before, old_plan, planstore.load(new_key), new_key)
-    elif new_key:
-        # Same ruleset text (e.g. a rule added and removed): positions are unchanged.
-        xdpcounts.save_adjust(new_key, before)
+    _offload(ruleset, host, devices, args, backend_name, report)  # carries XDP's counts (xdpcounts.after_flip)
 
 
 def lock_wait(backend_name: str, wait: Optional[float]) -> Optional[float]:

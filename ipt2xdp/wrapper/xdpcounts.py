@@ -2,46 +2,72 @@
 """XDP's drops per iptables rule as the wrapper shows them: live map counters plus an adjustment.
 
 The BPF counters start from zero with every generation, while netfilter keeps a rule's counters
-across inserts and deletes of other rules. So when the wrapper flips to a new plan it carries each
-rule's count over to the rule's new position (rules are identified by table, chain and canonical
-text, the n-th of identical rules by its rank), and `-Z` stores minus the live count. The
-adjustment lives beside the plan record, keyed by the plan's digest, so a plan flipped in by
-something else (`ipt2xdp import`) simply starts with none.
+until the rule is replaced, flushed or zeroed. So at every flip (after_flip(), called where every
+plan is loaded: `import`, the wrapper, the watcher) the replaced generation's final counters, read
+by the loader after the flip and a grace period (nothing dropped is lost or counted twice), plus
+its adjustment become the new generation's adjustment, moved to the same rules by
+countmap.follow() as the command the wrapper ran describes (expect()). `-Z` stores minus the count
+shown. Adjustments are keyed by program id and generation: a generation always starts with its
+own, never with one left by an earlier program or generation.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
-Key = Tuple[str, str, int]
-Counts = Dict[Key, Tuple[int, int]]
+from ipt2xdp.wrapper import countmap
+
+Key = countmap.Key
+Counts = countmap.Counts
+PENDING_PREFIX = "pending-change-"
 
 
-def _path(plan_key: str) -> str:
+def _directory() -> str:
     from ipt2xdp import planstore
 
-    return os.path.join(planstore._directory(), f"adjust-{plan_key}.json")
+    return planstore._directory()
 
 
-def load_adjust(plan_key: Optional[str]) -> Counts:
-    if not plan_key:
+def generation_id(info: dict) -> Optional[str]:
+    """The name of the generation loader.status() reports: program id and generation number."""
+    if not info.get("loaded"):
+        return None
+    return f"{info.get('program_id')}-{info.get('generation')}"
+
+
+def _path(ident: str) -> str:
+    return os.path.join(_directory(), f"adjust-{ident}.json")
+
+
+def load_adjust(ident: Optional[str]) -> Counts:
+    if not ident:
         return {}
     try:
-        with open(_path(plan_key)) as f:
+        with open(_path(ident)) as f:
             rows = json.load(f)
     except (OSError, ValueError):
         return {}
     return {(t, c, i): (p, b) for t, c, i, p, b in rows}
 
 
-def save_adjust(plan_key: str, adjust: Counts) -> None:
-    path = _path(plan_key)
+def _write(path: str, data) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump([[t, c, i, p, b] for (t, c, i), (p, b) in adjust.items() if p or b], f)
+        json.dump(data, f)
     os.replace(tmp, path)
+
+
+def save_adjust(ident: str, adjust: Counts) -> None:
+    path = _path(ident)
+    _write(path, [[t, c, i, p, b] for (t, c, i), (p, b) in adjust.items() if p or b])
+    for name in os.listdir(os.path.dirname(path)):  # the generations before are gone for good
+        if name.startswith("adjust-") and name != os.path.basename(path):
+            try:
+                os.unlink(os.path.join(os.path.dirname(path), name))
+            except OSError:
+                pass
 
 
 def _status_counters(raw: Dict[int, Tuple[int, int]]) -> Dict[str, dict]:
@@ -49,15 +75,19 @@ def _status_counters(raw: Dict[int, Tuple[int, int]]) -> Dict[str, dict]:
     return {str(k): {"packets": p, "bytes": b} for k, (p, b) in raw.items() if k >= 0}
 
 
-def effective(raw: Dict[int, Tuple[int, int]], plan: Optional[dict], plan_key: Optional[str]) -> Counts:
+def effective(raw: Dict[int, Tuple[int, int]], plan: Optional[dict], ident: Optional[str]) -> Counts:
     """{(table, chain, index): (packets, bytes)} XDP dropped, as the wrapper reports them."""
     from ipt2xdp import counters
 
     total = dict(counters.per_rule(_status_counters(raw), plan))
-    for key, (p, b) in load_adjust(plan_key).items():
+    for key, (p, b) in load_adjust(ident).items():
         old = total.get(key, (0, 0))
         total[key] = (max(old[0] + p, 0), max(old[1] + b, 0))
     return {k: v for k, v in total.items() if v != (0, 0)}
+
+
+def _raw(info: dict) -> Dict[int, Tuple[int, int]]:
+    return {int(name): (v["packets"], v["bytes"]) for name, v in info.get("counters", {}).items() if name.isdigit()}
 
 
 def current() -> Counts:
@@ -67,59 +97,123 @@ def current() -> Counts:
     info = loader.status()
     if not info.get("loaded"):
         return {}
-    key = info.get("ruleset", {}).get("source_digest")
-    plan = planstore.load(key)
-    raw = {}
-    for name, value in info["counters"].items():
-        if name.isdigit():
-            raw[int(name)] = (value["packets"], value["bytes"])
-    return effective(raw, plan, key)
+    return effective(_raw(info), planstore.load(info.get("ruleset", {}).get("source_digest")), generation_id(info))
 
 
-def _identities(plan: Optional[dict]) -> Dict[Key, tuple]:
-    """(table, chain, index) -> (table, chain, text, rank) for every rule in the plan record."""
-    seen: Dict[tuple, int] = {}
-    out: Dict[Key, tuple] = {}
-    for d in (plan or {}).get("decisions", []):
-        base = (d["table"], d["chain"], d["text"])
-        rank = seen.get(base, 0)
-        seen[base] = rank + 1
-        out[(d["table"], d["chain"], d["index"])] = base + (rank,)
-    return out
+def _pending_path(pid: int) -> str:
+    return os.path.join(_directory(), f"{PENDING_PREFIX}{pid}.json")
 
 
-def carry(old: Counts, old_plan: Optional[dict], new_plan: Optional[dict], new_key: str) -> None:
-    """Record old's counts against the same rules' positions in the new plan."""
-    old_ids, new_ids = _identities(old_plan), _identities(new_plan)
-    where = {ident: key for key, ident in new_ids.items()}
-    adjust: Counts = {}
-    for key, value in old.items():
-        if key[2] == 0:  # a policy stays the policy of its chain
-            target = key if any(k[:2] == key[:2] for k in new_ids) or not new_ids else None
-        else:
-            target = where.get(old_ids.get(key))
-        if target is not None:
-            adjust[target] = value
-    save_adjust(new_key, adjust)
-
-
-def zero(table: str, chain: Optional[str], rulenum: Optional[int], policy_too: bool) -> None:
-    """-Z: make the shown counts of these rules zero by storing minus their current value."""
+def expect(change: Optional[countmap.Change]) -> None:
+    """The wrapper, before it runs a changing command: this process's next flip away from the
+    generation in force follows this change (None: forget it). One file per process, as two
+    wrapper calls may both be waiting for the lock; a flip in between (another caller's) makes the
+    record name a generation no longer in force, and the counts then follow rule text."""
     from ipt2xdp import loader
 
+    path = _pending_path(os.getpid())
+    if change is None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    ident = generation_id(loader.status(include_counters=False))
+    if ident:
+        _write(path, {"after": ident, "change": change.to_json()})
+        _remove_orphans()
+
+
+def _remove_orphans() -> None:
+    """Records of wrapper calls that were killed before they could remove theirs."""
+    for name in os.listdir(_directory()):
+        pid = name[len(PENDING_PREFIX):-len(".json")]
+        if name.startswith(PENDING_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(_directory(), name))
+            except OSError:
+                pass
+
+
+def _pending(ident: str) -> countmap.Change:
+    path = _pending_path(os.getpid())
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        os.unlink(path)
+    except (OSError, ValueError):
+        return countmap.UNKNOWN
+    return countmap.Change.from_json(record["change"]) if record.get("after") == ident else countmap.UNKNOWN
+
+
+def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]],
+               change: Optional[countmap.Change] = None) -> None:
+    """Carry the replaced generation's counts to the one now in force. before: loader.status()
+    from before the flip; previous_counters: ApplyResult.previous_counters (final); change: what
+    the flip follows (default: what this process's wrapper call expect()ed)."""
+    from ipt2xdp import abi, loader, planstore
+
+    old_ident = generation_id(before)
+    if old_ident is None:
+        return  # a fresh program: nothing was counted yet
+    after = loader.status(include_counters=False)
+    new_ident = generation_id(after)
+    if new_ident is None or new_ident == old_ident:
+        return
+    pending = _pending(old_ident)
+    named = (abi.DEFAULT_COUNTER, abi.OVERFLOW_COUNTER)  # not rules: never carried
+    if not load_adjust(old_ident) and not any(k not in named and v != (0, 0) for k, v in previous_counters.items()):
+        save_adjust(new_ident, {})  # nothing counted yet: spare reading two plan records
+        return
+    old_plan = planstore.load(before.get("ruleset", {}).get("source_digest"))
+    new_plan = planstore.load(after.get("ruleset", {}).get("source_digest"))
+    old_total = effective(previous_counters, old_plan, old_ident)
+    save_adjust(new_ident, countmap.follow(old_total, old_plan, new_plan, change or pending))
+
+
+def _zeroed(key: Key, table: str, chain: Optional[str], rulenum: Optional[int], legacy: bool) -> bool:
+    t, c, i = key
+    if t != table:
+        return False
+    if legacy and i == 0:  # legacy's commit zeroes every builtin policy counter of the table
+        return True
+    if chain is None:
+        return True
+    return c == chain and (rulenum is None or i == rulenum)
+
+
+def zero(table: str, chain: Optional[str], rulenum: Optional[int], legacy: bool) -> None:
+    """After a successful -Z: make the shown counts of what it zeroed 0 (minus the live count)."""
+    from ipt2xdp import counters, loader, planstore
+
     info = loader.status()
-    if not info.get("loaded"):
+    ident = generation_id(info)
+    if ident is None:
         return
-    key = info.get("ruleset", {}).get("source_digest")
-    if not key:
-        return
-    shown = current()
-    adjust = load_adjust(key)
-    for (t, c, i), (p, b) in shown.items():
-        if t != table or (chain is not None and c != chain):
-            continue
-        if rulenum is not None and i != rulenum and not (policy_too and i == 0):
-            continue
-        a = adjust.get((t, c, i), (0, 0))
-        adjust[(t, c, i)] = (a[0] - p, a[1] - b)
-    save_adjust(key, adjust)
+    live = dict(counters.per_rule(info.get("counters", {}), planstore.load(info.get("ruleset", {}).get("source_digest"))))
+    adjust = load_adjust(ident)
+    for key in set(live) | set(adjust):
+        if _zeroed(key, table, chain, rulenum, legacy):
+            p, b = live.get(key, (0, 0))
+            adjust[key] = (-p, -b)
+    save_adjust(ident, adjust)
+
+
+def zeroing(run: Callable[[], int], table: str, chain: Optional[str], rulenum: Optional[int], legacy: bool) -> int:
+    """Run the real -Z with XDP deferring: no packet can then be dropped by XDP between the kernel's
+    zeroing and ours (netfilter counts it itself, before or after, as it would without XDP)."""
+    from ipt2xdp.wrapper import sync
+
+    mark = sync.stale_mark()
+    try:
+        enforcing = sync.begin()
+    except Exception:  # noqa: BLE001 - XDP unreachable: zero what we can see, never block -Z
+        enforcing = None
+    try:
+        rc = run()
+        if rc == 0:
+            zero(table, chain, rulenum, legacy)
+        return rc
+    finally:
+        if enforcing is not None:
+            sync.abort(enforcing, mark)  # -Z changed no rule: the plan in force is still exact

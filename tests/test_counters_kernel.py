@@ -1,0 +1,221 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""XDP's counts through the wrapper, against netfilter counting the same packets itself.
+
+The same script runs twice, each in fresh namespaces: once with the real binaries and no XDP
+(netfilter drops and counts every packet), once through the wrapper with XDP loaded (XDP drops
+most of them, netfilter never sees those). After every step the listings (-L -v -x
+--line-numbers, -L -v, -S -v, single rules, iptables-save -c) must be byte-identical: the wrapper
+has to show, rule by rule, what the real binary would show had netfilter counted XDP's drops,
+across -I / -D / -R / -E / -P / -F, -Z of a rule, a chain and a table, -c, and iptables-restore
+with and without --counters and --noflush.
+
+Every packet train ends with a marker datagram to a bound socket, and the step waits for it: the
+receiver handles one veth queue in order, so all earlier packets were counted (by XDP or
+netfilter) by then.
+"""
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from ipt2xdp import netns
+from tests import nsutil
+
+pytestmark = pytest.mark.kernel
+BIN = Path(sys.executable).parent
+MARKER = 1005
+
+BASE = """*filter
+:INPUT DROP [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:BL - [0:0]
+-A INPUT -p udp -m udp --dport 1001 -j DROP
+-A INPUT -p udp -m udp --dport 1002 -j DROP
+-A INPUT -p udp -m udp --dport 1003:1004 -j BL
+-A INPUT -p udp -m udp --dport 1005 -j ACCEPT
+-A BL -p udp -m udp --dport 1003 -j DROP
+-A BL -p udp -m udp --dport 1004 -j DROP
+COMMIT
+"""
+UDP_DROP = ["-p", "udp", "-j", "DROP", "--dport"]
+FORMATS = [["iptables", "-L", "-v", "-n"], ["iptables", "-S", "-v"], ["iptables", "-L", "INPUT", "2", "-v", "-n"],
+           ["iptables", "-L", "INPUT", "2", "-v", "-x", "-n", "--line-numbers"], ["iptables", "-S", "INPUT", "2", "-v"],
+           ["iptables", "-L", "INPUT", "-v", "-n", "--line-numbers"], ["iptables", "-t", "mangle", "-L", "-v", "-n"],
+           ["iptables", "-t", "raw", "-S", "-v"]]
+# (what, argument); "+" after a step: also compare every listing format.
+SCRIPT = [
+    ("send", {1001: 3, 1002: 4, 1003: 5, 1005: 2, 1009: 6}), ("+", None),
+    ("iptables", ["-I", "INPUT", "1"] + UDP_DROP + ["1002"]),  # the same text as rule 2, ahead of it
+    ("send", {1002: 2, 1001: 1}),
+    ("iptables", ["-R", "INPUT", "2"] + UDP_DROP + ["1001"]),  # the same rule again: its counters restart
+    ("send", {1001: 2}),
+    ("iptables", ["-D", "INPUT", "3"]),                       # the older 1002 rule, not the new one
+    ("send", {1003: 1, 1004: 3}),
+    ("iptables", ["-Z", "BL", "1"]),
+    ("iptables", ["-A", "INPUT"] + UDP_DROP + ["1006", "-c", "99990", "9999990"]),
+    ("send", {1006: 20, 1009: 2}), ("+", None),               # past 99999 packets and 9999999 bytes: K and M
+    ("iptables", ["-I", "BL", "1"] + UDP_DROP + ["1004"]),
+    ("send", {1004: 1}),
+    ("iptables", ["-D", "BL"] + UDP_DROP + ["1004"]),         # by rulespec: the first of the two goes
+    ("iptables", ["-E", "BL", "BLK"]),
+    ("send", {1004: 2, 1003: 1}),
+    ("iptables", ["-Z", "INPUT"]),
+    ("send", {1001: 1, 1009: 1}),
+    ("iptables", ["-P", "INPUT", "DROP"]),
+    ("send", {1009: 2, 1006: 1}), ("+", None),
+    ("resave", ["-c"]),                                       # save -c | restore -c: nothing counted twice
+    ("send", {1002: 1, 1003: 1}),
+    ("restore", ["-n"], "*filter\n-A INPUT -p udp --dport 1007 -j DROP\nCOMMIT\n"),
+    ("send", {1007: 2, 1003: 1}),
+    ("restore", ["-n", "-c"], "*filter\n:INPUT DROP [5:50]\nCOMMIT\n"),
+    ("send", {1009: 1, 1003: 1}),
+    ("restore", ["-n"], "*filter\n:INPUT DROP [0:0]\nCOMMIT\n"),  # sets the policy, keeps the rules
+    ("send", {1009: 2, 1001: 1}),
+    ("output", ["iptables", "-L", "INPUT", "-Z", "-v", "-x", "-n"]),  # lists, then zeroes
+    ("send", {1009: 1, 1001: 2}),
+    ("restore", ["-n"], "*filter\n:BLK - [0:0]\nCOMMIT\n"),   # flushes BLK
+    ("send", {1002: 1, 1001: 1}),
+    ("resave", []),                                           # restore without -c: every counter restarts
+    ("send", {1001: 1, 1009: 1}), ("+", None),
+    ("behind", ["-I", "INPUT", "2"] + UDP_DROP + ["1008"]),   # around the wrapper, then `import --live`
+    ("send", {1008: 2, 1001: 1, 1006: 1}),
+    ("behind", ["-D", "INPUT", "2"]),
+    ("send", {1001: 1}),
+    ("import", BASE.replace("1002", "1010")),                 # `ipt2xdp import FILE` restores: all restart
+    ("send", {1001: 2, 1010: 1, 1009: 1}),
+    ("iptables", ["-Z", "INPUT", "1"]),
+    ("iptables", ["-Z"]),
+    ("send", {1001: 1, 1009: 1}),
+    ("iptables", ["-F", "INPUT"]),
+]
+
+
+def real(ns, backend, args, input=None):
+    return ns.run(["bash", "-c", f'exec -a "$0" /usr/sbin/xtables-{backend}-multi "$@"', *args], input=input)
+
+
+def wrapped(ns, backend, args, input=None):
+    return ns.run(["env", f"IPT2XDP_BACKEND={backend}", str(BIN / f"ipt2xdp-{args[0]}"), *args[1:]], input=input)
+
+
+def ipt2xdp(ns, backend, args, input=None):
+    return ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", *args], input=input)
+
+
+def send(pair, sink, trains):
+    with nsutil.inside(pair.sender):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for port, count in trains.items():
+            for _ in range(count):
+                s.sendto(b"x" * 8, (pair.receiver_ip, port))
+        s.sendto(b"marker", (pair.receiver_ip, MARKER))
+    finally:
+        s.close()
+    got = b""
+    while got != b"marker":  # earlier datagrams to the marker port arrive first
+        got = sink.recv(64)
+
+
+def listings(run, formats):
+    out = {}
+    for args in [["iptables", "-L", "-v", "-x", "-n", "--line-numbers"], ["iptables-save", "-c"]] + formats:
+        text = run(args).stdout
+        out[" ".join(args)] = re.sub(r"(?m)^#.*\n", "", text)  # iptables-save's timestamps
+    return out
+
+
+def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "mangle", "filter"), prepare=()):
+    """[(step, {command: output})] after every step of script; and, through the wrapper, the real
+    binary's -L INPUT -v -x after the first packets (what netfilter itself counted)."""
+    pair = netns.veth_pair()
+    loaded = False
+    try:
+        ns = pair.receiver
+        for table in tables:  # legacy makes a table on first use: make them the same way in both runs
+            real(ns, backend, ["iptables", "-t", table, "-S"])
+        real(ns, backend, ["iptables-restore"], input=base)
+        for args in prepare:
+            real(ns, backend, ["iptables", *args])
+        if through_wrapper:
+            loaded = True
+            ipt2xdp(ns, backend, ["import", "--live", "--iface", pair.receiver_if])
+        tool = (lambda args, input=None: wrapped(ns, backend, args, input)) if through_wrapper else \
+            (lambda args, input=None: real(ns, backend, args, input))
+        sink = nsutil.udp_receiver(ns, MARKER)
+        sink.settimeout(10)
+        seen, netfilter_alone = [], None
+        try:
+            for number, step in enumerate(script):
+                what = step[0]
+                if what == "send":
+                    send(pair, sink, step[1])
+                    if netfilter_alone is None:
+                        netfilter_alone = real(ns, backend, ["iptables", "-L", "INPUT", "-v", "-x", "-n"]).stdout
+                elif what == "iptables":
+                    tool(["iptables", *step[1]])
+                elif what == "resave":
+                    tool(["iptables-restore", *step[1]], input=tool(["iptables-save", *step[1]]).stdout)
+                elif what == "restore":
+                    tool(["iptables-restore", *step[1]], input=step[2])
+                elif what == "behind":
+                    real(ns, backend, ["iptables", *step[1]])
+                    if through_wrapper:
+                        ipt2xdp(ns, backend, ["import", "--live"])
+                elif what == "import":
+                    if through_wrapper:
+                        ipt2xdp(ns, backend, ["import", "-"], input=step[1])
+                    else:
+                        real(ns, backend, ["iptables-restore"], input=step[1])
+                output = tool(step[1]).stdout if what == "output" else None
+                shown = dict(listings(tool, FORMATS if what == "+" else []), output=output)
+                seen.append((f"{number}: {step}", shown))
+        finally:
+            sink.close()
+        return seen, netfilter_alone
+    finally:
+        try:
+            if loaded:
+                nsutil.unload(pair)
+        finally:
+            pair.close()
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_listed_counters_equal_netfilter_counting_everything(backend):
+    want, _ = play(backend, through_wrapper=False)
+    got, netfilter_alone = play(backend, through_wrapper=True)
+    # XDP did drop the first packets: netfilter alone counted none of rule 1's three.
+    assert re.search(r"(?m)^\s+0\s+0 DROP .*udp dpt:1001", netfilter_alone), netfilter_alone
+    assert re.search(r"(?m)^1\s+3\s+108 DROP .*udp dpt:1001", want[0][1]["iptables -L -v -x -n --line-numbers"])
+    for (step, expected), (_, shown) in zip(want, got):
+        for command, text in expected.items():
+            assert shown[command] == text, f"after step {step}, `{command}`"
+    assert len(got) == len(want) == len(SCRIPT)
+
+
+@pytest.mark.xfail(strict=True, reason="not yet: XDP's classifier rules count only the deciding rule's path, so a "
+                   "packet that entered a user chain, fell off its end (or matched a RETURN) and was dropped later "
+                   "is not added to the jump rule it matched (needs the data plane to count the jumps a dropped "
+                   "packet took)")
+def test_a_dropped_packet_that_returned_from_a_chain_counts_on_the_jump():
+    base = BASE.replace("--dport 1003:1004 -j BL", "-j BL")
+    want, _ = play("nft", False, base, [("send", {1009: 3})])
+    got, _ = play("nft", True, base, [("send", {1009: 3})])
+    assert got == want
+
+
+@pytest.mark.xfail(strict=True, reason="not yet: nat PREROUTING sees only the packets that make a new conntrack "
+                   "entry (every packet of a dropped flow, none of an established one); XDP does not record which "
+                   "of its drops those were")
+def test_a_dropped_packet_counts_on_the_nat_prerouting_policy():
+    # A nat rule the test's packets do not match: they pass nat PREROUTING to its policy.
+    dnat = [["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "DNAT",
+             "--to-destination", "10.9.9.9:80"]]
+    want, _ = play("legacy", False, script=[("send", {1001: 3})], prepare=dnat)
+    assert ":PREROUTING ACCEPT [4:" in want[0][1]["iptables-save -c"].split("*nat")[1]
+    got, _ = play("legacy", True, script=[("send", {1001: 3})], prepare=dnat)
+    assert got == want
