@@ -4,7 +4,6 @@ it proves netfilter drops, accepted traffic reaches a socket, bad input changes 
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
