@@ -167,7 +167,9 @@ def _loaded():
     return info
 
 
-def _offload(ruleset, host, devices, args, backend_name, report):
+def _offload(ruleset, host, devices, args, backend_name, report, text=None):
+    """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
+    renders it to tell whether anything changed)."""
     from ipt2xdp import drift, loader, planstore, setguard
     from ipt2xdp.compile import compile as compile_tables
     from ipt2xdp.plan import plan
@@ -179,7 +181,8 @@ def _offload(ruleset, host, devices, args, backend_name, report):
     result = plan(ruleset, host)
     tables = compile_tables(result.rules, result.default, overflow="defer")
     tables.set_guard = setguard.with_deadline(expectation, result.set_deadline_ns)
-    text = render(ruleset.without_positions())
+    if text is None:
+        text = render(ruleset.without_positions())
     key = planstore.digest(text, devices)
     planstore.save(key, {
         "backend": backend_name,

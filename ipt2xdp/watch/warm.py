@@ -90,7 +90,8 @@ class Warm:
             text = backends.save(backend)
             times["read"] = time.monotonic() - started
             ruleset = parse(text, f"<iptables-{backend}-save>")
-            live_key = planstore.digest(render(ruleset.without_positions()), devices)
+            rendered = render(ruleset.without_positions())
+            live_key = planstore.digest(rendered, devices)
             times["parse"] = time.monotonic() - started - times["read"]
             mark = time.monotonic()
             host = self.host(devices)
@@ -103,10 +104,10 @@ class Warm:
                         + ("enforcing again" if deferring else "nothing to do"))
             else:
                 mark = time.monotonic()
-                sync.replan(backend, ruleset, host if sorted(devices) == devices else None)
+                sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered)
                 times["plan+flip"] = time.monotonic() - mark
                 generation = loader.status(include_counters=False).get("generation")
                 what = f"re-imported iptables-{backend}'s ruleset, generation {generation}"
         total = time.monotonic() - started
         self.last = {"what": what, "seconds": round(total, 3), **{k: round(v, 3) for k, v in times.items()}}
-        return f"{what} ({total:.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()) + ")"
+        return f"{what} ({total:.2f} s: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()) + ")"

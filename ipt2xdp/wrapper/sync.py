@@ -190,20 +190,20 @@ def abort(enforcing_before: bool, mark: int) -> None:
         loader.defer_all(False)
 
 
-def replan(backend_name: str, ruleset=None, host=None) -> None:
+def replan(backend_name: str, ruleset=None, host=None, text=None) -> None:
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
-    caller, after the point its own changes are covered from."""
+    caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand."""
     from ipt2xdp import loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return
     with guarded_flip():
-        _replan(info, backend_name, ruleset, host)
+        _replan(info, backend_name, ruleset, host, text)
 
 
-def _replan(info: dict, backend_name: str, ruleset, host) -> None:
+def _replan(info: dict, backend_name: str, ruleset, host, text=None) -> None:
     from ipt2xdp import backend as backends
     from ipt2xdp import loader, planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -223,7 +223,7 @@ def _replan(info: dict, backend_name: str, ruleset, host) -> None:
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
     # Counts up to now; drops between this read and the flip are lost (microseconds, all deferred).
     before = xdpcounts.current()
-    _offload(ruleset, host, devices, args, backend_name, report)
+    _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None)
     new_key = loader.status(include_counters=False).get("ruleset", {}).get("source_digest")
     if new_key and new_key != old_key:
         xdpcounts.carry(before, old_plan, planstore.load(new_key), new_key)
