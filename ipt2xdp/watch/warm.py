@@ -11,6 +11,8 @@ and not the set-up around it.
   touch (whether a `ct helper` is assigned outside iptables).
 - The live ruleset's text: when it is what the plan in force was made from, and so is the host,
   nothing is planned (the change was undone, or was already planned).
+- Each rule's translation into classifier terms (plan.TERM_MEMO), reused for the rules that did
+  not change while the host facts stay the same object; dropped when they change.
 """
 from __future__ import annotations
 
@@ -68,6 +70,14 @@ class Warm:
             self._helpers_stale = False
         return self._host
 
+    def _memo(self, host, rules: int) -> None:
+        """Keep the rules' translations for the next plan while the host facts stay the same."""
+        from ipt2xdp import plan
+
+        memo = plan.TERM_MEMO
+        if memo is None or memo["host"] is not host or len(memo["terms"]) > 2 * rules + 1000:
+            plan.TERM_MEMO = {"host": host, "terms": {}}
+
     def sync(self, backend: Optional[str]) -> str:
         """Bring XDP in step with the kernel now; what was done, for the log. Raises on failure
         (XDP keeps deferring if it was)."""
@@ -104,6 +114,8 @@ class Warm:
                         + ("enforcing again" if deferring else "nothing to do"))
             else:
                 mark = time.monotonic()
+                if self.host_trigger is not None:  # the host object is reused only with its trigger
+                    self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
                 sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered)
                 times["plan+flip"] = time.monotonic() - mark
                 generation = loader.status(include_counters=False).get("generation")
