@@ -91,6 +91,7 @@ class Watcher:
             for trigger in self.triggers:  # what changes after this point is reported again
                 trigger.rebase()
             log(f"{reasons}: {self.warm.sync(self.backend)}")
+        self.warm.collect()
 
     # ------------------------------------------------------------------- the wrapper's requests
     def dispatch(self, session: Session, words: List[str]) -> str:
@@ -188,6 +189,8 @@ class Watcher:
         if self.server is not None and self.server.handle(readable):
             # A sync drained the triggers; what arrived while it ran is read now, not next turn.
             readable = select.select(list(fds), [], [], 0)[0]
+            if not readable:
+                self.warm.collect()
         now = time.monotonic()
         changes: List[Change] = []
         for trigger in self.triggers:
