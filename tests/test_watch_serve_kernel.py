@@ -14,6 +14,7 @@
   refused.
 """
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -79,8 +80,13 @@ def watched(request):
         yield backend, pair, proc, log
     finally:
         if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()  # it removes its socket file
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
         unload_and_close(pair)
 
@@ -149,11 +155,15 @@ def test_killed_or_stopped_watcher_falls_back_to_syncing_in_the_wrapper(watched)
 
     proc.kill()
     proc.wait()
-    assert status(ns, backend)["watcher"] is None
-    got = wrapped(ns, backend, "iptables", ["-w", "-A", "INPUT", "-s", "192.0.2.3", "-j", "DROP"])
-    assert (got.returncode, got.stderr) == (0, "")
-    assert_in_step_now(ns, backend, "killed watcher")
-    assert real(ns, backend, ["iptables", "-S", "INPUT"]).stdout.count("-j DROP") == 2
+    path = socket_path(pins.netns_id_of(ns.path))
+    try:
+        assert status(ns, backend)["watcher"] is None
+        got = wrapped(ns, backend, "iptables", ["-w", "-A", "INPUT", "-s", "192.0.2.3", "-j", "DROP"])
+        assert (got.returncode, got.stderr) == (0, "")
+        assert_in_step_now(ns, backend, "killed watcher")
+        assert real(ns, backend, ["iptables", "-S", "INPUT"]).stdout.count("-j DROP") == 2
+    finally:
+        os.unlink(path)  # what SIGKILL left behind (the wrapper found it refusing connections)
 
 
 def test_concurrent_callers_through_the_watcher_lose_no_update(watched):
