@@ -8,14 +8,27 @@ namespace (which defers, runs the real binary, re-plans from the kernel and flip
 pass-through `-C` (read-only; exec()s the real binary) and `--version`. Wall time per call,
 median of the rounds, process start included, as a caller like fail2ban sees it.
 
+The change is timed twice through the wrapper, interleaved round by round with the real binary's
+(the shared machine's load drifts; one minute's rounds are comparable): re-planning in its own
+process, importing the planning stack first (`ipt2xdp watch` stopped and its socket hidden), and
+served by the running watcher (the wrapper hands the defer and the re-plan to it over its socket);
+the watcher's served count is checked and its own timing of each sync (read, parse, host facts,
+plan+flip) is reported beside.
+
     sudo .venv/bin/python bench/wrapper_bench.py [--rules 10000] [--rounds 10] [--backend nft]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,43 +63,134 @@ def timed(ns, argv, rounds):
     return statistics.median(times) * 1000
 
 
+def change_pair(ns, argv0, rule):
+    return [timed(ns, argv0 + ["-w", "-A", *rule], 1), timed(ns, argv0 + ["-w", "-D", *rule], 1)]
+
+
+SERVED = re.compile(r"served sync #\d+: .*\(([\d.]+) s: (.*)\)$")
+SOCKET = re.compile(r"serving wrapper calls on (\S+)")
+
+
+class Watch:
+    """`ipt2xdp watch` running in ns. paused(): its socket renamed away and the process stopped, so
+    wrapper calls re-plan in their own process as without a watcher, with nothing planning beside
+    them; on resuming, it is left to settle (it re-reads the ruleset those calls changed)."""
+
+    def __init__(self, ns, env):
+        self.out = tempfile.NamedTemporaryFile("w+", prefix="ipt2xdp-bench-watch-")
+        self.ns, self.env = ns, env
+        self.proc = subprocess.Popen(ns.argv(env + [sys.executable, "-m", "ipt2xdp", "watch"]), stderr=self.out,
+                                     stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while "change in start" not in self.text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ipt2xdp watch did not start: {self.text()}")
+            time.sleep(0.2)
+        self.socket = SOCKET.search(self.text()).group(1)
+
+    def text(self) -> str:
+        return Path(self.out.name).read_text()
+
+    @contextlib.contextmanager
+    def paused(self):
+        self.proc.send_signal(signal.SIGSTOP)
+        os.rename(self.socket, self.socket + ".paused")
+        try:
+            yield
+        finally:
+            os.rename(self.socket + ".paused", self.socket)
+            self.proc.send_signal(signal.SIGCONT)
+        self.settle()
+
+    def settle(self, quiet: float = 1.5, limit: float = 300) -> None:
+        deadline, size, since = time.monotonic() + limit, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = len(self.text())
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.1)
+
+    def served(self) -> int:
+        st = json.loads(self.ns.run(self.env + [sys.executable, "-m", "ipt2xdp", "status", "--json", "--no-drift"],
+                                    check=False).stdout)
+        return (st.get("watcher") or {}).get("served")
+
+    def steps(self) -> dict:
+        """The watcher's own timing of the syncs it served, median ms per step."""
+        steps = {}
+        for line in self.text().splitlines():
+            m = SERVED.search(line)
+            if m:
+                steps.setdefault("total", []).append(float(m.group(1)) * 1000)
+                for part in m.group(2).split(", "):
+                    name, value, _ms = part.rsplit(" ", 2)
+                    steps.setdefault(name, []).append(float(value))
+        return {k: statistics.median(v) for k, v in steps.items()}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.out.close()
+
+
 def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -> dict:
-    real = ["env", f"IPT2XDP_BACKEND={backend}"]
+    env = ["env", f"IPT2XDP_BACKEND={backend}"]
     res = {"meta": {**stamp(), "method": {
         "rules": rules, "rounds": rounds, "backend": backend,
         "change": "median wall ms of `-w -A INPUT -s 192.0.2.1 -j DROP` and the matching `-D`, per process "
                   "(Python start and nsenter included); real binary in a plain namespace, ipt2xdp-iptables "
                   "in a namespace with ipt2xdp imported (--live) on a veth",
-        "check_version": "pass-through calls, median of rounds"}}}
+        "check_version": "pass-through calls, median of rounds",
+        "watch": "each round times the real binary, the wrapper re-planning in its own process (`ipt2xdp watch` "
+                 "stopped, its socket hidden) and the wrapper served by the running watcher (served count "
+                 "checked), one after the other; watcher_ms: the watcher's own timing of each sync, median"}}}
     with netns.veth_pair() as pair:
         plain, xdp = pair.sender, pair.receiver
         for ns in (plain, xdp):
             ns.run([f"iptables-{backend}-restore"], input=ruleset(rules))
-        r = xdp.run(real + [sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", pair.receiver_if],
+        r = xdp.run(env + [sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", pair.receiver_if],
                     check=False)
         if r.returncode:
             raise RuntimeError(r.stderr)
         rule = ["INPUT", "-s", "192.0.2.1", "-j", "DROP"]
-        real_bin = f"iptables-{backend}"
-        results = {}
+        real_bin, wrapper = [f"iptables-{backend}"], env + [str(BIN / "ipt2xdp-iptables")]
+        times = {"real": [], "wrapper": [], "wrapper_watch": []}
+        watch = None
         try:
-            for who, ns, argv0 in (("real", plain, [real_bin]),
-                                   ("wrapper", xdp, real + [str(BIN / "ipt2xdp-iptables")])):
-                add, delete = [], []
-                for _ in range(rounds):
-                    add.append(timed(ns, argv0 + ["-w", "-A", *rule], 1))
-                    delete.append(timed(ns, argv0 + ["-w", "-D", *rule], 1))
-                results[who] = {"change": statistics.median(add + delete),
-                                "check": timed(ns, argv0 + ["-w", "-C", *rule], rounds),
-                                "version": timed(ns, argv0 + ["--version"], rounds)}
+            watch = Watch(xdp, env)
+            for _ in range(rounds):
+                times["real"] += change_pair(plain, real_bin, rule)
+                with watch.paused():
+                    times["wrapper"] += change_pair(xdp, wrapper, rule)
+                times["wrapper_watch"] += change_pair(xdp, wrapper, rule)
+            served = watch.served()
+            if served != 2 * rounds:
+                raise RuntimeError(f"the watcher served {served} of {2 * rounds} changes: {watch.text()}")
+            res["watcher_ms"] = watch.steps()
+            with watch.paused():
+                results = {who: {"change": statistics.median(times[who]),
+                                 "check": timed(ns, argv0 + ["-w", "-C", *rule], rounds),
+                                 "version": timed(ns, argv0 + ["--version"], rounds)}
+                           for who, ns, argv0 in (("real", plain, real_bin), ("wrapper", xdp, wrapper))}
+            results["wrapper_watch"] = {"change": statistics.median(times["wrapper_watch"])}
         finally:
-            xdp.run(real + [sys.executable, "-m", "ipt2xdp", "detach", "--all"], check=False)
+            if watch is not None:
+                watch.stop()
+            xdp.run(env + [sys.executable, "-m", "ipt2xdp", "detach", "--all"], check=False)
     res["ms"] = results
     log(f"  {rules} rules, backend {backend}, {rounds} rounds, median wall ms per call")
-    log(f"  {'call':<10} {'real':>10} {'wrapper':>10} {'added':>10}")
+    log(f"  {'call':<22} {'real':>10} {'wrapper':>10} {'added':>10}")
     for key in ("change", "check", "version"):
         a, b = results["real"][key], results["wrapper"][key]
-        log(f"  {key:<10} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
+        log(f"  {key:<22} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
+    a, b = results["real"]["change"], results["wrapper_watch"]["change"]
+    log(f"  {'change, watch serving':<22} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
+    log("  watcher's own timing of its syncs (median ms): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in res["watcher_ms"].items()))
     return res
 
 
@@ -95,8 +199,11 @@ def main() -> int:
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--backend", default="nft", choices=("nft", "legacy"))
+    parser.add_argument("--json", metavar="FILE", help="also write the result here")
     args = parser.parse_args()
-    run(args.rules, args.rounds, args.backend)
+    res = run(args.rules, args.rounds, args.backend)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
 
 

@@ -23,6 +23,10 @@ from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
 
 DEFAULT_MAX_RULES = 100_000
+# Set to {"host": HostContext, "terms": {}} by a long-lived planner (`ipt2xdp watch`) to keep each
+# rule's Term between plans: a Term is a pure function of the rule (ir.Rule equality leaves its
+# position out) and of the host object it was translated for, so it is reused only for that object.
+TERM_MEMO: Optional[dict] = None
 EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))
 NO_OP_TARGETS = (ir.Accept, ir.Return)  # in an earlier chain these let the packet go on unchanged
 
@@ -130,7 +134,14 @@ class _Emitter:
         key = (table, chain, index)
         if key not in self.terms:
             host = self.host if table == "filter" else self.guard_host
-            self.terms[key] = translate(rule, host, self.interfaces)
+            memo = TERM_MEMO
+            if memo is not None and memo["host"] is host:
+                found = memo["terms"].get(rule)
+                if found is None:
+                    found = memo["terms"][rule] = translate(rule, host, self.interfaces)
+                self.terms[key] = found
+            else:
+                self.terms[key] = translate(rule, host, self.interfaces)
         return self.terms[key]
 
     def note_sets(self, uses: Tuple[SetUse, ...], bits: int) -> int:

@@ -56,8 +56,12 @@ def watched(request):
         yield backend, pair, proc, log
     finally:
         if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()  # it removes its socket file
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
         unload_and_close(pair)
 

@@ -173,7 +173,9 @@ def _loaded():
     return info
 
 
-def _offload(ruleset, host, devices, args, backend_name, report):
+def _offload(ruleset, host, devices, args, backend_name, report, text=None):
+    """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
+    renders it to tell whether anything changed)."""
     from ipt2xdp import drift, loader, planstore, setguard
     from ipt2xdp.compile import compile as compile_tables
     from ipt2xdp.plan import plan
@@ -185,7 +187,8 @@ def _offload(ruleset, host, devices, args, backend_name, report):
     result = plan(ruleset, host)
     tables = compile_tables(result.rules, result.default, overflow="defer")
     tables.set_guard = setguard.with_deadline(expectation, result.set_deadline_ns)
-    text = render(ruleset.without_positions())
+    if text is None:
+        text = render(ruleset.without_positions())
     key = planstore.digest(text, devices)
     planstore.save(key, {
         "backend": backend_name,
@@ -206,7 +209,8 @@ def _offload(ruleset, host, devices, args, backend_name, report):
     before = loader.status(include_counters=False)
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key)
     # The counts XDP kept for each rule stay with it, as netfilter's own do.
-    xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None))
+    xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
+                         getattr(args, "count_pid", None))
     s = report.summary(result)
     attached = ", ".join(f"{name} ({mode})" for name, mode in sorted(applied.attached.items()))
     return (f"ipt2xdp: generation {applied.generation} on {attached}: {s['rules']} rules, XDP decides "

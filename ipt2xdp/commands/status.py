@@ -27,6 +27,7 @@ def run(args) -> int:
         info["plan_summary"] = (plan or {}).get("summary")
         if not args.no_drift:
             info["drift"] = drift.check(info)
+    info["watcher"] = _watcher(info["netns"])
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return _exit_code(info)
@@ -48,6 +49,9 @@ def run(args) -> int:
               "`ipt2xdp import --live` mirrors the sets again")
     for line in drift.describe(info.get("drift", {})):
         print(line)
+    watcher = info["watcher"]
+    print(f"watcher: pid {watcher['pid']}, served {watcher['served']} wrapper change(s) over its socket" if watcher
+          else "watcher: none answering in this namespace (wrapper calls re-plan in their own process)")
     if not info["devices"]:
         print("devices: none attached")
     for name, d in sorted(info["devices"].items()):
@@ -68,6 +72,14 @@ def run(args) -> int:
             if c["packets"] or args.all_counters:
                 print(f"{rule:>10} {c['packets']:>12} {c['bytes']:>14}")
     return _exit_code(info)
+
+
+def _watcher(netns: int):
+    """`ipt2xdp watch`'s own status ({pid, served, last}) if one serves this namespace, else None."""
+    from ipt2xdp.wrapper import client
+
+    answer = client.ask_status(netns)
+    return json.loads(answer) if answer else None
 
 
 def _exit_code(info) -> int:

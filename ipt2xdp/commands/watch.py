@@ -2,7 +2,7 @@
 """`ipt2xdp watch`: a small long-running service that keeps XDP in step with changes made behind
 the wrapper's back, in the current network namespace (so `ip netns exec NAME ipt2xdp watch` works).
 
-Logs one line per event to stderr (journald under systemd). Exit codes: 0 stopped by SIGTERM or
+Serves the wrapper's syncs on a root-only unix socket (watch/server.py). Logs one line per event to stderr (journald under systemd). Exit codes: 0 stopped by SIGTERM or
 SIGINT, 1 could not start (e.g. no permission for the netlink sockets), 2 bad arguments.
 """
 from __future__ import annotations
@@ -17,6 +17,9 @@ def add_arguments(parser):
                         help="re-import once changes have stopped for this long (default 0.2; XDP defers at once)")
     parser.add_argument("--legacy-interval", type=float, metavar="SECONDS",
                         help="how often to poll the legacy tables' digest (default 1.0)")
+    parser.add_argument("--no-socket", action="store_true",
+                        help="do not serve wrapper calls on /run/ipt2xdp/<netns>/watch.sock (they sync in "
+                             "their own process then)")
     parser.add_argument("--trigger", action="append", metavar="NAME",
                         help="use only these triggers (repeatable; default: all, e.g. nftables, legacy, host)")
 
@@ -36,4 +39,5 @@ def run(args) -> int:
         return service.EXIT_FAILED
     if not built:
         raise UsageError(f"no such trigger: {', '.join(args.trigger or [])}")
-    return service.Watcher(built, backend=args.backend, debounce=args.debounce).run()
+    return service.Watcher(built, backend=args.backend, debounce=args.debounce,
+                           serve_wrapper=not args.no_socket).run()

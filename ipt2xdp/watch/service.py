@@ -17,9 +17,15 @@ boot script, an address added) is seen only afterwards, so the order here is:
 The window that remains is between the kernel committing a relaxing change and step 2: the
 notification's delivery and one map write for nf_tables (about a millisecond, measured in
 tests/test_watch_kernel.py), up to one poll interval for legacy (1 s by default).
+
+The watcher also serves the wrapper (server.py, wrapper/client.py): a wrapper call holding the
+wrapper's lock asks it to defer, runs the real command, and asks it to sync. The sync first drains
+every trigger, so the notification of the caller's own change is covered by that one re-plan and
+does not start another; the planning stack, the grammar and the host facts stay warm (warm.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -27,13 +33,16 @@ import sys
 import time
 from typing import List, Optional
 
+from ipt2xdp.watch.server import AlreadyServed, Session, SyncServer
 from ipt2xdp.watch.triggers import Change, Trigger
+from ipt2xdp.watch.warm import Warm, warm_up
 
 EXIT_STOPPED = 0      # SIGTERM or SIGINT: stopped cleanly
 EXIT_FAILED = 1       # the triggers could not be set up (no CAP_NET_ADMIN, no netlink), or a bug
 EXIT_USAGE = 2        # bad arguments
 
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
+LOCK_RETRY = 0.1      # the wrapper's lock was held (a caller mid-change): try the re-import again after
 
 
 def log(message: str) -> None:
@@ -42,17 +51,21 @@ def log(message: str) -> None:
 
 class Watcher:
     def __init__(self, triggers: List[Trigger], backend: Optional[str] = None, debounce: float = 0.2,
-                 max_delay: float = 2.0):
+                 max_delay: float = 2.0, serve_wrapper: bool = True):
         self.triggers = triggers
         self.backend = backend
         self.debounce = debounce
         self.max_delay = max_delay
+        self.serve_wrapper = serve_wrapper
         self.pending: List[Change] = []
         self.first_at = self.last_at = 0.0
         self.retry_at: Optional[float] = None
         self.retry_delay = RETRY_FIRST
         self.stopping = False
         self.next_poll = {id(t): time.monotonic() + t.poll_interval for t in triggers if t.poll_interval}
+        self.hold_until = 0.0
+        self.warm = Warm(triggers)
+        self.server: Optional[SyncServer] = None
 
     # --------------------------------------------------------------------------- the two halves
     def defer_now(self, changes: List[Change]) -> None:
@@ -69,35 +82,73 @@ class Watcher:
         log("deferring to netfilter: " + "; ".join(f"{c.source}: {c.detail}" for c in changes))
 
     def reconcile(self, reasons: str) -> None:
-        """Step 3, under the wrapper's lock. Raises on failure (XDP stays as it is: deferring if a
-        relaxing change was seen)."""
-        from ipt2xdp import drift, loader, planstore
-        from ipt2xdp.wrapper import realbin, sync
+        """Step 3, under the wrapper's lock (not waited for: a caller holding it is served here,
+        so waiting would deadlock; raises LockTimeout). Raises on failure (XDP stays as it is:
+        deferring if a relaxing change was seen)."""
+        from ipt2xdp.wrapper import sync
 
-        with sync.wrapper_lock(None):
+        with sync.wrapper_lock(-1):
             for trigger in self.triggers:  # what changes after this point is reported again
                 trigger.rebase()
-            info = loader.status(include_counters=False)
-            if not info.get("loaded"):
-                log(f"{reasons}: ipt2xdp is not loaded in this network namespace; nothing to do")
-                return
-            key = info.get("ruleset", {}).get("source_digest")
-            record = planstore.load(key) or {}
-            backend = self.backend or record.get("backend") or realbin.backend()
-            devices = record.get("devices") or sorted(info.get("devices", {}))
-            started = time.monotonic()
-            ruleset, live_key, host = drift.live(backend, devices)
-            if record and live_key == key and record.get("host_digest") == drift.host_digest(host):
-                again = "enforcing again" if info.get("deferring_all") else "nothing to do"
-                if info.get("deferring_all"):
-                    loader.defer_all(False)
-                log(f"{reasons}: in step, the plan in force is that of iptables-{backend}'s ruleset and this "
-                    f"host; {again} ({time.monotonic() - started:.2f} s)")
-                return
-            sync.replan(backend, ruleset, host if sorted(devices) == devices else None)
-            generation = loader.status(include_counters=False).get("generation")
-            log(f"{reasons}: re-imported iptables-{backend}'s ruleset, generation {generation} "
-                f"({time.monotonic() - started:.2f} s)")
+            log(f"{reasons}: {self.warm.sync(self.backend)}")
+        self.warm.collect()
+
+    # ------------------------------------------------------------------- the wrapper's requests
+    def dispatch(self, session: Session, words: List[str]) -> str:
+        try:
+            if words == ["status"]:
+                return "ok " + json.dumps({"pid": os.getpid(), "served": self.warm.served, "last": self.warm.last})
+            if len(words) == 2 and words[0] == "begin":
+                return self._begin(session)
+            if len(words) == 2 and words[0] == "done" and words[1].lstrip("-").isdigit():
+                return self._done(session, int(words[1]))
+        except Exception as error:  # noqa: BLE001 - answer, keep watching
+            log(f"wrapper pid {session.pid}: {' '.join(words[:1])} failed: {error}")
+            return f"error {error}".replace("\n", " ")
+        return "error unknown request"
+
+    def _begin(self, session: Session) -> str:
+        from ipt2xdp.wrapper import sync
+
+        try:
+            with sync.wrapper_lock(-1):
+                return "error the caller does not hold the wrapper's lock"
+        except sync.LockTimeout:
+            pass  # held, as it must be: by the caller
+        session.begun = sync.begin()
+        return "ok"
+
+    def _done(self, session: Session, rc: int) -> str:
+        """The caller's real command ended with rc, the wrapper's lock still held by the caller."""
+        from ipt2xdp.wrapper import sync
+
+        if session.begun is None:
+            return "error done without begin"
+        enforcing, mark = session.begun
+        session.begun = None
+        if rc != 0:
+            sync.abort(enforcing, mark)
+            return "ok unchanged"
+        # Everything the triggers noticed so far, the caller's own change included, is covered by
+        # the read below: it is planned once, here, and not again when its notification is read.
+        changes = [c for t in self.triggers for c in self._check(t)]
+        self.warm.note(changes + self.pending)
+        self.pending, self.retry_at, self.retry_delay = [], None, RETRY_FIRST
+        try:
+            what = self.warm.sync(self.backend, counts_pid=session.pid)  # its counts follow its command
+        except Exception as error:  # noqa: BLE001 - XDP keeps deferring; retried like a failed re-import
+            self.retry_at = time.monotonic() + self.retry_delay
+            log(f"wrapper pid {session.pid}: re-planning failed, XDP keeps deferring to netfilter; retrying in "
+                f"{self.retry_delay:.0f} s: {error}")
+            return f"error re-planning failed: {error}".replace("\n", " ")
+        self.warm.served += 1
+        log(f"wrapper pid {session.pid}: served sync #{self.warm.served}: {what}")
+        return "ok " + what
+
+    def _gone(self, session: Session) -> None:
+        """A caller vanished between begin and done: its command may or may not have changed
+        netfilter (and may still be running). XDP keeps deferring; re-import once the lock is free."""
+        self._add([Change("wrapper", f"pid {session.pid} ended without finishing its change")], time.monotonic())
 
     # --------------------------------------------------------------------------------- the loop
     def _check(self, trigger: Trigger) -> List[Change]:
@@ -109,21 +160,37 @@ class Watcher:
     def _timeout(self, now: float) -> Optional[float]:
         deadlines = list(self.next_poll.values())
         if self.pending:
-            deadlines.append(min(self.last_at + self.debounce, self.first_at + self.max_delay))
+            deadlines.append(max(min(self.last_at + self.debounce, self.first_at + self.max_delay), self.hold_until))
         if self.retry_at is not None:
-            deadlines.append(self.retry_at)
+            deadlines.append(max(self.retry_at, self.hold_until))
         return max(0.0, min(deadlines) - now) if deadlines else None
 
+    def _add(self, changes: List[Change], now: float) -> None:
+        self.warm.note(changes)
+        if any(c.relaxing for c in changes):
+            self.defer_now(changes)
+        if not self.pending:
+            self.first_at = now
+        self.pending += changes
+        self.last_at = now
+
     def step(self, wake_fd: Optional[int] = None) -> None:
-        """One turn: wait for an event or a deadline, collect changes, defer, re-import when due."""
+        """One turn: wait for an event or a deadline, serve the wrapper's requests, collect
+        changes, defer, re-import when due."""
         fds = {t.fileno(): t for t in self.triggers if t.fileno() is not None}
-        readable, _, _ = select.select(list(fds) + ([wake_fd] if wake_fd is not None else []), [], [],
+        served = self.server.fds() if self.server is not None else []
+        readable, _, _ = select.select(list(fds) + served + ([wake_fd] if wake_fd is not None else []), [], [],
                                        self._timeout(time.monotonic()))
         if wake_fd is not None and wake_fd in readable:
             try:
                 os.read(wake_fd, 512)
             except BlockingIOError:
                 pass
+        if self.server is not None and self.server.handle(readable):
+            # A sync drained the triggers; what arrived while it ran is read now, not next turn.
+            readable = select.select(list(fds), [], [], 0)[0]
+            if not readable:
+                self.warm.collect()
         now = time.monotonic()
         changes: List[Change] = []
         for trigger in self.triggers:
@@ -133,23 +200,29 @@ class Watcher:
             if polled:
                 self.next_poll[id(trigger)] = now + trigger.poll_interval
         if changes:
-            if any(c.relaxing for c in changes):
-                self.defer_now(changes)
-            if not self.pending:
-                self.first_at = now
-            self.pending += changes
-            self.last_at = now
+            self._add(changes, now)
+        if now < self.hold_until:
+            return
         due = self.pending and (now - self.last_at >= self.debounce or now - self.first_at >= self.max_delay)
         retry = self.retry_at is not None and now >= self.retry_at
         if due or retry:
             self._reimport()
 
     def _reimport(self) -> None:
-        sources = sorted({c.source for c in self.pending}) or ["retry"]
+        from ipt2xdp.wrapper import sync
+
+        pending = self.pending
+        sources = sorted({c.source for c in pending}) or ["retry"]
         reasons = "change in " + ", ".join(sources)
         self.pending = []
         try:
             self.reconcile(reasons)
+        except sync.LockTimeout:
+            # A wrapper call holds the lock: its sync (served here, or its own) may cover these
+            # changes; if not, this re-import runs once the lock is free.
+            self.pending = pending or [Change("retry", "re-import after a failure")]
+            self.hold_until = time.monotonic() + LOCK_RETRY
+            return
         except Exception as error:  # noqa: BLE001 - keep watching; XDP keeps deferring meanwhile
             self.retry_at = time.monotonic() + self.retry_delay
             log(f"{reasons}: re-import failed, XDP keeps deferring to netfilter; retrying in "
@@ -157,6 +230,15 @@ class Watcher:
             self.retry_delay = min(self.retry_delay * 2, RETRY_MAX)
             return
         self.retry_at, self.retry_delay = None, RETRY_FIRST
+
+    def serve(self, netns: int) -> None:
+        """Open the socket the wrapper asks for syncs on; without it the wrapper syncs itself."""
+        try:
+            self.server = SyncServer(netns, self.dispatch, self._gone)
+        except AlreadyServed as error:
+            log(f"another ipt2xdp watch serves {error}; this one only watches")
+        except OSError as error:
+            log(f"cannot open the wrapper's socket ({error}); wrapper calls sync in their own process")
 
     def run(self) -> int:
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -166,8 +248,12 @@ class Watcher:
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(write_fd)
         try:
+            warm_up()
+            if self.serve_wrapper:
+                self.serve(int(_netns()))
             log(f"watching network namespace {_netns()} with triggers: "
-                + ", ".join(t.name for t in self.triggers))
+                + ", ".join(t.name for t in self.triggers)
+                + (f"; serving wrapper calls on {self.server.path}" if self.server else ""))
             self.pending = [Change("start", "checking the plan against the kernel")]
             self.first_at = self.last_at = time.monotonic() - self.max_delay
             while not self.stopping:
@@ -182,6 +268,8 @@ class Watcher:
             os.close(write_fd)
             for trigger in self.triggers:
                 trigger.close()
+            if self.server is not None:
+                self.server.close()
 
 
 def _netns() -> str:

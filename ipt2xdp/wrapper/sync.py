@@ -8,6 +8,10 @@ attached) and the flip to it ends deferring. If the command failed, netfilter is
 old plan is still exact, so deferring simply ends. If re-planning fails, XDP keeps deferring:
 slower, never wrong.
 
+With `ipt2xdp watch` running in the namespace, the XDP half (defer, re-plan, flip) is asked of it
+over its socket (wrapper/client.py), still under this process's lock; without one, or when it
+does not answer, this process does it itself.
+
 The whole sequence runs under the wrapper's lock, so two callers (Docker and fail2ban at once)
 never interleave "change, re-read, apply": the later one re-reads after the earlier one's change.
 It is a separate file from pins.lock(), which loader.apply() takes inside; flock locks on two
@@ -22,21 +26,26 @@ import os
 import signal
 import sys
 import types
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 LOCK_DIR = "/run/lock"
 
 
-def pin_dir_fast() -> Optional[str]:
-    """This namespace's pin directory if ipt2xdp is loaded here, else None; cheap on the common path."""
+def netns_cookie() -> int:
+    """pins.netns_id() without importing pins (ctypes): the wrapper's client path runs it per call."""
     import socket
     import struct
 
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            netns = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
+            return struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
     except OSError:
-        netns = os.stat("/proc/self/ns/net").st_ino
+        return os.stat("/proc/self/ns/net").st_ino
+
+
+def pin_dir_fast() -> Optional[str]:
+    """This namespace's pin directory if ipt2xdp is loaded here, else None; cheap on the common path."""
+    netns = netns_cookie()
     root = os.environ.get("IPT2XDP_BPFFS")
     if root is None and os.path.isdir("/sys/fs/bpf/ipt2xdp"):
         root = "/sys/fs/bpf"
@@ -56,17 +65,24 @@ class LockTimeout(Exception):
     pass
 
 
+def lock_path() -> str:
+    return os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{netns_cookie()}.lock")
+
+
 @contextlib.contextmanager
 def wrapper_lock(wait: Optional[float]) -> Iterator[None]:
     """Serialise wrapper updates in this namespace. wait: None or 0 = wait forever (what Debian's
-    iptables 1.8.9 does with and without -w), N = give up after N seconds like `-w N`."""
-    from ipt2xdp import pins
-
+    iptables 1.8.9 does with and without -w), N = give up after N seconds like `-w N`, a negative
+    number = do not wait at all (`ipt2xdp watch`, which must keep serving the wrapper's requests)."""
     os.makedirs(LOCK_DIR, exist_ok=True)
-    path = os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{pins.netns_id()}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if wait and wait > 0:
+        if wait is not None and wait < 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockTimeout() from None
+        elif wait and wait > 0:
             def expired(signum, frame):
                 raise LockTimeout()
             old = signal.signal(signal.SIGALRM, expired)
@@ -152,13 +168,17 @@ def was_deferring() -> bool:
     return bool(loader.status(include_counters=False).get("deferring_all"))
 
 
-def begin() -> bool:
-    """Defer everything before netfilter changes; returns whether XDP was enforcing before."""
+def begin() -> Tuple[bool, int]:
+    """Defer everything before netfilter changes; returns whether XDP was enforcing before, and
+    the stale mark, moved first: a re-plan that read the ruleset before this change (`ipt2xdp
+    watch` still serving a caller that was killed, or one this caller stopped waiting for) then
+    cannot end this deferral with its older plan (guarded_flip)."""
     from ipt2xdp import loader
 
     enforcing = not was_deferring()
+    mark = mark_stale()
     loader.defer_all(True)
-    return enforcing
+    return enforcing, mark
 
 
 def abort(enforcing_before: bool, mark: int) -> None:
@@ -170,20 +190,21 @@ def abort(enforcing_before: bool, mark: int) -> None:
         loader.defer_all(False)
 
 
-def replan(backend_name: str, ruleset=None, host=None) -> None:
+def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: Optional[int] = None) -> None:
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
-    caller, after the point its own changes are covered from."""
+    caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
+    counts_pid: the wrapper process whose change this flip follows (default: this process)."""
     from ipt2xdp import loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return
     with guarded_flip():
-        _replan(info, backend_name, ruleset, host)
+        _replan(info, backend_name, ruleset, host, text, counts_pid)
 
 
-def _replan(info: dict, backend_name: str, ruleset, host) -> None:
+def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: Optional[int] = None) -> None:
     from ipt2xdp import backend as backends
     from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -200,7 +221,9 @@ def _replan(info: dict, backend_name: str, ruleset, host) -> None:
         host = read_host_context(attached=devices)
     args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto",
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
-    _offload(ruleset, host, devices, args, backend_name, report)  # carries XDP's counts (xdpcounts.after_flip)
+    args.count_pid = counts_pid  # whose pending change record the counts follow (the wrapper's)
+    # carries XDP's counts (xdpcounts.after_flip)
+    _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None)
 
 
 def lock_wait(backend_name: str, wait: Optional[float]) -> Optional[float]:
@@ -232,23 +255,45 @@ def run_changing(backend_name: str, wait: Optional[float], command) -> int:
     except LockTimeout:
         return busy(wait)
     try:
-        mark = stale_mark()
-        try:
-            enforcing = begin()
-        except Exception as error:  # noqa: BLE001 - never block the firewall change on XDP
-            _note(f"could not make XDP defer ({error}); leaving it untouched")
-            return command()
-        rc = command()
-        if rc != 0:
-            abort(enforcing, mark)
+        from ipt2xdp.wrapper import client
+
+        rc, handled = client.run_changing(command)  # `ipt2xdp watch` does the XDP half, if it runs here
+        if handled:
             return rc
-        try:
-            replan(backend_name)
-        except Exception as error:  # noqa: BLE001 - XDP stays deferring: slower, never wrong
-            _note(f"XDP keeps deferring everything to netfilter: re-planning failed: {error}")
-        return rc
+        return _run_changing_here(backend_name, command, rc)
     finally:
         lock.__exit__(None, None, None)
+
+
+def _run_changing_here(backend_name: str, command, rc: Optional[int]) -> int:
+    """The XDP half in this process. rc: the real command already ran with the watcher's deferral
+    in place and the watcher stopped answering; re-plan from the kernel whatever rc was."""
+    if rc is not None:
+        _replan_or_keep_deferring(backend_name)
+        return rc
+    try:
+        enforcing, mark = begin()
+    except Exception as error:  # noqa: BLE001 - never block the firewall change on XDP
+        _note(f"could not make XDP defer ({error}); leaving it untouched")
+        return command()
+    rc = command()
+    if rc != 0:
+        abort(enforcing, mark)
+        return rc
+    _replan_or_keep_deferring(backend_name)
+    return rc
+
+
+def _replan_or_keep_deferring(backend_name: str) -> None:
+    import gc
+
+    # This process ends right after: its garbage goes with it, and at 10k rules the cycle
+    # collector's passes over the plan's millions of objects cost about a third of the re-plan.
+    gc.disable()
+    try:
+        replan(backend_name)
+    except Exception as error:  # noqa: BLE001 - XDP stays deferring: slower, never wrong
+        _note(f"XDP keeps deferring everything to netfilter: re-planning failed: {error}")
 
 
 __all__ = ["pin_dir_fast", "wrapper_lock", "run_changing", "replan", "LockTimeout", "stale_mark", "mark_stale",

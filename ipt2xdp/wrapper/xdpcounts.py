@@ -135,8 +135,8 @@ def _remove_orphans() -> None:
                 pass
 
 
-def _pending(ident: str) -> countmap.Change:
-    path = _pending_path(os.getpid())
+def _pending(ident: str, pid: Optional[int] = None) -> countmap.Change:
+    path = _pending_path(pid or os.getpid())
     try:
         with open(path) as f:
             record = json.load(f)
@@ -147,10 +147,11 @@ def _pending(ident: str) -> countmap.Change:
 
 
 def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]],
-               change: Optional[countmap.Change] = None) -> None:
+               change: Optional[countmap.Change] = None, pid: Optional[int] = None) -> None:
     """Carry the replaced generation's counts to the one now in force. before: loader.status()
     from before the flip; previous_counters: ApplyResult.previous_counters (final); change: what
-    the flip follows (default: what this process's wrapper call expect()ed)."""
+    the flip follows (default: what wrapper process `pid`, by default this one, expect()ed; `ipt2xdp
+    watch` flips for the wrapper that asked it)."""
     from ipt2xdp import abi, loader, planstore
 
     old_ident = generation_id(before)
@@ -160,7 +161,7 @@ def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]],
     new_ident = generation_id(after)
     if new_ident is None or new_ident == old_ident:
         return
-    pending = _pending(old_ident)
+    pending = _pending(old_ident, pid)
     named = (abi.DEFAULT_COUNTER, abi.OVERFLOW_COUNTER)  # not rules: never carried
     if not load_adjust(old_ident) and not any(k not in named and v != (0, 0) for k, v in previous_counters.items()):
         save_adjust(new_ident, {})  # nothing counted yet: spare reading two plan records

@@ -1,0 +1,154 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""What `ipt2xdp watch` keeps between re-plans, so serving a wrapper's change costs the re-plan
+and not the set-up around it.
+
+- The planning stack is imported and the grammar built once, at start (a wrapper process paid
+  both on every call: most of a second before it read a single rule).
+- The host facts (hostinfo.HostContext: devices, addresses, routes, sysctls, conntrack helpers)
+  are read again only when one of their inputs may have changed: an rtnetlink message arrived
+  (any: link, address or route), a sysctl the sysctl trigger polls differs, or another trigger
+  than the ruleset's own reported something. An nf_tables change refreshes the one fact it can
+  touch (whether a `ct helper` is assigned outside iptables).
+- The live ruleset's text: when it is what the plan in force was made from, and so is the host,
+  nothing is planned (the change was undone, or was already planned).
+- Each rule's translation into classifier terms (plan.TERM_MEMO), reused for the rules that did
+  not change while the host facts stay the same object; dropped when they change.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import replace
+from typing import Dict, List, Optional, Tuple
+
+# Sources whose changes cannot touch the host facts (the ruleset is read anew on every sync).
+RULESET_SOURCES = ("legacy", "wrapper", "start", "retry")
+
+
+def warm_up() -> None:
+    """Import the planning stack and build the grammar now, not on the first change."""
+    from ipt2xdp import backend, drift, loader, planstore, report, setguard  # noqa: F401
+    from ipt2xdp.commands import import_  # noqa: F401
+    from ipt2xdp.compile import compile as compile_tables  # noqa: F401
+    from ipt2xdp.hostinfo import read_host_context  # noqa: F401
+    from ipt2xdp.parse import parse
+    from ipt2xdp.plan import plan  # noqa: F401
+    from ipt2xdp.wrapper import xdpcounts  # noqa: F401
+
+    parse("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 192.0.2.1 -j DROP\nCOMMIT\n", "<warm-up>")
+    gc.collect()
+    gc.freeze()  # modules and grammar live as long as the process: no collection walks them again
+
+
+class Warm:
+    def __init__(self, triggers):
+        from ipt2xdp.watch.triggers import HostTrigger
+
+        self.host_trigger = next((t for t in triggers if isinstance(t, HostTrigger)), None)
+        self._host = None
+        self._host_key: Optional[Tuple] = None
+        self._helpers_stale = False
+        self.served = 0
+        self.collect_due = False
+        self.last: Dict[str, object] = {}
+
+    def collect(self) -> None:
+        """The cycles the last sync left, collected after its caller was answered."""
+        if self.collect_due:
+            self.collect_due = False
+            gc.collect()
+
+    def note(self, changes) -> None:
+        """Changes the triggers reported: forget the host facts they may have changed."""
+        for change in changes:
+            if change.source == "nftables":
+                self._helpers_stale = True
+            elif change.source not in RULESET_SOURCES:
+                self._host_key = None
+
+    def host(self, devices: List[str]):
+        from ipt2xdp import hostinfo
+        from ipt2xdp.watch.triggers import _sysctls
+
+        if self.host_trigger is None:  # no rtnetlink events: nothing tells when the facts change
+            return hostinfo.read_host_context(attached=devices)
+        key = (tuple(devices), self.host_trigger.messages, _sysctls())
+        if key != self._host_key or self._host is None:
+            self._host, self._host_key, self._helpers_stale = hostinfo.read_host_context(attached=devices), key, False
+        elif self._helpers_stale:
+            helpers = hostinfo._external_helpers()
+            if helpers != self._host.ct_external_helpers:  # else the same object: the memo stays valid
+                self._host = replace(self._host, ct_external_helpers=helpers)
+            self._helpers_stale = False
+        return self._host
+
+    def _memo(self, host, rules: int) -> None:
+        """Keep the rules' translations for the next plan while the host facts stay the same."""
+        from ipt2xdp import plan
+
+        memo = plan.TERM_MEMO
+        if memo is None or memo["host"] is not host or len(memo["terms"]) > 2 * rules + 1000:
+            plan.TERM_MEMO = {"host": host, "terms": {}}
+
+    def sync(self, backend: Optional[str], counts_pid: Optional[int] = None) -> str:
+        """Bring XDP in step with the kernel now; what was done, for the log. Raises on failure
+        (XDP keeps deferring if it was).
+
+        Python's cycle collector is off meanwhile: a plan allocates millions of objects, and in a
+        process whose heap holds the last plan's rules and the memo, each full collection walks all
+        of it (at 10k rules a sync took 6-7.5 s with it, 4-4.6 s without). The garbage is collected
+        once the caller has its answer (collect())."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._sync(backend, counts_pid)
+        finally:
+            self.collect_due = True
+            if enabled:
+                gc.enable()
+
+    def _sync(self, backend: Optional[str], counts_pid: Optional[int] = None) -> str:
+        """counts_pid: the wrapper process the flip is for (its pending change moves the counts)."""
+        from ipt2xdp import backend as backends
+        from ipt2xdp import drift, loader, planstore
+        from ipt2xdp.parse import parse
+        from ipt2xdp.render import render
+        from ipt2xdp.wrapper import realbin, sync
+
+        started = time.monotonic()
+        info = loader.status(include_counters=False)
+        if not info.get("loaded"):
+            return "ipt2xdp is not loaded in this network namespace; nothing to do"
+        key = info.get("ruleset", {}).get("source_digest")
+        record = planstore.load(key) or {}
+        backend = backend or record.get("backend") or realbin.backend()
+        devices = record.get("devices") or sorted(info.get("devices", {}))
+        times = {}
+        with sync.guarded_flip():  # a caller that gave up on us may have changed netfilter since
+            text = backends.save(backend)
+            times["read"] = time.monotonic() - started
+            ruleset = parse(text, f"<iptables-{backend}-save>")
+            rendered = render(ruleset.without_positions())
+            live_key = planstore.digest(rendered, devices)
+            times["parse"] = time.monotonic() - started - times["read"]
+            mark = time.monotonic()
+            host = self.host(devices)
+            times["host"] = time.monotonic() - mark
+            if record and live_key == key and record.get("host_digest") == drift.host_digest(host):
+                deferring = info.get("deferring_all")
+                if deferring:
+                    loader.defer_all(False)
+                what = (f"in step, the plan in force is that of iptables-{backend}'s ruleset and this host; "
+                        + ("enforcing again" if deferring else "nothing to do"))
+            else:
+                mark = time.monotonic()
+                if self.host_trigger is not None:  # the host object is reused only with its trigger
+                    self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
+                sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
+                            counts_pid=counts_pid)
+                times["plan+flip"] = time.monotonic() - mark
+                generation = loader.status(include_counters=False).get("generation")
+                what = f"re-imported iptables-{backend}'s ruleset, generation {generation}"
+        total = time.monotonic() - started
+        self.last = {"what": what, "seconds": round(total, 3), **{k: round(v, 3) for k, v in times.items()}}
+        return f"{what} ({total:.2f} s: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()) + ")"

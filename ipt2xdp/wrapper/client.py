@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The wrapper's side of `ipt2xdp watch`'s socket: hand the XDP half of a change to the watcher.
+
+The watcher keeps the planner warm (modules imported, grammar built, host facts cached), so a
+change costs the real command plus one re-plan, not Python importing the whole planning stack
+first. The caller holds the wrapper's lock throughout, as without a watcher. One connection per
+change, two exchanges, one line each:
+
+    begin <pid>   -> ok                  the watcher made XDP defer (the stale mark moved first)
+    (the real command runs here)
+    done <rc>     -> ok <what it did>    rc 0: re-planned and flipped; else deferring ended if exact
+                  -> error <why>         XDP keeps deferring; the watcher retries
+
+No socket, a refused connection (a watcher killed), no "ok" within BEGIN_TIMEOUT (a stopped
+or hung one), or a broken connection later: the caller does the XDP half itself, as it does
+without a watcher. Only the standard library is imported here, and little of it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Optional, Tuple
+
+SOCKET_NAME = "watch.sock"
+# A responsive watcher answers "begin" in milliseconds (one map write); it is not busy re-planning
+# for someone else, since callers serialise on the wrapper's lock before they connect.
+BEGIN_TIMEOUT = float(os.environ.get("IPT2XDP_WATCH_TIMEOUT", "2"))
+# One re-plan: seconds at 10k rules on a loaded machine. Beyond this the caller re-plans itself.
+SYNC_TIMEOUT = float(os.environ.get("IPT2XDP_WATCH_SYNC_TIMEOUT", "120"))
+
+
+def socket_path(netns: int) -> str:
+    root = os.environ.get("IPT2XDP_STATE_DIR", "/run/ipt2xdp")
+    return os.path.join(root, str(netns), SOCKET_NAME)
+
+
+class Unavailable(Exception):
+    pass
+
+
+def _exchange(sock: socket.socket, line: str, timeout: float) -> str:
+    """Send one line, return the one-line answer (without the newline)."""
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise Unavailable("the watcher closed the connection")
+            data += chunk
+    except OSError as error:  # socket.timeout is an OSError
+        raise Unavailable(str(error) or type(error).__name__) from None
+    return data[:-1].decode("utf-8", "replace")
+
+
+def connect(netns: Optional[int] = None, timeout: float = BEGIN_TIMEOUT) -> Optional[socket.socket]:
+    """A connection to this namespace's watcher, or None when none listens."""
+    if netns is None:
+        from ipt2xdp.wrapper.sync import netns_cookie
+
+        netns = netns_cookie()
+    path = socket_path(netns)
+    if not os.path.exists(path):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except OSError:  # ECONNREFUSED: a watcher killed, its socket file left behind
+        sock.close()
+        return None
+    return sock
+
+
+def run_changing(command) -> Tuple[Optional[int], bool]:
+    """(rc, handled): rc is the real command's exit code, or None when it did not run here (no
+    watcher: the caller does everything itself); handled says the watcher did the XDP half."""
+    sock = connect()
+    if sock is None:
+        return None, False
+    with sock:
+        try:
+            answer = _exchange(sock, f"begin {os.getpid()}", BEGIN_TIMEOUT)
+        except Unavailable:
+            return None, False
+        if answer != "ok":
+            return None, False  # e.g. the watcher could not make XDP defer: try it here
+        rc = command()
+        try:
+            answer = _exchange(sock, f"done {rc}", SYNC_TIMEOUT)
+        except Unavailable:
+            return rc, False
+    if answer.startswith("error "):
+        # Never the real tool's words: the same note the wrapper gives when its own re-plan fails.
+        print(f"ipt2xdp: XDP keeps deferring everything to netfilter: {answer[6:]}", file=sys.stderr)
+    return rc, True
+
+
+def ask_status(netns: Optional[int] = None, timeout: float = 1.0) -> Optional[str]:
+    """The watcher's one-line JSON status (served count, pid), or None when none answers."""
+    sock = connect(netns, timeout)
+    if sock is None:
+        return None
+    with sock:
+        try:
+            answer = _exchange(sock, "status", timeout)
+        except Unavailable:
+            return None
+    return answer[3:] if answer.startswith("ok ") else None

@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Wrapper calls served by `ipt2xdp watch` over its socket, in namespaces, both backends.
+
+- With the watcher running, every change through ipt2xdp-iptables is served by it (its served
+  count in `ipt2xdp status` moves by one per call), and when the wrapper returns the plan in force
+  equals a fresh import of the kernel's ruleset, XDP enforcing (not deferring).
+- Each change is planned once: after the calls and a pause longer than the debounce and the legacy
+  poll, the generation moved by exactly the number of changes and the watcher logged no re-import
+  of its own for them.
+- A killed watcher (socket file left behind) and a stopped one (answers nothing) make the wrapper
+  sync in its own process, with the same result; a stopped one resumed later does not defer on
+  behalf of the caller that gave up on it.
+- Concurrent callers through the watcher lose no update; a peer not holding the wrapper's lock is
+  refused.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from ipt2xdp import netns, pins
+from ipt2xdp.wrapper.client import socket_path
+from tests.nsutil import unload_and_close
+from tests.test_wrapper_kernel import BIN, in_step, real, wrapped
+
+pytestmark = pytest.mark.kernel
+QUIET_SECONDS = 2.5  # > debounce (0.2 s) + the legacy poll (1 s): a second plan would have started
+
+
+def read(log) -> str:
+    log.flush()
+    with open(log.name) as f:
+        return f.read()
+
+
+def wait_for(condition, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def status(ns, backend) -> dict:
+    out = ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", "status", "--json",
+                  "--no-drift"]).stdout
+    return json.loads(out)
+
+
+def assert_in_step_now(ns, backend, what):
+    state = in_step(ns, backend)
+    assert state == dict(state, deferring=False, key_matches=True, same=True), (what, state)
+
+
+@pytest.fixture(params=["nft", "legacy"])
+def watched(request):
+    backend = request.param
+    pair = netns.veth_pair()
+    log = tempfile.NamedTemporaryFile("w+", prefix="ipt2xdp-watch-", suffix=".log")
+    proc = None
+    try:
+        ns = pair.receiver
+        if backend == "legacy":  # tables appear on first use: make them now, as the wrapper tests do
+            for table in ("filter", "nat", "mangle", "raw"):
+                real(ns, backend, ["iptables", "-t", table, "-S"])
+        r = ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", "import", "--live",
+                    "--iface", pair.receiver_if], check=False)
+        assert r.returncode == 0, r.stderr
+        proc = subprocess.Popen(ns.argv([sys.executable, "-m", "ipt2xdp", "watch"]), stderr=log,
+                                stdout=subprocess.DEVNULL)
+        wait_for(lambda: ": in step" in read(log) or "re-imported" in read(log), "the watcher's first check")
+        assert "serving wrapper calls on" in read(log), read(log)
+        yield backend, pair, proc, log
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()  # it removes its socket file
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        unload_and_close(pair)
+
+
+CHANGES = [["-w", "-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"],
+           ["-w", "-N", "BL"], ["-w", "-I", "INPUT", "-j", "BL"],
+           ["-w", "-A", "BL", "-p", "udp", "--dport", "53", "-j", "ACCEPT"],
+           ["-w", "-D", "INPUT", "-s", "192.0.2.1", "-j", "DROP"],
+           ["-w", "-P", "INPUT", "DROP"], ["-w", "-P", "INPUT", "ACCEPT"]]
+
+
+def test_changes_are_served_by_the_watcher_and_planned_once(watched):
+    backend, pair, proc, log = watched
+    ns = pair.receiver
+    before = status(ns, backend)
+    assert before["watcher"]["pid"] == proc.pid and before["watcher"]["served"] == 0
+    for i, args in enumerate(CHANGES, 1):
+        got = wrapped(ns, backend, "iptables", args)
+        assert (got.returncode, got.stderr) == (0, ""), (args, got.stderr)
+        assert_in_step_now(ns, backend, args)  # already when the wrapper returned: no waiting
+        assert status(ns, backend)["watcher"]["served"] == i, read(log)
+    # A failing command: served (abort), nothing re-planned, XDP enforcing again.
+    got = wrapped(ns, backend, "iptables", ["-w", "-D", "INPUT", "-s", "198.51.100.99", "-j", "DROP"])
+    assert got.returncode == 1
+    assert_in_step_now(ns, backend, "failed -D")
+    time.sleep(QUIET_SECONDS)
+    after = status(ns, backend)
+    text = read(log)
+    assert after["generation"] - before["generation"] == len(CHANGES), text
+    assert text.count("served sync #") == len(CHANGES), text
+    start = text.index("change in start")  # the watcher's first check, before any call
+    assert "change in" not in text[text.index("\n", start):], text  # no re-import of the watcher's own
+    assert not after["deferring_all"]
+
+
+def test_a_caller_without_the_lock_is_refused(watched):
+    backend, pair, proc, log = watched
+    path = socket_path(pins.netns_id_of(pair.receiver.path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(b"begin 1\n")
+        assert sock.recv(512).startswith(b"error the caller does not hold the wrapper's lock")
+    assert not status(pair.receiver, backend)["deferring_all"]
+
+
+def test_killed_or_stopped_watcher_falls_back_to_syncing_in_the_wrapper(watched):
+    backend, pair, proc, log = watched
+    ns = pair.receiver
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        got = ns.run(["env", f"IPT2XDP_BACKEND={backend}", "IPT2XDP_WATCH_TIMEOUT=1", str(BIN / "ipt2xdp-iptables"),
+                      "-w", "-A", "INPUT", "-s", "192.0.2.2", "-j", "DROP"], check=False)
+        assert (got.returncode, got.stderr) == (0, "")
+        assert time.monotonic() - started >= 1.0  # it did wait for the stopped watcher first
+        assert_in_step_now(ns, backend, "stopped watcher")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    # Resumed, the watcher reads the abandoned "begin": it must not leave XDP deferring.
+    def enforcing_in_step():
+        state = in_step(ns, backend)
+        return state == dict(state, deferring=False, key_matches=True, same=True)
+    wait_for(enforcing_in_step, "in step after the watcher resumed")
+    assert "served sync" not in read(log)
+
+    proc.kill()
+    proc.wait()
+    path = socket_path(pins.netns_id_of(ns.path))
+    try:
+        assert status(ns, backend)["watcher"] is None
+        got = wrapped(ns, backend, "iptables", ["-w", "-A", "INPUT", "-s", "192.0.2.3", "-j", "DROP"])
+        assert (got.returncode, got.stderr) == (0, "")
+        assert_in_step_now(ns, backend, "killed watcher")
+        assert real(ns, backend, ["iptables", "-S", "INPUT"]).stdout.count("-j DROP") == 2
+    finally:
+        os.unlink(path)  # what SIGKILL left behind (the wrapper found it refusing connections)
+
+
+def test_concurrent_callers_through_the_watcher_lose_no_update(watched):
+    backend, pair, proc, log = watched
+    ns = pair.receiver
+    procs = [subprocess.Popen(ns.argv(["env", f"IPT2XDP_BACKEND={backend}", str(BIN / "ipt2xdp-iptables"), "-w",
+                                       "-A", "INPUT", "-s", f"198.51.100.{i}", "-j", "DROP"]),
+                              stderr=subprocess.PIPE, text=True) for i in range(1, 7)]
+    results = [(p.wait(), p.stderr.read()) for p in procs]
+    assert results == [(0, "")] * 6
+    assert_in_step_now(ns, backend, "after six concurrent callers")
+    assert real(ns, backend, ["iptables", "-S", "INPUT"]).stdout.count("198.51.100.") == 6
+    assert status(ns, backend)["watcher"]["served"] == 6, read(log)
