@@ -14,6 +14,9 @@ receiver handles one veth queue in order, so all earlier packets were counted (b
 netfilter) by then.
 """
 import re
+import subprocess
+import tempfile
+import time
 import socket
 import sys
 from pathlib import Path
@@ -128,11 +131,36 @@ def listings(run, formats):
     return out
 
 
-def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "mangle", "filter"), prepare=()):
+def start_watch(ns):
+    """`ipt2xdp watch` in ns, once it serves wrapper calls; its log file."""
+    log = tempfile.NamedTemporaryFile("w+", prefix="ipt2xdp-watch-", suffix=".log")
+    proc = subprocess.Popen(ns.argv([sys.executable, "-m", "ipt2xdp", "watch"]), stderr=log, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while "serving wrapper calls on" not in open(log.name).read():
+        assert proc.poll() is None and time.monotonic() < deadline, open(log.name).read()
+        time.sleep(0.1)
+    return proc, log
+
+
+def stop_watch(proc, log) -> str:
+    proc.terminate()  # it removes its socket file
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    text = open(log.name).read()
+    log.close()
+    return text
+
+
+def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "mangle", "filter"), prepare=(),
+         watch=False):
     """[(step, {command: output})] after every step of script; and, through the wrapper, the real
-    binary's -L INPUT -v -x after the first packets (what netfilter itself counted)."""
+    binary's -L INPUT -v -x after the first packets (what netfilter itself counted). watch: with
+    `ipt2xdp watch` running, so the wrapper's changes are planned and flipped by the watcher."""
     pair = netns.veth_pair()
-    loaded = False
+    loaded, watcher = False, None
     try:
         ns = pair.receiver
         for table in tables:  # legacy makes a table on first use: make them the same way in both runs
@@ -143,6 +171,8 @@ def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "man
         if through_wrapper:
             loaded = True
             ipt2xdp(ns, backend, ["import", "--live", "--iface", pair.receiver_if])
+            if watch:
+                watcher = start_watch(ns)
         tool = (lambda args, input=None: wrapped(ns, backend, args, input)) if through_wrapper else \
             (lambda args, input=None: real(ns, backend, args, input))
         sink = nsutil.udp_receiver(ns, MARKER)
@@ -175,8 +205,15 @@ def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "man
                 seen.append((f"{number}: {step}", shown))
         finally:
             sink.close()
+            if watcher is not None:
+                log_text = stop_watch(*watcher)
+                watcher = None
+        if watch:
+            seen.append(("watch log", {"served": str(log_text.count("served sync #"))}))
         return seen, netfilter_alone
     finally:
+        if watcher is not None:
+            stop_watch(*watcher)
         try:
             if loaded:
                 nsutil.unload(pair)
@@ -195,6 +232,21 @@ def test_listed_counters_equal_netfilter_counting_everything(backend):
         for command, text in expected.items():
             assert shown[command] == text, f"after step {step}, `{command}`"
     assert len(got) == len(want) == len(SCRIPT)
+
+
+def test_counters_stay_exact_when_ipt2xdp_watch_serves_the_changes():
+    """The same script with the watcher re-planning for the wrapper: the counts follow the command
+    the wrapper ran (its pending change), not just rule text."""
+    want, _ = play("nft", through_wrapper=False)
+    got, _ = play("nft", through_wrapper=True, watch=True)
+    served = int(got.pop()[1]["served"])
+    changes = sum(1 for step in SCRIPT if step[0] == "iptables"
+                  and {"-A", "-I", "-D", "-R", "-E", "-P", "-N", "-X", "-F"} & set(step[1]))
+    assert served >= changes, served  # each rule/chain change went through the watcher
+    for (step, expected), (_, shown) in zip(want, got):
+        for command, text in expected.items():
+            assert shown[command] == text, f"after step {step}, `{command}` (served by ipt2xdp watch)"
+    assert len(got) == len(want)
 
 
 @pytest.mark.xfail(strict=True, reason="not yet: XDP's classifier rules count only the deciding rule's path, so a "
