@@ -33,7 +33,7 @@ def live(backend: str, devices) -> Tuple[object, str, object]:
 
     ruleset = parse(backends.save(backend), f"<iptables-{backend}-save>")
     key = planstore.digest(render(ruleset.without_positions()), devices)
-    return ruleset, key, read_host_context(attached=devices)
+    return ruleset, key, read_host_context(attached=devices, backend=backend)
 
 
 def rule_differences(record: dict, ruleset) -> List[dict]:

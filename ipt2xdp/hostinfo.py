@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Optional, Tuple
 
 if TYPE_CHECKING:
+    from ipt2xdp.foreign import Foreign
     from ipt2xdp.ipsets import IpSet
 
 RTN_LOCAL = 2
@@ -66,6 +67,10 @@ class HostContext:
     # set match stays unknown. Left out of comparisons and repr (so of drift.host_digest): a set may
     # hold 100k members, and its changes are the set guard's business, not drift's.
     ipsets: Optional[Tuple["IpSet", ...]] = field(default=None, compare=False, repr=False)
+    # Hooks outside the planned ruleset that see packets before filter/INPUT: native nftables base
+    # chains and the other iptables backend's tables (ipt2xdp.foreign). None: not read (a host
+    # made by hand, as in unit tests). In repr, so drift.host_digest notices such tables appear.
+    foreign: Optional["Foreign"] = None
 
     def ipset(self, name: str) -> Optional["IpSet"]:
         return next((s for s in self.ipsets or () if s.name == name), None)
@@ -109,9 +114,12 @@ def _external_helpers() -> bool:
     return "ct helper" in out.stdout
 
 
-def read_host_context(attached=()) -> HostContext:
-    """Read devices, local destinations and the forwarding switch of the current network namespace."""
+def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext:
+    """Read devices, local destinations, the forwarding switch and the hooks outside the planned
+    ruleset (backend: the one the plan reads, "legacy" or "nft"; None: the active one)."""
     from pyroute2 import IPRoute
+
+    from ipt2xdp.foreign import read_foreign
 
     with IPRoute() as ipr:
         devices = []
@@ -131,10 +139,15 @@ def read_host_context(attached=()) -> HostContext:
                 if route["tos"] == 0 and route["type"] < len(RTN_NAMES):
                     routes.append(RouteType(network, RTN_NAMES[route["type"]], _first_oif(route), table))
     ordered = tuple(sorted(local, key=lambda n: (int(n.network_address), n.prefixlen)))
+    if backend is None:
+        from ipt2xdp.backend import active_backend
+
+        backend = active_backend()
     return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached),
                        ct_checksum=_read_sysctl("nf_conntrack_checksum") != "0",
                        ct_tcp_loose=_read_sysctl("nf_conntrack_tcp_loose") != "0",
-                       ct_external_helpers=_external_helpers(), route_types=tuple(routes))
+                       ct_external_helpers=_external_helpers(), route_types=tuple(routes),
+                       foreign=read_foreign(backend, devices, attached))
 
 
 def _first_oif(route) -> int:

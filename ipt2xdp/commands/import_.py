@@ -93,7 +93,7 @@ def _run(args, mark: int) -> int:
     if args.ipsets is None:
         args.ipsets = ((loaded or {}).get("plan") or {}).get("ipsets", "mirror")
     devices = _devices(args, loaded)
-    host = read_host_context(attached=devices)
+    host = read_host_context(attached=devices, backend=backends.resolve(args.backend))
     missing = [name for name in devices if host.device(name) is None]
     if missing:
         from ipt2xdp.errors import UsageError

@@ -1,0 +1,327 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Netfilter hooks the planned iptables ruleset does not show, that see a packet before filter/INPUT.
+
+The planner reads one backend's iptables-save text. Two other sources of hooks can act on a packet
+before that backend's filter/INPUT drops it, and so can be skipped by an XDP drop:
+
+1. The other iptables backend's tables (iptables-legacy tables on a host planned from iptables-nft,
+   iptables-nft's tables on a host planned from legacy: Docker on one, the admin on the other).
+   Their raw/mangle/nat PREROUTING and mangle INPUT chains run before filter/INPUT; their
+   filter/INPUT runs at the same priority (0) as the planned one, in an order the planner cannot
+   know. They are read as iptables-save text and guarded like the planned backend's earlier
+   chains (plan._guard_chain: XDP defers every packet a rule there may touch); their filter/INPUT
+   policy is left alone: a packet XDP drops is dropped by the planned filter/INPUT anyway.
+2. Native nftables base chains (firewalld's `inet firewalld`, a hand-written /etc/nftables.conf,
+   kube-proxy's nftables mode, netdev ingress chains). Read with `nft -j list ruleset`. A chain
+   matters if its hook is ingress (netdev/inet, on a device the packet passes: an attached device
+   or a master or upper device of one), prerouting, or input at a priority <= 0 (the planned
+   filter/INPUT is at 0; chains after it never see what it drops), in family ip, inet, netdev or
+   bridge. Such a chain is *neutral* when every rule, and every chain it jumps or goes to, holds
+   only `match` expressions (reads of the packet, conntrack, sets, routes) and the verdicts accept,
+   drop, continue and return: it then neither changes a packet nor leaves a trace, and a packet
+   XDP drops (dropped by filter/INPUT anyway) meets the same fate with or without it. Everything
+   else (counter, log, limit, quota, nat, mark/ct/meta set, notrack, queue, dup, fwd, reject, set
+   updates, verdict maps, xt compat expressions, anything unknown) may change the packet's fate or
+   lose a side effect, and XDP then defers every packet (code foreign.nft): the planner does not
+   model nftables matches, so it cannot bound which packets such a rule touches.
+   Caveat of `drop` being neutral: a packet a native chain drops first still counts in XDP's
+   counters of the filter/INPUT rule that would have dropped it.
+
+Which nf_tables tables are iptables-nft's: iptables-nft-save reads the family ip tables named
+filter, mangle, raw, nat and security and prints a table it cannot translate as a comment
+("Table `filter' is incompatible, use 'nft' tool.") instead of rules (nft 1.0.6 marks nothing
+reliably: its "managed by iptables-nft" warning only appears for tables holding xt expressions).
+So a table with such a name is iptables-nft's when iptables-nft-save shows it; otherwise it is
+native, and its chains are judged as native chains (plan time: `native_blockers`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Set, Tuple
+
+XTABLES_TABLES = ("filter", "mangle", "raw", "nat", "security")
+BEFORE_INPUT_HOOKS = ("ingress", "prerouting", "input")
+RELEVANT_FAMILIES = ("ip", "inet", "netdev", "bridge")
+FILTER_PRIORITY = 0  # NF_IP_PRI_FILTER: the planned filter/INPUT
+NEUTRAL_VERDICTS = ("accept", "drop", "continue", "return")
+# The tables of the other backend the planner guards: they hold every chain that runs before (or,
+# for filter/INPUT, beside) the planned filter/INPUT.
+OTHER_TABLES = ("raw", "mangle", "nat", "filter")
+MAX_JUMP_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class NativeChain:
+    """A base chain outside the iptables backends on a hook before (or at) filter/INPUT."""
+
+    family: str
+    table: str
+    chain: str
+    hook: str
+    priority: int
+    devices: Tuple[str, ...] = ()
+    blocker: str = ""   # the first statement that is not neutral ("" = neutral), never a counter value
+
+    def label(self) -> str:
+        where = f" device {','.join(self.devices)}" if self.devices else ""
+        return f"table {self.family} {self.table} chain {self.chain} (hook {self.hook} priority {self.priority}{where})"
+
+    @property
+    def xtables_named(self) -> bool:
+        return self.family == "ip" and self.table in XTABLES_TABLES
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """What the planner must know about hooks outside the planned ruleset (part of HostContext)."""
+
+    planned: str                          # the backend the plan reads: "legacy" or "nft"
+    native: Tuple[NativeChain, ...] = ()  # incl. chains of ip tables named like iptables-nft's
+    other_text: str = ""                  # the other backend's raw/mangle/nat/filter tables, canonical text
+    other_tables: Tuple[str, ...] = ()    # the tables other_text holds
+    unreadable: Tuple[str, ...] = ()      # what could not be read: XDP defers everything
+
+    @property
+    def other(self) -> str:
+        return "legacy" if self.planned == "nft" else "nft"
+
+
+# ------------------------------------------------------------------------------ classification
+
+def _verdict_blocker(stmt: dict, chains: dict, key: Tuple[str, str], depth: int, seen: Set) -> Optional[str]:
+    (name, value), = stmt.items()
+    if name in NEUTRAL_VERDICTS:
+        return None
+    if name in ("jump", "goto") and isinstance(value, dict):
+        target = (key[0], key[1], value.get("target"))
+        if target not in chains:
+            return f"{name} to unknown chain {value.get('target')}"
+        if depth >= MAX_JUMP_DEPTH:
+            return f"{name} nested deeper than {MAX_JUMP_DEPTH}"
+        if target in seen:
+            return None  # already being judged on this path
+        found = chain_blocker(chains, target, depth + 1, seen | {target})
+        return f"{name} {value.get('target')}: {found}" if found else None
+    return name
+
+
+def rule_blocker(rule: dict, chains: dict, depth: int = 0, seen: Set = frozenset()) -> Optional[str]:
+    """Why a rule (an nft JSON rule object) may change a packet or leave a trace; None if it cannot."""
+    for stmt in rule.get("expr", []):
+        if not isinstance(stmt, dict) or len(stmt) != 1:
+            return "an unrecognised expression"
+        if "match" in stmt:
+            continue
+        found = _verdict_blocker(stmt, chains, (rule.get("family"), rule.get("table")), depth, seen)
+        if found:
+            return found
+    return None
+
+
+def chain_blocker(chains: dict, key: Tuple[str, str, str], depth: int = 0, seen: Set = frozenset()) -> Optional[str]:
+    chain, rules = chains[key]
+    policy = chain.get("policy", "accept")
+    if policy not in ("accept", "drop"):
+        return f"policy {policy}"
+    for rule in rules:
+        found = rule_blocker(rule, chains, depth, seen | {key})
+        if found:
+            return f"rule handle {rule.get('handle')}: {found}"
+    return None
+
+
+def _devices(chain: dict) -> Tuple[str, ...]:
+    dev = chain.get("dev")
+    if dev is None:
+        return ()
+    return (dev,) if isinstance(dev, str) else tuple(dev)
+
+
+def relevant(chain: dict, passed_devices: Optional[Set[str]]) -> bool:
+    """Whether packets XDP may drop pass this base chain before filter/INPUT has dropped them."""
+    hook, family = chain.get("hook"), chain.get("family")
+    if family not in RELEVANT_FAMILIES or hook not in BEFORE_INPUT_HOOKS:
+        return False
+    if hook == "input" and family in ("ip", "inet") and chain.get("prio", 0) > FILTER_PRIORITY:
+        return False  # after filter/INPUT: never sees what it drops
+    if hook == "ingress" and passed_devices is not None:
+        devices = _devices(chain)
+        return not devices or bool(set(devices) & passed_devices)
+    return True
+
+
+def classify(document: dict, passed_devices: Optional[Set[str]] = None) -> Tuple[NativeChain, ...]:
+    """The base chains of an `nft -j list ruleset` document that act before filter/INPUT.
+
+    passed_devices: the devices a packet arriving on an attached device passes (None: any)."""
+    items = document.get("nftables", [])
+    chains = {}
+    for item in items:
+        if "chain" in item:
+            c = item["chain"]
+            chains[(c.get("family"), c.get("table"), c.get("name"))] = (c, [])
+    for item in items:
+        if "rule" in item:
+            r = item["rule"]
+            key = (r.get("family"), r.get("table"), r.get("chain"))
+            if key in chains:
+                chains[key][1].append(r)
+    out = []
+    for key, (chain, _) in chains.items():
+        if "hook" not in chain or not relevant(chain, passed_devices):
+            continue
+        out.append(NativeChain(key[0], key[1], key[2], chain["hook"], int(chain.get("prio", 0)),
+                               _devices(chain), chain_blocker(chains, key) or ""))
+    return tuple(sorted(out, key=lambda c: (c.family, c.table, c.chain)))
+
+
+def passed_devices(devices: Sequence, attached: Iterable[str]) -> Optional[Set[str]]:
+    """Attached devices and every device above them (bridge or bond masters, vlan/macvlan uppers):
+    their ingress hooks see the packet too. None when nothing is attached (then every device)."""
+    names = set(attached)
+    if not names:
+        return None
+    by_index = {d.ifindex: d for d in devices}
+    indexes = {d.ifindex for d in devices if d.name in names}
+    while True:
+        above = {by_index[i].master for i in indexes if by_index[i].master in by_index}
+        above |= {d.ifindex for d in devices if d.link in indexes}  # vlan, macvlan (and a veth peer: harmless)
+        if above <= indexes:
+            break
+        indexes |= above
+    return names | {by_index[i].name for i in indexes}
+
+
+# ------------------------------------------------------------------------------ plan-time questions
+
+def native_blockers(foreign: Foreign, planned_tables: Iterable[str], other_tables: Iterable[str] = ()
+                    ) -> List[Tuple[str, str]]:
+    """(code, sentence) for every reason XDP must defer everything; [] when none."""
+    out = [("foreign.unreadable", text) for text in foreign.unreadable]
+    seen_by_iptables = set(planned_tables) if foreign.planned == "nft" else set(other_tables)
+    for chain in foreign.native:
+        if chain.xtables_named and chain.table in seen_by_iptables:
+            continue  # iptables-nft's own table: planned, or guarded as the other backend's
+        if chain.blocker:
+            out.append(("foreign.nft", f"nftables {chain.label()}, {chain.blocker}: it may change or log a "
+                                       "packet before filter/INPUT and the planner does not model nftables rules"))
+    return out
+
+
+def neutral_chains(foreign: Foreign, planned_tables: Iterable[str], other_tables: Iterable[str] = ()) -> List[str]:
+    seen = set(planned_tables) if foreign.planned == "nft" else set(other_tables)
+    return [c.label() for c in foreign.native if not c.blocker and not (c.xtables_named and c.table in seen)]
+
+
+# ------------------------------------------------------------------------------ reading the host
+
+def _nf_tables_loaded() -> bool:
+    return os.path.exists("/sys/module/nf_tables")
+
+
+def read_nft_json() -> Tuple[Optional[dict], Optional[str], str]:
+    """(document, error, raw text) of `nft -j list ruleset` in this network namespace."""
+    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
+    if nft is None:
+        if not _nf_tables_loaded():
+            return {"nftables": []}, None, ""
+        return None, "nf_tables is loaded but `nft` is not installed (apt-get install nftables)", ""
+    try:
+        out = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        return None, f"`nft -j list ruleset` failed: {error}", ""
+    if out.returncode != 0:
+        return None, f"`nft -j list ruleset` failed (exit {out.returncode}): {out.stderr.strip()}", ""
+    try:
+        return json.loads(out.stdout or '{"nftables": []}'), None, out.stdout
+    except ValueError as error:
+        return None, f"`nft -j list ruleset` printed no JSON: {error}", out.stdout
+
+
+def _canonical_other(text: str, path: str) -> Tuple[str, Tuple[str, ...]]:
+    from ipt2xdp import ir
+    from ipt2xdp.parse import parse
+    from ipt2xdp.render import render
+
+    ruleset = parse(text, path)
+    kept = tuple(t for t in ruleset.tables if t.name in OTHER_TABLES)
+    return render(ir.Ruleset(kept).without_positions()), tuple(t.name for t in kept)
+
+
+def _read_other(planned: str, document: Optional[dict]) -> Tuple[str, Tuple[str, ...]]:
+    from ipt2xdp import live
+
+    if planned == "nft":
+        tables = [t for t in live.legacy_tables() if t in OTHER_TABLES]
+        if not tables:
+            return "", ()
+        text = "".join(live._save_text(["iptables-legacy-save", "-t", t]) for t in tables)
+        return _canonical_other(text, "<iptables-legacy-save>")
+    names = {i["table"]["name"] for i in (document or {}).get("nftables", [])
+             if "table" in i and i["table"].get("family") == "ip"} & set(OTHER_TABLES)
+    if not names:
+        return "", ()
+    # Tables iptables-nft-save cannot translate come out as comments (stripped): their chains
+    # stay in `native` and are judged there.
+    return _canonical_other(live._save_text(["iptables-nft-save"]), "<iptables-nft-save>")
+
+
+_DEVICE = re.compile(r'hook ingress (?:device "?([^";\s]+)"?|devices = \{([^}]*)\})')
+
+
+def fill_ingress_devices(document: dict, list_chain) -> None:
+    """nft 1.0.6's JSON leaves out the device of an ingress chain; read it from the chain's text
+    (list_chain(family, table, name) -> `nft list chain` output). Unreadable: left out (any device)."""
+    for item in document.get("nftables", []):
+        chain = item.get("chain")
+        if not chain or chain.get("hook") != "ingress" or "dev" in chain:
+            continue
+        found = _DEVICE.search(list_chain(chain.get("family"), chain.get("table"), chain.get("name")) or "")
+        if found:
+            names = found.group(1) or found.group(2)
+            chain["dev"] = [n.strip().strip('"') for n in names.split(",") if n.strip()]
+
+
+def _list_chain(family: str, table: str, name: str) -> str:
+    try:
+        out = subprocess.run(["nft", "list", "chain", family, table, name], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
+def read_foreign(planned: str, devices: Sequence = (), attached: Iterable[str] = ()) -> Foreign:
+    """Read both sources in the current network namespace. Never raises: what cannot be read is
+    recorded in `unreadable`, which makes the planner defer everything."""
+    document, error, _ = read_nft_json()
+    unreadable = [error] if error else []
+    native: Tuple[NativeChain, ...] = ()
+    if document is not None:
+        fill_ingress_devices(document, _list_chain)
+        native = classify(document, passed_devices(devices, attached))
+    other_text, other_tables = "", ()
+    if document is not None or planned == "nft":
+        try:
+            other_text, other_tables = _read_other(planned, document)
+        except Exception as error:  # noqa: BLE001 - any failure means: not known, defer
+            unreadable.append(f"the iptables-{'legacy' if planned == 'nft' else 'nft'} tables could not be "
+                              f"read: {error}")
+    return Foreign(planned, native, other_text, other_tables, tuple(unreadable))
+
+
+@functools.lru_cache(maxsize=8)
+def other_ruleset(foreign: Foreign):
+    """The other backend's tables as an ir.Ruleset (None when it holds none)."""
+    if not foreign.other_text:
+        return None
+    from ipt2xdp.parse import parse
+
+    return parse(foreign.other_text, f"<iptables-{foreign.other}-save>")
+
