@@ -297,10 +297,11 @@ def _list_chain(family: str, table: str, name: str) -> str:
     return out.stdout if out.returncode == 0 else ""
 
 
-def read_foreign(planned: str, devices: Sequence = (), attached: Iterable[str] = ()) -> Foreign:
-    """Read both sources in the current network namespace. Never raises: what cannot be read is
-    recorded in `unreadable`, which makes the planner defer everything."""
-    document, error, _ = read_nft_json()
+def read_foreign(planned: str, devices: Sequence = (), attached: Iterable[str] = (), nft=None) -> Foreign:
+    """Read both sources in the current network namespace (nft: read_nft_json()'s result if already
+    read). Never raises: what cannot be read is recorded in `unreadable`, which makes the planner
+    defer everything."""
+    document, error, _ = nft if nft is not None else read_nft_json()
     unreadable = [error] if error else []
     native: Tuple[NativeChain, ...] = ()
     if document is not None:

@@ -6,8 +6,6 @@ The planner itself is pure: it takes a HostContext value, so tests can hand it a
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import subprocess
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Optional, Tuple
 
@@ -98,20 +96,15 @@ def _read_sysctl(name: str) -> Optional[str]:
         return None
 
 
-def _external_helpers() -> bool:
-    """Whether conntrack helpers may be assigned outside iptables (then expectations may exist)."""
+def _external_helpers(nft_document, nft_text: str) -> bool:
+    """Whether conntrack helpers may be assigned outside iptables (then expectations may exist):
+    automatic assignment, or an nftables `ct helper` object or statement (its JSON key). The
+    document is foreign.read_nft_json()'s: None when nftables could not be read."""
     if _read_sysctl("nf_conntrack_helper") == "1":  # automatic assignment (kernels before 6.0)
         return True
-    nft = shutil.which("nft")
-    if nft is None:
+    if nft_document is None:
         return True  # nftables rules cannot be read: a `ct helper` there cannot be ruled out
-    try:
-        out = subprocess.run([nft, "list", "ruleset"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return True
-    if out.returncode != 0:
-        return True
-    return "ct helper" in out.stdout
+    return '"ct helper"' in nft_text
 
 
 def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext:
@@ -119,7 +112,7 @@ def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext
     ruleset (backend: the one the plan reads, "legacy" or "nft"; None: the active one)."""
     from pyroute2 import IPRoute
 
-    from ipt2xdp.foreign import read_foreign
+    from ipt2xdp.foreign import read_foreign, read_nft_json
 
     with IPRoute() as ipr:
         devices = []
@@ -143,11 +136,12 @@ def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext
         from ipt2xdp.backend import active_backend
 
         backend = active_backend()
+    nft = read_nft_json()  # one listing for both questions
     return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached),
                        ct_checksum=_read_sysctl("nf_conntrack_checksum") != "0",
                        ct_tcp_loose=_read_sysctl("nf_conntrack_tcp_loose") != "0",
-                       ct_external_helpers=_external_helpers(), route_types=tuple(routes),
-                       foreign=read_foreign(backend, devices, attached))
+                       ct_external_helpers=_external_helpers(nft[0], nft[2]), route_types=tuple(routes),
+                       foreign=read_foreign(backend, devices, attached, nft))
 
 
 def _first_oif(route) -> int:
