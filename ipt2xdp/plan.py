@@ -310,7 +310,8 @@ def _guard_chain(em: _Emitter, table: str, chain_name: str, cond: Match, seen: s
                 _guard_chain(em, table, rule.target.chain, match, seen, depth + 1, foreign)
             elif foreign:
                 em.emit(match, DEFER, (), foreign.code)
-                note = f"{foreign.code}: iptables-{foreign.name} {table}/{chain_name} #{index} `{render_rule(rule)}`"
+                note = (f"{foreign.code}: iptables-{foreign.name} {table}/{chain_name} #{index} `{render_rule(rule)}` "
+                        "(not in the planned ruleset) may touch packets first: XDP defers those")
                 if note not in foreign.notes:
                     foreign.notes.append(note)
             else:
