@@ -33,7 +33,8 @@ OTHER_WHY = {
     "shadowed": "an earlier rule defers every packet to netfilter before this one",
     "earlier": "runs before filter/INPUT: XDP defers every packet this rule may touch",
     "foreign.nft": "a native nftables chain (not iptables-nft's) on a hook before filter/INPUT may change, "
-                   "log or count packets, and the planner does not model nftables rules: XDP defers everything",
+                   "log or count these packets: XDP defers them (all packets when the rule's matches cannot "
+                   "bound them)",
     "foreign.legacy": "a rule in the iptables-legacy tables (the backend the plan does not read) runs before or "
                       "beside filter/INPUT and may touch these packets: XDP defers them",
     "foreign.nft-xtables": "a rule in iptables-nft's tables (the backend the plan does not read) runs before or "

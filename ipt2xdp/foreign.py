@@ -45,6 +45,10 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
+from ipt2xdp import nftbound
+from ipt2xdp.classifier import Match
+from ipt2xdp.translate import conjoin
+
 XTABLES_TABLES = ("filter", "mangle", "raw", "nat", "security")
 BEFORE_INPUT_HOOKS = ("ingress", "prerouting", "input")
 RELEVANT_FAMILIES = ("ip", "inet", "netdev", "bridge")
@@ -54,6 +58,16 @@ NEUTRAL_VERDICTS = ("accept", "drop", "continue", "return")
 # for filter/INPUT, beside) the planned filter/INPUT.
 OTHER_TABLES = ("raw", "mangle", "nat", "filter")
 MAX_JUMP_DEPTH = 16
+MAX_EFFECTS = 256  # per base chain; beyond, one unbounded effect (XDP defers everything)
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A statement with an effect in (or reached from) a native base chain, and the IPv4 packets
+    it may act on (nftbound: a superset; () = every packet)."""
+
+    where: str          # "rule handle 4: jump a: rule handle 6: mangle" (no counter values)
+    bound: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,12 @@ class NativeChain:
     hook: str
     priority: int
     devices: Tuple[str, ...] = ()
-    blocker: str = ""   # the first statement that is not neutral ("" = neutral), never a counter value
+    effects: Tuple[Effect, ...] = ()   # empty: neutral
+
+    @property
+    def blocker(self) -> str:
+        """The first statement that is not neutral ("" = neutral)."""
+        return self.effects[0].where if self.effects else ""
 
     def label(self) -> str:
         where = f" device {','.join(self.devices)}" if self.devices else ""
@@ -94,46 +113,92 @@ class Foreign:
 
 # ------------------------------------------------------------------------------ classification
 
-def _verdict_blocker(stmt: dict, chains: dict, key: Tuple[str, str], depth: int, seen: Set) -> Optional[str]:
-    (name, value), = stmt.items()
-    if name in NEUTRAL_VERDICTS:
+class _Walk:
+    """Effects of the chains of one nft document, each bounded by the matches on its path."""
+
+    def __init__(self, chains: dict):
+        self.chains = chains
+        self.effects: List[Effect] = []
+
+    def add(self, where: str, context: Optional[Match]) -> None:
+        if context is None:
+            return  # no IPv4 packet gets here
+        self.effects.append(Effect(where, nftbound.to_bound(context)))
+
+    def chain(self, key, context: Match, prefix: str, depth: int, seen: frozenset) -> None:
+        chain, rules = self.chains[key]
+        policy = chain.get("policy", "accept")
+        if policy not in ("accept", "drop"):
+            self.add(f"{prefix}policy {policy}", context)
+        for rule in rules:
+            if len(self.effects) > MAX_EFFECTS:
+                return
+            self.rule(rule, context, f"{prefix}rule handle {rule.get('handle')}: ", depth, seen | {key})
+
+    def rule(self, rule: dict, context: Match, prefix: str, depth: int, seen: frozenset) -> None:
+        matches = []
+        for stmt in rule.get("expr", []):
+            if not isinstance(stmt, dict) or len(stmt) != 1:
+                return self.add(prefix + "an unrecognised expression", context)
+            (name, value), = stmt.items()
+            if name == "match":
+                matches.append(value)
+                continue
+            if name in NEUTRAL_VERDICTS:
+                return None
+            here = nftbound.statement_bound(matches)
+            here = None if here is None or context is None else conjoin(context, here)
+            if here is None:
+                return None  # no IPv4 packet reaches this statement
+            if name in ("jump", "goto") and isinstance(value, dict):
+                return self.jump(rule, name, value.get("target"), here, prefix, depth, seen)
+            if name == "vmap" and isinstance(value, dict):
+                return self.vmap(rule, value.get("data"), here, prefix, depth, seen)
+            # Everything after the first statement with an effect acts on a subset of its packets.
+            return self.add(prefix + name, here)
         return None
-    if name in ("jump", "goto") and isinstance(value, dict):
-        target = (key[0], key[1], value.get("target"))
-        if target not in chains:
-            return f"{name} to unknown chain {value.get('target')}"
+
+    def jump(self, rule, name, target, context, prefix, depth, seen) -> None:
+        key = (rule.get("family"), rule.get("table"), target)
+        if key not in self.chains:
+            return self.add(f"{prefix}{name} to unknown chain {target}", context)
         if depth >= MAX_JUMP_DEPTH:
-            return f"{name} nested deeper than {MAX_JUMP_DEPTH}"
-        if target in seen:
-            return None  # already being judged on this path
-        found = chain_blocker(chains, target, depth + 1, seen | {target})
-        return f"{name} {value.get('target')}: {found}" if found else None
-    return name
+            return self.add(f"{prefix}{name} nested deeper than {MAX_JUMP_DEPTH}", context)
+        if key in seen:
+            return None  # nft rejects loops; a chain already on this path adds nothing new
+        return self.chain(key, context, f"{prefix}{name} {target}: ", depth + 1, seen)
+
+    def vmap(self, rule, data, context, prefix, depth, seen) -> None:
+        """A verdict map: its key is left out (widening); every chain it may jump to is walked,
+        all the table's regular chains when the map is a named one."""
+        if isinstance(data, dict) and "set" in data:
+            verdicts = [item[1] for item in data["set"] if isinstance(item, list) and len(item) == 2]
+            if len(verdicts) != len(data["set"]):
+                return self.add(prefix + "vmap of an unrecognised form", context)
+        else:
+            table = (rule.get("family"), rule.get("table"))
+            verdicts = [{"jump": {"target": k[2]}} for k, (c, _) in self.chains.items()
+                        if k[:2] == table and "hook" not in c]
+        for verdict in verdicts:
+            if not isinstance(verdict, dict) or len(verdict) != 1:
+                return self.add(prefix + "vmap of an unrecognised form", context)
+            (name, value), = verdict.items()
+            if name in NEUTRAL_VERDICTS:
+                continue
+            if name in ("jump", "goto") and isinstance(value, dict):
+                self.jump(rule, f"vmap {name}", value.get("target"), context, prefix, depth, seen)
+            else:
+                self.add(f"{prefix}vmap {name}", context)
+        return None
 
 
-def rule_blocker(rule: dict, chains: dict, depth: int = 0, seen: Set = frozenset()) -> Optional[str]:
-    """Why a rule (an nft JSON rule object) may change a packet or leave a trace; None if it cannot."""
-    for stmt in rule.get("expr", []):
-        if not isinstance(stmt, dict) or len(stmt) != 1:
-            return "an unrecognised expression"
-        if "match" in stmt:
-            continue
-        found = _verdict_blocker(stmt, chains, (rule.get("family"), rule.get("table")), depth, seen)
-        if found:
-            return found
-    return None
-
-
-def chain_blocker(chains: dict, key: Tuple[str, str, str], depth: int = 0, seen: Set = frozenset()) -> Optional[str]:
-    chain, rules = chains[key]
-    policy = chain.get("policy", "accept")
-    if policy not in ("accept", "drop"):
-        return f"policy {policy}"
-    for rule in rules:
-        found = rule_blocker(rule, chains, depth, seen | {key})
-        if found:
-            return f"rule handle {rule.get('handle')}: {found}"
-    return None
+def chain_effects(chains: dict, key) -> Tuple[Effect, ...]:
+    """The statements with effects a packet in base chain `key` may reach, bounded."""
+    walk = _Walk(chains)
+    walk.chain(key, Match(), "", 0, frozenset())
+    if len(walk.effects) > MAX_EFFECTS:
+        return (Effect(f"more than {MAX_EFFECTS} statements with effects"),)
+    return tuple(dict.fromkeys(walk.effects))
 
 
 def _devices(chain: dict) -> Tuple[str, ...]:
@@ -177,7 +242,7 @@ def classify(document: dict, passed_devices: Optional[Set[str]] = None) -> Tuple
         if "hook" not in chain or not relevant(chain, passed_devices):
             continue
         out.append(NativeChain(key[0], key[1], key[2], chain["hook"], int(chain.get("prio", 0)),
-                               _devices(chain), chain_blocker(chains, key) or ""))
+                               _devices(chain), chain_effects(chains, key)))
     return tuple(sorted(out, key=lambda c: (c.family, c.table, c.chain)))
 
 
@@ -200,23 +265,12 @@ def passed_devices(devices: Sequence, attached: Iterable[str]) -> Optional[Set[s
 
 # ------------------------------------------------------------------------------ plan-time questions
 
-def native_blockers(foreign: Foreign, planned_tables: Iterable[str], other_tables: Iterable[str] = ()
-                    ) -> List[Tuple[str, str]]:
-    """(code, sentence) for every reason XDP must defer everything; [] when none."""
-    out = [("foreign.unreadable", text) for text in foreign.unreadable]
+def native_chains(foreign: Foreign, planned_tables: Iterable[str], other_tables: Iterable[str] = ()
+                  ) -> List[NativeChain]:
+    """The chains to judge as native: all but those of the tables iptables-nft-save shows (the
+    planned ruleset's when planning from nft, the other backend's text when planning from legacy)."""
     seen_by_iptables = set(planned_tables) if foreign.planned == "nft" else set(other_tables)
-    for chain in foreign.native:
-        if chain.xtables_named and chain.table in seen_by_iptables:
-            continue  # iptables-nft's own table: planned, or guarded as the other backend's
-        if chain.blocker:
-            out.append(("foreign.nft", f"nftables {chain.label()}, {chain.blocker}: it may change or log a "
-                                       "packet before filter/INPUT and the planner does not model nftables rules"))
-    return out
-
-
-def neutral_chains(foreign: Foreign, planned_tables: Iterable[str], other_tables: Iterable[str] = ()) -> List[str]:
-    seen = set(planned_tables) if foreign.planned == "nft" else set(other_tables)
-    return [c.label() for c in foreign.native if not c.blocker and not (c.xtables_named and c.table in seen)]
+    return [c for c in foreign.native if not (c.xtables_named and c.table in seen_by_iptables)]
 
 
 # ------------------------------------------------------------------------------ reading the host

@@ -29,6 +29,7 @@ EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PRER
 # its filter/INPUT shares priority 0 (order unknown). Its policy there is harmless: a packet XDP
 # drops is dropped by the planned filter/INPUT either way.
 FOREIGN_CHAINS = EARLIER_CHAINS + (("filter", "INPUT"),)
+MAX_NOTED_EFFECTS = 5  # per native chain, in the report's notes
 NO_OP_TARGETS = (ir.Accept, ir.Return)  # in an earlier chain these let the packet go on unchanged
 
 # Unknown parts of a DROP rule that read the packet or conntrack without changing any state. XDP
@@ -320,23 +321,38 @@ def _guard_chain(em: _Emitter, table: str, chain_name: str, cond: Match, seen: s
 
 
 def _foreign_guards(em: _Emitter) -> List[str]:
-    """Defer what hooks outside the planned ruleset may touch (ipt2xdp.foreign): everything when a
-    native nftables chain is not neutral or something could not be read; the packets a rule of
-    the other iptables backend's chains before (or beside) filter/INPUT may touch otherwise."""
+    """Defer what hooks outside the planned ruleset may touch (ipt2xdp.foreign): the IPv4 packets a
+    statement with an effect in a native nftables chain may act on (everything when they cannot be
+    bounded, or when something could not be read), and the packets a rule of the other iptables
+    backend's chains before (or beside) filter/INPUT may touch."""
     from ipt2xdp import foreign as hooks
+    from ipt2xdp import nftbound
 
     found = em.host.foreign
     if found is None:
         return []
+    notes = [f"foreign.unreadable: {text}; XDP defers every packet" for text in found.unreadable]
+    if found.unreadable:
+        em.emit(Match(), DEFER, (), "foreign.unreadable")
+        return notes
+    bounds = []
+    for chain in hooks.native_chains(found, [t.name for t in em.ruleset.tables], found.other_tables):
+        if not chain.effects:
+            notes.append(f"nftables {chain.label()}: neutral (only matches and accept/drop), XDP ignores it")
+        for effect in chain.effects[:MAX_NOTED_EFFECTS]:
+            notes.append(f"foreign.nft: nftables {chain.label()}, {effect.where}: may change, log or count "
+                         f"{nftbound.describe(effect.bound)} before filter/INPUT; XDP defers those")
+        if len(chain.effects) > MAX_NOTED_EFFECTS:
+            notes.append(f"foreign.nft: nftables {chain.label()}: {len(chain.effects) - MAX_NOTED_EFFECTS} more "
+                         "statements with effects, deferred the same way")
+        bounds += [effect.bound for effect in chain.effects]
+    if any(not bound for bound in bounds):
+        em.emit(Match(), DEFER, (), "foreign.nft")  # one unbounded statement: every packet
+        return notes
+    for bound in dict.fromkeys(bounds):
+        em.emit(nftbound.to_match(bound), DEFER, (), "foreign.nft")
     other = hooks.other_ruleset(found)
-    planned_tables = [t.name for t in em.ruleset.tables]
-    blockers = hooks.native_blockers(found, planned_tables, found.other_tables)
-    notes = [f"{code}: {sentence}; XDP defers every packet" for code, sentence in blockers]
-    for code, _ in blockers[:1]:
-        em.emit(Match(), DEFER, (), code)
-    notes += [f"nftables {label}: neutral (only matches and accept/drop), XDP ignores it"
-              for label in hooks.neutral_chains(found, planned_tables, found.other_tables)]
-    if blockers or other is None:
+    if other is None:
         return notes
     source = _ForeignSource(other, found.other, [])
     for table, chain_name in FOREIGN_CHAINS:

@@ -82,11 +82,17 @@ def foreign_record(foreign) -> dict:
 
 
 def foreign_from_record(record):
-    from ipt2xdp.foreign import Foreign, NativeChain
+    from ipt2xdp.foreign import Effect, Foreign, NativeChain
 
     if record is None:
         return None
-    native = tuple(NativeChain(**dict(c, devices=tuple(c["devices"]))) for c in record["native"])
+
+    def bound(pairs):  # JSON lists back to the tuples the plan was made from
+        return tuple((name, tuple(v if isinstance(v, int) else tuple(v) for v in values)) for name, values in pairs)
+
+    native = tuple(NativeChain(**dict(c, devices=tuple(c["devices"]),
+                                      effects=tuple(Effect(e["where"], bound(e["bound"])) for e in c["effects"])))
+                   for c in record["native"])
     return Foreign(record["planned"], native, record["other_text"], tuple(record["other_tables"]),
                    tuple(record["unreadable"]))
 

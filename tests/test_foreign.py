@@ -11,10 +11,10 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from ipt2xdp import foreign, planstore
-from ipt2xdp.classifier import Verdict
+from ipt2xdp import foreign, nftbound, planstore
+from ipt2xdp.classifier import IntervalSet, Match, Verdict
 from ipt2xdp.explain import explain
-from ipt2xdp.foreign import Foreign, NativeChain
+from ipt2xdp.foreign import Effect, Foreign, NativeChain
 from ipt2xdp.hostinfo import Device, HostContext
 from ipt2xdp.packetspec import parse_packet
 from ipt2xdp.parse import parse
@@ -55,8 +55,8 @@ def test_neutral_chains_and_hooks_after_filter_input():
     ("native_dnat", {"pre": "dnat"}),
     ("native_counter_input", {"in": "counter"}),
     ("native_deep_jump", {"pre": "jump a: goto b: mangle"}),
-    ("native_statements", {"limit_in": "limit", "vmap_pre": "vmap",
-                           "setupd": "set", "queue_in": "quota",
+    # a verdict map of accept and drop only is neutral
+    ("native_statements", {"limit_in": "limit", "vmap_pre": "", "setupd": "set", "queue_in": "quota",
                            "notrack_pre": "notrack"}),
     ("ip_filter_native", {"INPUT": "mangle"}),
     # iptables-nft's own tables: every rule it writes carries a counter, REDIRECT is an xt target
@@ -64,6 +64,44 @@ def test_neutral_chains_and_hooks_after_filter_input():
 ])
 def test_blockers(name, expected):
     assert chains(name) == expected
+
+
+def bounds(name):
+    return {c.chain: [(re.sub(r"rule handle \d+: ", "", e.where), nftbound.describe(e.bound)) for e in c.effects]
+            for c in foreign.classify(document(name))}
+
+
+def test_effects_are_bounded_by_the_matches_on_their_path():
+    assert bounds("native_bounds") == {"pre": [
+        ("jump x: counter", "src 10.0.0.0/8"),           # the jump's match bounds the chain it enters
+        # ip6 saddr / meta nfproto ipv6: no IPv4 packet, nothing to defer
+        ("counter", "dst 192.0.2.1,192.0.2.7 proto 17 dport 53,5353"),
+        ("mangle", "proto 6"),                           # a negated port is left out: all of TCP
+        ("vmap jump web: log", "src 198.51.100.0/24"),   # a vmap's key is left out
+    ]}
+    assert bounds("native_statements") == {"limit_in": [("limit", "every packet")], "vmap_pre": [],
+                                           "setupd": [("set", "every packet")],
+                                           "queue_in": [("quota", "proto 17 dport 9")],
+                                           "notrack_pre": [("notrack", "proto 17 dport 53")]}
+    assert bounds("native_deep_jump") == {"pre": [("jump a: goto b: mangle", "proto 6 dport 22")]}
+
+
+def test_match_bounds():
+    m = nftbound.match_bound
+    tcp_dport = {"payload": {"protocol": "tcp", "field": "dport"}}
+    assert m({"op": "==", "left": tcp_dport, "right": {"range": [1, 5]}}) == \
+        Match(proto=frozenset({6}), dport=IntervalSet.range(1, 5))
+    assert m({"op": "!=", "left": tcp_dport, "right": 22}) == Match(proto=frozenset({6}))
+    assert m({"op": "==", "left": tcp_dport, "right": "@ports"}) == Match(proto=frozenset({6}))
+    assert m({"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+              "right": {"prefix": {"addr": "10.1.0.0", "len": 16}}}) == Match(src=IntervalSet.cidr("10.1.0.0/16"))
+    assert m({"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}) == \
+        Match(proto=frozenset({6, 17}))
+    assert m({"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth0"}) is None
+    assert m({"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": 1}) == nftbound.NO_IPV4
+    # contradictory matches: no packet reaches the statement
+    assert nftbound.statement_bound([{"op": "==", "left": tcp_dport, "right": 1},
+                                     {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}]) is None
 
 
 def test_ingress_devices_read_from_the_chain_text():
@@ -108,19 +146,47 @@ def verdict(result, host, packet, ruleset=None):
     return e.verdict, e.code, e.notes
 
 
-@pytest.mark.parametrize("name", ["native_dnat", "native_counter_input", "native_deep_jump", "native_statements",
-                                  "ip_filter_native"])
-def test_a_native_chain_with_effects_defers_everything(name):
-    ruleset = parse(FILTER, "f.rules")  # iptables-nft-save showed no table `nat`, nor an incompatible `filter`
-    if name == "ip_filter_native":
-        ruleset = parse(NAT, "n.rules")  # ...and here `filter` is the native one it cannot show
-    host = native_host(name)
-    result = plan(ruleset, host)
-    got, code, notes = verdict(result, host, "tcp 198.51.100.7:1 > L:22 flags S iface d0")
+BOTH = FILTER.replace("COMMIT", "-A INPUT -p tcp -m tcp --dport 2222 -j DROP\n-A INPUT -p udp -m udp --dport 9 -j DROP\n"
+                                  "-A INPUT -s 192.0.2.0/24 -j DROP\nCOMMIT")
+
+
+# fixture; a packet a native statement may act on (netfilter decides it); one XDP still drops, or
+# "everything" when a statement cannot be bounded (limit, set update) and XDP defers every packet
+NATIVE = [
+    ("native_dnat", "tcp 198.51.100.7:1 > L:2222 flags S", "tcp 198.51.100.7:1 > L:22 flags S"),
+    ("native_counter_input", "tcp 198.51.100.7:1 > L:22 flags S", "udp 198.51.100.7:1 > L:53"),
+    ("native_deep_jump", "tcp 198.51.100.7:1 > L:22 flags S", "tcp 198.51.100.7:1 > L:80 flags S"),
+    ("native_statements", "udp 198.51.100.7:1 > L:9", "everything"),
+    ("netdev_ingress", "tcp 192.0.2.9:1 > L:80 flags S", "tcp 198.51.100.7:1 > L:80 flags S"),
+]
+
+
+def check_native(result, host, deferred, dropped):
+    got, code, notes = verdict(result, host, deferred + " iface d0")
     assert (got, code) == ("PASS", "foreign.nft")
     assert any("nftables table" in n for n in notes)
-    assert all(r.action.verdict != Verdict.DROP for r in result.rules[:2])
     assert any(n.startswith("foreign.nft:") for n in result.notes)
+    if dropped == "everything":
+        assert result.rules[1].match == Match() and result.rules[1].action.verdict == Verdict.DEFER
+    else:
+        assert verdict(result, host, dropped + " iface d0")[:2] == ("DROP", "ok.drop")
+
+
+@pytest.mark.parametrize("name, deferred, dropped", NATIVE)
+def test_a_native_chain_with_effects_defers_what_it_may_act_on(name, deferred, dropped):
+    host = native_host(name)
+    check_native(plan(parse(BOTH, "f.rules"), host), host, deferred, dropped)
+
+
+def test_an_ip_filter_table_iptables_nft_save_cannot_show_is_native():
+    """Its INPUT (`tcp dport 22 ct mark set 5 log`) is judged as a native chain: the planned
+    ruleset (here raw's DROPs, standing in for any table iptables-nft-save does show) lacks `filter`."""
+    host = native_host("ip_filter_native")
+    raw = parse("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "r.rules")
+    result = plan(raw, host)
+    assert verdict(result, host, "tcp 198.51.100.7:1 > L:22 flags S iface d0")[:2] == ("PASS", "foreign.nft")
+    assert verdict(result, host, "tcp 198.51.100.7:1 > L:23 flags S iface d0")[:2] == ("PASS", "ok.policy")
+    assert plan(parse(BOTH, "f.rules"), host).rules == plan(parse(BOTH, "f.rules"), HOST).rules  # shown: planned
 
 
 def test_neutral_native_chains_change_nothing():
@@ -147,9 +213,11 @@ def test_iptables_nft_tables_are_the_planned_ones_when_planning_from_nft():
     result = plan(ruleset, host)
     assert result.rules == plan(ruleset, HOST).rules
     assert verdict(result, host, "tcp 198.51.100.7:1 > L:22 flags S iface d0")[:2] == ("DROP", "ok.drop")
-    # the same document while the planned ruleset lacks `nat`: iptables-nft-save could not show it
+    # the same document while the planned ruleset lacks `nat`: iptables-nft-save could not show it,
+    # so its chain is judged as a native one (its counter and REDIRECT act on TCP port 80)
     lacking = plan(parse(FILTER, "f.rules"), host)
-    assert verdict(lacking, host, "tcp 198.51.100.7:1 > L:22 flags S iface d0")[:2] == ("PASS", "foreign.nft")
+    assert verdict(lacking, host, "tcp 198.51.100.7:1 > L:80 flags S iface d0")[:2] == ("PASS", "foreign.nft")
+    assert verdict(lacking, host, "tcp 198.51.100.7:1 > L:22 flags S iface d0")[:2] == ("DROP", "ok.drop")
 
 
 def canonical(text):
@@ -222,7 +290,9 @@ def test_a_helper_in_the_other_backends_raw_table_makes_related_possible():
 
 def test_host_record_round_trip_keeps_foreign():
     other_text, other_tables = canonical(NAT)
-    host = replace(HOST, foreign=Foreign("legacy", (NativeChain("inet", "t", "c", "ingress", -5, ("d0",), "log"),),
+    effects = (Effect("rule handle 3: log", nftbound.to_bound(Match(proto=frozenset({6}), dport=IntervalSet.single(22)))),
+               Effect("rule handle 4: limit"))
+    host = replace(HOST, foreign=Foreign("legacy", (NativeChain("inet", "t", "c", "ingress", -5, ("d0",), effects),),
                                          other_text, other_tables, ("x",)))
     record = json.loads(json.dumps(planstore.host_record(host)))
     assert planstore.host_from_record(record) == host

@@ -4,7 +4,8 @@
 The receiver plans from iptables-nft, whose filter/INPUT drops the UDP ports below. Something the
 plan's text does not show acts first: a native nftables redirect or a counting chain, or
 iptables-legacy's nat table. Each case measures the same traffic twice, with netfilter alone and
-then with XDP attached, and requires the same fate (and the same nftables counter). Controls: a
+then with XDP attached, and requires the same fate (and the same nftables counter), while XDP
+still drops the ports no such statement acts on. Controls: a
 harmless native table (accept rules, an empty chain) leaves XDP dropping, seen by the real
 iptables-nft DROP rule's counter staying still while nothing is delivered.
 """
@@ -84,7 +85,7 @@ def nft(pair, script):
 
 
 def test_native_redirect_and_counter_keep_their_packets(pair):
-    drop_ports(pair, 7001, 7002)
+    drop_ports(pair, 7001, 7002, 7009)
     nft(pair, """table ip natty { chain pre { type nat hook prerouting priority dstnat; policy accept;
                                                 udp dport 7001 redirect to :7101; } }
                  table inet logger { chain in { type filter hook input priority -10; policy accept;
@@ -94,6 +95,9 @@ def test_native_redirect_and_counter_keep_their_packets(pair):
     attach(pair)
     with_xdp = (delivered(pair, 7001, 7101), delivered(pair, 7002), nft_counter(pair, "inet", "logger", "in") - COUNT)
     assert with_xdp == alone
+    # only the packets those statements may act on are deferred: XDP still drops port 7009
+    before = drop_counter(pair, 7009)
+    assert delivered(pair, 7009) == 0 and drop_counter(pair, 7009) == before
     notes = dry_run_notes(pair)
     assert any(n.startswith("foreign.nft:") and "table ip natty chain pre" in n for n in notes), notes
     spec = f"udp 198.51.100.7:1 > {pair.receiver_ip}:7002 iface {pair.receiver_if}"

@@ -57,6 +57,20 @@ table inet misc {
     chain notrack_pre { type filter hook prerouting priority -300; policy accept; udp dport 53 notrack; }
 }
 NFT
+capture native_bounds <<'NFT'
+table inet bounds {
+    chain pre { type filter hook prerouting priority 0; policy accept;
+        ip saddr 10.0.0.0/8 jump x
+        ip6 saddr ::1 counter
+        meta nfproto ipv6 log
+        ip daddr { 192.0.2.1, 192.0.2.7 } udp dport { 53, 5353 } counter accept
+        tcp dport != 22 meta mark set 1
+        tcp dport vmap { 80 : jump web, 81 : accept }
+    }
+    chain x { counter; }
+    chain web { ip saddr 198.51.100.0/24 log; }
+}
+NFT
 capture netdev_ingress <<'NFT'
 table netdev edge {
     chain on_d0 { type filter hook ingress device "d0" priority 0; policy accept; ip saddr 192.0.2.0/24 counter drop; }
