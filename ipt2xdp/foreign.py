@@ -17,13 +17,14 @@ before that backend's filter/INPUT drops it, and so can be skipped by an XDP dro
    or a master or upper device of one), prerouting, or input at a priority <= 0 (the planned
    filter/INPUT is at 0; chains after it never see what it drops), in family ip, inet, netdev or
    bridge. Such a chain is *neutral* when every rule, and every chain it jumps or goes to, holds
-   only `match` expressions (reads of the packet, conntrack, sets, routes) and the verdicts accept,
-   drop, continue and return: it then neither changes a packet nor leaves a trace, and a packet
-   XDP drops (dropped by filter/INPUT anyway) meets the same fate with or without it. Everything
-   else (counter, log, limit, quota, nat, mark/ct/meta set, notrack, queue, dup, fwd, reject, set
-   updates, verdict maps, xt compat expressions, anything unknown) may change the packet's fate or
-   lose a side effect, and XDP then defers every packet (code foreign.nft): the planner does not
-   model nftables matches, so it cannot bound which packets such a rule touches.
+   only `match` expressions (reads of the packet, conntrack, sets, routes) and the verdicts
+   accept, drop, continue and return: it neither changes a packet nor leaves a trace, and a packet
+   XDP drops (dropped by filter/INPUT anyway) meets the same fate with or without it. Every other
+   statement (counter, log, limit, quota, nat, mark/ct/meta set, notrack, queue, dup, fwd, reject,
+   set updates, xt compat expressions, anything unknown) and every read that changes state
+   (`numgen inc`, a lookup in a set that counts) is an *effect*: XDP defers the IPv4 packets it
+   may act on, bounded by the matches on its path (ipt2xdp.nftbound; every packet when they bound
+   nothing), code foreign.nft.
    Caveat of `drop` being neutral: a packet a native chain drops first still counts in XDP's
    counters of the filter/INPUT rule that would have dropped it.
 
@@ -32,7 +33,7 @@ filter, mangle, raw, nat and security and prints a table it cannot translate as 
 ("Table `filter' is incompatible, use 'nft' tool.") instead of rules (nft 1.0.6 marks nothing
 reliably: its "managed by iptables-nft" warning only appears for tables holding xt expressions).
 So a table with such a name is iptables-nft's when iptables-nft-save shows it; otherwise it is
-native, and its chains are judged as native chains (plan time: `native_blockers`).
+native, and its chains are judged as native chains (plan time: `native_chains`).
 """
 from __future__ import annotations
 
@@ -116,8 +117,9 @@ class Foreign:
 class _Walk:
     """Effects of the chains of one nft document, each bounded by the matches on its path."""
 
-    def __init__(self, chains: dict):
+    def __init__(self, chains: dict, stateful_sets: Set = frozenset()):
         self.chains = chains
+        self.stateful_sets = stateful_sets  # (family, table, name) of sets whose lookups count
         self.effects: List[Effect] = []
 
     def add(self, where: str, context: Optional[Match]) -> None:
@@ -141,6 +143,10 @@ class _Walk:
             if not isinstance(stmt, dict) or len(stmt) != 1:
                 return self.add(prefix + "an unrecognised expression", context)
             (name, value), = stmt.items()
+            stateful = _stateful_read(stmt, self.stateful_sets, (rule.get("family"), rule.get("table")))
+            if stateful:  # a read that changes state: numgen inc, a set lookup that counts
+                bound = nftbound.statement_bound(matches)
+                return self.add(prefix + stateful, None if bound is None or context is None else conjoin(context, bound))
             if name == "match":
                 matches.append(value)
                 continue
@@ -192,9 +198,46 @@ class _Walk:
         return None
 
 
-def chain_effects(chains: dict, key) -> Tuple[Effect, ...]:
+def _stateful_read(node, stateful_sets: Set, table: Tuple[str, str]) -> Optional[str]:
+    """Whether an expression changes state when evaluated: `numgen inc` (a counter each packet
+    advances), or a lookup in a set declared with a statement (element counters, quotas)."""
+    if isinstance(node, dict):
+        numgen = node.get("numgen")
+        if isinstance(numgen, dict) and numgen.get("mode") == "inc":
+            return "numgen inc"
+        for value in node.values():
+            found = _stateful_read(value, stateful_sets, table)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for value in node:
+            found = _stateful_read(value, stateful_sets, table)
+            if found:
+                return found
+    elif isinstance(node, str) and node.startswith("@") and (table[0], table[1], node[1:]) in stateful_sets:
+        return f"lookup in {node}, whose elements count"
+    return None
+
+
+def stateful_sets(items) -> Set[Tuple[str, str, str]]:
+    """Sets and maps whose lookups change state: declared with statements (`counter`, `quota`) or
+    holding elements with their own."""
+    out = set()
+    for item in items:
+        declared = item.get("set") or item.get("map")
+        if not isinstance(declared, dict):
+            continue
+        elements = declared.get("elem") or []
+        if declared.get("stmt") or any(isinstance(e, dict) and isinstance(e.get("elem"), dict)
+                                       and set(e["elem"]) - {"val", "timeout", "expires", "comment"}
+                                       for e in elements):
+            out.add((declared.get("family"), declared.get("table"), declared.get("name")))
+    return out
+
+
+def chain_effects(chains: dict, key, sets: Set = frozenset()) -> Tuple[Effect, ...]:
     """The statements with effects a packet in base chain `key` may reach, bounded."""
-    walk = _Walk(chains)
+    walk = _Walk(chains, sets)
     walk.chain(key, Match(), "", 0, frozenset())
     if len(walk.effects) > MAX_EFFECTS:
         return (Effect(f"more than {MAX_EFFECTS} statements with effects"),)
@@ -237,12 +280,13 @@ def classify(document: dict, passed_devices: Optional[Set[str]] = None) -> Tuple
             key = (r.get("family"), r.get("table"), r.get("chain"))
             if key in chains:
                 chains[key][1].append(r)
+    counting = stateful_sets(items)
     out = []
     for key, (chain, _) in chains.items():
         if "hook" not in chain or not relevant(chain, passed_devices):
             continue
         out.append(NativeChain(key[0], key[1], key[2], chain["hook"], int(chain.get("prio", 0)),
-                               _devices(chain), chain_effects(chains, key)))
+                               _devices(chain), chain_effects(chains, key, counting)))
     return tuple(sorted(out, key=lambda c: (c.family, c.table, c.chain)))
 
 

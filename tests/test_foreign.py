@@ -84,6 +84,10 @@ def test_effects_are_bounded_by_the_matches_on_their_path():
                                            "queue_in": [("quota", "proto 17 dport 9")],
                                            "notrack_pre": [("notrack", "proto 17 dport 53")]}
     assert bounds("native_deep_jump") == {"pre": [("jump a: goto b: mangle", "proto 6 dport 22")]}
+    # reads that change state: a lookup in a set that counts its elements, numgen inc (a plain set
+    # lookup is neutral)
+    assert bounds("native_stateful_reads") == {"pre": [("lookup in @counted, whose elements count", "proto 17 dport 5000"),
+                                                       ("numgen inc", "proto 6 dport 6000")]}
 
 
 def test_match_bounds():

@@ -71,6 +71,17 @@ table inet bounds {
     chain web { ip saddr 198.51.100.0/24 log; }
 }
 NFT
+capture native_stateful_reads <<'NFT'
+table inet reads {
+    set counted { type ipv4_addr; counter; elements = { 192.0.2.1 } }
+    set plain { type ipv4_addr; elements = { 192.0.2.2 } }
+    chain pre { type filter hook prerouting priority 0; policy accept;
+        ip saddr @plain accept
+        udp dport 5000 ip saddr @counted accept
+        tcp dport 6000 numgen inc mod 2 0 accept
+    }
+}
+NFT
 capture netdev_ingress <<'NFT'
 table netdev edge {
     chain on_d0 { type filter hook ingress device "d0" priority 0; policy accept; ip saddr 192.0.2.0/24 counter drop; }
