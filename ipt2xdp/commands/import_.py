@@ -137,6 +137,10 @@ def _run(args, mark: int) -> int:
         # From here netfilter holds the new rules: only a successful apply() ends deferring.
         text, path = backends.save(name), f"<iptables-{name}-save>"
         ruleset = parse(text, path)
+        if host.foreign is not None:  # the restore may have made (or replaced) nf_tables tables
+            from ipt2xdp.foreign import read_foreign
+
+            host = replace(host, foreign=read_foreign(name, host.devices, devices))
     print(_offload(ruleset, host, devices, args, name, report))
     return 0
 
