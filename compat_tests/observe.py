@@ -261,13 +261,23 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def _header_checksum(header: bytearray) -> int:
+    saved = bytes(header[10:12])
+    header[10:12] = b"\0\0"
+    value = _checksum(bytes(header))
+    header[10:12] = saved
+    return value
+
+
 def with_ip_id(frame: bytes, ip_id: int) -> bytes:
-    """An IPv4 frame with another identification field (and its header checksum made right)."""
+    """An IPv4 frame with another identification field. Its header checksum stays as wrong as it
+    was: right if it was right, off by the same bits if the probe is a bad-checksum one (making
+    it right turned those probes into good ones in the attached run only)."""
     out = bytearray(frame)
     ihl = (out[0] & 0x0F) * 4
+    error = struct.unpack("!H", bytes(out[10:12]))[0] ^ _header_checksum(out[:ihl])
     out[4:6] = struct.pack("!H", ip_id & 0xFFFF)
-    out[10:12] = b"\0\0"
-    out[10:12] = struct.pack("!H", _checksum(bytes(out[:ihl])))
+    out[10:12] = struct.pack("!H", _header_checksum(out[:ihl]) ^ error)
     return bytes(out)
 
 
