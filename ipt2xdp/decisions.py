@@ -32,6 +32,15 @@ OTHER_WHY = {
     "fragment": "XDP passes every fragment to netfilter, so this rule never matches what XDP judges",
     "shadowed": "an earlier rule defers every packet to netfilter before this one",
     "earlier": "runs before filter/INPUT: XDP defers every packet this rule may touch",
+    "foreign.nft": "a native nftables chain (not iptables-nft's) on a hook before filter/INPUT may change, "
+                   "log or count these packets: XDP defers them (all packets when the rule's matches cannot "
+                   "bound them)",
+    "foreign.legacy": "a rule in the iptables-legacy tables (the backend the plan does not read) runs before or "
+                      "beside filter/INPUT and may touch these packets: XDP defers them",
+    "foreign.nft-xtables": "a rule in iptables-nft's tables (the backend the plan does not read) runs before or "
+                           "beside filter/INPUT and may touch these packets: XDP defers them",
+    "foreign.unreadable": "the hooks outside the planned ruleset (nftables, the other iptables backend) could "
+                          "not be read: XDP defers everything",
     "target.log": "LOG must see the packet; XDP defers wherever this rule may match",
     "target.nflog": "NFLOG must see the packet; XDP defers wherever this rule may match",
     "target.reject": "REJECT answers with an ICMP error or a TCP reset; only netfilter sends it",

@@ -33,7 +33,7 @@ def live(backend: str, devices) -> Tuple[object, str, object]:
 
     ruleset = parse(backends.save(backend), f"<iptables-{backend}-save>")
     key = planstore.digest(render(ruleset.without_positions()), devices)
-    return ruleset, key, read_host_context(attached=devices)
+    return ruleset, key, read_host_context(attached=devices, backend=backend)
 
 
 def rule_differences(record: dict, ruleset) -> List[dict]:
@@ -142,15 +142,17 @@ def describe(result: dict) -> List[str]:
         if result["ruleset_changed"] and not result.get("chains") and not result.get("policies"):
             lines.append("  the difference is outside rule texts (policies, empty chains or tables)")
         if result["host_changed"]:
-            lines.append("  host: devices, local addresses or sysctls changed since the plan was made")
+            lines.append("  host: devices, local addresses, sysctls or netfilter hooks outside the ruleset (native "
+                         "nftables tables, the other iptables backend) changed since the plan was made")
         lines.append("  bring it in step: `ipt2xdp import --live` (or run `ipt2xdp watch`)")
     other = result.get("other_backend", {})
     if other.get("tables"):
         desc = ", ".join(f"{name} ({t['rules']} rules" + (f", policies {t['policies']}" if t["policies"] else "")
                          + ")" for name, t in sorted(other["tables"].items()))
         if other.get("unseen_rewrites"):
-            lines.append(f"WARNING: iptables-{other['backend']} also holds rules XDP's plan does not see, in "
-                         f"tables that may rewrite or untrack packets before filter/INPUT: {desc}")
+            lines.append(f"note: iptables-{other['backend']} also holds rules in tables that may rewrite or untrack "
+                         f"packets before filter/INPUT: {desc}; the plan defers the packets they may touch "
+                         "(docs/foreign.md)")
         else:
             lines.append(f"note: iptables-{other['backend']} also holds filter rules ({desc}); they can only drop "
                          "more than the plan's ruleset, never accept what it drops")

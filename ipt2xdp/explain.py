@@ -146,6 +146,8 @@ def explain(plan: Plan, spec: PacketSpec, host: HostContext, ruleset: Optional[i
     if code == "after.maybe-drop":
         for step in _maybe_droppers(plan, ruleset, host, key):
             notes.append(f"{step.label()} may drop it: {step.text}")
+    if code.startswith("foreign."):  # the hook outside the planned ruleset that makes XDP defer (plan notes)
+        notes += [n.split(": ", 1)[1] for n in plan.notes if n.startswith(code + ":")][:5]
     return Explanation(verdict="DROP" if verdict == Verdict.DROP else "PASS", outcome=outcome, code=code,
                        why=why(code), rule=_step(path[-1], texts) if path else None,
                        path=tuple(_step(ref, texts) for ref in path[:-1]), rule_id=rule_id, notes=notes, **base)

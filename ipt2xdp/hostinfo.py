@@ -6,12 +6,11 @@ The planner itself is pure: it takes a HostContext value, so tests can hand it a
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import subprocess
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Optional, Tuple
 
 if TYPE_CHECKING:
+    from ipt2xdp.foreign import Foreign
     from ipt2xdp.ipsets import IpSet
 
 RTN_LOCAL = 2
@@ -66,6 +65,10 @@ class HostContext:
     # set match stays unknown. Left out of comparisons and repr (so of drift.host_digest): a set may
     # hold 100k members, and its changes are the set guard's business, not drift's.
     ipsets: Optional[Tuple["IpSet", ...]] = field(default=None, compare=False, repr=False)
+    # Hooks outside the planned ruleset that see packets before filter/INPUT: native nftables base
+    # chains and the other iptables backend's tables (ipt2xdp.foreign). None: not read (a host
+    # made by hand, as in unit tests). In repr, so drift.host_digest notices such tables appear.
+    foreign: Optional["Foreign"] = None
 
     def ipset(self, name: str) -> Optional["IpSet"]:
         return next((s for s in self.ipsets or () if s.name == name), None)
@@ -93,25 +96,23 @@ def _read_sysctl(name: str) -> Optional[str]:
         return None
 
 
-def _external_helpers() -> bool:
-    """Whether conntrack helpers may be assigned outside iptables (then expectations may exist)."""
+def _external_helpers(nft_document, nft_text: str) -> bool:
+    """Whether conntrack helpers may be assigned outside iptables (then expectations may exist):
+    automatic assignment, or an nftables `ct helper` object or statement (its JSON key). The
+    document is foreign.read_nft_json()'s: None when nftables could not be read."""
     if _read_sysctl("nf_conntrack_helper") == "1":  # automatic assignment (kernels before 6.0)
         return True
-    nft = shutil.which("nft")
-    if nft is None:
+    if nft_document is None:
         return True  # nftables rules cannot be read: a `ct helper` there cannot be ruled out
-    try:
-        out = subprocess.run([nft, "list", "ruleset"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return True
-    if out.returncode != 0:
-        return True
-    return "ct helper" in out.stdout
+    return '"ct helper"' in nft_text
 
 
-def read_host_context(attached=()) -> HostContext:
-    """Read devices, local destinations and the forwarding switch of the current network namespace."""
+def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext:
+    """Read devices, local destinations, the forwarding switch and the hooks outside the planned
+    ruleset (backend: the one the plan reads, "legacy" or "nft"; None: the active one)."""
     from pyroute2 import IPRoute
+
+    from ipt2xdp.foreign import read_foreign, read_nft_json
 
     with IPRoute() as ipr:
         devices = []
@@ -131,10 +132,16 @@ def read_host_context(attached=()) -> HostContext:
                 if route["tos"] == 0 and route["type"] < len(RTN_NAMES):
                     routes.append(RouteType(network, RTN_NAMES[route["type"]], _first_oif(route), table))
     ordered = tuple(sorted(local, key=lambda n: (int(n.network_address), n.prefixlen)))
+    if backend is None:
+        from ipt2xdp.backend import active_backend
+
+        backend = active_backend()
+    nft = read_nft_json()  # one listing for both questions
     return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached),
                        ct_checksum=_read_sysctl("nf_conntrack_checksum") != "0",
                        ct_tcp_loose=_read_sysctl("nf_conntrack_tcp_loose") != "0",
-                       ct_external_helpers=_external_helpers(), route_types=tuple(routes))
+                       ct_external_helpers=_external_helpers(nft[0], nft[2]), route_types=tuple(routes),
+                       foreign=read_foreign(backend, devices, attached, nft))
 
 
 def _first_oif(route) -> int:

@@ -20,6 +20,7 @@ from ipt2xdp import ir
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, U32_MAX, Action,
                                 ClassifierRule, IntervalSet, Match, Verdict)
 from ipt2xdp.hostinfo import HostContext
+from ipt2xdp.render import render_rule
 from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
 
 DEFAULT_MAX_RULES = 100_000
@@ -28,6 +29,11 @@ DEFAULT_MAX_RULES = 100_000
 # position out) and of the host object it was translated for, so it is reused only for that object.
 TERM_MEMO: Optional[dict] = None
 EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))
+# The other iptables backend's chains a packet may pass before the planned filter/INPUT drops it:
+# its filter/INPUT shares priority 0 (order unknown). Its policy there is harmless: a packet XDP
+# drops is dropped by the planned filter/INPUT either way.
+FOREIGN_CHAINS = EARLIER_CHAINS + (("filter", "INPUT"),)
+MAX_NOTED_EFFECTS = 5  # per native chain, in the report's notes
 NO_OP_TARGETS = (ir.Accept, ir.Return)  # in an earlier chain these let the packet go on unchanged
 
 # Unknown parts of a DROP rule that read the packet or conntrack without changing any state. XDP
@@ -130,8 +136,8 @@ class _Emitter:
     def truncate(self, length: int) -> None:
         del self.rules[length:], self.paths[length:], self.codes[length:]
 
-    def term(self, table: str, chain: str, index: int, rule: ir.Rule) -> Term:
-        key = (table, chain, index)
+    def term(self, table: str, chain: str, index: int, rule: ir.Rule, source: str = "") -> Term:
+        key = (f"{source}:{table}" if source else table, chain, index)
         if key not in self.terms:
             host = self.host if table == "filter" else self.guard_host
             memo = TERM_MEMO
@@ -287,20 +293,90 @@ def _earlier_chain_guards(em: _Emitter) -> List[str]:
     return notes
 
 
-def _guard_chain(em: _Emitter, table: str, chain_name: str, cond: Match, seen: set, depth: int) -> None:
-    chain = _chain(em.ruleset, table, chain_name)
+@dataclass
+class _ForeignSource:
+    """The other iptables backend's ruleset, guarded like the earlier chains (ipt2xdp.foreign)."""
+
+    ruleset: ir.Ruleset
+    name: str                 # "legacy" | "nft"
+    notes: List[str]
+
+    @property
+    def code(self) -> str:
+        return "foreign.legacy" if self.name == "legacy" else "foreign.nft-xtables"
+
+
+def _guard_chain(em: _Emitter, table: str, chain_name: str, cond: Match, seen: set, depth: int,
+                 foreign: Optional[_ForeignSource] = None) -> None:
+    chain = _chain(foreign.ruleset if foreign else em.ruleset, table, chain_name)
+    if chain is None:
+        return  # a jump to a chain the other backend's text lacks cannot happen; nothing to guard
     for index, rule in enumerate(chain.rules, start=1):
         ref = RuleRef(table, chain_name, index)
-        for disjunct in em.term(table, chain_name, index, rule).disjuncts:
+        for disjunct in em.term(table, chain_name, index, rule, foreign.name if foreign else "").disjuncts:
             match = conjoin(cond, disjunct.match)
             if match is None or rule.target is None or isinstance(rule.target, NO_OP_TARGETS):
                 continue
             if isinstance(rule.target, (ir.Jump, ir.Goto)) and depth < 16 and (rule.target.chain, match) not in seen:
                 seen.add((rule.target.chain, match))
-                _guard_chain(em, table, rule.target.chain, match, seen, depth + 1)
+                _guard_chain(em, table, rule.target.chain, match, seen, depth + 1, foreign)
+            elif foreign:
+                em.emit(match, DEFER, (), foreign.code)
+                note = (f"{foreign.code}: iptables-{foreign.name} {table}/{chain_name} #{index} `{render_rule(rule)}` "
+                        "(not in the planned ruleset) may touch packets first: XDP defers those")
+                if note not in foreign.notes:
+                    foreign.notes.append(note)
             else:
                 # Superset of the packets this rule may change: its modelled match, unknowns ignored.
                 em.emit(match, DEFER, (ref,), f"earlier.{table}-{chain_name.lower()}")
+
+
+def _foreign_guards(em: _Emitter) -> List[str]:
+    """Defer what hooks outside the planned ruleset may touch (ipt2xdp.foreign): the IPv4 packets a
+    statement with an effect in a native nftables chain may act on (everything when they cannot be
+    bounded, or when something could not be read), and the packets a rule of the other iptables
+    backend's chains before (or beside) filter/INPUT may touch."""
+    from ipt2xdp import foreign as hooks
+    from ipt2xdp import nftbound
+
+    found = em.host.foreign
+    if found is None:
+        return []
+    notes = [f"foreign.unreadable: {text}; XDP defers every packet" for text in found.unreadable]
+    if found.unreadable:
+        em.emit(Match(), DEFER, (), "foreign.unreadable")
+        return notes
+    bounds = []
+    for chain in hooks.native_chains(found, [t.name for t in em.ruleset.tables], found.other_tables):
+        if not chain.effects:
+            notes.append(f"nftables {chain.label()}: neutral (only matches and accept/drop), XDP ignores it")
+        for effect in chain.effects[:MAX_NOTED_EFFECTS]:
+            notes.append(f"foreign.nft: nftables {chain.label()}, {effect.where}: may change, log or count "
+                         f"{nftbound.describe(effect.bound)} before filter/INPUT; XDP defers those")
+        if len(chain.effects) > MAX_NOTED_EFFECTS:
+            notes.append(f"foreign.nft: nftables {chain.label()}: {len(chain.effects) - MAX_NOTED_EFFECTS} more "
+                         "statements with effects, deferred the same way")
+        bounds += [effect.bound for effect in chain.effects]
+    if any(not bound for bound in bounds):
+        em.emit(Match(), DEFER, (), "foreign.nft")  # one unbounded statement: every packet
+        return notes
+    for bound in dict.fromkeys(bounds):
+        em.emit(nftbound.to_match(bound), DEFER, (), "foreign.nft")
+    other = hooks.other_ruleset(found)
+    if other is None:
+        return notes
+    source = _ForeignSource(other, found.other, [])
+    for table, chain_name in FOREIGN_CHAINS:
+        chain = _chain(other, table, chain_name)
+        if chain is None:
+            continue
+        if chain.policy not in (None, "ACCEPT") and (table, chain_name) != ("filter", "INPUT"):
+            em.emit(Match(), DEFER, (), source.code)
+            source.notes.append(f"{source.code}: iptables-{found.other} {table}/{chain_name} policy "
+                                f"{chain.policy}; XDP defers every packet")
+            continue
+        _guard_chain(em, table, chain_name, Match(), set(), 0, source)
+    return notes + source.notes
 
 
 def _raw_ct_targets(ruleset: ir.Ruleset) -> bool:
@@ -315,6 +391,12 @@ def _raw_ct_targets(ruleset: ir.Ruleset) -> bool:
         for chain in raw.chains for rule in chain.rules)
 
 
+def _foreign_ruleset(host: HostContext) -> Optional[ir.Ruleset]:
+    from ipt2xdp.foreign import other_ruleset
+
+    return other_ruleset(host.foreign)
+
+
 def _local_guard(em: _Emitter) -> None:
     local = IntervalSet.of((int(n.network_address), int(n.broadcast_address)) for n in em.host.local_destinations)
     em.emit(Match(dst=local.complement(U32_MAX)), DEFER, (), "guard.not-local")
@@ -324,11 +406,12 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     """Plan filter/INPUT of `ruleset` for packets arriving on host.attached devices."""
     from ipt2xdp.decisions import decide
 
-    if not host.ct_external_helpers and _raw_ct_targets(ruleset):
+    other = None if host.foreign is None else _foreign_ruleset(host)
+    if not host.ct_external_helpers and (_raw_ct_targets(ruleset) or (other is not None and _raw_ct_targets(other))):
         host = replace(host, ct_external_helpers=True)  # expectations (RELATED) or UNTRACKED possible
     em = _Emitter(host, ruleset, max_rules)
     _local_guard(em)
-    notes = _earlier_chain_guards(em)
+    notes = _foreign_guards(em) + _earlier_chain_guards(em)
     guards = len(em.rules)
     input_chain = _chain(ruleset, "filter", "INPUT")
     policy = input_chain.policy if input_chain is not None else "ACCEPT"

@@ -71,7 +71,30 @@ def host_record(host) -> dict:
             "ct_checksum": host.ct_checksum, "ct_tcp_loose": host.ct_tcp_loose,
             "ct_external_helpers": host.ct_external_helpers,
             "route_types": None if host.route_types is None else
-            [[str(r.network), r.kind, r.oif, r.table] for r in host.route_types]}
+            [[str(r.network), r.kind, r.oif, r.table] for r in host.route_types],
+            "foreign": None if host.foreign is None else foreign_record(host.foreign)}
+
+
+def foreign_record(foreign) -> dict:
+    from dataclasses import asdict
+
+    return asdict(foreign)
+
+
+def foreign_from_record(record):
+    from ipt2xdp.foreign import Effect, Foreign, NativeChain
+
+    if record is None:
+        return None
+
+    def bound(pairs):  # JSON lists back to the tuples the plan was made from
+        return tuple((name, tuple(v if isinstance(v, int) else tuple(v) for v in values)) for name, values in pairs)
+
+    native = tuple(NativeChain(**dict(c, devices=tuple(c["devices"]),
+                                      effects=tuple(Effect(e["where"], bound(e["bound"])) for e in c["effects"])))
+                   for c in record["native"])
+    return Foreign(record["planned"], native, record["other_text"], tuple(record["other_tables"]),
+                   tuple(record["unreadable"]))
 
 
 def host_from_record(record: dict):
@@ -85,4 +108,5 @@ def host_from_record(record: dict):
                        record["forwarding"], tuple(record["attached"]), record["ct_checksum"],
                        record["ct_tcp_loose"], record["ct_external_helpers"],
                        route_types=None if routes is None else
-                       tuple(RouteType(ipaddress.IPv4Network(n), k, o, t) for n, k, o, t in routes))
+                       tuple(RouteType(ipaddress.IPv4Network(n), k, o, t) for n, k, o, t in routes),
+                       foreign=foreign_from_record(record.get("foreign")))

@@ -28,6 +28,12 @@ def world(tmp_path):
                                f"/usr/sbin/iptables-{backend}-restore", "--slave", str(sbin / "iptables-save"),
                                "iptables-save", f"/usr/sbin/iptables-{backend}-save"], check=True,
                        capture_output=True)
+        # Debian's separate ip6tables group, as its postinst makes it
+        subprocess.run(base + ["--install", str(sbin / "ip6tables"), "ip6tables", f"/usr/sbin/ip6tables-{backend}",
+                               str(prio), "--slave", str(sbin / "ip6tables-restore"), "ip6tables-restore",
+                               f"/usr/sbin/ip6tables-{backend}-restore", "--slave", str(sbin / "ip6tables-save"),
+                               "ip6tables-save", f"/usr/sbin/ip6tables-{backend}-save"], check=True,
+                       capture_output=True)
     opts = ["--altdir", str(alt), "--admindir", str(admin), "--log", str(tmp_path / "log"),
             "--wrapper-dir", str(bin_), "--state", str(tmp_path / "state.json")]
 
@@ -82,3 +88,37 @@ def test_wrapper_runs_the_recorded_backend(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", "from ipt2xdp.wrapper import main; main(['ipt2xdp-iptables', '--version'])"],
                          env=dict(os.environ, IPT2XDP_ALT_STATE=str(state)), capture_output=True, text=True)
     assert out.stdout == "iptables v1.8.9 (legacy)\n"
+
+
+def ip6_links(sbin):
+    return {name: os.readlink(os.readlink(sbin / name)) for name in ("ip6tables", "ip6tables-save", "ip6tables-restore")}
+
+
+def test_debian_ip6tables_group_is_left_to_the_real_binaries(world):
+    """Switching iptables to the wrapper leaves ip6tables (and its -save/-restore) on the real
+    binaries, before, during and after; status shows where it points."""
+    run, ua, sbin, bin_, tmp = world
+    before, query_before = ip6_links(sbin), ua("--query", "ip6tables")
+    assert before["ip6tables"] == "/usr/sbin/ip6tables-nft"
+    r = run("install")
+    assert r.returncode == 0, r.stderr
+    assert "different backends" not in r.stdout  # same backend on both: nothing to note
+    assert ip6_links(sbin) == before and ua("--query", "ip6tables") == query_before
+    status = json.loads(run("status", "--json").stdout)
+    assert status["ip6tables"] == {"value": "/usr/sbin/ip6tables-nft", "status": "auto", "backend": "nft",
+                                   "wrapped": False}
+    assert "ip6tables -> /usr/sbin/ip6tables-nft (auto); not wrapped" in run("status").stdout
+    assert run("remove").returncode == 0
+    assert ip6_links(sbin) == before and ua("--query", "ip6tables") == query_before
+
+
+def test_ip6tables_on_another_backend_is_noted(world):
+    run, ua, sbin, bin_, tmp = world
+    ua("--set", "ip6tables", "/usr/sbin/ip6tables-legacy")
+    r = run("install")
+    assert r.returncode == 0, r.stderr
+    assert "ip6tables runs ip6tables-legacy while iptables runs iptables-nft" in r.stdout
+    assert "note: ip6tables runs ip6tables-legacy" in run("status").stdout
+    assert os.readlink(os.readlink(sbin / "ip6tables")) == "/usr/sbin/ip6tables-legacy"
+    assert run("remove").returncode == 0
+    assert "Status: manual" in ua("--query", "ip6tables")

@@ -108,7 +108,7 @@ def test_dry_run_map_diff_against_the_loaded_generation(pair, tmp_path):
               f"from ipt2xdp.parse import parse\nfrom ipt2xdp.plan import plan\n"
               f"key = loader.status(include_counters=False)['ruleset']['source_digest']\n"
               f"p = plan(parse({B.replace('--dport 53 ', '--dport 54 ')!r}), "
-              f"hostinfo.read_host_context(attached=[{pair.receiver_if!r}]))\n"
+              f"hostinfo.read_host_context(attached=[{pair.receiver_if!r}], backend='legacy'))\n"
               f"loader.apply(compile(p.rules, p.default, overflow='defer'), source_digest=key)\n")
     python_in(rx, tamper)
     tampered = json.loads(ipt2xdp(rx, "import", "--dry-run", str(b), "--json").stdout)

@@ -77,7 +77,7 @@ from ipt2xdp.render import render
 st = loader.status()
 devices = sorted(st["devices"])
 rs = parse(backend.save(sys.argv[1]), "<live>")
-host = read_host_context(attached=devices)
+host = read_host_context(attached=devices, backend=sys.argv[1])
 if ipsets.referenced_sets(rs):  # as a fresh import reads them
     host = replace(host, ipsets=ipsets.read_sets(ipsets.referenced_sets(rs), ipsets.changed_by_rules(rs)))
 fresh = report.decision_records(plan(rs, host))

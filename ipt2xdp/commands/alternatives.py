@@ -12,6 +12,13 @@ Before switching, the backend the group pointed to is recorded (realbin.STATE_FI
 runs that real binary, since `iptables` is the wrapper itself afterwards. remove restores the
 previous selection (manual or auto).
 
+Debian's separate `ip6tables` group is deliberately left alone (no ipt2xdp-ip6tables): switching
+the `iptables` group never touches it, so ip6tables callers keep their real binary, and a
+pass-through would only add an exec and a failure point while XDP passes every IPv6 packet and
+no plan depends on ip6tables rules. `status` shows where it points, and install/status note when
+its backend differs from the one the wrapper runs (IPv4 and IPv6 rules then live in different
+backends: not ipt2xdp's doing, but worth knowing). Register a pass-through once XDP plans IPv6.
+
 --altdir/--admindir/--log/--sbin exist for tests: the host's alternatives stay untouched.
 """
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Dict, List, Optional
 
 HELP = "register the iptables wrapper with update-alternatives (install, remove, status)"
 GROUP = "iptables"
+IPV6_GROUP = "ip6tables"  # Debian: its own group, left as it is (see the module docstring)
 PRIORITY = 100
 
 
@@ -60,9 +68,9 @@ def _call(args, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def query(args) -> Optional[dict]:
+def query(args, name: str = GROUP) -> Optional[dict]:
     """The group as {link, status, value, slaves: {name: link}, alternatives: {path: {priority, slaves}}}."""
-    result = _call(args, "--query", GROUP, check=False)
+    result = _call(args, "--query", name, check=False)
     if result.returncode != 0:
         return None
     group: dict = {"slaves": {}, "alternatives": {}}
@@ -152,7 +160,28 @@ def install(args) -> int:
     # A manual selection is not overridden by priority: select the wrapper explicitly.
     _call(args, "--set", GROUP, wrapper)
     print(f"ipt2xdp: iptables -> {wrapper} (running iptables-{backend}); undo with `ipt2xdp alternatives remove`")
+    note = _ipv6_note(args, backend)
+    if note:
+        print(f"ipt2xdp: {note}")
     return 0
+
+
+def _ipv6(args) -> Optional[dict]:
+    """Debian's ip6tables group: where it points and its backend (None where it does not exist:
+    Fedora's ip6tables names follow the iptables group and keep their real targets, see install)."""
+    group = query(args, IPV6_GROUP)
+    if group is None:
+        return None
+    return {"value": group.get("value"), "status": group.get("status"), "backend": _backend_of(group.get("value")),
+            "wrapped": False}
+
+
+def _ipv6_note(args, backend: Optional[str]) -> Optional[str]:
+    ipv6 = _ipv6(args)
+    if ipv6 is None or backend is None or ipv6["backend"] in (None, backend):
+        return None
+    return (f"ip6tables runs ip6tables-{ipv6['backend']} while iptables runs iptables-{backend}: IPv4 and IPv6 "
+            "rules are in different backends (XDP passes IPv6; ip6tables is not wrapped)")
 
 
 def remove(args) -> int:
@@ -188,13 +217,19 @@ def status(args) -> int:
         state = {}
     installed = any(os.path.basename(p) == "ipt2xdp-iptables" for p in group.get("alternatives", {}))
     info = {"installed": installed, "selected": os.path.basename(group.get("value") or "") == "ipt2xdp-iptables",
-            "value": group.get("value"), "status": group.get("status"), "recorded": state}
+            "value": group.get("value"), "status": group.get("status"), "recorded": state, "ip6tables": _ipv6(args)}
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
         print(f"iptables -> {info['value']} ({info['status']}); wrapper "
               f"{'registered' if installed else 'not registered'}"
               + (f", runs iptables-{state['backend']}" if state.get("backend") else ""))
+        if info["ip6tables"]:
+            print(f"ip6tables -> {info['ip6tables']['value']} ({info['ip6tables']['status']}); not wrapped: "
+                  "XDP passes IPv6")
+        note = _ipv6_note(args, state.get("backend") or _backend_of(group.get("value")))
+        if note:
+            print(f"note: {note}")
     return 0
 
 

@@ -43,7 +43,9 @@ def _model_from_input(args, spec):
     else:
         loaded = _loaded()
         devices = sorted(loaded["devices"]) if loaded and loaded.get("devices") else [spec.iface] if spec.iface else []
-    host = read_host_context(attached=devices)
+    from ipt2xdp import backend as backends
+
+    host = read_host_context(attached=devices, backend=backends.resolve(getattr(args, "backend", None)))
     named = set(devices) | ({spec.iface} if spec.iface else set())
     missing = [name for name in named if host.device(name) is None]
     if missing:

@@ -93,7 +93,7 @@ def _run(args, mark: int) -> int:
     if args.ipsets is None:
         args.ipsets = ((loaded or {}).get("plan") or {}).get("ipsets", "mirror")
     devices = _devices(args, loaded)
-    host = read_host_context(attached=devices)
+    host = read_host_context(attached=devices, backend=backends.resolve(args.backend))
     missing = [name for name in devices if host.device(name) is None]
     if missing:
         from ipt2xdp.errors import UsageError
@@ -143,6 +143,10 @@ def _run(args, mark: int) -> int:
                                             touched_tables=tables)
         text, path = backends.save(name), f"<iptables-{name}-save>"
         ruleset = parse(text, path)
+        if host.foreign is not None:  # the restore may have made (or replaced) nf_tables tables
+            from ipt2xdp.foreign import read_foreign
+
+            host = replace(host, foreign=read_foreign(name, host.devices, devices))
     print(_offload(ruleset, host, devices, args, name, report))
     return 0
 

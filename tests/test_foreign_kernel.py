@@ -1,0 +1,180 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Hooks outside the planned ruleset, with real packets over veth between two namespaces.
+
+The receiver plans from iptables-nft, whose filter/INPUT drops the UDP ports below. Something the
+plan's text does not show acts first: a native nftables redirect or a counting chain, or
+iptables-legacy's nat table. Each case measures the same traffic twice, with netfilter alone and
+then with XDP attached, and requires the same fate (and the same nftables counter), while XDP
+still drops the ports no such statement acts on. Controls: a
+harmless native table (accept rules, an empty chain) leaves XDP dropping, seen by the real
+iptables-nft DROP rule's counter staying still while nothing is delivered.
+"""
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from ipt2xdp import netns
+from tests.nsutil import drain, send_udp, udp_receiver, unload_and_close
+
+pytestmark = pytest.mark.kernel
+COUNT = 20
+
+
+def cli(ns, *args, check=True):
+    return ns.run(["env", "IPT2XDP_BACKEND=nft", sys.executable, "-m", "ipt2xdp", *args], check=check)
+
+
+@pytest.fixture
+def pair():
+    p = netns.veth_pair()
+    try:
+        yield p
+    finally:
+        unload_and_close(p)
+
+
+def delivered(pair, port, listen_port=None) -> int:
+    """UDP datagrams to `port` that reach a socket on listen_port (after any redirect)."""
+    sock = udp_receiver(pair.receiver, listen_port or port)
+    try:
+        send_udp(pair.sender, pair.receiver_ip, port, COUNT)
+        time.sleep(0.2)
+        return drain(sock)
+    finally:
+        sock.close()
+
+
+def drop_counter(pair, port) -> int:
+    out = pair.receiver.run(["iptables-nft", "-L", "INPUT", "-v", "-n", "-x"]).stdout
+    return int(next(line for line in out.splitlines() if f"dpt:{port}" in line).split()[0])
+
+
+def nft_counter(pair, family, table, chain) -> int:
+    out = pair.receiver.run(["nft", "list", "chain", family, table, chain]).stdout
+    return int(re.search(r"counter packets (\d+)", out).group(1))
+
+
+def drop_ports(pair, *ports):
+    for port in ports:
+        pair.receiver.run(["iptables-nft", "-A", "INPUT", "-p", "udp", "--dport", str(port), "-j", "DROP"])
+
+
+def dry_run_notes(pair) -> list:
+    return json.loads(cli(pair.receiver, "import", "--live", "--dry-run", "--json").stdout)["notes"]
+
+
+def explain_loaded(pair, spec) -> dict:
+    """explain --loaded: the model's verdict, checked against the loaded program's (agree)."""
+    document = json.loads(cli(pair.receiver, "explain", "--loaded", "--json", "--packet", spec).stdout)
+    assert document["agree"] is True, document
+    return document
+
+
+def attach(pair):
+    cli(pair.receiver, "import", "--live", "--iface", pair.receiver_if)
+
+
+def nft(pair, script):
+    # nft wants a newline or ";" after a chain's closing brace before the table's
+    pair.receiver.run(["nft", "-f", "-"], input=script.replace("} }", "}; }"))
+
+
+def test_native_redirect_and_counter_keep_their_packets(pair):
+    drop_ports(pair, 7001, 7002, 7009)
+    nft(pair, """table ip natty { chain pre { type nat hook prerouting priority dstnat; policy accept;
+                                                udp dport 7001 redirect to :7101; } }
+                 table inet logger { chain in { type filter hook input priority -10; policy accept;
+                                                udp dport 7002 counter; } }""")
+    alone = (delivered(pair, 7001, 7101), delivered(pair, 7002), nft_counter(pair, "inet", "logger", "in"))
+    assert alone == (COUNT, 0, COUNT)  # redirected past the DROP; counted, then dropped by filter/INPUT
+    attach(pair)
+    with_xdp = (delivered(pair, 7001, 7101), delivered(pair, 7002), nft_counter(pair, "inet", "logger", "in") - COUNT)
+    assert with_xdp == alone
+    # only the packets those statements may act on are deferred: XDP still drops port 7009
+    before = drop_counter(pair, 7009)
+    assert delivered(pair, 7009) == 0 and drop_counter(pair, 7009) == before
+    notes = dry_run_notes(pair)
+    assert any(n.startswith("foreign.nft:") and "table ip natty chain pre" in n for n in notes), notes
+    spec = f"udp 198.51.100.7:1 > {pair.receiver_ip}:7002 iface {pair.receiver_if}"
+    explained = explain_loaded(pair, spec)
+    assert (explained["model"]["verdict"], explained["model"]["code"]) == ("PASS", "foreign.nft")
+
+
+def test_harmless_native_table_leaves_offload_on(pair):
+    drop_ports(pair, 7003)
+    nft(pair, """table inet plain { chain pre { type filter hook prerouting priority -150; policy accept;
+                                                 udp dport 7003 accept; ip saddr 192.0.2.1 drop; }
+                                    chain empty_in { type filter hook input priority 0; policy accept; }
+                                    chain late { type filter hook input priority 10; policy accept;
+                                                 udp dport 7003 counter log; } }""")
+    assert (delivered(pair, 7003), drop_counter(pair, 7003)) == (0, COUNT)  # netfilter alone drops
+    attach(pair)
+    assert (delivered(pair, 7003), drop_counter(pair, 7003)) == (0, COUNT)  # XDP dropped: the rule saw none
+    assert not any(n.startswith("foreign.") for n in dry_run_notes(pair))
+
+
+def test_legacy_nat_on_an_nft_host_keeps_its_packets(pair):
+    drop_ports(pair, 7004, 7005)
+    pair.receiver.run(["iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "7004",
+                       "-j", "REDIRECT", "--to-ports", "7104"])
+    alone = (delivered(pair, 7004, 7104), drop_counter(pair, 7005))
+    delivered(pair, 7005)
+    assert alone[0] == COUNT and drop_counter(pair, 7005) == COUNT
+    attach(pair)
+    assert delivered(pair, 7004, 7104) == COUNT   # the legacy REDIRECT still happens
+    assert delivered(pair, 7005) == 0 and drop_counter(pair, 7005) == COUNT  # other ports: XDP drops
+    notes = dry_run_notes(pair)
+    assert any(n.startswith("foreign.legacy:") and "nat/PREROUTING #1" in n for n in notes), notes
+
+
+def drift(pair):
+    result = cli(pair.receiver, "status", "--json", check=False)
+    return result.returncode, json.loads(result.stdout)["drift"]["host_changed"]
+
+
+def wait_for_log(log, text, count):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and open(log.name).read().count(text) < count:
+        time.sleep(0.1)
+    assert open(log.name).read().count(text) >= count, open(log.name).read()
+
+
+NATTY = """table ip natty { chain pre { type nat hook prerouting priority dstnat; policy accept;
+                                     udp dport 7006 redirect to :7106; } }"""
+
+
+def test_a_native_table_appearing_is_drift_and_watch_replans(pair):
+    drop_ports(pair, 7006)
+    attach(pair)
+    assert drift(pair) == (0, False)
+    nft(pair, NATTY)
+    assert drift(pair) == (1, True)   # status: the host facts the plan was made from changed
+    log = tempfile.NamedTemporaryFile("w+", prefix="ipt2xdp-watch-", suffix=".log")
+    proc = subprocess.Popen(pair.receiver.argv(["env", "IPT2XDP_BACKEND=nft", sys.executable, "-m", "ipt2xdp",
+                                                "watch", "--trigger", "nftables"]),
+                            stderr=log, stdout=subprocess.DEVNULL)
+    spec = f"udp 198.51.100.7:1 > {pair.receiver_ip}:7006 iface {pair.receiver_if}"
+    try:
+        wait_for_log(log, "re-imported", 1)  # its first check finds the drift
+        assert drift(pair) == (0, False)
+        assert explain_loaded(pair, spec)["model"]["code"] == "foreign.nft"
+        assert delivered(pair, 7006, 7106) == COUNT
+        # notifications: the native table goes (XDP drops again), and comes back (XDP defers again)
+        pair.receiver.run(["nft", "delete", "table", "ip", "natty"])
+        wait_for_log(log, "re-imported", 2)
+        assert explain_loaded(pair, spec)["model"]["verdict"] == "DROP"
+        before = drop_counter(pair, 7006)
+        assert delivered(pair, 7006) == 0 and drop_counter(pair, 7006) == before
+        nft(pair, NATTY)
+        wait_for_log(log, "re-imported", 3)
+        assert delivered(pair, 7006, 7106) == COUNT
+        assert explain_loaded(pair, spec)["model"]["code"] == "foreign.nft"
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
