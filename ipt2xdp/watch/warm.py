@@ -47,7 +47,7 @@ class Warm:
         self.host_trigger = next((t for t in triggers if isinstance(t, HostTrigger)), None)
         self._host = None
         self._host_key: Optional[Tuple] = None
-        self._helpers_stale = False
+        self._netfilter_stale = False  # nf_tables or legacy tables changed: helpers and foreign hooks
         self.served = 0
         self.collect_due = False
         self.last: Dict[str, object] = {}
@@ -61,25 +61,32 @@ class Warm:
     def note(self, changes) -> None:
         """Changes the triggers reported: forget the host facts they may have changed."""
         for change in changes:
-            if change.source == "nftables":
-                self._helpers_stale = True
+            if change.source in ("nftables", "legacy"):
+                # hooks outside the planned ruleset (native nft chains, the other backend's
+                # tables) and conntrack helpers are host facts too (foreign.py)
+                self._netfilter_stale = True
             elif change.source not in RULESET_SOURCES:
                 self._host_key = None
 
-    def host(self, devices: List[str]):
+    def host(self, devices: List[str], backend: str):
         from ipt2xdp import hostinfo
+        from ipt2xdp.foreign import read_foreign, read_nft_json
         from ipt2xdp.watch.triggers import _sysctls
 
         if self.host_trigger is None:  # no rtnetlink events: nothing tells when the facts change
-            return hostinfo.read_host_context(attached=devices)
-        key = (tuple(devices), self.host_trigger.messages, _sysctls())
+            return hostinfo.read_host_context(attached=devices, backend=backend)
+        key = (tuple(devices), backend, self.host_trigger.messages, _sysctls())
         if key != self._host_key or self._host is None:
-            self._host, self._host_key, self._helpers_stale = hostinfo.read_host_context(attached=devices), key, False
-        elif self._helpers_stale:
-            helpers = hostinfo._external_helpers()
-            if helpers != self._host.ct_external_helpers:  # else the same object: the memo stays valid
-                self._host = replace(self._host, ct_external_helpers=helpers)
-            self._helpers_stale = False
+            self._host = hostinfo.read_host_context(attached=devices, backend=backend)
+            self._host_key, self._netfilter_stale = key, False
+        elif self._netfilter_stale:
+            nft = read_nft_json()
+            helpers = hostinfo._external_helpers(nft[0], nft[2])
+            foreign = read_foreign(backend, self._host.devices, devices, nft)
+            if (helpers, foreign) != (self._host.ct_external_helpers, self._host.foreign):
+                # else the same object: the memo stays valid
+                self._host = replace(self._host, ct_external_helpers=helpers, foreign=foreign)
+            self._netfilter_stale = False
         return self._host
 
     def _memo(self, host, rules: int) -> None:
@@ -132,7 +139,7 @@ class Warm:
             live_key = planstore.digest(rendered, devices)
             times["parse"] = time.monotonic() - started - times["read"]
             mark = time.monotonic()
-            host = self.host(devices)
+            host = self.host(devices, backend)
             times["host"] = time.monotonic() - mark
             if record and live_key == key and record.get("host_digest") == drift.host_digest(host):
                 deferring = info.get("deferring_all")
