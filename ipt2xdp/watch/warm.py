@@ -141,7 +141,10 @@ class Warm:
             mark = time.monotonic()
             host = self.host(devices, backend)
             times["host"] = time.monotonic() - mark
-            if record and live_key == key and record.get("host_digest") == drift.host_digest(host):
+            # A wrapper's change (counts_pid) flips even to the same text: `-R` of a rule by an
+            # identical one restarts its counters, and the flip is what carries counts by the command.
+            if (counts_pid is None and record and live_key == key
+                    and record.get("host_digest") == drift.host_digest(host)):
                 deferring = info.get("deferring_all")
                 if deferring:
                     loader.defer_all(False)
