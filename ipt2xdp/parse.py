@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import gc
 import ipaddress
 import itertools
 import operator
@@ -22,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ipt2xdp import ir, options
+from ipt2xdp import gcpause, ir, options
 from ipt2xdp.errors import Diagnostic, ParseError, SourceSpan
 from ipt2xdp.options import Given, OptionError
 
@@ -776,13 +775,8 @@ def parse(text: str, path: str = "<stdin>") -> ir.Ruleset:
     """
     # The parse allocates millions of small objects and no cycles; the cyclic collector, left on,
     # rescans the growing heap over and over (it was more than half the time of a 100k-rule parse).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with gcpause.paused():
         return _parse(text, path)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _parse(text: str, path: str) -> ir.Ruleset:

@@ -68,13 +68,16 @@ def _devices(args, loaded):
 
 
 def run(args) -> int:
+    from ipt2xdp import gcpause
+
     if args.dry_run:
-        return _run(args, 0)
+        with gcpause.paused():
+            return _run(args, 0)
     from ipt2xdp.wrapper import sync
 
     # The wrapper's lock: an import, a wrapper call and `ipt2xdp watch` never interleave their
     # "read, change, read back, flip", so none of them flips to a plan older than another's change.
-    with sync.wrapper_lock(None), sync.guarded_flip(say=True):
+    with sync.wrapper_lock(None), sync.guarded_flip(say=True), gcpause.paused():
         return _run(args, sync.stale_mark())
 
 

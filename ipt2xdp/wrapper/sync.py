@@ -174,12 +174,12 @@ def replan(backend_name: str, ruleset=None, host=None) -> None:
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from."""
-    from ipt2xdp import loader
+    from ipt2xdp import gcpause, loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return
-    with guarded_flip():
+    with guarded_flip(), gcpause.paused():
         _replan(info, backend_name, ruleset, host)
 
 
