@@ -112,25 +112,33 @@ def _icmp(match: ir.IcmpMatch) -> IntervalSet:
 
 def conjoin(a: Match, b: Match) -> Optional[Match]:
     """The conjunction of two matches, or None when no packet satisfies both."""
-    return _conjoin_fields(a, vars(b))
+    values = vars(a)
+    if any(value is not None and not value for value in values.values()):
+        return None  # a matches no packet
+    narrowed = _narrowed(values, vars(b))
+    if narrowed is None:
+        return None
+    if not narrowed:
+        return a
+    out = dict(values)
+    out.update(narrowed)
+    return Match.from_fields(out)
 
 
-def _conjoin_fields(a: Match, fields: Dict[str, object]) -> Optional[Match]:
-    """conjoin(a, Match(**fields)) without building the second Match (the planner's hot path)."""
-    values = dict(vars(a))
-    for name, value in values.items():
-        if value is not None and not value and fields.get(name) is None:
-            return None
-    for name, value in fields.items():
+def _narrowed(values: Dict[str, object], constraint: Dict[str, object]) -> Optional[Dict[str, object]]:
+    """The fields of `constraint` (None: unconstrained) intersected with those in `values`; None
+    when one of them becomes empty."""
+    out = {}
+    for name, value in constraint.items():
         if value is None:
             continue
-        current = values[name]
+        current = values.get(name)
         if current is not None:
             value = current.intersection(value) if isinstance(current, IntervalSet) else current & value
         if not value:
             return None
-        values[name] = value
-    return Match(**values)
+        out[name] = value
+    return out
 
 
 def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int]]:
@@ -166,7 +174,7 @@ class _Builder:
     """Accumulates one rule's constraints; a field XDP cannot decide makes the rule unknown."""
 
     def __init__(self):
-        self.match = Match()
+        self.fields: Dict[str, object] = {}  # the constrained fields of the rule's Match so far (never empty)
         self.unknown: List[str] = []
         self.never = ""
         self.either_port: Optional[IntervalSet] = None  # `-m multiport --ports P`: sport or dport in P
@@ -180,11 +188,11 @@ class _Builder:
         self.ct = outcomes if self.ct is None else {a: _and3(self.ct[a], outcomes[a]) for a in outcomes}
 
     def add(self, **constraint) -> None:
-        combined = _conjoin_fields(self.match, constraint)
-        if combined is None:
+        narrowed = _narrowed(self.fields, constraint)
+        if narrowed is None:
             self.never = self.never or ("iface.not-attached" if "iif" in constraint else "never.empty")
         else:
-            self.match = combined
+            self.fields.update(narrowed)
 
     def mark_unknown(self, code: str) -> None:
         if code not in self.unknown:
@@ -213,7 +221,7 @@ def _header(builder: _Builder, rule: ir.Rule, names: Dict[int, str], ambiguous: 
 
 
 def _port_constraints(builder: _Builder, rule: ir.Rule) -> None:
-    protocols = builder.match.proto
+    protocols = builder.fields.get("proto")
     if protocols is None or not protocols <= PORT_PROTOCOLS:
         builder.mark_unknown("match.port-protocol")
 
@@ -361,7 +369,8 @@ def translate(rule: ir.Rule, host: HostContext,
     if builder.never:
         return Term((), never=builder.never, set_uses=uses)
     unknown = ",".join(builder.unknown) or None
-    bases = [builder.match] if builder.either_port is None else _either_port(builder.match, builder.either_port)
+    match = Match(**builder.fields)
+    bases = [match] if builder.either_port is None else _either_port(match, builder.either_port)
     based: List[Tuple[Match, Optional[str]]] = [(b, unknown) for b in bases]
     for alternatives in builder.alternatives:
         based = [(m, _reasons(r, ar)) for b, r in based for alt, ar in alternatives
