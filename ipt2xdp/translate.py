@@ -88,13 +88,23 @@ def _addresses(address: Optional[ir.Address]) -> Optional[IntervalSet]:
     if address is None:
         return None
     net = address.network
-    interval = IntervalSet(((int(net.network_address), int(net.broadcast_address)),))
+    low = int(net.network_address)
+    interval = IntervalSet(((low, low | U32_MAX >> net.prefixlen),))  # (network, broadcast address)
     return interval.complement(U32_MAX) if address.negated else interval
 
 
 def _ports(ranges: Iterable[Tuple[int, int]], negated: bool) -> IntervalSet:
     interval = IntervalSet.of(ranges)
     return interval.complement(U16_MAX) if negated else interval
+
+
+def _port_range(port: ir.PortMatch) -> IntervalSet:
+    """_ports([port.range], port.negated): one range needs no sorting or merging."""
+    lo, hi = port.range
+    if not 0 <= lo <= hi:
+        return _ports([port.range], port.negated)  # IntervalSet.of's error
+    interval = IntervalSet(((int(lo), int(hi)),))
+    return interval.complement(U16_MAX) if port.negated else interval
 
 
 def _flags(flags: ir.TcpFlags) -> FrozenSet[int]:
@@ -113,8 +123,9 @@ def _icmp(match: ir.IcmpMatch) -> IntervalSet:
 def conjoin(a: Match, b: Match) -> Optional[Match]:
     """The conjunction of two matches, or None when no packet satisfies both."""
     values = vars(a)
-    if any(value is not None and not value for value in values.values()):
-        return None  # a matches no packet
+    for value in values.values():
+        if value is not None and not value:
+            return None  # a matches no packet
     narrowed = _narrowed(values, vars(b))
     if narrowed is None:
         return None
@@ -291,9 +302,9 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
         if isinstance(match, (ir.TcpMatch, ir.UdpMatch)):
             _port_constraints(builder, rule)
             if match.sport is not None:
-                builder.add(sport=_ports([match.sport.range], match.sport.negated))
+                builder.add(sport=_port_range(match.sport))
             if match.dport is not None:
-                builder.add(dport=_ports([match.dport.range], match.dport.negated))
+                builder.add(dport=_port_range(match.dport))
             if isinstance(match, ir.TcpMatch):
                 builder.add(proto=frozenset({6}))
                 if match.flags is not None:

@@ -116,12 +116,10 @@ def _run(args, mark: int) -> int:
         maps = _map_diff(result, loaded, host)
         if args.json:
             from ipt2xdp import drift, planstore
-            from ipt2xdp.render import render
 
             # The digests an import of this ruleset would record: equal to `status --json`'s when in step.
             print(report.as_json(result, old, {"devices": devices, "source": path,
-                                               "source_digest": planstore.digest(render(ruleset.without_positions()),
-                                                                                 devices),
+                                               "source_digest": planstore.digest(_canonical(ruleset, result), devices),
                                                "host_digest": drift.host_digest(host)}, map_diff=maps))
         else:
             print(report.as_table(result, old, colour=report.use_colour(sys.stdout), map_diff=maps))
@@ -170,11 +168,17 @@ def _loaded():
     return info
 
 
+def _canonical(ruleset, result) -> str:
+    """render(ruleset.without_positions()), reusing the rule texts the plan's decisions hold."""
+    from ipt2xdp.render import canonical
+
+    return canonical(ruleset, {(d.ref.table, d.ref.chain, d.ref.index): d.text for d in result.decisions})
+
+
 def _offload(ruleset, host, devices, args, backend_name, report):
     from ipt2xdp import drift, loader, planstore, setguard
     from ipt2xdp.compile import compile as compile_tables
     from ipt2xdp.plan import plan
-    from ipt2xdp.render import render
 
     ipset_mode = getattr(args, "ipsets", None) or "mirror"
     host, expectation = setguard.mirror_for_import(host, ruleset, loader._stderr_notice,
@@ -182,7 +186,7 @@ def _offload(ruleset, host, devices, args, backend_name, report):
     result = plan(ruleset, host)
     tables = compile_tables(result.rules, result.default, overflow="defer")
     tables.set_guard = setguard.with_deadline(expectation, result.set_deadline_ns)
-    text = render(ruleset.without_positions())
+    text = _canonical(ruleset, result)
     key = planstore.digest(text, devices)
     planstore.save(key, {
         "backend": backend_name,
