@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""What the planner must know about the host of the current network namespace, read via pyroute2.
+"""What the planner must know about the host of the current network namespace (rtnetlink, sysctls).
 
 The planner itself is pure: it takes a HostContext value, so tests can hand it any host they like.
 """
@@ -111,25 +111,21 @@ def _external_helpers() -> bool:
 
 def read_host_context(attached=()) -> HostContext:
     """Read devices, local destinations and the forwarding switch of the current network namespace."""
-    from pyroute2 import IPRoute
+    from ipt2xdp import rtnl
 
-    with IPRoute() as ipr:
-        devices = []
-        for link in ipr.get_links():
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info else ""
-            devices.append(Device(link.get_attr("IFLA_IFNAME"), link["index"], kind or "",
-                                  link.get_attr("IFLA_MASTER"), link.get_attr("IFLA_LINK")))
-        local = set(ALWAYS_LOCAL)
-        routes = []
-        for table in (RT_TABLE_LOCAL, RT_TABLE_MAIN):
-            for route in ipr.get_routes(table=table, family=AF_INET):
-                network = ipaddress.IPv4Network(f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}",
-                                                strict=False)
-                if table == RT_TABLE_LOCAL and route["type"] in (RTN_LOCAL, RTN_BROADCAST):
-                    local.add(network)
-                if route["tos"] == 0 and route["type"] < len(RTN_NAMES):
-                    routes.append(RouteType(network, RTN_NAMES[route["type"]], _first_oif(route), table))
+    devices = [Device(link.name, link.index, link.kind, link.master, link.link) for link in rtnl.links()]
+    local = set(ALWAYS_LOCAL)
+    routes = []
+    dumped = rtnl.ipv4_routes()
+    for table in (RT_TABLE_LOCAL, RT_TABLE_MAIN):
+        for route in dumped:
+            if route.table != table:
+                continue
+            network = ipaddress.IPv4Network(f"{route.dst}/{route.dst_len}", strict=False)
+            if table == RT_TABLE_LOCAL and route.type in (RTN_LOCAL, RTN_BROADCAST):
+                local.add(network)
+            if route.tos == 0 and route.type < len(RTN_NAMES):
+                routes.append(RouteType(network, RTN_NAMES[route.type], _first_oif(route), table))
     ordered = tuple(sorted(local, key=lambda n: (int(n.network_address), n.prefixlen)))
     return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached),
                        ct_checksum=_read_sysctl("nf_conntrack_checksum") != "0",
@@ -138,11 +134,9 @@ def read_host_context(attached=()) -> HostContext:
 
 
 def _first_oif(route) -> int:
-    """The device of a route's first nexthop, as inet_dev_addr_type compares it; 0 without one."""
-    if route.get_attr("RTA_NH_ID"):
-        return -1  # a nexthop object: its device is not read here (unknown)
-    oif = route.get_attr("RTA_OIF")
-    if oif:
-        return oif
-    hops = route.get_attr("RTA_MULTIPATH")
-    return hops[0]["oif"] if hops else 0
+    """The device of a route's first nexthop, as inet_dev_addr_type compares it; 0 without one.
+    (A route via a nexthop object counts by the RTA_OIF / RTA_MULTIPATH the kernel adds for it,
+    as it did when pyroute2 read the routes: see rtnl.py.)"""
+    if route.oif:
+        return route.oif
+    return route.first_hop_oif or 0
