@@ -57,10 +57,14 @@ def lark_parser():
     if _LARK is None:
         from lark import Lark
 
+        from ipt2xdp import grammarcache
         from ipt2xdp.resources import grammar_path
-        _LARK = Lark(grammar_path().read_text(), parser="lalr", lexer="contextual",
-                     start=["start", "line", "words"], maybe_placeholders=False,
-                     edit_terminals=_possessive_rule_block)
+        grammar = grammar_path().read_text()
+        _LARK = grammarcache.build(
+            lambda cache: Lark(grammar, parser="lalr", lexer="contextual", start=["start", "line", "words"],
+                               maybe_placeholders=False, edit_terminals=_possessive_rule_block,
+                               cache=cache or False),
+            grammarcache.cache_file(grammar, _possessive_rule_block))
         bang = _LARK.get_terminal("BANG").pattern.to_regexp()
         word = _LARK.get_terminal("WORD").pattern.to_regexp()
         _WORD_RE = re.compile(f"{bang}|{word}")
