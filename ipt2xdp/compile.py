@@ -131,7 +131,8 @@ def _field_shape(name: str, value) -> Tuple:
 def _shape(rule: ClassifierRule) -> Optional[Tuple]:
     if rule.action.verdict == Verdict.CONTINUE:
         return None
-    shape = tuple(_field_shape(n, getattr(rule.match, n)) for n in _FIELDS) + (("s", rule.match.ct),)
+    values = vars(rule.match)
+    shape = tuple([_field_shape(n, values[n]) for n in _FIELDS]) + (("s", values["ct"]),)
     if not any(kind == "k" for kind, _ in shape):
         return None
     return (rule.action,) + shape

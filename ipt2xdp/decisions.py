@@ -142,7 +142,8 @@ class _Coverers:
 
 
 def _constrained(match: Match) -> Tuple[str, ...]:
-    return tuple(name for name in FIELD_NAMES if getattr(match, name) is not None)
+    values = vars(match)
+    return tuple([name for name in FIELD_NAMES if values[name] is not None])
 
 
 def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:

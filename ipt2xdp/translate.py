@@ -21,6 +21,7 @@ from ipt2xdp.hostinfo import HostContext
 
 ALL_PROTOCOLS = frozenset(range(256))
 PORT_PROTOCOLS = frozenset({6, 17})  # the only protocols whose ports the XDP program parses
+TCP, UDP = frozenset({6}), frozenset({17})
 ICMP_MAX = 0xFFFF  # type*256+code
 
 
@@ -199,11 +200,24 @@ class _Builder:
         self.ct = outcomes if self.ct is None else {a: _and3(self.ct[a], outcomes[a]) for a in outcomes}
 
     def add(self, **constraint) -> None:
+        """Conjoin constraints on several fields at once (all of them, or none when one is empty)."""
         narrowed = _narrowed(self.fields, constraint)
         if narrowed is None:
             self.never = self.never or ("iface.not-attached" if "iif" in constraint else "never.empty")
         else:
             self.fields.update(narrowed)
+
+    def narrow(self, name: str, value) -> None:
+        """add(**{name: value}) for one field (the common case, without the keyword dicts)."""
+        if value is None:
+            return
+        current = self.fields.get(name)
+        if current is not None:
+            value = current.intersection(value) if isinstance(current, IntervalSet) else current & value
+        if not value:
+            self.never = self.never or ("iface.not-attached" if name == "iif" else "never.empty")
+        else:
+            self.fields[name] = value
 
     def mark_unknown(self, code: str) -> None:
         if code not in self.unknown:
@@ -214,17 +228,17 @@ def _header(builder: _Builder, rule: ir.Rule, names: Dict[int, str], ambiguous: 
     for field, address in (("src", rule.source), ("dst", rule.destination)):
         values = _addresses(address)
         if values is not None:
-            builder.add(**{field: values})
+            builder.narrow(field, values)
     if rule.protocol is not None:
         numbers = frozenset({rule.protocol.number}) if rule.protocol.number else ALL_PROTOCOLS
-        builder.add(proto=ALL_PROTOCOLS - numbers if rule.protocol.negated else numbers)
+        builder.narrow("proto", ALL_PROTOCOLS - numbers if rule.protocol.negated else numbers)
     if rule.in_interface is not None:
         exact = _interface_match(rule.in_interface, {i: n for i, n in names.items() if i not in ambiguous})
         if ambiguous:
             # Packets on ambiguous devices: the interface test is unknown for them.
             builder.iif_split = (exact, ambiguous)
         else:
-            builder.add(iif=exact)
+            builder.narrow("iif", exact)
     if rule.out_interface is not None:
         builder.mark_unknown("match.out-interface")
     if rule.fragment is True:
@@ -302,24 +316,24 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
         if isinstance(match, (ir.TcpMatch, ir.UdpMatch)):
             _port_constraints(builder, rule)
             if match.sport is not None:
-                builder.add(sport=_port_range(match.sport))
+                builder.narrow("sport", _port_range(match.sport))
             if match.dport is not None:
-                builder.add(dport=_port_range(match.dport))
+                builder.narrow("dport", _port_range(match.dport))
             if isinstance(match, ir.TcpMatch):
-                builder.add(proto=frozenset({6}))
+                builder.narrow("proto", TCP)
                 if match.flags is not None:
-                    builder.add(tcp_flags=_flags(match.flags))
+                    builder.narrow("tcp_flags", _flags(match.flags))
                 if match.option is not None:
                     builder.mark_unknown("match.tcp-option")
             else:
-                builder.add(proto=frozenset({17}))
+                builder.narrow("proto", UDP)
         elif isinstance(match, ir.MultiportMatch):
             _port_constraints(builder, rule)
             ports = _ports(match.ranges, match.negated)
             if match.kind == "sports":
-                builder.add(sport=ports)
+                builder.narrow("sport", ports)
             elif match.kind == "dports":
-                builder.add(dport=ports)
+                builder.narrow("dport", ports)
             elif match.negated:  # neither port in the list
                 builder.add(sport=ports, dport=ports)
             else:
@@ -330,7 +344,7 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
             for field, span in (("src", match.src), ("dst", match.dst)):
                 if span is not None:
                     values = IntervalSet.range(int(span.lo), int(span.hi))
-                    builder.add(**{field: values.complement(U32_MAX) if span.negated else values})
+                    builder.narrow(field, values.complement(U32_MAX) if span.negated else values)
         elif isinstance(match, ir.CommentMatch):
             continue
         elif isinstance(match, (ir.StateMatch, ir.ConntrackMatch)) and ct_test(match) is not None:
@@ -356,7 +370,7 @@ def _set_match(builder: _Builder, match: ir.SetMatch, host: HostContext) -> None
         return
     builder.set_uses.append(SetUse(ipset.name, match.negated, ipset.forceadd, ipset.expiry_ns))
     values = ipset.addresses.complement(U32_MAX) if match.negated else ipset.addresses
-    builder.add(**{match.directions[0]: values})
+    builder.narrow(match.directions[0], values)
 
 
 def _either_port(base: Match, ports: IntervalSet) -> List[Match]:
