@@ -124,12 +124,17 @@ def _icmp(match: ir.IcmpMatch) -> IntervalSet:
 def conjoin(a: Match, b: Match) -> Optional[Match]:
     """The conjunction of two matches, or None when no packet satisfies both."""
     values = vars(a)
+    constrained = False
     for value in values.values():
-        if value is not None and not value:
-            return None  # a matches no packet
+        if value is not None:
+            if not value:
+                return None  # a matches no packet
+            constrained = True
     narrowed = _narrowed(values, vars(b))
     if narrowed is None:
         return None
+    if not constrained:
+        return b  # narrowed holds b's constraints as they are
     if not narrowed:
         return a
     out = dict(values)
