@@ -86,12 +86,13 @@ def _run(args, mark: int) -> int:
     from ipt2xdp import loader, report
     from ipt2xdp.errors import EXIT_PARAMETER
     from ipt2xdp.hostinfo import read_host_context
-    from ipt2xdp.parse import parse
+    from ipt2xdp.parse import ParseMemo, parse
     from ipt2xdp.plan import plan
     from ipt2xdp.wrapper import sync
 
     text, path = _read_input(args)
-    ruleset = parse(text, path)
+    memo = ParseMemo()  # what iptables-save prints back below is mostly the same lines
+    ruleset = parse(text, path, memo)
     loaded = _loaded()
     if args.ipsets is None:
         args.ipsets = ((loaded or {}).get("plan") or {}).get("ipsets", "mirror")
@@ -137,7 +138,7 @@ def _run(args, mark: int) -> int:
             raise
         # From here netfilter holds the new rules: only a successful apply() ends deferring.
         text, path = backends.save(name), f"<iptables-{name}-save>"
-        ruleset = parse(text, path)
+        ruleset = parse(text, path, memo)
     print(_offload(ruleset, host, devices, args, name, report))
     return 0
 
