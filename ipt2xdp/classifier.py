@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, fields as dataclass_fields
-from typing import FrozenSet, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, Optional, Sequence, Tuple
 
 U32_MAX = 0xFFFFFFFF
 U16_MAX = 0xFFFF
@@ -180,6 +180,15 @@ class Match:
 
     def constrained(self) -> Tuple[str, ...]:
         return tuple(f.name for f in dataclass_fields(self) if getattr(self, f.name) is not None)
+
+    @staticmethod
+    def from_fields(values: Dict[str, object]) -> "Match":
+        """Match(**values) for a dict of *every* field, such as an updated copy of vars(match):
+        the planner builds one per classifier rule, and this skips the frozen __init__'s
+        per-field setattr."""
+        match = object.__new__(Match)
+        match.__dict__.update(values)
+        return match
 
 
 class Verdict(enum.IntEnum):

@@ -128,10 +128,14 @@ def _field_shape(name: str, value) -> Tuple:
     return ("s", value)
 
 
+_ANY = ("s", None)  # _field_shape of an unconstrained field
+
+
 def _shape(rule: ClassifierRule) -> Optional[Tuple]:
     if rule.action.verdict == Verdict.CONTINUE:
         return None
-    shape = tuple(_field_shape(n, getattr(rule.match, n)) for n in _FIELDS) + (("s", rule.match.ct),)
+    values = vars(rule.match)
+    shape = tuple([_ANY if values[n] is None else _field_shape(n, values[n]) for n in _FIELDS]) + (("s", values["ct"]),)
     if not any(kind == "k" for kind, _ in shape):
         return None
     return (rule.action,) + shape
@@ -148,9 +152,13 @@ def _exact_key(rule: ClassifierRule, key_fields: int) -> bytes:
     return struct.pack("!IIHH", src, dst, sport, dport), proto
 
 
-def _union_match(rules: Sequence[ClassifierRule]) -> Match:
+def _union_match(rules: Sequence[ClassifierRule], shape: Tuple) -> Match:
+    """The union of the rules' matches, field by field; all of them have this _shape(), so a field
+    it does not key ("s") holds one and the same value in every rule: the union of one is enough."""
+    kinds = dict(zip(_FIELDS + ("ct",), (kind for kind, _ in shape[1:])))
+
     def union(name):
-        values = [getattr(r.match, name) for r in rules]
+        values = [getattr(r.match, name) for r in (rules if kinds[name] == "k" else rules[:1])]
         if any(v is None for v in values):
             return None
         if name == "ct" or isinstance(values[0], frozenset):
@@ -174,7 +182,7 @@ def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> _Slot:
             continue  # an identical earlier rule shadows it (first match wins)
         seen.add((key, proto))
         members.append((key, proto, rule.rule_id))
-    return _Slot(match=_union_match(run), action=run[0].action, counter=run[0].rule_id, first_rule=first_index,
+    return _Slot(match=_union_match(run, shape), action=run[0].action, counter=run[0].rule_id, first_rule=first_index,
                  set_members=members, key_fields=key_fields,
                  src_plen=plens.get("src", 0), dst_plen=plens.get("dst", 0))
 

@@ -7,7 +7,7 @@ A rule is "xdp" when every classifier instance of it that a packet can reach dec
 from __future__ import annotations
 
 import bisect
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, ClassifierRule, CtClass, Match, Verdict
@@ -151,7 +151,8 @@ class _Coverers:
 
 
 def _constrained(match: Match) -> Tuple[str, ...]:
-    return tuple(name for name in FIELD_NAMES if getattr(match, name) is not None)
+    values = vars(match)
+    return tuple([name for name in FIELD_NAMES if values[name] is not None])
 
 
 def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
@@ -188,14 +189,21 @@ def _render(rule: ir.Rule) -> str:
 
 
 def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
+    from ipt2xdp.parse import _fast_constructor
     from ipt2xdp.plan import EARLIER_CHAINS, Decision, RuleRef
 
+    new_ref, new_decision = _fast_constructor(RuleRef), _fast_constructor(Decision)  # one per rule
     live = reachable(rules)
     instances: Dict[RuleRef, List[Tuple[Verdict, str, Match]]] = {}
-    for index, (rule, path, code) in enumerate(zip(rules, paths, codes)):
-        if index >= guards and path and live[index]:
-            instances.setdefault(path[-1], []).append((rule.action.verdict, code, rule.match))
-    emitted: Set[RuleRef] = {path[-1] for index, path in enumerate(paths) if index >= guards and path}
+    emitted: Set[RuleRef] = set()
+    for index in range(guards, len(rules)):
+        path = paths[index]
+        if path:
+            emitted.add(path[-1])
+            if live[index]:
+                rule = rules[index]
+                instances.setdefault(path[-1], []).append((rule.action.verdict, codes[index], rule.match))
+    sentences: Dict[str, str] = {}
     decisions = []
     for table in ruleset.tables:
         for chain in table.chains:
@@ -204,10 +212,16 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
                 kind = "xdp" if instances.get(ref) else "netfilter"
                 code = "ok.policy" if kind == "xdp" else "shadowed"
                 decisions.append(Decision(ref, kind, code, why(code), f"-P INPUT {chain.policy}"))
+            # _classify's answer for every rule of a chain XDP never judges
+            fixed = _chain_outcome(table.name, chain.name, EARLIER_CHAINS)
             for index, rule in enumerate(chain.rules, start=1):
-                ref = RuleRef(table.name, chain.name, index)
-                kind, code = _classify(table.name, chain.name, ref, instances, emitted, remarks, live, EARLIER_CHAINS)
-                decisions.append(Decision(ref, kind, code, why(code), _render(rule)))
+                ref = new_ref(table.name, chain.name, index)
+                kind, code = fixed or _classify(table.name, chain.name, ref, instances, emitted, remarks, live,
+                                                EARLIER_CHAINS)
+                sentence = sentences.get(code)
+                if sentence is None:
+                    sentence = sentences[code] = why(code)
+                decisions.append(new_decision(ref, kind, code, sentence, _render(rule)))
     return tuple(decisions)
 
 
@@ -227,16 +241,25 @@ def _lookup_rules_out_some(match: Match) -> bool:
     return False
 
 
-def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> Tuple[str, str]:
+def _chain_outcome(table, chain, earlier) -> Optional[Tuple[str, str]]:
+    """The decision of every rule of a chain XDP does not judge (None for the others)."""
     if (table, chain) in earlier:
         return "netfilter", f"earlier.{table}-{chain.lower()}"
     if table != "filter" or chain in ("FORWARD", "OUTPUT"):
         return "netfilter", "chain.not-input"
-    if ref in instances:
-        outcomes = instances[ref]
+    return None
+
+
+def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> Tuple[str, str]:
+    fixed = _chain_outcome(table, chain, earlier)
+    if fixed is not None:
+        return fixed
+    outcomes = instances.get(ref)  # (one lookup: hashing a RuleRef is most of this function's cost)
+    if outcomes is not None:
         deferred = [code for verdict, code, _ in outcomes if verdict == Verdict.DEFER]
-        if ref in remarks and remarks[ref][0] == "skip.maybe-drop":
-            return "partial", remarks[ref][0]
+        remark = remarks.get(ref)
+        if remark is not None and remark[0] == "skip.maybe-drop":
+            return "partial", remark[0]
         if not deferred:
             return "xdp", outcomes[0][1]
         if len(deferred) < len(outcomes):

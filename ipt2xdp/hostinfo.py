@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""What the planner must know about the host of the current network namespace, read via pyroute2.
+"""What the planner must know about the host of the current network namespace (rtnetlink, sysctls).
 
 The planner itself is pure: it takes a HostContext value, so tests can hand it any host they like.
 """
@@ -110,27 +110,22 @@ def _external_helpers(nft_document, nft_text: str) -> bool:
 def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext:
     """Read devices, local destinations, the forwarding switch and the hooks outside the planned
     ruleset (backend: the one the plan reads, "legacy" or "nft"; None: the active one)."""
-    from pyroute2 import IPRoute
-
+    from ipt2xdp import rtnl
     from ipt2xdp.foreign import read_foreign, read_nft_json
 
-    with IPRoute() as ipr:
-        devices = []
-        for link in ipr.get_links():
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info else ""
-            devices.append(Device(link.get_attr("IFLA_IFNAME"), link["index"], kind or "",
-                                  link.get_attr("IFLA_MASTER"), link.get_attr("IFLA_LINK")))
-        local = set(ALWAYS_LOCAL)
-        routes = []
-        for table in (RT_TABLE_LOCAL, RT_TABLE_MAIN):
-            for route in ipr.get_routes(table=table, family=AF_INET):
-                network = ipaddress.IPv4Network(f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}",
-                                                strict=False)
-                if table == RT_TABLE_LOCAL and route["type"] in (RTN_LOCAL, RTN_BROADCAST):
-                    local.add(network)
-                if route["tos"] == 0 and route["type"] < len(RTN_NAMES):
-                    routes.append(RouteType(network, RTN_NAMES[route["type"]], _first_oif(route), table))
+    devices = [Device(link.name, link.index, link.kind, link.master, link.link) for link in rtnl.links()]
+    local = set(ALWAYS_LOCAL)
+    routes = []
+    dumped = rtnl.ipv4_routes()
+    for table in (RT_TABLE_LOCAL, RT_TABLE_MAIN):
+        for route in dumped:
+            if route.table != table:
+                continue
+            network = ipaddress.IPv4Network(f"{route.dst}/{route.dst_len}", strict=False)
+            if table == RT_TABLE_LOCAL and route.type in (RTN_LOCAL, RTN_BROADCAST):
+                local.add(network)
+            if route.tos == 0 and route.type < len(RTN_NAMES):
+                routes.append(RouteType(network, RTN_NAMES[route.type], _first_oif(route), table))
     ordered = tuple(sorted(local, key=lambda n: (int(n.network_address), n.prefixlen)))
     if backend is None:
         from ipt2xdp.backend import active_backend
@@ -145,11 +140,9 @@ def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext
 
 
 def _first_oif(route) -> int:
-    """The device of a route's first nexthop, as inet_dev_addr_type compares it; 0 without one."""
-    if route.get_attr("RTA_NH_ID"):
-        return -1  # a nexthop object: its device is not read here (unknown)
-    oif = route.get_attr("RTA_OIF")
-    if oif:
-        return oif
-    hops = route.get_attr("RTA_MULTIPATH")
-    return hops[0]["oif"] if hops else 0
+    """The device of a route's first nexthop, as inet_dev_addr_type compares it; 0 without one.
+    (A route via a nexthop object counts by the RTA_OIF / RTA_MULTIPATH the kernel adds for it,
+    as it did when pyroute2 read the routes: see rtnl.py.)"""
+    if route.oif:
+        return route.oif
+    return route.first_hop_oif or 0

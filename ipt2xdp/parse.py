@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import gc
 import ipaddress
 import itertools
 import operator
@@ -22,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ipt2xdp import ir, options
+from ipt2xdp import gcpause, ir, options
 from ipt2xdp.errors import Diagnostic, ParseError, SourceSpan
 from ipt2xdp.options import Given, OptionError
 
@@ -58,10 +57,14 @@ def lark_parser():
     if _LARK is None:
         from lark import Lark
 
+        from ipt2xdp import grammarcache
         from ipt2xdp.resources import grammar_path
-        _LARK = Lark(grammar_path().read_text(), parser="lalr", lexer="contextual",
-                     start=["start", "line", "words"], maybe_placeholders=False,
-                     edit_terminals=_possessive_rule_block)
+        grammar = grammar_path().read_text()
+        _LARK = grammarcache.build(
+            lambda cache: Lark(grammar, parser="lalr", lexer="contextual", start=["start", "line", "words"],
+                               maybe_placeholders=False, edit_terminals=_possessive_rule_block,
+                               cache=cache or False),
+            grammarcache.cache_file(grammar, _possessive_rule_block))
         bang = _LARK.get_terminal("BANG").pattern.to_regexp()
         word = _LARK.get_terminal("WORD").pattern.to_regexp()
         _WORD_RE = re.compile(f"{bang}|{word}")
@@ -578,11 +581,37 @@ class _Table:
     chains: Dict[str, _Chain] = field(default_factory=dict)
 
 
+class ParseMemo:
+    """Rule lines parsed before in this process, to parse them again fast: `ipt2xdp import` parses
+    the file, restores it, then parses what iptables-save prints back, mostly the same lines.
+
+    Pass one to parse() calls that may see the same lines. A line's rules depend on its text and
+    on the user chains its table has declared so far (`-j NAME` is a jump only to a declared
+    chain; an undeclared NAME is an error), so a table's recorded lines are reused only while it
+    has declared every user chain that was declared when any of them was recorded. It keeps every
+    line it sees: a long-lived user should drop it now and then.
+    """
+
+    def __init__(self) -> None:
+        # table name -> (user chains some recording was made under, line text -> its rules)
+        self.tables: Dict[str, Tuple[set, Dict[str, List[ir.Rule]]]] = {}
+
+
+def _with_span(rule: ir.Rule, span) -> ir.Rule:
+    """The same rule read at another place (every other field shared)."""
+    fields = rule.__dict__.copy()
+    fields["span"] = span
+    copy = object.__new__(ir.Rule)
+    object.__setattr__(copy, "__dict__", fields)
+    return copy
+
+
 class _Builder:
     """Consume the items of a file in order (table, chain, rules, commit) and build the Ruleset."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, memo: Optional[ParseMemo] = None):
         self.path = path
+        self.memo = memo
         self.diagnostics: List[Diagnostic] = []
         self.tables: Dict[str, ir.Table] = {}
         self.current: Optional[_Table] = None
@@ -646,6 +675,7 @@ class _Builder:
         else:
             chains, parse = table.chains, self.rule_parser.parse
         path, zero, new_span, findall = self.path, ir.ZERO, _new_span, _WORD_RE.findall
+        known, record = self._memo_lines()
         for offset, text in enumerate(block.split("\n")):
             c = col if offset == 0 else 1
             if text[0] in " \t\f\r":
@@ -662,10 +692,29 @@ class _Builder:
             if target_chain is None:
                 rule(text, line + offset, c)
                 continue
+            span = new_span(path, line + offset, c, c + len(text))
+            again = known.get(text) if known is not None else None
+            if again is not None:
+                target_chain.rules.extend([_with_span(r, span) for r in again])
+                continue
             try:
-                target_chain.rules.extend(parse(words[1], words[2:], zero, new_span(path, line + offset, c, c + len(text))))
+                rules = parse(words[1], words[2:], zero, span)
             except RuleError:
                 rule(text, line + offset, c)  # parses it again, the same way, and reports the error
+                continue
+            target_chain.rules.extend(rules)
+            if record is not None:
+                record[text] = rules
+
+    def _memo_lines(self):
+        """(recorded lines this block may reuse or None, where to record its lines or None)."""
+        if self.memo is None or self.current is None:
+            return None, None
+        chains, lines = self.memo.tables.setdefault(self.current.name, (set(), {}))
+        user_chains = self.rule_parser.user_chains
+        reusable = lines if chains <= user_chains else None
+        chains |= user_chains  # what this block's lines are parsed under
+        return reusable, lines
 
     def rule(self, text: str, line: int, col: int) -> None:
         words = _words(text)
@@ -765,30 +814,26 @@ def _feed(builder: _Builder, item, line_no: Optional[int] = None) -> None:
         builder.rules(str(first), line, first.column)
 
 
-def parse(text: str, path: str = "<stdin>") -> ir.Ruleset:
+def parse(text: str, path: str = "<stdin>", memo: Optional[ParseMemo] = None) -> ir.Ruleset:
     """Parse a whole iptables-save file; raise ParseError with every problem found.
 
     Args:
         text: the file's contents.
         path: the name used in diagnostics.
+        memo: lines parsed by earlier calls with the same memo are not parsed again (ParseMemo).
     Returns:
         The Ruleset, tables in file order.
     """
     # The parse allocates millions of small objects and no cycles; the cyclic collector, left on,
     # rescans the growing heap over and over (it was more than half the time of a 100k-rule parse).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return _parse(text, path)
-    finally:
-        if collecting:
-            gc.enable()
+    with gcpause.paused():
+        return _parse(text, path, memo)
 
 
-def _parse(text: str, path: str) -> ir.Ruleset:
+def _parse(text: str, path: str, memo: Optional[ParseMemo] = None) -> ir.Ruleset:
     from lark.exceptions import UnexpectedInput
     parser = lark_parser()
-    builder = _Builder(path)
+    builder = _Builder(path, memo)
     source = text if text.endswith("\n") or not text else text + "\n"
     try:
         tree = parser.parse(source, start="start")

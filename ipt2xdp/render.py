@@ -10,7 +10,8 @@ text of one rule, for reports. Rewrites, as iptables-save does them:
 """
 from __future__ import annotations
 
-from typing import List
+import socket
+from typing import Callable, List, Mapping, Optional, Tuple
 
 from ipt2xdp import ir, options
 
@@ -185,12 +186,17 @@ def _match_name(m) -> str:
     return m.name
 
 
+def _network_text(network) -> str:
+    """str(network) of an IPv4Network (the same digits, without ipaddress's layers of __str__)."""
+    return f"{socket.inet_ntoa(int(network.network_address).to_bytes(4, 'big'))}/{network.prefixlen}"
+
+
 def render_rule(rule: ir.Rule, counters: bool = False) -> str:
     """The rule as iptables-save prints it: `-A CHAIN -s .. -d .. -i .. -o .. -p .. -f -m .. -j ..`."""
     parts = [f"[{rule.counters.packets}:{rule.counters.bytes}] -A" if counters else "-A", rule.chain]
     for flag, addr in (("-s", rule.source), ("-d", rule.destination)):
         if addr is not None:
-            parts.append(f"{_bang(addr.negated)}{flag} {addr.network}")
+            parts.append(f"{_bang(addr.negated)}{flag} {_network_text(addr.network)}")
     for flag, iface in (("-i", rule.in_interface), ("-o", rule.out_interface)):
         if iface is not None:
             parts.append(f"{_bang(iface.negated)}{flag} {iface.name}")
@@ -208,15 +214,32 @@ def render_rule(rule: ir.Rule, counters: bool = False) -> str:
 
 def render(ruleset: ir.Ruleset, counters: bool = False) -> str:
     """The whole ruleset in iptables-save layout (without its date comments)."""
+    return _layout(ruleset, True, lambda table, chain, index, rule: render_rule(rule, counters))
+
+
+def canonical(ruleset: ir.Ruleset, rule_texts: Optional[Mapping[Tuple[str, str, int], str]] = None) -> str:
+    """render(ruleset.without_positions()) (what the plan store and drift digest) without copying
+    the ruleset. rule_texts: render_rule() texts already made, by (table, chain, 1-based index);
+    the plan's decisions carry one per rule, so an import renders each rule once."""
+    texts = rule_texts or {}
+
+    def text(table: str, chain: str, index: int, rule: ir.Rule) -> str:
+        known = texts.get((table, chain, index))
+        return known if known is not None else render_rule(rule)
+
+    return _layout(ruleset, False, text)
+
+
+def _layout(ruleset: ir.Ruleset, chain_counters: bool, text: Callable[[str, str, int, ir.Rule], str]) -> str:
     out: List[str] = []
     for table in ruleset.tables:
         out.append(f"*{table.name}")
         builtins = [c for c in table.chains if c.builtin]
         users = sorted((c for c in table.chains if not c.builtin), key=lambda c: c.name)
         for c in builtins + users:
-            count = c.counters if c.builtin else ir.ZERO
+            count = c.counters if c.builtin and chain_counters else ir.ZERO
             out.append(f":{c.name} {c.policy or '-'} [{count.packets}:{count.bytes}]")
         for c in builtins + users:
-            out.extend(render_rule(r, counters) for r in c.rules)
+            out.extend(text(table.name, c.name, index, r) for index, r in enumerate(c.rules, start=1))
         out.append("COMMIT")
     return "\n".join(out) + "\n" if out else ""

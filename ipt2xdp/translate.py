@@ -21,6 +21,7 @@ from ipt2xdp.hostinfo import HostContext
 
 ALL_PROTOCOLS = frozenset(range(256))
 PORT_PROTOCOLS = frozenset({6, 17})  # the only protocols whose ports the XDP program parses
+TCP, UDP = frozenset({6}), frozenset({17})
 ICMP_MAX = 0xFFFF  # type*256+code
 
 
@@ -88,13 +89,23 @@ def _addresses(address: Optional[ir.Address]) -> Optional[IntervalSet]:
     if address is None:
         return None
     net = address.network
-    interval = IntervalSet(((int(net.network_address), int(net.broadcast_address)),))
+    low = int(net.network_address)
+    interval = IntervalSet(((low, low | U32_MAX >> net.prefixlen),))  # (network, broadcast address)
     return interval.complement(U32_MAX) if address.negated else interval
 
 
 def _ports(ranges: Iterable[Tuple[int, int]], negated: bool) -> IntervalSet:
     interval = IntervalSet.of(ranges)
     return interval.complement(U16_MAX) if negated else interval
+
+
+def _port_range(port: ir.PortMatch) -> IntervalSet:
+    """_ports([port.range], port.negated): one range needs no sorting or merging."""
+    lo, hi = port.range
+    if not 0 <= lo <= hi:
+        return _ports([port.range], port.negated)  # IntervalSet.of's error
+    interval = IntervalSet(((int(lo), int(hi)),))
+    return interval.complement(U16_MAX) if port.negated else interval
 
 
 def _flags(flags: ir.TcpFlags) -> FrozenSet[int]:
@@ -112,25 +123,39 @@ def _icmp(match: ir.IcmpMatch) -> IntervalSet:
 
 def conjoin(a: Match, b: Match) -> Optional[Match]:
     """The conjunction of two matches, or None when no packet satisfies both."""
-    return _conjoin_fields(a, vars(b))
+    values = vars(a)
+    constrained = False
+    for value in values.values():
+        if value is not None:
+            if not value:
+                return None  # a matches no packet
+            constrained = True
+    narrowed = _narrowed(values, vars(b))
+    if narrowed is None:
+        return None
+    if not constrained:
+        return b  # narrowed holds b's constraints as they are
+    if not narrowed:
+        return a
+    out = dict(values)
+    out.update(narrowed)
+    return Match.from_fields(out)
 
 
-def _conjoin_fields(a: Match, fields: Dict[str, object]) -> Optional[Match]:
-    """conjoin(a, Match(**fields)) without building the second Match (the planner's hot path)."""
-    values = dict(vars(a))
-    for name, value in values.items():
-        if value is not None and not value and fields.get(name) is None:
-            return None
-    for name, value in fields.items():
+def _narrowed(values: Dict[str, object], constraint: Dict[str, object]) -> Optional[Dict[str, object]]:
+    """The fields of `constraint` (None: unconstrained) intersected with those in `values`; None
+    when one of them becomes empty."""
+    out = {}
+    for name, value in constraint.items():
         if value is None:
             continue
-        current = values[name]
+        current = values.get(name)
         if current is not None:
             value = current.intersection(value) if isinstance(current, IntervalSet) else current & value
         if not value:
             return None
-        values[name] = value
-    return Match(**values)
+        out[name] = value
+    return out
 
 
 def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int]]:
@@ -166,7 +191,7 @@ class _Builder:
     """Accumulates one rule's constraints; a field XDP cannot decide makes the rule unknown."""
 
     def __init__(self):
-        self.match = Match()
+        self.fields: Dict[str, object] = {}  # the constrained fields of the rule's Match so far (never empty)
         self.unknown: List[str] = []
         self.never = ""
         self.either_port: Optional[IntervalSet] = None  # `-m multiport --ports P`: sport or dport in P
@@ -180,11 +205,24 @@ class _Builder:
         self.ct = outcomes if self.ct is None else {a: _and3(self.ct[a], outcomes[a]) for a in outcomes}
 
     def add(self, **constraint) -> None:
-        combined = _conjoin_fields(self.match, constraint)
-        if combined is None:
+        """Conjoin constraints on several fields at once (all of them, or none when one is empty)."""
+        narrowed = _narrowed(self.fields, constraint)
+        if narrowed is None:
             self.never = self.never or ("iface.not-attached" if "iif" in constraint else "never.empty")
         else:
-            self.match = combined
+            self.fields.update(narrowed)
+
+    def narrow(self, name: str, value) -> None:
+        """add(**{name: value}) for one field (the common case, without the keyword dicts)."""
+        if value is None:
+            return
+        current = self.fields.get(name)
+        if current is not None:
+            value = current.intersection(value) if isinstance(current, IntervalSet) else current & value
+        if not value:
+            self.never = self.never or ("iface.not-attached" if name == "iif" else "never.empty")
+        else:
+            self.fields[name] = value
 
     def mark_unknown(self, code: str) -> None:
         if code not in self.unknown:
@@ -195,17 +233,17 @@ def _header(builder: _Builder, rule: ir.Rule, names: Dict[int, str], ambiguous: 
     for field, address in (("src", rule.source), ("dst", rule.destination)):
         values = _addresses(address)
         if values is not None:
-            builder.add(**{field: values})
+            builder.narrow(field, values)
     if rule.protocol is not None:
         numbers = frozenset({rule.protocol.number}) if rule.protocol.number else ALL_PROTOCOLS
-        builder.add(proto=ALL_PROTOCOLS - numbers if rule.protocol.negated else numbers)
+        builder.narrow("proto", ALL_PROTOCOLS - numbers if rule.protocol.negated else numbers)
     if rule.in_interface is not None:
         exact = _interface_match(rule.in_interface, {i: n for i, n in names.items() if i not in ambiguous})
         if ambiguous:
             # Packets on ambiguous devices: the interface test is unknown for them.
             builder.iif_split = (exact, ambiguous)
         else:
-            builder.add(iif=exact)
+            builder.narrow("iif", exact)
     if rule.out_interface is not None:
         builder.mark_unknown("match.out-interface")
     if rule.fragment is True:
@@ -213,7 +251,7 @@ def _header(builder: _Builder, rule: ir.Rule, names: Dict[int, str], ambiguous: 
 
 
 def _port_constraints(builder: _Builder, rule: ir.Rule) -> None:
-    protocols = builder.match.proto
+    protocols = builder.fields.get("proto")
     if protocols is None or not protocols <= PORT_PROTOCOLS:
         builder.mark_unknown("match.port-protocol")
 
@@ -283,24 +321,24 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
         if isinstance(match, (ir.TcpMatch, ir.UdpMatch)):
             _port_constraints(builder, rule)
             if match.sport is not None:
-                builder.add(sport=_ports([match.sport.range], match.sport.negated))
+                builder.narrow("sport", _port_range(match.sport))
             if match.dport is not None:
-                builder.add(dport=_ports([match.dport.range], match.dport.negated))
+                builder.narrow("dport", _port_range(match.dport))
             if isinstance(match, ir.TcpMatch):
-                builder.add(proto=frozenset({6}))
+                builder.narrow("proto", TCP)
                 if match.flags is not None:
-                    builder.add(tcp_flags=_flags(match.flags))
+                    builder.narrow("tcp_flags", _flags(match.flags))
                 if match.option is not None:
                     builder.mark_unknown("match.tcp-option")
             else:
-                builder.add(proto=frozenset({17}))
+                builder.narrow("proto", UDP)
         elif isinstance(match, ir.MultiportMatch):
             _port_constraints(builder, rule)
             ports = _ports(match.ranges, match.negated)
             if match.kind == "sports":
-                builder.add(sport=ports)
+                builder.narrow("sport", ports)
             elif match.kind == "dports":
-                builder.add(dport=ports)
+                builder.narrow("dport", ports)
             elif match.negated:  # neither port in the list
                 builder.add(sport=ports, dport=ports)
             else:
@@ -311,7 +349,7 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
             for field, span in (("src", match.src), ("dst", match.dst)):
                 if span is not None:
                     values = IntervalSet.range(int(span.lo), int(span.hi))
-                    builder.add(**{field: values.complement(U32_MAX) if span.negated else values})
+                    builder.narrow(field, values.complement(U32_MAX) if span.negated else values)
         elif isinstance(match, ir.CommentMatch):
             continue
         elif isinstance(match, (ir.StateMatch, ir.ConntrackMatch)) and ct_test(match) is not None:
@@ -337,7 +375,7 @@ def _set_match(builder: _Builder, match: ir.SetMatch, host: HostContext) -> None
         return
     builder.set_uses.append(SetUse(ipset.name, match.negated, ipset.forceadd, ipset.expiry_ns))
     values = ipset.addresses.complement(U32_MAX) if match.negated else ipset.addresses
-    builder.add(**{match.directions[0]: values})
+    builder.narrow(match.directions[0], values)
 
 
 def _either_port(base: Match, ports: IntervalSet) -> List[Match]:
@@ -361,7 +399,8 @@ def translate(rule: ir.Rule, host: HostContext,
     if builder.never:
         return Term((), never=builder.never, set_uses=uses)
     unknown = ",".join(builder.unknown) or None
-    bases = [builder.match] if builder.either_port is None else _either_port(builder.match, builder.either_port)
+    match = Match(**builder.fields)
+    bases = [match] if builder.either_port is None else _either_port(match, builder.either_port)
     based: List[Tuple[Match, Optional[str]]] = [(b, unknown) for b in bases]
     for alternatives in builder.alternatives:
         based = [(m, _reasons(r, ar)) for b, r in based for alt, ar in alternatives

@@ -68,13 +68,16 @@ def _devices(args, loaded):
 
 
 def run(args) -> int:
+    from ipt2xdp import gcpause
+
     if args.dry_run:
-        return _run(args, 0)
+        with gcpause.paused():
+            return _run(args, 0)
     from ipt2xdp.wrapper import sync
 
     # The wrapper's lock: an import, a wrapper call and `ipt2xdp watch` never interleave their
     # "read, change, read back, flip", so none of them flips to a plan older than another's change.
-    with sync.wrapper_lock(None), sync.guarded_flip(say=True):
+    with sync.wrapper_lock(None), sync.guarded_flip(say=True), gcpause.paused():
         return _run(args, sync.stale_mark())
 
 
@@ -83,12 +86,13 @@ def _run(args, mark: int) -> int:
     from ipt2xdp import loader, report
     from ipt2xdp.errors import EXIT_PARAMETER
     from ipt2xdp.hostinfo import read_host_context
-    from ipt2xdp.parse import parse
+    from ipt2xdp.parse import ParseMemo, parse
     from ipt2xdp.plan import plan
     from ipt2xdp.wrapper import sync
 
     text, path = _read_input(args)
-    ruleset = parse(text, path)
+    memo = ParseMemo()  # what iptables-save prints back below is mostly the same lines
+    ruleset = parse(text, path, memo)
     loaded = _loaded()
     if args.ipsets is None:
         args.ipsets = ((loaded or {}).get("plan") or {}).get("ipsets", "mirror")
@@ -113,12 +117,10 @@ def _run(args, mark: int) -> int:
         maps = _map_diff(result, loaded, host)
         if args.json:
             from ipt2xdp import drift, planstore
-            from ipt2xdp.render import render
 
             # The digests an import of this ruleset would record: equal to `status --json`'s when in step.
             print(report.as_json(result, old, {"devices": devices, "source": path,
-                                               "source_digest": planstore.digest(render(ruleset.without_positions()),
-                                                                                 devices),
+                                               "source_digest": planstore.digest(_canonical(ruleset, result), devices),
                                                "host_digest": drift.host_digest(host)}, map_diff=maps))
         else:
             print(report.as_table(result, old, colour=report.use_colour(sys.stdout), map_diff=maps))
@@ -142,11 +144,15 @@ def _run(args, mark: int) -> int:
         args.count_change = countmap.Change(command="restore", legacy=name == "legacy", replaced_tables=tables,
                                             touched_tables=tables)
         text, path = backends.save(name), f"<iptables-{name}-save>"
+<<<<<<< HEAD
         ruleset = parse(text, path)
         if host.foreign is not None:  # the restore may have made (or replaced) nf_tables tables
             from ipt2xdp.foreign import read_foreign
 
             host = replace(host, foreign=read_foreign(name, host.devices, devices))
+=======
+        ruleset = parse(text, path, memo)
+>>>>>>> s3-pipeline
     print(_offload(ruleset, host, devices, args, name, report))
     return 0
 
@@ -177,13 +183,23 @@ def _loaded():
     return info
 
 
+<<<<<<< HEAD
 def _offload(ruleset, host, devices, args, backend_name, report, text=None):
     """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
     renders it to tell whether anything changed)."""
+=======
+def _canonical(ruleset, result) -> str:
+    """render(ruleset.without_positions()), reusing the rule texts the plan's decisions hold."""
+    from ipt2xdp.render import canonical
+
+    return canonical(ruleset, {(d.ref.table, d.ref.chain, d.ref.index): d.text for d in result.decisions})
+
+
+def _offload(ruleset, host, devices, args, backend_name, report):
+>>>>>>> s3-pipeline
     from ipt2xdp import drift, loader, planstore, setguard
     from ipt2xdp.compile import compile as compile_tables
     from ipt2xdp.plan import plan
-    from ipt2xdp.render import render
 
     ipset_mode = getattr(args, "ipsets", None) or "mirror"
     host, expectation = setguard.mirror_for_import(host, ruleset, loader._stderr_notice,
@@ -191,8 +207,12 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None):
     result = plan(ruleset, host)
     tables = compile_tables(result.rules, result.default, overflow="defer")
     tables.set_guard = setguard.with_deadline(expectation, result.set_deadline_ns)
+<<<<<<< HEAD
     if text is None:
         text = render(ruleset.without_positions())
+=======
+    text = _canonical(ruleset, result)
+>>>>>>> s3-pipeline
     key = planstore.digest(text, devices)
     planstore.save(key, {
         "backend": backend_name,

@@ -105,14 +105,13 @@ class Warm:
         process whose heap holds the last plan's rules and the memo, each full collection walks all
         of it (at 10k rules a sync took 6-7.5 s with it, 4-4.6 s without). The garbage is collected
         once the caller has its answer (collect())."""
-        enabled = gc.isenabled()
-        gc.disable()
+        from ipt2xdp import gcpause
+
         try:
-            return self._sync(backend, counts_pid)
+            with gcpause.paused():
+                return self._sync(backend, counts_pid)
         finally:
             self.collect_due = True
-            if enabled:
-                gc.enable()
 
     def _sync(self, backend: Optional[str], counts_pid: Optional[int] = None) -> str:
         """counts_pid: the wrapper process the flip is for (its pending change moves the counts)."""

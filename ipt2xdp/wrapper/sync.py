@@ -195,12 +195,12 @@ def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: Op
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
     counts_pid: the wrapper process whose change this flip follows (default: this process)."""
-    from ipt2xdp import loader
+    from ipt2xdp import gcpause, loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return
-    with guarded_flip():
+    with guarded_flip(), gcpause.paused():
         _replan(info, backend_name, ruleset, host, text, counts_pid)
 
 
@@ -285,12 +285,7 @@ def _run_changing_here(backend_name: str, command, rc: Optional[int]) -> int:
 
 
 def _replan_or_keep_deferring(backend_name: str) -> None:
-    import gc
-
-    # This process ends right after: its garbage goes with it, and at 10k rules the cycle
-    # collector's passes over the plan's millions of objects cost about a third of the re-plan.
-    gc.disable()
-    try:
+    try:  # replan() pauses the cycle collector (gcpause)
         replan(backend_name)
     except Exception as error:  # noqa: BLE001 - XDP stays deferring: slower, never wrong
         _note(f"XDP keeps deferring everything to netfilter: re-planning failed: {error}")
