@@ -241,21 +241,21 @@ static __noinline int l4_verified(struct xdp_md *ctx, struct packet_fields *pkt)
 	return sum == 0xffff;
 }
 
-/* Conntrack class of a TCP or UDP packet (called only when the generation uses the field), folded
- * into the protocol's class index: an entry in either direction is FOUND; -ENOENT is
- * NONE_VERIFIED or NONE (l4_verified); any other error stays NOT_LOOKED_UP. Not inlined: its 50 bytes of stack stay off the path of the
- * bpf_loop callback (program + callback must fit in 512 bytes). The
- * lookup is in the netns of the receiving device and zone 0, as conntrack would see the packet
- * unless raw/PREROUTING changes the zone (those packets are deferred by the planner's guards). */
-static __noinline void ct_class(struct xdp_md *ctx, struct packet_fields *pkt)
+/* Conntrack class of a TCP or UDP packet, folded into the protocol's class index: an entry in
+ * either direction is FOUND; -ENOENT is NONE_VERIFIED or NONE (l4_verified, asked only if
+ * `verify`: else the two share a class row and NONE stands for both); any other error stays
+ * NOT_LOOKED_UP. Called only when the protocol's rows differ between conntrack classes
+ * (ct_matters). Not inlined: its 50 bytes of stack stay off the path of the bpf_loop callback
+ * (program + callback must fit in 512 bytes). The lookup is in the netns of the receiving device
+ * and zone 0, as conntrack would see the packet unless raw/PREROUTING changes the zone (those
+ * packets are deferred by the planner's guards). */
+static __noinline void ct_class(struct xdp_md *ctx, struct packet_fields *pkt, int verify)
 {
 	struct bpf_sock_tuple tuple = {};
 	struct bpf_ct_opts opts = {};
 	struct nf_conn *ct;
 	__u32 cls;
 
-	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
-		return;
 	tuple.ipv4.saddr = pkt->src_net;
 	tuple.ipv4.daddr = pkt->dst_net;
 	tuple.ipv4.sport = pkt->sport_net;
@@ -267,9 +267,43 @@ static __noinline void ct_class(struct xdp_md *ctx, struct packet_fields *pkt)
 		bpf_ct_release(ct);
 		pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_FOUND * 256 + pkt->proto;
 	} else if (opts.error == -ENOENT) {
-		cls = l4_verified(ctx, pkt) ? IPT2XDP_CT_NONE_VERIFIED : IPT2XDP_CT_NONE;
+		cls = verify && l4_verified(ctx, pkt) ? IPT2XDP_CT_NONE_VERIFIED : IPT2XDP_CT_NONE;
 		pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + cls * 256 + pkt->proto;
 	}
+}
+
+/* Class row index of the packet's protocol under conntrack class cls, or ~0 if the lookup fails. */
+static __always_inline __u32 proto_row_index(void *value_class, __u32 cls, __u32 proto)
+{
+	__u32 key = IPT2XDP_VC_PROTO + cls * 256 + proto;
+	__u32 *row = bpf_map_lookup_elem(value_class, &key);
+
+	return row ? *row : ~0U;
+}
+
+/* What a TCP or UDP packet needs from conntrack, given the generation's class rows of its protocol
+ * (a class row holds every slot that may match the class): 0 if the rows are the same for every
+ * conntrack class (no slot's match depends on it: no lookup), CT_LOOKUP if only the lookup can
+ * tell them apart, CT_LOOKUP | CT_VERIFY if NONE and NONE_VERIFIED differ too (the L4 checksum
+ * costs more than the lookup). Rows are compared by index: the compiler gives equal bitmaps of a
+ * field one class; distinct indexes with equal contents would only cost a needless lookup. */
+#define CT_LOOKUP 1
+#define CT_VERIFY 2
+static __always_inline int ct_matters(struct generation *gen, __u32 proto)
+{
+	void *value_class = gen_map(&ipt2xdp_g_value_class, gen);
+	__u32 none, verified;
+
+	if (!value_class)
+		return CT_LOOKUP | CT_VERIFY;
+	none = proto_row_index(value_class, IPT2XDP_CT_NONE, proto);
+	verified = proto_row_index(value_class, IPT2XDP_CT_NONE_VERIFIED, proto);
+	if (none != verified || none == ~0U)
+		return CT_LOOKUP | CT_VERIFY;
+	if (proto_row_index(value_class, IPT2XDP_CT_FOUND, proto) != none ||
+	    proto_row_index(value_class, IPT2XDP_CT_NOT_LOOKED_UP, proto) != none)
+		return CT_LOOKUP;
+	return 0;
 }
 
 static __always_inline int load_generation(__u32 slot, struct generation *gen)
@@ -632,8 +666,11 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	m.pkt = pkt;
 	m.nslots = cfg->nslots;
 	mask = cfg->field_mask;
-	if (mask & (1U << IPT2XDP_F_CT_STATE))
-		ct_class(ctx, pkt);
+	if ((mask & (1U << IPT2XDP_F_CT_STATE)) && (pkt->proto == IPPROTO_TCP || pkt->proto == IPPROTO_UDP)) {
+		g = ct_matters(gen, pkt->proto);
+		if (g)
+			ct_class(ctx, pkt, g & CT_VERIFY);
+	}
 
 #pragma unroll
 	for (f = 0; f < IPT2XDP_NUM_FIELDS; f++) {
