@@ -144,15 +144,11 @@ def _run(args, mark: int) -> int:
         args.count_change = countmap.Change(command="restore", legacy=name == "legacy", replaced_tables=tables,
                                             touched_tables=tables)
         text, path = backends.save(name), f"<iptables-{name}-save>"
-<<<<<<< HEAD
-        ruleset = parse(text, path)
+        ruleset = parse(text, path, memo)
         if host.foreign is not None:  # the restore may have made (or replaced) nf_tables tables
             from ipt2xdp.foreign import read_foreign
 
             host = replace(host, foreign=read_foreign(name, host.devices, devices))
-=======
-        ruleset = parse(text, path, memo)
->>>>>>> s3-pipeline
     print(_offload(ruleset, host, devices, args, name, report))
     return 0
 
@@ -183,11 +179,6 @@ def _loaded():
     return info
 
 
-<<<<<<< HEAD
-def _offload(ruleset, host, devices, args, backend_name, report, text=None):
-    """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
-    renders it to tell whether anything changed)."""
-=======
 def _canonical(ruleset, result) -> str:
     """render(ruleset.without_positions()), reusing the rule texts the plan's decisions hold."""
     from ipt2xdp.render import canonical
@@ -195,8 +186,9 @@ def _canonical(ruleset, result) -> str:
     return canonical(ruleset, {(d.ref.table, d.ref.chain, d.ref.index): d.text for d in result.decisions})
 
 
-def _offload(ruleset, host, devices, args, backend_name, report):
->>>>>>> s3-pipeline
+def _offload(ruleset, host, devices, args, backend_name, report, text=None):
+    """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
+    renders it to tell whether anything changed)."""
     from ipt2xdp import drift, loader, planstore, setguard
     from ipt2xdp.compile import compile as compile_tables
     from ipt2xdp.plan import plan
@@ -207,12 +199,8 @@ def _offload(ruleset, host, devices, args, backend_name, report):
     result = plan(ruleset, host)
     tables = compile_tables(result.rules, result.default, overflow="defer")
     tables.set_guard = setguard.with_deadline(expectation, result.set_deadline_ns)
-<<<<<<< HEAD
     if text is None:
-        text = render(ruleset.without_positions())
-=======
-    text = _canonical(ruleset, result)
->>>>>>> s3-pipeline
+        text = _canonical(ruleset, result)
     key = planstore.digest(text, devices)
     planstore.save(key, {
         "backend": backend_name,
