@@ -3,6 +3,7 @@
 an iptables counter. Everything happens inside namespaces made by ipt2xdp.netns."""
 import socket
 import subprocess
+import sys
 
 
 def inside(ns):
@@ -69,3 +70,47 @@ def python_in(ns, code: str, check=True) -> subprocess.CompletedProcess:
     """Run python code in the namespace with nsenter (a separate process, as the CLI would be)."""
     import sys
     return ns.run([sys.executable, "-c", code], check=check)
+
+
+def start_watch(ns, ready=("serving wrapper calls on",), timeout=60.0):
+    """`ipt2xdp watch` in ns, its log in a temporary file: (process, log) once the log shows one of
+    `ready` (fails if the watcher exits first)."""
+    import tempfile
+    import time
+
+    log = tempfile.NamedTemporaryFile("w+", prefix="ipt2xdp-watch-", suffix=".log")
+    proc = subprocess.Popen(ns.argv([sys.executable, "-m", "ipt2xdp", "watch"]), stderr=log,
+                            stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not any(word in read_log(log) for word in ready):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"ipt2xdp watch did not get ready: {read_log(log)}")
+            time.sleep(0.1)
+    except BaseException:
+        stop_watch(proc, log)
+        raise
+    return proc, log
+
+
+def read_log(log) -> str:
+    log.flush()
+    with open(log.name) as f:
+        return f.read()
+
+
+def stop_watch(proc, log) -> str:
+    """Stop a watcher from start_watch (also a SIGSTOPped one); its whole log."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()  # it removes its socket file
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = read_log(log)
+    log.close()
+    return text

@@ -14,9 +14,6 @@ receiver handles one veth queue in order, so all earlier packets were counted (b
 netfilter) by then.
 """
 import re
-import subprocess
-import tempfile
-import time
 import socket
 import sys
 from pathlib import Path
@@ -131,29 +128,6 @@ def listings(run, formats):
     return out
 
 
-def start_watch(ns):
-    """`ipt2xdp watch` in ns, once it serves wrapper calls; its log file."""
-    log = tempfile.NamedTemporaryFile("w+", prefix="ipt2xdp-watch-", suffix=".log")
-    proc = subprocess.Popen(ns.argv([sys.executable, "-m", "ipt2xdp", "watch"]), stderr=log, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while "serving wrapper calls on" not in open(log.name).read():
-        assert proc.poll() is None and time.monotonic() < deadline, open(log.name).read()
-        time.sleep(0.1)
-    return proc, log
-
-
-def stop_watch(proc, log) -> str:
-    proc.terminate()  # it removes its socket file
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    text = open(log.name).read()
-    log.close()
-    return text
-
-
 def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "mangle", "filter"), prepare=(),
          watch=False):
     """[(step, {command: output})] after every step of script; and, through the wrapper, the real
@@ -172,7 +146,7 @@ def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "man
             loaded = True
             ipt2xdp(ns, backend, ["import", "--live", "--iface", pair.receiver_if])
             if watch:
-                watcher = start_watch(ns)
+                watcher = nsutil.start_watch(ns)
         tool = (lambda args, input=None: wrapped(ns, backend, args, input)) if through_wrapper else \
             (lambda args, input=None: real(ns, backend, args, input))
         sink = nsutil.udp_receiver(ns, MARKER)
@@ -206,14 +180,14 @@ def play(backend, through_wrapper, base=BASE, script=SCRIPT, tables=("raw", "man
         finally:
             sink.close()
             if watcher is not None:
-                log_text = stop_watch(*watcher)
+                log_text = nsutil.stop_watch(*watcher)
                 watcher = None
         if watch:
             seen.append(("watch log", {"served": str(log_text.count("served sync #"))}))
         return seen, netfilter_alone
     finally:
         if watcher is not None:
-            stop_watch(*watcher)
+            nsutil.stop_watch(*watcher)
         try:
             if loaded:
                 nsutil.unload(pair)

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from ipt2xdp import netns
-from tests.nsutil import inside, unload_and_close
+from tests.nsutil import inside, read_log, start_watch, stop_watch, unload_and_close
 
 pytestmark = pytest.mark.kernel
 PORT = 9999
@@ -41,8 +41,7 @@ def real(ns, backend, *args):
 def watched(request):
     backend = request.param
     pair = netns.veth_pair()
-    log = tempfile.NamedTemporaryFile("w+", prefix="ipt2xdp-watch-", suffix=".log")
-    proc = None
+    watcher = None
     try:
         ns = pair.receiver
         if backend == "legacy":
@@ -50,26 +49,15 @@ def watched(request):
                 real(ns, backend, "-t", table, "-S")
         real(ns, backend, *DROP_RULE)
         cli(ns, backend, "import", "--live", "--iface", pair.receiver_if)
-        proc = subprocess.Popen(ns.argv([sys.executable, "-m", "ipt2xdp", "watch"]), stderr=log,
-                                stdout=subprocess.DEVNULL)
-        wait_for(lambda: ": in step" in read(log) or "re-imported" in read(log), "the watcher's first check")
-        yield backend, pair, proc, log
+        watcher = start_watch(ns, ready=(": in step", "re-imported"))  # the watcher's first check
+        yield (backend, pair) + watcher
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # it removes its socket file
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        if watcher is not None:
+            stop_watch(*watcher)
         unload_and_close(pair)
 
 
-def read(log) -> str:
-    log.flush()
-    with open(log.name) as f:
-        return f.read()
+read = read_log
 
 
 def wait_for(condition, what, timeout=IN_STEP_SECONDS):

@@ -19,24 +19,20 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 from ipt2xdp import netns, pins
 from ipt2xdp.wrapper.client import socket_path
-from tests.nsutil import unload_and_close
+from tests.nsutil import read_log, start_watch, stop_watch, unload_and_close
 from tests.test_wrapper_kernel import BIN, in_step, real, wrapped
 
 pytestmark = pytest.mark.kernel
 QUIET_SECONDS = 2.5  # > debounce (0.2 s) + the legacy poll (1 s): a second plan would have started
 
 
-def read(log) -> str:
-    log.flush()
-    with open(log.name) as f:
-        return f.read()
+read = read_log
 
 
 def wait_for(condition, what, timeout=60.0):
@@ -63,8 +59,7 @@ def assert_in_step_now(ns, backend, what):
 def watched(request):
     backend = request.param
     pair = netns.veth_pair()
-    log = tempfile.NamedTemporaryFile("w+", prefix="ipt2xdp-watch-", suffix=".log")
-    proc = None
+    watcher = None
     try:
         ns = pair.receiver
         if backend == "legacy":  # tables appear on first use: make them now, as the wrapper tests do
@@ -73,21 +68,12 @@ def watched(request):
         r = ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", "import", "--live",
                     "--iface", pair.receiver_if], check=False)
         assert r.returncode == 0, r.stderr
-        proc = subprocess.Popen(ns.argv([sys.executable, "-m", "ipt2xdp", "watch"]), stderr=log,
-                                stdout=subprocess.DEVNULL)
-        wait_for(lambda: ": in step" in read(log) or "re-imported" in read(log), "the watcher's first check")
-        assert "serving wrapper calls on" in read(log), read(log)
-        yield backend, pair, proc, log
+        watcher = start_watch(ns, ready=(": in step", "re-imported"))  # the watcher's first check
+        assert "serving wrapper calls on" in read(watcher[1]), read(watcher[1])
+        yield (backend, pair) + watcher
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-            proc.terminate()  # it removes its socket file
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        if watcher is not None:
+            stop_watch(*watcher)  # SIGCONT first: a test may have stopped it
         unload_and_close(pair)
 
 
