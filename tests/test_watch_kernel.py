@@ -273,3 +273,25 @@ def test_watch_under_ip_netns_exec(watched):
         finally:
             other.send_signal(signal.SIGTERM)
             assert other.wait(10) == 0
+
+
+def test_host_trigger_reports_main_table_routes_the_planner_reads():
+    """-m addrtype reads the types of main-table routes (blackhole, unreachable...): the watcher
+    must re-plan when they change, and not for a table the planner never reads."""
+    from tests.nsutil import python_in
+
+    code = """
+import subprocess, time
+from ipt2xdp.watch.triggers import HostTrigger
+t = HostTrigger()
+def settle():
+    time.sleep(0.3)
+    return t.check()
+subprocess.run(["ip", "route", "add", "blackhole", "198.51.100.0/24"], check=True)
+print("main", [c.detail for c in settle()])
+subprocess.run(["ip", "route", "add", "blackhole", "203.0.113.0/24", "table", "100"], check=True)
+print("other", [c.detail for c in settle()])
+"""
+    with netns.veth_pair() as pair:
+        out = python_in(pair.receiver, code).stdout.splitlines()
+    assert out == ["main ['local addresses or routes changed']", "other []"], out

@@ -219,22 +219,19 @@ class NftTrigger(Trigger):
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
+RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 
 
 def host_facts() -> tuple:
     """What the planner reads about this namespace through rtnetlink (hostinfo.read_host_context):
-    device names, kinds, masters and lower devices, local and broadcast routes."""
-    from pyroute2 import IPRoute
+    device names, kinds, masters and lower devices; the routes of tables local and main (local
+    and broadcast destinations, and the route types -m addrtype reads)."""
+    from ipt2xdp import rtnl
 
-    with IPRoute() as ipr:
-        links = []
-        for link in ipr.get_links():
-            info = link.get_attr("IFLA_LINKINFO")
-            links.append((link["index"], link.get_attr("IFLA_IFNAME"), info.get_attr("IFLA_INFO_KIND") if info else "",
-                          link.get_attr("IFLA_MASTER"), link.get_attr("IFLA_LINK")))
-        local = sorted((r["type"], r.get_attr("RTA_DST"), r["dst_len"])
-                       for r in ipr.get_routes(table=255, family=socket.AF_INET) if r["type"] in (2, 3))
-    return tuple(sorted(links)), tuple(local)
+    links = sorted((l.index, l.name, l.kind, l.master, l.link) for l in rtnl.links())
+    routes = sorted((r.table, r.type, r.dst, r.dst_len, r.tos, r.nh_id, r.oif, r.first_hop_oif or 0)
+                    for r in rtnl.ipv4_routes() if r.table in (RT_TABLE_MAIN, RT_TABLE_LOCAL))
+    return tuple(links), tuple(routes)
 
 
 class HostTrigger(Trigger):
@@ -266,7 +263,7 @@ class HostTrigger(Trigger):
         now = self._facts()
         if now == self._last:
             return []
-        labels = ("devices", "local addresses")
+        labels = ("devices", "local addresses or routes")
         changed = [label for label, a, b in zip(labels, self._last, now) if a != b]
         self._last = now
         return [Change(self.name, ", ".join(changed) + " changed")]
