@@ -48,6 +48,7 @@ class Warm:
         self._host = None
         self._host_key: Optional[Tuple] = None
         self._netfilter_stale = False  # nf_tables or legacy tables changed: helpers and foreign hooks
+        self._parse = None  # parse.ParseMemo of the syncs so far
         self.served = 0
         self.collect_due = False
         self.last: Dict[str, object] = {}
@@ -88,6 +89,16 @@ class Warm:
                 self._host = replace(self._host, ct_external_helpers=helpers, foreign=foreign)
             self._netfilter_stale = False
         return self._host
+
+    def _parse_memo(self, text: str):
+        """The lines parsed in earlier syncs (a change leaves most of them as they were), dropped
+        once it holds far more lines than the ruleset has (it keeps every line it sees)."""
+        from ipt2xdp.parse import ParseMemo
+
+        kept = sum(len(lines) for _, lines in self._parse.tables.values()) if self._parse else 0
+        if self._parse is None or kept > 2 * text.count("\n") + 1000:
+            self._parse = ParseMemo()
+        return self._parse
 
     def _memo(self, host, rules: int) -> None:
         """Keep the rules' translations for the next plan while the host facts stay the same."""
@@ -133,7 +144,7 @@ class Warm:
         with sync.guarded_flip():  # a caller that gave up on us may have changed netfilter since
             text = backends.save(backend)
             times["read"] = time.monotonic() - started
-            ruleset = parse(text, f"<iptables-{backend}-save>")
+            ruleset = parse(text, f"<iptables-{backend}-save>", self._parse_memo(text))
             rendered = render(ruleset.without_positions())
             live_key = planstore.digest(rendered, devices)
             times["parse"] = time.monotonic() - started - times["read"]
