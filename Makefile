@@ -21,7 +21,7 @@ demo: bpf venv
 	@$(VENV)/bin/ipt2xdp demo
 
 test: bpf venv
-	@$(PY) -m pytest -q -p no:cacheprovider tests compat_tests
+	@$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests compat_tests
 
 # The long differential run with ipt2xdp attached (about 1.2 s per ruleset with 4 workers).
 compat-long: bpf venv
