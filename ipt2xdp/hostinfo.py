@@ -111,7 +111,6 @@ def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext
     """Read devices, local destinations, the forwarding switch and the hooks outside the planned
     ruleset (backend: the one the plan reads, "legacy" or "nft"; None: the active one)."""
     from ipt2xdp import rtnl
-    from ipt2xdp.foreign import read_foreign, read_nft_json
 
     devices = [Device(link.name, link.index, link.kind, link.master, link.link) for link in rtnl.links()]
     local = set(ALWAYS_LOCAL)
@@ -131,12 +130,20 @@ def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext
         from ipt2xdp.backend import active_backend
 
         backend = active_backend()
-    nft = read_nft_json()  # one listing for both questions
+    helpers, foreign = read_netfilter_facts(backend, devices, attached)
     return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached),
                        ct_checksum=_read_sysctl("nf_conntrack_checksum") != "0",
                        ct_tcp_loose=_read_sysctl("nf_conntrack_tcp_loose") != "0",
-                       ct_external_helpers=_external_helpers(nft[0], nft[2]), route_types=tuple(routes),
-                       foreign=read_foreign(backend, devices, attached, nft))
+                       ct_external_helpers=helpers, route_types=tuple(routes), foreign=foreign)
+
+
+def read_netfilter_facts(backend: str, devices, attached):
+    """(ct_external_helpers, foreign) from one `nft -j list ruleset` listing and the other
+    backend's tables: the host facts an nf_tables or legacy-table change can move."""
+    from ipt2xdp.foreign import read_foreign, read_nft_json
+
+    nft = read_nft_json()  # one listing for both questions
+    return _external_helpers(nft[0], nft[2]), read_foreign(backend, devices, attached, nft)
 
 
 def _first_oif(route) -> int:

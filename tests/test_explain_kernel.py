@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from ipt2xdp import netns
-from tests.nsutil import inside, python_in, unload_and_close
+from tests.nsutil import inside, python_in
 
 pytestmark = pytest.mark.kernel
 
@@ -84,15 +83,6 @@ def scapy_frame(spec, mac):
 
 def label(rule):
     return f"{rule['table']}/{rule['chain']}#{rule['index']}" if rule else "-"
-
-
-@pytest.fixture
-def pair():
-    p = netns.veth_pair()
-    try:
-        yield p
-    finally:
-        unload_and_close(p)
 
 
 def test_explain_loaded_agrees_with_the_program_and_with_the_wire(pair, tmp_path):

@@ -18,8 +18,7 @@ import time
 
 import pytest
 
-from ipt2xdp import netns
-from tests.nsutil import drain, send_udp, udp_receiver, unload_and_close
+from tests.nsutil import drain, send_udp, udp_receiver
 
 pytestmark = pytest.mark.kernel
 COUNT = 20
@@ -27,15 +26,6 @@ COUNT = 20
 
 def cli(ns, *args, check=True):
     return ns.run(["env", "IPT2XDP_BACKEND=nft", sys.executable, "-m", "ipt2xdp", *args], check=check)
-
-
-@pytest.fixture
-def pair():
-    p = netns.veth_pair()
-    try:
-        yield p
-    finally:
-        unload_and_close(p)
 
 
 def delivered(pair, port, listen_port=None) -> int:

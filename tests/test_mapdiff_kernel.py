@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from ipt2xdp import netns
-from tests.nsutil import python_in, unload_and_close
+from tests.nsutil import python_in
 
 pytestmark = pytest.mark.kernel
 
@@ -26,15 +25,6 @@ B = (HEAD + CT + SSH.replace("22", "2222") + "-A INPUT -p tcp -m tcp --dport 80 
 
 def ipt2xdp(ns, *args):
     return ns.run(["env", "IPT2XDP_BACKEND=legacy", sys.executable, "-m", "ipt2xdp", *args], check=False)
-
-
-@pytest.fixture
-def pair():
-    p = netns.veth_pair()
-    try:
-        yield p
-    finally:
-        unload_and_close(p)
 
 
 def changes(document):

@@ -71,7 +71,6 @@ class Warm:
 
     def host(self, devices: List[str], backend: str):
         from ipt2xdp import hostinfo
-        from ipt2xdp.foreign import read_foreign, read_nft_json
         from ipt2xdp.watch.triggers import _sysctls
 
         if self.host_trigger is None:  # no rtnetlink events: nothing tells when the facts change
@@ -81,9 +80,7 @@ class Warm:
             self._host = hostinfo.read_host_context(attached=devices, backend=backend)
             self._host_key, self._netfilter_stale = key, False
         elif self._netfilter_stale:
-            nft = read_nft_json()
-            helpers = hostinfo._external_helpers(nft[0], nft[2])
-            foreign = read_foreign(backend, self._host.devices, devices, nft)
+            helpers, foreign = hostinfo.read_netfilter_facts(backend, self._host.devices, devices)
             if (helpers, foreign) != (self._host.ct_external_helpers, self._host.foreign):
                 # else the same object: the memo stays valid
                 self._host = replace(self._host, ct_external_helpers=helpers, foreign=foreign)
