@@ -122,6 +122,20 @@ def forget_netns(netns_path: str) -> None:
         setguard.remove(netns)
     except LoadError:
         pass
+    _remove_state_files(netns)
+
+
+def _remove_state_files(netns: int) -> None:
+    """The plan records, watcher socket and lock files kept for a namespace about to go: its cookie
+    is never reused, so nothing would ever read them again (a test run left thousands in /run)."""
+    import shutil
+
+    from ipt2xdp.planstore import STATE_ROOT
+
+    shutil.rmtree(os.path.join(STATE_ROOT, str(netns)), ignore_errors=True)
+    for name in (f"ipt2xdp-{netns}.lock", f"ipt2xdp-wrapper-{netns}.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(LOCK_DIR, name))
 
 
 def pin_dir(root: Optional[str] = None, netns: Optional[int] = None) -> str:
