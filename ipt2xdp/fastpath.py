@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The blocklist fast path: source prefixes whose packets the classifier drops whatever else they hold.
+
+The program probes these prefixes (map src_fast) right after parsing and, on a hit, takes the DROP
+without classifying: the same rule's counter, the same ipset guard, the same route check before the
+drop. That is exact only if, for *every* IPv4 packet from the prefix (any protocol, ports, device,
+conntrack class, destination), first-match evaluation of the classifier ends at that one DROP rule.
+This module proves it from the compiled classifier (the plan after guards, deferrals, inlined user
+chains and ipset expansion), never from ruleset text:
+
+  a prefix P of rule r qualifies iff r is a DROP whose only constraint is its source, r's source
+  covers P, and no rule before r (any action, any other constraints) has a source that meets P.
+
+Why that suffices: a rule before r whose source misses P matches no packet from P, so it neither
+decides nor jumps (a CONTINUE that never matches moves nothing); r then matches every packet from P.
+Why it is needed: any earlier rule whose source meets P (an ACCEPT, a ct-state rule, a per-device
+rule, a DEFER guard from raw/mangle/nat, a CONTINUE, a `-p tcp` DROP with another counter) decides
+some packet from P differently, or may; a rule with no source constraint meets every prefix. The
+check looks only at sources, so it is conservative: an earlier rule that could never match packets
+from P for another reason still excludes P. Qualifying prefixes never overlap (of two overlapping
+ones, the later rule's meets the earlier rule's source), so at most one entry holds a packet.
+
+The packet-level checks before any classification (non-IPv4, fragments, IP options, truncated L4
+headers, no generation in force) stay before the probe in the program, so what reaches it is what
+reaches classification.
+"""
+from __future__ import annotations
+
+import bisect
+import heapq
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+from ipt2xdp import abi
+from ipt2xdp.classifier import Action, ClassifierRule, Verdict
+
+U32_MAX = 0xFFFFFFFF
+MAX_PREFIXES_PER_INTERVAL = 64  # a source range that splits into more CIDR blocks is left to the classifier
+MAX_WIDE_SCAN = 4096            # earlier sources inside one wide candidate beyond this: leave it out
+_OTHER_FIELDS = ("dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags", "ct")
+
+
+@dataclass
+class FastPath:
+    """Qualifying prefixes, and the ones the program will probe (at most abi.SRC_FAST_PLENS lengths)."""
+
+    entries: List[Tuple[int, int, int, int]] = field(default_factory=list)  # (network, plen, rule_id, action code)
+    plens: Tuple[int, ...] = ()          # probed prefix lengths, most entries first
+    left_out: int = 0                    # qualifying prefixes whose length is not probed
+
+    def probe(self, address: int):
+        """(rule_id, action code) of the probed entry holding the host-order address, or None
+        (what the program's probe answers; tests use it)."""
+        index = getattr(self, "_index", None)
+        if index is None:
+            index = self._index = {(net, plen): (rule_id, code) for net, plen, rule_id, code in self.entries
+                                   if plen in self.plens}
+        for plen in self.plens:
+            net = address & (U32_MAX ^ (U32_MAX >> plen))
+            if (net, plen) in index:
+                return index[(net, plen)]
+        return None
+
+
+def _cidr_blocks(lo: int, hi: int, limit: int) -> List[Tuple[int, int]]:
+    """The CIDR blocks that tile lo..hi (largest first from lo), or [] beyond limit blocks."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 32
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 33 - size.bit_length()))
+        if len(out) > limit:
+            return []
+        lo += size
+    return out
+
+
+def _is_candidate(rule: ClassifierRule) -> bool:
+    if rule.action.verdict != Verdict.DROP or rule.match.src is None:
+        return False
+    values = vars(rule.match)
+    return all(values[name] is None for name in _OTHER_FIELDS)
+
+
+def _wide_first(wide: List[Tuple[int, int, int]]) -> Tuple[List[int], List[int]]:
+    """Cut the address space at the wide intervals' ends; per piece, the lowest rule index whose
+    interval covers it (len(rules) = none): (piece starts, lowest index)."""
+    events: Dict[int, List[Tuple[int, int]]] = {}
+    for lo, hi, index in wide:
+        events.setdefault(lo, []).append((1, index))
+        events.setdefault(hi + 1, []).append((-1, index))
+    starts, lowest = [0], [None]
+    heap: List[int] = []
+    removed: Counter = Counter()
+    for point in sorted(events):
+        for kind, index in events[point]:
+            if kind > 0:
+                heapq.heappush(heap, index)
+            else:
+                removed[index] += 1
+        while heap and removed[heap[0]]:
+            removed[heapq.heappop(heap)] -= 1
+        if point > U32_MAX:
+            break
+        first = heap[0] if heap else None
+        if starts[-1] == point:
+            lowest[-1] = first
+        else:
+            starts.append(point)
+            lowest.append(first)
+    return starts, lowest
+
+
+def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
+    """The fast path of a classifier (the rules the program holds, in first-match order).
+
+    action_code(Action) -> the slot action byte (compile._action_code), so a guarded DROP keeps
+    its guard on the fast path."""
+    # Only rules up to the first without a source constraint can matter: it meets every prefix.
+    end = next((i for i, r in enumerate(rules) if r.match.src is None), len(rules))
+    points: Dict[int, int] = {}                 # single address -> lowest rule index with it
+    wide: List[Tuple[int, int, int]] = []       # (lo, hi, rule index) of longer source intervals
+    for index in range(end):
+        for lo, hi in rules[index].match.src.intervals:
+            if lo == hi:
+                points.setdefault(lo, index)
+            else:
+                wide.append((lo, hi, index))
+    starts, lowest = _wide_first(wide)
+    sorted_points: List[int] = []
+
+    def meets_before(lo: int, hi: int, index: int) -> bool:
+        """Whether a rule before `index` has a source that meets lo..hi (too much to scan: yes)."""
+        if lo == hi and not wide:
+            return points.get(lo, index) < index
+        i, scanned = bisect.bisect_right(starts, lo) - 1, 0
+        while i < len(starts) and starts[i] <= hi:
+            if (lowest[i] is not None and lowest[i] < index) or scanned > MAX_WIDE_SCAN:
+                return True
+            i, scanned = i + 1, scanned + 1
+        if lo == hi:
+            return points.get(lo, index) < index
+        if not sorted_points:
+            sorted_points.extend(sorted(points))
+        a, b = bisect.bisect_left(sorted_points, lo), bisect.bisect_right(sorted_points, hi)
+        return b - a > MAX_WIDE_SCAN or any(points[p] < index for p in sorted_points[a:b])
+
+    entries = []
+    for index in range(end):
+        rule = rules[index]
+        if not _is_candidate(rule):
+            continue
+        code = action_code(rule.action)
+        rule_id = rule.rule_id
+        for lo, hi in rule.match.src.intervals:
+            if lo == hi:  # the common case, a /32: kept inline for 100k-address blocklists
+                if not meets_before(lo, lo, index):
+                    entries.append((lo, 32, rule_id, code))
+                continue
+            for net, plen in _cidr_blocks(lo, hi, MAX_PREFIXES_PER_INTERVAL):
+                if plen and not meets_before(net, net + (1 << (32 - plen)) - 1, index):
+                    entries.append((net, plen, rule_id, code))
+    by_length = Counter(plen for _, plen, _, _ in entries)
+    plens = tuple(sorted(by_length, key=lambda p: (-by_length[p], -p))[:abi.SRC_FAST_PLENS])
+    left_out = sum(n for p, n in by_length.items() if p not in plens)
+    return FastPath(entries=entries, plens=plens, left_out=left_out)
+
+
+def encode(fast: FastPath) -> Tuple[bytes, bytes, int]:
+    """(keys, values, count) of the src_fast map: only the probed lengths."""
+    keys, values = [], []
+    for net, plen, rule_id, code in fast.entries:
+        if plen in fast.plens:
+            keys.append(struct.pack("!I", net) + struct.pack("=I", plen))
+            values.append(struct.pack("=II", rule_id, code))
+    return b"".join(keys), b"".join(values), len(keys)
