@@ -9,7 +9,8 @@ This module proves it from the compiled classifier (the plan after guards, defer
 chains and ipset expansion), never from ruleset text:
 
   a prefix P of rule r qualifies iff r is a DROP whose only constraint is its source, r's source
-  covers P, and no rule before r (any action, any other constraints) has a source that meets P.
+  covers P, and no rule before r (any action, any other constraints) has a source that meets P
+  (r's source minus the earlier rules' sources, cut into CIDR blocks).
 
 Why that suffices: a rule before r whose source misses P matches no packet from P, so it neither
 decides nor jumps (a CONTINUE that never matches moves nothing); r then matches every packet from P.
@@ -31,10 +32,10 @@ import heapq
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ipt2xdp import abi
-from ipt2xdp.classifier import Action, ClassifierRule, Verdict
+from ipt2xdp.classifier import Action, ClassifierRule, IntervalSet, Verdict
 
 U32_MAX = 0xFFFFFFFF
 MAX_PREFIXES_PER_INTERVAL = 64  # a source range that splits into more CIDR blocks is left to the classifier
@@ -78,11 +79,10 @@ def _cidr_blocks(lo: int, hi: int, limit: int) -> List[Tuple[int, int]]:
     return out
 
 
-def _is_candidate(rule: ClassifierRule) -> bool:
-    if rule.action.verdict != Verdict.DROP or rule.match.src is None:
-        return False
-    values = vars(rule.match)
-    return all(values[name] is None for name in _OTHER_FIELDS)
+def _only_source(match) -> bool:
+    """Whether the match constrains nothing but the source (written out: it runs per rule)."""
+    return (match.dst is None and match.proto is None and match.sport is None and match.dport is None
+            and match.iif is None and match.icmp is None and match.tcp_flags is None and match.ct is None)
 
 
 def _wide_first(wide: List[Tuple[int, int, int]]) -> Tuple[List[int], List[int]]:
@@ -120,7 +120,11 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     action_code(Action) -> the slot action byte (compile._action_code), so a guarded DROP keeps
     its guard on the fast path."""
     # Only rules up to the first without a source constraint can matter: it meets every prefix.
-    end = next((i for i, r in enumerate(rules) if r.match.src is None), len(rules))
+    end = len(rules)
+    for i, rule in enumerate(rules):
+        if rule.match.src is None:
+            end = i
+            break
     points: Dict[int, int] = {}                 # single address -> lowest rule index with it
     wide: List[Tuple[int, int, int]] = []       # (lo, hi, rule index) of longer source intervals
     for index in range(end):
@@ -132,37 +136,50 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     starts, lowest = _wide_first(wide)
     sorted_points: List[int] = []
 
-    def meets_before(lo: int, hi: int, index: int) -> bool:
-        """Whether a rule before `index` has a source that meets lo..hi (too much to scan: yes)."""
-        if lo == hi and not wide:
-            return points.get(lo, index) < index
-        i, scanned = bisect.bisect_right(starts, lo) - 1, 0
-        while i < len(starts) and starts[i] <= hi:
-            if (lowest[i] is not None and lowest[i] < index) or scanned > MAX_WIDE_SCAN:
-                return True
-            i, scanned = i + 1, scanned + 1
-        if lo == hi:
-            return points.get(lo, index) < index
+    def free_parts(lo: int, hi: int, index: int) -> Optional[IntervalSet]:
+        """The addresses of lo..hi that no source of a rule before `index` holds (None: too many
+        earlier sources inside to look at; the interval is left to the classifier)."""
+        blocked = []
+        i = bisect.bisect_right(starts, lo) - 1
+        for i in range(i, min(len(starts), i + MAX_WIDE_SCAN)):
+            if starts[i] > hi:
+                break
+            if lowest[i] is not None and lowest[i] < index:
+                piece_end = starts[i + 1] - 1 if i + 1 < len(starts) else U32_MAX
+                blocked.append((max(lo, starts[i]), min(hi, piece_end)))
+        else:
+            if i + 1 < len(starts) and starts[i + 1] <= hi:
+                return None
         if not sorted_points:
             sorted_points.extend(sorted(points))
         a, b = bisect.bisect_left(sorted_points, lo), bisect.bisect_right(sorted_points, hi)
-        return b - a > MAX_WIDE_SCAN or any(points[p] < index for p in sorted_points[a:b])
+        if b - a > MAX_WIDE_SCAN:
+            return None
+        blocked.extend((p, p) for p in sorted_points[a:b] if points[p] < index)
+        return IntervalSet.range(lo, hi).intersection(IntervalSet.of(blocked).complement(U32_MAX))
 
     entries = []
+    codes: Dict[Action, int] = {}
+    drop = Verdict.DROP
     for index in range(end):
         rule = rules[index]
-        if not _is_candidate(rule):
+        match = rule.match
+        if rule.action.verdict != drop or not _only_source(match):
             continue
-        code = action_code(rule.action)
+        code = codes.get(rule.action)
+        if code is None:
+            code = codes[rule.action] = action_code(rule.action)
         rule_id = rule.rule_id
-        for lo, hi in rule.match.src.intervals:
-            if lo == hi:  # the common case, a /32: kept inline for 100k-address blocklists
-                if not meets_before(lo, lo, index):
+        for lo, hi in match.src.intervals:
+            if lo == hi and not wide:  # the common case, a /32 among /32s: inline for 100k blocklists
+                if points[lo] == index:
                     entries.append((lo, 32, rule_id, code))
                 continue
-            for net, plen in _cidr_blocks(lo, hi, MAX_PREFIXES_PER_INTERVAL):
-                if plen and not meets_before(net, net + (1 << (32 - plen)) - 1, index):
-                    entries.append((net, plen, rule_id, code))
+            free = free_parts(lo, hi, index)
+            for part_lo, part_hi in free or ():
+                for net, plen in _cidr_blocks(part_lo, part_hi, MAX_PREFIXES_PER_INTERVAL):
+                    if plen:
+                        entries.append((net, plen, rule_id, code))
     by_length = Counter(plen for _, plen, _, _ in entries)
     plens = tuple(sorted(by_length, key=lambda p: (-by_length[p], -p))[:abi.SRC_FAST_PLENS])
     left_out = sum(n for p, n in by_length.items() if p not in plens)
@@ -170,10 +187,21 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
 
 
 def encode(fast: FastPath) -> Tuple[bytes, bytes, int]:
-    """(keys, values, count) of the src_fast map: only the probed lengths."""
-    keys, values = [], []
-    for net, plen, rule_id, code in fast.entries:
-        if plen in fast.plens:
-            keys.append(struct.pack("!I", net) + struct.pack("=I", plen))
-            values.append(struct.pack("=II", rule_id, code))
-    return b"".join(keys), b"".join(values), len(keys)
+    """(keys, values, count) of the src_fast map: only the probed lengths. Packed in a few bulk
+    calls (100k-entry blocklists): the network in network byte order, the rest host order."""
+    chosen = [e for e in fast.entries if e[1] in fast.plens]
+    n = len(chosen)
+    nets = struct.pack(f"!{n}I", *(e[0] for e in chosen))
+    plens = struct.pack(f"={n}I", *(e[1] for e in chosen))
+    counters = struct.pack(f"={n}I", *(e[2] for e in chosen))
+    codes = struct.pack(f"={n}I", *(e[3] for e in chosen))
+    return _pairs(nets, plens), _pairs(counters, codes), n
+
+
+def _pairs(first: bytes, second: bytes) -> bytes:
+    """Interleave two arrays of 4-byte values: first[0], second[0], first[1], ..."""
+    out = bytearray(2 * len(first))
+    for byte in range(4):
+        out[byte::8] = first[byte::4]
+        out[4 + byte::8] = second[byte::4]
+    return bytes(out)
