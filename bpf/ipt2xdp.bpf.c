@@ -279,9 +279,26 @@ static __always_inline __u32 mask_net(__u8 plen)
 	return bpf_htonl(plen >= 32 ? 0xffffffffU : plen ? ~(0xffffffffU >> plen) : 0);
 }
 
+/* Whether the fast path applies to a packet to dst (host byte order): the plan's rules on the
+ * destination alone (the guard for non-local destinations) decide the others first. */
+static __always_inline int src_fast_destination(struct ipt2xdp_gen_config *cfg, __u32 dst)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < IPT2XDP_SRC_FAST_DSTS; i++) {
+		if (i >= cfg->src_fast_ndst)
+			break;
+		if (dst - cfg->src_fast_dst_lo[i] <= cfg->src_fast_dst_hi[i] - cfg->src_fast_dst_lo[i])
+			return 1;
+	}
+	return 0;
+}
+
 /* The blocklist fast path: the entry of src_fast holding the packet's source, or NULL. An entry is
- * a source prefix every packet from which this generation drops with one rule, whatever its other
- * fields (ipt2xdp/fastpath.py proves it from the plan), so classifying would reach the same rule;
+ * a source prefix every packet from which (to a destination in src_fast_dst_*) this generation
+ * drops with one rule, whatever its other fields (ipt2xdp/fastpath.py proves it from the plan), so
+ * classifying would reach the same rule;
  * entries never overlap, so the first hit is the only one. A failed map lookup classifies. */
 static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(struct generation *gen, struct packet_fields *pkt)
 {
@@ -291,7 +308,7 @@ static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(struct genera
 	__u32 plen;
 	int i;
 
-	if (!gen->cfg->src_fast_plens[0])
+	if (!gen->cfg->src_fast_plens[0] || !src_fast_destination(gen->cfg, pkt->value[IPT2XDP_F_DST]))
 		return NULL;
 	src_fast = gen_map(&ipt2xdp_g_src_fast, gen);
 	if (!src_fast)

@@ -65,6 +65,8 @@
 #define IPT2XDP_CSUM_MAX_CHUNKS 4
 /* Prefix lengths the blocklist fast path probes at most (gen_config.src_fast_plens). */
 #define IPT2XDP_SRC_FAST_PLENS 4
+/* Destination ranges the fast path applies to at most (gen_config.src_fast_dst_*). */
+#define IPT2XDP_SRC_FAST_DSTS 16
 /* addr_dir: one entry per /16 block, src blocks first then dst blocks. */
 #define IPT2XDP_ADDR_DIR_ENTRIES (2 * 65536)
 
@@ -135,8 +137,15 @@ struct ipt2xdp_gen_config {
 	/* Prefix lengths of the src_fast entries, most entries first; 0 ends the list (all 0: no
 	 * fast path). The program probes src_fast once per length before any class row. */
 	__u8 src_fast_plens[IPT2XDP_SRC_FAST_PLENS];
+	/* ...and only for destinations in one of these src_fast_ndst ranges (host byte order,
+	 * inclusive): the plan's rules that look at the destination alone (the planner's guard for
+	 * non-local destinations) decide the others before any source rule. */
+	__u32 src_fast_ndst;
+	__u32 src_fast_dst_lo[IPT2XDP_SRC_FAST_DSTS];
+	__u32 src_fast_dst_hi[IPT2XDP_SRC_FAST_DSTS];
+	__u32 pad;
 };
-_Static_assert(sizeof(struct ipt2xdp_gen_config) == 88, "abi");
+_Static_assert(sizeof(struct ipt2xdp_gen_config) == 96 + 8 * IPT2XDP_SRC_FAST_DSTS, "abi");
 
 /* addr_dir[field * 65536 + (addr >> 16)]: the addr_bounds range covering one /16 block. */
 struct ipt2xdp_addr_dir {

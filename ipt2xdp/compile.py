@@ -428,6 +428,10 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
     fast_keys, fast_values, fast_count = fastpath.encode(fast)
     for i, plen in enumerate(fast.plens):
         cfg.src_fast_plens[i] = plen
+    if fast.plens:
+        cfg.src_fast_ndst = len(fast.dsts.intervals)
+        for i, (lo, hi) in enumerate(fast.dsts):
+            cfg.src_fast_dst_lo[i], cfg.src_fast_dst_hi[i] = lo, hi
     maps["src_fast"] = MapContents("src_fast", max(1, fast_count), ctypes.sizeof(abi.SrcFastKey),
                                    ctypes.sizeof(abi.SrcFastValue), fast_keys, fast_values)
     maps["cfg"] = _pack_array("cfg", [bytes(cfg)], ctypes.sizeof(abi.GenConfig))
@@ -565,7 +569,8 @@ def dump(tables: Tables) -> str:
         if len(runs) > 1:
             out.append(f"{name}: " + " ".join(runs))
     if cfg.src_fast_plens[0]:
-        out.append("src_fast plens " + " ".join(str(p) for p in cfg.src_fast_plens if p))
+        out.append("src_fast plens " + " ".join(str(p) for p in cfg.src_fast_plens if p) + " dsts " +
+                   " ".join(f"{cfg.src_fast_dst_lo[i]:#010x}-{cfg.src_fast_dst_hi[i]:#010x}" for i in range(cfg.src_fast_ndst)))
         for key, value in sorted(tables.maps["src_fast"].entries()):
             counter, action = struct.unpack("=II", value)
             out.append(f"src_fast {key[:4].hex()}/{struct.unpack('=I', key[4:])[0]} -> rule {counter} action {action:#x}")

@@ -12,6 +12,10 @@ chains and ipset expansion), never from ruleset text:
   covers P, and no rule before r (any action, any other constraints) has a source that meets P
   (r's source minus the earlier rules' sources, cut into CIDR blocks).
 
+Rules that constrain the destination alone (the planner's first rule defers every destination that
+is not local) are the exception: the fast path applies only to destinations none of them (before
+the last entry's rule) holds, a few ranges the program checks before probing (gen_config).
+
 Why that suffices: a rule before r whose source misses P matches no packet from P, so it neither
 decides nor jumps (a CONTINUE that never matches moves nothing); r then matches every packet from P.
 Why it is needed: any earlier rule whose source meets P (an ACCEPT, a ct-state rule, a per-device
@@ -48,12 +52,15 @@ class FastPath:
     """Qualifying prefixes, and the ones the program will probe (at most abi.SRC_FAST_PLENS lengths)."""
 
     entries: List[Tuple[int, int, int, int]] = field(default_factory=list)  # (network, plen, rule_id, action code)
-    plens: Tuple[int, ...] = ()          # probed prefix lengths, most entries first
-    left_out: int = 0                    # qualifying prefixes whose length is not probed
+    plens: Tuple[int, ...] = ()          # probed prefix lengths, most entries first (none: no fast path)
+    left_out: int = 0                    # qualifying prefixes that are not probed
+    dsts: IntervalSet = IntervalSet(((0, U32_MAX),))  # destinations the fast path applies to
 
-    def probe(self, address: int):
-        """(rule_id, action code) of the probed entry holding the host-order address, or None
-        (what the program's probe answers; tests use it)."""
+    def probe(self, address: int, dst: Optional[int] = None):
+        """(rule_id, action code) of the probed entry holding the host-order source address (for a
+        packet to dst: None if dst is outside self.dsts), or None; what the program answers."""
+        if dst is not None and dst not in self.dsts:
+            return None
         index = getattr(self, "_index", None)
         if index is None:
             index = self._index = {(net, plen): (rule_id, code) for net, plen, rule_id, code in self.entries
@@ -77,6 +84,12 @@ def _cidr_blocks(lo: int, hi: int, limit: int) -> List[Tuple[int, int]]:
             return []
         lo += size
     return out
+
+
+def _only_destination(match) -> bool:
+    """Whether the match constrains the destination and nothing else (the source is checked apart)."""
+    return (match.dst is not None and match.proto is None and match.sport is None and match.dport is None
+            and match.iif is None and match.icmp is None and match.tcp_flags is None and match.ct is None)
 
 
 def _only_source(match) -> bool:
@@ -119,15 +132,22 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
 
     action_code(Action) -> the slot action byte (compile._action_code), so a guarded DROP keeps
     its guard on the fast path."""
-    # Only rules up to the first without a source constraint can matter: it meets every prefix.
+    # Rules that look at the destination alone stay out of the source analysis: the fast path
+    # applies only to destinations none of them holds. Only rules up to the first other rule
+    # without a source constraint can matter: it meets every prefix.
     end = len(rules)
+    destination_only = []
     for i, rule in enumerate(rules):
         if rule.match.src is None:
-            end = i
-            break
+            if not _only_destination(rule.match):
+                end = i
+                break
+            destination_only.append(i)
     points: Dict[int, int] = {}                 # single address -> lowest rule index with it
     wide: List[Tuple[int, int, int]] = []       # (lo, hi, rule index) of longer source intervals
     for index in range(end):
+        if rules[index].match.src is None:
+            continue
         for lo, hi in rules[index].match.src.intervals:
             if lo == hi:
                 points.setdefault(lo, index)
@@ -159,17 +179,19 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
         return IntervalSet.range(lo, hi).intersection(IntervalSet.of(blocked).complement(U32_MAX))
 
     entries = []
+    last_index = 0  # of the last rule with an entry
     codes: Dict[Action, int] = {}
     drop = Verdict.DROP
     for index in range(end):
         rule = rules[index]
         match = rule.match
-        if rule.action.verdict != drop or not _only_source(match):
+        if rule.action.verdict != drop or match.src is None or not _only_source(match):
             continue
         code = codes.get(rule.action)
         if code is None:
             code = codes[rule.action] = action_code(rule.action)
         rule_id = rule.rule_id
+        count = len(entries)
         for lo, hi in match.src.intervals:
             if lo == hi and not wide:  # the common case, a /32 among /32s: inline for 100k blocklists
                 if points[lo] == index:
@@ -180,10 +202,17 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
                 for net, plen in _cidr_blocks(part_lo, part_hi, MAX_PREFIXES_PER_INTERVAL):
                     if plen:
                         entries.append((net, plen, rule_id, code))
+        if len(entries) > count:
+            last_index = index
     by_length = Counter(plen for _, plen, _, _ in entries)
     plens = tuple(sorted(by_length, key=lambda p: (-by_length[p], -p))[:abi.SRC_FAST_PLENS])
     left_out = sum(n for p, n in by_length.items() if p not in plens)
-    return FastPath(entries=entries, plens=plens, left_out=left_out)
+    # destinations no destination-only rule before the last entry's rule holds
+    guarded = IntervalSet.of(iv for i in destination_only if i < last_index for iv in rules[i].match.dst.intervals)
+    dsts = guarded.complement(U32_MAX)
+    if not entries or not dsts or len(dsts.intervals) > abi.SRC_FAST_DSTS:
+        return FastPath(entries=entries, left_out=len(entries), dsts=dsts)
+    return FastPath(entries=entries, plens=plens, left_out=left_out, dsts=dsts)
 
 
 def encode(fast: FastPath) -> Tuple[bytes, bytes, int]:

@@ -47,7 +47,7 @@ def packets_from(address, rules):
     dsts, ports = {ip("192.0.2.1")}, {1, 22, 53, 80}
     for r in rules:
         if r.match.dst is not None:
-            dsts.update(lo for lo, _ in r.match.dst)
+            dsts.update(v for lo, hi in r.match.dst for v in (lo, hi, max(lo - 1, 0), min(hi + 1, U32_MAX)))
         for field in (r.match.sport, r.match.dport):
             if field is not None:
                 ports.update(v for lo, hi in field for v in (lo, hi))
@@ -63,8 +63,9 @@ def packets_from(address, rules):
 
 
 def assert_sound(rules, fast):
-    """Every packet from every probed entry (its first, last and a middle address) is dropped by
-    the entry's rule under first-match evaluation."""
+    """Every packet from every probed entry (its first, last and a middle address) to a destination
+    the fast path applies to is dropped by the entry's rule under first-match evaluation."""
+    checked = 0
     for net, plen, rule_id, code in fast.entries:
         if plen not in fast.plens:
             continue
@@ -72,7 +73,10 @@ def assert_sound(rules, fast):
         for address in {net, top, (net + top) // 2}:
             assert fast.probe(address) == (rule_id, code)
             for packet in packets_from(address, rules):
-                assert evaluate(rules, ACCEPT, packet) == (Verdict.DROP, rule_id), (address, packet)
+                if fast.probe(address, packet.dst) is not None:
+                    assert evaluate(rules, ACCEPT, packet) == (Verdict.DROP, rule_id), (address, packet)
+                    checked += 1
+    assert checked or not fast.plens
 
 
 def test_plain_blocklist_is_all_in_with_its_own_counters():
@@ -212,9 +216,12 @@ def random_rules(rng, n):
         lo = rng.choice(UNIVERSE)
         width = rng.choice((1, 1, 1, 2, 4, 8))
         lo -= (lo - UNIVERSE[0]) % width
-        fields = {"src": IntervalSet.range(lo, lo + width - 1) if rng.random() < 0.93 else None}
+        fields = {"src": IntervalSet.range(lo, lo + width - 1) if rng.random() < 0.88 else None}
         extra = rng.random()
-        if extra < 0.12:
+        if fields["src"] is None and extra < 0.5:  # a destination-only rule (the planner's local guard)
+            fields["dst"] = rng.choice((IntervalSet.range(ip("192.0.2.0"), ip("192.0.2.127")),
+                                        IntervalSet.single(ip("192.0.2.1")).complement(U32_MAX)))
+        elif extra < 0.12:
             fields["proto"] = rng.choice((TCP_, UDP_))
         elif extra < 0.18:
             fields["ct"] = frozenset({rng.choice(tuple(CtClass))})
@@ -231,10 +238,12 @@ def random_rules(rng, n):
 
 def brute_force(rules):
     """{address: (rule_id, code)}: the first rule whose source holds the address (no source: any
-    address) is a DROP constraining nothing else."""
+    address), rules on the destination alone aside, is a DROP constraining nothing else."""
     out = {}
     for address in UNIVERSE:
         for r in rules:
+            if r.match.src is None and fastpath._only_destination(r.match):
+                continue
             if r.match.src is None or address in r.match.src:
                 if r.action.verdict == Verdict.DROP and r.match.src is not None and fastpath._only_source(r.match):
                     out[address] = (r.rule_id, _action_code(r.action))
@@ -242,7 +251,7 @@ def brute_force(rules):
     return out
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(60))
 def test_random_classifiers_exact_and_sound(seed):
     rng = random.Random(seed)
     rules = random_rules(rng, rng.randint(1, 14))
@@ -250,6 +259,44 @@ def test_random_classifiers_exact_and_sound(seed):
     assert fast.left_out == 0
     assert {a: fast.probe(a) for a in UNIVERSE if fast.probe(a)} == brute_force(rules)
     assert_sound(rules, fast)
+    # the destinations left out are exactly those of destination-only rules before the last entry
+    if fast.plens:
+        last = max(i for i, r in enumerate(rules) if r.rule_id in {e[2] for e in fast.entries})
+        for dst in (ip("192.0.2.0"), ip("192.0.2.1"), ip("192.0.2.200"), ip("8.8.8.8")):
+            held = any(r.match.src is None and fastpath._only_destination(r.match) and dst in r.match.dst
+                       for r in rules[:last])
+            assert (dst in fast.dsts) == (not held)
+
+
+def test_the_planners_local_guard_limits_the_destinations():
+    local = IntervalSet.cidrs(["192.0.2.1/32", "127.0.0.0/8", "224.0.0.0/4"])
+    rules = [rule(Match(dst=local.complement(U32_MAX)), DEFER, 0)] + \
+        [rule(Match(src=src(f"10.0.0.{i}")), DROP, 1 + i) for i in range(5)] + [rule(Match(), ACCEPT, 9)]
+    fast = fastpath.analyse(rules, _action_code)
+    assert fast.dsts == local and len(fast.entries) == 5
+    assert fast.probe(ip("10.0.0.1"), ip("192.0.2.1")) == (2, abi.ACT_DROP)
+    assert fast.probe(ip("10.0.0.1"), ip("192.0.2.2")) is None  # deferred by the guard: not local
+    assert_sound(rules, fast)
+
+
+def test_an_imported_blocklist_gets_the_fast_path():
+    """The whole way from ruleset text: parse, plan (with its guards) and compile."""
+    from ipt2xdp.parse import parse
+    from ipt2xdp.plan import plan
+    from tests.fingerprint import HOSTS
+
+    head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    text = head + "".join(f"-A INPUT -s 10.1.0.{i}/32 -j DROP\n" for i in range(50)) + "COMMIT\n"
+    host = HOSTS["receiver"]
+    result = plan(parse(text, "bl.rules"), host)
+    tables = compile(result.rules, result.default)
+    fast = tables.fast_path
+    local = IntervalSet.of((int(n.network_address), int(n.broadcast_address)) for n in host.local_destinations)
+    assert fast.plens == (32,) and len(fast.entries) == 50 and fast.dsts == local
+    assert_sound(list(result.rules), fast)
+    stateful = head + "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n" + text[len(head):]
+    result = plan(parse(stateful, "st.rules"), host)
+    assert compile(result.rules, result.default).fast_path.plens == ()
 
 
 def test_an_unsound_analysis_is_caught(monkeypatch):
