@@ -689,7 +689,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	struct ipt2xdp_src_fast_value *fast;
 	struct ipt2xdp_gen_config *cfg;
 	struct ipt2xdp_state *state;
-	struct match_ctx m = {};
+	struct match_ctx m; /* zeroed below, past the fast path, which needs none of it but gen */
 	struct generation *gen = &m.gen;
 	__u32 zero = 0, f, g, row_index, mask;
 	void *rows;
@@ -710,6 +710,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 		m.counter = fast->counter;
 		goto decided_by_rule;
 	}
+	__builtin_memset(&m.pkt, 0, sizeof(m) - __builtin_offsetof(struct match_ctx, pkt));
 	if (!cfg->nslots || !cfg->ngroups)
 		goto no_slot_left;
 	rows = gen_map(&ipt2xdp_g_class_rows, gen);
