@@ -145,12 +145,14 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
             destination_only.append(i)
     points: Dict[int, int] = {}                 # single address -> lowest rule index with it
     wide: List[Tuple[int, int, int]] = []       # (lo, hi, rule index) of longer source intervals
+    first_at = points.setdefault
     for index in range(end):
-        if rules[index].match.src is None:
+        src = rules[index].match.src
+        if src is None:
             continue
-        for lo, hi in rules[index].match.src.intervals:
+        for lo, hi in src.intervals:
             if lo == hi:
-                points.setdefault(lo, index)
+                first_at(lo, index)
             else:
                 wide.append((lo, hi, index))
     starts, lowest = _wide_first(wide)
@@ -179,29 +181,36 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
         return IntervalSet.range(lo, hi).intersection(IntervalSet.of(blocked).complement(U32_MAX))
 
     entries = []
+    add = entries.append
     last_index = 0  # of the last rule with an entry
-    codes: Dict[Action, int] = {}
-    drop = Verdict.DROP
+    last_action, code = None, 0
+    drop, only_source = Verdict.DROP, _only_source
     for index in range(end):
         rule = rules[index]
-        match = rule.match
-        if rule.action.verdict != drop or match.src is None or not _only_source(match):
+        action, match = rule.action, rule.match
+        if action.verdict is not drop or match.src is None or not only_source(match):
             continue
-        code = codes.get(rule.action)
-        if code is None:
-            code = codes[rule.action] = action_code(rule.action)
+        if action is not last_action:  # the planner shares Action objects: no hashing per rule
+            last_action, code = action, action_code(action)
+        intervals = match.src.intervals
+        if not wide and len(intervals) == 1 and intervals[0][0] == intervals[0][1]:
+            # the common case, a /32 among /32s: kept inline for 100k-address blocklists
+            if points[intervals[0][0]] == index:
+                add((intervals[0][0], 32, rule.rule_id, code))
+                last_index = index
+            continue
         rule_id = rule.rule_id
         count = len(entries)
-        for lo, hi in match.src.intervals:
-            if lo == hi and not wide:  # the common case, a /32 among /32s: inline for 100k blocklists
+        for lo, hi in intervals:
+            if lo == hi and not wide:
                 if points[lo] == index:
-                    entries.append((lo, 32, rule_id, code))
+                    add((lo, 32, rule_id, code))
                 continue
             free = free_parts(lo, hi, index)
             for part_lo, part_hi in free or ():
                 for net, plen in _cidr_blocks(part_lo, part_hi, MAX_PREFIXES_PER_INTERVAL):
                     if plen:
-                        entries.append((net, plen, rule_id, code))
+                        add((net, plen, rule_id, code))
         if len(entries) > count:
             last_index = index
     by_length = Counter(plen for _, plen, _, _ in entries)
