@@ -281,7 +281,7 @@ def run(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=2.0, rounds=5, cpu
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rules", default="1000,10000")
+    p.add_argument("--rules", default="1000,10000", help="rule counts; empty: blocklist shapes only")
     p.add_argument("--blocklist", default="100000")
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=5)
@@ -290,7 +290,7 @@ def main() -> int:
     a = p.parse_args()
     if os.environ.get("IPT2XDP_BENCH_TREE") is None:
         print("note: measuring the work tree; `python -m bench` measures a HEAD snapshot by default")
-    res = run([int(x) for x in a.rules.split(",")], [int(x) for x in a.blocklist.split(",")],
+    res = run([int(x) for x in a.rules.split(",") if x], [int(x) for x in a.blocklist.split(",") if x],
               a.seconds, a.rounds, a.cpu, a.generator)
     for name, c in res["configs"].items():
         print(f"{name:22} rx {c['rx_pps'] / 1e3:8.0f} kpps  {c['ns_per_packet']:8.0f} ns/pkt  "

@@ -17,7 +17,9 @@ Without --objects it builds the variants from the work tree's bpf/ into a tempor
   no_fib        full without the route check before a DROP (delivered_locally answers yes)
   no_ct         full without the conntrack lookup (every packet NOT_LOOKED_UP)
   no_csum       full without the L4 checksum (every packet without an entry NONE)
-The stop_*/no_* variants give wrong verdicts on purpose; they exist only to be timed.
+  no_fast       full without the blocklist fast path (every source classified: the program before it)
+The stop_*/no_* variants give wrong verdicts on purpose (no_fast excepted: it gives the same ones);
+they exist only to be timed.
 
 Rulesets (N blocklisted /32 sources, in a fresh namespace with a veth whose 10.9.0.1 is local):
   blocklist  N `-s A -j DROP`, policy ACCEPT: bl_drop (listed source), bl_pass (other source)
@@ -55,6 +57,7 @@ _SKIPS = [
     ("static __always_inline void count_rule", "SKIP_COUNT", "return;"),
     ("static __always_inline void count_stat", "SKIP_COUNT", "return;"),
     ("static __always_inline __u32 classify", "SKIP_CLASSIFY", "return IPT2XDP_STAT_CLASSIFIED;"),
+    ("static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit", "SKIP_FAST", "return NULL;"),
 ]
 _STOPS = [
     ("\tif (load_generation(state->active, gen) < 0)\n\t\treturn IPT2XDP_STAT_DEFER_ALL;", "STOP_GEN"),
@@ -66,7 +69,7 @@ VARIANTS = {
     "full": [], "parse_only": ["SKIP_CLASSIFY", "SKIP_COUNT"], "stop_gen": ["STOP_GEN", "SKIP_COUNT"],
     "stop_rows": ["STOP_ROWS", "SKIP_COUNT"], "stop_cand": ["STOP_CAND", "SKIP_COUNT"],
     "stop_loop": ["STOP_LOOP", "SKIP_COUNT"], "no_count": ["SKIP_COUNT"], "no_fib": ["SKIP_FIB"],
-    "no_ct": ["SKIP_CT"], "no_csum": ["SKIP_CSUM"],
+    "no_ct": ["SKIP_CT"], "no_csum": ["SKIP_CSUM"], "no_fast": ["SKIP_FAST"],
 }
 
 

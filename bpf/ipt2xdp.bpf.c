@@ -2,6 +2,8 @@
 /* ipt2xdp: the one fixed XDP program. Its behaviour comes only from map contents.
  *
  * A packet is parsed, then judged by the generation of maps in force:
+ *  0. a source in the generation's blocklist fast path (src_fast: prefixes every packet from which
+ *     the plan drops with one rule, whatever else it holds) goes straight to that rule's DROP;
  *  1. each constrained field maps the packet's value to a class row (ports, protocol, ICMP, TCP
  *     flags: direct array index; addresses: a /16 directory then a short binary search over sorted
  *     interval starts; input interface: a hash);
@@ -272,6 +274,59 @@ static __noinline void ct_class(struct xdp_md *ctx, struct packet_fields *pkt, i
 	}
 }
 
+static __always_inline __u32 mask_net(__u8 plen)
+{
+	return bpf_htonl(plen >= 32 ? 0xffffffffU : plen ? ~(0xffffffffU >> plen) : 0);
+}
+
+/* Whether the fast path applies to a packet to dst (host byte order): the plan's rules on the
+ * destination alone (the guard for non-local destinations) decide the others first. */
+static __always_inline int src_fast_destination(struct ipt2xdp_gen_config *cfg, __u32 dst)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < IPT2XDP_SRC_FAST_DSTS; i++) {
+		if (i >= cfg->src_fast_ndst)
+			break;
+		if (dst - cfg->src_fast_dst_lo[i] <= cfg->src_fast_dst_hi[i] - cfg->src_fast_dst_lo[i])
+			return 1;
+	}
+	return 0;
+}
+
+/* The blocklist fast path: the entry of src_fast holding the packet's source, or NULL. An entry is
+ * a source prefix every packet from which (to a destination in src_fast_dst_*) this generation
+ * drops with one rule, whatever its other fields (ipt2xdp/fastpath.py proves it from the plan), so
+ * classifying would reach the same rule;
+ * entries never overlap, so the first hit is the only one. A failed map lookup classifies. */
+static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(struct generation *gen, struct packet_fields *pkt)
+{
+	struct ipt2xdp_src_fast_value *hit;
+	struct ipt2xdp_src_fast_key key;
+	void *src_fast;
+	__u32 plen;
+	int i;
+
+	if (!gen->cfg->src_fast_plens[0] || !src_fast_destination(gen->cfg, pkt->value[IPT2XDP_F_DST]))
+		return NULL;
+	src_fast = gen_map(&ipt2xdp_g_src_fast, gen);
+	if (!src_fast)
+		return NULL;
+#pragma unroll
+	for (i = 0; i < IPT2XDP_SRC_FAST_PLENS; i++) {
+		plen = gen->cfg->src_fast_plens[i];
+		if (!plen)
+			break;
+		key.src = pkt->src_net & mask_net(plen);
+		key.plen = plen;
+		hit = bpf_map_lookup_elem(src_fast, &key);
+		if (hit)
+			return hit;
+	}
+	return NULL;
+}
+
 /* Class row index of the packet's protocol under conntrack class cls, or ~0 if the lookup fails. */
 static __always_inline __u32 proto_row_index(void *value_class, __u32 cls, __u32 proto)
 {
@@ -384,11 +439,6 @@ static __always_inline int field_row(struct generation *gen, struct packet_field
 		return -1;
 	*row = *found;
 	return 0;
-}
-
-static __always_inline __u32 mask_net(__u8 plen)
-{
-	return bpf_htonl(plen >= 32 ? 0xffffffffU : plen ? ~(0xffffffffU >> plen) : 0);
 }
 
 /* SET slot: rule_id of the run's rule whose exact values equal the packet's, or -1. */
@@ -636,9 +686,10 @@ static __always_inline void candidate_words(struct match_ctx *m)
 static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *pkt, __u32 *verdict)
 {
 	struct ipt2xdp_class_row *any_row, *row;
+	struct ipt2xdp_src_fast_value *fast;
 	struct ipt2xdp_gen_config *cfg;
 	struct ipt2xdp_state *state;
-	struct match_ctx m = {};
+	struct match_ctx m; /* zeroed below, past the fast path, which needs none of it but gen */
 	struct generation *gen = &m.gen;
 	__u32 zero = 0, f, g, row_index, mask;
 	void *rows;
@@ -653,6 +704,13 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	/* group geometry is read from cfg, never copied into match_ctx: copies refined by branches
 	 * multiplied the states in which the verifier had to check the step callback */
 	cfg = gen->cfg;
+	fast = src_fast_hit(gen, pkt);
+	if (fast) {
+		m.action = fast->action;
+		m.counter = fast->counter;
+		goto decided_by_rule;
+	}
+	__builtin_memset(&m.pkt, 0, sizeof(m) - __builtin_offsetof(struct match_ctx, pkt));
 	if (!cfg->nslots || !cfg->ngroups)
 		goto no_slot_left;
 	rows = gen_map(&ipt2xdp_g_class_rows, gen);
@@ -702,7 +760,12 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 		return IPT2XDP_STAT_BUDGET;
 	if (m.stat != IPT2XDP_STAT_CLASSIFIED)
 		return m.stat;
-	if (m.done == 1) {
+	if (m.done == 2) {
+no_slot_left:
+		m.action = cfg->default_action;
+		m.counter = cfg->default_counter;
+	} else {
+decided_by_rule:
 		/* a DROP that trusts a copy of ipset members which has since changed: netfilter
 		 * decides, and counts the packet itself */
 		m.action = setguard_action(gen->slot, m.action);
@@ -710,10 +773,6 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 			*verdict = to_xdp(m.action);
 			return IPT2XDP_STAT_CLASSIFIED;
 		}
-	} else {
-no_slot_left:
-		m.action = cfg->default_action;
-		m.counter = cfg->default_counter;
 	}
 	/* not counted: netfilter counts the packet where it goes */
 	if (to_xdp(m.action) == XDP_DROP && !delivered_locally(ctx, pkt, &m.fib))

@@ -63,6 +63,10 @@
  * copied into a per-CPU scratch buffer; longer IP payloads stay unverified (IPT2XDP_CT_NONE). */
 #define IPT2XDP_CSUM_CHUNK 512
 #define IPT2XDP_CSUM_MAX_CHUNKS 4
+/* Prefix lengths the blocklist fast path probes at most (gen_config.src_fast_plens). */
+#define IPT2XDP_SRC_FAST_PLENS 4
+/* Destination ranges the fast path applies to at most (gen_config.src_fast_dst_*). */
+#define IPT2XDP_SRC_FAST_DSTS 16
 /* addr_dir: one entry per /16 block, src blocks first then dst blocks. */
 #define IPT2XDP_ADDR_DIR_ENTRIES (2 * 65536)
 
@@ -130,9 +134,18 @@ struct ipt2xdp_gen_config {
 	 * and the summaries stay selective when wildcard rules interleave (the weak spot of ABV). */
 	__u16 group_fields[IPT2XDP_MAX_GROUPS]; /* bit IPT2XDP_F_* */
 	__u32 group_row[IPT2XDP_MAX_GROUPS]; /* class_rows index of the group's member bitmap */
+	/* Prefix lengths of the src_fast entries, most entries first; 0 ends the list (all 0: no
+	 * fast path). The program probes src_fast once per length before any class row. */
+	__u8 src_fast_plens[IPT2XDP_SRC_FAST_PLENS];
+	/* ...and only for destinations in one of these src_fast_ndst ranges (host byte order,
+	 * inclusive): the plan's rules that look at the destination alone (the planner's guard for
+	 * non-local destinations) decide the others before any source rule. */
+	__u32 src_fast_ndst;
+	__u32 src_fast_dst_lo[IPT2XDP_SRC_FAST_DSTS];
+	__u32 src_fast_dst_hi[IPT2XDP_SRC_FAST_DSTS];
 	__u32 pad;
 };
-_Static_assert(sizeof(struct ipt2xdp_gen_config) == 88, "abi");
+_Static_assert(sizeof(struct ipt2xdp_gen_config) == 96 + 8 * IPT2XDP_SRC_FAST_DSTS, "abi");
 
 /* addr_dir[field * 65536 + (addr >> 16)]: the addr_bounds range covering one /16 block. */
 struct ipt2xdp_addr_dir {
@@ -182,6 +195,21 @@ struct ipt2xdp_exact_key {
 	__u8 pad;
 };
 _Static_assert(sizeof(struct ipt2xdp_exact_key) == 16, "abi");
+
+/* src_fast[{source masked to plen, plen}]: a source prefix every packet from which the generation
+ * drops with one rule whatever its other fields (ipt2xdp/fastpath.py proves it from the plan).
+ * The program takes that decision before classifying; prefixes in the map never overlap. */
+struct ipt2xdp_src_fast_key {
+	__u32 src; /* network byte order, masked to plen */
+	__u32 plen; /* 1..32 */
+};
+_Static_assert(sizeof(struct ipt2xdp_src_fast_key) == 8, "abi");
+
+struct ipt2xdp_src_fast_value {
+	__u32 counter; /* rule id of the deciding rule (its counter) */
+	__u32 action; /* IPT2XDP_ACT_DROP, or a guarded DROP (IPT2XDP_ACT_SET_GUARDED | bits) */
+};
+_Static_assert(sizeof(struct ipt2xdp_src_fast_value) == 8, "abi");
 
 /* counters[cpu * counter_stride + rule_id] (per generation). Each CPU owns its stride, so plain
  * increments are safe; bytes count the IP total length, as iptables counts at filter/INPUT. */

@@ -55,6 +55,8 @@ struct ipt2xdp_abi {
 	struct ipt2xdp_slot slot;
 	struct ipt2xdp_exact_key exact_key;
 	struct ipt2xdp_counter counter;
+	struct ipt2xdp_src_fast_key src_fast_key;
+	struct ipt2xdp_src_fast_value src_fast_value;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -138,5 +140,14 @@ struct ipt2xdp_inner_exact_set {
 	__uint(value_size, sizeof(__u32));
 };
 IPT2XDP_OUTER(ipt2xdp_g_exact_set, ipt2xdp_inner_exact_set);
+
+/* src_fast[key]: the blocklist fast path (struct ipt2xdp_src_fast_key); empty without one. */
+struct ipt2xdp_inner_src_fast {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(struct ipt2xdp_src_fast_key));
+	__uint(value_size, sizeof(struct ipt2xdp_src_fast_value));
+};
+IPT2XDP_OUTER(ipt2xdp_g_src_fast, ipt2xdp_inner_src_fast);
 
 #endif /* IPT2XDP_MAPS_H */

@@ -37,6 +37,8 @@ NO_PORT = 65536
 NOT_ICMP = 65536
 NOT_TCP = 64
 ADDR_DIR_ENTRIES = 2 * 65536
+SRC_FAST_PLENS = 4  # prefix lengths the blocklist fast path probes at most (GenConfig.src_fast_plens)
+SRC_FAST_DSTS = 16  # destination ranges the fast path applies to at most (GenConfig.src_fast_dst_*)
 # conntrack classes (value_class[VC_PROTO + class * 256 + proto])
 CT_NONE, CT_FOUND, CT_NOT_LOOKED_UP, CT_NONE_VERIFIED = 0, 1, 2, 3
 CSUM_CHUNK = 512       # bytes per bpf_csum_diff call (the helper's limit)
@@ -77,7 +79,9 @@ class GenConfig(ctypes.Structure):
                 ("counter_stride", ctypes.c_uint32), ("default_action", ctypes.c_uint32),
                 ("default_counter", ctypes.c_uint32), ("iif_default_row", ctypes.c_uint32),
                 ("ngroups", ctypes.c_uint32), ("group_fields", ctypes.c_uint16 * MAX_GROUPS),
-                ("group_row", ctypes.c_uint32 * MAX_GROUPS), ("pad", ctypes.c_uint32)]
+                ("group_row", ctypes.c_uint32 * MAX_GROUPS), ("src_fast_plens", ctypes.c_uint8 * SRC_FAST_PLENS),
+                ("src_fast_ndst", ctypes.c_uint32), ("src_fast_dst_lo", ctypes.c_uint32 * SRC_FAST_DSTS),
+                ("src_fast_dst_hi", ctypes.c_uint32 * SRC_FAST_DSTS), ("pad", ctypes.c_uint32)]
 
 
 class AddrDir(ctypes.Structure):
@@ -110,6 +114,15 @@ class Counter(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class SrcFastKey(ctypes.Structure):
+    # src in network byte order, masked to plen (ipt2xdp.fastpath packs it)
+    _fields_ = [("src", ctypes.c_uint8 * 4), ("plen", ctypes.c_uint32)]
+
+
+class SrcFastValue(ctypes.Structure):
+    _fields_ = [("counter", ctypes.c_uint32), ("action", ctypes.c_uint32)]
+
+
 class SetGuard(ctypes.Structure):
     _fields_ = [("removals", ctypes.c_uint64), ("additions", ctypes.c_uint64), ("deadline_ns", ctypes.c_uint64),
                 ("settled", ctypes.c_uint64), ("netns_cookie", ctypes.c_uint64)]
@@ -124,9 +137,11 @@ STRUCTS = {
     "ipt2xdp_addr_bound": AddrBound, "ipt2xdp_class_row": ClassRow,
     "ipt2xdp_slot": Slot, "ipt2xdp_exact_key": ExactKey, "ipt2xdp_counter": Counter,
     "ipt2xdp_setguard": SetGuard, "ipt2xdp_csum_scratch": CsumScratch,
+    "ipt2xdp_src_fast_key": SrcFastKey, "ipt2xdp_src_fast_value": SrcFastValue,
 }
-_SIZES = {State: 16, GenConfig: 88, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
-          Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40, CsumScratch: CSUM_CHUNK + 4}
+_SIZES = {State: 16, GenConfig: 96 + 8 * SRC_FAST_DSTS, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
+          Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40, CsumScratch: CSUM_CHUNK + 4, SrcFastKey: 8,
+          SrcFastValue: 8}
 for _cls, _size in _SIZES.items():
     assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
 
@@ -168,4 +183,5 @@ GEN_MAPS = {
     "counters": MapShape("ipt2xdp_g_counters", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Counter), BPF_F_INNER_MAP),
     "iif_class": MapShape("ipt2xdp_g_iif_class", BPF_MAP_TYPE_HASH, 4, 4),
     "exact_set": MapShape("ipt2xdp_g_exact_set", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), 4),
+    "src_fast": MapShape("ipt2xdp_g_src_fast", BPF_MAP_TYPE_HASH, ctypes.sizeof(SrcFastKey), ctypes.sizeof(SrcFastValue)),
 }

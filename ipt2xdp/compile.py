@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi
+from ipt2xdp import abi, fastpath
 from ipt2xdp.classifier import Action, ClassifierRule, IntervalSet, Match, Verdict, validate
 from ipt2xdp.errors import CapacityError
 
@@ -84,6 +84,7 @@ class Tables:
     overflowed_rules: int = 0         # rules replaced by the catch-all DEFER slot
     field_mask: int = 0
     notes: List[str] = field(default_factory=list)
+    fast_path: Optional[fastpath.FastPath] = None  # the blocklist fast path (map src_fast)
     # What guarded DROPs compare with (setguard.Expectation); set by the importer, not by compile:
     # it is a fact about the host's sets when they were read, not about the ruleset.
     set_guard: Optional[object] = None
@@ -422,13 +423,24 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
     for g, (fields, row) in enumerate(zip(group_fields, group_rows)):
         cfg.group_fields[g] = fields
         cfg.group_row[g] = row
+    # the blocklist fast path, proven on the rules the program holds (before any overflow cut)
+    fast = fastpath.analyse(rules[:slots[-1].first_rule] if overflowed else rules, _action_code)
+    fast_keys, fast_values, fast_count = fastpath.encode(fast)
+    for i, plen in enumerate(fast.plens):
+        cfg.src_fast_plens[i] = plen
+    if fast.plens:
+        cfg.src_fast_ndst = len(fast.dsts.intervals)
+        for i, (lo, hi) in enumerate(fast.dsts):
+            cfg.src_fast_dst_lo[i], cfg.src_fast_dst_hi[i] = lo, hi
+    maps["src_fast"] = MapContents("src_fast", max(1, fast_count), ctypes.sizeof(abi.SrcFastKey),
+                                   ctypes.sizeof(abi.SrcFastValue), fast_keys, fast_values)
     maps["cfg"] = _pack_array("cfg", [bytes(cfg)], ctypes.sizeof(abi.GenConfig))
     for name, shape in abi.GEN_MAPS.items():
         m = maps[name]
         assert (m.key_size, m.value_size) == (shape.key_size, shape.value_size), name
     return Tables(maps=maps, rule_count=len(rules), slot_count=nslots, set_count=set_count, rule_ids=rule_ids,
                   default_action=default_action.verdict, overflowed_rules=overflowed, field_mask=field_mask,
-                  notes=notes)
+                  notes=notes, fast_path=fast)
 
 
 def _encode_rows(rows_bitmaps: List[int]) -> MapContents:
@@ -556,6 +568,12 @@ def dump(tables: Tables) -> str:
                 start = v
         if len(runs) > 1:
             out.append(f"{name}: " + " ".join(runs))
+    if cfg.src_fast_plens[0]:
+        out.append("src_fast plens " + " ".join(str(p) for p in cfg.src_fast_plens if p) + " dsts " +
+                   " ".join(f"{cfg.src_fast_dst_lo[i]:#010x}-{cfg.src_fast_dst_hi[i]:#010x}" for i in range(cfg.src_fast_ndst)))
+        for key, value in sorted(tables.maps["src_fast"].entries()):
+            counter, action = struct.unpack("=II", value)
+            out.append(f"src_fast {key[:4].hex()}/{struct.unpack('=I', key[4:])[0]} -> rule {counter} action {action:#x}")
     for key, value in sorted(tables.maps["iif_class"].entries()):
         if tables.field_mask & (1 << abi.F_IIF):
             out.append(f"iif {struct.unpack('=I', key)[0]} -> row {struct.unpack('=I', value)[0]}")

@@ -14,6 +14,7 @@ constrain it) says nothing about the field and is left out of that field's range
 """
 from __future__ import annotations
 
+import ctypes
 import struct
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Hashable, List, Sequence, Tuple
@@ -100,7 +101,7 @@ def _runs(rows: Sequence[int]) -> List[Tuple[int, int]]:
 
 def decode(maps: Dict[str, MapContents], names: RuleNames) -> View:
     """A generation's maps (compile.Tables.maps, or mapread's copy of the kernel's) in rule terms."""
-    cfg = abi.GenConfig.from_buffer_copy(maps["cfg"].values[:88])
+    cfg = abi.GenConfig.from_buffer_copy(maps["cfg"].values[:ctypes.sizeof(abi.GenConfig)])
     slot_size = maps["slots"].value_size
     slots = [abi.Slot.from_buffer_copy(maps["slots"].values, i * slot_size) for i in range(cfg.nslots)]
     labels: Dict[Identity, str] = {}

@@ -90,6 +90,18 @@ def _with_sets(host: HostContext, ruleset) -> HostContext:
     return dataclasses.replace(host, ipsets=tuple(sets))
 
 
+def _without_fast_path(maps: dict) -> dict:
+    """The maps as compile made them before the blocklist fast path (recorded then): no src_fast,
+    and gen_config as its first 84 bytes and a zero pad (the fast path's fields came after them).
+    The fast path has its own tests (tests/test_fastpath.py, tests/bpf/test_fastpath.py)."""
+    import dataclasses as dc
+
+    out = {name: m for name, m in maps.items() if name != "src_fast"}
+    cfg = out["cfg"]
+    out["cfg"] = dc.replace(cfg, values=cfg.values[:84] + bytes(4), value_size=88)
+    return out
+
+
 def fingerprint(text: str, host_name: str) -> dict:
     """Hashes of each stage of an import of *text* on the named host (a parse error is recorded)."""
     from ipt2xdp import report
@@ -113,7 +125,7 @@ def fingerprint(text: str, host_name: str) -> dict:
     except CapacityError as error:
         out["compile_error"] = str(error)
         return out
-    out["tables"] = _hash([tables.maps, tables.rule_count, tables.slot_count, tables.set_count, tables.rule_ids,
+    out["tables"] = _hash([_without_fast_path(tables.maps), tables.rule_count, tables.slot_count, tables.set_count, tables.rule_ids,
                            tables.default_action, tables.overflowed_rules, tables.field_mask, tables.notes])
     return out
 
