@@ -88,8 +88,12 @@ class Watcher:
         from ipt2xdp.wrapper import sync
 
         with sync.wrapper_lock(-1):
-            for trigger in self.triggers:  # what changes after this point is reported again
-                trigger.rebase()
+            # What changes after this point is reported again. Checked, not just rebased: the cached
+            # host facts follow what each change can move (a legacy change the legacy tables, ...).
+            changes = [c for t in self.triggers for c in self._check(t)]
+            self.warm.note(changes)
+            if any(c.relaxing for c in changes):  # in force until the flip below
+                self.defer_now(changes)
             log(f"{reasons}: {self.warm.sync(self.backend)}")
         self.warm.collect()
 

@@ -218,7 +218,8 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     if ruleset is None:
         ruleset = parse(backends.save(backend_name), f"<iptables-{backend_name}-save>")
     if host is None:
-        host = read_host_context(attached=devices, backend=backend_name)
+        host = read_host_context(attached=devices, backend=backend_name,
+                                 planned_tables=[t.name for t in ruleset.tables])
     args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto",
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
     args.count_pid = counts_pid  # whose pending change record the counts follow (the wrapper's)
