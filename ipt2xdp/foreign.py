@@ -410,7 +410,7 @@ def read_netfilter(planned: str, devices: Sequence = (), attached: Iterable[str]
             errors += [error] if error else []
         return nft, _foreign(planned, devices, attached, nft, other, errors)
     try:
-        names = nftlist.tables() if nftlist.nf_tables_loaded() else None
+        names = nftlist.tables() if nftlist.nft_binary() else None
     except OSError:
         names = None
     if names is None:  # the whole listing, the other backend's tables found in it

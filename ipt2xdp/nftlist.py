@@ -59,7 +59,8 @@ def run_json(nft: str, words: List[str]) -> Listing:
 
 
 def tables() -> List[Tuple[str, str]]:
-    """(family, name) of every nf_tables table in this namespace, read over netlink. Raises OSError."""
+    """(family, name) of every nf_tables table in this namespace, read over netlink (as `nft list`
+    does, this may load nf_tables; /sys/module does not show it built in). Raises OSError."""
     from ipt2xdp import rtnl
 
     request = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE
@@ -86,7 +87,7 @@ def list_relevant(skip_ip: Iterable[str], names: Optional[List[Tuple[str, str]]]
     """One document of every table but those left out (see the module's doc); names: tables()'s
     answer if the caller already has it."""
     nft = nft_binary()
-    if nft is None or not nf_tables_loaded():  # built in, or not there: no cheap way to be sure
+    if nft is None:
         return list_ruleset(nft)
     skip = set(skip_ip)
     try:
