@@ -28,37 +28,9 @@ import sys
 import types
 from typing import Iterator, Optional, Tuple
 
+from ipt2xdp.wrapper.locate import netns_cookie, pin_dir_fast  # noqa: F401 - also used as sync.<name>
+
 LOCK_DIR = "/run/lock"
-
-
-def netns_cookie() -> int:
-    """pins.netns_id() without importing pins (ctypes): the wrapper's client path runs it per call."""
-    import socket
-    import struct
-
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            return struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
-    except OSError:
-        return os.stat("/proc/self/ns/net").st_ino
-
-
-def pin_dir_fast() -> Optional[str]:
-    """This namespace's pin directory if ipt2xdp is loaded here, else None; cheap on the common path."""
-    netns = netns_cookie()
-    root = os.environ.get("IPT2XDP_BPFFS")
-    if root is None and os.path.isdir("/sys/fs/bpf/ipt2xdp"):
-        root = "/sys/fs/bpf"
-    if root is None:  # bpffs hidden (ip netns exec): the full search
-        from ipt2xdp import pins
-        from ipt2xdp.errors import LoadError
-
-        try:
-            root = pins.bpffs_root()
-        except LoadError:
-            return None
-    path = os.path.join(root, "ipt2xdp", str(netns))
-    return path if os.path.exists(os.path.join(path, "prog")) else None
 
 
 class LockTimeout(Exception):
