@@ -281,3 +281,31 @@ table ip mangle { chain PREROUTING { type filter hook prerouting priority -150; 
                 foreign.native_chains(whole, names, whole.other_tables)
             assert {(c.family, c.table) for c in cheap.native} == {("inet", "fw"), ("ip", "mangle")}
             assert {(c.family, c.table) for c in whole.native} >= {("ip", "filter"), ("ip", "raw")}
+
+
+def test_native_table_changed_between_served_calls_planning_from_legacy(pair):
+    """Planning from iptables-legacy, every foreign fact comes from nf_tables: a native table that
+    appears or goes right before a served wrapper call (a legacy change) reaches its plan too."""
+    from tests.nsutil import start_watch, stop_watch
+    from tests.test_wrapper_kernel import BIN
+
+    ns = pair.receiver
+    env = ["env", "IPT2XDP_BACKEND=legacy"]
+    ns.run(["iptables-legacy", "-A", "INPUT", "-p", "udp", "--dport", "7006", "-j", "DROP"])
+    ns.run([*env, sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", pair.receiver_if])
+    proc, log = start_watch(ns, ready=(": in step", "re-imported"))
+    call = f"{BIN / 'ipt2xdp-iptables'} -w -A INPUT -s 192.0.2.{{}} -j DROP"
+    try:
+        ns.run([*env, "sh", "-c", f"nft -f - && {call.format(1)}"], input=NATTY.replace("} }", "}; }"))
+        assert "served sync #1" in open(log.name).read()
+        assert delivered(pair, 7006, 7106) == COUNT
+        ns.run([*env, "sh", "-c", f"nft delete table ip natty && {call.format(2)}"])
+        assert "served sync #2" in open(log.name).read()
+        before = int(next(line for line in ns.run(["iptables-legacy", "-L", "INPUT", "-v", "-n", "-x"]).stdout
+                          .splitlines() if "dpt:7006" in line).split()[0])
+        assert delivered(pair, 7006) == 0
+        after = int(next(line for line in ns.run(["iptables-legacy", "-L", "INPUT", "-v", "-n", "-x"]).stdout
+                         .splitlines() if "dpt:7006" in line).split()[0])
+        assert after == before  # dropped in XDP, not by netfilter
+    finally:
+        stop_watch(proc, log)
