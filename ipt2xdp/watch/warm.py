@@ -55,10 +55,20 @@ class Warm:
         self._parse = None  # parse.ParseMemo of the syncs so far
         self.served = 0
         self.collect_due = False
+        self.release_due = False  # a flip left the replaced generation's maps for collect()
         self.last: Dict[str, object] = {}
 
     def collect(self) -> None:
-        """The cycles the last sync left, collected after its caller was answered."""
+        """What the last sync left, done after its caller was answered: the replaced generation's
+        maps freed (a grace period's wait), the cycles collected."""
+        if self.release_due:
+            from ipt2xdp import loader
+
+            self.release_due = False
+            try:
+                loader.release_replaced()
+            except Exception:  # noqa: BLE001 - the next flip replaces them anyway
+                pass
         if self.collect_due:
             self.collect_due = False
             gc.collect()
@@ -181,8 +191,9 @@ class Warm:
                 mark = time.monotonic()
                 if self.host_trigger is not None:  # the host object is reused only with its trigger
                     self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
+                self.release_due = True  # also when the flip failed midway: releasing is harmless
                 sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
-                            counts_pid=counts_pid)
+                            counts_pid=counts_pid, release_later=True)
                 times["plan+flip"] = time.monotonic() - mark
                 generation = loader.status(include_counters=False).get("generation")
                 what = f"re-imported iptables-{backend}'s ruleset, generation {generation}"

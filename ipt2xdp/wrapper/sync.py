@@ -162,21 +162,24 @@ def abort(enforcing_before: bool, mark: int) -> None:
         loader.defer_all(False)
 
 
-def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: Optional[int] = None) -> None:
+def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: Optional[int] = None,
+           release_later: bool = False) -> None:
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
-    counts_pid: the wrapper process whose change this flip follows (default: this process)."""
+    counts_pid: the wrapper process whose change this flip follows (default: this process);
+    release_later: the replaced generation's maps are left for loader.release_replaced()."""
     from ipt2xdp import gcpause, loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return
     with guarded_flip(), gcpause.paused():
-        _replan(info, backend_name, ruleset, host, text, counts_pid)
+        _replan(info, backend_name, ruleset, host, text, counts_pid, release_later)
 
 
-def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: Optional[int] = None) -> None:
+def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: Optional[int] = None,
+            release_later: bool = False) -> None:
     from ipt2xdp import backend as backends
     from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -195,6 +198,7 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto",
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
     args.count_pid = counts_pid  # whose pending change record the counts follow (the wrapper's)
+    args.release_later = release_later
     # carries XDP's counts (xdpcounts.after_flip)
     _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None)
 
