@@ -253,11 +253,15 @@ class Dataplane:
         value = bytes(abi.State(active=active, last_slot=last_slot, generation=generation))
         libbpf.update_elem(self.map_fds[abi.MAP_STATE.name], _u32(0), value, what="flipping the active generation")
 
-    def defer_all(self, on: bool = True) -> None:
-        """Make XDP pass everything to netfilter (on) or resume the last generation (off)."""
+    def defer_all(self, on: bool = True) -> bool:
+        """Make XDP pass everything to netfilter (on: in force for every packet when this returns)
+        or resume the last generation (off: a packet still deferring meanwhile is no harm, so no
+        wait). Returns whether it was deferring everything before."""
         st = self.read_state()
         self.write_state(abi.DEFER_ALL if on else st.last_slot, st.last_slot, st.generation)
-        rcu_barrier()
+        if on:
+            rcu_barrier()
+        return st.active >= abi.GEN_SLOTS
 
     def read_meta(self, index: int) -> dict:
         raw = libbpf.lookup_elem(self.meta_fd, _u32(index), META_VALUE_SIZE) or b""

@@ -157,15 +157,16 @@ def detach(ifaces: Sequence[str] = (), all_devices: bool = False) -> List[str]:
         return done
 
 
-def defer_all(on: bool = True) -> None:
-    """For the wrapper: pass everything to netfilter while it changes (on), then resume (off)."""
+def defer_all(on: bool = True) -> Optional[bool]:
+    """For the wrapper: pass everything to netfilter while it changes (on), then resume (off).
+    Returns whether XDP was deferring everything before (None: not loaded here)."""
     require_root()
     with pins.lock():
         dp = Dataplane.open_pinned(pins.pin_dir())
         if dp is None:
-            return
+            return None
         try:
-            dp.defer_all(on)
+            return dp.defer_all(on)
         finally:
             dp.close()
 

@@ -147,9 +147,10 @@ def begin() -> Tuple[bool, int]:
     cannot end this deferral with its older plan (guarded_flip)."""
     from ipt2xdp import loader
 
-    enforcing = not was_deferring()
     mark = mark_stale()
-    loader.defer_all(True)
+    # One open of the pinned maps for both: was it enforcing (read under the same lock as the
+    # write)? A deferral by the watcher just before counts as deferring: it re-imports anyway.
+    enforcing = loader.defer_all(True) is not True
     return enforcing, mark
 
 
