@@ -12,7 +12,8 @@ before that backend's filter/INPUT drops it, and so can be skipped by an XDP dro
    chains (plan._guard_chain: XDP defers every packet a rule there may touch); their filter/INPUT
    policy is left alone: a packet XDP drops is dropped by the planned filter/INPUT anyway.
 2. Native nftables base chains (firewalld's `inet firewalld`, a hand-written /etc/nftables.conf,
-   kube-proxy's nftables mode, netdev ingress chains). Read with `nft -j list ruleset`. A chain
+   kube-proxy's nftables mode, netdev ingress chains). Read with `nft -j list` (nftlist.py: the
+   tables iptables-nft-save shows left out, see below; read_netfilter). A chain
    matters if its hook is ingress (netdev/inet, on a device the packet passes: an attached device
    or a master or upper device of one), prerouting, or input at a priority <= 0 (the planned
    filter/INPUT is at 0; chains after it never see what it drops), in family ip, inet, netdev or
