@@ -59,7 +59,8 @@ class Warm:
         self.last: Dict[str, object] = {}
 
     def collect(self) -> None:
-        """What the last sync left, done after its caller was answered: the replaced generation's
+        """What the last sync left, done after its caller was answered (`ipt2xdp watch`: once no
+        call has come for a moment, service.CLEANUP_IDLE): the replaced generation's
         maps freed (a grace period's wait), the cycles collected."""
         if self.release_due:
             from ipt2xdp import loader
