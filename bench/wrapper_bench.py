@@ -67,7 +67,7 @@ def change_pair(ns, argv0, rule):
     return [timed(ns, argv0 + ["-w", "-A", *rule], 1), timed(ns, argv0 + ["-w", "-D", *rule], 1)]
 
 
-SERVED = re.compile(r"served sync #\d+: .*\(([\d.]+) s: (.*)\)$")
+SERVED = re.compile(r"served sync #\d+(?: in ([\d.]+) s)?: .*\(([\d.]+) s: (.*)\)$")
 SOCKET = re.compile(r"serving wrapper calls on (\S+)")
 
 
@@ -123,8 +123,10 @@ class Watch:
         for line in self.text().splitlines():
             m = SERVED.search(line)
             if m:
-                steps.setdefault("total", []).append(float(m.group(1)) * 1000)
-                for part in m.group(2).split(", "):
+                if m.group(1):  # from "done" to the answer: the sync plus the triggers drained first
+                    steps.setdefault("answered", []).append(float(m.group(1)) * 1000)
+                steps.setdefault("total", []).append(float(m.group(2)) * 1000)
+                for part in m.group(3).split(", "):
                     name, value, _ms = part.rsplit(" ", 2)
                     steps.setdefault(name, []).append(float(value))
         return {k: statistics.median(v) for k, v in steps.items()}

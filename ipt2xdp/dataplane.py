@@ -253,11 +253,15 @@ class Dataplane:
         value = bytes(abi.State(active=active, last_slot=last_slot, generation=generation))
         libbpf.update_elem(self.map_fds[abi.MAP_STATE.name], _u32(0), value, what="flipping the active generation")
 
-    def defer_all(self, on: bool = True) -> None:
-        """Make XDP pass everything to netfilter (on) or resume the last generation (off)."""
+    def defer_all(self, on: bool = True) -> bool:
+        """Make XDP pass everything to netfilter (on: in force for every packet when this returns)
+        or resume the last generation (off: a packet still deferring meanwhile is no harm, so no
+        wait). Returns whether it was deferring everything before."""
         st = self.read_state()
         self.write_state(abi.DEFER_ALL if on else st.last_slot, st.last_slot, st.generation)
-        rcu_barrier()
+        if on:
+            rcu_barrier()
+        return st.active >= abi.GEN_SLOTS
 
     def read_meta(self, index: int) -> dict:
         raw = libbpf.lookup_elem(self.meta_fd, _u32(index), META_VALUE_SIZE) or b""
@@ -295,9 +299,12 @@ class Dataplane:
         return fd
 
     def apply_generation(self, tables: Tables, record: Optional[dict] = None,
-                         pause_hook: Optional[Callable[[str], None]] = None) -> Tuple[int, Dict[int, Tuple[int, int]]]:
+                         pause_hook: Optional[Callable[[str], None]] = None,
+                         release: bool = True) -> Tuple[int, Dict[int, Tuple[int, int]]]:
         """Make tables the generation in force, atomically. Returns (generation, final counters of
         the generation it replaced). pause_hook(step) is a test hook called between steps.
+        release=False leaves the replaced generation's maps in their slot (release_replaced()
+        frees them later; the next generation replaces them in any case).
 
         Every update or delete of an outer map waits for a grace period before it returns, so the
         updates of the nine outer maps run in parallel threads and share their waits (the
@@ -334,14 +341,24 @@ class Dataplane:
             for fd in inner.values():
                 os.close(fd)
         old_counters = self.read_counters(slot=last) if st.generation else {}
+        if release:
+            self.release_slots([last])
+        return generation, old_counters
 
-        def release(outer_fd: int) -> None:  # the old generation: memory follows one ruleset
+    def release_replaced(self) -> None:
+        """Free the maps of every slot but the last one flipped to (the program reads no other:
+        the flip's barrier has passed). Each delete waits for a grace period, so they run at once."""
+        current = self.read_state().last_slot
+        self.release_slots([slot for slot in range(abi.GEN_SLOTS) if slot != current])
+
+    def release_slots(self, slots: List[int]) -> None:
+        def release(outer_fd: int, slot: int) -> None:  # the old generation: memory follows one ruleset
             try:
-                libbpf.delete_elem(outer_fd, _u32(last))
+                libbpf.delete_elem(outer_fd, _u32(slot))
             except LoadError:
                 pass
-        concurrently([lambda fd=self.map_fds[shape.name]: release(fd) for shape in abi.GEN_MAPS.values()])
-        return generation, old_counters
+        concurrently([lambda fd=self.map_fds[shape.name], slot=slot: release(fd, slot)
+                      for shape in abi.GEN_MAPS.values() for slot in slots])
 
     def _inner_fd(self, outer_name: str, slot: int) -> Optional[int]:
         raw = libbpf.lookup_elem(self.map_fds[outer_name], _u32(slot), 4)

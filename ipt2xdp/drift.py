@@ -33,7 +33,8 @@ def live(backend: str, devices) -> Tuple[object, str, object]:
 
     ruleset = parse(backends.save(backend), f"<iptables-{backend}-save>")
     key = planstore.digest(render(ruleset.without_positions()), devices)
-    return ruleset, key, read_host_context(attached=devices, backend=backend)
+    return ruleset, key, read_host_context(attached=devices, backend=backend,
+                                           planned_tables=[t.name for t in ruleset.tables])
 
 
 def rule_differences(record: dict, ruleset) -> List[dict]:

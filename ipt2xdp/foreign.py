@@ -12,7 +12,8 @@ before that backend's filter/INPUT drops it, and so can be skipped by an XDP dro
    chains (plan._guard_chain: XDP defers every packet a rule there may touch); their filter/INPUT
    policy is left alone: a packet XDP drops is dropped by the planned filter/INPUT anyway.
 2. Native nftables base chains (firewalld's `inet firewalld`, a hand-written /etc/nftables.conf,
-   kube-proxy's nftables mode, netdev ingress chains). Read with `nft -j list ruleset`. A chain
+   kube-proxy's nftables mode, netdev ingress chains). Read with `nft -j list` (nftlist.py: the
+   tables iptables-nft-save shows left out, see below; read_netfilter). A chain
    matters if its hook is ingress (netdev/inet, on a device the packet passes: an attached device
    or a master or upper device of one), prerouting, or input at a priority <= 0 (the planned
    filter/INPUT is at 0; chains after it never see what it drops), in family ip, inet, netdev or
@@ -38,10 +39,7 @@ native, and its chains are judged as native chains (plan time: `native_chains`).
 from __future__ import annotations
 
 import functools
-import json
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Set, Tuple
@@ -319,27 +317,13 @@ def native_chains(foreign: Foreign, planned_tables: Iterable[str], other_tables:
 
 # ------------------------------------------------------------------------------ reading the host
 
-def _nf_tables_loaded() -> bool:
-    return os.path.exists("/sys/module/nf_tables")
+def read_nft_json(skip_ip: Optional[Iterable[str]] = None) -> Tuple[Optional[dict], Optional[str], str]:
+    """(document, error, raw text) of `nft -j list ruleset` in this network namespace; with skip_ip,
+    of the tables that may hold native hooks only (nftlist.list_relevant: not the family ip tables
+    named there, which iptables-nft-save shows)."""
+    from ipt2xdp import nftlist
 
-
-def read_nft_json() -> Tuple[Optional[dict], Optional[str], str]:
-    """(document, error, raw text) of `nft -j list ruleset` in this network namespace."""
-    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
-    if nft is None:
-        if not _nf_tables_loaded():
-            return {"nftables": []}, None, ""
-        return None, "nf_tables is loaded but `nft` is not installed (apt-get install nftables)", ""
-    try:
-        out = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as error:
-        return None, f"`nft -j list ruleset` failed: {error}", ""
-    if out.returncode != 0:
-        return None, f"`nft -j list ruleset` failed (exit {out.returncode}): {out.stderr.strip()}", ""
-    try:
-        return json.loads(out.stdout or '{"nftables": []}'), None, out.stdout
-    except ValueError as error:
-        return None, f"`nft -j list ruleset` printed no JSON: {error}", out.stdout
+    return nftlist.list_ruleset() if skip_ip is None else nftlist.list_relevant(skip_ip)
 
 
 def _canonical_other(text: str, path: str) -> Tuple[str, Tuple[str, ...]]:
@@ -395,23 +379,76 @@ def _list_chain(family: str, table: str, name: str) -> str:
     return out.stdout if out.returncode == 0 else ""
 
 
-def read_foreign(planned: str, devices: Sequence = (), attached: Iterable[str] = (), nft=None) -> Foreign:
+def read_foreign(planned: str, devices: Sequence = (), attached: Iterable[str] = (), nft=None,
+                 planned_tables: Optional[Iterable[str]] = None) -> Foreign:
     """Read both sources in the current network namespace (nft: read_nft_json()'s result if already
-    read). Never raises: what cannot be read is recorded in `unreadable`, which makes the planner
-    defer everything."""
-    document, error, _ = nft if nft is not None else read_nft_json()
-    unreadable = [error] if error else []
+    read; planned_tables: see read_netfilter). Never raises: what cannot be read is recorded in
+    `unreadable`, which makes the planner defer everything."""
+    if nft is None:
+        return read_netfilter(planned, devices, attached, planned_tables)[1]
+    document, error, _ = nft
+    other, other_error = None, None
+    if document is not None or planned == "nft":
+        other, other_error = _other_or_error(planned, document)
+    return _foreign(planned, devices, attached, nft, other, [other_error] if other_error else [])
+
+
+def read_netfilter(planned: str, devices: Sequence = (), attached: Iterable[str] = (),
+                   planned_tables: Optional[Iterable[str]] = None,
+                   other: Optional[Tuple[str, Tuple[str, ...]]] = None) -> Tuple[tuple, Foreign]:
+    """(the nft listing read, Foreign) with only the nf_tables tables that can hold native chains
+    listed: not those iptables-nft-save shows, whose chains native_chains() leaves out anyway
+    (planned "nft": planned_tables, the planned ruleset's tables, None = list every table;
+    planned "legacy": the other backend's tables, read first). other: the other backend's
+    (text, tables) when known to be unchanged (planned "nft" and no legacy change since)."""
+    from ipt2xdp import nftlist
+
+    errors: List[str] = []
+    if planned == "nft":
+        nft = read_nft_json(None if planned_tables is None else set(planned_tables) & set(XTABLES_TABLES))
+        if other is None:
+            other, error = _other_or_error(planned, nft[0])
+            errors += [error] if error else []
+        return nft, _foreign(planned, devices, attached, nft, other, errors)
+    try:
+        names = nftlist.tables() if nftlist.nft_binary() else None
+    except OSError:
+        names = None
+    if names is None:  # the whole listing, the other backend's tables found in it
+        nft = read_nft_json()
+        return nft, read_foreign(planned, devices, attached, nft)
+    if {n for f, n in names if f == "ip"} & set(OTHER_TABLES):
+        try:
+            from ipt2xdp import live
+
+            other = _canonical_other(live._save_text(["iptables-nft-save"]), "<iptables-nft-save>")
+        except Exception as error:  # noqa: BLE001 - any failure means: not known, defer
+            other, errors = None, [_other_unreadable(planned, error)]
+    else:
+        other = ("", ())
+    nft = nftlist.list_relevant(other[1] if other else (), names)
+    return nft, _foreign(planned, devices, attached, nft, other, errors)
+
+
+def _other_or_error(planned: str, document) -> Tuple[Optional[Tuple[str, Tuple[str, ...]]], Optional[str]]:
+    try:
+        return _read_other(planned, document), None
+    except Exception as error:  # noqa: BLE001 - any failure means: not known, defer
+        return None, _other_unreadable(planned, error)
+
+
+def _other_unreadable(planned: str, error) -> str:
+    return f"the iptables-{'legacy' if planned == 'nft' else 'nft'} tables could not be read: {error}"
+
+
+def _foreign(planned, devices, attached, nft, other, errors: List[str]) -> Foreign:
+    document, error, _ = nft
+    unreadable = ([error] if error else []) + errors
     native: Tuple[NativeChain, ...] = ()
     if document is not None:
         fill_ingress_devices(document, _list_chain)
         native = classify(document, passed_devices(devices, attached))
-    other_text, other_tables = "", ()
-    if document is not None or planned == "nft":
-        try:
-            other_text, other_tables = _read_other(planned, document)
-        except Exception as error:  # noqa: BLE001 - any failure means: not known, defer
-            unreadable.append(f"the iptables-{'legacy' if planned == 'nft' else 'nft'} tables could not be "
-                              f"read: {error}")
+    other_text, other_tables = other or ("", ())
     return Foreign(planned, native, other_text, other_tables, tuple(unreadable))
 
 

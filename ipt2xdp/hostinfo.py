@@ -107,9 +107,10 @@ def _external_helpers(nft_document, nft_text: str) -> bool:
     return '"ct helper"' in nft_text
 
 
-def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext:
+def read_host_context(attached=(), backend: Optional[str] = None, planned_tables=None) -> HostContext:
     """Read devices, local destinations, the forwarding switch and the hooks outside the planned
-    ruleset (backend: the one the plan reads, "legacy" or "nft"; None: the active one)."""
+    ruleset (backend: the one the plan reads, "legacy" or "nft"; None: the active one;
+    planned_tables: the names of the planned ruleset's tables, see read_netfilter_facts)."""
     from ipt2xdp import rtnl
 
     devices = [Device(link.name, link.index, link.kind, link.master, link.link) for link in rtnl.links()]
@@ -130,20 +131,23 @@ def read_host_context(attached=(), backend: Optional[str] = None) -> HostContext
         from ipt2xdp.backend import active_backend
 
         backend = active_backend()
-    helpers, foreign = read_netfilter_facts(backend, devices, attached)
+    helpers, foreign = read_netfilter_facts(backend, devices, attached, planned_tables)
     return HostContext(tuple(devices), ordered, _read_forwarding(), tuple(attached),
                        ct_checksum=_read_sysctl("nf_conntrack_checksum") != "0",
                        ct_tcp_loose=_read_sysctl("nf_conntrack_tcp_loose") != "0",
                        ct_external_helpers=helpers, route_types=tuple(routes), foreign=foreign)
 
 
-def read_netfilter_facts(backend: str, devices, attached):
-    """(ct_external_helpers, foreign) from one `nft -j list ruleset` listing and the other
-    backend's tables: the host facts an nf_tables or legacy-table change can move."""
-    from ipt2xdp.foreign import read_foreign, read_nft_json
+def read_netfilter_facts(backend: str, devices, attached, planned_tables=None, other=None):
+    """(ct_external_helpers, foreign) from one `nft -j` listing and the other backend's tables: the
+    host facts an nf_tables or legacy-table change can move. planned_tables: the names of the
+    planned ruleset's tables when planning from iptables-nft (its tables are then not listed: see
+    foreign.read_netfilter; None lists them too, which gives a Foreign that compares unequal);
+    other: the other backend's (text, tables) when known to be unchanged."""
+    from ipt2xdp.foreign import read_netfilter
 
-    nft = read_nft_json()  # one listing for both questions
-    return _external_helpers(nft[0], nft[2]), read_foreign(backend, devices, attached, nft)
+    nft, foreign = read_netfilter(backend, devices, attached, planned_tables, other)  # one listing for both
+    return _external_helpers(nft[0], nft[2]), foreign
 
 
 def _first_oif(route) -> int:

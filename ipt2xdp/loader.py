@@ -20,7 +20,7 @@ from ipt2xdp.dataplane import META_ATTACH, Dataplane, object_digest, require_roo
 from ipt2xdp.errors import LoadError
 from ipt2xdp.resources import bpf_object_path
 
-__all__ = ["apply", "detach", "status", "read_counters", "defer_all", "ApplyResult", "Dataplane"]
+__all__ = ["apply", "detach", "status", "read_counters", "defer_all", "release_replaced", "ApplyResult", "Dataplane"]
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _open_or_load(directory: str, object_path: Optional[str]) -> Tuple[Dataplane
 
 def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, source_digest: str = "",
           object_path: Optional[str] = None, notice: Callable[[str], None] = _stderr_notice,
-          pause_hook: Optional[Callable[[str], None]] = None) -> ApplyResult:
+          pause_hook: Optional[Callable[[str], None]] = None, release_old: bool = True) -> ApplyResult:
     """Make tables the ruleset XDP enforces in this network namespace and attach it to ifaces.
 
     Args:
@@ -71,6 +71,8 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
             ruleset still matches the kernel's.
         notice: receives one-line messages such as the native->generic fallback.
         pause_hook: test hook, called between the steps of the generation update.
+        release_old: free the replaced generation's maps now; False leaves that to a later
+            release_replaced() (`ipt2xdp watch` does it after answering the wrapper).
     Raises:
         LoadError (with errno and next step), AbiMismatch.
     """
@@ -84,7 +86,8 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
         dp, fresh = _open_or_load(directory, object_path)
         newly: List[str] = []
         try:
-            generation, previous = dp.apply_generation(tables, {"source_digest": source_digest}, pause_hook)
+            generation, previous = dp.apply_generation(tables, {"source_digest": source_digest}, pause_hook,
+                                                         release_old)
             record = dp.read_meta(META_ATTACH)
             attachments = dict(record.get("attachments", {}))
             our_id = dp.prog_id
@@ -154,15 +157,29 @@ def detach(ifaces: Sequence[str] = (), all_devices: bool = False) -> List[str]:
         return done
 
 
-def defer_all(on: bool = True) -> None:
-    """For the wrapper: pass everything to netfilter while it changes (on), then resume (off)."""
+def defer_all(on: bool = True) -> Optional[bool]:
+    """For the wrapper: pass everything to netfilter while it changes (on), then resume (off).
+    Returns whether XDP was deferring everything before (None: not loaded here)."""
+    require_root()
+    with pins.lock():
+        dp = Dataplane.open_pinned(pins.pin_dir())
+        if dp is None:
+            return None
+        try:
+            return dp.defer_all(on)
+        finally:
+            dp.close()
+
+
+def release_replaced() -> None:
+    """Free the maps of the generation the last flip replaced, if still held (apply(release_old=False))."""
     require_root()
     with pins.lock():
         dp = Dataplane.open_pinned(pins.pin_dir())
         if dp is None:
             return
         try:
-            dp.defer_all(on)
+            dp.release_replaced()
         finally:
             dp.close()
 

@@ -65,21 +65,21 @@ def _attrs(data: bytes, offset: int, end: int) -> Iterator[Tuple[int, bytes]]:
         offset += (length + 3) & ~3
 
 
-def _dump(message_type: int, body: bytes) -> Iterator[Tuple[int, bytes]]:
-    """(type, payload) of every message of one NLM_F_DUMP request."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as sock:
+def _dump(message_type: int, body: bytes, protocol: int = NETLINK_ROUTE) -> Iterator[Tuple[int, bytes]]:
+    """(type, payload) of every message of one NLM_F_DUMP request (rtnetlink unless protocol says)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol) as sock:
         sock.bind((0, 0))
         seq = 1
         sock.send(_HEADER.pack(_HEADER.size + len(body), message_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         while True:
             data, _, flags, _ = sock.recvmsg(RECV_BUFFER)
             if flags & socket.MSG_TRUNC:
-                raise OSError(f"rtnetlink dump {message_type}: a message did not fit {RECV_BUFFER} bytes")
+                raise OSError(f"netlink dump {message_type}: a message did not fit {RECV_BUFFER} bytes")
             offset = 0
             while offset + _HEADER.size <= len(data):
                 length, kind, _, message_seq, _ = _HEADER.unpack_from(data, offset)
                 if length < _HEADER.size:
-                    raise OSError(f"rtnetlink dump {message_type}: malformed message")
+                    raise OSError(f"netlink dump {message_type}: malformed message")
                 payload = data[offset + _HEADER.size:offset + length]
                 offset += (length + 3) & ~3
                 if message_seq != seq:
@@ -89,7 +89,7 @@ def _dump(message_type: int, body: bytes) -> Iterator[Tuple[int, bytes]]:
                 if kind == NLMSG_ERROR:
                     error = -struct.unpack_from("=i", payload)[0]
                     if error:
-                        raise OSError(error, f"rtnetlink dump {message_type}: {os.strerror(error)}")
+                        raise OSError(error, f"netlink dump {message_type}: {os.strerror(error)}")
                     continue
                 yield kind, payload
 

@@ -168,3 +168,144 @@ def test_a_native_table_appearing_is_drift_and_watch_replans(pair):
         proc.kill()
         proc.wait()
         log.close()
+
+
+# ------------------------------------------------- native tables changing around served wrapper calls
+# The watcher lists only the nf_tables tables iptables-nft-save does not show (nftlist.py) and, on a
+# wrapper's change, re-reads them only because an nf_tables notification arrived: a native table
+# that appears (or goes) between two wrapper calls, or while one is applied, must still reach the
+# plan the call flips to.
+
+def wrapper(pair, *args, env=()):
+    from tests.test_wrapper_kernel import BIN
+
+    got = pair.receiver.run(["env", "IPT2XDP_BACKEND=nft", *env, str(BIN / "ipt2xdp-iptables"), "-w", *args],
+                            check=False)
+    assert (got.returncode, got.stderr) == (0, ""), (args, got.stderr)
+
+
+def served(pair) -> int:
+    return json.loads(cli(pair.receiver, "status", "--json", "--no-drift").stdout)["watcher"]["served"]
+
+
+@pytest.fixture
+def watched_nft(pair):
+    from tests.nsutil import start_watch, stop_watch
+
+    drop_ports(pair, 7006)
+    attach(pair)
+    proc, log = start_watch(pair.receiver, ready=(": in step", "re-imported"))
+    try:
+        yield pair, log
+    finally:
+        stop_watch(proc, log)
+
+
+def assert_native_redirect_in_force(pair, spec):
+    assert explain_loaded(pair, spec)["model"]["code"] == "foreign.nft"
+    assert delivered(pair, 7006, 7106) == COUNT
+
+
+def assert_xdp_drops_7006(pair, spec):
+    assert explain_loaded(pair, spec)["model"]["verdict"] == "DROP"
+    before = drop_counter(pair, 7006)
+    assert delivered(pair, 7006) == 0 and drop_counter(pair, 7006) == before
+
+
+def test_native_table_changed_between_served_wrapper_calls(watched_nft):
+    from tests.test_wrapper_kernel import BIN
+
+    pair, log = watched_nft
+    spec = f"udp 198.51.100.7:1 > {pair.receiver_ip}:7006 iface {pair.receiver_if}"
+    script = NATTY.replace("} }", "}; }")
+    call = f"{BIN / 'ipt2xdp-iptables'} -w -A INPUT -s 192.0.2.{{}} -j DROP"
+    # nft, then at once a wrapper call (within the watcher's debounce): its served sync drains the
+    # notification and must list the new native table.
+    pair.receiver.run(["env", "IPT2XDP_BACKEND=nft", "sh", "-c", f"nft -f - && {call.format(1)}"], input=script)
+    assert served(pair) == 1, open(log.name).read()
+    assert_native_redirect_in_force(pair, spec)
+    pair.receiver.run(["env", "IPT2XDP_BACKEND=nft", "sh", "-c", f"nft delete table ip natty && {call.format(2)}"])
+    assert served(pair) == 2, open(log.name).read()
+    assert_xdp_drops_7006(pair, spec)
+    # A wrapper call with no nf_tables change but its own leaves the (re-read) native facts alone.
+    wrapper(pair, "-A", "INPUT", "-s", "192.0.2.3", "-j", "DROP")
+    assert_xdp_drops_7006(pair, spec)
+
+
+def test_native_table_changed_while_a_served_wrapper_change_is_applied(watched_nft, tmp_path):
+    pair, log = watched_nft
+    spec = f"udp 198.51.100.7:1 > {pair.receiver_ip}:7006 iface {pair.receiver_if}"
+    script = tmp_path / "native.nft"
+    # The "real binary" runs an nft script, then the real iptables-nft: the native change lands
+    # between the watcher's "begin" (XDP deferring) and "done".
+    fake = tmp_path / "xtables-nft-multi"
+    fake.write_text(f"#!/bin/bash\nnft -f {script} || exit 99\n"
+                    "exec -a iptables /usr/sbin/xtables-nft-multi \"$@\"\n")
+    fake.chmod(0o755)
+    for i, (nft_script, check) in enumerate([(NATTY.replace("} }", "}; }"), assert_native_redirect_in_force),
+                                             ("delete table ip natty", assert_xdp_drops_7006),
+                                             (NATTY.replace("} }", "}; }"), assert_native_redirect_in_force)], 1):
+        script.write_text(nft_script + "\n")
+        wrapper(pair, "-A", "INPUT", "-s", f"192.0.2.{10 + i}", "-j", "DROP", env=(f"IPT2XDP_SBIN={tmp_path}",))
+        assert served(pair) == i, open(log.name).read()
+        check(pair, spec)
+
+
+def test_relevant_listing_judges_as_the_whole_ruleset(pair):
+    """nftlist.list_relevant leaves out the tables iptables-nft-save shows (and ip6), and the chains
+    judged as native are those of the whole `nft list ruleset`, planning from either backend: an
+    ip table named like iptables-nft's but incompatible (a native mangle) stays native."""
+    from ipt2xdp import backend, foreign, nftlist
+    from ipt2xdp.parse import parse
+
+    ns = pair.receiver
+    ns.run(["iptables-nft-restore"], input="*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p udp --dport 5 -j DROP\n"
+                                           "COMMIT\n*raw\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    ns.run(["iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "REDIRECT",
+            "--to-ports", "99"])
+    ns.run(["nft", "-f", "-"], input="""
+table inet fw { chain pre { type filter hook prerouting priority -150; policy accept; udp dport 7 counter; }; }
+table ip6 six { chain pre { type filter hook prerouting priority -150; policy accept; counter; }; }
+table ip mangle { chain PREROUTING { type filter hook prerouting priority -150; policy accept; numgen inc mod 2 0 counter; }; }
+""")
+    with ns.entered():
+        assert set(nftlist.tables()) == {("ip", "filter"), ("ip", "raw"), ("inet", "fw"), ("ip6", "six"),
+                                         ("ip", "mangle")}
+        for planned, other in (("nft", ("nat",)), ("legacy", ("raw", "filter"))):
+            names = [t.name for t in parse(backend.save(planned), "<live>").tables]
+            whole = foreign.read_foreign(planned, nft=foreign.read_nft_json())  # the whole listing
+            _, cheap = foreign.read_netfilter(planned, planned_tables=names)
+            assert (cheap.other_text, cheap.other_tables, cheap.unreadable) == \
+                (whole.other_text, other, whole.unreadable) and whole.other_text
+            assert foreign.native_chains(cheap, names, cheap.other_tables) == \
+                foreign.native_chains(whole, names, whole.other_tables)
+            assert {(c.family, c.table) for c in cheap.native} == {("inet", "fw"), ("ip", "mangle")}
+            assert {(c.family, c.table) for c in whole.native} >= {("ip", "filter"), ("ip", "raw")}
+
+
+def test_native_table_changed_between_served_calls_planning_from_legacy(pair):
+    """Planning from iptables-legacy, every foreign fact comes from nf_tables: a native table that
+    appears or goes right before a served wrapper call (a legacy change) reaches its plan too."""
+    from tests.nsutil import start_watch, stop_watch
+    from tests.test_wrapper_kernel import BIN
+
+    ns = pair.receiver
+    env = ["env", "IPT2XDP_BACKEND=legacy"]
+    ns.run(["iptables-legacy", "-A", "INPUT", "-p", "udp", "--dport", "7006", "-j", "DROP"])
+    ns.run([*env, sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", pair.receiver_if])
+    proc, log = start_watch(ns, ready=(": in step", "re-imported"))
+    call = f"{BIN / 'ipt2xdp-iptables'} -w -A INPUT -s 192.0.2.{{}} -j DROP"
+    try:
+        ns.run([*env, "sh", "-c", f"nft -f - && {call.format(1)}"], input=NATTY.replace("} }", "}; }"))
+        assert "served sync #1" in open(log.name).read()
+        assert delivered(pair, 7006, 7106) == COUNT
+        ns.run([*env, "sh", "-c", f"nft delete table ip natty && {call.format(2)}"])
+        assert "served sync #2" in open(log.name).read()
+        before = int(next(line for line in ns.run(["iptables-legacy", "-L", "INPUT", "-v", "-n", "-x"]).stdout
+                          .splitlines() if "dpt:7006" in line).split()[0])
+        assert delivered(pair, 7006) == 0
+        after = int(next(line for line in ns.run(["iptables-legacy", "-L", "INPUT", "-v", "-n", "-x"]).stdout
+                         .splitlines() if "dpt:7006" in line).split()[0])
+        assert after == before  # dropped in XDP, not by netfilter
+    finally:
+        stop_watch(proc, log)

@@ -163,3 +163,23 @@ def test_concurrent_callers_through_the_watcher_lose_no_update(watched):
     assert_in_step_now(ns, backend, "after six concurrent callers")
     assert real(ns, backend, ["iptables", "-S", "INPUT"]).stdout.count("198.51.100.") == 6
     assert status(ns, backend)["watcher"]["served"] == 6, read(log)
+
+
+def test_the_replaced_generation_is_released_after_the_answer(watched):
+    """The watcher frees the replaced generation's maps after answering (loader.release_replaced):
+    soon after a served change only the slot in force holds maps."""
+    backend, pair, proc, log = watched
+    ns = pair.receiver
+    got = wrapped(ns, backend, "iptables", ["-w", "-A", "INPUT", "-s", "192.0.2.7", "-j", "DROP"])
+    assert (got.returncode, got.stderr) == (0, "")
+    code = ("import json; from ipt2xdp import abi, pins; from ipt2xdp.dataplane import Dataplane\n"
+            "dp = Dataplane.open_pinned(pins.pin_dir()); current = dp.read_state().last_slot\n"
+            "print(json.dumps({slot: [dp._inner_fd(s.name, slot) is not None for s in abi.GEN_MAPS.values()]\n"
+            "                  for slot in range(abi.GEN_SLOTS)}), current)")
+
+    def held():
+        slots, current = ns.run([sys.executable, "-c", code]).stdout.strip().rsplit(" ", 1)
+        return json.loads(slots), current
+    slots, current = held()
+    assert all(slots[current]), slots
+    wait_for(lambda: not any(any(v) for s, v in held()[0].items() if s != held()[1]), "the old slot released", 10)

@@ -45,7 +45,8 @@ def _model_from_input(args, spec):
         devices = sorted(loaded["devices"]) if loaded and loaded.get("devices") else [spec.iface] if spec.iface else []
     from ipt2xdp import backend as backends
 
-    host = read_host_context(attached=devices, backend=backends.resolve(getattr(args, "backend", None)))
+    host = read_host_context(attached=devices, backend=backends.resolve(getattr(args, "backend", None)),
+                             planned_tables=[t.name for t in ruleset.tables])
     named = set(devices) | ({spec.iface} if spec.iface else set())
     missing = [name for name in named if host.device(name) is None]
     if missing:

@@ -97,7 +97,8 @@ def _run(args, mark: int) -> int:
     if args.ipsets is None:
         args.ipsets = ((loaded or {}).get("plan") or {}).get("ipsets", "mirror")
     devices = _devices(args, loaded)
-    host = read_host_context(attached=devices, backend=backends.resolve(args.backend))
+    host = read_host_context(attached=devices, backend=backends.resolve(args.backend),
+                             planned_tables=[t.name for t in ruleset.tables])
     missing = [name for name in devices if host.device(name) is None]
     if missing:
         from ipt2xdp.errors import UsageError
@@ -148,7 +149,8 @@ def _run(args, mark: int) -> int:
         if host.foreign is not None:  # the restore may have made (or replaced) nf_tables tables
             from ipt2xdp.foreign import read_foreign
 
-            host = replace(host, foreign=read_foreign(name, host.devices, devices))
+            host = replace(host, foreign=read_foreign(name, host.devices, devices,
+                                                      planned_tables=[t.name for t in ruleset.tables]))
     print(_offload(ruleset, host, devices, args, name, report))
     return 0
 
@@ -219,7 +221,8 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None):
     from ipt2xdp.wrapper import xdpcounts
 
     before = loader.status(include_counters=False)
-    applied = loader.apply(tables, devices, mode=args.mode, source_digest=key)
+    applied = loader.apply(tables, devices, mode=args.mode, source_digest=key,
+                           release_old=not getattr(args, "release_later", False))
     # The counts XDP kept for each rule stay with it, as netfilter's own do.
     xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
                          getattr(args, "count_pid", None))

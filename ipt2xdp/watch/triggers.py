@@ -3,9 +3,10 @@
 
 A trigger is either an event source (fileno() is readable when something may have changed) or a
 poll source (poll_interval seconds between check() calls), or both. check() says what changed
-since the last rebase(); rebase() is called just before the watcher reads the ruleset for a
-re-import, so a change that lands after it is reported again on the next check (a needless
-re-import at worst, never a missed one).
+since the last check() or rebase(); the watcher calls check() just before it reads the ruleset
+for a re-import (what it reports tells which cached host facts to read again, watch/warm.py), so
+a change that lands after it is reported again on the next check (a needless re-import at worst,
+never a missed one). rebase() forgets what changed without saying what.
 
 Built in: nf_tables notifications, the legacy tables' digest (legacy sends no notification), the
 host facts the planner reads (devices, their names and masters, local addresses: rtnetlink; the

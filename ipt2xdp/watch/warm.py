@@ -7,8 +7,11 @@ and not the set-up around it.
 - The host facts (hostinfo.HostContext: devices, addresses, routes, sysctls, conntrack helpers)
   are read again only when one of their inputs may have changed: an rtnetlink message arrived
   (any: link, address or route), a sysctl the sysctl trigger polls differs, or another trigger
-  than the ruleset's own reported something. An nf_tables change refreshes the one fact it can
-  touch (whether a `ct helper` is assigned outside iptables).
+  than the ruleset's own reported something. A netfilter change refreshes only the facts its
+  backend can move (hostinfo.read_netfilter_facts): an nf_tables change the native nftables
+  chains and `ct helper`s, listed without iptables-nft's own tables (nftlist.py), and the other
+  backend's tables when that is iptables-nft; a legacy change the legacy tables when planning
+  from iptables-nft, and nothing when planning from legacy (its ruleset is read anyway).
 - The live ruleset's text: when it is what the plan in force was made from, and so is the host,
   nothing is planned (the change was undone, or was already planned).
 - Each rule's translation into classifier terms (plan.TERM_MEMO), reused for the rules that did
@@ -47,14 +50,26 @@ class Warm:
         self.host_trigger = next((t for t in triggers if isinstance(t, HostTrigger)), None)
         self._host = None
         self._host_key: Optional[Tuple] = None
-        self._netfilter_stale = False  # nf_tables or legacy tables changed: helpers and foreign hooks
+        self._stale_backends = set()  # "nft", "legacy": their tables changed (helpers, foreign hooks)
+        self._planned_tables: Optional[frozenset] = None  # what the cached foreign facts were read for
         self._parse = None  # parse.ParseMemo of the syncs so far
         self.served = 0
         self.collect_due = False
+        self.release_due = False  # a flip left the replaced generation's maps for collect()
         self.last: Dict[str, object] = {}
 
     def collect(self) -> None:
-        """The cycles the last sync left, collected after its caller was answered."""
+        """What the last sync left, done after its caller was answered (`ipt2xdp watch`: once no
+        call has come for a moment, service.CLEANUP_IDLE): the replaced generation's
+        maps freed (a grace period's wait), the cycles collected."""
+        if self.release_due:
+            from ipt2xdp import loader
+
+            self.release_due = False
+            try:
+                loader.release_replaced()
+            except Exception:  # noqa: BLE001 - the next flip replaces them anyway
+                pass
         if self.collect_due:
             self.collect_due = False
             gc.collect()
@@ -65,27 +80,43 @@ class Warm:
             if change.source in ("nftables", "legacy"):
                 # hooks outside the planned ruleset (native nft chains, the other backend's
                 # tables) and conntrack helpers are host facts too (foreign.py)
-                self._netfilter_stale = True
+                self._stale_backends.add("nft" if change.source == "nftables" else "legacy")
             elif change.source not in RULESET_SOURCES:
                 self._host_key = None
 
-    def host(self, devices: List[str], backend: str):
+    def host(self, devices: List[str], backend: str, planned_tables=()):
+        """planned_tables: the names of the tables of the ruleset just read."""
         from ipt2xdp import hostinfo
         from ipt2xdp.watch.triggers import _sysctls
 
+        tables = frozenset(planned_tables)
         if self.host_trigger is None:  # no rtnetlink events: nothing tells when the facts change
-            return hostinfo.read_host_context(attached=devices, backend=backend)
+            return hostinfo.read_host_context(attached=devices, backend=backend, planned_tables=tables)
         key = (tuple(devices), backend, self.host_trigger.messages, _sysctls())
         if key != self._host_key or self._host is None:
-            self._host = hostinfo.read_host_context(attached=devices, backend=backend)
-            self._host_key, self._netfilter_stale = key, False
-        elif self._netfilter_stale:
-            helpers, foreign = hostinfo.read_netfilter_facts(backend, self._host.devices, devices)
+            self._host = hostinfo.read_host_context(attached=devices, backend=backend, planned_tables=tables)
+            self._host_key, self._planned_tables = key, tables
+        elif self._netfilter_moved(backend, tables):
+            foreign = self._host.foreign
+            # A legacy-only change cannot move what nf_tables holds; planning from nft, an
+            # nf_tables-only change leaves the legacy tables (the other backend's) as they were.
+            other = ((foreign.other_text, foreign.other_tables)
+                     if backend == "nft" and "legacy" not in self._stale_backends and foreign is not None
+                     and not foreign.unreadable else None)
+            helpers, foreign = hostinfo.read_netfilter_facts(backend, self._host.devices, devices, tables, other)
             if (helpers, foreign) != (self._host.ct_external_helpers, self._host.foreign):
                 # else the same object: the memo stays valid
                 self._host = replace(self._host, ct_external_helpers=helpers, foreign=foreign)
-            self._netfilter_stale = False
+            self._planned_tables = tables
+        self._stale_backends = set()
         return self._host
+
+    def _netfilter_moved(self, backend: str, tables: frozenset) -> bool:
+        """Whether the cached netfilter facts may be out of date. Planning from legacy, every one
+        of them comes from nf_tables (native chains, iptables-nft's tables, `ct helper`s)."""
+        if backend == "legacy":
+            return "nft" in self._stale_backends
+        return bool(self._stale_backends) or tables != self._planned_tables
 
     def _parse_memo(self, text: str):
         """The lines parsed in earlier syncs (a change leaves most of them as they were), dropped
@@ -146,7 +177,7 @@ class Warm:
             live_key = planstore.digest(rendered, devices)
             times["parse"] = time.monotonic() - started - times["read"]
             mark = time.monotonic()
-            host = self.host(devices, backend)
+            host = self.host(devices, backend, [t.name for t in ruleset.tables])
             times["host"] = time.monotonic() - mark
             # A wrapper's change (counts_pid) flips even to the same text: `-R` of a rule by an
             # identical one restarts its counters, and the flip is what carries counts by the command.
@@ -161,8 +192,9 @@ class Warm:
                 mark = time.monotonic()
                 if self.host_trigger is not None:  # the host object is reused only with its trigger
                     self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
+                self.release_due = True  # also when the flip failed midway: releasing is harmless
                 sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
-                            counts_pid=counts_pid)
+                            counts_pid=counts_pid, release_later=True)
                 times["plan+flip"] = time.monotonic() - mark
                 generation = loader.status(include_counters=False).get("generation")
                 what = f"re-imported iptables-{backend}'s ruleset, generation {generation}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
 
 
 def _emit(data: bytes) -> None:
@@ -19,18 +18,19 @@ def _emit(data: bytes) -> None:
     sys.stdout.flush()
 
 
-def _iptables(argv0: str, args: List[str], backend: str) -> int:
-    from ipt2xdp.wrapper import cmdline, realbin, sync
+def _iptables(argv0: str, args: list, backend: str) -> int:
+    from ipt2xdp.wrapper import cmdline, realbin
+    from ipt2xdp.wrapper.locate import pin_dir_fast
 
     cmd = cmdline.parse_iptables(args)
-    if sync.pin_dir_fast() is None:
+    zeroing = "Z" in cmd.commands and cmd.table in cmdline.PLANNED_TABLES
+    counted = zeroing or (cmd.wants_counters and cmd.table in cmdline.PLANNED_TABLES)
+    # -C, -L and -S without counters, --version...: nothing to do around them, loaded here or not.
+    if not (cmd.changes_planned_tables or counted) or pin_dir_fast() is None:
         realbin.exec_real(backend, argv0, args)
     if cmd.changes_planned_tables:
         return _changing(backend, cmd.wait, _rule_change(cmd, backend),
                          lambda: realbin.run_real(backend, argv0, args).returncode)
-    zeroing = "Z" in cmd.commands and cmd.table in cmdline.PLANNED_TABLES
-    if not (zeroing or (cmd.wants_counters and cmd.table in cmdline.PLANNED_TABLES)):
-        realbin.exec_real(backend, argv0, args)
     return _counted_listing(argv0, args, backend, cmd, zeroing)
 
 
@@ -111,11 +111,14 @@ def _counted_listing(argv0, args, backend, cmd, zeroing) -> int:
         lock.__exit__(None, None, None)
 
 
-def _save(argv0: str, args: List[str], backend: str) -> int:
-    from ipt2xdp.wrapper import realbin, rewrite, sync, xdpcounts
+def _save(argv0: str, args: list, backend: str) -> int:
+    from ipt2xdp.wrapper import realbin
+    from ipt2xdp.wrapper.locate import pin_dir_fast
 
-    if sync.pin_dir_fast() is None:
+    if pin_dir_fast() is None:
         realbin.exec_real(backend, argv0, args)
+    from ipt2xdp.wrapper import rewrite, sync, xdpcounts
+
     # Under the wrapper's lock: between a flip and its carried counts being stored, the counts
     # are incomplete.
     with sync.wrapper_lock(None):
@@ -130,11 +133,12 @@ def _save(argv0: str, args: List[str], backend: str) -> int:
     return result.returncode
 
 
-def _restore(argv0: str, args: List[str], backend: str) -> int:
-    from ipt2xdp.wrapper import cmdline, realbin, sync
+def _restore(argv0: str, args: list, backend: str) -> int:
+    from ipt2xdp.wrapper import cmdline, realbin
+    from ipt2xdp.wrapper.locate import pin_dir_fast
 
     cmd = cmdline.parse_restore(args)
-    if cmd.test or sync.pin_dir_fast() is None:
+    if cmd.test or pin_dir_fast() is None:
         realbin.exec_real(backend, argv0, args)
     # The input says which tables' counters start again; read it here and hand the same bytes on.
     if cmd.file is None:
@@ -151,7 +155,7 @@ def _restore(argv0: str, args: List[str], backend: str) -> int:
     return _changing(backend, cmd.wait, change, run)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: "list | None" = None) -> int:
     from ipt2xdp.wrapper import realbin
 
     argv = list(sys.argv if argv is None else argv)

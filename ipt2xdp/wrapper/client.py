@@ -58,7 +58,7 @@ def _exchange(sock: socket.socket, line: str, timeout: float) -> str:
 def connect(netns: Optional[int] = None, timeout: float = BEGIN_TIMEOUT) -> Optional[socket.socket]:
     """A connection to this namespace's watcher, or None when none listens."""
     if netns is None:
-        from ipt2xdp.wrapper.sync import netns_cookie
+        from ipt2xdp.wrapper.locate import netns_cookie
 
         netns = netns_cookie()
     path = socket_path(netns)

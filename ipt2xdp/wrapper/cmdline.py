@@ -8,8 +8,6 @@ missed one would leave XDP out of step), never towards "read-only".
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import List, Optional, Set
 
 # iptables' getopt string: letters that take an argument (required or optional) and so end a cluster.
 _REQUIRED_ARG = set("ACDRIMNEPopsdjitmcg")
@@ -26,19 +24,43 @@ CHANGING = set("ADRINEPFX")
 PLANNED_TABLES = ("filter", "raw", "mangle", "nat")
 
 
-@dataclass
-class Command:
-    commands: Set[str] = field(default_factory=set)
-    table: str = "filter"
-    verbose: bool = False
-    exact: bool = False
-    numeric: bool = False
-    line_numbers: bool = False
-    wait: Optional[float] = None     # None: no -w; 0.0: -w without seconds (wait forever)
-    chain: Optional[str] = None      # the chain named (first positional argument after -L/-S/-Z/-F/-X)
-    rulenum: Optional[int] = None    # second positional argument after -L/-S/-Z
-    position: Optional[int] = None   # rule number after -I/-D/-R CHAIN
-    new_chain: Optional[str] = None  # -E OLD NEW
+class _Fields:
+    """Named fields with defaults, compared and shown by value: what @dataclass gave, without
+    importing dataclasses (and inspect, ast, dis...), which every wrapper call paid at start-up."""
+
+    __slots__ = ()
+    _defaults: dict = {}
+
+    def __init__(self, **values):
+        for name, default in self._defaults.items():
+            setattr(self, name, values.pop(name, default() if callable(default) else default))
+        if values:
+            raise TypeError(f"{type(self).__name__}: no field {', '.join(values)}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self._defaults) + ")"
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self._defaults)
+
+    __hash__ = None  # mutable, as a dataclass with eq
+
+
+class Command(_Fields):
+    _defaults = {
+        "commands": set,         # command letters (a factory: each Command its own set)
+        "table": "filter",
+        "verbose": False,
+        "exact": False,
+        "numeric": False,
+        "line_numbers": False,
+        "wait": None,            # None: no -w; 0.0: -w without seconds (wait forever)
+        "chain": None,           # the chain named (first positional argument after -L/-S/-Z/-F/-X)
+        "rulenum": None,         # second positional argument after -L/-S/-Z
+        "position": None,        # rule number after -I/-D/-R CHAIN
+        "new_chain": None,       # -E OLD NEW
+    }
+    __slots__ = tuple(_defaults)
 
     @property
     def read_only(self) -> bool:
@@ -70,9 +92,9 @@ def _wait_value(text: str) -> float:
     return float(-value if match.group(1) == "-" else value)
 
 
-def parse_iptables(args: List[str]) -> Command:
+def parse_iptables(args: list) -> Command:
     cmd = Command()
-    positional: List[str] = []
+    positional: list = []
     after_listing = False
     i = 0
     while i < len(args):
@@ -152,13 +174,12 @@ def parse_iptables(args: List[str]) -> Command:
     return cmd
 
 
-@dataclass
-class SaveCommand:
-    counters: bool = False
-    table: Optional[str] = None
+class SaveCommand(_Fields):
+    _defaults = {"counters": False, "table": None}
+    __slots__ = tuple(_defaults)
 
 
-def parse_save(args: List[str]) -> SaveCommand:
+def parse_save(args: list) -> SaveCommand:
     cmd = SaveCommand()
     i = 0
     while i < len(args):
@@ -178,17 +199,19 @@ def parse_save(args: List[str]) -> SaveCommand:
     return cmd
 
 
-@dataclass
-class RestoreCommand:
-    test: bool = False
-    wait: Optional[float] = None
-    counters: bool = False
-    noflush: bool = False
-    table: Optional[str] = None      # -T: only this table of the input
-    file: Optional[str] = None       # input file instead of stdin
+class RestoreCommand(_Fields):
+    _defaults = {
+        "test": False,
+        "wait": None,
+        "counters": False,
+        "noflush": False,
+        "table": None,           # -T: only this table of the input
+        "file": None,            # input file instead of stdin
+    }
+    __slots__ = tuple(_defaults)
 
 
-def parse_restore(args: List[str]) -> RestoreCommand:
+def parse_restore(args: list) -> RestoreCommand:
     cmd = RestoreCommand()
     i = 0
     while i < len(args):

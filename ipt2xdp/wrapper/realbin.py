@@ -8,17 +8,16 @@ would be slower and, once the wrapper is the alternative, would run the wrapper 
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-from typing import List, Optional
 
 SBIN = os.environ.get("IPT2XDP_SBIN", "/usr/sbin")
 STATE_FILE = os.environ.get("IPT2XDP_ALT_STATE", "/var/lib/ipt2xdp/alternatives.json")
 
 
-def recorded() -> Optional[dict]:
+def recorded() -> "dict | None":
     """What `ipt2xdp alternatives install` recorded, or None."""
+    import json
+
     try:
         with open(STATE_FILE) as f:
             return json.load(f)
@@ -26,7 +25,7 @@ def recorded() -> Optional[dict]:
         return None
 
 
-def _from_link() -> Optional[str]:
+def _from_link() -> "str | None":
     target = os.path.basename(os.path.realpath(os.path.join(SBIN, "iptables")))
     if "nft" in target:
         return "nft"
@@ -64,14 +63,17 @@ def applet(argv0: str) -> str:
     return base
 
 
-def exec_real(name: str, argv0: str, args: List[str]) -> None:
+def exec_real(name: str, argv0: str, args: list) -> None:
     """Replace this process with the real tool: byte-identical by construction."""
     os.execv(multi_binary(name), [applet(argv0)] + list(args))
 
 
-def run_real(name: str, argv0: str, args: List[str], capture_stdout: bool = False,
-             input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+def run_real(name: str, argv0: str, args: list, capture_stdout: bool = False,
+             input: "bytes | None" = None) -> "subprocess.CompletedProcess":
     """Run the real tool on our stdin (or input, already read from it), our stderr and our stdout
-    unless captured; return its result."""
+    unless captured; return its result. (subprocess is imported here: the calls that exec() the
+    real tool never need it.)"""
+    import subprocess
+
     return subprocess.run([applet(argv0)] + list(args), executable=multi_binary(name), input=input,
                           stdout=subprocess.PIPE if capture_stdout else None)

@@ -28,37 +28,9 @@ import sys
 import types
 from typing import Iterator, Optional, Tuple
 
+from ipt2xdp.wrapper.locate import netns_cookie, pin_dir_fast  # noqa: F401 - also used as sync.<name>
+
 LOCK_DIR = "/run/lock"
-
-
-def netns_cookie() -> int:
-    """pins.netns_id() without importing pins (ctypes): the wrapper's client path runs it per call."""
-    import socket
-    import struct
-
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            return struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
-    except OSError:
-        return os.stat("/proc/self/ns/net").st_ino
-
-
-def pin_dir_fast() -> Optional[str]:
-    """This namespace's pin directory if ipt2xdp is loaded here, else None; cheap on the common path."""
-    netns = netns_cookie()
-    root = os.environ.get("IPT2XDP_BPFFS")
-    if root is None and os.path.isdir("/sys/fs/bpf/ipt2xdp"):
-        root = "/sys/fs/bpf"
-    if root is None:  # bpffs hidden (ip netns exec): the full search
-        from ipt2xdp import pins
-        from ipt2xdp.errors import LoadError
-
-        try:
-            root = pins.bpffs_root()
-        except LoadError:
-            return None
-    path = os.path.join(root, "ipt2xdp", str(netns))
-    return path if os.path.exists(os.path.join(path, "prog")) else None
 
 
 class LockTimeout(Exception):
@@ -175,9 +147,10 @@ def begin() -> Tuple[bool, int]:
     cannot end this deferral with its older plan (guarded_flip)."""
     from ipt2xdp import loader
 
-    enforcing = not was_deferring()
     mark = mark_stale()
-    loader.defer_all(True)
+    # One open of the pinned maps for both: was it enforcing (read under the same lock as the
+    # write)? A deferral by the watcher just before counts as deferring: it re-imports anyway.
+    enforcing = loader.defer_all(True) is not True
     return enforcing, mark
 
 
@@ -190,21 +163,24 @@ def abort(enforcing_before: bool, mark: int) -> None:
         loader.defer_all(False)
 
 
-def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: Optional[int] = None) -> None:
+def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: Optional[int] = None,
+           release_later: bool = False) -> None:
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
-    counts_pid: the wrapper process whose change this flip follows (default: this process)."""
+    counts_pid: the wrapper process whose change this flip follows (default: this process);
+    release_later: the replaced generation's maps are left for loader.release_replaced()."""
     from ipt2xdp import gcpause, loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return
     with guarded_flip(), gcpause.paused():
-        _replan(info, backend_name, ruleset, host, text, counts_pid)
+        _replan(info, backend_name, ruleset, host, text, counts_pid, release_later)
 
 
-def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: Optional[int] = None) -> None:
+def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: Optional[int] = None,
+            release_later: bool = False) -> None:
     from ipt2xdp import backend as backends
     from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -218,10 +194,12 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     if ruleset is None:
         ruleset = parse(backends.save(backend_name), f"<iptables-{backend_name}-save>")
     if host is None:
-        host = read_host_context(attached=devices, backend=backend_name)
+        host = read_host_context(attached=devices, backend=backend_name,
+                                 planned_tables=[t.name for t in ruleset.tables])
     args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto",
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
     args.count_pid = counts_pid  # whose pending change record the counts follow (the wrapper's)
+    args.release_later = release_later
     # carries XDP's counts (xdpcounts.after_flip)
     _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None)
 
