@@ -180,29 +180,26 @@ def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
     return out
 
 
-def _render(rule: ir.Rule) -> str:
-    try:
-        from ipt2xdp.render import render_rule
-    except ImportError:  # the printer lands separately; a plain form keeps the report usable
-        return f"-A {rule.chain} ..."
-    return render_rule(rule)
-
-
 def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
     from ipt2xdp.parse import _fast_constructor
     from ipt2xdp.plan import EARLIER_CHAINS, Decision, RuleRef
+    from ipt2xdp.render import render_rule
 
     new_ref, new_decision = _fast_constructor(RuleRef), _fast_constructor(Decision)  # one per rule
     live = reachable(rules)
+    # iptables rule -> (verdict, code, match) of its reachable classifier instances; a rule with
+    # instances, none reachable, has an empty list (it was emitted: shadowed)
     instances: Dict[RuleRef, List[Tuple[Verdict, str, Match]]] = {}
-    emitted: Set[RuleRef] = set()
     for index in range(guards, len(rules)):
         path = paths[index]
         if path:
-            emitted.add(path[-1])
+            outcomes = instances.get(path[-1])  # (hashing a RuleRef is most of this loop's cost)
+            if outcomes is None:
+                outcomes = instances[path[-1]] = []
             if live[index]:
                 rule = rules[index]
-                instances.setdefault(path[-1], []).append((rule.action.verdict, codes[index], rule.match))
+                outcomes.append((rule.action.verdict, codes[index], rule.match))
+    maybe_drops = {ref for ref, (code, _) in remarks.items() if code == "skip.maybe-drop"}
     sentences: Dict[str, str] = {}
     decisions = []
     for table in ruleset.tables:
@@ -214,14 +211,21 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
                 decisions.append(Decision(ref, kind, code, why(code), f"-P INPUT {chain.policy}"))
             # _classify's answer for every rule of a chain XDP never judges
             fixed = _chain_outcome(table.name, chain.name, EARLIER_CHAINS)
+            table_name, chain_name = table.name, chain.name
             for index, rule in enumerate(chain.rules, start=1):
-                ref = new_ref(table.name, chain.name, index)
-                kind, code = fixed or _classify(table.name, chain.name, ref, instances, emitted, remarks, live,
-                                                EARLIER_CHAINS)
+                ref = new_ref(table_name, chain_name, index)
+                if fixed is not None:
+                    kind, code = fixed
+                else:
+                    outcomes = instances.get(ref)
+                    if outcomes and not (maybe_drops and ref in maybe_drops):
+                        kind, code = _judged(outcomes)
+                    else:
+                        kind, code = _unjudged(ref, outcomes, remarks, live)
                 sentence = sentences.get(code)
                 if sentence is None:
                     sentence = sentences[code] = why(code)
-                decisions.append(new_decision(ref, kind, code, sentence, _render(rule)))
+                decisions.append(new_decision(ref, kind, code, sentence, render_rule(rule)))
     return tuple(decisions)
 
 
@@ -250,25 +254,25 @@ def _chain_outcome(table, chain, earlier) -> Optional[Tuple[str, str]]:
     return None
 
 
-def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> Tuple[str, str]:
-    fixed = _chain_outcome(table, chain, earlier)
-    if fixed is not None:
-        return fixed
-    outcomes = instances.get(ref)  # (one lookup: hashing a RuleRef is most of this function's cost)
+def _judged(outcomes) -> Tuple[str, str]:
+    """The decision of a rule with reachable classifier instances (not a maybe-drop)."""
+    deferred = [code for verdict, code, _ in outcomes if verdict == Verdict.DEFER]
+    if not deferred:
+        return "xdp", outcomes[0][1]
+    if len(deferred) < len(outcomes):
+        return "partial", deferred[0]
+    if any(_lookup_rules_out_some(match) for _, _, match in outcomes):
+        unsure_state_only = all(code == "match.ctstate-unsure" for code in deferred)
+        return "partial", "ctstate.lookup" if unsure_state_only else deferred[0]
+    return "netfilter", deferred[0]
+
+
+def _unjudged(ref, outcomes, remarks, live) -> Tuple[str, str]:
+    """The decision of a rule without reachable instances (outcomes: None when it has none at all,
+    [] when every one is shadowed), or of a maybe-drop rule."""
+    if outcomes:
+        return "partial", "skip.maybe-drop"  # a maybe-drop rule with instances of its own
     if outcomes is not None:
-        deferred = [code for verdict, code, _ in outcomes if verdict == Verdict.DEFER]
-        remark = remarks.get(ref)
-        if remark is not None and remark[0] == "skip.maybe-drop":
-            return "partial", remark[0]
-        if not deferred:
-            return "xdp", outcomes[0][1]
-        if len(deferred) < len(outcomes):
-            return "partial", deferred[0]
-        if any(_lookup_rules_out_some(match) for _, _, match in outcomes):
-            unsure_state_only = all(code == "match.ctstate-unsure" for code in deferred)
-            return "partial", "ctstate.lookup" if unsure_state_only else deferred[0]
-        return "netfilter", deferred[0]
-    if ref in emitted:
         return "netfilter", "shadowed"
     if ref in remarks:
         code, position = remarks[ref]

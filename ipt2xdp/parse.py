@@ -674,7 +674,7 @@ class _Builder:
             chains, parse = {}, None
         else:
             chains, parse = table.chains, self.rule_parser.parse
-        path, zero, new_span, findall = self.path, ir.ZERO, _new_span, _WORD_RE.findall
+        path, zero, new_span, findall, derived = self.path, ir.ZERO, _new_span, _WORD_RE.findall, ir.DERIVED
         known, record = self._memo_lines()
         for offset, text in enumerate(block.split("\n")):
             c = col if offset == 0 else 1
@@ -704,6 +704,8 @@ class _Builder:
                 continue
             target_chain.rules.extend(rules)
             if record is not None:
+                for r in rules:  # shared with the copies read again at other lines (ir.DERIVED)
+                    r.__dict__[derived] = {}
                 record[text] = rules
 
     def _memo_lines(self):

@@ -142,9 +142,16 @@ class _Emitter:
             host = self.host if table == "filter" else self.guard_host
             memo = TERM_MEMO
             if memo is not None and memo["host"] is host:
-                found = memo["terms"].get(rule)
-                if found is None:
-                    found = memo["terms"][rule] = translate(rule, host, self.interfaces)
+                kept = rule.__dict__.get(ir.DERIVED)
+                if kept is not None:  # kept with the rule object and its re-read copies
+                    found = kept.get("term")
+                    if found is None or found[0] is not host:
+                        found = kept["term"] = (host, translate(rule, host, self.interfaces))
+                    found = found[1]
+                else:
+                    found = memo["terms"].get(rule)
+                    if found is None:
+                        found = memo["terms"][rule] = translate(rule, host, self.interfaces)
                 self.terms[key] = found
             else:
                 self.terms[key] = translate(rule, host, self.interfaces)

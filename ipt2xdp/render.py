@@ -193,7 +193,19 @@ def _network_text(network) -> str:
 
 def render_rule(rule: ir.Rule, counters: bool = False) -> str:
     """The rule as iptables-save prints it: `-A CHAIN -s .. -d .. -i .. -o .. -p .. -f -m .. -j ..`."""
-    parts = [f"[{rule.counters.packets}:{rule.counters.bytes}] -A" if counters else "-A", rule.chain]
+    if counters:
+        return f"[{rule.counters.packets}:{rule.counters.bytes}] " + _rule_text(rule)
+    memo = rule.__dict__.get(ir.DERIVED)
+    if memo is None:
+        return _rule_text(rule)
+    text = memo.get("text")
+    if text is None:
+        text = memo["text"] = _rule_text(rule)
+    return text
+
+
+def _rule_text(rule: ir.Rule) -> str:
+    parts = ["-A", rule.chain]
     for flag, addr in (("-s", rule.source), ("-d", rule.destination)):
         if addr is not None:
             parts.append(f"{_bang(addr.negated)}{flag} {_network_text(addr.network)}")
