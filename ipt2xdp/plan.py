@@ -20,6 +20,7 @@ from ipt2xdp import ir
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, U32_MAX, Action,
                                 ClassifierRule, IntervalSet, Match, Verdict)
 from ipt2xdp.hostinfo import HostContext
+from ipt2xdp.parse import _fast_constructor
 from ipt2xdp.render import render_rule
 from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
 
@@ -92,6 +93,10 @@ class Plan:
         return {k: kinds.count(k) for k in ("xdp", "partial", "netfilter")}
 
 
+# one of each per rule of a big ruleset: without the frozen dataclass's per-field setattr
+_new_ref, _new_classifier_rule = _fast_constructor(RuleRef), _fast_constructor(ClassifierRule)
+
+
 @dataclass
 class _Emitter:
     host: HostContext
@@ -129,7 +134,7 @@ class _Emitter:
         self.emit(match, ACCEPT, path, code)
 
     def emit(self, match: Match, action: Action, path: Tuple[RuleRef, ...], code: str) -> None:
-        self.rules.append(ClassifierRule(match, action, len(self.rules)))
+        self.rules.append(_new_classifier_rule(match, action, len(self.rules)))
         self.paths.append(path)
         self.codes.append(code)
 
@@ -138,7 +143,10 @@ class _Emitter:
 
     def term(self, table: str, chain: str, index: int, rule: ir.Rule, source: str = "") -> Term:
         key = (f"{source}:{table}" if source else table, chain, index)
-        if key not in self.terms:
+        found = self.terms.get(key)
+        if found is not None:
+            return found
+        if True:  # (the translation of a rule of a chain inlined more than once is made once)
             host = self.host if table == "filter" else self.guard_host
             memo = TERM_MEMO
             if memo is not None and memo["host"] is host:
@@ -185,16 +193,24 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     its block once it is known (RETURN resumes after the jump that entered this chain).
     """
     chain = _chain(em.ruleset, table, chain_name)
+    # conjoin(cond, m) is m itself when cond constrains nothing and m has no empty field
+    unconditional = all(value is None for value in vars(cond).values())
     for index, rule in enumerate(chain.rules, start=1):
-        ref = RuleRef(table, chain_name, index)
+        ref = _new_ref(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
         if term.set_uses:
             em.set_events.append((len(em.rules), em.note_sets(term.set_uses, _earlier_set_bits(rule, term))))
         if not term.disjuncts:
             em.remarks.setdefault(ref, (term.never, None))
+        target = rule.target
         for disjunct in term.disjuncts:
-            match = conjoin(cond, disjunct.match)
-            if match is None:
+            match = disjunct.match
+            if not (unconditional and _satisfiable(match)):
+                match = conjoin(cond, match)
+                if match is None:
+                    continue
+            if type(target) is ir.Drop and not disjunct.unknown and not term.set_uses:
+                em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
                 continue
             side_effect = _side_effect_code(rule.target)
             if (disjunct.unknown and not side_effect and isinstance(rule.target, ir.Drop)
@@ -218,6 +234,14 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             else:
                 em.remarks.setdefault(ref, ("ok.jump", len(em.rules)))
                 _call(em, table, rule.target, match, path + (ref,), returns, depth)
+
+
+def _satisfiable(match: Match) -> bool:
+    """Whether no field of the match is empty (an unconstrained field is None)."""
+    for value in vars(match).values():
+        if value is not None and not value:
+            return False
+    return True
 
 
 def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, ...],
