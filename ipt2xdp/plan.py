@@ -20,7 +20,6 @@ from ipt2xdp import ir
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, U32_MAX, Action,
                                 ClassifierRule, IntervalSet, Match, Verdict)
 from ipt2xdp.hostinfo import HostContext
-from ipt2xdp.parse import _fast_constructor
 from ipt2xdp.render import render_rule
 from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
 
@@ -93,10 +92,6 @@ class Plan:
         return {k: kinds.count(k) for k in ("xdp", "partial", "netfilter")}
 
 
-# one of each per rule of a big ruleset: without the frozen dataclass's per-field setattr
-_new_ref, _new_classifier_rule = _fast_constructor(RuleRef), _fast_constructor(ClassifierRule)
-
-
 @dataclass
 class _Emitter:
     host: HostContext
@@ -134,7 +129,7 @@ class _Emitter:
         self.emit(match, ACCEPT, path, code)
 
     def emit(self, match: Match, action: Action, path: Tuple[RuleRef, ...], code: str) -> None:
-        self.rules.append(_new_classifier_rule(match, action, len(self.rules)))
+        self.rules.append(ClassifierRule(match, action, len(self.rules)))
         self.paths.append(path)
         self.codes.append(code)
 
@@ -196,7 +191,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     # conjoin(cond, m) is m itself when cond constrains nothing and m has no empty field
     unconditional = all(value is None for value in vars(cond).values())
     for index, rule in enumerate(chain.rules, start=1):
-        ref = _new_ref(table, chain_name, index)
+        ref = RuleRef(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
         if term.set_uses:
             em.set_events.append((len(em.rules), em.note_sets(term.set_uses, _earlier_set_bits(rule, term))))

@@ -50,17 +50,6 @@ class Term:
     set_uses: Tuple[SetUse, ...] = ()
 
 
-def _constructor(cls):
-    """parse._fast_constructor: the frozen dataclass built without its per-field setattr."""
-    from ipt2xdp.parse import _fast_constructor
-
-    return _fast_constructor(cls)
-
-
-_new_disjunct, _new_term, _new_interval_set = _constructor(Disjunct), _constructor(Term), _constructor(IntervalSet)
-_UNCONSTRAINED = dict(vars(Match()))  # every Match field, None
-
-
 # Matches XDP cannot evaluate (yet), with the sentence the dry-run report shows.
 UNMODELLED_WHY = {
     "conntrack": "connection state is only known to conntrack",
@@ -101,7 +90,7 @@ def _addresses(address: Optional[ir.Address]) -> Optional[IntervalSet]:
         return None
     net = address.network
     low = int(net.network_address)
-    interval = _new_interval_set(((low, low | U32_MAX >> net.prefixlen),))  # (network, broadcast address)
+    interval = IntervalSet(((low, low | U32_MAX >> net.prefixlen),))  # (network, broadcast address)
     return interval.complement(U32_MAX) if address.negated else interval
 
 
@@ -115,7 +104,7 @@ def _port_range(port: ir.PortMatch) -> IntervalSet:
     lo, hi = port.range
     if not 0 <= lo <= hi:
         return _ports([port.range], port.negated)  # IntervalSet.of's error
-    interval = _new_interval_set(((int(lo), int(hi)),))
+    interval = IntervalSet(((int(lo), int(hi)),))
     return interval.complement(U16_MAX) if port.negated else interval
 
 
@@ -410,9 +399,7 @@ def translate(rule: ir.Rule, host: HostContext,
     if builder.never:
         return Term((), never=builder.never, set_uses=uses)
     unknown = ",".join(builder.unknown) or None
-    fields = dict(_UNCONSTRAINED)
-    fields.update(builder.fields)
-    match = Match.from_fields(fields)
+    match = Match(**builder.fields)
     bases = [match] if builder.either_port is None else _either_port(match, builder.either_port)
     based: List[Tuple[Match, Optional[str]]] = [(b, unknown) for b in bases]
     for alternatives in builder.alternatives:
@@ -423,7 +410,7 @@ def translate(rule: ir.Rule, host: HostContext,
     disjuncts: List[Disjunct] = []
     for base, base_unknown in based:
         if builder.iif_split is None:
-            disjuncts.append(_new_disjunct(base, base_unknown))
+            disjuncts.append(Disjunct(base, base_unknown))
             continue
         exact, unsure = builder.iif_split
         for iif, reason in ((exact, base_unknown), (unsure, "match.interface-ambiguous")):
@@ -435,7 +422,7 @@ def translate(rule: ir.Rule, host: HostContext,
         disjuncts = _split_ct(disjuncts, builder.ct)
         never = "never.empty"
     codes = tuple(dict.fromkeys(c for d in disjuncts if d.unknown for c in d.unknown.split(",")))
-    return _new_term(tuple(disjuncts), codes, "" if disjuncts else never, uses)
+    return Term(tuple(disjuncts), codes, "" if disjuncts else never, uses)
 
 
 def _reasons(a: Optional[str], b: Optional[str]) -> Optional[str]:
