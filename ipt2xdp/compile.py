@@ -132,13 +132,24 @@ _ANY = ("s", None)  # _field_shape of an unconstrained field
 
 
 def _shape(rule: ClassifierRule) -> Optional[Tuple]:
+    """(action, _field_shape of each field, ("s", ct)), or None when no field can go in a set key."""
     if rule.action.verdict == Verdict.CONTINUE:
         return None
     values = vars(rule.match)
-    shape = tuple([_ANY if values[n] is None else _field_shape(n, values[n]) for n in _FIELDS]) + (("s", values["ct"]),)
-    if not any(kind == "k" for kind, _ in shape):
+    shape = [rule.action]
+    keyed = False
+    for name in _FIELDS:
+        value = values[name]
+        if value is None:
+            shape.append(_ANY)
+        else:
+            field_shape = _field_shape(name, value)
+            keyed = keyed or field_shape[0] == "k"
+            shape.append(field_shape)
+    if not keyed:
         return None
-    return (rule.action,) + shape
+    shape.append(("s", values["ct"]))
+    return tuple(shape)
 
 
 def _exact_key(rule: ClassifierRule, key_fields: int) -> bytes:
@@ -163,7 +174,10 @@ def _union_match(rules: Sequence[ClassifierRule], shape: Tuple) -> Match:
             return None
         if name == "ct" or isinstance(values[0], frozenset):
             return frozenset().union(*values)
-        return IntervalSet.of(i for v in values for i in v.intervals)
+        distinct = set()  # (the union is the same without the repeats, and sorts faster)
+        for value in values:
+            distinct.update(value.intervals)
+        return IntervalSet.of(distinct)
     return Match(**{n: union(n) for n in _FIELDS + ("ct",)})
 
 
