@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import hashlib
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -135,8 +136,13 @@ def _shape(rule: ClassifierRule) -> Optional[Tuple]:
     """(action, _field_shape of each field, ("s", ct)), or None when no field can go in a set key."""
     if rule.action.verdict == Verdict.CONTINUE:
         return None
-    values = vars(rule.match)
-    shape = [rule.action]
+    fields = _match_shape(rule.match)
+    return None if fields is None else (rule.action,) + fields
+
+
+def _match_shape(match: Match) -> Optional[Tuple]:
+    values = vars(match)
+    shape = []
     keyed = False
     for name in _FIELDS:
         value = values[name]
@@ -152,8 +158,35 @@ def _shape(rule: ClassifierRule) -> Optional[Tuple]:
     return tuple(shape)
 
 
+# What compile derives from a Match object alone, from one compile to the next: id(match) ->
+# [match, _match_shape(match), {key_fields: _exact_key}]. A long-lived planner (`ipt2xdp watch`)
+# hands the same Match objects again for the rules that did not change; holding the match keeps
+# its id from being reused. Replaced by each build_slots() with the entries of its own rules.
+_MATCH_FACTS: Dict[int, list] = {}
+
+
+def _match_facts(rules: Sequence[ClassifierRule]) -> Dict[int, list]:
+    known, kept = _MATCH_FACTS, {}
+    for rule in rules:
+        match = rule.match
+        facts = known.get(id(match))
+        if facts is None or facts[0] is not match:
+            facts = [match, _match_shape(match), {}]
+        kept[id(match)] = facts
+    return kept
+
+
 def _exact_key(rule: ClassifierRule, key_fields: int) -> bytes:
-    m = rule.match
+    facts = _MATCH_FACTS.get(id(rule.match))
+    if facts is None or facts[0] is not rule.match:
+        return _make_exact_key(rule.match, key_fields)
+    key = facts[2].get(key_fields)
+    if key is None:
+        key = facts[2][key_fields] = _make_exact_key(rule.match, key_fields)
+    return key
+
+
+def _make_exact_key(m: Match, key_fields: int) -> bytes:
     src = m.src.intervals[0][0] if key_fields & abi.K_SRC else 0
     dst = m.dst.intervals[0][0] if key_fields & abi.K_DST else 0
     sport = m.sport.intervals[0][0] if key_fields & abi.K_SPORT else 0
@@ -181,6 +214,23 @@ def _union_match(rules: Sequence[ClassifierRule], shape: Tuple) -> Match:
     return Match(**{n: union(n) for n in _FIELDS + ("ct",)})
 
 
+# The last build_slots()' set unions, by (length, first and last match's id, shape): [matches, union].
+_UNIONS: Dict[Tuple, list] = {}
+_NEXT_UNIONS: Dict[Tuple, list] = {}
+
+
+def _kept_union(run: Sequence[ClassifierRule], shape: Tuple) -> Match:
+    """_union_match(run, shape), the same Match as the last build_slots' when the run has the same
+    Match objects (a function of them and the shape alone; the kept list holds their ids)."""
+    matches = [rule.match for rule in run]
+    key = (len(matches), id(matches[0]), id(matches[-1]), shape)
+    kept = _UNIONS.get(key)
+    if kept is None or not all(map(operator.is_, kept[0], matches)):
+        kept = [matches, _union_match(run, shape)]
+    _NEXT_UNIONS[key] = kept
+    return kept[1]
+
+
 def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> _Slot:
     shape = _shape(run[0])
     key_fields = 0
@@ -196,15 +246,18 @@ def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> _Slot:
             continue  # an identical earlier rule shadows it (first match wins)
         seen.add((key, proto))
         members.append((key, proto, rule.rule_id))
-    return _Slot(match=_union_match(run, shape), action=run[0].action, counter=run[0].rule_id, first_rule=first_index,
+    return _Slot(match=_kept_union(run, shape), action=run[0].action, counter=run[0].rule_id, first_rule=first_index,
                  set_members=members, key_fields=key_fields,
                  src_plen=plens.get("src", 0), dst_plen=plens.get("dst", 0))
 
 
 def build_slots(rules: Sequence[ClassifierRule], merge_min_run: int = MERGE_MIN_RUN) -> Tuple[List[_Slot], Dict[int, int]]:
     """Rules -> slots, and classifier index -> slot index for every rule that starts a slot."""
+    global _MATCH_FACTS, _UNIONS, _NEXT_UNIONS
     targets = {r.action.target for r in rules if r.action.verdict == Verdict.CONTINUE}
-    shapes = [_shape(rule) for rule in rules]
+    _MATCH_FACTS = facts = _match_facts(rules)
+    shapes = [None if rule.action.verdict == Verdict.CONTINUE or facts[id(rule.match)][1] is None
+              else (rule.action,) + facts[id(rule.match)][1] for rule in rules]
     slots: List[_Slot] = []
     rule_to_slot: Dict[int, int] = {}
     i = 0
@@ -222,6 +275,7 @@ def build_slots(rules: Sequence[ClassifierRule], merge_min_run: int = MERGE_MIN_
             rule = rules[i]
             slots.append(_Slot(match=rule.match, action=rule.action, counter=rule.rule_id, first_rule=i))
         i = j
+    _UNIONS, _NEXT_UNIONS = _NEXT_UNIONS, {}
     return slots, rule_to_slot
 
 
