@@ -189,24 +189,27 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
     live = reachable(rules)
     # iptables rule -> (verdict, code, match) of its reachable classifier instances; a rule with
     # instances, none reachable, has an empty list (it was emitted: shadowed)
-    instances: Dict[RuleRef, List[Tuple[Verdict, str, Match]]] = {}
+    # keyed by (table, chain, index): a tuple hashes and compares in C, a RuleRef in Python
+    instances: Dict[Tuple[str, str, int], List[Tuple[Verdict, str, Match]]] = {}
     for index in range(guards, len(rules)):
         path = paths[index]
         if path:
-            outcomes = instances.get(path[-1])  # (hashing a RuleRef is most of this loop's cost)
+            last = path[-1]
+            key = (last.table, last.chain, last.index)
+            outcomes = instances.get(key)
             if outcomes is None:
-                outcomes = instances[path[-1]] = []
+                outcomes = instances[key] = []
             if live[index]:
                 rule = rules[index]
                 outcomes.append((rule.action.verdict, codes[index], rule.match))
-    maybe_drops = {ref for ref, (code, _) in remarks.items() if code == "skip.maybe-drop"}
+    maybe_drops = {(ref.table, ref.chain, ref.index) for ref, (code, _) in remarks.items() if code == "skip.maybe-drop"}
     sentences: Dict[str, str] = {}
     decisions = []
     for table in ruleset.tables:
         for chain in table.chains:
             if chain.builtin and (table.name, chain.name) == ("filter", "INPUT"):
                 ref = RuleRef(table.name, chain.name, 0)
-                kind = "xdp" if instances.get(ref) else "netfilter"
+                kind = "xdp" if instances.get((table.name, chain.name, 0)) else "netfilter"
                 code = "ok.policy" if kind == "xdp" else "shadowed"
                 decisions.append(Decision(ref, kind, code, why(code), f"-P INPUT {chain.policy}"))
             # _classify's answer for every rule of a chain XDP never judges
@@ -217,9 +220,13 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
                 if fixed is not None:
                     kind, code = fixed
                 else:
-                    outcomes = instances.get(ref)
-                    if outcomes and not (maybe_drops and ref in maybe_drops):
-                        kind, code = _judged(outcomes)
+                    key = (table_name, chain_name, index)
+                    outcomes = instances.get(key)
+                    if outcomes and not (maybe_drops and key in maybe_drops):
+                        if len(outcomes) == 1 and outcomes[0][0] != Verdict.DEFER:
+                            kind, code = "xdp", outcomes[0][1]  # _judged's answer for one decided instance
+                        else:
+                            kind, code = _judged(outcomes)
                     else:
                         kind, code = _unjudged(ref, outcomes, remarks, live)
                 sentence = sentences.get(code)

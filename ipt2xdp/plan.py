@@ -137,6 +137,12 @@ class _Emitter:
         del self.rules[length:], self.paths[length:], self.codes[length:]
 
     def term(self, table: str, chain: str, index: int, rule: ir.Rule, source: str = "") -> Term:
+        memo = TERM_MEMO
+        if memo is not None and memo["host"] is (self.host if table == "filter" else self.guard_host):
+            kept = rule.__dict__.get(ir.DERIVED)
+            found = kept.get("term") if kept is not None else None
+            if found is not None and found[0] is memo["host"]:
+                return found[1]  # (what the lines below would find)
         key = (f"{source}:{table}" if source else table, chain, index)
         found = self.terms.get(key)
         if found is not None:
@@ -188,7 +194,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     its block once it is known (RETURN resumes after the jump that entered this chain).
     """
     chain = _chain(em.ruleset, table, chain_name)
-    # conjoin(cond, m) is m itself when cond constrains nothing and m has no empty field
+    # conjoin(cond, m) is m itself when cond constrains nothing (a Term's disjuncts have no empty field)
     unconditional = all(value is None for value in vars(cond).values())
     for index, rule in enumerate(chain.rules, start=1):
         ref = RuleRef(table, chain_name, index)
@@ -200,7 +206,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
         target = rule.target
         for disjunct in term.disjuncts:
             match = disjunct.match
-            if not (unconditional and _satisfiable(match)):
+            if not unconditional:
                 match = conjoin(cond, match)
                 if match is None:
                     continue
@@ -229,14 +235,6 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             else:
                 em.remarks.setdefault(ref, ("ok.jump", len(em.rules)))
                 _call(em, table, rule.target, match, path + (ref,), returns, depth)
-
-
-def _satisfiable(match: Match) -> bool:
-    """Whether no field of the match is empty (an unconstrained field is None)."""
-    for value in vars(match).values():
-        if value is not None and not value:
-            return False
-    return True
 
 
 def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, ...],

@@ -43,6 +43,9 @@ class SetUse:
 
 @dataclass(frozen=True)
 class Term:
+    """No disjunct's match has an empty field (every one is built by narrowing or conjoin, which
+    stop at an empty one): the planner takes a disjunct as it is where its chain is unconditional."""
+
     disjuncts: Tuple[Disjunct, ...]
     unknown_codes: Tuple[str, ...] = ()  # every reason a disjunct is unknown, for the report
     never: str = ""  # why no disjunct is left (the rule never matches a packet XDP judges)
