@@ -140,21 +140,50 @@ def _shape(rule: ClassifierRule) -> Optional[Tuple]:
     return None if fields is None else (rule.action,) + fields
 
 
+_KEYED = {width: ("k", width) for width in range(33)}  # the ("k", width) shapes, made once
+
+
 def _match_shape(match: Match) -> Optional[Tuple]:
+    """The _field_shape of each field, then ("s", ct); None when no field can go in a set key."""
     values = vars(match)
     shape = []
     keyed = False
-    for name in _FIELDS:
+    for name in ("src", "dst"):
         value = values[name]
         if value is None:
             shape.append(_ANY)
+            continue
+        intervals = value.intervals  # (IntervalSet.as_prefix, inline: one call per rule less)
+        if len(intervals) == 1:
+            lo, hi = intervals[0]
+            span = hi - lo + 1
+            if not (span & (span - 1) or lo % span):
+                shape.append(_KEYED[32 - (span.bit_length() - 1)])
+                keyed = True
+                continue
+        shape.append(("s", value))
+    value = values["proto"]
+    if value is None:
+        shape.append(_ANY)
+    elif len(value) == 1:
+        shape.append(_KEYED[8])
+        keyed = True
+    else:
+        shape.append(("s", value))
+    for name in ("sport", "dport"):
+        value = values[name]
+        if value is None:
+            shape.append(_ANY)
+        elif len(value.intervals) == 1 and value.intervals[0][0] == value.intervals[0][1]:
+            shape.append(_KEYED[16])
+            keyed = True
         else:
-            field_shape = _field_shape(name, value)
-            keyed = keyed or field_shape[0] == "k"
-            shape.append(field_shape)
+            shape.append(("s", value))
     if not keyed:
         return None
-    shape.append(("s", values["ct"]))
+    for name in ("iif", "icmp", "tcp_flags", "ct"):
+        value = values[name]
+        shape.append(_ANY if value is None else ("s", value))
     return tuple(shape)
 
 
