@@ -187,32 +187,41 @@ def _match_shape(match: Match) -> Optional[Tuple]:
     return tuple(shape)
 
 
-# What compile derives from a Match object alone, from one compile to the next: id(match) ->
-# [match, _match_shape(match), {key_fields: _exact_key}]. A long-lived planner (`ipt2xdp watch`)
-# hands the same Match objects again for the rules that did not change; holding the match keeps
-# its id from being reused. Replaced by each build_slots() with the entries of its own rules.
-_MATCH_FACTS: Dict[int, list] = {}
+# What compile derives from a Match object alone, kept from one build_slots() to the next: a
+# long-lived planner (`ipt2xdp watch`) hands the same Match objects again for the rules that did
+# not change. By id(match), each entry holding its match (so that the id is not reused meanwhile):
+#   _MATCH_SHAPES: (match, _match_shape(match))     _SET_KEYS: (match, key_fields, _exact_key)
+# Each build_slots() replaces them with the entries of its own rules.
+_MATCH_SHAPES: Dict[int, Tuple] = {}
+_SET_KEYS: Dict[int, Tuple] = {}
+_NEXT_SET_KEYS: Dict[int, Tuple] = {}
 
 
-def _match_facts(rules: Sequence[ClassifierRule]) -> Dict[int, list]:
-    known, kept = _MATCH_FACTS, {}
+def _shapes(rules: Sequence[ClassifierRule]) -> List[Optional[Tuple]]:
+    """[_shape(rule) for rule in rules], each Match's part taken from the last build_slots'."""
+    global _MATCH_SHAPES
+    known, kept, shapes = _MATCH_SHAPES, {}, []
     for rule in rules:
+        if rule.action.verdict == Verdict.CONTINUE:
+            shapes.append(None)
+            continue
         match = rule.match
-        facts = known.get(id(match))
-        if facts is None or facts[0] is not match:
-            facts = [match, _match_shape(match), {}]
-        kept[id(match)] = facts
-    return kept
+        entry = known.get(id(match))
+        if entry is None or entry[0] is not match:
+            entry = (match, _match_shape(match))
+        kept[id(match)] = entry
+        shapes.append(None if entry[1] is None else (rule.action,) + entry[1])
+    _MATCH_SHAPES = kept
+    return shapes
 
 
 def _exact_key(rule: ClassifierRule, key_fields: int) -> bytes:
-    facts = _MATCH_FACTS.get(id(rule.match))
-    if facts is None or facts[0] is not rule.match:
-        return _make_exact_key(rule.match, key_fields)
-    key = facts[2].get(key_fields)
-    if key is None:
-        key = facts[2][key_fields] = _make_exact_key(rule.match, key_fields)
-    return key
+    match = rule.match
+    entry = _SET_KEYS.get(id(match))
+    if entry is None or entry[0] is not match or entry[1] != key_fields:
+        entry = (match, key_fields, _make_exact_key(match, key_fields))
+    _NEXT_SET_KEYS[id(match)] = entry
+    return entry[2]
 
 
 def _make_exact_key(m: Match, key_fields: int) -> bytes:
@@ -236,10 +245,9 @@ def _union_match(rules: Sequence[ClassifierRule], shape: Tuple) -> Match:
             return None
         if name == "ct" or isinstance(values[0], frozenset):
             return frozenset().union(*values)
-        distinct = set()  # (the union is the same without the repeats, and sorts faster)
-        for value in values:
-            distinct.update(value.intervals)
-        return IntervalSet.of(distinct)
+        # the union is the same without the repeats; in rule order, a blocklist's ascending
+        # addresses stay one sorted run (cheap to sort again)
+        return IntervalSet.of(dict.fromkeys(i for v in values for i in v.intervals))
     return Match(**{n: union(n) for n in _FIELDS + ("ct",)})
 
 
@@ -282,11 +290,9 @@ def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> _Slot:
 
 def build_slots(rules: Sequence[ClassifierRule], merge_min_run: int = MERGE_MIN_RUN) -> Tuple[List[_Slot], Dict[int, int]]:
     """Rules -> slots, and classifier index -> slot index for every rule that starts a slot."""
-    global _MATCH_FACTS, _UNIONS, _NEXT_UNIONS
+    global _UNIONS, _NEXT_UNIONS, _SET_KEYS, _NEXT_SET_KEYS
     targets = {r.action.target for r in rules if r.action.verdict == Verdict.CONTINUE}
-    _MATCH_FACTS = facts = _match_facts(rules)
-    shapes = [None if rule.action.verdict == Verdict.CONTINUE or facts[id(rule.match)][1] is None
-              else (rule.action,) + facts[id(rule.match)][1] for rule in rules]
+    shapes = _shapes(rules)
     slots: List[_Slot] = []
     rule_to_slot: Dict[int, int] = {}
     i = 0
@@ -305,6 +311,7 @@ def build_slots(rules: Sequence[ClassifierRule], merge_min_run: int = MERGE_MIN_
             slots.append(_Slot(match=rule.match, action=rule.action, counter=rule.rule_id, first_rule=i))
         i = j
     _UNIONS, _NEXT_UNIONS = _NEXT_UNIONS, {}
+    _SET_KEYS, _NEXT_SET_KEYS = _NEXT_SET_KEYS, {}
     return slots, rule_to_slot
 
 

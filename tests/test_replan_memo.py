@@ -17,6 +17,7 @@ from ipt2xdp.render import render, render_rule
 from tests.fingerprint import HOSTS, random_ruleset
 
 RECEIVER, ROUTER = HOSTS["receiver"], HOSTS["router"]
+COMPILE_MEMOS = ("_MATCH_SHAPES", "_SET_KEYS", "_UNIONS")  # compile's per-Match facts of the last build_slots
 
 BASE = """*nat
 :PREROUTING ACCEPT [0:0]
@@ -97,12 +98,16 @@ def _stages(ruleset, host):
 
 def _fresh(text, host):
     """A parse, plan and compile that shares nothing with the planner's memos."""
-    saved = planner.TERM_MEMO, compiler._MATCH_FACTS, compiler._UNIONS
-    planner.TERM_MEMO, compiler._MATCH_FACTS, compiler._UNIONS = None, {}, {}
+    saved = planner.TERM_MEMO, [getattr(compiler, name) for name in COMPILE_MEMOS]
+    planner.TERM_MEMO = None
+    for name in COMPILE_MEMOS:
+        setattr(compiler, name, {})
     try:
         return _stages(parse(text, "<fresh>"), host)
     finally:
-        planner.TERM_MEMO, compiler._MATCH_FACTS, compiler._UNIONS = saved
+        planner.TERM_MEMO = saved[0]
+        for name, value in zip(COMPILE_MEMOS, saved[1]):
+            setattr(compiler, name, value)
 
 
 class Watcher:
