@@ -236,3 +236,18 @@ def test_no_translated_disjunct_has_an_empty_field(seed):
             for rule in table.rules:
                 for disjunct in translate(rule, host).disjuncts:
                     assert all(value is None or value for value in vars(disjunct.match).values()), rule
+
+
+@pytest.mark.parametrize("seed", range(0, 40, 4))
+def test_compile_match_shape_is_the_field_shape_of_each_field(seed):
+    """compile._match_shape (one unrolled pass) against its definition, _field_shape per field."""
+    try:
+        ruleset = parse(random_ruleset(seed), "x")
+    except ParseError:
+        pytest.skip("the generated ruleset does not parse")
+    for host in HOSTS.values():
+        for rule in planner.plan(ruleset, host).rules:
+            values = vars(rule.match)
+            spec = tuple(compiler._field_shape(name, values[name]) for name in compiler._FIELDS) + (("s", values["ct"]),)
+            expected = spec if any(kind == "k" for kind, _ in spec) else None
+            assert compiler._match_shape(rule.match) == expected, rule
