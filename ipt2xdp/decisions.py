@@ -140,6 +140,8 @@ class _Coverers:
         self.count += 1
 
     def cover(self, match: Match, fields: Tuple[str, ...]) -> bool:
+        if not self.groups:
+            return False
         present = set(fields)
         for group_fields, (members, unions) in self.groups.items():
             if not present.issuperset(group_fields):
@@ -155,6 +157,12 @@ def _constrained(match: Match) -> Tuple[str, ...]:
     return tuple([name for name in FIELD_NAMES if values[name] is not None])
 
 
+# _constrained() of the last reachable()'s matches, by id(match): (match, fields). A long-lived
+# planner hands the same Match objects again for the rules that did not change; the entry holds
+# its match, so the id is not reused meanwhile. Each reachable() replaces it with its own.
+_CONSTRAINED: Dict[int, Tuple[Match, Tuple[str, ...]]] = {}
+
+
 def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
     """Which classifier positions some packet can reach.
 
@@ -162,13 +170,20 @@ def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
     earlier rules (at most two constrained fields, the first MAX_COVERERS of them) are checked; a
     rule it misses is reported as reachable, which only makes the report optimistic, never XDP unsafe.
     """
+    global _CONSTRAINED
     coverers = _Coverers()
     targets: Set[int] = set()
     out = []
+    known, kept = _CONSTRAINED, {}
     for index, rule in enumerate(rules):
         if index in targets:
             coverers = _Coverers()  # packets arriving here skipped some earlier rules
-        fields = _constrained(rule.match)
+        match = rule.match
+        entry = known.get(id(match))
+        if entry is None or entry[0] is not match:
+            entry = (match, _constrained(match))
+        kept[id(match)] = entry
+        fields = entry[1]
         live = not coverers.cover(rule.match, fields)
         out.append(live)
         if not live:
@@ -177,6 +192,7 @@ def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
             targets.add(rule.action.target)
         elif len(fields) <= 2 and coverers.count < MAX_COVERERS:
             coverers.add(rule.match, fields)
+    _CONSTRAINED = kept
     return out
 
 
