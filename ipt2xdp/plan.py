@@ -137,34 +137,26 @@ class _Emitter:
         del self.rules[length:], self.paths[length:], self.codes[length:]
 
     def term(self, table: str, chain: str, index: int, rule: ir.Rule, source: str = "") -> Term:
-        memo = TERM_MEMO
-        if memo is not None and memo["host"] is (self.host if table == "filter" else self.guard_host):
-            kept = rule.__dict__.get(ir.DERIVED)
-            found = kept.get("term") if kept is not None else None
-            if found is not None and found[0] is memo["host"]:
-                return found[1]  # (what the lines below would find)
+        host = self.host if table == "filter" else self.guard_host
+        memo = TERM_MEMO if TERM_MEMO is not None and TERM_MEMO["host"] is host else None
+        kept = rule.__dict__.get(ir.DERIVED) if memo is not None else None
+        if kept is not None:  # the translation kept with the rule object and its re-read copies
+            found = kept.get("term")
+            if found is None or found[0] is not host:
+                found = kept["term"] = (host, translate(rule, host, self.interfaces))
+            return found[1]
+        # a rule of a chain inlined more than once is translated once
         key = (f"{source}:{table}" if source else table, chain, index)
         found = self.terms.get(key)
-        if found is not None:
-            return found
-        if True:  # (the translation of a rule of a chain inlined more than once is made once)
-            host = self.host if table == "filter" else self.guard_host
-            memo = TERM_MEMO
-            if memo is not None and memo["host"] is host:
-                kept = rule.__dict__.get(ir.DERIVED)
-                if kept is not None:  # kept with the rule object and its re-read copies
-                    found = kept.get("term")
-                    if found is None or found[0] is not host:
-                        found = kept["term"] = (host, translate(rule, host, self.interfaces))
-                    found = found[1]
-                else:
-                    found = memo["terms"].get(rule)
-                    if found is None:
-                        found = memo["terms"][rule] = translate(rule, host, self.interfaces)
-                self.terms[key] = found
+        if found is None:
+            if memo is not None:
+                found = memo["terms"].get(rule)
+                if found is None:
+                    found = memo["terms"][rule] = translate(rule, host, self.interfaces)
             else:
-                self.terms[key] = translate(rule, host, self.interfaces)
-        return self.terms[key]
+                found = translate(rule, host, self.interfaces)
+            self.terms[key] = found
+        return found
 
     def note_sets(self, uses: Tuple[SetUse, ...], bits: int) -> int:
         """Record what set changes matter from here on (and their expiry); returns bits."""
