@@ -61,28 +61,40 @@ def _edit(text, old, new, count=1):
     return text.replace(old, new, count)
 
 
+def _before(text, anchor, line):
+    """text with `line` inserted before the line that starts with `anchor`."""
+    return _edit(text, anchor, line + "\n" + anchor)
+
+
+def _rename(text, old, new):
+    return text.replace(f":{old} - [0:0]", f":{new} - [0:0]").replace(f"-j {old}", f"-j {new}") \
+        .replace(f"-A {old} ", f"-A {new} ")
+
+
+UDP_DROP = "-A INPUT -s {} -p udp -m udp --dport {} -j DROP"
+TCP_ACCEPT = "-A INPUT -s 10.1.0.4/32 -p tcp -j ACCEPT"
+
 # (name, edit of the ruleset text): each applied to the result of the one before
 CHANGES = [
-    ("append", lambda t: _edit(t, "-A SSH -s 10.0.0.0/8", "-A INPUT -s 203.0.113.9/32 -j DROP\n-A SSH -s 10.0.0.0/8")),
-    ("insert first", lambda t: _edit(t, "-A INPUT -m conntrack", "-A INPUT -s 203.0.113.7/32 -p udp -m udp --dport 53 -j DROP\n"
-                                                                 "-A INPUT -m conntrack")),
+    ("append", lambda t: _before(t, "-A SSH -s 10.0.0.0/8", "-A INPUT -s 203.0.113.9/32 -j DROP")),
+    ("insert first", lambda t: _before(t, "-A INPUT -m conntrack", UDP_DROP.format("203.0.113.7/32", 53))),
     # the merged run keeps its length and shape, one member's address changes
     ("replace inside the merged run", lambda t: _edit(t, "-A INPUT -s 10.1.0.3/32", "-A INPUT -s 10.1.0.33/32")),
-    ("insert inside the merged run", lambda t: _edit(t, "-A INPUT -s 10.1.0.4/32", "-A INPUT -s 10.1.0.4/32 -p tcp -j ACCEPT\n"
-                                                                                     "-A INPUT -s 10.1.0.4/32")),
-    ("delete", lambda t: _edit(t, "-A INPUT -s 10.1.0.2/32 -p udp -m udp --dport 1002 -j DROP\n", "")),
-    ("delete the insert", lambda t: _edit(t, "-A INPUT -s 10.1.0.4/32 -p tcp -j ACCEPT\n", "")),
-    ("replace", lambda t: _edit(t, "-A INPUT -s 10.1.0.5/32 -p udp -m udp --dport 1005 -j DROP",
-                                "-A INPUT -s 10.1.0.5/32 -p udp -m udp --dport 1005 -j ACCEPT")),
+    ("insert inside the merged run", lambda t: _before(t, "-A INPUT -s 10.1.0.4/32", TCP_ACCEPT)),
+    ("delete", lambda t: _edit(t, UDP_DROP.format("10.1.0.2/32", 1002) + "\n", "")),
+    ("delete the insert", lambda t: _edit(t, TCP_ACCEPT + "\n", "")),
+    ("replace", lambda t: _edit(t, UDP_DROP.format("10.1.0.5/32", 1005) + "\n",
+                                UDP_DROP.format("10.1.0.5/32", 1005).replace("-j DROP", "-j ACCEPT\n"))),
     # the RETURN rule of SSH keeps its text, but its chain is entered under another condition
-    ("jump context", lambda t: _edit(t, "-A INPUT -p tcp -m tcp --dport 22 -j SSH", "-A INPUT -p tcp -m tcp --dport 2222 -j SSH")),
+    ("jump context", lambda t: _edit(t, "--dport 22 -j SSH", "--dport 2222 -j SSH")),
     # the same lines, but the rule that ends the chain moves before them
-    ("move within a chain", lambda t: _edit(_edit(t, "-A SSH -j DROP\n", ""), "-A SSH -s 10.0.0.0/8", "-A SSH -j DROP\n-A SSH -s 10.0.0.0/8")),
-    ("rename chain", lambda t: t.replace(":SSH - [0:0]", ":ADMIN - [0:0]").replace("-j SSH", "-j ADMIN").replace("-A SSH ", "-A ADMIN ")),
+    ("move within a chain", lambda t: _before(_edit(t, "-A SSH -j DROP\n", ""), "-A SSH -s 10.0.0.0/8",
+                                              "-A SSH -j DROP")),
+    ("rename chain", lambda t: _rename(t, "SSH", "ADMIN")),
     ("policy", lambda t: _edit(t, ":INPUT ACCEPT [0:0]\n:FORWARD DROP", ":INPUT DROP [0:0]\n:FORWARD DROP")),
-    ("earlier chain", lambda t: _edit(t, "-A PREROUTING -d 10.77.1.2/32", "-A PREROUTING -s 10.1.0.0/16 -j MARK --set-xmark 0x1/0xffffffff\n"
-                                                                          "-A PREROUTING -d 10.77.1.2/32")),
-    ("duplicate lines", lambda t: _edit(t, "-A INPUT -p icmp", "-A INPUT -s 10.1.0.6/32 -p udp -m udp --dport 1006 -j DROP\n-A INPUT -p icmp")),
+    ("earlier chain", lambda t: _before(t, "-A PREROUTING -d 10.77.1.2/32",
+                                        "-A PREROUTING -s 10.1.0.0/16 -j MARK --set-xmark 0x1/0xffffffff")),
+    ("duplicate lines", lambda t: _before(t, "-A INPUT -p icmp", UDP_DROP.format("10.1.0.6/32", 1006))),
     ("undo", lambda t: BASE),
 ]
 
