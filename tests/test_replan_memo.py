@@ -184,9 +184,9 @@ def test_unchanged_rules_are_not_translated_or_rendered_again(watcher, monkeypat
     monkeypatch.setattr(printer, "_rule_text", lambda rule: rendered.append(rule) or real_text(rule))
     text = _edit(BASE, "-A SSH -s 10.0.0.0/8", "-A INPUT -s 203.0.113.9/32 -j DROP\n-A SSH -s 10.0.0.0/8")
     got = watcher.sync(text, RECEIVER)
+    monkeypatch.undo()
     assert [r.chain for r in translated if r.chain != "PREROUTING"] == ["INPUT"]
     assert [render_rule(r) for r in rendered] == ["-A INPUT -s 203.0.113.9/32 -j DROP"]
-    monkeypatch.undo()
     assert got == _fresh(text, RECEIVER)
 
 
