@@ -140,6 +140,8 @@ class _Coverers:
         self.count += 1
 
     def cover(self, match: Match, fields: Tuple[str, ...]) -> bool:
+        if not self.groups:
+            return False
         present = set(fields)
         for group_fields, (members, unions) in self.groups.items():
             if not present.issuperset(group_fields):
@@ -155,6 +157,12 @@ def _constrained(match: Match) -> Tuple[str, ...]:
     return tuple([name for name in FIELD_NAMES if values[name] is not None])
 
 
+# _constrained() of the last reachable()'s matches, by id(match): (match, fields). A long-lived
+# planner hands the same Match objects again for the rules that did not change; the entry holds
+# its match, so the id is not reused meanwhile. Each reachable() replaces it with its own.
+_CONSTRAINED: Dict[int, Tuple[Match, Tuple[str, ...]]] = {}
+
+
 def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
     """Which classifier positions some packet can reach.
 
@@ -162,13 +170,20 @@ def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
     earlier rules (at most two constrained fields, the first MAX_COVERERS of them) are checked; a
     rule it misses is reported as reachable, which only makes the report optimistic, never XDP unsafe.
     """
+    global _CONSTRAINED
     coverers = _Coverers()
     targets: Set[int] = set()
     out = []
+    known, kept = _CONSTRAINED, {}
     for index, rule in enumerate(rules):
         if index in targets:
             coverers = _Coverers()  # packets arriving here skipped some earlier rules
-        fields = _constrained(rule.match)
+        match = rule.match
+        entry = known.get(id(match))
+        if entry is None or entry[0] is not match:
+            entry = (match, _constrained(match))
+        kept[id(match)] = entry
+        fields = entry[1]
         live = not coverers.cover(rule.match, fields)
         out.append(live)
         if not live:
@@ -177,51 +192,63 @@ def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
             targets.add(rule.action.target)
         elif len(fields) <= 2 and coverers.count < MAX_COVERERS:
             coverers.add(rule.match, fields)
+    _CONSTRAINED = kept
     return out
-
-
-def _render(rule: ir.Rule) -> str:
-    try:
-        from ipt2xdp.render import render_rule
-    except ImportError:  # the printer lands separately; a plain form keeps the report usable
-        return f"-A {rule.chain} ..."
-    return render_rule(rule)
 
 
 def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
     from ipt2xdp.parse import _fast_constructor
     from ipt2xdp.plan import EARLIER_CHAINS, Decision, RuleRef
+    from ipt2xdp.render import render_rule
 
     new_ref, new_decision = _fast_constructor(RuleRef), _fast_constructor(Decision)  # one per rule
     live = reachable(rules)
-    instances: Dict[RuleRef, List[Tuple[Verdict, str, Match]]] = {}
-    emitted: Set[RuleRef] = set()
+    # iptables rule -> (verdict, code, match) of its reachable classifier instances; a rule with
+    # instances, none reachable, has an empty list (it was emitted: shadowed)
+    # keyed by (table, chain, index): a tuple hashes and compares in C, a RuleRef in Python
+    instances: Dict[Tuple[str, str, int], List[Tuple[Verdict, str, Match]]] = {}
     for index in range(guards, len(rules)):
         path = paths[index]
         if path:
-            emitted.add(path[-1])
+            last = path[-1]
+            key = (last.table, last.chain, last.index)
+            outcomes = instances.get(key)
+            if outcomes is None:
+                outcomes = instances[key] = []
             if live[index]:
                 rule = rules[index]
-                instances.setdefault(path[-1], []).append((rule.action.verdict, codes[index], rule.match))
+                outcomes.append((rule.action.verdict, codes[index], rule.match))
+    maybe_drops = {(ref.table, ref.chain, ref.index) for ref, (code, _) in remarks.items() if code == "skip.maybe-drop"}
     sentences: Dict[str, str] = {}
     decisions = []
     for table in ruleset.tables:
         for chain in table.chains:
             if chain.builtin and (table.name, chain.name) == ("filter", "INPUT"):
                 ref = RuleRef(table.name, chain.name, 0)
-                kind = "xdp" if instances.get(ref) else "netfilter"
+                kind = "xdp" if instances.get((table.name, chain.name, 0)) else "netfilter"
                 code = "ok.policy" if kind == "xdp" else "shadowed"
                 decisions.append(Decision(ref, kind, code, why(code), f"-P INPUT {chain.policy}"))
             # _classify's answer for every rule of a chain XDP never judges
             fixed = _chain_outcome(table.name, chain.name, EARLIER_CHAINS)
+            table_name, chain_name = table.name, chain.name
             for index, rule in enumerate(chain.rules, start=1):
-                ref = new_ref(table.name, chain.name, index)
-                kind, code = fixed or _classify(table.name, chain.name, ref, instances, emitted, remarks, live,
-                                                EARLIER_CHAINS)
+                ref = new_ref(table_name, chain_name, index)
+                if fixed is not None:
+                    kind, code = fixed
+                else:
+                    key = (table_name, chain_name, index)
+                    outcomes = instances.get(key)
+                    if outcomes and not (maybe_drops and key in maybe_drops):
+                        if len(outcomes) == 1 and outcomes[0][0] != Verdict.DEFER:
+                            kind, code = "xdp", outcomes[0][1]  # _judged's answer for one decided instance
+                        else:
+                            kind, code = _judged(outcomes)
+                    else:
+                        kind, code = _unjudged(ref, outcomes, remarks, live)
                 sentence = sentences.get(code)
                 if sentence is None:
                     sentence = sentences[code] = why(code)
-                decisions.append(new_decision(ref, kind, code, sentence, _render(rule)))
+                decisions.append(new_decision(ref, kind, code, sentence, render_rule(rule)))
     return tuple(decisions)
 
 
@@ -250,25 +277,25 @@ def _chain_outcome(table, chain, earlier) -> Optional[Tuple[str, str]]:
     return None
 
 
-def _classify(table, chain, ref, instances, emitted, remarks, live, earlier) -> Tuple[str, str]:
-    fixed = _chain_outcome(table, chain, earlier)
-    if fixed is not None:
-        return fixed
-    outcomes = instances.get(ref)  # (one lookup: hashing a RuleRef is most of this function's cost)
+def _judged(outcomes) -> Tuple[str, str]:
+    """The decision of a rule with reachable classifier instances (not a maybe-drop)."""
+    deferred = [code for verdict, code, _ in outcomes if verdict == Verdict.DEFER]
+    if not deferred:
+        return "xdp", outcomes[0][1]
+    if len(deferred) < len(outcomes):
+        return "partial", deferred[0]
+    if any(_lookup_rules_out_some(match) for _, _, match in outcomes):
+        unsure_state_only = all(code == "match.ctstate-unsure" for code in deferred)
+        return "partial", "ctstate.lookup" if unsure_state_only else deferred[0]
+    return "netfilter", deferred[0]
+
+
+def _unjudged(ref, outcomes, remarks, live) -> Tuple[str, str]:
+    """The decision of a rule without reachable instances (outcomes: None when it has none at all,
+    [] when every one is shadowed), or of a maybe-drop rule."""
+    if outcomes:
+        return "partial", "skip.maybe-drop"  # a maybe-drop rule with instances of its own
     if outcomes is not None:
-        deferred = [code for verdict, code, _ in outcomes if verdict == Verdict.DEFER]
-        remark = remarks.get(ref)
-        if remark is not None and remark[0] == "skip.maybe-drop":
-            return "partial", remark[0]
-        if not deferred:
-            return "xdp", outcomes[0][1]
-        if len(deferred) < len(outcomes):
-            return "partial", deferred[0]
-        if any(_lookup_rules_out_some(match) for _, _, match in outcomes):
-            unsure_state_only = all(code == "match.ctstate-unsure" for code in deferred)
-            return "partial", "ctstate.lookup" if unsure_state_only else deferred[0]
-        return "netfilter", deferred[0]
-    if ref in emitted:
         return "netfilter", "shadowed"
     if ref in remarks:
         code, position = remarks[ref]

@@ -87,7 +87,7 @@ stable; new optional fields may be added with defaults at the end of a class.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Optional, Tuple, Union
 
@@ -445,7 +445,35 @@ class Rule:
     span: Optional[SourceSpan] = field(default=None, compare=False)
 
     def without_positions(self) -> "Rule":
-        return replace(self, counters=ZERO, span=None)
+        if self.span is None and (self.counters is ZERO or self.counters == ZERO):
+            return self
+        memo = self.__dict__.get(DERIVED)
+        bare = memo.get("bare") if memo is not None else None
+        if bare is None:
+            fields = self.__dict__.copy()  # the derived values too: the copy has the same ones
+            fields["counters"], fields["span"] = ZERO, None
+            bare = object.__new__(Rule)
+            object.__setattr__(bare, "__dict__", fields)
+            if memo is not None:
+                memo["bare"] = bare
+        return bare
+
+
+# Where a rule keeps the values derived from its fields other than span and counters (its rendered
+# text, its position-free copy, its translation for a host object): an instance attribute outside
+# the dataclass fields, which equality, hashing and dataclasses.fields() ignore. A long-lived
+# planner gives its rules one (keep_derived); parse.ParseMemo's copies of a rule read again at
+# another line share it, so each rule is derived once however often it is read. Every entry must
+# be a function of the compared fields alone (a translation is stored with its host object).
+DERIVED = "_derived"
+
+
+def keep_derived(rule: Rule) -> dict:
+    """The rule's derived values (see DERIVED), from now on kept with it."""
+    memo = rule.__dict__.get(DERIVED)
+    if memo is None:
+        memo = rule.__dict__[DERIVED] = {}
+    return memo
 
 
 @dataclass(frozen=True)
@@ -483,6 +511,6 @@ class Ruleset:
     def without_positions(self) -> "Ruleset":
         """The same ruleset with every counter zeroed and every span dropped (for comparisons)."""
         return Ruleset(tuple(
-            Table(t.name, tuple(replace(c, counters=ZERO, rules=tuple(r.without_positions() for r in c.rules))
+            Table(t.name, tuple(Chain(c.name, c.policy, ZERO, tuple([r.without_positions() for r in c.rules]))
                                 for c in t.chains))
             for t in self.tables))

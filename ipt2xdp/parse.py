@@ -674,7 +674,7 @@ class _Builder:
             chains, parse = {}, None
         else:
             chains, parse = table.chains, self.rule_parser.parse
-        path, zero, new_span, findall = self.path, ir.ZERO, _new_span, _WORD_RE.findall
+        path, zero, new_span, findall, derived = self.path, ir.ZERO, _new_span, _WORD_RE.findall, ir.DERIVED
         known, record = self._memo_lines()
         for offset, text in enumerate(block.split("\n")):
             c = col if offset == 0 else 1
@@ -687,13 +687,20 @@ class _Builder:
             if not text.startswith("-A "):
                 rule(text, line + offset, c)
                 continue
+            again = known.get(text) if known is not None else None
+            if again is not None and '"' not in text:
+                # a line read before: only its chain's word is needed (what text.split()[1] is)
+                target_chain = chains.get(text.split(None, 2)[1])
+                if target_chain is not None:
+                    span = new_span(path, line + offset, c, c + len(text))
+                    target_chain.rules.extend([_with_span(r, span) for r in again])
+                    continue
             words = findall(text) if '"' in text else text.split()  # see _words
             target_chain = chains.get(words[1])
             if target_chain is None:
                 rule(text, line + offset, c)
                 continue
             span = new_span(path, line + offset, c, c + len(text))
-            again = known.get(text) if known is not None else None
             if again is not None:
                 target_chain.rules.extend([_with_span(r, span) for r in again])
                 continue
@@ -704,6 +711,8 @@ class _Builder:
                 continue
             target_chain.rules.extend(rules)
             if record is not None:
+                for r in rules:  # shared with the copies read again at other lines (ir.DERIVED)
+                    r.__dict__[derived] = {}
                 record[text] = rules
 
     def _memo_lines(self):

@@ -137,18 +137,26 @@ class _Emitter:
         del self.rules[length:], self.paths[length:], self.codes[length:]
 
     def term(self, table: str, chain: str, index: int, rule: ir.Rule, source: str = "") -> Term:
+        host = self.host if table == "filter" else self.guard_host
+        memo = TERM_MEMO if TERM_MEMO is not None and TERM_MEMO["host"] is host else None
+        kept = rule.__dict__.get(ir.DERIVED) if memo is not None else None
+        if kept is not None:  # the translation kept with the rule object and its re-read copies
+            found = kept.get("term")
+            if found is None or found[0] is not host:
+                found = kept["term"] = (host, translate(rule, host, self.interfaces))
+            return found[1]
+        # a rule of a chain inlined more than once is translated once
         key = (f"{source}:{table}" if source else table, chain, index)
-        if key not in self.terms:
-            host = self.host if table == "filter" else self.guard_host
-            memo = TERM_MEMO
-            if memo is not None and memo["host"] is host:
+        found = self.terms.get(key)
+        if found is None:
+            if memo is not None:
                 found = memo["terms"].get(rule)
                 if found is None:
                     found = memo["terms"][rule] = translate(rule, host, self.interfaces)
-                self.terms[key] = found
             else:
-                self.terms[key] = translate(rule, host, self.interfaces)
-        return self.terms[key]
+                found = translate(rule, host, self.interfaces)
+            self.terms[key] = found
+        return found
 
     def note_sets(self, uses: Tuple[SetUse, ...], bits: int) -> int:
         """Record what set changes matter from here on (and their expiry); returns bits."""
@@ -178,6 +186,8 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     its block once it is known (RETURN resumes after the jump that entered this chain).
     """
     chain = _chain(em.ruleset, table, chain_name)
+    # conjoin(cond, m) is m itself when cond constrains nothing (a Term's disjuncts have no empty field)
+    unconditional = all(value is None for value in vars(cond).values())
     for index, rule in enumerate(chain.rules, start=1):
         ref = RuleRef(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
@@ -185,9 +195,15 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             em.set_events.append((len(em.rules), em.note_sets(term.set_uses, _earlier_set_bits(rule, term))))
         if not term.disjuncts:
             em.remarks.setdefault(ref, (term.never, None))
+        target = rule.target
         for disjunct in term.disjuncts:
-            match = conjoin(cond, disjunct.match)
-            if match is None:
+            match = disjunct.match
+            if not unconditional:
+                match = conjoin(cond, match)
+                if match is None:
+                    continue
+            if type(target) is ir.Drop and not disjunct.unknown and not term.set_uses:
+                em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
                 continue
             side_effect = _side_effect_code(rule.target)
             if (disjunct.unknown and not side_effect and isinstance(rule.target, ir.Drop)

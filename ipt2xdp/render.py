@@ -193,22 +193,50 @@ def _network_text(network) -> str:
 
 def render_rule(rule: ir.Rule, counters: bool = False) -> str:
     """The rule as iptables-save prints it: `-A CHAIN -s .. -d .. -i .. -o .. -p .. -f -m .. -j ..`."""
-    parts = [f"[{rule.counters.packets}:{rule.counters.bytes}] -A" if counters else "-A", rule.chain]
-    for flag, addr in (("-s", rule.source), ("-d", rule.destination)):
-        if addr is not None:
-            parts.append(f"{_bang(addr.negated)}{flag} {_network_text(addr.network)}")
-    for flag, iface in (("-i", rule.in_interface), ("-o", rule.out_interface)):
-        if iface is not None:
-            parts.append(f"{_bang(iface.negated)}{flag} {iface.name}")
-    if rule.protocol is not None:
-        parts.append(f"{_bang(rule.protocol.negated)}-p {options.protocol_name(rule.protocol.number)}")
+    if counters:
+        return f"[{rule.counters.packets}:{rule.counters.bytes}] " + _rule_text(rule)
+    memo = rule.__dict__.get(ir.DERIVED)
+    if memo is None:
+        return _rule_text(rule)
+    text = memo.get("text")
+    if text is None:
+        text = memo["text"] = _rule_text(rule)
+    return text
+
+
+_PROTOCOL_TEXT = {}  # number -> "-p name" (options.protocol_name reads its table once too)
+_PLAIN_TARGETS = {ir.Accept: "-j ACCEPT", ir.Drop: "-j DROP", ir.Return: "-j RETURN"}
+
+
+def _rule_text(rule: ir.Rule) -> str:
+    parts = ["-A", rule.chain]
+    source, destination = rule.source, rule.destination
+    if source is not None:
+        parts.append(("! -s " if source.negated else "-s ") + _network_text(source.network))
+    if destination is not None:
+        parts.append(("! -d " if destination.negated else "-d ") + _network_text(destination.network))
+    if rule.in_interface is not None or rule.out_interface is not None:
+        for flag, iface in (("-i", rule.in_interface), ("-o", rule.out_interface)):
+            if iface is not None:
+                parts.append(f"{_bang(iface.negated)}{flag} {iface.name}")
+    protocol = rule.protocol
+    if protocol is not None:
+        text = _PROTOCOL_TEXT.get(protocol.number)
+        if text is None:
+            text = _PROTOCOL_TEXT[protocol.number] = "-p " + options.protocol_name(protocol.number)
+        parts.append("! " + text if protocol.negated else text)
     if rule.fragment is not None:
         parts.append("-f" if rule.fragment else "! -f")
     for m in rule.matches:
         parts.append("-m " + m.name)
         parts.extend(_match(m))
-    if rule.target is not None:
-        parts.extend(_target(rule.target))
+    target = rule.target
+    if target is not None:
+        plain = _PLAIN_TARGETS.get(type(target))
+        if plain is not None:
+            parts.append(plain)
+        else:
+            parts.extend(_target(target))
     return " ".join(parts)
 
 

@@ -43,6 +43,9 @@ class SetUse:
 
 @dataclass(frozen=True)
 class Term:
+    """No disjunct's match has an empty field (every one is built by narrowing or conjoin, which
+    stop at an empty one): the planner takes a disjunct as it is where its chain is unconditional."""
+
     disjuncts: Tuple[Disjunct, ...]
     unknown_codes: Tuple[str, ...] = ()  # every reason a disjunct is unknown, for the report
     never: str = ""  # why no disjunct is left (the rule never matches a packet XDP judges)
@@ -391,6 +394,9 @@ def translate(rule: ir.Rule, host: HostContext,
 
     `interfaces` is nf_interface_names(host), which a caller translating many rules computes once.
     """
+    plain = _plain_term(rule)
+    if plain is not None:
+        return plain
     names, ambiguous = interfaces if interfaces is not None else nf_interface_names(host)
     builder = _Builder()
     _header(builder, rule, names, ambiguous)
@@ -423,6 +429,51 @@ def translate(rule: ir.Rule, host: HostContext,
         never = "never.empty"
     codes = tuple(dict.fromkeys(c for d in disjuncts if d.unknown for c in d.unknown.split(",")))
     return Term(tuple(disjuncts), codes, "" if disjuncts else never, uses)
+
+
+def _plain_term(rule: ir.Rule) -> Optional[Term]:
+    """translate() of the commonest rule shape, or None for any other: addresses, a protocol and at
+    most one -m tcp/udp with ports (for that protocol), nothing else. The host plays no part: every
+    field is exact and no field ends up empty (those cases take the general path)."""
+    if rule.in_interface is not None or rule.out_interface is not None or rule.fragment is True:
+        return None
+    matches = rule.matches
+    if len(matches) > 1:
+        return None
+    fields = {}
+    for name, address in (("src", rule.source), ("dst", rule.destination)):
+        if address is not None:
+            values = _addresses(address)
+            if not values:
+                return None
+            fields[name] = values
+    protocol = rule.protocol
+    if protocol is not None:
+        numbers = frozenset({protocol.number}) if protocol.number else ALL_PROTOCOLS
+        numbers = ALL_PROTOCOLS - numbers if protocol.negated else numbers
+        if not numbers:
+            return None
+        fields["proto"] = numbers
+    if matches:
+        match = matches[0]
+        kind = type(match)
+        if kind is ir.TcpMatch and match.flags is None and match.option is None:
+            only = TCP
+        elif kind is ir.UdpMatch:
+            only = UDP
+        else:
+            return None
+        if fields.get("proto") != only:  # else the port-protocol unknown or an empty protocol
+            return None
+        for name, port in (("sport", match.sport), ("dport", match.dport)):
+            if port is not None:
+                if not 0 <= port.range[0] <= port.range[1]:
+                    return None
+                values = _port_range(port)
+                if not values:
+                    return None
+                fields[name] = values
+    return Term((Disjunct(Match(**fields)),))
 
 
 def _reasons(a: Optional[str], b: Optional[str]) -> Optional[str]:
