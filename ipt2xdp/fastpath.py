@@ -248,45 +248,46 @@ def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Option
     the other packets from P take the fast path, which decides as the full one. Prefixes of
     lengths the program does not probe (left_out) stay, as does everything without a fast path.
     """
-    if not fast.plens:
+    if not fast.plens or not fast.entries:
         return None
-    probed: Dict[int, List[Tuple[int, int]]] = {}
-    plens = fast.plens
+    plens, every_length = fast.plens, not fast.left_out
+    starts, unreached = _unreached_outside(rules, fast.dsts, max(fast.rule_index))
+    everywhere = all(unreached)
+    gone = set()
+    probed: Dict[int, List[Tuple[int, int]]] = {}  # the other rules: their probed blocks
     for (net, plen, _, _), index in zip(fast.entries, fast.rule_index):
-        if plen in plens:
-            probed.setdefault(index, []).append((net, net + (1 << (32 - plen)) - 1))
-    if not probed:
-        return None
-    starts, unreached = _unreached_outside(rules, fast.dsts, max(probed))
-    changed: Dict[int, Optional[ClassifierRule]] = {}
-    for index, blocks in probed.items():
-        if not unreached[bisect.bisect_right(starts, index) - 1]:
+        if not every_length and plen not in plens:
             continue
+        if not everywhere and not unreached[bisect.bisect_right(starts, index) - 1]:
+            continue
+        intervals = rules[index].match.src.intervals
+        if plen == 32 and len(intervals) == 1 and intervals[0][0] == net == intervals[0][1]:
+            gone.add(index)  # the common case, one address: kept inline for 100k-address blocklists
+        else:
+            probed.setdefault(index, []).append((net, net + (1 << (32 - plen)) - 1))
+    replaced: Dict[int, ClassifierRule] = {}
+    for index, blocks in probed.items():
         rule = rules[index]
         src = rule.match.src
-        if src.intervals == tuple(blocks) or sum(hi - lo + 1 for lo, hi in blocks) == src.size():
-            changed[index] = None  # the probed prefixes are the whole source (they never overlap)
+        if sum(hi - lo + 1 for lo, hi in blocks) == src.size():
+            gone.add(index)  # the probed prefixes are the whole source (they never overlap)
         else:  # a source-only DROP (analyse): the rest of its source is all its match
             rest = src.intersection(IntervalSet.of(blocks).complement(U32_MAX))
-            changed[index] = ClassifierRule(Match(src=rest), rule.action, rule.rule_id)
-    if not changed:
+            replaced[index] = ClassifierRule(Match(src=rest), rule.action, rule.rule_id)
+    if not gone and not replaced:
         return None
-    out: List[ClassifierRule] = []
+    cont = Verdict.CONTINUE
+    if not any(rule.action.verdict is cont for rule in rules):
+        return [replaced.get(index, rule) for index, rule in enumerate(rules) if index not in gone]
     new_index: List[int] = []  # old index -> the new index of the first rule that stays from it on
-    jumps = False
+    out: List[ClassifierRule] = []
     for index, rule in enumerate(rules):
         new_index.append(len(out))
-        if index in changed:
-            rule = changed[index]
-            if rule is None:
-                continue
-        jumps = jumps or rule.action.verdict is Verdict.CONTINUE
-        out.append(rule)
+        if index not in gone:
+            out.append(replaced.get(index, rule))
     new_index.append(len(out))
-    if jumps:
-        out = [ClassifierRule(r.match, CONTINUE(new_index[r.action.target]), r.rule_id)
-               if r.action.verdict is Verdict.CONTINUE else r for r in out]
-    return out
+    return [ClassifierRule(r.match, CONTINUE(new_index[r.action.target]), r.rule_id)
+            if r.action.verdict is cont else r for r in out]
 
 
 def _unreached_outside(rules: Sequence[ClassifierRule], dsts: IntervalSet, last: int) -> Tuple[List[int], List[bool]]:
