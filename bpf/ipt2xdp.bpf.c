@@ -714,10 +714,9 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 			goto decided_by_rule;
 		}
 	}
-	/* a plan the fast path decides whole leaves no slot: the default, without zeroing m */
+	__builtin_memset(&m.pkt, 0, sizeof(m) - __builtin_offsetof(struct match_ctx, pkt));
 	if (!cfg->nslots || !cfg->ngroups)
 		goto no_slot_left;
-	__builtin_memset(&m.pkt, 0, sizeof(m) - __builtin_offsetof(struct match_ctx, pkt));
 	rows = gen_map(&ipt2xdp_g_class_rows, gen);
 	if (!rows)
 		return IPT2XDP_STAT_LOOKUP_FAIL;
