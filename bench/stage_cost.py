@@ -17,7 +17,10 @@ Without --objects it builds the variants from the work tree's bpf/ into a tempor
   no_fib        full without the route check before a DROP (delivered_locally answers yes)
   no_ct         full without the conntrack lookup (every packet NOT_LOOKED_UP)
   no_csum       full without the L4 checksum (every packet without an entry NONE)
-  no_fast       full without the blocklist fast path (every source classified: the program before it)
+  no_fast       full without the blocklist fast path (every source classified: the program before it),
+                given the whole classifier (compile(reduce=False))
+  unreduced     full, given the whole classifier beside the fast path (a miss classified against
+                the list too: the fast path before fastpath.reduce_classifier)
 The stop_*/no_* variants give wrong verdicts on purpose (no_fast excepted: it gives the same ones);
 they exist only to be timed.
 
@@ -69,8 +72,9 @@ VARIANTS = {
     "full": [], "parse_only": ["SKIP_CLASSIFY", "SKIP_COUNT"], "stop_gen": ["STOP_GEN", "SKIP_COUNT"],
     "stop_rows": ["STOP_ROWS", "SKIP_COUNT"], "stop_cand": ["STOP_CAND", "SKIP_COUNT"],
     "stop_loop": ["STOP_LOOP", "SKIP_COUNT"], "no_count": ["SKIP_COUNT"], "no_fib": ["SKIP_FIB"],
-    "no_ct": ["SKIP_CT"], "no_csum": ["SKIP_CSUM"], "no_fast": ["SKIP_FAST"],
+    "no_ct": ["SKIP_CT"], "no_csum": ["SKIP_CSUM"], "no_fast": ["SKIP_FAST"], "unreduced": [],
 }
+WHOLE_CLASSIFIER = ("no_fast", "unreduced")  # objects given compile(reduce=False)
 
 
 def build_variants(src: Path, out: Path) -> list:
@@ -120,6 +124,20 @@ def rulesets(n: int):
     }
 
 
+def _fast_path_off(tables):
+    """The generation with no prefix length to probe: the program skips the fast path at its first
+    test, as the program before it had none."""
+    import dataclasses
+
+    from ipt2xdp import abi
+
+    cfg = abi.GenConfig.from_buffer_copy(tables.maps["cfg"].values)
+    for i in range(abi.SRC_FAST_PLENS):
+        cfg.src_fast_plens[i] = 0
+    maps = dict(tables.maps, cfg=dataclasses.replace(tables.maps["cfg"], values=bytes(cfg)))
+    return dataclasses.replace(tables, maps=maps)
+
+
 def measure(objects, n: int, forwarding: int, repeat: int, rounds: int, cpu: int) -> dict:
     from ipt2xdp import libbpf, netns
     from ipt2xdp.compile import compile as compile_tables
@@ -149,8 +167,10 @@ def measure(objects, n: int, forwarding: int, repeat: int, rounds: int, cpu: int
                     for name, (text, packets) in rulesets(n).items():
                         result = plan(parse(text, name), host)
                         tables = compile_tables(result.rules, result.default, overflow="defer")
-                        for dp in dps.values():
-                            dp.apply_generation(tables)
+                        whole = compile_tables(result.rules, result.default, overflow="defer", reduce=False)
+                        for oname, dp in dps.items():
+                            dp.apply_generation(_fast_path_off(whole) if oname == "no_fast" else
+                                                whole if oname in WHOLE_CLASSIFIER else tables)
                         runs = {}
                         for _ in range(rounds):
                             for pname, packet in packets.items():

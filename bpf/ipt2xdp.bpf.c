@@ -4,6 +4,7 @@
  * A packet is parsed, then judged by the generation of maps in force:
  *  0. a source in the generation's blocklist fast path (src_fast: prefixes every packet from which
  *     the plan drops with one rule, whatever else it holds) goes straight to that rule's DROP;
+ *     the class bitmaps below hold the rest of the plan only;
  *  1. each constrained field maps the packet's value to a class row (ports, protocol, ICMP, TCP
  *     flags: direct array index; addresses: a /16 directory then a short binary search over sorted
  *     interval starts; input interface: a hash);
@@ -295,24 +296,19 @@ static __always_inline int src_fast_destination(struct ipt2xdp_gen_config *cfg, 
 	return 0;
 }
 
-/* The blocklist fast path: the entry of src_fast holding the packet's source, or NULL. An entry is
- * a source prefix every packet from which (to a destination in src_fast_dst_*) this generation
- * drops with one rule, whatever its other fields (ipt2xdp/fastpath.py proves it from the plan), so
- * classifying would reach the same rule;
- * entries never overlap, so the first hit is the only one. A failed map lookup classifies. */
-static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(struct generation *gen, struct packet_fields *pkt)
+/* The blocklist fast path: the entry of src_fast (the generation's map) holding the packet's
+ * source, or NULL. An entry is a source prefix every packet from which (to a destination in
+ * src_fast_dst_*) this generation drops with one rule, whatever its other fields
+ * (ipt2xdp/fastpath.py proves it from the plan), so classifying would reach the same rule;
+ * entries never overlap, so the first hit is the only one. */
+static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(void *src_fast, struct generation *gen,
+								   struct packet_fields *pkt)
 {
 	struct ipt2xdp_src_fast_value *hit;
 	struct ipt2xdp_src_fast_key key;
-	void *src_fast;
 	__u32 plen;
 	int i;
 
-	if (!gen->cfg->src_fast_plens[0] || !src_fast_destination(gen->cfg, pkt->value[IPT2XDP_F_DST]))
-		return NULL;
-	src_fast = gen_map(&ipt2xdp_g_src_fast, gen);
-	if (!src_fast)
-		return NULL;
 #pragma unroll
 	for (i = 0; i < IPT2XDP_SRC_FAST_PLENS; i++) {
 		plen = gen->cfg->src_fast_plens[i];
@@ -688,6 +684,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	struct ipt2xdp_class_row *any_row, *row;
 	struct ipt2xdp_src_fast_value *fast;
 	struct ipt2xdp_gen_config *cfg;
+	void *src_fast;
 	struct ipt2xdp_state *state;
 	struct match_ctx m; /* zeroed below, past the fast path, which needs none of it but gen */
 	struct generation *gen = &m.gen;
@@ -704,11 +701,18 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	/* group geometry is read from cfg, never copied into match_ctx: copies refined by branches
 	 * multiplied the states in which the verifier had to check the step callback */
 	cfg = gen->cfg;
-	fast = src_fast_hit(gen, pkt);
-	if (fast) {
-		m.action = fast->action;
-		m.counter = fast->counter;
-		goto decided_by_rule;
+	if (cfg->src_fast_plens[0] && src_fast_destination(cfg, pkt->value[IPT2XDP_F_DST])) {
+		/* the class bitmaps lack what src_fast decides (fastpath.reduce_classifier): without
+		 * the map, netfilter decides */
+		src_fast = gen_map(&ipt2xdp_g_src_fast, gen);
+		if (!src_fast)
+			return IPT2XDP_STAT_LOOKUP_FAIL;
+		fast = src_fast_hit(src_fast, gen, pkt);
+		if (fast) {
+			m.action = fast->action;
+			m.counter = fast->counter;
+			goto decided_by_rule;
+		}
 	}
 	__builtin_memset(&m.pkt, 0, sizeof(m) - __builtin_offsetof(struct match_ctx, pkt));
 	if (!cfg->nslots || !cfg->ngroups)

@@ -429,7 +429,8 @@ def _encode_slot(slot: _Slot, set_id: int, next_slot: int) -> bytes:
 
 
 def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow: str = "raise",
-            max_slots: int = abi.MAX_SLOTS, merge_min_run: int = MERGE_MIN_RUN) -> Tables:  # noqa: A001
+            max_slots: int = abi.MAX_SLOTS, merge_min_run: int = MERGE_MIN_RUN,
+            reduce: bool = True) -> Tables:  # noqa: A001
     """Compile a first-match classifier into one generation of map contents.
 
     Args:
@@ -439,10 +440,29 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
             everything the remaining rules would have decided.
         max_slots: capacity in bitmap slots (at most abi.MAX_SLOTS).
         merge_min_run: shortest run of exact-valued rules merged into one hash-set slot.
+        reduce: leave out of the class bitmaps what the blocklist fast path decides
+            (fastpath.reduce_classifier), so a source not on the list is not classified against
+            it; False keeps the whole classifier beside the fast path (the form before).
     Returns:
         Tables, whose maps are keyed by the logical names of abi.GEN_MAPS.
     """
     validate(rules, default_action)
+    fast = fastpath.analyse(rules, _action_code) if reduce else None
+    held = fastpath.reduce_classifier(rules, fast) if fast else None
+    if held is not None:
+        try:
+            return _compile(held, default_action, overflow="raise", max_slots=max_slots,
+                            merge_min_run=merge_min_run, fast=fast, all_rules=rules)
+        except CapacityError:
+            pass  # the reduction split merged runs: the whole classifier, cut where it overflows
+    return _compile(rules, default_action, overflow=overflow, max_slots=max_slots, merge_min_run=merge_min_run,
+                    fast=fast, all_rules=rules)
+
+
+def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow: str, max_slots: int,
+             merge_min_run: int, fast: Optional[fastpath.FastPath], all_rules: Sequence[ClassifierRule]) -> Tables:
+    """compile() of the rules the class bitmaps hold; fast: the fast path of all_rules (the
+    whole classifier, whose rule ids size the counters), or None to analyse it here."""
     max_slots = min(max_slots, abi.MAX_SLOTS)
     slots, rule_to_slot = build_slots(rules, merge_min_run)
     overflowed = 0
@@ -492,7 +512,7 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
     named_ifindexes = set().union(*(s.match.iif for s in slots if s.match.iif is not None))
     maps["iif_class"], iif_default_row = _encode_iif(field_intervals, row_base, named_ifindexes)
 
-    rule_ids = [r.rule_id for r in rules]
+    rule_ids = [r.rule_id for r in all_rules]
     default_counter = max(rule_ids, default=-1) + 1
     stride = default_counter + 2  # + the default action and the overflow catch-all
     if stride > abi.MAX_COUNTER_STRIDE:
@@ -528,7 +548,8 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         cfg.group_fields[g] = fields
         cfg.group_row[g] = row
     # the blocklist fast path, proven on the rules the program holds (before any overflow cut)
-    fast = fastpath.analyse(rules[:slots[-1].first_rule] if overflowed else rules, _action_code)
+    if fast is None or overflowed:
+        fast = fastpath.analyse(rules[:slots[-1].first_rule] if overflowed else rules, _action_code)
     fast_keys, fast_values, fast_count = fastpath.encode(fast)
     for i, plen in enumerate(fast.plens):
         cfg.src_fast_plens[i] = plen
@@ -542,7 +563,7 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
     for name, shape in abi.GEN_MAPS.items():
         m = maps[name]
         assert (m.key_size, m.value_size) == (shape.key_size, shape.value_size), name
-    return Tables(maps=maps, rule_count=len(rules), slot_count=nslots, set_count=set_count, rule_ids=rule_ids,
+    return Tables(maps=maps, rule_count=len(all_rules), slot_count=nslots, set_count=set_count, rule_ids=rule_ids,
                   default_action=default_action.verdict, overflowed_rules=overflowed, field_mask=field_mask,
                   notes=notes, fast_path=fast)
 

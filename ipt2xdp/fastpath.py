@@ -28,6 +28,10 @@ ones, the later rule's meets the earlier rule's source), so at most one entry ho
 The packet-level checks before any classification (non-IPv4, fragments, IP options, truncated L4
 headers, no generation in force) stay before the probe in the program, so what reaches it is what
 reaches classification.
+
+What the fast path decides then leaves the classifier (reduce_classifier): a probed prefix is cut
+from its rule's source where no packet from it that is still classified could reach that rule, so
+a source not on the list is classified against the rest of the ruleset only, not the whole list.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ipt2xdp import abi
-from ipt2xdp.classifier import Action, ClassifierRule, IntervalSet, Verdict
+from ipt2xdp.classifier import CONTINUE, Action, ClassifierRule, IntervalSet, Match, Verdict
 
 U32_MAX = 0xFFFFFFFF
 MAX_PREFIXES_PER_INTERVAL = 64  # a source range that splits into more CIDR blocks is left to the classifier
@@ -52,6 +56,7 @@ class FastPath:
     """Qualifying prefixes, and the ones the program will probe (at most abi.SRC_FAST_PLENS lengths)."""
 
     entries: List[Tuple[int, int, int, int]] = field(default_factory=list)  # (network, plen, rule_id, action code)
+    rule_index: List[int] = field(default_factory=list)  # per entry: the classifier index of its rule
     plens: Tuple[int, ...] = ()          # probed prefix lengths, most entries first (none: no fast path)
     left_out: int = 0                    # qualifying prefixes that are not probed
     dsts: IntervalSet = IntervalSet(((0, U32_MAX),))  # destinations the fast path applies to
@@ -180,8 +185,8 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
         blocked.extend((p, p) for p in sorted_points[a:b] if points[p] < index)
         return IntervalSet.range(lo, hi).intersection(IntervalSet.of(blocked).complement(U32_MAX))
 
-    entries = []
-    add = entries.append
+    entries, rule_index = [], []
+    add, at = entries.append, rule_index.append
     last_index = 0  # of the last rule with an entry
     last_action, code = None, 0
     drop, only_source = Verdict.DROP, _only_source
@@ -197,6 +202,7 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
             # the common case, a /32 among /32s: kept inline for 100k-address blocklists
             if points[intervals[0][0]] == index:
                 add((intervals[0][0], 32, rule.rule_id, code))
+                at(index)
                 last_index = index
             continue
         rule_id = rule.rule_id
@@ -205,12 +211,14 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
             if lo == hi and not wide:
                 if points[lo] == index:
                     add((lo, 32, rule_id, code))
+                    at(index)
                 continue
             free = free_parts(lo, hi, index)
             for part_lo, part_hi in free or ():
                 for net, plen in _cidr_blocks(part_lo, part_hi, MAX_PREFIXES_PER_INTERVAL):
                     if plen:
                         add((net, plen, rule_id, code))
+                        at(index)
         if len(entries) > count:
             last_index = index
     by_length = Counter(plen for _, plen, _, _ in entries)
@@ -220,8 +228,110 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     guarded = IntervalSet.of(iv for i in destination_only if i < last_index for iv in rules[i].match.dst.intervals)
     dsts = guarded.complement(U32_MAX)
     if not entries or not dsts or len(dsts.intervals) > abi.SRC_FAST_DSTS:
-        return FastPath(entries=entries, left_out=len(entries), dsts=dsts)
-    return FastPath(entries=entries, plens=plens, left_out=left_out, dsts=dsts)
+        return FastPath(entries=entries, rule_index=rule_index, left_out=len(entries), dsts=dsts)
+    return FastPath(entries=entries, rule_index=rule_index, plens=plens, left_out=left_out, dsts=dsts)
+
+
+def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Optional[List[ClassifierRule]]:
+    """The classifier to hold beside the fast path: each rule's source less the prefixes the program
+    probes for it, where that is exact (a rule left without a source goes; CONTINUE targets follow
+    the rules that stay), so a source not on the list is classified against the rest only. None
+    when nothing can go.
+
+    A packet from a probed prefix P of rule r is classified only when the fast path does not apply
+    to its destination (outside fast.dsts: the program passes a packet whose src_fast map is
+    missing rather than classify it). Before r it meets only rules on the destination alone
+    (analyse), so whether it reaches r depends on its destination: r loses P only if those rules
+    decide every destination outside fast.dsts before r, or jump it past r (a CONTINUE landing
+    before r keeps it walking). Then a classified packet never reaches a rule from a part that
+    rule lost, so the reduced classifier decides it as the full one (same rule, same counter);
+    the other packets from P take the fast path, which decides as the full one. Prefixes of
+    lengths the program does not probe (left_out) stay, as does everything without a fast path.
+    """
+    if not fast.plens or not fast.entries:
+        return None
+    plens, every_length = fast.plens, not fast.left_out
+    starts, unreached = _unreached_outside(rules, fast.dsts, max(fast.rule_index))
+    everywhere = all(unreached)
+    gone = set()
+    probed: Dict[int, List[Tuple[int, int]]] = {}  # the other rules: their probed blocks
+    for (net, plen, _, _), index in zip(fast.entries, fast.rule_index):
+        if not every_length and plen not in plens:
+            continue
+        if not everywhere and not unreached[bisect.bisect_right(starts, index) - 1]:
+            continue
+        intervals = rules[index].match.src.intervals
+        if plen == 32 and len(intervals) == 1 and intervals[0][0] == net == intervals[0][1]:
+            gone.add(index)  # the common case, one address: kept inline for 100k-address blocklists
+        else:
+            probed.setdefault(index, []).append((net, net + (1 << (32 - plen)) - 1))
+    replaced: Dict[int, ClassifierRule] = {}
+    for index, blocks in probed.items():
+        rule = rules[index]
+        src = rule.match.src
+        if sum(hi - lo + 1 for lo, hi in blocks) == src.size():
+            gone.add(index)  # the probed prefixes are the whole source (they never overlap)
+        else:  # a source-only DROP (analyse): the rest of its source is all its match
+            rest = src.intersection(IntervalSet.of(blocks).complement(U32_MAX))
+            replaced[index] = ClassifierRule(Match(src=rest), rule.action, rule.rule_id)
+    if not gone and not replaced:
+        return None
+    cont = Verdict.CONTINUE
+    if not any(rule.action.verdict is cont for rule in rules):
+        return [replaced.get(index, rule) for index, rule in enumerate(rules) if index not in gone]
+    new_index: List[int] = []  # old index -> the new index of the first rule that stays from it on
+    out: List[ClassifierRule] = []
+    for index, rule in enumerate(rules):
+        new_index.append(len(out))
+        if index not in gone:
+            out.append(replaced.get(index, rule))
+    new_index.append(len(out))
+    return [ClassifierRule(r.match, CONTINUE(new_index[r.action.target]), r.rule_id)
+            if r.action.verdict is cont else r for r in out]
+
+
+def _unreached_outside(rules: Sequence[ClassifierRule], dsts: IntervalSet, last: int) -> Tuple[List[int], List[bool]]:
+    """Cut the classifier indices 0..last into stretches (their first indices) and say per stretch
+    whether no packet from a probed prefix to a destination outside dsts reaches a rule in it.
+    Up to an entry's rule such a packet meets only the rules on the destination alone (analyse):
+    a terminal one decides the destinations it holds, a CONTINUE moves them to its target."""
+    walking = dsts.complement(U32_MAX)  # destinations still on their way at index i
+    starts, unreached = [0], [not walking]
+    landing: Dict[int, IntervalSet] = {}  # CONTINUE target -> destinations that land there
+    targets: List[int] = []
+
+    def mark(index: int) -> None:
+        if starts[-1] == index:
+            unreached[-1] = not walking
+        else:
+            starts.append(index)
+            unreached.append(not walking)
+
+    for i in range(last):
+        rule = rules[i]
+        if rule.match.src is not None:
+            continue
+        while targets and targets[0] <= i:
+            target = heapq.heappop(targets)
+            walking = walking.union(landing.pop(target))
+            mark(target)
+        met = walking.intersection(rule.match.dst)
+        if not met:
+            continue
+        walking = walking.intersection(rule.match.dst.complement(U32_MAX))
+        if rule.action.verdict is Verdict.CONTINUE and rule.action.target <= last:
+            target = rule.action.target
+            if target in landing:
+                landing[target] = landing[target].union(met)
+            else:
+                landing[target] = met
+                heapq.heappush(targets, target)
+        mark(i + 1)
+    while targets and targets[0] <= last:
+        target = heapq.heappop(targets)
+        walking = walking.union(landing.pop(target))
+        mark(target)
+    return starts, unreached
 
 
 def encode(fast: FastPath) -> Tuple[bytes, bytes, int]:

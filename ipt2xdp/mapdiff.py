@@ -22,7 +22,7 @@ ENTRY_LIMIT = 50
 TITLES = {"actions": "rule actions", "exact": "exact-match sets", "src": "source addresses",
           "dst": "destination addresses", "proto": "protocols", "sport": "source ports",
           "dport": "destination ports", "icmp": "ICMP types", "tcp_flags": "TCP flags",
-          "iif": "input devices"}
+          "iif": "input devices", "src_fast": "blocklist fast path"}
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah", 132: "sctp"}
 CT_NAMES = {abi.CT_NONE: "no conntrack entry (unverified)", abi.CT_FOUND: "conntrack entry",
             abi.CT_NOT_LOOKED_UP: "not looked up", abi.CT_NONE_VERIFIED: "no conntrack entry"}
@@ -181,6 +181,17 @@ def compare_views(old: Optional[View], new: View, ifnames: Optional[Dict[int, st
                                   if device else f"ifindex {key}",
                                   "before": names(before), "after": names(after)})
     sections.append(s)
+    s = _Section("src_fast")
+    for network, plen in sorted(set(new.fast) | set(old.fast)):
+        before, after = old.fast.get((network, plen)), new.fast.get((network, plen))
+        if before != after:
+            s.add(before, after, {"key": f"{ipaddress.IPv4Address(network)}/{plen}",
+                                  "before": before and labels.get(before), "after": after and labels.get(after)})
+    if old.fast_dsts != new.fast_dsts:
+        def ranges(view):
+            return ", ".join(_address(lo, hi) for lo, hi in view.fast_dsts) or None
+        s.add(old.fast_dsts, new.fast_dsts, {"key": "to destinations", "before": ranges(old), "after": ranges(new)})
+    sections.append(s)
     return [section.record() for section in sections]
 
 
@@ -208,7 +219,8 @@ def _pair_edited_rules(old: View, new: View) -> View:
                 {key: r(i) for key, i in old.exact.items()},
                 {name: [(start, rs(rules)) for start, rules in ranges] for name, ranges in old.fields.items()},
                 {key: rs(rules) for key, rules in old.iif.items()},
-                {r(i): label for i, label in old.labels.items()}, old.uses_ct, old.default_action)
+                {r(i): label for i, label in old.labels.items()}, old.uses_ct, old.default_action,
+                {key: r(i) for key, i in old.fast.items()}, old.fast_dsts)
 
 
 def _action_text(act: int, nxt, labels) -> str:

@@ -5,6 +5,8 @@ Slot numbers, class rows and set ids are internal numbering that shifts whenever
 what they mean does not. So each map is decoded into what it says about rules:
   - rule actions: per classifier rule that owns a slot, what XDP does (drop, accept, defer, jump);
   - exact-match sets: per hashed 5-tuple (or prefix) key, the rule it stands for;
+  - the blocklist fast path: per source prefix, the rule whose DROP it takes (the class bitmaps
+    no longer hold those prefixes), and the destinations it applies to;
   - per field (source and destination addresses, protocols, ports, ICMP types, TCP flags, input
     devices): the field's values cut into ranges, each with the rules that single those values out.
 A rule is named by the iptables rules its packets traverse (their text, not their numbers, so that
@@ -73,6 +75,8 @@ class View:
     labels: Dict[Identity, str]
     uses_ct: bool
     default_action: int
+    fast: Dict[Tuple[int, int], Identity] = field(default_factory=dict)  # (network, plen) -> rule
+    fast_dsts: Tuple[Tuple[int, int], ...] = ()  # destinations the fast path applies to (none: off)
 
 
 def _entries(contents: MapContents, struct_format: str) -> List[Tuple]:
@@ -134,6 +138,9 @@ def decode(maps: Dict[str, MapContents], names: RuleNames) -> View:
         if s.action == abi.ACT_CONTINUE:
             nxt = slot_ids[s.next] if s.next < len(slot_ids) else END
         actions[ident] = (s.action, nxt, set_sizes.get(s.set_id, 0) if s.kind == abi.SLOT_SET else 0)
+    fast, fast_dsts = _fast_path(maps, cfg, identity)
+    for ident, action in fast.values():
+        actions.setdefault(ident, (action, END, 0))  # a rule the fast path alone holds
 
     row_size = maps["class_rows"].value_size
     rows = maps["class_rows"].values
@@ -165,7 +172,21 @@ def decode(maps: Dict[str, MapContents], names: RuleNames) -> View:
     if cfg.field_mask & (1 << abi.F_IIF):
         named = [(struct.unpack("=I", k)[0], v[0]) for k, v in zip(_keys(maps["iif_class"]), _entries(maps["iif_class"], "=I"))]
         iif = dict(sets_of(named + [("other", cfg.iif_default_row)]))
-    return View(actions, exact, fields, iif, labels, bool(cfg.field_mask & (1 << abi.F_CT_STATE)), cfg.default_action)
+    return View(actions, exact, fields, iif, labels, bool(cfg.field_mask & (1 << abi.F_CT_STATE)), cfg.default_action,
+                {key: ident for key, (ident, _) in fast.items()}, fast_dsts)
+
+
+def _fast_path(maps: Dict[str, MapContents], cfg, identity):
+    """src_fast as {(network, plen): (rule, action code)} and the destinations it applies to (a
+    generation from before the fast path has no such map)."""
+    if "src_fast" not in maps or not cfg.src_fast_plens[0]:
+        return {}, ()
+    contents = maps["src_fast"]
+    fast = {}
+    for key, (counter, action) in zip(_keys(contents), _entries(contents, "=II")):
+        network, plen = struct.unpack("!I", key[:4])[0], struct.unpack("=I", key[4:])[0]
+        fast[(network, plen)] = (identity(counter), action)
+    return fast, tuple((cfg.src_fast_dst_lo[i], cfg.src_fast_dst_hi[i]) for i in range(cfg.src_fast_ndst))
 
 
 def _keys(contents: MapContents) -> List[bytes]:

@@ -121,7 +121,9 @@ def fingerprint(text: str, host_name: str) -> dict:
     out["plan"] = _hash(result)
     out["report"] = _hash([report.decision_records(result), report.summary(result)])
     try:
-        tables = compile_tables(result.rules, result.default, overflow="defer")
+        # unreduced (the class bitmaps hold the whole classifier, as recorded): the reduction is
+        # proven apart (tests/test_fastpath.py, tests/bpf/test_fastpath.py)
+        tables = compile_tables(result.rules, result.default, overflow="defer", reduce=False)
     except CapacityError as error:
         out["compile_error"] = str(error)
         return out

@@ -42,9 +42,12 @@ def test_runs_of_exact_rules_merge_into_one_set_slot():
     assert len(slots) == 3
     assert [s.set_members is not None for s in slots] == [True, False, True]
     assert rule_to_slot == {0: 0, 100: 1, 101: 2}
-    t = compile(rules, ACCEPT)
+    t = compile(rules, ACCEPT, reduce=False)
     assert t.set_count == 2 and t.maps["exact_set"].count == 150
     assert slots[2].src_plen == 24
+    # the first run is the blocklist fast path's alone; the tcp ACCEPT keeps the second one classified
+    t = compile(rules, ACCEPT)
+    assert t.set_count == 1 and t.maps["exact_set"].count == 50 and t.maps["src_fast"].count == 100
 
 
 def test_short_runs_and_continue_targets_stay_plain():
@@ -56,7 +59,7 @@ def test_short_runs_and_continue_targets_stay_plain():
 
 def test_duplicate_exact_rules_keep_the_first():
     rules = blocklist(5) + blocklist(5, 100)
-    t = compile(rules, ACCEPT)
+    t = compile(rules, ACCEPT, reduce=False)
     values = sorted(struct.unpack("=I", v)[0] for _, v in t.maps["exact_set"].entries())
     assert values == [0, 1, 2, 3, 4]
 
@@ -87,17 +90,21 @@ def test_capacity_error_and_defer():
 
 def test_dump_is_deterministic_and_names_the_sets():
     rules = blocklist(4) + [ClassifierRule(Match(proto=frozenset({17}), dport=IntervalSet.single(53)), DEFER, 9)]
-    a, b = compile(rules, DROP).dump(), compile(rules, DROP).dump()
+    a, b = compile(rules, DROP, reduce=False).dump(), compile(rules, DROP, reduce=False).dump()
     assert a == b
     assert "slots 2 sets 1 default DROP" in a
     assert "set 0a000003" in a and "-> rule 3" in a
+    reduced = compile(rules, DROP).dump()
+    assert "slots 1 sets 0 default DROP" in reduced and "src_fast 0a000003/32 -> rule 3 action 0x1" in reduced
 
 
 def test_large_blocklist_compiles_fast():
     import time
     started = time.monotonic()
-    t = compile(blocklist(100_000), ACCEPT)
+    t = compile(blocklist(100_000), ACCEPT, reduce=False)
     assert t.slot_count == 1 and t.maps["exact_set"].count == 100_000
+    t = compile(blocklist(100_000), ACCEPT)
+    assert t.slot_count == 0 and t.maps["src_fast"].count == 100_000 and t.rule_count == 100_000
     assert time.monotonic() - started < 10
 
 

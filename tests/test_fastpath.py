@@ -197,12 +197,19 @@ def test_compile_writes_the_map_and_the_lengths():
 def test_overflow_keeps_only_entries_of_held_rules():
     rules = [rule(Match(src=src(f"10.0.0.{i}"), proto=TCP_, dport=IntervalSet.range(1 + i, 2 + i)), DROP, i)
              for i in range(6)] + [rule(Match(src=src(f"10.9.0.{i}")), DROP, 6 + i) for i in range(3)]
-    tables = compile(rules, ACCEPT, overflow="defer", max_slots=7)
+    tables = compile(rules, ACCEPT, overflow="defer", max_slots=7, reduce=False)
     assert tables.overflowed_rules == 3 and tables.fast_path.entries == [] and tables.maps["src_fast"].count == 0
-    tables = compile(rules, ACCEPT, overflow="defer", max_slots=8)
+    tables = compile(rules, ACCEPT, overflow="defer", max_slots=8, reduce=False)
     assert tables.overflowed_rules == 2
     assert [(e[0], e[2]) for e in tables.fast_path.entries] == [(ip("10.9.0.0"), 6)]
     assert tables.maps["src_fast"].count == 1
+    # reduced, the three source-only DROPs leave the class bitmaps: the other six fit in 7 slots
+    tables = compile(rules, ACCEPT, overflow="defer", max_slots=7)
+    assert tables.overflowed_rules == 0 and tables.slot_count == 6 and tables.rule_count == 9
+    assert [(e[0], e[2]) for e in tables.fast_path.entries] == [(ip(f"10.9.0.{i}"), 6 + i) for i in range(3)]
+    # when even the reduced classifier does not fit, the whole one is cut as before
+    tables = compile(rules, ACCEPT, overflow="defer", max_slots=5)
+    assert tables.overflowed_rules == 5 and tables.fast_path.entries == [] and tables.slot_count == 5
 
 
 # --- random classifiers over a small address universe -------------------------------------------
@@ -210,7 +217,7 @@ def test_overflow_keeps_only_entries_of_held_rules():
 UNIVERSE = [ip("10.0.0.0") + i for i in range(16)]
 
 
-def random_rules(rng, n):
+def random_rules(rng, n, destination_only=0.5):
     rules = []
     for i in range(n):
         lo = rng.choice(UNIVERSE)
@@ -218,9 +225,10 @@ def random_rules(rng, n):
         lo -= (lo - UNIVERSE[0]) % width
         fields = {"src": IntervalSet.range(lo, lo + width - 1) if rng.random() < 0.88 else None}
         extra = rng.random()
-        if fields["src"] is None and extra < 0.5:  # a destination-only rule (the planner's local guard)
+        if fields["src"] is None and extra < destination_only:  # a destination-only rule (the planner's local guard)
             fields["dst"] = rng.choice((IntervalSet.range(ip("192.0.2.0"), ip("192.0.2.127")),
-                                        IntervalSet.single(ip("192.0.2.1")).complement(U32_MAX)))
+                                        IntervalSet.single(ip("192.0.2.1")).complement(U32_MAX),
+                                        IntervalSet.single(ip("192.0.2.200"))))
         elif extra < 0.12:
             fields["proto"] = rng.choice((TCP_, UDP_))
         elif extra < 0.18:
@@ -315,3 +323,112 @@ def test_an_unsound_analysis_is_caught(monkeypatch):
     unsound = fastpath.FastPath(entries=[(ip("10.0.0.1"), 32, 2, abi.ACT_DROP)], plens=(32,))  # ignores rule 1
     with pytest.raises(AssertionError):
         assert_sound(rules, unsound)
+
+
+# --- the reduced classifier: what the fast path decides leaves the class bitmaps ----------------
+
+def program(rules, default, packet):
+    """What the program decides with the reduced classifier: (verdict, rule_id) of the fast path's
+    entry on a hit, else first-match evaluation of the rules the class bitmaps hold."""
+    fast = fastpath.analyse(rules, _action_code)
+    held = fastpath.reduce_classifier(rules, fast)
+    return _program(fast, rules if held is None else held, default, packet)
+
+
+def _program(fast, held, default, packet):
+    hit = fast.probe(packet.src, packet.dst)
+    if hit is not None:
+        return Verdict.DROP, hit[0]
+    return evaluate(held, default, packet)
+
+
+def assert_reduction_exact(rules, default=ACCEPT, sources=None, held=None):
+    """Every packet (every source of the universe, destinations and other fields varied) gets the
+    full classifier's verdict and counter from the fast path plus the reduced classifier."""
+    fast = fastpath.analyse(rules, _action_code)
+    if held is None:
+        held = fastpath.reduce_classifier(rules, fast)
+        held = rules if held is None else held
+    checked = 0
+    for address in sources or UNIVERSE + [ip("10.0.1.0")]:
+        for packet in packets_from(address, rules):
+            want = evaluate(rules, default, packet)
+            assert _program(fast, held, default, packet) == want, (packet, held)
+            checked += 1
+    return checked
+
+
+def test_a_plain_blocklist_leaves_the_classifier_entirely():
+    rules = [rule(Match(src=src(f"10.0.0.{i}")), DROP, 100 + i) for i in range(8)] + [rule(Match(proto=TCP_), ACCEPT, 1)]
+    held = fastpath.reduce_classifier(rules, fastpath.analyse(rules, _action_code))
+    assert held == [rules[-1]]
+    assert_reduction_exact(rules, DROP)
+
+
+def test_a_destination_rule_between_keeps_the_earlier_entries_classified():
+    # 10.0.0.1 to 192.0.2.1 is not fast-pathed (rule 1 holds that destination before the last
+    # entry's rule) but the full classifier drops it at rule 0: rule 0 must stay whole
+    rules = [rule(Match(src=src("10.0.0.1")), DROP, 0),
+             rule(Match(dst=IntervalSet.single(ip("192.0.2.1"))), ACCEPT, 1),
+             rule(Match(src=src("10.0.0.2")), DROP, 2)]
+    fast = fastpath.analyse(rules, _action_code)
+    assert fast.probe(ip("10.0.0.1"), ip("192.0.2.1")) is None and fast.probe(ip("10.0.0.1"), ip("8.8.8.8"))
+    assert fastpath.reduce_classifier(rules, fast) == rules[:2]  # rule 2 goes: rule 1 decides what is left out
+    assert_reduction_exact(rules)
+
+
+def test_a_destination_continue_keeps_only_the_rules_it_lands_before():
+    rules = [rule(Match(dst=IntervalSet.single(ip("192.0.2.1"))), CONTINUE(2), 0),
+             rule(Match(src=src("10.0.0.1")), DROP, 1),     # jumped over: goes
+             rule(Match(src=src("10.0.0.2")), DROP, 2),     # landed on: stays
+             rule(Match(src=src("10.0.0.3")), DROP, 3),     # landed before: stays
+             rule(Match(dst=IntervalSet.single(ip("192.0.2.1"))), DEFER, 4),
+             rule(Match(src=src("10.0.0.4")), DROP, 5),     # after a terminal guard: goes
+             rule(Match(proto=TCP_), CONTINUE(8), 6), rule(Match(src=src("10.0.0.5")), DROP, 7), rule(Match(), ACCEPT, 8)]
+    held = fastpath.reduce_classifier(rules, fastpath.analyse(rules, _action_code))
+    assert [r.rule_id for r in held] == [0, 2, 3, 4, 6, 7, 8]
+    assert held[0].action == CONTINUE(1) and held[4].action == CONTINUE(6)  # targets follow the rules that stay
+    assert_reduction_exact(rules)
+
+
+def test_a_partly_probed_source_keeps_the_rest():
+    # 10.0.0.0/28 minus .1 is one block of each length /29../32; the two /27s make five lengths,
+    # so /29 (fewest entries, shortest) is not probed and stays in rule 1
+    rules = [rule(Match(src=src("10.0.0.1")), ACCEPT, 0), rule(Match(src=src("10.0.0.0/28")), DROP, 1),
+             rule(Match(src=src("10.0.1.0/27")), DROP, 2), rule(Match(src=src("10.0.2.0/27")), DROP, 3)]
+    fast = fastpath.analyse(rules, _action_code)
+    assert fast.plens == (27, 32, 31, 30) and fast.left_out == 1
+    held = fastpath.reduce_classifier(rules, fast)
+    assert held == [rules[0], rule(Match(src=src("10.0.0.1", "10.0.0.8/29")), DROP, 1)]  # .1: the ACCEPT shadows it
+    assert_reduction_exact(rules, sources=[ip("10.0.0.0") + i for i in range(16)] + [ip("10.0.1.7"), ip("10.0.2.31")])
+
+
+def test_no_fast_path_no_reduction():
+    rules = [rule(Match(ct=frozenset({CtClass.FOUND})), ACCEPT, 0), rule(Match(src=src("10.0.0.1")), DROP, 1)]
+    assert fastpath.reduce_classifier(rules, fastpath.analyse(rules, _action_code)) is None
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_random_reductions_give_the_full_verdict_and_counter(seed):
+    rng = random.Random(1000 + seed)
+    rules = random_rules(rng, rng.randint(2, 14), destination_only=0.35)
+    assert_reduction_exact(rules, rng.choice((ACCEPT, DROP, DEFER)))
+
+
+def test_removing_too_much_is_caught(monkeypatch):
+    """The check above fails when the reduction ignores the destinations the fast path leaves out
+    or the lengths it does not probe."""
+    rules = [rule(Match(src=src("10.0.0.1")), DROP, 0),
+             rule(Match(dst=IntervalSet.single(ip("192.0.2.1"))), ACCEPT, 1),
+             rule(Match(src=src("10.0.0.2")), DROP, 2)]
+    monkeypatch.setattr(fastpath, "_unreached_outside", lambda rules, dsts, last: ([0], [True]))
+    with pytest.raises(AssertionError):
+        assert_reduction_exact(rules)
+    monkeypatch.undo()
+    rules = [rule(Match(src=src(f"10.0.0.{i}/{plen}")), DROP, i) for i, plen in ((0, 32), (4, 30), (8, 29), (2, 31), (1, 32))]
+    rules += [rule(Match(src=src("10.0.0.16/28")), DROP, 9)]  # a fifth length: left out
+    fast = fastpath.analyse(rules, _action_code)
+    assert fast.left_out == 1
+    everything_gone = [r for r in rules if r.rule_id == 9][:0]
+    with pytest.raises(AssertionError):
+        assert_reduction_exact(rules, sources=[ip("10.0.0.16")], held=everything_gone)

@@ -156,3 +156,25 @@ def test_icmp_types_and_input_devices_read_as_such():
     assert [(e["op"], e["key"]) for e in entries(diff, "icmp")] == [("added", "type 0"), ("removed", "type 8")]
     assert entries(diff, "iif") == [{"op": "added", "key": "eth0 (ifindex 2)", "before": [], "after": ["filter/INPUT #2"]}]
     assert entries(diff, "proto") == [{"op": "added", "key": "udp", "before": [], "after": ["filter/INPUT #2"]}]
+
+
+FAST = HEAD + BLOCK + SSH + DNS + "COMMIT\n"  # the blocklist first: the fast path's alone
+
+
+def test_a_blocklist_change_names_the_address_in_the_fast_path():
+    new, tables = compiled(FAST)
+    assert tables.maps["src_fast"].count == 4 and tables.maps["exact_set"].count == 0
+    nothing = mapdiff.map_diff(new, tables, None, None)
+    assert counts(nothing)["src_fast"] == (5, 0, 0)  # four sources and the destinations they apply to
+    assert counts(nothing)["actions"] == (8, 0, 0)   # guard, the four DROPs, ssh, dns, the policy
+    diff = map_diff(FAST, FAST.replace(BLOCK, BLOCK + "-A INPUT -s 198.51.100.0/24 -j DROP\n")
+                    .replace("-A INPUT -s 192.0.2.3/32 -j DROP\n", ""))
+    assert counts(diff) == {"actions": (1, 1, 0), "src_fast": (1, 1, 0)}
+    assert entries(diff, "src_fast") == [
+        {"op": "removed", "key": "192.0.2.3/32", "before": "filter/INPUT #3", "after": None},
+        {"op": "added", "key": "198.51.100.0/24", "before": None, "after": "filter/INPUT #4"}]
+    assert entries(diff, "actions") == [
+        {"op": "added", "rule": "filter/INPUT #4", "before": None, "after": "drop"},
+        {"op": "removed", "rule": "filter/INPUT #3", "before": "drop", "after": None}]
+    assert "    + 198.51.100.0/24: filter/INPUT #4" in "\n".join(mapdiff.table_lines(diff))
+    assert map_diff(FAST, FAST)["kernel_maps_identical"] is True and counts(map_diff(FAST, FAST)) == {}

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The blocklist fast path (src_fast, probed before classification) against the full path.
 
-Each packet runs twice: under the compiled generation, and under the same generation with the
-fast path switched off (src_fast empty, no prefix lengths), which is the program as it was before.
+Each packet runs twice: under the compiled generation (the fast path beside the reduced classifier,
+which lacks what the fast path decides), and under the whole classifier compiled without the
+reduction and with the fast path switched off (src_fast empty, no prefix lengths), which is the
+program as it was before.
 Verdict, the counters that rise and the reason statistics must be the same, for sources in the
 fast path (hits: every protocol, broken checksums, fragments, IP options, truncated headers, a
 forwarded destination) and sources left out of it (misses: an earlier ACCEPT, ct or per-device
@@ -119,18 +121,28 @@ def tables():
     assert all(fast.probe(ip(a), ip(DST)) for a in HITS), "the hit sources must be in the fast path"
     assert not any(fast.probe(ip(a)) for a in MISSES), "the miss sources must be left out"
     assert fast.dsts == LOCAL and not fast.probe(ip(HITS[0]), ip("192.0.2.99"))
+    # the reduced classifier: the listed run, the /24 and the guarded DROP are the fast path's alone
+    held = [struct.unpack_from("=I", tables.maps["slots"].values, i * tables.maps["slots"].value_size)[0]
+            for i in range(tables.slot_count)]
+    assert held == [0, 1, 2, 3, 40, 41, 42, 43, 44], held
     return tables
+
+
+@pytest.fixture(scope="module")
+def full_tables():
+    """The whole classifier (no reduction), fast path off: the program before the fast path."""
+    return without_fast_path(compile(RULES, ACCEPT, reduce=False))
 
 
 @pytest.mark.parametrize("forwarding", [0, 1])
 @pytest.mark.parametrize("source", HITS + MISSES)
-def test_fast_path_equals_full_path(routed, dataplane, tables, source, forwarding):
+def test_fast_path_equals_full_path(routed, dataplane, tables, full_tables, source, forwarding):
     routed.run(["sysctl", "-qw", f"net.ipv4.conf.all.forwarding={forwarding}"])
     named = variants(source)
     packets = [p for _, p in named]
     dataplane.apply_generation(tables)
     fast = observe(dataplane, packets)
-    dataplane.apply_generation(without_fast_path(tables))
+    dataplane.apply_generation(full_tables)
     full = observe(dataplane, packets)
     for (name, _), got, want in zip(named, fast, full):
         assert got == want, f"{source} {name}: fast path {got}, full path {want}"
@@ -156,3 +168,22 @@ def test_hit_sources_are_decided_by_the_map(routed, dataplane, tables):
     # a miss is classified: 10.0.0.1 without a conntrack entry reaches its own DROP (rule 40)
     miss = raw(Ether() / IP(src="10.0.0.1", dst=DST) / UDP(dport=53))
     assert observe(dataplane, [miss])[0][:2] == (XDP_DROP, {40: 1})
+
+
+def test_without_its_src_fast_map_a_generation_passes(routed, dataplane, tables):
+    """The class bitmaps lack the listed sources, so a generation whose src_fast map is gone must
+    not classify a packet the fast path applies to: it passes it (lookup_fail)."""
+    from ipt2xdp import libbpf
+
+    routed.run(["sysctl", "-qw", "net.ipv4.conf.all.forwarding=0"])
+    dataplane.apply_generation(tables)
+    listed = raw(Ether() / IP(src=LISTED[3], dst=DST) / UDP(dport=53))
+    assert observe(dataplane, [listed])[0][:2] == (XDP_DROP, {10 + 3: 1})
+    active = dataplane.read_state().active
+    libbpf.delete_elem(dataplane.map_fds[abi.GEN_MAPS["src_fast"].name], struct.pack("=I", active))
+    ((verdict, rose, stats),) = observe(dataplane, [listed])
+    assert (verdict, rose, stats.get("lookup_fail")) == (XDP_PASS, {}, 1)
+    # a destination the fast path does not apply to is still classified (the guard defers it)
+    deferred = raw(Ether() / IP(src=LISTED[3], dst="192.0.2.99") / UDP(dport=53))
+    ((verdict, rose, stats),) = observe(dataplane, [deferred])
+    assert (verdict, rose) == (XDP_PASS, {0: 1}) and stats.get("classified") == 1
