@@ -194,17 +194,21 @@ class Dataplane:
         if not os.path.exists(os.path.join(directory, PROG_PIN)):
             return None
         fds = {}
+        name = PROG_PIN
         try:
             prog_fd = libbpf.obj_get(os.path.join(directory, PROG_PIN))
             for name in [abi.MAP_STATE.name, abi.MAP_STATS.name, abi.MAP_SETGUARD.name] + \
-                    [s.name for s in abi.GEN_MAPS.values()]:
+                    [s.name for s in abi.GEN_MAPS.values()] + [META_PIN]:
                 fds[name] = libbpf.obj_get(os.path.join(directory, name))
-            meta_fd = libbpf.obj_get(os.path.join(directory, META_PIN))
+            meta_fd = fds.pop(META_PIN)
         except LoadError as error:
             for fd in fds.values():
                 os.close(fd)
-            raise LoadError(f"pinned ipt2xdp state in {directory} is incomplete", error.errno_value,
-                            "remove it with `ipt2xdp detach --all`") from None
+            # a map this version has and the pinned program lacks: pinned by an older ipt2xdp
+            raise LoadError(f"pinned ipt2xdp state in {directory} has no {name} (pinned by another ipt2xdp "
+                            "version, or left incomplete by a crash)", error.errno_value,
+                            "run `ipt2xdp detach --all` (netfilter alone decides meanwhile), then import "
+                            "again") from None
         dp = cls(prog_fd, fds, meta_fd)
         dp.object_sha = dp.read_meta(META_ATTACH).get("object_sha", "")
         info = libbpf.map_info(fds[abi.MAP_STATE.name])

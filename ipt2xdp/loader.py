@@ -113,6 +113,24 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
         return result
 
 
+def _detach_program_everywhere(directory: str) -> List[str]:
+    """The devices of this namespace that ran the program pinned in directory, detached from it."""
+    import socket
+
+    from ipt2xdp import libbpf
+    from ipt2xdp.dataplane import PROG_PIN
+
+    try:
+        prog_fd = libbpf.obj_get(os.path.join(directory, PROG_PIN))
+    except LoadError:
+        return []
+    try:
+        our_id = libbpf.prog_id(prog_fd)
+    finally:
+        os.close(prog_fd)
+    return [name for index, name in socket.if_nameindex() if devices.detach(index, our_id)]
+
+
 def detach(ifaces: Sequence[str] = (), all_devices: bool = False) -> List[str]:
     """Detach XDP from the given devices (or all recorded ones, then unpin everything).
 
@@ -121,7 +139,17 @@ def detach(ifaces: Sequence[str] = (), all_devices: bool = False) -> List[str]:
     require_root()
     directory = pins.pin_dir()
     with pins.lock():
-        dp = Dataplane.open_pinned(directory)
+        try:
+            dp = Dataplane.open_pinned(directory)
+        except LoadError:
+            if not all_devices:
+                raise
+            # pinned by another ipt2xdp version (or left partial by a crash): what `--all` needs is
+            # the pinned program, to take it off every device that runs it, then the pins gone
+            done = _detach_program_everywhere(directory)
+            pins.remove_tree(directory)
+            setguard.remove()
+            return done
         if dp is None:
             if all_devices:
                 pins.remove_tree(directory)

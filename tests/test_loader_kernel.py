@@ -153,3 +153,25 @@ def test_status_and_detach_commands(pair):
     p.receiver.run(cli + ["detach", "--all"])
     with inside(p.receiver):
         assert not loader.status()["loaded"]
+
+
+def test_state_pinned_by_another_version_is_named_and_detach_all_clears_it(pair):
+    """A program pinned by an older ipt2xdp lacks maps this version has (e.g. the blocklist fast
+    path's src_fast): import and status say so and point at `detach --all`, which must then work
+    (it takes the pinned program off the devices without opening the maps as this version's)."""
+    p = pair
+    with inside(p.receiver):
+        loader.apply(compile(RULES, ACCEPT), [p.receiver_if], "generic")
+        os.unlink(os.path.join(pins.pin_dir(), abi.GEN_MAPS["src_fast"].name))  # as an older layout
+    cli = [sys.executable, "-m", "ipt2xdp"]
+    status = p.receiver.run(cli + ["status"], check=False)
+    assert status.returncode == 4, status.stderr
+    assert abi.GEN_MAPS["src_fast"].name in status.stderr and "detach --all" in status.stderr
+    done = p.receiver.run(cli + ["detach", "--all"], check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"detached from {p.receiver_if}" in done.stdout
+    with inside(p.receiver):
+        assert devices.attached(devices.ifindex(p.receiver_if)) == (0, 0)
+        assert not os.path.exists(pins.pin_dir())
+        loader.apply(compile(RULES, ACCEPT), [p.receiver_if], "generic")  # a fresh load works again
+        assert loader.status()["generation"] == 1
