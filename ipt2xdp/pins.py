@@ -130,16 +130,22 @@ def _remove_state_files(netns: int) -> None:
     is never reused, so nothing would ever read them again (a test run left thousands in /run)."""
     import shutil
 
-    from ipt2xdp.planstore import STATE_ROOT
+    from ipt2xdp import planstore
+    from ipt2xdp.wrapper import sync
 
-    shutil.rmtree(os.path.join(STATE_ROOT, str(netns)), ignore_errors=True)
-    for name in (f"ipt2xdp-{netns}.lock", f"ipt2xdp-wrapper-{netns}.lock"):
+    shutil.rmtree(planstore._directory(netns), ignore_errors=True)
+    for path in (lock_path(netns), sync.lock_path(netns)):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(LOCK_DIR, name))
+            os.unlink(path)
 
 
 def pin_dir(root: Optional[str] = None, netns: Optional[int] = None) -> str:
     return os.path.join(root or bpffs_root(), "ipt2xdp", str(netns if netns is not None else netns_id()))
+
+
+def lock_path(netns: Optional[int] = None) -> str:
+    """The lock file of a network namespace's ipt2xdp state (default: the current one)."""
+    return os.path.join(LOCK_DIR, f"ipt2xdp-{netns if netns is not None else netns_id()}.lock")
 
 
 @contextlib.contextmanager
@@ -150,8 +156,7 @@ def lock(netns: Optional[int] = None) -> Iterator[None]:
     leaves shared.
     """
     os.makedirs(LOCK_DIR, exist_ok=True)
-    path = os.path.join(LOCK_DIR, f"ipt2xdp-{netns if netns is not None else netns_id()}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_path(netns), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

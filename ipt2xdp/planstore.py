@@ -27,8 +27,9 @@ _RECENT: "OrderedDict[str, Tuple[tuple, dict]]" = OrderedDict()
 RECENT_KEPT = 2
 
 
-def _directory() -> str:
-    return os.path.join(STATE_ROOT, str(pins.netns_id()))
+def _directory(netns: Optional[int] = None) -> str:
+    """The state directory of a network namespace (default: the current one)."""
+    return os.path.join(STATE_ROOT, str(netns if netns is not None else pins.netns_id()))
 
 
 def digest(ruleset_text: str, devices) -> str:

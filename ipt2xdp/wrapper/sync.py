@@ -37,8 +37,9 @@ class LockTimeout(Exception):
     pass
 
 
-def lock_path() -> str:
-    return os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{netns_cookie()}.lock")
+def lock_path(netns: Optional[int] = None) -> str:
+    """The wrapper's lock file of a network namespace (default: the current one)."""
+    return os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{netns if netns is not None else netns_cookie()}.lock")
 
 
 @contextlib.contextmanager
