@@ -48,6 +48,8 @@ OTHER_WHY = {
                        "where a later rule drops too (later ACCEPTs defer for these packets)",
     "after.maybe-drop": "an earlier DROP rule XDP cannot evaluate may drop some of these packets; "
                         "netfilter decides those",
+    "counters.ways": "these packets may have matched more conditional jumps, RETURNs or rules without a "
+                     "target on their way than XDP's counters tell apart; netfilter decides and counts them",
     "ctstate.lookup": "XDP's conntrack lookup tells which packets this rule cannot match (for a "
                       "state like ESTABLISHED: TCP and UDP without a conntrack entry) and goes on past "
                       "it for those; the packets it may match go to netfilter",

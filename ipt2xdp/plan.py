@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
-from ipt2xdp import ir
+from ipt2xdp import ir, jumppaths
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, U32_MAX, Action,
                                 ClassifierRule, IntervalSet, Match, Verdict)
 from ipt2xdp.hostinfo import HostContext
+from ipt2xdp.jumppaths import History, Way
 from ipt2xdp.render import render_rule
 from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
 
@@ -128,6 +129,15 @@ class _Emitter:
                 self.emit(narrowed, DEFER, path, "after.maybe-drop")
         self.emit(match, ACCEPT, path, code)
 
+    def emit_drop(self, match: Match, action: Action, path: Tuple[RuleRef, ...], ref: RuleRef, code: str,
+                  history: History) -> None:
+        """A DROP rule's classifier rules, one per way its packets may have come (jumppaths)."""
+        for part, refs in jumppaths.split(history, match):
+            if refs is None:
+                self.emit(part, DEFER, path + (ref,), jumppaths.DEFER_CODE)
+            else:
+                self.emit(part, action, path + refs + (ref,), code)
+
     def emit(self, match: Match, action: Action, path: Tuple[RuleRef, ...], code: str) -> None:
         self.rules.append(ClassifierRule(match, action, len(self.rules)))
         self.paths.append(path)
@@ -179,12 +189,17 @@ def _side_effect_code(target) -> Optional[str]:
 
 
 def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[RuleRef, ...],
-            returns: List[int], depth: int) -> None:
+            returns: List[int], depth: int, history: History = (), exits: Optional[List[Way]] = None) -> History:
     """Emit the rules of chain_name under `cond`; RETURNs append their rule index to `returns`.
+    Returns the history (jumppaths) at the chain's end.
 
     `returns` holds the positions of CONTINUE placeholders that the caller patches to the end of
-    its block once it is known (RETURN resumes after the jump that entered this chain).
+    its block once it is known (RETURN resumes after the jump that entered this chain). `history`:
+    the ways a packet entering the chain may have come by; `exits` gathers the ways of the packets
+    that leave it early (RETURN, the end of a goto'd chain), in rule order.
     """
+    if exits is None:
+        exits = []
     chain = _chain(em.ruleset, table, chain_name)
     # conjoin(cond, m) is m itself when cond constrains nothing (a Term's disjuncts have no empty field)
     unconditional = all(value is None for value in vars(cond).values())
@@ -203,7 +218,10 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 if match is None:
                     continue
             if type(target) is ir.Drop and not disjunct.unknown and not term.set_uses:
-                em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
+                if history:
+                    em.emit_drop(match, DROP, path, ref, "ok.drop", history)
+                else:
+                    em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
                 continue
             side_effect = _side_effect_code(rule.target)
             if (disjunct.unknown and not side_effect and isinstance(rule.target, ir.Drop)
@@ -213,43 +231,57 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             elif disjunct.unknown or side_effect:
                 em.emit(match, DEFER, path + (ref,), disjunct.unknown or side_effect)
             elif rule.target is None:
-                continue  # a counting-only rule: no effect on the packet's fate
+                # a counting-only rule: no effect on the packet's fate, but netfilter counts it
+                history = jumppaths.went_on(jumppaths.after_rule(history, match, ref), history, cond)
             elif isinstance(rule.target, ir.Accept):
                 em.emit_accept(match, path + (ref,), "ok.accept")
             elif isinstance(rule.target, ir.Drop) and term.set_uses:
-                em.emit(match, Action(DROP.verdict, guard=em.note_sets(term.set_uses, _own_set_bits(term))),
-                        path + (ref,), "ok.set-drop")
+                em.emit_drop(match, Action(DROP.verdict, guard=em.note_sets(term.set_uses, _own_set_bits(term))),
+                             path, ref, "ok.set-drop", history)
             elif isinstance(rule.target, ir.Drop):
-                em.emit(match, DROP, path + (ref,), "ok.drop")
+                em.emit_drop(match, DROP, path, ref, "ok.drop", history)
             elif isinstance(rule.target, ir.Return):
                 returns.append(len(em.rules))
                 em.emit(match, CONTINUE(0), path + (ref,), "ok.return")  # patched by the caller
+                exits.extend(jumppaths.after_rule(history, match, ref))
             else:
                 em.remarks.setdefault(ref, ("ok.jump", len(em.rules)))
-                _call(em, table, rule.target, match, path + (ref,), returns, depth)
+                came_back = _call(em, table, rule.target, match, path + (ref,), returns, depth, history, exits)
+                if came_back:
+                    history = jumppaths.went_on(came_back, history, cond)
+    return history
 
 
 def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, ...],
-          returns: List[int], depth: int) -> None:
-    """Inline a -j or -g; degrade to DEFER when the ruleset would blow up the classifier."""
+          returns: List[int], depth: int, history: History, exits: List[Way]) -> List[Way]:
+    """Inline a -j or -g; degrade to DEFER when the ruleset would blow up the classifier.
+    Returns the ways of the packets that come back after a -j (none for a -g: they leave our
+    chain, and join `exits`)."""
     start = len(em.rules)
     inner_returns: List[int] = []
+    inner_exits: List[Way] = []
+    end_history: History = ()
     if depth < 64 and start < em.max_rules:
-        _inline(em, table, target.chain, match, path, inner_returns, depth + 1)
+        end_history = _inline(em, table, target.chain, match, path, inner_returns, depth + 1,
+                              jumppaths.entered(history, match), inner_exits)
     if depth >= 64 or len(em.rules) > em.max_rules:
         em.truncate(start)
         em.emit(match, DEFER, path, "chain.too-large")
-        return
+        return []
+    came_back = jumppaths.returned(inner_exits, end_history, match, path[-1])
     if isinstance(target, ir.Goto):
         # RETURN in, or falling off the end of, a goto'd chain returns to *our* caller: route both
         # through one rule that continues where our caller's RETURN would.
         end = len(em.rules)
         returns.append(end)
         em.emit(match, CONTINUE(0), path, "ok.goto-end")
+        exits.extend(came_back)
+        came_back = []
     else:
         end = len(em.rules)
     for position in inner_returns:
         _patch(em, position, end)
+    return came_back
 
 
 def _patch(em: _Emitter, position: int, target_index: int) -> None:
@@ -431,14 +463,18 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     guards = len(em.rules)
     input_chain = _chain(ruleset, "filter", "INPUT")
     policy = input_chain.policy if input_chain is not None else "ACCEPT"
+    history: History = ()
     if input_chain is not None:
         top_returns: List[int] = []
-        _inline(em, "filter", "INPUT", Match(), (), top_returns, 0)
+        top_exits: List[Way] = []
+        history = _inline(em, "filter", "INPUT", Match(), (), top_returns, 0, (), top_exits)
         policy_position = len(em.rules)
         for position in top_returns:  # RETURN in a builtin chain: the policy decides
             _patch(em, position, policy_position)
+        # those packets reach the policy too (a goto'd chain's end included)
+        history = jumppaths.went_on(top_exits, history, Match())
     if policy == "DROP":
-        em.emit(Match(), DROP, (RuleRef("filter", "INPUT", 0),), "ok.policy")
+        em.emit_drop(Match(), DROP, (), RuleRef("filter", "INPUT", 0), "ok.policy", history)
     else:
         em.emit_accept(Match(), (RuleRef("filter", "INPUT", 0),), "ok.policy")
     if em.set_events:

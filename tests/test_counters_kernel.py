@@ -233,10 +233,6 @@ def test_counters_stay_exact_when_ipt2xdp_watch_serves_the_changes():
     assert len(got) == len(want)
 
 
-@pytest.mark.xfail(strict=True, reason="not yet: XDP's classifier rules count only the deciding rule's path, so a "
-                   "packet that entered a user chain, fell off its end (or matched a RETURN) and was dropped later "
-                   "is not added to the jump rule it matched (needs the data plane to count the jumps a dropped "
-                   "packet took)")
 def test_a_dropped_packet_that_returned_from_a_chain_counts_on_the_jump():
     base = BASE.replace("--dport 1003:1004 -j BL", "-j BL")
     want, _ = play("nft", False, base, [("send", {1009: 3})])
