@@ -301,6 +301,10 @@ def _unjudged(ref, outcomes, remarks, live) -> Tuple[str, str]:
         return "netfilter", "shadowed"
     if ref in remarks:
         code, position = remarks[ref]
+        if isinstance(position, range):  # an inlined jump's block: shadowed when none of it is reachable
+            if position and not any(live[i] for i in position):
+                return "netfilter", "shadowed"
+            position = None if position else position.start  # an empty chain: where it would act
         if position is not None and position < len(live) and not live[position]:
             return "netfilter", "shadowed"
         if code == "skip.maybe-drop":

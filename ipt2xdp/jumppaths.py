@@ -101,12 +101,12 @@ def after_rule(history: History, match: Match, ref) -> List[Way]:
     return ways
 
 
-def returned(exits: Sequence[Way], end: History, cond: Match, jump) -> List[Way]:
+def returned(exits: Sequence[Way], end: Optional[History], cond: Match, jump) -> List[Way]:
     """The ways, seen from the caller, of the packets that matched a jump under cond and came back
     out of its chain: exits (RETURNs, in rule order), then falling off the end (the chain's history
-    there, then no further way); the jump's ref comes first in each."""
+    there, then no further way; end None: no packet falls off); the jump's ref comes first in each."""
     ways = []
-    for way in list(exits) + list(end) + [Way(cond, ())]:
+    for way in list(exits) + ([] if end is None else list(end) + [Way(cond, ())]):
         ways.append(Way(way.match, None if way.refs is None else (jump,) + way.refs))
         if _covers(way.match, cond):
             break

@@ -14,11 +14,12 @@ packets are counted too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 from ipt2xdp import ir, jumppaths
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, U32_MAX, Action,
                                 ClassifierRule, IntervalSet, Match, Verdict)
+from ipt2xdp.decisions import _covers
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.jumppaths import History, Way
 from ipt2xdp.render import render_rule
@@ -105,10 +106,11 @@ class _Emitter:
     codes: List[str] = field(default_factory=list)
     terms: Dict[Tuple[str, str, int], Term] = field(default_factory=dict)
     # iptables rules that produce no classifier rule of their own: inlined jumps, never-matching rules
-    # (code, classifier position the rule would act at, or None)
-    remarks: Dict[RuleRef, Tuple[str, Optional[int]]] = field(default_factory=dict)
+    # (code, classifier position the rule would act at, a jump's range of them, or None)
+    remarks: Dict[RuleRef, Tuple[str, Union[int, range, None]]] = field(default_factory=dict)
     # matches of the DROP rules XDP steps past (see SKIPPABLE_UNKNOWN); later ACCEPTs defer for them
     maybe_drops: List[Match] = field(default_factory=list)
+    maybe_drop_refs: set = field(default_factory=set)
     # the -i names netfilter sees for the attached devices: the same for every rule
     interfaces: Optional[Tuple[Dict[int, str], FrozenSet[int]]] = None
     # (classifier position, GUARD_* bits): from that position on, a DROP relies on the mirrored
@@ -189,9 +191,11 @@ def _side_effect_code(target) -> Optional[str]:
 
 
 def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[RuleRef, ...],
-            returns: List[int], depth: int, history: History = (), exits: Optional[List[Way]] = None) -> History:
+            returns: List[int], depth: int, history: History = (), exits: Optional[List[Way]] = None
+            ) -> Optional[History]:
     """Emit the rules of chain_name under `cond`; RETURNs append their rule index to `returns`.
-    Returns the history (jumppaths) at the chain's end.
+    Returns the history (jumppaths) at the chain's end, None when its last rule leaves no packet
+    to fall off the end.
 
     `returns` holds the positions of CONTINUE placeholders that the caller patches to the end of
     its block once it is known (RETURN resumes after the jump that entered this chain). `history`:
@@ -203,6 +207,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     chain = _chain(em.ruleset, table, chain_name)
     # conjoin(cond, m) is m itself when cond constrains nothing (a Term's disjuncts have no empty field)
     unconditional = all(value is None for value in vars(cond).values())
+    last, closed = len(chain.rules), False
     for index, rule in enumerate(chain.rules, start=1):
         ref = RuleRef(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
@@ -222,11 +227,13 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                     em.emit_drop(match, DROP, path, ref, "ok.drop", history)
                 else:
                     em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
+                closed = closed or (index == last and _covers(match, cond))
                 continue
             side_effect = _side_effect_code(rule.target)
             if (disjunct.unknown and not side_effect and isinstance(rule.target, ir.Drop)
                     and set(disjunct.unknown.split(",")) <= SKIPPABLE_UNKNOWN and len(em.maybe_drops) < MAX_MAYBE_DROPS):
                 em.maybe_drops.append(match)
+                em.maybe_drop_refs.add(ref)
                 em.remarks.setdefault(ref, ("skip.maybe-drop", None))
             elif disjunct.unknown or side_effect:
                 em.emit(match, DEFER, path + (ref,), disjunct.unknown or side_effect)
@@ -245,11 +252,20 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 em.emit(match, CONTINUE(0), path + (ref,), "ok.return")  # patched by the caller
                 exits.extend(jumppaths.after_rule(history, match, ref))
             else:
-                em.remarks.setdefault(ref, ("ok.jump", len(em.rules)))
+                start = len(em.rules)
                 came_back = _call(em, table, rule.target, match, path + (ref,), returns, depth, history, exits)
+                # where it acts: the block of its chain (a split rule's first part may be unreachable)
+                earlier = em.remarks.get(ref, ("", None))[1]
+                em.remarks[ref] = ("ok.jump", range(earlier.start if isinstance(earlier, range) else start,
+                                                    len(em.rules)))
                 if came_back:
                     history = jumppaths.went_on(came_back, history, cond)
-    return history
+                if not isinstance(rule.target, ir.Goto):
+                    continue
+            if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
+                    and _covers(match, cond)):
+                closed = True  # every packet is decided or leaves by this last rule: none falls off the end
+    return None if closed else history
 
 
 def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, ...],
@@ -260,7 +276,7 @@ def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, .
     start = len(em.rules)
     inner_returns: List[int] = []
     inner_exits: List[Way] = []
-    end_history: History = ()
+    end_history: Optional[History] = ()
     if depth < 64 and start < em.max_rules:
         end_history = _inline(em, table, target.chain, match, path, inner_returns, depth + 1,
                               jumppaths.entered(history, match), inner_exits)
@@ -467,7 +483,7 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     if input_chain is not None:
         top_returns: List[int] = []
         top_exits: List[Way] = []
-        history = _inline(em, "filter", "INPUT", Match(), (), top_returns, 0, (), top_exits)
+        history = _inline(em, "filter", "INPUT", Match(), (), top_returns, 0, (), top_exits) or ()
         policy_position = len(em.rules)
         for position in top_returns:  # RETURN in a builtin chain: the policy decides
             _patch(em, position, policy_position)

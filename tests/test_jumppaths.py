@@ -199,3 +199,17 @@ def test_random_chains_count_like_netfilter(seed):
     packets = [packet(src=s, proto=p, dport=d) for s in ("10.1.2.3", "10.2.0.1", "192.0.2.5", "198.51.100.1")
                for p in (6, 17, 1) for d in range(0, 13)]
     assert_counts_like_netfilter(rs, packets)
+
+
+def test_a_chain_whose_last_rule_takes_every_packet_adds_no_way():
+    # Nothing falls off L_ACCEPT's end (its last rule accepts all): a later DROP needs one rule.
+    rs = ruleset("-A INPUT -p udp -j IN\n-A INPUT -s 10.0.0.0/8 -j BL\n-A INPUT -p tcp -j DROP\n"
+                 "-A IN -p udp -m udp --dport 53 -j DROP\n-A IN -j ACCEPT\n-A BL -p tcp -m tcp --dport 22 -j RETURN\n"
+                 "-A BL -j RETURN", chains=CHAINS)
+    result, dropped = assert_counts_like_netfilter(rs, [packet(proto=17, dport=53), packet(src="10.1.1.1", dport=22),
+                                                        packet(src="10.1.1.1", dport=80), packet(dport=80)])
+    assert dropped == 4
+    drops = [result.counter_paths[i] for i, r in enumerate(result.rules) if r.action.verdict == Verdict.DROP]
+    bl, s = RuleRef("filter", "INPUT", 2), RuleRef("filter", "INPUT", 3)
+    assert drops == [(RuleRef("filter", "INPUT", 1), RuleRef("filter", "IN", 1)),
+                     (bl, RuleRef("filter", "BL", 1), s), (bl, RuleRef("filter", "BL", 2), s), (s,)]
