@@ -118,20 +118,39 @@ def went_on(ways: Sequence[Way], history: History, scope: Match) -> History:
     return _ended(list(ways) + list(history), scope)
 
 
-def split(history: History, match: Match) -> List[Tuple[Match, Optional[tuple]]]:
-    """The classifier rules a DROP rule under match becomes, in order: (match, refs of the way),
-    the last with refs () (no way) when the ways leave some packets; refs None: defer these."""
-    out: List[Tuple[Match, Optional[tuple]]] = []
-    for way in history:
+def split(history: History, match: Match) -> List[Tuple[Match, Optional[tuple], Optional[int]]]:
+    """The classifier rules a DROP rule under match becomes, in order: (match, refs of the way, the
+    way's index in history), the last with refs () and index len(history) (no way) when the ways
+    leave some packets; refs None: defer these (index None: past MAX_SPLITS, the rest of match)."""
+    out: List[Tuple[Match, Optional[tuple], Optional[int]]] = []
+    for index, way in enumerate(history):
         both = conjoin(match, way.match)
         if both is None:
             continue
         if len(out) == MAX_SPLITS:
-            out.append((match, None))
+            out.append((match, None, None))
             return out
         covered = _covers(way.match, match)
-        out.append((match if covered else both, way.refs))
+        out.append((match if covered else both, way.refs, index))
         if covered:
             return out
-    out.append((match, ()))
+    out.append((match, (), len(history)))
     return out
+
+
+def grouped(splits: Sequence[List[Tuple[Match, Optional[tuple], Optional[int]]]]):
+    """The classifier rules of consecutive DROP rules that share a history, in an order that keeps a
+    run of them (a blocklist) one run per way, so compile can still merge it into a set: by way,
+    then rule order. First match picks the same rule for every packet as rule-by-rule order: a
+    packet that came by way w meets no part of an earlier way, and the first of these rules it
+    matches has a part for w. Not so for a rule split past MAX_SPLITS (its deferred rest holds
+    packets of any way): such a rule keeps its place, between the groups before and after it."""
+    batch: List[Tuple[int, int, tuple]] = []
+    for number, parts in enumerate(splits):
+        if parts[-1][2] is None:
+            yield from (entry for _, _, entry in sorted(batch, key=lambda e: e[:2]))
+            batch = []
+            yield from parts
+            continue
+        batch += [(group, number, part) for part in parts for group in (part[2],)]
+    yield from (entry for _, _, entry in sorted(batch, key=lambda e: e[:2]))

@@ -134,11 +134,23 @@ class _Emitter:
     def emit_drop(self, match: Match, action: Action, path: Tuple[RuleRef, ...], ref: RuleRef, code: str,
                   history: History) -> None:
         """A DROP rule's classifier rules, one per way its packets may have come (jumppaths)."""
-        for part, refs in jumppaths.split(history, match):
+        for part, refs, _ in jumppaths.split(history, match):
             if refs is None:
                 self.emit(part, DEFER, path + (ref,), jumppaths.DEFER_CODE)
             else:
                 self.emit(part, action, path + refs + (ref,), code)
+
+    def emit_drops(self, pending: List[Tuple[Match, RuleRef]], path: Tuple[RuleRef, ...], history: History) -> None:
+        """The plain DROP rules of pending (consecutive, one history), grouped by way; pending empties."""
+        if not pending:
+            return
+        splits = [[part + (ref,) for part in jumppaths.split(history, match)] for match, ref in pending]
+        for part, refs, _, ref in jumppaths.grouped(splits):
+            if refs is None:
+                self.emit(part, DEFER, path + (ref,), jumppaths.DEFER_CODE)
+            else:
+                self.emit(part, DROP, path + refs + (ref,), "ok.drop")
+        pending.clear()
 
     def emit(self, match: Match, action: Action, path: Tuple[RuleRef, ...], code: str) -> None:
         self.rules.append(ClassifierRule(match, action, len(self.rules)))
@@ -208,10 +220,12 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     # conjoin(cond, m) is m itself when cond constrains nothing (a Term's disjuncts have no empty field)
     unconditional = all(value is None for value in vars(cond).values())
     last, closed = len(chain.rules), False
+    pending: List[Tuple[Match, RuleRef]] = []  # consecutive DROP rules after a jump, split together
     for index, rule in enumerate(chain.rules, start=1):
         ref = RuleRef(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
         if term.set_uses:
+            em.emit_drops(pending, path, history)
             em.set_events.append((len(em.rules), em.note_sets(term.set_uses, _earlier_set_bits(rule, term))))
         if not term.disjuncts:
             em.remarks.setdefault(ref, (term.never, None))
@@ -224,11 +238,12 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                     continue
             if type(target) is ir.Drop and not disjunct.unknown and not term.set_uses:
                 if history:
-                    em.emit_drop(match, DROP, path, ref, "ok.drop", history)
+                    pending.append((match, ref))
                 else:
                     em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
                 closed = closed or (index == last and _covers(match, cond))
                 continue
+            em.emit_drops(pending, path, history)
             side_effect = _side_effect_code(rule.target)
             if (disjunct.unknown and not side_effect and isinstance(rule.target, ir.Drop)
                     and set(disjunct.unknown.split(",")) <= SKIPPABLE_UNKNOWN and len(em.maybe_drops) < MAX_MAYBE_DROPS):
@@ -265,6 +280,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
                     and _covers(match, cond)):
                 closed = True  # every packet is decided or leaves by this last rule: none falls off the end
+    em.emit_drops(pending, path, history)
     return None if closed else history
 
 
