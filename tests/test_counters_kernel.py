@@ -233,6 +233,39 @@ def test_counters_stay_exact_when_ipt2xdp_watch_serves_the_changes():
     assert len(got) == len(want)
 
 
+# Conditional jumps that come back (by RETURN or the chain's end), a rule without a target, and DROP
+# rules and a DROP policy after them: each dropped packet counts on every rule it matched on its way.
+WAYS = """*filter
+:INPUT DROP [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:BL - [0:0]
+:CK - [0:0]
+-A INPUT -p udp -m udp --dport 1001:1003
+-A INPUT -p udp -m udp --dport 1001:1004 -j BL
+-A INPUT -p udp -m udp --dport 1002:1009 -j CK
+-A INPUT -p udp -m udp --dport 1001:1003 -j DROP
+-A INPUT -p udp -m udp --dport 1006 -j DROP
+-A INPUT -p udp -m udp --dport 1005 -j ACCEPT
+-A BL -p udp -m udp --dport 1001 -j RETURN
+-A BL -p udp -m udp --dport 1004 -j DROP
+-A CK -p udp -m udp --dport 1003 -j RETURN
+-A CK -p udp -m udp --dport 1007 -j RETURN
+COMMIT
+"""
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_dropped_packets_count_on_the_conditional_jumps_returns_and_bare_rules_they_matched(backend):
+    script = [("send", {1001: 2, 1002: 3, 1003: 1, 1004: 2, 1006: 2, 1007: 3, 1008: 1, 1009: 1}), ("+", None)]
+    want, _ = play(backend, False, WAYS, script)
+    got, netfilter_alone = play(backend, True, WAYS, script)
+    # XDP dropped them: netfilter alone counted nothing on the deciding rules
+    assert re.search(r"(?m)^\s+0\s+0 DROP .*udp dpts:1001:1003", netfilter_alone), netfilter_alone
+    assert re.search(r"(?m)^4\s+6\s+216 DROP .*udp dpts:1001:1003", want[0][1]["iptables -L -v -x -n --line-numbers"])
+    assert got == want
+
+
 def test_a_dropped_packet_that_returned_from_a_chain_counts_on_the_jump():
     base = BASE.replace("--dport 1003:1004 -j BL", "-j BL")
     want, _ = play("nft", False, base, [("send", {1009: 3})])
