@@ -2,15 +2,16 @@
 """XDP's per-classifier-rule counters, expressed per iptables rule.
 
 A packet XDP dropped never reached netfilter, so every iptables rule it would have matched on its
-way lost a count: the jumps into user chains and the deciding rule. The plan's counter paths list
-exactly those, so XDP's count of one DROP classifier rule is added to each rule of its path.
+way lost a count: the jumps into user chains (those it came back out of too, and the RETURN it came
+back by), rules without a target, and the deciding rule. The plan's counter paths list exactly those
+(a DROP rule is split into one classifier rule per way its packets may have come, ipt2xdp.jumppaths),
+so XDP's count of one DROP classifier rule is added to each rule of its path.
 Packets XDP passes on (ACCEPT, DEFER) are counted by netfilter itself and are not added again.
 A dropped packet also passed raw PREROUTING, mangle PREROUTING and mangle INPUT before filter
 INPUT; where such a chain holds no rules, its policy counter counts every packet, so XDP's drops
 are added there too.
-(Not yet: a RETURN rule a dropped packet matched on its way, or the jump into a chain it fell off
-the end of, is not on the path; nor are earlier chains with rules, or nat PREROUTING, which sees
-only the packets that make a new conntrack entry.)
+(Not yet: earlier chains with rules, and nat PREROUTING, which sees only the packets that make a
+new conntrack entry.)
 """
 from __future__ import annotations
 

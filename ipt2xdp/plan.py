@@ -9,7 +9,9 @@ Then filter/INPUT is flattened: user chains are inlined with the caller's condit
 RETURN becomes CONTINUE to the end of the inlined block, and a rule whose outcome XDP cannot know
 (unmodelled match, or a target with side effects such as LOG or REJECT) becomes DEFER wherever its
 modelled part matches. The chain policy closes the classifier as an explicit rule, so that its
-packets are counted too.
+packets are counted too. Each classifier rule has a counter path, the iptables rules its packets
+matched on their way; a DROP rule that packets may reach by several ways (back out of a conditional
+jump, past a rule without a target) is split into one classifier rule per way (ipt2xdp.jumppaths).
 """
 from __future__ import annotations
 
