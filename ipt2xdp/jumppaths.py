@@ -118,6 +118,14 @@ def went_on(ways: Sequence[Way], history: History, scope: Match) -> History:
     return _ended(list(ways) + list(history), scope)
 
 
+def uniform(history: History, scope: Match) -> Optional[tuple]:
+    """The refs every packet of the scope came by when there is one way for all (an unconditional
+    jump): a DROP rule then needs no split. None otherwise."""
+    if len(history) == 1 and history[0].refs is not None and _covers(history[0].match, scope):
+        return history[0].refs
+    return None
+
+
 def split(history: History, match: Match) -> List[Tuple[Match, Optional[tuple], Optional[int]]]:
     """The classifier rules a DROP rule under match becomes, in order: (match, refs of the way, the
     way's index in history), the last with refs () and index len(history) (no way) when the ways

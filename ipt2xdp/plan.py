@@ -223,6 +223,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     unconditional = all(value is None for value in vars(cond).values())
     last, closed = len(chain.rules), False
     pending: List[Tuple[Match, RuleRef]] = []  # consecutive DROP rules after a jump, split together
+    uniform = jumppaths.uniform(history, cond)
     for index, rule in enumerate(chain.rules, start=1):
         ref = RuleRef(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
@@ -239,7 +240,9 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 if match is None:
                     continue
             if type(target) is ir.Drop and not disjunct.unknown and not term.set_uses:
-                if history:
+                if uniform is not None:  # every packet here came one way (an unconditional jump)
+                    em.emit(match, DROP, path + uniform + (ref,), "ok.drop")
+                elif history:
                     pending.append((match, ref))
                 else:
                     em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
@@ -257,6 +260,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             elif rule.target is None:
                 # a counting-only rule: no effect on the packet's fate, but netfilter counts it
                 history = jumppaths.went_on(jumppaths.after_rule(history, match, ref), history, cond)
+                uniform = jumppaths.uniform(history, cond)
             elif isinstance(rule.target, ir.Accept):
                 em.emit_accept(match, path + (ref,), "ok.accept")
             elif isinstance(rule.target, ir.Drop) and term.set_uses:
@@ -277,6 +281,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                                                     len(em.rules)))
                 if came_back:
                     history = jumppaths.went_on(came_back, history, cond)
+                    uniform = jumppaths.uniform(history, cond)
                 if not isinstance(rule.target, ir.Goto):
                     continue
             if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
