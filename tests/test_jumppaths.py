@@ -36,8 +36,9 @@ def netfilter(rs: ir.Ruleset, pkt):
     """(verdict, Counter of the rules counted) of filter/INPUT for pkt, by iptables' traversal."""
     table = rs.table("filter")
     counted = Counter()
+    active = []  # the jumps (and gotos) leading to the rule being evaluated
 
-    def run(chain_name):  # -> "ACCEPT" | "DROP" | "RETURN" (end of chain or RETURN) | "GOTO-RETURN"
+    def run(chain_name):  # -> "ACCEPT" | "DROP" | "RETURN" (end of chain or RETURN)
         for index, rule in enumerate(table.chain(chain_name).rules, start=1):
             if not _rule_matches(rule, pkt):
                 continue
@@ -46,10 +47,13 @@ def netfilter(rs: ir.Ruleset, pkt):
             if target is None:
                 continue
             if isinstance(target, (ir.Accept, ir.Drop)):
+                LAST["path"] = len(active) + 1
                 return target.name
             if isinstance(target, ir.Return):
                 return "RETURN"
+            active.append(index)
             outcome = run(target.chain)
+            active.pop()
             if isinstance(target, ir.Goto):
                 return outcome  # a goto'd chain's end returns from this chain too
             if outcome != "RETURN":
@@ -58,6 +62,7 @@ def netfilter(rs: ir.Ruleset, pkt):
 
     outcome = run("INPUT")
     if outcome == "RETURN":
+        LAST["path"] = 1
         counted[RuleRef("filter", "INPUT", 0)] += 1
         outcome = table.chain("INPUT").policy
     return outcome, counted
@@ -67,6 +72,10 @@ def xdp_counted(result, pkt):
     verdict, rule_id = evaluate(result.rules, result.default, pkt)
     path = result.counter_paths[rule_id] if rule_id is not None else ()
     return verdict, Counter(path), result.codes[rule_id] if rule_id is not None else None
+
+
+STATS = Counter()
+LAST = {}  # netfilter(): how many rules the chain of jumps to the deciding rule has, with it
 
 
 def assert_counts_like_netfilter(rs, packets):
@@ -80,6 +89,8 @@ def assert_counts_like_netfilter(rs, packets):
             dropped += 1
             assert want_verdict == "DROP", pkt
             assert got == want, (pkt, code)
+            # more than the jumps to the deciding rule: what the counter paths used to leave out
+            STATS["came back"] += sum(want.values()) > LAST["path"]
         elif verdict == Verdict.ACCEPT:
             assert want_verdict == "ACCEPT", pkt
     return result, dropped
@@ -169,6 +180,17 @@ def test_a_long_history_keeps_its_tail_as_one_unknown_way():
 
 @pytest.mark.parametrize("seed", range(40))
 def test_random_chains_count_like_netfilter(seed):
+    random_chains_count_like_netfilter(seed)
+
+
+@pytest.mark.parametrize("seed", range(40, 80))
+def test_random_chains_with_tight_bounds_defer_rather_than_miscount(seed, monkeypatch):
+    monkeypatch.setattr(jumppaths, "MAX_SPLITS", 1 + seed % 2)
+    monkeypatch.setattr(jumppaths, "MAX_WAYS", 2 + seed % 3)
+    random_chains_count_like_netfilter(seed)
+
+
+def random_chains_count_like_netfilter(seed):
     rng = random.Random(seed)
     chains = ["INPUT", "A", "B", "C"]
     lines = []
@@ -241,3 +263,10 @@ def test_a_rule_split_past_the_bound_keeps_its_place_among_grouped_ones():
     packets = [packet(src=f"10.0.{i}.1", proto=p) for i in range(count + 2) for p in (6, 17, 47)]
     result, dropped = assert_counts_like_netfilter(rs, packets)
     assert 0 < dropped < len(packets)
+
+
+def test_the_random_rulesets_do_drop_packets_that_came_back_from_a_chain():
+    STATS.clear()
+    for seed in range(40):
+        random_chains_count_like_netfilter(seed)
+    assert STATS["came back"] > 50, STATS
