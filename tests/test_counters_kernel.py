@@ -275,7 +275,8 @@ def test_a_dropped_packet_that_returned_from_a_chain_counts_on_the_jump():
 
 @pytest.mark.xfail(strict=True, reason="not yet: nat PREROUTING sees only the packets that make a new conntrack "
                    "entry (every packet of a dropped flow, none of an established one); XDP does not record which "
-                   "of its drops those were")
+                   "of its drops those were (it would need a conntrack lookup of every packet it drops, and to "
+                   "pass those it cannot tell: ICMP requests, other protocols, unverified checksums)")
 def test_a_dropped_packet_counts_on_the_nat_prerouting_policy():
     # A nat rule the test's packets do not match: they pass nat PREROUTING to its policy.
     dnat = [["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "DNAT",
