@@ -10,8 +10,11 @@ Packets XDP passes on (ACCEPT, DEFER) are counted by netfilter itself and are no
 A dropped packet also passed raw PREROUTING, mangle PREROUTING and mangle INPUT before filter
 INPUT; where such a chain holds no rules, its policy counter counts every packet, so XDP's drops
 are added there too.
-(Not yet: earlier chains with rules, and nat PREROUTING, which sees only the packets that make a
-new conntrack entry.)
+Nat PREROUTING sees only the packets that make a new conntrack entry. Where every rule there has
+its packets deferred (plan.Plan.nat_new), XDP tells which of its drops those were, on one more
+counter ("nat_new"), added to the nat PREROUTING policy.
+(Not yet: earlier chains with rules; nat PREROUTING with rules a dropped packet may match, such as
+a jump or an ACCEPT.)
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 RuleKey = Tuple[str, str, int]  # (table, chain, index); index 0 is the chain policy
 PASSED_BEFORE = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"))
+NAT_POLICY: RuleKey = ("nat", "PREROUTING", 0)
+NAT_NEW = ("nat_new", str(0xFFFFFFFD))  # status()'s name of abi.NAT_NEW_COUNTER, and its number
 
 
 def _passed_policies(plan: dict) -> List[RuleKey]:
@@ -36,6 +41,11 @@ def per_rule(counters: Dict[str, dict], plan: Optional[dict]) -> Dict[RuleKey, T
     paths, actions = plan.get("counter_paths", []), plan.get("actions", [])
     passed = _passed_policies(plan)
     for rule_id, value in counters.items():
+        if rule_id in NAT_NEW:
+            entry = totals.setdefault(NAT_POLICY, [0, 0])
+            entry[0] += value["packets"]
+            entry[1] += value["bytes"]
+            continue
         if not rule_id.isdigit() or int(rule_id) >= len(paths) or actions[int(rule_id)] != "DROP":
             continue
         for table, chain, index in [tuple(ref) for ref in paths[int(rule_id)]] + passed:

@@ -90,6 +90,9 @@ class Plan:
     codes: Tuple[str, ...] = ()  # rule_id -> the reason code of that classifier rule (for explain)
     # Guarded DROPs (ipset copies) hold until this CLOCK_MONOTONIC ns, when a member may time out.
     set_deadline_ns: Optional[int] = None
+    # abi.NAT_NEW_* bits for compile(): XDP counts its drops that nat PREROUTING would have seen
+    # (0: not exactly countable, or no nat table). See nat_new().
+    nat_new: int = 0
 
     def summary(self) -> Dict[str, int]:
         kinds = [d.kind for d in self.decisions]
@@ -489,6 +492,24 @@ def _local_guard(em: _Emitter) -> None:
     em.emit(Match(dst=local.complement(U32_MAX)), DEFER, (), "guard.not-local")
 
 
+def nat_new(ruleset: ir.Ruleset, host: HostContext) -> int:
+    """Whether XDP can count, exactly, its drops on the nat PREROUTING policy (abi.NAT_NEW_* bits).
+
+    Netfilter runs nat PREROUTING only for a packet that makes a new conntrack entry (every packet
+    of a flow netfilter keeps dropping, none of a flow it knows). A packet XDP drops matches no rule
+    with an effect there (their packets are deferred by the earlier-chain guards), so its traversal
+    ends at the policy unless a rule without an effect may match it: a jump, ACCEPT, RETURN, or a
+    rule without a target (those would count it). With such a rule, 0: not counted."""
+    from ipt2xdp import abi
+
+    chain = _chain(ruleset, "nat", "PREROUTING")
+    if chain is None or chain.policy != "ACCEPT":
+        return 0
+    if any(rule.target is None or isinstance(rule.target, NO_OP_TARGETS + (ir.Jump, ir.Goto)) for rule in chain.rules):
+        return 0
+    return abi.NAT_NEW_ON | (abi.NAT_NEW_TCP_LOOSE if host.ct_tcp_loose else 0)
+
+
 def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RULES) -> Plan:
     """Plan filter/INPUT of `ruleset` for packets arriving on host.attached devices."""
     from ipt2xdp.decisions import decide
@@ -521,4 +542,4 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
     deadline = min(em.set_expiries) if em.set_expiries else None
     return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes), tuple(em.codes),
-                deadline)
+                deadline, nat_new(ruleset, host))
