@@ -270,3 +270,4 @@ def test_the_random_rulesets_do_drop_packets_that_came_back_from_a_chain():
     for seed in range(40):
         random_chains_count_like_netfilter(seed)
     assert STATS["came back"] > 50, STATS
+
