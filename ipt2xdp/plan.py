@@ -541,5 +541,11 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
         guard_set_drops(em)
     decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
     deadline = min(em.set_expiries) if em.set_expiries else None
+    counting_nat = nat_new(ruleset, host)
+    if counting_nat:
+        notes.append("counters.nat-prerouting: with iptables-legacy, XDP looks up in conntrack each packet it "
+                     "drops, to count on the nat PREROUTING policy those that would have made an entry; it "
+                     "passes to netfilter the ones it cannot place (ICMP requests, other protocols, TCP/UDP "
+                     "whose checksum it could not verify)")
     return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes), tuple(em.codes),
-                deadline, nat_new(ruleset, host))
+                deadline, counting_nat)
