@@ -3,7 +3,7 @@
 
 One `OptionSpec` per option: canonical spelling, aliases, how many arguments, whether `!` may
 precede it. `MATCHES`/`TARGETS` map an extension name to its options in the order iptables-save
-prints them. Extensions not listed here still parse, generically (see parse.py), so a real ruleset
+prints them. Extensions not listed here still parse, generically (see ruleparse.py), so a real ruleset
 is never rejected merely for using something ipt2xdp does not model.
 
 Also here: the name tables iptables resolves (protocols, services, ICMP types, REJECT types, LOG
