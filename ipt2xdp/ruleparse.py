@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 from ipt2xdp import ir, options
 from ipt2xdp.errors import SourceSpan
 from ipt2xdp.fastinit import fast_constructor, make_network
-from ipt2xdp.options import Given, OptionError
+from ipt2xdp.optionvalues import MATCH_BUILDERS, TARGET_BUILDERS, Given, OptionError
 
 HEADER = {
     "-s": "-s", "--source": "-s", "--src": "-s", "-d": "-d", "--destination": "-d", "--dst": "-d",
@@ -390,8 +390,8 @@ class RuleParser:
         matches = []
         built = []  # (slot, ext, the builder used or None): what a template may rebuild
         for slot, ext in enumerate(exts):
-            matches.append(self._extension(ext, options.MATCH_BUILDERS, proto_name, "match"))
-            built.append((slot, ext, options.MATCH_BUILDERS.get(ext.name)))
+            matches.append(self._extension(ext, MATCH_BUILDERS, proto_name, "match"))
+            built.append((slot, ext, MATCH_BUILDERS.get(ext.name)))
         tgt = None
         if target is not None:
             if target_kind == "-g":
@@ -399,8 +399,8 @@ class RuleParser:
             elif target.name in self.user_chains and target.name not in options.TARGETS:
                 tgt = ir.Jump(target.name)
             else:
-                tgt = self._extension(target, options.TARGET_BUILDERS, proto_name, "target")
-                built.append((-1, target, options.TARGET_BUILDERS.get(target.name)))
+                tgt = self._extension(target, TARGET_BUILDERS, proto_name, "target")
+                built.append((-1, target, TARGET_BUILDERS.get(target.name)))
         self._built = (proto_name, built)
         template = ir.Rule(chain, None, None, protocol, ifaces.get("-i"), ifaces.get("-o"), fragment,
                            tuple(matches), tgt)
