@@ -81,10 +81,22 @@ def run(args) -> int:
     # The wrapper's lock: an import, a wrapper call and `ipt2xdp watch` never interleave their
     # "read, change, read back, flip", so none of them flips to a plan older than another's change.
     with sync.wrapper_lock(None), sync.guarded_flip(say=True), gcpause.paused():
-        return _run(args, sync.stale_mark())
+        preload = _preload()
+        try:
+            return _run(args, sync.stale_mark(), preload)
+        finally:
+            if preload is not None:
+                preload.discard()
 
 
-def _run(args, mark: int) -> int:
+def _preload():
+    """On a first import (nothing pinned here), the BPF object loading beside parse and plan."""
+    from ipt2xdp import loader
+
+    return None if loader.pinned() else loader.Preload()
+
+
+def _run(args, mark: int, preload=None) -> int:
     from ipt2xdp import backend as backends
     from ipt2xdp import loader, report
     from ipt2xdp.errors import EXIT_PARAMETER
@@ -159,7 +171,7 @@ def _run(args, mark: int) -> int:
 
             host = replace(host, foreign=read_foreign(name, host.devices, devices,
                                                       planned_tables=[t.name for t in ruleset.tables]))
-    print(_offload(ruleset, host, devices, args, name, report, ahead=ahead))
+    print(_offload(ruleset, host, devices, args, name, report, ahead=ahead, preload=preload))
     return 0
 
 
@@ -237,10 +249,10 @@ def _plan_ahead(ruleset, host, args):
     return ahead
 
 
-def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahead=None):
+def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahead=None, preload=None):
     """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
     renders it to tell whether anything changed). ahead: a _Prepared made before the ruleset was
-    read back, used when it holds for this ruleset and host."""
+    read back, used when it holds for this ruleset and host. preload: loader.Preload."""
     from ipt2xdp import drift, loader, planstore
 
     if ahead is not None and ahead.holds(ruleset, host):
@@ -270,7 +282,7 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
 
     before = loader.status(include_counters=False)
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key,
-                           release_old=not getattr(args, "release_later", False))
+                           release_old=not getattr(args, "release_later", False), preload=preload)
     # The counts XDP kept for each rule stay with it, as netfilter's own do.
     xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
                          getattr(args, "count_pid", None))
