@@ -32,7 +32,11 @@ def one_shot() -> None:
 
 def exit_now(code: int) -> None:
     """Flush stdout and stderr and end the process with `code`, skipping the interpreter's teardown
-    (nothing of ipt2xdp's needs it: kernel objects are pinned or closed with their descriptors)."""
+    (nothing of ipt2xdp's needs it: kernel objects are pinned or closed with their descriptors).
+    Under a profiler or tracer (cProfile, coverage), which write their results at teardown, it
+    exits the usual way."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

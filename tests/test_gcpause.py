@@ -37,3 +37,13 @@ def test_the_cli_exit_code_and_output_survive_the_fast_exit(tmp_path):
     good.write_text("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j DROP\nCOMMIT\n")
     formatted = subprocess.run([sys.executable, "-m", "ipt2xdp", "fmt", str(good)], capture_output=True, text=True)
     assert formatted.returncode == 0 and "-A INPUT -p tcp -m tcp --dport 22 -j DROP" in formatted.stdout
+
+
+def test_a_profiled_run_exits_the_usual_way_so_the_profile_is_written(tmp_path):
+    out = tmp_path / "run.prof"
+    rules = tmp_path / "r.rules"
+    rules.write_text("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "ipt2xdp", "check", str(rules)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_size > 0
