@@ -18,6 +18,7 @@ from ipt2xdp.errors import EXIT_OTHER, Ipt2xdpError, ParseError, render_diagnost
 
 # Order is the order shown in --help.
 COMMANDS = ("import", "explain", "status", "watch", "detach", "fmt", "check", "demo", "alternatives", "service")
+LONG_LIVED = ("watch", "demo")  # they keep the cyclic collector on after a pipeline run
 
 EPILOG = """examples:
   ipt2xdp check /etc/iptables/rules.v4          validate a ruleset, errors with file:line:col
@@ -64,12 +65,24 @@ def report_error(error: Ipt2xdpError) -> None:
         print(f"ipt2xdp: {error}", file=sys.stderr)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def entry() -> None:
+    """The `ipt2xdp` command as a process: main(), then exit without the interpreter's teardown
+    (gcpause.one_shot) unless the command runs for long (`watch`)."""
+    from ipt2xdp import gcpause
+
+    gcpause.exit_now(main(one_shot=True))
+
+
+def main(argv: Optional[Sequence[str]] = None, one_shot: bool = False) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
+    if one_shot and args.command not in LONG_LIVED:
+        from ipt2xdp import gcpause
+
+        gcpause.one_shot()
     try:
         return int(args._run(args) or 0)
     except Ipt2xdpError as error:
@@ -90,4 +103,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -199,11 +199,11 @@ def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
 
 
 def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
-    from ipt2xdp.parse import _fast_constructor
+    from ipt2xdp.fastinit import fast_constructor
     from ipt2xdp.plan import EARLIER_CHAINS, Decision, RuleRef
     from ipt2xdp.render import render_rule
 
-    new_ref, new_decision = _fast_constructor(RuleRef), _fast_constructor(Decision)  # one per rule
+    new_ref, new_decision = fast_constructor(RuleRef), fast_constructor(Decision)  # one per rule
     live = reachable(rules)
     # iptables rule -> (verdict, code, match) of its reachable classifier instances; a rule with
     # instances, none reachable, has an empty list (it was emitted: shadowed)

@@ -13,19 +13,10 @@ before that backend's filter/INPUT drops it, and so can be skipped by an XDP dro
    policy is left alone: a packet XDP drops is dropped by the planned filter/INPUT anyway.
 2. Native nftables base chains (firewalld's `inet firewalld`, a hand-written /etc/nftables.conf,
    kube-proxy's nftables mode, netdev ingress chains). Read with `nft -j list` (nftlist.py: the
-   tables iptables-nft-save shows left out, see below; read_netfilter). A chain
-   matters if its hook is ingress (netdev/inet, on a device the packet passes: an attached device
-   or a master or upper device of one), prerouting, or input at a priority <= 0 (the planned
-   filter/INPUT is at 0; chains after it never see what it drops), in family ip, inet, netdev or
-   bridge. Such a chain is *neutral* when every rule, and every chain it jumps or goes to, holds
-   only `match` expressions (reads of the packet, conntrack, sets, routes) and the verdicts
-   accept, drop, continue and return: it neither changes a packet nor leaves a trace, and a packet
-   XDP drops (dropped by filter/INPUT anyway) meets the same fate with or without it. Every other
-   statement (counter, log, limit, quota, nat, mark/ct/meta set, notrack, queue, dup, fwd, reject,
-   set updates, xt compat expressions, anything unknown) and every read that changes state
-   (`numgen inc`, a lookup in a set that counts) is an *effect*: XDP defers the IPv4 packets it
-   may act on, bounded by the matches on its path (ipt2xdp.nftbound; every packet when they bound
-   nothing), code foreign.nft.
+   tables iptables-nft-save shows left out, see below; read_netfilter) and judged by
+   nftchains.py: a chain on a hook before filter/INPUT is *neutral* (only matches, and the
+   verdicts accept, drop, continue and return) or has *effects*, and XDP defers the IPv4 packets
+   an effect may act on, code foreign.nft.
    Caveat of `drop` being neutral: a packet a native chain drops first still counts in XDP's
    counters of the filter/INPUT rule that would have dropped it.
 
@@ -42,57 +33,13 @@ import functools
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ipt2xdp import nftbound
-from ipt2xdp.classifier import Match
-from ipt2xdp.translate import conjoin
+from ipt2xdp.nftchains import XTABLES_TABLES, NativeChain, classify, passed_devices
 
-XTABLES_TABLES = ("filter", "mangle", "raw", "nat", "security")
-BEFORE_INPUT_HOOKS = ("ingress", "prerouting", "input")
-RELEVANT_FAMILIES = ("ip", "inet", "netdev", "bridge")
-FILTER_PRIORITY = 0  # NF_IP_PRI_FILTER: the planned filter/INPUT
-NEUTRAL_VERDICTS = ("accept", "drop", "continue", "return")
 # The tables of the other backend the planner guards: they hold every chain that runs before (or,
 # for filter/INPUT, beside) the planned filter/INPUT.
 OTHER_TABLES = ("raw", "mangle", "nat", "filter")
-MAX_JUMP_DEPTH = 16
-MAX_EFFECTS = 256  # per base chain; beyond, one unbounded effect (XDP defers everything)
-
-
-@dataclass(frozen=True)
-class Effect:
-    """A statement with an effect in (or reached from) a native base chain, and the IPv4 packets
-    it may act on (nftbound: a superset; () = every packet)."""
-
-    where: str          # "rule handle 4: jump a: rule handle 6: mangle" (no counter values)
-    bound: tuple = ()
-
-
-@dataclass(frozen=True)
-class NativeChain:
-    """A base chain outside the iptables backends on a hook before (or at) filter/INPUT."""
-
-    family: str
-    table: str
-    chain: str
-    hook: str
-    priority: int
-    devices: Tuple[str, ...] = ()
-    effects: Tuple[Effect, ...] = ()   # empty: neutral
-
-    @property
-    def blocker(self) -> str:
-        """The first statement that is not neutral ("" = neutral)."""
-        return self.effects[0].where if self.effects else ""
-
-    def label(self) -> str:
-        where = f" device {','.join(self.devices)}" if self.devices else ""
-        return f"table {self.family} {self.table} chain {self.chain} (hook {self.hook} priority {self.priority}{where})"
-
-    @property
-    def xtables_named(self) -> bool:
-        return self.family == "ip" and self.table in XTABLES_TABLES
 
 
 @dataclass(frozen=True)
@@ -108,201 +55,6 @@ class Foreign:
     @property
     def other(self) -> str:
         return "legacy" if self.planned == "nft" else "nft"
-
-
-# ------------------------------------------------------------------------------ classification
-
-class _Walk:
-    """Effects of the chains of one nft document, each bounded by the matches on its path."""
-
-    def __init__(self, chains: dict, stateful_sets: Set = frozenset()):
-        self.chains = chains
-        self.stateful_sets = stateful_sets  # (family, table, name) of sets whose lookups count
-        self.effects: List[Effect] = []
-
-    def add(self, where: str, context: Optional[Match]) -> None:
-        if context is None:
-            return  # no IPv4 packet gets here
-        self.effects.append(Effect(where, nftbound.to_bound(context)))
-
-    def chain(self, key, context: Match, prefix: str, depth: int, seen: frozenset) -> None:
-        chain, rules = self.chains[key]
-        policy = chain.get("policy", "accept")
-        if policy not in ("accept", "drop"):
-            self.add(f"{prefix}policy {policy}", context)
-        for rule in rules:
-            if len(self.effects) > MAX_EFFECTS:
-                return
-            self.rule(rule, context, f"{prefix}rule handle {rule.get('handle')}: ", depth, seen | {key})
-
-    def rule(self, rule: dict, context: Match, prefix: str, depth: int, seen: frozenset) -> None:
-        matches = []
-        for stmt in rule.get("expr", []):
-            if not isinstance(stmt, dict) or len(stmt) != 1:
-                return self.add(prefix + "an unrecognised expression", context)
-            (name, value), = stmt.items()
-            stateful = _stateful_read(stmt, self.stateful_sets, (rule.get("family"), rule.get("table")))
-            if stateful:  # a read that changes state: numgen inc, a set lookup that counts
-                bound = nftbound.statement_bound(matches)
-                return self.add(prefix + stateful, None if bound is None or context is None else conjoin(context, bound))
-            if name == "match":
-                matches.append(value)
-                continue
-            if name in NEUTRAL_VERDICTS:
-                return None
-            here = nftbound.statement_bound(matches)
-            here = None if here is None or context is None else conjoin(context, here)
-            if here is None:
-                return None  # no IPv4 packet reaches this statement
-            if name in ("jump", "goto") and isinstance(value, dict):
-                return self.jump(rule, name, value.get("target"), here, prefix, depth, seen)
-            if name == "vmap" and isinstance(value, dict):
-                return self.vmap(rule, value.get("data"), here, prefix, depth, seen)
-            # Everything after the first statement with an effect acts on a subset of its packets.
-            return self.add(prefix + name, here)
-        return None
-
-    def jump(self, rule, name, target, context, prefix, depth, seen) -> None:
-        key = (rule.get("family"), rule.get("table"), target)
-        if key not in self.chains:
-            return self.add(f"{prefix}{name} to unknown chain {target}", context)
-        if depth >= MAX_JUMP_DEPTH:
-            return self.add(f"{prefix}{name} nested deeper than {MAX_JUMP_DEPTH}", context)
-        if key in seen:
-            return None  # nft rejects loops; a chain already on this path adds nothing new
-        return self.chain(key, context, f"{prefix}{name} {target}: ", depth + 1, seen)
-
-    def vmap(self, rule, data, context, prefix, depth, seen) -> None:
-        """A verdict map: its key is left out (widening); every chain it may jump to is walked,
-        all the table's regular chains when the map is a named one."""
-        if isinstance(data, dict) and "set" in data:
-            verdicts = [item[1] for item in data["set"] if isinstance(item, list) and len(item) == 2]
-            if len(verdicts) != len(data["set"]):
-                return self.add(prefix + "vmap of an unrecognised form", context)
-        else:
-            table = (rule.get("family"), rule.get("table"))
-            verdicts = [{"jump": {"target": k[2]}} for k, (c, _) in self.chains.items()
-                        if k[:2] == table and "hook" not in c]
-        for verdict in verdicts:
-            if not isinstance(verdict, dict) or len(verdict) != 1:
-                return self.add(prefix + "vmap of an unrecognised form", context)
-            (name, value), = verdict.items()
-            if name in NEUTRAL_VERDICTS:
-                continue
-            if name in ("jump", "goto") and isinstance(value, dict):
-                self.jump(rule, f"vmap {name}", value.get("target"), context, prefix, depth, seen)
-            else:
-                self.add(f"{prefix}vmap {name}", context)
-        return None
-
-
-def _stateful_read(node, stateful_sets: Set, table: Tuple[str, str]) -> Optional[str]:
-    """Whether an expression changes state when evaluated: `numgen inc` (a counter each packet
-    advances), or a lookup in a set declared with a statement (element counters, quotas)."""
-    if isinstance(node, dict):
-        numgen = node.get("numgen")
-        if isinstance(numgen, dict) and numgen.get("mode") == "inc":
-            return "numgen inc"
-        for value in node.values():
-            found = _stateful_read(value, stateful_sets, table)
-            if found:
-                return found
-    elif isinstance(node, list):
-        for value in node:
-            found = _stateful_read(value, stateful_sets, table)
-            if found:
-                return found
-    elif isinstance(node, str) and node.startswith("@") and (table[0], table[1], node[1:]) in stateful_sets:
-        return f"lookup in {node}, whose elements count"
-    return None
-
-
-def stateful_sets(items) -> Set[Tuple[str, str, str]]:
-    """Sets and maps whose lookups change state: declared with statements (`counter`, `quota`) or
-    holding elements with their own."""
-    out = set()
-    for item in items:
-        declared = item.get("set") or item.get("map")
-        if not isinstance(declared, dict):
-            continue
-        elements = declared.get("elem") or []
-        if declared.get("stmt") or any(isinstance(e, dict) and isinstance(e.get("elem"), dict)
-                                       and set(e["elem"]) - {"val", "timeout", "expires", "comment"}
-                                       for e in elements):
-            out.add((declared.get("family"), declared.get("table"), declared.get("name")))
-    return out
-
-
-def chain_effects(chains: dict, key, sets: Set = frozenset()) -> Tuple[Effect, ...]:
-    """The statements with effects a packet in base chain `key` may reach, bounded."""
-    walk = _Walk(chains, sets)
-    walk.chain(key, Match(), "", 0, frozenset())
-    if len(walk.effects) > MAX_EFFECTS:
-        return (Effect(f"more than {MAX_EFFECTS} statements with effects"),)
-    return tuple(dict.fromkeys(walk.effects))
-
-
-def _devices(chain: dict) -> Tuple[str, ...]:
-    dev = chain.get("dev")
-    if dev is None:
-        return ()
-    return (dev,) if isinstance(dev, str) else tuple(dev)
-
-
-def relevant(chain: dict, passed_devices: Optional[Set[str]]) -> bool:
-    """Whether packets XDP may drop pass this base chain before filter/INPUT has dropped them."""
-    hook, family = chain.get("hook"), chain.get("family")
-    if family not in RELEVANT_FAMILIES or hook not in BEFORE_INPUT_HOOKS:
-        return False
-    if hook == "input" and family in ("ip", "inet") and chain.get("prio", 0) > FILTER_PRIORITY:
-        return False  # after filter/INPUT: never sees what it drops
-    if hook == "ingress" and passed_devices is not None:
-        devices = _devices(chain)
-        return not devices or bool(set(devices) & passed_devices)
-    return True
-
-
-def classify(document: dict, passed_devices: Optional[Set[str]] = None) -> Tuple[NativeChain, ...]:
-    """The base chains of an `nft -j list ruleset` document that act before filter/INPUT.
-
-    passed_devices: the devices a packet arriving on an attached device passes (None: any)."""
-    items = document.get("nftables", [])
-    chains = {}
-    for item in items:
-        if "chain" in item:
-            c = item["chain"]
-            chains[(c.get("family"), c.get("table"), c.get("name"))] = (c, [])
-    for item in items:
-        if "rule" in item:
-            r = item["rule"]
-            key = (r.get("family"), r.get("table"), r.get("chain"))
-            if key in chains:
-                chains[key][1].append(r)
-    counting = stateful_sets(items)
-    out = []
-    for key, (chain, _) in chains.items():
-        if "hook" not in chain or not relevant(chain, passed_devices):
-            continue
-        out.append(NativeChain(key[0], key[1], key[2], chain["hook"], int(chain.get("prio", 0)),
-                               _devices(chain), chain_effects(chains, key, counting)))
-    return tuple(sorted(out, key=lambda c: (c.family, c.table, c.chain)))
-
-
-def passed_devices(devices: Sequence, attached: Iterable[str]) -> Optional[Set[str]]:
-    """Attached devices and every device above them (bridge or bond masters, vlan/macvlan uppers):
-    their ingress hooks see the packet too. None when nothing is attached (then every device)."""
-    names = set(attached)
-    if not names:
-        return None
-    by_index = {d.ifindex: d for d in devices}
-    indexes = {d.ifindex for d in devices if d.name in names}
-    while True:
-        above = {by_index[i].master for i in indexes if by_index[i].master in by_index}
-        above |= {d.ifindex for d in devices if d.link in indexes}  # vlan, macvlan (and a veth peer: harmless)
-        if above <= indexes:
-            break
-        indexes |= above
-    return names | {by_index[i].name for i in indexes}
 
 
 # ------------------------------------------------------------------------------ plan-time questions

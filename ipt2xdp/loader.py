@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ipt2xdp import abi, devices, pins, setguard
 from ipt2xdp.compile import Tables
-from ipt2xdp.dataplane import META_ATTACH, Dataplane, object_digest, require_root
+from ipt2xdp.dataplane import META_ATTACH, PROG_PIN, Dataplane, object_digest, require_root
 from ipt2xdp.errors import LoadError
 from ipt2xdp.resources import bpf_object_path
 
@@ -46,21 +47,64 @@ def _remove_stale_tmp(directory: str) -> None:
                 pins.remove_tree(os.path.join(parent, entry))
 
 
-def _open_or_load(directory: str, object_path: Optional[str]) -> Tuple[Dataplane, bool]:
+class Preload:
+    """The BPF object loaded in a thread while the caller plans: on a first import nothing is pinned
+    yet, and the verifier's ~0.2 s can run beside parse and plan (libbpf's calls release the GIL).
+    apply(preload=...) takes it, or discards it when another instance is pinned by then."""
+
+    def __init__(self, object_path: Optional[str] = None):
+        self._loaded: Optional[Dataplane] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._load, args=(object_path,), name="ipt2xdp-preload", daemon=True)
+        self._thread.start()
+
+    def _load(self, object_path: Optional[str]) -> None:
+        try:
+            self._loaded = Dataplane.load(object_path)
+        except BaseException as error:  # noqa: BLE001 - raised again by take(), in the caller's thread
+            self._error = error
+
+    def take(self) -> Dataplane:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        dp, self._loaded = self._loaded, None
+        if dp is None:
+            raise LoadError("the BPF object loaded ahead was already used", 0, "import again")
+        return dp
+
+    def discard(self) -> None:
+        """Close what was loaded, if nobody took it (the kernel frees an unpinned program)."""
+        self._thread.join()
+        if self._loaded is not None:
+            self._loaded.close()
+            self._loaded = None
+
+
+def pinned() -> bool:
+    """Whether an ipt2xdp program is pinned in this network namespace (complete or not)."""
+    return os.path.exists(os.path.join(pins.pin_dir(), PROG_PIN))
+
+
+def _open_or_load(directory: str, object_path: Optional[str], preload: Optional[Preload] = None
+                  ) -> Tuple[Dataplane, bool]:
     dp = Dataplane.open_pinned(directory)
-    if dp is not None:
-        path = str(object_path or bpf_object_path())
-        if dp.object_sha and dp.object_sha != object_digest(path):
-            dp.close()
-            raise LoadError(f"the pinned ipt2xdp program in {directory} comes from another build", 0,
-                            "run `ipt2xdp detach --all`, then import again", exit_code=3)
-        return dp, False
-    return Dataplane.load(object_path), True
+    if dp is None:
+        return (preload.take() if preload is not None else Dataplane.load(object_path)), True
+    if preload is not None:
+        preload.discard()
+    path = str(object_path or bpf_object_path())
+    if dp.object_sha and dp.object_sha != object_digest(path):
+        dp.close()
+        raise LoadError(f"the pinned ipt2xdp program in {directory} comes from another build", 0,
+                        "run `ipt2xdp detach --all`, then import again", exit_code=3)
+    return dp, False
 
 
 def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, source_digest: str = "",
           object_path: Optional[str] = None, notice: Callable[[str], None] = _stderr_notice,
-          pause_hook: Optional[Callable[[str], None]] = None, release_old: bool = True) -> ApplyResult:
+          pause_hook: Optional[Callable[[str], None]] = None, release_old: bool = True,
+          preload: Optional[Preload] = None) -> ApplyResult:
     """Make tables the ruleset XDP enforces in this network namespace and attach it to ifaces.
 
     Args:
@@ -73,6 +117,7 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
         pause_hook: test hook, called between the steps of the generation update.
         release_old: free the replaced generation's maps now; False leaves that to a later
             release_replaced() (`ipt2xdp watch` does it after answering the wrapper).
+        preload: the object loaded ahead (Preload), used if nothing is pinned yet.
     Raises:
         LoadError (with errno and next step), AbiMismatch.
     """
@@ -83,7 +128,7 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     with pins.lock():
         _remove_stale_tmp(directory)
-        dp, fresh = _open_or_load(directory, object_path)
+        dp, fresh = _open_or_load(directory, object_path, preload)
         newly: List[str] = []
         try:
             generation, previous = dp.apply_generation(tables, {"source_digest": source_digest}, pause_hook,

@@ -115,7 +115,8 @@ def foreign_record(foreign) -> dict:
 
 
 def foreign_from_record(record):
-    from ipt2xdp.foreign import Effect, Foreign, NativeChain
+    from ipt2xdp.foreign import Foreign
+    from ipt2xdp.nftchains import Effect, NativeChain
 
     if record is None:
         return None

@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from ipt2xdp import addrtype, ipsets, ir
+from ipt2xdp import ipsets, ir
 from ipt2xdp.classifier import U16_MAX, U32_MAX, IntervalSet, Match
 from ipt2xdp.ctstate import CtAtom, ct_cases, ct_outcomes, ct_test
 from ipt2xdp.hostinfo import HostContext
+from ipt2xdp.hostmatch import addrtype_alternatives, interface_match, nf_interface_names
 
 ALL_PROTOCOLS = frozenset(range(256))
 PORT_PROTOCOLS = frozenset({6, 17})  # the only protocols whose ports the XDP program parses
@@ -161,35 +162,6 @@ def _narrowed(values: Dict[str, object], constraint: Dict[str, object]) -> Optio
     return out
 
 
-def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int]]:
-    """For each attached device: the name netfilter's -i compares against, and the ambiguous ones.
-
-    A bond slave's packets reach netfilter on the bond; a bridge port's on the bridge, unless
-    br_netfilter sees them as bridged; a device under macvlan/ipvlan may hand packets to its upper
-    device. The first is exact; the others are ambiguous, so -i rules defer for those devices.
-    """
-    names, ambiguous = {}, set()
-    for name in host.attached:
-        device = host.device(name)
-        if device is None:
-            continue
-        master = next((d for d in host.devices if d.ifindex == device.master), None)
-        names[device.ifindex] = master.name if master is not None and master.kind == "bond" else device.name
-        if master is not None and master.kind != "bond":
-            ambiguous.add(device.ifindex)
-        if any(d.link == device.ifindex and d.kind in ("macvlan", "macvtap", "ipvlan", "ipvtap")
-               for d in host.devices):
-            ambiguous.add(device.ifindex)
-    return names, frozenset(ambiguous)
-
-
-def _interface_match(iface: ir.Interface, names: Dict[int, str]) -> FrozenSet[int]:
-    def hit(name: str) -> bool:
-        return name.startswith(iface.prefix) if iface.wildcard else name == iface.name
-
-    return frozenset(ifindex for ifindex, name in names.items() if hit(name) != iface.negated)
-
-
 class _Builder:
     """Accumulates one rule's constraints; a field XDP cannot decide makes the rule unknown."""
 
@@ -241,7 +213,7 @@ def _header(builder: _Builder, rule: ir.Rule, names: Dict[int, str], ambiguous: 
         numbers = frozenset({rule.protocol.number}) if rule.protocol.number else ALL_PROTOCOLS
         builder.narrow("proto", ALL_PROTOCOLS - numbers if rule.protocol.negated else numbers)
     if rule.in_interface is not None:
-        exact = _interface_match(rule.in_interface, {i: n for i, n in names.items() if i not in ambiguous})
+        exact = interface_match(rule.in_interface, {i: n for i, n in names.items() if i not in ambiguous})
         if ambiguous:
             # Packets on ambiguous devices: the interface test is unknown for them.
             builder.iif_split = (exact, ambiguous)
@@ -257,65 +229,6 @@ def _port_constraints(builder: _Builder, rule: ir.Rule) -> None:
     protocols = builder.fields.get("proto")
     if protocols is None or not protocols <= PORT_PROTOCOLS:
         builder.mark_unknown("match.port-protocol")
-
-
-def _nf_ifindex(host: HostContext, ifindex: int) -> Optional[int]:
-    """The input device netfilter (and inet_dev_addr_type) sees for an attached one: a bond slave's
-    bond; None for a VRF slave (its addresses live in the VRF's table)."""
-    device = next((d for d in host.devices if d.ifindex == ifindex), None)
-    master = next((d for d in host.devices if device is not None and d.ifindex == device.master), None)
-    if master is not None and master.kind == "vrf":
-        return None
-    return master.ifindex if master is not None and master.kind == "bond" else ifindex
-
-
-def _addrtype_alternatives(match: ir.AddrtypeMatch, host: HostContext,
-                           interfaces: Tuple[Dict[int, str], FrozenSet[int]]) -> List[Tuple[Match, Optional[str]]]:
-    """-m addrtype as disjoint alternatives. A destination's type comes from the routes read at
-    import: only destinations local then are decided in XDP (the planner's guard), and a DROP is
-    taken only while the kernel still delivers locally (bpf_fib_lookup), so a removed address is
-    never judged by its old type. A source has no such guard (an address moved to another host
-    keeps sending): outside the ranges whose type no route changes, it is unknown."""
-    unknown = "match.addrtype"
-    out: List[Tuple[Match, Optional[str]]] = []
-    if match.limit_iface_out or (match.dst is not None and host.route_types is None):
-        return [(Match(), unknown)]
-    names, ambiguous = interfaces
-    if match.dst is not None and match.limit_iface_in:
-        devices: List[Tuple[Optional[FrozenSet[int]], Optional[int]]] = []
-        for ifindex in names:
-            nf = None if ifindex in ambiguous else _nf_ifindex(host, ifindex)
-            if nf is None:
-                out.append((Match(iif=frozenset({ifindex})), unknown))
-            else:
-                devices.append((frozenset({ifindex}), nf))
-    else:
-        devices = [(None, None)]
-    for iif, nf in devices:
-        dst_alts: List[Tuple[Optional[IntervalSet], Optional[str]]] = [(None, None)]
-        if match.dst is not None:
-            types, uncertain = addrtype.address_types(host.route_types, nf)
-            dst_alts = [(addrtype.selected(types, match.dst.types, match.dst.negated), None), (uncertain, unknown)]
-        for dst, reason in dst_alts:
-            if dst is not None and not dst:
-                continue
-            for src, src_reason in _src_type_alternatives(match.src):
-                out.append((Match(src=src, dst=dst, iif=iif), reason or src_reason))
-    return [(m, r) for m, r in out if all(v is None or v for v in (m.src, m.dst, m.iif))]
-
-
-def _src_type_alternatives(types: Optional[ir.AddrTypes]) -> List[Tuple[Optional[IntervalSet], Optional[str]]]:
-    if types is None:
-        return [(None, None)]
-    intrinsic = IntervalSet()
-    for kind, addresses in addrtype.INTRINSIC:
-        if (kind in types.types) != types.negated:
-            intrinsic = intrinsic.union(addresses)
-    routed = frozenset(t for t in addrtype.ROUTED_TYPES if (t in types.types) != types.negated)
-    rest = addrtype.INTRINSIC_ALL.complement(U32_MAX)
-    if routed == addrtype.ROUTED_TYPES:
-        return [(intrinsic.union(rest), None)]
-    return [(intrinsic, None)] + ([(rest, "match.addrtype")] if routed else [])
 
 
 def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
@@ -360,7 +273,7 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
         elif isinstance(match, ir.SetMatch) and host.ipsets is not None:
             _set_match(builder, match, host)
         elif isinstance(match, ir.AddrtypeMatch):
-            alternatives = _addrtype_alternatives(match, host, interfaces or nf_interface_names(host))
+            alternatives = addrtype_alternatives(match, host, interfaces or nf_interface_names(host))
             if not alternatives:
                 builder.never = builder.never or "never.empty"
             builder.alternatives.append(alternatives)

@@ -11,13 +11,14 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from ipt2xdp import foreign, nftbound, planstore
+from ipt2xdp import foreign, nftbound, nftchains, planstore
 from ipt2xdp.classifier import IntervalSet, Match, Verdict
 from ipt2xdp.explain import explain
-from ipt2xdp.foreign import Effect, Foreign, NativeChain
+from ipt2xdp.foreign import Foreign
 from ipt2xdp.hostinfo import Device, HostContext
 from ipt2xdp.packetspec import parse_packet
 from ipt2xdp.parse import parse
+from ipt2xdp.nftchains import Effect, NativeChain
 from ipt2xdp.plan import plan
 
 HERE = os.path.join(os.path.dirname(__file__), "foreign")
@@ -39,7 +40,7 @@ def document(name):
 
 def chains(name, passed=None):
     """chain -> blocker, rule handles left out (a re-capture numbers them differently)."""
-    return {c.chain: re.sub(r"rule handle \d+: ", "", c.blocker) for c in foreign.classify(document(name), passed)}
+    return {c.chain: re.sub(r"rule handle \d+: ", "", c.blocker) for c in nftchains.classify(document(name), passed)}
 
 
 # ----------------------------------------------------------------------------- classification
@@ -68,7 +69,7 @@ def test_blockers(name, expected):
 
 def bounds(name):
     return {c.chain: [(re.sub(r"rule handle \d+: ", "", e.where), nftbound.describe(e.bound)) for e in c.effects]
-            for c in foreign.classify(document(name))}
+            for c in nftchains.classify(document(name))}
 
 
 def test_effects_are_bounded_by_the_matches_on_their_path():
@@ -114,10 +115,10 @@ def test_ingress_devices_read_from_the_chain_text():
     texts = {"on_d0": 'table netdev edge {\n\tchain on_d0 {\n\t\ttype filter hook ingress device "d0" priority filter;',
              "on_d1": "\t\ttype filter hook ingress devices = { d1, eth7 } priority filter; policy accept;"}
     foreign.fill_ingress_devices(doc, lambda family, table, name: texts[name])
-    assert {c.chain: c.devices for c in foreign.classify(doc)} == {"on_d0": ("d0",), "on_d1": ("d1", "eth7")}
-    assert [c.chain for c in foreign.classify(doc, {"d0"})] == ["on_d0"]
-    assert [c.chain for c in foreign.classify(doc, {"eth7"})] == ["on_d1"]
-    assert [c.chain for c in foreign.classify(doc, {"eth9"})] == []
+    assert {c.chain: c.devices for c in nftchains.classify(doc)} == {"on_d0": ("d0",), "on_d1": ("d1", "eth7")}
+    assert [c.chain for c in nftchains.classify(doc, {"d0"})] == ["on_d0"]
+    assert [c.chain for c in nftchains.classify(doc, {"eth7"})] == ["on_d1"]
+    assert [c.chain for c in nftchains.classify(doc, {"eth9"})] == []
 
 
 def test_ingress_chain_without_a_known_device_counts_for_every_device():
@@ -128,9 +129,9 @@ def test_ingress_chain_without_a_known_device_counts_for_every_device():
 def test_passed_devices_climb_masters_and_uppers():
     devices = (Device("eth0", 2, master=10), Device("bond0", 10, "bond", master=11), Device("br0", 11, "bridge"),
                Device("vlan5", 12, "vlan", link=10), Device("eth1", 3))
-    assert foreign.passed_devices(devices, ["eth0"]) == {"eth0", "bond0", "br0", "vlan5"}
-    assert foreign.passed_devices(devices, ["eth1"]) == {"eth1"}
-    assert foreign.passed_devices(devices, []) is None
+    assert nftchains.passed_devices(devices, ["eth0"]) == {"eth0", "bond0", "br0", "vlan5"}
+    assert nftchains.passed_devices(devices, ["eth1"]) == {"eth1"}
+    assert nftchains.passed_devices(devices, []) is None
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -142,7 +143,7 @@ def with_devices(name):
 
 
 def native_host(name, planned="nft", **kwargs):
-    return replace(HOST, foreign=Foreign(planned, foreign.classify(with_devices(name), {"d0"}), **kwargs))
+    return replace(HOST, foreign=Foreign(planned, nftchains.classify(with_devices(name), {"d0"}), **kwargs))
 
 
 def verdict(result, host, packet, ruleset=None):
@@ -205,7 +206,7 @@ def test_neutral_native_chains_change_nothing():
 
 def test_ingress_chain_on_a_device_xdp_is_not_on_is_ignored():
     ruleset = parse(FILTER, "f.rules")
-    on_d1 = replace(HOST, foreign=Foreign("nft", foreign.classify(with_devices("netdev_ingress"), {"d1"})))
+    on_d1 = replace(HOST, foreign=Foreign("nft", nftchains.classify(with_devices("netdev_ingress"), {"d1"})))
     assert plan(ruleset, on_d1).rules == plan(ruleset, HOST).rules
     on_d0 = native_host("netdev_ingress")
     assert verdict(plan(ruleset, on_d0), on_d0, "udp 192.0.2.9:1 > L:53 iface d0")[:2] == ("PASS", "foreign.nft")

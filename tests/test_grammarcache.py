@@ -8,7 +8,7 @@ import tempfile
 import pytest
 from lark import Lark
 
-from ipt2xdp import grammarcache, parse
+from ipt2xdp import grammarcache, parse, savegrammar
 from ipt2xdp.resources import grammar_path
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the cache is only used by root")
@@ -26,7 +26,7 @@ COMMIT
 
 def _make(cache):
     return Lark(grammar_path().read_text(), parser="lalr", lexer="contextual", start=["start", "line", "words"],
-                maybe_placeholders=False, edit_terminals=parse._possessive_rule_block, cache=cache or False)
+                maybe_placeholders=False, edit_terminals=savegrammar._possessive_rule_block, cache=cache or False)
 
 
 @pytest.fixture
@@ -38,23 +38,23 @@ def trusted_root():
 
 @needs_root
 def test_cached_parser_parses_like_a_fresh_one(trusted_root, monkeypatch):
-    path = grammarcache.cache_file(grammar_path().read_text(), parse._possessive_rule_block, trusted_root)
+    path = grammarcache.cache_file(grammar_path().read_text(), savegrammar._possessive_rule_block, trusted_root)
     assert path is not None and path.startswith(trusted_root) and not os.path.exists(path)
     grammarcache.build(_make, path)
     assert os.path.exists(path) and os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
     assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
     fresh = parse.parse(TEXT)
-    monkeypatch.setattr(parse, "_LARK", grammarcache.build(_make, path))  # loaded from the file
+    monkeypatch.setattr(savegrammar, "_LARK", grammarcache.build(_make, path))  # loaded from the file
     assert parse.parse(TEXT) == fresh
-    assert [t.pattern.to_regexp() for t in parse._LARK.terminals] == [t.pattern.to_regexp() for t in _make(None).terminals]
+    assert [t.pattern.to_regexp() for t in savegrammar._LARK.terminals] == [t.pattern.to_regexp() for t in _make(None).terminals]
 
 
 @needs_root
 def test_no_cache_where_others_could_write():
     with tempfile.TemporaryDirectory() as tmp:  # under /tmp, which everybody may write to
-        assert grammarcache.cache_file(grammar_path().read_text(), parse._possessive_rule_block, tmp) is None
+        assert grammarcache.cache_file(grammar_path().read_text(), savegrammar._possessive_rule_block, tmp) is None
 
 
 def test_no_cache_for_other_users(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert grammarcache.cache_file(grammar_path().read_text(), parse._possessive_rule_block, "/run/x") is None
+    assert grammarcache.cache_file(grammar_path().read_text(), savegrammar._possessive_rule_block, "/run/x") is None

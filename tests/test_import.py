@@ -78,6 +78,49 @@ def test_import_makes_the_file_the_ruleset_in_force_and_drops_in_xdp(pair, tmp_p
     assert nft_counter(pair.receiver, "BL", 1) == 0
 
 
+_CHANGED_DURING_RESTORE = """
+import subprocess, sys
+from ipt2xdp import backend
+from ipt2xdp.commands import import_
+made = []
+wait, prepared = backend.Restoring.wait, import_._Prepared.__init__
+def wait_then_change(self):
+    wait(self)  # another writer (Docker, fail2ban) adds a rule before the import reads back
+    subprocess.run(["iptables-nft", "-w", "-A", "INPUT", "-s", "198.51.100.7", "-j", "DROP"], check=True)
+def counted(self, *args, **kwargs):
+    made.append(1)
+    prepared(self, *args, **kwargs)
+backend.Restoring.wait, import_._Prepared.__init__ = wait_then_change, counted
+from ipt2xdp.cli import main
+code = main(["import", sys.argv[1], "--iface", sys.argv[2]])
+print("plans", len(made))
+sys.exit(code)
+"""
+
+
+def test_the_plan_made_during_the_restore_is_loaded_only_for_the_ruleset_read_back(pair, tmp_path):
+    """The import plans the file while iptables-restore runs; it must load that plan only if the
+    kernel then holds the same ruleset. A rule another writer adds in between is in the plan."""
+    rules = tmp_path / "rules.v4"
+    rules.write_text(RULES)
+    plain = pair.receiver.run(["env", "IPT2XDP_BACKEND=nft", sys.executable, "-c", _CHANGED_DURING_RESTORE.replace(
+        "backend.Restoring.wait, import_._Prepared.__init__ = wait_then_change, counted",
+        "import_._Prepared.__init__ = counted"), str(rules), pair.receiver_if], check=False)
+    assert plain.returncode == 0, plain.stderr
+    assert "plans 1" in plain.stdout  # the plan made ahead held: not planned twice
+    changed = pair.receiver.run(["env", "IPT2XDP_BACKEND=nft", sys.executable, "-c", _CHANGED_DURING_RESTORE,
+                                 str(rules), pair.receiver_if], check=False)
+    assert changed.returncode == 0, changed.stderr
+    assert "plans 2" in changed.stdout  # planned again, from what the kernel held
+    status = json.loads(ipt2xdp(pair.receiver, "status", "--json").stdout)
+    assert status["drift"]["in_step"] is True, status["drift"]
+    send_udp(pair, 7777, 4, src="198.51.100.7")
+    status = json.loads(ipt2xdp(pair.receiver, "status", "--json").stdout)
+    rows = {(r["chain"], r["index"]): r["packets"] for r in status["rules"]}
+    assert rows[("INPUT", 3)] == 4, rows  # the added rule, decided in XDP
+    assert nft_counter(pair.receiver, "INPUT", 3) == 0
+
+
 def test_accepted_traffic_reaches_a_socket_and_detach_restores_netfilter_alone(pair, tmp_path):
     rules = tmp_path / "rules.v4"
     rules.write_text(RULES)

@@ -175,3 +175,30 @@ def test_state_pinned_by_another_version_is_named_and_detach_all_clears_it(pair)
         assert not os.path.exists(pins.pin_dir())
         loader.apply(compile(RULES, ACCEPT), [p.receiver_if], "generic")  # a fresh load works again
         assert loader.status()["generation"] == 1
+
+
+def _program_exists(prog_id: int) -> bool:
+    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True).returncode == 0
+
+
+def test_an_object_loaded_ahead_serves_a_first_apply_and_is_freed_over_a_pinned_one(pair):
+    p = pair
+    with inside(p.receiver):
+        assert not loader.pinned()
+        ahead = loader.Preload()
+        loader.apply(compile(RULES, ACCEPT), [p.receiver_if], "native", preload=ahead)
+        assert loader.pinned()
+        with pytest.raises(LoadError):
+            ahead.take()  # apply took it
+        pinned_id = loader.status()["program_id"]
+        second = loader.Preload()
+        second._thread.join()
+        unused_id = second._loaded.prog_id
+        assert unused_id != pinned_id and _program_exists(unused_id)
+        result = loader.apply(compile(RULES, DROP), [p.receiver_if], "native", preload=second)
+        assert result.generation == 2
+        assert loader.status()["program_id"] == pinned_id  # the pinned one stays
+    deadline = time.monotonic() + 5
+    while _program_exists(unused_id) and time.monotonic() < deadline:  # the kernel frees it after RCU
+        time.sleep(0.05)
+    assert not _program_exists(unused_id), "the object loaded ahead must be closed when not used"

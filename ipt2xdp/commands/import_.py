@@ -7,6 +7,9 @@ Order of a real import, chosen so that XDP and netfilter never disagree:
   3. restore the ruleset into netfilter with the active backend's real iptables-restore;
   4. read back what the kernel now holds and plan, compile and load *that*, flipping atomically
      to the new generation; on any failure the deferring state stays and the error says so.
+     The input is planned and compiled while the restore runs; that plan is loaded when what is
+     read back renders to the same canonical text for the same host facts (the usual case), as
+     the plan is a function of those two.
 `--live` skips 2 and 3: it takes what netfilter holds now and changes nothing there.
 """
 from __future__ import annotations
@@ -78,10 +81,22 @@ def run(args) -> int:
     # The wrapper's lock: an import, a wrapper call and `ipt2xdp watch` never interleave their
     # "read, change, read back, flip", so none of them flips to a plan older than another's change.
     with sync.wrapper_lock(None), sync.guarded_flip(say=True), gcpause.paused():
-        return _run(args, sync.stale_mark())
+        preload = _preload()
+        try:
+            return _run(args, sync.stale_mark(), preload)
+        finally:
+            if preload is not None:
+                preload.discard()
 
 
-def _run(args, mark: int) -> int:
+def _preload():
+    """On a first import (nothing pinned here), the BPF object loading beside parse and plan."""
+    from ipt2xdp import loader
+
+    return None if loader.pinned() else loader.Preload()
+
+
+def _run(args, mark: int, preload=None) -> int:
     from ipt2xdp import backend as backends
     from ipt2xdp import loader, report
     from ipt2xdp.errors import EXIT_PARAMETER
@@ -128,11 +143,16 @@ def _run(args, mark: int) -> int:
         return EXIT_PARAMETER if args.strict and result.summary()["netfilter"] else 0
 
     name = backends.resolve(args.backend)
+    ahead = None
     if not args.live:
         was_loaded = bool(loaded and not loaded.get("deferring_all"))
         loader.defer_all(True)  # a no-op when nothing is loaded yet
         try:
-            backends.restore(text, name)
+            restoring = backends.start_restore(text, name)
+            # Plan the input while the kernel takes it; used below only if what the kernel then
+            # holds renders to the same canonical text, for the same host facts.
+            ahead = _plan_ahead(ruleset, host, args, name)
+            restoring.wait()
         except BaseException:
             if was_loaded and sync.stale_mark() == mark:
                 loader.defer_all(False)  # netfilter is unchanged, so the old plan is still exact
@@ -151,7 +171,7 @@ def _run(args, mark: int) -> int:
 
             host = replace(host, foreign=read_foreign(name, host.devices, devices,
                                                       planned_tables=[t.name for t in ruleset.tables]))
-    print(_offload(ruleset, host, devices, args, name, report))
+    print(_offload(ruleset, host, devices, args, name, report, ahead=ahead, preload=preload))
     return 0
 
 
@@ -197,21 +217,63 @@ def _canonical(ruleset, result) -> str:
     return canonical(ruleset, {(d.ref.table, d.ref.chain, d.ref.index): d.text for d in result.decisions})
 
 
-def _offload(ruleset, host, devices, args, backend_name, report, text=None):
-    """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
-    renders it to tell whether anything changed)."""
-    from ipt2xdp import drift, loader, planstore, setguard
-    from ipt2xdp.compile import compile as compile_tables
-    from ipt2xdp.plan import plan
+class _Prepared:
+    """A ruleset planned and compiled for a host, not yet loaded."""
 
-    ipset_mode = getattr(args, "ipsets", None) or "mirror"
-    host, expectation = setguard.mirror_for_import(host, ruleset, loader._stderr_notice,
-                                                   mirror=ipset_mode == "mirror")
-    result = plan(ruleset, host)
-    tables = compile_tables(result.rules, result.default, overflow="defer", nat_new=_nat_new(result, backend_name))
-    tables.set_guard = setguard.with_deadline(expectation, result.set_deadline_ns)
-    if text is None:
-        text = _canonical(ruleset, result)
+    notices: list = []  # what a plan made ahead had to say (_plan_ahead)
+
+    def __init__(self, ruleset, host, args, backend_name, text=None, notice=None):
+        from ipt2xdp import loader, setguard
+        from ipt2xdp.compile import compile as compile_tables
+        from ipt2xdp.plan import plan
+
+        self.given_host = host
+        self.ipset_mode = getattr(args, "ipsets", None) or "mirror"
+        self.host, expectation = setguard.mirror_for_import(host, ruleset, notice or loader._stderr_notice,
+                                                            mirror=self.ipset_mode == "mirror")
+        self.result = plan(ruleset, self.host)
+        self.backend_name = backend_name
+        self.tables = compile_tables(self.result.rules, self.result.default, overflow="defer",
+                                     nat_new=_nat_new(self.result, backend_name))
+        self.tables.set_guard = setguard.with_deadline(expectation, self.result.set_deadline_ns)
+        self.text = text if text is not None else _canonical(ruleset, self.result)
+
+    def holds(self, ruleset, host) -> bool:
+        """Whether this is the plan of `ruleset` on `host`: the plan is a function of the canonical
+        text (what the plan store and drift digest) and the host facts. Rules read back from lines
+        the input had are the parse memo's copies, whose rendered text is already known."""
+        from ipt2xdp.render import canonical
+
+        return host == self.given_host and canonical(ruleset) == self.text
+
+
+def _plan_ahead(ruleset, host, args, backend_name):
+    """_Prepared for the input ruleset, or None if planning it failed: the plan of what the kernel
+    holds after the restore is made again then, and reports any error itself. Its notices wait in
+    `.notices` until the plan is used (a plan made again says them again)."""
+    notices = []
+    try:
+        ahead = _Prepared(ruleset, host, args, backend_name, notice=notices.append)
+    except Exception:  # noqa: BLE001 - only a head start; the authoritative plan comes after
+        return None
+    ahead.notices = notices
+    return ahead
+
+
+def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahead=None, preload=None):
+    """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
+    renders it to tell whether anything changed). ahead: a _Prepared made before the ruleset was
+    read back, used when it holds for this ruleset and host. preload: loader.Preload."""
+    from ipt2xdp import drift, loader, planstore
+
+    if ahead is not None and ahead.holds(ruleset, host) and ahead.backend_name == backend_name:
+        prepared = ahead
+        for message in ahead.notices:
+            loader._stderr_notice(message)
+    else:
+        prepared = _Prepared(ruleset, host, args, backend_name, text)
+    host, result, tables, text, ipset_mode = (prepared.host, prepared.result, prepared.tables, prepared.text,
+                                              prepared.ipset_mode)
     key = planstore.digest(text, devices)
     planstore.save(key, {
         "backend": backend_name,
@@ -231,7 +293,7 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None):
 
     before = loader.status(include_counters=False)
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key,
-                           release_old=not getattr(args, "release_later", False))
+                           release_old=not getattr(args, "release_later", False), preload=preload)
     # The counts XDP kept for each rule stay with it, as netfilter's own do.
     xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
                          getattr(args, "count_pid", None))

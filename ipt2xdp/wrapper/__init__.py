@@ -63,9 +63,17 @@ def _restore_change(cmd, text: str, backend: str):
                            set_chains=frozenset(chains) if cmd.noflush else frozenset())
 
 
+_ONE_SHOT = False  # set by entry(): this process ends after the call (gcpause.one_shot)
+
+
 def _changing(backend: str, wait, change, command) -> int:
     """sync.run_changing(), telling the flip it ends which change XDP's counts follow."""
     from ipt2xdp.wrapper import sync, xdpcounts
+
+    if _ONE_SHOT:
+        from ipt2xdp import gcpause
+
+        gcpause.one_shot()
 
     try:
         xdpcounts.expect(change)
@@ -153,6 +161,17 @@ def _restore(argv0: str, args: list, backend: str) -> int:
     run = (lambda: realbin.run_real(backend, argv0, args, input=data).returncode) if cmd.file is None \
         else (lambda: realbin.run_real(backend, argv0, args).returncode)
     return _changing(backend, cmd.wait, change, run)
+
+
+def entry() -> None:
+    """The wrapper commands as a process: main(), then exit without the interpreter's teardown
+    (gcpause.exit_now: a re-plan in this process leaves millions of objects to free)."""
+    global _ONE_SHOT
+    _ONE_SHOT = True
+    code = main()
+    from ipt2xdp import gcpause
+
+    gcpause.exit_now(code)
 
 
 def main(argv: "list | None" = None) -> int:

@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The matches whose meaning depends on the host: `-i` (the name netfilter sees for an attached
+device: a bond slave's bond; bridge ports and devices under macvlan/ipvlan are ambiguous) and
+`-m addrtype` (address types from the routes read at import, as disjoint alternatives, unknown
+where a route change could alter them). Used by translate.py.
+"""
+from __future__ import annotations
+
+from typing import Dict, FrozenSet, List, Optional, Tuple
+
+from ipt2xdp import addrtype, ir
+from ipt2xdp.classifier import U32_MAX, IntervalSet, Match
+from ipt2xdp.hostinfo import HostContext
+
+
+def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int]]:
+    """For each attached device: the name netfilter's -i compares against, and the ambiguous ones.
+
+    A bond slave's packets reach netfilter on the bond; a bridge port's on the bridge, unless
+    br_netfilter sees them as bridged; a device under macvlan/ipvlan may hand packets to its upper
+    device. The first is exact; the others are ambiguous, so -i rules defer for those devices.
+    """
+    names, ambiguous = {}, set()
+    for name in host.attached:
+        device = host.device(name)
+        if device is None:
+            continue
+        master = next((d for d in host.devices if d.ifindex == device.master), None)
+        names[device.ifindex] = master.name if master is not None and master.kind == "bond" else device.name
+        if master is not None and master.kind != "bond":
+            ambiguous.add(device.ifindex)
+        if any(d.link == device.ifindex and d.kind in ("macvlan", "macvtap", "ipvlan", "ipvtap")
+               for d in host.devices):
+            ambiguous.add(device.ifindex)
+    return names, frozenset(ambiguous)
+
+
+def interface_match(iface: ir.Interface, names: Dict[int, str]) -> FrozenSet[int]:
+    def hit(name: str) -> bool:
+        return name.startswith(iface.prefix) if iface.wildcard else name == iface.name
+
+    return frozenset(ifindex for ifindex, name in names.items() if hit(name) != iface.negated)
+
+
+def _nf_ifindex(host: HostContext, ifindex: int) -> Optional[int]:
+    """The input device netfilter (and inet_dev_addr_type) sees for an attached one: a bond slave's
+    bond; None for a VRF slave (its addresses live in the VRF's table)."""
+    device = next((d for d in host.devices if d.ifindex == ifindex), None)
+    master = next((d for d in host.devices if device is not None and d.ifindex == device.master), None)
+    if master is not None and master.kind == "vrf":
+        return None
+    return master.ifindex if master is not None and master.kind == "bond" else ifindex
+
+
+def addrtype_alternatives(match: ir.AddrtypeMatch, host: HostContext,
+                           interfaces: Tuple[Dict[int, str], FrozenSet[int]]) -> List[Tuple[Match, Optional[str]]]:
+    """-m addrtype as disjoint alternatives. A destination's type comes from the routes read at
+    import: only destinations local then are decided in XDP (the planner's guard), and a DROP is
+    taken only while the kernel still delivers locally (bpf_fib_lookup), so a removed address is
+    never judged by its old type. A source has no such guard (an address moved to another host
+    keeps sending): outside the ranges whose type no route changes, it is unknown."""
+    unknown = "match.addrtype"
+    out: List[Tuple[Match, Optional[str]]] = []
+    if match.limit_iface_out or (match.dst is not None and host.route_types is None):
+        return [(Match(), unknown)]
+    names, ambiguous = interfaces
+    if match.dst is not None and match.limit_iface_in:
+        devices: List[Tuple[Optional[FrozenSet[int]], Optional[int]]] = []
+        for ifindex in names:
+            nf = None if ifindex in ambiguous else _nf_ifindex(host, ifindex)
+            if nf is None:
+                out.append((Match(iif=frozenset({ifindex})), unknown))
+            else:
+                devices.append((frozenset({ifindex}), nf))
+    else:
+        devices = [(None, None)]
+    for iif, nf in devices:
+        dst_alts: List[Tuple[Optional[IntervalSet], Optional[str]]] = [(None, None)]
+        if match.dst is not None:
+            types, uncertain = addrtype.address_types(host.route_types, nf)
+            dst_alts = [(addrtype.selected(types, match.dst.types, match.dst.negated), None), (uncertain, unknown)]
+        for dst, reason in dst_alts:
+            if dst is not None and not dst:
+                continue
+            for src, src_reason in src_type_alternatives(match.src):
+                out.append((Match(src=src, dst=dst, iif=iif), reason or src_reason))
+    return [(m, r) for m, r in out if all(v is None or v for v in (m.src, m.dst, m.iif))]
+
+
+def src_type_alternatives(types: Optional[ir.AddrTypes]) -> List[Tuple[Optional[IntervalSet], Optional[str]]]:
+    if types is None:
+        return [(None, None)]
+    intrinsic = IntervalSet()
+    for kind, addresses in addrtype.INTRINSIC:
+        if (kind in types.types) != types.negated:
+            intrinsic = intrinsic.union(addresses)
+    routed = frozenset(t for t in addrtype.ROUTED_TYPES if (t in types.types) != types.negated)
+    rest = addrtype.INTRINSIC_ALL.complement(U32_MAX)
+    if routed == addrtype.ROUTED_TYPES:
+        return [(intrinsic.union(rest), None)]
+    return [(intrinsic, None)] + ([(rest, "match.addrtype")] if routed else [])
