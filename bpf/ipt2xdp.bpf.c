@@ -678,6 +678,38 @@ static __always_inline void candidate_words(struct match_ctx *m)
 	}
 }
 
+/* Whether netfilter's nat PREROUTING would have seen a packet XDP drops: it runs only for a packet
+ * that makes a new conntrack entry (nf_nat_inet_fn). 1: it would (no entry; UDP, or a TCP flag
+ * combination tcp_new() starts or picks up a connection with, the checksum verified as conntrack
+ * would), 0: it would not (an entry exists; TCP flags conntrack refuses without one; ICMP that is
+ * not a request: an error is RELATED or INVALID, a reply never makes an entry), -1: XDP cannot
+ * tell (an ICMP request or another protocol may have an entry it cannot look up; an unverified
+ * checksum; a SYN may reopen a closed entry; a failed lookup). */
+static __always_inline int nat_would_see(struct xdp_md *ctx, struct packet_fields *pkt, __u32 nat_new)
+{
+	__u32 cls, flags, type;
+
+	if (pkt->proto == IPPROTO_ICMP) {
+		type = (pkt->value[IPT2XDP_F_ICMP] - IPT2XDP_VC_ICMP) >> 8;
+		return type == 8 || type == 13 || type == 15 || type == 17 ? -1 : 0;
+	}
+	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
+		return -1;
+	cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
+	if (cls == IPT2XDP_CT_NOT_LOOKED_UP || cls == IPT2XDP_CT_NONE) { /* not asked, or not verified */
+		ct_class(ctx, pkt, 1);
+		cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
+	}
+	flags = (pkt->value[IPT2XDP_F_TCP_FLAGS] - IPT2XDP_VC_TCP_FLAGS) & ~0x08U; /* tcp_error masks PSH */
+	if (cls == IPT2XDP_CT_FOUND)
+		return pkt->proto == IPPROTO_TCP && (flags & 0x02) ? -1 : 0;
+	if (cls != IPT2XDP_CT_NONE_VERIFIED)
+		return -1;
+	if (pkt->proto == IPPROTO_UDP || flags == 0x02 || flags == 0x22)
+		return 1;
+	return (flags == 0x10 || flags == 0x30) && (nat_new & IPT2XDP_NAT_NEW_TCP_LOOSE);
+}
+
 /* Classify with the generation in force. Returns the stat reason; *verdict is the XDP action. */
 static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *pkt, __u32 *verdict)
 {
@@ -781,6 +813,14 @@ decided_by_rule:
 	/* not counted: netfilter counts the packet where it goes */
 	if (to_xdp(m.action) == XDP_DROP && !delivered_locally(ctx, pkt, &m.fib))
 		return IPT2XDP_STAT_NOT_LOCAL;
+	if (cfg->nat_new && to_xdp(m.action) == XDP_DROP) {
+		int seen = nat_would_see(ctx, pkt, cfg->nat_new);
+
+		if (seen < 0) /* netfilter drops it, and counts it where it goes */
+			return IPT2XDP_STAT_CLASSIFIED;
+		if (seen)
+			count_rule(gen, cfg->default_counter + 2, pkt);
+	}
 	count_rule(gen, m.counter, pkt);
 	*verdict = to_xdp(m.action);
 	return IPT2XDP_STAT_CLASSIFIED;

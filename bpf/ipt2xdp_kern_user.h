@@ -50,6 +50,8 @@
 #define IPT2XDP_NO_PORT 65536
 #define IPT2XDP_NOT_ICMP 65536
 #define IPT2XDP_NOT_TCP 64
+#define IPT2XDP_NAT_NEW_ON 1 /* gen_config.nat_new */
+#define IPT2XDP_NAT_NEW_TCP_LOOSE 2 /* nf_conntrack_tcp_loose: a TCP ACK without an entry makes one */
 /* Conntrack classes (value_class[IPT2XDP_VC_PROTO + class * 256 + proto]); looked up only when
  * the generation's field_mask has IPT2XDP_F_CT_STATE, else every packet is NOT_LOOKED_UP. */
 #define IPT2XDP_CT_NONE 0 /* TCP/UDP, no entry (-ENOENT); length or checksum not verified */
@@ -143,7 +145,12 @@ struct ipt2xdp_gen_config {
 	__u32 src_fast_ndst;
 	__u32 src_fast_dst_lo[IPT2XDP_SRC_FAST_DSTS];
 	__u32 src_fast_dst_hi[IPT2XDP_SRC_FAST_DSTS];
-	__u32 pad;
+	/* IPT2XDP_NAT_NEW_*: count the drops nat PREROUTING would have seen (0: off, the program
+	 * then does nothing more for a drop). Netfilter runs nat PREROUTING only for a packet that
+	 * makes a new conntrack entry; where its traversal of a dropped packet ends at the policy
+	 * (every nat PREROUTING rule's packets are deferred), such drops also count on counter
+	 * default_counter + 2, and a drop XDP cannot place that way is passed to netfilter. */
+	__u32 nat_new;
 };
 _Static_assert(sizeof(struct ipt2xdp_gen_config) == 96 + 8 * IPT2XDP_SRC_FAST_DSTS, "abi");
 

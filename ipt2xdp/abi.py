@@ -61,6 +61,8 @@ NUM_STATS = len(STAT_NAMES)
 # after the highest rule id (gen_config.default_counter, default_counter + 1).
 DEFAULT_COUNTER = 0xFFFFFFFF   # the default action (chain policy)
 OVERFLOW_COUNTER = 0xFFFFFFFE  # the catch-all DEFER slot that replaces rules beyond capacity
+NAT_NEW_COUNTER = 0xFFFFFFFD   # drops nat PREROUTING would have seen (default_counter + 2, if nat_new)
+NAT_NEW_ON, NAT_NEW_TCP_LOOSE = 1, 2  # GenConfig.nat_new bits
 
 BPF_F_INNER_MAP = 1 << 12
 
@@ -81,7 +83,7 @@ class GenConfig(ctypes.Structure):
                 ("ngroups", ctypes.c_uint32), ("group_fields", ctypes.c_uint16 * MAX_GROUPS),
                 ("group_row", ctypes.c_uint32 * MAX_GROUPS), ("src_fast_plens", ctypes.c_uint8 * SRC_FAST_PLENS),
                 ("src_fast_ndst", ctypes.c_uint32), ("src_fast_dst_lo", ctypes.c_uint32 * SRC_FAST_DSTS),
-                ("src_fast_dst_hi", ctypes.c_uint32 * SRC_FAST_DSTS), ("pad", ctypes.c_uint32)]
+                ("src_fast_dst_hi", ctypes.c_uint32 * SRC_FAST_DSTS), ("nat_new", ctypes.c_uint32)]
 
 
 class AddrDir(ctypes.Structure):

@@ -430,7 +430,7 @@ def _encode_slot(slot: _Slot, set_id: int, next_slot: int) -> bytes:
 
 def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow: str = "raise",
             max_slots: int = abi.MAX_SLOTS, merge_min_run: int = MERGE_MIN_RUN,
-            reduce: bool = True) -> Tables:  # noqa: A001
+            reduce: bool = True, nat_new: int = 0) -> Tables:  # noqa: A001
     """Compile a first-match classifier into one generation of map contents.
 
     Args:
@@ -443,6 +443,8 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         reduce: leave out of the class bitmaps what the blocklist fast path decides
             (fastpath.reduce_classifier), so a source not on the list is not classified against
             it; False keeps the whole classifier beside the fast path (the form before).
+        nat_new: abi.NAT_NEW_* bits (plan.Plan.nat_new): count the drops nat PREROUTING would
+            have seen on counter abi.NAT_NEW_COUNTER, and pass those XDP cannot place.
     Returns:
         Tables, whose maps are keyed by the logical names of abi.GEN_MAPS.
     """
@@ -452,15 +454,16 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
     if held is not None:
         try:
             return _compile(held, default_action, overflow="raise", max_slots=max_slots,
-                            merge_min_run=merge_min_run, fast=fast, all_rules=rules)
+                            merge_min_run=merge_min_run, fast=fast, all_rules=rules, nat_new=nat_new)
         except CapacityError:
             pass  # the reduction split merged runs: the whole classifier, cut where it overflows
     return _compile(rules, default_action, overflow=overflow, max_slots=max_slots, merge_min_run=merge_min_run,
-                    fast=fast, all_rules=rules)
+                    fast=fast, all_rules=rules, nat_new=nat_new)
 
 
 def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow: str, max_slots: int,
-             merge_min_run: int, fast: Optional[fastpath.FastPath], all_rules: Sequence[ClassifierRule]) -> Tables:
+             merge_min_run: int, fast: Optional[fastpath.FastPath], all_rules: Sequence[ClassifierRule],
+             nat_new: int = 0) -> Tables:
     """compile() of the rules the class bitmaps hold; fast: the fast path of all_rules (the
     whole classifier, whose rule ids size the counters), or None to analyse it here."""
     max_slots = min(max_slots, abi.MAX_SLOTS)
@@ -514,7 +517,8 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
 
     rule_ids = [r.rule_id for r in all_rules]
     default_counter = max(rule_ids, default=-1) + 1
-    stride = default_counter + 2  # + the default action and the overflow catch-all
+    # + the default action and the overflow catch-all (and the drops nat PREROUTING would see)
+    stride = default_counter + (3 if nat_new else 2)
     if stride > abi.MAX_COUNTER_STRIDE:
         raise CapacityError(f"rule id {default_counter - 1} is too large for the counters "
                             f"(ids must stay below {abi.MAX_COUNTER_STRIDE - 2}); number rules densely")
@@ -543,7 +547,7 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
     maps["counters"] = MapContents("counters", stride, 4, ctypes.sizeof(abi.Counter))
     cfg = abi.GenConfig(generation=0, field_mask=field_mask, nslots=nslots, counter_stride=stride,
                         default_action=_ACT[default_action.verdict], default_counter=default_counter,
-                        iif_default_row=iif_default_row, ngroups=len(groups))
+                        iif_default_row=iif_default_row, ngroups=len(groups), nat_new=nat_new)
     for g, (fields, row) in enumerate(zip(group_fields, group_rows)):
         cfg.group_fields[g] = fields
         cfg.group_row[g] = row

@@ -2,15 +2,19 @@
 """XDP's per-classifier-rule counters, expressed per iptables rule.
 
 A packet XDP dropped never reached netfilter, so every iptables rule it would have matched on its
-way lost a count: the jumps into user chains and the deciding rule. The plan's counter paths list
-exactly those, so XDP's count of one DROP classifier rule is added to each rule of its path.
+way lost a count: the jumps into user chains (those it came back out of too, and the RETURN it came
+back by), rules without a target, and the deciding rule. The plan's counter paths list exactly those
+(a DROP rule is split into one classifier rule per way its packets may have come, ipt2xdp.jumppaths),
+so XDP's count of one DROP classifier rule is added to each rule of its path.
 Packets XDP passes on (ACCEPT, DEFER) are counted by netfilter itself and are not added again.
 A dropped packet also passed raw PREROUTING, mangle PREROUTING and mangle INPUT before filter
 INPUT; where such a chain holds no rules, its policy counter counts every packet, so XDP's drops
 are added there too.
-(Not yet: a RETURN rule a dropped packet matched on its way, or the jump into a chain it fell off
-the end of, is not on the path; nor are earlier chains with rules, or nat PREROUTING, which sees
-only the packets that make a new conntrack entry.)
+Nat PREROUTING sees only the packets that make a new conntrack entry. Where every rule there has
+its packets deferred (plan.Plan.nat_new), XDP tells which of its drops those were, on one more
+counter ("nat_new"), added to the nat PREROUTING policy.
+(Not yet: earlier chains with rules; nat PREROUTING with rules a dropped packet may match, such as
+a jump or an ACCEPT.)
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 RuleKey = Tuple[str, str, int]  # (table, chain, index); index 0 is the chain policy
 PASSED_BEFORE = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"))
+NAT_POLICY: RuleKey = ("nat", "PREROUTING", 0)
+NAT_NEW = ("nat_new", str(0xFFFFFFFD))  # status()'s name of abi.NAT_NEW_COUNTER, and its number
 
 
 def _passed_policies(plan: dict) -> List[RuleKey]:
@@ -35,6 +41,11 @@ def per_rule(counters: Dict[str, dict], plan: Optional[dict]) -> Dict[RuleKey, T
     paths, actions = plan.get("counter_paths", []), plan.get("actions", [])
     passed = _passed_policies(plan)
     for rule_id, value in counters.items():
+        if rule_id in NAT_NEW:
+            entry = totals.setdefault(NAT_POLICY, [0, 0])
+            entry[0] += value["packets"]
+            entry[1] += value["bytes"]
+            continue
         if not rule_id.isdigit() or int(rule_id) >= len(paths) or actions[int(rule_id)] != "DROP":
             continue
         for table, chain, index in [tuple(ref) for ref in paths[int(rule_id)]] + passed:

@@ -374,7 +374,8 @@ class Dataplane:
     def read_counters(self, slot: Optional[int] = None) -> Dict[int, Tuple[int, int]]:
         """{rule id: (packets, bytes)} summed over CPUs, for the active (or given) slot; rules that
         never matched are left out. abi.DEFAULT_COUNTER / abi.OVERFLOW_COUNTER name the default
-        action and the capacity catch-all."""
+        action and the capacity catch-all, abi.NAT_NEW_COUNTER the drops nat PREROUTING would have
+        seen."""
         if slot is None:
             st = self.read_state()
             slot = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
@@ -387,7 +388,8 @@ class Dataplane:
             info = libbpf.map_info(fd)
             raw = libbpf.read_array(fd, info.value_size, info.max_entries)
             stride = cfg.counter_stride
-            names = {cfg.default_counter: abi.DEFAULT_COUNTER, cfg.default_counter + 1: abi.OVERFLOW_COUNTER}
+            names = {cfg.default_counter: abi.DEFAULT_COUNTER, cfg.default_counter + 1: abi.OVERFLOW_COUNTER,
+                     cfg.default_counter + 2: abi.NAT_NEW_COUNTER}
             totals: Dict[int, List[int]] = {}
             values = struct.unpack(f"={len(raw) // 8}Q", raw)
             for index in range(len(values) // 2):

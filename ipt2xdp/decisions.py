@@ -48,6 +48,8 @@ OTHER_WHY = {
                        "where a later rule drops too (later ACCEPTs defer for these packets)",
     "after.maybe-drop": "an earlier DROP rule XDP cannot evaluate may drop some of these packets; "
                         "netfilter decides those",
+    "counters.ways": "these packets may have matched more conditional jumps, RETURNs or rules without a "
+                     "target on their way than XDP's counters tell apart; netfilter decides and counts them",
     "ctstate.lookup": "XDP's conntrack lookup tells which packets this rule cannot match (for a "
                       "state like ESTABLISHED: TCP and UDP without a conntrack entry) and goes on past "
                       "it for those; the packets it may match go to netfilter",
@@ -299,6 +301,10 @@ def _unjudged(ref, outcomes, remarks, live) -> Tuple[str, str]:
         return "netfilter", "shadowed"
     if ref in remarks:
         code, position = remarks[ref]
+        if isinstance(position, range):  # an inlined jump's block: shadowed when none of it is reachable
+            if position and not any(live[i] for i in position):
+                return "netfilter", "shadowed"
+            position = None if position else position.start  # an empty chain: where it would act
         if position is not None and position < len(live) and not live[position]:
             return "netfilter", "shadowed"
         if code == "skip.maybe-drop":

@@ -123,6 +123,7 @@ def run_program(spec: PacketSpec, ifindex: int) -> ProgramRun:
     early = [name for name in PACKET_STATS if stats_after[name] != stats[name]]
     run = ProgramRun("DROP" if retval == XDP_DROP else "PASS", "none",
                      passed_before_classifying=early[0] if len(early) == 1 else None)
+    moved = [key for key in moved if key != abi.NAT_NEW_COUNTER]  # beside a drop's rule: not its rule
     if len(moved) == 1:
         key = moved[0]
         run.counter = {abi.DEFAULT_COUNTER: "default", abi.OVERFLOW_COUNTER: "overflow"}.get(key, f"rule {key}")

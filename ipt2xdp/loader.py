@@ -268,6 +268,9 @@ def read_counters() -> Dict[int, Tuple[int, int]]:
         dp.close()
 
 
+_COUNTER_NAMES = {abi.DEFAULT_COUNTER: "default", abi.OVERFLOW_COUNTER: "overflow", abi.NAT_NEW_COUNTER: "nat_new"}
+
+
 def status(live_source_digest: Optional[str] = None, include_counters: bool = True) -> dict:
     """What is loaded in this network namespace, as a JSON-ready dict.
 
@@ -299,8 +302,8 @@ def status(live_source_digest: Optional[str] = None, include_counters: bool = Tr
         out.update(loaded=True, program_id=our_id, object_sha=record.get("object_sha", ""),
                    deferring_all=st.active >= abi.GEN_SLOTS, generation=st.generation, active_slot=slot,
                    ruleset=dp.read_meta(slot), devices=attachments, stats=dp.read_stats(),
-                   counters={("default" if k == abi.DEFAULT_COUNTER else "overflow" if k == abi.OVERFLOW_COUNTER
-                              else str(k)): {"packets": p, "bytes": b} for k, (p, b) in sorted(counters.items())})
+                   counters={_COUNTER_NAMES.get(k, str(k)): {"packets": p, "bytes": b}
+                             for k, (p, b) in sorted(counters.items())})
         out["ipset_mirror"] = setguard.mirror_state(slot)
         if live_source_digest is not None:
             out["in_sync"] = out["ruleset"].get("source_digest") == live_source_digest

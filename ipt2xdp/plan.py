@@ -9,17 +9,21 @@ Then filter/INPUT is flattened: user chains are inlined with the caller's condit
 RETURN becomes CONTINUE to the end of the inlined block, and a rule whose outcome XDP cannot know
 (unmodelled match, or a target with side effects such as LOG or REJECT) becomes DEFER wherever its
 modelled part matches. The chain policy closes the classifier as an explicit rule, so that its
-packets are counted too.
+packets are counted too. Each classifier rule has a counter path, the iptables rules its packets
+matched on their way; a DROP rule that packets may reach by several ways (back out of a conditional
+jump, past a rule without a target) is split into one classifier rule per way (ipt2xdp.jumppaths).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
-from ipt2xdp import ir
+from ipt2xdp import ir, jumppaths
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, U32_MAX, Action,
                                 ClassifierRule, IntervalSet, Match, Verdict)
+from ipt2xdp.decisions import _covers
 from ipt2xdp.hostinfo import HostContext
+from ipt2xdp.jumppaths import History, Way
 from ipt2xdp.render import render_rule
 from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
 
@@ -86,6 +90,9 @@ class Plan:
     codes: Tuple[str, ...] = ()  # rule_id -> the reason code of that classifier rule (for explain)
     # Guarded DROPs (ipset copies) hold until this CLOCK_MONOTONIC ns, when a member may time out.
     set_deadline_ns: Optional[int] = None
+    # abi.NAT_NEW_* bits for compile(): XDP counts its drops that nat PREROUTING would have seen
+    # (0: not exactly countable, or no nat table). See nat_new().
+    nat_new: int = 0
 
     def summary(self) -> Dict[str, int]:
         kinds = [d.kind for d in self.decisions]
@@ -104,10 +111,11 @@ class _Emitter:
     codes: List[str] = field(default_factory=list)
     terms: Dict[Tuple[str, str, int], Term] = field(default_factory=dict)
     # iptables rules that produce no classifier rule of their own: inlined jumps, never-matching rules
-    # (code, classifier position the rule would act at, or None)
-    remarks: Dict[RuleRef, Tuple[str, Optional[int]]] = field(default_factory=dict)
+    # (code, classifier position the rule would act at, a jump's range of them, or None)
+    remarks: Dict[RuleRef, Tuple[str, Union[int, range, None]]] = field(default_factory=dict)
     # matches of the DROP rules XDP steps past (see SKIPPABLE_UNKNOWN); later ACCEPTs defer for them
     maybe_drops: List[Match] = field(default_factory=list)
+    maybe_drop_refs: set = field(default_factory=set)
     # the -i names netfilter sees for the attached devices: the same for every rule
     interfaces: Optional[Tuple[Dict[int, str], FrozenSet[int]]] = None
     # (classifier position, GUARD_* bits): from that position on, a DROP relies on the mirrored
@@ -127,6 +135,27 @@ class _Emitter:
             if narrowed is not None:
                 self.emit(narrowed, DEFER, path, "after.maybe-drop")
         self.emit(match, ACCEPT, path, code)
+
+    def emit_drop(self, match: Match, action: Action, path: Tuple[RuleRef, ...], ref: RuleRef, code: str,
+                  history: History) -> None:
+        """A DROP rule's classifier rules, one per way its packets may have come (jumppaths)."""
+        for part, refs, _ in jumppaths.split(history, match):
+            if refs is None:
+                self.emit(part, DEFER, path + (ref,), jumppaths.DEFER_CODE)
+            else:
+                self.emit(part, action, path + refs + (ref,), code)
+
+    def emit_drops(self, pending: List[Tuple[Match, RuleRef]], path: Tuple[RuleRef, ...], history: History) -> None:
+        """The plain DROP rules of pending (consecutive, one history), grouped by way; pending empties."""
+        if not pending:
+            return
+        splits = [[part + (ref,) for part in jumppaths.split(history, match)] for match, ref in pending]
+        for part, refs, _, ref in jumppaths.grouped(splits):
+            if refs is None:
+                self.emit(part, DEFER, path + (ref,), jumppaths.DEFER_CODE)
+            else:
+                self.emit(part, DROP, path + refs + (ref,), "ok.drop")
+        pending.clear()
 
     def emit(self, match: Match, action: Action, path: Tuple[RuleRef, ...], code: str) -> None:
         self.rules.append(ClassifierRule(match, action, len(self.rules)))
@@ -179,19 +208,30 @@ def _side_effect_code(target) -> Optional[str]:
 
 
 def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[RuleRef, ...],
-            returns: List[int], depth: int) -> None:
+            returns: List[int], depth: int, history: History = (), exits: Optional[List[Way]] = None
+            ) -> Optional[History]:
     """Emit the rules of chain_name under `cond`; RETURNs append their rule index to `returns`.
+    Returns the history (jumppaths) at the chain's end, None when its last rule leaves no packet
+    to fall off the end.
 
     `returns` holds the positions of CONTINUE placeholders that the caller patches to the end of
-    its block once it is known (RETURN resumes after the jump that entered this chain).
+    its block once it is known (RETURN resumes after the jump that entered this chain). `history`:
+    the ways a packet entering the chain may have come by; `exits` gathers the ways of the packets
+    that leave it early (RETURN, the end of a goto'd chain), in rule order.
     """
+    if exits is None:
+        exits = []
     chain = _chain(em.ruleset, table, chain_name)
     # conjoin(cond, m) is m itself when cond constrains nothing (a Term's disjuncts have no empty field)
     unconditional = all(value is None for value in vars(cond).values())
+    last, closed = len(chain.rules), False
+    pending: List[Tuple[Match, RuleRef]] = []  # consecutive DROP rules after a jump, split together
+    uniform = jumppaths.uniform(history, cond)
     for index, rule in enumerate(chain.rules, start=1):
         ref = RuleRef(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
         if term.set_uses:
+            em.emit_drops(pending, path, history)
             em.set_events.append((len(em.rules), em.note_sets(term.set_uses, _earlier_set_bits(rule, term))))
         if not term.disjuncts:
             em.remarks.setdefault(ref, (term.never, None))
@@ -203,53 +243,87 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 if match is None:
                     continue
             if type(target) is ir.Drop and not disjunct.unknown and not term.set_uses:
-                em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
+                if uniform is not None:  # every packet here came one way (an unconditional jump)
+                    em.emit(match, DROP, path + uniform + (ref,), "ok.drop")
+                elif history:
+                    pending.append((match, ref))
+                else:
+                    em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
+                closed = closed or (index == last and _covers(match, cond))
                 continue
+            em.emit_drops(pending, path, history)
             side_effect = _side_effect_code(rule.target)
             if (disjunct.unknown and not side_effect and isinstance(rule.target, ir.Drop)
                     and set(disjunct.unknown.split(",")) <= SKIPPABLE_UNKNOWN and len(em.maybe_drops) < MAX_MAYBE_DROPS):
                 em.maybe_drops.append(match)
+                em.maybe_drop_refs.add(ref)
                 em.remarks.setdefault(ref, ("skip.maybe-drop", None))
             elif disjunct.unknown or side_effect:
                 em.emit(match, DEFER, path + (ref,), disjunct.unknown or side_effect)
             elif rule.target is None:
-                continue  # a counting-only rule: no effect on the packet's fate
+                # a counting-only rule: no effect on the packet's fate, but netfilter counts it
+                history = jumppaths.went_on(jumppaths.after_rule(history, match, ref), history, cond)
+                uniform = jumppaths.uniform(history, cond)
             elif isinstance(rule.target, ir.Accept):
                 em.emit_accept(match, path + (ref,), "ok.accept")
             elif isinstance(rule.target, ir.Drop) and term.set_uses:
-                em.emit(match, Action(DROP.verdict, guard=em.note_sets(term.set_uses, _own_set_bits(term))),
-                        path + (ref,), "ok.set-drop")
+                em.emit_drop(match, Action(DROP.verdict, guard=em.note_sets(term.set_uses, _own_set_bits(term))),
+                             path, ref, "ok.set-drop", history)
             elif isinstance(rule.target, ir.Drop):
-                em.emit(match, DROP, path + (ref,), "ok.drop")
+                em.emit_drop(match, DROP, path, ref, "ok.drop", history)
             elif isinstance(rule.target, ir.Return):
                 returns.append(len(em.rules))
                 em.emit(match, CONTINUE(0), path + (ref,), "ok.return")  # patched by the caller
+                exits.extend(jumppaths.after_rule(history, match, ref))
             else:
-                em.remarks.setdefault(ref, ("ok.jump", len(em.rules)))
-                _call(em, table, rule.target, match, path + (ref,), returns, depth)
+                start = len(em.rules)
+                came_back = _call(em, table, rule.target, match, path + (ref,), returns, depth, history, exits)
+                # where it acts: the block of its chain (a split rule's first part may be unreachable)
+                earlier = em.remarks.get(ref, ("", None))[1]
+                em.remarks[ref] = ("ok.jump", range(earlier.start if isinstance(earlier, range) else start,
+                                                    len(em.rules)))
+                if came_back:
+                    history = jumppaths.went_on(came_back, history, cond)
+                    uniform = jumppaths.uniform(history, cond)
+                if not isinstance(rule.target, ir.Goto):
+                    continue
+            if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
+                    and _covers(match, cond)):
+                closed = True  # every packet is decided or leaves by this last rule: none falls off the end
+    em.emit_drops(pending, path, history)
+    return None if closed else history
 
 
 def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, ...],
-          returns: List[int], depth: int) -> None:
-    """Inline a -j or -g; degrade to DEFER when the ruleset would blow up the classifier."""
+          returns: List[int], depth: int, history: History, exits: List[Way]) -> List[Way]:
+    """Inline a -j or -g; degrade to DEFER when the ruleset would blow up the classifier.
+    Returns the ways of the packets that come back after a -j (none for a -g: they leave our
+    chain, and join `exits`)."""
     start = len(em.rules)
     inner_returns: List[int] = []
+    inner_exits: List[Way] = []
+    end_history: Optional[History] = ()
     if depth < 64 and start < em.max_rules:
-        _inline(em, table, target.chain, match, path, inner_returns, depth + 1)
+        end_history = _inline(em, table, target.chain, match, path, inner_returns, depth + 1,
+                              jumppaths.entered(history, match), inner_exits)
     if depth >= 64 or len(em.rules) > em.max_rules:
         em.truncate(start)
         em.emit(match, DEFER, path, "chain.too-large")
-        return
+        return []
+    came_back = jumppaths.returned(inner_exits, end_history, match, path[-1])
     if isinstance(target, ir.Goto):
         # RETURN in, or falling off the end of, a goto'd chain returns to *our* caller: route both
         # through one rule that continues where our caller's RETURN would.
         end = len(em.rules)
         returns.append(end)
         em.emit(match, CONTINUE(0), path, "ok.goto-end")
+        exits.extend(came_back)
+        came_back = []
     else:
         end = len(em.rules)
     for position in inner_returns:
         _patch(em, position, end)
+    return came_back
 
 
 def _patch(em: _Emitter, position: int, target_index: int) -> None:
@@ -418,6 +492,24 @@ def _local_guard(em: _Emitter) -> None:
     em.emit(Match(dst=local.complement(U32_MAX)), DEFER, (), "guard.not-local")
 
 
+def nat_new(ruleset: ir.Ruleset, host: HostContext) -> int:
+    """Whether XDP can count, exactly, its drops on the nat PREROUTING policy (abi.NAT_NEW_* bits).
+
+    Netfilter runs nat PREROUTING only for a packet that makes a new conntrack entry (every packet
+    of a flow netfilter keeps dropping, none of a flow it knows). A packet XDP drops matches no rule
+    with an effect there (their packets are deferred by the earlier-chain guards), so its traversal
+    ends at the policy unless a rule without an effect may match it: a jump, ACCEPT, RETURN, or a
+    rule without a target (those would count it). With such a rule, 0: not counted."""
+    from ipt2xdp import abi
+
+    chain = _chain(ruleset, "nat", "PREROUTING")
+    if chain is None or chain.policy != "ACCEPT":
+        return 0
+    if any(rule.target is None or isinstance(rule.target, NO_OP_TARGETS + (ir.Jump, ir.Goto)) for rule in chain.rules):
+        return 0
+    return abi.NAT_NEW_ON | (abi.NAT_NEW_TCP_LOOSE if host.ct_tcp_loose else 0)
+
+
 def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RULES) -> Plan:
     """Plan filter/INPUT of `ruleset` for packets arriving on host.attached devices."""
     from ipt2xdp.decisions import decide
@@ -431,19 +523,29 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     guards = len(em.rules)
     input_chain = _chain(ruleset, "filter", "INPUT")
     policy = input_chain.policy if input_chain is not None else "ACCEPT"
+    history: History = ()
     if input_chain is not None:
         top_returns: List[int] = []
-        _inline(em, "filter", "INPUT", Match(), (), top_returns, 0)
+        top_exits: List[Way] = []
+        history = _inline(em, "filter", "INPUT", Match(), (), top_returns, 0, (), top_exits) or ()
         policy_position = len(em.rules)
         for position in top_returns:  # RETURN in a builtin chain: the policy decides
             _patch(em, position, policy_position)
+        # those packets reach the policy too (a goto'd chain's end included)
+        history = jumppaths.went_on(top_exits, history, Match())
     if policy == "DROP":
-        em.emit(Match(), DROP, (RuleRef("filter", "INPUT", 0),), "ok.policy")
+        em.emit_drop(Match(), DROP, (), RuleRef("filter", "INPUT", 0), "ok.policy", history)
     else:
         em.emit_accept(Match(), (RuleRef("filter", "INPUT", 0),), "ok.policy")
     if em.set_events:
         guard_set_drops(em)
     decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
     deadline = min(em.set_expiries) if em.set_expiries else None
+    counting_nat = nat_new(ruleset, host)
+    if counting_nat:
+        notes.append("counters.nat-prerouting: with iptables-legacy, XDP looks up in conntrack each packet it "
+                     "drops, to count on the nat PREROUTING policy those that would have made an entry; it "
+                     "passes to netfilter the ones it cannot place (ICMP requests, other protocols, TCP/UDP "
+                     "whose checksum it could not verify)")
     return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes), tuple(em.codes),
-                deadline)
+                deadline, counting_nat)

@@ -46,14 +46,15 @@ def ruleset(name):
     return parse((NAT if name == "conntrack" else "") + text, f"{name}.rules")
 
 
-# ruleset; packet; "VERDICT code deciding-rule [via jump,jump]"
+# ruleset; packet; "VERDICT code deciding-rule [via jump,jump]": via, every rule the packet matched on its way
+# (a jump it came back from and the RETURN it came back by too: netfilter counts them)
 TABLE = """
-chains; tcp 10.1.2.3:1 > L:22; DROP ok.drop filter/INPUT#2
+chains; tcp 10.1.2.3:1 > L:22; DROP ok.drop filter/INPUT#2 via filter/INPUT#1,filter/CHECK#1
 chains; tcp 192.0.2.1:1 > L:22; PASS ok.accept filter/CHECK#2 via filter/INPUT#1
 chains; tcp 10.1.2.3:1 > L:80; PASS ok.policy filter/INPUT#0
 chains; udp 192.0.2.1:1 > L:22; PASS ok.policy filter/INPUT#0
 nested; tcp 192.0.2.1:1 > L:22; PASS ok.accept filter/B#2 via filter/INPUT#1,filter/A#1
-nested; tcp 192.0.2.1:1 > L:80; DROP ok.drop filter/A#2 via filter/INPUT#1
+nested; tcp 192.0.2.1:1 > L:80; DROP ok.drop filter/A#2 via filter/INPUT#1,filter/A#1,filter/B#1
 nested; udp 192.0.2.1:1 > L:53; DROP ok.drop filter/A#2 via filter/INPUT#1
 nested; udp 198.51.100.7:1 > L:53; PASS ok.accept filter/INPUT#2
 nested; tcp 198.51.100.7:1 > L:80; DROP ok.policy filter/INPUT#0

@@ -130,7 +130,7 @@ def _run(args, mark: int, preload=None) -> int:
             host = replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset)))
         result = plan(ruleset, host)
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
-        maps = _map_diff(result, loaded, host)
+        maps = _map_diff(result, loaded, host, backends.resolve(args.backend))
         if args.json:
             from ipt2xdp import drift, planstore
 
@@ -151,7 +151,7 @@ def _run(args, mark: int, preload=None) -> int:
             restoring = backends.start_restore(text, name)
             # Plan the input while the kernel takes it; used below only if what the kernel then
             # holds renders to the same canonical text, for the same host facts.
-            ahead = _plan_ahead(ruleset, host, args)
+            ahead = _plan_ahead(ruleset, host, args, name)
             restoring.wait()
         except BaseException:
             if was_loaded and sync.stale_mark() == mark:
@@ -175,14 +175,23 @@ def _run(args, mark: int, preload=None) -> int:
     return 0
 
 
-def _map_diff(result, loaded, host):
+def _nat_new(result, backend_name) -> int:
+    """compile()'s nat_new for this plan: with iptables-legacy only. iptables-nft's nat policy
+    counter was seen in namespaces to stay at zero after the table was made by an -A, and to count
+    after a later commit: not modelled, so there XDP adds nothing (and keeps dropping the packets
+    it could not place)."""
+    return result.nat_new if backend_name == "legacy" else 0
+
+
+def _map_diff(result, loaded, host, backend_name):
     """The map entries importing this plan would change, against the maps in the kernel now."""
     from ipt2xdp import mapdiff, mapread, planstore
     from ipt2xdp.compile import compile as compile_tables
     from ipt2xdp.errors import CapacityError
 
     try:
-        tables = compile_tables(result.rules, result.default, overflow="defer")  # as _offload does
+        tables = compile_tables(result.rules, result.default, overflow="defer",
+                                nat_new=_nat_new(result, backend_name))  # as _offload does
     except CapacityError as error:
         return {"error": f"the plan does not compile, so it could not be loaded: {error}"}
     generation = mapread.read_loaded() if loaded else None
@@ -213,7 +222,7 @@ class _Prepared:
 
     notices: list = []  # what a plan made ahead had to say (_plan_ahead)
 
-    def __init__(self, ruleset, host, args, text=None, notice=None):
+    def __init__(self, ruleset, host, args, backend_name, text=None, notice=None):
         from ipt2xdp import loader, setguard
         from ipt2xdp.compile import compile as compile_tables
         from ipt2xdp.plan import plan
@@ -223,7 +232,9 @@ class _Prepared:
         self.host, expectation = setguard.mirror_for_import(host, ruleset, notice or loader._stderr_notice,
                                                             mirror=self.ipset_mode == "mirror")
         self.result = plan(ruleset, self.host)
-        self.tables = compile_tables(self.result.rules, self.result.default, overflow="defer")
+        self.backend_name = backend_name
+        self.tables = compile_tables(self.result.rules, self.result.default, overflow="defer",
+                                     nat_new=_nat_new(self.result, backend_name))
         self.tables.set_guard = setguard.with_deadline(expectation, self.result.set_deadline_ns)
         self.text = text if text is not None else _canonical(ruleset, self.result)
 
@@ -236,13 +247,13 @@ class _Prepared:
         return host == self.given_host and canonical(ruleset) == self.text
 
 
-def _plan_ahead(ruleset, host, args):
+def _plan_ahead(ruleset, host, args, backend_name):
     """_Prepared for the input ruleset, or None if planning it failed: the plan of what the kernel
     holds after the restore is made again then, and reports any error itself. Its notices wait in
     `.notices` until the plan is used (a plan made again says them again)."""
     notices = []
     try:
-        ahead = _Prepared(ruleset, host, args, notice=notices.append)
+        ahead = _Prepared(ruleset, host, args, backend_name, notice=notices.append)
     except Exception:  # noqa: BLE001 - only a head start; the authoritative plan comes after
         return None
     ahead.notices = notices
@@ -255,12 +266,12 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     read back, used when it holds for this ruleset and host. preload: loader.Preload."""
     from ipt2xdp import drift, loader, planstore
 
-    if ahead is not None and ahead.holds(ruleset, host):
+    if ahead is not None and ahead.holds(ruleset, host) and ahead.backend_name == backend_name:
         prepared = ahead
         for message in ahead.notices:
             loader._stderr_notice(message)
     else:
-        prepared = _Prepared(ruleset, host, args, text)
+        prepared = _Prepared(ruleset, host, args, backend_name, text)
     host, result, tables, text, ipset_mode = (prepared.host, prepared.result, prepared.tables, prepared.text,
                                               prepared.ipset_mode)
     key = planstore.digest(text, devices)

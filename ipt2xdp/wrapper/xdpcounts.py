@@ -87,7 +87,10 @@ def effective(raw: Dict[int, Tuple[int, int]], plan: Optional[dict], ident: Opti
 
 
 def _raw(info: dict) -> Dict[int, Tuple[int, int]]:
-    return {int(name): (v["packets"], v["bytes"]) for name, v in info.get("counters", {}).items() if name.isdigit()}
+    from ipt2xdp import abi
+
+    return {abi.NAT_NEW_COUNTER if name == "nat_new" else int(name): (v["packets"], v["bytes"])
+            for name, v in info.get("counters", {}).items() if name.isdigit() or name == "nat_new"}
 
 
 def current() -> Counts:
@@ -162,7 +165,7 @@ def after_flip(before: dict, previous_counters: Dict[int, Tuple[int, int]],
     if new_ident is None or new_ident == old_ident:
         return
     pending = _pending(old_ident, pid)
-    named = (abi.DEFAULT_COUNTER, abi.OVERFLOW_COUNTER)  # not rules: never carried
+    named = (abi.DEFAULT_COUNTER, abi.OVERFLOW_COUNTER, abi.NAT_NEW_COUNTER)  # not rules
     if not load_adjust(old_ident) and not any(k not in named and v != (0, 0) for k, v in previous_counters.items()):
         save_adjust(new_ident, {})  # nothing counted yet: spare reading two plan records
         return
