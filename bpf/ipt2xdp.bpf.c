@@ -58,6 +58,26 @@ extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *xdp_ctx, struct bpf_sock
 					 __u32 tuple__sz, struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
 extern void bpf_ct_release(struct nf_conn *ct) __ksym;
 
+/* The kernel structures the route check reads, relocated by libbpf against the running kernel's
+ * BTF (CO-RE: the ___ipt2xdp suffix is dropped when matching, only the named members must exist).
+ * bpf_cast_to_kern_ctx (Linux 6.3) turns the xdp_md into the xdp_buff it stands for. */
+struct ipv4_devconf___ipt2xdp {
+	int data[1];
+} __attribute__((preserve_access_index));
+struct in_device___ipt2xdp {
+	struct ipv4_devconf___ipt2xdp cnf;
+} __attribute__((preserve_access_index));
+struct net_device___ipt2xdp {
+	struct in_device___ipt2xdp *ip_ptr;
+} __attribute__((preserve_access_index));
+struct xdp_rxq_info___ipt2xdp {
+	struct net_device___ipt2xdp *dev;
+} __attribute__((preserve_access_index));
+struct xdp_buff___ipt2xdp {
+	struct xdp_rxq_info___ipt2xdp *rxq;
+} __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
 /* What the classifier reads from a packet. */
 struct packet_fields {
 	__u32 src_net, dst_net; /* network byte order, as in the packet */
@@ -514,13 +534,22 @@ static __always_inline __u32 to_xdp(__u32 action)
  *  - FWD_DISABLED: forwarding is off on the device, so the stack delivers locally or drops
  *    (ip_route_input_slow: !IN_DEV_FORWARD -> ip_error, no FORWARD hook).
  * Anything else (a unicast route, blackhole/unreachable/prohibit routes, an error) passes.
- * `fib` is scratch space of the caller's: a struct on this function's own stack would not fit. */
-static __noinline int delivered_locally(struct xdp_md *ctx, struct packet_fields *pkt, struct bpf_fib_lookup *fib)
+ * The helper's first test is the ingress device's forwarding flag (bpf_ipv4_fib_lookup: FWD_DISABLED
+ * before any FIB work); it is read here first, as IN_DEV_FORWARD reads it, because the helper call
+ * chain costs about a quarter of a blocklist drop. A device without IPv4 config is left to the
+ * helper. Inlined: a call and return cost as much again on kernels with return thunks.
+ * `fib` is scratch space of the caller's: a struct here would not fit in the 512-byte stack. */
+static __always_inline int delivered_locally(struct xdp_md *ctx, struct packet_fields *pkt, struct bpf_fib_lookup *fib)
 {
+	struct xdp_buff___ipt2xdp *kctx = bpf_cast_to_kern_ctx(ctx);
+	struct in_device___ipt2xdp *in_dev;
 	__u32 dst = bpf_ntohl(pkt->dst_net);
 	long rc;
 
 	if ((dst >> 28) == 0xe || dst == 0xffffffffU)
+		return 1;
+	in_dev = kctx->rxq->dev->ip_ptr;
+	if (in_dev && !in_dev->cnf.data[IPV4_DEVCONF_FORWARDING - 1])
 		return 1;
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->family = AF_INET;
