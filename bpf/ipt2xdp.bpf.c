@@ -78,7 +78,10 @@ struct xdp_buff___ipt2xdp {
 } __attribute__((preserve_access_index));
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
-/* What the classifier reads from a packet. */
+/* What the classifier reads from a packet. parse_packet fills all but value[] (there only the
+ * TCP flags of TCP and the type and code of ICMP: no room for another member in the 512-byte
+ * stack); class_values fills the rest of value[] once the blocklist fast path has missed (a hit
+ * needs none of it). Every member is set before it is read: nothing is zeroed per packet. */
 struct packet_fields {
 	__u32 src_net, dst_net; /* network byte order, as in the packet */
 	__u32 value[IPT2XDP_NUM_FIELDS]; /* host order; addresses, value_class index, or ifindex */
@@ -166,14 +169,8 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	pkt->proto = proto;
 	pkt->tos = iph->tos;
 	pkt->ip_len = tot_len;
-	pkt->value[IPT2XDP_F_SRC] = bpf_ntohl(iph->saddr);
-	pkt->value[IPT2XDP_F_DST] = bpf_ntohl(iph->daddr);
-	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + (proto & 0xff);
-	pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + IPT2XDP_NO_PORT;
-	pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + IPT2XDP_NO_PORT;
-	pkt->value[IPT2XDP_F_IIF] = ctx->ingress_ifindex;
-	pkt->value[IPT2XDP_F_ICMP] = IPT2XDP_VC_ICMP + IPT2XDP_NOT_ICMP;
-	pkt->value[IPT2XDP_F_TCP_FLAGS] = IPT2XDP_VC_TCP_FLAGS + IPT2XDP_NOT_TCP;
+	pkt->sport_net = 0;
+	pkt->dport_net = 0;
 
 	if (proto == IPPROTO_TCP) {
 		if (parse_tcphdr(&nh, data_end, &tcph) < 0)
@@ -197,11 +194,28 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	l4_end = nh.pos - (void *)iph;
 	if (l4_end > tot_len)
 		return IPT2XDP_STAT_MALFORMED;
-	if (proto != IPPROTO_ICMP) {
+	return IPT2XDP_STAT_CLASSIFIED;
+}
+
+/* The class lookup key of each field (value[]), from what parse_packet read and left there. */
+static __always_inline void class_values(struct xdp_md *ctx, struct packet_fields *pkt)
+{
+	__u32 proto = pkt->proto;
+
+	pkt->value[IPT2XDP_F_SRC] = bpf_ntohl(pkt->src_net);
+	pkt->value[IPT2XDP_F_DST] = bpf_ntohl(pkt->dst_net);
+	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + proto;
+	pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + IPT2XDP_NO_PORT;
+	pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + IPT2XDP_NO_PORT;
+	pkt->value[IPT2XDP_F_IIF] = ctx->ingress_ifindex;
+	if (proto != IPPROTO_ICMP)
+		pkt->value[IPT2XDP_F_ICMP] = IPT2XDP_VC_ICMP + IPT2XDP_NOT_ICMP;
+	if (proto != IPPROTO_TCP)
+		pkt->value[IPT2XDP_F_TCP_FLAGS] = IPT2XDP_VC_TCP_FLAGS + IPT2XDP_NOT_TCP;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
 		pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + bpf_ntohs(pkt->sport_net);
 		pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + bpf_ntohs(pkt->dport_net);
 	}
-	return IPT2XDP_STAT_CLASSIFIED;
 }
 
 /* Whether conntrack's tcp_error/udp_error would pass the length and checksum of this TCP or UDP
@@ -730,7 +744,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	/* group geometry is read from cfg, never copied into match_ctx: copies refined by branches
 	 * multiplied the states in which the verifier had to check the step callback */
 	cfg = gen->cfg;
-	if (cfg->src_fast_plens[0] && src_fast_destination(cfg, pkt->value[IPT2XDP_F_DST])) {
+	if (cfg->src_fast_plens[0] && src_fast_destination(cfg, bpf_ntohl(pkt->dst_net))) {
 		/* the class bitmaps lack what src_fast decides (fastpath.reduce_classifier): without
 		 * the map, netfilter decides */
 		src_fast = gen_map(&ipt2xdp_g_src_fast, gen);
@@ -744,6 +758,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 		}
 	}
 	__builtin_memset(&m.pkt, 0, sizeof(m) - __builtin_offsetof(struct match_ctx, pkt));
+	class_values(ctx, pkt);
 	if (!cfg->nslots || !cfg->ngroups)
 		goto no_slot_left;
 	rows = gen_map(&ipt2xdp_g_class_rows, gen);
@@ -818,7 +833,7 @@ decided_by_rule:
 SEC("xdp")
 int ipt2xdp_xdp(struct xdp_md *ctx)
 {
-	struct packet_fields pkt = {};
+	struct packet_fields pkt;
 	__u32 verdict = XDP_PASS;
 	__u32 stat;
 
