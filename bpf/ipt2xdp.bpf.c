@@ -58,7 +58,30 @@ extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *xdp_ctx, struct bpf_sock
 					 __u32 tuple__sz, struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
 extern void bpf_ct_release(struct nf_conn *ct) __ksym;
 
-/* What the classifier reads from a packet. */
+/* The kernel structures the route check reads, relocated by libbpf against the running kernel's
+ * BTF (CO-RE: the ___ipt2xdp suffix is dropped when matching, only the named members must exist).
+ * bpf_cast_to_kern_ctx (Linux 6.3) turns the xdp_md into the xdp_buff it stands for. */
+struct ipv4_devconf___ipt2xdp {
+	int data[1];
+} __attribute__((preserve_access_index));
+struct in_device___ipt2xdp {
+	struct ipv4_devconf___ipt2xdp cnf;
+} __attribute__((preserve_access_index));
+struct net_device___ipt2xdp {
+	struct in_device___ipt2xdp *ip_ptr;
+} __attribute__((preserve_access_index));
+struct xdp_rxq_info___ipt2xdp {
+	struct net_device___ipt2xdp *dev;
+} __attribute__((preserve_access_index));
+struct xdp_buff___ipt2xdp {
+	struct xdp_rxq_info___ipt2xdp *rxq;
+} __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* What the classifier reads from a packet. parse_packet fills all but value[] (there only the
+ * TCP flags of TCP and the type and code of ICMP: no room for another member in the 512-byte
+ * stack); class_values fills the rest of value[] once the blocklist fast path has missed (a hit
+ * needs none of it). Every member is set before it is read: nothing is zeroed per packet. */
 struct packet_fields {
 	__u32 src_net, dst_net; /* network byte order, as in the packet */
 	__u32 value[IPT2XDP_NUM_FIELDS]; /* host order; addresses, value_class index, or ifindex */
@@ -146,14 +169,8 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	pkt->proto = proto;
 	pkt->tos = iph->tos;
 	pkt->ip_len = tot_len;
-	pkt->value[IPT2XDP_F_SRC] = bpf_ntohl(iph->saddr);
-	pkt->value[IPT2XDP_F_DST] = bpf_ntohl(iph->daddr);
-	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + (proto & 0xff);
-	pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + IPT2XDP_NO_PORT;
-	pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + IPT2XDP_NO_PORT;
-	pkt->value[IPT2XDP_F_IIF] = ctx->ingress_ifindex;
-	pkt->value[IPT2XDP_F_ICMP] = IPT2XDP_VC_ICMP + IPT2XDP_NOT_ICMP;
-	pkt->value[IPT2XDP_F_TCP_FLAGS] = IPT2XDP_VC_TCP_FLAGS + IPT2XDP_NOT_TCP;
+	pkt->sport_net = 0;
+	pkt->dport_net = 0;
 
 	if (proto == IPPROTO_TCP) {
 		if (parse_tcphdr(&nh, data_end, &tcph) < 0)
@@ -177,11 +194,28 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	l4_end = nh.pos - (void *)iph;
 	if (l4_end > tot_len)
 		return IPT2XDP_STAT_MALFORMED;
-	if (proto != IPPROTO_ICMP) {
+	return IPT2XDP_STAT_CLASSIFIED;
+}
+
+/* The class lookup key of each field (value[]), from what parse_packet read and left there. */
+static __always_inline void class_values(struct xdp_md *ctx, struct packet_fields *pkt)
+{
+	__u32 proto = pkt->proto;
+
+	pkt->value[IPT2XDP_F_SRC] = bpf_ntohl(pkt->src_net);
+	pkt->value[IPT2XDP_F_DST] = bpf_ntohl(pkt->dst_net);
+	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + proto;
+	pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + IPT2XDP_NO_PORT;
+	pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + IPT2XDP_NO_PORT;
+	pkt->value[IPT2XDP_F_IIF] = ctx->ingress_ifindex;
+	if (proto != IPPROTO_ICMP)
+		pkt->value[IPT2XDP_F_ICMP] = IPT2XDP_VC_ICMP + IPT2XDP_NOT_ICMP;
+	if (proto != IPPROTO_TCP)
+		pkt->value[IPT2XDP_F_TCP_FLAGS] = IPT2XDP_VC_TCP_FLAGS + IPT2XDP_NOT_TCP;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
 		pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + bpf_ntohs(pkt->sport_net);
 		pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + bpf_ntohs(pkt->dport_net);
 	}
-	return IPT2XDP_STAT_CLASSIFIED;
 }
 
 /* Whether conntrack's tcp_error/udp_error would pass the length and checksum of this TCP or UDP
@@ -514,13 +548,22 @@ static __always_inline __u32 to_xdp(__u32 action)
  *  - FWD_DISABLED: forwarding is off on the device, so the stack delivers locally or drops
  *    (ip_route_input_slow: !IN_DEV_FORWARD -> ip_error, no FORWARD hook).
  * Anything else (a unicast route, blackhole/unreachable/prohibit routes, an error) passes.
- * `fib` is scratch space of the caller's: a struct on this function's own stack would not fit. */
-static __noinline int delivered_locally(struct xdp_md *ctx, struct packet_fields *pkt, struct bpf_fib_lookup *fib)
+ * The helper's first test is the ingress device's forwarding flag (bpf_ipv4_fib_lookup: FWD_DISABLED
+ * before any FIB work); it is read here first, as IN_DEV_FORWARD reads it, because the helper call
+ * chain costs about a quarter of a blocklist drop. A device without IPv4 config is left to the
+ * helper. Inlined: a call and return cost as much again on kernels with return thunks.
+ * `fib` is scratch space of the caller's: a struct here would not fit in the 512-byte stack. */
+static __always_inline int delivered_locally(struct xdp_md *ctx, struct packet_fields *pkt, struct bpf_fib_lookup *fib)
 {
+	struct xdp_buff___ipt2xdp *kctx = bpf_cast_to_kern_ctx(ctx);
+	struct in_device___ipt2xdp *in_dev;
 	__u32 dst = bpf_ntohl(pkt->dst_net);
 	long rc;
 
 	if ((dst >> 28) == 0xe || dst == 0xffffffffU)
+		return 1;
+	in_dev = kctx->rxq->dev->ip_ptr;
+	if (in_dev && !in_dev->cnf.data[IPV4_DEVCONF_FORWARDING - 1])
 		return 1;
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->family = AF_INET;
@@ -733,7 +776,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	/* group geometry is read from cfg, never copied into match_ctx: copies refined by branches
 	 * multiplied the states in which the verifier had to check the step callback */
 	cfg = gen->cfg;
-	if (cfg->src_fast_plens[0] && src_fast_destination(cfg, pkt->value[IPT2XDP_F_DST])) {
+	if (cfg->src_fast_plens[0] && src_fast_destination(cfg, bpf_ntohl(pkt->dst_net))) {
 		/* the class bitmaps lack what src_fast decides (fastpath.reduce_classifier): without
 		 * the map, netfilter decides */
 		src_fast = gen_map(&ipt2xdp_g_src_fast, gen);
@@ -747,6 +790,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 		}
 	}
 	__builtin_memset(&m.pkt, 0, sizeof(m) - __builtin_offsetof(struct match_ctx, pkt));
+	class_values(ctx, pkt);
 	if (!cfg->nslots || !cfg->ngroups)
 		goto no_slot_left;
 	rows = gen_map(&ipt2xdp_g_class_rows, gen);
@@ -829,7 +873,7 @@ decided_by_rule:
 SEC("xdp")
 int ipt2xdp_xdp(struct xdp_md *ctx)
 {
-	struct packet_fields pkt = {};
+	struct packet_fields pkt;
 	__u32 verdict = XDP_PASS;
 	__u32 stat;
 

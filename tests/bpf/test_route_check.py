@@ -82,3 +82,19 @@ def test_policy_routing_counts(routed, dataplane):
         assert _run(dataplane, tcp("10.1.1.1", 22, dst="192.0.2.1")) == (XDP_DROP, 1, 0)
     finally:
         routed.sh("ip rule del pref 10; ip rule add pref 0 lookup local; ip rule del pref 20", check=False)
+
+
+@pytest.mark.parametrize("all_on,device_on,expected", [
+    (True, False, (XDP_DROP, 1, 0)),  # the stack never forwards from this device
+    (False, True, (XDP_PASS, 0, 1)),  # it forwards from this device: filter/FORWARD decides
+], ids=["all on, ingress device off", "all off, ingress device on"])
+def test_ingress_device_forwarding_decides(routed, dataplane, all_on, device_on, expected):
+    """The program reads the ingress device's own forwarding flag, as the stack and the helper do
+    (IN_DEV_FORWARD), not the namespace-wide one: a routed destination is dropped only when that
+    device does not forward. BPF_PROG_TEST_RUN's ingress device is lo."""
+    _forwarding(routed, all_on)
+    routed.run(["sysctl", "-qw", f"net.ipv4.conf.lo.forwarding={int(device_on)}"])
+    try:
+        assert _run(dataplane, tcp("10.1.1.1", 22, dst="198.51.100.7")) == expected
+    finally:
+        _forwarding(routed, False)
