@@ -81,7 +81,8 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 /* What the classifier reads from a packet. parse_packet fills all but value[] (there only the
  * TCP flags of TCP and the type and code of ICMP: no room for another member in the 512-byte
  * stack); class_values fills the rest of value[] once the blocklist fast path has missed (a hit
- * needs none of it). Every member is set before it is read: nothing is zeroed per packet. */
+ * sets only the protocol's class key, for nat_would_see). Every member is set before it is read:
+ * nothing is zeroed per packet (a privileged program may read stack it never wrote). */
 struct packet_fields {
 	__u32 src_net, dst_net; /* network byte order, as in the packet */
 	__u32 value[IPT2XDP_NUM_FIELDS]; /* host order; addresses, value_class index, or ifindex */
@@ -786,6 +787,8 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 		if (fast) {
 			m.action = fast->action;
 			m.counter = fast->counter;
+			/* class_values did not run: the one key read past a decision (nat_would_see) */
+			pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + pkt->proto;
 			goto decided_by_rule;
 		}
 	}

@@ -7,7 +7,7 @@ import pytest
 from scapy.all import IP, UDP, Ether, raw
 
 from ipt2xdp import abi
-from ipt2xdp.classifier import ACCEPT, DROP, ClassifierRule, Match
+from ipt2xdp.classifier import ACCEPT, DROP, ClassifierRule, IntervalSet, Match
 from ipt2xdp.compile import compile
 from tests.bpf.packets import icmp, proto, tcp, udp
 
@@ -38,10 +38,11 @@ CASES = [
 ]
 
 
-def _run(dataplane, nat_new, packet):
-    dataplane.apply_generation(compile([ClassifierRule(Match(), DROP, RULE)], ACCEPT, nat_new=nat_new))
+def _run(dataplane, nat_new, packet, match=Match()):
+    tables = compile([ClassifierRule(match, DROP, RULE)], ACCEPT, nat_new=nat_new)
+    dataplane.apply_generation(tables)
     got, _ = dataplane.test_run(packet, ingress_ifindex=1)
-    return got, {k for k, v in dataplane.read_counters().items() if v[0]}
+    return got, {k for k, v in dataplane.read_counters().items() if v[0]}, tables.fast_path is not None
 
 
 @pytest.mark.parametrize("loose", [False, True], ids=["strict", "tcp_loose"])
@@ -49,21 +50,35 @@ def _run(dataplane, nat_new, packet):
 def test_which_drops_nat_prerouting_would_have_seen(dataplane, description, packet, strict, with_loose, loose):
     bits = abi.NAT_NEW_ON | (abi.NAT_NEW_TCP_LOOSE if loose else 0)
     want = with_loose if loose else strict
-    got, counted = _run(dataplane, bits, packet)
+    got, counted, _ = _run(dataplane, bits, packet)
     expected = {NEW: (XDP_DROP, {RULE, NAT}), NOT_NEW: (XDP_DROP, {RULE}), UNSURE: (XDP_PASS, set())}[want]
+    assert (got, counted) == expected, description
+
+
+@pytest.mark.parametrize("description,packet,strict,with_loose", CASES, ids=[c[0] for c in CASES])
+def test_a_blocklist_fast_path_drop_is_judged_the_same(dataplane, description, packet, strict, with_loose):
+    """A source-only DROP is decided by the fast path, before the class keys are computed: what
+    nat_would_see reads must still be set for it."""
+    got, counted, fast = _run(dataplane, abi.NAT_NEW_ON, packet, Match(src=IntervalSet.single(0x01020304)))
+    assert fast, "the rule should be on the blocklist fast path"
+    expected = {NEW: (XDP_DROP, {RULE, NAT}), NOT_NEW: (XDP_DROP, {RULE}), UNSURE: (XDP_PASS, set())}[strict]
     assert (got, counted) == expected, description
 
 
 def test_off_the_program_drops_and_counts_as_before(dataplane):
     for packet in (icmp("1.2.3.4", 8), udp("1.2.3.4", 53), proto("1.2.3.4", 47)):
-        assert _run(dataplane, 0, packet) == (XDP_DROP, {RULE})
+        assert _run(dataplane, 0, packet)[:2] == (XDP_DROP, {RULE})
 
 
 def test_a_packet_of_a_known_flow_is_not_seen_by_nat(dataplane, routing_namespace):
     routing_namespace.run(["conntrack", "-I", "-p", "udp", "-s", "1.2.3.4", "-d", "192.0.2.1", "--sport", "40000",
                            "--dport", "53", "-t", "60", "-u", "SEEN_REPLY"])
     try:
-        assert _run(dataplane, abi.NAT_NEW_ON, udp("1.2.3.4", 53)) == (XDP_DROP, {RULE})
-        assert _run(dataplane, abi.NAT_NEW_ON, udp("1.2.3.4", 54)) == (XDP_DROP, {RULE, NAT})
+        assert _run(dataplane, abi.NAT_NEW_ON, udp("1.2.3.4", 53))[:2] == (XDP_DROP, {RULE})
+        assert _run(dataplane, abi.NAT_NEW_ON, udp("1.2.3.4", 54))[:2] == (XDP_DROP, {RULE, NAT})
+        # the same through the blocklist fast path
+        fast = Match(src=IntervalSet.single(0x01020304))
+        assert _run(dataplane, abi.NAT_NEW_ON, udp("1.2.3.4", 53), fast) == (XDP_DROP, {RULE}, True)
+        assert _run(dataplane, abi.NAT_NEW_ON, udp("1.2.3.4", 54), fast) == (XDP_DROP, {RULE, NAT}, True)
     finally:
         routing_namespace.run(["conntrack", "-F"], check=False)
