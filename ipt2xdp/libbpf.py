@@ -343,7 +343,8 @@ class BpfObject:
         if ret < 0:
             err = _errno_of(ret)
             step = ("the verifier or kernel rejected the program; rerun with -v for the verifier log "
-                    "(needs Linux >= 5.18 with BTF)" if err in (errno_names.EINVAL, errno_names.EACCES, errno_names.E2BIG)
+                    "(needs a recent kernel with BTF: bpf_cast_to_kern_ctx (6.3), 16-byte bpf_ct_opts)"
+                    if err in (errno_names.EINVAL, errno_names.EACCES, errno_names.E2BIG)
                     else _default_next_step(err))
             raise LoadError(f"loading {os.path.basename(self.path)} into the kernel", err, step)
 
