@@ -135,7 +135,7 @@ def _wide_first(wide: List[Tuple[int, int, int]]) -> Tuple[List[int], List[int]]
 def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     """The fast path of a classifier (the rules the program holds, in first-match order).
 
-    action_code(Action) -> the slot action byte (compile._action_code), so a guarded DROP keeps
+    action_code(Action) -> the slot action byte (mapencode.action_code), so a guarded DROP keeps
     its guard on the fast path."""
     # Rules that look at the destination alone stay out of the source analysis: the fast path
     # applies only to destinations none of them holds. Only rules up to the first other rule

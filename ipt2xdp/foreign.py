@@ -9,7 +9,7 @@ before that backend's filter/INPUT drops it, and so can be skipped by an XDP dro
    Their raw/mangle/nat PREROUTING and mangle INPUT chains run before filter/INPUT; their
    filter/INPUT runs at the same priority (0) as the planned one, in an order the planner cannot
    know. They are read as iptables-save text and guarded like the planned backend's earlier
-   chains (plan._guard_chain: XDP defers every packet a rule there may touch); their filter/INPUT
+   chains (guards.guard_chain: XDP defers every packet a rule there may touch); their filter/INPUT
    policy is left alone: a packet XDP drops is dropped by the planned filter/INPUT anyway.
 2. Native nftables base chains (firewalld's `inet firewalld`, a hand-written /etc/nftables.conf,
    kube-proxy's nftables mode, netdev ingress chains). Read with `nft -j list` (nftlist.py: the

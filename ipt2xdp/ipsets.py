@@ -8,7 +8,7 @@ any address list. Anything else stays unknown to XDP (the rule defers where it m
 the reason code below.
 
 The copy is only exact while the set does not change: setguard.py counts changes in the kernel,
-and the planner (plan.guard_set_drops) marks every DROP that relies on the copy. Element timeouts
+and the planner (guards.guard_set_drops) marks every DROP that relies on the copy. Element timeouts
 are covered by `expiry_ns`: a monotonic-clock bound before which no listed element can expire.
 Reading needs the ipset tool (`ipset save NAME`, the format `ipset restore` reads).
 """

@@ -15,7 +15,7 @@ import ipaddress
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from ipt2xdp import abi
-from ipt2xdp.compile import MapContents
+from ipt2xdp.mapencode import MapContents
 from ipt2xdp.mapview import ACTION_NAMES, END, FIELDS, View
 
 ENTRY_LIMIT = 50

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from ipt2xdp import abi, libbpf, pins
-from ipt2xdp.compile import MapContents
+from ipt2xdp.mapencode import MapContents
 
 SKIPPED = ("counters",)
 

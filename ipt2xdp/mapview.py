@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Hashable, List, Sequence, Tuple
 
 from ipt2xdp import abi
-from ipt2xdp.compile import MapContents
+from ipt2xdp.mapencode import MapContents
 
 Identity = Tuple[Hashable, ...]
 Ranges = List[Tuple[int, FrozenSet[Identity]]]  # (first value, rules) in increasing order

@@ -2,9 +2,10 @@
 """Plan what XDP may decide: IR ruleset + host context -> classifier rules + a decision per rule.
 
 XDP runs before every netfilter hook, so a filter/INPUT verdict is only used for packets that reach
-filter/INPUT unchanged. The classifier therefore starts with guard rules that defer:
+filter/INPUT unchanged. The classifier therefore starts with guard rules that defer (guards.py):
   1. packets not addressed to this host (they are forwarded, or dropped by the stack: not INPUT's);
-  2. packets any rule of raw/mangle/nat PREROUTING or mangle INPUT may touch (DNAT, marks, drops).
+  2. packets any rule of raw/mangle/nat PREROUTING or mangle INPUT may touch (DNAT, marks, drops),
+     or a hook outside the planned ruleset may touch (ipt2xdp.foreign).
 Then filter/INPUT is flattened: user chains are inlined with the caller's conditions conjoined,
 RETURN becomes CONTINUE to the end of the inlined block, and a rule whose outcome XDP cannot know
 (unmodelled match, or a target with side effects such as LOG or REJECT) becomes DEFER wherever its
@@ -19,27 +20,23 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 from ipt2xdp import ir, jumppaths
-from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, U32_MAX, Action,
-                                ClassifierRule, IntervalSet, Match, Verdict)
+from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, Action,
+                                ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
+from ipt2xdp.guards import (earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops, local_guard,
+                            nat_new, raw_ct_targets)
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.jumppaths import History, Way
-from ipt2xdp.render import render_rule
+from ipt2xdp.planmodel import EARLIER_CHAINS, Decision, Plan, RuleRef, chain_of
 from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
+
+__all__ = ["EARLIER_CHAINS", "Decision", "Plan", "RuleRef", "TERM_MEMO", "nat_new", "plan"]
 
 DEFAULT_MAX_RULES = 100_000
 # Set to {"host": HostContext, "terms": {}} by a long-lived planner (`ipt2xdp watch`) to keep each
 # rule's Term between plans: a Term is a pure function of the rule (ir.Rule equality leaves its
 # position out) and of the host object it was translated for, so it is reused only for that object.
 TERM_MEMO: Optional[dict] = None
-EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))
-# The other iptables backend's chains a packet may pass before the planned filter/INPUT drops it:
-# its filter/INPUT shares priority 0 (order unknown). Its policy there is harmless: a packet XDP
-# drops is dropped by the planned filter/INPUT either way.
-FOREIGN_CHAINS = EARLIER_CHAINS + (("filter", "INPUT"),)
-MAX_NOTED_EFFECTS = 5  # per native chain, in the report's notes
-NO_OP_TARGETS = (ir.Accept, ir.Return)  # in an earlier chain these let the packet go on unchanged
-
 # Unknown parts of a DROP rule that read the packet or conntrack without changing any state. XDP
 # may then go on past the rule as if it did not match ("maybe-drop"): netfilter drops the packet
 # either way when a later rule does, so a later DROP stays exact; a later ACCEPT (or an ACCEPT
@@ -58,45 +55,6 @@ TARGET_WHY = {
     "NFLOG": "NFLOG must see the packet; XDP defers wherever this rule may match",
     "REJECT": "REJECT answers with an ICMP error or a TCP reset; only netfilter sends it",
 }
-
-
-@dataclass(frozen=True)
-class RuleRef:
-    """An iptables rule by position (1-based, as `iptables -L --line-numbers`); index 0 = the policy."""
-
-    table: str
-    chain: str
-    index: int
-
-
-@dataclass(frozen=True)
-class Decision:
-    ref: RuleRef
-    kind: str   # "xdp" | "partial" | "netfilter"
-    code: str
-    why: str
-    text: str = ""
-
-
-@dataclass(frozen=True)
-class Plan:
-    rules: Tuple[ClassifierRule, ...]
-    default: Action
-    decisions: Tuple[Decision, ...]
-    # rule_id -> the iptables rules a packet decided by that classifier rule traversed (jumps, then
-    # the deciding rule); the wrapper adds XDP's counters to each of them.
-    counter_paths: Tuple[Tuple[RuleRef, ...], ...]
-    notes: Tuple[str, ...] = ()
-    codes: Tuple[str, ...] = ()  # rule_id -> the reason code of that classifier rule (for explain)
-    # Guarded DROPs (ipset copies) hold until this CLOCK_MONOTONIC ns, when a member may time out.
-    set_deadline_ns: Optional[int] = None
-    # abi.NAT_NEW_* bits for compile(): XDP counts its drops that nat PREROUTING would have seen
-    # (0: not exactly countable, or no nat table). See nat_new().
-    nat_new: int = 0
-
-    def summary(self) -> Dict[str, int]:
-        kinds = [d.kind for d in self.decisions]
-        return {k: kinds.count(k) for k in ("xdp", "partial", "netfilter")}
 
 
 @dataclass
@@ -196,11 +154,6 @@ class _Emitter:
         return bits
 
 
-def _chain(ruleset: ir.Ruleset, table: str, chain: str) -> Optional[ir.Chain]:
-    t = ruleset.table(table)
-    return t.chain(chain) if t is not None else None
-
-
 def _side_effect_code(target) -> Optional[str]:
     if target is None or isinstance(target, (ir.Accept, ir.Drop, ir.Return, ir.Jump, ir.Goto)):
         return None
@@ -221,7 +174,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     """
     if exits is None:
         exits = []
-    chain = _chain(em.ruleset, table, chain_name)
+    chain = chain_of(em.ruleset, table, chain_name)
     # conjoin(cond, m) is m itself when cond constrains nothing (a Term's disjuncts have no empty field)
     unconditional = all(value is None for value in vars(cond).values())
     last, closed = len(chain.rules), False
@@ -355,173 +308,18 @@ def _earlier_set_bits(rule: ir.Rule, term: Term) -> int:
     return sum({GUARD_REMOVALS if u.negated else GUARD_ADDITIONS for u in term.set_uses})
 
 
-def guard_set_drops(em: _Emitter) -> None:
-    """Give every DROP the guard bits of its own sets and of every set rule before it."""
-    events = sorted(em.set_events)
-    earlier, e = 0, 0
-    for index, rule in enumerate(em.rules):
-        while e < len(events) and events[e][0] <= index:
-            earlier |= events[e][1]
-            e += 1
-        if rule.action.verdict == Verdict.DROP and (earlier | rule.action.guard) != rule.action.guard:
-            em.rules[index] = ClassifierRule(rule.match, Action(Verdict.DROP, guard=earlier | rule.action.guard),
-                                             rule.rule_id)
-
-
-def _earlier_chain_guards(em: _Emitter) -> List[str]:
-    """Defer every packet a rule in raw/mangle/nat PREROUTING or mangle INPUT may touch."""
-    notes = []
-    for table, chain_name in EARLIER_CHAINS:
-        chain = _chain(em.ruleset, table, chain_name)
-        if chain is None:
-            continue
-        if chain.policy not in (None, "ACCEPT"):
-            em.emit(Match(), DEFER, (RuleRef(table, chain_name, 0),), f"earlier.{table}-policy")
-            notes.append(f"{table}/{chain_name} policy {chain.policy}: XDP defers everything")
-        seen: set = set()
-        _guard_chain(em, table, chain_name, Match(), seen, 0)
-    return notes
-
-
-@dataclass
-class _ForeignSource:
-    """The other iptables backend's ruleset, guarded like the earlier chains (ipt2xdp.foreign)."""
-
-    ruleset: ir.Ruleset
-    name: str                 # "legacy" | "nft"
-    notes: List[str]
-
-    @property
-    def code(self) -> str:
-        return "foreign.legacy" if self.name == "legacy" else "foreign.nft-xtables"
-
-
-def _guard_chain(em: _Emitter, table: str, chain_name: str, cond: Match, seen: set, depth: int,
-                 foreign: Optional[_ForeignSource] = None) -> None:
-    chain = _chain(foreign.ruleset if foreign else em.ruleset, table, chain_name)
-    if chain is None:
-        return  # a jump to a chain the other backend's text lacks cannot happen; nothing to guard
-    for index, rule in enumerate(chain.rules, start=1):
-        ref = RuleRef(table, chain_name, index)
-        for disjunct in em.term(table, chain_name, index, rule, foreign.name if foreign else "").disjuncts:
-            match = conjoin(cond, disjunct.match)
-            if match is None or rule.target is None or isinstance(rule.target, NO_OP_TARGETS):
-                continue
-            if isinstance(rule.target, (ir.Jump, ir.Goto)) and depth < 16 and (rule.target.chain, match) not in seen:
-                seen.add((rule.target.chain, match))
-                _guard_chain(em, table, rule.target.chain, match, seen, depth + 1, foreign)
-            elif foreign:
-                em.emit(match, DEFER, (), foreign.code)
-                note = (f"{foreign.code}: iptables-{foreign.name} {table}/{chain_name} #{index} `{render_rule(rule)}` "
-                        "(not in the planned ruleset) may touch packets first: XDP defers those")
-                if note not in foreign.notes:
-                    foreign.notes.append(note)
-            else:
-                # Superset of the packets this rule may change: its modelled match, unknowns ignored.
-                em.emit(match, DEFER, (ref,), f"earlier.{table}-{chain_name.lower()}")
-
-
-def _foreign_guards(em: _Emitter) -> List[str]:
-    """Defer what hooks outside the planned ruleset may touch (ipt2xdp.foreign): the IPv4 packets a
-    statement with an effect in a native nftables chain may act on (everything when they cannot be
-    bounded, or when something could not be read), and the packets a rule of the other iptables
-    backend's chains before (or beside) filter/INPUT may touch."""
-    from ipt2xdp import foreign as hooks
-    from ipt2xdp import nftbound
-
-    found = em.host.foreign
-    if found is None:
-        return []
-    notes = [f"foreign.unreadable: {text}; XDP defers every packet" for text in found.unreadable]
-    if found.unreadable:
-        em.emit(Match(), DEFER, (), "foreign.unreadable")
-        return notes
-    bounds = []
-    for chain in hooks.native_chains(found, [t.name for t in em.ruleset.tables], found.other_tables):
-        if not chain.effects:
-            notes.append(f"nftables {chain.label()}: neutral (only matches and accept/drop), XDP ignores it")
-        for effect in chain.effects[:MAX_NOTED_EFFECTS]:
-            notes.append(f"foreign.nft: nftables {chain.label()}, {effect.where}: may change, log or count "
-                         f"{nftbound.describe(effect.bound)} before filter/INPUT; XDP defers those")
-        if len(chain.effects) > MAX_NOTED_EFFECTS:
-            notes.append(f"foreign.nft: nftables {chain.label()}: {len(chain.effects) - MAX_NOTED_EFFECTS} more "
-                         "statements with effects, deferred the same way")
-        bounds += [effect.bound for effect in chain.effects]
-    if any(not bound for bound in bounds):
-        em.emit(Match(), DEFER, (), "foreign.nft")  # one unbounded statement: every packet
-        return notes
-    for bound in dict.fromkeys(bounds):
-        em.emit(nftbound.to_match(bound), DEFER, (), "foreign.nft")
-    other = hooks.other_ruleset(found)
-    if other is None:
-        return notes
-    source = _ForeignSource(other, found.other, [])
-    for table, chain_name in FOREIGN_CHAINS:
-        chain = _chain(other, table, chain_name)
-        if chain is None:
-            continue
-        if chain.policy not in (None, "ACCEPT") and (table, chain_name) != ("filter", "INPUT"):
-            em.emit(Match(), DEFER, (), source.code)
-            source.notes.append(f"{source.code}: iptables-{found.other} {table}/{chain_name} policy "
-                                f"{chain.policy}; XDP defers every packet")
-            continue
-        _guard_chain(em, table, chain_name, Match(), set(), 0, source)
-    return notes + source.notes
-
-
-def _raw_ct_targets(ruleset: ir.Ruleset) -> bool:
-    """Whether a raw-table rule assigns a conntrack helper: its expectations may make packets of
-    other flows RELATED. NOTRACK (or CT --notrack, --zone) changes only the packets the rule
-    matches: in PREROUTING those are deferred by the earlier-chain guards, in OUTPUT they are
-    locally generated (a reply to an untracked packet gets an entry of its own)."""
-    raw = ruleset.table("raw")
-    return raw is not None and any(
-        isinstance(rule.target, ir.GenericTarget) and rule.target.name.upper() == "CT"
-        and any(option.name == "--helper" for option in rule.target.options)
-        for chain in raw.chains for rule in chain.rules)
-
-
-def _foreign_ruleset(host: HostContext) -> Optional[ir.Ruleset]:
-    from ipt2xdp.foreign import other_ruleset
-
-    return other_ruleset(host.foreign)
-
-
-def _local_guard(em: _Emitter) -> None:
-    local = IntervalSet.of((int(n.network_address), int(n.broadcast_address)) for n in em.host.local_destinations)
-    em.emit(Match(dst=local.complement(U32_MAX)), DEFER, (), "guard.not-local")
-
-
-def nat_new(ruleset: ir.Ruleset, host: HostContext) -> int:
-    """Whether XDP can count, exactly, its drops on the nat PREROUTING policy (abi.NAT_NEW_* bits).
-
-    Netfilter runs nat PREROUTING only for a packet that makes a new conntrack entry (every packet
-    of a flow netfilter keeps dropping, none of a flow it knows). A packet XDP drops matches no rule
-    with an effect there (their packets are deferred by the earlier-chain guards), so its traversal
-    ends at the policy unless a rule without an effect may match it: a jump, ACCEPT, RETURN, or a
-    rule without a target (those would count it). With such a rule, 0: not counted."""
-    from ipt2xdp import abi
-
-    chain = _chain(ruleset, "nat", "PREROUTING")
-    if chain is None or chain.policy != "ACCEPT":
-        return 0
-    if any(rule.target is None or isinstance(rule.target, NO_OP_TARGETS + (ir.Jump, ir.Goto)) for rule in chain.rules):
-        return 0
-    return abi.NAT_NEW_ON | (abi.NAT_NEW_TCP_LOOSE if host.ct_tcp_loose else 0)
-
-
 def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RULES) -> Plan:
     """Plan filter/INPUT of `ruleset` for packets arriving on host.attached devices."""
     from ipt2xdp.decisions import decide
 
-    other = None if host.foreign is None else _foreign_ruleset(host)
-    if not host.ct_external_helpers and (_raw_ct_targets(ruleset) or (other is not None and _raw_ct_targets(other))):
+    other = None if host.foreign is None else foreign_ruleset(host)
+    if not host.ct_external_helpers and (raw_ct_targets(ruleset) or (other is not None and raw_ct_targets(other))):
         host = replace(host, ct_external_helpers=True)  # expectations (RELATED) or UNTRACKED possible
     em = _Emitter(host, ruleset, max_rules)
-    _local_guard(em)
-    notes = _foreign_guards(em) + _earlier_chain_guards(em)
+    local_guard(em)
+    notes = foreign_guards(em) + earlier_chain_guards(em)
     guards = len(em.rules)
-    input_chain = _chain(ruleset, "filter", "INPUT")
+    input_chain = chain_of(ruleset, "filter", "INPUT")
     policy = input_chain.policy if input_chain is not None else "ACCEPT"
     history: History = ()
     if input_chain is not None:

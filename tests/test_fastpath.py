@@ -16,7 +16,8 @@ import pytest
 from ipt2xdp import abi, fastpath
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, Action, ClassifierRule, CtClass, IntervalSet, Match,
                                 PacketKey, U32_MAX, Verdict, evaluate)
-from ipt2xdp.compile import _action_code, compile
+from ipt2xdp.compile import compile
+from ipt2xdp.mapencode import action_code as _action_code
 
 TCP_, UDP_ = frozenset({6}), frozenset({17})
 GUARDED = Action(Verdict.DROP, guard=abi.GUARD_REMOVALS)

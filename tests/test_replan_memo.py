@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from ipt2xdp import compile as compiler
+from ipt2xdp import slots
 from ipt2xdp.errors import ParseError
 from ipt2xdp import plan as planner
 from ipt2xdp.parse import ParseMemo, parse
@@ -17,7 +18,7 @@ from ipt2xdp.render import render, render_rule
 from tests.fingerprint import HOSTS, random_ruleset
 
 RECEIVER, ROUTER = HOSTS["receiver"], HOSTS["router"]
-COMPILE_MEMOS = ("_MATCH_SHAPES", "_SET_KEYS", "_UNIONS")  # compile's per-Match facts of the last build_slots
+COMPILE_MEMOS = ("_MATCH_SHAPES", "_SET_KEYS", "_UNIONS")  # slots.py's per-Match facts of the last build_slots
 
 BASE = """*nat
 :PREROUTING ACCEPT [0:0]
@@ -110,16 +111,16 @@ def _stages(ruleset, host):
 
 def _fresh(text, host):
     """A parse, plan and compile that shares nothing with the planner's memos."""
-    saved = planner.TERM_MEMO, [getattr(compiler, name) for name in COMPILE_MEMOS]
+    saved = planner.TERM_MEMO, [getattr(slots, name) for name in COMPILE_MEMOS]
     planner.TERM_MEMO = None
     for name in COMPILE_MEMOS:
-        setattr(compiler, name, {})
+        setattr(slots, name, {})
     try:
         return _stages(parse(text, "<fresh>"), host)
     finally:
         planner.TERM_MEMO = saved[0]
         for name, value in zip(COMPILE_MEMOS, saved[1]):
-            setattr(compiler, name, value)
+            setattr(slots, name, value)
 
 
 class Watcher:
@@ -252,7 +253,7 @@ def test_no_translated_disjunct_has_an_empty_field(seed):
 
 @pytest.mark.parametrize("seed", range(0, 40, 4))
 def test_compile_match_shape_is_the_field_shape_of_each_field(seed):
-    """compile._match_shape (one unrolled pass) against its definition, _field_shape per field."""
+    """slots._match_shape (one unrolled pass) against its definition, _field_shape per field."""
     try:
         ruleset = parse(random_ruleset(seed), "x")
     except ParseError:
@@ -260,6 +261,6 @@ def test_compile_match_shape_is_the_field_shape_of_each_field(seed):
     for host in HOSTS.values():
         for rule in planner.plan(ruleset, host).rules:
             values = vars(rule.match)
-            spec = tuple(compiler._field_shape(name, values[name]) for name in compiler._FIELDS) + (("s", values["ct"]),)
+            spec = tuple(slots._field_shape(name, values[name]) for name in slots.FIELDS) + (("s", values["ct"]),)
             expected = spec if any(kind == "k" for kind, _ in spec) else None
-            assert compiler._match_shape(rule.match) == expected, rule
+            assert slots._match_shape(rule.match) == expected, rule

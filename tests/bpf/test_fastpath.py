@@ -20,7 +20,8 @@ from scapy.all import ICMP, IP, TCP, UDP, Ether, raw
 from ipt2xdp import abi
 from ipt2xdp.classifier import (ACCEPT, DEFER, DROP, Action, ClassifierRule, CtClass, IntervalSet, Match,
                                 PacketKey, U32_MAX, Verdict, evaluate)
-from ipt2xdp.compile import MapContents, compile
+from ipt2xdp.compile import compile
+from ipt2xdp.mapencode import MapContents
 from tests.bpf.packets import DST, patch_ip, proto
 
 pytestmark = pytest.mark.kernel

@@ -1,0 +1,230 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""compile() step 1: classifier rules become bitmap slots. Long runs of consecutive rules with the
+same action that differ only in exact values (a blocklist of /32s or /24s, exact 5-tuples) merge
+into one SET slot backed by a hash set whose value is the original rule_id, so 100k such rules cost
+one hash lookup per packet and their counters stay per rule."""
+from __future__ import annotations
+
+import operator
+import struct
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ipt2xdp import abi
+from ipt2xdp.classifier import Action, ClassifierRule, IntervalSet, Match, Verdict
+
+MERGE_MIN_RUN = 4  # shorter runs stay plain slots: a set probe costs more than a bit test
+FIELDS = ("src", "dst", "proto", "sport", "dport", "iif", "icmp", "tcp_flags")  # index = abi.F_*
+_KEYABLE = ("src", "dst", "proto", "sport", "dport")
+_KEY_BITS = {"src": abi.K_SRC, "dst": abi.K_DST, "proto": abi.K_PROTO, "sport": abi.K_SPORT, "dport": abi.K_DPORT}
+
+@dataclass
+class Slot:
+    match: Match                       # what the bitmaps encode (for a SET: a superset)
+    action: Action
+    counter: int
+    first_rule: int                    # classifier index of its first rule
+    set_members: Optional[List[Tuple[bytes, int]]] = None  # SET: (exact key sans set_id, rule_id)
+    key_fields: int = 0
+    src_plen: int = 0
+    dst_plen: int = 0
+
+
+def _field_shape(name: str, value) -> Tuple:
+    """('k', width) if the field is one exact value or prefix (it can go in a set key), else ('s', value)."""
+    if value is None:
+        return ("s", None)
+    if name in ("src", "dst"):
+        prefix = value.as_prefix()
+        return ("k", prefix[1]) if prefix else ("s", value)
+    if name == "proto":
+        return ("k", 8) if len(value) == 1 else ("s", value)
+    if name in ("sport", "dport"):
+        return ("k", 16) if len(value.intervals) == 1 and value.intervals[0][0] == value.intervals[0][1] else ("s", value)
+    return ("s", value)
+
+
+_ANY = ("s", None)  # _field_shape of an unconstrained field
+
+
+def _shape(rule: ClassifierRule) -> Optional[Tuple]:
+    """(action, _field_shape of each field, ("s", ct)), or None when no field can go in a set key."""
+    if rule.action.verdict == Verdict.CONTINUE:
+        return None
+    fields = _match_shape(rule.match)
+    return None if fields is None else (rule.action,) + fields
+
+
+_KEYED = {width: ("k", width) for width in range(33)}  # the ("k", width) shapes, made once
+
+
+def _match_shape(match: Match) -> Optional[Tuple]:
+    """The _field_shape of each field, then ("s", ct); None when no field can go in a set key."""
+    values = vars(match)
+    shape = []
+    keyed = False
+    for name in ("src", "dst"):
+        value = values[name]
+        if value is None:
+            shape.append(_ANY)
+            continue
+        intervals = value.intervals  # (IntervalSet.as_prefix, inline: one call per rule less)
+        if len(intervals) == 1:
+            lo, hi = intervals[0]
+            span = hi - lo + 1
+            if not (span & (span - 1) or lo % span):
+                shape.append(_KEYED[32 - (span.bit_length() - 1)])
+                keyed = True
+                continue
+        shape.append(("s", value))
+    value = values["proto"]
+    if value is None:
+        shape.append(_ANY)
+    elif len(value) == 1:
+        shape.append(_KEYED[8])
+        keyed = True
+    else:
+        shape.append(("s", value))
+    for name in ("sport", "dport"):
+        value = values[name]
+        if value is None:
+            shape.append(_ANY)
+        elif len(value.intervals) == 1 and value.intervals[0][0] == value.intervals[0][1]:
+            shape.append(_KEYED[16])
+            keyed = True
+        else:
+            shape.append(("s", value))
+    if not keyed:
+        return None
+    for name in ("iif", "icmp", "tcp_flags", "ct"):
+        value = values[name]
+        shape.append(_ANY if value is None else ("s", value))
+    return tuple(shape)
+
+
+# What compile derives from a Match object alone, kept from one build_slots() to the next: a
+# long-lived planner (`ipt2xdp watch`) hands the same Match objects again for the rules that did
+# not change. By id(match), each entry holding its match (so that the id is not reused meanwhile):
+#   _MATCH_SHAPES: (match, _match_shape(match))     _SET_KEYS: (match, key_fields, _exact_key)
+# Each build_slots() replaces them with the entries of its own rules.
+_MATCH_SHAPES: Dict[int, Tuple] = {}
+_SET_KEYS: Dict[int, Tuple] = {}
+_NEXT_SET_KEYS: Dict[int, Tuple] = {}
+
+
+def _shapes(rules: Sequence[ClassifierRule]) -> List[Optional[Tuple]]:
+    """[_shape(rule) for rule in rules], each Match's part taken from the last build_slots'."""
+    global _MATCH_SHAPES
+    known, kept, shapes = _MATCH_SHAPES, {}, []
+    for rule in rules:
+        if rule.action.verdict == Verdict.CONTINUE:
+            shapes.append(None)
+            continue
+        match = rule.match
+        entry = known.get(id(match))
+        if entry is None or entry[0] is not match:
+            entry = (match, _match_shape(match))
+        kept[id(match)] = entry
+        shapes.append(None if entry[1] is None else (rule.action,) + entry[1])
+    _MATCH_SHAPES = kept
+    return shapes
+
+
+def _exact_key(rule: ClassifierRule, key_fields: int) -> bytes:
+    match = rule.match
+    entry = _SET_KEYS.get(id(match))
+    if entry is None or entry[0] is not match or entry[1] != key_fields:
+        entry = (match, key_fields, _make_exact_key(match, key_fields))
+    _NEXT_SET_KEYS[id(match)] = entry
+    return entry[2]
+
+
+def _make_exact_key(m: Match, key_fields: int) -> bytes:
+    src = m.src.intervals[0][0] if key_fields & abi.K_SRC else 0
+    dst = m.dst.intervals[0][0] if key_fields & abi.K_DST else 0
+    sport = m.sport.intervals[0][0] if key_fields & abi.K_SPORT else 0
+    dport = m.dport.intervals[0][0] if key_fields & abi.K_DPORT else 0
+    proto = next(iter(m.proto)) if key_fields & abi.K_PROTO else 0
+    # network byte order, as the program reads them from the packet
+    return struct.pack("!IIHH", src, dst, sport, dport), proto
+
+
+def _union_match(rules: Sequence[ClassifierRule], shape: Tuple) -> Match:
+    """The union of the rules' matches, field by field; all of them have this _shape(), so a field
+    it does not key ("s") holds one and the same value in every rule: the union of one is enough."""
+    kinds = dict(zip(FIELDS + ("ct",), (kind for kind, _ in shape[1:])))
+
+    def union(name):
+        values = [getattr(r.match, name) for r in (rules if kinds[name] == "k" else rules[:1])]
+        if any(v is None for v in values):
+            return None
+        if name == "ct" or isinstance(values[0], frozenset):
+            return frozenset().union(*values)
+        # the union is the same without the repeats; in rule order, a blocklist's ascending
+        # addresses stay one sorted run (cheap to sort again)
+        return IntervalSet.of(dict.fromkeys(i for v in values for i in v.intervals))
+    return Match(**{n: union(n) for n in FIELDS + ("ct",)})
+
+
+# The last build_slots()' set unions, by (length, first and last match's id, shape): [matches, union].
+_UNIONS: Dict[Tuple, list] = {}
+_NEXT_UNIONS: Dict[Tuple, list] = {}
+
+
+def _kept_union(run: Sequence[ClassifierRule], shape: Tuple) -> Match:
+    """_union_match(run, shape), the same Match as the last build_slots' when the run has the same
+    Match objects (a function of them and the shape alone; the kept list holds their ids)."""
+    matches = [rule.match for rule in run]
+    key = (len(matches), id(matches[0]), id(matches[-1]), shape)
+    kept = _UNIONS.get(key)
+    if kept is None or not all(map(operator.is_, kept[0], matches)):
+        kept = [matches, _union_match(run, shape)]
+    _NEXT_UNIONS[key] = kept
+    return kept[1]
+
+
+def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> Slot:
+    shape = _shape(run[0])
+    key_fields = 0
+    plens = {}
+    for name, (kind, width) in zip(FIELDS, shape[1:1 + len(FIELDS)]):
+        if kind == "k":
+            key_fields |= _KEY_BITS[name]
+            plens[name] = width
+    members, seen = [], set()
+    for rule in run:
+        key, proto = _exact_key(rule, key_fields)
+        if (key, proto) in seen:
+            continue  # an identical earlier rule shadows it (first match wins)
+        seen.add((key, proto))
+        members.append((key, proto, rule.rule_id))
+    return Slot(match=_kept_union(run, shape), action=run[0].action, counter=run[0].rule_id, first_rule=first_index,
+                 set_members=members, key_fields=key_fields,
+                 src_plen=plens.get("src", 0), dst_plen=plens.get("dst", 0))
+
+
+def build_slots(rules: Sequence[ClassifierRule], merge_min_run: int = MERGE_MIN_RUN) -> Tuple[List[Slot], Dict[int, int]]:
+    """Rules -> slots, and classifier index -> slot index for every rule that starts a slot."""
+    global _UNIONS, _NEXT_UNIONS, _SET_KEYS, _NEXT_SET_KEYS
+    targets = {r.action.target for r in rules if r.action.verdict == Verdict.CONTINUE}
+    shapes = _shapes(rules)
+    slots: List[Slot] = []
+    rule_to_slot: Dict[int, int] = {}
+    i = 0
+    while i < len(rules):
+        shape = shapes[i]
+        j = i + 1
+        if shape is not None:
+            while j < len(rules) and j not in targets and shapes[j] == shape:
+                j += 1
+        rule_to_slot[i] = len(slots)
+        if j - i >= merge_min_run:
+            slots.append(_make_set_slot(rules[i:j], i))
+        else:
+            j = i + 1
+            rule = rules[i]
+            slots.append(Slot(match=rule.match, action=rule.action, counter=rule.rule_id, first_rule=i))
+        i = j
+    _UNIONS, _NEXT_UNIONS = _NEXT_UNIONS, {}
+    _SET_KEYS, _NEXT_SET_KEYS = _NEXT_SET_KEYS, {}
+    return slots, rule_to_slot
