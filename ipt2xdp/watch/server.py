@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 from ipt2xdp.wrapper.client import socket_path
 
 _UCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
-MAX_LINE = 512
+MAX_LINE = 1 << 20  # a begin carries its change: a restore --noflush names every chain it sets
 
 
 class AlreadyServed(Exception):
@@ -46,7 +46,8 @@ class Session:
 
 
 class SyncServer:
-    """Listens; handle() reads what is ready and calls dispatch(session, words) -> answer line,
+    """Listens; handle() reads what is ready and calls dispatch(session, words) -> answer line
+    (words: the request line split in at most three: "begin", the pid, the change's JSON),
     or gone(session) when a caller's connection ends between begin and done."""
 
     def __init__(self, netns: int, dispatch: Callable[[Session, List[str]], str], gone: Callable[[Session], None]):
@@ -117,7 +118,7 @@ class SyncServer:
                 return
         while b"\n" in session.buffer:
             line, session.buffer = session.buffer.split(b"\n", 1)
-            words = line.decode("utf-8", "replace").split()
+            words = line.decode("utf-8", "replace").split(None, 2)  # begin's third word: JSON
             if words and words[0] == "begin" and _peer_closed(session.sock):
                 continue  # the caller gave up waiting: do not defer on behalf of nobody
             session.reply(self.dispatch(session, words))

@@ -107,8 +107,8 @@ class Watcher:
         try:
             if words == ["status"]:
                 return "ok " + json.dumps({"pid": os.getpid(), "served": self.warm.served, "last": self.warm.last})
-            if len(words) == 2 and words[0] == "begin":
-                return self._begin(session)
+            if len(words) in (2, 3) and words[0] == "begin":
+                return self._begin(session, words[2] if len(words) == 3 else None)
             if len(words) == 2 and words[0] == "done" and words[1].lstrip("-").isdigit():
                 return self._done(session, int(words[1]))
         except Exception as error:  # noqa: BLE001 - answer, keep watching
@@ -116,26 +116,45 @@ class Watcher:
             return f"error {error}".replace("\n", " ")
         return "error unknown request"
 
-    def _begin(self, session: Session) -> str:
-        from ipt2xdp.wrapper import sync
+    def _begin(self, session: Session, change_json: Optional[str] = None) -> str:
+        """change_json: what the caller's command does to the rule objects (countmap.Change's
+        JSON); recorded for the flip that ends this deferral, bound to the generation in force
+        now (the caller holds the lock: no other flip comes in between)."""
+        from ipt2xdp import loader
+        from ipt2xdp.wrapper import countmap, sync, xdpcounts
 
         try:
             with sync.wrapper_lock(-1):
                 return "error the caller does not hold the wrapper's lock"
         except sync.LockTimeout:
             pass  # held, as it must be: by the caller
+        # Checked before deferring: a record this watcher cannot read makes the caller re-plan
+        # itself (it records the change its own way), not lose the counts' positions.
+        change = countmap.Change.from_json(json.loads(change_json)) if change_json is not None else None
         session.begun = sync.begin()
+        if change is not None:
+            try:
+                ident = xdpcounts.generation_id(loader.status(include_counters=False))
+                xdpcounts.expect(change, pid=session.pid, after=ident or "")
+            except Exception as error:  # noqa: BLE001 - counts then follow rule text; never block the change
+                log(f"wrapper pid {session.pid}: could not record its change for the counts: {error}")
         return "ok"
 
     def _done(self, session: Session, rc: int) -> str:
         """The caller's real command ended with rc, the wrapper's lock still held by the caller."""
-        from ipt2xdp.wrapper import sync
-
         started = time.monotonic()
         if session.begun is None:
             return "error done without begin"
         enforcing, mark = session.begun
         session.begun = None
+        try:
+            return self._sync_for(session, rc, enforcing, mark, started)
+        finally:
+            self._forget_change(session)
+
+    def _sync_for(self, session: Session, rc: int, enforcing: bool, mark: int, started: float) -> str:
+        from ipt2xdp.wrapper import sync
+
         if rc != 0:
             sync.abort(enforcing, mark)
             return "ok unchanged"
@@ -158,7 +177,17 @@ class Watcher:
     def _gone(self, session: Session) -> None:
         """A caller vanished between begin and done: its command may or may not have changed
         netfilter (and may still be running). XDP keeps deferring; re-import once the lock is free."""
+        self._forget_change(session)
         self._add([Change("wrapper", f"pid {session.pid} ended without finishing its change")], time.monotonic())
+
+    def _forget_change(self, session: Session) -> None:
+        """The caller's change record, if the flip did not use it (it failed, or did not happen)."""
+        from ipt2xdp.wrapper import xdpcounts
+
+        try:
+            xdpcounts.expect(None, pid=session.pid)
+        except Exception:  # noqa: BLE001 - a leftover record names a generation no flip replaces again
+            pass
 
     # --------------------------------------------------------------------------------- the loop
     def _check(self, trigger: Trigger) -> List[Change]:

@@ -6,7 +6,10 @@ change costs the real command plus one re-plan, not Python importing the whole p
 first. The caller holds the wrapper's lock throughout, as without a watcher. One connection per
 change, two exchanges, one line each:
 
-    begin <pid>   -> ok                  the watcher made XDP defer (the stale mark moved first)
+    begin <pid> [<change>]
+                  -> ok                  the watcher made XDP defer (the stale mark moved first) and
+                                         recorded the change (countmap.Change's JSON, one line) for
+                                         the flip that ends it: XDP's counts follow the command
     (the real command runs here)
     done <rc>     -> ok <what it did>    rc 0: re-planned and flipped; else deferring ended if exact
                   -> error <why>         XDP keeps deferring; the watcher retries
@@ -74,15 +77,21 @@ def connect(netns: Optional[int] = None, timeout: float = BEGIN_TIMEOUT) -> Opti
     return sock
 
 
-def run_changing(command) -> Tuple[Optional[int], bool]:
+def run_changing(command, change: Optional[dict] = None) -> Tuple[Optional[int], bool]:
     """(rc, handled): rc is the real command's exit code, or None when it did not run here (no
-    watcher: the caller does everything itself); handled says the watcher did the XDP half."""
+    watcher: the caller does everything itself); handled says the watcher did the XDP half.
+    change: countmap.Change's JSON, what the command does to the rule objects."""
     sock = connect()
     if sock is None:
         return None, False
+    request = f"begin {os.getpid()}"
+    if change is not None:
+        import json
+
+        request += " " + json.dumps(change, separators=(",", ":"))  # JSON escapes newlines: one line
     with sock:
         try:
-            answer = _exchange(sock, f"begin {os.getpid()}", BEGIN_TIMEOUT)
+            answer = _exchange(sock, request, BEGIN_TIMEOUT)
         except Unavailable:
             return None, False
         if answer != "ok":

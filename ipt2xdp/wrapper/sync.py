@@ -221,8 +221,9 @@ def busy(wait: float) -> int:
     return 4
 
 
-def run_changing(backend_name: str, wait: Optional[float], command) -> int:
+def run_changing(backend_name: str, wait: Optional[float], command, change: Optional[dict] = None) -> int:
     """Run command() (returns the real tool's exit code) with XDP deferring, then bring XDP in step.
+    change: what the command does to the rule objects (countmap.Change's JSON), for XDP's counts.
 
     The wrapper's lock is taken first, then the real legacy binary takes /run/xtables.lock itself
     (the wrapper cannot hold that one for it: the binary's own flock would block on it). So with
@@ -236,17 +237,40 @@ def run_changing(backend_name: str, wait: Optional[float], command) -> int:
     try:
         from ipt2xdp.wrapper import client
 
-        rc, handled = client.run_changing(command)  # `ipt2xdp watch` does the XDP half, if it runs here
+        # `ipt2xdp watch` does the XDP half, if it runs here, and records the change for the counts
+        rc, handled = client.run_changing(command, change)
         if handled:
             return rc
-        return _run_changing_here(backend_name, command, rc)
+        return _run_changing_here(backend_name, command, rc, change)
     finally:
         lock.__exit__(None, None, None)
 
 
-def _run_changing_here(backend_name: str, command, rc: Optional[int]) -> int:
+def _run_changing_here(backend_name: str, command, rc: Optional[int], change: Optional[dict] = None) -> int:
     """The XDP half in this process. rc: the real command already ran with the watcher's deferral
-    in place and the watcher stopped answering; re-plan from the kernel whatever rc was."""
+    in place and the watcher stopped answering; re-plan from the kernel whatever rc was (the
+    watcher recorded the change for the counts when it began)."""
+    from ipt2xdp.wrapper import xdpcounts
+
+    try:
+        if rc is None and change is not None:
+            _expect(change)
+        return _changing_here(backend_name, command, rc)
+    finally:
+        xdpcounts.expect(None)
+
+
+def _expect(change: dict) -> None:
+    """This process's next flip follows change (xdpcounts.expect); never blocks the change."""
+    from ipt2xdp.wrapper import countmap, xdpcounts
+
+    try:
+        xdpcounts.expect(countmap.Change.from_json(change))
+    except Exception:  # noqa: BLE001 - counts then follow rule text
+        pass
+
+
+def _changing_here(backend_name: str, command, rc: Optional[int]) -> int:
     if rc is not None:
         _replan_or_keep_deferring(backend_name)
         return rc
