@@ -30,6 +30,7 @@ class ApplyResult:
     attached: Dict[str, str]                       # device -> mode now in use
     newly_attached: List[str] = field(default_factory=list)
     previous_counters: Dict[int, Tuple[int, int]] = field(default_factory=dict)  # of the replaced generation
+    rewritten: List[str] = field(default_factory=list)  # maps rewritten in place (dataplane.py), not made anew
 
 
 def _stderr_notice(message: str) -> None:
@@ -71,8 +72,9 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
             ruleset still matches the kernel's.
         notice: receives one-line messages such as the native->generic fallback.
         pause_hook: test hook, called between the steps of the generation update.
-        release_old: free the replaced generation's maps now; False leaves that to a later
-            release_replaced() (`ipt2xdp watch` does it after answering the wrapper).
+        release_old: free the replaced generation's maps now; False keeps them (a later
+            release_replaced() frees them): `ipt2xdp watch` keeps them, and its next flip
+            rewrites in them only what differs (dataplane.py).
     Raises:
         LoadError (with errno and next step), AbiMismatch.
     """
@@ -108,7 +110,8 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
                     pass
             dp.close()
             raise
-        result = ApplyResult(generation, directory, {n: a["mode"] for n, a in attachments.items()}, newly, previous)
+        result = ApplyResult(generation, directory, {n: a["mode"] for n, a in attachments.items()}, newly, previous,
+                             list(dp.rewritten))
         dp.close()
         return result
 

@@ -42,8 +42,7 @@ EXIT_FAILED = 1       # the triggers could not be set up (no CAP_NET_ADMIN, no n
 EXIT_USAGE = 2        # bad arguments
 
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
-# What a served sync leaves (the cycle collection, 0.15-0.3 s at 10k rules; freeing the replaced
-# generation's maps) waits until no wrapper call has come for this long: callers come in bursts
+# What a served sync leaves (the cycle collection, 0.15-0.3 s at 10k rules) waits until no wrapper call has come for this long: callers come in bursts
 # (fail2ban, Docker), and the next one's "begin" would otherwise wait for it.
 CLEANUP_IDLE = 0.5
 LOCK_RETRY = 0.1      # the wrapper's lock was held (a caller mid-change): try the re-import again after

@@ -165,23 +165,25 @@ def abort(enforcing_before: bool, mark: int) -> None:
 
 
 def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: Optional[int] = None,
-           release_later: bool = False) -> None:
+           release_later: bool = False):
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
     counts_pid: the wrapper process whose change this flip follows (default: this process);
-    release_later: the replaced generation's maps are left for loader.release_replaced()."""
+    release_later: the replaced generation's maps are kept (`ipt2xdp watch`: its next flip rewrites in
+    them only what differs, dataplane.py; loader.release_replaced() frees them).
+    Returns the flip's loader.ApplyResult (None: not loaded here)."""
     from ipt2xdp import gcpause, loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
-        return
+        return None
     with guarded_flip(), gcpause.paused():
-        _replan(info, backend_name, ruleset, host, text, counts_pid, release_later)
+        return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later)
 
 
 def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: Optional[int] = None,
-            release_later: bool = False) -> None:
+            release_later: bool = False):
     from ipt2xdp import backend as backends
     from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -203,6 +205,7 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     args.release_later = release_later
     # carries XDP's counts (xdpcounts.after_flip)
     _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None)
+    return getattr(args, "applied", None)
 
 
 def lock_wait(backend_name: str, wait: Optional[float]) -> Optional[float]:
