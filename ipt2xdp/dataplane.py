@@ -5,7 +5,8 @@
 Atomic generations. Each per-generation map is an ARRAY_OF_MAPS with two slots. An update:
   1. creates fresh inner maps sized to the ruleset and fills them (nothing reads them yet);
   2. waits for an RCU grace period (the barrier, in a thread while 1 runs), so no program run
-     that started before the previous flip can still read the inactive slot;
+     that started before the previous flip can still read the inactive slot (not needed when
+     this process made the previous flip and waited after it, step 5);
   3. stores the inner maps into the inactive slot of every outer map (in parallel threads, so
      the nine updates share their grace-period waits);
   4. flips state.active to that slot: one u32 store, the only thing a packet reads to choose;
@@ -179,7 +180,10 @@ class _Written:
 
 # What this process last wrote into each slot's inner maps, for one program (by its state map's
 # id: another program, or the same one pinned again, starts from nothing): {slot: {name: _Written}}.
-_WRITTEN: Dict[str, object] = {"program": None, "slots": {}}
+# "settled": the generation this process last flipped to and waited for (its final barrier): while
+# it is the one in force, nothing can still read the other slot, and the next flip needs no barrier
+# before it writes there.
+_WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None}
 REWRITE_CHUNK = 256  # array entries compared, and written when they differ, at a time
 
 
@@ -382,7 +386,7 @@ class Dataplane:
         """_WRITTEN's slots for this program (emptied when it is another one)."""
         program = libbpf.map_info(self.map_fds[abi.MAP_STATE.name]).id
         if _WRITTEN["program"] != program:
-            _WRITTEN["program"], _WRITTEN["slots"] = program, {}
+            _WRITTEN.update(program=program, slots={}, settled=None)
         return _WRITTEN["slots"]
 
     def _rewritable(self, slot: int, tables: Tables, generation: int) -> Dict[str, Tuple[_Written, int]]:
@@ -461,7 +465,8 @@ class Dataplane:
         written: Dict[str, _Written] = {}
         reused: Dict[str, Tuple[_Written, int]] = {}
         self.rewritten = []
-        barrier = _Background(rcu_barrier)
+        self._remembered()  # forgets what it knew of another program
+        barrier = None if _WRITTEN["settled"] == st.generation else _Background(rcu_barrier)
         try:
             try:
                 reused = self._rewritable(target, tables, generation)
@@ -472,7 +477,8 @@ class Dataplane:
                         inner[name], written[name] = self._create_inner(name, tables, generation)
                         hook(f"filled {name}")
             finally:
-                barrier.join()
+                if barrier is not None:
+                    barrier.join()
             # After the barrier: no program run still reads the inactive slot's maps.
             for name, (old, fd) in reused.items():
                 again = self._rewrite_inner(name, fd, old, tables, generation)
@@ -496,7 +502,9 @@ class Dataplane:
             self.write_state(target, target, generation)
             hook("flipped")
             slots[target] = written
+            _WRITTEN["settled"] = None
             rcu_barrier()
+            _WRITTEN["settled"] = generation
         finally:
             for fd in list(inner.values()) + [fd for _old, fd in reused.values()]:
                 os.close(fd)

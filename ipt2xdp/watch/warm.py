@@ -151,7 +151,7 @@ class Warm:
         from ipt2xdp import abi, drift, loader, planstore
         from ipt2xdp import backend as backends
         from ipt2xdp.parse import parse
-        from ipt2xdp.render import render
+        from ipt2xdp.render import canonical
         from ipt2xdp.wrapper import realbin, sync
 
         started = time.monotonic()
@@ -167,15 +167,16 @@ class Warm:
             text = backends.save(backend)
             times["read"] = time.monotonic() - started
             ruleset = parse(text, f"<iptables-{backend}-save>", self._parse_memo(text))
-            rendered = render(ruleset.without_positions())
-            live_key = planstore.digest(rendered, devices)
+            # The canonical text tells whether anything changed; a wrapper's change flips anyway (below),
+            # and the import renders the text from the rule texts its plan makes.
+            rendered = canonical(ruleset) if counts_pid is None else None
             times["parse"] = time.monotonic() - started - times["read"]
             mark = time.monotonic()
             host = self.host(devices, backend, [t.name for t in ruleset.tables])
             times["host"] = time.monotonic() - mark
             # A wrapper's change (counts_pid) flips even to the same text: `-R` of a rule by an
             # identical one restarts its counters, and the flip is what carries counts by the command.
-            if (counts_pid is None and record and live_key == key
+            if (rendered is not None and record and planstore.digest(rendered, devices) == key
                     and record.get("host_digest") == drift.host_digest(host)):
                 deferring = info.get("deferring_all")
                 if deferring:
@@ -189,10 +190,11 @@ class Warm:
                 applied = sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
                                       counts_pid=counts_pid, release_later=True)
                 times["plan+flip"] = time.monotonic() - mark
-                generation = loader.status(include_counters=False).get("generation")
-                rewritten = len(applied.rewritten) if applied is not None else 0
-                what = (f"re-imported iptables-{backend}'s ruleset, generation {generation}, "
-                        f"{rewritten} of {len(abi.GEN_MAPS)} maps rewritten in place")
+                if applied is None:
+                    what = "ipt2xdp is not loaded in this network namespace; nothing to do"
+                else:
+                    what = (f"re-imported iptables-{backend}'s ruleset, generation {applied.generation}, "
+                            f"{len(applied.rewritten)} of {len(abi.GEN_MAPS)} maps rewritten in place")
         total = time.monotonic() - started
         self.last = {"what": what, "seconds": round(total, 3), **{k: round(v, 3) for k, v in times.items()}}
         return f"{what} ({total:.2f} s: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()) + ")"
