@@ -72,6 +72,7 @@ def change_pair(ns, argv0, rule):
 
 SERVED = re.compile(r"served sync #\d+(?: in ([\d.]+) s)?: .*\(([\d.]+) s: (.*)\)$")
 SOCKET = re.compile(r"serving wrapper calls on (\S+)")
+REWRITTEN = re.compile(r"(\d+) of \d+ maps rewritten in place")
 
 
 class Watch:
@@ -130,6 +131,9 @@ class Watch:
                 if m.group(1):  # from "done" to the answer: the sync plus the triggers drained first
                     steps.setdefault("answered", []).append(float(m.group(1)) * 1000)
                 steps.setdefault("total", []).append(float(m.group(2)) * 1000)
+                rewritten = REWRITTEN.search(m.group(0))
+                if rewritten:
+                    steps.setdefault("maps rewritten", []).append(float(rewritten.group(1)))
                 for part in m.group(3).split(", "):
                     name, value, _ms = part.rsplit(" ", 2)
                     steps.setdefault(name, []).append(float(value))

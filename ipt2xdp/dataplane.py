@@ -557,14 +557,21 @@ class Dataplane:
             stride = cfg.counter_stride
             names = {cfg.default_counter: abi.DEFAULT_COUNTER, cfg.default_counter + 1: abi.OVERFLOW_COUNTER}
             totals: Dict[int, List[int]] = {}
-            values = struct.unpack(f"={len(raw) // 8}Q", raw)
-            for index in range(len(values) // 2):
-                packets, nbytes = values[2 * index], values[2 * index + 1]
-                if packets or nbytes:
-                    key = names.get(index % stride, index % stride)
-                    total = totals.setdefault(key, [0, 0])
-                    total[0] += packets
-                    total[1] += nbytes
+            size = info.value_size  # packets, bytes: two u64
+            zero = bytes(ZERO_CHUNK * size)
+            for first in range(0, len(raw) // size, ZERO_CHUNK):  # most rules never matched: skip zeros
+                chunk = raw[first * size:(first + ZERO_CHUNK) * size]
+                if chunk == zero[:len(chunk)]:
+                    continue
+                values = struct.unpack(f"={len(chunk) // 8}Q", chunk)
+                for offset in range(len(values) // 2):
+                    packets, nbytes = values[2 * offset], values[2 * offset + 1]
+                    if packets or nbytes:
+                        index = first + offset
+                        key = names.get(index % stride, index % stride)
+                        total = totals.setdefault(key, [0, 0])
+                        total[0] += packets
+                        total[1] += nbytes
             return {k: (v[0], v[1]) for k, v in totals.items()}
         finally:
             for f in (cfg_fd, fd):
