@@ -20,7 +20,8 @@ from ipt2xdp.dataplane import META_ATTACH, Dataplane, object_digest, require_roo
 from ipt2xdp.errors import LoadError
 from ipt2xdp.resources import bpf_object_path
 
-__all__ = ["apply", "detach", "status", "read_counters", "defer_all", "release_replaced", "ApplyResult", "Dataplane"]
+__all__ = ["apply", "detach", "status", "read_counters", "defer_all", "release_replaced", "generation_ident",
+           "ApplyResult", "Dataplane"]
 
 
 @dataclass
@@ -213,6 +214,18 @@ def release_replaced() -> None:
             dp.release_replaced()
         finally:
             dp.close()
+
+
+def generation_ident() -> Optional[str]:
+    """"<program id>-<generation>" of the generation in force here (as status() reports the two;
+    xdpcounts names generations so), None when nothing is loaded: one state read, not status()."""
+    dp = Dataplane.open_pinned(pins.pin_dir())
+    if dp is None:
+        return None
+    try:
+        return f"{dp.prog_id}-{dp.read_state().generation}"
+    finally:
+        dp.close()
 
 
 def read_counters() -> Dict[int, Tuple[int, int]]:

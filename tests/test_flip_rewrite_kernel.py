@@ -132,6 +132,7 @@ def _foreign_flip(ns, step: str) -> None:
 
 def test_rewritten_slots_equal_full_writes(namespace):
     from ipt2xdp import loader
+    from ipt2xdp.wrapper import xdpcounts
 
     sequence = ["base", "append", "base", "append", "insert", "base", "edit", "delete", "base", "shrink",
                 "base", "FOREIGN", "append", "base", "append", "base"]
@@ -147,6 +148,9 @@ def test_rewritten_slots_equal_full_writes(namespace):
             result = loader.apply(tables, release_old=False)
             rewritten.append(set(result.rewritten))
             assert_in_force_equals_a_full_write(tables)
+            # the name the watcher binds a wrapper's change record to is status()'s
+            assert loader.generation_ident() == xdpcounts.generation_id(loader.status(include_counters=False)) \
+                == f"{loader.status()['program_id']}-{result.generation}"
             count_traffic(tables)
     finally:
         loader.detach(all_devices=True)

@@ -133,8 +133,7 @@ class Watcher:
         session.begun = sync.begin()
         if change is not None:
             try:
-                ident = xdpcounts.generation_id(loader.status(include_counters=False))
-                xdpcounts.expect(change, pid=session.pid, after=ident or "")
+                xdpcounts.expect(change, pid=session.pid, after=loader.generation_ident() or "")
             except Exception as error:  # noqa: BLE001 - counts then follow rule text; never block the change
                 log(f"wrapper pid {session.pid}: could not record its change for the counts: {error}")
         return "ok"

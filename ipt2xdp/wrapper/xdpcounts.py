@@ -121,7 +121,7 @@ def expect(change: Optional[countmap.Change], pid: Optional[int] = None, after: 
     if after is None:
         from ipt2xdp import loader
 
-        after = generation_id(loader.status(include_counters=False))
+        after = loader.generation_ident()
     if after:
         _write(path, {"after": after, "change": change.to_json()})
         _remove_orphans()
