@@ -45,6 +45,9 @@ RETRY_FIRST, RETRY_MAX = 2.0, 60.0
 # What a served sync leaves (the cycle collection, 0.15-0.3 s at 10k rules) waits until no wrapper call has come for this long: callers come in bursts
 # (fail2ban, Docker), and the next one's "begin" would otherwise wait for it.
 CLEANUP_IDLE = 0.5
+# ... or after this many served syncs in a row without a pause: the collector is off from a sync
+# until the clean-up (warm.py), and a flood of calls must not leave its cycles uncollected.
+CLEANUP_EVERY = 8
 LOCK_RETRY = 0.1      # the wrapper's lock was held (a caller mid-change): try the re-import again after
 
 
@@ -91,15 +94,18 @@ class Watcher:
         deferring if a relaxing change was seen)."""
         from ipt2xdp.wrapper import sync
 
-        with sync.wrapper_lock(-1):
-            # What changes after this point is reported again. Checked, not just rebased: the cached
-            # host facts follow what each change can move (a legacy change the legacy tables, ...).
-            changes = [c for t in self.triggers for c in self._check(t)]
-            self.warm.note(changes)
-            if any(c.relaxing for c in changes):  # in force until the flip below
-                self.defer_now(changes)
-            log(f"{reasons}: {self.warm.sync(self.backend)}")
-        self.warm.collect()
+        try:
+            with sync.wrapper_lock(-1):
+                # What changes after this point is reported again. Checked, not just rebased: the
+                # cached host facts follow what each change can move (a legacy change the legacy
+                # tables, ...).
+                changes = [c for t in self.triggers for c in self._check(t)]
+                self.warm.note(changes)
+                if any(c.relaxing for c in changes):  # in force until the flip below
+                    self.defer_now(changes)
+                log(f"{reasons}: {self.warm.sync(self.backend)}")
+        finally:
+            self.warm.collect()  # also after a failed sync: the collector is on again
 
     # ------------------------------------------------------------------- the wrapper's requests
     def dispatch(self, session: Session, words: List[str]) -> str:
@@ -229,6 +235,8 @@ class Watcher:
             # A sync drained the triggers; what arrived while it ran is read now, not next turn.
             readable = select.select(list(fds), [], [], 0)[0]
             self.cleanup_at = time.monotonic() + CLEANUP_IDLE  # moved on by every request
+            if self.warm.uncollected >= CLEANUP_EVERY:
+                self.cleanup_at = time.monotonic()  # the caller has its answer: now
         now = time.monotonic()
         if self.cleanup_at is not None and now >= self.cleanup_at:
             self.cleanup_at = None
