@@ -42,12 +42,14 @@ EXIT_FAILED = 1       # the triggers could not be set up (no CAP_NET_ADMIN, no n
 EXIT_USAGE = 2        # bad arguments
 
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
-# What a served sync leaves (the cycle collection, 0.15-0.3 s at 10k rules) waits until no wrapper call has come for this long: callers come in bursts
+# What a served sync leaves (the cycle collection, 0.15-0.3 s at 10k rules; freeing what the sync
+# made) waits until no wrapper call has come for this long: callers come in bursts
 # (fail2ban, Docker), and the next one's "begin" would otherwise wait for it.
 CLEANUP_IDLE = 0.5
 # ... or after this many served syncs in a row without a pause: the collector is off from a sync
-# until the clean-up (warm.py), and a flood of calls must not leave its cycles uncollected.
-CLEANUP_EVERY = 8
+# until the clean-up, and what each sync made is kept until then (warm.py; 15-20 MB at 10k rules),
+# so a flood of calls must not pile them up.
+CLEANUP_EVERY = 4
 LOCK_RETRY = 0.1      # the wrapper's lock was held (a caller mid-change): try the re-import again after
 
 

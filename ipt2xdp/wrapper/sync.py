@@ -165,25 +165,26 @@ def abort(enforcing_before: bool, mark: int) -> None:
 
 
 def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: int | None = None,
-           release_later: bool = False):
+           release_later: bool = False, keep: list | None = None):
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
     counts_pid: the wrapper process whose change this flip follows (default: this process);
     release_later: the replaced generation's maps are kept (`ipt2xdp watch`: its next flip rewrites in
-    them only what differs, dataplane.py; loader.release_replaced() frees them).
-    Returns the flip's loader.ApplyResult (None: not loaded here)."""
+    them only what differs, dataplane.py; loader.release_replaced() frees them); keep: a list the
+    plan and its compiled maps are appended to, so that the caller frees them when it likes
+    (`ipt2xdp watch`: after its answer). Returns the flip's loader.ApplyResult (None: not loaded)."""
     from ipt2xdp import gcpause, loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return None
     with guarded_flip(), gcpause.paused():
-        return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later)
+        return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later, keep)
 
 
 def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: int | None = None,
-            release_later: bool = False):
+            release_later: bool = False, keep: list | None = None):
     from ipt2xdp import backend as backends
     from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -205,6 +206,8 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     args.release_later = release_later
     # carries XDP's counts (xdpcounts.after_flip)
     _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None)
+    if keep is not None:
+        keep.append(getattr(args, "planned", None))
     return getattr(args, "applied", None)
 
 
