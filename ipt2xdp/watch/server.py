@@ -31,6 +31,9 @@ class Session:
         self.sock = sock
         self.buffer = b""
         self.begun: Optional[tuple] = None  # (enforcing before, stale mark) between begin and done
+        # Work that need not delay the answer (dispatch() may set it): run right after the reply,
+        # while the caller goes on (after "begin": its real command runs meanwhile).
+        self.after_reply: Optional[Callable[[], None]] = None
         pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         self.pid, self.uid = pid, uid
 
@@ -122,6 +125,9 @@ class SyncServer:
             if words and words[0] == "begin" and _peer_closed(session.sock):
                 continue  # the caller gave up waiting: do not defer on behalf of nobody
             session.reply(self.dispatch(session, words))
+            after, session.after_reply = session.after_reply, None
+            if after is not None:
+                after()
 
     def _close(self, session: Session) -> None:
         self.sessions.pop(session.sock.fileno(), None)

@@ -126,7 +126,8 @@ class Watcher:
     def _begin(self, session: Session, change_json: Optional[str] = None) -> str:
         """change_json: what the caller's command does to the rule objects (countmap.Change's
         JSON); recorded for the flip that ends this deferral, bound to the generation in force
-        now (the caller holds the lock: no other flip comes in between)."""
+        (the caller holds the lock: no other flip comes in between), right after the answer:
+        while the caller's real command runs, and before its "done" is read."""
         from ipt2xdp import loader
         from ipt2xdp.wrapper import countmap, sync, xdpcounts
 
@@ -140,10 +141,12 @@ class Watcher:
         change = countmap.Change.from_json(json.loads(change_json)) if change_json is not None else None
         session.begun = sync.begin()
         if change is not None:
-            try:
-                xdpcounts.expect(change, pid=session.pid, after=loader.generation_ident() or "")
-            except Exception as error:  # noqa: BLE001 - counts then follow rule text; never block the change
-                log(f"wrapper pid {session.pid}: could not record its change for the counts: {error}")
+            def record() -> None:
+                try:
+                    xdpcounts.expect(change, pid=session.pid, after=loader.generation_ident() or "")
+                except Exception as error:  # noqa: BLE001 - counts then follow rule text
+                    log(f"wrapper pid {session.pid}: could not record its change for the counts: {error}")
+            session.after_reply = record
         return "ok"
 
     def _done(self, session: Session, rc: int) -> str:
