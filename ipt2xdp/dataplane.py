@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -190,9 +191,14 @@ REWRITE_CHUNK = 256  # array entries compared, and written when they differ, at 
 def _array_rewrite(known: _Written, keys: bytes, values: bytes, key_size: int,
                    value_size: int) -> Optional[Tuple[bytes, bytes, int]]:
     """The writes that turn an array holding known into one holding (keys, values), as a fresh
-    array filled with them holds it; None when the two do not index alike (then: a full write)."""
+    array filled with them holds it. Arrays as compile makes them: keys 0..n-1 in order (what
+    _nonzero_entries and mapread assume too); None when either does not end at its count or the
+    two differ in their common part (then: a full write)."""
     old_count, new_count = len(known.keys) // key_size, len(keys) // key_size
     common = min(old_count, new_count) * key_size
+    for blob, count in ((known.keys, old_count), (keys, new_count)):
+        if count and int.from_bytes(blob[-key_size:], sys.byteorder) != count - 1:
+            return None
     if known.keys[:common] != keys[:common]:
         return None
     out_keys, out_values, written = [], [], 0
