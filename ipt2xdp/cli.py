@@ -67,10 +67,10 @@ def report_error(error: Ipt2xdpError) -> None:
 
 def entry() -> None:
     """The `ipt2xdp` command as a process: main(), then exit without the interpreter's teardown
-    (gcpause.one_shot) unless the command runs for long (`watch`)."""
-    from ipt2xdp import gcpause
+    (gcpause.one_shot, processexit) unless the command runs for long (`watch`)."""
+    from ipt2xdp.processexit import exit_now
 
-    gcpause.exit_now(main(one_shot=True))
+    exit_now(main(one_shot=True))
 
 
 def main(argv: Optional[Sequence[str]] = None, one_shot: bool = False) -> int:

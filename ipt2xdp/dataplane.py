@@ -5,7 +5,8 @@
 Atomic generations. Each per-generation map is an ARRAY_OF_MAPS with two slots. An update:
   1. creates fresh inner maps sized to the ruleset and fills them (nothing reads them yet);
   2. waits for an RCU grace period (the barrier, in a thread while 1 runs), so no program run
-     that started before the previous flip can still read the inactive slot;
+     that started before the previous flip can still read the inactive slot (not needed when
+     this process made the previous flip and waited after it, step 5);
   3. stores the inner maps into the inactive slot of every outer map (in parallel threads, so
      the nine updates share their grace-period waits);
   4. flips state.active to that slot: one u32 store, the only thing a packet reads to choose;
@@ -17,6 +18,17 @@ synchronize_rcu() (synchronize_rcu_expedited() in newer trees) before the syscal
 under BPF_PROG_TEST_RUN). tests/test_loader_kill.py checks the effect on this kernel: an updater
 parked or killed at every step leaves exactly the old or the new ruleset in force. A crash
 before step 4 leaves the old generation in force; after it, the new one.
+
+Rewriting in place. A process that flips again and again (`ipt2xdp watch`) and keeps the replaced
+generation's maps (release=False, no release_replaced()) finds, at its next flip, the inactive
+slot holding maps it filled itself two flips ago. Step 1 then writes into those maps only the
+entries that differ from what it wrote there (_WRITTEN; the program itself writes only the
+counters, which are read and zeroed), after the barrier of step 2, and step 3 installs only the
+maps made afresh. A map is rewritten in place only when this process remembers what it holds,
+the slot still holds that very map (by map id: every other writer installs maps of its own, and a
+release deletes them) and its size is the one the new generation needs; anything else, or any
+doubt, is a full write into a new map. tests/test_flip_rewrite_kernel.py compares every map so
+written with a full write.
 """
 from __future__ import annotations
 
@@ -26,9 +38,10 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ipt2xdp import abi, libbpf, pins, setguard
@@ -157,6 +170,71 @@ def concurrently(calls: List[Callable[[], None]]) -> None:
 
 
 @dataclass
+class _Written:
+    """An inner map this process filled or rewrote, as it holds it now (arrays: values by index,
+    the entries past them zero; cfg with its generation stamped in)."""
+    map_id: int
+    max_entries: int
+    keys: bytes
+    values: bytes
+
+
+# What this process last wrote into each slot's inner maps, for one program (by its state map's
+# id: another program, or the same one pinned again, starts from nothing): {slot: {name: _Written}}.
+# "settled": the generation this process last flipped to and waited for (its final barrier): while
+# it is the one in force, nothing can still read the other slot, and the next flip needs no barrier
+# before it writes there.
+_WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None}
+REWRITE_CHUNK = 256  # array entries compared, and written when they differ, at a time
+
+
+def _array_rewrite(known: _Written, keys: bytes, values: bytes, key_size: int,
+                   value_size: int) -> Optional[Tuple[bytes, bytes, int]]:
+    """The writes that turn an array holding known into one holding (keys, values), as a fresh
+    array filled with them holds it. Arrays as compile makes them: keys 0..n-1 in order (what
+    _nonzero_entries and mapread assume too); None when either does not end at its count or the
+    two differ in their common part (then: a full write)."""
+    old_count, new_count = len(known.keys) // key_size, len(keys) // key_size
+    common = min(old_count, new_count) * key_size
+    for blob, count in ((known.keys, old_count), (keys, new_count)):
+        if count and int.from_bytes(blob[-key_size:], sys.byteorder) != count - 1:
+            return None
+    if known.keys[:common] != keys[:common]:
+        return None
+    out_keys, out_values, written = [], [], 0
+    old_values, new_values = known.values, values
+    for first in range(0, max(old_count, new_count), REWRITE_CHUNK):
+        last = min(max(old_count, new_count), first + REWRITE_CHUNK)
+        span = (last - first) * value_size
+        old = old_values[first * value_size:last * value_size]
+        new = new_values[first * value_size:last * value_size]
+        if old == new and len(old) == span:
+            continue
+        new = new.ljust(span, b"\0")  # past the new values: zero, as in a fresh array
+        if old.ljust(span, b"\0") == new:
+            continue
+        # the indexes of this chunk: the new keys where there are, the old ones past them
+        cut = max(first, min(last, new_count))
+        out_keys.append(keys[first * key_size:cut * key_size] + known.keys[cut * key_size:last * key_size])
+        out_values.append(new)
+        written += last - first
+    return b"".join(out_keys), b"".join(out_values), written
+
+
+def _hash_rewrite(known: _Written, keys: bytes, values: bytes, key_size: int,
+                  value_size: int) -> Tuple[List[bytes], bytes, bytes, int]:
+    """(keys to delete, then keys and values to write, their count) that turn a hash map holding
+    known into one holding (keys, values)."""
+    def entries(k: bytes, v: bytes) -> Dict[bytes, bytes]:
+        return {k[i:i + key_size]: v[j:j + value_size]
+                for i, j in zip(range(0, len(k), key_size), range(0, len(v), value_size))}
+    old, new = entries(known.keys, known.values), entries(keys, values)
+    stale = [key for key in old if key not in new]
+    changed = [key for key, value in new.items() if old.get(key) != value]
+    return stale, b"".join(changed), b"".join(new[key] for key in changed), len(changed)
+
+
+@dataclass
 class Dataplane:
     """Kernel handles of one loaded ipt2xdp program and its maps (pinned or not)."""
 
@@ -165,6 +243,7 @@ class Dataplane:
     meta_fd: int
     obj: Optional[libbpf.BpfObject] = None
     object_sha: str = ""
+    rewritten: List[str] = field(default_factory=list)  # maps the last apply_generation() rewrote in place
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -282,25 +361,93 @@ class Dataplane:
         libbpf.update_elem(self.meta_fd, _u32(index), data.ljust(META_VALUE_SIZE, b"\0"), what="writing metadata")
 
     # --- generations -------------------------------------------------------------------------
-    def _create_inner(self, name: str, tables: Tables, generation: int) -> int:
-        shape = abi.GEN_MAPS[name]
+    def _contents(self, name: str, tables: Tables, generation: int) -> Tuple[int, bytes, bytes]:
+        """(max_entries, keys, values) of a generation's inner map, exactly as written."""
         contents = tables.maps[name]
         max_entries = contents.max_entries
         if name == "counters":  # one stride of counters per possible CPU
             max_entries *= libbpf.num_possible_cpus()
+        values = contents.values
+        if name == "cfg":
+            values = struct.pack("=Q", generation) + values[8:]
+        return max_entries, contents.keys, values
+
+    def _create_inner(self, name: str, tables: Tables, generation: int) -> Tuple[int, _Written]:
+        shape = abi.GEN_MAPS[name]
+        max_entries, keys, values = self._contents(name, tables, generation)
         fd = libbpf.map_create(shape.map_type, f"i2x_{name}"[:15], shape.key_size, shape.value_size,
                                max_entries, shape.map_flags)
         try:
-            keys, values, count = contents.keys, contents.values, contents.count
-            if name == "cfg":
-                values = struct.pack("=Q", generation) + values[8:]
+            count = len(keys) // shape.key_size
+            written_keys, written_values = keys, values
             if shape.map_type == abi.BPF_MAP_TYPE_ARRAY:
                 keys, values, count = _nonzero_entries(keys, values, count, shape.value_size)
             libbpf.update_batch(fd, keys, values, count, f"filling map {name}")
+            return fd, _Written(libbpf.map_info(fd).id, max_entries, written_keys, written_values)
         except BaseException:
             os.close(fd)
             raise
-        return fd
+
+    def _remembered(self) -> Dict[int, Dict[str, _Written]]:
+        """_WRITTEN's slots for this program (emptied when it is another one)."""
+        program = libbpf.map_info(self.map_fds[abi.MAP_STATE.name]).id
+        if _WRITTEN["program"] != program:
+            _WRITTEN.update(program=program, slots={}, settled=None)
+        return _WRITTEN["slots"]
+
+    def _rewritable(self, slot: int, tables: Tables, generation: int) -> Dict[str, Tuple[_Written, int]]:
+        """{name: (what the map holds, its fd)} of the inner maps of slot this process may rewrite
+        in place for this generation (module docstring); the fds are the caller's to close."""
+        known = self._remembered().get(slot, {})
+        out: Dict[str, Tuple[_Written, int]] = {}
+        try:
+            for name, written in known.items():
+                max_entries, _keys, _values = self._contents(name, tables, generation)
+                if written.max_entries != max_entries:
+                    continue
+                raw = libbpf.lookup_elem(self.map_fds[abi.GEN_MAPS[name].name], _u32(slot), 4)
+                if raw is None or struct.unpack("=I", raw)[0] != written.map_id:
+                    continue
+                fd = libbpf.map_fd_by_id(written.map_id)
+                info = libbpf.map_info(fd)
+                if (info.id, info.max_entries) != (written.map_id, max_entries):
+                    os.close(fd)
+                    continue
+                out[name] = (written, fd)
+        except BaseException:
+            for _written, fd in out.values():
+                os.close(fd)
+            raise
+        return out
+
+    def _rewrite_inner(self, name: str, fd: int, known: _Written, tables: Tables, generation: int) -> Optional[_Written]:
+        """Make the map fd (holding known) hold this generation's contents; None when it cannot
+        be done by differences (then nothing was written)."""
+        shape = abi.GEN_MAPS[name]
+        max_entries, keys, values = self._contents(name, tables, generation)
+        what = f"rewriting map {name}"
+        if name == "counters":  # written by the program, not by us: read, and zero what it counted
+            if keys or values:
+                return None
+            held = libbpf.read_array(fd, shape.value_size, max_entries)
+            if len(held) != max_entries * shape.value_size:
+                return None
+            index = struct.pack(f"={max_entries}I", *range(max_entries))
+            counted, _, count = _nonzero_entries(index, held, max_entries, shape.value_size)
+            libbpf.update_batch(fd, counted, bytes(count * shape.value_size), count, what)
+            return _Written(known.map_id, max_entries, b"", b"")
+        if shape.map_type == abi.BPF_MAP_TYPE_ARRAY:
+            rewrite = _array_rewrite(known, keys, values, shape.key_size, shape.value_size)
+            if rewrite is None:
+                return None
+            libbpf.update_batch(fd, *rewrite, what)
+        else:
+            stale, changed_keys, changed_values, count = _hash_rewrite(known, keys, values, shape.key_size,
+                                                                       shape.value_size)
+            for key in stale:  # first: the map's size is the new generation's own
+                libbpf.delete_elem(fd, key)
+            libbpf.update_batch(fd, changed_keys, changed_values, count, what)
+        return _Written(known.map_id, max_entries, keys, values)
 
     def apply_generation(self, tables: Tables, record: Optional[dict] = None,
                          pause_hook: Optional[Callable[[str], None]] = None,
@@ -308,7 +455,8 @@ class Dataplane:
         """Make tables the generation in force, atomically. Returns (generation, final counters of
         the generation it replaced). pause_hook(step) is a test hook called between steps.
         release=False leaves the replaced generation's maps in their slot (release_replaced()
-        frees them later; the next generation replaces them in any case).
+        frees them later; the next generation replaces them, or rewrites them in place when this
+        process filled them: module docstring). self.rewritten lists the maps rewritten in place.
 
         Every update or delete of an outer map waits for a grace period before it returns, so the
         updates of the nine outer maps run in parallel threads and share their waits (the
@@ -320,14 +468,32 @@ class Dataplane:
         target = (last + 1) % abi.GEN_SLOTS
         generation = st.generation + 1
         inner: Dict[str, int] = {}
-        barrier = _Background(rcu_barrier)
+        written: Dict[str, _Written] = {}
+        reused: Dict[str, Tuple[_Written, int]] = {}
+        self.rewritten = []
+        self._remembered()  # forgets what it knew of another program
+        barrier = None if _WRITTEN["settled"] == st.generation else _Background(rcu_barrier)
         try:
             try:
+                reused = self._rewritable(target, tables, generation)
+                slots = self._remembered()
+                slots.pop(target, None)  # until this flip is done: a failure midway leaves doubt
                 for name in abi.GEN_MAPS:
-                    inner[name] = self._create_inner(name, tables, generation)
-                    hook(f"filled {name}")
+                    if name not in reused:
+                        inner[name], written[name] = self._create_inner(name, tables, generation)
+                        hook(f"filled {name}")
             finally:
-                barrier.join()
+                if barrier is not None:
+                    barrier.join()
+            # After the barrier: no program run still reads the inactive slot's maps.
+            for name, (old, fd) in reused.items():
+                again = self._rewrite_inner(name, fd, old, tables, generation)
+                if again is None:
+                    inner[name], written[name] = self._create_inner(name, tables, generation)
+                else:
+                    written[name] = again
+                    self.rewritten.append(name)
+                hook(f"filled {name}")
             setguard.store_expectation(self.map_fds[abi.MAP_SETGUARD.name], target, tables.set_guard)
             self.write_meta(target, dict(record or {}, generation=generation, rules=tables.rule_count,
                                          slots=tables.slot_count, sets=tables.set_count, digest=tables.digest,
@@ -337,12 +503,16 @@ class Dataplane:
                 libbpf.update_elem(self.map_fds[abi.GEN_MAPS[name].name], _u32(target), _u32(inner[name]),
                                    what=f"installing generation {generation} map {name}")
                 hook(f"installed {name}")
-            concurrently([lambda name=name: install(name) for name in abi.GEN_MAPS])
+            if inner:  # each install waits for a grace period: none when every map was rewritten
+                concurrently([lambda name=name: install(name) for name in inner])
             self.write_state(target, target, generation)
             hook("flipped")
+            slots[target] = written
+            _WRITTEN["settled"] = None
             rcu_barrier()
+            _WRITTEN["settled"] = generation
         finally:
-            for fd in inner.values():
+            for fd in list(inner.values()) + [fd for _old, fd in reused.values()]:
                 os.close(fd)
         old_counters = self.read_counters(slot=last) if st.generation else {}
         if release:
@@ -356,6 +526,10 @@ class Dataplane:
         self.release_slots([slot for slot in range(abi.GEN_SLOTS) if slot != current])
 
     def release_slots(self, slots: List[int]) -> None:
+        remembered = self._remembered()
+        for slot in slots:
+            remembered.pop(slot, None)
+
         def release(outer_fd: int, slot: int) -> None:  # the old generation: memory follows one ruleset
             try:
                 libbpf.delete_elem(outer_fd, _u32(slot))
@@ -391,14 +565,21 @@ class Dataplane:
             names = {cfg.default_counter: abi.DEFAULT_COUNTER, cfg.default_counter + 1: abi.OVERFLOW_COUNTER,
                      cfg.default_counter + 2: abi.NAT_NEW_COUNTER}
             totals: Dict[int, List[int]] = {}
-            values = struct.unpack(f"={len(raw) // 8}Q", raw)
-            for index in range(len(values) // 2):
-                packets, nbytes = values[2 * index], values[2 * index + 1]
-                if packets or nbytes:
-                    key = names.get(index % stride, index % stride)
-                    total = totals.setdefault(key, [0, 0])
-                    total[0] += packets
-                    total[1] += nbytes
+            size = info.value_size  # packets, bytes: two u64
+            zero = bytes(ZERO_CHUNK * size)
+            for first in range(0, len(raw) // size, ZERO_CHUNK):  # most rules never matched: skip zeros
+                chunk = raw[first * size:(first + ZERO_CHUNK) * size]
+                if chunk == zero[:len(chunk)]:
+                    continue
+                values = struct.unpack(f"={len(chunk) // 8}Q", chunk)
+                for offset in range(len(values) // 2):
+                    packets, nbytes = values[2 * offset], values[2 * offset + 1]
+                    if packets or nbytes:
+                        index = first + offset
+                        key = names.get(index % stride, index % stride)
+                        total = totals.setdefault(key, [0, 0])
+                        total[0] += packets
+                        total[1] += nbytes
             return {k: (v[0], v[1]) for k, v in totals.items()}
         finally:
             for f in (cfg_fd, fd):

@@ -21,7 +21,8 @@ from ipt2xdp.dataplane import META_ATTACH, PROG_PIN, Dataplane, object_digest, r
 from ipt2xdp.errors import LoadError
 from ipt2xdp.resources import bpf_object_path
 
-__all__ = ["apply", "detach", "status", "read_counters", "defer_all", "release_replaced", "ApplyResult", "Dataplane"]
+__all__ = ["apply", "detach", "status", "read_counters", "defer_all", "release_replaced", "generation_ident",
+           "ApplyResult", "Dataplane"]
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ApplyResult:
     attached: Dict[str, str]                       # device -> mode now in use
     newly_attached: List[str] = field(default_factory=list)
     previous_counters: Dict[int, Tuple[int, int]] = field(default_factory=dict)  # of the replaced generation
+    rewritten: List[str] = field(default_factory=list)  # maps rewritten in place (dataplane.py), not made anew
 
 
 def _stderr_notice(message: str) -> None:
@@ -115,8 +117,9 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
             ruleset still matches the kernel's.
         notice: receives one-line messages such as the native->generic fallback.
         pause_hook: test hook, called between the steps of the generation update.
-        release_old: free the replaced generation's maps now; False leaves that to a later
-            release_replaced() (`ipt2xdp watch` does it after answering the wrapper).
+        release_old: free the replaced generation's maps now; False keeps them (a later
+            release_replaced() frees them): `ipt2xdp watch` keeps them, and its next flip
+            rewrites in them only what differs (dataplane.py).
         preload: the object loaded ahead (Preload), used if nothing is pinned yet.
     Raises:
         LoadError (with errno and next step), AbiMismatch.
@@ -153,7 +156,8 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
                     pass
             dp.close()
             raise
-        result = ApplyResult(generation, directory, {n: a["mode"] for n, a in attachments.items()}, newly, previous)
+        result = ApplyResult(generation, directory, {n: a["mode"] for n, a in attachments.items()}, newly, previous,
+                             list(dp.rewritten))
         dp.close()
         return result
 
@@ -255,6 +259,18 @@ def release_replaced() -> None:
             dp.release_replaced()
         finally:
             dp.close()
+
+
+def generation_ident() -> Optional[str]:
+    """"<program id>-<generation>" of the generation in force here (as status() reports the two;
+    xdpcounts names generations so), None when nothing is loaded: one state read, not status()."""
+    dp = Dataplane.open_pinned(pins.pin_dir())
+    if dp is None:
+        return None
+    try:
+        return f"{dp.prog_id}-{dp.read_state().generation}"
+    finally:
+        dp.close()
 
 
 def read_counters() -> Dict[int, Tuple[int, int]]:

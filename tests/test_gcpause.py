@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """gcpause: the collector is back on after a pipeline run, except in a one-shot process, which
-leaves through exit_now() with its output flushed and its exit code."""
+leaves through processexit.exit_now() with its output flushed and its exit code."""
 import gc
 import subprocess
 import sys
@@ -22,7 +22,7 @@ def test_a_one_shot_process_keeps_it_off_and_exits_with_its_output_and_code():
     script = ("import gc, sys\nfrom ipt2xdp import gcpause\ngcpause.one_shot()\n"
               "with gcpause.paused():\n    pass\n"
               "print('collector', gc.isenabled(), end='')\nsys.stderr.write('to stderr')\n"
-              "gcpause.exit_now(3)\nprint('not reached')\n")
+              "from ipt2xdp.processexit import exit_now\nexit_now(3)\nprint('not reached')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert (done.returncode, done.stdout, done.stderr) == (3, "collector False", "to stderr")
 

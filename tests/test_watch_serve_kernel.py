@@ -12,6 +12,8 @@
   behalf of the caller that gave up on it.
 - Concurrent callers through the watcher lose no update; a peer not holding the wrapper's lock is
   refused.
+- The watcher keeps the replaced generation's maps and rewrites them in place from its third flip
+  on, still in step (tests/test_flip_rewrite_kernel.py compares such maps with full writes).
 """
 import json
 import os
@@ -23,7 +25,7 @@ import time
 
 import pytest
 
-from ipt2xdp import netns, pins
+from ipt2xdp import abi, netns, pins
 from ipt2xdp.wrapper.client import socket_path
 from tests.nsutil import read_log, start_watch, stop_watch, unload_and_close
 from tests.test_wrapper_kernel import BIN, in_step, real, wrapped
@@ -165,21 +167,25 @@ def test_concurrent_callers_through_the_watcher_lose_no_update(watched):
     assert status(ns, backend)["watcher"]["served"] == 6, read(log)
 
 
-def test_the_replaced_generation_is_released_after_the_answer(watched):
-    """The watcher frees the replaced generation's maps after answering (loader.release_replaced):
-    soon after a served change only the slot in force holds maps."""
+def test_the_watcher_rewrites_the_replaced_generation_in_place(watched):
+    """The watcher keeps the replaced generation's maps, and from its third flip on rewrites in
+    them only what differs (dataplane.py): the change flipped to is still exactly a fresh import's
+    plan, both slots hold maps, and the log says the maps were rewritten in place (an append and a
+    delete leave every map's size as two flips before: all ten)."""
     backend, pair, proc, log = watched
     ns = pair.receiver
-    got = wrapped(ns, backend, "iptables", ["-w", "-A", "INPUT", "-s", "192.0.2.7", "-j", "DROP"])
-    assert (got.returncode, got.stderr) == (0, "")
+    rule = ["INPUT", "-s", "192.0.2.7", "-j", "DROP"]
+    for command in ("-A", "-D", "-A", "-D"):
+        got = wrapped(ns, backend, "iptables", ["-w", command, *rule])
+        assert (got.returncode, got.stderr) == (0, ""), got.stderr
+        assert_in_step_now(ns, backend, command)
+    served = [line for line in read(log).splitlines() if "served sync #" in line]
+    assert len(served) == 4, served
+    assert all(f"{len(abi.GEN_MAPS)} of {len(abi.GEN_MAPS)} maps rewritten in place" in line
+               for line in served[2:]), served
     code = ("import json; from ipt2xdp import abi, pins; from ipt2xdp.dataplane import Dataplane\n"
-            "dp = Dataplane.open_pinned(pins.pin_dir()); current = dp.read_state().last_slot\n"
-            "print(json.dumps({slot: [dp._inner_fd(s.name, slot) is not None for s in abi.GEN_MAPS.values()]\n"
-            "                  for slot in range(abi.GEN_SLOTS)}), current)")
-
-    def held():
-        slots, current = ns.run([sys.executable, "-c", code]).stdout.strip().rsplit(" ", 1)
-        return json.loads(slots), current
-    slots, current = held()
-    assert all(slots[current]), slots
-    wait_for(lambda: not any(any(v) for s, v in held()[0].items() if s != held()[1]), "the old slot released", 10)
+            "dp = Dataplane.open_pinned(pins.pin_dir())\n"
+            "print(json.dumps([[dp._inner_fd(s.name, slot) is not None for s in abi.GEN_MAPS.values()]\n"
+            "                  for slot in range(abi.GEN_SLOTS)]))")
+    time.sleep(1.0)  # past the watcher's idle clean-up (service.CLEANUP_IDLE): it frees no slot
+    assert json.loads(ns.run([sys.executable, "-c", code]).stdout) == [[True] * len(abi.GEN_MAPS)] * abi.GEN_SLOTS

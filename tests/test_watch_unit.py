@@ -198,3 +198,32 @@ def test_systemd_units_render_and_verify(tmp_path):
     bad.write_text(watch.replace("RestartSec=2s", "RestartSecs=2s"))
     verify = subprocess.run([analyze, "verify", "--man=no", str(bad)], capture_output=True, text=True)
     assert "Unknown key 'RestartSecs'" in verify.stderr
+
+
+def test_the_collector_stays_off_from_a_sync_until_the_clean_up(monkeypatch):
+    """Turned on again at the end of a sync, the collector would run the collections the sync put
+    off before the caller gets its answer; warm.collect() (after the answer) turns it on."""
+    import gc
+
+    from ipt2xdp.watch.warm import Warm
+
+    warm = Warm([])
+    outcomes = iter(["planned", RuntimeError("re-planning failed")])
+
+    def fake_sync(backend, counts_pid=None):
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+    monkeypatch.setattr(warm, "_sync", fake_sync)
+    assert gc.isenabled()
+    try:
+        assert warm.sync("nft") == "planned"
+        assert not gc.isenabled()
+        with pytest.raises(RuntimeError):
+            warm.sync("nft")
+        assert not gc.isenabled() and warm.uncollected == 2 and warm.collect_due
+        warm.collect()
+        assert gc.isenabled() and warm.uncollected == 0 and not warm.collect_due
+    finally:
+        gc.enable()

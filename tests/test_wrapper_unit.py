@@ -92,3 +92,44 @@ def test_rules_and_save_add_counts():
                                            "[3:30] -A X -s 1.2.3.4/32 -j DROP\nCOMMIT\n")
     plain = "*filter\n:INPUT ACCEPT [1:2]\n-A INPUT -j X\nCOMMIT\n"
     assert rewrite.save(plain, counts) == "*filter\n:INPUT ACCEPT [3:4]\n-A INPUT -j X\nCOMMIT\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["-w", "-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"], ["-I", "INPUT", "3", "-j", "ACCEPT"],
+    ["-t", "nat", "-D", "PREROUTING", "2"], ["-E", "OLD", "NEW"], ["-F"], ["-P", "FORWARD", "DROP"],
+    ["-R", "INPUT", "1", "-j", "DROP"], ["-A", "INPUT", "-j", "DROP", "-D", "INPUT", "1"],
+])
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_the_change_record_is_countmaps(args, backend):
+    """The wrapper builds countmap.Change's JSON without importing countmap: it must be exactly
+    what Change.to_json() gives for the same command (the watcher and the counts read it back)."""
+    import json
+
+    from ipt2xdp import wrapper
+    from ipt2xdp.wrapper.countmap import Change
+
+    cmd = cmdline.parse_iptables(args)
+    record = wrapper._rule_change(cmd, backend)
+    letters = sorted(cmd.commands & set("ADRINEPFX"))
+    expected = Change(table=cmd.table, command=letters[0] if len(letters) == 1 else "", chain=cmd.chain,
+                      rulenum=cmd.position, new_chain=cmd.new_chain, legacy=backend == "legacy")
+    assert json.dumps(record) == json.dumps(expected.to_json())
+    assert Change.from_json(json.loads(json.dumps(record))) == expected
+
+
+@pytest.mark.parametrize("noflush", [False, True])
+def test_the_restore_change_record_is_countmaps(noflush):
+    import json
+
+    from ipt2xdp import wrapper
+    from ipt2xdp.wrapper.countmap import Change
+
+    text = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT DROP [0:0]\n:BL - [0:0]\n-A BL -j DROP\nCOMMIT\n"
+    cmd = cmdline.parse_restore(["--noflush"] if noflush else [])
+    record = wrapper._restore_change(cmd, text, "nft")
+    tables = frozenset({"nat", "filter"})
+    chains = frozenset({("nat", "PREROUTING"), ("filter", "INPUT"), ("filter", "BL")})
+    expected = Change(command="restore", touched_tables=tables, replaced_tables=frozenset() if noflush else tables,
+                      set_chains=chains if noflush else frozenset())
+    assert json.dumps(record) == json.dumps(expected.to_json())
+    assert Change.from_json(json.loads(json.dumps(record))) == expected

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 from ipt2xdp.wrapper.client import socket_path
 
 _UCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
-MAX_LINE = 512
+MAX_LINE = 1 << 20  # a begin carries its change: a restore --noflush names every chain it sets
 
 
 class AlreadyServed(Exception):
@@ -31,6 +31,9 @@ class Session:
         self.sock = sock
         self.buffer = b""
         self.begun: Optional[tuple] = None  # (enforcing before, stale mark) between begin and done
+        # Work that need not delay the answer (dispatch() may set it): run right after the reply,
+        # while the caller goes on (after "begin": its real command runs meanwhile).
+        self.after_reply: Optional[Callable[[], None]] = None
         pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         self.pid, self.uid = pid, uid
 
@@ -46,7 +49,8 @@ class Session:
 
 
 class SyncServer:
-    """Listens; handle() reads what is ready and calls dispatch(session, words) -> answer line,
+    """Listens; handle() reads what is ready and calls dispatch(session, words) -> answer line
+    (words: the request line split in at most three: "begin", the pid, the change's JSON),
     or gone(session) when a caller's connection ends between begin and done."""
 
     def __init__(self, netns: int, dispatch: Callable[[Session, List[str]], str], gone: Callable[[Session], None]):
@@ -117,10 +121,13 @@ class SyncServer:
                 return
         while b"\n" in session.buffer:
             line, session.buffer = session.buffer.split(b"\n", 1)
-            words = line.decode("utf-8", "replace").split()
+            words = line.decode("utf-8", "replace").split(None, 2)  # begin's third word: JSON
             if words and words[0] == "begin" and _peer_closed(session.sock):
                 continue  # the caller gave up waiting: do not defer on behalf of nobody
             session.reply(self.dispatch(session, words))
+            after, session.after_reply = session.after_reply, None
+            if after is not None:
+                after()
 
     def _close(self, session: Session) -> None:
         self.sessions.pop(session.sock.fileno(), None)

@@ -42,10 +42,14 @@ EXIT_FAILED = 1       # the triggers could not be set up (no CAP_NET_ADMIN, no n
 EXIT_USAGE = 2        # bad arguments
 
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
-# What a served sync leaves (the cycle collection, 0.15-0.3 s at 10k rules; freeing the replaced
-# generation's maps) waits until no wrapper call has come for this long: callers come in bursts
+# What a served sync leaves (the cycle collection, 0.15-0.3 s at 10k rules; freeing what the sync
+# made) waits until no wrapper call has come for this long: callers come in bursts
 # (fail2ban, Docker), and the next one's "begin" would otherwise wait for it.
 CLEANUP_IDLE = 0.5
+# ... or after this many served syncs in a row without a pause: the collector is off from a sync
+# until the clean-up, and what each sync made is kept until then (warm.py; 15-20 MB at 10k rules),
+# so a flood of calls must not pile them up.
+CLEANUP_EVERY = 4
 LOCK_RETRY = 0.1      # the wrapper's lock was held (a caller mid-change): try the re-import again after
 
 
@@ -92,23 +96,26 @@ class Watcher:
         deferring if a relaxing change was seen)."""
         from ipt2xdp.wrapper import sync
 
-        with sync.wrapper_lock(-1):
-            # What changes after this point is reported again. Checked, not just rebased: the cached
-            # host facts follow what each change can move (a legacy change the legacy tables, ...).
-            changes = [c for t in self.triggers for c in self._check(t)]
-            self.warm.note(changes)
-            if any(c.relaxing for c in changes):  # in force until the flip below
-                self.defer_now(changes)
-            log(f"{reasons}: {self.warm.sync(self.backend)}")
-        self.warm.collect()
+        try:
+            with sync.wrapper_lock(-1):
+                # What changes after this point is reported again. Checked, not just rebased: the
+                # cached host facts follow what each change can move (a legacy change the legacy
+                # tables, ...).
+                changes = [c for t in self.triggers for c in self._check(t)]
+                self.warm.note(changes)
+                if any(c.relaxing for c in changes):  # in force until the flip below
+                    self.defer_now(changes)
+                log(f"{reasons}: {self.warm.sync(self.backend)}")
+        finally:
+            self.warm.collect()  # also after a failed sync: the collector is on again
 
     # ------------------------------------------------------------------- the wrapper's requests
     def dispatch(self, session: Session, words: List[str]) -> str:
         try:
             if words == ["status"]:
                 return "ok " + json.dumps({"pid": os.getpid(), "served": self.warm.served, "last": self.warm.last})
-            if len(words) == 2 and words[0] == "begin":
-                return self._begin(session)
+            if len(words) in (2, 3) and words[0] == "begin":
+                return self._begin(session, words[2] if len(words) == 3 else None)
             if len(words) == 2 and words[0] == "done" and words[1].lstrip("-").isdigit():
                 return self._done(session, int(words[1]))
         except Exception as error:  # noqa: BLE001 - answer, keep watching
@@ -116,26 +123,47 @@ class Watcher:
             return f"error {error}".replace("\n", " ")
         return "error unknown request"
 
-    def _begin(self, session: Session) -> str:
-        from ipt2xdp.wrapper import sync
+    def _begin(self, session: Session, change_json: Optional[str] = None) -> str:
+        """change_json: what the caller's command does to the rule objects (countmap.Change's
+        JSON); recorded for the flip that ends this deferral, bound to the generation in force
+        (the caller holds the lock: no other flip comes in between), right after the answer:
+        while the caller's real command runs, and before its "done" is read."""
+        from ipt2xdp import loader
+        from ipt2xdp.wrapper import countmap, sync, xdpcounts
 
         try:
             with sync.wrapper_lock(-1):
                 return "error the caller does not hold the wrapper's lock"
         except sync.LockTimeout:
             pass  # held, as it must be: by the caller
+        # Checked before deferring: a record this watcher cannot read makes the caller re-plan
+        # itself (it records the change its own way), not lose the counts' positions.
+        change = countmap.Change.from_json(json.loads(change_json)) if change_json is not None else None
         session.begun = sync.begin()
+        if change is not None:
+            def record() -> None:
+                try:
+                    xdpcounts.expect(change, pid=session.pid, after=loader.generation_ident() or "")
+                except Exception as error:  # noqa: BLE001 - counts then follow rule text
+                    log(f"wrapper pid {session.pid}: could not record its change for the counts: {error}")
+            session.after_reply = record
         return "ok"
 
     def _done(self, session: Session, rc: int) -> str:
         """The caller's real command ended with rc, the wrapper's lock still held by the caller."""
-        from ipt2xdp.wrapper import sync
-
         started = time.monotonic()
         if session.begun is None:
             return "error done without begin"
         enforcing, mark = session.begun
         session.begun = None
+        try:
+            return self._sync_for(session, rc, enforcing, mark, started)
+        finally:
+            self._forget_change(session)
+
+    def _sync_for(self, session: Session, rc: int, enforcing: bool, mark: int, started: float) -> str:
+        from ipt2xdp.wrapper import sync
+
         if rc != 0:
             sync.abort(enforcing, mark)
             return "ok unchanged"
@@ -158,7 +186,17 @@ class Watcher:
     def _gone(self, session: Session) -> None:
         """A caller vanished between begin and done: its command may or may not have changed
         netfilter (and may still be running). XDP keeps deferring; re-import once the lock is free."""
+        self._forget_change(session)
         self._add([Change("wrapper", f"pid {session.pid} ended without finishing its change")], time.monotonic())
+
+    def _forget_change(self, session: Session) -> None:
+        """The caller's change record, if the flip did not use it (it failed, or did not happen)."""
+        from ipt2xdp.wrapper import xdpcounts
+
+        try:
+            xdpcounts.expect(None, pid=session.pid)
+        except Exception:  # noqa: BLE001 - a leftover record names a generation no flip replaces again
+            pass
 
     # --------------------------------------------------------------------------------- the loop
     def _check(self, trigger: Trigger) -> List[Change]:
@@ -202,6 +240,8 @@ class Watcher:
             # A sync drained the triggers; what arrived while it ran is read now, not next turn.
             readable = select.select(list(fds), [], [], 0)[0]
             self.cleanup_at = time.monotonic() + CLEANUP_IDLE  # moved on by every request
+            if self.warm.uncollected >= CLEANUP_EVERY:
+                self.cleanup_at = time.monotonic()  # the caller has its answer: now
         now = time.monotonic()
         if self.cleanup_at is not None and now >= self.cleanup_at:
             self.cleanup_at = None

@@ -16,6 +16,10 @@ and not the set-up around it.
   nothing is planned (the change was undone, or was already planned).
 - Each rule's translation into classifier terms (plan.TERM_MEMO), reused for the rules that did
   not change while the host facts stay the same object; dropped when they change.
+- The replaced generation's maps, and what this process wrote in them (dataplane._WRITTEN): the
+  next flip rewrites in them only the entries that differ instead of filling new maps.
+- Until the caller has its answer: the collector's work and the freeing of what the sync made
+  (collect()).
 """
 from __future__ import annotations
 
@@ -55,24 +59,27 @@ class Warm:
         self._parse = None  # parse.ParseMemo of the syncs so far
         self.served = 0
         self.collect_due = False
-        self.release_due = False  # a flip left the replaced generation's maps for collect()
+        self.uncollected = 0  # syncs since the last collect()
+        self._collector_off = False  # sync() turned the cycle collector off; collect() turns it on
+        # What a sync made and no longer needs (the parsed ruleset, the plan, the compiled maps):
+        # freed by collect(), after the answer (freeing them costs 20-25 ms at 10k rules).
+        self._leftovers: list = []
         self.last: Dict[str, object] = {}
 
     def collect(self) -> None:
         """What the last sync left, done after its caller was answered (`ipt2xdp watch`: once no
-        call has come for a moment, service.CLEANUP_IDLE): the replaced generation's
-        maps freed (a grace period's wait), the cycles collected."""
-        if self.release_due:
-            from ipt2xdp import loader
-
-            self.release_due = False
-            try:
-                loader.release_replaced()
-            except Exception:  # noqa: BLE001 - the next flip replaces them anyway
-                pass
+        call has come for a moment, service.CLEANUP_IDLE): the cycles collected. (The replaced
+        generation's maps are kept: the next flip rewrites in them only what differs, see
+        dataplane.py; they cost about 5 MB at 10k rules.) The collector, off since sync(), runs
+        again from here on."""
+        self._leftovers.clear()
         if self.collect_due:
             self.collect_due = False
             gc.collect()
+        self.uncollected = 0
+        if self._collector_off:
+            self._collector_off = False
+            gc.enable()
 
     def note(self, changes) -> None:
         """Changes the triggers reported: forget the host facts they may have changed."""
@@ -142,22 +149,25 @@ class Warm:
 
         Python's cycle collector is off meanwhile: a plan allocates millions of objects, and in a
         process whose heap holds the last plan's rules and the memo, each full collection walks all
-        of it (at 10k rules a sync took 6-7.5 s with it, 4-4.6 s without). The garbage is collected
-        once the caller has its answer (collect())."""
-        from ipt2xdp import gcpause
-
+        of it (at 10k rules a sync took 6-7.5 s with it, 4-4.6 s without). It stays off until
+        collect(), after the caller has its answer: turned on at the end of the sync, the first
+        allocations set off the collections the sync's millions of objects had put off (20-30 ms
+        at 10k rules, before the answer went out)."""
+        if gc.isenabled():
+            gc.disable()
+            self._collector_off = True
         try:
-            with gcpause.paused():
-                return self._sync(backend, counts_pid)
+            return self._sync(backend, counts_pid)
         finally:
             self.collect_due = True
+            self.uncollected += 1
 
     def _sync(self, backend: Optional[str], counts_pid: Optional[int] = None) -> str:
         """counts_pid: the wrapper process the flip is for (its pending change moves the counts)."""
+        from ipt2xdp import abi, drift, loader, planstore
         from ipt2xdp import backend as backends
-        from ipt2xdp import drift, loader, planstore
         from ipt2xdp.parse import parse
-        from ipt2xdp.render import render
+        from ipt2xdp.render import canonical
         from ipt2xdp.wrapper import realbin, sync
 
         started = time.monotonic()
@@ -173,15 +183,16 @@ class Warm:
             text = backends.save(backend)
             times["read"] = time.monotonic() - started
             ruleset = parse(text, f"<iptables-{backend}-save>", self._parse_memo(text))
-            rendered = render(ruleset.without_positions())
-            live_key = planstore.digest(rendered, devices)
+            # The canonical text tells whether anything changed; a wrapper's change flips anyway (below),
+            # and the import renders the text from the rule texts its plan makes.
+            rendered = canonical(ruleset) if counts_pid is None else None
             times["parse"] = time.monotonic() - started - times["read"]
             mark = time.monotonic()
             host = self.host(devices, backend, [t.name for t in ruleset.tables])
             times["host"] = time.monotonic() - mark
             # A wrapper's change (counts_pid) flips even to the same text: `-R` of a rule by an
             # identical one restarts its counters, and the flip is what carries counts by the command.
-            if (counts_pid is None and record and live_key == key
+            if (rendered is not None and record and planstore.digest(rendered, devices) == key
                     and record.get("host_digest") == drift.host_digest(host)):
                 deferring = info.get("deferring_all")
                 if deferring:
@@ -192,12 +203,15 @@ class Warm:
                 mark = time.monotonic()
                 if self.host_trigger is not None:  # the host object is reused only with its trigger
                     self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
-                self.release_due = True  # also when the flip failed midway: releasing is harmless
-                sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
-                            counts_pid=counts_pid, release_later=True)
+                applied = sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
+                                      counts_pid=counts_pid, release_later=True, keep=self._leftovers)
                 times["plan+flip"] = time.monotonic() - mark
-                generation = loader.status(include_counters=False).get("generation")
-                what = f"re-imported iptables-{backend}'s ruleset, generation {generation}"
+                if applied is None:
+                    what = "ipt2xdp is not loaded in this network namespace; nothing to do"
+                else:
+                    what = (f"re-imported iptables-{backend}'s ruleset, generation {applied.generation}, "
+                            f"{len(applied.rewritten)} of {len(abi.GEN_MAPS)} maps rewritten in place")
         total = time.monotonic() - started
+        self._leftovers.append((ruleset, text))
         self.last = {"what": what, "seconds": round(total, 3), **{k: round(v, 3) for k, v in times.items()}}
         return f"{what} ({total:.2f} s: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()) + ")"

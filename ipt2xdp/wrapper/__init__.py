@@ -34,19 +34,25 @@ def _iptables(argv0: str, args: list, backend: str) -> int:
     return _counted_listing(argv0, args, backend, cmd, zeroing)
 
 
-def _rule_change(cmd, backend: str):
-    """What an iptables command does to the kernel's rule objects, for XDP's counts to follow."""
-    from ipt2xdp.wrapper import countmap
+def _change_record(table: "str | None" = "filter", command: str = "", chain=None, rulenum=None, new_chain=None,
+                   legacy: bool = False, replaced_tables=(), touched_tables=(), set_chains=()) -> dict:
+    """countmap.Change(...).to_json(), built without importing countmap (its dataclasses cost a
+    served call about 15 ms of imports); tests/test_wrapper_unit.py holds them equal."""
+    return {"table": table, "command": command, "chain": chain, "rulenum": rulenum, "new_chain": new_chain,
+            "legacy": legacy, "replaced_tables": sorted(replaced_tables), "touched_tables": sorted(touched_tables),
+            "set_chains": sorted(list(c) for c in set_chains)}
 
+
+def _rule_change(cmd, backend: str) -> dict:
+    """What an iptables command does to the kernel's rule objects, for XDP's counts to follow
+    (countmap.Change's JSON)."""
     letters = sorted(cmd.commands & set("ADRINEPFX"))
-    return countmap.Change(table=cmd.table, command=letters[0] if len(letters) == 1 else "", chain=cmd.chain,
-                           rulenum=cmd.position, new_chain=cmd.new_chain, legacy=backend == "legacy")
+    return _change_record(table=cmd.table, command=letters[0] if len(letters) == 1 else "", chain=cmd.chain,
+                          rulenum=cmd.position, new_chain=cmd.new_chain, legacy=backend == "legacy")
 
 
-def _restore_change(cmd, text: str, backend: str):
-    """What an iptables-restore input does to the kernel's counters (see countmap.Change)."""
-    from ipt2xdp.wrapper import countmap
-
+def _restore_change(cmd, text: str, backend: str) -> dict:
+    """What an iptables-restore input does to the kernel's counters (countmap.Change's JSON)."""
     tables, chains, table = set(), set(), None
     for line in text.splitlines():
         line = line.strip()
@@ -58,31 +64,21 @@ def _restore_change(cmd, text: str, backend: str):
     if cmd.table:
         tables &= {cmd.table}
         chains = {c for c in chains if c[0] == cmd.table}
-    return countmap.Change(command="restore", legacy=backend == "legacy", touched_tables=frozenset(tables),
-                           replaced_tables=frozenset() if cmd.noflush else frozenset(tables),
-                           set_chains=frozenset(chains) if cmd.noflush else frozenset())
+    return _change_record(command="restore", legacy=backend == "legacy", touched_tables=tables,
+                          replaced_tables=() if cmd.noflush else tables,
+                          set_chains=chains if cmd.noflush else ())
 
 
-_ONE_SHOT = False  # set by entry(): this process ends after the call (gcpause.one_shot)
+_ONE_SHOT = False  # set by entry(): this process ends after the call (sync.replan: gcpause.one_shot)
 
 
-def _changing(backend: str, wait, change, command) -> int:
-    """sync.run_changing(), telling the flip it ends which change XDP's counts follow."""
-    from ipt2xdp.wrapper import sync, xdpcounts
+def _changing(backend: str, wait, change: dict, command) -> int:
+    """sync.run_changing(), telling the flip it ends which change XDP's counts follow (change:
+    countmap.Change's JSON; handed to `ipt2xdp watch` with the request, or recorded here by
+    xdpcounts.expect() when this process re-plans itself)."""
+    from ipt2xdp.wrapper import sync
 
-    if _ONE_SHOT:
-        from ipt2xdp import gcpause
-
-        gcpause.one_shot()
-
-    try:
-        xdpcounts.expect(change)
-    except Exception:  # noqa: BLE001 - counts then follow rule text; never block the change
-        pass
-    try:
-        return sync.run_changing(backend, wait, command)
-    finally:
-        xdpcounts.expect(None)
+    return sync.run_changing(backend, wait, command, change)
 
 
 def _counted_listing(argv0, args, backend, cmd, zeroing) -> int:
@@ -165,13 +161,13 @@ def _restore(argv0: str, args: list, backend: str) -> int:
 
 def entry() -> None:
     """The wrapper commands as a process: main(), then exit without the interpreter's teardown
-    (gcpause.exit_now: a re-plan in this process leaves millions of objects to free)."""
+    (processexit.exit_now: a re-plan in this process leaves millions of objects to free)."""
     global _ONE_SHOT
     _ONE_SHOT = True
     code = main()
-    from ipt2xdp import gcpause
+    from ipt2xdp.processexit import exit_now
 
-    gcpause.exit_now(code)
+    exit_now(code)
 
 
 def main(argv: "list | None" = None) -> int:

@@ -6,21 +6,24 @@ change costs the real command plus one re-plan, not Python importing the whole p
 first. The caller holds the wrapper's lock throughout, as without a watcher. One connection per
 change, two exchanges, one line each:
 
-    begin <pid>   -> ok                  the watcher made XDP defer (the stale mark moved first)
+    begin <pid> [<change>]
+                  -> ok                  the watcher made XDP defer (the stale mark moved first) and
+                                         recorded the change (countmap.Change's JSON, one line) for
+                                         the flip that ends it: XDP's counts follow the command
     (the real command runs here)
     done <rc>     -> ok <what it did>    rc 0: re-planned and flipped; else deferring ended if exact
                   -> error <why>         XDP keeps deferring; the watcher retries
 
 No socket, a refused connection (a watcher killed), no "ok" within BEGIN_TIMEOUT (a stopped
 or hung one), or a broken connection later: the caller does the XDP half itself, as it does
-without a watcher. Only the standard library is imported here, and little of it.
+without a watcher. Only the standard library is imported here, and little of it: the C `_socket`
+(the `socket` module and `typing` cost a served call about 10 ms of imports).
 """
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import sys
-from typing import Optional, Tuple
 
 SOCKET_NAME = "watch.sock"
 # A responsive watcher answers "begin" in milliseconds (one map write); it is not busy re-planning
@@ -39,7 +42,7 @@ class Unavailable(Exception):
     pass
 
 
-def _exchange(sock: socket.socket, line: str, timeout: float) -> str:
+def _exchange(sock: _socket.socket, line: str, timeout: float) -> str:
     """Send one line, return the one-line answer (without the newline)."""
     try:
         sock.settimeout(timeout)
@@ -50,12 +53,12 @@ def _exchange(sock: socket.socket, line: str, timeout: float) -> str:
             if not chunk:
                 raise Unavailable("the watcher closed the connection")
             data += chunk
-    except OSError as error:  # socket.timeout is an OSError
+    except OSError as error:  # a timeout is an OSError (TimeoutError)
         raise Unavailable(str(error) or type(error).__name__) from None
     return data[:-1].decode("utf-8", "replace")
 
 
-def connect(netns: Optional[int] = None, timeout: float = BEGIN_TIMEOUT) -> Optional[socket.socket]:
+def connect(netns: int | None = None, timeout: float = BEGIN_TIMEOUT) -> _socket.socket | None:
     """A connection to this namespace's watcher, or None when none listens."""
     if netns is None:
         from ipt2xdp.wrapper.locate import netns_cookie
@@ -64,7 +67,7 @@ def connect(netns: Optional[int] = None, timeout: float = BEGIN_TIMEOUT) -> Opti
     path = socket_path(netns)
     if not os.path.exists(path):
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
@@ -74,15 +77,21 @@ def connect(netns: Optional[int] = None, timeout: float = BEGIN_TIMEOUT) -> Opti
     return sock
 
 
-def run_changing(command) -> Tuple[Optional[int], bool]:
+def run_changing(command, change: dict | None = None) -> tuple[int | None, bool]:
     """(rc, handled): rc is the real command's exit code, or None when it did not run here (no
-    watcher: the caller does everything itself); handled says the watcher did the XDP half."""
+    watcher: the caller does everything itself); handled says the watcher did the XDP half.
+    change: countmap.Change's JSON, what the command does to the rule objects."""
     sock = connect()
     if sock is None:
         return None, False
-    with sock:
+    request = f"begin {os.getpid()}"
+    if change is not None:
+        import json
+
+        request += " " + json.dumps(change, separators=(",", ":"))  # JSON escapes newlines: one line
+    try:  # (a C socket: no `with`)
         try:
-            answer = _exchange(sock, f"begin {os.getpid()}", BEGIN_TIMEOUT)
+            answer = _exchange(sock, request, BEGIN_TIMEOUT)
         except Unavailable:
             return None, False
         if answer != "ok":
@@ -92,20 +101,23 @@ def run_changing(command) -> Tuple[Optional[int], bool]:
             answer = _exchange(sock, f"done {rc}", SYNC_TIMEOUT)
         except Unavailable:
             return rc, False
+    finally:
+        sock.close()
     if answer.startswith("error "):
         # Never the real tool's words: the same note the wrapper gives when its own re-plan fails.
         print(f"ipt2xdp: XDP keeps deferring everything to netfilter: {answer[6:]}", file=sys.stderr)
     return rc, True
 
 
-def ask_status(netns: Optional[int] = None, timeout: float = 1.0) -> Optional[str]:
+def ask_status(netns: int | None = None, timeout: float = 1.0) -> str | None:
     """The watcher's one-line JSON status (served count, pid), or None when none answers."""
     sock = connect(netns, timeout)
     if sock is None:
         return None
-    with sock:
-        try:
-            answer = _exchange(sock, "status", timeout)
-        except Unavailable:
-            return None
+    try:
+        answer = _exchange(sock, "status", timeout)
+    except Unavailable:
+        return None
+    finally:
+        sock.close()
     return answer[3:] if answer.startswith("ok ") else None

@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import types
-from typing import Iterator, Optional, Tuple
+from collections.abc import Iterator  # not typing: its import alone costs a wrapper call ~4 ms
 
 from ipt2xdp.wrapper.locate import netns_cookie, pin_dir_fast  # noqa: F401 - also used as sync.<name>
 
@@ -37,13 +37,13 @@ class LockTimeout(Exception):
     pass
 
 
-def lock_path(netns: Optional[int] = None) -> str:
+def lock_path(netns: int | None = None) -> str:
     """The wrapper's lock file of a network namespace (default: the current one)."""
     return os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{netns if netns is not None else netns_cookie()}.lock")
 
 
 @contextlib.contextmanager
-def wrapper_lock(wait: Optional[float]) -> Iterator[None]:
+def wrapper_lock(wait: float | None) -> Iterator[None]:
     """Serialise wrapper updates in this namespace. wait: None or 0 = wait forever (what Debian's
     iptables 1.8.9 does with and without -w), N = give up after N seconds like `-w N`, a negative
     number = do not wait at all (`ipt2xdp watch`, which must keep serving the wrapper's requests)."""
@@ -141,7 +141,7 @@ def was_deferring() -> bool:
     return bool(loader.status(include_counters=False).get("deferring_all"))
 
 
-def begin() -> Tuple[bool, int]:
+def begin() -> tuple[bool, int]:
     """Defer everything before netfilter changes; returns whether XDP was enforcing before, and
     the stale mark, moved first: a re-plan that read the ruleset before this change (`ipt2xdp
     watch` still serving a caller that was killed, or one this caller stopped waiting for) then
@@ -164,24 +164,29 @@ def abort(enforcing_before: bool, mark: int) -> None:
         loader.defer_all(False)
 
 
-def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: Optional[int] = None,
-           release_later: bool = False) -> None:
+def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: int | None = None,
+           release_later: bool = False, keep: list | None = None):
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
     counts_pid: the wrapper process whose change this flip follows (default: this process);
-    release_later: the replaced generation's maps are left for loader.release_replaced()."""
-    from ipt2xdp import gcpause, loader
+    release_later: the replaced generation's maps are kept (`ipt2xdp watch`: its next flip rewrites in
+    them only what differs, dataplane.py; loader.release_replaced() frees them); keep: a list the
+    plan and its compiled maps are appended to, so that the caller frees them when it likes
+    (`ipt2xdp watch`: after its answer). Returns the flip's loader.ApplyResult (None: not loaded)."""
+    from ipt2xdp import gcpause, loader, wrapper
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
-        return
+        return None
+    if wrapper._ONE_SHOT:  # a wrapper process re-planning itself exits right after
+        gcpause.one_shot()
     with guarded_flip(), gcpause.paused():
-        _replan(info, backend_name, ruleset, host, text, counts_pid, release_later)
+        return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later, keep)
 
 
-def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: Optional[int] = None,
-            release_later: bool = False) -> None:
+def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: int | None = None,
+            release_later: bool = False, keep: list | None = None):
     from ipt2xdp import backend as backends
     from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -203,9 +208,12 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     args.release_later = release_later
     # carries XDP's counts (xdpcounts.after_flip)
     _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None)
+    if keep is not None:
+        keep.append(getattr(args, "planned", None))
+    return getattr(args, "applied", None)
 
 
-def lock_wait(backend_name: str, wait: Optional[float]) -> Optional[float]:
+def lock_wait(backend_name: str, wait: float | None) -> float | None:
     """How long to wait for the wrapper's lock: legacy iptables gives up after -w N seconds (and
     1.8.9 waits forever without -w); iptables-nft takes no lock and never fails for one, so the
     wrapper waits for its own (held for one re-plan at most) whatever -w says."""
@@ -221,8 +229,9 @@ def busy(wait: float) -> int:
     return 4
 
 
-def run_changing(backend_name: str, wait: Optional[float], command) -> int:
+def run_changing(backend_name: str, wait: float | None, command, change: dict | None = None) -> int:
     """Run command() (returns the real tool's exit code) with XDP deferring, then bring XDP in step.
+    change: what the command does to the rule objects (countmap.Change's JSON), for XDP's counts.
 
     The wrapper's lock is taken first, then the real legacy binary takes /run/xtables.lock itself
     (the wrapper cannot hold that one for it: the binary's own flock would block on it). So with
@@ -236,17 +245,40 @@ def run_changing(backend_name: str, wait: Optional[float], command) -> int:
     try:
         from ipt2xdp.wrapper import client
 
-        rc, handled = client.run_changing(command)  # `ipt2xdp watch` does the XDP half, if it runs here
+        # `ipt2xdp watch` does the XDP half, if it runs here, and records the change for the counts
+        rc, handled = client.run_changing(command, change)
         if handled:
             return rc
-        return _run_changing_here(backend_name, command, rc)
+        return _run_changing_here(backend_name, command, rc, change)
     finally:
         lock.__exit__(None, None, None)
 
 
-def _run_changing_here(backend_name: str, command, rc: Optional[int]) -> int:
+def _run_changing_here(backend_name: str, command, rc: int | None, change: dict | None = None) -> int:
     """The XDP half in this process. rc: the real command already ran with the watcher's deferral
-    in place and the watcher stopped answering; re-plan from the kernel whatever rc was."""
+    in place and the watcher stopped answering; re-plan from the kernel whatever rc was (the
+    watcher recorded the change for the counts when it began)."""
+    from ipt2xdp.wrapper import xdpcounts
+
+    try:
+        if rc is None and change is not None:
+            _expect(change)
+        return _changing_here(backend_name, command, rc)
+    finally:
+        xdpcounts.expect(None)
+
+
+def _expect(change: dict) -> None:
+    """This process's next flip follows change (xdpcounts.expect); never blocks the change."""
+    from ipt2xdp.wrapper import countmap, xdpcounts
+
+    try:
+        xdpcounts.expect(countmap.Change.from_json(change))
+    except Exception:  # noqa: BLE001 - counts then follow rule text
+        pass
+
+
+def _changing_here(backend_name: str, command, rc: int | None) -> int:
     if rc is not None:
         _replan_or_keep_deferring(backend_name)
         return rc

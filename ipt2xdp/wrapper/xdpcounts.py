@@ -107,23 +107,26 @@ def _pending_path(pid: int) -> str:
     return os.path.join(_directory(), f"{PENDING_PREFIX}{pid}.json")
 
 
-def expect(change: Optional[countmap.Change]) -> None:
+def expect(change: Optional[countmap.Change], pid: Optional[int] = None, after: Optional[str] = None) -> None:
     """The wrapper, before it runs a changing command: this process's next flip away from the
     generation in force follows this change (None: forget it). One file per process, as two
     wrapper calls may both be waiting for the lock; a flip in between (another caller's) makes the
-    record name a generation no longer in force, and the counts then follow rule text."""
-    from ipt2xdp import loader
-
-    path = _pending_path(os.getpid())
+    record name a generation no longer in force, and the counts then follow rule text.
+    `ipt2xdp watch` records it for the wrapper it serves: pid, that wrapper's; after, the
+    generation in force when it began (generation_id())."""
+    path = _pending_path(pid or os.getpid())
     if change is None:
         try:
             os.unlink(path)
         except OSError:
             pass
         return
-    ident = generation_id(loader.status(include_counters=False))
-    if ident:
-        _write(path, {"after": ident, "change": change.to_json()})
+    if after is None:
+        from ipt2xdp import loader
+
+        after = loader.generation_ident()
+    if after:
+        _write(path, {"after": after, "change": change.to_json()})
         _remove_orphans()
 
 
