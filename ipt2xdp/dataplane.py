@@ -22,7 +22,7 @@ before step 4 leaves the old generation in force; after it, the new one.
 Rewriting in place. A process that flips again and again (`ipt2xdp watch`) and keeps the replaced
 generation's maps (release=False, no release_replaced()) finds, at its next flip, the inactive
 slot holding maps it filled itself two flips ago. Step 1 then writes into those maps only the
-entries that differ from what it wrote there (_WRITTEN; the program itself writes only the
+entries that differ from what it wrote there (WRITTEN; the program itself writes only the
 counters, which are read and zeroed), after the barrier of step 2, and step 3 installs only the
 maps made afresh. A map is rewritten in place only when this process remembers what it holds,
 the slot still holds that very map (by map id: every other writer installs maps of its own, and a
@@ -38,8 +38,6 @@ import hashlib
 import json
 import os
 import struct
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -47,6 +45,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from ipt2xdp import abi, libbpf, pins, setguard
 from ipt2xdp.compile import Tables
 from ipt2xdp.errors import AbiMismatch, LoadError
+from ipt2xdp.mapwrite import (WRITTEN, ZERO_CHUNK, Background, Written, array_rewrite, concurrently, hash_rewrite,
+                              nonzero_entries, rcu_barrier)
 from ipt2xdp.resources import bpf_object_path
 
 PROG_PIN = "prog"
@@ -101,137 +101,6 @@ def check_abi(obj: libbpf.BpfObject) -> None:
             diffs.append(f"{shape.name}.inner: MaxEntries {l.bpf_map__max_entries(inner)} != {fixed}")
     if diffs:
         raise AbiMismatch(diffs)
-
-
-def rcu_barrier() -> None:
-    """Return only after every XDP program run that started before the call has finished."""
-    inner = libbpf.map_create(abi.BPF_MAP_TYPE_ARRAY, "ipt2xdp_sync", 4, 4, 1)
-    try:
-        outer = libbpf.map_create(abi.BPF_MAP_TYPE_ARRAY_OF_MAPS, "ipt2xdp_sync_o", 4, 4, 1, inner_map_fd=inner)
-        try:
-            libbpf.update_elem(outer, _u32(0), _u32(inner), what="waiting for running XDP programs")
-        finally:
-            os.close(outer)
-    finally:
-        os.close(inner)
-
-
-ZERO_CHUNK = 256  # entries per chunk tested for zero
-
-
-def _nonzero_entries(keys: bytes, values: bytes, count: int, value_size: int) -> Tuple[bytes, bytes, int]:
-    """The entries of an ARRAY map worth writing, in chunks: a new array is all zeros already, and
-    the big dense ones (value_class, addr_dir: 330k entries, about 1 us each to write) are zero
-    where the ruleset leaves a field alone. Chunks with any nonzero value are written whole."""
-    key_size = len(keys) // count if count else 0
-    zero = bytes(ZERO_CHUNK * value_size)
-    kept_keys, kept_values, kept = [], [], 0
-    for first in range(0, count, ZERO_CHUNK):
-        last = min(count, first + ZERO_CHUNK)
-        chunk = values[first * value_size:last * value_size]
-        if chunk != zero[:len(chunk)]:
-            kept_keys.append(keys[first * key_size:last * key_size])
-            kept_values.append(chunk)
-            kept += last - first
-    return b"".join(kept_keys), b"".join(kept_values), kept
-
-
-class _Background:
-    """fn() in a thread; join() waits and re-raises what it raised."""
-
-    def __init__(self, fn: Callable[[], None]):
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except BaseException as error:  # noqa: BLE001 - handed to the joining thread
-            self.error = error
-
-    def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
-def concurrently(calls: List[Callable[[], None]]) -> None:
-    """Run the calls in parallel threads, wait for all, raise the first error."""
-    running = [_Background(call) for call in calls]
-    errors = []
-    for job in running:
-        try:
-            job.join()
-        except BaseException as error:  # noqa: BLE001 - every job is waited for before raising
-            errors.append(error)
-    if errors:
-        raise errors[0]
-
-
-@dataclass
-class _Written:
-    """An inner map this process filled or rewrote, as it holds it now (arrays: values by index,
-    the entries past them zero; cfg with its generation stamped in)."""
-    map_id: int
-    max_entries: int
-    keys: bytes
-    values: bytes
-
-
-# What this process last wrote into each slot's inner maps, for one program (by its state map's
-# id: another program, or the same one pinned again, starts from nothing): {slot: {name: _Written}}.
-# "settled": the generation this process last flipped to and waited for (its final barrier): while
-# it is the one in force, nothing can still read the other slot, and the next flip needs no barrier
-# before it writes there.
-_WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None}
-REWRITE_CHUNK = 256  # array entries compared, and written when they differ, at a time
-
-
-def _array_rewrite(known: _Written, keys: bytes, values: bytes, key_size: int,
-                   value_size: int) -> Optional[Tuple[bytes, bytes, int]]:
-    """The writes that turn an array holding known into one holding (keys, values), as a fresh
-    array filled with them holds it. Arrays as compile makes them: keys 0..n-1 in order (what
-    _nonzero_entries and mapread assume too); None when either does not end at its count or the
-    two differ in their common part (then: a full write)."""
-    old_count, new_count = len(known.keys) // key_size, len(keys) // key_size
-    common = min(old_count, new_count) * key_size
-    for blob, count in ((known.keys, old_count), (keys, new_count)):
-        if count and int.from_bytes(blob[-key_size:], sys.byteorder) != count - 1:
-            return None
-    if known.keys[:common] != keys[:common]:
-        return None
-    out_keys, out_values, written = [], [], 0
-    old_values, new_values = known.values, values
-    for first in range(0, max(old_count, new_count), REWRITE_CHUNK):
-        last = min(max(old_count, new_count), first + REWRITE_CHUNK)
-        span = (last - first) * value_size
-        old = old_values[first * value_size:last * value_size]
-        new = new_values[first * value_size:last * value_size]
-        if old == new and len(old) == span:
-            continue
-        new = new.ljust(span, b"\0")  # past the new values: zero, as in a fresh array
-        if old.ljust(span, b"\0") == new:
-            continue
-        # the indexes of this chunk: the new keys where there are, the old ones past them
-        cut = max(first, min(last, new_count))
-        out_keys.append(keys[first * key_size:cut * key_size] + known.keys[cut * key_size:last * key_size])
-        out_values.append(new)
-        written += last - first
-    return b"".join(out_keys), b"".join(out_values), written
-
-
-def _hash_rewrite(known: _Written, keys: bytes, values: bytes, key_size: int,
-                  value_size: int) -> Tuple[List[bytes], bytes, bytes, int]:
-    """(keys to delete, then keys and values to write, their count) that turn a hash map holding
-    known into one holding (keys, values)."""
-    def entries(k: bytes, v: bytes) -> Dict[bytes, bytes]:
-        return {k[i:i + key_size]: v[j:j + value_size]
-                for i, j in zip(range(0, len(k), key_size), range(0, len(v), value_size))}
-    old, new = entries(known.keys, known.values), entries(keys, values)
-    stale = [key for key in old if key not in new]
-    changed = [key for key, value in new.items() if old.get(key) != value]
-    return stale, b"".join(changed), b"".join(new[key] for key in changed), len(changed)
 
 
 @dataclass
@@ -372,7 +241,7 @@ class Dataplane:
             values = struct.pack("=Q", generation) + values[8:]
         return max_entries, contents.keys, values
 
-    def _create_inner(self, name: str, tables: Tables, generation: int) -> Tuple[int, _Written]:
+    def _create_inner(self, name: str, tables: Tables, generation: int) -> Tuple[int, Written]:
         shape = abi.GEN_MAPS[name]
         max_entries, keys, values = self._contents(name, tables, generation)
         fd = libbpf.map_create(shape.map_type, f"i2x_{name}"[:15], shape.key_size, shape.value_size,
@@ -381,25 +250,25 @@ class Dataplane:
             count = len(keys) // shape.key_size
             written_keys, written_values = keys, values
             if shape.map_type == abi.BPF_MAP_TYPE_ARRAY:
-                keys, values, count = _nonzero_entries(keys, values, count, shape.value_size)
+                keys, values, count = nonzero_entries(keys, values, count, shape.value_size)
             libbpf.update_batch(fd, keys, values, count, f"filling map {name}")
-            return fd, _Written(libbpf.map_info(fd).id, max_entries, written_keys, written_values)
+            return fd, Written(libbpf.map_info(fd).id, max_entries, written_keys, written_values)
         except BaseException:
             os.close(fd)
             raise
 
-    def _remembered(self) -> Dict[int, Dict[str, _Written]]:
-        """_WRITTEN's slots for this program (emptied when it is another one)."""
+    def _remembered(self) -> Dict[int, Dict[str, Written]]:
+        """WRITTEN's slots for this program (emptied when it is another one)."""
         program = libbpf.map_info(self.map_fds[abi.MAP_STATE.name]).id
-        if _WRITTEN["program"] != program:
-            _WRITTEN.update(program=program, slots={}, settled=None)
-        return _WRITTEN["slots"]
+        if WRITTEN["program"] != program:
+            WRITTEN.update(program=program, slots={}, settled=None)
+        return WRITTEN["slots"]
 
-    def _rewritable(self, slot: int, tables: Tables, generation: int) -> Dict[str, Tuple[_Written, int]]:
+    def _rewritable(self, slot: int, tables: Tables, generation: int) -> Dict[str, Tuple[Written, int]]:
         """{name: (what the map holds, its fd)} of the inner maps of slot this process may rewrite
         in place for this generation (module docstring); the fds are the caller's to close."""
         known = self._remembered().get(slot, {})
-        out: Dict[str, Tuple[_Written, int]] = {}
+        out: Dict[str, Tuple[Written, int]] = {}
         try:
             for name, written in known.items():
                 max_entries, _keys, _values = self._contents(name, tables, generation)
@@ -420,7 +289,7 @@ class Dataplane:
             raise
         return out
 
-    def _rewrite_inner(self, name: str, fd: int, known: _Written, tables: Tables, generation: int) -> Optional[_Written]:
+    def _rewrite_inner(self, name: str, fd: int, known: Written, tables: Tables, generation: int) -> Optional[Written]:
         """Make the map fd (holding known) hold this generation's contents; None when it cannot
         be done by differences (then nothing was written)."""
         shape = abi.GEN_MAPS[name]
@@ -433,21 +302,21 @@ class Dataplane:
             if len(held) != max_entries * shape.value_size:
                 return None
             index = struct.pack(f"={max_entries}I", *range(max_entries))
-            counted, _, count = _nonzero_entries(index, held, max_entries, shape.value_size)
+            counted, _, count = nonzero_entries(index, held, max_entries, shape.value_size)
             libbpf.update_batch(fd, counted, bytes(count * shape.value_size), count, what)
-            return _Written(known.map_id, max_entries, b"", b"")
+            return Written(known.map_id, max_entries, b"", b"")
         if shape.map_type == abi.BPF_MAP_TYPE_ARRAY:
-            rewrite = _array_rewrite(known, keys, values, shape.key_size, shape.value_size)
+            rewrite = array_rewrite(known, keys, values, shape.key_size, shape.value_size)
             if rewrite is None:
                 return None
             libbpf.update_batch(fd, *rewrite, what)
         else:
-            stale, changed_keys, changed_values, count = _hash_rewrite(known, keys, values, shape.key_size,
+            stale, changed_keys, changed_values, count = hash_rewrite(known, keys, values, shape.key_size,
                                                                        shape.value_size)
             for key in stale:  # first: the map's size is the new generation's own
                 libbpf.delete_elem(fd, key)
             libbpf.update_batch(fd, changed_keys, changed_values, count, what)
-        return _Written(known.map_id, max_entries, keys, values)
+        return Written(known.map_id, max_entries, keys, values)
 
     def apply_generation(self, tables: Tables, record: Optional[dict] = None,
                          pause_hook: Optional[Callable[[str], None]] = None,
@@ -468,11 +337,11 @@ class Dataplane:
         target = (last + 1) % abi.GEN_SLOTS
         generation = st.generation + 1
         inner: Dict[str, int] = {}
-        written: Dict[str, _Written] = {}
-        reused: Dict[str, Tuple[_Written, int]] = {}
+        written: Dict[str, Written] = {}
+        reused: Dict[str, Tuple[Written, int]] = {}
         self.rewritten = []
         self._remembered()  # forgets what it knew of another program
-        barrier = None if _WRITTEN["settled"] == st.generation else _Background(rcu_barrier)
+        barrier = None if WRITTEN["settled"] == st.generation else Background(rcu_barrier)
         try:
             try:
                 reused = self._rewritable(target, tables, generation)
@@ -508,9 +377,9 @@ class Dataplane:
             self.write_state(target, target, generation)
             hook("flipped")
             slots[target] = written
-            _WRITTEN["settled"] = None
+            WRITTEN["settled"] = None
             rcu_barrier()
-            _WRITTEN["settled"] = generation
+            WRITTEN["settled"] = generation
         finally:
             for fd in list(inner.values()) + [fd for _old, fd in reused.values()]:
                 os.close(fd)

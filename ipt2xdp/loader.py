@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -19,6 +18,7 @@ from ipt2xdp import abi, devices, pins, setguard
 from ipt2xdp.compile import Tables
 from ipt2xdp.dataplane import META_ATTACH, PROG_PIN, Dataplane, object_digest, require_root
 from ipt2xdp.errors import LoadError
+from ipt2xdp.mapwrite import Background
 from ipt2xdp.resources import bpf_object_path
 
 __all__ = ["apply", "detach", "status", "read_counters", "defer_all", "release_replaced", "generation_ident",
@@ -56,20 +56,13 @@ class Preload:
 
     def __init__(self, object_path: Optional[str] = None):
         self._loaded: Optional[Dataplane] = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._load, args=(object_path,), name="ipt2xdp-preload", daemon=True)
-        self._thread.start()
+        self._job = Background(lambda: self._load(object_path))
 
     def _load(self, object_path: Optional[str]) -> None:
-        try:
-            self._loaded = Dataplane.load(object_path)
-        except BaseException as error:  # noqa: BLE001 - raised again by take(), in the caller's thread
-            self._error = error
+        self._loaded = Dataplane.load(object_path)
 
     def take(self) -> Dataplane:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+        self._job.join()  # raises what the load raised, in the caller's thread
         dp, self._loaded = self._loaded, None
         if dp is None:
             raise LoadError("the BPF object loaded ahead was already used", 0, "import again")
@@ -77,7 +70,10 @@ class Preload:
 
     def discard(self) -> None:
         """Close what was loaded, if nobody took it (the kernel frees an unpinned program)."""
-        self._thread.join()
+        try:
+            self._job.join()
+        except BaseException:  # noqa: BLE001 - nothing was loaded, so nothing to close
+            return
         if self._loaded is not None:
             self._loaded.close()
             self._loaded = None

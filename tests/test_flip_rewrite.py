@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from ipt2xdp.dataplane import REWRITE_CHUNK, _array_rewrite, _hash_rewrite, _Written
+from ipt2xdp.mapwrite import REWRITE_CHUNK, Written, array_rewrite, hash_rewrite
 
 
 def _array(values: bytes, value_size: int, max_entries: int) -> bytes:
@@ -31,7 +31,7 @@ def _random_values(rng, count: int, value_size: int, density: float) -> bytes:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_array_rewrite_equals_a_fresh_fill(seed):
+def testarray_rewrite_equals_a_fresh_fill(seed):
     rng = random.Random(seed)
     value_size, max_entries = rng.choice([4, 8, 16]), 3 * REWRITE_CHUNK + 17
     old_count, new_count = rng.randrange(0, max_entries + 1), rng.randrange(0, max_entries + 1)
@@ -42,7 +42,7 @@ def test_array_rewrite_equals_a_fresh_fill(seed):
             new[i * value_size:(i + 1) * value_size] = old[i * value_size:(i + 1) * value_size]
     new = bytes(new)
     held = bytearray(_array(old, value_size, max_entries))
-    keys, values, count = _array_rewrite(_Written(1, max_entries, _index(old_count), old), _index(new_count), new,
+    keys, values, count = array_rewrite(Written(1, max_entries, _index(old_count), old), _index(new_count), new,
                                          4, value_size)
     assert len(keys) == 4 * count and len(values) == value_size * count
     _apply_array(held, keys, values, value_size)
@@ -51,24 +51,24 @@ def test_array_rewrite_equals_a_fresh_fill(seed):
         assert count == 0
 
 
-def test_array_rewrite_writes_only_the_chunks_that_differ():
+def testarray_rewrite_writes_only_the_chunks_that_differ():
     value_size, count = 4, 10 * REWRITE_CHUNK
     old = bytes(range(256)) * (count * value_size // 256)
     new = bytearray(old)
     new[5 * REWRITE_CHUNK * value_size] ^= 1
-    keys, values, written = _array_rewrite(_Written(1, count, _index(count), old), _index(count), bytes(new), 4,
+    keys, values, written = array_rewrite(Written(1, count, _index(count), old), _index(count), bytes(new), 4,
                                            value_size)
     assert written == REWRITE_CHUNK
     assert struct.unpack_from("=I", keys, 0)[0] == 5 * REWRITE_CHUNK
 
 
-def test_array_rewrite_refuses_arrays_indexed_differently():
+def testarray_rewrite_refuses_arrays_indexed_differently():
     old_keys, new_keys = _index(4), struct.pack("=4I", 0, 1, 3, 2)
-    assert _array_rewrite(_Written(1, 8, old_keys, bytes(16)), new_keys, bytes(16), 4, 4) is None
+    assert array_rewrite(Written(1, 8, old_keys, bytes(16)), new_keys, bytes(16), 4, 4) is None
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_hash_rewrite_equals_a_fresh_fill(seed):
+def testhash_rewrite_equals_a_fresh_fill(seed):
     rng = random.Random(seed)
     key_size, value_size = 12, 4
     universe = [bytes(rng.randrange(256) for _ in range(key_size)) for _ in range(300)]
@@ -76,7 +76,7 @@ def test_hash_rewrite_equals_a_fresh_fill(seed):
     new = {k: old[k] if k in old and rng.random() < 0.8 else bytes(rng.randrange(256) for _ in range(value_size))
            for k in rng.sample(universe, rng.randrange(300))}
     held = dict(old)
-    stale, keys, values, count = _hash_rewrite(_Written(1, 300, b"".join(old), b"".join(old.values())),
+    stale, keys, values, count = hash_rewrite(Written(1, 300, b"".join(old), b"".join(old.values())),
                                                b"".join(new), b"".join(new.values()), key_size, value_size)
     for key in stale:
         del held[key]

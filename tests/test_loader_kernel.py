@@ -192,7 +192,7 @@ def test_an_object_loaded_ahead_serves_a_first_apply_and_is_freed_over_a_pinned_
             ahead.take()  # apply took it
         pinned_id = loader.status()["program_id"]
         second = loader.Preload()
-        second._thread.join()
+        second._job.join()
         unused_id = second._loaded.prog_id
         assert unused_id != pinned_id and _program_exists(unused_id)
         result = loader.apply(compile(RULES, DROP), [p.receiver_if], "native", preload=second)

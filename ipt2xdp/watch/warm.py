@@ -16,7 +16,7 @@ and not the set-up around it.
   nothing is planned (the change was undone, or was already planned).
 - Each rule's translation into classifier terms (plan.TERM_MEMO), reused for the rules that did
   not change while the host facts stay the same object; dropped when they change.
-- The replaced generation's maps, and what this process wrote in them (dataplane._WRITTEN): the
+- The replaced generation's maps, and what this process wrote in them (mapwrite.WRITTEN): the
   next flip rewrites in them only the entries that differ instead of filling new maps.
 - Until the caller has its answer: the collector's work and the freeing of what the sync made
   (collect()).
