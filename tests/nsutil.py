@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Helpers for kernel tests: run Python code inside a test namespace, send and receive UDP, read
 an iptables counter. Everything happens inside namespaces made by ipt2xdp.netns."""
+import contextlib
 import socket
 import subprocess
 import sys
@@ -9,6 +10,25 @@ import sys
 def inside(ns):
     """Run the body with this thread in the namespace (sockets made here stay in it)."""
     return ns.entered()
+
+
+@contextlib.contextmanager
+def entered_namespace(prefix: str):
+    """A fresh namespace with forwarding off, this thread inside it for the body; deleted after.
+
+    BPF_PROG_TEST_RUN runs in the caller's network namespace, and before a DROP the program asks
+    that namespace's routing (bpf_fib_lookup). With forwarding off every destination counts as
+    delivered locally, so the tables do not depend on the host's routes and sysctls.
+    """
+    from ipt2xdp import netns
+
+    ns = netns.create_namespace(prefix)
+    try:
+        ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        with inside(ns):
+            yield ns
+    finally:
+        netns.delete_namespace(ns.name)
 
 
 def unload(pair):

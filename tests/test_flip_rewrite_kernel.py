@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-from ipt2xdp import abi, libbpf, netns, pins
+from ipt2xdp import abi, libbpf, pins
 from ipt2xdp.classifier import ACCEPT, DROP, ClassifierRule, IntervalSet, Match
-from tests.nsutil import inside
+from tests.nsutil import entered_namespace
 
 pytestmark = pytest.mark.kernel
 TCP_ = frozenset({6})
@@ -114,13 +114,8 @@ def count_traffic(tables) -> None:
 
 @pytest.fixture
 def namespace():
-    ns = netns.create_namespace("flip")
-    try:
-        ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
-        with inside(ns):
-            yield ns
-    finally:
-        netns.delete_namespace(ns.name)
+    with entered_namespace("flip") as ns:
+        yield ns
 
 
 def _foreign_flip(ns, step: str) -> None:
