@@ -56,13 +56,21 @@ class Preload:
 
     def __init__(self, object_path: Optional[str] = None):
         self._loaded: Optional[Dataplane] = None
+        # The ipset guard map is shared by pinning (setguard.share_map): an object loaded before
+        # the guard pinned its map has a map of its own, which the guard never writes.
+        self._guard_map_shared = os.path.exists(setguard.map_pin_path())
         self._job = Background(lambda: self._load(object_path))
 
     def _load(self, object_path: Optional[str]) -> None:
         self._loaded = Dataplane.load(object_path)
 
-    def take(self) -> Dataplane:
+    def take(self) -> Optional[Dataplane]:
+        """The object loaded ahead, or None when it cannot serve (the guard map was pinned after
+        it loaded: load again, now sharing it)."""
         self._job.join()  # raises what the load raised, in the caller's thread
+        if not self._guard_map_shared and os.path.exists(setguard.map_pin_path()):
+            self.discard()
+            return None
         dp, self._loaded = self._loaded, None
         if dp is None:
             raise LoadError("the BPF object loaded ahead was already used", 0, "import again")
@@ -88,7 +96,8 @@ def _open_or_load(directory: str, object_path: Optional[str], preload: Optional[
                   ) -> Tuple[Dataplane, bool]:
     dp = Dataplane.open_pinned(directory)
     if dp is None:
-        return (preload.take() if preload is not None else Dataplane.load(object_path)), True
+        ahead = preload.take() if preload is not None else None
+        return (ahead if ahead is not None else Dataplane.load(object_path)), True
     if preload is not None:
         preload.discard()
     path = str(object_path or bpf_object_path())
