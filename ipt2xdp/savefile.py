@@ -51,6 +51,7 @@ class ParseMemo:
         self.tables: Dict[str, Tuple[set, Dict[str, List[ir.Rule]]]] = {}
         # table name -> its last run of rule lines (_Block); see _Builder._same_lines
         self.blocks: Dict[str, _Block] = {}
+        self.seen = None  # the last file lark parsed (savesplice.Seen)
 
 
 # A line's outcome in a run: (chain name, its rules), or None where it took the slow path (rule()).

@@ -106,3 +106,51 @@ def test_lines_at_the_same_place_are_the_same_rules():
     second = parse(edited, "s", memo).table("filter").chain("INPUT").rules
     assert [a is b for a, b in zip(first, second)] == [True] * 3 + [False] + [True] * 5
     assert second[3].target.name == "ACCEPT" and second[3].span.line == 9
+
+
+NEW_LINES = ["-A INPUT -s 192.0.2.7/32 -j DROP", "  -A INPUT -p udp --dport 53 -j ACCEPT  ", "# a comment", "",
+             "COMMIT", ":extra - [0:0]", '-A INPUT -m comment --comment "two words" -j DROP',
+             '-A INPUT -m comment --comment "unterminated -j DROP', "-A INPUT -j DROP #", "[1:2] -A INPUT -j DROP",
+             "-A nowhere -j DROP", "-I INPUT 1 -s 10.1.1.1 -j DROP", "-A INPUT -j", "*filter", "-A INPUT ! -s 10.0.0.1 -j DROP",
+             "\t-A INPUT -s 10.0.0.9 -j ACCEPT", "-A INPUT -j DROP \r"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_file_edited_line_by_line_parses_as_a_plain_parse(seed):
+    """The memo builds a file that differs only inside one run of rule lines from the last one
+    without lark (savesplice.py); whatever the edit (a rule line, a comment, a blank line, a table
+    or chain line, a broken line, at a run's edge or outside any), the result or the errors are a
+    plain parse's."""
+    import random
+    rng = random.Random(seed)
+    lines = (RUN if seed % 2 else random_ruleset(seed)).split("\n")[:-1]
+    memo = ParseMemo()
+    for step in range(12):
+        at = rng.randrange(len(lines) + 1)
+        kind = rng.random()
+        if kind < 0.45 or not lines:
+            lines.insert(at, rng.choice(NEW_LINES))
+        elif kind < 0.75:
+            del lines[min(at, len(lines) - 1)]
+        else:
+            lines[min(at, len(lines) - 1)] = rng.choice(NEW_LINES)
+        text = "\n".join(lines) + "\n"
+        assert _parsed(text, "e", memo) == _parsed(text, "e"), (step, text)
+
+
+def test_an_edit_inside_a_run_is_not_lexed_again(monkeypatch):
+    from ipt2xdp.parse import lark_parser
+    parser = lark_parser()
+    edited = RUN.replace("--dport 4 -j DROP\n", "--dport 4 -j DROP\n-A INPUT -s 192.0.2.9/32 -j DROP\n")
+    plain = parse(edited, "s").table("filter").chain("INPUT").rules
+    runs = []
+    lex = parser.parse
+    monkeypatch.setattr(parser, "parse", lambda *a, **k: runs.append(1) or lex(*a, **k))
+    memo = ParseMemo()
+    parse(RUN, "s", memo)
+    rules = parse(edited, "s", memo).table("filter").chain("INPUT").rules
+    assert len(runs) == 1  # the first parse only
+    assert rules[4].span.line == 10 and str(rules[4].source.network) == "192.0.2.9/32"
+    assert [(r, r.span) for r in rules] == [(r, r.span) for r in plain]
+    parse(edited.replace("COMMIT", "# done\nCOMMIT"), "s", memo)  # outside the run: lexed
+    assert len(runs) == 2
