@@ -27,8 +27,8 @@ _BLANKS = " \t\f\r"
 
 @dataclass
 class Seen:
-    """A file lark parsed: its path and lines, the builder calls its items made (method name,
-    arguments), and for each run of rule lines (index of its call, its first and last line,
+    """A file lark parsed: its path and lines (_compared), the builder calls its items made (method
+    name, arguments), and for each run of rule lines (index of its call, its first and last line,
     0-based)."""
     path: str
     lines: List[str]
@@ -50,7 +50,14 @@ def record(path: str, text: str, calls: List[Tuple[str, tuple]]) -> Optional[See
         if _run_text(lines, first, last, col) != block:
             return None  # the token did not end at the end of its last line
         runs.append((index, first, last))
-    return Seen(path, lines, calls, runs)
+    return Seen(path, _compared(lines), calls, runs)
+
+
+def _compared(lines: List[str]) -> List[str]:
+    """The lines as compared: a line starting with "#" is one COMMENT token whatever follows, which
+    makes no item, so every such line compares the same (iptables-save's first and last lines
+    carry the time it ran)."""
+    return ["#" if line[:1] == "#" else line for line in lines]
 
 
 def _run_text(lines: List[str], first: int, last: int, col: int) -> str:
@@ -75,7 +82,7 @@ def splice(seen: Optional[Seen], path: str, text: str) -> Optional[List[Tuple[st
     if seen is None or seen.path != path or not text.endswith("\n"):
         return None
     lines = text.split("\n")
-    head, tail = _same_ends(seen.lines, lines, True)
+    head, tail = _same_ends(seen.lines, _compared(lines), True)
     old_end, new_end = len(seen.lines) - tail, len(lines) - tail  # the changed lines: [head, *_end)
     if old_end == head and new_end == head:
         return list(seen.calls)

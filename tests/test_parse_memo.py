@@ -109,6 +109,7 @@ def test_lines_at_the_same_place_are_the_same_rules():
 
 
 NEW_LINES = ["-A INPUT -s 192.0.2.7/32 -j DROP", "  -A INPUT -p udp --dport 53 -j ACCEPT  ", "# a comment", "",
+             "#another", "  # indented", "#",
              "COMMIT", ":extra - [0:0]", '-A INPUT -m comment --comment "two words" -j DROP',
              '-A INPUT -m comment --comment "unterminated -j DROP', "-A INPUT -j DROP #", "[1:2] -A INPUT -j DROP",
              "-A nowhere -j DROP", "-I INPUT 1 -s 10.1.1.1 -j DROP", "-A INPUT -j", "*filter", "-A INPUT ! -s 10.0.0.1 -j DROP",
@@ -152,5 +153,10 @@ def test_an_edit_inside_a_run_is_not_lexed_again(monkeypatch):
     assert len(runs) == 1  # the first parse only
     assert rules[4].span.line == 10 and str(rules[4].source.network) == "192.0.2.9/32"
     assert [(r, r.span) for r in rules] == [(r, r.span) for r in plain]
-    parse(edited.replace("COMMIT", "# done\nCOMMIT"), "s", memo)  # outside the run: lexed
+    stamped = "# Generated on Sun Nov 22 08:31:56 2026\n" + edited + "# Completed\n"
+    parse(stamped, "s", memo)  # lines outside the run added: lexed
     assert len(runs) == 2
+    later = stamped.replace("08:31:56", "08:31:57").replace("Completed", "Completed again").replace(
+        "-A INPUT -s 192.0.2.9/32 -j DROP\n", "")
+    assert _parsed(later, "s", memo) == _parsed(later, "s")
+    assert len(runs) == 3  # the plain parse's: iptables-save's comment lines changed, and the run
