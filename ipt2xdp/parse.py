@@ -8,6 +8,8 @@ items, ruleparse.py reads each rule's words, options.py gives the meaning of eac
 
 Two paths: a whole-file LALR parse (fast: a run of rule lines is one token), and, only when that
 fails, a line-by-line re-parse that reports every broken line while still checking the others.
+With a memo, a file that differs from the memo's last one only inside one run of rule lines is
+built from that file's items without lark (savesplice.py).
 """
 from __future__ import annotations
 
@@ -39,24 +41,50 @@ def parse(text: str, path: str = "<stdin>", memo: Optional[ParseMemo] = None) ->
 
 def _parse(text: str, path: str, memo: Optional[ParseMemo] = None) -> ir.Ruleset:
     from lark.exceptions import UnexpectedInput
+    from ipt2xdp import savesplice
     parser = lark_parser()
     builder = _Builder(path, memo)
-    source = text if text.endswith("\n") or not text else text + "\n"
-    try:
-        tree = parser.parse(source, start="start")
-    except UnexpectedInput:
-        tree = None
-    if tree is not None:
-        for item in tree.children:
-            _feed(builder, item)
+    calls = savesplice.splice(memo.seen, path, text) if memo is not None else None
+    if calls is not None:  # the items lark would give, from the last file's (savesplice.py)
+        for name, args in calls:
+            getattr(builder, name)(*args)
+        memo.seen = savesplice.record(path, text, calls)
     else:
-        _parse_lines(parser, builder, text)
+        source = text if text.endswith("\n") or not text else text + "\n"
+        try:
+            tree = parser.parse(source, start="start")
+        except UnexpectedInput:
+            tree = None
+        if tree is not None:
+            recording = _Recording(builder)
+            for item in tree.children:
+                _feed(recording, item)
+            if memo is not None:
+                memo.seen = savesplice.record(path, text, recording.calls)
+        else:
+            _parse_lines(parser, builder, text)
     last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
     try:
         return builder.finish(max(last_line, 1))
     except ParseError as e:
         e.source_lines = {path: text.splitlines()}
         raise
+
+
+class _Recording:
+    """A builder's stand-in that notes each call (method name, arguments) before making it."""
+
+    def __init__(self, builder: _Builder):
+        self.builder = builder
+        self.calls = []
+
+    def __getattr__(self, name):
+        method = getattr(self.builder, name)
+
+        def call(*args):
+            self.calls.append((name, args))
+            return method(*args)
+        return call
 
 
 def _parse_lines(parser, builder: _Builder, text: str) -> None:

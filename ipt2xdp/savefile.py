@@ -49,6 +49,39 @@ class ParseMemo:
     def __init__(self) -> None:
         # table name -> (user chains some recording was made under, line text -> its rules)
         self.tables: Dict[str, Tuple[set, Dict[str, List[ir.Rule]]]] = {}
+        # table name -> its last run of rule lines (_Block); see _Builder._same_lines
+        self.blocks: Dict[str, _Block] = {}
+        self.seen = None  # the last file lark parsed (savesplice.Seen)
+
+
+# A line's outcome in a run: (chain name, its rules), or None where it took the slow path (rule()).
+_Done = Optional[Tuple[str, List[ir.Rule]]]
+
+
+@dataclass
+class _Block:
+    """A table's run of rule lines as read last time: where it started, its raw lines, and what
+    each line gave."""
+    path: str
+    line: int
+    col: int
+    lines: List[str]
+    results: List[_Done]
+
+
+def _same_ends(old: List[str], new: List[str], at_start: bool) -> Tuple[int, int]:
+    """How many lines two runs share at their start (none unless at_start), and then at their end
+    (not overlapping)."""
+    head = 0
+    if at_start:
+        for a, b in zip(old, new):
+            if a != b:
+                break
+            head += 1
+    tail, most = 0, min(len(old), len(new)) - head
+    while tail < most and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    return head, tail
 
 
 def _with_span(rule: ir.Rule, span) -> ir.Rule:
@@ -130,7 +163,25 @@ class _Builder:
             chains, parse = table.chains, self.rule_parser.parse
         path, zero, new_span, findall, derived = self.path, ir.ZERO, _new_span, word_regex().findall, ir.DERIVED
         known, record = self._memo_lines()
-        for offset, text in enumerate(block.split("\n")):
+        lines = block.split("\n")
+        results: List[_Done] = [None] * len(lines)
+        before, head, tail_from, shift = self._same_lines(lines, line, col, known)
+        tail_moved = before is not None and before.line + shift != line
+        for offset, text in enumerate(lines):
+            if offset < head or offset >= tail_from:
+                # the same raw line as last time: at the same line number (head), or `shift` lines
+                # away (tail), where its spans may have another line number
+                in_tail = offset >= tail_from
+                done = before.results[offset + shift if in_tail else offset]
+                target_chain = chains.get(done[0]) if done is not None else None
+                if target_chain is not None:
+                    if in_tail and tail_moved and done[1]:
+                        old = done[1][0].span
+                        span = new_span(path, line + offset, old.col, old.end_col)
+                        done = (done[0], [_with_span(r, span) for r in done[1]])
+                    target_chain.rules.extend(done[1])
+                    results[offset] = done
+                    continue
             c = col if offset == 0 else 1
             if text[0] in " \t\f\r":
                 stripped = text.lstrip(" \t\f\r")
@@ -147,7 +198,9 @@ class _Builder:
                 target_chain = chains.get(text.split(None, 2)[1])
                 if target_chain is not None:
                     span = new_span(path, line + offset, c, c + len(text))
-                    target_chain.rules.extend([_with_span(r, span) for r in again])
+                    rules = [_with_span(r, span) for r in again]
+                    target_chain.rules.extend(rules)
+                    results[offset] = (target_chain.name, rules)
                     continue
             words = findall(text) if '"' in text else text.split()  # see _words
             target_chain = chains.get(words[1])
@@ -156,7 +209,9 @@ class _Builder:
                 continue
             span = new_span(path, line + offset, c, c + len(text))
             if again is not None:
-                target_chain.rules.extend([_with_span(r, span) for r in again])
+                rules = [_with_span(r, span) for r in again]
+                target_chain.rules.extend(rules)
+                results[offset] = (target_chain.name, rules)
                 continue
             try:
                 rules = parse(words[1], words[2:], zero, span)
@@ -164,10 +219,42 @@ class _Builder:
                 rule(text, line + offset, c)  # parses it again, the same way, and reports the error
                 continue
             target_chain.rules.extend(rules)
+            results[offset] = (target_chain.name, rules)
             if record is not None:
                 for r in rules:  # shared with the copies read again at other lines (ir.DERIVED)
                     r.__dict__[derived] = {}
                 record[text] = rules
+        if record is not None:
+            self.memo.blocks[table.name] = _Block(path, line, col, lines, results)
+
+    def _same_lines(self, lines: List[str], line: int, col: int, reusable) -> Tuple[Optional[_Block], int, int, int]:
+        """What this run may take from the table's run last time: (that run, how many lines at its
+        start are the same at the same line numbers, the offset from which its lines are the same
+        as that run's last ones, old index - new index of those). A change leaves the run as it was
+        but for a few lines, and reading a line again (even from the line memo) is most of a
+        parse's time.
+
+        The lines' rules stand while the table declares every user chain it did then, as for the
+        line memo (reusable is None otherwise); a line's chain must still be declared (checked
+        where it is used)."""
+        nothing = None, 0, len(lines), 0
+        if reusable is None:
+            return nothing
+        before = self.memo.blocks.get(self.current.name)
+        if before is None or before.path != self.path:
+            return nothing
+        # the start is taken only where its spans are the same; the tail's are made again if need be
+        head, tail = _same_ends(before.lines, lines, before.line == line and before.col == col)
+        shift = len(before.lines) - len(lines)
+        tail_from = len(lines) - tail
+        if tail:
+            # only the first line of a run starts past column 1: a tail line that is, or was, a
+            # first line keeps its spans' columns only where the two runs start at the same column
+            was = before.col if tail_from + shift == 0 else 1
+            now = col if tail_from == 0 else 1
+            if was != now:
+                tail_from += 1
+        return before, head, tail_from, shift
 
     def _memo_lines(self):
         """(recorded lines this block may reuse or None, where to record its lines or None)."""

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from ipt2xdp import netns
+from ipt2xdp import netns, planstore
 from tests.nsutil import inside, read_log, start_watch, stop_watch, unload_and_close
 
 pytestmark = pytest.mark.kernel
@@ -77,7 +77,7 @@ def plan_state(pair, backend):
     directory = f"/run/ipt2xdp/{status['netns']}"
     key = status["ruleset"]["source_digest"]
     with open(f"{directory}/plan-{key}.json") as f:
-        record = json.load(f)
+        record = planstore.from_json(f.read())
     return {"digest": key == fresh["source_digest"], "host": record.get("host_digest") == fresh["host_digest"],
             "decisions": record["decisions"] == fresh["decisions"], "deferring": status["deferring_all"]}
 
