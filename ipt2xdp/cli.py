@@ -67,7 +67,7 @@ def report_error(error: Ipt2xdpError) -> None:
 
 def entry() -> None:
     """The `ipt2xdp` command as a process: main(), then exit without the interpreter's teardown
-    (gcpause.one_shot, processexit) unless the command runs for long (`watch`)."""
+    (processexit) unless the command runs for long (`watch`)."""
     from ipt2xdp.processexit import exit_now
 
     exit_now(main(one_shot=True))
@@ -80,9 +80,9 @@ def main(argv: Optional[Sequence[str]] = None, one_shot: bool = False) -> int:
         parser.print_help(sys.stderr)
         return 2
     if one_shot and args.command not in LONG_LIVED:
-        from ipt2xdp import gcpause
+        from ipt2xdp import processexit
 
-        gcpause.one_shot()
+        processexit.one_shot()
     try:
         return int(args._run(args) or 0)
     except Ipt2xdpError as error:

@@ -11,7 +11,7 @@ A process that runs one command and exits (the `ipt2xdp` and wrapper commands, n
 watch`) gains nothing from the collector after the pipeline, and pays for it: when paused() ends,
 the first collection scans every object allocated during the pause, and Python's teardown then
 frees each one. At 100k rules those were 2 s of an 8.5 s import. Such a process calls
-one_shot() first and leaves through processexit.exit_now().
+processexit.one_shot() first and leaves through processexit.exit_now().
 """
 from __future__ import annotations
 
@@ -19,13 +19,7 @@ import contextlib
 import gc
 from typing import Iterator
 
-_ONE_SHOT = False
-
-
-def one_shot() -> None:
-    """This process runs one command and exits: paused() leaves the collector off."""
-    global _ONE_SHOT
-    _ONE_SHOT = True
+from ipt2xdp import processexit
 
 
 @contextlib.contextmanager
@@ -36,5 +30,5 @@ def paused() -> Iterator[None]:
     try:
         yield
     finally:
-        if collecting and not _ONE_SHOT:
+        if collecting and not processexit.ONE_SHOT:  # a one-shot process: off until it exits
             gc.enable()

@@ -1,8 +1,18 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""How a one-shot command process ends (the `ipt2xdp` and wrapper commands): flush and os._exit,
-skipping the interpreter's teardown (see gcpause). Only os and sys: every wrapper call imports it."""
+"""A one-shot command process (the `ipt2xdp` and wrapper commands, not `ipt2xdp watch`): marked
+as such (one_shot(): gcpause.paused() then leaves the collector off), and how it ends: flush and
+os._exit, skipping the interpreter's teardown (see gcpause). Only os and sys: every wrapper call
+imports it."""
 import os
 import sys
+
+ONE_SHOT = False
+
+
+def one_shot() -> None:
+    """This process runs one command and exits."""
+    global ONE_SHOT
+    ONE_SHOT = True
 
 
 def exit_now(code: int) -> None:

@@ -19,7 +19,7 @@ def test_paused_turns_the_collector_back_on_and_nests():
 
 
 def test_a_one_shot_process_keeps_it_off_and_exits_with_its_output_and_code():
-    script = ("import gc, sys\nfrom ipt2xdp import gcpause\ngcpause.one_shot()\n"
+    script = ("import gc, sys\nfrom ipt2xdp import gcpause, processexit\nprocessexit.one_shot()\n"
               "with gcpause.paused():\n    pass\n"
               "print('collector', gc.isenabled(), end='')\nsys.stderr.write('to stderr')\n"
               "from ipt2xdp.processexit import exit_now\nexit_now(3)\nprint('not reached')\n")

@@ -69,9 +69,6 @@ def _restore_change(cmd, text: str, backend: str) -> dict:
                           set_chains=chains if cmd.noflush else ())
 
 
-_ONE_SHOT = False  # set by entry(): this process ends after the call (sync.replan: gcpause.one_shot)
-
-
 def _changing(backend: str, wait, change: dict, command) -> int:
     """sync.run_changing(), telling the flip it ends which change XDP's counts follow (change:
     countmap.Change's JSON; handed to `ipt2xdp watch` with the request, or recorded here by
@@ -162,12 +159,10 @@ def _restore(argv0: str, args: list, backend: str) -> int:
 def entry() -> None:
     """The wrapper commands as a process: main(), then exit without the interpreter's teardown
     (processexit.exit_now: a re-plan in this process leaves millions of objects to free)."""
-    global _ONE_SHOT
-    _ONE_SHOT = True
-    code = main()
-    from ipt2xdp.processexit import exit_now
+    from ipt2xdp import processexit
 
-    exit_now(code)
+    processexit.one_shot()
+    processexit.exit_now(main())
 
 
 def main(argv: "list | None" = None) -> int:

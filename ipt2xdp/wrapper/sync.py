@@ -174,13 +174,11 @@ def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: in
     them only what differs, dataplane.py; loader.release_replaced() frees them); keep: a list the
     plan and its compiled maps are appended to, so that the caller frees them when it likes
     (`ipt2xdp watch`: after its answer). Returns the flip's loader.ApplyResult (None: not loaded)."""
-    from ipt2xdp import gcpause, loader, wrapper
+    from ipt2xdp import gcpause, loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return None
-    if wrapper._ONE_SHOT:  # a wrapper process re-planning itself exits right after
-        gcpause.one_shot()
     with guarded_flip(), gcpause.paused():
         return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later, keep)
 
