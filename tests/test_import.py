@@ -121,6 +121,36 @@ def test_the_plan_made_during_the_restore_is_loaded_only_for_the_ruleset_read_ba
     assert nft_counter(pair.receiver, "INPUT", 3) == 0
 
 
+_INTERRUPTED_WHILE_PLANNING = """
+import sys
+from ipt2xdp.commands import import_
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt  # Ctrl-C while the file is planned and iptables-restore runs
+import_._plan_ahead = interrupted
+from ipt2xdp.cli import main
+sys.exit(main(["import", sys.argv[1], "--iface", sys.argv[2]]))
+"""
+
+
+def test_an_import_interrupted_while_the_restore_runs_leaves_xdp_deferring(pair, tmp_path):
+    """The restore goes on and commits; the plan in force before must not come back, as it drops
+    what the new ruleset accepts (port 9999 here)."""
+    rules = tmp_path / "rules.v4"
+    rules.write_text(RULES)
+    assert ipt2xdp(pair.receiver, "import", str(rules), "--iface", pair.receiver_if).returncode == 0
+    accepting = tmp_path / "accepting.v4"
+    accepting.write_text(RULES.replace("-A INPUT -p udp -m udp --dport 9999 -j DROP\n", ""))
+    done = pair.receiver.run(["env", "IPT2XDP_BACKEND=nft", sys.executable, "-c", _INTERRUPTED_WHILE_PLANNING,
+                              str(accepting), pair.receiver_if], check=False)
+    assert done.returncode == 130, done.stderr
+    assert "--dport 9999" not in saved(pair.receiver)  # the restore committed
+    before = json.loads(ipt2xdp(pair.receiver, "status", "--json").stdout)
+    assert before["deferring_all"], "the old plan (dropping port 9999) must not be back in force"
+    send_udp(pair, 9999, 4)
+    after = json.loads(ipt2xdp(pair.receiver, "status", "--json").stdout)
+    assert after["xdp_dropped_packets"] == before["xdp_dropped_packets"]
+
+
 def test_accepted_traffic_reaches_a_socket_and_detach_restores_netfilter_alone(pair, tmp_path):
     rules = tmp_path / "rules.v4"
     rules.write_text(RULES)

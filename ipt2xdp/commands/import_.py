@@ -147,14 +147,20 @@ def _run(args, mark: int, preload=None) -> int:
     if not args.live:
         was_loaded = bool(loaded and not loaded.get("deferring_all"))
         loader.defer_all(True)  # a no-op when nothing is loaded yet
+        restoring = None
         try:
             restoring = backends.start_restore(text, name)
-            # Plan the input while the kernel takes it; used below only if what the kernel then
-            # holds renders to the same canonical text, for the same host facts.
-            ahead = _plan_ahead(ruleset, host, args, name)
-            restoring.wait()
-        except BaseException:
-            if was_loaded and sync.stale_mark() == mark:
+            try:
+                # Plan the input while the kernel takes it; used below only if what the kernel then
+                # holds renders to the same canonical text, for the same host facts.
+                ahead = _plan_ahead(ruleset, host, args, name)
+            finally:
+                restoring.wait()  # also when planning was interrupted: until it ends, netfilter may change
+        except BaseException as error:
+            # Only a restore that never started, or that failed, left netfilter as it was; after an
+            # interruption it may have committed: XDP keeps deferring everything.
+            unchanged = restoring is None or isinstance(error, backends.BackendError)
+            if unchanged and was_loaded and sync.stale_mark() == mark:
                 loader.defer_all(False)  # netfilter is unchanged, so the old plan is still exact
             raise
         # From here netfilter holds the new rules: only a successful apply() ends deferring.
