@@ -224,21 +224,20 @@ def _canonical(ruleset, result) -> str:
 
 
 class _Prepared:
-    """A ruleset planned and compiled for a host, not yet loaded."""
+    """A ruleset planned and compiled for a host, not yet loaded. hold_notices: what planning has
+    to say waits in .notices until the plan is used (a plan made ahead may be made again)."""
 
-    notices: list = []  # what a plan made ahead had to say (_plan_ahead)
-
-    def __init__(self, ruleset, host, args, backend_name, text=None, notice=None):
+    def __init__(self, ruleset, host, args, backend_name, text=None, hold_notices=False):
         from ipt2xdp import loader, setguard
         from ipt2xdp.compile import compile as compile_tables
         from ipt2xdp.plan import plan
 
+        self.notices: list = []
         self.given_host = host
         self.ipset_mode = getattr(args, "ipsets", None) or "mirror"
-        self.host, expectation = setguard.mirror_for_import(host, ruleset, notice or loader._stderr_notice,
-                                                            mirror=self.ipset_mode == "mirror")
+        say = self.notices.append if hold_notices else loader._stderr_notice
+        self.host, expectation = setguard.mirror_for_import(host, ruleset, say, mirror=self.ipset_mode == "mirror")
         self.result = plan(ruleset, self.host)
-        self.backend_name = backend_name
         self.tables = compile_tables(self.result.rules, self.result.default, overflow="defer",
                                      nat_new=_nat_new(self.result, backend_name))
         self.tables.set_guard = setguard.with_deadline(expectation, self.result.set_deadline_ns)
@@ -254,16 +253,12 @@ class _Prepared:
 
 
 def _plan_ahead(ruleset, host, args, backend_name):
-    """_Prepared for the input ruleset, or None if planning it failed: the plan of what the kernel
-    holds after the restore is made again then, and reports any error itself. Its notices wait in
-    `.notices` until the plan is used (a plan made again says them again)."""
-    notices = []
+    """_Prepared for the input ruleset, its notices held, or None if planning it failed: the plan
+    of what the kernel holds after the restore is made again then, and reports any error itself."""
     try:
-        ahead = _Prepared(ruleset, host, args, backend_name, notice=notices.append)
+        return _Prepared(ruleset, host, args, backend_name, hold_notices=True)
     except Exception:  # noqa: BLE001 - only a head start; the authoritative plan comes after
         return None
-    ahead.notices = notices
-    return ahead
 
 
 def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahead=None, preload=None):
@@ -272,7 +267,7 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     read back, used when it holds for this ruleset and host. preload: loader.Preload."""
     from ipt2xdp import drift, loader, planstore
 
-    if ahead is not None and ahead.holds(ruleset, host) and ahead.backend_name == backend_name:
+    if ahead is not None and ahead.holds(ruleset, host):  # made in _run for the same backend
         prepared = ahead
         for message in ahead.notices:
             loader._stderr_notice(message)
