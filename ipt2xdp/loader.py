@@ -66,14 +66,12 @@ class Preload:
 
     def take(self) -> Optional[Dataplane]:
         """The object loaded ahead, or None when it cannot serve (the guard map was pinned after
-        it loaded: load again, now sharing it)."""
+        it loaded, or it was taken already): the caller loads it again."""
         self._job.join()  # raises what the load raised, in the caller's thread
         if not self._guard_map_shared and os.path.exists(setguard.map_pin_path()):
             self.discard()
             return None
         dp, self._loaded = self._loaded, None
-        if dp is None:
-            raise LoadError("the BPF object loaded ahead was already used", 0, "import again")
         return dp
 
     def discard(self) -> None:
@@ -97,7 +95,7 @@ def _open_or_load(directory: str, object_path: Optional[str], preload: Optional[
     dp = Dataplane.open_pinned(directory)
     if dp is None:
         ahead = preload.take() if preload is not None else None
-        return (ahead if ahead is not None else Dataplane.load(object_path)), True
+        return ahead or Dataplane.load(object_path), True
     if preload is not None:
         preload.discard()
     path = str(object_path or bpf_object_path())
@@ -172,7 +170,6 @@ def _detach_program_everywhere(directory: str) -> List[str]:
     import socket
 
     from ipt2xdp import libbpf
-    from ipt2xdp.dataplane import PROG_PIN
 
     try:
         prog_fd = libbpf.obj_get(os.path.join(directory, PROG_PIN))
