@@ -198,6 +198,12 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct packet_fiel
 	return IPT2XDP_STAT_CLASSIFIED;
 }
 
+/* The protocol's class key before any conntrack lookup (ct_class refines it). */
+static __always_inline void proto_value_unlooked(struct packet_fields *pkt)
+{
+	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + pkt->proto;
+}
+
 /* The class lookup key of each field (value[]), from what parse_packet read and left there. */
 static __always_inline void class_values(struct xdp_md *ctx, struct packet_fields *pkt)
 {
@@ -205,7 +211,7 @@ static __always_inline void class_values(struct xdp_md *ctx, struct packet_field
 
 	pkt->value[IPT2XDP_F_SRC] = bpf_ntohl(pkt->src_net);
 	pkt->value[IPT2XDP_F_DST] = bpf_ntohl(pkt->dst_net);
-	pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + proto;
+	proto_value_unlooked(pkt);
 	pkt->value[IPT2XDP_F_SPORT] = IPT2XDP_VC_SPORT + IPT2XDP_NO_PORT;
 	pkt->value[IPT2XDP_F_DPORT] = IPT2XDP_VC_DPORT + IPT2XDP_NO_PORT;
 	pkt->value[IPT2XDP_F_IIF] = ctx->ingress_ifindex;
@@ -286,9 +292,9 @@ static __noinline int l4_verified(struct xdp_md *ctx, struct packet_fields *pkt)
  * (ct_matters) and for nat_would_see. Not inlined: its 50 bytes of stack stay off the path of the
  * bpf_loop callback (program + callback must fit in 512 bytes). Global, not static: the verifier
  * checks it once on its own instead of once per call site (two call sites made loading the
- * program take 0.35 s instead of 0.12); the pointer a global function gets may be NULL. The lookup is in the netns of the receiving device
- * and zone 0, as conntrack would see the packet unless raw/PREROUTING changes the zone (those
- * packets are deferred by the planner's guards). */
+ * program take 0.35 s instead of 0.12); the pointer a global function gets may be NULL. The
+ * lookup is in the netns of the receiving device and zone 0, as conntrack would see the packet
+ * unless raw/PREROUTING changes the zone (those packets are deferred by the planner's guards). */
 __noinline int ct_class(struct xdp_md *ctx, struct packet_fields *pkt, int verify)
 {
 	struct bpf_sock_tuple tuple = {};
@@ -793,7 +799,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 			m.action = fast->action;
 			m.counter = fast->counter;
 			/* class_values did not run: the one key read past a decision (nat_would_see) */
-			pkt->value[IPT2XDP_F_PROTO] = IPT2XDP_VC_PROTO + IPT2XDP_CT_NOT_LOOKED_UP * 256 + pkt->proto;
+			proto_value_unlooked(pkt);
 			goto decided_by_rule;
 		}
 	}
