@@ -37,9 +37,13 @@ class Report:
         self.rows.append((what, measured, goal, met, note))
 
     def at_least(self, what, ratio, goal):
-        """A ratio that must reach goal; a miss says by what factor."""
-        self.add(what, f"{ratio:.2f}x", f">= {goal:g}x", ratio >= goal,
-                 "" if ratio >= goal else f"by a factor {goal / ratio:.2f}")
+        """A ratio that must reach goal; a miss says by what factor, or by what share when the
+        factor would print as 1.00 (a tie to two digits must not read as met)."""
+        met = ratio >= goal
+        shown, miss = f"{ratio:.2f}x", f"by a factor {goal / ratio:.2f}"
+        if not met and f"{goal / ratio:.2f}" == "1.00":
+            shown, miss = f"{ratio:.3f}x", f"by {100 * (goal - ratio) / goal:.2f}%"
+        self.add(what, shown, f">= {goal:g}x", met, "" if met else miss)
 
     def at_most(self, what, value, goal, unit, digits=2, note=""):
         """A cost that must stay within goal (a ratio, "x") or under it (a time); a miss says by how much."""
