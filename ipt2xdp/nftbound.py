@@ -10,12 +10,19 @@ to its chain) is left out too: the bound holds for every path to the statement. 
 IPv6 packets satisfy (ip6/icmpv6 payload, `meta nfproto ipv6`) leaves no IPv4 packet: XDP passes
 IPv6 to netfilter anyway, so such a statement never needs a deferral.
 
+`th sport`/`th dport` (the transport header of whatever protocol: kube-proxy's `meta l4proto . th
+dport`) narrow the ports only where the same conjunction limits the protocol to TCP and UDP: the
+classifier reads ports of those two alone, so a port bound on, say, SCTP would leave its packets
+out of the bound. A concatenation (`ip daddr . tcp dport @set`) is bounded field by field by the
+hull of its elements: a superset of their union.
+
 A bound is stored as a tuple of (field, values) pairs: intervals ((lo, hi), ...) for src, dst,
 sport and dport, protocol numbers for proto; no pair for a field means any value.
 """
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ipt2xdp.classifier import IntervalSet, Match
@@ -65,18 +72,31 @@ def _protocol(value) -> Optional[int]:
     return PROTOCOLS.get(value) if isinstance(value, str) else None
 
 
+@dataclass(frozen=True)
+class TransportPorts:
+    """`th sport`/`th dport` values: they bound only a conjunction whose protocols are TCP/UDP."""
+
+    field: str
+    ports: IntervalSet
+
+
 def match_bound(match: dict):
-    """A Match this expression implies (a superset of the packets satisfying it), NO_IPV4, or None
-    (no constraint understood)."""
+    """A Match this expression implies (a superset of the packets satisfying it), NO_IPV4, a
+    TransportPorts, or None (no constraint understood)."""
     left, right, op = match.get("left"), match.get("right"), match.get("op", "==")
     exact = op in ("==", "in")
     if not isinstance(left, dict):
         return None
+    if "concat" in left:
+        return _concat_bound(left["concat"], right) if exact else None
     payload, meta = left.get("payload"), left.get("meta")
     if isinstance(payload, dict):
         protocol, field = payload.get("protocol"), payload.get("field")
         if protocol in IPV6_PAYLOADS:
             return NO_IPV4
+        if protocol == "th" and exact and field in ("sport", "dport"):
+            ports = _ints(right, _port)
+            return None if ports is None else TransportPorts(field, ports)
         if protocol in PORT_PROTOCOLS:
             proto = frozenset({PORT_PROTOCOLS[protocol]})
             ports = _ints(right, _port) if exact and field in ("sport", "dport") else None
@@ -101,15 +121,40 @@ def match_bound(match: dict):
     return None
 
 
+def _concat_bound(parts, right):
+    """`a . b . c == {x . y . z, ...}` (or one element): each part bounded by the hull of its
+    position's values; a NO_IPV4 part still means no IPv4 packet."""
+    elements = right["set"] if isinstance(right, dict) and "set" in right else [right]
+    columns = [[] for _ in parts]
+    for element in elements:
+        values = element.get("concat") if isinstance(element, dict) else None
+        if not isinstance(values, list) or len(values) != len(parts):
+            return None
+        for column, value in zip(columns, values):
+            column.append(value)
+    return [match_bound({"op": "==", "left": part, "right": {"set": column}})
+            for part, column in zip(parts, columns)]
+
+
 def statement_bound(conjuncts) -> Optional[Match]:
     """The conjunction of the rule's matches before a statement; None when no IPv4 packet fits."""
-    bound = Match()
-    for match in conjuncts:
-        implied = match_bound(match)
-        if implied == NO_IPV4:
+    bound, transport = Match(), []
+    pending = [match_bound(match) for match in conjuncts]
+    while pending:
+        implied = pending.pop()
+        if isinstance(implied, list):  # a concatenation: its parts
+            pending += implied
+        elif implied == NO_IPV4:
             return None
-        if implied is not None:
+        elif isinstance(implied, TransportPorts):
+            transport.append(implied)
+        elif implied is not None:
             bound = conjoin(bound, implied)
+            if bound is None:
+                return None
+    if transport and bound.proto is not None and bound.proto <= frozenset(PORT_PROTOCOLS.values()):
+        for ports in transport:
+            bound = conjoin(bound, Match(**{ports.field: ports.ports}))
             if bound is None:
                 return None
     return bound

@@ -15,9 +15,21 @@ updates, xt compat expressions, anything unknown) and every read that changes st
 inc`, a lookup in a set that counts) is an *effect*: XDP defers the IPv4 packets it may act on,
 bounded by the matches on its path (ipt2xdp.nftbound; every packet when they bound nothing), code
 foreign.nft.
+
+Named sets and verdict maps bound what they lead to by their elements (kube-proxy's nftables mode
+keeps every service in `ip daddr . meta l4proto . th dport vmap @service-ips`): a lookup `ip daddr
+@nodeport-ips` narrows like the literal set it holds, and a chain a verdict map jumps to is walked
+once per element, under that element's key. Elements count only for sets and maps nothing in the
+data path changes (no `flags dynamic`, no `add`/`update`/`delete @set` statement): those change
+without a ruleset generation, and are left out (widening) as before. An element added from user
+space (kube-proxy creating a service) is a change of the native table like any other: `ipt2xdp
+watch` replans on its notification, and until then XDP may still drop the new element's packets
+where filter/INPUT drops them (before, such a table made XDP defer every packet, so there was no
+such window for it).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -31,7 +43,7 @@ RELEVANT_FAMILIES = ("ip", "inet", "netdev", "bridge")
 FILTER_PRIORITY = 0  # NF_IP_PRI_FILTER: the planned filter/INPUT
 NEUTRAL_VERDICTS = ("accept", "drop", "continue", "return")
 MAX_JUMP_DEPTH = 16
-MAX_EFFECTS = 256  # per base chain; beyond, one unbounded effect (XDP defers everything)
+MAX_EFFECTS = 16384  # per base chain; beyond, one unbounded effect (XDP defers everything)
 
 
 @dataclass(frozen=True)
@@ -72,10 +84,12 @@ class NativeChain:
 class _Walk:
     """Effects of the chains of one nft document, each bounded by the matches on its path."""
 
-    def __init__(self, chains: dict, stateful_sets: Set = frozenset()):
+    def __init__(self, chains: dict, stateful_sets: Set = frozenset(), elements: Optional[dict] = None):
         self.chains = chains
         self.stateful_sets = stateful_sets  # (family, table, name) of sets whose lookups count
+        self.elements = elements or {}      # (family, table, name) -> the elements of a fixed set or map
         self.effects: List[Effect] = []
+        self.analysed: dict = {}
 
     def add(self, where: str, context: Optional[Match]) -> None:
         if context is None:
@@ -93,31 +107,48 @@ class _Walk:
             self.rule(rule, context, f"{prefix}rule handle {rule.get('handle')}: ", depth, seen | {key})
 
     def rule(self, rule: dict, context: Match, prefix: str, depth: int, seen: frozenset) -> None:
+        key = id(rule)  # the rule dicts live as long as the walk; one rule is reached under many keys
+        if key not in self.analysed:
+            self.analysed[key] = self.analyse(rule)
+        kind, name, value, bound = self.analysed[key]
+        if kind == "unrecognised":
+            return self.add(prefix + "an unrecognised expression", context)
+        if kind == "neutral":
+            return None
+        here = None if bound is None or context is None else conjoin(context, bound)
+        if kind == "stateful":  # a read that changes state: numgen inc, a set lookup that counts
+            return self.add(prefix + name, here)
+        if here is None:
+            return None  # no IPv4 packet reaches this statement
+        if name in ("jump", "goto") and isinstance(value, dict):
+            return self.jump(rule, name, value.get("target"), here, prefix, depth, seen)
+        if name == "vmap" and isinstance(value, dict):
+            return self.vmap(rule, value, here, prefix, depth, seen)
+        # Everything after the first statement with an effect acts on a subset of its packets.
+        return self.add(prefix + name, here)
+
+    def analyse(self, rule: dict) -> tuple:
+        """(kind, statement name, its value, bound of the matches before it) of a rule's first
+        statement that is not a match: what the rule does whatever path leads to it."""
         matches = []
+        # what _stateful_read looks for (numgen, a set reference) shows in the text: most rules
+        # skip its walk of every node
+        text = json.dumps(rule.get("expr"))
+        may_count = '"numgen"' in text or '"@' in text
         for stmt in rule.get("expr", []):
             if not isinstance(stmt, dict) or len(stmt) != 1:
-                return self.add(prefix + "an unrecognised expression", context)
+                return "unrecognised", None, None, None
             (name, value), = stmt.items()
-            stateful = _stateful_read(stmt, self.stateful_sets, (rule.get("family"), rule.get("table")))
-            if stateful:  # a read that changes state: numgen inc, a set lookup that counts
-                bound = nftbound.statement_bound(matches)
-                return self.add(prefix + stateful, None if bound is None or context is None else conjoin(context, bound))
+            stateful = may_count and _stateful_read(stmt, self.stateful_sets, (rule.get("family"), rule.get("table")))
+            if stateful:
+                return "stateful", stateful, None, nftbound.statement_bound(matches)
             if name == "match":
-                matches.append(value)
+                matches.append(self.literal(rule, value))
                 continue
             if name in NEUTRAL_VERDICTS:
-                return None
-            here = nftbound.statement_bound(matches)
-            here = None if here is None or context is None else conjoin(context, here)
-            if here is None:
-                return None  # no IPv4 packet reaches this statement
-            if name in ("jump", "goto") and isinstance(value, dict):
-                return self.jump(rule, name, value.get("target"), here, prefix, depth, seen)
-            if name == "vmap" and isinstance(value, dict):
-                return self.vmap(rule, value.get("data"), here, prefix, depth, seen)
-            # Everything after the first statement with an effect acts on a subset of its packets.
-            return self.add(prefix + name, here)
-        return None
+                return "neutral", name, value, None
+            return "statement", name, value, nftbound.statement_bound(matches)
+        return "neutral", None, None, None
 
     def jump(self, rule, name, target, context, prefix, depth, seen) -> None:
         key = (rule.get("family"), rule.get("table"), target)
@@ -129,27 +160,47 @@ class _Walk:
             return None  # nft rejects loops; a chain already on this path adds nothing new
         return self.chain(key, context, f"{prefix}{name} {target}: ", depth + 1, seen)
 
-    def vmap(self, rule, data, context, prefix, depth, seen) -> None:
-        """A verdict map: its key is left out (widening); every chain it may jump to is walked,
-        all the table's regular chains when the map is a named one."""
-        if isinstance(data, dict) and "set" in data:
-            verdicts = [item[1] for item in data["set"] if isinstance(item, list) and len(item) == 2]
-            if len(verdicts) != len(data["set"]):
-                return self.add(prefix + "vmap of an unrecognised form", context)
-        else:
+    def literal(self, rule: dict, match: dict) -> dict:
+        """The match with a fixed named set (`@name`) replaced by its elements."""
+        right = match.get("right") if isinstance(match, dict) else None
+        elements = self.named(rule, right)
+        return match if elements is None else {**match, "right": {"set": elements}}
+
+    def named(self, rule: dict, reference) -> Optional[list]:
+        if not (isinstance(reference, str) and reference.startswith("@")):
+            return None
+        return self.elements.get((rule.get("family"), rule.get("table"), reference[1:]))
+
+    def vmap(self, rule, vmap: dict, context, prefix, depth, seen) -> None:
+        """A verdict map: each chain it may jump to is walked under the key of the element that
+        leads there; every regular chain of the table, under no key, when the map's elements are
+        not known (a map the data path changes)."""
+        data = vmap.get("data")
+        items = data["set"] if isinstance(data, dict) and "set" in data else self.named(rule, data)
+        if items is None:
             table = (rule.get("family"), rule.get("table"))
-            verdicts = [{"jump": {"target": k[2]}} for k, (c, _) in self.chains.items()
-                        if k[:2] == table and "hook" not in c]
-        for verdict in verdicts:
+            pairs = [(None, {"jump": {"target": k[2]}}) for k, (c, _) in self.chains.items()
+                     if k[:2] == table and "hook" not in c]
+        elif all(isinstance(item, list) and len(item) == 2 for item in items):
+            pairs = [(key, verdict) for key, verdict in items]
+        else:
+            return self.add(prefix + "vmap of an unrecognised form", context)
+        for key, verdict in pairs:
             if not isinstance(verdict, dict) or len(verdict) != 1:
                 return self.add(prefix + "vmap of an unrecognised form", context)
             (name, value), = verdict.items()
             if name in NEUTRAL_VERDICTS:
                 continue
+            here = context
+            if key is not None:
+                bound = nftbound.statement_bound([{"op": "==", "left": vmap.get("key"), "right": key}])
+                here = None if bound is None else conjoin(context, bound)
+                if here is None:
+                    continue  # no IPv4 packet has this key
             if name in ("jump", "goto") and isinstance(value, dict):
-                self.jump(rule, f"vmap {name}", value.get("target"), context, prefix, depth, seen)
+                self.jump(rule, f"vmap {name}", value.get("target"), here, prefix, depth, seen)
             else:
-                self.add(f"{prefix}vmap {name}", context)
+                self.add(f"{prefix}vmap {name}", here)
         return None
 
 
@@ -190,9 +241,53 @@ def stateful_sets(items) -> Set[Tuple[str, str, str]]:
     return out
 
 
-def chain_effects(chains: dict, key, sets: Set = frozenset()) -> Tuple[Effect, ...]:
+def fixed_elements(items) -> dict:
+    """(family, table, name) -> elements of each set and map whose elements only user space
+    changes: not `flags dynamic`, and named by no `add`/`update`/`delete` statement of a rule.
+    An element with options ({"elem": {"val": ...}}) stands for its value."""
+    changed = set()
+    for item in items:
+        rule = item.get("rule")
+        if isinstance(rule, dict):
+            changed |= {(rule.get("family"), rule.get("table"), ref[1:]) for ref in _updated_sets(rule.get("expr") or ())}
+    out = {}
+    for item in items:
+        declared = item.get("set") or item.get("map")
+        if not isinstance(declared, dict):
+            continue
+        key = (declared.get("family"), declared.get("table"), declared.get("name"))
+        if key in changed or "dynamic" in (declared.get("flags") or ()):
+            continue
+        out[key] = [_element_value(e) for e in declared.get("elem") or []]
+    return out
+
+
+def _element_value(element):
+    if isinstance(element, list):  # a map's [key, value]
+        return [_element_value(element[0]), element[1]] if len(element) == 2 else element
+    if isinstance(element, dict) and isinstance(element.get("elem"), dict):
+        return element["elem"].get("val")
+    return element
+
+
+def _updated_sets(statements) -> Iterable[str]:
+    """Names (`@name`) of sets and maps a rule's statements add to, updates or deletes from (a
+    `meter` fills the set it names). Statements are the rule's top-level expressions."""
+    for statement in statements:
+        if not isinstance(statement, dict):
+            continue
+        meter = statement.get("meter")
+        if isinstance(meter, dict) and isinstance(meter.get("name"), str):
+            yield "@" + meter["name"]
+        for name in ("set", "map"):
+            update = statement.get(name)
+            if isinstance(update, dict) and "op" in update and isinstance(update.get(name), str):
+                yield update[name]
+
+
+def chain_effects(chains: dict, key, sets: Set = frozenset(), elements: Optional[dict] = None) -> Tuple[Effect, ...]:
     """The statements with effects a packet in base chain `key` may reach, bounded."""
-    walk = _Walk(chains, sets)
+    walk = _Walk(chains, sets, elements)
     walk.chain(key, Match(), "", 0, frozenset())
     if len(walk.effects) > MAX_EFFECTS:
         return (Effect(f"more than {MAX_EFFECTS} statements with effects"),)
@@ -235,13 +330,13 @@ def classify(document: dict, passed_devices: Optional[Set[str]] = None) -> Tuple
             key = (r.get("family"), r.get("table"), r.get("chain"))
             if key in chains:
                 chains[key][1].append(r)
-    counting = stateful_sets(items)
+    counting, elements = stateful_sets(items), fixed_elements(items)
     out = []
     for key, (chain, _) in chains.items():
         if "hook" not in chain or not relevant(chain, passed_devices):
             continue
         out.append(NativeChain(key[0], key[1], key[2], chain["hook"], int(chain.get("prio", 0)),
-                               _devices(chain), chain_effects(chains, key, counting)))
+                               _devices(chain), chain_effects(chains, key, counting, elements)))
     return tuple(sorted(out, key=lambda c: (c.family, c.table, c.chain)))
 
 

@@ -78,7 +78,8 @@ def test_effects_are_bounded_by_the_matches_on_their_path():
         # ip6 saddr / meta nfproto ipv6: no IPv4 packet, nothing to defer
         ("counter", "dst 192.0.2.1,192.0.2.7 proto 17 dport 53,5353"),
         ("mangle", "proto 6"),                           # a negated port is left out: all of TCP
-        ("vmap jump web: log", "src 198.51.100.0/24"),   # a vmap's key is left out
+        # a verdict map's chain is entered under the key of its element (tcp dport 80)
+        ("vmap jump web: log", "src 198.51.100.0/24 proto 6 dport 80"),
     ]}
     assert bounds("native_statements") == {"limit_in": [("limit", "every packet")], "vmap_pre": [],
                                            "setupd": [("set", "every packet")],
@@ -89,6 +90,83 @@ def test_effects_are_bounded_by_the_matches_on_their_path():
     # lookup is neutral)
     assert bounds("native_stateful_reads") == {"pre": [("lookup in @counted, whose elements count", "proto 17 dport 5000"),
                                                        ("numgen inc", "proto 6 dport 6000")]}
+
+
+def test_kube_proxy_nftables_effects_are_bounded_by_service_elements():
+    # kube-proxy's nftables mode: every DNAT, mark and reject is reached through a verdict map
+    # keyed by `ip daddr . meta l4proto . th dport` (or `ip daddr @nodeport-ips` and `meta
+    # l4proto . th dport`): each is bounded by its element, so XDP defers the service addresses
+    # and ports only, not every packet
+    found = bounds("native_kube_proxy")
+    assert found["filter-prerouting"] == []  # firewall-check only drops: neutral
+    assert found["filter-input"] == [("jump service-endpoints-check: vmap goto reject-chain: reject",
+                                      "dst 10.96.0.20 proto 6 dport 80")]
+    assert sorted(set(bound for _, bound in found["nat-prerouting"])) == [
+        "dst 10.77.1.2 proto 6 dport 30080",          # nodeport-ips . service-nodeports
+        "dst 10.96.0.1 proto 6 dport 443",
+        "dst 10.96.0.10 proto 17 dport 53",
+        "dst 192.0.2.50 proto 6 dport 443",
+        "src 10.244.1.5 dst 10.96.0.10 proto 17 dport 53",  # hairpin masquerade mark of one endpoint
+        "src 10.244.2.5 dst 10.96.0.10 proto 17 dport 53",
+    ]
+    assert ("jump services: vmap goto service-dns: vmap goto endpoint-dns-a: dnat",
+            "dst 10.96.0.10 proto 17 dport 53") in found["nat-prerouting"]
+
+
+def _kube_like(set_flags=(), updates=False):
+    """A verdict map keyed by daddr . l4proto . th dport, optionally one the data path changes."""
+    rule = lambda chain, *expr: {"rule": {"family": "ip", "table": "t", "chain": chain, "handle": 1, "expr": list(expr)}}
+    key = {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}},
+                      {"payload": {"protocol": "th", "field": "dport"}}]}
+    items = [{"chain": {"family": "ip", "table": "t", "name": "pre", "hook": "prerouting", "prio": -100, "type": "nat"}},
+             {"chain": {"family": "ip", "table": "t", "name": "svc"}},
+             {"map": {"family": "ip", "table": "t", "name": "m", "map": "verdict", "flags": list(set_flags),
+                      "elem": [[{"concat": ["10.96.0.1", "tcp", 443]}, {"goto": {"target": "svc"}}]]}},
+             rule("pre", {"vmap": {"key": key, "data": "@m"}}),
+             rule("svc", {"dnat": {"addr": "10.0.0.9"}})]
+    if updates:
+        items.append(rule("pre", {"map": {"op": "update", "elem": key, "data": {"goto": {"target": "svc"}}, "map": "@m"}}))
+    return {"nftables": items}
+
+
+@pytest.mark.parametrize("flags, updates, expected", [
+    ((), False, [("vmap goto svc: dnat", "dst 10.96.0.1 proto 6 dport 443")]),
+    # elements the data path may add: the key bounds nothing, the chain is still walked
+    (("dynamic",), False, [("vmap jump svc: dnat", "every packet")]),
+    ((), True, [("vmap jump svc: dnat", "every packet"), ("map", "every packet")]),
+])
+def test_only_fixed_maps_bound_by_their_elements(flags, updates, expected):
+    native = nftchains.classify(_kube_like(flags, updates))
+    assert [(re.sub(r"rule handle \d+: ", "", e.where), nftbound.describe(e.bound)) for e in native[0].effects] == expected
+
+
+def test_named_set_lookups_bound_like_their_elements():
+    rule = lambda *expr: {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 1, "expr": list(expr)}}
+    daddr = {"payload": {"protocol": "ip", "field": "daddr"}}
+    document = {"nftables": [
+        {"chain": {"family": "inet", "table": "t", "name": "pre", "hook": "prerouting", "prio": 0, "type": "filter"}},
+        {"set": {"family": "inet", "table": "t", "name": "nodes", "type": "ipv4_addr",
+                 "elem": ["10.0.0.1", {"prefix": {"addr": "10.1.0.0", "len": 16}}, {"elem": {"val": "10.2.0.1", "comment": "x"}}]}},
+        rule({"match": {"op": "==", "left": daddr, "right": "@nodes"}}, {"counter": None}),
+        rule({"match": {"op": "==", "left": daddr, "right": "@missing"}}, {"log": None})]}
+    effects = nftchains.classify(document)[0].effects
+    assert [nftbound.describe(e.bound) for e in effects] == ["dst 10.0.0.1,10.1.0.0/16,10.2.0.1", "every packet"]
+
+
+def test_transport_header_ports_bound_only_tcp_and_udp():
+    s = nftbound.statement_bound
+    l4 = lambda right: {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": right}
+    th = {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": 53}
+    assert s([l4({"set": ["tcp", "udp"]}), th]) == Match(proto=frozenset({6, 17}), dport=IntervalSet.single(53))
+    # SCTP ports are not read by the classifier: a port bound would leave SCTP to port 53 out
+    assert s([l4({"set": ["udp", "sctp"]}), th]) == Match(proto=frozenset({17, 132}))
+    assert s([th]) == Match()
+    concat = {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}},
+                                             {"payload": {"protocol": "th", "field": "dport"}}]},
+              "right": {"set": [{"concat": ["10.0.0.1", "tcp", 80]}, {"concat": ["10.0.0.2", "udp", 53]}]}}
+    # a concatenation is bounded by each position's hull (a superset of the two elements)
+    assert s([concat]) == Match(dst=IntervalSet.of([(0x0A000001, 0x0A000002)]), proto=frozenset({6, 17}),
+                                dport=IntervalSet.of([(53, 53), (80, 80)]))
 
 
 def test_match_bounds():
@@ -163,6 +241,8 @@ NATIVE = [
     ("native_deep_jump", "tcp 198.51.100.7:1 > L:22 flags S", "tcp 198.51.100.7:1 > L:80 flags S"),
     ("native_statements", "udp 198.51.100.7:1 > L:9", "everything"),
     ("netdev_ingress", "tcp 192.0.2.9:1 > L:80 flags S", "tcp 198.51.100.7:1 > L:80 flags S"),
+    # kube-proxy: L is in nodeport-ips, tcp/30080 a node port; other ports of L stay XDP's
+    ("native_kube_proxy", "tcp 198.51.100.7:1 > L:30080 flags S", "tcp 198.51.100.7:1 > L:80 flags S"),
 ]
 
 

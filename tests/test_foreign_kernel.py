@@ -95,6 +95,48 @@ def test_native_redirect_and_counter_keep_their_packets(pair):
     assert (explained["model"]["verdict"], explained["model"]["code"]) == ("PASS", "foreign.nft")
 
 
+KUBE_PROXY = """table ip kube-proxy {{
+    set nodeport-ips {{ type ipv4_addr; elements = {{ {ip} }}; }}
+    map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {ip} . udp . 7201 : goto service-a }}; }}
+    map service-nodeports {{ type inet_proto . inet_service : verdict; elements = {{ udp . 7202 : goto service-b }}; }}
+    map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict;
+        elements = {{ {ip} . udp . 7203 : goto reject-chain }}; }}
+    chain filter-input {{ type filter hook input priority -110; policy accept; ct state new jump service-endpoints-check; }}
+    chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}
+    chain reject-chain {{ counter reject; }}
+    chain service-endpoints-check {{ ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
+    chain services {{ ip daddr . meta l4proto . th dport vmap @service-ips;
+        ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports; }}
+    chain service-a {{ meta l4proto udp dnat to {ip}:7301; }}
+    chain service-b {{ meta l4proto udp dnat to {ip}:7302; }}
+}}
+"""
+
+
+def test_kube_proxy_nftables_services_keep_their_packets_and_xdp_drops_the_rest(pair):
+    # kube-proxy's nftables layout: a service address and port DNATed (service-ips), a node port
+    # (nodeport-ips . service-nodeports), a service without endpoints rejected before filter/INPUT.
+    # XDP must leave exactly those to netfilter; before their maps bounded the effects, it
+    # deferred every packet (7009 reached netfilter)
+    drop_ports(pair, 7201, 7202, 7203, 7009)
+    pair.receiver.run(["nft", "-f", "-"], input=KUBE_PROXY.format(ip=pair.receiver_ip))
+
+    def fates():
+        return (delivered(pair, 7201, 7301), delivered(pair, 7202, 7302), delivered(pair, 7203),
+                nft_counter(pair, "ip", "kube-proxy", "reject-chain"))
+    alone = fates()
+    assert alone == (COUNT, COUNT, 0, COUNT)
+    attach(pair)
+    with_xdp = fates()
+    assert with_xdp[:3] == alone[:3] and with_xdp[3] - alone[3] == COUNT
+    before = drop_counter(pair, 7009)
+    assert delivered(pair, 7009) == 0 and drop_counter(pair, 7009) == before  # dropped in XDP
+    for port in (7201, 7202, 7203):
+        spec = f"udp 198.51.100.7:1 > {pair.receiver_ip}:{port} iface {pair.receiver_if}"
+        explained = explain_loaded(pair, spec)
+        assert (explained["model"]["verdict"], explained["model"]["code"]) == ("PASS", "foreign.nft"), port
+
+
 def test_harmless_native_table_leaves_offload_on(pair):
     drop_ports(pair, 7003)
     nft(pair, """table inet plain { chain pre { type filter hook prerouting priority -150; policy accept;

@@ -93,4 +93,40 @@ table ip filter {
     chain INPUT { type filter hook input priority 0; policy accept; tcp dport 22 ct mark set 5 log; }
 }
 NFT
+# the shape kube-proxy's nftables mode writes (its maps, sets and chain layout), services made up
+capture native_kube_proxy <<'NFT'
+table ip kube-proxy {
+    comment "rules for kube-proxy"
+    set cluster-ips { type ipv4_addr; elements = { 10.96.0.1, 10.96.0.10 } }
+    set nodeport-ips { type ipv4_addr; elements = { 10.77.1.2 } }
+    map service-ips { type ipv4_addr . inet_proto . inet_service : verdict;
+        elements = { 10.96.0.10 . udp . 53 : goto service-dns, 10.96.0.1 . tcp . 443 : goto service-api,
+                     192.0.2.50 . tcp . 443 : goto external-api } }
+    map service-nodeports { type inet_proto . inet_service : verdict; elements = { tcp . 30080 : goto external-api } }
+    map no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict;
+        elements = { 10.96.0.20 . tcp . 80 : goto reject-chain } }
+    map no-endpoint-nodeports { type inet_proto . inet_service : verdict; elements = { tcp . 30090 : drop } }
+    map firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict;
+        elements = { 192.0.2.50 . tcp . 443 : goto firewall-api } }
+    chain filter-prerouting { type filter hook prerouting priority -110; policy accept; ct state new jump firewall-check; }
+    chain filter-input { type filter hook input priority -110; policy accept;
+        ct state new jump nodeport-endpoints-check; ct state new jump service-endpoints-check; }
+    chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }
+    chain firewall-check { ip daddr . meta l4proto . th dport vmap @firewall-ips; }
+    chain firewall-api { ip saddr != { 198.51.100.0/24 } drop; }
+    chain reject-chain { reject; }
+    chain nodeport-endpoints-check { ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports; }
+    chain service-endpoints-check { ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }
+    chain services { ip daddr . meta l4proto . th dport vmap @service-ips;
+        ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports; }
+    chain mark-for-masquerade { mark set mark or 0x4000; }
+    chain service-dns { ip daddr 10.96.0.10 ip saddr != 10.244.0.0/16 jump mark-for-masquerade;
+        numgen random mod 2 vmap { 0 : goto endpoint-dns-a, 1 : goto endpoint-dns-b }; }
+    chain endpoint-dns-a { ip saddr 10.244.1.5 jump mark-for-masquerade; meta l4proto udp dnat to 10.244.1.5:53; }
+    chain endpoint-dns-b { ip saddr 10.244.2.5 jump mark-for-masquerade; meta l4proto udp dnat to 10.244.2.5:53; }
+    chain service-api { jump mark-for-masquerade; goto endpoint-api; }
+    chain external-api { jump mark-for-masquerade; goto service-api; }
+    chain endpoint-api { meta l4proto tcp dnat to 10.77.1.9:6443; }
+}
+NFT
 run nft flush ruleset
