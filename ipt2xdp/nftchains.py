@@ -29,7 +29,6 @@ such window for it).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -131,15 +130,11 @@ class _Walk:
         """(kind, statement name, its value, bound of the matches before it) of a rule's first
         statement that is not a match: what the rule does whatever path leads to it."""
         matches = []
-        # what _stateful_read looks for (numgen, a set reference) shows in the text: most rules
-        # skip its walk of every node
-        text = json.dumps(rule.get("expr"))
-        may_count = '"numgen"' in text or '"@' in text
         for stmt in rule.get("expr", []):
             if not isinstance(stmt, dict) or len(stmt) != 1:
                 return "unrecognised", None, None, None
             (name, value), = stmt.items()
-            stateful = may_count and _stateful_read(stmt, self.stateful_sets, (rule.get("family"), rule.get("table")))
+            stateful = _stateful_read(stmt, self.stateful_sets, (rule.get("family"), rule.get("table")))
             if stateful:
                 return "stateful", stateful, None, nftbound.statement_bound(matches)
             if name == "match":
