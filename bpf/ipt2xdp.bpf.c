@@ -765,6 +765,27 @@ static __always_inline int nat_would_see(struct xdp_md *ctx, struct packet_field
 	return (flags == 0x10 || flags == 0x30) && (nat_new & IPT2XDP_NAT_NEW_TCP_LOOSE);
 }
 
+/* Whether a packet XDP would drop may belong to a flow conntrack has NATed (asked only where the
+ * plan says NATed flows may exist: IPT2XDP_NAT_FLOWS). Such a packet is rewritten in PREROUTING
+ * whatever the rules say now: the reply to a masqueraded connection is addressed to this host and
+ * leaves PREROUTING addressed to the container behind it, so filter/INPUT never sees it. An
+ * entry found in either direction, a failed lookup, and every protocol bpf_xdp_ct_lookup cannot
+ * look up (ICMP replies and errors of a masqueraded ping, GRE, ...) count as may. */
+static __always_inline int may_be_natted(struct xdp_md *ctx, struct packet_fields *pkt, __u32 nat_new)
+{
+	__u32 cls;
+
+	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
+		return 1;
+	cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
+	if (cls == IPT2XDP_CT_NOT_LOOKED_UP) {
+		/* verified as nat_would_see asks next, so that it needs no second lookup */
+		ct_class(ctx, pkt, nat_new & IPT2XDP_NAT_NEW_ON);
+		cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
+	}
+	return cls == IPT2XDP_CT_FOUND || cls == IPT2XDP_CT_NOT_LOOKED_UP;
+}
+
 /* Classify with the generation in force. Returns the stat reason; *verdict is the XDP action. */
 static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *pkt, __u32 *verdict)
 {
@@ -871,7 +892,10 @@ decided_by_rule:
 	/* not counted: netfilter counts the packet where it goes */
 	if (to_xdp(m.action) == XDP_DROP && !delivered_locally(ctx, pkt, &m.fib))
 		return IPT2XDP_STAT_NOT_LOCAL;
-	if (cfg->nat_new && to_xdp(m.action) == XDP_DROP) {
+	if ((cfg->nat_new & IPT2XDP_NAT_FLOWS) && to_xdp(m.action) == XDP_DROP &&
+	    may_be_natted(ctx, pkt, cfg->nat_new))
+		return IPT2XDP_STAT_NAT_FLOW; /* netfilter decides, and counts it where it goes */
+	if ((cfg->nat_new & IPT2XDP_NAT_NEW_ON) && to_xdp(m.action) == XDP_DROP) {
 		int seen = nat_would_see(ctx, pkt, cfg->nat_new);
 
 		if (seen < 0) /* netfilter drops it, and counts it where it goes */

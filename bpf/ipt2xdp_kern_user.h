@@ -52,6 +52,10 @@
 #define IPT2XDP_NOT_TCP 64
 #define IPT2XDP_NAT_NEW_ON 1 /* gen_config.nat_new */
 #define IPT2XDP_NAT_NEW_TCP_LOOSE 2 /* nf_conntrack_tcp_loose: a TCP ACK without an entry makes one */
+/* gen_config.nat_new: conntrack may hold NATed flows here (a nat table or a native nat chain): a
+ * packet of a known flow may be rewritten in PREROUTING (the reply of a masqueraded connection
+ * goes to a container, not to filter/INPUT), so a drop is taken only for TCP/UDP without an entry */
+#define IPT2XDP_NAT_FLOWS 4
 /* Conntrack classes (value_class[IPT2XDP_VC_PROTO + class * 256 + proto]); looked up only when
  * the generation's field_mask has IPT2XDP_F_CT_STATE, else every packet is NOT_LOOKED_UP. */
 #define IPT2XDP_CT_NONE 0 /* TCP/UDP, no entry (-ENOENT); length or checksum not verified */
@@ -102,7 +106,8 @@
 /* a DROP verdict not taken: the kernel's routing no longer delivers the destination locally (an
  * address removed since the import, forwarded now): filter/INPUT does not see the packet */
 #define IPT2XDP_STAT_NOT_LOCAL 9
-#define IPT2XDP_NUM_STATS 10
+#define IPT2XDP_STAT_NAT_FLOW 10 /* a DROP passed: the packet may belong to a NATed flow */
+#define IPT2XDP_NUM_STATS 11
 
 /* csum_scratch[0] (PERCPU_ARRAY): a chunk of L4 bytes for bpf_csum_diff, padded to 4 bytes. */
 struct ipt2xdp_csum_scratch {
@@ -145,8 +150,8 @@ struct ipt2xdp_gen_config {
 	__u32 src_fast_ndst;
 	__u32 src_fast_dst_lo[IPT2XDP_SRC_FAST_DSTS];
 	__u32 src_fast_dst_hi[IPT2XDP_SRC_FAST_DSTS];
-	/* IPT2XDP_NAT_NEW_*: count the drops nat PREROUTING would have seen (0: off, the program
-	 * then does nothing more for a drop). Netfilter runs nat PREROUTING only for a packet that
+	/* IPT2XDP_NAT_FLOWS: see there. IPT2XDP_NAT_NEW_ON (+ _TCP_LOOSE): count the drops nat
+	 * PREROUTING would have seen (off: the program does nothing more for a drop). Netfilter runs nat PREROUTING only for a packet that
 	 * makes a new conntrack entry; where its traversal of a dropped packet ends at the policy
 	 * (every nat PREROUTING rule's packets are deferred), such drops also count on counter
 	 * default_counter + 2, and a drop XDP cannot place that way is passed to netfilter. */

@@ -54,7 +54,7 @@ SETGUARD_ENTRIES = 1 + GEN_SLOTS  # live + one expectation per generation slot
 K_SRC, K_DST, K_PROTO, K_SPORT, K_DPORT = 1, 2, 4, 8, 16
 
 STAT_NAMES = ("defer_all", "not_ipv4", "malformed", "fragment", "lookup_fail", "budget",
-              "classified", "drop", "pass", "not_local")
+              "classified", "drop", "pass", "not_local", "nat_flow")
 NUM_STATS = len(STAT_NAMES)
 
 # Names that read_counters() gives the counters that are not rules. In the kernel they sit right
@@ -63,6 +63,7 @@ DEFAULT_COUNTER = 0xFFFFFFFF   # the default action (chain policy)
 OVERFLOW_COUNTER = 0xFFFFFFFE  # the catch-all DEFER slot that replaces rules beyond capacity
 NAT_NEW_COUNTER = 0xFFFFFFFD   # drops nat PREROUTING would have seen (default_counter + 2, if nat_new)
 NAT_NEW_ON, NAT_NEW_TCP_LOOSE = 1, 2  # GenConfig.nat_new bits
+NAT_FLOWS = 4  # GenConfig.nat_new: conntrack may hold NATed flows (IPT2XDP_NAT_FLOWS)
 
 BPF_F_INNER_MAP = 1 << 12
 

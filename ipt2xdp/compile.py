@@ -174,7 +174,8 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
             (fastpath.reduce_classifier), so a source not on the list is not classified against
             it; False keeps the whole classifier beside the fast path (the form before).
         nat_new: abi.NAT_NEW_* bits (plan.Plan.nat_new): count the drops nat PREROUTING would
-            have seen on counter abi.NAT_NEW_COUNTER, and pass those XDP cannot place.
+            have seen on counter abi.NAT_NEW_COUNTER, and pass those XDP cannot place; with
+            abi.NAT_FLOWS (plan.Plan.nat_flows), pass every drop that may belong to a NATed flow.
     Returns:
         Tables, whose maps are keyed by the logical names of abi.GEN_MAPS.
     """
@@ -248,7 +249,7 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
     rule_ids = [r.rule_id for r in all_rules]
     default_counter = max(rule_ids, default=-1) + 1
     # + the default action and the overflow catch-all (and the drops nat PREROUTING would see)
-    stride = default_counter + (3 if nat_new else 2)
+    stride = default_counter + (3 if nat_new & abi.NAT_NEW_ON else 2)
     if stride > abi.MAX_COUNTER_STRIDE:
         raise CapacityError(f"rule id {default_counter - 1} is too large for the counters "
                             f"(ids must stay below {abi.MAX_COUNTER_STRIDE - 2}); number rules densely")

@@ -28,6 +28,10 @@ PACKET_WHY = {
     "guard.not-local": "the destination is not an address of this host: the packet is forwarded or dropped "
                        "by the stack and never reaches filter/INPUT, so XDP leaves it to netfilter",
     "default": "no classifier rule matched; the program's default is to defer",
+    "nat.flow": "filter/INPUT would drop it, but conntrack may hold NATed flows here and this packet may "
+                "belong to one (an entry exists, or XDP cannot look its protocol up): PREROUTING may "
+                "rewrite it (a masqueraded connection's reply goes to the container), so XDP leaves it "
+                "to netfilter",
 }
 OUTCOME_TEXT = {"drop": "DROP in XDP", "accept": "PASS (netfilter accepts it)", "defer": "PASS to netfilter"}
 
@@ -142,6 +146,8 @@ def explain(plan: Plan, spec: PacketSpec, host: HostContext, ruleset: Optional[i
     texts = _steps(plan)
     path = plan.counter_paths[rule_id]
     code = plan.codes[rule_id] if plan.codes else ""
+    if verdict == Verdict.DROP and plan.nat_flows and key.ct in (CtClass.FOUND, CtClass.NOT_LOOKED_UP):
+        verdict, code = Verdict.DEFER, "nat.flow"  # the program's may_be_natted
     outcome = {Verdict.DROP: "drop", Verdict.ACCEPT: "accept"}.get(verdict, "defer")
     if code == "after.maybe-drop":
         for step in _maybe_droppers(plan, ruleset, host, key):

@@ -51,6 +51,7 @@ class Foreign:
     other_text: str = ""                  # the other backend's raw/mangle/nat/filter tables, canonical text
     other_tables: Tuple[str, ...] = ()    # the tables other_text holds
     unreadable: Tuple[str, ...] = ()      # what could not be read: XDP defers everything
+    nat_hooks: Tuple[str, ...] = ()       # native nftables chains of type nat (any hook): NATed flows
 
     @property
     def other(self) -> str:
@@ -201,7 +202,18 @@ def _foreign(planned, devices, attached, nft, other, errors: List[str]) -> Forei
         fill_ingress_devices(document, _list_chain)
         native = classify(document, passed_devices(devices, attached))
     other_text, other_tables = other or ("", ())
-    return Foreign(planned, native, other_text, other_tables, tuple(unreadable))
+    return Foreign(planned, native, other_text, other_tables, tuple(unreadable), nat_hooks(document))
+
+
+def nat_hooks(document) -> Tuple[str, ...]:
+    """Labels of the IPv4 nftables base chains of type nat in a listing (postrouting and output too:
+    a masquerade there NATs the flows whose replies come back in)."""
+    out = []
+    for item in (document or {}).get("nftables", []):
+        chain = item.get("chain") if isinstance(item, dict) else None
+        if isinstance(chain, dict) and chain.get("type") == "nat" and chain.get("family") in ("ip", "inet"):
+            out.append(f"table {chain.get('family')} {chain.get('table')} chain {chain.get('name')}")
+    return tuple(sorted(out))
 
 
 @functools.lru_cache(maxsize=8)

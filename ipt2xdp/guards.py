@@ -156,6 +156,18 @@ def local_guard(em) -> None:
     em.emit(Match(dst=local.complement(U32_MAX)), DEFER, (), "guard.not-local")
 
 
+def nat_flows(ruleset: ir.Ruleset, host: HostContext) -> bool:
+    """Whether conntrack may hold NATed flows: a nat table (the planned backend's or the other's)
+    or a native nftables chain of type nat. A packet of such a flow is rewritten in PREROUTING
+    whatever the rules say (the reply to a masqueraded connection leaves it addressed to the
+    container behind this host), so XDP drops only TCP/UDP without a conntrack entry (abi.NAT_FLOWS).
+    Unknown foreign hooks count as NAT."""
+    if ruleset.table("nat") is not None:
+        return True
+    found = host.foreign
+    return found is not None and bool("nat" in found.other_tables or found.nat_hooks or found.unreadable)
+
+
 def nat_new(ruleset: ir.Ruleset, host: HostContext) -> int:
     """Whether XDP can count, exactly, its drops on the nat PREROUTING policy (abi.NAT_NEW_* bits).
 

@@ -24,7 +24,7 @@ from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, 
                                 ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
 from ipt2xdp.guards import (earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops, local_guard,
-                            nat_new, raw_ct_targets)
+                            nat_flows, nat_new, raw_ct_targets)
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.jumppaths import History, Way
 from ipt2xdp.planmodel import EARLIER_CHAINS, Decision, Plan, RuleRef, chain_of
@@ -345,5 +345,10 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
                      "drops, to count on the nat PREROUTING policy those that would have made an entry; it "
                      "passes to netfilter the ones it cannot place (ICMP requests, other protocols, TCP/UDP "
                      "whose checksum it could not verify)")
+    flows = nat_flows(ruleset, host)
+    if flows:
+        notes.append("nat.flows: conntrack may hold NATed flows here (a nat table or a native nat chain): a packet "
+                     "of one is rewritten before filter/INPUT (a masqueraded connection's reply goes to the "
+                     "container), so XDP drops only TCP/UDP without a conntrack entry and passes the rest")
     return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes), tuple(em.codes),
-                deadline, counting_nat)
+                deadline, counting_nat, flows)

@@ -51,6 +51,9 @@ class Plan:
     # abi.NAT_NEW_* bits for compile(): XDP counts its drops that nat PREROUTING would have seen
     # (0: not exactly countable, or no nat table). See nat_new().
     nat_new: int = 0
+    # conntrack may hold NATed flows: XDP passes a drop whose packet may belong to one (abi.NAT_FLOWS;
+    # guards.nat_flows())
+    nat_flows: bool = False
 
     def summary(self) -> Dict[str, int]:
         kinds = [d.kind for d in self.decisions]

@@ -163,7 +163,7 @@ def foreign_from_record(record):
                                       effects=tuple(Effect(e["where"], bound(e["bound"])) for e in c["effects"])))
                    for c in record["native"])
     return Foreign(record["planned"], native, record["other_text"], tuple(record["other_tables"]),
-                   tuple(record["unreadable"]))
+                   tuple(record["unreadable"]), tuple(record.get("nat_hooks", ())))
 
 
 def host_from_record(record: dict):

@@ -70,6 +70,8 @@ def _eval(expr, defs):
     ("IPT2XDP_NUM_STATS", abi.NUM_STATS), ("IPT2XDP_STAT_PASS", abi.STAT_NAMES.index("pass")),
     ("IPT2XDP_STAT_BUDGET", abi.STAT_NAMES.index("budget")),
     ("IPT2XDP_STAT_NOT_LOCAL", abi.STAT_NAMES.index("not_local")),
+    ("IPT2XDP_STAT_NAT_FLOW", abi.STAT_NAMES.index("nat_flow")), ("IPT2XDP_NAT_FLOWS", abi.NAT_FLOWS),
+    ("IPT2XDP_NAT_NEW_ON", abi.NAT_NEW_ON), ("IPT2XDP_NAT_NEW_TCP_LOOSE", abi.NAT_NEW_TCP_LOOSE),
 ])
 def test_constant_matches_header(c_name, py_value):
     assert _eval(_defines()[c_name], _defines()) == py_value

@@ -53,3 +53,31 @@ def test_the_nat_counter_adds_to_the_nat_policy_and_the_program_gets_room_for_it
     # as the wrapper reads them (xdpcounts._status_counters): by number
     assert counters.per_rule({str(abi.NAT_NEW_COUNTER): {"packets": 2, "bytes": 20}}, record) == \
         {("nat", "PREROUTING", 0): (2, 20)}
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("none", False),
+    ("planned nat table", True),
+    ("other backend's nat table", True),
+    ("native nat chain", True),
+    ("unreadable hooks", True),
+    ("native filter chain only", False),
+])
+def test_nat_flows_where_conntrack_may_hold_natted_flows(where, expected):
+    """plan.nat_flows (abi.NAT_FLOWS): any nat table or native nat chain, whatever its rules (a
+    masquerade in POSTROUTING NATs the flows whose replies come back in)."""
+    from dataclasses import replace
+
+    from ipt2xdp.foreign import Foreign, nat_hooks
+
+    nat = NAT_HEAD.format(policy="ACCEPT") + "COMMIT\n" if where == "planned nat table" else ""
+    chain = lambda kind: {"nftables": [{"chain": {"family": "inet", "table": "t", "name": "c", "type": kind,
+                                                  "hook": "postrouting", "prio": 100}}]}
+    foreign = {"none": Foreign("legacy"), "planned nat table": Foreign("legacy"),
+               "other backend's nat table": Foreign("legacy", other_tables=("filter", "nat")),
+               "native nat chain": Foreign("legacy", nat_hooks=nat_hooks(chain("nat"))),
+               "unreadable hooks": Foreign("legacy", unreadable=("nft -j list ruleset failed",)),
+               "native filter chain only": Foreign("legacy", nat_hooks=nat_hooks(chain("filter")))}[where]
+    result = plan(ruleset("-A INPUT -p udp -j DROP", extra_tables=nat), replace(HOST, foreign=foreign))
+    assert result.nat_flows is expected
+    assert any(n.startswith("nat.flows:") for n in result.notes) is expected

@@ -182,11 +182,13 @@ def _run(args, mark: int, preload=None) -> int:
 
 
 def _nat_new(result, backend_name) -> int:
-    """compile()'s nat_new for this plan: with iptables-legacy only. iptables-nft's nat policy
-    counter was seen in namespaces to stay at zero after the table was made by an -A, and to count
-    after a later commit: not modelled, so there XDP adds nothing (and keeps dropping the packets
-    it could not place)."""
-    return result.nat_new if backend_name == "legacy" else 0
+    """compile()'s nat_new for this plan: abi.NAT_FLOWS where NATed flows may exist; the counting
+    bits with iptables-legacy only. iptables-nft's nat policy counter was seen in namespaces to stay
+    at zero after the table was made by an -A, and to count after a later commit: not modelled, so
+    there XDP adds nothing to it."""
+    from ipt2xdp import abi
+
+    return (result.nat_new if backend_name == "legacy" else 0) | (abi.NAT_FLOWS if result.nat_flows else 0)
 
 
 def _map_diff(result, loaded, host, backend_name):
