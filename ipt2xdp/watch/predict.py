@@ -175,8 +175,36 @@ def predicted_text(text: str, command: Command, matching_rule=None) -> Optional[
     return "\n".join(lines)
 
 
+def rule_matcher(ruleset):
+    """predicted_text()'s matching_rule for the ruleset parsed from the text: the first rule of the
+    chain that renders as the rule line parsed does (what `-D CHAIN <spec>` deletes, as far as the
+    project's parser and renderer tell; a mistake shows in the read-back)."""
+    def matching_rule(table: str, chain: str, line: str) -> Optional[int]:
+        from ipt2xdp.errors import ParseError
+        from ipt2xdp.parse import parse
+        from ipt2xdp.render import render_rule
+
+        known = ruleset.table(table)
+        rules = known.chain(chain).rules if known is not None and known.chain(chain) is not None else None
+        if rules is None:
+            return None
+        declared = "".join(f":{c.name} {c.policy or '-'} [0:0]\n" for c in known.chains)
+        try:
+            parsed = parse(f"*{table}\n{declared}{line}\nCOMMIT\n", "<rule spec>").table(table).chain(chain).rules
+        except ParseError:
+            return None
+        if len(parsed) != 1:
+            return None
+        wanted = render_rule(parsed[0])
+        return next((index for index, rule in enumerate(rules, 1) if render_rule(rule) == wanted), None)
+    return matching_rule
+
+
+PLANNING_NICE = 10
+
+
 class Planning:
-    """The plan of a predicted ruleset (import_._Prepared), made in a thread while the watcher's
+    """The plan of a predicted ruleset (import_._Prepared) and its plan record, made in a thread while the watcher's
     loop goes on: answering the caller's "done", reading the ruleset back (the save process runs
     beside it) and parsing it. result() waits for it: the _Prepared, or None if planning failed.
 
@@ -184,23 +212,33 @@ class Planning:
     plan.TERM_MEMO and the rules' derived values, whose entries are functions of the rule (and host)
     alone, and the loop plans nothing itself before it has waited here (warm.py)."""
 
-    def __init__(self, ruleset, host, ipsets: str, backend: str):
+    def __init__(self, ruleset, host, ipsets: str, backend: str, devices: List[str]):
         import threading
 
-        self.host, self.ipsets, self.backend = host, ipsets, backend
+        self.host, self.ipsets, self.backend, self.devices = host, ipsets, backend, devices
         self._prepared = None
         self._thread = threading.Thread(target=self._plan, args=(ruleset,), name="ipt2xdp-predicted-plan",
                                         daemon=True)
         self._thread.start()
 
     def _plan(self, ruleset) -> None:
+        import os
+        import threading
         import types
 
         from ipt2xdp.commands.import_ import _Prepared
 
         try:
-            self._prepared = _Prepared(ruleset, self.host, types.SimpleNamespace(ipsets=self.ipsets), self.backend,
-                                       hold_notices=True)
+            # Behind what is waited for meanwhile on a busy machine: the real binary, the read-back
+            # (iptables-save), the loop. Linux applies a nice value to the one thread named.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PLANNING_NICE)
+        except OSError:
+            pass
+        try:
+            prepared = _Prepared(ruleset, self.host, types.SimpleNamespace(ipsets=self.ipsets), self.backend,
+                                 hold_notices=True)
+            prepared.plan_record(self.backend, self.devices, ruleset)  # its JSON too: 30-60 ms at 10k rules
+            self._prepared = prepared
         except Exception:  # noqa: BLE001 - only a head start: the sync plans what it reads back itself
             self._prepared = None
 

@@ -179,7 +179,7 @@ class Warm:
         base_backend, base_text, _ = self._base
         if base_backend != backend or sorted(devices) != devices:  # _sync reads the host anew then
             return
-        text = predict.predicted_text(base_text, command, self._matching_rule)
+        text = predict.predicted_text(base_text, command, predict.rule_matcher(self._base[2]))
         if text is None:
             return
         if gc.isenabled():  # as in sync(): off until collect()
@@ -194,29 +194,8 @@ class Warm:
         host = self.host(devices, backend, [t.name for t in ruleset.tables])
         if self.host_trigger is not None:
             self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
-        self._planning = predict.Planning(ruleset, host, record.get("ipsets", "mirror"), backend)
+        self._planning = predict.Planning(ruleset, host, record.get("ipsets", "mirror"), backend, devices)
         self._planning_pid = pid
-
-    def _matching_rule(self, table: str, chain: str, line: str) -> Optional[int]:
-        """The 1-based index of the first rule of chain, in the last ruleset read back, that is
-        the rule line parsed (rendered the same), or None."""
-        from ipt2xdp.errors import ParseError
-        from ipt2xdp.parse import parse
-        from ipt2xdp.render import render_rule
-
-        known = self._base[2].table(table)
-        rules = known.chain(chain).rules if known is not None and known.chain(chain) is not None else None
-        if rules is None:
-            return None
-        declared = "".join(f":{c.name} {c.policy or '-'} [0:0]\n" for c in known.chains)
-        try:
-            parsed = parse(f"*{table}\n{declared}{line}\nCOMMIT\n", "<rule spec>").table(table).chain(chain).rules
-        except ParseError:
-            return None
-        if len(parsed) != 1:
-            return None
-        wanted = render_rule(parsed[0])
-        return next((index for index, rule in enumerate(rules, 1) if render_rule(rule) == wanted), None)
 
     def _drop_planning(self) -> None:
         """Wait for a plan still being made (nothing else plans meanwhile) and forget it."""
