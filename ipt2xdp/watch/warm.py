@@ -30,6 +30,9 @@ from typing import Dict, List, Optional, Tuple
 
 # Sources whose changes cannot touch the host facts (the ruleset is read anew on every sync).
 RULESET_SOURCES = ("legacy", "wrapper", "start", "retry")
+# How a served sync's log tells whether the plan made while the caller's command ran was flipped to.
+PREDICTION_HELD = "the predicted plan held"
+PREDICTION_MISSED = "the prediction did not hold: planned again"
 
 
 def warm_up() -> None:
@@ -286,6 +289,8 @@ class Warm:
                 else:
                     what = (f"re-imported iptables-{backend}'s ruleset, generation {applied.generation}, "
                             f"{len(applied.rewritten)} of {len(abi.GEN_MAPS)} maps rewritten in place")
+                    if ahead is not None:
+                        what += ", " + (PREDICTION_HELD if held else PREDICTION_MISSED)
         total = time.monotonic() - started
         self._leftovers.append((ruleset, text))
         self._base = (backend, text, ruleset)
