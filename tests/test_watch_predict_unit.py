@@ -140,7 +140,8 @@ def test_same_canonical_is_canonical_text_equality(change):
     memo = ParseMemo()
     base = parse(BASE, "<a>", memo)
     variants = [BASE, BASE.replace(":FORWARD DROP", ":FORWARD ACCEPT"), BASE.replace(":EMPTY - [0:0]\n", ""),
-                BASE.replace("-A INPUT -j BL\n-A BL -s 10.0.0.2/32 -j DROP\n", "-A BL -s 10.0.0.2/32 -j DROP\n-A INPUT -j BL\n"),
+                BASE.replace("-A INPUT -j BL\n-A BL -s 10.0.0.2/32 -j DROP\n",
+                             "-A BL -s 10.0.0.2/32 -j DROP\n-A INPUT -j BL\n"),
                 BASE.replace("-A INPUT -j BL\n", "").replace("COMMIT", "-A INPUT -j BL\nCOMMIT"),
                 BASE.replace("10.0.0.3/32", "10.0.0.4/32"), BASE.replace("*filter", "*mangle")]
     if change is not None:

@@ -15,6 +15,7 @@ position iptables-save prints that rule.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 _COMMANDS = {
@@ -204,9 +205,10 @@ PLANNING_NICE = 10
 
 
 class Planning:
-    """The plan of a predicted ruleset (import_._Prepared) and its plan record, made in a thread while the watcher's
-    loop goes on: answering the caller's "done", reading the ruleset back (the save process runs
-    beside it) and parsing it. result() waits for it: the _Prepared, or None if planning failed.
+    """The plan of a predicted ruleset (import_._Prepared) and its plan record, made in a thread
+    while the watcher's loop goes on: answering the caller's "done", reading the ruleset back (the
+    save process runs beside it) and parsing it. result() waits for it: the _Prepared, or None if
+    planning failed.
 
     Only planning runs in the thread; it shares with the loop nothing that either writes except
     plan.TERM_MEMO and the rules' derived values, whose entries are functions of the rule (and host)
@@ -220,20 +222,18 @@ class Planning:
         self._thread = threading.Thread(target=self._plan, args=(ruleset,), name="ipt2xdp-predicted-plan",
                                         daemon=True)
         self._thread.start()
+        try:
+            # Behind what is waited for meanwhile on a busy machine: the real binary, the read-back
+            # (iptables-save), the loop. Linux applies a nice value to the one thread named.
+            os.setpriority(os.PRIO_PROCESS, self._thread.native_id, PLANNING_NICE)
+        except OSError:
+            pass
 
     def _plan(self, ruleset) -> None:
-        import os
-        import threading
         import types
 
         from ipt2xdp.commands.import_ import _Prepared
 
-        try:
-            # Behind what is waited for meanwhile on a busy machine: the real binary, the read-back
-            # (iptables-save), the loop. Linux applies a nice value to the one thread named.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PLANNING_NICE)
-        except OSError:
-            pass
         try:
             prepared = _Prepared(ruleset, self.host, types.SimpleNamespace(ipsets=self.ipsets), self.backend,
                                  hold_notices=True)
@@ -246,5 +246,12 @@ class Planning:
         return self._thread.is_alive()
 
     def result(self):
+        if self._thread.is_alive():
+            # Waited for now: nothing else is, so it gets its full share again (root may lower a nice
+            # value; elsewhere it stays as it was).
+            try:
+                os.setpriority(os.PRIO_PROCESS, self._thread.native_id, 0)
+            except OSError:
+                pass
         self._thread.join()
         return self._prepared

@@ -125,9 +125,11 @@ class Watcher:
 
     def _begin(self, session: Session, change_json: Optional[str] = None) -> str:
         """change_json: what the caller's command does to the rule objects (countmap.Change's
-        JSON); recorded for the flip that ends this deferral, bound to the generation in force
-        (the caller holds the lock: no other flip comes in between), right after the answer:
-        while the caller's real command runs, and before its "done" is read."""
+        JSON, with the command line beside it as "args" for an iptables command); recorded for the
+        flip that ends this deferral, bound to the generation in force (the caller holds the lock:
+        no other flip comes in between), right after the answer: while the caller's real command
+        runs, and before its "done" is read. Then the ruleset the command should leave is planned
+        in a thread (warm.Warm.predict)."""
         from ipt2xdp import loader
         from ipt2xdp.wrapper import countmap, sync, xdpcounts
 

@@ -20,6 +20,9 @@ and not the set-up around it.
   next flip rewrites in them only the entries that differ instead of filling new maps.
 - Until the caller has its answer: the collector's work and the freeing of what the sync made
   (collect()).
+- The last ruleset read back (its text and its parse), which a wrapper's command line is applied to
+  (predict.py) when its "begin" comes: the plan of that prediction is made in a thread while the
+  real binary runs, and flipped to by the sync after "done" if what is read back then holds it.
 """
 from __future__ import annotations
 
