@@ -15,7 +15,6 @@ position iptables-save prints that rule.
 """
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 _COMMANDS = {
@@ -201,9 +200,6 @@ def rule_matcher(ruleset):
     return matching_rule
 
 
-PLANNING_NICE = 10
-
-
 class Planning:
     """The plan of a predicted ruleset (import_._Prepared) and its plan record, made in a thread
     while the watcher's loop goes on: answering the caller's "done", reading the ruleset back (the
@@ -222,12 +218,6 @@ class Planning:
         self._thread = threading.Thread(target=self._plan, args=(ruleset,), name="ipt2xdp-predicted-plan",
                                         daemon=True)
         self._thread.start()
-        try:
-            # Behind what is waited for meanwhile on a busy machine: the real binary, the read-back
-            # (iptables-save), the loop. Linux applies a nice value to the one thread named.
-            os.setpriority(os.PRIO_PROCESS, self._thread.native_id, PLANNING_NICE)
-        except OSError:
-            pass
 
     def _plan(self, ruleset) -> None:
         import types
@@ -246,12 +236,5 @@ class Planning:
         return self._thread.is_alive()
 
     def result(self):
-        if self._thread.is_alive():
-            # Waited for now: nothing else is, so it gets its full share again (root may lower a nice
-            # value; elsewhere it stays as it was).
-            try:
-                os.setpriority(os.PRIO_PROCESS, self._thread.native_id, 0)
-            except OSError:
-                pass
         self._thread.join()
         return self._prepared
