@@ -57,6 +57,7 @@ def test_command_lines_it_reads(args, letter, table, chain, position, spec):
 @pytest.mark.parametrize("args", [
     ["-E", "OLD", "NEW"],                                   # rename: not predicted
     ["-vA", "INPUT", "-j", "DROP"],                         # a cluster holding the command
+    ["-A", "INPUT", "-j", "DROP", "-tnat"],                 # ... or the table
     ["-A", "INPUT", "-j", "DROP", "-D", "INPUT", "1"],      # two commands
     ["-A", "INPUT"],                                        # no rule spec
     ["-N", "X", "-j", "DROP"],                              # words where none belong

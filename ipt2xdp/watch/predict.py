@@ -80,9 +80,9 @@ def read_command(args: List[str]) -> Optional[Command]:
                 if i >= len(args):
                     return None
                 policy, i = args[i], i + 1
-        elif arg.startswith("-") and not arg.startswith("--") and len(arg) > 2 and letter is None \
+        elif arg.startswith("-") and not arg.startswith("--") and len(arg) > 2 and arg[1].isalpha() \
                 and any(c in "ADRINEPFXZLSCt" for c in arg[1:]):
-            return None  # a cluster that may hold the command or the table: not predicted
+            return None  # a cluster that may hold a command or the table (-vA, -tnat): not predicted
         else:
             spec.append(arg)
     if letter is None or not table:
