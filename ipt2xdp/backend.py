@@ -104,25 +104,11 @@ def start_restore(text: str, backend: str, test: bool = False, counters: bool = 
 
 def save(backend: str, counters: bool = False, table: Optional[str] = None) -> str:
     extra = (["--counters"] if counters else []) + (["-t", table] if table else [])
-    # The output goes to a memory file, read once the tool has ended: read from a pipe, each chunk
-    # of a 10k-rule ruleset (a megabyte) needed the GIL, which `ipt2xdp watch` shares with the
-    # thread planning its prediction (watch/predict.py): waiting for it made the read 2-4x slower.
-    out, err = os.memfd_create("iptables-save", os.MFD_CLOEXEC), os.memfd_create("iptables-save-err", os.MFD_CLOEXEC)
-    try:
-        code = subprocess.run(_argv("save", backend, extra), stdout=out, stderr=err).returncode
-        stdout, stderr = (_read_all(fd).decode("utf-8", "replace") for fd in (out, err))
-    finally:
-        os.close(out)
-        os.close(err)
-    if code != 0:
-        raise BackendError(f"iptables-{backend}-save", code, stderr)
+    result = subprocess.run(_argv("save", backend, extra), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackendError(f"iptables-{backend}-save", result.returncode, result.stderr)
     # iptables-nft prints a warning comment when legacy tables also exist; it is not part of the ruleset.
-    return re.sub(r"(?m)^# Warning: iptables-legacy tables present.*\n?", "", stdout)
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.lseek(fd, 0, os.SEEK_END)
-    return os.pread(fd, size, 0) if size else b""
+    return re.sub(r"(?m)^# Warning: iptables-legacy tables present.*\n?", "", result.stdout)
 
 
 __all__ = ["BACKENDS", "BackendError", "Restoring", "active_backend", "resolve", "restore", "save", "start_restore",
