@@ -152,3 +152,14 @@ def test_same_canonical_is_canonical_text_equality(change):
         assert same_canonical(base, other) == (canonical(base) == canonical(other)), text
         assert same_canonical(other, base) == (canonical(base) == canonical(other)), text
     assert same_canonical(base, parse(BASE, "<c>", memo))
+
+
+def test_predicting_is_wanted_with_a_cpu_to_spare(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    for load, mode, wanted in ((0.3, "auto", True), (1.9, "auto", True), (2.0, "auto", False),
+                               (3.5, "auto", False), (3.5, "always", True), (0.1, "never", False)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        monkeypatch.setenv(predict.MODE_ENV, mode)
+        assert predict.wanted() is wanted, (load, mode)

@@ -28,6 +28,7 @@ import pytest
 from ipt2xdp import abi, netns, pins
 from ipt2xdp.wrapper.client import socket_path
 from tests.nsutil import read_log, start_watch, stop_watch, unload_and_close
+from ipt2xdp.watch.predict import MODE_ENV
 from ipt2xdp.watch.warm import PREDICTION_HELD, PREDICTION_MISSED
 from tests.test_wrapper_kernel import BIN, in_step, real, wrapped
 
@@ -65,8 +66,11 @@ def assert_in_step_now(ns, backend, what):
 
 
 @pytest.fixture(params=["nft", "legacy"])
-def watched(request):
+def watched(request, monkeypatch):
     backend = request.param
+    # Whatever the machine's load (watch/predict.py: auto predicts only with a CPU to spare), the
+    # watcher plans each change while the real binary runs: what these tests hold it to.
+    monkeypatch.setenv(MODE_ENV, "always")
     pair = netns.veth_pair()
     watcher = None
     try:

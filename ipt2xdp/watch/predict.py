@@ -15,6 +15,7 @@ position iptables-save prints that rule.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 _COMMANDS = {
@@ -173,6 +174,21 @@ def predicted_text(text: str, command: Command, matching_rule=None) -> Optional[
     for index, removed, inserted in sorted(edits, key=lambda e: e[0], reverse=True):
         lines[index:index + removed] = inserted
     return "\n".join(lines)
+
+
+MODE_ENV = "IPT2XDP_WATCH_PREDICT"  # auto (default), always, never
+
+
+def wanted() -> bool:
+    """Whether to plan a prediction beside the real binary. It gains only where a CPU would
+    otherwise idle: on a machine whose CPUs are all busy the planning thread takes its CPU from the
+    real binary and the read-back, which then take as much longer as the plan saves (bench/
+    wrapper_bench.py at 10k rules, load 3.5-4.5 on 2 CPUs: 850 ms added instead of 675). auto: when
+    the 1-minute load average is below the number of CPUs."""
+    mode = os.environ.get(MODE_ENV, "auto")
+    if mode in ("always", "never"):
+        return mode == "always"
+    return os.getloadavg()[0] < (os.cpu_count() or 1)
 
 
 def rule_matcher(ruleset):

@@ -177,7 +177,7 @@ class Warm:
         from ipt2xdp.watch import predict
 
         self._drop_planning()
-        command = predict.read_command(args) if args is not None else None
+        command = predict.read_command(args) if args is not None and predict.wanted() else None
         target = self._target(backend) if command is not None and self._base is not None else None
         if target is None:
             return
