@@ -158,8 +158,8 @@ def test_predicting_is_wanted_with_a_cpu_to_spare(monkeypatch):
     import os
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    for load, mode, wanted in ((0.3, "auto", True), (1.9, "auto", True), (2.0, "auto", False),
-                               (3.5, "auto", False), (3.5, "always", True), (0.1, "never", False)):
+    for load, mode, wanted in ((0.3, "auto", True), (2.9, "auto", True), (3.0, "auto", False),
+                               (4.5, "auto", False), (4.5, "always", True), (0.1, "never", False)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
         monkeypatch.setenv(predict.MODE_ENV, mode)
         assert predict.wanted() is wanted, (load, mode)

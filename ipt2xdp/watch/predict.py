@@ -180,15 +180,17 @@ MODE_ENV = "IPT2XDP_WATCH_PREDICT"  # auto (default), always, never
 
 
 def wanted() -> bool:
-    """Whether to plan a prediction beside the real binary. It gains only where a CPU would
-    otherwise idle: on a machine whose CPUs are all busy the planning thread takes its CPU from the
-    real binary and the read-back, which then take as much longer as the plan saves (bench/
-    wrapper_bench.py at 10k rules, load 3.5-4.5 on 2 CPUs: 850 ms added instead of 675). auto: when
-    the 1-minute load average is below the number of CPUs."""
+    """Whether to plan a prediction beside the real binary. It gains where the thread finds CPU
+    time nobody else wants: on a machine whose CPUs are all busy it takes its CPU from the real
+    binary and the read-back, which then take longer than the plan saves. bench/wrapper_bench.py at
+    10k rules on 2 CPUs, steady served change, ms added to the real binary: at load 2.7 (the bench's
+    own processes included) 507-557 predicting against 643-666 not; at load 3.5-4.5, 850 against 675
+    (medians of alternating runs). auto: while the 1-minute load average is below the number of
+    CPUs plus one (the wrapper calls being served count about one)."""
     mode = os.environ.get(MODE_ENV, "auto")
     if mode in ("always", "never"):
         return mode == "always"
-    return os.getloadavg()[0] < (os.cpu_count() or 1)
+    return os.getloadavg()[0] < (os.cpu_count() or 1) + 1
 
 
 def rule_matcher(ruleset):
