@@ -257,6 +257,10 @@ def wrapper_section(d, rep):
         if d.get(key):
             lines += [f"The watcher's own timing of {which} (median ms): "
                       + ", ".join(f"{k} {v:.0f}" for k, v in d[key].items()) + ".", ""]
+    if "predicted_plans_held" in d:
+        lines += [f"Watcher predicting: {m.get('predict')}, 1-minute load "
+                  + " -> ".join(f"{x:.1f}" for x in m.get("load", [])) + f"; {d['predicted_plans_held']} served "
+                  "syncs flipped to the plan made while the real binary ran (watch/predict.py).", ""]
     v = ms["wrapper"]["change"]
     rep.at_most(f"one rule change through the CLI at {meth['rules']:,} rules", v, 30, " ms", digits=0)
     if "wrapper_watch" in ms:

@@ -159,7 +159,12 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
                  "stopped, its socket hidden) and the wrapper served by the running watcher (served count "
                  "checked), one after the other; served twice: wrapper_watch_first right after the in-process "
                  "calls' flips (full map writes), wrapper_watch the pair after it (maps rewritten in place, "
-                 "the steady state); watcher_ms(_first): the watcher's own timing of those syncs, median"}}}
+                 "the steady state); watcher_ms(_first): the watcher's own timing of those syncs, median",
+        "predict": "IPT2XDP_WATCH_PREDICT as the watcher had it (auto: it plans the predicted ruleset while the "
+                   "real binary runs only while the 1-minute load is below the CPU count plus one); "
+                   "predicted_plans_held: how many served syncs flipped to that plan; load: 1-minute load "
+                   "average before and after"},
+        "predict": os.environ.get("IPT2XDP_WATCH_PREDICT", "auto"), "load": [os.getloadavg()[0]]}}
     with netns.veth_pair() as pair:
         plain, xdp = pair.sender, pair.receiver
         for ns in (plain, xdp):
@@ -183,6 +188,8 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
             served = watch.served()
             if served != 4 * rounds:
                 raise RuntimeError(f"the watcher served {served} of {4 * rounds} changes: {watch.text()}")
+            res["predicted_plans_held"] = watch.text().count("the predicted plan held")
+            res["meta"]["load"].append(os.getloadavg()[0])
             res["watcher_ms"] = watch.steps(lambda index: index % 4 >= 2)
             res["watcher_ms_first"] = watch.steps(lambda index: index % 4 < 2)
             with watch.paused():
@@ -197,7 +204,9 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
                 watch.stop()
             xdp.run(env + [sys.executable, "-m", "ipt2xdp", "detach", "--all"], check=False)
     res["ms"] = results
-    log(f"  {rules} rules, backend {backend}, {rounds} rounds, median wall ms per call")
+    log(f"  {rules} rules, backend {backend}, {rounds} rounds, median wall ms per call; load "
+        + " -> ".join(f"{x:.1f}" for x in res["meta"]["load"]) + f"; watcher predicting: {res['meta']['predict']}, "
+        f"{res['predicted_plans_held']} of {4 * rounds} served syncs flipped to the predicted plan")
     log(f"  {'call':<22} {'real':>10} {'wrapper':>10} {'added':>10}")
     for key in ("change", "check", "version"):
         a, b = results["real"][key], results["wrapper"][key]

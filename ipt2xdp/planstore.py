@@ -38,13 +38,19 @@ def digest(ruleset_text: str, devices) -> str:
     return h.hexdigest()[:16]
 
 
-def save(key: str, record: dict) -> str:
+def encoded(record: dict) -> str:
+    """The record's file text (save() writes it)."""
+    return json.dumps(_stored(record))  # one C-encoder pass; json.dump() encodes piecewise in Python
+
+
+def save(key: str, record: dict, text: Optional[str] = None) -> str:
+    """text: encoded(record), if made already (ahead of the flip, beside the plan)."""
     directory = _directory()
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"plan-{key}.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(json.dumps(_stored(record)))  # one C-encoder pass; json.dump() encodes piecewise in Python
+        f.write(text if text is not None else encoded(record))
     os.replace(tmp, path)
     _remember(path, record)
     # Keep the last few plans only: the one in force and its predecessors for diffs.

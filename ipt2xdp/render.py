@@ -258,16 +258,38 @@ def canonical(ruleset: ir.Ruleset, rule_texts: Optional[Mapping[Tuple[str, str, 
     return _layout(ruleset, False, text)
 
 
+def same_canonical(a: ir.Ruleset, b: ir.Ruleset) -> bool:
+    """canonical(a) == canonical(b), line by line, without rendering a rule both hold as the same
+    object (a ruleset read back with parse.ParseMemo shares most of its rules with the last one)."""
+    if [t.name for t in a.tables] != [t.name for t in b.tables]:
+        return False
+    for table_a, table_b in zip(a.tables, b.tables):
+        chains_a, chains_b = _chain_order(table_a), _chain_order(table_b)
+        if [(c.name, c.policy or "-", len(c.rules)) for c in chains_a] != \
+                [(c.name, c.policy or "-", len(c.rules)) for c in chains_b]:
+            return False
+        for chain_a, chain_b in zip(chains_a, chains_b):
+            for x, y in zip(chain_a.rules, chain_b.rules):
+                if x is not y and render_rule(x) != render_rule(y):
+                    return False
+    return True
+
+
+def _chain_order(table: ir.Table) -> List[ir.Chain]:
+    """The order iptables-save lays a table's chains out in: built-in ones as read, then the others by name."""
+    return [c for c in table.chains if c.builtin] + sorted((c for c in table.chains if not c.builtin),
+                                                          key=lambda c: c.name)
+
+
 def _layout(ruleset: ir.Ruleset, chain_counters: bool, text: Callable[[str, str, int, ir.Rule], str]) -> str:
     out: List[str] = []
     for table in ruleset.tables:
         out.append(f"*{table.name}")
-        builtins = [c for c in table.chains if c.builtin]
-        users = sorted((c for c in table.chains if not c.builtin), key=lambda c: c.name)
-        for c in builtins + users:
+        ordered = _chain_order(table)
+        for c in ordered:
             count = c.counters if c.builtin and chain_counters else ir.ZERO
             out.append(f":{c.name} {c.policy or '-'} [{count.packets}:{count.bytes}]")
-        for c in builtins + users:
+        for c in ordered:
             out.extend(text(table.name, c.name, index, r) for index, r in enumerate(c.rules, start=1))
         out.append("COMMIT")
     return "\n".join(out) + "\n" if out else ""

@@ -28,6 +28,8 @@ import pytest
 from ipt2xdp import abi, netns, pins
 from ipt2xdp.wrapper.client import socket_path
 from tests.nsutil import read_log, start_watch, stop_watch, unload_and_close
+from ipt2xdp.watch.predict import MODE_ENV
+from ipt2xdp.watch.warm import PREDICTION_HELD, PREDICTION_MISSED
 from tests.test_wrapper_kernel import BIN, in_step, real, wrapped
 
 pytestmark = pytest.mark.kernel
@@ -52,14 +54,23 @@ def status(ns, backend) -> dict:
     return json.loads(out)
 
 
+def planstore_record(ns) -> dict:
+    code = ("import json; from ipt2xdp import loader, planstore\n"
+            "print(json.dumps(planstore.load(loader.status()['ruleset']['source_digest'])))")
+    return json.loads(ns.run([sys.executable, "-c", code]).stdout)
+
+
 def assert_in_step_now(ns, backend, what):
     state = in_step(ns, backend)
     assert state == dict(state, deferring=False, key_matches=True, same=True), (what, state)
 
 
 @pytest.fixture(params=["nft", "legacy"])
-def watched(request):
+def watched(request, monkeypatch):
     backend = request.param
+    # Whatever the machine's load (watch/predict.py: auto predicts only with a CPU to spare), the
+    # watcher plans each change while the real binary runs: what these tests hold it to.
+    monkeypatch.setenv(MODE_ENV, "always")
     pair = netns.veth_pair()
     watcher = None
     try:
@@ -108,6 +119,52 @@ def test_changes_are_served_by_the_watcher_and_planned_once(watched):
     start = text.index("change in start")  # the watcher's first check, before any call
     assert "change in" not in text[text.index("\n", start):], text  # no re-import of the watcher's own
     assert not after["deferring_all"]
+    # Each change was planned while the real binary ran, and that plan was the one flipped to (so
+    # the in-step checks above compared it with a fresh import): all but an nft namespace's first
+    # change, which makes the filter table (not predicted: watch/predict.py).
+    served = [line for line in text.splitlines() if "served sync #" in line]
+    assert [PREDICTION_HELD in line for line in served] == [backend == "legacy"] + [True] * (len(CHANGES) - 1), text
+    assert PREDICTION_MISSED not in text
+
+
+# The caller's command, then another writer's before the watcher reads the ruleset back: what the
+# watcher predicted from the caller's command line is not what netfilter then holds.
+OTHER_WRITER = """
+import json, subprocess, sys
+from ipt2xdp import wrapper
+from ipt2xdp.wrapper import client, cmdline, sync
+backend, args, other = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+change = wrapper._rule_change(cmdline.parse_iptables(args), backend)
+change["args"] = args
+def command():
+    rc = subprocess.run([f"iptables-{backend}", *args]).returncode
+    subprocess.run([f"iptables-{backend}", *other], check=True)
+    return rc
+with sync.wrapper_lock(None):
+    print(json.dumps(client.run_changing(command, change)))
+"""
+
+
+def test_a_prediction_that_does_not_hold_is_not_flipped_to(watched):
+    """Between the caller's "begin" and the read-back another writer puts an ACCEPT for a source
+    before the DROP that XDP enforces for it. The plan of the prediction (the caller's -A alone)
+    would keep dropping that source in XDP; the watcher must see that the ruleset read back is not
+    the predicted one and flip to the plan of what netfilter holds: a fresh import's."""
+    backend, pair, proc, log = watched
+    ns = pair.receiver
+    got = wrapped(ns, backend, "iptables", ["-w", "-A", "INPUT", "-s", "198.51.100.9", "-j", "DROP"])
+    assert (got.returncode, got.stderr) == (0, ""), got.stderr
+    assert_in_step_now(ns, backend, "the DROP")
+    caller = ["-w", "-A", "INPUT", "-s", "192.0.2.10", "-j", "DROP"]
+    other = ["-w", "-I", "INPUT", "-s", "198.51.100.9", "-j", "ACCEPT"]
+    out = ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-c", OTHER_WRITER, backend,
+                  json.dumps(caller), json.dumps(other)]).stdout
+    assert json.loads(out) == [0, True]  # run, and served by the watcher
+    assert_in_step_now(ns, backend, "another writer between begin and the read-back")
+    served = [line for line in read(log).splitlines() if "served sync #" in line]
+    assert PREDICTION_MISSED in served[-1], served
+    record = planstore_record(ns)
+    assert [d["kind"] for d in record["decisions"] if "198.51.100.9" in d["text"] and "ACCEPT" in d["text"]], record
 
 
 def test_a_caller_without_the_lock_is_refused(watched):

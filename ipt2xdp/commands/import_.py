@@ -244,14 +244,43 @@ class _Prepared:
                                      nat_new=_nat_new(self.result, backend_name))
         self.tables.set_guard = setguard.with_deadline(expectation, self.result.set_deadline_ns)
         self.text = text if text is not None else _canonical(ruleset, self.result)
+        self.ruleset = ruleset
+        self._record = None
+
+    def plan_record(self, backend_name: str, devices, ruleset) -> tuple:
+        """(the plan store's record of this plan, its JSON) for planstore.save(). Kept: a plan made
+        ahead (`ipt2xdp watch`'s prediction) has it made ahead too, from the ruleset it was planned
+        from, which renders as the one it is used for (holds()), policies included."""
+        from ipt2xdp import drift, planstore, report
+
+        if self._record is not None and self._record[0] == (backend_name, list(devices)):
+            return self._record[1]
+        host, result, text = self.host, self.result, self.text
+        record = {
+            "backend": backend_name,
+            "ipsets": self.ipset_mode,
+            "ruleset_text": text,                  # with "host": what `explain --loaded` plans again
+            "host": planstore.host_record(host),
+            "devices": list(devices),
+            "decisions": report.decision_records(result),
+            "actions": [rule.action.verdict.name for rule in result.rules],
+            "counter_paths": [[[r.table, r.chain, r.index] for r in path] for path in result.counter_paths],
+            "summary": report.summary(result),
+            # The plan's other input, and the policies the decisions omit: `status` tells drift by them.
+            "host_digest": drift.host_digest(host),
+            "policies": drift.policies(ruleset),
+        }
+        made = (record, planstore.encoded(record))
+        self._record = ((backend_name, list(devices)), made)
+        return made
 
     def holds(self, ruleset, host) -> bool:
         """Whether this is the plan of `ruleset` on `host`: the plan is a function of the canonical
         text (what the plan store and drift digest) and the host facts. Rules read back from lines
-        the input had are the parse memo's copies, whose rendered text is already known."""
-        from ipt2xdp.render import canonical
+        the input had are the parse memo's copies: the same objects, or sharing their rendered text."""
+        from ipt2xdp.render import same_canonical
 
-        return host == self.given_host and canonical(ruleset) == self.text
+        return host == self.given_host and same_canonical(ruleset, self.ruleset)
 
 
 def _plan_ahead(ruleset, host, args, backend_name):
@@ -267,7 +296,7 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
     renders it to tell whether anything changed). ahead: a _Prepared made before the ruleset was
     read back, used when it holds for this ruleset and host. preload: loader.Preload."""
-    from ipt2xdp import drift, loader, planstore
+    from ipt2xdp import loader, planstore
 
     if ahead is not None and ahead.holds(ruleset, host):  # made in _run for the same backend
         prepared = ahead
@@ -275,23 +304,9 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
             loader._stderr_notice(message)
     else:
         prepared = _Prepared(ruleset, host, args, backend_name, text)
-    host, result, tables, text, ipset_mode = (prepared.host, prepared.result, prepared.tables, prepared.text,
-                                              prepared.ipset_mode)
-    key = planstore.digest(text, devices)
-    planstore.save(key, {
-        "backend": backend_name,
-        "ipsets": ipset_mode,
-        "ruleset_text": text,                  # with "host": what `explain --loaded` plans again
-        "host": planstore.host_record(host),
-        "devices": list(devices),
-        "decisions": report.decision_records(result),
-        "actions": [rule.action.verdict.name for rule in result.rules],
-        "counter_paths": [[[r.table, r.chain, r.index] for r in path] for path in result.counter_paths],
-        "summary": report.summary(result),
-        # The plan's other input, and the policies the decisions omit: `status` tells drift by them.
-        "host_digest": drift.host_digest(host),
-        "policies": drift.policies(ruleset),
-    })
+    result, tables = prepared.result, prepared.tables
+    key = planstore.digest(prepared.text, devices)
+    planstore.save(key, *prepared.plan_record(backend_name, devices, ruleset))
     from ipt2xdp.wrapper import xdpcounts
 
     before = loader.status(include_counters=False)

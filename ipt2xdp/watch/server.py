@@ -4,9 +4,10 @@ has the protocol). /run/ipt2xdp/<netns>/watch.sock, mode 0600, and only root pee
 
 The caller holds the wrapper's lock from before "begin" until after the answer to "done"; the
 watcher checks that it does, so a served change keeps the lock's meaning (no other wrapper call,
-import or re-import of the watcher's in between). The watcher stays single-threaded: requests are
-read in its select loop beside the triggers, and while a caller's real command runs the watcher
-keeps watching (its own re-import waits for the lock without blocking, tried again shortly).
+import or re-import of the watcher's in between). Requests are read in the watcher's select loop
+beside the triggers, one at a time, and while a caller's real command runs the watcher keeps
+watching (its own re-import waits for the lock without blocking, tried again shortly); the one other
+thread plans the ruleset the caller's command should leave (watch/predict.py), and nothing else.
 """
 from __future__ import annotations
 

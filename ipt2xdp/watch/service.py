@@ -125,9 +125,11 @@ class Watcher:
 
     def _begin(self, session: Session, change_json: Optional[str] = None) -> str:
         """change_json: what the caller's command does to the rule objects (countmap.Change's
-        JSON); recorded for the flip that ends this deferral, bound to the generation in force
-        (the caller holds the lock: no other flip comes in between), right after the answer:
-        while the caller's real command runs, and before its "done" is read."""
+        JSON, with the command line beside it as "args" for an iptables command); recorded for the
+        flip that ends this deferral, bound to the generation in force (the caller holds the lock:
+        no other flip comes in between), right after the answer: while the caller's real command
+        runs, and before its "done" is read. Then the ruleset the command should leave is planned
+        in a thread (warm.Warm.predict)."""
         from ipt2xdp import loader
         from ipt2xdp.wrapper import countmap, sync, xdpcounts
 
@@ -138,15 +140,22 @@ class Watcher:
             pass  # held, as it must be: by the caller
         # Checked before deferring: a record this watcher cannot read makes the caller re-plan
         # itself (it records the change its own way), not lose the counts' positions.
-        change = countmap.Change.from_json(json.loads(change_json)) if change_json is not None else None
+        data = json.loads(change_json) if change_json is not None else None
+        args = data.pop("args", None) if isinstance(data, dict) else None  # the command line, if an iptables one
+        change = countmap.Change.from_json(data) if data is not None else None
         session.begun = sync.begin()
-        if change is not None:
-            def record() -> None:
+
+        def meanwhile() -> None:
+            if change is not None:
                 try:
                     xdpcounts.expect(change, pid=session.pid, after=loader.generation_ident() or "")
                 except Exception as error:  # noqa: BLE001 - counts then follow rule text
                     log(f"wrapper pid {session.pid}: could not record its change for the counts: {error}")
-            session.after_reply = record
+            try:  # the ruleset the command should leave, planned while it runs (warm.py)
+                self.warm.predict(self.backend, args if isinstance(args, list) else None, session.pid)
+            except Exception as error:  # noqa: BLE001 - only a head start
+                log(f"wrapper pid {session.pid}: could not predict its change: {error}")
+        session.after_reply = meanwhile
         return "ok"
 
     def _done(self, session: Session, rc: int) -> str:

@@ -20,6 +20,9 @@ and not the set-up around it.
   next flip rewrites in them only the entries that differ instead of filling new maps.
 - Until the caller has its answer: the collector's work and the freeing of what the sync made
   (collect()).
+- The last ruleset read back (its text and its parse), which a wrapper's command line is applied to
+  (predict.py) when its "begin" comes: the plan of that prediction is made in a thread while the
+  real binary runs, and flipped to by the sync after "done" if what is read back then holds it.
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ from typing import Dict, List, Optional, Tuple
 
 # Sources whose changes cannot touch the host facts (the ruleset is read anew on every sync).
 RULESET_SOURCES = ("legacy", "wrapper", "start", "retry")
+# How a served sync's log tells whether the plan made while the caller's command ran was flipped to.
+PREDICTION_HELD = "the predicted plan held"
+PREDICTION_MISSED = "the prediction did not hold: planned again"
 
 
 def warm_up() -> None:
@@ -65,6 +71,11 @@ class Warm:
         # freed by collect(), after the answer (freeing them costs 20-25 ms at 10k rules).
         self._leftovers: list = []
         self.last: Dict[str, object] = {}
+        # The last ruleset read back (backend, text, parsed): what a wrapper's command is applied
+        # to in predict(); and the plan of that prediction, being made (predict.Planning).
+        self._base: Optional[tuple] = None
+        self._planning = None
+        self._planning_pid: Optional[int] = None
 
     def collect(self) -> None:
         """What the last sync left, done after its caller was answered (`ipt2xdp watch`: once no
@@ -73,6 +84,8 @@ class Warm:
         dataplane.py; they cost about 5 MB at 10k rules.) The collector, off since sync(), runs
         again from here on."""
         self._leftovers.clear()
+        if self._planning is not None and self._planning.running():
+            return  # a plan is being made in its thread: the collector stays off, collected later
         if self.collect_due:
             self.collect_due = False
             gc.collect()
@@ -143,6 +156,67 @@ class Warm:
         if memo is None or memo["host"] is not host or len(memo["terms"]) > 2 * rules + 1000:
             plan.TERM_MEMO = {"host": host, "terms": {}}
 
+    def _target(self, backend: Optional[str]):
+        """(loader status, its plan record, backend, devices) of a sync now, or None if not loaded."""
+        from ipt2xdp import loader, planstore
+        from ipt2xdp.wrapper import realbin
+
+        info = loader.status(include_counters=False)
+        if not info.get("loaded"):
+            return None
+        record = planstore.load(info.get("ruleset", {}).get("source_digest")) or {}
+        backend = backend or record.get("backend") or realbin.backend()
+        return info, record, backend, record.get("devices") or sorted(info.get("devices", {}))
+
+    def predict(self, backend: Optional[str], args: Optional[list], pid: int) -> None:
+        """A wrapper (pid) is about to run the iptables command args: plan the ruleset it should
+        leave (the last one read back with the command applied, predict.py) in a thread, for
+        the sync that follows its "done" (_sync; flipped to only if what is read back then holds
+        it). args None: nothing to predict (a restore)."""
+        from ipt2xdp.parse import parse
+        from ipt2xdp.watch import predict
+
+        self._drop_planning()
+        command = predict.read_command(args) if args is not None and predict.wanted() else None
+        target = self._target(backend) if command is not None and self._base is not None else None
+        if target is None:
+            return
+        _info, record, backend, devices = target
+        base_backend, base_text, _ = self._base
+        if base_backend != backend or sorted(devices) != devices:  # _sync reads the host anew then
+            return
+        text = predict.predicted_text(base_text, command, predict.rule_matcher(self._base[2]))
+        if text is None:
+            return
+        if gc.isenabled():  # as in sync(): off until collect()
+            gc.disable()
+            self._collector_off = True
+        from ipt2xdp.errors import ParseError
+
+        try:
+            ruleset = parse(text, f"<iptables-{backend}-save>", self._parse_memo(text))
+        except ParseError:
+            return
+        host = self.host(devices, backend, [t.name for t in ruleset.tables])
+        if self.host_trigger is not None:
+            self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
+        self._planning = predict.Planning(ruleset, host, record.get("ipsets", "mirror"), backend, devices)
+        self._planning_pid = pid
+
+    def _drop_planning(self) -> None:
+        """Wait for a plan still being made (nothing else plans meanwhile) and forget it."""
+        planning, self._planning = self._planning, None
+        if planning is not None:
+            planning.result()
+
+    def _planned(self, backend: str, counts_pid: Optional[int]):
+        """The plan predicted for the caller counts_pid, made for this backend (waited for), or None."""
+        planning, pid, self._planning = self._planning, self._planning_pid, None
+        if planning is None:
+            return None
+        prepared = planning.result()
+        return prepared if counts_pid is not None and pid == counts_pid and planning.backend == backend else None
+
     def sync(self, backend: Optional[str], counts_pid: Optional[int] = None) -> str:
         """Bring XDP in step with the kernel now; what was done, for the log. Raises on failure
         (XDP keeps deferring if it was).
@@ -168,16 +242,17 @@ class Warm:
         from ipt2xdp import backend as backends
         from ipt2xdp.parse import parse
         from ipt2xdp.render import canonical
-        from ipt2xdp.wrapper import realbin, sync
+        from ipt2xdp.wrapper import sync
 
         started = time.monotonic()
-        info = loader.status(include_counters=False)
-        if not info.get("loaded"):
+        if counts_pid is None:
+            self._drop_planning()
+        target = self._target(backend)
+        if target is None:
+            self._drop_planning()
             return "ipt2xdp is not loaded in this network namespace; nothing to do"
+        info, record, backend, devices = target
         key = info.get("ruleset", {}).get("source_digest")
-        record = planstore.load(key) or {}
-        backend = backend or record.get("backend") or realbin.backend()
-        devices = record.get("devices") or sorted(info.get("devices", {}))
         times = {}
         with sync.guarded_flip():  # a caller that gave up on us may have changed netfilter since
             text = backends.save(backend)
@@ -201,17 +276,26 @@ class Warm:
                         + ("enforcing again" if deferring else "nothing to do"))
             else:
                 mark = time.monotonic()
+                ahead = self._planned(backend, counts_pid)  # waits for the predicted plan, if one is made
+                if ahead is not None:
+                    times["predicted"] = time.monotonic() - mark  # still being made when the read-back ended
+                    mark = time.monotonic()
                 if self.host_trigger is not None:  # the host object is reused only with its trigger
                     self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
                 applied = sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
-                                      counts_pid=counts_pid, release_later=True, keep=self._leftovers)
-                times["plan+flip"] = time.monotonic() - mark
+                                      counts_pid=counts_pid, release_later=True, keep=self._leftovers, ahead=ahead)
+                planned = self._leftovers[-1] if self._leftovers else None
+                held = ahead is not None and planned is not None and planned[0] is ahead.result
+                times["flip" if held else "plan+flip"] = time.monotonic() - mark
                 if applied is None:
                     what = "ipt2xdp is not loaded in this network namespace; nothing to do"
                 else:
                     what = (f"re-imported iptables-{backend}'s ruleset, generation {applied.generation}, "
                             f"{len(applied.rewritten)} of {len(abi.GEN_MAPS)} maps rewritten in place")
+                    if ahead is not None:
+                        what += ", " + (PREDICTION_HELD if held else PREDICTION_MISSED)
         total = time.monotonic() - started
         self._leftovers.append((ruleset, text))
+        self._base = (backend, text, ruleset)
         self.last = {"what": what, "seconds": round(total, 3), **{k: round(v, 3) for k, v in times.items()}}
         return f"{what} ({total:.2f} s: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()) + ")"

@@ -29,8 +29,11 @@ def _iptables(argv0: str, args: list, backend: str) -> int:
     if not (cmd.changes_planned_tables or counted) or pin_dir_fast() is None:
         realbin.exec_real(backend, argv0, args)
     if cmd.changes_planned_tables:
-        return _changing(backend, cmd.wait, _rule_change(cmd, backend),
-                         lambda: realbin.run_real(backend, argv0, args).returncode)
+        change = _rule_change(cmd, backend)
+        # Beside the record, for `ipt2xdp watch` alone: the command line, so that it can plan the
+        # ruleset the command should leave while the real binary runs (watch/predict.py).
+        change["args"] = list(args)
+        return _changing(backend, cmd.wait, change, lambda: realbin.run_real(backend, argv0, args).returncode)
     return _counted_listing(argv0, args, backend, cmd, zeroing)
 
 

@@ -10,6 +10,8 @@ change, two exchanges, one line each:
                   -> ok                  the watcher made XDP defer (the stale mark moved first) and
                                          recorded the change (countmap.Change's JSON, one line) for
                                          the flip that ends it: XDP's counts follow the command
+                                         (its "args": an iptables command line, whose effect the
+                                         watcher plans meanwhile: watch/predict.py)
     (the real command runs here)
     done <rc>     -> ok <what it did>    rc 0: re-planned and flipped; else deferring ended if exact
                   -> error <why>         XDP keeps deferring; the watcher retries

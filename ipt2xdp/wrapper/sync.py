@@ -165,7 +165,7 @@ def abort(enforcing_before: bool, mark: int) -> None:
 
 
 def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: int | None = None,
-           release_later: bool = False, keep: list | None = None):
+           release_later: bool = False, keep: list | None = None, ahead=None):
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
@@ -173,18 +173,20 @@ def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: in
     release_later: the replaced generation's maps are kept (`ipt2xdp watch`: its next flip rewrites in
     them only what differs, dataplane.py; loader.release_replaced() frees them); keep: a list the
     plan and its compiled maps are appended to, so that the caller frees them when it likes
-    (`ipt2xdp watch`: after its answer). Returns the flip's loader.ApplyResult (None: not loaded)."""
+    (`ipt2xdp watch`: after its answer); ahead: an import_._Prepared made before the ruleset was read
+    (`ipt2xdp watch`'s prediction), flipped to only if it holds for ruleset and host, as an import's
+    plan of its input. Returns the flip's loader.ApplyResult (None: not loaded)."""
     from ipt2xdp import gcpause, loader
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return None
     with guarded_flip(), gcpause.paused():
-        return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later, keep)
+        return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later, keep, ahead)
 
 
 def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: int | None = None,
-            release_later: bool = False, keep: list | None = None):
+            release_later: bool = False, keep: list | None = None, ahead=None):
     from ipt2xdp import backend as backends
     from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -204,8 +206,10 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
     args.count_pid = counts_pid  # whose pending change record the counts follow (the wrapper's)
     args.release_later = release_later
+    if ahead is not None and ahead.ipset_mode != args.ipsets:
+        ahead = None  # planned for another set mode than this re-plan's
     # carries XDP's counts (xdpcounts.after_flip)
-    _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None)
+    _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None, ahead=ahead)
     if keep is not None:
         keep.append(getattr(args, "planned", None))
     return getattr(args, "applied", None)
