@@ -369,6 +369,40 @@ static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(void *src_fas
 	return NULL;
 }
 
+/* The exact-tuple fast path: the entry of tuple_fast (the generation's map) whose box holds the
+ * packet, or NULL. Per shape the generation uses, the packet's source and destination masked to
+ * its prefix lengths, protocol and ports (0 for other protocols: a shape with a port fixes TCP or
+ * UDP), the parts outside the shape 0. An entry is a box every packet in which (to a destination
+ * in src_fast_dst_*) this generation drops with one rule (ipt2xdp/tuplefast.py proves it from the
+ * plan); boxes never overlap, so the first hit is the only one. The key lives in the caller's
+ * match_ctx: a 16-byte struct of its own grew the stack past its 512-byte limit. */
+static __always_inline struct ipt2xdp_src_fast_value *tuple_fast_hit(void *tuple_fast, struct generation *gen,
+								      struct packet_fields *pkt,
+								      struct ipt2xdp_exact_key *key)
+{
+	struct ipt2xdp_src_fast_value *hit;
+	__u32 fields;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < IPT2XDP_TUPLE_FAST_SHAPES; i++) {
+		fields = gen->cfg->tuple_fast_fields[i];
+		if (!fields)
+			break;
+		key->src = fields & IPT2XDP_K_SRC ? pkt->src_net & mask_net(gen->cfg->tuple_fast_src_plen[i]) : 0;
+		key->dst = fields & IPT2XDP_K_DST ? pkt->dst_net & mask_net(gen->cfg->tuple_fast_dst_plen[i]) : 0;
+		key->sport = fields & IPT2XDP_K_SPORT ? pkt->sport_net : 0;
+		key->dport = fields & IPT2XDP_K_DPORT ? pkt->dport_net : 0;
+		key->set_id = i;
+		key->proto = fields & IPT2XDP_K_PROTO ? pkt->proto : 0;
+		key->pad = 0;
+		hit = bpf_map_lookup_elem(tuple_fast, key);
+		if (hit)
+			return hit;
+	}
+	return NULL;
+}
+
 /* Class row index of the packet's protocol under conntrack class cls, or ~0 if the lookup fails. */
 static __always_inline __u32 proto_row_index(void *value_class, __u32 cls, __u32 proto)
 {
@@ -609,6 +643,8 @@ struct match_ctx {
 		/* Once matching is done: the route lookup before a DROP (delivered_locally). The
 		 * 512-byte stack of the program and its calls has no room for both. */
 		struct bpf_fib_lookup fib;
+		/* Before matching: the key of the exact-tuple fast path (tuple_fast_hit) */
+		struct ipt2xdp_exact_key tuple_key;
 	};
 	__u64 cand[IPT2XDP_SUMMARY_WORDS]; /* words where some group may have a matching slot */
 	__u32 nslots;
@@ -771,7 +807,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	struct ipt2xdp_class_row *any_row, *row;
 	struct ipt2xdp_src_fast_value *fast;
 	struct ipt2xdp_gen_config *cfg;
-	void *src_fast;
+	void *fast_map;
 	struct ipt2xdp_state *state;
 	struct match_ctx m; /* zeroed below, past the fast path, which needs none of it but gen */
 	struct generation *gen = &m.gen;
@@ -788,13 +824,23 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	/* group geometry is read from cfg, never copied into match_ctx: copies refined by branches
 	 * multiplied the states in which the verifier had to check the step callback */
 	cfg = gen->cfg;
-	if (cfg->src_fast_plens[0] && src_fast_destination(cfg, bpf_ntohl(pkt->dst_net))) {
-		/* the class bitmaps lack what src_fast decides (fastpath.reduce_classifier): without
-		 * the map, netfilter decides */
-		src_fast = gen_map(&ipt2xdp_g_src_fast, gen);
-		if (!src_fast)
-			return IPT2XDP_STAT_LOOKUP_FAIL;
-		fast = src_fast_hit(src_fast, gen, pkt);
+	if ((cfg->src_fast_plens[0] || cfg->tuple_fast_fields[0]) &&
+	    src_fast_destination(cfg, bpf_ntohl(pkt->dst_net))) {
+		/* the class bitmaps lack what the fast paths decide (fastpath.reduce_classifier):
+		 * without their maps, netfilter decides */
+		fast = NULL;
+		if (cfg->src_fast_plens[0]) {
+			fast_map = gen_map(&ipt2xdp_g_src_fast, gen);
+			if (!fast_map)
+				return IPT2XDP_STAT_LOOKUP_FAIL;
+			fast = src_fast_hit(fast_map, gen, pkt);
+		}
+		if (!fast && cfg->tuple_fast_fields[0]) {
+			fast_map = gen_map(&ipt2xdp_g_tuple_fast, gen);
+			if (!fast_map)
+				return IPT2XDP_STAT_LOOKUP_FAIL;
+			fast = tuple_fast_hit(fast_map, gen, pkt, &m.tuple_key);
+		}
 		if (fast) {
 			m.action = fast->action;
 			m.counter = fast->counter;
