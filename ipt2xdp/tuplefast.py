@@ -47,7 +47,6 @@ from ipt2xdp import abi
 from ipt2xdp.classifier import ClassifierRule, IntervalSet, Verdict
 
 K_SRC, K_DST, K_PROTO, K_SPORT, K_DPORT = abi.K_SRC, abi.K_DST, abi.K_PROTO, abi.K_SPORT, abi.K_DPORT
-K_PORTS = K_SPORT | K_DPORT
 MAX_SCAN = 256      # earlier rules looked at for one box beyond this: the box stays classified
 MAX_ANCHORS = 16    # single values of a rule's narrow field it is indexed under
 Shape = Tuple[int, int, int]   # (K_* bits, source prefix length, destination prefix length)
@@ -57,15 +56,20 @@ Box = Tuple[Shape, int, int, int, int, int]
 
 def box_of(match) -> Optional[Box]:
     """The box a match is exactly, or None (another field, several values, a range, a port
-    without TCP or UDP, or a shape that is the blocklist's or the destination exception's)."""
+    without TCP or UDP, or a shape that is the blocklist's or the destination exception's).
+    Written out without loops: it runs per rule."""
     if match.iif is not None or match.icmp is not None or match.tcp_flags is not None or match.ct is not None:
         return None
     fields = src = dst = proto = sport = dport = src_plen = dst_plen = 0
     if match.src is not None:
-        prefix = match.src.as_prefix()
-        if prefix is None or not prefix[1]:
-            return None
-        (src, src_plen), fields = prefix, K_SRC
+        intervals = match.src.intervals
+        if len(intervals) == 1 and intervals[0][0] == intervals[0][1]:  # the common case, kept cheap
+            src, src_plen, fields = intervals[0][0], 32, K_SRC
+        else:
+            prefix = match.src.as_prefix()
+            if prefix is None or not prefix[1]:
+                return None
+            (src, src_plen), fields = prefix, K_SRC
     if match.dst is not None:
         prefix = match.dst.as_prefix()
         if prefix is None or not prefix[1]:
@@ -74,19 +78,19 @@ def box_of(match) -> Optional[Box]:
     if match.proto is not None:
         if len(match.proto) != 1:
             return None
-        (proto,), fields = tuple(match.proto), fields | K_PROTO
-    for bit, ports in ((K_SPORT, match.sport), (K_DPORT, match.dport)):
-        if ports is not None:
-            if len(ports.intervals) != 1 or ports.intervals[0][0] != ports.intervals[0][1]:
-                return None
-            fields |= bit
-            if bit == K_SPORT:
-                sport = ports.intervals[0][0]
-            else:
-                dport = ports.intervals[0][0]
-    if fields & K_PORTS and (not fields & K_PROTO or proto not in (6, 17)):
-        return None
-    if fields in (K_SRC, K_DST):  # the blocklist fast path's, and the destination exception
+        for proto in match.proto:
+            fields |= K_PROTO
+    if match.sport is not None:
+        intervals = match.sport.intervals
+        if len(intervals) != 1 or intervals[0][0] != intervals[0][1] or proto not in (6, 17) or not fields & K_PROTO:
+            return None
+        sport, fields = intervals[0][0], fields | K_SPORT
+    if match.dport is not None:
+        intervals = match.dport.intervals
+        if len(intervals) != 1 or intervals[0][0] != intervals[0][1] or proto not in (6, 17) or not fields & K_PROTO:
+            return None
+        dport, fields = intervals[0][0], fields | K_DPORT
+    if fields == K_SRC or fields == K_DST:  # the blocklist fast path's, and the destination exception
         return None
     return (fields, src_plen, dst_plen), src, dst, proto, sport, dport
 
@@ -135,37 +139,42 @@ def _points(values: Optional[IntervalSet]) -> Optional[List[int]]:
 
 
 class _EarlierRules:
-    """The classifier's rules indexed by one narrow field, to find those before an index that may
-    meet a box without looking at all of them."""
+    """The rules seen so far, indexed by one narrow field, to find those that may meet a box
+    without looking at all of them."""
 
-    def __init__(self, rules: Sequence[ClassifierRule], skip) -> None:
+    def __init__(self) -> None:
         self.by = {K_SRC: {}, K_DST: {}, K_DPORT: {}}   # anchor field -> value -> rule indices
         self.all = {K_SRC: [], K_DST: [], K_DPORT: [], 0: []}  # anchor field -> rule indices
-        for index, rule in enumerate(rules):
-            if index in skip:
-                continue
-            match = rule.match
-            for bit, values in ((K_SRC, match.src), (K_DST, match.dst), (K_DPORT, match.dport)):
-                points = _points(values)
-                if points is not None:
-                    for point in points:
-                        self.by[bit].setdefault(point, []).append(index)
-                    self.all[bit].append(index)
-                    break
-            else:
-                self.all[0].append(index)
+        self.by_src, self.all_src = self.by[K_SRC], self.all[K_SRC]
 
-    def before(self, index: int, box: Box) -> Optional[List[int]]:
-        """The indices before `index` of the rules that might meet the box, or None: too many."""
+    def add(self, index: int, match) -> None:
+        src = match.src
+        if src is not None and len(src.intervals) == 1 and src.intervals[0][0] == src.intervals[0][1]:
+            # the common case, one source address: kept inline for 100k-rule lists
+            self.by_src.setdefault(src.intervals[0][0], []).append(index)
+            self.all_src.append(index)
+            return
+        for bit, values in ((K_SRC, src), (K_DST, match.dst), (K_DPORT, match.dport)):
+            points = _points(values)
+            if points is not None:
+                for point in points:
+                    self.by[bit].setdefault(point, []).append(index)
+                self.all[bit].append(index)
+                return
+        self.all[0].append(index)
+
+    def that_may_meet(self, box: Box) -> Optional[List[int]]:
+        """The indices of the rules seen so far that may meet the box, or None: too many."""
         (fields, src_plen, dst_plen), src, dst, _, _, dport = box
+        if fields & K_SRC and src_plen == 32 and not (self.all[K_DST] or self.all[K_DPORT] or self.all[0]):
+            return self.by_src.get(src, [])  # the common case: every rule so far names single sources
         out: List[int] = []
         for bit, value, exact in ((K_SRC, src, src_plen == 32), (K_DST, dst, dst_plen == 32),
                                   (K_DPORT, dport, True), (0, 0, False)):
             listed = self.by[bit].get(value, ()) if bit and fields & bit and exact else self.all[bit]
-            count = bisect.bisect_left(listed, index)
-            if len(out) + count > MAX_SCAN:
+            if len(out) + len(listed) > MAX_SCAN:
                 return None
-            out.extend(listed[:count])
+            out.extend(listed)
         return out
 
 
@@ -173,19 +182,31 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     """(entries, rule indices) of the classifier's exact-tuple fast path: per entry (box, rule_id,
     action code), and the classifier index of its rule. destination_only: the indices of the
     rules on the destination alone, left out of the proof (FastPath.dsts covers them)."""
-    candidates = [(index, box) for index, rule in enumerate(rules)
-                  if rule.action.verdict is Verdict.DROP and (box := box_of(rule.match)) is not None]
-    if not candidates:
-        return [], []
-    earlier = _EarlierRules(rules, set(destination_only))
+    skip = set(destination_only)
+    earlier = _EarlierRules()
+    by_src, all_src, add = earlier.by_src, earlier.all_src, earlier.add
     entries, rule_index = [], []
-    for index, box in candidates:
-        others = earlier.before(index, box)
-        if others is None or any(meets(rules[i].match, box) for i in others):
+    drop, last_action, code = Verdict.DROP, None, 0
+    for index, rule in enumerate(rules):
+        if index in skip:
             continue
-        rule = rules[index]
-        entries.append((box, rule.rule_id, action_code(rule.action)))
-        rule_index.append(index)
+        match = rule.match
+        if rule.action.verdict is drop and (match.proto is not None or match.dst is not None):
+            box = box_of(match)
+            if box is not None:
+                others = earlier.that_may_meet(box)
+                if others is not None and not any(meets(rules[i].match, box) for i in others):
+                    if rule.action is not last_action:  # the planner shares Action objects
+                        last_action, code = rule.action, action_code(rule.action)
+                    entries.append((box, rule.rule_id, code))
+                    rule_index.append(index)
+        src = match.src
+        if src is not None and len(src.intervals) == 1 and src.intervals[0][0] == src.intervals[0][1]:
+            # the common case, one source address: _EarlierRules.add inline for 100k-rule lists
+            by_src.setdefault(src.intervals[0][0], []).append(index)
+            all_src.append(index)
+        else:
+            add(index, match)
     return entries, rule_index
 
 
