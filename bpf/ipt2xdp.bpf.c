@@ -4,6 +4,8 @@
  * A packet is parsed, then judged by the generation of maps in force:
  *  0. a source in the generation's blocklist fast path (src_fast: prefixes every packet from which
  *     the plan drops with one rule, whatever else it holds) goes straight to that rule's DROP;
+ *     then the exact-tuple fast path (tuple_fast: boxes of exact source/destination prefixes,
+ *     protocol and ports, one hash probe per key shape the generation uses) likewise;
  *     the class bitmaps below hold the rest of the plan only;
  *  1. each constrained field maps the packet's value to a class row (ports, protocol, ICMP, TCP
  *     flags: direct array index; addresses: a /16 directory then a short binary search over sorted

@@ -10,7 +10,6 @@ a destination-and-port box, a prefix-and-protocol box, with broken checksums, fr
 options, truncated headers, forwarded and deferred destinations) and outside every box (an
 earlier ct, per-device or TCP-flags rule, another port, a source beyond the run). A tampered map
 then shows the program really takes the fast path on a hit."""
-import ctypes
 import dataclasses
 import struct
 
@@ -20,9 +19,8 @@ from scapy.all import ICMP, IP, TCP, UDP, Ether, raw
 from ipt2xdp import abi, libbpf
 from ipt2xdp.classifier import ACCEPT, DEFER, DROP, Action, ClassifierRule, CtClass, IntervalSet, Match, U32_MAX, Verdict
 from ipt2xdp.compile import compile
-from ipt2xdp.mapencode import MapContents
 from tests.bpf.packets import DST
-from tests.bpf.test_fastpath import FORWARDED, LOCAL, observe, routed  # noqa: F401 (routed: a fixture)
+from tests.bpf.test_fastpath import FORWARDED, LOCAL, observe, routed, without_fast_path  # noqa: F401 (routed: a fixture)
 
 pytestmark = pytest.mark.kernel
 
@@ -93,20 +91,6 @@ def variants(src, upper):
     return out
 
 
-def without_fast_paths(tables):
-    """The same generation with both fast paths off: the full path alone."""
-    maps = dict(tables.maps)
-    cfg = abi.GenConfig.from_buffer_copy(maps["cfg"].values)
-    for i in range(abi.SRC_FAST_PLENS):
-        cfg.src_fast_plens[i] = 0
-    for i in range(abi.TUPLE_FAST_SHAPES):
-        cfg.tuple_fast_fields[i] = 0
-    maps["cfg"] = dataclasses.replace(maps["cfg"], values=bytes(cfg))
-    maps["src_fast"] = MapContents("src_fast", 1, ctypes.sizeof(abi.SrcFastKey), ctypes.sizeof(abi.SrcFastValue))
-    maps["tuple_fast"] = MapContents("tuple_fast", 1, ctypes.sizeof(abi.ExactKey), ctypes.sizeof(abi.SrcFastValue))
-    return dataclasses.replace(tables, maps=maps)
-
-
 @pytest.fixture(scope="module", params=[0, abi.NAT_NEW_ON], ids=["nat-off", "nat-new"])
 def generations(request):
     nat_new = request.param
@@ -125,7 +109,7 @@ def generations(request):
     held = [struct.unpack_from("=I", tables.maps["slots"].values, i * tables.maps["slots"].value_size)[0]
             for i in range(tables.slot_count)]
     assert held == [0, 2, 3, 4, 30, 31, 33, 40, 41], held  # the boxes' rules left the class bitmaps
-    return tables, without_fast_paths(compile(RULES, ACCEPT, reduce=False, nat_new=nat_new)), nat_new
+    return tables, without_fast_path(compile(RULES, ACCEPT, reduce=False, nat_new=nat_new)), nat_new
 
 
 @pytest.mark.parametrize("forwarding", [0, 1])
