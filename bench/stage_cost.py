@@ -57,7 +57,7 @@ HEAD = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0
 # (function signature or statement the guard goes after, macro, statement the guard runs)
 _SKIPS = [
     ("static __always_inline int delivered_locally", "SKIP_FIB", "return 1;"),
-    ("static __noinline void ct_class", "SKIP_CT", "return;"),
+    ("__noinline int ct_class", "SKIP_CT", "return 0;"),
     ("static __noinline int l4_verified", "SKIP_CSUM", "return 0;"),
     ("static __always_inline void count_rule", "SKIP_COUNT", "return;"),
     ("static __always_inline void count_stat", "SKIP_COUNT", "return;"),

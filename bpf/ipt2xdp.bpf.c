@@ -88,7 +88,8 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 struct packet_fields {
 	__u32 src_net, dst_net; /* network byte order, as in the packet */
 	__u32 value[IPT2XDP_NUM_FIELDS]; /* host order; addresses, value_class index, or ifindex */
-	__u16 sport_net, dport_net; /* network byte order; 0 without ports */
+	__u16 sport_net, dport_net; /* network byte order; 0 without ports; adjacent, in this order
+				     * (tuple_fast_hit reads them as one word) */
 	__u16 ip_len; /* IP total length, what iptables byte counters count (16 bits, as in the
 			* header: a wider field grew the main stack past its 512-byte limit) */
 	__u8 proto;
@@ -382,21 +383,23 @@ static __always_inline struct ipt2xdp_src_fast_value *tuple_fast_hit(void *tuple
 								      struct packet_fields *pkt,
 								      struct ipt2xdp_exact_key *key)
 {
+	struct ipt2xdp_gen_config *cfg = gen->cfg;
 	struct ipt2xdp_src_fast_value *hit;
-	__u32 fields;
+	__u32 ports;
 	int i;
 
+	/* sport_net and dport_net, adjacent as in the key: one load, one mask, one store */
+	__builtin_memcpy(&ports, &pkt->sport_net, sizeof(ports));
 #pragma unroll
 	for (i = 0; i < IPT2XDP_TUPLE_FAST_SHAPES; i++) {
-		fields = gen->cfg->tuple_fast_fields[i];
-		if (!fields)
+		if (!cfg->tuple_fast_fields[i])
 			break;
-		key->src = fields & IPT2XDP_K_SRC ? pkt->src_net & mask_net(gen->cfg->tuple_fast_src_plen[i]) : 0;
-		key->dst = fields & IPT2XDP_K_DST ? pkt->dst_net & mask_net(gen->cfg->tuple_fast_dst_plen[i]) : 0;
-		key->sport = fields & IPT2XDP_K_SPORT ? pkt->sport_net : 0;
-		key->dport = fields & IPT2XDP_K_DPORT ? pkt->dport_net : 0;
+		/* branch-free: compile derives the masks from the shape (0 for a part outside it) */
+		key->src = pkt->src_net & cfg->tuple_fast_src_mask[i];
+		key->dst = pkt->dst_net & cfg->tuple_fast_dst_mask[i];
+		*(__u32 *)&key->sport = ports & cfg->tuple_fast_port_mask[i];
 		key->set_id = i;
-		key->proto = fields & IPT2XDP_K_PROTO ? pkt->proto : 0;
+		key->proto = pkt->proto & cfg->tuple_fast_proto_mask[i];
 		key->pad = 0;
 		hit = bpf_map_lookup_elem(tuple_fast, key);
 		if (hit)

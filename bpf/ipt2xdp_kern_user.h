@@ -153,15 +153,21 @@ struct ipt2xdp_gen_config {
 	 * (every nat PREROUTING rule's packets are deferred), such drops also count on counter
 	 * default_counter + 2, and a drop XDP cannot place that way is passed to netfilter. */
 	__u32 nat_new;
-	/* The exact-tuple fast path (map tuple_fast, ipt2xdp/tuplefast.py): per shape the key parts
-	 * (IPT2XDP_K_*; 0 ends the list) and the prefix lengths the addresses are masked to, most
-	 * entries first. Probed after src_fast, for the destinations in src_fast_dst_* too. */
+	/* The exact-tuple fast path (map tuple_fast, ipt2xdp/tuplefast.py): per shape, most entries
+	 * first, the key parts (IPT2XDP_K_*; 0 ends the list) and the prefix lengths the addresses
+	 * are masked to; and the same as masks the program ANDs the packet's values with to make
+	 * the key (a part outside the shape: mask 0): source, destination (network byte order),
+	 * the two ports as one word of struct ipt2xdp_exact_key (sport then dport, as in memory),
+	 * the protocol. Probed after src_fast, for the destinations in src_fast_dst_* too. */
 	__u8 tuple_fast_fields[IPT2XDP_TUPLE_FAST_SHAPES];
 	__u8 tuple_fast_src_plen[IPT2XDP_TUPLE_FAST_SHAPES];
 	__u8 tuple_fast_dst_plen[IPT2XDP_TUPLE_FAST_SHAPES];
-	__u32 pad;
+	__u8 tuple_fast_proto_mask[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u32 tuple_fast_src_mask[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u32 tuple_fast_dst_mask[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u32 tuple_fast_port_mask[IPT2XDP_TUPLE_FAST_SHAPES];
 };
-_Static_assert(sizeof(struct ipt2xdp_gen_config) == 112 + 8 * IPT2XDP_SRC_FAST_DSTS, "abi");
+_Static_assert(sizeof(struct ipt2xdp_gen_config) == 160 + 8 * IPT2XDP_SRC_FAST_DSTS, "abi");
 
 /* addr_dir[field * 65536 + (addr >> 16)]: the addr_bounds range covering one /16 block. */
 struct ipt2xdp_addr_dir {

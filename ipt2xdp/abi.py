@@ -87,7 +87,13 @@ class GenConfig(ctypes.Structure):
                 ("src_fast_dst_hi", ctypes.c_uint32 * SRC_FAST_DSTS), ("nat_new", ctypes.c_uint32),
                 ("tuple_fast_fields", ctypes.c_uint8 * TUPLE_FAST_SHAPES),
                 ("tuple_fast_src_plen", ctypes.c_uint8 * TUPLE_FAST_SHAPES),
-                ("tuple_fast_dst_plen", ctypes.c_uint8 * TUPLE_FAST_SHAPES), ("pad", ctypes.c_uint32)]
+                ("tuple_fast_dst_plen", ctypes.c_uint8 * TUPLE_FAST_SHAPES),
+                ("tuple_fast_proto_mask", ctypes.c_uint8 * TUPLE_FAST_SHAPES),
+                # masks of the key parts: addresses in network byte order, the two ports as the
+                # key's one word (sport then dport in memory); compile.py derives them from the shape
+                ("tuple_fast_src_mask", ctypes.c_uint32 * TUPLE_FAST_SHAPES),
+                ("tuple_fast_dst_mask", ctypes.c_uint32 * TUPLE_FAST_SHAPES),
+                ("tuple_fast_port_mask", ctypes.c_uint32 * TUPLE_FAST_SHAPES)]
 
 
 class AddrDir(ctypes.Structure):
@@ -145,7 +151,7 @@ STRUCTS = {
     "ipt2xdp_setguard": SetGuard, "ipt2xdp_csum_scratch": CsumScratch,
     "ipt2xdp_src_fast_key": SrcFastKey, "ipt2xdp_src_fast_value": SrcFastValue,
 }
-_SIZES = {State: 16, GenConfig: 112 + 8 * SRC_FAST_DSTS, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
+_SIZES = {State: 16, GenConfig: 160 + 8 * SRC_FAST_DSTS, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
           Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40, CsumScratch: CSUM_CHUNK + 4, SrcFastKey: 8,
           SrcFastValue: 8}
 for _cls, _size in _SIZES.items():

@@ -287,8 +287,10 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
     fast_keys, fast_values, fast_count = fastpath.encode(fast)
     for i, plen in enumerate(fast.plens):
         cfg.src_fast_plens[i] = plen
-    for i, (fields, src_plen, dst_plen) in enumerate(fast.shapes):
-        cfg.tuple_fast_fields[i], cfg.tuple_fast_src_plen[i], cfg.tuple_fast_dst_plen[i] = fields, src_plen, dst_plen
+    for i, shape in enumerate(fast.shapes):
+        cfg.tuple_fast_fields[i], cfg.tuple_fast_src_plen[i], cfg.tuple_fast_dst_plen[i] = shape
+        (cfg.tuple_fast_src_mask[i], cfg.tuple_fast_dst_mask[i], cfg.tuple_fast_port_mask[i],
+         cfg.tuple_fast_proto_mask[i]) = tuplefast.masks(shape)
     if fast.plens or fast.shapes:
         cfg.src_fast_ndst = len(fast.dsts.intervals)
         for i, (lo, hi) in enumerate(fast.dsts):

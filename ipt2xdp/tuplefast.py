@@ -231,6 +231,20 @@ def key_of(shape: Shape, src: int, dst: int, proto: int, sport: int, dport: int)
             proto if fields & K_PROTO else 0, sport if fields & K_SPORT else 0, dport if fields & K_DPORT else 0)
 
 
+def masks(shape: Shape) -> Tuple[int, int, int, int]:
+    """What the program ANDs a packet's values with to make a shape's key (gen_config.tuple_fast_*
+    masks): source and destination as u32 in memory (network byte order), the ports as the u32
+    holding sport then dport in memory, the protocol."""
+    fields, src_plen, dst_plen = shape
+
+    def address(bit, plen):
+        mask = 0xFFFFFFFF ^ (0xFFFFFFFF >> plen) if fields & bit else 0
+        return struct.unpack("=I", struct.pack("!I", mask))[0]
+    ports = struct.pack("=HH", 0xFFFF if fields & K_SPORT else 0, 0xFFFF if fields & K_DPORT else 0)
+    return (address(K_SRC, src_plen), address(K_DST, dst_plen), struct.unpack("=I", ports)[0],
+            0xFF if fields & K_PROTO else 0)
+
+
 def encode(entries, shapes: Sequence[Shape]) -> Tuple[bytes, bytes, int]:
     """(keys, values, count) of the tuple_fast map: the entries of probed shapes, keyed as
     struct ipt2xdp_exact_key with set_id = the shape's index in gen_config.tuple_fast."""

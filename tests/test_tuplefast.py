@@ -199,6 +199,12 @@ def test_compile_writes_the_map_and_the_shapes():
     cfg = abi.GenConfig.from_buffer_copy(tables.maps["cfg"].values)
     assert list(cfg.tuple_fast_fields) == [abi.K_SRC | abi.K_PROTO | abi.K_DPORT, 0, 0, 0]
     assert cfg.tuple_fast_src_plen[0] == 32 and list(cfg.src_fast_plens) == [0, 0, 0, 0]
+    # the masks the program makes the key with: the source, no destination, dport (the second
+    # u16 of the key's port word, in memory), the protocol
+    masks = (cfg.tuple_fast_src_mask[0], cfg.tuple_fast_dst_mask[0], cfg.tuple_fast_port_mask[0],
+             cfg.tuple_fast_proto_mask[0])
+    assert [m.to_bytes(4, "little") for m in masks[:3]] == [b"\xff" * 4, bytes(4), bytes(2) + b"\xff" * 2]
+    assert masks[3] == 0xFF and tuplefast.masks((abi.K_DST, 0, 24))[1].to_bytes(4, "little") == b"\xff\xff\xff\0"
     assert [(cfg.src_fast_dst_lo[i], cfg.src_fast_dst_hi[i]) for i in range(cfg.src_fast_ndst)] == list(local)
     assert tables.maps["tuple_fast"].count == 4 and tables.slot_count == 2  # the guard and the ACCEPT
     key, value = sorted(tables.maps["tuple_fast"].entries())[0]
