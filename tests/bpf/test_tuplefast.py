@@ -45,6 +45,7 @@ RUN = [f"10.5.0.{i}" for i in range(20)]  # the bench's shape: one SET slot on t
 RULES = [
     ClassifierRule(Match(dst=LOCAL.complement(U32_MAX)), DEFER, 0),
     ClassifierRule(Match(dst=single(DST), proto=UDP_, dport=IntervalSet.single(69)), DROP, 1),
+    ClassifierRule(Match(dst=single(DST), proto=TCP_, dport=IntervalSet.single(8443)), DROP, 6),
     ClassifierRule(Match(src=single("10.0.0.1"), ct=frozenset({CtClass.NONE, CtClass.NONE_VERIFIED})), ACCEPT, 2),
     ClassifierRule(Match(src=single("10.0.0.3"), iif=frozenset({1})), ACCEPT, 3),
     ClassifierRule(Match(src=single("10.0.0.4"), proto=TCP_, tcp_flags=frozenset({0x02})), DEFER, 4),
@@ -60,7 +61,8 @@ RULES = [
 ]
 # (source, layer above IP) of packets in a box, and of packets the proof leaves to the classifier
 HITS = [("10.5.0.0", UDP(dport=53)), ("10.5.0.19", UDP(sport=9, dport=53)), ("10.0.0.4", UDP(dport=53)),
-        ("10.7.0.1", UDP(dport=53)), ("10.6.0.9", "gre"), ("203.0.113.5", UDP(dport=69))]
+        ("10.7.0.1", UDP(dport=53)), ("10.6.0.9", "gre"), ("203.0.113.5", UDP(dport=69)),
+        ("203.0.113.5", TCP(dport=8443, flags="S")), ("203.0.113.5", TCP(dport=8443, flags="A"))]
 MISSES = [("10.0.0.1", UDP(dport=53)), ("10.0.0.3", UDP(dport=53)), ("10.0.0.4", TCP(dport=22, flags="S")),
           ("10.5.0.0", UDP(dport=54)), ("10.5.0.20", UDP(dport=53)), ("10.5.0.0", TCP(dport=53, flags="S")),
           ("203.0.113.5", TCP(dport=23, flags="S")), ("10.6.0.9", ICMP())]
