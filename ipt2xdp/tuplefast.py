@@ -182,11 +182,15 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     """(entries, rule indices) of the classifier's exact-tuple fast path: per entry (box, rule_id,
     action code), and the classifier index of its rule. destination_only: the indices of the
     rules on the destination alone, left out of the proof (FastPath.dsts covers them)."""
+    drop = Verdict.DROP
+    if not any(rule.action.verdict is drop and (rule.match.proto is not None or rule.match.dst is not None)
+               for rule in rules):
+        return [], []  # no rule can be a box (a plain blocklist): no index to build
     skip = set(destination_only)
     earlier = _EarlierRules()
     by_src, all_src, add = earlier.by_src, earlier.all_src, earlier.add
     entries, rule_index = [], []
-    drop, last_action, code = Verdict.DROP, None, 0
+    last_action, code = None, 0
     for index, rule in enumerate(rules):
         if index in skip:
             continue
