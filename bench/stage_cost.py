@@ -17,7 +17,7 @@ Without --objects it builds the variants from the work tree's bpf/ into a tempor
   no_fib        full without the route check before a DROP (delivered_locally answers yes)
   no_ct         full without the conntrack lookup (every packet NOT_LOOKED_UP)
   no_csum       full without the L4 checksum (every packet without an entry NONE)
-  no_fast       full without the blocklist fast path (every source classified: the program before it),
+  no_fast       full without the fast paths (every packet classified: the program before them),
                 given the whole classifier (compile(reduce=False))
   unreduced     full, given the whole classifier beside the fast path (a miss classified against
                 the list too: the fast path before fastpath.reduce_classifier)
@@ -29,6 +29,8 @@ Rulesets (N blocklisted /32 sources, in a fresh namespace with a veth whose 10.9
   stateful   `--ctstate ESTABLISHED,RELATED -j ACCEPT`, the N sources, tcp/22 ACCEPT, tcp/23 DROP:
              st_est (a TCP flow with a conntrack entry, inserted with `conntrack -I`), st_bl_drop
              (listed source, SYN), st_pass (no rule, SYN), st_rule_drop (SYN to 23)
+  tuples     N `-s A -p udp --dport P -j DROP` (bench/e2e.py's shape): tu_drop (the last rule's
+             tuple), tu_pass (its source, another port)
 --forwarding 1 makes the route check do a real FIB lookup (with forwarding off the kernel answers
 FWD_DISABLED first). The objects are timed interleaved, round by round; each figure is the minimum
 over rounds (least disturbed by the other work on a shared machine) of ns per run.
@@ -55,12 +57,13 @@ HEAD = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0
 # (function signature or statement the guard goes after, macro, statement the guard runs)
 _SKIPS = [
     ("static __always_inline int delivered_locally", "SKIP_FIB", "return 1;"),
-    ("static __noinline void ct_class", "SKIP_CT", "return;"),
+    ("__noinline int ct_class", "SKIP_CT", "return 0;"),
     ("static __noinline int l4_verified", "SKIP_CSUM", "return 0;"),
     ("static __always_inline void count_rule", "SKIP_COUNT", "return;"),
     ("static __always_inline void count_stat", "SKIP_COUNT", "return;"),
     ("static __always_inline __u32 classify", "SKIP_CLASSIFY", "return IPT2XDP_STAT_CLASSIFIED;"),
     ("static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit", "SKIP_FAST", "return NULL;"),
+    ("static __always_inline struct ipt2xdp_src_fast_value *tuple_fast_hit", "SKIP_FAST", "return NULL;"),
 ]
 _STOPS = [
     ("\tif (load_generation(state->active, gen) < 0)\n\t\treturn IPT2XDP_STAT_DEFER_ALL;", "STOP_GEN"),
@@ -108,12 +111,19 @@ def _ip(value: int) -> str:
 
 
 def rulesets(n: int):
-    from scapy.all import IP, TCP, Ether, raw
+    from scapy.all import IP, TCP, UDP, Ether, raw
 
     listed = [_ip(0x0A400000 + i) for i in range(n)]
     drops = "".join(f"-A INPUT -s {a}/32 -j DROP\n" for a in listed)
     stateful = (HEAD + "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n" + drops
                 + "-A INPUT -p tcp --dport 22 -j ACCEPT\n-A INPUT -p tcp --dport 23 -j DROP\nCOMMIT\n")
+
+    # bench/e2e.py's shape: exact source, protocol and port (the exact-tuple fast path's)
+    tuples = "".join(f"-A INPUT -s {a}/32 -p udp -m udp --dport {1000 + i % 50000} -j DROP\n"
+                     for i, a in enumerate(listed))
+
+    def udp(src, dport):
+        return raw(Ether() / IP(src=src, dst=DST) / UDP(sport=40000, dport=dport))
 
     def syn(src, sport=40000, dport=80):
         return raw(Ether() / IP(src=src, dst=DST) / TCP(sport=sport, dport=dport, flags="S"))
@@ -121,6 +131,8 @@ def rulesets(n: int):
         "blocklist": (HEAD + drops + "COMMIT\n", {"bl_drop": syn(listed[-1]), "bl_pass": syn("198.18.0.9")}),
         "stateful": (stateful, {"st_est": syn("198.18.0.2", 40000, 22), "st_bl_drop": syn(listed[-1]),
                                 "st_pass": syn("198.18.0.9", 40001, 80), "st_rule_drop": syn("198.18.0.9", 40001, 23)}),
+        "tuples": (HEAD + tuples + "COMMIT\n", {"tu_drop": udp(listed[-1], 1000 + (n - 1) % 50000),
+                                                "tu_pass": udp(listed[-1], 999)}),
     }
 
 
@@ -134,6 +146,8 @@ def _fast_path_off(tables):
     cfg = abi.GenConfig.from_buffer_copy(tables.maps["cfg"].values)
     for i in range(abi.SRC_FAST_PLENS):
         cfg.src_fast_plens[i] = 0
+    for i in range(abi.TUPLE_FAST_SHAPES):
+        cfg.tuple_fast_fields[i] = 0
     maps = dict(tables.maps, cfg=dataclasses.replace(tables.maps["cfg"], values=bytes(cfg)))
     return dataclasses.replace(tables, maps=maps)
 

@@ -4,6 +4,8 @@
  * A packet is parsed, then judged by the generation of maps in force:
  *  0. a source in the generation's blocklist fast path (src_fast: prefixes every packet from which
  *     the plan drops with one rule, whatever else it holds) goes straight to that rule's DROP;
+ *     then the exact-tuple fast path (tuple_fast: boxes of exact source/destination prefixes,
+ *     protocol and ports, one hash probe per key shape the generation uses) likewise;
  *     the class bitmaps below hold the rest of the plan only;
  *  1. each constrained field maps the packet's value to a class row (ports, protocol, ICMP, TCP
  *     flags: direct array index; addresses: a /16 directory then a short binary search over sorted
@@ -86,7 +88,8 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 struct packet_fields {
 	__u32 src_net, dst_net; /* network byte order, as in the packet */
 	__u32 value[IPT2XDP_NUM_FIELDS]; /* host order; addresses, value_class index, or ifindex */
-	__u16 sport_net, dport_net; /* network byte order; 0 without ports */
+	__u16 sport_net, dport_net; /* network byte order; 0 without ports; adjacent, in this order
+				     * (tuple_fast_hit reads them as one word) */
 	__u16 ip_len; /* IP total length, what iptables byte counters count (16 bits, as in the
 			* header: a wider field grew the main stack past its 512-byte limit) */
 	__u8 proto;
@@ -369,6 +372,42 @@ static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(void *src_fas
 	return NULL;
 }
 
+/* The exact-tuple fast path: the entry of tuple_fast (the generation's map) whose box holds the
+ * packet, or NULL. Per shape the generation uses, the packet's source and destination masked to
+ * its prefix lengths, protocol and ports (0 for other protocols: a shape with a port fixes TCP or
+ * UDP), the parts outside the shape 0. An entry is a box every packet in which (to a destination
+ * in src_fast_dst_*) this generation drops with one rule (ipt2xdp/tuplefast.py proves it from the
+ * plan); boxes never overlap, so the first hit is the only one. The key lives in the caller's
+ * match_ctx: a 16-byte struct of its own grew the stack past its 512-byte limit. */
+static __always_inline struct ipt2xdp_src_fast_value *tuple_fast_hit(void *tuple_fast, struct generation *gen,
+								      struct packet_fields *pkt,
+								      struct ipt2xdp_exact_key *key)
+{
+	struct ipt2xdp_gen_config *cfg = gen->cfg;
+	struct ipt2xdp_src_fast_value *hit;
+	__u32 ports;
+	int i;
+
+	/* sport_net and dport_net, adjacent as in the key: one load, one mask, one store */
+	__builtin_memcpy(&ports, &pkt->sport_net, sizeof(ports));
+#pragma unroll
+	for (i = 0; i < IPT2XDP_TUPLE_FAST_SHAPES; i++) {
+		if (!cfg->tuple_fast_fields[i])
+			break;
+		/* branch-free: compile derives the masks from the shape (0 for a part outside it) */
+		key->src = pkt->src_net & cfg->tuple_fast_src_mask[i];
+		key->dst = pkt->dst_net & cfg->tuple_fast_dst_mask[i];
+		*(__u32 *)&key->sport = ports & cfg->tuple_fast_port_mask[i];
+		key->set_id = i;
+		key->proto = pkt->proto & cfg->tuple_fast_proto_mask[i];
+		key->pad = 0;
+		hit = bpf_map_lookup_elem(tuple_fast, key);
+		if (hit)
+			return hit;
+	}
+	return NULL;
+}
+
 /* Class row index of the packet's protocol under conntrack class cls, or ~0 if the lookup fails. */
 static __always_inline __u32 proto_row_index(void *value_class, __u32 cls, __u32 proto)
 {
@@ -609,6 +648,8 @@ struct match_ctx {
 		/* Once matching is done: the route lookup before a DROP (delivered_locally). The
 		 * 512-byte stack of the program and its calls has no room for both. */
 		struct bpf_fib_lookup fib;
+		/* Before matching: the key of the exact-tuple fast path (tuple_fast_hit) */
+		struct ipt2xdp_exact_key tuple_key;
 	};
 	__u64 cand[IPT2XDP_SUMMARY_WORDS]; /* words where some group may have a matching slot */
 	__u32 nslots;
@@ -792,7 +833,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	struct ipt2xdp_class_row *any_row, *row;
 	struct ipt2xdp_src_fast_value *fast;
 	struct ipt2xdp_gen_config *cfg;
-	void *src_fast;
+	void *fast_map;
 	struct ipt2xdp_state *state;
 	struct match_ctx m; /* zeroed below, past the fast path, which needs none of it but gen */
 	struct generation *gen = &m.gen;
@@ -809,13 +850,23 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	/* group geometry is read from cfg, never copied into match_ctx: copies refined by branches
 	 * multiplied the states in which the verifier had to check the step callback */
 	cfg = gen->cfg;
-	if (cfg->src_fast_plens[0] && src_fast_destination(cfg, bpf_ntohl(pkt->dst_net))) {
-		/* the class bitmaps lack what src_fast decides (fastpath.reduce_classifier): without
-		 * the map, netfilter decides */
-		src_fast = gen_map(&ipt2xdp_g_src_fast, gen);
-		if (!src_fast)
-			return IPT2XDP_STAT_LOOKUP_FAIL;
-		fast = src_fast_hit(src_fast, gen, pkt);
+	if ((cfg->src_fast_plens[0] || cfg->tuple_fast_fields[0]) &&
+	    src_fast_destination(cfg, bpf_ntohl(pkt->dst_net))) {
+		/* the class bitmaps lack what the fast paths decide (fastpath.reduce_classifier):
+		 * without their maps, netfilter decides */
+		fast = NULL;
+		if (cfg->src_fast_plens[0]) {
+			fast_map = gen_map(&ipt2xdp_g_src_fast, gen);
+			if (!fast_map)
+				return IPT2XDP_STAT_LOOKUP_FAIL;
+			fast = src_fast_hit(fast_map, gen, pkt);
+		}
+		if (!fast && cfg->tuple_fast_fields[0]) {
+			fast_map = gen_map(&ipt2xdp_g_tuple_fast, gen);
+			if (!fast_map)
+				return IPT2XDP_STAT_LOOKUP_FAIL;
+			fast = tuple_fast_hit(fast_map, gen, pkt, &m.tuple_key);
+		}
 		if (fast) {
 			m.action = fast->action;
 			m.counter = fast->counter;

@@ -71,8 +71,10 @@
 #define IPT2XDP_CSUM_MAX_CHUNKS 4
 /* Prefix lengths the blocklist fast path probes at most (gen_config.src_fast_plens). */
 #define IPT2XDP_SRC_FAST_PLENS 4
-/* Destination ranges the fast path applies to at most (gen_config.src_fast_dst_*). */
+/* Destination ranges the fast paths apply to at most (gen_config.src_fast_dst_*). */
 #define IPT2XDP_SRC_FAST_DSTS 16
+/* Key shapes the exact-tuple fast path probes at most (gen_config.tuple_fast_*). */
+#define IPT2XDP_TUPLE_FAST_SHAPES 4
 /* addr_dir: one entry per /16 block, src blocks first then dst blocks. */
 #define IPT2XDP_ADDR_DIR_ENTRIES (2 * 65536)
 
@@ -156,8 +158,21 @@ struct ipt2xdp_gen_config {
 	 * (every nat PREROUTING rule's packets are deferred), such drops also count on counter
 	 * default_counter + 2, and a drop XDP cannot place that way is passed to netfilter. */
 	__u32 nat_new;
+	/* The exact-tuple fast path (map tuple_fast, ipt2xdp/tuplefast.py): per shape, most entries
+	 * first, the key parts (IPT2XDP_K_*; 0 ends the list) and the prefix lengths the addresses
+	 * are masked to; and the same as masks the program ANDs the packet's values with to make
+	 * the key (a part outside the shape: mask 0): source, destination (network byte order),
+	 * the two ports as one word of struct ipt2xdp_exact_key (sport then dport, as in memory),
+	 * the protocol. Probed after src_fast, for the destinations in src_fast_dst_* too. */
+	__u8 tuple_fast_fields[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u8 tuple_fast_src_plen[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u8 tuple_fast_dst_plen[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u8 tuple_fast_proto_mask[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u32 tuple_fast_src_mask[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u32 tuple_fast_dst_mask[IPT2XDP_TUPLE_FAST_SHAPES];
+	__u32 tuple_fast_port_mask[IPT2XDP_TUPLE_FAST_SHAPES];
 };
-_Static_assert(sizeof(struct ipt2xdp_gen_config) == 96 + 8 * IPT2XDP_SRC_FAST_DSTS, "abi");
+_Static_assert(sizeof(struct ipt2xdp_gen_config) == 160 + 8 * IPT2XDP_SRC_FAST_DSTS, "abi");
 
 /* addr_dir[field * 65536 + (addr >> 16)]: the addr_bounds range covering one /16 block. */
 struct ipt2xdp_addr_dir {
@@ -222,6 +237,10 @@ struct ipt2xdp_src_fast_value {
 	__u32 action; /* IPT2XDP_ACT_DROP, or a guarded DROP (IPT2XDP_ACT_SET_GUARDED | bits) */
 };
 _Static_assert(sizeof(struct ipt2xdp_src_fast_value) == 8, "abi");
+
+/* tuple_fast[key]: the exact-tuple fast path. The key is a struct ipt2xdp_exact_key of the packet's
+ * values masked to one shape (gen_config.tuple_fast_*), set_id = the shape's index; the value a
+ * struct ipt2xdp_src_fast_value. Boxes in the map never overlap (ipt2xdp/tuplefast.py). */
 
 /* counters[cpu * counter_stride + rule_id] (per generation). Each CPU owns its stride, so plain
  * increments are safe; bytes count the IP total length, as iptables counts at filter/INPUT. */

@@ -150,4 +150,13 @@ struct ipt2xdp_inner_src_fast {
 };
 IPT2XDP_OUTER(ipt2xdp_g_src_fast, ipt2xdp_inner_src_fast);
 
+/* tuple_fast[key]: the exact-tuple fast path (struct ipt2xdp_exact_key); empty without one. */
+struct ipt2xdp_inner_tuple_fast {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(struct ipt2xdp_exact_key));
+	__uint(value_size, sizeof(struct ipt2xdp_src_fast_value));
+};
+IPT2XDP_OUTER(ipt2xdp_g_tuple_fast, ipt2xdp_inner_tuple_fast);
+
 #endif /* IPT2XDP_MAPS_H */

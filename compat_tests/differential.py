@@ -138,8 +138,9 @@ def run_seeds(seeds: Sequence[int], attach_name: str = "none", backends: Sequenc
 
 
 def fast_path_seeds(seeds: Sequence[int], forwarding: bool = False) -> List[int]:
-    """The seeds whose ruleset, planned for a receiver like the harness's, gets a blocklist fast
-    path (ipt2xdp/fastpath.py): random rulesets rarely have one, so a run aimed at it picks them."""
+    """The seeds whose ruleset, planned for a receiver like the harness's, gets a fast path: the
+    blocklist's (ipt2xdp/fastpath.py) or the exact-tuple one (ipt2xdp/tuplefast.py). Random
+    rulesets rarely have one (about 1 in 7), so a run aimed at them picks them."""
     from ipt2xdp import hostinfo
     from ipt2xdp.compile import compile
     from ipt2xdp.errors import Ipt2xdpError
@@ -152,7 +153,8 @@ def fast_path_seeds(seeds: Sequence[int], forwarding: bool = False) -> List[int]
     for seed in seeds:
         try:
             result = plan(parse(rulegen.render(rulegen.generate(seed, forwarding=forwarding)), "seed.rules"), host)
-            if compile(result.rules, result.default, overflow="defer").fast_path.plens:
+            fast = compile(result.rules, result.default, overflow="defer").fast_path
+            if fast.plens or fast.shapes:
                 out.append(seed)
         except Ipt2xdpError:
             continue
@@ -171,7 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--forwarding", action="store_true",
                         help="receiver forwards to a third namespace; rulesets get FORWARD rules")
     parser.add_argument("--fast-path-only", action="store_true",
-                        help="of the seeds, run only those whose plan has a blocklist fast path (about 1 in 20)")
+                        help="of the seeds, run only those whose plan has a fast path (blocklist or exact "
+                             "tuple; about 1 in 7)")
     args = parser.parse_args(argv)
     backends = args.backends.split(",")
     seeds = range(args.seed, args.seed + args.rulesets)

@@ -39,6 +39,7 @@ NOT_TCP = 64
 ADDR_DIR_ENTRIES = 2 * 65536
 SRC_FAST_PLENS = 4  # prefix lengths the blocklist fast path probes at most (GenConfig.src_fast_plens)
 SRC_FAST_DSTS = 16  # destination ranges the fast path applies to at most (GenConfig.src_fast_dst_*)
+TUPLE_FAST_SHAPES = 4  # key shapes the exact-tuple fast path probes at most (GenConfig.tuple_fast_*)
 # conntrack classes (value_class[VC_PROTO + class * 256 + proto])
 CT_NONE, CT_FOUND, CT_NOT_LOOKED_UP, CT_NONE_VERIFIED = 0, 1, 2, 3
 CSUM_CHUNK = 512       # bytes per bpf_csum_diff call (the helper's limit)
@@ -84,7 +85,16 @@ class GenConfig(ctypes.Structure):
                 ("ngroups", ctypes.c_uint32), ("group_fields", ctypes.c_uint16 * MAX_GROUPS),
                 ("group_row", ctypes.c_uint32 * MAX_GROUPS), ("src_fast_plens", ctypes.c_uint8 * SRC_FAST_PLENS),
                 ("src_fast_ndst", ctypes.c_uint32), ("src_fast_dst_lo", ctypes.c_uint32 * SRC_FAST_DSTS),
-                ("src_fast_dst_hi", ctypes.c_uint32 * SRC_FAST_DSTS), ("nat_new", ctypes.c_uint32)]
+                ("src_fast_dst_hi", ctypes.c_uint32 * SRC_FAST_DSTS), ("nat_new", ctypes.c_uint32),
+                ("tuple_fast_fields", ctypes.c_uint8 * TUPLE_FAST_SHAPES),
+                ("tuple_fast_src_plen", ctypes.c_uint8 * TUPLE_FAST_SHAPES),
+                ("tuple_fast_dst_plen", ctypes.c_uint8 * TUPLE_FAST_SHAPES),
+                ("tuple_fast_proto_mask", ctypes.c_uint8 * TUPLE_FAST_SHAPES),
+                # masks of the key parts: addresses in network byte order, the two ports as the
+                # key's one word (sport then dport in memory); compile.py derives them from the shape
+                ("tuple_fast_src_mask", ctypes.c_uint32 * TUPLE_FAST_SHAPES),
+                ("tuple_fast_dst_mask", ctypes.c_uint32 * TUPLE_FAST_SHAPES),
+                ("tuple_fast_port_mask", ctypes.c_uint32 * TUPLE_FAST_SHAPES)]
 
 
 class AddrDir(ctypes.Structure):
@@ -142,7 +152,7 @@ STRUCTS = {
     "ipt2xdp_setguard": SetGuard, "ipt2xdp_csum_scratch": CsumScratch,
     "ipt2xdp_src_fast_key": SrcFastKey, "ipt2xdp_src_fast_value": SrcFastValue,
 }
-_SIZES = {State: 16, GenConfig: 96 + 8 * SRC_FAST_DSTS, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
+_SIZES = {State: 16, GenConfig: 160 + 8 * SRC_FAST_DSTS, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
           Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40, CsumScratch: CSUM_CHUNK + 4, SrcFastKey: 8,
           SrcFastValue: 8}
 for _cls, _size in _SIZES.items():
@@ -187,4 +197,5 @@ GEN_MAPS = {
     "iif_class": MapShape("ipt2xdp_g_iif_class", BPF_MAP_TYPE_HASH, 4, 4),
     "exact_set": MapShape("ipt2xdp_g_exact_set", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), 4),
     "src_fast": MapShape("ipt2xdp_g_src_fast", BPF_MAP_TYPE_HASH, ctypes.sizeof(SrcFastKey), ctypes.sizeof(SrcFastValue)),
+    "tuple_fast": MapShape("ipt2xdp_g_tuple_fast", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), ctypes.sizeof(SrcFastValue)),
 }

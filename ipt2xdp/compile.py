@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi, fastpath
+from ipt2xdp import abi, fastpath, tuplefast
 from ipt2xdp.classifier import Action, ClassifierRule, Match, Verdict, validate
 from ipt2xdp.errors import CapacityError
 from ipt2xdp.mapencode import (ACT_CODES, VALUE_REGIONS, MapContents, action_code, dump, encode_addresses,
@@ -58,7 +58,7 @@ class Tables:
     overflowed_rules: int = 0         # rules replaced by the catch-all DEFER slot
     field_mask: int = 0
     notes: List[str] = field(default_factory=list)
-    fast_path: Optional[fastpath.FastPath] = None  # the blocklist fast path (map src_fast)
+    fast_path: Optional[fastpath.FastPath] = None  # the fast paths (maps src_fast, tuple_fast)
     # What guarded DROPs compare with (setguard.Expectation); set by the importer, not by compile:
     # it is a fact about the host's sets when they were read, not about the ruleset.
     set_guard: Optional[object] = None
@@ -288,12 +288,19 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
     fast_keys, fast_values, fast_count = fastpath.encode(fast)
     for i, plen in enumerate(fast.plens):
         cfg.src_fast_plens[i] = plen
-    if fast.plens:
+    for i, shape in enumerate(fast.shapes):
+        cfg.tuple_fast_fields[i], cfg.tuple_fast_src_plen[i], cfg.tuple_fast_dst_plen[i] = shape
+        (cfg.tuple_fast_src_mask[i], cfg.tuple_fast_dst_mask[i], cfg.tuple_fast_port_mask[i],
+         cfg.tuple_fast_proto_mask[i]) = tuplefast.masks(shape)
+    if fast.plens or fast.shapes:
         cfg.src_fast_ndst = len(fast.dsts.intervals)
         for i, (lo, hi) in enumerate(fast.dsts):
             cfg.src_fast_dst_lo[i], cfg.src_fast_dst_hi[i] = lo, hi
     maps["src_fast"] = MapContents("src_fast", max(1, fast_count), ctypes.sizeof(abi.SrcFastKey),
                                    ctypes.sizeof(abi.SrcFastValue), fast_keys, fast_values)
+    tuple_keys, tuple_values, tuple_count = tuplefast.encode(fast.tuples, fast.shapes)
+    maps["tuple_fast"] = MapContents("tuple_fast", max(1, tuple_count), ctypes.sizeof(abi.ExactKey),
+                                     ctypes.sizeof(abi.SrcFastValue), tuple_keys, tuple_values)
     maps["cfg"] = pack_array("cfg", [bytes(cfg)], ctypes.sizeof(abi.GenConfig))
     for name, shape in abi.GEN_MAPS.items():
         m = maps[name]

@@ -29,6 +29,9 @@ The packet-level checks before any classification (non-IPv4, fragments, IP optio
 headers, no generation in force) stay before the probe in the program, so what reaches it is what
 reaches classification.
 
+The exact-tuple fast path (tuplefast.py: boxes of exact source, destination, protocol and ports)
+is proven the same way beside it, shares the destination exception, and is held here too (FastPath.tuples).
+
 What the fast path decides then leaves the classifier (reduce_classifier): a probed prefix is cut
 from its rule's source where no packet from it that is still classified could reach that rule, so
 a source not on the list is classified against the rest of the ruleset only, not the whole list.
@@ -42,7 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi
+from ipt2xdp import abi, tuplefast
 from ipt2xdp.classifier import CONTINUE, Action, ClassifierRule, IntervalSet, Match, Verdict
 
 U32_MAX = 0xFFFFFFFF
@@ -59,7 +62,13 @@ class FastPath:
     rule_index: List[int] = field(default_factory=list)  # per entry: the classifier index of its rule
     plens: Tuple[int, ...] = ()          # probed prefix lengths, most entries first (none: no fast path)
     left_out: int = 0                    # qualifying prefixes that are not probed
-    dsts: IntervalSet = IntervalSet(((0, U32_MAX),))  # destinations the fast path applies to
+    dsts: IntervalSet = IntervalSet(((0, U32_MAX),))  # destinations the fast paths apply to
+    # the exact-tuple fast path (tuplefast.py): (box, rule_id, action code) per entry, its rule's
+    # classifier index, the shapes probed (none: no such fast path), entries of other shapes
+    tuples: List[Tuple[tuplefast.Box, int, int]] = field(default_factory=list)
+    tuple_index: List[int] = field(default_factory=list)
+    shapes: Tuple[tuplefast.Shape, ...] = ()
+    tuple_left_out: int = 0
 
     def probe(self, address: int, dst: Optional[int] = None):
         """(rule_id, action code) of the probed entry holding the host-order source address (for a
@@ -74,6 +83,25 @@ class FastPath:
             net = address & (U32_MAX ^ (U32_MAX >> plen))
             if (net, plen) in index:
                 return index[(net, plen)]
+        return None
+
+    def probe_packet(self, src: int, dst: int, proto: int, sport: Optional[int], dport: Optional[int]):
+        """(rule_id, action code) the program's fast paths answer for a packet (host order; ports
+        None without them), or None: src_fast first, then each probed shape of tuple_fast."""
+        if dst not in self.dsts:
+            return None
+        hit = self.probe(src)
+        if hit is not None:
+            return hit
+        index = getattr(self, "_tuple_index", None)
+        if index is None:
+            index = self._tuple_index = {box: (rule_id, code) for box, rule_id, code in self.tuples
+                                         if box[0] in self.shapes}
+        ports = (sport or 0, dport or 0) if proto in (6, 17) else (0, 0)
+        for shape in self.shapes:
+            key = (shape,) + tuplefast.key_of(shape, src, dst, proto, *ports)
+            if key in index:
+                return index[key]
         return None
 
 
@@ -224,12 +252,22 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     by_length = Counter(plen for _, plen, _, _ in entries)
     plens = tuple(sorted(by_length, key=lambda p: (-by_length[p], -p))[:abi.SRC_FAST_PLENS])
     left_out = sum(n for p, n in by_length.items() if p not in plens)
+    every_destination_only = destination_only + [i for i in range(end, len(rules))
+                                                  if rules[i].match.src is None and _only_destination(rules[i].match)]
+    tuples, tuple_index = tuplefast.analyse(rules, action_code, every_destination_only)
+    shapes = tuplefast.choose_shapes(tuples)
+    tuple_left_out = sum(1 for box, _, _ in tuples if box[0] not in shapes)
+    if tuples:
+        last_index = max(last_index, tuple_index[-1])
     # destinations no destination-only rule before the last entry's rule holds
-    guarded = IntervalSet.of(iv for i in destination_only if i < last_index for iv in rules[i].match.dst.intervals)
+    guarded = IntervalSet.of(iv for i in every_destination_only if i < last_index
+                             for iv in rules[i].match.dst.intervals)
     dsts = guarded.complement(U32_MAX)
-    if not entries or not dsts or len(dsts.intervals) > abi.SRC_FAST_DSTS:
-        return FastPath(entries=entries, rule_index=rule_index, left_out=len(entries), dsts=dsts)
-    return FastPath(entries=entries, rule_index=rule_index, plens=plens, left_out=left_out, dsts=dsts)
+    if not (entries or tuples) or not dsts or len(dsts.intervals) > abi.SRC_FAST_DSTS:
+        return FastPath(entries=entries, rule_index=rule_index, left_out=len(entries), dsts=dsts,
+                        tuples=tuples, tuple_index=tuple_index, tuple_left_out=len(tuples))
+    return FastPath(entries=entries, rule_index=rule_index, plens=plens, left_out=left_out, dsts=dsts,
+                    tuples=tuples, tuple_index=tuple_index, shapes=shapes, tuple_left_out=tuple_left_out)
 
 
 def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Optional[List[ClassifierRule]]:
@@ -237,6 +275,10 @@ def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Option
     probes for it, where that is exact (a rule left without a source goes; CONTINUE targets follow
     the rules that stay), so a source not on the list is classified against the rest only. None
     when nothing can go.
+
+    A probed exact-tuple box is its rule's whole match (tuplefast.box_of), so the rule goes under
+    the same condition as a prefix that is a rule's whole source (the argument below, with the box
+    in place of P: before r its packets meet only rules on the destination alone).
 
     A packet from a probed prefix P of rule r is classified only when the fast path does not apply
     to its destination (outside fast.dsts: the program passes a packet whose src_fast map is
@@ -248,12 +290,16 @@ def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Option
     the other packets from P take the fast path, which decides as the full one. Prefixes of
     lengths the program does not probe (left_out) stay, as does everything without a fast path.
     """
-    if not fast.plens or not fast.entries:
+    if not fast.plens and not fast.shapes:
         return None
     plens, every_length = fast.plens, not fast.left_out
-    starts, unreached = _unreached_outside(rules, fast.dsts, max(fast.rule_index))
+    starts, unreached = _unreached_outside(rules, fast.dsts, max(fast.rule_index + fast.tuple_index))
     everywhere = all(unreached)
     gone = set()
+    for (box, _, _), index in zip(fast.tuples, fast.tuple_index):
+        # an entry's rule is its box alone (tuplefast.box_of): the rule goes with it
+        if box[0] in fast.shapes and (everywhere or unreached[bisect.bisect_right(starts, index) - 1]):
+            gone.add(index)
     probed: Dict[int, List[Tuple[int, int]]] = {}  # the other rules: their probed blocks
     for (net, plen, _, _), index in zip(fast.entries, fast.rule_index):
         if not every_length and plen not in plens:
@@ -309,8 +355,8 @@ def _unreached_outside(rules: Sequence[ClassifierRule], dsts: IntervalSet, last:
 
     for i in range(last):
         rule = rules[i]
-        if rule.match.src is not None:
-            continue
+        if rule.match.src is not None or not _only_destination(rule.match):
+            continue  # misses every probed prefix and box (analyse, tuplefast.analyse)
         while targets and targets[0] <= i:
             target = heapq.heappop(targets)
             walking = walking.union(landing.pop(target))

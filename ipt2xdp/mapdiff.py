@@ -22,7 +22,8 @@ ENTRY_LIMIT = 50
 TITLES = {"actions": "rule actions", "exact": "exact-match sets", "src": "source addresses",
           "dst": "destination addresses", "proto": "protocols", "sport": "source ports",
           "dport": "destination ports", "icmp": "ICMP types", "tcp_flags": "TCP flags",
-          "iif": "input devices", "src_fast": "blocklist fast path"}
+          "iif": "input devices", "src_fast": "blocklist fast path",
+          "tuple_fast": "exact-tuple fast path"}
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah", 132: "sctp"}
 CT_NAMES = {abi.CT_NONE: "no conntrack entry (unverified)", abi.CT_FOUND: "conntrack entry",
             abi.CT_NOT_LOOKED_UP: "not looked up", abi.CT_NONE_VERIFIED: "no conntrack entry"}
@@ -192,6 +193,13 @@ def compare_views(old: Optional[View], new: View, ifnames: Optional[Dict[int, st
             return ", ".join(_address(lo, hi) for lo, hi in view.fast_dsts) or None
         s.add(old.fast_dsts, new.fast_dsts, {"key": "to destinations", "before": ranges(old), "after": ranges(new)})
     sections.append(s)
+    s = _Section("tuple_fast")
+    for key in sorted(set(new.tuple_fast) | set(old.tuple_fast)):
+        before, after = old.tuple_fast.get(key), new.tuple_fast.get(key)
+        if before != after:
+            s.add(before, after, {"key": key, "before": before and labels.get(before),
+                                  "after": after and labels.get(after)})
+    sections.append(s)
     return [section.record() for section in sections]
 
 
@@ -220,7 +228,8 @@ def _pair_edited_rules(old: View, new: View) -> View:
                 {name: [(start, rs(rules)) for start, rules in ranges] for name, ranges in old.fields.items()},
                 {key: rs(rules) for key, rules in old.iif.items()},
                 {r(i): label for i, label in old.labels.items()}, old.uses_ct, old.default_action,
-                {key: r(i) for key, i in old.fast.items()}, old.fast_dsts)
+                {key: r(i) for key, i in old.fast.items()}, old.fast_dsts,
+                {key: r(i) for key, i in old.tuple_fast.items()})
 
 
 def _action_text(act: int, nxt, labels) -> str:

@@ -198,6 +198,17 @@ def dump(tables) -> str:
         for key, value in sorted(tables.maps["src_fast"].entries()):
             counter, action = struct.unpack("=II", value)
             out.append(f"src_fast {key[:4].hex()}/{struct.unpack('=I', key[4:])[0]} -> rule {counter} action {action:#x}")
+    if cfg.tuple_fast_fields[0]:
+        if not cfg.src_fast_plens[0]:
+            out.append("fast dsts " + " ".join(f"{cfg.src_fast_dst_lo[i]:#010x}-{cfg.src_fast_dst_hi[i]:#010x}"
+                                               for i in range(cfg.src_fast_ndst)))
+        for i in range(abi.TUPLE_FAST_SHAPES):
+            if cfg.tuple_fast_fields[i]:
+                out.append(f"tuple_fast shape {i}: key_fields={cfg.tuple_fast_fields[i]:#x} "
+                           f"plen={cfg.tuple_fast_src_plen[i]}/{cfg.tuple_fast_dst_plen[i]}")
+        for key, value in sorted(tables.maps["tuple_fast"].entries()):
+            counter, action = struct.unpack("=II", value)
+            out.append(f"tuple_fast {key.hex()} -> rule {counter} action {action:#x}")
     for key, value in sorted(tables.maps["iif_class"].entries()):
         if tables.field_mask & (1 << abi.F_IIF):
             out.append(f"iif {struct.unpack('=I', key)[0]} -> row {struct.unpack('=I', value)[0]}")

@@ -6,7 +6,8 @@ what they mean does not. So each map is decoded into what it says about rules:
   - rule actions: per classifier rule that owns a slot, what XDP does (drop, accept, defer, jump);
   - exact-match sets: per hashed 5-tuple (or prefix) key, the rule it stands for;
   - the blocklist fast path: per source prefix, the rule whose DROP it takes (the class bitmaps
-    no longer hold those prefixes), and the destinations it applies to;
+    no longer hold those prefixes), and the destinations it applies to; the exact-tuple fast
+    path likewise, per box (its text, as tuplefast.describe writes it);
   - per field (source and destination addresses, protocols, ports, ICMP types, TCP flags, input
     devices): the field's values cut into ranges, each with the rules that single those values out.
 A rule is named by the iptables rules its packets traverse (their text, not their numbers, so that
@@ -77,6 +78,7 @@ class View:
     default_action: int
     fast: Dict[Tuple[int, int], Identity] = field(default_factory=dict)  # (network, plen) -> rule
     fast_dsts: Tuple[Tuple[int, int], ...] = ()  # destinations the fast path applies to (none: off)
+    tuple_fast: Dict[str, Identity] = field(default_factory=dict)  # box text -> rule
 
 
 def _entries(contents: MapContents, struct_format: str) -> List[Tuple]:
@@ -139,8 +141,11 @@ def decode(maps: Dict[str, MapContents], names: RuleNames) -> View:
             nxt = slot_ids[s.next] if s.next < len(slot_ids) else END
         actions[ident] = (s.action, nxt, set_sizes.get(s.set_id, 0) if s.kind == abi.SLOT_SET else 0)
     fast, fast_dsts = _fast_path(maps, cfg, identity)
-    for ident, action in fast.values():
-        actions.setdefault(ident, (action, END, 0))  # a rule the fast path alone holds
+    tuple_fast = _tuple_fast_path(maps, cfg, identity)
+    if tuple_fast and not fast_dsts:
+        fast_dsts = tuple((cfg.src_fast_dst_lo[i], cfg.src_fast_dst_hi[i]) for i in range(cfg.src_fast_ndst))
+    for ident, action in list(fast.values()) + list(tuple_fast.values()):
+        actions.setdefault(ident, (action, END, 0))  # a rule a fast path alone holds
 
     row_size = maps["class_rows"].value_size
     rows = maps["class_rows"].values
@@ -173,7 +178,8 @@ def decode(maps: Dict[str, MapContents], names: RuleNames) -> View:
         named = [(struct.unpack("=I", k)[0], v[0]) for k, v in zip(_keys(maps["iif_class"]), _entries(maps["iif_class"], "=I"))]
         iif = dict(sets_of(named + [("other", cfg.iif_default_row)]))
     return View(actions, exact, fields, iif, labels, bool(cfg.field_mask & (1 << abi.F_CT_STATE)), cfg.default_action,
-                {key: ident for key, (ident, _) in fast.items()}, fast_dsts)
+                {key: ident for key, (ident, _) in fast.items()}, fast_dsts,
+                {key: ident for key, (ident, _) in tuple_fast.items()})
 
 
 def _fast_path(maps: Dict[str, MapContents], cfg, identity):
@@ -187,6 +193,24 @@ def _fast_path(maps: Dict[str, MapContents], cfg, identity):
         network, plen = struct.unpack("!I", key[:4])[0], struct.unpack("=I", key[4:])[0]
         fast[(network, plen)] = (identity(counter), action)
     return fast, tuple((cfg.src_fast_dst_lo[i], cfg.src_fast_dst_hi[i]) for i in range(cfg.src_fast_ndst))
+
+
+def _tuple_fast_path(maps: Dict[str, MapContents], cfg, identity):
+    """tuple_fast as {box text: (rule, action code)} (a generation from before it has no such map)."""
+    if "tuple_fast" not in maps or not cfg.tuple_fast_fields[0]:
+        return {}
+    from ipt2xdp import tuplefast
+
+    shapes = [(cfg.tuple_fast_fields[i], cfg.tuple_fast_src_plen[i], cfg.tuple_fast_dst_plen[i])
+              for i in range(abi.TUPLE_FAST_SHAPES)]
+    contents = maps["tuple_fast"]
+    out = {}
+    for key, (counter, action) in zip(_keys(contents), _entries(contents, "=II")):
+        src, dst, sport, dport = struct.unpack("!IIHH", key[:12])
+        shape_index, proto = struct.unpack("=HB", key[12:15])
+        if shape_index < len(shapes):
+            out[tuplefast.describe((shapes[shape_index], src, dst, proto, sport, dport))] = (identity(counter), action)
+    return out
 
 
 def _keys(contents: MapContents) -> List[bytes]:

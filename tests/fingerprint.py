@@ -91,12 +91,12 @@ def _with_sets(host: HostContext, ruleset) -> HostContext:
 
 
 def _without_fast_path(maps: dict) -> dict:
-    """The maps as compile made them before the blocklist fast path (recorded then): no src_fast,
+    """The maps as compile made them before the fast paths (recorded then): no src_fast or tuple_fast,
     and gen_config as its first 84 bytes and a zero pad (the fast path's fields came after them).
     The fast path has its own tests (tests/test_fastpath.py, tests/bpf/test_fastpath.py)."""
     import dataclasses as dc
 
-    out = {name: m for name, m in maps.items() if name != "src_fast"}
+    out = {name: m for name, m in maps.items() if name not in ("src_fast", "tuple_fast")}
     cfg = out["cfg"]
     out["cfg"] = dc.replace(cfg, values=cfg.values[:84] + bytes(4), value_size=88)
     return out
