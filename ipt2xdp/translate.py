@@ -17,6 +17,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 from ipt2xdp import ipsets, ir
 from ipt2xdp.classifier import U16_MAX, U32_MAX, IntervalSet, Match
 from ipt2xdp.ctstate import CtAtom, ct_cases, ct_outcomes, ct_test
+from ipt2xdp.fastinit import fast_constructor
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.hostmatch import addrtype_alternatives, interface_match, nf_interface_names
 
@@ -53,6 +54,10 @@ class Term:
     # mirrored sets the disjuncts rely on, kept even when no disjunct is left (an empty set)
     set_uses: Tuple[SetUse, ...] = ()
 
+
+# One of each per rule of the commonest shape (_plain_term): without the frozen __init__'s setattrs.
+_new_interval, _new_match = fast_constructor(IntervalSet), fast_constructor(Match)
+_new_disjunct, _new_term = fast_constructor(Disjunct), fast_constructor(Term)
 
 # Matches XDP cannot evaluate (yet), with the sentence the dry-run report shows.
 UNMODELLED_WHY = {
@@ -94,7 +99,7 @@ def _addresses(address: Optional[ir.Address]) -> Optional[IntervalSet]:
         return None
     net = address.network
     low = int(net.network_address)
-    interval = IntervalSet(((low, low | U32_MAX >> net.prefixlen),))  # (network, broadcast address)
+    interval = _new_interval(((low, low | U32_MAX >> net.prefixlen),))  # (network, broadcast address)
     return interval.complement(U32_MAX) if address.negated else interval
 
 
@@ -108,7 +113,7 @@ def _port_range(port: ir.PortMatch) -> IntervalSet:
     lo, hi = port.range
     if not 0 <= lo <= hi:
         return _ports([port.range], port.negated)  # IntervalSet.of's error
-    interval = IntervalSet(((int(lo), int(hi)),))
+    interval = _new_interval(((int(lo), int(hi)),))
     return interval.complement(U16_MAX) if port.negated else interval
 
 
@@ -386,7 +391,7 @@ def _plain_term(rule: ir.Rule) -> Optional[Term]:
                 if not values:
                     return None
                 fields[name] = values
-    return Term((Disjunct(Match(**fields)),))
+    return _new_term((_new_disjunct(_new_match(**fields)),))
 
 
 def _reasons(a: Optional[str], b: Optional[str]) -> Optional[str]:
