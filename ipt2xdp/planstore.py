@@ -44,7 +44,9 @@ def save(key: str, record: dict) -> str:
     path = os.path.join(directory, f"plan-{key}.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(json.dumps(_stored(record)))  # one C-encoder pass; json.dump() encodes piecewise in Python
+        # one C-encoder pass (json.dump() encodes piecewise in Python); the record is a tree of fresh
+        # lists and dicts, so the encoder need not track each container against cycles
+        f.write(json.dumps(_stored(record), check_circular=False))
     os.replace(tmp, path)
     _remember(path, record)
     # Keep the last few plans only: the one in force and its predecessors for diffs.

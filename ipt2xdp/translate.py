@@ -98,8 +98,9 @@ def _addresses(address: Optional[ir.Address]) -> Optional[IntervalSet]:
     if address is None:
         return None
     net = address.network
-    low = int(net.network_address)
-    interval = _new_interval(((low, low | U32_MAX >> net.prefixlen),))  # (network, broadcast address)
+    # int(net.network_address) and net.prefixlen, read without their two Python-level calls
+    low = net.network_address._ip
+    interval = _new_interval(((low, low | U32_MAX >> net._prefixlen),))  # (network, broadcast address)
     return interval.complement(U32_MAX) if address.negated else interval
 
 
@@ -358,20 +359,20 @@ def _plain_term(rule: ir.Rule) -> Optional[Term]:
     matches = rule.matches
     if len(matches) > 1:
         return None
-    fields = {}
-    for name, address in (("src", rule.source), ("dst", rule.destination)):
-        if address is not None:
-            values = _addresses(address)
-            if not values:
-                return None
-            fields[name] = values
+    src = dst = proto = sport = dport = None
+    if rule.source is not None:
+        src = _addresses(rule.source)
+        if not src:
+            return None
+    if rule.destination is not None:
+        dst = _addresses(rule.destination)
+        if not dst:
+            return None
     protocol = rule.protocol
     if protocol is not None:
-        numbers = frozenset({protocol.number}) if protocol.number else ALL_PROTOCOLS
-        numbers = ALL_PROTOCOLS - numbers if protocol.negated else numbers
-        if not numbers:
+        proto = _protocols(protocol.number, protocol.negated)
+        if not proto:
             return None
-        fields["proto"] = numbers
     if matches:
         match = matches[0]
         kind = type(match)
@@ -381,17 +382,36 @@ def _plain_term(rule: ir.Rule) -> Optional[Term]:
             only = UDP
         else:
             return None
-        if fields.get("proto") != only:  # else the port-protocol unknown or an empty protocol
+        if proto != only:  # else the port-protocol unknown or an empty protocol
             return None
-        for name, port in (("sport", match.sport), ("dport", match.dport)):
-            if port is not None:
-                if not 0 <= port.range[0] <= port.range[1]:
-                    return None
-                values = _port_range(port)
-                if not values:
-                    return None
-                fields[name] = values
-    return _new_term((_new_disjunct(_new_match(**fields)),))
+        if match.sport is not None:
+            sport = _plain_port(match.sport)
+            if sport is None:
+                return None
+        if match.dport is not None:
+            dport = _plain_port(match.dport)
+            if dport is None:
+                return None
+    return _new_term((_new_disjunct(_new_match(src, dst, proto, sport, dport)),))
+
+
+_PROTOCOL_SETS: Dict[Tuple[int, bool], FrozenSet[int]] = {}
+
+
+def _protocols(number: int, negated: bool) -> FrozenSet[int]:
+    """The proto field of `[!] -p number` (0: any protocol); one shared frozenset per spelling."""
+    numbers = _PROTOCOL_SETS.get((number, negated))
+    if numbers is None:
+        numbers = frozenset({number}) if number else ALL_PROTOCOLS
+        numbers = _PROTOCOL_SETS[(number, negated)] = ALL_PROTOCOLS - numbers if negated else numbers
+    return numbers
+
+
+def _plain_port(port: ir.PortMatch) -> Optional[IntervalSet]:
+    """_port_range(port), or None where _plain_term leaves the rule to the general path."""
+    if not 0 <= port.range[0] <= port.range[1]:
+        return None
+    return _port_range(port) or None
 
 
 def _reasons(a: Optional[str], b: Optional[str]) -> Optional[str]:
