@@ -59,47 +59,52 @@ _KEYED = {width: ("k", width) for width in range(33)}  # the ("k", width) shapes
 
 
 def _match_shape(match: Match) -> Optional[Tuple]:
-    """The _field_shape of each field, then ("s", ct); None when no field can go in a set key."""
+    """The _field_shape of each field, then ("s", ct); None when no field can go in a set key.
+    (Written out field by field, without calls: it runs once per classifier rule.)"""
     values = vars(match)
-    shape = []
     keyed = False
+    shapes = []
     for name in ("src", "dst"):
         value = values[name]
         if value is None:
-            shape.append(_ANY)
+            shapes.append(_ANY)
             continue
-        intervals = value.intervals  # (IntervalSet.as_prefix, inline: one call per rule less)
+        intervals = value.intervals  # (IntervalSet.as_prefix, inline)
         if len(intervals) == 1:
             lo, hi = intervals[0]
             span = hi - lo + 1
             if not (span & (span - 1) or lo % span):
-                shape.append(_KEYED[32 - (span.bit_length() - 1)])
+                shapes.append(_KEYED[33 - span.bit_length()])
                 keyed = True
                 continue
-        shape.append(("s", value))
-    value = values["proto"]
-    if value is None:
-        shape.append(_ANY)
-    elif len(value) == 1:
-        shape.append(_KEYED[8])
-        keyed = True
+        shapes.append(("s", value))
+    src_shape, dst_shape = shapes
+    proto = values["proto"]
+    if proto is None:
+        proto_shape = _ANY
+    elif len(proto) == 1:
+        proto_shape, keyed = _KEYED[8], True
     else:
-        shape.append(("s", value))
-    for name in ("sport", "dport"):
-        value = values[name]
-        if value is None:
-            shape.append(_ANY)
-        elif len(value.intervals) == 1 and value.intervals[0][0] == value.intervals[0][1]:
-            shape.append(_KEYED[16])
-            keyed = True
-        else:
-            shape.append(("s", value))
+        proto_shape = ("s", proto)
+    sport, dport = values["sport"], values["dport"]
+    if sport is None:
+        sport_shape = _ANY
+    elif len(sport.intervals) == 1 and sport.intervals[0][0] == sport.intervals[0][1]:
+        sport_shape, keyed = _KEYED[16], True
+    else:
+        sport_shape = ("s", sport)
+    if dport is None:
+        dport_shape = _ANY
+    elif len(dport.intervals) == 1 and dport.intervals[0][0] == dport.intervals[0][1]:
+        dport_shape, keyed = _KEYED[16], True
+    else:
+        dport_shape = ("s", dport)
     if not keyed:
         return None
-    for name in ("iif", "icmp", "tcp_flags", "ct"):
-        value = values[name]
-        shape.append(_ANY if value is None else ("s", value))
-    return tuple(shape)
+    iif, icmp, tcp_flags, ct = values["iif"], values["icmp"], values["tcp_flags"], values["ct"]
+    return (src_shape, dst_shape, proto_shape, sport_shape, dport_shape,
+            _ANY if iif is None else ("s", iif), _ANY if icmp is None else ("s", icmp),
+            _ANY if tcp_flags is None else ("s", tcp_flags), _ANY if ct is None else ("s", ct))
 
 
 # What compile derives from a Match object alone, kept from one build_slots() to the next: a
