@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ipt2xdp import ir
+from ipt2xdp.fastinit import fast_constructor
 from ipt2xdp.options import ICMP_TYPES, LIMIT_UNITS, LOG_LEVELS, MATCHES, REJECT_TYPES, service_port
 
 
@@ -111,6 +112,11 @@ def _require_proto(proto: Optional[str], allowed: Tuple[str, ...], ext: str, ind
 
 # ----------------------------------------------------------------------------- matches
 
+# Built once per distinct port value of a big ruleset (ruleparse's templates): without the frozen
+# __init__'s setattrs.
+_new_port_match, _new_tcp, _new_udp = (fast_constructor(ir.PortMatch), fast_constructor(ir.TcpMatch),
+                                       fast_constructor(ir.UdpMatch))
+
 def _ports(seen: Dict[str, Given], proto):
     def one(name):
         g = seen.get(name)
@@ -119,7 +125,7 @@ def _ports(seen: Dict[str, Given], proto):
         rng = port_range(g.args[0], proto, g.index + 1)
         if rng == (0, 65535) and not g.negated:
             return None  # "--sport :" means any port; iptables-save omits it
-        return ir.PortMatch(rng, g.negated)
+        return _new_port_match(rng, g.negated)
     return one("--sport"), one("--dport")
 
 
@@ -140,7 +146,7 @@ def tcp(given, proto, index):
     if "--tcp-option" in seen:
         g = seen["--tcp-option"]
         option = ir.TcpOption(uint(g.args[0], g.index + 1, "TCP option", 255), g.negated)
-    return ir.TcpMatch(sport, dport, flags, option)
+    return _new_tcp(sport, dport, flags, option)
 
 
 def _tcp_flag_set(text: str, index: int) -> frozenset:
@@ -161,7 +167,7 @@ def _tcp_flag_set(text: str, index: int) -> frozenset:
 def udp(given, proto, index):
     _require_proto(proto, ("udp",), "udp", index)
     sport, dport = _ports(_single(given), proto)
-    return ir.UdpMatch(sport, dport)
+    return _new_udp(sport, dport)
 
 
 def multiport(given, proto, index):

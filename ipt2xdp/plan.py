@@ -23,6 +23,7 @@ from ipt2xdp import ir, jumppaths
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, Action,
                                 ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
+from ipt2xdp.fastinit import fast_constructor
 from ipt2xdp.guards import (earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops, local_guard,
                             nat_flows, nat_new, raw_ct_targets)
 from ipt2xdp.hostinfo import HostContext
@@ -49,6 +50,9 @@ SKIPPABLE_UNKNOWN = frozenset({"match.ctstate-unsure", "match.conntrack", "match
 MAX_MAYBE_DROPS = 16
 # Targets in the raw table that change conntrack handling (helpers, NOTRACK, zones, templates).
 CT_RAW_TARGETS = ("CT", "NOTRACK")
+
+# One of each per rule: without the frozen __init__'s setattrs.
+_new_classifier_rule, _new_ref = fast_constructor(ClassifierRule), fast_constructor(RuleRef)
 
 TARGET_WHY = {
     "LOG": "LOG must see the packet; XDP defers wherever this rule may match",
@@ -116,7 +120,7 @@ class _Emitter:
         pending.clear()
 
     def emit(self, match: Match, action: Action, path: Tuple[RuleRef, ...], code: str) -> None:
-        self.rules.append(ClassifierRule(match, action, len(self.rules)))
+        self.rules.append(_new_classifier_rule(match, action, len(self.rules)))
         self.paths.append(path)
         self.codes.append(code)
 
@@ -181,7 +185,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     pending: List[Tuple[Match, RuleRef]] = []  # consecutive DROP rules after a jump, split together
     uniform = jumppaths.uniform(history, cond)
     for index, rule in enumerate(chain.rules, start=1):
-        ref = RuleRef(table, chain_name, index)
+        ref = _new_ref(table, chain_name, index)
         term = em.term(table, chain_name, index, rule)
         if term.set_uses:
             em.emit_drops(pending, path, history)

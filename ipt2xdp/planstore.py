@@ -40,7 +40,9 @@ def digest(ruleset_text: str, devices) -> str:
 
 def encoded(record: dict) -> str:
     """The record's file text (save() writes it)."""
-    return json.dumps(_stored(record))  # one C-encoder pass; json.dump() encodes piecewise in Python
+    # one C-encoder pass (json.dump() encodes piecewise in Python); the record is a tree of fresh
+    # lists and dicts, so the encoder need not track each container against cycles
+    return json.dumps(_stored(record), check_circular=False)
 
 
 def save(key: str, record: dict, text: Optional[str] = None) -> str:

@@ -64,8 +64,12 @@ def _options(ext_name: str, opts) -> List[str]:
 def _ports(m) -> List[str]:
     out = []
     for name, p in (("--sport", m.sport), ("--dport", m.dport)):
-        if p is not None and p.range != (0, 65535):  # 1.8.9 prints nothing for (! ) 0:65535
-            out.append(f"{_bang(p.negated)}{name} {_range(p.range)}")
+        if p is not None:
+            lo, hi = p.range
+            if lo == 0 and hi == 65535:
+                continue  # 1.8.9 prints nothing for (! ) 0:65535
+            text = f"{name} {lo}" if lo == hi else f"{name} {lo}:{hi}"  # _range, inline (one per rule)
+            out.append("! " + text if p.negated else text)
     return out
 
 
@@ -188,7 +192,8 @@ def _match_name(m) -> str:
 
 def _network_text(network) -> str:
     """str(network) of an IPv4Network (the same digits, without ipaddress's layers of __str__)."""
-    return f"{socket.inet_ntoa(int(network.network_address).to_bytes(4, 'big'))}/{network.prefixlen}"
+    # (int(network.network_address) and network.prefixlen, without their Python-level calls)
+    return f"{socket.inet_ntoa(network.network_address._ip.to_bytes(4, 'big'))}/{network._prefixlen}"
 
 
 def render_rule(rule: ir.Rule, counters: bool = False) -> str:

@@ -31,7 +31,7 @@ _ADDRESS_OPTIONS = frozenset(("-s", "--source", "--src", "-d", "--destination", 
 # Options whose argument decides how the rest of a rule is read (see RuleParser templates).
 _STRUCTURAL = frozenset(k for k, v in HEADER.items() if v in ("-p", "-i", "-o", "-m", "-j", "-g"))
 _EXACT = object()
-_inet_aton = socket.inet_aton
+_inet_aton, _inet_ntoa = socket.inet_aton, socket.inet_ntoa
 _from_bytes = int.from_bytes
 _NO_INPUT_IFACE = ("OUTPUT", "POSTROUTING")
 _NO_OUTPUT_IFACE = ("INPUT", "PREROUTING")
@@ -87,6 +87,8 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _DOTTED_CIDR = re.compile(rf"({_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET})(?:/([0-9]{{1,2}}))?")
 _dotted_fullmatch = _DOTTED_CIDR.fullmatch
 _MASKS = [(0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF for bits in range(33)]
+# "/n" as iptables-save prints it (no leading zero); other spellings take the regex
+_PREFIX_LENGTHS = {str(bits): bits for bits in range(33)}
 
 
 def _network(text: str, index: int) -> ipaddress.IPv4Network:
@@ -423,6 +425,17 @@ class RuleParser:
             return [None]
         neg, at = where
         text = words[at]
+        address, slash, plen = text.partition("/")
+        bits = _PREFIX_LENGTHS.get(plen) if slash else 32
+        if bits is not None:  # the commonest spelling, checked by formatting it back (cheaper than the regex)
+            try:
+                packed = _inet_aton(address)
+            except (OSError, ValueError, UnicodeError):
+                packed = None
+            if packed is not None and _inet_ntoa(packed) == address:
+                if bits == 0 and not neg:
+                    return [None]
+                return [_new_address(make_network(_from_bytes(packed, "big") & _MASKS[bits], bits), neg)]
         m = _dotted_fullmatch(text)
         if m is not None:  # the common case of _network, inline
             addr, plen = m.groups()

@@ -98,3 +98,17 @@ def splice(seen: Optional[Seen], path: str, text: str) -> Optional[List[Tuple[st
         # every builder method takes (..., line, col) last
         calls.append((name, args[:-2] + (args[-2] + shift, args[-1])))
     return calls
+
+
+def same_content(text: str, other: str) -> bool:
+    """Whether two files hold the same lines once comment lines and blank lines are left out.
+    Such files parse to the same rulesets but for the line numbers of their positions: a comment
+    or blank line makes no item, and every other line is read on its own (a rule line's rules
+    depend on its text and on the lines before it only). `ipt2xdp import` so tells that what
+    iptables-save prints back after the restore is the file it restored (its first and last lines
+    are comments) without parsing it again."""
+    return _content(text) == _content(other)
+
+
+def _content(text: str) -> List[str]:
+    return [line for line in text.split("\n") if line[:1] != "#" and line.strip(_BLANKS)]

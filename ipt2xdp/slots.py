@@ -59,53 +59,58 @@ _KEYED = {width: ("k", width) for width in range(33)}  # the ("k", width) shapes
 
 
 def _match_shape(match: Match) -> Optional[Tuple]:
-    """The _field_shape of each field, then ("s", ct); None when no field can go in a set key."""
+    """The _field_shape of each field, then ("s", ct); None when no field can go in a set key.
+    (Written out field by field, without calls: it runs once per classifier rule.)"""
     values = vars(match)
-    shape = []
     keyed = False
+    shapes = []
     for name in ("src", "dst"):
         value = values[name]
         if value is None:
-            shape.append(_ANY)
+            shapes.append(_ANY)
             continue
-        intervals = value.intervals  # (IntervalSet.as_prefix, inline: one call per rule less)
+        intervals = value.intervals  # (IntervalSet.as_prefix, inline)
         if len(intervals) == 1:
             lo, hi = intervals[0]
             span = hi - lo + 1
             if not (span & (span - 1) or lo % span):
-                shape.append(_KEYED[32 - (span.bit_length() - 1)])
+                shapes.append(_KEYED[33 - span.bit_length()])
                 keyed = True
                 continue
-        shape.append(("s", value))
-    value = values["proto"]
-    if value is None:
-        shape.append(_ANY)
-    elif len(value) == 1:
-        shape.append(_KEYED[8])
-        keyed = True
+        shapes.append(("s", value))
+    src_shape, dst_shape = shapes
+    proto = values["proto"]
+    if proto is None:
+        proto_shape = _ANY
+    elif len(proto) == 1:
+        proto_shape, keyed = _KEYED[8], True
     else:
-        shape.append(("s", value))
-    for name in ("sport", "dport"):
-        value = values[name]
-        if value is None:
-            shape.append(_ANY)
-        elif len(value.intervals) == 1 and value.intervals[0][0] == value.intervals[0][1]:
-            shape.append(_KEYED[16])
-            keyed = True
-        else:
-            shape.append(("s", value))
+        proto_shape = ("s", proto)
+    sport, dport = values["sport"], values["dport"]
+    if sport is None:
+        sport_shape = _ANY
+    elif len(sport.intervals) == 1 and sport.intervals[0][0] == sport.intervals[0][1]:
+        sport_shape, keyed = _KEYED[16], True
+    else:
+        sport_shape = ("s", sport)
+    if dport is None:
+        dport_shape = _ANY
+    elif len(dport.intervals) == 1 and dport.intervals[0][0] == dport.intervals[0][1]:
+        dport_shape, keyed = _KEYED[16], True
+    else:
+        dport_shape = ("s", dport)
     if not keyed:
         return None
-    for name in ("iif", "icmp", "tcp_flags", "ct"):
-        value = values[name]
-        shape.append(_ANY if value is None else ("s", value))
-    return tuple(shape)
+    iif, icmp, tcp_flags, ct = values["iif"], values["icmp"], values["tcp_flags"], values["ct"]
+    return (src_shape, dst_shape, proto_shape, sport_shape, dport_shape,
+            _ANY if iif is None else ("s", iif), _ANY if icmp is None else ("s", icmp),
+            _ANY if tcp_flags is None else ("s", tcp_flags), _ANY if ct is None else ("s", ct))
 
 
 # What compile derives from a Match object alone, kept from one build_slots() to the next: a
 # long-lived planner (`ipt2xdp watch`) hands the same Match objects again for the rules that did
 # not change. By id(match), each entry holding its match (so that the id is not reused meanwhile):
-#   _MATCH_SHAPES: (match, _match_shape(match))     _SET_KEYS: (match, key_fields, _exact_key)
+#   _MATCH_SHAPES: (match, _match_shape(match))     _SET_KEYS: (match, key_fields, _make_exact_key)
 # Each build_slots() replaces them with the entries of its own rules.
 _MATCH_SHAPES: Dict[int, Tuple] = {}
 _SET_KEYS: Dict[int, Tuple] = {}
@@ -130,15 +135,6 @@ def _shapes(rules: Sequence[ClassifierRule]) -> List[Optional[Tuple]]:
     return shapes
 
 
-def _exact_key(rule: ClassifierRule, key_fields: int) -> bytes:
-    match = rule.match
-    entry = _SET_KEYS.get(id(match))
-    if entry is None or entry[0] is not match or entry[1] != key_fields:
-        entry = (match, key_fields, _make_exact_key(match, key_fields))
-    _NEXT_SET_KEYS[id(match)] = entry
-    return entry[2]
-
-
 def _make_exact_key(m: Match, key_fields: int) -> bytes:
     src = m.src.intervals[0][0] if key_fields & abi.K_SRC else 0
     dst = m.dst.intervals[0][0] if key_fields & abi.K_DST else 0
@@ -149,21 +145,49 @@ def _make_exact_key(m: Match, key_fields: int) -> bytes:
     return struct.pack("!IIHH", src, dst, sport, dport), proto
 
 
+_MATCH_OF, _INTERVALS, _FIRST = operator.attrgetter("match"), operator.attrgetter("intervals"), operator.itemgetter(0)
+
+
 def _union_match(rules: Sequence[ClassifierRule], shape: Tuple) -> Match:
     """The union of the rules' matches, field by field; all of them have this _shape(), so a field
     it does not key ("s") holds one and the same value in every rule: the union of one is enough."""
     kinds = dict(zip(FIELDS + ("ct",), (kind for kind, _ in shape[1:])))
+    # the size of each value of a keyed field: a prefix of `width` bits for an address, one port
+    spans = {name: 1 << (32 - width) if name in ("src", "dst") else 1
+             for name, (kind, width) in zip(FIELDS, shape[1:]) if kind == "k"}
+
+    matches = list(map(_MATCH_OF, rules))
 
     def union(name):
-        values = [getattr(r.match, name) for r in (rules if kinds[name] == "k" else rules[:1])]
-        if any(v is None for v in values):
+        if kinds[name] != "k":  # one and the same value in every rule
+            values = [getattr(matches[0], name)]
+        else:  # every rule has a value (C-level loops: a set slot can hold 100k rules)
+            values = list(map(operator.attrgetter(name), matches))
+        if values[0] is None:
             return None
         if name == "ct" or isinstance(values[0], frozenset):
             return frozenset().union(*values)
-        # the union is the same without the repeats; in rule order, a blocklist's ascending
-        # addresses stay one sorted run (cheap to sort again)
-        return IntervalSet.of(dict.fromkeys(i for v in values for i in v.intervals))
+        if kinds[name] == "k":  # one interval each, all of the shape's width: merged by their starts
+            return _merged(sorted(set(map(_FIRST, map(_FIRST, map(_INTERVALS, values))))), spans[name])
+        return IntervalSet.of(values[0].intervals)
     return Match(**{n: union(n) for n in FIELDS + ("ct",)})
+
+
+def _merged(starts: List[int], span: int) -> IntervalSet:
+    """IntervalSet.of() of the intervals of a keyed field's values: `span` values from each of
+    the sorted distinct `starts`."""
+    merged: List[Tuple[int, int]] = []
+    first = last = None
+    for start in starts:
+        if last is not None and start <= last + span:  # adjacent or overlapping: one interval
+            last = start
+            continue
+        if first is not None:
+            merged.append((first, last + span - 1))
+        first = last = start
+    if first is not None:
+        merged.append((first, last + span - 1))
+    return IntervalSet(tuple(merged))
 
 
 # The last build_slots()' set unions, by (length, first and last match's id, shape): [matches, union].
@@ -192,12 +216,18 @@ def _make_set_slot(run: Sequence[ClassifierRule], first_index: int) -> Slot:
             key_fields |= _KEY_BITS[name]
             plens[name] = width
     members, seen = [], set()
+    known, kept = _SET_KEYS, _NEXT_SET_KEYS
     for rule in run:
-        key, proto = _exact_key(rule, key_fields)
-        if (key, proto) in seen:
+        match = rule.match
+        entry = known.get(id(match))
+        if entry is None or entry[0] is not match or entry[1] != key_fields:
+            entry = (match, key_fields, _make_exact_key(match, key_fields))
+        kept[id(match)] = entry
+        key_proto = entry[2]
+        if key_proto in seen:
             continue  # an identical earlier rule shadows it (first match wins)
-        seen.add((key, proto))
-        members.append((key, proto, rule.rule_id))
+        seen.add(key_proto)
+        members.append((*key_proto, rule.rule_id))
     return Slot(match=_kept_union(run, shape), action=run[0].action, counter=run[0].rule_id, first_rule=first_index,
                  set_members=members, key_fields=key_fields,
                  src_plen=plens.get("src", 0), dst_plen=plens.get("dst", 0))

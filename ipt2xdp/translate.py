@@ -17,6 +17,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 from ipt2xdp import ipsets, ir
 from ipt2xdp.classifier import U16_MAX, U32_MAX, IntervalSet, Match
 from ipt2xdp.ctstate import CtAtom, ct_cases, ct_outcomes, ct_test
+from ipt2xdp.fastinit import fast_constructor
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.hostmatch import addrtype_alternatives, interface_match, nf_interface_names
 
@@ -53,6 +54,10 @@ class Term:
     # mirrored sets the disjuncts rely on, kept even when no disjunct is left (an empty set)
     set_uses: Tuple[SetUse, ...] = ()
 
+
+# One of each per rule of the commonest shape (_plain_term): without the frozen __init__'s setattrs.
+_new_interval, _new_match = fast_constructor(IntervalSet), fast_constructor(Match)
+_new_disjunct, _new_term = fast_constructor(Disjunct), fast_constructor(Term)
 
 # Matches XDP cannot evaluate (yet), with the sentence the dry-run report shows.
 UNMODELLED_WHY = {
@@ -93,8 +98,9 @@ def _addresses(address: Optional[ir.Address]) -> Optional[IntervalSet]:
     if address is None:
         return None
     net = address.network
-    low = int(net.network_address)
-    interval = IntervalSet(((low, low | U32_MAX >> net.prefixlen),))  # (network, broadcast address)
+    # int(net.network_address) and net.prefixlen, read without their two Python-level calls
+    low = net.network_address._ip
+    interval = _new_interval(((low, low | U32_MAX >> net._prefixlen),))  # (network, broadcast address)
     return interval.complement(U32_MAX) if address.negated else interval
 
 
@@ -108,7 +114,7 @@ def _port_range(port: ir.PortMatch) -> IntervalSet:
     lo, hi = port.range
     if not 0 <= lo <= hi:
         return _ports([port.range], port.negated)  # IntervalSet.of's error
-    interval = IntervalSet(((int(lo), int(hi)),))
+    interval = _new_interval(((int(lo), int(hi)),))
     return interval.complement(U16_MAX) if port.negated else interval
 
 
@@ -353,20 +359,20 @@ def _plain_term(rule: ir.Rule) -> Optional[Term]:
     matches = rule.matches
     if len(matches) > 1:
         return None
-    fields = {}
-    for name, address in (("src", rule.source), ("dst", rule.destination)):
-        if address is not None:
-            values = _addresses(address)
-            if not values:
-                return None
-            fields[name] = values
+    src = dst = proto = sport = dport = None
+    if rule.source is not None:
+        src = _addresses(rule.source)
+        if not src:
+            return None
+    if rule.destination is not None:
+        dst = _addresses(rule.destination)
+        if not dst:
+            return None
     protocol = rule.protocol
     if protocol is not None:
-        numbers = frozenset({protocol.number}) if protocol.number else ALL_PROTOCOLS
-        numbers = ALL_PROTOCOLS - numbers if protocol.negated else numbers
-        if not numbers:
+        proto = _protocols(protocol.number, protocol.negated)
+        if not proto:
             return None
-        fields["proto"] = numbers
     if matches:
         match = matches[0]
         kind = type(match)
@@ -376,17 +382,36 @@ def _plain_term(rule: ir.Rule) -> Optional[Term]:
             only = UDP
         else:
             return None
-        if fields.get("proto") != only:  # else the port-protocol unknown or an empty protocol
+        if proto != only:  # else the port-protocol unknown or an empty protocol
             return None
-        for name, port in (("sport", match.sport), ("dport", match.dport)):
-            if port is not None:
-                if not 0 <= port.range[0] <= port.range[1]:
-                    return None
-                values = _port_range(port)
-                if not values:
-                    return None
-                fields[name] = values
-    return Term((Disjunct(Match(**fields)),))
+        if match.sport is not None:
+            sport = _plain_port(match.sport)
+            if sport is None:
+                return None
+        if match.dport is not None:
+            dport = _plain_port(match.dport)
+            if dport is None:
+                return None
+    return _new_term((_new_disjunct(_new_match(src, dst, proto, sport, dport)),))
+
+
+_PROTOCOL_SETS: Dict[Tuple[int, bool], FrozenSet[int]] = {}
+
+
+def _protocols(number: int, negated: bool) -> FrozenSet[int]:
+    """The proto field of `[!] -p number` (0: any protocol); one shared frozenset per spelling."""
+    numbers = _PROTOCOL_SETS.get((number, negated))
+    if numbers is None:
+        numbers = frozenset({number}) if number else ALL_PROTOCOLS
+        numbers = _PROTOCOL_SETS[(number, negated)] = ALL_PROTOCOLS - numbers if negated else numbers
+    return numbers
+
+
+def _plain_port(port: ir.PortMatch) -> Optional[IntervalSet]:
+    """_port_range(port), or None where _plain_term leaves the rule to the general path."""
+    if not 0 <= port.range[0] <= port.range[1]:
+        return None
+    return _port_range(port) or None
 
 
 def _reasons(a: Optional[str], b: Optional[str]) -> Optional[str]:

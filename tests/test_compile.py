@@ -50,6 +50,31 @@ def test_runs_of_exact_rules_merge_into_one_set_slot():
     assert t.set_count == 1 and t.maps["exact_set"].count == 50 and t.maps["src_fast"].count == 100
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_a_set_slot_matches_the_union_of_its_rules_field_by_field(seed):
+    """The set slot's match (what the bitmaps encode) is each field's union over its rules, however
+    the keyed values repeat, touch or leave gaps (same prefix length in a run: its shape)."""
+    import random
+
+    rng = random.Random(seed)
+    plen = rng.choice([8, 16, 24, 31, 32])
+    span = 1 << (32 - plen)
+    base = rng.randrange(0, (1 << 32) // span - 40) * span
+    rules = []
+    for i in range(rng.randrange(4, 60)):
+        src = base + rng.randrange(0, 40) * span
+        port = rng.choice([rng.randrange(0, 65536), 80, 81, 82, 65535, 0])
+        rules.append(ClassifierRule(Match(src=IntervalSet(((src, src + span - 1),)), proto=frozenset({17}),
+                                          dport=IntervalSet.single(port), iif=frozenset({3})), DROP, i))
+    slots, _ = build_slots(rules)
+    assert len(slots) == 1 and slots[0].set_members is not None
+    for name in ("src", "dport"):
+        union = IntervalSet.of(i for r in rules for i in getattr(r.match, name).intervals)
+        assert getattr(slots[0].match, name) == union, name
+    assert slots[0].match.proto == frozenset({17}) and slots[0].match.iif == frozenset({3})
+    assert slots[0].match.dst is None and slots[0].match.sport is None
+
+
 def test_short_runs_and_continue_targets_stay_plain():
     rules = blocklist(3) + [ClassifierRule(Match(), CONTINUE(6), 3)] + blocklist(6, 10)
     slots, _ = build_slots(rules)

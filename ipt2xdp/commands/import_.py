@@ -98,7 +98,7 @@ def _preload():
 
 def _run(args, mark: int, preload=None) -> int:
     from ipt2xdp import backend as backends
-    from ipt2xdp import loader, report
+    from ipt2xdp import loader, report, savesplice
     from ipt2xdp.errors import EXIT_PARAMETER
     from ipt2xdp.hostinfo import read_host_context
     from ipt2xdp.parse import ParseMemo, parse
@@ -170,13 +170,20 @@ def _run(args, mark: int, preload=None) -> int:
         tables = frozenset(table.name for table in ruleset.tables)
         args.count_change = countmap.Change(command="restore", legacy=name == "legacy", replaced_tables=tables,
                                             touched_tables=tables)
-        text, path = backends.save(name), f"<iptables-{name}-save>"
-        ruleset = parse(text, path, memo)
+        saved, path = backends.save(name), f"<iptables-{name}-save>"
+        # What the kernel prints back is usually the file with other comments: then it is not parsed
+        # again, unless the plan made ahead does not hold for the host facts read below (then the
+        # plan is made again from the ruleset read back, with its positions, as in any other case).
+        same = ahead is not None and savesplice.same_content(text, saved)
+        if not same:
+            ruleset = parse(saved, path, memo)
         if host.foreign is not None:  # the restore may have made (or replaced) nf_tables tables
             from ipt2xdp.foreign import read_foreign
 
             host = replace(host, foreign=read_foreign(name, host.devices, devices,
                                                       planned_tables=[t.name for t in ruleset.tables]))
+        if same and host != ahead.given_host:
+            ruleset = parse(saved, path, memo)
     print(_offload(ruleset, host, devices, args, name, report, ahead=ahead, preload=preload))
     return 0
 
@@ -235,6 +242,7 @@ class _Prepared:
         from ipt2xdp.plan import plan
 
         self.notices: list = []
+        self.ruleset = ruleset
         self.given_host = host
         self.ipset_mode = getattr(args, "ipsets", None) or "mirror"
         say = self.notices.append if hold_notices else loader._stderr_notice
@@ -244,7 +252,6 @@ class _Prepared:
                                      nat_new=_nat_new(self.result, backend_name))
         self.tables.set_guard = setguard.with_deadline(expectation, self.result.set_deadline_ns)
         self.text = text if text is not None else _canonical(ruleset, self.result)
-        self.ruleset = ruleset
         self._record = None
 
     def plan_record(self, backend_name: str, devices, ruleset) -> tuple:
@@ -277,10 +284,11 @@ class _Prepared:
     def holds(self, ruleset, host) -> bool:
         """Whether this is the plan of `ruleset` on `host`: the plan is a function of the canonical
         text (what the plan store and drift digest) and the host facts. Rules read back from lines
-        the input had are the parse memo's copies: the same objects, or sharing their rendered text."""
+        the input had are the parse memo's copies: the same objects, or sharing their rendered text;
+        the ruleset it was made from (_run's when the kernel printed the file back) is not compared."""
         from ipt2xdp.render import same_canonical
 
-        return host == self.given_host and same_canonical(ruleset, self.ruleset)
+        return host == self.given_host and (ruleset is self.ruleset or same_canonical(ruleset, self.ruleset))
 
 
 def _plan_ahead(ruleset, host, args, backend_name):
