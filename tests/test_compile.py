@@ -124,14 +124,12 @@ def test_dump_is_deterministic_and_names_the_sets():
     assert "slots 1 sets 0 default DROP" in reduced and "src_fast 0a000003/32 -> rule 3 action 0x1" in reduced
 
 
-def test_large_blocklist_compiles_fast():
-    import time
-    started = time.monotonic()
+def test_large_blocklist_compiles_into_one_set_or_the_fast_path():
+    # how fast: bench/ (control section), never a timed assertion here
     t = compile(blocklist(100_000), ACCEPT, reduce=False)
     assert t.slot_count == 1 and t.maps["exact_set"].count == 100_000
     t = compile(blocklist(100_000), ACCEPT)
     assert t.slot_count == 0 and t.maps["src_fast"].count == 100_000 and t.rule_count == 100_000
-    assert time.monotonic() - started < 10
 
 
 # --- golden dump (nftables .payload style): the map contents of a small classifier ---------------

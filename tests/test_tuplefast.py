@@ -10,7 +10,6 @@ meets a box keeps it out, and those that miss it do not; the last tests make the
 the earlier rules and check that the soundness check catches it."""
 import itertools
 import random
-import time
 
 import pytest
 
@@ -306,12 +305,15 @@ def test_a_proof_ignoring_earlier_rules_is_caught(monkeypatch):
         assert_sound(rules, fastpath.analyse(rules, action_code))
 
 
-def test_a_hundred_thousand_rules_analyse_in_linear_time():
+def test_a_hundred_thousand_rules_analyse_in_linear_time(monkeypatch):
+    # linear, counted in the earlier rules each box is compared with (how fast: bench/, not a timer)
     rules = [rule(Match(dst=IntervalSet.single(ip("192.0.2.1")).complement(U32_MAX)), DEFER, 0)]
     rules += [rule(Match(src=IntervalSet.single(ip("100.64.0.0") + i), proto=UDP_, dport=port(1000 + i % 50000)),
                    DROP, 1 + i) for i in range(100_000)]
     rules += [rule(Match(proto=UDP_, dport=port(53)), DROP, 200_000)]  # no source: every earlier source meets it
-    started = time.monotonic()
+    compared = []
+    meets = tuplefast.meets
+    monkeypatch.setattr(tuplefast, "meets", lambda match, box: compared.append(1) or meets(match, box))
     fast = fastpath.analyse(rules, action_code)
-    assert time.monotonic() - started < 5
+    assert len(compared) <= 2 * len(rules)
     assert len(fast.tuples) == 100_000 and fast.tuples[-1][1] == 100_000
