@@ -8,8 +8,7 @@ their neighbours with every kind of packet. The plan of each is checked to have 
 class bitmaps to lack their rules, so the comparison really covers the fast path."""
 import pytest
 
-from compat_tests import differential, harness, packets
-from compat_tests.test_blocklist_fastpath import HEAD, _classified
+from compat_tests.test_blocklist_fastpath import HEAD, assert_fast_path_agrees
 
 pytestmark = pytest.mark.kernel
 
@@ -40,18 +39,4 @@ RULESETS = {
 
 @pytest.mark.parametrize("name", sorted(RULESETS))
 def test_tuple_shape_agrees_with_netfilter(name):
-    from ipt2xdp import hostinfo
-    from ipt2xdp.compile import compile
-    from ipt2xdp.parse import parse
-    from ipt2xdp.plan import plan
-
-    text = RULESETS[name]
-    host = hostinfo.HostContext(devices=(hostinfo.Device("rcv0", 5, "veth"),), attached=("rcv0",))
-    result = plan(parse(text, "tuples.rules"), host)
-    tables = compile(result.rules, result.default)
-    assert tables.fast_path.shapes, "the plan must have an exact-tuple fast path"
-    held, whole = _classified(tables), _classified(compile(result.rules, result.default, reduce=False))
-    assert held < whole, "the class bitmaps must lack some rule the fast path decides"
-    corpus = packets.generate(text, differential.env_int("IPT2XDP_COMPAT_PROBES", 200), seed=5)
-    cmp = harness.compare(text, corpus, attach=differential.attach_from_env(), receiver_if="rcv0")
-    assert not cmp.disagreements, cmp.report()
+    assert_fast_path_agrees(RULESETS[name], lambda fast: fast.shapes, seed=5)
