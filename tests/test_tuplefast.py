@@ -14,18 +14,13 @@ import random
 import pytest
 
 from ipt2xdp import abi, fastpath, tuplefast
-from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, Action, ClassifierRule, CtClass, IntervalSet, Match,
+from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, ClassifierRule, CtClass, IntervalSet, Match,
                                 PacketKey, U32_MAX, Verdict, evaluate)
 from ipt2xdp.compile import compile
 from ipt2xdp.mapencode import action_code
+from tests.test_fastpath import GUARDED, ip
 
 TCP_, UDP_, ICMP_ = frozenset({6}), frozenset({17}), frozenset({1})
-GUARDED = Action(Verdict.DROP, guard=abi.GUARD_REMOVALS)
-
-
-def ip(text):
-    a, b, c, d = (int(x) for x in text.split("."))
-    return a << 24 | b << 16 | c << 8 | d
 
 
 def addr(*texts):

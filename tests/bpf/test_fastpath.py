@@ -133,6 +133,19 @@ def tables():
     return tables
 
 
+def fast_and_full(dataplane, tables, full_tables, named, label):
+    """observe() of the named packets under the generation with a fast path and under the full
+    path; every observation must be the same. The full path's, for further checks."""
+    packets = [p for _, p in named]
+    dataplane.apply_generation(tables)
+    fast = observe(dataplane, packets)
+    dataplane.apply_generation(full_tables)
+    full = observe(dataplane, packets)
+    for (name, _), got, want in zip(named, fast, full):
+        assert got == want, f"{label} {name}: fast path {got}, full path {want}"
+    return full
+
+
 @pytest.fixture(scope="module")
 def full_tables():
     """The whole classifier (no reduction), fast path off: the program before the fast path."""
@@ -143,14 +156,7 @@ def full_tables():
 @pytest.mark.parametrize("source", HITS + MISSES)
 def test_fast_path_equals_full_path(routed, dataplane, tables, full_tables, source, forwarding):
     routed.run(["sysctl", "-qw", f"net.ipv4.conf.all.forwarding={forwarding}"])
-    named = variants(source)
-    packets = [p for _, p in named]
-    dataplane.apply_generation(tables)
-    fast = observe(dataplane, packets)
-    dataplane.apply_generation(full_tables)
-    full = observe(dataplane, packets)
-    for (name, _), got, want in zip(named, fast, full):
-        assert got == want, f"{source} {name}: fast path {got}, full path {want}"
+    full = fast_and_full(dataplane, tables, full_tables, variants(source), source)
     # and the full path is the reference semantics on the classified ones
     verdict, rose, stats = full[0]
     if "classified" in stats and "not_local" not in stats and rose:

@@ -20,21 +20,13 @@ from ipt2xdp import abi, libbpf
 from ipt2xdp.classifier import ACCEPT, DEFER, DROP, Action, ClassifierRule, CtClass, IntervalSet, Match, U32_MAX, Verdict
 from ipt2xdp.compile import compile
 from tests.bpf.packets import DST
-from tests.bpf.test_fastpath import FORWARDED, LOCAL, observe, routed, without_fast_path  # noqa: F401 (routed: a fixture)
+from tests.bpf.test_fastpath import (FORWARDED, LOCAL, fast_and_full, ip, observe, routed,  # noqa: F401 (routed: a fixture)
+                                     single, without_fast_path)
 
 pytestmark = pytest.mark.kernel
 
 XDP_DROP, XDP_PASS = 1, 2
 TCP_, UDP_ = frozenset({6}), frozenset({17})
-
-
-def ip(text):
-    a, b, c, d = (int(x) for x in text.split("."))
-    return a << 24 | b << 16 | c << 8 | d
-
-
-def single(text):
-    return IntervalSet.single(ip(text))
 
 
 def udp_drop(source, dport, rule_id, action=DROP):
@@ -119,14 +111,7 @@ def generations(request):
 def test_fast_path_equals_full_path(routed, dataplane, generations, case, forwarding):  # noqa: F811
     tables, full_tables, nat_new = generations
     routed.run(["sysctl", "-qw", f"net.ipv4.conf.all.forwarding={forwarding}"])
-    named = variants(*case)
-    packets = [p for _, p in named]
-    dataplane.apply_generation(tables)
-    fast = observe(dataplane, packets)
-    dataplane.apply_generation(full_tables)
-    full = observe(dataplane, packets)
-    for (name, _), got, want in zip(named, fast, full):
-        assert got == want, f"{case} {name}: fast path {got}, full path {want}"
+    full = fast_and_full(dataplane, tables, full_tables, variants(*case), case)
     if case in PLAIN_DROPS and not forwarding and not nat_new:
         verdict, rose, _ = full[0]
         assert verdict == XDP_DROP and len(rose) == 1, (case, full[0])  # a hit is a drop worth comparing
