@@ -774,6 +774,19 @@ static __always_inline void candidate_words(struct match_ctx *m)
 	}
 }
 
+/* The conntrack class of a TCP or UDP packet (IPT2XDP_CT_*), looked up now if the classifier did
+ * not ask, or asked without the checksum verification `verify` wants (NONE stands for both then). */
+static __always_inline __u32 ct_class_asked(struct xdp_md *ctx, struct packet_fields *pkt, int verify)
+{
+	__u32 cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
+
+	if (cls == IPT2XDP_CT_NOT_LOOKED_UP || (verify && cls == IPT2XDP_CT_NONE)) {
+		ct_class(ctx, pkt, verify);
+		cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
+	}
+	return cls;
+}
+
 /* Whether netfilter's nat PREROUTING would have seen a packet XDP drops: it runs only for a packet
  * that makes a new conntrack entry (nf_nat_inet_fn). 1: it would (no entry; UDP, or a TCP flag
  * combination tcp_new() starts or picks up a connection with, the checksum verified as conntrack
@@ -791,11 +804,7 @@ static __always_inline int nat_would_see(struct xdp_md *ctx, struct packet_field
 	}
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
 		return -1;
-	cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
-	if (cls == IPT2XDP_CT_NOT_LOOKED_UP || cls == IPT2XDP_CT_NONE) { /* not asked, or not verified */
-		ct_class(ctx, pkt, 1);
-		cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
-	}
+	cls = ct_class_asked(ctx, pkt, 1);
 	flags = (pkt->value[IPT2XDP_F_TCP_FLAGS] - IPT2XDP_VC_TCP_FLAGS) & ~0x08U; /* tcp_error masks PSH */
 	if (cls == IPT2XDP_CT_FOUND)
 		return pkt->proto == IPPROTO_TCP && (flags & 0x02) ? -1 : 0;
@@ -818,12 +827,8 @@ static __always_inline int may_be_natted(struct xdp_md *ctx, struct packet_field
 
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
 		return 1;
-	cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
-	if (cls == IPT2XDP_CT_NOT_LOOKED_UP) {
-		/* verified as nat_would_see asks next, so that it needs no second lookup */
-		ct_class(ctx, pkt, nat_new & IPT2XDP_NAT_NEW_ON);
-		cls = (pkt->value[IPT2XDP_F_PROTO] - IPT2XDP_VC_PROTO) >> 8;
-	}
+	/* verified when nat_would_see asks next, so that it needs no second lookup */
+	cls = ct_class_asked(ctx, pkt, nat_new & IPT2XDP_NAT_NEW_ON);
 	return cls == IPT2XDP_CT_FOUND || cls == IPT2XDP_CT_NOT_LOOKED_UP;
 }
 
