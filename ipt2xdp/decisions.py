@@ -39,8 +39,10 @@ OTHER_WHY = {
                       "beside filter/INPUT and may touch these packets: XDP defers them",
     "foreign.nft-xtables": "a rule in iptables-nft's tables (the backend the plan does not read) runs before or "
                            "beside filter/INPUT and may touch these packets: XDP defers them",
-    "foreign.unreadable": "the hooks outside the planned ruleset (nftables, the other iptables backend) could "
-                          "not be read: XDP defers everything",
+    "foreign.tc": "a tc ingress filter or program runs after XDP and before netfilter on these packets' way "
+                  "and may redirect or rewrite them: XDP defers every packet arriving on that device",
+    "foreign.unreadable": "the hooks outside the planned ruleset (nftables, the other iptables backend, tc "
+                          "ingress) could not be read: XDP defers everything",
     "target.log": "LOG must see the packet; XDP defers wherever this rule may match",
     "target.nflog": "NFLOG must see the packet; XDP defers wherever this rule may match",
     "target.reject": "REJECT answers with an ICMP error or a TCP reset; only netfilter sends it",

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Netfilter hooks the planned iptables ruleset does not show, that see a packet before filter/INPUT.
+"""Netfilter hooks the planned iptables ruleset does not show, that see a packet before filter/INPUT
+(and tc's ingress hook, which runs between XDP and netfilter: tcingress.py).
 
 The planner reads one backend's iptables-save text. Two other sources of hooks can act on a packet
 before that backend's filter/INPUT drops it, and so can be skipped by an XDP drop:
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ipt2xdp.nftchains import XTABLES_TABLES, NativeChain, classify, passed_devices
+from ipt2xdp.tcingress import TcIngress
 
 # The tables of the other backend the planner guards: they hold every chain that runs before (or,
 # for filter/INPUT, beside) the planned filter/INPUT.
@@ -52,6 +54,7 @@ class Foreign:
     other_tables: Tuple[str, ...] = ()    # the tables other_text holds
     unreadable: Tuple[str, ...] = ()      # what could not be read: XDP defers everything
     nat_hooks: Tuple[str, ...] = ()       # native nftables chains of type nat (any hook): NATed flows
+    tc_ingress: Tuple[TcIngress, ...] = ()  # non-empty tc ingress hooks packets pass (tcingress.py)
 
     @property
     def other(self) -> str:
@@ -195,14 +198,20 @@ def _other_unreadable(planned: str, error) -> str:
 
 
 def _foreign(planned, devices, attached, nft, other, errors: List[str]) -> Foreign:
+    from ipt2xdp import tcingress
+
     document, error, _ = nft
     unreadable = ([error] if error else []) + errors
+    try:
+        tc = tcingress.read(devices, attached)
+    except Exception as tc_error:  # noqa: BLE001 - not known: defer
+        tc, unreadable = (), unreadable + [f"the tc ingress hooks could not be read: {tc_error}"]
     native: Tuple[NativeChain, ...] = ()
     if document is not None:
         fill_ingress_devices(document, _list_chain)
         native = classify(document, passed_devices(devices, attached))
     other_text, other_tables = other or ("", ())
-    return Foreign(planned, native, other_text, other_tables, tuple(unreadable), nat_hooks(document))
+    return Foreign(planned, native, other_text, other_tables, tuple(unreadable), nat_hooks(document), tc)
 
 
 def nat_hooks(document) -> Tuple[str, ...]:

@@ -100,6 +100,7 @@ def foreign_guards(em) -> List[str]:
     if found.unreadable:
         em.emit(Match(), DEFER, (), "foreign.unreadable")
         return notes
+    notes += _tc_guards(em, found.tc_ingress)
     bounds = []
     for chain in hooks.native_chains(found, [t.name for t in em.ruleset.tables], found.other_tables):
         if not chain.effects:
@@ -131,6 +132,19 @@ def foreign_guards(em) -> List[str]:
             continue
         _guardchain_of(em, table, chain_name, Match(), set(), 0, source)
     return notes + source.notes
+
+
+def _tc_guards(em, hooks) -> List[str]:
+    """Defer every packet arriving on an attached device whose way to netfilter passes a non-empty
+    tc ingress hook (ipt2xdp.tcingress): what runs there may redirect or rewrite it."""
+    notes = []
+    for hook in hooks:
+        device = em.host.device(hook.attached) if hook.attached else None
+        em.emit(Match(iif=frozenset({device.ifindex})) if device is not None else Match(), DEFER, (), "foreign.tc")
+        arriving = f"packets arriving on {hook.attached}" if hook.attached else "every packet"
+        notes.append(f"foreign.tc: {hook.describe()}: it may redirect, rewrite or drop them after XDP and before "
+                     f"netfilter; XDP defers {arriving}")
+    return notes
 
 
 def raw_ct_targets(ruleset: ir.Ruleset) -> bool:

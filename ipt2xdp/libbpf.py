@@ -123,6 +123,7 @@ def _declare(l: ctypes.CDLL) -> None:
         "bpf_xdp_detach": (_I, [_I, _U32, _P]),
         "bpf_xdp_query": (_I, [_I, _I, _P]),
         "bpf_prog_test_run_opts": (_I, [_I, _P]),
+        "bpf_prog_query": (_I, [_I, _I, _U32, ctypes.POINTER(_U32), _P, ctypes.POINTER(_U32)]),
         "libbpf_num_possible_cpus": (_I, []),
     }
     for name, (restype, argtypes) in sigs.items():
@@ -302,6 +303,19 @@ def xdp_query(ifindex: int) -> XdpQueryOpts:
     opts = XdpQueryOpts(sz=ctypes.sizeof(XdpQueryOpts))
     check(lib().bpf_xdp_query(ifindex, 0, ctypes.byref(opts)), f"querying XDP on ifindex {ifindex}")
     return opts
+
+
+BPF_TCX_INGRESS = 46  # enum bpf_attach_type (Linux 6.6)
+
+
+def tcx_ingress_count(ifindex: int) -> int:
+    """How many BPF programs are attached to the device's tcx ingress hook (0 on kernels without tcx)."""
+    count = _U32(0)
+    ret = lib().bpf_prog_query(ifindex, BPF_TCX_INGRESS, 0, None, None, ctypes.byref(count))
+    if ret < 0 and _errno_of(ret) == errno_names.EINVAL:
+        return 0  # an attach type this kernel does not know: nothing can be attached there
+    check(ret, f"querying the tcx ingress programs of ifindex {ifindex}")
+    return count.value
 
 
 def test_run(prog_fd: int, packet: bytes, repeat: int = 1, ingress_ifindex: int = 0):

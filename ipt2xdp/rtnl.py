@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The two rtnetlink dumps the planner's host context needs (links, IPv4 routes), read directly.
+"""The rtnetlink dumps the planner's host context needs (links, IPv4 routes, tc ingress filters), read
+directly.
 
 pyroute2 gives the same records, but importing it costs 0.2-0.5 s, which every `ipt2xdp import`
 and every re-plan of the iptables wrapper paid before reading a few dozen attributes. Only the
@@ -22,6 +23,11 @@ NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_GETLINK, RTM_NEWROUTE, RTM_GETROUTE = 16, 18, 24, 26
+RTM_NEWTFILTER, RTM_GETTFILTER = 44, 46
+TCA_KIND = 1
+# The ingress hook's filters, named alike on an ingress qdisc and on a clsact one (whose ffff: alone
+# names no block): TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS).
+TC_INGRESS_PARENT = 0xFFFFFFF2
 IFLA_IFNAME, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND = 3, 5, 10, 18, 1
 RTA_DST, RTA_OIF, RTA_MULTIPATH, RTA_TABLE, RTA_NH_ID = 1, 4, 9, 15, 30
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
@@ -30,6 +36,7 @@ _HEADER = struct.Struct("=IHHII")       # struct nlmsghdr
 _ATTR = struct.Struct("=HH")            # struct rtattr
 _IFINFO = struct.Struct("=BxHiII")      # struct ifinfomsg
 _RTMSG = struct.Struct("=BBBBBBBBI")    # struct rtmsg
+_TCMSG = struct.Struct("=BxxxiIII")     # struct tcmsg
 _U32 = struct.Struct("=I")
 _NEXTHOP = struct.Struct("=HBBi")       # struct rtnexthop
 RECV_BUFFER = 1 << 18
@@ -129,6 +136,18 @@ def ipv4_routes() -> List[Route]:
                          _u32(attrs.get(RTA_TABLE)) or table, route_type, _u32(attrs.get(RTA_NH_ID)) or 0,
                          _u32(attrs.get(RTA_OIF)) or 0, first_hop))
     return out
+
+
+def ingress_filter_kinds(ifindex: int) -> Tuple[str, ...]:
+    """The classifier kinds ("u32", "bpf", "flower"...) of the filters on a device's tc ingress hook
+    (its ingress or clsact qdisc's ingress block); () without such a qdisc or filter."""
+    kinds = set()
+    request = _TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, TC_INGRESS_PARENT, 0)
+    for kind, payload in _dump(RTM_GETTFILTER, request):
+        if kind == RTM_NEWTFILTER:
+            attrs = dict(_attrs(payload, _TCMSG.size, len(payload)))
+            kinds.add(_text(attrs.get(TCA_KIND, b"")) or "unnamed")
+    return tuple(sorted(kinds))
 
 
 def _u32(value: Optional[bytes]) -> Optional[int]:

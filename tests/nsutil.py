@@ -77,6 +77,29 @@ def send_udp(ns, dst, port, count=5, payload=b"x" * 32):
         s.close()
 
 
+def send_udp_frames(testbed, port, count):
+    """UDP frames from a compat_tests.harness.Testbed's sender to its receiver, checksums computed (a
+    socket's would be CHECKSUM_PARTIAL on veth, which XDP cannot verify: with iptables-legacy's nat
+    counting on it passes those to netfilter, tests/bpf/test_nat_new.py)."""
+    import time
+
+    from scapy.all import IP, UDP, Ether, raw
+
+    link = testbed.receiver.run(["ip", "-o", "link", "show", testbed.receiver_if]).stdout
+    mac = link.split("link/ether ")[1].split()[0]
+    frame = raw(Ether(dst=mac) / IP(src=testbed.pair.sender_ip, dst=testbed.pair.receiver_ip) /
+                UDP(sport=1234, dport=port) / b"x")
+    with inside(testbed.sender):
+        sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        sender.bind((testbed.sender_if, 0))
+    try:
+        for _ in range(count):
+            sender.send(frame)
+    finally:
+        sender.close()
+    time.sleep(0.2)
+
+
 def iptables_count(ns, match: str) -> int:
     """Packets counted by the first INPUT rule whose listing contains match."""
     out = ns.run(["iptables", "-w", "-L", "INPUT", "-v", "-n", "-x"]).stdout

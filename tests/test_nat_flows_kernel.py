@@ -9,14 +9,13 @@ replies; with XDP attached they must still arrive (XDP must not take INPUT's DRO
 a new flow from the sender to the receiver is still dropped in XDP. Before abi.NAT_FLOWS, XDP
 dropped every reply (found by the lead with this topology)."""
 import json
-import socket
 import sys
 import time
 
 import pytest
 
 from compat_tests import harness
-from tests.nsutil import drain, inside, udp_receiver, unload
+from tests.nsutil import drain, send_udp_frames, udp_receiver, unload
 
 pytestmark = pytest.mark.kernel
 REPLIES = 10
@@ -75,27 +74,6 @@ def replies_reaching_the_container(testbed, container) -> int:
         server.close()
 
 
-def send_frames(testbed, port, count):
-    """UDP frames from the sender to the receiver with their checksums computed (a socket's would be
-    CHECKSUM_PARTIAL on veth, which XDP cannot verify: with iptables-legacy's nat counting on it
-    passes those to netfilter, tests/bpf/test_nat_new.py)."""
-    from scapy.all import IP, UDP, Ether, raw
-
-    link = testbed.receiver.run(["ip", "-o", "link", "show", testbed.receiver_if]).stdout
-    mac = link.split("link/ether ")[1].split()[0]
-    frame = raw(Ether(dst=mac) / IP(src=testbed.pair.sender_ip, dst=testbed.pair.receiver_ip) /
-                UDP(sport=1234, dport=port) / b"x")
-    with inside(testbed.sender):
-        sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        sender.bind((testbed.sender_if, 0))
-    try:
-        for _ in range(count):
-            sender.send(frame)
-    finally:
-        sender.close()
-    time.sleep(0.2)
-
-
 def input_drop_count(testbed, backend) -> int:
     """Packets netfilter counted on filter/INPUT's one rule (the DROP)."""
     out = testbed.receiver.run([f"iptables-{backend}", "-w", "-L", "INPUT", "-v", "-n", "-x"]).stdout
@@ -131,6 +109,6 @@ def test_replies_of_a_masqueraded_flow_reach_the_container(masquerading, nat):
     # a new flow from the sender to the receiver is still XDP's to drop: filter/INPUT's counter stays
     counted = input_drop_count(testbed, backend)
     dropped = stats(testbed)["drop"]
-    send_frames(testbed, 7009, 5)
+    send_udp_frames(testbed, 7009, 5)
     assert input_drop_count(testbed, backend) == counted
     assert stats(testbed)["drop"] - dropped == 5

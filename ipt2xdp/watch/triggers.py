@@ -10,7 +10,7 @@ never a missed one). rebase() forgets what changed without saying what.
 
 Built in: nf_tables notifications, the legacy tables' digest (legacy sends no notification), the
 host facts the planner reads (devices, their names and masters, local addresses: rtnetlink; the
-forwarding and conntrack sysctls: polled every 2 s). Other parts of ipt2xdp add their own with
+forwarding and conntrack sysctls: polled every 2 s; the tc ingress hooks: notified and polled). Other parts of ipt2xdp add their own with
 register(): a mirror kept elsewhere that exposes an invalidation counter needs only
 
     triggers.register("ipset", lambda: triggers.CounterTrigger("ipset", read_counter, 1.0))
@@ -277,10 +277,57 @@ class HostTrigger(Trigger):
         self._sock.close()
 
 
+RTMGRP_TC = 0x8
+TC_POLL_SECONDS = 2.0
+
+
+def tc_state() -> tuple:
+    """(device, what its tc ingress hook holds) for every device whose hook is not empty."""
+    from ipt2xdp import rtnl, tcingress
+
+    return tuple((link.name, held) for link in sorted(rtnl.links(), key=lambda link: link.name)
+                 for held in [tcingress.hook_contents(link.index)] if held)
+
+
+class TcTrigger(Trigger):
+    """Filters and programs on the devices' tc ingress hooks (ipt2xdp.tcingress): qdisc and filter
+    changes notify, tcx attachments do not, so this also polls."""
+
+    name = "tc"
+    poll_interval = TC_POLL_SECONDS
+
+    def __init__(self, state: Callable[[], tuple] = tc_state):
+        self._state = state
+        self._sock = _netlink_socket(NETLINK_ROUTE, RTMGRP_TC)
+        self._last = state()
+
+    def fileno(self) -> Optional[int]:
+        return self._sock.fileno()
+
+    def check(self) -> List[Change]:
+        for _ in _drain(self._sock):
+            pass
+        now = self._state()
+        if now == self._last:
+            return []
+        self._last = now
+        return [Change(self.name, "tc ingress filters or programs changed")]
+
+    def rebase(self) -> None:
+        for _ in _drain(self._sock):
+            pass
+        self._last = self._state()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 register("nftables", NftTrigger)
 register("legacy", legacy_trigger)
 register("host", HostTrigger)
+register("tc", TcTrigger)
 # The forwarding and conntrack sysctls send no notification: a few small reads per poll.
 register("sysctl", lambda: CounterTrigger("sysctl", _sysctls, SYSCTL_POLL_SECONDS))
 
-__all__ = ["Change", "Trigger", "CounterTrigger", "NftTrigger", "HostTrigger", "register", "build", "PLUGIN_MODULES"]
+__all__ = ["Change", "Trigger", "CounterTrigger", "NftTrigger", "HostTrigger", "TcTrigger", "register", "build",
+           "PLUGIN_MODULES"]
