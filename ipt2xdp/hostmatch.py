@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The matches whose meaning depends on the host: `-i` (the name netfilter sees for an attached
-device: a bond slave's bond; bridge ports and devices under macvlan/ipvlan are ambiguous) and
+device: a bond slave's bond; bridge ports and devices under macvlan/ipvlan/vlan are ambiguous) and
 `-m addrtype` (address types from the routes read at import, as disjoint alternatives, unknown
 where a route change could alter them). Used by translate.py.
 """
@@ -18,7 +18,10 @@ def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int
 
     A bond slave's packets reach netfilter on the bond; a bridge port's on the bridge, unless
     br_netfilter sees them as bridged; a device under macvlan/ipvlan may hand packets to its upper
-    device. The first is exact; the others are ambiguous, so -i rules defer for those devices.
+    device, and one under a vlan device hands it every frame of that VLAN: with the NIC stripping
+    the tag (rx VLAN offload, the default on most), XDP sees such a frame untagged, as if it were
+    the device's own. The first is exact; the others are ambiguous, so -i rules defer for those
+    devices.
     """
     names, ambiguous = {}, set()
     for name in host.attached:
@@ -29,7 +32,7 @@ def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int
         names[device.ifindex] = master.name if master is not None and master.kind == "bond" else device.name
         if master is not None and master.kind != "bond":
             ambiguous.add(device.ifindex)
-        if any(d.link == device.ifindex and d.kind in ("macvlan", "macvtap", "ipvlan", "ipvtap")
+        if any(d.link == device.ifindex and d.kind in ("macvlan", "macvtap", "ipvlan", "ipvtap", "vlan")
                for d in host.devices):
             ambiguous.add(device.ifindex)
     return names, frozenset(ambiguous)

@@ -141,6 +141,16 @@ def test_bond_slave_is_seen_as_the_bond_and_bridge_ports_are_ambiguous():
     assert verdict(result, packet(iif=10)) == Verdict.DEFER    # bridge port: netfilter may see br0
 
 
+def test_a_device_under_a_vlan_device_is_ambiguous():
+    # With rx VLAN offload XDP sees eth0.100's frames untagged on eth0; netfilter sees eth0.100.
+    host = HostContext(devices=(Device("eth0", 2), Device("eth0.100", 3, "vlan", link=2), Device("eth1", 4)),
+                       local_destinations=(IPv4Network("10.77.1.2/32"),), attached=("eth0", "eth1"))
+    result = plan(ruleset("-A INPUT -i eth0.100 -j ACCEPT\n-A INPUT -i eth0 -j DROP\n-A INPUT -i eth1 -j DROP"),
+                  host)
+    assert verdict(result, packet(iif=2)) == Verdict.DEFER
+    assert verdict(result, packet(iif=4)) == Verdict.DROP
+
+
 def test_counter_paths_name_the_jump_and_the_deciding_rule():
     rs = ruleset("-A INPUT -j BL\n-A BL -s 203.0.113.0/24 -j DROP", chains=":BL - [0:0]\n")
     result = plan(rs, HOST)
