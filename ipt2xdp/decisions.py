@@ -41,6 +41,8 @@ OTHER_WHY = {
                            "beside filter/INPUT and may touch these packets: XDP defers them",
     "foreign.tc": "a tc ingress filter or program runs after XDP and before netfilter on these packets' way "
                   "and may redirect or rewrite them: XDP defers every packet arriving on that device",
+    "foreign.ovs": "the device is an Open vSwitch port: OVS's flows handle its packets before the stack and "
+                   "may rewrite or redirect them: XDP defers every packet arriving on it",
     "foreign.unreadable": "the hooks outside the planned ruleset (nftables, the other iptables backend, tc "
                           "ingress) could not be read: XDP defers everything",
     "target.log": "LOG must see the packet; XDP defers wherever this rule may match",

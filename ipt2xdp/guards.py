@@ -170,6 +170,21 @@ def local_guard(em) -> None:
     em.emit(Match(dst=local.complement(U32_MAX)), DEFER, (), "guard.not-local")
 
 
+def datapath_guards(em) -> List[str]:
+    """Defer every packet arriving on an attached Open vSwitch port: the frame goes to OVS's
+    datapath (the port's rx handler) before the stack, and its flows may rewrite it (set_field,
+    ct(nat)) or send it anywhere; what reaches netfilter is not what XDP saw."""
+    notes = []
+    for name in em.host.attached:
+        device = em.host.device(name)
+        master = next((d for d in em.host.devices if device is not None and d.ifindex == device.master), None)
+        if master is not None and master.kind == "openvswitch":
+            em.emit(Match(iif=frozenset({device.ifindex})), DEFER, (), "foreign.ovs")
+            notes.append(f"foreign.ovs: {name} is an Open vSwitch port: OVS's flows handle its packets before the "
+                         "stack and may rewrite or redirect them; XDP defers every packet arriving on it")
+    return notes
+
+
 def nat_flows(ruleset: ir.Ruleset, host: HostContext) -> bool:
     """Whether conntrack may hold NATed flows: a nat table (the planned backend's or the other's)
     or a native nftables chain of type nat. A packet of such a flow is rewritten in PREROUTING

@@ -24,7 +24,7 @@ from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, 
                                 ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
 from ipt2xdp.fastinit import fast_constructor
-from ipt2xdp.guards import (earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops, local_guard,
+from ipt2xdp.guards import (datapath_guards, earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops, local_guard,
                             nat_flows, nat_new, raw_ct_targets)
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.jumppaths import History, Way
@@ -321,7 +321,7 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
         host = replace(host, ct_external_helpers=True)  # expectations (RELATED) or UNTRACKED possible
     em = _Emitter(host, ruleset, max_rules)
     local_guard(em)
-    notes = foreign_guards(em) + earlier_chain_guards(em)
+    notes = datapath_guards(em) + foreign_guards(em) + earlier_chain_guards(em)
     guards = len(em.rules)
     input_chain = chain_of(ruleset, "filter", "INPUT")
     policy = input_chain.policy if input_chain is not None else "ACCEPT"

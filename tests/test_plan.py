@@ -151,6 +151,16 @@ def test_a_device_under_a_vlan_device_is_ambiguous():
     assert verdict(result, packet(iif=4)) == Verdict.DROP
 
 
+def test_an_open_vswitch_port_defers_everything():
+    host = HostContext(devices=(Device("ovs-system", 5, "openvswitch"), Device("eth0", 2, master=5),
+                                Device("eth1", 4)),
+                       local_destinations=(IPv4Network("10.77.1.2/32"),), attached=("eth0", "eth1"))
+    result = plan(ruleset("-A INPUT -s 198.51.100.7/32 -j DROP"), host)
+    assert verdict(result, packet(iif=2, src="198.51.100.7")) == Verdict.DEFER
+    assert verdict(result, packet(iif=4, src="198.51.100.7")) == Verdict.DROP
+    assert any(note.startswith("foreign.ovs: eth0 ") for note in result.notes)
+
+
 def test_counter_paths_name_the_jump_and_the_deciding_rule():
     rs = ruleset("-A INPUT -j BL\n-A BL -s 203.0.113.0/24 -j DROP", chains=":BL - [0:0]\n")
     result = plan(rs, HOST)
