@@ -17,13 +17,13 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_GETLINK, RTM_NEWROUTE, RTM_GETROUTE = 16, 18, 24, 26
-RTM_NEWTFILTER, RTM_GETTFILTER = 44, 46
+RTM_NEWQDISC, RTM_GETQDISC, RTM_NEWTFILTER, RTM_GETTFILTER = 36, 38, 44, 46
 TCA_KIND = 1
 # The ingress hook's filters, named alike on an ingress qdisc and on a clsact one (whose ffff: alone
 # names no block): TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS).
@@ -135,6 +135,18 @@ def ipv4_routes() -> List[Route]:
         out.append(Route(socket.inet_ntoa(dst) if dst else "0.0.0.0", dst_len, tos,
                          _u32(attrs.get(RTA_TABLE)) or table, route_type, _u32(attrs.get(RTA_NH_ID)) or 0,
                          _u32(attrs.get(RTA_OIF)) or 0, first_hop))
+    return out
+
+
+def ingress_qdisc_devices() -> Set[int]:
+    """The ifindexes of the devices with an ingress or clsact qdisc (one dump for all of them):
+    only those can hold tc ingress filters."""
+    out = set()
+    for kind, payload in _dump(RTM_GETQDISC, _TCMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        if kind == RTM_NEWQDISC:
+            attrs = dict(_attrs(payload, _TCMSG.size, len(payload)))
+            if _text(attrs.get(TCA_KIND, b"")) in ("ingress", "clsact"):
+                out.add(_TCMSG.unpack_from(payload)[1])
     return out
 
 

@@ -17,7 +17,7 @@ cls_bpf programs too) and the programs on its tcx ingress hook (BPF_PROG_QUERY, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Set, Tuple
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,12 @@ class TcIngress:
         return f"{self.holds} on {where}"
 
 
-def hook_contents(ifindex: int) -> str:
-    """What a device's tc ingress hook holds, in words ("" when nothing)."""
+def hook_contents(ifindex: int, qdiscs: Optional[Set[int]] = None) -> str:
+    """What a device's tc ingress hook holds, in words ("" when nothing). qdiscs: the devices with
+    an ingress or clsact qdisc (rtnl.ingress_qdisc_devices), when known: no filter dump for others."""
     from ipt2xdp import libbpf, rtnl
 
-    kinds = rtnl.ingress_filter_kinds(ifindex)
+    kinds = rtnl.ingress_filter_kinds(ifindex) if qdiscs is None or ifindex in qdiscs else ()
     programs = libbpf.tcx_ingress_count(ifindex)
     held = []
     if kinds:

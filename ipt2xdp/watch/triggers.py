@@ -285,8 +285,9 @@ def tc_state() -> tuple:
     """(device, what its tc ingress hook holds) for every device whose hook is not empty."""
     from ipt2xdp import rtnl, tcingress
 
+    qdiscs = rtnl.ingress_qdisc_devices()  # one dump instead of a filter dump per device
     return tuple((link.name, held) for link in sorted(rtnl.links(), key=lambda link: link.name)
-                 for held in [tcingress.hook_contents(link.index)] if held)
+                 for held in [tcingress.hook_contents(link.index, qdiscs)] if held)
 
 
 class TcTrigger(Trigger):
