@@ -77,6 +77,16 @@ def send_udp(ns, dst, port, count=5, payload=b"x" * 32):
         s.close()
 
 
+# filter/INPUT dropping everything from a Testbed's sender (format with sender=its address).
+DROP_FROM_SENDER = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -s {sender}/32 -j DROP
+COMMIT
+"""
+
+
 def send_udp_frames(testbed, port, count):
     """UDP frames from a compat_tests.harness.Testbed's sender to its receiver, checksums computed (a
     socket's would be CHECKSUM_PARTIAL on veth, which XDP cannot verify: with iptables-legacy's nat

@@ -15,19 +15,12 @@ import time
 import pytest
 
 from compat_tests import harness
-from tests.nsutil import drain, send_udp_frames, udp_receiver, unload
+from tests.nsutil import DROP_FROM_SENDER, drain, send_udp_frames, udp_receiver, unload
 
 pytestmark = pytest.mark.kernel
 REPLIES = 10
 SERVER_PORT, CONTAINER_PORT = 5353, 40000
 
-FILTER = """*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
--A INPUT -s {sender}/32 -j DROP
-COMMIT
-"""
 NAT = """*nat
 :PREROUTING ACCEPT [0:0]
 :INPUT ACCEPT [0:0]
@@ -90,7 +83,7 @@ def test_replies_of_a_masqueraded_flow_reach_the_container(masquerading, nat):
     testbed, container, containers = masquerading
     backend = "legacy" if nat == "legacy" else "nft"
     restore = f"iptables-{backend}-restore"
-    text = FILTER.format(sender=testbed.pair.sender_ip)
+    text = DROP_FROM_SENDER.format(sender=testbed.pair.sender_ip)
     if nat != "native":
         text = NAT.format(containers=containers, out=testbed.receiver_if) + text
     testbed.receiver.run([restore], input=text)

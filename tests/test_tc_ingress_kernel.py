@@ -14,18 +14,11 @@ import sys
 import pytest
 
 from compat_tests import harness
-from tests.nsutil import inside, send_udp_frames, unload
+from tests.nsutil import DROP_FROM_SENDER, inside, send_udp_frames, unload
 
 pytestmark = pytest.mark.kernel
 PORT, FRAMES = 9999, 10
 
-FILTER = """*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
--A INPUT -s {sender}/32 -j DROP
-COMMIT
-"""
 
 
 @pytest.fixture
@@ -74,7 +67,7 @@ def import_live(bed, backend: str) -> None:
 
 @pytest.mark.parametrize("backend", ["legacy", "nft"])
 def test_packets_a_tc_filter_redirects_are_not_dropped_by_xdp(testbed, backend):
-    testbed.receiver.run([f"iptables-{backend}-restore"], input=FILTER.format(sender=testbed.pair.sender_ip))
+    testbed.receiver.run([f"iptables-{backend}-restore"], input=DROP_FROM_SENDER.format(sender=testbed.pair.sender_ip))
     redirect_port(testbed, PORT)
     assert redirected(testbed) == FRAMES  # netfilter alone: tc sends them on before filter/INPUT
 
@@ -137,7 +130,7 @@ def test_watch_follows_the_tc_hook(testbed):
 
     from tests.nsutil import read_log, start_watch, stop_watch
 
-    testbed.receiver.run(["iptables-legacy-restore"], input=FILTER.format(sender=testbed.pair.sender_ip))
+    testbed.receiver.run(["iptables-legacy-restore"], input=DROP_FROM_SENDER.format(sender=testbed.pair.sender_ip))
     import_live(testbed, "legacy")
     proc, log = start_watch(testbed.receiver, ready=(": in step", "re-imported"))
     try:
