@@ -141,9 +141,9 @@ def _tc_guards(em, hooks) -> List[str]:
     for hook in hooks:
         device = em.host.device(hook.attached) if hook.attached else None
         em.emit(Match(iif=frozenset({device.ifindex})) if device is not None else Match(), DEFER, (), "foreign.tc")
-        arriving = f"packets arriving on {hook.attached}" if hook.attached else "every packet"
-        notes.append(f"foreign.tc: {hook.describe()}: it may redirect, rewrite or drop them after XDP and before "
-                     f"netfilter; XDP defers {arriving}")
+        arriving = f" arriving on {hook.attached}" if hook.attached else ""
+        notes.append(f"foreign.tc: {hook.describe()} may redirect, rewrite or drop packets after XDP and before "
+                     f"netfilter; XDP defers every packet{arriving}")
     return notes
 
 

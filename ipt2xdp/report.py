@@ -39,6 +39,15 @@ def summary(plan: Plan) -> Dict[str, object]:
     }
 
 
+# Guards that defer every packet of a device (or of all) whatever the rules say: an import names them
+# beside its summary, which counts rules, so that "XDP decides 12" does not hide them.
+WHOLE_DEVICE_CODES = ("foreign.tc", "foreign.ovs", "foreign.unreadable")
+
+
+def whole_device_notes(plan: Plan) -> List[str]:
+    return [note for note in plan.notes if note.split(":", 1)[0] in WHOLE_DEVICE_CODES]
+
+
 def diff(old: Optional[Sequence[dict]], plan: Plan) -> Dict[str, List[str]]:
     """Rules added, removed and changed (decision) against the loaded plan's decisions."""
     if old is None:

@@ -60,9 +60,9 @@ def xdp_drops(bed) -> int:
     return status(bed)["stats"]["drop"]
 
 
-def import_live(bed, backend: str) -> None:
-    bed.receiver.run([sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", bed.receiver_if,
-                      "--backend", backend])
+def import_live(bed, backend: str) -> str:
+    return bed.receiver.run([sys.executable, "-m", "ipt2xdp", "import", "--live", "--iface", bed.receiver_if,
+                             "--backend", backend]).stdout
 
 
 @pytest.mark.parametrize("backend", ["legacy", "nft"])
@@ -71,7 +71,8 @@ def test_packets_a_tc_filter_redirects_are_not_dropped_by_xdp(testbed, backend):
     redirect_port(testbed, PORT)
     assert redirected(testbed) == FRAMES  # netfilter alone: tc sends them on before filter/INPUT
 
-    import_live(testbed, backend)
+    summary = import_live(testbed, backend)
+    assert f"ipt2xdp: but foreign.tc: tc filters u32 on {testbed.receiver_if}'s tc ingress hook" in summary, summary
     dropped = xdp_drops(testbed)
     assert redirected(testbed) == FRAMES
     assert xdp_drops(testbed) == dropped

@@ -327,5 +327,6 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
                          getattr(args, "count_pid", None))
     s = report.summary(result)
     attached = ", ".join(f"{name} ({mode})" for name, mode in sorted(applied.attached.items()))
-    return (f"ipt2xdp: generation {applied.generation} on {attached}: {s['rules']} rules, XDP decides "
-            f"{s['xdp']}, some packets of {s['partial']}, netfilter alone {s['netfilter']}")
+    return "\n".join([f"ipt2xdp: generation {applied.generation} on {attached}: {s['rules']} rules, XDP decides "
+                      f"{s['xdp']}, some packets of {s['partial']}, netfilter alone {s['netfilter']}",
+                      *(f"ipt2xdp: but {note}" for note in report.whole_device_notes(result))])
