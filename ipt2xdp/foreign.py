@@ -200,7 +200,7 @@ def _other_unreadable(planned: str, error) -> str:
 def _foreign(planned, devices, attached, nft, other, errors: List[str]) -> Foreign:
     from ipt2xdp import tcingress
 
-    document, error, _ = nft
+    document, error, text = nft
     unreadable = ([error] if error else []) + errors
     try:
         tc = tcingress.read(devices, attached)
@@ -209,7 +209,7 @@ def _foreign(planned, devices, attached, nft, other, errors: List[str]) -> Forei
     native: Tuple[NativeChain, ...] = ()
     if document is not None:
         fill_ingress_devices(document, _list_chain)
-        native = classify(document, passed_devices(devices, attached))
+        native = classify(document, passed_devices(devices, attached), text)
     other_text, other_tables = other or ("", ())
     return Foreign(planned, native, other_text, other_tables, tuple(unreadable), nat_hooks(document), tc)
 

@@ -60,6 +60,11 @@ def _port(value) -> Optional[int]:
 
 
 def _address(value) -> Optional[int]:
+    if isinstance(value, str):  # the common dotted quad without ipaddress's cost (kube-proxy: tens of thousands)
+        parts = value.split(".")
+        if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
+                                   and int(p) <= 255 for p in parts):
+            return int.from_bytes(bytes(int(p) for p in parts), "big")
     try:
         return int(ipaddress.IPv4Address(value))
     except (ValueError, TypeError):

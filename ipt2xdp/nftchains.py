@@ -83,9 +83,13 @@ class NativeChain:
 class _Walk:
     """Effects of the chains of one nft document, each bounded by the matches on its path."""
 
-    def __init__(self, chains: dict, stateful_sets: Set = frozenset(), elements: Optional[dict] = None):
+    def __init__(self, chains: dict, stateful_sets: Set = frozenset(), elements: Optional[dict] = None,
+                 numgen_inc: bool = True):
         self.chains = chains
         self.stateful_sets = stateful_sets  # (family, table, name) of sets whose lookups count
+        # Whether any read may change state; else no statement is walked for one (a fifth of the
+        # classification of a kube-proxy table).
+        self.stateful_reads = bool(stateful_sets) or numgen_inc
         self.elements = elements or {}      # (family, table, name) -> the elements of a fixed set or map
         self.effects: List[Effect] = []
         self.analysed: dict = {}
@@ -134,7 +138,8 @@ class _Walk:
             if not isinstance(stmt, dict) or len(stmt) != 1:
                 return "unrecognised", None, None, None
             (name, value), = stmt.items()
-            stateful = _stateful_read(stmt, self.stateful_sets, (rule.get("family"), rule.get("table")))
+            stateful = self.stateful_reads and _stateful_read(stmt, self.stateful_sets,
+                                                              (rule.get("family"), rule.get("table")))
             if stateful:
                 return "stateful", stateful, None, nftbound.statement_bound(matches)
             if name == "match":
@@ -280,9 +285,11 @@ def _updated_sets(statements) -> Iterable[str]:
                 yield update[name]
 
 
-def chain_effects(chains: dict, key, sets: Set = frozenset(), elements: Optional[dict] = None) -> Tuple[Effect, ...]:
-    """The statements with effects a packet in base chain `key` may reach, bounded."""
-    walk = _Walk(chains, sets, elements)
+def chain_effects(chains: dict, key, sets: Set = frozenset(), elements: Optional[dict] = None,
+                  numgen_inc: bool = True) -> Tuple[Effect, ...]:
+    """The statements with effects a packet in base chain `key` may reach, bounded. numgen_inc:
+    False when the listing holds no `numgen inc` (classify())."""
+    walk = _Walk(chains, sets, elements, numgen_inc)
     walk.chain(key, Match(), "", 0, frozenset())
     if len(walk.effects) > MAX_EFFECTS:
         return (Effect(f"more than {MAX_EFFECTS} statements with effects"),)
@@ -309,10 +316,12 @@ def relevant(chain: dict, passed_devices: Optional[Set[str]]) -> bool:
     return True
 
 
-def classify(document: dict, passed_devices: Optional[Set[str]] = None) -> Tuple[NativeChain, ...]:
+def classify(document: dict, passed_devices: Optional[Set[str]] = None, text: Optional[str] = None
+             ) -> Tuple[NativeChain, ...]:
     """The base chains of an `nft -j list ruleset` document that act before filter/INPUT.
 
-    passed_devices: the devices a packet arriving on an attached device passes (None: any)."""
+    passed_devices: the devices a packet arriving on an attached device passes (None: any); text:
+    the document's JSON text, when at hand (without `"inc"` in it, no `numgen inc` is either)."""
     items = document.get("nftables", [])
     chains = {}
     for item in items:
@@ -326,12 +335,13 @@ def classify(document: dict, passed_devices: Optional[Set[str]] = None) -> Tuple
             if key in chains:
                 chains[key][1].append(r)
     counting, elements = stateful_sets(items), fixed_elements(items)
+    numgen_inc = text is None or '"inc"' in text
     out = []
     for key, (chain, _) in chains.items():
         if "hook" not in chain or not relevant(chain, passed_devices):
             continue
         out.append(NativeChain(key[0], key[1], key[2], chain["hook"], int(chain.get("prio", 0)),
-                               _devices(chain), chain_effects(chains, key, counting, elements)))
+                               _devices(chain), chain_effects(chains, key, counting, elements, numgen_inc)))
     return tuple(sorted(out, key=lambda c: (c.family, c.table, c.chain)))
 
 
