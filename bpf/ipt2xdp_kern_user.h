@@ -223,6 +223,14 @@ struct ipt2xdp_exact_key {
 };
 _Static_assert(sizeof(struct ipt2xdp_exact_key) == 16, "abi");
 
+/* counters[cpu * counter_stride + rule_id] (per generation). Each CPU owns its stride, so plain
+ * increments are safe; bytes count the IP total length, as iptables counts at filter/INPUT. */
+struct ipt2xdp_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct ipt2xdp_counter) == 16, "abi");
+
 /* src_fast[{source masked to plen, plen}]: a source prefix every packet from which the generation
  * drops with one rule whatever its other fields (ipt2xdp/fastpath.py proves it from the plan).
  * The program takes that decision before classifying; prefixes in the map never overlap. */
@@ -238,16 +246,19 @@ struct ipt2xdp_src_fast_value {
 };
 _Static_assert(sizeof(struct ipt2xdp_src_fast_value) == 8, "abi");
 
+/* What a fast-path map holds per CPU (both are PERCPU_HASH): the decision, identical on every CPU
+ * (the loader writes it so), and this CPU's packets and bytes decided by the entry. Counting in the
+ * entry the lookup returned saves a counters lookup per hit (a call the verifier cannot inline for
+ * the per-generation counters array); userspace adds these to the rule's counter
+ * (ipt2xdp/dataplane.py read_counters), so iptables -L -v stays exact. */
+struct ipt2xdp_fast_entry {
+	struct ipt2xdp_src_fast_value decision;
+	struct ipt2xdp_counter count;
+};
+_Static_assert(sizeof(struct ipt2xdp_fast_entry) == 24, "abi");
+
 /* tuple_fast[key]: the exact-tuple fast path. The key is a struct ipt2xdp_exact_key of the packet's
  * values masked to one shape (gen_config.tuple_fast_*), set_id = the shape's index; the value a
- * struct ipt2xdp_src_fast_value. Boxes in the map never overlap (ipt2xdp/tuplefast.py). */
-
-/* counters[cpu * counter_stride + rule_id] (per generation). Each CPU owns its stride, so plain
- * increments are safe; bytes count the IP total length, as iptables counts at filter/INPUT. */
-struct ipt2xdp_counter {
-	__u64 packets;
-	__u64 bytes;
-};
-_Static_assert(sizeof(struct ipt2xdp_counter) == 16, "abi");
+ * struct ipt2xdp_fast_entry. Boxes in the map never overlap (ipt2xdp/tuplefast.py). */
 
 #endif /* IPT2XDP_KERN_USER_H */

@@ -57,6 +57,7 @@ struct ipt2xdp_abi {
 	struct ipt2xdp_counter counter;
 	struct ipt2xdp_src_fast_key src_fast_key;
 	struct ipt2xdp_src_fast_value src_fast_value;
+	struct ipt2xdp_fast_entry fast_entry;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -141,21 +142,23 @@ struct ipt2xdp_inner_exact_set {
 };
 IPT2XDP_OUTER(ipt2xdp_g_exact_set, ipt2xdp_inner_exact_set);
 
-/* src_fast[key]: the blocklist fast path (struct ipt2xdp_src_fast_key); empty without one. */
+/* src_fast[key]: the blocklist fast path (struct ipt2xdp_src_fast_key); empty without one. Per
+ * CPU: each entry counts what it decides (struct ipt2xdp_fast_entry). */
 struct ipt2xdp_inner_src_fast {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1);
 	__uint(key_size, sizeof(struct ipt2xdp_src_fast_key));
-	__uint(value_size, sizeof(struct ipt2xdp_src_fast_value));
+	__uint(value_size, sizeof(struct ipt2xdp_fast_entry));
 };
 IPT2XDP_OUTER(ipt2xdp_g_src_fast, ipt2xdp_inner_src_fast);
 
-/* tuple_fast[key]: the exact-tuple fast path (struct ipt2xdp_exact_key); empty without one. */
+/* tuple_fast[key]: the exact-tuple fast path (struct ipt2xdp_exact_key); empty without one. Per
+ * CPU, as src_fast. */
 struct ipt2xdp_inner_tuple_fast {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1);
 	__uint(key_size, sizeof(struct ipt2xdp_exact_key));
-	__uint(value_size, sizeof(struct ipt2xdp_src_fast_value));
+	__uint(value_size, sizeof(struct ipt2xdp_fast_entry));
 };
 IPT2XDP_OUTER(ipt2xdp_g_tuple_fast, ipt2xdp_inner_tuple_fast);
 
