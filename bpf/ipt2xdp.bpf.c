@@ -110,12 +110,17 @@ static __always_inline void *gen_map(void *outer, struct generation *gen)
 	return bpf_map_lookup_elem(outer, &gen->slot);
 }
 
-static __always_inline void count_stat(__u32 stat)
+/* One packet in stats: its reason and its verdict (IPT2XDP_STAT_DROP or _PASS). */
+static __always_inline void count_stat(__u32 stat, __u32 verdict)
 {
-	__u64 *value = bpf_map_lookup_elem(&ipt2xdp_stats, &stat);
+	__u32 zero = 0;
+	struct ipt2xdp_stats *stats = bpf_map_lookup_elem(&ipt2xdp_stats, &zero);
 
-	if (value)
-		*value += 1;
+	if (!stats)
+		return;
+	if (stat < IPT2XDP_NUM_STATS)
+		stats->packets[stat] += 1;
+	stats->packets[verdict == XDP_DROP ? IPT2XDP_STAT_DROP : IPT2XDP_STAT_PASS] += 1;
 }
 
 /* Index of the lowest set bit of x (x != 0), branch-free (de Bruijn multiply and a table): with
@@ -978,8 +983,7 @@ int ipt2xdp_xdp(struct xdp_md *ctx)
 	stat = parse_packet(ctx, &pkt);
 	if (stat == IPT2XDP_STAT_CLASSIFIED)
 		stat = classify(ctx, &pkt, &verdict);
-	count_stat(stat);
-	count_stat(verdict == XDP_DROP ? IPT2XDP_STAT_DROP : IPT2XDP_STAT_PASS);
+	count_stat(stat, verdict);
 	return verdict;
 }
 

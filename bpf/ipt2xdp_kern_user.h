@@ -111,6 +111,12 @@
 #define IPT2XDP_STAT_NAT_FLOW 10 /* a DROP passed: the packet may belong to a NATed flow */
 #define IPT2XDP_NUM_STATS 11
 
+/* stats[0] (PERCPU_ARRAY): packets per IPT2XDP_STAT_* on this CPU. */
+struct ipt2xdp_stats {
+	__u64 packets[IPT2XDP_NUM_STATS];
+};
+_Static_assert(sizeof(struct ipt2xdp_stats) == 8 * IPT2XDP_NUM_STATS, "abi");
+
 /* csum_scratch[0] (PERCPU_ARRAY): a chunk of L4 bytes for bpf_csum_diff, padded to 4 bytes. */
 struct ipt2xdp_csum_scratch {
 	__u8 bytes[IPT2XDP_CSUM_CHUNK + 4];

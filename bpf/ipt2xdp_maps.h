@@ -28,12 +28,13 @@ struct {
 	__type(value, struct ipt2xdp_state);
 } ipt2xdp_state SEC(".maps");
 
-/* stats[IPT2XDP_STAT_*]: packets per reason, all generations. */
+/* stats[0].packets[IPT2XDP_STAT_*]: packets per reason, all generations. One value holding every
+ * reason: a packet bumps two (its reason and its verdict) after one lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, IPT2XDP_NUM_STATS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct ipt2xdp_stats);
 } ipt2xdp_stats SEC(".maps");
 
 /* csum_scratch[0]: per-CPU room for L4 checksum verification (the 512-byte stack has none). */
@@ -58,6 +59,7 @@ struct ipt2xdp_abi {
 	struct ipt2xdp_src_fast_key src_fast_key;
 	struct ipt2xdp_src_fast_value src_fast_value;
 	struct ipt2xdp_fast_entry fast_entry;
+	struct ipt2xdp_stats stats;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -147,6 +147,10 @@ class SetGuard(ctypes.Structure):
                 ("settled", ctypes.c_uint64), ("netns_cookie", ctypes.c_uint64)]
 
 
+class Stats(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64 * NUM_STATS)]
+
+
 class CsumScratch(ctypes.Structure):
     _fields_ = [("bytes", ctypes.c_uint8 * (CSUM_CHUNK + 4))]
 
@@ -157,11 +161,11 @@ STRUCTS = {
     "ipt2xdp_slot": Slot, "ipt2xdp_exact_key": ExactKey, "ipt2xdp_counter": Counter,
     "ipt2xdp_setguard": SetGuard, "ipt2xdp_csum_scratch": CsumScratch,
     "ipt2xdp_src_fast_key": SrcFastKey, "ipt2xdp_src_fast_value": SrcFastValue,
-    "ipt2xdp_fast_entry": FastEntry,
+    "ipt2xdp_fast_entry": FastEntry, "ipt2xdp_stats": Stats,
 }
 _SIZES = {State: 16, GenConfig: 160 + 8 * SRC_FAST_DSTS, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
           Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40, CsumScratch: CSUM_CHUNK + 4, SrcFastKey: 8,
-          SrcFastValue: 8, FastEntry: 24}
+          SrcFastValue: 8, FastEntry: 24, Stats: 8 * NUM_STATS}
 for _cls, _size in _SIZES.items():
     assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
 
@@ -197,7 +201,7 @@ class MapShape:
 
 
 MAP_STATE = MapShape("ipt2xdp_state", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(State))
-MAP_STATS = MapShape("ipt2xdp_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8)
+MAP_STATS = MapShape("ipt2xdp_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, ctypes.sizeof(Stats))  # one entry
 MAP_CSUM_SCRATCH = MapShape("ipt2xdp_csum_scratch", BPF_MAP_TYPE_PERCPU_ARRAY, 4, ctypes.sizeof(CsumScratch))
 MAP_SETGUARD = MapShape("ipt2xdp_setguard", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(SetGuard))
 PROGRAM_NAME = "ipt2xdp_xdp"

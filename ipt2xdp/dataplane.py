@@ -492,12 +492,10 @@ class Dataplane:
         return out
 
     def read_stats(self) -> Dict[str, int]:
-        ncpus = libbpf.num_possible_cpus()
-        out = {}
-        for index, name in enumerate(abi.STAT_NAMES):
-            raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATS.name], _u32(index), 8 * ncpus) or b""
-            out[name] = sum(struct.unpack_from("=Q", raw, 8 * c)[0] for c in range(len(raw) // 8))
-        return out
+        ncpus, size = libbpf.num_possible_cpus(), abi.MAP_STATS.value_size
+        raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATS.name], _u32(0), size * ncpus) or bytes(size * ncpus)
+        per_cpu = [abi.Stats.from_buffer_copy(raw, c * size) for c in range(ncpus)]
+        return {name: sum(s.packets[i] for s in per_cpu) for i, name in enumerate(abi.STAT_NAMES)}
 
     def test_run(self, packet: bytes, repeat: int = 1, ingress_ifindex: int = 0) -> Tuple[int, int]:
         """(XDP verdict, ns per run) of the program on one packet (BPF_PROG_TEST_RUN)."""
