@@ -28,26 +28,55 @@ def entry_size(shape: abi.MapShape, ncpus: int) -> int:
 
 
 def expand(values: bytes, shape: abi.MapShape, ncpus: int) -> bytes:
-    """The plan's values as per-CPU kernel values with zero counts."""
-    size = shape.value_size
-    return b"".join((values[i:i + size] + _ZERO_COUNT) * ncpus for i in range(0, len(values), size))
+    """The plan's values as per-CPU kernel values with zero counts: one strided copy of 8-byte
+    words per CPU and word of a value (a join per entry took 0.4 s for 100k entries, 64 CPUs)."""
+    size, per_cpu = shape.value_size, shape.kernel_value_size
+    assert size % 8 == 0 and per_cpu % 8 == 0
+    count = len(values) // size
+    words, stride = size // 8, per_cpu // 8 * ncpus  # in 8-byte words
+    out = bytearray(count * per_cpu * ncpus)
+    src, dst = memoryview(values).cast("B").cast("Q"), memoryview(out).cast("Q")
+    for cpu in range(ncpus):
+        for j in range(words):
+            dst[cpu * per_cpu // 8 + j::stride] = src[j::words]
+    return bytes(out)
 
 
 def compact(raw: bytes, shape: abi.MapShape, ncpus: int) -> bytes:
     """The plan's values of per-CPU kernel values (CPU 0's copy; the loader writes them all equal)."""
-    step = entry_size(shape, ncpus)
-    return b"".join(raw[i:i + shape.value_size] for i in range(0, len(raw), step))
+    size, step = shape.value_size, entry_size(shape, ncpus)
+    count = len(raw) // step
+    out = bytearray(count * size)
+    for k in range(size):
+        out[k::size] = raw[k::step]
+    return bytes(out)
+
+
+CHUNK = 256  # entries checked for counts at once: most entries of a big list never count a packet
+
+
+def _counting(raw: bytes, shape: abi.MapShape, ncpus: int):
+    """Indexes of the entries some CPU counted a packet in (the decisions blanked out, then zero
+    chunks skipped whole)."""
+    per_cpu, step = shape.kernel_value_size, entry_size(shape, ncpus)
+    counts = bytearray(raw)
+    blank = bytes(len(range(0, len(raw), per_cpu)))
+    for k in range(shape.value_size):
+        counts[k::per_cpu] = blank[:len(range(k, len(raw), per_cpu))]
+    zero = bytes(CHUNK * step)
+    for first in range(0, len(raw) // step, CHUNK):
+        chunk = counts[first * step:(first + CHUNK) * step]
+        if chunk == zero[:len(chunk)]:
+            continue
+        for n in range(len(chunk) // step):
+            if chunk[n * step:(n + 1) * step] != zero[:step]:
+                yield first + n
 
 
 def counted(keys: bytes, raw: bytes, shape: abi.MapShape, ncpus: int) -> Set[bytes]:
     """Keys of the entries some CPU has counted a packet in."""
-    step, size = entry_size(shape, ncpus), shape.kernel_value_size
-    out = set()
-    for n, first in enumerate(range(0, len(raw), step)):
-        entry = raw[first:first + step]
-        if any(entry[c * size + shape.value_size:(c + 1) * size] != _ZERO_COUNT for c in range(ncpus)):
-            out.add(keys[n * shape.key_size:(n + 1) * shape.key_size])
-    return out
+    size = shape.key_size
+    return {keys[n * size:(n + 1) * size] for n in _counting(raw, shape, ncpus)}
 
 
 def totals(raw: bytes, shape: abi.MapShape, ncpus: int) -> Dict[int, List[int]]:
@@ -56,8 +85,9 @@ def totals(raw: bytes, shape: abi.MapShape, ncpus: int) -> Dict[int, List[int]]:
     # per CPU value: counter u32, action u32, packets u64, bytes u64
     fmt = struct.Struct("=IIQQ")
     assert fmt.size == shape.kernel_value_size
-    for rule, _action, packets, nbytes in fmt.iter_unpack(raw):
-        if packets or nbytes:
+    step = entry_size(shape, ncpus)
+    for n in _counting(raw, shape, ncpus):
+        for rule, _action, packets, nbytes in fmt.iter_unpack(raw[n * step:(n + 1) * step]):
             total = out.setdefault(rule, [0, 0])
             total[0] += packets
             total[1] += nbytes
