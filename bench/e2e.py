@@ -26,6 +26,10 @@ Configurations (N = rule counts, B = blocklist sizes):
   xdpfilter-bl-B   xdp-filter (ipv4 feature, default policy allow: listed sources dropped) with B
                    source addresses, native; its map holds at most 10,000 addresses, so it runs at
                    min(B, 10000) beside ipt2xdp-bl there
+  ipt2xdp-base-N, ipt2xdp-bl-base-B
+                   with --baseline DIR only: the same imports by another ipt2xdp tree (DIR holds its
+                   ipt2xdp/, grammar/ and built bpf/, e.g. `git archive` of an older commit), for a
+                   before/after comparison in one run
 Counted in the receiver namespace, per round and configuration: frames that arrived (rx packets of
 the receiver veth, /proc/net/dev) and where they were dropped (the veth's XDP drop counter for XDP
 filters, the rule counters for netfilter, UdpNoPorts for no filter). The rate is arrived frames
@@ -83,11 +87,21 @@ def blocklist_addrs(b: int):
 
 
 # --- per-configuration setup: returns the name of the drop counter reader ----------------------
-def _ipt2xdp_import(pair, text: str, backend: str = "legacy") -> None:
+BASELINE = {"tree": None}  # run(baseline=...): the other ipt2xdp tree of the *-base configurations
+
+
+def _ipt2xdp(kind: str) -> list:
+    """argv prefix running the ipt2xdp CLI a configuration measures (the baseline tree's for *-base)."""
+    if kind.endswith("-base"):
+        return ["env", f"PYTHONPATH={BASELINE['tree']}", PY, "-m", "ipt2xdp"]
+    return [PY, "-m", "ipt2xdp"]
+
+
+def _ipt2xdp_import(pair, text: str, backend: str = "legacy", kind: str = "ipt2xdp") -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".rules", delete=False) as f:
         f.write(text)
     try:
-        r = pair.receiver.run([PY, "-m", "ipt2xdp", "import", f.name, "--iface", pair.receiver_if,
+        r = pair.receiver.run([*_ipt2xdp(kind), "import", f.name, "--iface", pair.receiver_if,
                                "--mode", "native", "--backend", backend], check=False)
         if r.returncode:
             raise RuntimeError(f"ipt2xdp import failed: {r.stderr.strip()}")
@@ -106,11 +120,11 @@ def setup(kind: str, size: int, pair) -> str:
     if kind in ("legacy", "nft"):
         rcv.run([f"iptables-{kind}-restore"], input=rules_ruleset(size))
         return f"iptables-{kind}"
-    if kind == "ipt2xdp":
-        _ipt2xdp_import(pair, rules_ruleset(size))
+    if kind in ("ipt2xdp", "ipt2xdp-base"):
+        _ipt2xdp_import(pair, rules_ruleset(size), kind=kind)
         return "xdp"
-    if kind == "ipt2xdp-bl":
-        _ipt2xdp_import(pair, blocklist_ruleset(size))
+    if kind in ("ipt2xdp-bl", "ipt2xdp-bl-base"):
+        _ipt2xdp_import(pair, blocklist_ruleset(size), kind=kind)
         return "xdp"
     if kind == "ipset":
         name = "bench_bl"
@@ -145,7 +159,7 @@ def teardown(kind: str, pair) -> None:
     if kind == "xdpfilter-bl":
         pair.receiver.run(["xdp-filter", "unload", pair.receiver_if], check=False)
     if kind.startswith("ipt2xdp"):
-        pair.receiver.run([PY, "-m", "ipt2xdp", "detach", "--all"], check=False)
+        pair.receiver.run([*_ipt2xdp(kind), "detach", "--all"], check=False)
 
 
 # --- the generator -----------------------------------------------------------------------------------
@@ -194,16 +208,16 @@ GENERATORS = {
 }
 
 
-def configurations(rule_sizes, bl_sizes):
+def configurations(rule_sizes, bl_sizes, baseline: bool = False):
     configs = [("none", 0), ("empty_drop", 0)]
     for n in rule_sizes:
-        configs += [("legacy", n), ("nft", n), ("ipt2xdp", n)]
+        configs += [("legacy", n), ("nft", n), ("ipt2xdp", n)] + [("ipt2xdp-base", n)] * baseline
     for b in bl_sizes:
-        configs += [("ipset", b), ("nftset", b), ("ipt2xdp-bl", b)]
+        configs += [("ipset", b), ("nftset", b), ("ipt2xdp-bl", b)] + [("ipt2xdp-bl-base", b)] * baseline
     xf = min(max(bl_sizes), 10000)
     configs.append(("xdpfilter-bl", xf))
     if ("ipt2xdp-bl", xf) not in configs:
-        configs.append(("ipt2xdp-bl", xf))
+        configs += [("ipt2xdp-bl", xf)] + [("ipt2xdp-bl-base", xf)] * baseline
     return configs
 
 
@@ -223,10 +237,13 @@ def summarize(kind: str, size: int, counter: str, setup_s: float, s: list) -> di
 
 
 def run(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=2.0, rounds=5, cpu=1, generator="auto",
-        log=print) -> dict:
-    configs = configurations(rule_sizes, bl_sizes)
+        log=print, baseline=None) -> dict:
+    BASELINE["tree"] = baseline
+    configs = configurations(rule_sizes, bl_sizes, baseline is not None)
     pairs, counters, setup_s = {}, {}, {}
     results = {"meta": stamp(), "rule_sizes": list(rule_sizes), "bl_sizes": list(bl_sizes), "configs": {}}
+    if baseline:
+        results["meta"]["baseline_tree"] = baseline
     try:
         for kind, size in configs:
             name = label(kind, size)
@@ -287,11 +304,13 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--cpu", type=int, default=1)
     p.add_argument("--generator", choices=("auto", "live", "af_packet"), default="auto")
+    p.add_argument("--baseline", help="another ipt2xdp tree (ipt2xdp/, grammar/, built bpf/) measured beside "
+                                      "this one: configurations ipt2xdp-base-N and ipt2xdp-bl-base-B")
     a = p.parse_args()
     if os.environ.get("IPT2XDP_BENCH_TREE") is None:
         print("note: measuring the work tree; `python -m bench` measures a HEAD snapshot by default")
     res = run([int(x) for x in a.rules.split(",") if x], [int(x) for x in a.blocklist.split(",") if x],
-              a.seconds, a.rounds, a.cpu, a.generator)
+              a.seconds, a.rounds, a.cpu, a.generator, baseline=a.baseline)
     for name, c in res["configs"].items():
         print(f"{name:22} rx {c['rx_pps'] / 1e3:8.0f} kpps  {c['ns_per_packet']:8.0f} ns/pkt  "
               f"dropped {c['dropped_fraction'] * 100:5.1f}% at {c['counted_at']}")

@@ -62,8 +62,13 @@ _SKIPS = [
     ("static __always_inline void count_rule", "SKIP_COUNT", "return;"),
     ("static __always_inline void count_stat", "SKIP_COUNT", "return;"),
     ("static __always_inline __u32 classify", "SKIP_CLASSIFY", "return IPT2XDP_STAT_CLASSIFIED;"),
-    ("static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit", "SKIP_FAST", "return NULL;"),
-    ("static __always_inline struct ipt2xdp_src_fast_value *tuple_fast_hit", "SKIP_FAST", "return NULL;"),
+    ("static __always_inline struct ipt2xdp_fast_entry *src_fast_hit", "SKIP_FAST", "return NULL;"),
+    ("static __always_inline struct ipt2xdp_fast_entry *tuple_fast_hit", "SKIP_FAST", "return NULL;"),
+]
+# (statement the guard goes before, macro, statement the guard runs): a fast-path hit counts in its
+# entry, not through count_rule
+_BEFORE = [
+    ("\tif (fast) { /* this CPU's share of the entry", "SKIP_COUNT", "fast = NULL;"),
 ]
 _STOPS = [
     ("\tif (load_generation(state->active, gen) < 0)\n\t\treturn IPT2XDP_STAT_DEFER_ALL;", "STOP_GEN"),
@@ -88,6 +93,11 @@ def build_variants(src: Path, out: Path) -> list:
             raise SystemExit(f"stage_cost: {anchor!r} not found in bpf/ipt2xdp.bpf.c; update _SKIPS")
         at = text.index("{", text.index(anchor)) + 1
         text = text[:at] + f"\n#ifdef {macro}\n{body}\n#endif\n" + text[at:]
+    for anchor, macro, body in _BEFORE:
+        if text.count(anchor) != 1:
+            raise SystemExit(f"stage_cost: {anchor!r} not found once in bpf/ipt2xdp.bpf.c; update _BEFORE")
+        at = text.index(anchor)
+        text = text[:at] + f"#ifdef {macro}\n{body}\n#endif\n" + text[at:]
     for anchor, macro in _STOPS:
         if text.count(anchor) != 1:
             raise SystemExit(f"stage_cost: {anchor!r} not found once in bpf/ipt2xdp.bpf.c; update _STOPS")

@@ -110,12 +110,17 @@ static __always_inline void *gen_map(void *outer, struct generation *gen)
 	return bpf_map_lookup_elem(outer, &gen->slot);
 }
 
-static __always_inline void count_stat(__u32 stat)
+/* One packet in stats: its reason and its verdict (IPT2XDP_STAT_DROP or _PASS). */
+static __always_inline void count_stat(__u32 stat, __u32 verdict)
 {
-	__u64 *value = bpf_map_lookup_elem(&ipt2xdp_stats, &stat);
+	__u32 zero = 0;
+	struct ipt2xdp_stats *stats = bpf_map_lookup_elem(&ipt2xdp_stats, &zero);
 
-	if (value)
-		*value += 1;
+	if (!stats)
+		return;
+	if (stat < IPT2XDP_NUM_STATS)
+		stats->packets[stat] += 1;
+	stats->packets[verdict == XDP_DROP ? IPT2XDP_STAT_DROP : IPT2XDP_STAT_PASS] += 1;
 }
 
 /* Index of the lowest set bit of x (x != 0), branch-free (de Bruijn multiply and a table): with
@@ -350,10 +355,10 @@ static __always_inline int src_fast_destination(struct ipt2xdp_gen_config *cfg, 
  * src_fast_dst_*) this generation drops with one rule, whatever its other fields
  * (ipt2xdp/fastpath.py proves it from the plan), so classifying would reach the same rule;
  * entries never overlap, so the first hit is the only one. */
-static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(void *src_fast, struct generation *gen,
-								   struct packet_fields *pkt)
+static __always_inline struct ipt2xdp_fast_entry *src_fast_hit(void *src_fast, struct generation *gen,
+								struct packet_fields *pkt)
 {
-	struct ipt2xdp_src_fast_value *hit;
+	struct ipt2xdp_fast_entry *hit;
 	struct ipt2xdp_src_fast_key key;
 	__u32 plen;
 	int i;
@@ -379,12 +384,12 @@ static __always_inline struct ipt2xdp_src_fast_value *src_fast_hit(void *src_fas
  * in src_fast_dst_*) this generation drops with one rule (ipt2xdp/tuplefast.py proves it from the
  * plan); boxes never overlap, so the first hit is the only one. The key lives in the caller's
  * match_ctx: a 16-byte struct of its own grew the stack past its 512-byte limit. */
-static __always_inline struct ipt2xdp_src_fast_value *tuple_fast_hit(void *tuple_fast, struct generation *gen,
-								      struct packet_fields *pkt,
-								      struct ipt2xdp_exact_key *key)
+static __always_inline struct ipt2xdp_fast_entry *tuple_fast_hit(void *tuple_fast, struct generation *gen,
+								  struct packet_fields *pkt,
+								  struct ipt2xdp_exact_key *key)
 {
 	struct ipt2xdp_gen_config *cfg = gen->cfg;
-	struct ipt2xdp_src_fast_value *hit;
+	struct ipt2xdp_fast_entry *hit;
 	__u32 ports;
 	int i;
 
@@ -836,7 +841,7 @@ static __always_inline int may_be_natted(struct xdp_md *ctx, struct packet_field
 static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *pkt, __u32 *verdict)
 {
 	struct ipt2xdp_class_row *any_row, *row;
-	struct ipt2xdp_src_fast_value *fast;
+	struct ipt2xdp_fast_entry *fast = NULL; /* the fast-path entry that decided, if one did */
 	struct ipt2xdp_gen_config *cfg;
 	void *fast_map;
 	struct ipt2xdp_state *state;
@@ -859,7 +864,6 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 	    src_fast_destination(cfg, bpf_ntohl(pkt->dst_net))) {
 		/* the class bitmaps lack what the fast paths decide (fastpath.reduce_classifier):
 		 * without their maps, netfilter decides */
-		fast = NULL;
 		if (cfg->src_fast_plens[0]) {
 			fast_map = gen_map(&ipt2xdp_g_src_fast, gen);
 			if (!fast_map)
@@ -873,8 +877,8 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 			fast = tuple_fast_hit(fast_map, gen, pkt, &m.tuple_key);
 		}
 		if (fast) {
-			m.action = fast->action;
-			m.counter = fast->counter;
+			m.action = fast->decision.action;
+			m.counter = fast->decision.counter;
 			/* class_values did not run: the one key read past a decision (nat_would_see) */
 			proto_value_unlooked(pkt);
 			goto decided_by_rule;
@@ -959,7 +963,12 @@ decided_by_rule:
 		if (seen)
 			count_rule(gen, cfg->default_counter + 2, pkt);
 	}
-	count_rule(gen, m.counter, pkt);
+	if (fast) { /* this CPU's share of the entry: no counters lookup */
+		fast->count.packets += 1;
+		fast->count.bytes += pkt->ip_len;
+	} else {
+		count_rule(gen, m.counter, pkt);
+	}
 	*verdict = to_xdp(m.action);
 	return IPT2XDP_STAT_CLASSIFIED;
 }
@@ -974,8 +983,7 @@ int ipt2xdp_xdp(struct xdp_md *ctx)
 	stat = parse_packet(ctx, &pkt);
 	if (stat == IPT2XDP_STAT_CLASSIFIED)
 		stat = classify(ctx, &pkt, &verdict);
-	count_stat(stat);
-	count_stat(verdict == XDP_DROP ? IPT2XDP_STAT_DROP : IPT2XDP_STAT_PASS);
+	count_stat(stat, verdict);
 	return verdict;
 }
 

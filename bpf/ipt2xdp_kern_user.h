@@ -111,6 +111,12 @@
 #define IPT2XDP_STAT_NAT_FLOW 10 /* a DROP passed: the packet may belong to a NATed flow */
 #define IPT2XDP_NUM_STATS 11
 
+/* stats[0] (PERCPU_ARRAY): packets per IPT2XDP_STAT_* on this CPU. */
+struct ipt2xdp_stats {
+	__u64 packets[IPT2XDP_NUM_STATS];
+};
+_Static_assert(sizeof(struct ipt2xdp_stats) == 8 * IPT2XDP_NUM_STATS, "abi");
+
 /* csum_scratch[0] (PERCPU_ARRAY): a chunk of L4 bytes for bpf_csum_diff, padded to 4 bytes. */
 struct ipt2xdp_csum_scratch {
 	__u8 bytes[IPT2XDP_CSUM_CHUNK + 4];
@@ -223,6 +229,14 @@ struct ipt2xdp_exact_key {
 };
 _Static_assert(sizeof(struct ipt2xdp_exact_key) == 16, "abi");
 
+/* counters[cpu * counter_stride + rule_id] (per generation). Each CPU owns its stride, so plain
+ * increments are safe; bytes count the IP total length, as iptables counts at filter/INPUT. */
+struct ipt2xdp_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct ipt2xdp_counter) == 16, "abi");
+
 /* src_fast[{source masked to plen, plen}]: a source prefix every packet from which the generation
  * drops with one rule whatever its other fields (ipt2xdp/fastpath.py proves it from the plan).
  * The program takes that decision before classifying; prefixes in the map never overlap. */
@@ -238,16 +252,19 @@ struct ipt2xdp_src_fast_value {
 };
 _Static_assert(sizeof(struct ipt2xdp_src_fast_value) == 8, "abi");
 
+/* What a fast-path map holds per CPU (both are PERCPU_HASH): the decision, identical on every CPU
+ * (the loader writes it so), and this CPU's packets and bytes decided by the entry. Counting in the
+ * entry the lookup returned saves a counters lookup per hit (a call the verifier cannot inline for
+ * the per-generation counters array); userspace adds these to the rule's counter
+ * (ipt2xdp/dataplane.py read_counters), so iptables -L -v stays exact. */
+struct ipt2xdp_fast_entry {
+	struct ipt2xdp_src_fast_value decision;
+	struct ipt2xdp_counter count;
+};
+_Static_assert(sizeof(struct ipt2xdp_fast_entry) == 24, "abi");
+
 /* tuple_fast[key]: the exact-tuple fast path. The key is a struct ipt2xdp_exact_key of the packet's
  * values masked to one shape (gen_config.tuple_fast_*), set_id = the shape's index; the value a
- * struct ipt2xdp_src_fast_value. Boxes in the map never overlap (ipt2xdp/tuplefast.py). */
-
-/* counters[cpu * counter_stride + rule_id] (per generation). Each CPU owns its stride, so plain
- * increments are safe; bytes count the IP total length, as iptables counts at filter/INPUT. */
-struct ipt2xdp_counter {
-	__u64 packets;
-	__u64 bytes;
-};
-_Static_assert(sizeof(struct ipt2xdp_counter) == 16, "abi");
+ * struct ipt2xdp_fast_entry. Boxes in the map never overlap (ipt2xdp/tuplefast.py). */
 
 #endif /* IPT2XDP_KERN_USER_H */

@@ -28,12 +28,13 @@ struct {
 	__type(value, struct ipt2xdp_state);
 } ipt2xdp_state SEC(".maps");
 
-/* stats[IPT2XDP_STAT_*]: packets per reason, all generations. */
+/* stats[0].packets[IPT2XDP_STAT_*]: packets per reason, all generations. One value holding every
+ * reason: a packet bumps two (its reason and its verdict) after one lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, IPT2XDP_NUM_STATS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct ipt2xdp_stats);
 } ipt2xdp_stats SEC(".maps");
 
 /* csum_scratch[0]: per-CPU room for L4 checksum verification (the 512-byte stack has none). */
@@ -57,6 +58,8 @@ struct ipt2xdp_abi {
 	struct ipt2xdp_counter counter;
 	struct ipt2xdp_src_fast_key src_fast_key;
 	struct ipt2xdp_src_fast_value src_fast_value;
+	struct ipt2xdp_fast_entry fast_entry;
+	struct ipt2xdp_stats stats;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -141,21 +144,23 @@ struct ipt2xdp_inner_exact_set {
 };
 IPT2XDP_OUTER(ipt2xdp_g_exact_set, ipt2xdp_inner_exact_set);
 
-/* src_fast[key]: the blocklist fast path (struct ipt2xdp_src_fast_key); empty without one. */
+/* src_fast[key]: the blocklist fast path (struct ipt2xdp_src_fast_key); empty without one. Per
+ * CPU: each entry counts what it decides (struct ipt2xdp_fast_entry). */
 struct ipt2xdp_inner_src_fast {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1);
 	__uint(key_size, sizeof(struct ipt2xdp_src_fast_key));
-	__uint(value_size, sizeof(struct ipt2xdp_src_fast_value));
+	__uint(value_size, sizeof(struct ipt2xdp_fast_entry));
 };
 IPT2XDP_OUTER(ipt2xdp_g_src_fast, ipt2xdp_inner_src_fast);
 
-/* tuple_fast[key]: the exact-tuple fast path (struct ipt2xdp_exact_key); empty without one. */
+/* tuple_fast[key]: the exact-tuple fast path (struct ipt2xdp_exact_key); empty without one. Per
+ * CPU, as src_fast. */
 struct ipt2xdp_inner_tuple_fast {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1);
 	__uint(key_size, sizeof(struct ipt2xdp_exact_key));
-	__uint(value_size, sizeof(struct ipt2xdp_src_fast_value));
+	__uint(value_size, sizeof(struct ipt2xdp_fast_entry));
 };
 IPT2XDP_OUTER(ipt2xdp_g_tuple_fast, ipt2xdp_inner_tuple_fast);
 

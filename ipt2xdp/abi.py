@@ -136,9 +136,19 @@ class SrcFastValue(ctypes.Structure):
     _fields_ = [("counter", ctypes.c_uint32), ("action", ctypes.c_uint32)]
 
 
+class FastEntry(ctypes.Structure):
+    # a fast-path map's per-CPU value in the kernel: the decision (the same on every CPU) and
+    # this CPU's count of packets it decided (MapShape.counted)
+    _fields_ = [("decision", SrcFastValue), ("count", Counter)]
+
+
 class SetGuard(ctypes.Structure):
     _fields_ = [("removals", ctypes.c_uint64), ("additions", ctypes.c_uint64), ("deadline_ns", ctypes.c_uint64),
                 ("settled", ctypes.c_uint64), ("netns_cookie", ctypes.c_uint64)]
+
+
+class Stats(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64 * NUM_STATS)]
 
 
 class CsumScratch(ctypes.Structure):
@@ -151,10 +161,11 @@ STRUCTS = {
     "ipt2xdp_slot": Slot, "ipt2xdp_exact_key": ExactKey, "ipt2xdp_counter": Counter,
     "ipt2xdp_setguard": SetGuard, "ipt2xdp_csum_scratch": CsumScratch,
     "ipt2xdp_src_fast_key": SrcFastKey, "ipt2xdp_src_fast_value": SrcFastValue,
+    "ipt2xdp_fast_entry": FastEntry, "ipt2xdp_stats": Stats,
 }
 _SIZES = {State: 16, GenConfig: 160 + 8 * SRC_FAST_DSTS, AddrDir: 8, AddrBound: 8, ClassRow: 8 * (SUMMARY_WORDS + MAX_WORDS),
           Slot: 16, ExactKey: 16, Counter: 16, SetGuard: 40, CsumScratch: CSUM_CHUNK + 4, SrcFastKey: 8,
-          SrcFastValue: 8}
+          SrcFastValue: 8, FastEntry: 24, Stats: 8 * NUM_STATS}
 for _cls, _size in _SIZES.items():
     assert ctypes.sizeof(_cls) == _size, f"abi: sizeof({_cls.__name__}) != {_size}"
 
@@ -174,10 +185,23 @@ class MapShape:
     key_size: int
     value_size: int
     map_flags: int = 0
+    # A generation map the program counts in (the fast paths): the kernel map is a PERCPU_HASH
+    # whose value per CPU is this value_size of plan (what compile.Tables holds, the same on
+    # every CPU) followed by a Counter. The Dataplane writes and reads it; everything above it
+    # sees value_size-byte values.
+    counted: bool = False
+
+    @property
+    def kernel_type(self) -> int:
+        return BPF_MAP_TYPE_PERCPU_HASH if self.counted else self.map_type
+
+    @property
+    def kernel_value_size(self) -> int:
+        return self.value_size + ctypes.sizeof(Counter) if self.counted else self.value_size
 
 
 MAP_STATE = MapShape("ipt2xdp_state", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(State))
-MAP_STATS = MapShape("ipt2xdp_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8)
+MAP_STATS = MapShape("ipt2xdp_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, ctypes.sizeof(Stats))  # one entry
 MAP_CSUM_SCRATCH = MapShape("ipt2xdp_csum_scratch", BPF_MAP_TYPE_PERCPU_ARRAY, 4, ctypes.sizeof(CsumScratch))
 MAP_SETGUARD = MapShape("ipt2xdp_setguard", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(SetGuard))
 PROGRAM_NAME = "ipt2xdp_xdp"
@@ -196,6 +220,9 @@ GEN_MAPS = {
     "counters": MapShape("ipt2xdp_g_counters", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Counter), BPF_F_INNER_MAP),
     "iif_class": MapShape("ipt2xdp_g_iif_class", BPF_MAP_TYPE_HASH, 4, 4),
     "exact_set": MapShape("ipt2xdp_g_exact_set", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), 4),
-    "src_fast": MapShape("ipt2xdp_g_src_fast", BPF_MAP_TYPE_HASH, ctypes.sizeof(SrcFastKey), ctypes.sizeof(SrcFastValue)),
-    "tuple_fast": MapShape("ipt2xdp_g_tuple_fast", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), ctypes.sizeof(SrcFastValue)),
+    # the fast paths: per-CPU in the kernel, each entry counting its hits (MapShape.counted)
+    "src_fast": MapShape("ipt2xdp_g_src_fast", BPF_MAP_TYPE_HASH, ctypes.sizeof(SrcFastKey), ctypes.sizeof(SrcFastValue),
+                         counted=True),
+    "tuple_fast": MapShape("ipt2xdp_g_tuple_fast", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), ctypes.sizeof(SrcFastValue),
+                           counted=True),
 }

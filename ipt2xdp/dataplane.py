@@ -23,7 +23,7 @@ Rewriting in place. A process that flips again and again (`ipt2xdp watch`) and k
 generation's maps (release=False, no release_replaced()) finds, at its next flip, the inactive
 slot holding maps it filled itself two flips ago. Step 1 then writes into those maps only the
 entries that differ from what it wrote there (WRITTEN; the program itself writes only the
-counters, which are read and zeroed), after the barrier of step 2, and step 3 installs only the
+counters and the fast-path entries' counts, which are read and zeroed), after the barrier of step 2, and step 3 installs only the
 maps made afresh. A map is rewritten in place only when this process remembers what it holds,
 the slot still holds that very map (by map id: every other writer installs maps of its own, and a
 release deletes them) and its size is the one the new generation needs; anything else, or any
@@ -42,9 +42,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ipt2xdp import abi, libbpf, pins, setguard
+from ipt2xdp import abi, fastcount, libbpf, pins, setguard
 from ipt2xdp.compile import Tables
 from ipt2xdp.errors import AbiMismatch, LoadError
+from ipt2xdp.mapread import read_hash
 from ipt2xdp.mapwrite import (WRITTEN, ZERO_CHUNK, Background, Written, array_rewrite, concurrently, hash_rewrite,
                               nonzero_entries, rcu_barrier)
 from ipt2xdp.resources import bpf_object_path
@@ -79,7 +80,7 @@ def check_abi(obj: libbpf.BpfObject) -> None:
 
     def compare(label, ptr, shape):
         got = (l.bpf_map__type(ptr), l.bpf_map__key_size(ptr), l.bpf_map__value_size(ptr))
-        want = (shape.map_type, shape.key_size, shape.value_size)
+        want = (shape.kernel_type, shape.key_size, shape.kernel_value_size)
         for what, g, w in zip(("Type", "KeySize", "ValueSize"), got, want):
             if g != w:
                 diffs.append(f"{label}: {what} {g} != {w}")
@@ -244,13 +245,15 @@ class Dataplane:
     def _create_inner(self, name: str, tables: Tables, generation: int) -> Tuple[int, Written]:
         shape = abi.GEN_MAPS[name]
         max_entries, keys, values = self._contents(name, tables, generation)
-        fd = libbpf.map_create(shape.map_type, f"i2x_{name}"[:15], shape.key_size, shape.value_size,
+        fd = libbpf.map_create(shape.kernel_type, f"i2x_{name}"[:15], shape.key_size, shape.kernel_value_size,
                                max_entries, shape.map_flags)
         try:
             count = len(keys) // shape.key_size
             written_keys, written_values = keys, values
             if shape.map_type == abi.BPF_MAP_TYPE_ARRAY:
                 keys, values, count = nonzero_entries(keys, values, count, shape.value_size)
+            if shape.counted:
+                values = fastcount.expand(values, shape, libbpf.num_possible_cpus())
             libbpf.update_batch(fd, keys, values, count, f"filling map {name}")
             return fd, Written(libbpf.map_info(fd).id, max_entries, written_keys, written_values)
         except BaseException:
@@ -315,6 +318,15 @@ class Dataplane:
                                                                        shape.value_size)
             for key in stale:  # first: the map's size is the new generation's own
                 libbpf.delete_elem(fd, key)
+            if shape.counted:  # the program counts in the entries: zero what it counted two flips ago
+                ncpus = libbpf.num_possible_cpus()
+                held_keys, held = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
+                size = shape.key_size
+                new = dict(zip((keys[i:i + size] for i in range(0, len(keys), size)),
+                               (values[i:i + shape.value_size] for i in range(0, len(values), shape.value_size))))
+                changed = [changed_keys[i:i + size] for i in range(0, len(changed_keys), size)]
+                write, plan_values = fastcount.rewrite_set(new, changed, fastcount.counted(held_keys, held, shape, ncpus))
+                changed_keys, changed_values, count = b"".join(write), fastcount.expand(plan_values, shape, ncpus), len(write)
             libbpf.update_batch(fd, changed_keys, changed_values, count, what)
         return Written(known.map_id, max_entries, keys, values)
 
@@ -415,10 +427,10 @@ class Dataplane:
         return libbpf.map_fd_by_id(map_id) if map_id else None
 
     def read_counters(self, slot: Optional[int] = None) -> Dict[int, Tuple[int, int]]:
-        """{rule id: (packets, bytes)} summed over CPUs, for the active (or given) slot; rules that
-        never matched are left out. abi.DEFAULT_COUNTER / abi.OVERFLOW_COUNTER name the default
-        action and the capacity catch-all, abi.NAT_NEW_COUNTER the drops nat PREROUTING would have
-        seen."""
+        """{rule id: (packets, bytes)} summed over CPUs, for the active (or given) slot, with what
+        the fast-path entries counted (ipt2xdp/fastcount.py); rules that never matched are left
+        out. abi.DEFAULT_COUNTER / abi.OVERFLOW_COUNTER name the default action and the capacity
+        catch-all, abi.NAT_NEW_COUNTER the drops nat PREROUTING would have seen."""
         if slot is None:
             st = self.read_state()
             slot = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
@@ -449,19 +461,41 @@ class Dataplane:
                         total = totals.setdefault(key, [0, 0])
                         total[0] += packets
                         total[1] += nbytes
+            for rule, (packets, nbytes) in self._fast_counts(slot).items():  # fast-path hits
+                total = totals.setdefault(names.get(rule, rule), [0, 0])
+                total[0] += packets
+                total[1] += nbytes
             return {k: (v[0], v[1]) for k, v in totals.items()}
         finally:
             for f in (cfg_fd, fd):
                 if f is not None:
                     os.close(f)
 
-    def read_stats(self) -> Dict[str, int]:
+    def _fast_counts(self, slot: int) -> Dict[int, List[int]]:
+        """{rule id: [packets, bytes]} the fast-path entries of slot counted (ipt2xdp/fastcount.py)."""
         ncpus = libbpf.num_possible_cpus()
-        out = {}
-        for index, name in enumerate(abi.STAT_NAMES):
-            raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATS.name], _u32(index), 8 * ncpus) or b""
-            out[name] = sum(struct.unpack_from("=Q", raw, 8 * c)[0] for c in range(len(raw) // 8))
+        out: Dict[int, List[int]] = {}
+        for shape in abi.GEN_MAPS.values():
+            if not shape.counted:
+                continue
+            fd = self._inner_fd(shape.name, slot)
+            if fd is None:
+                continue
+            try:
+                _keys, raw = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
+            finally:
+                os.close(fd)
+            for rule, (packets, nbytes) in fastcount.totals(raw, shape, ncpus).items():
+                total = out.setdefault(rule, [0, 0])
+                total[0] += packets
+                total[1] += nbytes
         return out
+
+    def read_stats(self) -> Dict[str, int]:
+        ncpus, size = libbpf.num_possible_cpus(), abi.MAP_STATS.value_size
+        raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATS.name], _u32(0), size * ncpus) or bytes(size * ncpus)
+        per_cpu = [abi.Stats.from_buffer_copy(raw, c * size) for c in range(ncpus)]
+        return {name: sum(s.packets[i] for s in per_cpu) for i, name in enumerate(abi.STAT_NAMES)}
 
     def test_run(self, packet: bytes, repeat: int = 1, ingress_ifindex: int = 0) -> Tuple[int, int]:
         """(XDP verdict, ns per run) of the program on one packet (BPF_PROG_TEST_RUN)."""

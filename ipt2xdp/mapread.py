@@ -5,7 +5,8 @@ The dry-run's map diff compares the new plan's compiled maps with these, so it i
 what the program reads now, not against a stored copy. Arrays come back whole (index order, one
 batch syscall per 64k entries); hash maps by batch lookup, or key by key where a kernel refuses.
 The cfg entry is returned with its generation number zeroed, as compile writes it (the loader
-stamps the number in when it fills the map). Counters are runtime data, not plan: left out.
+stamps the number in when it fills the map). Counters are runtime data, not plan: left out (also
+the fast paths' per-entry counts, ipt2xdp/fastcount.py).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from ipt2xdp import abi, libbpf, pins
+from ipt2xdp import abi, fastcount, libbpf, pins
 from ipt2xdp.mapencode import MapContents
 
 SKIPPED = ("counters",)
@@ -30,7 +31,7 @@ class LoadedGeneration:
     source_digest: str             # the planstore key of the plan these maps were compiled from
 
 
-def _read_hash(fd: int, key_size: int, value_size: int) -> Tuple[bytes, bytes]:
+def read_hash(fd: int, key_size: int, value_size: int) -> Tuple[bytes, bytes]:
     """All (keys, values) of a hash map, batch lookup first."""
     keys, values = bytearray(), bytearray()
     info = libbpf.map_info(fd)
@@ -64,8 +65,12 @@ def _read_hash_by_key(fd: int, key_size: int, value_size: int) -> Tuple[bytes, b
 
 def _read_inner(fd: int, shape: abi.MapShape) -> MapContents:
     info = libbpf.map_info(fd)
-    if shape.map_type == abi.BPF_MAP_TYPE_HASH:
-        keys, values = _read_hash(fd, shape.key_size, shape.value_size)
+    if shape.counted:  # per CPU in the kernel: the plan's values, without the counts
+        ncpus = libbpf.num_possible_cpus()
+        keys, raw = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
+        values = fastcount.compact(raw, shape, ncpus)
+    elif shape.map_type == abi.BPF_MAP_TYPE_HASH:
+        keys, values = read_hash(fd, shape.key_size, shape.value_size)
     else:
         values = libbpf.read_array(fd, shape.value_size, info.max_entries)
         n = len(values) // shape.value_size

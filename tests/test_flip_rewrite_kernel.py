@@ -7,7 +7,7 @@ an insert in the middle, an edit, a shrink and a regrowth) with release_old=Fals
 between flips (BPF_PROG_TEST_RUN), and another process flips in between without knowing what the
 maps hold. After every flip each map of the generation in force is read back from the kernel and
 compared with the compiled contents (arrays whole, hash maps entry by entry, the sizes, the
-counters all zero), and the test checks that maps were in fact rewritten in place where they
+counters and the fast-path entries' counts all zero), and the test checks that maps were in fact rewritten in place where they
 could be, and written afresh after the other process's flip.
 """
 import ctypes
@@ -65,9 +65,10 @@ def _inner_fd(dp, name: str, slot: int) -> int:
 
 
 def assert_in_force_equals_a_full_write(tables) -> None:
+    from ipt2xdp import fastcount
     from ipt2xdp.dataplane import Dataplane
     from ipt2xdp.mapdiff import raw_differences
-    from ipt2xdp.mapread import read_loaded
+    from ipt2xdp.mapread import read_hash, read_loaded
 
     loaded = read_loaded()
     assert raw_differences(loaded.maps, {name: tables.maps[name] for name in loaded.maps}) == \
@@ -83,6 +84,10 @@ def assert_in_force_equals_a_full_write(tables) -> None:
                 assert (info.max_entries, info.map_flags) == (want, shape.map_flags), name
                 if name == "counters":
                     assert libbpf.read_array(fd, shape.value_size, want) == bytes(want * shape.value_size)
+                if shape.counted:  # what the program counted in a map rewritten in place is gone
+                    ncpus = libbpf.num_possible_cpus()
+                    keys, held = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
+                    assert not fastcount.counted(keys, held, shape, ncpus), name
             finally:
                 os.close(fd)
         fd = _inner_fd(dp, "cfg", slot)
@@ -108,6 +113,8 @@ def count_traffic(tables) -> None:
             packet = raw(Ether() / IP(src=f"10.1.0.{i}", dst="192.0.2.200") / TCP(dport=1 + i, flags="A"))
             dp.test_run(packet, repeat=3)
         assert dp.read_counters(), "the test traffic counted nothing: the counters' reset would be untested"
+        # the rules are exact tuples: the fast path decides them and counts in its entries
+        assert dp._fast_counts(dp.read_state().active), "nothing counted in tuple_fast: its reset would be untested"
     finally:
         dp.close()
 
