@@ -246,6 +246,7 @@ class Planning:
             prepared = _Prepared(ruleset, self.host, types.SimpleNamespace(ipsets=self.ipsets), self.backend,
                                  hold_notices=True)
             prepared.plan_record(self.backend, self.devices, ruleset)  # its JSON too: 30-60 ms at 10k rules
+            prepared.tables.digest  # noqa: B018 - made here, kept for the flip's metadata
             self._prepared = prepared
         except Exception:  # noqa: BLE001 - only a head start: the sync plans what it reads back itself
             self._prepared = None

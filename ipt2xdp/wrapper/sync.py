@@ -209,7 +209,8 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     if ahead is not None and ahead.ipset_mode != args.ipsets:
         ahead = None  # planned for another set mode than this re-plan's
     # carries XDP's counts (xdpcounts.after_flip)
-    _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None, ahead=ahead)
+    _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None, ahead=ahead,
+             before=info)
     if keep is not None:
         keep.append(getattr(args, "planned", None))
     return getattr(args, "applied", None)
