@@ -36,12 +36,17 @@ program returns XDP_PASS before it looks at a generation; a packet passed is alw
     since (the wrapper's next "begin", which it always has in `ipt2xdp watch`'s served changes).
     A flip that replaces a generation in force, or ends a deferral made elsewhere, keeps step 5.
   - The one sequence the check cannot see: between this process's deferral and its flip, another
-    process resumes the old generation (`ipt2xdp import` after a failed restore) and then a third
-    stores "defer" and dies before its barrier returns. A run that started before that store may
-    still read the replaced slot after the flip, its verdict that of the generation it read (as
-    it would be with the wait); what is at stake is its count, added after the replaced slot's
-    counters were read. Verdicts never depend on the skipped wait: the slot is not marked settled,
-    so no flip rewrites it before a barrier.
+    process resumes the old generation and then a third stores "defer" and dies before its barrier
+    returns (the state reads as before). In this project a process resumes or flips only under the
+    wrapper's lock (`ipt2xdp import`, a wrapper call re-planning itself or aborting, the watcher's
+    re-imports), which the caller of a served change holds from "begin" to its answer (the watcher's
+    own resumes are in-process and clear "deferred"; its deferrals on a trigger only store "defer"
+    again), so only a writer outside it (bpftool on the pinned map, a script using the loader
+    without the lock) can make the sequence. A run that
+    started before that store may then still read the replaced slot after the flip, its verdict
+    that of the generation it read (as it would be with the wait); what is at stake is its count,
+    added after the replaced slot's counters were read. Verdicts never depend on the skipped wait:
+    the slot is not marked settled, so no flip rewrites it before a barrier.
 tests/test_flip_defer_kernel.py counts the barriers of each kind of flip and checks the counters
 and the verdicts around a flip that ends a deferral.
 
