@@ -9,10 +9,10 @@ all: bpf venv
 bpf:
 	@$(MAKE) -s -C bpf
 
-$(VENV)/.stamp: setup.cfg setup.py pyproject.toml
+$(VENV)/.stamp: setup.cfg setup.py pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check wheel
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
 	@touch $@
 
 venv: $(VENV)/.stamp

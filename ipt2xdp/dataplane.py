@@ -19,6 +19,37 @@ under BPF_PROG_TEST_RUN). tests/test_loader_kill.py checks the effect on this ke
 parked or killed at every step leaves exactly the old or the new ruleset in force. A crash
 before step 4 leaves the old generation in force; after it, the new one.
 
+Ending a deferral. A flip from "defer everything" (the wrapper's and `ipt2xdp watch`'s: defer, the
+real command, flip) needs fewer waits, because a run that reads "defer" reads no slot at all (the
+program returns XDP_PASS before it looks at a generation; a packet passed is always safe):
+  - defer_all(True) waits (its barrier) before it returns, so that the deferral is in force for
+    every packet before netfilter changes. That barrier also ends every run that started before
+    the flip to the generation in force: it settles the other slot (WRITTEN "settled"), so the
+    next flip writes there without waiting first (step 2).
+  - Step 5 is skipped when the state read under the pins lock at the start of the flip is the very
+    deferral this process made and waited for (WRITTEN "deferred": same generation, same last
+    slot; this process's own resume or flip clears it, another process's flip moves the
+    generation). Then every run that started before the flip read "defer", and every later one
+    reads the new slot: no run reads the replaced slot, so its counters are final when read right
+    after the flip, and nothing is left to wait for. The replaced slot is then not marked settled:
+    the next flip waits before rewriting it (step 2) unless another deferral's barrier has passed
+    since (the wrapper's next "begin", which it always has in `ipt2xdp watch`'s served changes).
+    A flip that replaces a generation in force, or ends a deferral made elsewhere, keeps step 5.
+  - The one sequence the check cannot see: between this process's deferral and its flip, another
+    process resumes the old generation and then a third stores "defer" and dies before its barrier
+    returns (the state reads as before). In this project a process resumes or flips only under the
+    wrapper's lock (`ipt2xdp import`, a wrapper call re-planning itself or aborting, the watcher's
+    re-imports), which the caller of a served change holds from "begin" to its answer (the watcher's
+    own resumes are in-process and clear "deferred"; its deferrals on a trigger only store "defer"
+    again), so only a writer outside it (bpftool on the pinned map, a script using the loader
+    without the lock) can make the sequence. A run that
+    started before that store may then still read the replaced slot after the flip, its verdict
+    that of the generation it read (as it would be with the wait); what is at stake is its count,
+    added after the replaced slot's counters were read. Verdicts never depend on the skipped wait:
+    the slot is not marked settled, so no flip rewrites it before a barrier.
+tests/test_flip_defer_kernel.py counts the barriers of each kind of flip and checks the counters
+and the verdicts around a flip that ends a deferral.
+
 Rewriting in place. A process that flips again and again (`ipt2xdp watch`) and keeps the replaced
 generation's maps (release=False, no release_replaced()) finds, at its next flip, the inactive
 slot holding maps it filled itself two flips ago. Step 1 then writes into those maps only the
@@ -211,9 +242,16 @@ class Dataplane:
         or resume the last generation (off: a packet still deferring meanwhile is no harm, so no
         wait). Returns whether it was deferring everything before."""
         st = self.read_state()
+        self._remembered()  # forgets what it knew of another program
+        WRITTEN["deferred"] = None  # until the barrier below has passed
         self.write_state(abi.DEFER_ALL if on else st.last_slot, st.last_slot, st.generation)
         if on:
             rcu_barrier()
+            # Every run that started before the flip to st.generation has ended, and every later
+            # one reads "defer" or st.last_slot: the other slot is free (apply_generation), and
+            # from here until this process sees the state otherwise, no run reads any slot.
+            WRITTEN["settled"] = st.generation
+            WRITTEN["deferred"] = (st.generation, st.last_slot)
         return st.active >= abi.GEN_SLOTS
 
     def read_meta(self, index: int) -> dict:
@@ -264,7 +302,7 @@ class Dataplane:
         """WRITTEN's slots for this program (emptied when it is another one)."""
         program = libbpf.map_info(self.map_fds[abi.MAP_STATE.name]).id
         if WRITTEN["program"] != program:
-            WRITTEN.update(program=program, slots={}, settled=None)
+            WRITTEN.update(program=program, slots={}, settled=None, deferred=None)
         return WRITTEN["slots"]
 
     def _rewritable(self, slot: int, tables: Tables, generation: int) -> Dict[str, Tuple[Written, int]]:
@@ -353,6 +391,9 @@ class Dataplane:
         reused: Dict[str, Tuple[Written, int]] = {}
         self.rewritten = []
         self._remembered()  # forgets what it knew of another program
+        # Ending a deferral this process made (and waited for) in this very state: no run reads
+        # the replaced slot, before the flip or after it (module docstring: no final barrier).
+        ends_deferral = st.active >= abi.GEN_SLOTS and WRITTEN.get("deferred") == (st.generation, st.last_slot)
         barrier = None if WRITTEN["settled"] == st.generation else Background(rcu_barrier)
         try:
             try:
@@ -386,12 +427,15 @@ class Dataplane:
                 hook(f"installed {name}")
             if inner:  # each install waits for a grace period: none when every map was rewritten
                 concurrently([lambda name=name: install(name) for name in inner])
+            WRITTEN["deferred"] = WRITTEN["settled"] = None
             self.write_state(target, target, generation)
             hook("flipped")
             slots[target] = written
-            WRITTEN["settled"] = None
-            rcu_barrier()
-            WRITTEN["settled"] = generation
+            if not ends_deferral:
+                rcu_barrier()
+                WRITTEN["settled"] = generation
+            # else not settled: the next flip waits before it writes into the replaced slot,
+            # unless a deferral's barrier (defer_all) has passed by then
         finally:
             for fd in list(inner.values()) + [fd for _old, fd in reused.values()]:
                 os.close(fd)

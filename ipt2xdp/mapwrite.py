@@ -100,7 +100,9 @@ class Written:
 # "settled": the generation this process last flipped to and waited for (its final barrier): while
 # it is the one in force, nothing can still read the other slot, and the next flip needs no barrier
 # before it writes there.
-WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None}
+# "deferred": (generation, last slot) of the state this process made "defer everything" in and
+# waited for (defer_all): a flip from that very state needs no barrier after it (dataplane.py).
+WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None, "deferred": None}
 REWRITE_CHUNK = 256  # array entries compared, and written when they differ, at a time
 
 

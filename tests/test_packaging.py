@@ -18,6 +18,13 @@ def test_wheel_contains_grammar_and_bpf_object(tmp_path):
     for grammar in (ROOT / "grammar").glob("*.lark"):
         assert f"ipt2xdp/_data/{grammar.name}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
+    # The wrapper's launchers: plain scripts (pip writes the interpreter into "#!python" on install)
+    # that import the wrapper alone, not console_scripts launchers (those import re on every call).
+    for tool in ("ipt2xdp-iptables", "ipt2xdp-iptables-save", "ipt2xdp-iptables-restore"):
+        (script,) = [n for n in names if n.endswith(f".data/scripts/{tool}")]
+        text = zipfile.ZipFile(wheel).read(script).decode()
+        assert text.startswith("#!python\n") and "from ipt2xdp.wrapper import entry" in text
+        assert "import re" not in text
     for unit in ("ipt2xdp-boot.service", "ipt2xdp-watch.service", "ipt2xdp-watch@.service"):
         assert f"ipt2xdp/systemd/{unit}" in names
 

@@ -163,3 +163,44 @@ def test_predicting_is_wanted_with_a_cpu_to_spare(monkeypatch):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
         monkeypatch.setenv(predict.MODE_ENV, mode)
         assert predict.wanted() is wanted, (load, mode)
+
+
+def test_one_layout_serves_every_prediction_from_its_text():
+    """The watcher lays a read-back out once (warm.prepare_prediction) and predicts every command
+    from it: each prediction equals one made from the text alone, and leaves the layout as it was."""
+    from ipt2xdp.parse import parse
+
+    commands = [["-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"], ["-I", "BL", "1", "-j", "ACCEPT"], ["-R", "INPUT", "2", "-j", "BL"],
+                ["-D", "INPUT", "3"], ["-D", "INPUT", "-s", "10.0.0.3/32", "-j", "DROP"], ["-N", "NEW"], ["-X", "EMPTY"],
+                ["-F", "BL"], ["-F"], ["-P", "FORWARD", "ACCEPT"], ["-A", "NOPE", "-j", "DROP"],
+                ["-t", "raw", "-A", "PREROUTING", "-j", "DROP"], ["-X"]]
+    ruleset = parse(BASE, "<base>")
+    layout, matcher = predict.Layout(BASE), predict.rule_matcher(ruleset)
+    lines = list(layout.lines)
+    for args in commands * 2:
+        command = predict.read_command(args)
+        fresh = predict.predicted_text(BASE, command, predict.rule_matcher(ruleset))
+        assert predict.predicted_text(BASE, command, matcher, layout) == fresh, args
+        assert layout.lines == lines
+    assert predict.predicted_text(BASE, predict.read_command(["-D", "INPUT", "-s", "10.0.0.3", "-j", "DROP"]),
+                                  matcher, layout) == "\n".join(lines[:10] + lines[11:])
+    # a layout of another text is not used
+    other = BASE.replace("10.0.0.1", "10.0.0.9")
+    command = predict.read_command(["-A", "INPUT", "-j", "DROP"])
+    assert predict.predicted_text(other, command, None, layout) == predict.predicted_text(other, command)
+
+
+def test_the_rule_finder_renders_each_chain_once(monkeypatch):
+    from ipt2xdp import render
+    from ipt2xdp.parse import parse
+
+    matcher = predict.rule_matcher(parse(BASE, "<base>"))
+    assert matcher("filter", "INPUT", "-A INPUT -s 10.0.0.3/32 -j DROP") == 3
+    rendered = []
+    real = render.render_rule
+    monkeypatch.setattr(render, "render_rule", lambda rule, *a: rendered.append(rule) or real(rule, *a))
+    assert matcher("filter", "INPUT", "-A INPUT -s 10.0.0.1 -j DROP") == 1
+    assert matcher("filter", "INPUT", "-A INPUT -s 10.9.9.9 -j DROP") is None
+    assert matcher("filter", "BL", "-A BL -s 10.0.0.2 -j DROP") == 1
+    assert matcher("filter", "NOPE", "-A NOPE -j DROP") is None
+    assert len(rendered) == 3 + 1  # the spec of each look, and BL's one rule the first time

@@ -125,6 +125,7 @@ def test_changes_are_served_by_the_watcher_and_planned_once(watched):
     served = [line for line in text.splitlines() if "served sync #" in line]
     assert [PREDICTION_HELD in line for line in served] == [backend == "legacy"] + [True] * (len(CHANGES) - 1), text
     assert PREDICTION_MISSED not in text
+    assert "could not" not in text  # the read-back laid out for the next prediction after each answer, too
 
 
 # The caller's command, then another writer's before the watcher reads the ruleset back: what the

@@ -133,3 +133,81 @@ def test_the_restore_change_record_is_countmaps(noflush):
                       set_chains=chains if noflush else frozenset())
     assert json.dumps(record) == json.dumps(expected.to_json())
     assert Change.from_json(json.loads(json.dumps(record))) == expected
+
+
+# --- the lean start: what the wrapper reads without re, json or enum -----------------------------
+
+def _wait_by_pattern(text: str) -> float:
+    """_wait_value's definition, as it read before it was written out by hand."""
+    import re
+
+    match = re.match(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
+    if not match:
+        return 0.0
+    digits = match.group(2)
+    value = int(digits, 16) if digits[:2] in ("0x", "0X") else int(digits, 8) if digits.startswith("0") else int(digits)
+    return float(-value if match.group(1) == "-" else value)
+
+
+def test_wait_values_are_read_as_the_pattern_reads_them():
+    import random
+
+    fixed = ["", "5", "1.5", "0.5", "0x10", "0X1f", "0x", "0xg", "010", "09", "08.5", " \t7", "\u20037", "-3", "+4",
+             "- 5", "+-1", "--1", "0", "-0", "00", "٣", "12abc", "0x1G", "  0x", "\x1c9", "007", "9" * 30]
+    rng = random.Random(7)
+    alphabet = "0123456789xX+-. \tabfgAFG٣\u2003"
+    texts = fixed + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7))) for _ in range(5000)]
+    for text in texts:
+        assert cmdline._wait_value(text) == _wait_by_pattern(text), repr(text)
+
+
+def test_change_records_encode_as_json_dumps_would():
+    import json
+
+    from ipt2xdp.wrapper import client
+
+    records = [
+        {"table": "filter", "command": "A", "chain": "INPUT", "rulenum": None, "new_chain": None, "legacy": False,
+         "replaced_tables": [], "touched_tables": ["filter"], "set_chains": [["filter", "f2b-sshd"]],
+         "args": ["-w", "-A", "INPUT", "-m", "comment", "--comment", 'a "quoted"\\ \n\ttab é ☃ \U0001f600',
+                  "undecodable \udcff\udc80", "\x00\x1f\x7f"]},
+        {"rulenum": -3, "big": 2 ** 70, "yes": True, "no": False, "nested": [[1, [2, []]], {}], "tuple": ("a", 1)},
+        {}, [], "", 0,
+    ]
+    for record in records:
+        assert client.compact_json(record) == json.dumps(record, separators=(",", ":"))
+    with pytest.raises(TypeError):
+        client.compact_json({"x": 1.5})
+
+
+def test_the_recorded_backend_reads_as_json_loads_reads_it():
+    import json
+
+    texts = ['{"backend": "nft", "wrapper": "/usr/local/bin/ipt2xdp-iptables", "groups": {"iptables": [1, 2.5, null,'
+             ' true, false, "\\u00e9\\ud83d\\ude00"]}}', ' {}\n', '[1, -2e3]', '"x"', '{"a": 1} x', '', 'junk', '{"a":}',
+             '{"a": 1,}', '\t{"nested": {"deeper": [[], {}]}}\r\n', '{"a": "\\x"}', '1 2']
+    for text in texts:
+        try:
+            expected = json.loads(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                realbin.json_value(text)
+        else:
+            assert realbin.json_value(text) == expected, text
+
+
+def test_the_wrapper_path_imports_no_re_json_or_enum():
+    """What a wrapper call imports before it runs the real binary (pass-through and change alike):
+    each of these costs every call a few ms, and fail2ban calls iptables hundreds of times."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from ipt2xdp.wrapper import cmdline, client, locate, realbin, sync\n"
+            "from ipt2xdp import processexit\n"
+            "cmdline.parse_iptables(['-w', '5', '-A', 'INPUT', '-s', '192.0.2.1', '-j', 'DROP'])\n"
+            "client.compact_json({'args': ['-A', 'INPUT']}); realbin.json_value('{\"backend\": \"nft\"}')\n"
+            "print(' '.join(sorted(m for m in ('re', 'json', 'enum', 'contextlib', 'signal', 'typing', 'subprocess',"
+            " 'dataclasses', 'ctypes') if m in sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

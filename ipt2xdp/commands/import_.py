@@ -300,10 +300,13 @@ def _plan_ahead(ruleset, host, args, backend_name):
         return None
 
 
-def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahead=None, preload=None):
+def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahead=None, preload=None, before=None):
     """text: render(ruleset.without_positions()) if the caller has it already (`ipt2xdp watch`
     renders it to tell whether anything changed). ahead: a _Prepared made before the ruleset was
-    read back, used when it holds for this ruleset and host. preload: loader.Preload."""
+    read back, used when it holds for this ruleset and host. preload: loader.Preload. before:
+    loader.status(include_counters=False) as the caller read it just before (sync.replan), used
+    when ahead holds: then only the plan record's save comes between it and the flip, as between
+    a read here and the flip (otherwise a whole plan would, and it is read again)."""
     from ipt2xdp import loader, planstore
 
     if ahead is not None and ahead.holds(ruleset, host):  # made in _run for the same backend
@@ -314,10 +317,12 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
         prepared = _Prepared(ruleset, host, args, backend_name, text)
     result, tables = prepared.result, prepared.tables
     key = planstore.digest(prepared.text, devices)
-    planstore.save(key, *prepared.plan_record(backend_name, devices, ruleset))
+    record, record_text = prepared.plan_record(backend_name, devices, ruleset)
+    planstore.save(key, record, record_text)
     from ipt2xdp.wrapper import xdpcounts
 
-    before = loader.status(include_counters=False)
+    if before is None or prepared is not ahead:
+        before = loader.status(include_counters=False)
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key,
                            release_old=not getattr(args, "release_later", False), preload=preload)
     args.applied = applied  # for `ipt2xdp watch`'s log: which maps the flip rewrote in place
@@ -325,7 +330,7 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     # The counts XDP kept for each rule stay with it, as netfilter's own do.
     xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
                          getattr(args, "count_pid", None))
-    s = report.summary(result)
+    s = record["summary"]  # report.summary(result), made with the record
     attached = ", ".join(f"{name} ({mode})" for name, mode in sorted(applied.attached.items()))
     return "\n".join([f"ipt2xdp: generation {applied.generation} on {attached}: {s['rules']} rules, XDP decides "
                       f"{s['xdp']}, some packets of {s['partial']}, netfilter alone {s['netfilter']}",

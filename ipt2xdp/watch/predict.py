@@ -106,26 +106,57 @@ def rule_line(chain: str, spec: List[str]) -> str:
     return " ".join(["-A", chain] + [_quoted(w) for w in spec])
 
 
-def predicted_text(text: str, command: Command, matching_rule=None) -> Optional[str]:
+class Layout:
+    """The lines of one iptables-save text and, per table asked for, where its chains are declared
+    and where their rules are: what every prediction made from that text needs first (a pass over
+    every line: about 15 ms at 10k rules). `ipt2xdp watch` makes it for the text it read back once
+    its caller has the answer (warm.py), so that the next caller's prediction starts without it."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.lines = text.split("\n")
+        self._tables: dict = {}
+
+    def table(self, name: str) -> Optional[tuple]:
+        """(start, end, declared, rules) of table name: the indices of its `*name` and COMMIT
+        lines, {chain: index of its declaration}, {chain: indices of its rule lines, in order};
+        None when the text has no such table or holds lines not expected in it."""
+        if name not in self._tables:
+            self._tables[name] = self._scan(name)
+        return self._tables[name]
+
+    def _scan(self, name: str) -> Optional[tuple]:
+        lines = self.lines
+        try:
+            start = lines.index(f"*{name}")
+            end = lines.index("COMMIT", start)
+        except ValueError:
+            return None  # a table the command would create: not predicted
+        declared = {}  # chain -> the index of its declaration line
+        rules = {}     # chain -> the indices of its rule lines, in order
+        for index in range(start + 1, end):
+            line = lines[index]
+            if line.startswith(":"):
+                declared[line[1:].split(" ", 1)[0]] = index
+            elif line.startswith("-A "):
+                rules.setdefault(line.split(" ", 2)[1], []).append(index)
+            elif line and not line.startswith("#"):
+                return None  # counters before rules, or anything else not expected here
+        return start, end, declared, rules
+
+
+def predicted_text(text: str, command: Command, matching_rule=None, layout: Optional[Layout] = None) -> Optional[str]:
     """text (an iptables-save output) as command should leave it, or None. matching_rule(table,
     chain, line) -> the 1-based index of the first rule of chain equal to the rule line, or None:
-    how a `-D CHAIN <spec>` finds the rule it deletes (warm.py compares parsed rules)."""
-    lines = text.split("\n")
-    try:
-        start = lines.index(f"*{command.table}")
-        end = lines.index("COMMIT", start)
-    except ValueError:
-        return None  # a table the command would create: not predicted
-    declared = {}  # chain -> the index of its declaration line
-    rules = {}     # chain -> the indices of its rule lines, in order
-    for index in range(start + 1, end):
-        line = lines[index]
-        if line.startswith(":"):
-            declared[line[1:].split(" ", 1)[0]] = index
-        elif line.startswith("-A "):
-            rules.setdefault(line.split(" ", 2)[1], []).append(index)
-        elif line and not line.startswith("#"):
-            return None  # counters before rules, or anything else not expected here
+    how a `-D CHAIN <spec>` finds the rule it deletes (warm.py compares parsed rules). layout:
+    Layout(text), if made already (used only if it is of this very text)."""
+    if layout is None or layout.text is not text:
+        layout = Layout(text)
+    found = layout.table(command.table)
+    if found is None:
+        return None
+    start, end, declared, rules = found
+    lines = list(layout.lines)  # edited below; the layout serves the next prediction too
     chain, letter = command.chain, command.letter
     if chain is not None and chain not in declared and letter != "N":
         return None  # the command fails; if another writer made the chain meanwhile, it is read back
@@ -196,16 +227,34 @@ def wanted() -> bool:
 def rule_matcher(ruleset):
     """predicted_text()'s matching_rule for the ruleset parsed from the text: the first rule of the
     chain that renders as the rule line parsed does (what `-D CHAIN <spec>` deletes, as far as the
-    project's parser and renderer tell; a mistake shows in the read-back)."""
+    project's parser and renderer tell; a mistake shows in the read-back). Each chain's rules are
+    rendered once, the first time they are looked in (index()), for every later look."""
+    by_text: dict = {}  # (table, chain) -> {rendered rule: its first 1-based index}
+
+    def index(table: str, chain: str) -> Optional[dict]:
+        from ipt2xdp.render import render_rule
+
+        key = (table, chain)
+        if key not in by_text:
+            known = ruleset.table(table)
+            rules = known.chain(chain).rules if known is not None and known.chain(chain) is not None else None
+            texts = None
+            if rules is not None:
+                texts = {}
+                for position, rule in enumerate(rules, 1):
+                    texts.setdefault(render_rule(rule), position)
+            by_text[key] = texts
+        return by_text[key]
+
     def matching_rule(table: str, chain: str, line: str) -> Optional[int]:
         from ipt2xdp.errors import ParseError
         from ipt2xdp.parse import parse
         from ipt2xdp.render import render_rule
 
-        known = ruleset.table(table)
-        rules = known.chain(chain).rules if known is not None and known.chain(chain) is not None else None
-        if rules is None:
+        texts = index(table, chain)
+        if texts is None:
             return None
+        known = ruleset.table(table)
         declared = "".join(f":{c.name} {c.policy or '-'} [0:0]\n" for c in known.chains)
         try:
             parsed = parse(f"*{table}\n{declared}{line}\nCOMMIT\n", "<rule spec>").table(table).chain(chain).rules
@@ -213,8 +262,8 @@ def rule_matcher(ruleset):
             return None
         if len(parsed) != 1:
             return None
-        wanted = render_rule(parsed[0])
-        return next((index for index, rule in enumerate(rules, 1) if render_rule(rule) == wanted), None)
+        return texts.get(render_rule(parsed[0]))
+    matching_rule.index = index
     return matching_rule
 
 
@@ -246,6 +295,7 @@ class Planning:
             prepared = _Prepared(ruleset, self.host, types.SimpleNamespace(ipsets=self.ipsets), self.backend,
                                  hold_notices=True)
             prepared.plan_record(self.backend, self.devices, ruleset)  # its JSON too: 30-60 ms at 10k rules
+            prepared.tables.digest  # noqa: B018 - made here, kept for the flip's metadata
             self._prepared = prepared
         except Exception:  # noqa: BLE001 - only a head start: the sync plans what it reads back itself
             self._prepared = None

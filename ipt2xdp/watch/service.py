@@ -190,7 +190,14 @@ class Watcher:
             return f"error re-planning failed: {error}".replace("\n", " ")
         self.warm.served += 1
         log(f"wrapper pid {session.pid}: served sync #{self.warm.served} in {time.monotonic() - started:.2f} s: {what}")
+        session.after_reply = self._prepare_prediction  # the next caller's head start, once this one has its answer
         return "ok " + what
+
+    def _prepare_prediction(self) -> None:
+        try:
+            self.warm.prepare_prediction()
+        except Exception as error:  # noqa: BLE001 - only a head start: a prediction makes it itself
+            log(f"could not lay out the last read-back for the next prediction: {error}")
 
     def _gone(self, session: Session) -> None:
         """A caller vanished between begin and done: its command may or may not have changed

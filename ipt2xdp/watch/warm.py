@@ -74,6 +74,8 @@ class Warm:
         # The last ruleset read back (backend, text, parsed): what a wrapper's command is applied
         # to in predict(); and the plan of that prediction, being made (predict.Planning).
         self._base: Optional[tuple] = None
+        self._base_layout = None   # predict.Layout of its text, and the -D rule finder of its
+        self._base_matcher = None  # ruleset: made once per read-back (prepare_prediction())
         self._planning = None
         self._planning_pid: Optional[int] = None
 
@@ -185,7 +187,8 @@ class Warm:
         base_backend, base_text, _ = self._base
         if base_backend != backend or sorted(devices) != devices:  # _sync reads the host anew then
             return
-        text = predict.predicted_text(base_text, command, predict.rule_matcher(self._base[2]))
+        layout, matcher = self._prepared_base()
+        text = predict.predicted_text(base_text, command, matcher, layout)
         if text is None:
             return
         if gc.isenabled():  # as in sync(): off until collect()
@@ -202,6 +205,28 @@ class Warm:
             self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
         self._planning = predict.Planning(ruleset, host, record.get("ipsets", "mirror"), backend, devices)
         self._planning_pid = pid
+
+    def _prepared_base(self):
+        """(predict.Layout, predict.rule_matcher) of the last ruleset read back, made now if not yet."""
+        from ipt2xdp.watch import predict
+
+        if self._base_layout is None or self._base_layout.text is not self._base[1]:
+            self._base_layout = predict.Layout(self._base[1])
+            self._base_matcher = predict.rule_matcher(self._base[2])
+        return self._base_layout, self._base_matcher
+
+    def prepare_prediction(self) -> None:
+        """What the next caller's prediction needs from the last read-back (its lines laid out by
+        table, its rules' texts by chain), made once the caller of that sync has its answer (`ipt2xdp
+        watch` calls this right after answering "done"), not on the next caller's critical path:
+        the prediction's plan starts only after them (15-30 ms at 10k rules)."""
+        if self._base is None:
+            return
+        layout, matcher = self._prepared_base()
+        for table in self._base[2].tables:
+            layout.table(table.name)
+            for chain in table.chains:
+                matcher.index(table.name, chain.name)
 
     def _drop_planning(self) -> None:
         """Wait for a plan still being made (nothing else plans meanwhile) and forget it."""

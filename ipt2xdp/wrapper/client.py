@@ -60,6 +60,33 @@ def _exchange(sock: _socket.socket, line: str, timeout: float) -> str:
     return data[:-1].decode("utf-8", "replace")
 
 
+def compact_json(value) -> str:
+    """json.dumps(value, separators=(",", ":")) for what a change record holds (dicts with string
+    keys, lists, tuples, strings, ints, booleans, None), without importing json: it imports re and
+    enum, a few ms of every wrapper call. Strings go through the C encoder json itself uses
+    (ASCII only, so an argument with undecodable bytes travels as json would send it);
+    tests/test_wrapper_unit.py holds the two equal."""
+    try:
+        from _json import encode_basestring_ascii
+    except ImportError:  # a Python without json's C part
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(compact_json(item) for item in value) + "]"
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return "{" + ",".join(encode_basestring_ascii(k) + ":" + compact_json(v) for k, v in value.items()) + "}"
+    raise TypeError(f"not in a change record: {type(value).__name__}")
+
+
 def connect(netns: int | None = None, timeout: float = BEGIN_TIMEOUT) -> _socket.socket | None:
     """A connection to this namespace's watcher, or None when none listens."""
     if netns is None:
@@ -88,9 +115,7 @@ def run_changing(command, change: dict | None = None) -> tuple[int | None, bool]
         return None, False
     request = f"begin {os.getpid()}"
     if change is not None:
-        import json
-
-        request += " " + json.dumps(change, separators=(",", ":"))  # JSON escapes newlines: one line
+        request += " " + compact_json(change)  # JSON escapes newlines: one line
     try:  # (a C socket: no `with`)
         try:
             answer = _exchange(sock, request, BEGIN_TIMEOUT)

@@ -7,7 +7,6 @@ missed one would leave XDP out of step), never towards "read-only".
 """
 from __future__ import annotations
 
-import re
 
 # iptables' getopt string: letters that take an argument (required or optional) and so end a cluster.
 _REQUIRED_ARG = set("ACDRIMNEPopsdjitmcg")
@@ -76,20 +75,34 @@ class Command(_Fields):
         return self.verbose and bool(self.commands & {"L", "S"})
 
 
+_OCTAL, _DECIMAL, _HEX = frozenset("01234567"), frozenset("0123456789"), frozenset("0123456789abcdefABCDEF")
+
+
+def _leading(text: str, start: int, digits: frozenset) -> int:
+    """The end of the run of digits from start."""
+    end = start
+    while end < len(text) and text[end] in digits:
+        end += 1
+    return end
+
+
 def _wait_value(text: str) -> float:
     """Seconds as iptables 1.8.9 reads them: sscanf("%i"), so "1.5" is 1, "0.5" is 0 (wait
-    forever), "0x10" is 16 and "010" is 8; what it cannot read the real binary rejects itself."""
-    match = re.match(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
-    if not match:
-        return 0.0
-    digits = match.group(2)
-    if digits[:2] in ("0x", "0X"):
-        value = int(digits, 16)
-    elif digits.startswith("0"):
-        value = int(digits, 8)
-    else:
-        value = int(digits)
-    return float(-value if match.group(1) == "-" else value)
+    forever), "0x10" is 16 and "010" is 8; what it cannot read the real binary rejects itself.
+    Read by hand, not with `re`: the module and its enum cost every wrapper call about 5 ms of
+    imports (tests/test_wrapper_unit.py holds this equal to the regular expression
+    \\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*) on many inputs)."""
+    rest = text.lstrip()  # str.isspace(), as the pattern's \\s
+    sign = -1 if rest[:1] == "-" else 1
+    if rest[:1] in ("+", "-"):
+        rest = rest[1:]
+    if rest[:2] in ("0x", "0X") and _leading(rest, 2, _HEX) > 2:
+        return float(sign * int(rest[2:_leading(rest, 2, _HEX)], 16))
+    if rest[:1] == "0":
+        return float(sign * int(rest[:_leading(rest, 1, _OCTAL)], 8))
+    if rest[:1] in _DECIMAL:
+        return float(sign * int(rest[:_leading(rest, 0, _DECIMAL)]))
+    return 0.0
 
 
 def parse_iptables(args: list) -> Command:

@@ -16,13 +16,42 @@ STATE_FILE = os.environ.get("IPT2XDP_ALT_STATE", "/var/lib/ipt2xdp/alternatives.
 
 def recorded() -> "dict | None":
     """What `ipt2xdp alternatives install` recorded, or None."""
-    import json
-
     try:
         with open(STATE_FILE) as f:
-            return json.load(f)
+            return json_value(f.read())
     except (OSError, ValueError):
         return None
+
+
+class _Scanning:
+    """What json's C scanner reads from its decoder: json.loads()'s defaults."""
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
+
+
+def json_value(text: str):
+    """json.loads(text), with the C scanner json itself uses but without importing json (it
+    imports re and enum: a few ms of every wrapper call, and the recorded backend is read on each
+    one); ValueError when text is not one JSON value. tests/test_wrapper_unit.py holds the two equal."""
+    try:
+        from _json import make_scanner
+    except ImportError:  # a Python without json's C part
+        import json
+
+        return json.loads(text)
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        value, end = make_scanner(_Scanning)(text, start)
+    except StopIteration:
+        raise ValueError("not a JSON value") from None
+    if text[end:].strip(" \t\n\r"):
+        raise ValueError("extra data after a JSON value")
+    return value
 
 
 def _from_link() -> "str | None":

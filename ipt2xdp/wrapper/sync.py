@@ -19,14 +19,10 @@ open files of the same path would deadlock one process.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
-import signal
 import sys
-import types
-from collections.abc import Iterator  # not typing: its import alone costs a wrapper call ~4 ms
 
 from ipt2xdp.wrapper.locate import netns_cookie, pin_dir_fast  # noqa: F401 - also used as sync.<name>
 
@@ -42,36 +38,52 @@ def lock_path(netns: int | None = None) -> str:
     return os.path.join(LOCK_DIR, f"ipt2xdp-wrapper-{netns if netns is not None else netns_cookie()}.lock")
 
 
-@contextlib.contextmanager
-def wrapper_lock(wait: float | None) -> Iterator[None]:
-    """Serialise wrapper updates in this namespace. wait: None or 0 = wait forever (what Debian's
-    iptables 1.8.9 does with and without -w), N = give up after N seconds like `-w N`, a negative
-    number = do not wait at all (`ipt2xdp watch`, which must keep serving the wrapper's requests)."""
-    os.makedirs(LOCK_DIR, exist_ok=True)
-    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if wait is not None and wait < 0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LockTimeout() from None
-        elif wait and wait > 0:
-            def expired(signum, frame):
-                raise LockTimeout()
-            old = signal.signal(signal.SIGALRM, expired)
-            signal.setitimer(signal.ITIMER_REAL, wait)
-            try:
+class wrapper_lock:
+    """Serialise wrapper updates in this namespace (a context manager: the lock is held from
+    __enter__ to __exit__). wait: None or 0 = wait forever (what Debian's iptables 1.8.9 does with
+    and without -w), N = give up after N seconds like `-w N`, a negative number = do not wait at all
+    (`ipt2xdp watch`, which must keep serving the wrapper's requests); LockTimeout when given up.
+    A class, not contextlib: the wrapper imports nothing it can do without (contextlib and signal
+    cost each call a few ms of imports)."""
+
+    def __init__(self, wait: float | None):
+        self.wait = wait
+        self.fd: int | None = None
+
+    def __enter__(self) -> None:
+        wait = self.wait
+        os.makedirs(LOCK_DIR, exist_ok=True)
+        fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if wait is not None and wait < 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise LockTimeout() from None
+            elif wait and wait > 0:
+                import signal
+
+                def expired(signum, frame):
+                    raise LockTimeout()
+                old = signal.signal(signal.SIGALRM, expired)
+                signal.setitimer(signal.ITIMER_REAL, wait)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, old)
+            else:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            except LockTimeout:
-                raise
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old)
-        else:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def __exit__(self, *exc) -> bool:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+        return False
 
 
 def _note(message: str) -> None:
@@ -118,21 +130,29 @@ def mark_stale() -> int:
     return value
 
 
-@contextlib.contextmanager
-def guarded_flip(say: bool = False) -> Iterator[None]:
+class guarded_flip:
     """Around "read the ruleset, plan, flip": if the watcher marked a change after the read began,
     the flip may have ended its deferral with a plan made before that change; defer again (the
     watcher re-imports right after). Leaves a window of one map write, not one re-plan. say: tell
-    stderr (never from the wrapper, whose stderr is the real tool's)."""
-    mark = stale_mark()
-    yield
-    if stale_mark() != mark:
-        from ipt2xdp import loader
+    stderr (never from the wrapper, whose stderr is the real tool's). Nothing is checked when the
+    block raises (it flipped nothing, or the error says what it left)."""
 
-        loader.defer_all(True)
-        if say:
-            _note("the ruleset changed while XDP was re-planned; deferring to netfilter until `ipt2xdp watch` "
-                  "re-imports")
+    def __init__(self, say: bool = False):
+        self.say = say
+        self.mark: int | None = None
+
+    def __enter__(self) -> None:
+        self.mark = stale_mark()
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is None and stale_mark() != self.mark:
+            from ipt2xdp import loader
+
+            loader.defer_all(True)
+            if self.say:
+                _note("the ruleset changed while XDP was re-planned; deferring to netfilter until `ipt2xdp watch` "
+                      "re-imports")
+        return False
 
 
 def was_deferring() -> bool:
@@ -202,6 +222,8 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     if host is None:
         host = read_host_context(attached=devices, backend=backend_name,
                                  planned_tables=[t.name for t in ruleset.tables])
+    import types
+
     args = types.SimpleNamespace(mode=modes.pop() if len(modes) == 1 else "auto",
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
     args.count_pid = counts_pid  # whose pending change record the counts follow (the wrapper's)
@@ -209,7 +231,8 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
     if ahead is not None and ahead.ipset_mode != args.ipsets:
         ahead = None  # planned for another set mode than this re-plan's
     # carries XDP's counts (xdpcounts.after_flip)
-    _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None, ahead=ahead)
+    _offload(ruleset, host, devices, args, backend_name, report, text if ruleset is not None else None, ahead=ahead,
+             before=info)
     if keep is not None:
         keep.append(getattr(args, "planned", None))
     return getattr(args, "applied", None)
