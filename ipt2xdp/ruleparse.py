@@ -149,14 +149,21 @@ class RuleParser:
         self._templates: Dict[tuple, object] = {}
         self._cache: Dict[tuple, tuple] = {}
         self._built: list = []
+        # The last key's (chain, word count, getter and values of its kept words, blanked
+        # positions, entry): a run of rules of one shape is checked against it (_same_key)
+        # instead of building and hashing its key for each rule.
+        self._last: Optional[tuple] = None
 
     def parse(self, chain: str, words: List[str], counters: ir.Counters, span) -> List[ir.Rule]:
-        structural = _STRUCTURAL
-        # kept: options and "!" (also any "!word": keeping a word only makes the key stricter)
-        key = (chain, *[w if w[0] in "-!" or p in structural else None for p, w in zip([""] + words, words)])
-        entry = self._templates.get(key)
+        entry = self._same_key(chain, words)
         if entry is None:
-            entry = self._learn(chain, words, key)
+            structural = _STRUCTURAL
+            # kept: options and "!" (also any "!word": keeping a word only makes the key stricter)
+            key = (chain, *[w if w[0] in "-!" or p in structural else None for p, w in zip([""] + words, words)])
+            entry = self._templates.get(key)
+            if entry is None:
+                entry = self._learn(chain, words, key)
+            self._remember_key(key, entry)
         if entry is _EXACT:
             t, source_at, destination_at = self._exact(chain, words)
         else:
@@ -176,6 +183,27 @@ class RuleParser:
         return [_new_rule(chain, s, d, t.protocol, t.in_interface, t.out_interface, t.fragment, t.matches,
                           t.target, counters, span)
                 for s in sources for d in destinations]
+
+    def _same_key(self, chain: str, words: List[str]):
+        """The entry of words' key if it is the last key, else None. The same key: the same chain
+        and length, the same kept words, and no blanked word that parse() would keep (an option or
+        "!"; the word before a blanked one is kept, so it is the last key's, not structural)."""
+        last = self._last
+        if last is None or last[0] != chain or last[1] != len(words) or last[2](words) != last[3]:
+            return None
+        for i in last[4]:
+            if words[i][0] in "-!":
+                return None
+        return last[5]
+
+    def _remember_key(self, key: tuple, entry) -> None:
+        kept = [i for i, k in enumerate(key[1:]) if k is not None]
+        if len(kept) < 2:  # itemgetter of one position gives a word, not a tuple: not worth it
+            self._last = None
+            return
+        blanked = tuple(i for i, k in enumerate(key[1:]) if k is None)
+        self._last = (key[0], len(key) - 1, operator.itemgetter(*kept), tuple(key[i + 1] for i in kept), blanked,
+                      entry)
 
     def _exact(self, chain: str, words: List[str]) -> tuple:
         key_words = list(words)
