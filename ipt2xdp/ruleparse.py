@@ -179,6 +179,9 @@ class RuleParser:
             return [_new_rule(chain, None, None, t.protocol, t.in_interface, t.out_interface, t.fragment,
                               t.matches, t.target, counters, span)]
         sources = self._addresses(source_at, words)
+        if destination_at is None and len(sources) == 1:  # one rule: the product below, written out
+            return [_new_rule(chain, sources[0], None, t.protocol, t.in_interface, t.out_interface, t.fragment,
+                              t.matches, t.target, counters, span)]
         destinations = self._addresses(destination_at, words)
         return [_new_rule(chain, s, d, t.protocol, t.in_interface, t.out_interface, t.fragment, t.matches,
                           t.target, counters, span)
