@@ -140,9 +140,9 @@ class Saving:
 
 
 def start_save(backend: str) -> Saving:
-    """Start `iptables-save` and return at once (save() is start_save().text()): the caller can work
-    while the kernel's tables are printed (0.3 s for 100,000 legacy rules). Output through files, so
-    that the save never waits on a pipe."""
+    """Start `iptables-save` and return at once: save() but with its output through files, so that
+    the save never waits on a pipe, and waiting for it (text()) needs no GIL until it has ended
+    (another thread of the caller may be working meanwhile)."""
     stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     try:
         process = subprocess.Popen(_argv("save", backend, []), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)

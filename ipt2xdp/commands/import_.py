@@ -145,7 +145,7 @@ def _run(args, mark: int, preload=None) -> int:
         return EXIT_PARAMETER if args.strict and result.summary()["netfilter"] else 0
 
     name = backends.resolve(args.backend)
-    ahead = None
+    ahead = recording = None
     if not args.live:
         was_loaded = bool(loaded and not loaded.get("deferring_all"))
         loader.defer_all(True)  # a no-op when nothing is loaded yet
@@ -157,6 +157,7 @@ def _run(args, mark: int, preload=None) -> int:
                 # holds renders to the same canonical text, for the same host facts.
                 ahead = _plan_ahead(ruleset, host, args, name)
                 processexit.keep(ahead)
+                recording = _record_ahead(ahead, name, devices)
             finally:
                 restoring.wait()  # also when planning was interrupted: until it ends, netfilter may change
         except BaseException as error:
@@ -173,11 +174,10 @@ def _run(args, mark: int, preload=None) -> int:
         tables = frozenset(table.name for table in ruleset.tables)
         args.count_change = countmap.Change(command="restore", legacy=name == "legacy", replaced_tables=tables,
                                             touched_tables=tables)
-        saving = backends.start_save(name)
-        if ahead is not None:
-            # its plan record, made while iptables-save prints the tables (used if the plan holds)
-            _record_ahead(ahead, name, devices)
-        saved, path = saving.text(), f"<iptables-{name}-save>"
+        # (output through a file: the record's thread holds the GIL, which reading a pipe would need often)
+        saved, path = backends.start_save(name).text(), f"<iptables-{name}-save>"
+        if recording is not None:
+            recording.join()
         # What the kernel prints back is usually the file with other comments: then it is not parsed
         # again, unless the plan made ahead does not hold for the host facts read below (then the
         # plan is made again from the ruleset read back, with its positions, as in any other case).
@@ -300,14 +300,26 @@ class _Prepared:
         return host == self.given_host and (ruleset is self.ruleset or same_canonical(ruleset, self.ruleset))
 
 
-def _record_ahead(ahead, backend_name, devices) -> None:
-    """ahead.plan_record() for _offload, which takes it when ahead holds for the ruleset read
-    back (then that ruleset renders as ahead's, policies included); an error there is left to
-    _offload to meet again, if it uses this plan at all."""
-    try:
-        ahead.plan_record(backend_name, devices, ahead.ruleset)
-    except Exception:  # noqa: BLE001 - only a head start
-        pass
+def _record_ahead(ahead, backend_name, devices):
+    """A thread making ahead.plan_record() for _offload while this one waits for the restore and
+    the read-back (0.5 s at 100k rules, when the restore takes longer than planning; join() it
+    first), or None without a plan. _offload takes the record when ahead holds for the ruleset
+    read back (then that ruleset renders as ahead's, policies included); an error there is left
+    to _offload to meet again, if it uses this plan at all."""
+    import threading
+
+    if ahead is None:
+        return None
+
+    def make() -> None:
+        try:
+            ahead.plan_record(backend_name, devices, ahead.ruleset)
+        except Exception:  # noqa: BLE001 - only a head start
+            pass
+
+    thread = threading.Thread(target=make, name="plan-record", daemon=True)
+    thread.start()
+    return thread
 
 
 def _plan_ahead(ruleset, host, args, backend_name):
