@@ -6,6 +6,7 @@ complete, authoritative ruleset and XDP is built from what the kernel then holds
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -107,9 +108,51 @@ def save(backend: str, counters: bool = False, table: Optional[str] = None) -> s
     result = subprocess.run(_argv("save", backend, extra), capture_output=True, text=True)
     if result.returncode != 0:
         raise BackendError(f"iptables-{backend}-save", result.returncode, result.stderr)
+    return _without_warning(result.stdout)
+
+
+def _without_warning(text: str) -> str:
     # iptables-nft prints a warning comment when legacy tables also exist; it is not part of the ruleset.
-    return re.sub(r"(?m)^# Warning: iptables-legacy tables present.*\n?", "", result.stdout)
+    return re.sub(r"(?m)^# Warning: iptables-legacy tables present.*\n?", "", text)
 
 
-__all__ = ["BACKENDS", "BackendError", "Restoring", "active_backend", "resolve", "restore", "save", "start_restore",
+class Saving:
+    """An iptables-save running in the background (start_save); text() waits for what it printed."""
+
+    def __init__(self, backend: str, process: subprocess.Popen, stdout, stderr):
+        self.backend, self.process, self.stdout, self.stderr = backend, process, stdout, stderr
+
+    def text(self) -> str:
+        """save()'s answer: the ruleset text, or BackendError."""
+        try:
+            code = self.process.wait()
+            self.stdout.seek(0)
+            self.stderr.seek(0)
+            # decoded as subprocess.run(text=True) decodes (locale encoding, universal newlines)
+            out = io.TextIOWrapper(self.stdout).read()
+            err = io.TextIOWrapper(self.stderr, errors="replace").read()
+        finally:
+            self.stdout.close()
+            self.stderr.close()
+        if code != 0:
+            raise BackendError(f"iptables-{self.backend}-save", code, err)
+        return _without_warning(out)
+
+
+def start_save(backend: str) -> Saving:
+    """Start `iptables-save` and return at once: save() but with its output through files, so that
+    the save never waits on a pipe, and waiting for it (text()) needs no GIL until it has ended
+    (another thread of the caller may be working meanwhile)."""
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    try:
+        process = subprocess.Popen(_argv("save", backend, []), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    except BaseException:
+        stdout.close()
+        stderr.close()
+        raise
+    return Saving(backend, process, stdout, stderr)
+
+
+__all__ = ["BACKENDS", "BackendError", "Restoring", "Saving", "active_backend", "resolve", "restore", "save",
+           "start_restore", "start_save",
            "EXIT_PARAMETER"]

@@ -83,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None, one_shot: bool = False) -> int:
         from ipt2xdp import processexit
 
         processexit.one_shot()
+        processexit.keep(args)  # what the command leaves on it (an import's plan) is never freed
     try:
         return int(args._run(args) or 0)
     except Ipt2xdpError as error:

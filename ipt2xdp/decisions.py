@@ -190,7 +190,7 @@ def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
             entry = (match, _constrained(match))
         kept[id(match)] = entry
         fields = entry[1]
-        live = not coverers.cover(rule.match, fields)
+        live = not (coverers.groups and coverers.cover(rule.match, fields))
         out.append(live)
         if not live:
             continue
@@ -208,6 +208,7 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
     from ipt2xdp.render import render_rule
 
     new_ref, new_decision = fast_constructor(RuleRef), fast_constructor(Decision)  # one per rule
+    derived_key = ir.DERIVED
     live = reachable(rules)
     # iptables rule -> (verdict, code, match) of its reachable classifier instances; a rule with
     # instances, none reachable, has an empty list (it was emitted: shadowed)
@@ -254,7 +255,10 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
                 sentence = sentences.get(code)
                 if sentence is None:
                     sentence = sentences[code] = why(code)
-                decisions.append(new_decision(ref, kind, code, sentence, render_rule(rule)))
+                # render_rule(rule), its memo read here: the parse gave most rules their text
+                derived = rule.__dict__.get(derived_key)
+                text = derived.get("text") if derived is not None else None
+                decisions.append(new_decision(ref, kind, code, sentence, text or render_rule(rule)))
     return tuple(decisions)
 
 

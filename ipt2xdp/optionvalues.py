@@ -37,6 +37,10 @@ class Given:
 # ----------------------------------------------------------------------------- value parsers
 
 def port(text: str, proto: Optional[str], index: int) -> int:
+    if text.isdigit():  # service_port()'s first case without its cache: a big ruleset's ports differ
+        value = int(text)
+        if value <= 65535:
+            return value
     value = service_port(text, proto)
     if value is None:
         raise OptionError(index, f"invalid port/service '{text}' specified")
@@ -117,20 +121,37 @@ def _require_proto(proto: Optional[str], allowed: Tuple[str, ...], ext: str, ind
 _new_port_match, _new_tcp, _new_udp = (fast_constructor(ir.PortMatch), fast_constructor(ir.TcpMatch),
                                        fast_constructor(ir.UdpMatch))
 
+def _port_match(g: Optional[Given], proto) -> Optional[ir.PortMatch]:
+    if g is None:
+        return None
+    rng = port_range(g.args[0], proto, g.index + 1)
+    if rng == (0, 65535) and not g.negated:
+        return None  # "--sport :" means any port; iptables-save omits it
+    return _new_port_match(rng, g.negated)
+
+
 def _ports(seen: Dict[str, Given], proto):
-    def one(name):
-        g = seen.get(name)
-        if g is None:
-            return None
-        rng = port_range(g.args[0], proto, g.index + 1)
-        if rng == (0, 65535) and not g.negated:
-            return None  # "--sport :" means any port; iptables-save omits it
-        return _new_port_match(rng, g.negated)
-    return one("--sport"), one("--dport")
+    return _port_match(seen.get("--sport"), proto), _port_match(seen.get("--dport"), proto)
+
+
+def _one_port(given: List[Given], proto):
+    """_ports(_single(given), proto) for one --sport or --dport (a template rebuilds it for each
+    distinct port of a big ruleset), else None."""
+    if len(given) != 1:
+        return None
+    g = given[0]
+    if g.name == "--dport":
+        return None, _port_match(g, proto)
+    if g.name == "--sport":
+        return _port_match(g, proto), None
+    return None
 
 
 def tcp(given, proto, index):
     _require_proto(proto, ("tcp",), "tcp", index)
+    ports = _one_port(given, proto)
+    if ports is not None:
+        return _new_tcp(ports[0], ports[1], None, None)
     seen = _single(given)
     if "--syn" in seen and "--tcp-flags" in seen:
         raise OptionError(seen["--syn"].index, "--syn and --tcp-flags cannot be used together")
@@ -166,7 +187,7 @@ def _tcp_flag_set(text: str, index: int) -> frozenset:
 
 def udp(given, proto, index):
     _require_proto(proto, ("udp",), "udp", index)
-    sport, dport = _ports(_single(given), proto)
+    sport, dport = _one_port(given, proto) or _ports(_single(given), proto)
     return _new_udp(sport, dport)
 
 

@@ -7,12 +7,23 @@ import os
 import sys
 
 ONE_SHOT = False
+# What a one-shot process keeps until os._exit (keep()).
+_KEPT: list = []
 
 
 def one_shot() -> None:
     """This process runs one command and exits."""
     global ONE_SHOT
     ONE_SHOT = True
+
+
+def keep(*objects) -> None:
+    """In a one-shot process, hold objects until the process ends: the pipeline's ruleset, plan and
+    memos are millions of small objects, and letting the frames that hold them return would free
+    each one before os._exit (0.3 s at 100k rules, 40 ms at 10k). Elsewhere (`ipt2xdp watch`,
+    tests) it keeps nothing."""
+    if ONE_SHOT:
+        _KEPT.append(objects)
 
 
 def exit_now(code: int) -> None:

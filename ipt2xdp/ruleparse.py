@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ipt2xdp import ir, options
+from ipt2xdp import ir, linetext, options
 from ipt2xdp.errors import SourceSpan
 from ipt2xdp.fastinit import fast_constructor, make_network
 from ipt2xdp.optionvalues import MATCH_BUILDERS, TARGET_BUILDERS, Given, OptionError
@@ -149,18 +149,27 @@ class RuleParser:
         self._templates: Dict[tuple, object] = {}
         self._cache: Dict[tuple, tuple] = {}
         self._built: list = []
+        # The last key's (chain, word count, getter and values of its kept words, blanked
+        # positions, entry): a run of rules of one shape is checked against it (_same_key)
+        # instead of building and hashing its key for each rule.
+        self._last: Optional[tuple] = None
+        self._address_as_printed = False  # see _addresses
 
     def parse(self, chain: str, words: List[str], counters: ir.Counters, span) -> List[ir.Rule]:
-        structural = _STRUCTURAL
-        # kept: options and "!" (also any "!word": keeping a word only makes the key stricter)
-        key = (chain, *[w if w[0] in "-!" or p in structural else None for p, w in zip([""] + words, words)])
-        entry = self._templates.get(key)
+        entry = self._same_key(chain, words)
         if entry is None:
-            entry = self._learn(chain, words, key)
+            structural = _STRUCTURAL
+            # kept: options and "!" (also any "!word": keeping a word only makes the key stricter)
+            key = (chain, *[w if w[0] in "-!" or p in structural else None for p, w in zip([""] + words, words)])
+            entry = self._templates.get(key)
+            if entry is None:
+                entry = self._learn(chain, words, key)
+            self._remember_key(key, entry)
+        text_plan = None
         if entry is _EXACT:
             t, source_at, destination_at = self._exact(chain, words)
         else:
-            t, source_at, destination_at, dynamic = entry
+            t, source_at, destination_at, dynamic, text_plan = entry
             if dynamic is not None:
                 values, memo = dynamic[0], dynamic[1]
                 value_key = values(words)
@@ -169,13 +178,53 @@ class RuleParser:
                     rebuilt = memo[value_key] = self._rebuild(t, dynamic[2], words)
                 t = rebuilt
         if source_at is None and destination_at is None:
-            return [_new_rule(chain, None, None, t.protocol, t.in_interface, t.out_interface, t.fragment,
-                              t.matches, t.target, counters, span)]
+            rule = _new_rule(chain, None, None, t.protocol, t.in_interface, t.out_interface, t.fragment,
+                             t.matches, t.target, counters, span)
+            return [self._with_text(rule, text_plan, chain, words, True)]
         sources = self._addresses(source_at, words)
+        if destination_at is None and len(sources) == 1:  # one rule: the product below, written out
+            rule = _new_rule(chain, sources[0], None, t.protocol, t.in_interface, t.out_interface, t.fragment,
+                             t.matches, t.target, counters, span)
+            return [self._with_text(rule, text_plan, chain, words, self._address_as_printed)]
+        source_as_printed = self._address_as_printed
         destinations = self._addresses(destination_at, words)
+        if len(sources) == 1 and len(destinations) == 1:
+            rule = _new_rule(chain, sources[0], destinations[0], t.protocol, t.in_interface, t.out_interface,
+                             t.fragment, t.matches, t.target, counters, span)
+            return [self._with_text(rule, text_plan, chain, words, source_as_printed and self._address_as_printed)]
         return [_new_rule(chain, s, d, t.protocol, t.in_interface, t.out_interface, t.fragment, t.matches,
                           t.target, counters, span)
                 for s in sources for d in destinations]
+
+    @staticmethod
+    def _with_text(rule: ir.Rule, text_plan, chain: str, words: List[str], addresses_as_printed) -> ir.Rule:
+        """The rule, given its rendered text (ir.DERIVED) where linetext knows it from the words."""
+        if text_plan is not None and addresses_as_printed:
+            text = text_plan.text(chain, words, rule)
+            if text is not None:
+                rule.__dict__[ir.DERIVED] = {"text": text}
+        return rule
+
+    def _same_key(self, chain: str, words: List[str]):
+        """The entry of words' key if it is the last key, else None. The same key: the same chain
+        and length, the same kept words, and no blanked word that parse() would keep (an option or
+        "!"; the word before a blanked one is kept, so it is the last key's, not structural)."""
+        last = self._last
+        if last is None or last[0] != chain or last[1] != len(words) or last[2](words) != last[3]:
+            return None
+        for i in last[4]:
+            if words[i][0] in "-!":
+                return None
+        return last[5]
+
+    def _remember_key(self, key: tuple, entry) -> None:
+        kept = [i for i, k in enumerate(key[1:]) if k is not None]
+        if len(kept) < 2:  # itemgetter of one position gives a word, not a tuple: not worth it
+            self._last = None
+            return
+        blanked = tuple(i for i, k in enumerate(key[1:]) if k is None)
+        self._last = (key[0], len(key) - 1, operator.itemgetter(*kept), tuple(key[i + 1] for i in kept), blanked,
+                      entry)
 
     def _exact(self, chain: str, words: List[str]) -> tuple:
         key_words = list(words)
@@ -192,10 +241,11 @@ class RuleParser:
     def _learn(self, chain: str, words: List[str], key: tuple):
         """Parse the first rule of a template key; return (and remember) its template or _EXACT.
 
-        A template is (rule without addresses, -s where, -d where, dynamic), dynamic None when no
-        match or target depends on a blanked word, else (getter of those words, memo of the
+        A template is (rule without addresses, -s where, -d where, dynamic, text plan), dynamic None
+        when no match or target depends on a blanked word, else (getter of those words, memo of the
         rebuilt rule by those words, per match/target: (slot, builder, protocol name, -m index,
-        layout of its options, getter of its blanked words, memo of the built value)).
+        layout of its options, getter of its blanked words, memo of the built value)); text plan:
+        linetext.TextPlan, or None.
         """
         template, source_at, destination_at = self._parse(chain, words)
         blanked = {i for i, k in enumerate(key[1:]) if k is None}
@@ -216,7 +266,9 @@ class RuleParser:
             self._templates[key] = _EXACT
             return _EXACT
         dynamic = (operator.itemgetter(*all_positions), {}, tuple(parts)) if parts else None
-        entry = (template, source_at, destination_at, dynamic)
+        addresses = [where[1] for where in (source_at, destination_at) if where is not None]
+        text_plan = linetext.plan_for(sorted(blanked), addresses, [(p[1], p[4]) for p in parts])
+        entry = (template, source_at, destination_at, dynamic, text_plan)
         self._templates[key] = entry
         return entry
 
@@ -419,8 +471,10 @@ class RuleParser:
         opts = tuple(ir.Option(g.name, g.negated, g.args) for g in ext.given)
         return ir.GenericMatch(ext.name, opts) if kind == "match" else ir.GenericTarget(ext.name, opts)
 
-    @staticmethod
-    def _addresses(where, words) -> List[Optional[ir.Address]]:
+    def _addresses(self, where, words) -> List[Optional[ir.Address]]:
+        """The addresses of the word at where (None: no -s/-d). Sets _address_as_printed: whether
+        the word is the one address render_rule() prints for it (linetext)."""
+        self._address_as_printed = where is None  # no word to differ from the print
         if where is None:
             return [None]
         neg, at = where
@@ -435,7 +489,11 @@ class RuleParser:
             if packed is not None and _inet_ntoa(packed) == address:
                 if bits == 0 and not neg:
                     return [None]
-                return [_new_address(make_network(_from_bytes(packed, "big") & _MASKS[bits], bits), neg)]
+                value = _from_bytes(packed, "big")
+                network = value & _MASKS[bits]
+                # printed as "a.b.c.d/n" of the network: the word with its /n and no host bits
+                self._address_as_printed = bool(slash) and value == network
+                return [_new_address(make_network(network, bits), neg)]
         m = _dotted_fullmatch(text)
         if m is not None:  # the common case of _network, inline
             addr, plen = m.groups()

@@ -222,7 +222,7 @@ class _Builder:
             results[offset] = (target_chain.name, rules)
             if record is not None:
                 for r in rules:  # shared with the copies read again at other lines (ir.DERIVED)
-                    r.__dict__[derived] = {}
+                    r.__dict__.setdefault(derived, {})  # the parser may have given its text
                 record[text] = rules
         if record is not None:
             self.memo.blocks[table.name] = _Block(path, line, col, lines, results)

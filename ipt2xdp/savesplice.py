@@ -107,7 +107,28 @@ def same_content(text: str, other: str) -> bool:
     depend on its text and on the lines before it only). `ipt2xdp import` so tells that what
     iptables-save prints back after the restore is the file it restored (its first and last lines
     are comments) without parsing it again."""
-    return _content(text) == _content(other)
+    # the usual case first: the file, and what iptables-save prints of it (a comment line before
+    # and after), are the same text between those lines; equal middles give equal contents
+    return _middle(text) == _middle(other) or _content(text) == _content(other)
+
+
+def _middle(text: str) -> str:
+    """text without the lines starting with "#" at its start and at its end (whole lines: what is
+    left out has no line but comment lines, and the cut leaves only empty lines at the ends)."""
+    start = 0
+    while text.startswith("#", start):
+        newline = text.find("\n", start)
+        if newline < 0:
+            return ""
+        start = newline + 1
+    end = len(text)
+    while end > start:
+        body_end = end - 1 if text[end - 1] == "\n" else end  # the last line, without its newline
+        line_start = max(text.rfind("\n", start, body_end) + 1, start)
+        if not text.startswith("#", line_start, body_end):
+            break
+        end = line_start
+    return text[start:end]
 
 
 def _content(text: str) -> List[str]:

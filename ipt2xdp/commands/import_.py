@@ -98,7 +98,7 @@ def _preload():
 
 def _run(args, mark: int, preload=None) -> int:
     from ipt2xdp import backend as backends
-    from ipt2xdp import loader, report, savesplice
+    from ipt2xdp import loader, processexit, report, savesplice
     from ipt2xdp.errors import EXIT_PARAMETER
     from ipt2xdp.hostinfo import read_host_context
     from ipt2xdp.parse import ParseMemo, parse
@@ -108,6 +108,7 @@ def _run(args, mark: int, preload=None) -> int:
     text, path = _read_input(args)
     memo = ParseMemo()  # what iptables-save prints back below is mostly the same lines
     ruleset = parse(text, path, memo)
+    processexit.keep(memo, ruleset)  # a one-shot process never frees them (see keep())
     loaded = _loaded()
     if args.ipsets is None:
         args.ipsets = ((loaded or {}).get("plan") or {}).get("ipsets", "mirror")
@@ -129,6 +130,7 @@ def _run(args, mark: int, preload=None) -> int:
         elif names:
             host = replace(host, ipsets=ipsets.read_sets(names, ipsets.changed_by_rules(ruleset)))
         result = plan(ruleset, host)
+        processexit.keep(result)
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
         maps = _map_diff(result, loaded, host, backends.resolve(args.backend))
         if args.json:
@@ -143,7 +145,7 @@ def _run(args, mark: int, preload=None) -> int:
         return EXIT_PARAMETER if args.strict and result.summary()["netfilter"] else 0
 
     name = backends.resolve(args.backend)
-    ahead = None
+    ahead = recording = None
     if not args.live:
         was_loaded = bool(loaded and not loaded.get("deferring_all"))
         loader.defer_all(True)  # a no-op when nothing is loaded yet
@@ -154,6 +156,8 @@ def _run(args, mark: int, preload=None) -> int:
                 # Plan the input while the kernel takes it; used below only if what the kernel then
                 # holds renders to the same canonical text, for the same host facts.
                 ahead = _plan_ahead(ruleset, host, args, name)
+                processexit.keep(ahead)
+                recording = _record_ahead(ahead, name, devices)
             finally:
                 restoring.wait()  # also when planning was interrupted: until it ends, netfilter may change
         except BaseException as error:
@@ -170,13 +174,17 @@ def _run(args, mark: int, preload=None) -> int:
         tables = frozenset(table.name for table in ruleset.tables)
         args.count_change = countmap.Change(command="restore", legacy=name == "legacy", replaced_tables=tables,
                                             touched_tables=tables)
-        saved, path = backends.save(name), f"<iptables-{name}-save>"
+        # (output through a file: the record's thread holds the GIL, which reading a pipe would need often)
+        saved, path = backends.start_save(name).text(), f"<iptables-{name}-save>"
+        if recording is not None:
+            recording.join()
         # What the kernel prints back is usually the file with other comments: then it is not parsed
         # again, unless the plan made ahead does not hold for the host facts read below (then the
         # plan is made again from the ruleset read back, with its positions, as in any other case).
         same = ahead is not None and savesplice.same_content(text, saved)
         if not same:
             ruleset = parse(saved, path, memo)
+            processexit.keep(ruleset)
         if host.foreign is not None:  # the restore may have made (or replaced) nf_tables tables
             from ipt2xdp.foreign import read_foreign
 
@@ -184,6 +192,7 @@ def _run(args, mark: int, preload=None) -> int:
                                                       planned_tables=[t.name for t in ruleset.tables]))
         if same and host != ahead.given_host:
             ruleset = parse(saved, path, memo)
+            processexit.keep(ruleset)
     print(_offload(ruleset, host, devices, args, name, report, ahead=ahead, preload=preload))
     return 0
 
@@ -291,6 +300,28 @@ class _Prepared:
         return host == self.given_host and (ruleset is self.ruleset or same_canonical(ruleset, self.ruleset))
 
 
+def _record_ahead(ahead, backend_name, devices):
+    """A thread making ahead.plan_record() for _offload while this one waits for the restore and
+    the read-back (0.5 s at 100k rules, when the restore takes longer than planning; join() it
+    first), or None without a plan. _offload takes the record when ahead holds for the ruleset
+    read back (then that ruleset renders as ahead's, policies included); an error there is left
+    to _offload to meet again, if it uses this plan at all."""
+    import threading
+
+    if ahead is None:
+        return None
+
+    def make() -> None:
+        try:
+            ahead.plan_record(backend_name, devices, ahead.ruleset)
+        except Exception:  # noqa: BLE001 - only a head start
+            pass
+
+    thread = threading.Thread(target=make, name="plan-record", daemon=True)
+    thread.start()
+    return thread
+
+
 def _plan_ahead(ruleset, host, args, backend_name):
     """_Prepared for the input ruleset, its notices held, or None if planning it failed: the plan
     of what the kernel holds after the restore is made again then, and reports any error itself."""
@@ -307,7 +338,7 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     loader.status(include_counters=False) as the caller read it just before (sync.replan), used
     when ahead holds: then only the plan record's save comes between it and the flip, as between
     a read here and the flip (otherwise a whole plan would, and it is read again)."""
-    from ipt2xdp import loader, planstore
+    from ipt2xdp import loader, planstore, processexit
 
     if ahead is not None and ahead.holds(ruleset, host):  # made in _run for the same backend
         prepared = ahead
@@ -315,6 +346,7 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
             loader._stderr_notice(message)
     else:
         prepared = _Prepared(ruleset, host, args, backend_name, text)
+    processexit.keep(prepared)  # its plan record too
     result, tables = prepared.result, prepared.tables
     key = planstore.digest(prepared.text, devices)
     record, record_text = prepared.plan_record(backend_name, devices, ruleset)
