@@ -88,8 +88,9 @@ def main() -> int:
     with common.bpf_stats_off() as stats_before:
         print(f"kernel.bpf_stats_enabled: was {stats_before}, 0 for the run", flush=True)
         for section in a.only.split(","):
-            started = time.perf_counter()
             print(f"== {section} ({profile}): {params[section]}", flush=True)
+            settled = common.settle(log)
+            started = time.perf_counter()
             try:
                 res = importlib.import_module(f"bench.{MODULES[section]}").run(log=log, **params[section])
             except Exception:  # noqa: BLE001 - one broken benchmark must not lose the others
@@ -97,6 +98,7 @@ def main() -> int:
                 failed.append(section)
                 continue
             res.setdefault("meta", {})["profile"] = profile
+            res["meta"]["settled_before"] = settled
             res["meta"]["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in params[section].items()}
             res["meta"]["command"] = " ".join(["python -m bench", *sys.argv[1:]])
             res["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)

@@ -37,6 +37,33 @@ def stamp() -> dict:
             "loadavg": os.getloadavg()[0], "loadavg_1_5_15": os.getloadavg()}
 
 
+SETTLE_IDLE, SETTLE_WINDOW, SETTLE_LIMIT = 0.8, 0.5, 30.0
+
+
+def _cpu_times() -> tuple:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return sum(values), values[3] + values[4]  # all, idle + iowait
+
+
+def settle(log=print) -> dict:
+    """Wait until the CPUs are idle for one window (at most SETTLE_LIMIT s) before a section: what
+    the previous one left runs on after it (a dozen deleted namespaces are torn down in kernel
+    workqueues for seconds; the control section right after e2e measured the CLI 1.4-1.8x slower
+    than on a quiet machine). Returns what it waited, for the section's stamp."""
+    started = time.monotonic()
+    share = 0.0
+    while True:
+        total, idle = _cpu_times()
+        time.sleep(SETTLE_WINDOW)
+        total2, idle2 = _cpu_times()
+        share = (idle2 - idle) / max(1, total2 - total)
+        waited = time.monotonic() - started
+        if share >= SETTLE_IDLE or waited >= SETTLE_LIMIT:
+            log(f"  settled: {share:.0%} idle after {waited:.1f} s")
+            return {"settled_s": round(waited, 1), "idle_share": round(share, 2)}
+
+
 def read_bpf_stats() -> str:
     with open(STATS_SYSCTL) as f:
         return f.read().strip()

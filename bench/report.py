@@ -16,8 +16,11 @@ END = "<!-- END generated -->"
 
 
 def _stamp(meta: dict) -> str:
+    settled = meta.get("settled_before")
+    waited = (f", started once the CPUs were {settled['idle_share']:.0%} idle ({settled['settled_s']} s wait)"
+              if settled else "")
     return (f"kernel {meta.get('kernel')}, {meta.get('cpu')} ({meta.get('ncpus')} CPUs), commit "
-            f"{meta.get('commit')}, {meta.get('date')}, load avg {meta.get('loadavg', 0):.1f}")
+            f"{meta.get('commit')}, {meta.get('date')}, load avg {meta.get('loadavg', 0):.1f}{waited}")
 
 
 def _f(x, nd=0):
