@@ -825,11 +825,16 @@ static __always_inline int nat_would_see(struct xdp_md *ctx, struct packet_field
  * whatever the rules say now: the reply to a masqueraded connection is addressed to this host and
  * leaves PREROUTING addressed to the container behind it, so filter/INPUT never sees it. An
  * entry found in either direction, a failed lookup, and every protocol bpf_xdp_ct_lookup cannot
- * look up (ICMP replies and errors of a masqueraded ping, GRE, ...) count as may. */
+ * look up (ICMP replies and errors of a masqueraded ping, GRE, ...) count as may; but not an ICMP
+ * echo request: it is the original direction of its flow (the reply tuple of a masqueraded ping
+ * is an echo reply), which conntrack rewrites only for a DNAT, and the packets a DNAT rule or nat
+ * chain before filter/INPUT may touch are deferred by the planner's guards already. */
 static __always_inline int may_be_natted(struct xdp_md *ctx, struct packet_fields *pkt, __u32 nat_new)
 {
 	__u32 cls;
 
+	if (pkt->proto == IPPROTO_ICMP)
+		return (pkt->value[IPT2XDP_F_ICMP] - IPT2XDP_VC_ICMP) >> 8 != 8;
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
 		return 1;
 	/* verified when nat_would_see asks next, so that it needs no second lookup */

@@ -91,14 +91,20 @@ def send_udp_frames(testbed, port, count):
     """UDP frames from a compat_tests.harness.Testbed's sender to its receiver, checksums computed (a
     socket's would be CHECKSUM_PARTIAL on veth, which XDP cannot verify: with iptables-legacy's nat
     counting on it passes those to netfilter, tests/bpf/test_nat_new.py)."""
+    from scapy.all import UDP
+
+    send_frames(testbed, UDP(sport=1234, dport=port) / b"x", count)
+
+
+def send_frames(testbed, layer4, count):
+    """Frames carrying the scapy layer4 from a Testbed's sender to its receiver (checksums computed)."""
     import time
 
-    from scapy.all import IP, UDP, Ether, raw
+    from scapy.all import IP, Ether, raw
 
     link = testbed.receiver.run(["ip", "-o", "link", "show", testbed.receiver_if]).stdout
     mac = link.split("link/ether ")[1].split()[0]
-    frame = raw(Ether(dst=mac) / IP(src=testbed.pair.sender_ip, dst=testbed.pair.receiver_ip) /
-                UDP(sport=1234, dport=port) / b"x")
+    frame = raw(Ether(dst=mac) / IP(src=testbed.pair.sender_ip, dst=testbed.pair.receiver_ip) / layer4)
     with inside(testbed.sender):
         sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         sender.bind((testbed.sender_if, 0))
