@@ -106,6 +106,22 @@ def test_counter_trigger_reports_a_changed_counter_once():
     assert trigger.check() == []
 
 
+def test_tc_trigger_reports_a_changed_hook_once_and_polls():
+    state = [()]
+    trigger = triggers.TcTrigger(lambda: state[0])
+    try:
+        assert trigger.poll_interval and trigger.fileno() is not None  # tcx attachments notify nothing
+        assert trigger.check() == []
+        state[0] = (("eth0", "1 tcx program"),)
+        assert trigger.check() == [Change("tc", "tc ingress filters or programs changed", True)]
+        assert trigger.check() == []
+        state[0] = ()
+        trigger.rebase()
+        assert trigger.check() == []
+    finally:
+        trigger.close()
+
+
 def test_plugins_register_their_triggers(monkeypatch):
     monkeypatch.setattr(triggers, "_FACTORIES", {})
     triggers.register("mirror", lambda: CounterTrigger("mirror", lambda: 0, 1.0))
