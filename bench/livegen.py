@@ -33,7 +33,6 @@ import ctypes
 import json
 import os
 import socket
-import struct
 import sys
 import time
 
@@ -46,22 +45,9 @@ BATCH_SIZE = 64  # one NAPI budget: the receiver polls each batch in full before
 CALL_TARGET_S = 0.05
 
 
-def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-# BPF_ALU64 | BPF_MOV | BPF_K: r0 = XDP_TX; BPF_JMP | BPF_EXIT
-XDP_TX_PROGRAM = _insn(0xB7, dst=0, imm=XDP_TX) + _insn(0x95)
-
-
 def load_tx_program() -> int:
     from ipt2xdp import libbpf
-    lib = libbpf.lib()
-    lib.bpf_prog_load.restype = ctypes.c_int
-    lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                  ctypes.c_size_t, ctypes.c_void_p]
-    fd = lib.bpf_prog_load(BPF_PROG_TYPE_XDP, b"bench_livegen", b"GPL", XDP_TX_PROGRAM, 2, None)
-    return libbpf.check(fd, "loading the generator's XDP_TX program")
+    return libbpf.load_constant_program(BPF_PROG_TYPE_XDP, XDP_TX, "bench_livegen")
 
 
 class LiveFrames:

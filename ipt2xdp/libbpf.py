@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno as errno_names
 import os
+import struct
 from typing import Optional
 
 from ipt2xdp.errors import EXIT_VERSION, LoadError
@@ -124,6 +125,8 @@ def _declare(l: ctypes.CDLL) -> None:
         "bpf_xdp_query": (_I, [_I, _I, _P]),
         "bpf_prog_test_run_opts": (_I, [_I, _P]),
         "bpf_prog_query": (_I, [_I, _I, _U32, ctypes.POINTER(_U32), _P, ctypes.POINTER(_U32)]),
+        "bpf_prog_load": (_I, [_I, _S, _S, _S, ctypes.c_size_t, _P]),
+        "bpf_link_create": (_I, [_I, _I, _I, _P]),
         "libbpf_num_possible_cpus": (_I, []),
     }
     for name, (restype, argtypes) in sigs.items():
@@ -303,6 +306,13 @@ def xdp_query(ifindex: int) -> XdpQueryOpts:
     opts = XdpQueryOpts(sz=ctypes.sizeof(XdpQueryOpts))
     check(lib().bpf_xdp_query(ifindex, 0, ctypes.byref(opts)), f"querying XDP on ifindex {ifindex}")
     return opts
+
+
+def load_constant_program(prog_type: int, value: int, name: str) -> int:
+    """The fd of a two-instruction program of prog_type that returns value (r0 = value; exit),
+    loaded without an object file: the bench generator's XDP_TX, tests' stand-in programs."""
+    insns = struct.pack("<BBhi", 0xB7, 0, 0, value) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    return check(lib().bpf_prog_load(prog_type, name.encode(), b"GPL", insns, 2, None), f"loading the program {name}")
 
 
 BPF_TCX_INGRESS = 46  # enum bpf_attach_type (Linux 6.6)

@@ -6,9 +6,7 @@ third namespace, before netfilter sees it: filter/INPUT, which drops everything 
 never does, and netfilter alone lets the frames through. With XDP attached they must still go
 through (before foreign.tc, XDP took INPUT's DROP for them and dropped every one); once the filter
 is gone, XDP drops them again. A tcx program (Cilium's way on current kernels) is found too."""
-import ctypes
 import json
-import struct
 import sys
 
 import pytest
@@ -87,18 +85,7 @@ def test_packets_a_tc_filter_redirects_are_not_dropped_by_xdp(testbed, backend):
     assert xdp_drops(testbed) - dropped == FRAMES
 
 
-def _tc_program_fd() -> int:
-    """A two-instruction SCHED_CLS program (return TC_ACT_OK)."""
-    from ipt2xdp import libbpf
-
-    lib = libbpf.lib()
-    lib.bpf_prog_load.restype = ctypes.c_int
-    lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t,
-                                  ctypes.c_void_p]
-    insns = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 = 0; exit
-    fd = lib.bpf_prog_load(3, b"tc_ok", b"GPL", insns, 2, None)  # BPF_PROG_TYPE_SCHED_CLS
-    assert fd >= 0, f"bpf_prog_load: {fd}"
-    return fd
+BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK = 3, 0
 
 
 def test_a_tcx_program_is_found_and_defers_the_device(testbed):
@@ -110,11 +97,8 @@ def test_a_tcx_program_is_found_and_defers_the_device(testbed):
         devices = hostinfo.read_host_context(attached=[testbed.receiver_if], backend="legacy").devices
         ifindex = next(d.ifindex for d in devices if d.name == testbed.receiver_if)
         assert tcingress.hook_contents(ifindex) == ""
-        prog = _tc_program_fd()
-        lib = libbpf.lib()
-        lib.bpf_link_create.restype = ctypes.c_int
-        lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-        link = lib.bpf_link_create(prog, ifindex, libbpf.BPF_TCX_INGRESS, None)
+        prog = libbpf.load_constant_program(BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK, "tc_ok")
+        link = libbpf.lib().bpf_link_create(prog, ifindex, libbpf.BPF_TCX_INGRESS, None)
         assert link >= 0, f"bpf_link_create: {link}"
         try:
             assert tcingress.hook_contents(ifindex) == "1 tcx program"
