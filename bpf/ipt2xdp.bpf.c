@@ -792,6 +792,12 @@ static __always_inline __u32 ct_class_asked(struct xdp_md *ctx, struct packet_fi
 	return cls;
 }
 
+/* The ICMP type of an ICMP packet, from the class key parse_packet left in value[]. */
+static __always_inline __u32 icmp_type(const struct packet_fields *pkt)
+{
+	return (pkt->value[IPT2XDP_F_ICMP] - IPT2XDP_VC_ICMP) >> 8;
+}
+
 /* Whether netfilter's nat PREROUTING would have seen a packet XDP drops: it runs only for a packet
  * that makes a new conntrack entry (nf_nat_inet_fn). 1: it would (no entry; UDP, or a TCP flag
  * combination tcp_new() starts or picks up a connection with, the checksum verified as conntrack
@@ -804,7 +810,7 @@ static __always_inline int nat_would_see(struct xdp_md *ctx, struct packet_field
 	__u32 cls, flags, type;
 
 	if (pkt->proto == IPPROTO_ICMP) {
-		type = (pkt->value[IPT2XDP_F_ICMP] - IPT2XDP_VC_ICMP) >> 8;
+		type = icmp_type(pkt);
 		return type == 8 || type == 13 || type == 15 || type == 17 ? -1 : 0;
 	}
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
@@ -834,7 +840,7 @@ static __always_inline int may_be_natted(struct xdp_md *ctx, struct packet_field
 	__u32 cls;
 
 	if (pkt->proto == IPPROTO_ICMP)
-		return (pkt->value[IPT2XDP_F_ICMP] - IPT2XDP_VC_ICMP) >> 8 != 8;
+		return icmp_type(pkt) != 8;
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
 		return 1;
 	/* verified when nat_would_see asks next, so that it needs no second lookup */
