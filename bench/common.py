@@ -47,10 +47,11 @@ def _cpu_times() -> tuple:
 
 
 def settle(log=print) -> dict:
-    """Wait until the CPUs are idle for one window (at most SETTLE_LIMIT s) before a section: what
-    the previous one left runs on after it (a dozen deleted namespaces are torn down in kernel
-    workqueues for seconds; the control section right after e2e measured the CLI 1.4-1.8x slower
-    than on a quiet machine). Returns what it waited, for the section's stamp."""
+    """Wait until the CPUs are idle for one window (at most SETTLE_LIMIT s) before a section, so that
+    CPU work the previous section left behind (a watcher stopping, namespaces torn down) is not
+    timed with the next one. It does not cure the slower whole-CLI import right after e2e: there
+    the CPUs were idle already (bench/__main__.py runs the control-plane sections first for that).
+    Returns what it waited, for the section's stamp."""
     started = time.monotonic()
     share = 0.0
     while True:
