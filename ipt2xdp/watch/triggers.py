@@ -10,8 +10,9 @@ never a missed one). rebase() forgets what changed without saying what.
 
 Built in: nf_tables notifications, the legacy tables' digest (legacy sends no notification), the
 host facts the planner reads (devices, their names and masters, local addresses: rtnetlink; the
-forwarding and conntrack sysctls: polled every 2 s; the tc ingress hooks: notified and polled). Other parts of ipt2xdp add their own with
-register(): a mirror kept elsewhere that exposes an invalidation counter needs only
+forwarding and conntrack sysctls: polled every 2 s; the tc ingress hooks: notified and polled).
+Other parts of ipt2xdp add their own with register(): a mirror kept elsewhere that exposes an
+invalidation counter needs only
 
     triggers.register("ipset", lambda: triggers.CounterTrigger("ipset", read_counter, 1.0))
 
@@ -95,7 +96,10 @@ class CounterTrigger(Trigger):
         if now == self._last:
             return []
         before, self._last = self._last, now
-        return [Change(self.name, f"{before} -> {now}", self._relaxing)]
+        return [Change(self.name, self.detail(before, now), self._relaxing)]
+
+    def detail(self, before, now) -> str:
+        return f"{before} -> {now}"
 
     def rebase(self) -> None:
         self._last = self._read()
@@ -290,17 +294,14 @@ def tc_state() -> tuple:
                  for held in [tcingress.hook_contents(link.index, qdiscs)] if held)
 
 
-class TcTrigger(Trigger):
-    """Filters and programs on the devices' tc ingress hooks (ipt2xdp.tcingress): qdisc and filter
-    changes notify, tcx attachments do not, so this also polls."""
-
-    name = "tc"
-    poll_interval = TC_POLL_SECONDS
+class TcTrigger(CounterTrigger):
+    """Filters and programs on the devices' tc ingress hooks (ipt2xdp.tcingress), polled like a
+    counter because tcx attachments send no notification; qdisc and filter changes, which do,
+    wake it at once."""
 
     def __init__(self, state: Callable[[], tuple] = tc_state):
-        self._state = state
         self._sock = _netlink_socket(NETLINK_ROUTE, RTMGRP_TC)
-        self._last = state()
+        super().__init__("tc", state, TC_POLL_SECONDS)
 
     def fileno(self) -> Optional[int]:
         return self._sock.fileno()
@@ -308,16 +309,15 @@ class TcTrigger(Trigger):
     def check(self) -> List[Change]:
         for _ in _drain(self._sock):
             pass
-        now = self._state()
-        if now == self._last:
-            return []
-        self._last = now
-        return [Change(self.name, "tc ingress filters or programs changed")]
+        return super().check()
+
+    def detail(self, before, now) -> str:
+        return "tc ingress filters or programs changed"
 
     def rebase(self) -> None:
         for _ in _drain(self._sock):
             pass
-        self._last = self._state()
+        super().rebase()
 
     def close(self) -> None:
         self._sock.close()
