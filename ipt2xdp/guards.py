@@ -171,16 +171,16 @@ def local_guard(em) -> None:
 
 
 def datapath_guards(em) -> List[str]:
-    """Defer every packet arriving on an attached Open vSwitch port: the frame goes to OVS's
-    datapath (the port's rx handler) before the stack, and its flows may rewrite it (set_field,
-    ct(nat)) or send it anywhere; what reaches netfilter is not what XDP saw."""
+    """Defer every packet arriving on an attached Open vSwitch port (or on a slave of a bond that is
+    one): the frame goes to OVS's datapath (the port's rx handler) before the stack, and its flows
+    may rewrite it (set_field, ct(nat)) or send it anywhere; what reaches netfilter is not what XDP
+    saw."""
     notes = []
     for name in em.host.attached:
         device = em.host.device(name)
-        master = next((d for d in em.host.devices if device is not None and d.ifindex == device.master), None)
-        if master is not None and master.kind == "openvswitch":
+        if device is not None and any(m is not None and m.kind == "openvswitch" for m in em.host.masters(device)):
             em.emit(Match(iif=frozenset({device.ifindex})), DEFER, (), "foreign.ovs")
-            notes.append(f"foreign.ovs: {name} is an Open vSwitch port: OVS's flows handle its packets before the "
+            notes.append(f"foreign.ovs: {name} hands its packets to Open vSwitch: OVS's flows handle them before the "
                          "stack and may rewrite or redirect them; XDP defers every packet arriving on it")
     return notes
 

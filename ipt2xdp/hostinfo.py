@@ -76,6 +76,19 @@ class HostContext:
     def device(self, name: str) -> Optional[Device]:
         return next((d for d in self.devices if d.name == name), None)
 
+    def masters(self, device: Device) -> Tuple[Optional[Device], ...]:
+        """The devices above device, nearest first: its master, that one's master, and so on (a
+        bond slave's bond may itself be a bridge port, an OVS port or a VRF slave). Ends with None
+        where a master is not among the devices: unknown, so never taken as "no master"."""
+        by_index = {d.ifindex: d for d in self.devices}
+        above: list = []
+        while device.master is not None and all(d is None or d.ifindex != device.master for d in above):
+            device = by_index.get(device.master)
+            above.append(device)
+            if device is None:
+                break
+        return tuple(above)
+
     def with_attached(self, names) -> "HostContext":
         return replace(self, attached=tuple(names))
 

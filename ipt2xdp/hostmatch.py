@@ -13,27 +13,37 @@ from ipt2xdp.classifier import U32_MAX, IntervalSet, Match
 from ipt2xdp.hostinfo import HostContext
 
 
+UPPER_KINDS = ("macvlan", "macvtap", "ipvlan", "ipvtap", "vlan")
+
+
 def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int]]:
     """For each attached device: the name netfilter's -i compares against, and the ambiguous ones.
 
-    A bond slave's packets reach netfilter on the bond; a bridge port's on the bridge, unless
-    br_netfilter sees them as bridged; a device under macvlan/ipvlan may hand packets to its upper
-    device, and one under a vlan device hands it every frame of that VLAN: with the NIC stripping
-    the tag (rx VLAN offload, the default on most), XDP sees such a frame untagged, as if it were
-    the device's own. The first is exact; the others are ambiguous, so -i rules defer for those
-    devices.
+    A bond slave's packets reach netfilter on the bond (on the outer bond of nested bonds); a
+    bridge port's on the bridge, unless br_netfilter sees them as bridged, and the same holds for a
+    bond that is itself a bridge port (or a VRF slave: netfilter sees the VRF device). A device
+    under macvlan/ipvlan may hand packets to its upper device, and one under a vlan device hands it
+    every frame of that VLAN: with the NIC stripping the tag (rx VLAN offload, the default on most),
+    XDP sees such a frame untagged, as if it were the device's own; the uppers of the bond a slave
+    is in do the same to the slave's frames. The first is exact; the others are ambiguous, so -i
+    rules defer for those devices.
     """
     names, ambiguous = {}, set()
     for name in host.attached:
         device = host.device(name)
         if device is None:
             continue
-        master = next((d for d in host.devices if d.ifindex == device.master), None)
-        names[device.ifindex] = master.name if master is not None and master.kind == "bond" else device.name
-        if master is not None and master.kind != "bond":
+        seen_as = [device]  # the device, then the bonds it is in, innermost first
+        masters = host.masters(device)
+        for master in masters:
+            if master is None or master.kind != "bond":
+                break
+            seen_as.append(master)
+        names[device.ifindex] = seen_as[-1].name
+        if len(masters) >= len(seen_as):  # a master other than a bond above them, or one not known
             ambiguous.add(device.ifindex)
-        if any(d.link == device.ifindex and d.kind in ("macvlan", "macvtap", "ipvlan", "ipvtap", "vlan")
-               for d in host.devices):
+        lowers = {d.ifindex for d in seen_as}
+        if any(d.link in lowers and d.kind in UPPER_KINDS for d in host.devices):
             ambiguous.add(device.ifindex)
     return names, frozenset(ambiguous)
 
@@ -47,12 +57,19 @@ def interface_match(iface: ir.Interface, names: Dict[int, str]) -> FrozenSet[int
 
 def _nf_ifindex(host: HostContext, ifindex: int) -> Optional[int]:
     """The input device netfilter (and inet_dev_addr_type) sees for an attached one: a bond slave's
-    bond; None for a VRF slave (its addresses live in the VRF's table)."""
+    bond (the outer one of nested bonds); None for a slave of a VRF (its addresses live in the
+    VRF's table) or of a master not known."""
     device = next((d for d in host.devices if d.ifindex == ifindex), None)
-    master = next((d for d in host.devices if device is not None and d.ifindex == device.master), None)
-    if master is not None and master.kind == "vrf":
-        return None
-    return master.ifindex if master is not None and master.kind == "bond" else ifindex
+    if device is None:
+        return ifindex
+    seen_as = device
+    for master in host.masters(device):
+        if master is None or master.kind == "vrf":
+            return None
+        if master.kind != "bond":
+            break
+        seen_as = master
+    return seen_as.ifindex
 
 
 def addrtype_alternatives(match: ir.AddrtypeMatch, host: HostContext,

@@ -141,6 +141,38 @@ def test_bond_slave_is_seen_as_the_bond_and_bridge_ports_are_ambiguous():
     assert verdict(result, packet(iif=10)) == Verdict.DEFER    # bridge port: netfilter may see br0
 
 
+@pytest.mark.parametrize("above", [
+    (Device("br0", 9, "bridge"),),                     # a bond in a bridge (Proxmox's vmbr0 over bond0)
+    (Device("vrf0", 9, "vrf"),),                       # a bond in a VRF
+    (Device("bond0.5", 9, "vlan", link=7),),           # a VLAN of the bond (rx VLAN offload on the slave)
+    (Device("mv0", 9, "macvlan", link=7),),            # a macvlan on the bond
+    (Device("bond1", 9, "bond", master=11), Device("br1", 11, "bridge")),  # bonds of bonds in a bridge
+])
+def test_a_bond_slave_is_ambiguous_when_its_bond_hands_packets_on(above):
+    # netfilter sees the bridge, the VRF or the upper device, never bond0: `-i bond0 -j DROP` (or
+    # `! -i vmbr0 -j DROP`) must not be taken for what arrives on the slave
+    master = 9 if above[0].kind in ("bridge", "vrf", "bond") else None
+    host = HostContext(devices=(Device("bond0", 7, "bond", master=master), Device("eth2", 8, master=7)) + above,
+                       local_destinations=(IPv4Network("10.77.1.2/32"),), attached=("eth2",))
+    result = plan(ruleset("-A INPUT -i bond0 -j DROP\n-A INPUT ! -i br0 -j DROP"), host)
+    assert verdict(result, packet(iif=8)) == Verdict.DEFER
+
+
+def test_a_slave_of_nested_bonds_is_seen_as_the_outer_bond():
+    host = HostContext(devices=(Device("bond1", 6, "bond"), Device("bond0", 7, "bond", master=6),
+                                Device("eth2", 8, master=7)),
+                       local_destinations=(IPv4Network("10.77.1.2/32"),), attached=("eth2",))
+    result = plan(ruleset("-A INPUT -i bond0 -j ACCEPT\n-A INPUT -i bond1 -j DROP"), host)
+    assert verdict(result, packet(iif=8)) == Verdict.DROP
+
+
+def test_a_master_not_among_the_devices_makes_the_device_ambiguous():
+    host = HostContext(devices=(Device("eth2", 8, master=42),),
+                       local_destinations=(IPv4Network("10.77.1.2/32"),), attached=("eth2",))
+    result = plan(ruleset("-A INPUT -i eth2 -j DROP"), host)
+    assert verdict(result, packet(iif=8)) == Verdict.DEFER
+
+
 def test_a_device_under_a_vlan_device_is_ambiguous():
     # With rx VLAN offload XDP sees eth0.100's frames untagged on eth0; netfilter sees eth0.100.
     host = HostContext(devices=(Device("eth0", 2), Device("eth0.100", 3, "vlan", link=2), Device("eth1", 4)),
@@ -149,6 +181,15 @@ def test_a_device_under_a_vlan_device_is_ambiguous():
                   host)
     assert verdict(result, packet(iif=2)) == Verdict.DEFER
     assert verdict(result, packet(iif=4)) == Verdict.DROP
+
+
+def test_a_slave_of_a_bond_in_open_vswitch_defers_everything():
+    host = HostContext(devices=(Device("ovs-system", 5, "openvswitch"), Device("bond0", 3, "bond", master=5),
+                                Device("eth0", 2, master=3), Device("eth1", 4)),
+                       local_destinations=(IPv4Network("10.77.1.2/32"),), attached=("eth0", "eth1"))
+    result = plan(ruleset("-A INPUT -s 198.51.100.7/32 -j DROP"), host)
+    assert verdict(result, packet(iif=2, src="198.51.100.7")) == Verdict.DEFER
+    assert verdict(result, packet(iif=4, src="198.51.100.7")) == Verdict.DROP
 
 
 def test_an_open_vswitch_port_defers_everything():
@@ -322,3 +363,16 @@ def test_raw_notrack_only_changes_the_packets_it_matches():
     helper = notrack.replace("-j NOTRACK\n-A OUTPUT", "-j CT --helper ftp\n-A OUTPUT")
     result = plan(ruleset(STATEFUL, policy="DROP", extra_tables=helper), HOST)
     assert verdict(result, packet(dport=31337, ct=VERIFIED)) == Verdict.DEFER
+
+
+def test_the_input_device_addrtype_compares_is_the_outer_bond_or_unknown_in_a_vrf():
+    from ipt2xdp.hostmatch import _nf_ifindex
+
+    devices = (Device("bond1", 6, "bond"), Device("bond0", 7, "bond", master=6), Device("eth2", 8, master=7),
+               Device("vrf0", 9, "vrf"), Device("bond2", 10, "bond", master=9), Device("eth3", 11, master=10),
+               Device("eth4", 12, master=42), Device("eth5", 13))
+    host = HostContext(devices=devices, local_destinations=(IPv4Network("10.77.1.2/32"),))
+    assert _nf_ifindex(host, 8) == 6       # the outer bond of nested bonds
+    assert _nf_ifindex(host, 11) is None   # a bond in a VRF: the VRF's table
+    assert _nf_ifindex(host, 12) is None   # a master not known
+    assert _nf_ifindex(host, 13) == 13
