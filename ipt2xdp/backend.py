@@ -104,11 +104,11 @@ def start_restore(text: str, backend: str, test: bool = False, counters: bool = 
 
 
 def save(backend: str, counters: bool = False, table: Optional[str] = None) -> str:
+    """The ruleset as iptables-save prints it. Through files, not pipes (start_save): a reader of a
+    pipe needs the GIL for every chunk, and `ipt2xdp watch` reads back while its planning thread
+    holds it (10k rules: 124 ms beside a busy thread through files, 195 ms through a pipe)."""
     extra = (["--counters"] if counters else []) + (["-t", table] if table else [])
-    result = subprocess.run(_argv("save", backend, extra), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BackendError(f"iptables-{backend}-save", result.returncode, result.stderr)
-    return _without_warning(result.stdout)
+    return start_save(backend, extra).text()
 
 
 def _without_warning(text: str) -> str:
@@ -139,13 +139,13 @@ class Saving:
         return _without_warning(out)
 
 
-def start_save(backend: str) -> Saving:
+def start_save(backend: str, extra: Optional[list] = None) -> Saving:
     """Start `iptables-save` and return at once: save() but with its output through files, so that
     the save never waits on a pipe, and waiting for it (text()) needs no GIL until it has ended
     (another thread of the caller may be working meanwhile)."""
     stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     try:
-        process = subprocess.Popen(_argv("save", backend, []), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        process = subprocess.Popen(_argv("save", backend, extra or []), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
     except BaseException:
         stdout.close()
         stderr.close()

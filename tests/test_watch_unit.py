@@ -239,6 +239,9 @@ def test_the_collector_stays_off_from_a_sync_until_the_clean_up(monkeypatch):
         with pytest.raises(RuntimeError):
             warm.sync("nft")
         assert not gc.isenabled() and warm.uncollected == 2 and warm.collect_due
+        warm._leftovers.append(("ruleset", "text"))
+        warm.release()  # after each answer: frees, but no full collection and the collector stays off
+        assert not warm._leftovers and not gc.isenabled() and warm.uncollected == 2 and warm.collect_due
         warm.collect()
         assert gc.isenabled() and warm.uncollected == 0 and not warm.collect_due
     finally:
