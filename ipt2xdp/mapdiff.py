@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import array
 import ipaddress
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from ipt2xdp import abi
+from ipt2xdp import abi, tuplefast
 from ipt2xdp.mapencode import MapContents
 from ipt2xdp.mapview import ACTION_NAMES, END, FIELDS, View
 
@@ -121,11 +121,13 @@ class _Section:
     def __init__(self, name: str):
         self.name, self.counts, self.entries = name, {"added": 0, "removed": 0, "changed": 0}, []
 
-    def add(self, before, after, entry: dict) -> None:
+    def add(self, before, after, entry: Callable[[], dict]) -> None:
+        """entry: makes the entry's description, called only for the first ENTRY_LIMIT (a 100k-rule
+        plan against nothing loaded has 100k entries to count, 50 to describe)."""
         op = _op(before, after)
         self.counts[op] += 1
         if len(self.entries) < ENTRY_LIMIT:
-            self.entries.append(dict(op=op, **entry))
+            self.entries.append(dict(op=op, **entry()))
 
     def record(self) -> dict:
         total = sum(self.counts.values())
@@ -153,15 +155,15 @@ def compare_views(old: Optional[View], new: View, ifnames: Optional[Dict[int, st
     for ident in list(new.actions) + [i for i in old.actions if i not in new.actions]:
         before, after = old.actions.get(ident), new.actions.get(ident)
         if before != after:
-            s.add(before, after, {"rule": labels.get(ident, str(ident)), "before": before and action(before),
-                                  "after": after and action(after)})
+            s.add(before, after, lambda: {"rule": labels.get(ident, str(ident)),
+                                          "before": before and action(before), "after": after and action(after)})
     sections.append(s)
     s = _Section("exact")
     for key in sorted(set(new.exact) | set(old.exact)):
         before, after = old.exact.get(key), new.exact.get(key)
         if before != after:
-            s.add(before, after, {"key": _exact_key(key), "before": before and labels.get(before),
-                                  "after": after and labels.get(after)})
+            s.add(before, after, lambda: {"key": _exact_key(key), "before": before and labels.get(before),
+                                          "after": after and labels.get(after)})
     sections.append(s)
     with_ct = old.uses_ct or new.uses_ct
     for name, (_, _, size) in FIELDS.items():
@@ -171,34 +173,37 @@ def compare_views(old: Optional[View], new: View, ifnames: Optional[Dict[int, st
             allowed = _proto_values(with_ct)
             old_ranges, new_ranges = _restrict(old_ranges, allowed), _restrict(new_ranges, allowed)
         for lo, hi, before, after in _range_changes(old_ranges, new_ranges, size):
-            s.add(before, after, {"key": _render(name, lo, hi, with_ct), "before": names(before), "after": names(after)})
+            s.add(before, after, lambda: {"key": _render(name, lo, hi, with_ct), "before": names(before),
+                                          "after": names(after)})
         sections.append(s)
     s = _Section("iif")
     for key in sorted(set(new.iif) | set(old.iif), key=str):
         before, after = old.iif.get(key, frozenset()), new.iif.get(key, frozenset())
         if before != after:
             device = (ifnames or {}).get(key)
-            s.add(before, after, {"key": "other devices" if key == "other" else f"{device} (ifindex {key})"
-                                  if device else f"ifindex {key}",
-                                  "before": names(before), "after": names(after)})
+            s.add(before, after, lambda: {"key": "other devices" if key == "other"
+                                          else f"{device} (ifindex {key})" if device else f"ifindex {key}",
+                                          "before": names(before), "after": names(after)})
     sections.append(s)
     s = _Section("src_fast")
     for network, plen in sorted(set(new.fast) | set(old.fast)):
         before, after = old.fast.get((network, plen)), new.fast.get((network, plen))
         if before != after:
-            s.add(before, after, {"key": f"{ipaddress.IPv4Address(network)}/{plen}",
-                                  "before": before and labels.get(before), "after": after and labels.get(after)})
+            s.add(before, after, lambda: {"key": f"{ipaddress.IPv4Address(network)}/{plen}",
+                                          "before": before and labels.get(before),
+                                          "after": after and labels.get(after)})
     if old.fast_dsts != new.fast_dsts:
         def ranges(view):
             return ", ".join(_address(lo, hi) for lo, hi in view.fast_dsts) or None
-        s.add(old.fast_dsts, new.fast_dsts, {"key": "to destinations", "before": ranges(old), "after": ranges(new)})
+        s.add(old.fast_dsts, new.fast_dsts,
+              lambda: {"key": "to destinations", "before": ranges(old), "after": ranges(new)})
     sections.append(s)
     s = _Section("tuple_fast")
     for key in sorted(set(new.tuple_fast) | set(old.tuple_fast)):
         before, after = old.tuple_fast.get(key), new.tuple_fast.get(key)
         if before != after:
-            s.add(before, after, {"key": key, "before": before and labels.get(before),
-                                  "after": after and labels.get(after)})
+            s.add(before, after, lambda: {"key": tuplefast.describe(key), "before": before and labels.get(before),
+                                          "after": after and labels.get(after)})
     sections.append(s)
     return [section.record() for section in sections]
 

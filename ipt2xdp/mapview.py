@@ -78,7 +78,9 @@ class View:
     default_action: int
     fast: Dict[Tuple[int, int], Identity] = field(default_factory=dict)  # (network, plen) -> rule
     fast_dsts: Tuple[Tuple[int, int], ...] = ()  # destinations the fast path applies to (none: off)
-    tuple_fast: Dict[str, Identity] = field(default_factory=dict)  # box text -> rule
+    # tuplefast.Box -> rule: described (tuplefast.describe) only for the entries a report shows,
+    # not for every one of 100k
+    tuple_fast: Dict[Tuple, Identity] = field(default_factory=dict)
 
 
 def _entries(contents: MapContents, struct_format: str) -> List[Tuple]:
@@ -196,11 +198,9 @@ def _fast_path(maps: Dict[str, MapContents], cfg, identity):
 
 
 def _tuple_fast_path(maps: Dict[str, MapContents], cfg, identity):
-    """tuple_fast as {box text: (rule, action code)} (a generation from before it has no such map)."""
+    """tuple_fast as {box: (rule, action code)} (a generation from before it has no such map)."""
     if "tuple_fast" not in maps or not cfg.tuple_fast_fields[0]:
         return {}
-    from ipt2xdp import tuplefast
-
     shapes = [(cfg.tuple_fast_fields[i], cfg.tuple_fast_src_plen[i], cfg.tuple_fast_dst_plen[i])
               for i in range(abi.TUPLE_FAST_SHAPES)]
     contents = maps["tuple_fast"]
@@ -209,7 +209,7 @@ def _tuple_fast_path(maps: Dict[str, MapContents], cfg, identity):
         src, dst, sport, dport = struct.unpack("!IIHH", key[:12])
         shape_index, proto = struct.unpack("=HB", key[12:15])
         if shape_index < len(shapes):
-            out[tuplefast.describe((shapes[shape_index], src, dst, proto, sport, dport))] = (identity(counter), action)
+            out[(shapes[shape_index], src, dst, proto, sport, dport)] = (identity(counter), action)
     return out
 
 
