@@ -4,8 +4,9 @@
 Steps (each a small function below):
   1. slots: rules become bitmap slots; long runs of consecutive rules with the same action that
      differ only in exact values (a blocklist of /32s or /24s, exact 5-tuples) merge into one SET
-     slot backed by a hash set whose value is the original rule_id, so 100k such rules cost one
-     hash lookup per packet and their counters stay per rule;
+     slot backed by a hash set whose value is the rule's counter, so 100k such rules cost one
+     hash lookup per packet and their counters stay per rule (counters are numbered densely over
+     the rules the class bitmaps hold, counted_rules; the counter_rules map names their rules);
   2. classes: per field, the value domain is cut into intervals with the same set of matching
      slots; equal sets share a class row; each row owns a bitmap of slots and a summary bitmap;
   3. encode: rows, slots, sets, the address directory and bounds become key/value bytes.
