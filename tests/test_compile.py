@@ -120,7 +120,7 @@ def test_dump_is_deterministic_and_names_the_sets():
     a, b = compile(rules, DROP, reduce=False).dump(), compile(rules, DROP, reduce=False).dump()
     assert a == b
     assert "slots 2 sets 1 default DROP" in a
-    assert "set 0a000003" in a and "-> rule 3" in a
+    assert "set 0a000003000000000000000001000000 -> counter=3 (rule 3)" in a
     reduced = compile(rules, DROP).dump()
     assert "slots 1 sets 0 default DROP" in reduced and "src_fast 0a000003/32 -> rule 3 action 0x1" in reduced
 
