@@ -378,7 +378,7 @@ class Dataplane:
         process filled them: module docstring). self.rewritten lists the maps rewritten in place.
 
         Every update or delete of an outer map waits for a grace period before it returns, so the
-        updates of the nine outer maps run in parallel threads and share their waits (the
+        updates of the outer maps run in parallel threads and share their waits (the
         syscalls release the GIL); the first barrier runs while the inner maps are filled. A
         generation costs about three grace periods, not two per outer map plus two."""
         hook = pause_hook or (lambda step: None)
