@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -179,7 +180,7 @@ def counted_rules(slots: Sequence[Slot]) -> List[int]:
     rules = {slot.counter for slot in slots if slot.counter != abi.OVERFLOW_COUNTER}
     for slot in slots:
         if slot.set_members is not None:
-            rules.update(member[-1] for member in slot.set_members)
+            rules.update(map(operator.itemgetter(-1), slot.set_members))
     return sorted(rules)
 
 
@@ -273,7 +274,7 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
 
     rule_ids = [r.rule_id for r in all_rules]
     counter_rules = counted_rules(slots)
-    counter_of = {rule_id: counter for counter, rule_id in enumerate(counter_rules)}
+    counter_of = dict(zip(counter_rules, range(len(counter_rules))))
     default_counter = len(counter_rules)
     counter_of[abi.OVERFLOW_COUNTER] = default_counter + 1
     # + the default action and the overflow catch-all (and the drops nat PREROUTING would see)
