@@ -13,8 +13,8 @@ the deciding rule last. Each repeat runs in a fresh veth namespace pair (nothing
   CLI: wall time of `python -m ipt2xdp import FILE --iface IF --mode native --backend legacy` in
        another fresh namespace: process start, restore into iptables-legacy, save, re-parse, plan,
        compile, load, attach.
-Map memory: bytes_memlock (bpftool) of every map the attached program uses plus the inner maps of
-its map-in-map slots, summed. Figures are medians over repeats. The one-rule change through the
+Map memory: bytes_memlock (bpftool) of every map the attached program uses or ipt2xdp pinned beside
+it (counter_rules, the metadata), plus the inner maps of the map-in-map slots, summed. Figures are medians over repeats. The one-rule change through the
 CLI at 10k rules is bench/wrapper_bench.py.
 """
 from __future__ import annotations
@@ -40,8 +40,9 @@ def _bpftool(*argv):
     return json.loads(subprocess.run(["bpftool", *argv, "-j"], capture_output=True, text=True, check=True).stdout)
 
 
-def map_memory(prog_id: int) -> dict:
-    ids = list(_bpftool("prog", "show", "id", str(prog_id)).get("map_ids", []))
+def map_memory(prog_id: int, also=()) -> dict:
+    """also: ids of maps the program does not use (userspace's: counter_rules, the metadata)."""
+    ids = list(_bpftool("prog", "show", "id", str(prog_id)).get("map_ids", [])) + list(also)
     seen, total, count = set(), 0, 0
     while ids:
         mid = ids.pop()
@@ -90,15 +91,15 @@ def worker(path: str, iface: str) -> dict:
         applied = loader.apply(tables, [iface], mode="native")
         t["load"] = time.perf_counter() - start
     t["total"] = t["parse"] + t["plan"] + t["compile"] + t["load"]
-    status = loader.status(include_counters=False)
-    prog_id = status.get("prog_id") or status.get("program", {}).get("id")
-    if prog_id is None:
-        from ipt2xdp.dataplane import Dataplane
-        from ipt2xdp import pins
-        dp = Dataplane.open_pinned(pins.pin_dir())
+    from ipt2xdp import libbpf, pins
+    from ipt2xdp.dataplane import Dataplane
+    dp = Dataplane.open_pinned(pins.pin_dir())
+    try:  # every pinned map: those only userspace reads are not among the program's
         prog_id = dp.prog_id
+        pinned = [libbpf.map_info(fd).id for fd in [*dp.map_fds.values(), dp.meta_fd]]
+    finally:
         dp.close()
-    mem = map_memory(prog_id)
+    mem = map_memory(prog_id, pinned)
     loader.detach(all_devices=True)
     return {"seconds": t, "generation": applied.generation, "slots": tables.slot_count,
             "beyond_capacity": tables.overflowed_rules, **mem}
@@ -116,7 +117,7 @@ def run(sizes=(1000, 10000, 100000), repeats=3, log=print) -> dict:
         "cli": "wall time of `python -m ipt2xdp import FILE --iface IF --mode native --backend legacy` "
                "in a fresh namespace (process start and iptables-legacy restore included; the package "
                "byte-compiled first, as installed)",
-        "memory": "sum of bpftool bytes_memlock over the program's maps and their inner maps",
+        "memory": "sum of bpftool bytes_memlock over the program's and the pinned maps and their inner maps",
         "repeats": repeats, "statistic": "median"}}, "sizes": {}}
     # An installed package comes byte-compiled; a checkout run with PYTHONDONTWRITEBYTECODE=1 would
     # otherwise compile every module on each CLI start (0.3-0.5 s on the test machine).

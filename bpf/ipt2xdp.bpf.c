@@ -527,12 +527,12 @@ static __always_inline int field_row(struct generation *gen, struct packet_field
 	return 0;
 }
 
-/* SET slot: rule_id of the run's rule whose exact values equal the packet's, or -1. */
+/* SET slot: the counter of the run's rule whose exact values equal the packet's, or -1. */
 static __always_inline long set_probe(struct generation *gen, struct ipt2xdp_slot *slot, struct packet_fields *pkt)
 {
 	struct ipt2xdp_exact_key key = {};
 	void *exact_set = gen_map(&ipt2xdp_g_exact_set, gen);
-	__u32 *rule_id;
+	__u32 *counter;
 
 	if (!exact_set)
 		return -1;
@@ -547,8 +547,8 @@ static __always_inline long set_probe(struct generation *gen, struct ipt2xdp_slo
 	if (slot->key_fields & IPT2XDP_K_PROTO)
 		key.proto = pkt->proto;
 	key.set_id = slot->set_id;
-	rule_id = bpf_map_lookup_elem(exact_set, &key);
-	return rule_id ? (long)*rule_id : -1;
+	counter = bpf_map_lookup_elem(exact_set, &key);
+	return counter ? (long)*counter : -1;
 }
 
 /* First word index >= start whose summary bit is set in cand, or -1. */
@@ -697,7 +697,7 @@ static long match_step(__u32 index, void *data)
 	struct ipt2xdp_slot *slot;
 	void *slots;
 	__u32 s, k = m->k;
-	long rule_id;
+	long counter;
 	__u64 x;
 	int w;
 
@@ -720,10 +720,10 @@ static long match_step(__u32 index, void *data)
 	slot = bpf_map_lookup_elem(slots, &s);
 	if (!slot)
 		goto lookup_fail;
-	rule_id = slot->counter;
+	counter = slot->counter;
 	if (slot->kind == IPT2XDP_SLOT_SET) {
-		rule_id = set_probe(&m->gen, slot, m->pkt);
-		if (rule_id < 0) {
+		counter = set_probe(&m->gen, slot, m->pkt);
+		if (counter < 0) {
 			m->k = s + 1;
 			return 0;
 		}
@@ -736,7 +736,7 @@ static long match_step(__u32 index, void *data)
 	m->done = 1;
 	m->stat = IPT2XDP_STAT_CLASSIFIED;
 	m->action = slot->action;
-	m->counter = (__u32)rule_id;
+	m->counter = (__u32)counter;
 	return 1;
 
 no_slot_left:
@@ -888,8 +888,7 @@ static __always_inline __u32 classify(struct xdp_md *ctx, struct packet_fields *
 			fast = tuple_fast_hit(fast_map, gen, pkt, &m.tuple_key);
 		}
 		if (fast) {
-			m.action = fast->decision.action;
-			m.counter = fast->decision.counter;
+			m.action = fast->decision.action; /* counted in the entry, below */
 			/* class_values did not run: the one key read past a decision (nat_would_see) */
 			proto_value_unlooked(pkt);
 			goto decided_by_rule;

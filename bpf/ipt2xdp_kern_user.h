@@ -20,7 +20,7 @@
 #define IPT2XDP_MAX_GROUPS 8 /* shape groups: slots constraining the same set of fields */
 /* Upper bounds on work per packet; running out means XDP_PASS (netfilter decides). */
 #define IPT2XDP_MAX_STEPS 1024 /* steps: a candidate word, a set probe or a CONTINUE jump each */
-#define IPT2XDP_MAX_COUNTER_STRIDE (1U << 22) /* counters per CPU: rule ids stay below it */
+#define IPT2XDP_MAX_COUNTER_STRIDE (1U << 22) /* counters per CPU (counter_rules: their rules) */
 #define IPT2XDP_MAX_BOUNDS (1U << 18) /* addr_bounds entries (src and dst intervals together) */
 #define IPT2XDP_ADDR_SEARCH_STEPS 17 /* binary search within one /16 block (< 2^17 bounds) */
 
@@ -139,7 +139,7 @@ struct ipt2xdp_gen_config {
 	__u32 nslots;
 	__u32 counter_stride; /* counters per CPU: counters[cpu * counter_stride + counter] */
 	__u32 default_action; /* IPT2XDP_ACT_DROP/ACCEPT/DEFER */
-	__u32 default_counter; /* counter of the default action (= last rule id + 1) */
+	__u32 default_counter; /* counter of the default action (after the rules' counters) */
 	__u32 iif_default_row; /* class row of ifindexes absent from iif_class */
 	__u32 ngroups;
 	/* Shape groups. A slot belongs to one group; a group's fields are the fields its slots
@@ -205,7 +205,7 @@ _Static_assert(sizeof(struct ipt2xdp_class_row) == 8 * (IPT2XDP_SUMMARY_WORDS + 
 
 /* slots[s]: what slot s does when its bit is the lowest in the AND of the field bitmaps. */
 struct ipt2xdp_slot {
-	__u32 counter; /* rule id of a RULE slot (its counter) */
+	__u32 counter; /* a RULE slot's counter (counter_rules[counter]: its rule id) */
 	__u32 next; /* CONTINUE: slot index to resume at (nslots = the default action) */
 	__u16 set_id; /* SET: the set's tag in exact_set keys */
 	__u8 action; /* IPT2XDP_ACT_* */
@@ -229,7 +229,7 @@ struct ipt2xdp_exact_key {
 };
 _Static_assert(sizeof(struct ipt2xdp_exact_key) == 16, "abi");
 
-/* counters[cpu * counter_stride + rule_id] (per generation). Each CPU owns its stride, so plain
+/* counters[cpu * counter_stride + counter] (per generation). Each CPU owns its stride, so plain
  * increments are safe; bytes count the IP total length, as iptables counts at filter/INPUT. */
 struct ipt2xdp_counter {
 	__u64 packets;
@@ -247,7 +247,7 @@ struct ipt2xdp_src_fast_key {
 _Static_assert(sizeof(struct ipt2xdp_src_fast_key) == 8, "abi");
 
 struct ipt2xdp_src_fast_value {
-	__u32 counter; /* rule id of the deciding rule (its counter) */
+	__u32 counter; /* rule id of the deciding rule (not a counters index: the entry counts it) */
 	__u32 action; /* IPT2XDP_ACT_DROP, or a guarded DROP (IPT2XDP_ACT_SET_GUARDED | bits) */
 };
 _Static_assert(sizeof(struct ipt2xdp_src_fast_value) == 8, "abi");

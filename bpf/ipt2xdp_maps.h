@@ -120,11 +120,18 @@ IPT2XDP_OUTER(ipt2xdp_g_addr_bounds, ipt2xdp_inner_addr_bounds);
 IPT2XDP_INNER_ARRAY(ipt2xdp_inner_class_rows, struct ipt2xdp_class_row);
 IPT2XDP_OUTER(ipt2xdp_g_class_rows, ipt2xdp_inner_class_rows);
 
-/* counters[cpu * counter_stride + rule_id]: per-rule packets and bytes of this generation. An
- * ARRAY strided per CPU rather than a PERCPU_ARRAY: the kernel refuses BPF_F_INNER_MAP for
- * PERCPU_ARRAY, and only BPF_F_INNER_MAP lets each generation size it to its own rules. */
+/* counters[cpu * counter_stride + counter]: per-rule packets and bytes of this generation, for
+ * the rules the classifier decides (a slot's or exact_set's counter; gen_config.default_counter
+ * and the two after it). A fast-path rule has no slot here: its entry counts it. An ARRAY strided
+ * per CPU rather than a PERCPU_ARRAY: the kernel refuses BPF_F_INNER_MAP for PERCPU_ARRAY, and
+ * only BPF_F_INNER_MAP lets each generation size it to its own rules. */
 IPT2XDP_INNER_ARRAY(ipt2xdp_inner_counters, struct ipt2xdp_counter);
 IPT2XDP_OUTER(ipt2xdp_g_counters, ipt2xdp_inner_counters);
+
+/* counter_rules[counter]: the rule id counted at counters[cpu * counter_stride + counter]. Never
+ * read by the program: userspace names its counts (and the slots' rules) with it. */
+IPT2XDP_INNER_ARRAY(ipt2xdp_inner_counter_rules, __u32);
+IPT2XDP_OUTER(ipt2xdp_g_counter_rules, ipt2xdp_inner_counter_rules);
 
 /* iif_class[ifindex]: class row of an input interface (missing: gen_config.iif_default_row). */
 struct ipt2xdp_inner_iif_class {
@@ -135,7 +142,7 @@ struct ipt2xdp_inner_iif_class {
 };
 IPT2XDP_OUTER(ipt2xdp_g_iif_class, ipt2xdp_inner_iif_class);
 
-/* exact_set[key]: rule_id of the first rule of a merged run whose exact values equal the key. */
+/* exact_set[key]: counter of the rule of a merged run whose exact values equal the key. */
 struct ipt2xdp_inner_exact_set {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);

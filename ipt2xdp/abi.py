@@ -59,7 +59,7 @@ STAT_NAMES = ("defer_all", "not_ipv4", "malformed", "fragment", "lookup_fail", "
 NUM_STATS = len(STAT_NAMES)
 
 # Names that read_counters() gives the counters that are not rules. In the kernel they sit right
-# after the highest rule id (gen_config.default_counter, default_counter + 1).
+# after the rules' counters (gen_config.default_counter, default_counter + 1, + 2).
 DEFAULT_COUNTER = 0xFFFFFFFF   # the default action (chain policy)
 OVERFLOW_COUNTER = 0xFFFFFFFE  # the catch-all DEFER slot that replaces rules beyond capacity
 NAT_NEW_COUNTER = 0xFFFFFFFD   # drops nat PREROUTING would have seen (default_counter + 2, if nat_new)
@@ -218,6 +218,8 @@ GEN_MAPS = {
     "class_rows": MapShape("ipt2xdp_g_class_rows", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(ClassRow), BPF_F_INNER_MAP),
     # max_entries = counter_stride * possible CPUs (the loader multiplies)
     "counters": MapShape("ipt2xdp_g_counters", BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(Counter), BPF_F_INNER_MAP),
+    # the rule id of each counter (slots and exact_set hold counters, not rule ids); userspace only
+    "counter_rules": MapShape("ipt2xdp_g_counter_rules", BPF_MAP_TYPE_ARRAY, 4, 4, BPF_F_INNER_MAP),
     "iif_class": MapShape("ipt2xdp_g_iif_class", BPF_MAP_TYPE_HASH, 4, 4),
     "exact_set": MapShape("ipt2xdp_g_exact_set", BPF_MAP_TYPE_HASH, ctypes.sizeof(ExactKey), 4),
     # the fast paths: per-CPU in the kernel, each entry counting its hits (MapShape.counted)

@@ -4,8 +4,9 @@
 Steps (each a small function below):
   1. slots: rules become bitmap slots; long runs of consecutive rules with the same action that
      differ only in exact values (a blocklist of /32s or /24s, exact 5-tuples) merge into one SET
-     slot backed by a hash set whose value is the original rule_id, so 100k such rules cost one
-     hash lookup per packet and their counters stay per rule;
+     slot backed by a hash set whose value is the rule's counter, so 100k such rules cost one
+     hash lookup per packet and their counters stay per rule (counters are numbered densely over
+     the rules the class bitmaps hold, counted_rules; the counter_rules map names their rules);
   2. classes: per field, the value domain is cut into intervals with the same set of matching
      slots; equal sets share a class row; each row owns a bitmap of slots and a summary bitmap;
   3. encode: rows, slots, sets, the address directory and bounds become key/value bytes.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -23,8 +25,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ipt2xdp import abi, fastpath, tuplefast
 from ipt2xdp.classifier import Action, ClassifierRule, Match, Verdict, validate
 from ipt2xdp.errors import CapacityError
-from ipt2xdp.mapencode import (ACT_CODES, VALUE_REGIONS, MapContents, action_code, dump, encode_addresses,
-                               encode_iif, encode_rows, encode_slot, encode_value_class, pack_array)
+from ipt2xdp.mapencode import (ACT_CODES, VALUE_REGIONS, MapContents, action_code, dense_array, dump,
+                               encode_addresses, encode_iif, encode_rows, encode_slot, encode_value_class,
+                               pack_array)
 from ipt2xdp.slots import FIELDS, MERGE_MIN_RUN, Slot, build_slots
 
 __all__ = ["MapContents", "Tables", "build_slots", "compile", "field_classes", "group_slots", "MERGE_MIN_RUN",
@@ -53,7 +56,8 @@ class Tables:
     rule_count: int
     slot_count: int
     set_count: int
-    rule_ids: List[int]               # counter keys of the rules, in classifier order
+    rule_ids: List[int]               # the rules' ids, in classifier order (maps["counter_rules"]:
+                                      # the ids of those with a counter, by counter)
     default_action: Verdict
     overflowed_rules: int = 0         # rules replaced by the catch-all DEFER slot
     field_mask: int = 0
@@ -167,6 +171,19 @@ def group_slots(slots: Sequence[Slot], max_groups: int = abi.MAX_GROUPS) -> List
     return kept + [(merged_fields, sorted(i for _, members in rest for i in members))]
 
 
+def counted_rules(slots: Sequence[Slot]) -> List[int]:
+    """The rule ids the class bitmaps can decide, ascending: each gets a counter, numbered densely
+    (the counters array is sized by them). A rule only a fast path holds counts in its entry
+    (ipt2xdp/fastcount.py), so a 100k-address blocklist takes no counters at all; a set member
+    shadowed by an identical earlier one never decides, and a CONTINUE slot's counter only names
+    it (mapview)."""
+    rules = {slot.counter for slot in slots if slot.counter != abi.OVERFLOW_COUNTER}
+    for slot in slots:
+        if slot.set_members is not None:
+            rules.update(map(operator.itemgetter(-1), slot.set_members))
+    return sorted(rules)
+
+
 def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow: str = "raise",
             max_slots: int = abi.MAX_SLOTS, merge_min_run: int = MERGE_MIN_RUN,
             reduce: bool = True, nat_new: int = 0) -> Tables:  # noqa: A001
@@ -205,7 +222,7 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
              merge_min_run: int, fast: Optional[fastpath.FastPath], all_rules: Sequence[ClassifierRule],
              nat_new: int = 0) -> Tables:
     """compile() of the rules the class bitmaps hold; fast: the fast path of all_rules (the
-    whole classifier, whose rule ids size the counters), or None to analyse it here."""
+    whole classifier), or None to analyse it here."""
     max_slots = min(max_slots, abi.MAX_SLOTS)
     slots, rule_to_slot = build_slots(rules, merge_min_run)
     overflowed = 0
@@ -256,15 +273,15 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
     maps["iif_class"], iif_default_row = encode_iif(field_intervals, row_base, named_ifindexes)
 
     rule_ids = [r.rule_id for r in all_rules]
-    default_counter = max(rule_ids, default=-1) + 1
+    counter_rules = counted_rules(slots)
+    counter_of = dict(zip(counter_rules, range(len(counter_rules))))
+    default_counter = len(counter_rules)
+    counter_of[abi.OVERFLOW_COUNTER] = default_counter + 1
     # + the default action and the overflow catch-all (and the drops nat PREROUTING would see)
     stride = default_counter + (3 if nat_new & abi.NAT_NEW_ON else 2)
     if stride > abi.MAX_COUNTER_STRIDE:
-        raise CapacityError(f"rule id {default_counter - 1} is too large for the counters "
-                            f"(ids must stay below {abi.MAX_COUNTER_STRIDE - 2}); number rules densely")
-    for slot in slots:
-        if slot.counter == abi.OVERFLOW_COUNTER:
-            slot.counter = default_counter + 1
+        raise CapacityError(f"{default_counter} rules the classifier decides need a counter each, XDP holds "
+                            f"{abi.MAX_COUNTER_STRIDE - 3}; leave the rest to netfilter or shorten the ruleset")
     slot_values, set_keys, set_values, set_count = [], [], [], 0
     for slot in slots:
         set_id = 0
@@ -275,9 +292,9 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
             set_id = set_count
             for key, proto, rule_id in slot.set_members:
                 set_keys.append(key + struct.pack("=HBB", set_id, proto, 0))
-                set_values.append(struct.pack("=I", rule_id))
+                set_values.append(struct.pack("=I", counter_of[rule_id]))
         next_slot = slot_of_rule(slot.action.target) if slot.action.verdict == Verdict.CONTINUE else 0
-        slot_values.append(encode_slot(slot, set_id, next_slot))
+        slot_values.append(encode_slot(slot, counter_of[slot.counter], set_id, next_slot))
     maps["slots"] = pack_array("slots", slot_values, ctypes.sizeof(abi.Slot))
     maps["slots"].max_entries = abi.MAX_SLOTS
     maps["exact_set"] = MapContents("exact_set", max(1, len(set_keys)), ctypes.sizeof(abi.ExactKey), 4,
@@ -285,6 +302,7 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
 
     # counters start at zero: only the size is data (the loader multiplies it by the CPUs)
     maps["counters"] = MapContents("counters", stride, 4, ctypes.sizeof(abi.Counter))
+    maps["counter_rules"] = dense_array("counter_rules", struct.pack(f"={len(counter_rules)}I", *counter_rules), 4)
     cfg = abi.GenConfig(generation=0, field_mask=field_mask, nslots=nslots, counter_stride=stride,
                         default_action=ACT_CODES[default_action.verdict], default_counter=default_counter,
                         iif_default_row=iif_default_row, ngroups=len(groups), nat_new=nat_new)

@@ -378,7 +378,7 @@ class Dataplane:
         process filled them: module docstring). self.rewritten lists the maps rewritten in place.
 
         Every update or delete of an outer map waits for a grace period before it returns, so the
-        updates of the nine outer maps run in parallel threads and share their waits (the
+        updates of the outer maps run in parallel threads and share their waits (the
         syscalls release the GIL); the first barrier runs while the inner maps are filled. A
         generation costs about three grace periods, not two per outer map plus two."""
         hook = pause_hook or (lambda step: None)
@@ -471,8 +471,9 @@ class Dataplane:
         return libbpf.map_fd_by_id(map_id) if map_id else None
 
     def read_counters(self, slot: Optional[int] = None) -> Dict[int, Tuple[int, int]]:
-        """{rule id: (packets, bytes)} summed over CPUs, for the active (or given) slot, with what
-        the fast-path entries counted (ipt2xdp/fastcount.py); rules that never matched are left
+        """{rule id: (packets, bytes)} summed over CPUs, for the active (or given) slot (the
+        counters array's, named by counter_rules), with what the fast-path entries counted
+        (ipt2xdp/fastcount.py); rules that never matched are left
         out. abi.DEFAULT_COUNTER / abi.OVERFLOW_COUNTER name the default action and the capacity
         catch-all, abi.NAT_NEW_COUNTER the drops nat PREROUTING would have seen."""
         if slot is None:
@@ -480,15 +481,19 @@ class Dataplane:
             slot = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
         cfg_fd = self._inner_fd(abi.GEN_MAPS["cfg"].name, slot)
         fd = self._inner_fd(abi.GEN_MAPS["counters"].name, slot)
+        rules_fd = self._inner_fd(abi.GEN_MAPS["counter_rules"].name, slot)
         try:
-            if cfg_fd is None or fd is None:
+            if cfg_fd is None or fd is None or rules_fd is None:
                 return {}
             cfg = abi.GenConfig.from_buffer_copy(libbpf.lookup_elem(cfg_fd, _u32(0), ctypes.sizeof(abi.GenConfig)))
             info = libbpf.map_info(fd)
             raw = libbpf.read_array(fd, info.value_size, info.max_entries)
             stride = cfg.counter_stride
-            names = {cfg.default_counter: abi.DEFAULT_COUNTER, cfg.default_counter + 1: abi.OVERFLOW_COUNTER,
-                     cfg.default_counter + 2: abi.NAT_NEW_COUNTER}
+            # counter -> rule id: compile numbers the counters of the rules the classifier decides
+            rule_of = libbpf.read_array(rules_fd, 4, libbpf.map_info(rules_fd).max_entries)
+            names = dict(enumerate(struct.unpack(f"={len(rule_of) // 4}I", rule_of)[:cfg.default_counter]))
+            names.update({cfg.default_counter: abi.DEFAULT_COUNTER, cfg.default_counter + 1: abi.OVERFLOW_COUNTER,
+                          cfg.default_counter + 2: abi.NAT_NEW_COUNTER})
             totals: Dict[int, List[int]] = {}
             size = info.value_size  # packets, bytes: two u64
             zero = bytes(ZERO_CHUNK * size)
@@ -505,13 +510,13 @@ class Dataplane:
                         total = totals.setdefault(key, [0, 0])
                         total[0] += packets
                         total[1] += nbytes
-            for rule, (packets, nbytes) in self._fast_counts(slot).items():  # fast-path hits
-                total = totals.setdefault(names.get(rule, rule), [0, 0])
+            for rule, (packets, nbytes) in self._fast_counts(slot).items():  # fast-path hits: rule ids
+                total = totals.setdefault(rule, [0, 0])
                 total[0] += packets
                 total[1] += nbytes
             return {k: (v[0], v[1]) for k, v in totals.items()}
         finally:
-            for f in (cfg_fd, fd):
+            for f in (cfg_fd, fd, rules_fd):
                 if f is not None:
                     os.close(f)
 

@@ -62,8 +62,9 @@ def action_code(action: Action) -> int:
     return ACT_CODES[action.verdict]
 
 
-def encode_slot(slot: Slot, set_id: int, next_slot: int) -> bytes:
-    s = abi.Slot(counter=slot.counter, next=next_slot, set_id=set_id, action=action_code(slot.action),
+def encode_slot(slot: Slot, counter: int, set_id: int, next_slot: int) -> bytes:
+    """counter: the slot's index in the counters (compile numbers them; slot.counter is its rule id)."""
+    s = abi.Slot(counter=counter, next=next_slot, set_id=set_id, action=action_code(slot.action),
                  kind=abi.SLOT_SET if slot.set_members is not None else abi.SLOT_RULE,
                  key_fields=slot.key_fields, src_plen=slot.src_plen, dst_plen=slot.dst_plen)
     return bytes(s)
@@ -171,13 +172,18 @@ def dump(tables) -> str:
                f"default_counter={cfg.default_counter} iif_default_row={cfg.iif_default_row}")
     for g in range(cfg.ngroups):
         out.append(f"group {g}: fields={cfg.group_fields[g]:#x} members=row {cfg.group_row[g]}")
+    counter_rules = tables.maps["counter_rules"]
+    rule_of = struct.unpack(f"={counter_rules.count}I", counter_rules.values)
+
+    def counted(counter: int) -> str:
+        return f"counter={counter} ({'rule ' + str(rule_of[counter]) if counter < len(rule_of) else 'not a rule'})"
     for i, (_, value) in enumerate(tables.maps["slots"].entries()):
         s = abi.Slot.from_buffer_copy(value)
-        out.append(f"slot {i}: counter={s.counter} action={s.action} kind={s.kind} next={s.next} set={s.set_id} "
+        out.append(f"slot {i}: {counted(s.counter)} action={s.action} kind={s.kind} next={s.next} set={s.set_id} "
                    f"key_fields={s.key_fields:#x} plen={s.src_plen}/{s.dst_plen}")
     for key, value in sorted(tables.maps["exact_set"].entries()):
         if tables.set_count:
-            out.append(f"set {key.hex()} -> rule {struct.unpack('=I', value)[0]}")
+            out.append(f"set {key.hex()} -> {counted(struct.unpack('=I', value)[0])}")
     bounds = tables.maps["addr_bounds"]
     for i, (_, value) in enumerate(bounds.entries()):
         start, row = struct.unpack("=II", value)

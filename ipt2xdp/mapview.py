@@ -114,20 +114,30 @@ def decode(maps: Dict[str, MapContents], names: RuleNames) -> View:
     slots = [abi.Slot.from_buffer_copy(maps["slots"].values, i * slot_size) for i in range(cfg.nslots)]
     labels: Dict[Identity, str] = {}
 
-    def identity(counter: int) -> Identity:
-        if counter == cfg.default_counter + 1:
-            ident, label = OVERFLOW, OVERFLOW[0]
-        else:
-            ident = names.identity.get(counter, ("classifier rule", counter))
-            label = names.label.get(counter, f"classifier rule {counter}")
-        labels.setdefault(ident, label)
+    rules = maps.get("counter_rules")  # a copy from before it: counters were the rule ids
+    rule_of = (struct.unpack(f"={len(rules.values) // 4}I", rules.values) if rules is not None  # kernel: padded
+               else range(cfg.default_counter))
+
+    def identity(rule_id: int) -> Identity:
+        ident = names.identity.get(rule_id, ("classifier rule", rule_id))
+        labels.setdefault(ident, names.label.get(rule_id, f"classifier rule {rule_id}"))
         return ident
 
-    slot_ids = [identity(s.counter) for s in slots]
+    def counted(counter: int) -> Identity:
+        """The rule a slot's or a set member's counter counts (compile numbers them densely)."""
+        if counter == cfg.default_counter + 1:
+            labels.setdefault(OVERFLOW, OVERFLOW[0])
+            return OVERFLOW
+        if counter >= min(len(rule_of), cfg.default_counter):
+            labels.setdefault(("counter", counter), f"counter {counter} of no rule")
+            return ("counter", counter)
+        return identity(rule_of[counter])
+
+    slot_ids = [counted(s.counter) for s in slots]
     set_sizes: Dict[int, int] = {}
     exact: Dict[Tuple, Identity] = {}
     set_shape = {s.set_id: (s.key_fields, s.src_plen, s.dst_plen) for s in slots if s.kind == abi.SLOT_SET}
-    for key, (rule_id,) in zip(_keys(maps["exact_set"]), _entries(maps["exact_set"], "=I")):
+    for key, (counter,) in zip(_keys(maps["exact_set"]), _entries(maps["exact_set"], "=I")):
         src, dst, sport, dport, set_id, proto = struct.unpack("!IIHH", key[:12]) + struct.unpack("=HB", key[12:15])
         set_sizes[set_id] = set_sizes.get(set_id, 0) + 1
         key_fields, src_plen, dst_plen = set_shape.get(set_id, (0, 0, 0))
@@ -135,7 +145,7 @@ def decode(maps: Dict[str, MapContents], names: RuleNames) -> View:
         occurrence = 0
         while (exact_key + (occurrence,)) in exact:  # the same key in two sets
             occurrence += 1
-        exact[exact_key + (occurrence,)] = identity(rule_id)
+        exact[exact_key + (occurrence,)] = counted(counter)
     actions = {}
     for s, ident in zip(slots, slot_ids):
         nxt = END

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """compile() step 1: classifier rules become bitmap slots. Long runs of consecutive rules with the
 same action that differ only in exact values (a blocklist of /32s or /24s, exact 5-tuples) merge
-into one SET slot backed by a hash set whose value is the original rule_id, so 100k such rules cost
-one hash lookup per packet and their counters stay per rule."""
+into one SET slot backed by a hash set whose value is the rule's counter (compile.py numbers the
+counters; here a slot and its members carry rule ids), so 100k such rules cost one hash lookup per
+packet and their counters stay per rule."""
 from __future__ import annotations
 
 import operator

@@ -85,7 +85,8 @@ def test_short_runs_and_continue_targets_stay_plain():
 def test_duplicate_exact_rules_keep_the_first():
     rules = blocklist(5) + blocklist(5, 100)
     t = compile(rules, ACCEPT, reduce=False)
-    values = sorted(struct.unpack("=I", v)[0] for _, v in t.maps["exact_set"].entries())
+    rule_of = struct.unpack("=5I", t.maps["counter_rules"].values)  # the shadowed copies get no counter
+    values = sorted(rule_of[struct.unpack("=I", v)[0]] for _, v in t.maps["exact_set"].entries())
     assert values == [0, 1, 2, 3, 4]
 
 
@@ -119,9 +120,29 @@ def test_dump_is_deterministic_and_names_the_sets():
     a, b = compile(rules, DROP, reduce=False).dump(), compile(rules, DROP, reduce=False).dump()
     assert a == b
     assert "slots 2 sets 1 default DROP" in a
-    assert "set 0a000003" in a and "-> rule 3" in a
+    assert "set 0a000003000000000000000001000000 -> counter=3 (rule 3)" in a
     reduced = compile(rules, DROP).dump()
     assert "slots 1 sets 0 default DROP" in reduced and "src_fast 0a000003/32 -> rule 3 action 0x1" in reduced
+
+
+def test_fast_path_rules_get_no_counter():
+    """A 1k-address blocklist the fast path holds counts in its entries: the counters array holds
+    the classifier's rules (before and after the list), the default and the overflow catch-all."""
+    ssh = ClassifierRule(Match(src=IntervalSet.range(0xC0A80000, 0xC0A8FFFF), proto=frozenset({6}),
+                               dport=IntervalSet.range(22, 22)), ACCEPT, 0)  # not from the list
+    dns = ClassifierRule(Match(proto=frozenset({17}), dport=IntervalSet.range(53, 53)), ACCEPT, 1001)
+    web = ClassifierRule(Match(proto=frozenset({6}), dport=IntervalSet.range(80, 80)), DROP, 1002)
+    rules = [ssh] + blocklist(1000, 1) + [dns, web]
+    t = compile(rules, ACCEPT)
+    assert t.maps["src_fast"].count == 1000
+    assert t.maps["counters"].max_entries == 3 + 2
+    assert struct.unpack("=3I", t.maps["counter_rules"].values) == (0, 1001, 1002)
+    cfg = abi.GenConfig.from_buffer_copy(t.maps["cfg"].values)
+    assert (cfg.counter_stride, cfg.default_counter) == (5, 3)
+    slots = [abi.Slot.from_buffer_copy(v) for _, v in t.maps["slots"].entries()]
+    assert [(s.counter, s.action) for s in slots] == [(0, abi.ACT_ACCEPT), (1, abi.ACT_ACCEPT), (2, abi.ACT_DROP)]
+    # the whole classifier in the class bitmaps: every rule may count in the array
+    assert compile(rules, ACCEPT, reduce=False).maps["counters"].max_entries == 1003 + 2
 
 
 def test_large_blocklist_compiles_into_one_set_or_the_fast_path():

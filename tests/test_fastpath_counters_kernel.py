@@ -10,6 +10,7 @@ listed source's packets taken by the fast path, checked in the loaded maps). Aft
 The listed packets come from a second address on the sender; the marker that ends every train
 comes from its first address (not listed), so the step knows all earlier packets were counted.
 """
+import os
 import re
 import socket
 import struct
@@ -61,6 +62,31 @@ def fast_path_sources(ns):
     return {(socket.inet_ntoa(key[:4]), struct.unpack("=I", key[4:])[0]) for key, _ in contents.entries()}
 
 
+def counter_layout(ns):
+    """(rule ids with a counters-array counter, rule ids the fast path holds, the loaded counters
+    map's max_entries, counter_stride, possible CPUs) of the generation in force."""
+    from ipt2xdp import abi, libbpf, mapread, pins
+    from ipt2xdp.dataplane import Dataplane
+
+    with ns.entered():
+        loaded = mapread.read_loaded()
+        dp = Dataplane.open_pinned(pins.pin_dir())
+        try:
+            state = dp.read_state()
+            fd = dp._inner_fd(abi.GEN_MAPS["counters"].name, state.active)
+            try:
+                entries = libbpf.map_info(fd).max_entries
+            finally:
+                os.close(fd)
+        finally:
+            dp.close()
+        ncpus = libbpf.num_possible_cpus()
+    cfg = abi.GenConfig.from_buffer_copy(loaded.maps["cfg"].values)
+    counted = struct.unpack(f"={cfg.default_counter}I", loaded.maps["counter_rules"].values[:4 * cfg.default_counter])
+    fast = {struct.unpack_from("=I", value)[0] for _, value in loaded.maps["src_fast"].entries()}
+    return set(counted), fast, entries, cfg.counter_stride, ncpus
+
+
 STEPS = [
     ("send", [(True, 1001, 4), (False, 1009, 2), (False, 1002, 1)]),
     ("iptables", ["-I", "INPUT", "1", "-s", "192.0.2.200/32", "-j", "DROP"]),  # every rule id moves
@@ -80,11 +106,12 @@ def play(backend: str, through_wrapper: bool):
         pair.sender.run(["ip", "addr", "add", f"{listed}/24", "dev", pair.sender_if])
         ns = pair.receiver
         real(ns, backend, ["iptables-restore"], input=ruleset(listed))
-        fast = None
+        fast = layout = None
         if through_wrapper:
             loaded = True
             ipt2xdp(ns, backend, ["import", "--live", "--iface", pair.receiver_if])
             fast = fast_path_sources(ns)
+            layout = counter_layout(ns)
         tool = (lambda args: wrapped(ns, backend, args)) if through_wrapper else \
             (lambda args: real(ns, backend, args))
         sink = nsutil.udp_receiver(ns, MARKER)
@@ -103,7 +130,7 @@ def play(backend: str, through_wrapper: bool):
                                                  ["iptables-save", "-c"])}))
         finally:
             sink.close()
-        return seen, listed, fast
+        return seen, listed, fast, layout
     finally:
         try:
             if loaded:
@@ -114,10 +141,14 @@ def play(backend: str, through_wrapper: bool):
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
 def test_fast_path_drops_count_on_the_listed_rule_as_netfilter_counts_them(backend):
-    want, listed, _ = play(backend, through_wrapper=False)
-    got, listed_xdp, fast = play(backend, through_wrapper=True)
+    want, listed, _, _ = play(backend, through_wrapper=False)
+    got, listed_xdp, fast, (counted, fast_rules, entries, stride, ncpus) = play(backend, through_wrapper=True)
     assert listed_xdp == listed
     assert (listed, 32) in fast, f"the listed source must be on the fast path: {sorted(fast)[:5]}"
+    # the 41 source DROPs count in their fast entries: no counters-array slot for them; the
+    # array holds the rules the classifier decides (--dport 1009), the default and the catch-all
+    assert len(fast_rules) == 41 and not counted & fast_rules and counted
+    assert stride == len(counted) + 2 and entries == stride * ncpus, (counted, stride, entries)
     # netfilter alone counted the listed source's four first packets on its rule
     first = want[0][1]["iptables"]
     assert re.search(rf"(?m)^40\s+4\s+\d+ DROP .*{re.escape(listed)}", first), first

@@ -88,8 +88,8 @@ def test_dry_run_map_diff_against_the_loaded_generation(pair, tmp_path):
     assert changes(again) == {}
     assert again["map_diff"]["kernel_maps_identical"] is True
     assert set(again["map_diff"]["kernel_maps"]) == {"cfg", "slots", "value_class", "addr_dir", "addr_bounds",
-                                                      "class_rows", "iif_class", "exact_set", "src_fast",
-                                                      "tuple_fast"}
+                                                      "class_rows", "counter_rules", "iif_class", "exact_set",
+                                                      "src_fast", "tuple_fast"}
     plain = ipt2xdp(rx, "import", "--dry-run", str(b))
     assert "  no map entry would change\n  the loaded maps are exactly what this plan compiles to" in plain.stdout
 

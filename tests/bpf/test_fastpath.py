@@ -127,7 +127,9 @@ def tables():
     assert fast.dsts == LOCAL and not fast.probe(ip(HITS[0]), ip("192.0.2.99"))
     # the reduced classifier: the listed run, the /24 and the guarded DROP are the fast path's alone
     # (and rule 2, -s 10.0.0.2 -p tcp --dport 22, the exact-tuple fast path's)
-    held = [struct.unpack_from("=I", tables.maps["slots"].values, i * tables.maps["slots"].value_size)[0]
+    rule_of = tables.maps["counter_rules"].values  # the slots hold counters: their rules' ids
+    held = [struct.unpack_from("=I", rule_of, 4 * struct.unpack_from("=I", tables.maps["slots"].values,
+                                                                    i * tables.maps["slots"].value_size)[0])[0]
             for i in range(tables.slot_count)]
     assert held == [0, 1, 3, 40, 41, 42, 43, 44], held
     return tables

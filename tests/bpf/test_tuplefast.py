@@ -100,7 +100,9 @@ def generations(request):
                                                       getattr(l4, "dport", None))
     assert all(probe[(s, repr(u))] for s, u in HITS), "the hits must be in the fast path"
     assert not any(probe[(s, repr(u))] for s, u in MISSES), "the misses must be left out"
-    held = [struct.unpack_from("=I", tables.maps["slots"].values, i * tables.maps["slots"].value_size)[0]
+    rule_of = tables.maps["counter_rules"].values  # the slots hold counters: their rules' ids
+    held = [struct.unpack_from("=I", rule_of, 4 * struct.unpack_from("=I", tables.maps["slots"].values,
+                                                                    i * tables.maps["slots"].value_size)[0])[0]
             for i in range(tables.slot_count)]
     assert held == [0, 2, 3, 4, 30, 31, 33, 40, 41], held  # the boxes' rules left the class bitmaps
     return tables, without_fast_path(compile(RULES, ACCEPT, reduce=False, nat_new=nat_new)), nat_new
