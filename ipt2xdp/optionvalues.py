@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ipt2xdp import ir
+from ipt2xdp import irmatches, irtargets
 from ipt2xdp.fastinit import fast_constructor
 from ipt2xdp.options import ICMP_TYPES, LIMIT_UNITS, LOG_LEVELS, MATCHES, REJECT_TYPES, service_port
 
@@ -47,7 +47,7 @@ def port(text: str, proto: Optional[str], index: int) -> int:
     return value
 
 
-def port_range(text: str, proto: Optional[str], index: int) -> ir.Range:
+def port_range(text: str, proto: Optional[str], index: int) -> irmatches.Range:
     """"22" -> (22, 22); "1024:" -> (1024, 65535); ":4" -> (0, 4); "ssh" -> (22, 22)."""
     if ":" in text:
         lo_text, hi_text = text.split(":", 1)
@@ -70,7 +70,7 @@ def uint(text: str, index: int, what: str, maximum: int) -> int:
     return value
 
 
-def uint_range(text: str, index: int, what: str, maximum: int) -> ir.Range:
+def uint_range(text: str, index: int, what: str, maximum: int) -> irmatches.Range:
     if ":" in text:
         lo_text, hi_text = text.split(":", 1)
         lo = uint(lo_text, index, what, maximum) if lo_text else 0
@@ -118,10 +118,10 @@ def _require_proto(proto: Optional[str], allowed: Tuple[str, ...], ext: str, ind
 
 # Built once per distinct port value of a big ruleset (ruleparse's templates): without the frozen
 # __init__'s setattrs.
-_new_port_match, _new_tcp, _new_udp = (fast_constructor(ir.PortMatch), fast_constructor(ir.TcpMatch),
-                                       fast_constructor(ir.UdpMatch))
+_new_port_match, _new_tcp, _new_udp = (fast_constructor(irmatches.PortMatch), fast_constructor(irmatches.TcpMatch),
+                                       fast_constructor(irmatches.UdpMatch))
 
-def _port_match(g: Optional[Given], proto) -> Optional[ir.PortMatch]:
+def _port_match(g: Optional[Given], proto) -> Optional[irmatches.PortMatch]:
     if g is None:
         return None
     rng = port_range(g.args[0], proto, g.index + 1)
@@ -158,15 +158,15 @@ def tcp(given, proto, index):
     sport, dport = _ports(seen, proto)
     flags = None
     if "--syn" in seen:
-        flags = ir.TcpFlags(frozenset(("FIN", "SYN", "RST", "ACK")), frozenset(("SYN",)), seen["--syn"].negated)
+        flags = irmatches.TcpFlags(frozenset(("FIN", "SYN", "RST", "ACK")), frozenset(("SYN",)), seen["--syn"].negated)
     elif "--tcp-flags" in seen:
         g = seen["--tcp-flags"]
-        flags = ir.TcpFlags(_tcp_flag_set(g.args[0], g.index + 1), _tcp_flag_set(g.args[1], g.index + 2),
+        flags = irmatches.TcpFlags(_tcp_flag_set(g.args[0], g.index + 1), _tcp_flag_set(g.args[1], g.index + 2),
                             g.negated)
     option = None
     if "--tcp-option" in seen:
         g = seen["--tcp-option"]
-        option = ir.TcpOption(uint(g.args[0], g.index + 1, "TCP option", 255), g.negated)
+        option = irmatches.TcpOption(uint(g.args[0], g.index + 1, "TCP option", 255), g.negated)
     return _new_tcp(sport, dport, flags, option)
 
 
@@ -175,10 +175,10 @@ def _tcp_flag_set(text: str, index: int) -> frozenset:
     for item in text.split(","):
         upper = item.upper()
         if upper == "ALL":
-            flags.update(ir.TCP_FLAGS)
+            flags.update(irmatches.TCP_FLAGS)
         elif upper == "NONE":
             continue
-        elif upper in ir.TCP_FLAG_BITS:
+        elif upper in irmatches.TCP_FLAG_BITS:
             flags.add(upper)
         else:
             raise OptionError(index, f"unknown TCP flag '{item}'")
@@ -198,7 +198,7 @@ def multiport(given, proto, index):
     if len(given) > 1:
         raise OptionError(given[1].index, "multiport can only have one option")
     g = given[0]
-    ranges: List[ir.Range] = []
+    ranges: List[irmatches.Range] = []
     slots = 0
     for item in g.args[0].split(","):
         if not item:
@@ -215,7 +215,7 @@ def multiport(given, proto, index):
         ranges.append((lo, hi))
     if slots > 15:
         raise OptionError(g.index + 1, "too many ports specified (at most 15, a range counts twice)")
-    return ir.MultiportMatch(g.name[2:], tuple(ranges), g.negated)
+    return irmatches.MultiportMatch(g.name[2:], tuple(ranges), g.negated)
 
 
 def icmp(given, proto, index):
@@ -236,8 +236,8 @@ def icmp(given, proto, index):
             entry = (uint(text, g.index + 1, "ICMP type", 255), 0, 255)
     icmp_type, lo, hi = entry
     if icmp_type == 0xFF:
-        return ir.IcmpMatch(None, (0, 255), g.negated)
-    return ir.IcmpMatch(icmp_type, (lo, hi), g.negated)
+        return irmatches.IcmpMatch(None, (0, 255), g.negated)
+    return irmatches.IcmpMatch(icmp_type, (lo, hi), g.negated)
 
 
 def _icmp_by_prefix(text: str):
@@ -252,12 +252,12 @@ def conntrack(given, proto, index):
     states = None
     if "--ctstate" in seen:
         g = seen["--ctstate"]
-        states = ir.StateSet(_name_set(g.args[0], ir.CT_STATES, g.index + 1, "ctstate"), g.negated)
+        states = irmatches.StateSet(_name_set(g.args[0], irmatches.CT_STATES, g.index + 1, "ctstate"), g.negated)
     order = [o.name for o in MATCHES["conntrack"].options]
     rest = sorted((g for g in given if g.name != "--ctstate"), key=lambda g: order.index(g.name))
     if states is None and not rest:
         raise OptionError(index, "-m conntrack expects an option")
-    return ir.ConntrackMatch(states, tuple(ir.Option(g.name, g.negated, g.args) for g in rest))
+    return irmatches.ConntrackMatch(states, tuple(irmatches.Option(g.name, g.negated, g.args) for g in rest))
 
 
 def state(given, proto, index):
@@ -265,7 +265,7 @@ def state(given, proto, index):
     g = seen.get("--state")
     if g is None:
         raise OptionError(index, "-m state needs --state")
-    return ir.StateMatch(ir.StateSet(_name_set(g.args[0], ir.CT_STATES[:5], g.index + 1, "state"), g.negated))
+    return irmatches.StateMatch(irmatches.StateSet(_name_set(g.args[0], irmatches.CT_STATES[:5], g.index + 1, "state"), g.negated))
 
 
 def set_(given, proto, index):
@@ -276,8 +276,8 @@ def set_(given, proto, index):
     directions = tuple(g.args[1].split(","))
     if not 1 <= len(directions) <= 6 or any(d not in ("src", "dst") for d in directions):
         raise OptionError(g.index + 2, f"invalid set direction '{g.args[1]}' (src and dst, comma separated)")
-    rest = tuple(ir.Option(o.name, o.negated, o.args) for o in given if o.name != "--match-set")
-    return ir.SetMatch(g.args[0], directions, g.negated, rest)
+    rest = tuple(irmatches.Option(o.name, o.negated, o.args) for o in given if o.name != "--match-set")
+    return irmatches.SetMatch(g.args[0], directions, g.negated, rest)
 
 
 def iprange(given, proto, index):
@@ -290,24 +290,24 @@ def iprange(given, proto, index):
         lo_text, sep, hi_text = g.args[0].partition("-")
         lo = ipv4(lo_text, g.index + 1)
         hi = ipv4(hi_text, g.index + 1) if sep else lo
-        return ir.AddressRange(lo, hi, g.negated)
+        return irmatches.AddressRange(lo, hi, g.negated)
     if not seen:
         raise OptionError(index, "-m iprange expects --src-range or --dst-range")
-    return ir.IprangeMatch(one("--src-range"), one("--dst-range"))
+    return irmatches.IprangeMatch(one("--src-range"), one("--dst-range"))
 
 
 def length(given, proto, index):
     g = _single(given).get("--length")
     if g is None:
         raise OptionError(index, "-m length needs --length")
-    return ir.LengthMatch(uint_range(g.args[0], g.index + 1, "length", 65535), g.negated)
+    return irmatches.LengthMatch(uint_range(g.args[0], g.index + 1, "length", 65535), g.negated)
 
 
 def ttl(given, proto, index):
     if len(given) != 1:
         raise OptionError(given[1].index if given else index, "-m ttl takes exactly one of --ttl-eq, --ttl-lt, --ttl-gt")
     g = given[0]
-    return ir.TtlMatch(g.name[-2:], uint(g.args[0], g.index + 1, "TTL", 255), g.negated)
+    return irmatches.TtlMatch(g.name[-2:], uint(g.args[0], g.index + 1, "TTL", 255), g.negated)
 
 
 def addrtype(given, proto, index):
@@ -315,10 +315,10 @@ def addrtype(given, proto, index):
 
     def one(name):
         g = seen.get(name)
-        return None if g is None else ir.AddrTypes(_name_set(g.args[0], ir.ADDR_TYPES, g.index + 1, "address type"), g.negated)
+        return None if g is None else irmatches.AddrTypes(_name_set(g.args[0], irmatches.ADDR_TYPES, g.index + 1, "address type"), g.negated)
     if "--limit-iface-in" in seen and "--limit-iface-out" in seen:
         raise OptionError(seen["--limit-iface-out"].index, "--limit-iface-in and --limit-iface-out are exclusive")
-    return ir.AddrtypeMatch(one("--src-type"), one("--dst-type"), "--limit-iface-in" in seen,
+    return irmatches.AddrtypeMatch(one("--src-type"), one("--dst-type"), "--limit-iface-in" in seen,
                             "--limit-iface-out" in seen)
 
 
@@ -328,7 +328,7 @@ def comment(given, proto, index):
         raise OptionError(index, "-m comment needs --comment")
     if len(g.args[0]) > 255:
         raise OptionError(g.index + 1, "comment too long (at most 255 characters)")
-    return ir.CommentMatch(g.args[0])
+    return irmatches.CommentMatch(g.args[0])
 
 
 def mac(given, proto, index):
@@ -338,12 +338,12 @@ def mac(given, proto, index):
     parts = g.args[0].split(":")
     if len(parts) != 6 or not all(len(p) in (1, 2) and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
         raise OptionError(g.index + 1, f"bad mac address '{g.args[0]}'")
-    return ir.MacMatch(":".join(f"{int(p, 16):02x}" for p in parts), g.negated)
+    return irmatches.MacMatch(":".join(f"{int(p, 16):02x}" for p in parts), g.negated)
 
 
 def limit(given, proto, index):
     seen = _single(given)
-    avg = ir.LimitMatch.avg
+    avg = irmatches.LimitMatch.avg
     if "--limit" in seen:
         g = seen["--limit"]
         avg = _limit_avg(g.args[0], g.index + 1)
@@ -351,7 +351,7 @@ def limit(given, proto, index):
     if "--limit-burst" in seen:
         g = seen["--limit-burst"]
         burst = uint(g.args[0], g.index + 1, "burst", 10000)
-    return ir.LimitMatch(avg, burst)
+    return irmatches.LimitMatch(avg, burst)
 
 
 def _limit_avg(text: str, index: int) -> int:
@@ -367,9 +367,9 @@ def _limit_avg(text: str, index: int) -> int:
     rate = uint(number, index, "rate", 0xFFFFFFFF) if number.isdigit() else 0
     if rate == 0:
         raise OptionError(index, f"bad rate '{text}'")
-    if rate > ir.LIMIT_SCALE * mult:
+    if rate > irmatches.LIMIT_SCALE * mult:
         raise OptionError(index, f"rate too fast '{text}'")
-    return ir.LIMIT_SCALE * mult // rate
+    return irmatches.LIMIT_SCALE * mult // rate
 
 
 def recent(given, proto, index):
@@ -389,7 +389,7 @@ def recent(given, proto, index):
     name = seen.get("--name")
     if name is not None and not name.args[0]:
         raise OptionError(name.index + 1, "--name needs a name")
-    return ir.RecentMatch(
+    return irmatches.RecentMatch(
         mode=mode.name[2:], negated=mode.negated,
         seconds=uint(seconds.args[0], seconds.index + 1, "seconds", 0xFFFFFFFF) if seconds else None,
         reap="--reap" in seen,
@@ -407,7 +407,7 @@ def mark(given, proto, index):
     value_text, sep, mask_text = g.args[0].partition("/")
     value = uint(value_text, g.index + 1, "mark", 0xFFFFFFFF)
     mask = uint(mask_text, g.index + 1, "mask", 0xFFFFFFFF) if sep else 0xFFFFFFFF
-    return ir.MarkMatch(value, mask, g.negated)
+    return irmatches.MarkMatch(value, mask, g.negated)
 
 
 MATCH_BUILDERS: Dict[str, Callable] = {
@@ -423,13 +423,13 @@ MATCH_BUILDERS: Dict[str, Callable] = {
 def reject(given, proto, index):
     g = _single(given).get("--reject-with")
     if g is None:
-        return ir.Reject()
+        return irtargets.Reject()
     name = REJECT_TYPES.get(g.args[0])
     if name is None:
         raise OptionError(g.index + 1, f"unknown reject type '{g.args[0]}'")
     if name == "tcp-reset" and proto != "tcp":
         raise OptionError(g.index + 1, "--reject-with tcp-reset needs -p tcp")
-    return ir.Reject(name)
+    return irtargets.Reject(name)
 
 
 def log(given, proto, index):
@@ -442,8 +442,8 @@ def log(given, proto, index):
         level = LOG_LEVELS.get(g.args[0])
         if level is None:
             level = uint(g.args[0], g.index + 1, "log level", 7)
-    flags = frozenset(f for f in ir.LOG_FLAGS if f"--log-{f}" in seen)
-    return ir.Log(prefix, level, flags)
+    flags = frozenset(f for f in irtargets.LOG_FLAGS if f"--log-{f}" in seen)
+    return irtargets.Log(prefix, level, flags)
 
 
 def nflog(given, proto, index):
@@ -456,11 +456,11 @@ def nflog(given, proto, index):
     if len(prefix) > 63:
         raise OptionError(seen["--nflog-prefix"].index + 1, "maximum prefix length 63 for --nflog-prefix")
     threshold = num("--nflog-threshold", 0xFFFF)
-    return ir.Nflog(group=num("--nflog-group", 0xFFFF) or 0, prefix=prefix, size=num("--nflog-size", 0xFFFFFFFF),
+    return irtargets.Nflog(group=num("--nflog-group", 0xFFFF) or 0, prefix=prefix, size=num("--nflog-size", 0xFFFFFFFF),
                     range=num("--nflog-range", 0xFFFFFFFF), threshold=1 if threshold is None else threshold)
 
 
 TARGET_BUILDERS: Dict[str, Callable] = {
-    "ACCEPT": lambda g, p, i: ir.Accept(), "DROP": lambda g, p, i: ir.Drop(),
-    "RETURN": lambda g, p, i: ir.Return(), "REJECT": reject, "LOG": log, "NFLOG": nflog,
+    "ACCEPT": lambda g, p, i: irtargets.Accept(), "DROP": lambda g, p, i: irtargets.Drop(),
+    "RETURN": lambda g, p, i: irtargets.Return(), "REJECT": reject, "LOG": log, "NFLOG": nflog,
 }

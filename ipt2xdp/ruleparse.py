@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ipt2xdp import ir, linetext, options
+from ipt2xdp import ir, irmatches, irtargets, linetext, options
 from ipt2xdp.errors import SourceSpan
 from ipt2xdp.fastinit import fast_constructor, make_network
 from ipt2xdp.optionvalues import MATCH_BUILDERS, TARGET_BUILDERS, Given, OptionError
@@ -449,9 +449,9 @@ class RuleParser:
         tgt = None
         if target is not None:
             if target_kind == "-g":
-                tgt = ir.Goto(target.name)
+                tgt = irtargets.Goto(target.name)
             elif target.name in self.user_chains and target.name not in options.TARGETS:
-                tgt = ir.Jump(target.name)
+                tgt = irtargets.Jump(target.name)
             else:
                 tgt = self._extension(target, TARGET_BUILDERS, proto_name, "target")
                 built.append((-1, target, TARGET_BUILDERS.get(target.name)))
@@ -468,8 +468,8 @@ class RuleParser:
                 return builder(ext.given, proto_name, ext.index)
         except OptionError as e:
             raise RuleError(e.word_index, e.message, e.hint) from None
-        opts = tuple(ir.Option(g.name, g.negated, g.args) for g in ext.given)
-        return ir.GenericMatch(ext.name, opts) if kind == "match" else ir.GenericTarget(ext.name, opts)
+        opts = tuple(irmatches.Option(g.name, g.negated, g.args) for g in ext.given)
+        return irmatches.GenericMatch(ext.name, opts) if kind == "match" else irtargets.GenericTarget(ext.name, opts)
 
     def _addresses(self, where, words) -> List[Optional[ir.Address]]:
         """The addresses of the word at where (None: no -s/-d). Sets _address_as_printed: whether

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from ipt2xdp import ipsets, ir
+from ipt2xdp import ipsets, ir, irmatches
 from ipt2xdp.classifier import U16_MAX, U32_MAX, IntervalSet, Match
 from ipt2xdp.ctstate import CtAtom, ct_cases, ct_outcomes, ct_test
 from ipt2xdp.fastinit import fast_constructor
@@ -109,7 +109,7 @@ def _ports(ranges: Iterable[Tuple[int, int]], negated: bool) -> IntervalSet:
     return interval.complement(U16_MAX) if negated else interval
 
 
-def _port_range(port: ir.PortMatch) -> IntervalSet:
+def _port_range(port: irmatches.PortMatch) -> IntervalSet:
     """_ports([port.range], port.negated): one range needs no sorting or merging."""
     lo, hi = port.range
     if not 0 <= lo <= hi:
@@ -118,12 +118,12 @@ def _port_range(port: ir.PortMatch) -> IntervalSet:
     return interval.complement(U16_MAX) if port.negated else interval
 
 
-def _flags(flags: ir.TcpFlags) -> FrozenSet[int]:
+def _flags(flags: irmatches.TcpFlags) -> FrozenSet[int]:
     mask, comp = flags.mask_bits, flags.comp_bits
     return frozenset(v for v in range(64) if ((v & mask) == comp) != flags.negated)
 
 
-def _icmp(match: ir.IcmpMatch) -> IntervalSet:
+def _icmp(match: irmatches.IcmpMatch) -> IntervalSet:
     if match.type is None:
         interval = IntervalSet.range(0, ICMP_MAX)
     else:
@@ -240,13 +240,13 @@ def _port_constraints(builder: _Builder, rule: ir.Rule) -> None:
 def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
              interfaces: Optional[Tuple[Dict[int, str], FrozenSet[int]]] = None) -> None:
     for match in rule.matches:
-        if isinstance(match, (ir.TcpMatch, ir.UdpMatch)):
+        if isinstance(match, (irmatches.TcpMatch, irmatches.UdpMatch)):
             _port_constraints(builder, rule)
             if match.sport is not None:
                 builder.narrow("sport", _port_range(match.sport))
             if match.dport is not None:
                 builder.narrow("dport", _port_range(match.dport))
-            if isinstance(match, ir.TcpMatch):
+            if isinstance(match, irmatches.TcpMatch):
                 builder.narrow("proto", TCP)
                 if match.flags is not None:
                     builder.narrow("tcp_flags", _flags(match.flags))
@@ -254,7 +254,7 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
                     builder.mark_unknown("match.tcp-option")
             else:
                 builder.narrow("proto", UDP)
-        elif isinstance(match, ir.MultiportMatch):
+        elif isinstance(match, irmatches.MultiportMatch):
             _port_constraints(builder, rule)
             ports = _ports(match.ranges, match.negated)
             if match.kind == "sports":
@@ -265,20 +265,20 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
                 builder.add(sport=ports, dport=ports)
             else:
                 builder.either_port = ports
-        elif isinstance(match, ir.IcmpMatch):
+        elif isinstance(match, irmatches.IcmpMatch):
             builder.add(proto=frozenset({1}), icmp=_icmp(match))
-        elif isinstance(match, ir.IprangeMatch):
+        elif isinstance(match, irmatches.IprangeMatch):
             for field, span in (("src", match.src), ("dst", match.dst)):
                 if span is not None:
                     values = IntervalSet.range(int(span.lo), int(span.hi))
                     builder.narrow(field, values.complement(U32_MAX) if span.negated else values)
-        elif isinstance(match, ir.CommentMatch):
+        elif isinstance(match, irmatches.CommentMatch):
             continue
-        elif isinstance(match, (ir.StateMatch, ir.ConntrackMatch)) and ct_test(match) is not None:
+        elif isinstance(match, (irmatches.StateMatch, irmatches.ConntrackMatch)) and ct_test(match) is not None:
             builder.add_ct(ct_outcomes(ct_test(match), host))
-        elif isinstance(match, ir.SetMatch) and host.ipsets is not None:
+        elif isinstance(match, irmatches.SetMatch) and host.ipsets is not None:
             _set_match(builder, match, host)
-        elif isinstance(match, ir.AddrtypeMatch):
+        elif isinstance(match, irmatches.AddrtypeMatch):
             alternatives = addrtype_alternatives(match, host, interfaces or nf_interface_names(host))
             if not alternatives:
                 builder.never = builder.never or "never.empty"
@@ -287,7 +287,7 @@ def _matches(builder: _Builder, rule: ir.Rule, host: HostContext,
             builder.mark_unknown(f"match.{match.name}")
 
 
-def _set_match(builder: _Builder, match: ir.SetMatch, host: HostContext) -> None:
+def _set_match(builder: _Builder, match: irmatches.SetMatch, host: HostContext) -> None:
     """Members of a mirrored set as an address list on the first direction (hash:ip and hash:net
     have one dimension: xt_set uses the first flag and ignores the rest)."""
     ipset = host.ipset(match.set_name)
@@ -391,9 +391,9 @@ def _plain_term(rule: ir.Rule) -> Optional[Term]:
     if matches:
         match = matches[0]
         kind = type(match)
-        if kind is ir.UdpMatch:
+        if kind is irmatches.UdpMatch:
             only = UDP
-        elif kind is ir.TcpMatch and match.flags is None and match.option is None:
+        elif kind is irmatches.TcpMatch and match.flags is None and match.option is None:
             only = TCP
         else:
             return None
@@ -428,7 +428,7 @@ def _protocols(number: int, negated: bool) -> FrozenSet[int]:
     return numbers
 
 
-def _plain_port(port: ir.PortMatch) -> Optional[IntervalSet]:
+def _plain_port(port: irmatches.PortMatch) -> Optional[IntervalSet]:
     """_port_range(port), or None where _plain_term leaves the rule to the general path."""
     if not 0 <= port.range[0] <= port.range[1]:
         return None
