@@ -71,7 +71,8 @@ def _guardchain_of(em, table: str, chain_name: str, cond: Match, seen: set, dept
             match = conjoin(cond, disjunct.match)
             if match is None or rule.target is None or isinstance(rule.target, NO_OP_TARGETS):
                 continue
-            if isinstance(rule.target, (irtargets.Jump, irtargets.Goto)) and depth < 16 and (rule.target.chain, match) not in seen:
+            if (isinstance(rule.target, (irtargets.Jump, irtargets.Goto)) and depth < 16
+                    and (rule.target.chain, match) not in seen):
                 seen.add((rule.target.chain, match))
                 _guardchain_of(em, table, rule.target.chain, match, seen, depth + 1, foreign)
             elif foreign:
@@ -210,6 +211,7 @@ def nat_new(ruleset: ir.Ruleset, host: HostContext) -> int:
     chain = chain_of(ruleset, "nat", "PREROUTING")
     if chain is None or chain.policy != "ACCEPT":
         return 0
-    if any(rule.target is None or isinstance(rule.target, NO_OP_TARGETS + (irtargets.Jump, irtargets.Goto)) for rule in chain.rules):
+    if any(rule.target is None or isinstance(rule.target, NO_OP_TARGETS + (irtargets.Jump, irtargets.Goto))
+           for rule in chain.rules):
         return 0
     return abi.NAT_NEW_ON | (abi.NAT_NEW_TCP_LOOSE if host.ct_tcp_loose else 0)

@@ -159,7 +159,8 @@ class _Emitter:
 
 
 def _side_effect_code(target) -> Optional[str]:
-    if target is None or isinstance(target, (irtargets.Accept, irtargets.Drop, irtargets.Return, irtargets.Jump, irtargets.Goto)):
+    if target is None or isinstance(target, (irtargets.Accept, irtargets.Drop, irtargets.Return, irtargets.Jump,
+                                             irtargets.Goto)):
         return None
     return f"target.{target.name.lower()}"
 
