@@ -19,7 +19,9 @@ from typing import Dict, List, Optional
 from ipt2xdp import ir, irmatches, irtargets, linetext, options
 from ipt2xdp.errors import SourceSpan
 from ipt2xdp.fastinit import fast_constructor, make_network
-from ipt2xdp.optionvalues import MATCH_BUILDERS, TARGET_BUILDERS, Given, OptionError
+from ipt2xdp.matchbuilders import MATCH_BUILDERS
+from ipt2xdp.optionvalues import Given, OptionError
+from ipt2xdp.targetbuilders import TARGET_BUILDERS
 
 HEADER = {
     "-s": "-s", "--source": "-s", "--src": "-s", "-d": "-d", "--destination": "-d", "--dst": "-d",
@@ -469,7 +471,9 @@ class RuleParser:
         except OptionError as e:
             raise RuleError(e.word_index, e.message, e.hint) from None
         opts = tuple(irmatches.Option(g.name, g.negated, g.args) for g in ext.given)
-        return irmatches.GenericMatch(ext.name, opts) if kind == "match" else irtargets.GenericTarget(ext.name, opts)
+        if kind == "match":
+            return irmatches.GenericMatch(ext.name, opts)
+        return irtargets.GenericTarget(ext.name, opts)
 
     def _addresses(self, where, words) -> List[Optional[ir.Address]]:
         """The addresses of the word at where (None: no -s/-d). Sets _address_as_printed: whether
