@@ -14,7 +14,7 @@ from ipt2xdp.classifier import DEFER, U32_MAX, Action, ClassifierRule, IntervalS
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.planmodel import EARLIER_CHAINS, FOREIGN_CHAINS, NO_OP_TARGETS, RuleRef, chain_of
 from ipt2xdp.render import render_rule
-from ipt2xdp.translate import conjoin
+from ipt2xdp.terms import conjoin
 
 MAX_NOTED_EFFECTS = 5  # per native chain, in the report's notes
 

@@ -27,9 +27,11 @@ from ipt2xdp.fastinit import fast_constructor
 from ipt2xdp.guards import (datapath_guards, earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops, local_guard,
                             nat_flows, nat_new, raw_ct_targets)
 from ipt2xdp.hostinfo import HostContext
+from ipt2xdp.hostmatch import nf_interface_names
 from ipt2xdp.jumppaths import History, Way
 from ipt2xdp.planmodel import EARLIER_CHAINS, Decision, Plan, RuleRef, chain_of
-from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
+from ipt2xdp.terms import SetUse, Term, conjoin
+from ipt2xdp.translate import translate
 
 __all__ = ["EARLIER_CHAINS", "Decision", "Plan", "RuleRef", "TERM_MEMO", "nat_new", "plan"]
 
