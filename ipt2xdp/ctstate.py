@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
-from ipt2xdp import ir, options
+from ipt2xdp import irmatches, options
 from ipt2xdp.classifier import ALL_CT, CtClass, Match
 from ipt2xdp.hostinfo import HostContext
 
@@ -51,7 +51,7 @@ CtAtom = Tuple[CtClass, str]
 class CtTest:
     """The modelled part of one -m state / -m conntrack match."""
 
-    states: Optional[ir.StateSet]
+    states: Optional[irmatches.StateSet]
     with_nat: bool                        # -m conntrack: SNAT/DNAT bits are part of the state
     proto: Optional[Tuple[int, bool]] = None  # --ctproto N (negated)
 
@@ -123,7 +123,7 @@ def ct_outcomes(test: CtTest, host: HostContext) -> Dict[CtAtom, str]:
 
 def ct_test(match) -> Optional[CtTest]:
     """The CtTest of a -m state/-m conntrack match, or None when an option is not modelled."""
-    if isinstance(match, ir.StateMatch):
+    if isinstance(match, irmatches.StateMatch):
         return CtTest(match.states, with_nat=False)
     proto = None
     for option in match.options:

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, ClassifierRule, CtClass, Match, Verdict
-from ipt2xdp.translate import unknown_why
+from ipt2xdp.terms import unknown_why
 
 OK_WHY = {
     "ok.drop": "XDP drops matching packets in the driver",

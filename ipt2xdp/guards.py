@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ipt2xdp import ir
+from ipt2xdp import ir, irtargets
 from ipt2xdp.classifier import DEFER, U32_MAX, Action, ClassifierRule, IntervalSet, Match, Verdict
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.planmodel import EARLIER_CHAINS, FOREIGN_CHAINS, NO_OP_TARGETS, RuleRef, chain_of
 from ipt2xdp.render import render_rule
-from ipt2xdp.translate import conjoin
+from ipt2xdp.terms import conjoin
 
 MAX_NOTED_EFFECTS = 5  # per native chain, in the report's notes
 
@@ -71,7 +71,8 @@ def _guardchain_of(em, table: str, chain_name: str, cond: Match, seen: set, dept
             match = conjoin(cond, disjunct.match)
             if match is None or rule.target is None or isinstance(rule.target, NO_OP_TARGETS):
                 continue
-            if isinstance(rule.target, (ir.Jump, ir.Goto)) and depth < 16 and (rule.target.chain, match) not in seen:
+            if (isinstance(rule.target, (irtargets.Jump, irtargets.Goto)) and depth < 16
+                    and (rule.target.chain, match) not in seen):
                 seen.add((rule.target.chain, match))
                 _guardchain_of(em, table, rule.target.chain, match, seen, depth + 1, foreign)
             elif foreign:
@@ -154,7 +155,7 @@ def raw_ct_targets(ruleset: ir.Ruleset) -> bool:
     locally generated (a reply to an untracked packet gets an entry of its own)."""
     raw = ruleset.table("raw")
     return raw is not None and any(
-        isinstance(rule.target, ir.GenericTarget) and rule.target.name.upper() == "CT"
+        isinstance(rule.target, irtargets.GenericTarget) and rule.target.name.upper() == "CT"
         and any(option.name == "--helper" for option in rule.target.options)
         for chain in raw.chains for rule in chain.rules)
 
@@ -210,6 +211,7 @@ def nat_new(ruleset: ir.Ruleset, host: HostContext) -> int:
     chain = chain_of(ruleset, "nat", "PREROUTING")
     if chain is None or chain.policy != "ACCEPT":
         return 0
-    if any(rule.target is None or isinstance(rule.target, NO_OP_TARGETS + (ir.Jump, ir.Goto)) for rule in chain.rules):
+    if any(rule.target is None or isinstance(rule.target, NO_OP_TARGETS + (irtargets.Jump, irtargets.Goto))
+           for rule in chain.rules):
         return 0
     return abi.NAT_NEW_ON | (abi.NAT_NEW_TCP_LOOSE if host.ct_tcp_loose else 0)

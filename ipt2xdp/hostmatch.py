@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
-from ipt2xdp import addrtype, ir
+from ipt2xdp import addrtype, ir, irmatches
 from ipt2xdp.classifier import U32_MAX, IntervalSet, Match
 from ipt2xdp.hostinfo import HostContext
 
@@ -72,7 +72,7 @@ def _nf_ifindex(host: HostContext, ifindex: int) -> Optional[int]:
     return seen_as.ifindex
 
 
-def addrtype_alternatives(match: ir.AddrtypeMatch, host: HostContext,
+def addrtype_alternatives(match: irmatches.AddrtypeMatch, host: HostContext,
                            interfaces: Tuple[Dict[int, str], FrozenSet[int]]) -> List[Tuple[Match, Optional[str]]]:
     """-m addrtype as disjoint alternatives. A destination's type comes from the routes read at
     import: only destinations local then are decided in XDP (the planner's guard), and a DROP is
@@ -107,7 +107,7 @@ def addrtype_alternatives(match: ir.AddrtypeMatch, host: HostContext,
     return [(m, r) for m, r in out if all(v is None or v for v in (m.src, m.dst, m.iif))]
 
 
-def src_type_alternatives(types: Optional[ir.AddrTypes]) -> List[Tuple[Optional[IntervalSet], Optional[str]]]:
+def src_type_alternatives(types: Optional[irmatches.AddrTypes]) -> List[Tuple[Optional[IntervalSet], Optional[str]]]:
     if types is None:
         return [(None, None)]
     intrinsic = IntervalSet()

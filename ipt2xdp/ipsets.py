@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from ipt2xdp import ir
+from ipt2xdp import ir, irmatches
 from ipt2xdp.classifier import IntervalSet
 
 IPSET = "/usr/sbin/ipset"
@@ -155,7 +155,7 @@ def referenced_sets(ruleset: ir.Ruleset) -> List[str]:
     for chain in (table.chains if table is not None else ()):
         for rule in chain.rules:
             for match in rule.matches:
-                if isinstance(match, ir.SetMatch):
+                if isinstance(match, irmatches.SetMatch):
                     names.setdefault(match.set_name, None)
     return list(names)
 
@@ -191,7 +191,7 @@ def read_sets(names: Iterable[str], changed: FrozenSet[str] = frozenset(), ipset
     return tuple(out)
 
 
-def match_problem(match: ir.SetMatch, ipset: Optional[IpSet]) -> str:
+def match_problem(match: irmatches.SetMatch, ipset: Optional[IpSet]) -> str:
     """The WHY code that keeps this match from being evaluated in XDP, or "" when it can be."""
     if ipset is None:
         return "set-missing"

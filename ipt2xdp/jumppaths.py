@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from ipt2xdp.classifier import IntervalSet, Match
 from ipt2xdp.decisions import _covers
-from ipt2xdp.translate import conjoin
+from ipt2xdp.terms import conjoin
 
 MAX_WAYS = 32
 MAX_SPLITS = 8

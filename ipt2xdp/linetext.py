@@ -55,11 +55,11 @@ def plan_for(blanked: Sequence[int], addresses: Sequence[int], parts) -> Optiona
     """The TextPlan of a template key (blanked: its blanked word positions; addresses: those of
     -s/-d; parts: (builder, layout) of each match or target rebuilt from blanked words), or None
     when a blanked word is of another kind."""
-    from ipt2xdp import optionvalues
+    from ipt2xdp import matchbuilders
 
     ports = []
     for builder, layout in parts:
-        if builder not in (optionvalues.tcp, optionvalues.udp) or len(layout) != 1:
+        if builder not in (matchbuilders.tcp, matchbuilders.udp) or len(layout) != 1:
             return None
         name, _negated, at, nargs = layout[0]
         if name not in PORT_OPTIONS or nargs != 1:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ipt2xdp.classifier import IntervalSet, Match
-from ipt2xdp.translate import conjoin
+from ipt2xdp.terms import conjoin
 
 Bound = Tuple[Tuple[str, tuple], ...]
 NO_IPV4 = "no-ipv4"  # a rule no IPv4 packet satisfies

@@ -34,7 +34,7 @@ from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
 from ipt2xdp import nftbound
 from ipt2xdp.classifier import Match
-from ipt2xdp.translate import conjoin
+from ipt2xdp.terms import conjoin
 
 XTABLES_TABLES = ("filter", "mangle", "raw", "nat", "security")
 BEFORE_INPUT_HOOKS = ("ingress", "prerouting", "input")

@@ -7,8 +7,8 @@ prints them. Extensions not listed here still parse, generically (see ruleparse.
 is never rejected merely for using something ipt2xdp does not model.
 
 Also here: the name tables iptables resolves (protocols, services, ICMP types, REJECT types, LOG
-levels), read the same way iptables 1.8.9 reads them. optionvalues.py turns the options collected
-for one match or target into its typed IR value.
+levels), read the same way iptables 1.8.9 reads them. matchbuilders.py and targetbuilders.py turn
+the options collected for one match or target into its typed IR value.
 """
 from __future__ import annotations
 

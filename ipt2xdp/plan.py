@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
-from ipt2xdp import ir, jumppaths
+from ipt2xdp import ir, irtargets, jumppaths
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, Action,
                                 ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
@@ -27,9 +27,11 @@ from ipt2xdp.fastinit import fast_constructor
 from ipt2xdp.guards import (datapath_guards, earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops, local_guard,
                             nat_flows, nat_new, raw_ct_targets)
 from ipt2xdp.hostinfo import HostContext
+from ipt2xdp.hostmatch import nf_interface_names
 from ipt2xdp.jumppaths import History, Way
 from ipt2xdp.planmodel import EARLIER_CHAINS, Decision, Plan, RuleRef, chain_of
-from ipt2xdp.translate import SetUse, Term, conjoin, nf_interface_names, translate
+from ipt2xdp.terms import SetUse, Term, conjoin
+from ipt2xdp.translate import translate
 
 __all__ = ["EARLIER_CHAINS", "Decision", "Plan", "RuleRef", "TERM_MEMO", "nat_new", "plan"]
 
@@ -159,7 +161,8 @@ class _Emitter:
 
 
 def _side_effect_code(target) -> Optional[str]:
-    if target is None or isinstance(target, (ir.Accept, ir.Drop, ir.Return, ir.Jump, ir.Goto)):
+    if target is None or isinstance(target, (irtargets.Accept, irtargets.Drop, irtargets.Return, irtargets.Jump,
+                                             irtargets.Goto)):
         return None
     return f"target.{target.name.lower()}"
 
@@ -199,7 +202,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 match = conjoin(cond, match)
                 if match is None:
                     continue
-            if type(target) is ir.Drop and not disjunct.unknown and not term.set_uses:
+            if type(target) is irtargets.Drop and not disjunct.unknown and not term.set_uses:
                 if uniform is not None:  # every packet here came one way (an unconditional jump)
                     em.emit(match, DROP, path + uniform + (ref,), "ok.drop")
                 elif history:
@@ -210,7 +213,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 continue
             em.emit_drops(pending, path, history)
             side_effect = _side_effect_code(rule.target)
-            if (disjunct.unknown and not side_effect and isinstance(rule.target, ir.Drop)
+            if (disjunct.unknown and not side_effect and isinstance(rule.target, irtargets.Drop)
                     and set(disjunct.unknown.split(",")) <= SKIPPABLE_UNKNOWN and len(em.maybe_drops) < MAX_MAYBE_DROPS):
                 em.maybe_drops.append(match)
                 em.maybe_drop_refs.add(ref)
@@ -221,14 +224,14 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 # a counting-only rule: no effect on the packet's fate, but netfilter counts it
                 history = jumppaths.went_on(jumppaths.after_rule(history, match, ref), history, cond)
                 uniform = jumppaths.uniform(history, cond)
-            elif isinstance(rule.target, ir.Accept):
+            elif isinstance(rule.target, irtargets.Accept):
                 em.emit_accept(match, path + (ref,), "ok.accept")
-            elif isinstance(rule.target, ir.Drop) and term.set_uses:
+            elif isinstance(rule.target, irtargets.Drop) and term.set_uses:
                 em.emit_drop(match, Action(DROP.verdict, guard=em.note_sets(term.set_uses, _own_set_bits(term))),
                              path, ref, "ok.set-drop", history)
-            elif isinstance(rule.target, ir.Drop):
+            elif isinstance(rule.target, irtargets.Drop):
                 em.emit_drop(match, DROP, path, ref, "ok.drop", history)
-            elif isinstance(rule.target, ir.Return):
+            elif isinstance(rule.target, irtargets.Return):
                 returns.append(len(em.rules))
                 em.emit(match, CONTINUE(0), path + (ref,), "ok.return")  # patched by the caller
                 exits.extend(jumppaths.after_rule(history, match, ref))
@@ -242,7 +245,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 if came_back:
                     history = jumppaths.went_on(came_back, history, cond)
                     uniform = jumppaths.uniform(history, cond)
-                if not isinstance(rule.target, ir.Goto):
+                if not isinstance(rule.target, irtargets.Goto):
                     continue
             if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
                     and _covers(match, cond)):
@@ -268,7 +271,7 @@ def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, .
         em.emit(match, DEFER, path, "chain.too-large")
         return []
     came_back = jumppaths.returned(inner_exits, end_history, match, path[-1])
-    if isinstance(target, ir.Goto):
+    if isinstance(target, irtargets.Goto):
         # RETURN in, or falling off the end of, a goto'd chain returns to *our* caller: route both
         # through one rule that continues where our caller's RETURN would.
         end = len(em.rules)
@@ -304,10 +307,10 @@ def _earlier_set_bits(rule: ir.Rule, term: Term) -> int:
     """
     if rule.target is None:
         return 0
-    if isinstance(rule.target, (ir.Jump, ir.Goto, ir.Return)):
+    if isinstance(rule.target, (irtargets.Jump, irtargets.Goto, irtargets.Return)):
         return GUARD_REMOVALS | GUARD_ADDITIONS
     exact = all(d.unknown is None or set(d.unknown.split(",")) <= SKIPPABLE_UNKNOWN for d in term.disjuncts)
-    if isinstance(rule.target, ir.Drop) and exact:
+    if isinstance(rule.target, irtargets.Drop) and exact:
         return 0
     return sum({GUARD_REMOVALS if u.negated else GUARD_ADDITIONS for u in term.set_uses})
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from ipt2xdp import ir
+from ipt2xdp import ir, irtargets
 from ipt2xdp.classifier import Action, ClassifierRule
 
 EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"))
@@ -15,7 +15,7 @@ EARLIER_CHAINS = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PRER
 # its filter/INPUT shares priority 0 (order unknown). Its policy there is harmless: a packet XDP
 # drops is dropped by the planned filter/INPUT either way.
 FOREIGN_CHAINS = EARLIER_CHAINS + (("filter", "INPUT"),)
-NO_OP_TARGETS = (ir.Accept, ir.Return)  # in an earlier chain these let the packet go on unchanged
+NO_OP_TARGETS = (irtargets.Accept, irtargets.Return)  # in an earlier chain these let the packet go on unchanged
 
 
 @dataclass(frozen=True)

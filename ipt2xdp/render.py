@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 from typing import Callable, List, Mapping, Optional, Tuple
 
-from ipt2xdp import ir, options
+from ipt2xdp import ir, irmatches, irtargets, options
 
 _PLAIN = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -40,7 +40,7 @@ def _bang(negated: bool) -> str:
     return "! " if negated else ""
 
 
-def _range(r: ir.Range) -> str:
+def _range(r: irmatches.Range) -> str:
     return str(r[0]) if r[0] == r[1] else f"{r[0]}:{r[1]}"
 
 
@@ -49,7 +49,7 @@ def _names(selected, order) -> str:
 
 
 def _tcp_flags(flags) -> str:
-    return _names(flags, ir.TCP_FLAGS) or "NONE"
+    return _names(flags, irmatches.TCP_FLAGS) or "NONE"
 
 
 def _options(ext_name: str, opts) -> List[str]:
@@ -75,7 +75,7 @@ def _ports(m) -> List[str]:
 
 def _match(m) -> List[str]:
     kind = type(m)
-    if kind is ir.TcpMatch:
+    if kind is irmatches.TcpMatch:
         out = _ports(m)
         if m.option is not None:
             out.append(f"{_bang(m.option.negated)}--tcp-option {m.option.number}")
@@ -83,47 +83,47 @@ def _match(m) -> List[str]:
             f = m.flags
             out.append(f"{_bang(f.negated)}--tcp-flags {_tcp_flags(f.mask)} {_tcp_flags(f.comp)}")
         return out
-    if kind is ir.UdpMatch:
+    if kind is irmatches.UdpMatch:
         return _ports(m)
-    if kind is ir.MultiportMatch:
+    if kind is irmatches.MultiportMatch:
         ports = ",".join(f"{lo}:{hi}" if lo != hi else str(lo) for lo, hi in m.ranges)
         return [f"{_bang(m.negated)}--{m.kind} {ports}"]
-    if kind is ir.IcmpMatch:
+    if kind is irmatches.IcmpMatch:
         if m.type is None:
             return [f"{_bang(m.negated)}--icmp-type any"]
         code = "" if m.code == (0, 255) else f"/{m.code[0]}"
         return [f"{_bang(m.negated)}--icmp-type {m.type}{code}"]
-    if kind is ir.ConntrackMatch:
+    if kind is irmatches.ConntrackMatch:
         out = []
         if m.states is not None:
-            out.append(f"{_bang(m.states.negated)}--ctstate {_names(m.states.states, ir.CT_STATES)}")
+            out.append(f"{_bang(m.states.negated)}--ctstate {_names(m.states.states, irmatches.CT_STATES)}")
         return out + _options("conntrack", m.options)
-    if kind is ir.StateMatch:
-        return [f"{_bang(m.states.negated)}--state {_names(m.states.states, ir.CT_STATES)}"]
-    if kind is ir.SetMatch:
+    if kind is irmatches.StateMatch:
+        return [f"{_bang(m.states.negated)}--state {_names(m.states.states, irmatches.CT_STATES)}"]
+    if kind is irmatches.SetMatch:
         return [f"{_bang(m.negated)}--match-set {m.set_name} {','.join(m.directions)}"] + _options("set", m.options)
-    if kind is ir.IprangeMatch:
+    if kind is irmatches.IprangeMatch:
         return [f"{_bang(r.negated)}--{side}-range {r.lo}-{r.hi}"
                 for side, r in (("src", m.src), ("dst", m.dst)) if r is not None]
-    if kind is ir.LengthMatch:
+    if kind is irmatches.LengthMatch:
         return [f"{_bang(m.negated)}--length {_range(m.range)}"]
-    if kind is ir.TtlMatch:
+    if kind is irmatches.TtlMatch:
         return [f"{_bang(m.negated)}--ttl-{m.op} {m.value}"]
-    if kind is ir.AddrtypeMatch:
-        out = [f"{_bang(t.negated)}--{side}-type {_names(t.types, ir.ADDR_TYPES)}"
+    if kind is irmatches.AddrtypeMatch:
+        out = [f"{_bang(t.negated)}--{side}-type {_names(t.types, irmatches.ADDR_TYPES)}"
                for side, t in (("src", m.src), ("dst", m.dst)) if t is not None]
         out += ["--limit-iface-in"] * m.limit_iface_in + ["--limit-iface-out"] * m.limit_iface_out
         return out
-    if kind is ir.CommentMatch:
+    if kind is irmatches.CommentMatch:
         return ["--comment " + save_string(m.text)]
-    if kind is ir.MacMatch:
+    if kind is irmatches.MacMatch:
         return [f"{_bang(m.negated)}--mac-source {m.address}"]
-    if kind is ir.LimitMatch:
+    if kind is irmatches.LimitMatch:
         out = ["--limit " + limit_rate(m.avg)]
         return out + ([f"--limit-burst {m.burst}"] if m.burst != 5 else [])
-    if kind is ir.RecentMatch:
+    if kind is irmatches.RecentMatch:
         return _recent(m)
-    if kind is ir.MarkMatch:
+    if kind is irmatches.MarkMatch:
         mask = "" if m.mask == 0xFFFFFFFF else f"/{m.mask:#x}"
         return [f"{_bang(m.negated)}--mark {m.value:#x}{mask}"]
     return _options(m.name, m.options)
@@ -131,8 +131,8 @@ def _match(m) -> List[str]:
 
 def limit_rate(avg: int) -> str:
     """libxt_limit print_rate: the largest unit that still shows the rate as an integer."""
-    units = (("/day", ir.LIMIT_SCALE * 86400), ("/hour", ir.LIMIT_SCALE * 3600),
-             ("/min", ir.LIMIT_SCALE * 60), ("/sec", ir.LIMIT_SCALE))
+    units = (("/day", irmatches.LIMIT_SCALE * 86400), ("/hour", irmatches.LIMIT_SCALE * 3600),
+             ("/min", irmatches.LIMIT_SCALE * 60), ("/sec", irmatches.LIMIT_SCALE))
     i = 1
     while i < len(units):
         mult = units[i][1]
@@ -142,7 +142,7 @@ def limit_rate(avg: int) -> str:
     return f"{units[i - 1][1] // avg}{units[i - 1][0]}"
 
 
-def _recent(m: ir.RecentMatch) -> List[str]:
+def _recent(m: irmatches.RecentMatch) -> List[str]:
     out = [f"{_bang(m.negated)}--{m.mode}"]
     if m.seconds:
         out.append(f"--seconds {m.seconds}")
@@ -160,17 +160,17 @@ def _recent(m: ir.RecentMatch) -> List[str]:
 
 def _target(t) -> List[str]:
     kind = type(t)
-    if kind is ir.Goto:
+    if kind is irtargets.Goto:
         return ["-g", t.chain]
     head = ["-j", t.name]
-    if kind is ir.Reject:
+    if kind is irtargets.Reject:
         return head + ["--reject-with", t.reject_with]
-    if kind is ir.Log:
+    if kind is irtargets.Log:
         out = head + (["--log-prefix", save_string(t.prefix)] if t.prefix else [])
         if t.level != 4:
             out += ["--log-level", str(t.level)]
-        return out + [f"--log-{f}" for f in ir.LOG_FLAGS if f in t.flags]
-    if kind is ir.Nflog:
+        return out + [f"--log-{f}" for f in irtargets.LOG_FLAGS if f in t.flags]
+    if kind is irtargets.Nflog:
         out = head + (["--nflog-prefix", save_string(t.prefix)] if t.prefix else [])
         if t.group:
             out += ["--nflog-group", str(t.group)]
@@ -181,7 +181,7 @@ def _target(t) -> List[str]:
         if t.threshold != 1:
             out += ["--nflog-threshold", str(t.threshold)]
         return out
-    if kind is ir.GenericTarget:
+    if kind is irtargets.GenericTarget:
         return head + _options(t.name, t.options)
     return head
 
@@ -210,7 +210,7 @@ def render_rule(rule: ir.Rule, counters: bool = False) -> str:
 
 
 _PROTOCOL_TEXT = {}  # number -> "-p name" (options.protocol_name reads its table once too)
-_PLAIN_TARGETS = {ir.Accept: "-j ACCEPT", ir.Drop: "-j DROP", ir.Return: "-j RETURN"}
+_PLAIN_TARGETS = {irtargets.Accept: "-j ACCEPT", irtargets.Drop: "-j DROP", irtargets.Return: "-j RETURN"}
 
 
 def _rule_text(rule: ir.Rule) -> str:

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Tuple
 from ipt2xdp import ir
 from ipt2xdp.errors import Diagnostic, ParseError, SourceSpan
 from ipt2xdp.fastinit import fast_constructor
-from ipt2xdp.ruleparse import KNOWN_TARGET_EXTENSIONS, RuleError, RuleParser
+from ipt2xdp.ruleparse import RuleParser
+from ipt2xdp.rulewords import KNOWN_TARGET_EXTENSIONS, RuleError
 from ipt2xdp.savegrammar import split_words, word_regex, words as _words
 
 _new_span = fast_constructor(SourceSpan)

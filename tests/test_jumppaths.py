@@ -12,7 +12,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from ipt2xdp import ir, jumppaths
+from ipt2xdp import ir, irmatches, irtargets, jumppaths
 from ipt2xdp.classifier import Verdict, evaluate, validate
 from ipt2xdp.plan import RuleRef, plan
 from tests.test_plan import HOST, packet, ruleset
@@ -25,7 +25,7 @@ def _rule_matches(rule: ir.Rule, pkt) -> bool:
     if rule.protocol is not None and rule.protocol.number != pkt.proto:
         return False
     for match in rule.matches:
-        if isinstance(match, (ir.UdpMatch, ir.TcpMatch)) and match.dport is not None:
+        if isinstance(match, (irmatches.UdpMatch, irmatches.TcpMatch)) and match.dport is not None:
             lo, hi = match.dport.range
             if pkt.dport is None or not lo <= pkt.dport <= hi:
                 return False
@@ -46,15 +46,15 @@ def netfilter(rs: ir.Ruleset, pkt):
             target = rule.target
             if target is None:
                 continue
-            if isinstance(target, (ir.Accept, ir.Drop)):
+            if isinstance(target, (irtargets.Accept, irtargets.Drop)):
                 LAST["path"] = len(active) + 1
                 return target.name
-            if isinstance(target, ir.Return):
+            if isinstance(target, irtargets.Return):
                 return "RETURN"
             active.append(index)
             outcome = run(target.chain)
             active.pop()
-            if isinstance(target, ir.Goto):
+            if isinstance(target, irtargets.Goto):
                 return outcome  # a goto'd chain's end returns from this chain too
             if outcome != "RETURN":
                 return outcome
