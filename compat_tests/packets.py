@@ -117,6 +117,8 @@ class Scan:
     protocols: Set[int] = field(default_factory=set)
     icmp: Set[Tuple[int, int]] = field(default_factory=set)
     rules: List["RuleHint"] = field(default_factory=list)
+    nat_dests: Set[str] = field(default_factory=set)  # --to-destination addresses: the receiver's own
+    nat_sources: Set[str] = field(default_factory=set)  # --to-source addresses: replies come back to them
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,12 @@ def scan(text: str) -> Scan:
     for line in text.splitlines():
         if line.startswith(("-A ", "-I ")):
             out.rules.append(_hint(line))
+    for flag, address, port in re.findall(r"--to-(destination|source) (\d+\.\d+\.\d+\.\d+)?(?::(\d+))?", text):
+        if address:
+            (out.nat_dests if flag == "destination" else out.nat_sources).add(address)
+        if port:
+            out.ports.add(int(port))
+    out.ports.update(int(port) for port in re.findall(r"--to-ports (\d+)", text))
     return out
 
 
@@ -233,9 +241,11 @@ def generate(text: str, n: int = 200, seed: int = 0, forwarding: bool = False) -
     local = {a for a in dst_scan if _usable_local(a)} - set(src_pool)
     if forwarding:  # the forwarded block lies behind the receiver, none of it is local
         local = {a for a in local if ipaddress.IPv4Address(a) not in block}
-    local = sorted(local | {DEFAULT_LOCAL})
+    # NAT addresses are always local: a DNAT or SNAT to them keeps the packet on its way to filter/INPUT.
+    kept = {DEFAULT_LOCAL} | found.nat_dests | found.nat_sources
+    local = sorted(local | kept)
     if len(local) > 48:  # each one is an address on the receiver's lo: keep setup fast
-        local = sorted([DEFAULT_LOCAL] + rng.sample([a for a in local if a != DEFAULT_LOCAL], 47))
+        local = sorted(kept | set(rng.sample([a for a in local if a not in kept], 48 - len(kept))))
     dst_pool = sorted(set(local) | set(dst_scan) | {NONLOCAL, "255.255.255.255", "224.0.0.1"})
     forwarded: List[str] = []
     if forwarding:
@@ -244,7 +254,7 @@ def generate(text: str, n: int = 200, seed: int = 0, forwarding: bool = False) -
         forwarded = [a for a in forwarded if a not in (str(block.network_address), str(block.broadcast_address))]
     ctx = probes.Context(rng, src_pool, dst_pool, local, port_edges(sorted(found.ports)),
                          sorted(found.icmp | set(ICMP_TYPES)), sorted(found.protocols | set(OTHER_PROTOCOLS)),
-                         found.rules, forwarded=forwarded)
+                         found.rules, forwarded=forwarded, nat_sources=sorted(found.nat_sources))
     ctx.flows = [Flow(rng.choice((17, 17, 1)), rng.choice(local), rng.choice(ctx.ports) or 1,
                       rng.choice(src_pool), rng.choice(ctx.ports) or 1) for _ in range(6)]
     servers = sorted({(rng.choice(local), rng.choice([p for p in ctx.ports if p] or [80])) for _ in range(3)})

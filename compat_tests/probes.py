@@ -32,6 +32,7 @@ class Context:
     flows: list = ()  # packets.Flow the receiver opens before the probes
     forwarded: list = ()  # destinations the receiver forwards to the third namespace (forwarding runs)
     tcp_flows: list = ()  # packets.TcpFlow the sender opens
+    nat_sources: list = ()  # SNAT addresses (--to-source): the receiver's flows may leave with them
     # Per TCP flow: (probes sent after the SYN, client sequence offset), as a real client advances.
     cursors: dict = field(default_factory=dict)
     syn_seq: dict = field(default_factory=dict)  # per TCP flow: the client's ISN (its SYN's seq)
@@ -224,20 +225,24 @@ def flow(ctx: Context, pid: int):
         return udp(ctx, pid)
     f = ctx.rng.choice(ctx.flows)
     kind = ctx.rng.choice(("reply", "reply", "icmp error", "reversed"))
+    # A flow SNATed on its way out (nat POSTROUTING) is answered at its new source, which conntrack
+    # rewrites back in PREROUTING (a NATed flow, abi.NAT_FLOWS): half the replies go there.
+    to = ctx.rng.choice(ctx.nat_sources) if ctx.nat_sources and ctx.rng.random() < 0.5 else f.local
     if f.proto == 17:
-        outbound = IP(src=f.local, dst=f.remote) / UDP(sport=f.local_port, dport=f.remote_port)
+        outbound = IP(src=to, dst=f.remote) / UDP(sport=f.local_port, dport=f.remote_port)
         reply = UDP(sport=f.remote_port, dport=f.local_port)
         reverse = UDP(sport=f.local_port, dport=f.remote_port)
     else:
-        outbound = IP(src=f.local, dst=f.remote) / ICMP(type=8, id=f.local_port, seq=1)
+        outbound = IP(src=to, dst=f.remote) / ICMP(type=8, id=f.local_port, seq=1)
         reply, reverse = ICMP(type=0, id=f.local_port, seq=1), ICMP(type=8, id=pid, seq=1)
     if kind == "icmp error":
         layer = ICMP(type=3, code=3) / IP(bytes(outbound))
     else:
         layer = reply if kind == "reply" else reverse
-    pkt = IP(id=pid, src=f.remote, dst=f.local) / layer / Raw(_payload(pid))
+    pkt = IP(id=pid, src=f.remote, dst=to) / layer / Raw(_payload(pid))
     name = "udp" if f.proto == 17 else "echo"
-    return _done(IP(bytes(pkt)), f"{kind} for the receiver's {name} flow {f.local}:{f.local_port} > "
+    via = f" via {to}" if to != f.local else ""
+    return _done(IP(bytes(pkt)), f"{kind}{via} for the receiver's {name} flow {f.local}:{f.local_port} > "
                                  f"{f.remote}:{f.remote_port}")
 
 
