@@ -225,7 +225,8 @@ def generate(seed: int, max_rules: int = 12, max_chains: int = 3, forwarding: bo
     forwarding: FORWARD gets rules as well (forwarded destinations, -o), for runs where the receiver
     forwards (harness.Testbed(forwarding=True)); user chains may then be reached from both.
     nat: a nat table too (generate_nat): DNAT/REDIRECT in PREROUTING and its user chains, sometimes
-    MASQUERADE/SNAT in POSTROUTING; the filter table is the one the seed gives without it.
+    MASQUERADE/SNAT in POSTROUTING; the filter table is the one the seed gives without it, plus one
+    to three INPUT rules about the NAT addresses and ports (_nat_input_rule).
     """
     rng = random.Random(seed)
     user = [f"chain{i}" for i in range(rng.randint(0, max_chains))]
@@ -239,7 +240,29 @@ def generate(seed: int, max_rules: int = 12, max_chains: int = 3, forwarding: bo
     if not nat:
         return GenRuleset(seed, policies, chains)
     nat_policies, nat_chains = generate_nat(seed)
+    rng = random.Random(f"nat-input:{seed}")
+    for _ in range(rng.randint(1, 3)):
+        chains["INPUT"].insert(rng.randint(0, len(chains["INPUT"])), _nat_input_rule(rng))
     return GenRuleset(seed, policies, chains, nat_chains, nat_policies)
+
+
+def _nat_input_rule(rng: random.Random) -> Rule:
+    """A filter/INPUT rule of a NAT host: accept what DNAT/REDIRECT deliver to (a published port),
+    or drop what they rewrite away from. Where the two differ, a verdict taken on the packet as XDP
+    sees it (before nat/PREROUTING) would be wrong: the planner's guards must defer those packets."""
+    proto = rng.choice(("tcp", "udp"))
+    roll = rng.random()
+    if roll < 0.35:
+        atoms = [f"-d {rng.choice(NAT_ADDRS)}", f"-p {proto}", f"-m {proto} --dport {rng.choice(NAT_PORTS)}"]
+    elif roll < 0.55:
+        atoms = [f"-p {proto}", f"-m {proto} --dport {rng.choice(NAT_PORTS)}"]
+    elif roll < 0.7:
+        atoms = [f"-d {rng.choice(NAT_ADDRS)}"]
+    elif roll < 0.85:
+        return Rule([f"-p {proto}", f"-m {proto} --dport {rng.choice(PORTS)}"], "-j DROP")
+    else:
+        return Rule([f"-d {rng.choice(DESTS[:4])}"], "-j DROP")
+    return Rule(atoms, "-j ACCEPT")
 
 
 def shrink(rs: GenRuleset, fails: Callable[[str], bool], budget: int = 200) -> GenRuleset:
