@@ -255,7 +255,7 @@ def _exchange(bed: Testbed, ruleset: str, corpus: Corpus, backend: str, attach: 
     socks = []
     try:
         socks += open_flows(bed.receiver.path, corpus.flows)
-        socks += listen(bed.receiver.path, corpus.tcp_flows)
+        socks += listen(bed.receiver.path, corpus.tcp_flows, corpus.listen_any)
         observation = _exchange_in_two_steps(ends, corpus.probes)
     finally:
         ends.close()

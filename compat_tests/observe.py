@@ -217,11 +217,14 @@ def open_flows(receiver_ns: str, flows) -> List[socket.socket]:
     return socks
 
 
-def listen(receiver_ns: str, tcp_flows) -> List[socket.socket]:
-    """A listening socket in the receiver per TCP flow server (address, port); the caller closes them."""
+def listen(receiver_ns: str, tcp_flows, any_ports: Iterable[int] = ()) -> List[socket.socket]:
+    """A listening socket in the receiver per TCP flow server (address, port), and one on every
+    address per port of any_ports that no flow server uses; the caller closes them."""
     socks = []
+    servers = {(f.server, f.server_port) for f in tcp_flows}
+    taken = {port for _, port in servers}
     with inside(receiver_ns):
-        for address, port in sorted({(f.server, f.server_port) for f in tcp_flows}):
+        for address, port in sorted(servers | {("0.0.0.0", p) for p in any_ports if p not in taken}):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             socks.append(s)

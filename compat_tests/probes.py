@@ -33,6 +33,7 @@ class Context:
     forwarded: list = ()  # destinations the receiver forwards to the third namespace (forwarding runs)
     tcp_flows: list = ()  # packets.TcpFlow the sender opens
     nat_sources: list = ()  # SNAT addresses (--to-source): the receiver's flows may leave with them
+    syns: list = field(default_factory=list)  # (src, dst, sport, dport, seq) of earlier single SYN probes
     # Per TCP flow: (probes sent after the SYN, client sequence offset), as a real client advances.
     cursors: dict = field(default_factory=dict)
     syn_seq: dict = field(default_factory=dict)  # per TCP flow: the client's ISN (its SYN's seq)
@@ -218,6 +219,20 @@ def aimed(ctx: Context, pid: int):
     return _done(IP(bytes(pkt)), desc + " (aimed at a rule)")
 
 
+def tcp_again(ctx: Context, pid: int):
+    """A later segment from the tuple of an earlier SYN probe (NAT hosts): if the SYN made an entry,
+    conntrack rewrites this one as the SYN was (DNAT, REDIRECT), whether or not a nat rule matches it
+    (a `--syn` rule does not): only the conntrack lookup tells XDP (abi.NAT_FLOWS)."""
+    if not ctx.syns:
+        return tcp(ctx, pid)
+    src, dst, sport, dport, syn_seq = ctx.rng.choice(ctx.syns)
+    flags = ctx.rng.choice(("A", "A", "PA", "FA", "R"))
+    _, ack = tcp_seq_ack(pid)  # a reset to it has seq = ack: traced to this probe
+    pkt = IP(id=pid, src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=(syn_seq + 1) & 0xFFFFFFFF,
+                                             ack=ack) / Raw(_payload(pid))
+    return _done(pkt, f"tcp {src}:{sport} > {dst}:{dport} [{flags}] after an earlier SYN")
+
+
 def flow(ctx: Context, pid: int):
     """A packet of a flow the receiver opened: its reply (ESTABLISHED), an ICMP error about it (RELATED),
     or the reverse of it (NEW)."""
@@ -333,3 +348,14 @@ def handmade(specs, local_addrs=None, flows=()):
 # (family, weight): common shapes dominate, odd ones are always present in a 200-probe corpus.
 FAMILIES = ((aimed, 30), (tcp, 20), (udp, 12), (icmp, 10), (other_protocol, 5), (fragments, 7),
             (ip_options, 5), (malformed, 7), (odd_addresses, 6), (flow, 8), (tcp_flow, 10))
+NAT_FAMILIES = ((tcp_again, 10),)  # rulesets with a nat table
+
+
+def lone_syn(probe) -> list:
+    """[(src, dst, sport, dport, seq)] of a one-frame TCP probe with only SYN set, else []."""
+    if len(probe.frames) != 1 or probe.proto != 6 or probe.tcp_flow is not None:
+        return []
+    pkt = IP(probe.frames[0])
+    if TCP not in pkt or pkt[TCP].flags != "S" or pkt[IP].flags.MF or pkt[IP].frag:
+        return []
+    return [(pkt[IP].src, pkt[IP].dst, pkt[TCP].sport, pkt[TCP].dport, pkt[TCP].seq)]

@@ -157,18 +157,22 @@ def _nat_rule(rng: random.Random, chain_index: int, chains: List[str], in_user_c
         atoms.append(f"{_neg(rng, 0.15)}-d {rng.choice(DESTS[:4] + NAT_ADDRS)}")
     if rng.random() < 0.15:
         atoms.append(f"{_neg(rng)}-i {rng.choice(IFACES)}")
-    if rng.random() < 0.7:
+    # Mostly narrow rules: the guards defer whatever a nat rule may match, so catch-alls would leave
+    # XDP nothing to decide and the conntrack check (NAT_FLOWS) nothing to prove.
+    if rng.random() < 0.85:
         proto = rng.choice(("tcp", "tcp", "udp", "udp", "icmp", "47"))
         atoms.append(f"-p {proto}")
-        if proto in ("tcp", "udp") and rng.random() < 0.65:
+        if proto in ("tcp", "udp") and rng.random() < 0.85:
             if rng.random() < 0.75:
                 atoms.append(f"-m {proto} {_neg(rng, 0.1)}--dport {rng.choice(PORTS + NAT_PORTS)}")
             else:
                 atoms.append(f"-m multiport --dports {','.join(rng.sample(NAT_PORTS, rng.randint(2, 3)))}")
-        if proto == "tcp" and rng.random() < 0.15:
+        if proto == "tcp" and rng.random() < 0.3:  # later segments are rewritten by conntrack alone
             atoms.append("-m tcp --syn")
         if proto == "icmp" and rng.random() < 0.6:
             atoms.append(f"-m icmp --icmp-type {rng.choice(('echo-request', 'echo-request', '8', 'echo-reply', 'any'))}")
+    if not any("dport" in a or "-d " in a for a in atoms) and rng.random() < 0.9:
+        atoms.insert(0, f"-d {rng.choice(DESTS[1:3] + NAT_ADDRS[1:])}")  # one address, not all
     if rng.random() < 0.1:  # the guards must cover what they cannot model as well
         atoms.append(rng.choice(("-m conntrack --ctstate NEW", f"-m mark {_neg(rng, 0.3)}--mark 0x1",
                                  "-m comment --comment \"nat\"", f"-m limit --limit 2/hour --limit-burst {rng.randint(1, 4)}")))
@@ -204,18 +208,40 @@ def _postrouting_rule(rng: random.Random) -> Rule:
 
 
 def generate_nat(seed: int, max_rules: int = 8, max_chains: int = 2):
-    """The nat table of a NAT host: (policies, chains). Its own random stream, so a seed's filter table
-    is the same with and without nat."""
+    """The nat table of a NAT host: (policies, chains, [(position, filter/INPUT rule to insert)]). Its own random
+    stream, so a seed's filter table is the one it has without nat plus the rules returned."""
     rng = random.Random(f"nat:{seed}")
     user = [f"nat{i}" for i in range(rng.randint(0, max_chains))]
     order = ["PREROUTING"] + user
     chains = {name: [_nat_rule(rng, index, order, name != "PREROUTING")
                      for _ in range(rng.randint(1, max_rules) if name == "PREROUTING" else rng.randint(0, 4))]
               for index, name in enumerate(order)}
-    chains["POSTROUTING"] = [_postrouting_rule(rng) for _ in range(rng.choice((0, 0, 1, 2)))]
+    input_rules = [(rng.randint(0, 2), _nat_input_rule(rng)) for _ in range(rng.randint(1, 3))]
+    if rng.random() < 0.6:  # first in both chains, so no random rule before them hides the motif
+        forward, accept, drop = _port_forward(rng)
+        chains["PREROUTING"].insert(0, forward)
+        input_rules += [(0, accept), (0, drop)]
+    chains["POSTROUTING"] = [_postrouting_rule(rng) for _ in range(rng.choice((0, 1, 1, 2)))]
     # A DROP policy in nat drops new flows before filter/INPUT (iptables forbids -j DROP there).
     policies = {**NAT_BUILTINS, "PREROUTING": "DROP" if rng.random() < 0.04 else "ACCEPT"}
-    return policies, chains
+    return policies, chains, input_rules
+
+
+def _port_forward(rng: random.Random):
+    """A published port: nat/PREROUTING rewrites port P to P2 (DNAT or REDIRECT, often for the SYN
+    only: conntrack rewrites the rest of the connection), filter/INPUT drops P and accepts P2. XDP
+    sees P on every packet; only the guards (the SYN) and the conntrack lookup (the rest, NAT_FLOWS)
+    keep it from dropping what netfilter accepts."""
+    proto = "tcp" if rng.random() < 0.75 else "udp"
+    port, to = rng.choice(("22", "53", "80", "443", "3306")), rng.choice(NAT_PORTS)
+    atoms = [f"-p {proto}", f"-m {proto} --dport {port}"] + (["-m tcp --syn"] if proto == "tcp" and
+                                                             rng.random() < 0.6 else [])
+    if rng.random() < 0.4:
+        atoms.insert(0, f"-d {rng.choice(DESTS[1:3])}")
+    target = f"-j REDIRECT --to-ports {to}" if rng.random() < 0.35 else \
+        f"-j DNAT --to-destination {rng.choice(NAT_ADDRS)}:{to}"
+    return (Rule(atoms, target), Rule([f"-p {proto}", f"-m {proto} --dport {to}"], "-j ACCEPT"),
+            Rule([f"-p {proto}", f"-m {proto} --dport {port}"], "-j DROP"))
 
 
 def generate(seed: int, max_rules: int = 12, max_chains: int = 3, forwarding: bool = False,
@@ -239,10 +265,9 @@ def generate(seed: int, max_rules: int = 12, max_chains: int = 3, forwarding: bo
         chains[name] = [_rule(rng, index, order, name not in policies, name == "FORWARD") for _ in range(count)]
     if not nat:
         return GenRuleset(seed, policies, chains)
-    nat_policies, nat_chains = generate_nat(seed)
-    rng = random.Random(f"nat-input:{seed}")
-    for _ in range(rng.randint(1, 3)):
-        chains["INPUT"].insert(rng.randint(0, len(chains["INPUT"])), _nat_input_rule(rng))
+    nat_policies, nat_chains, input_rules = generate_nat(seed)
+    for position, rule in input_rules:
+        chains["INPUT"].insert(min(position, len(chains["INPUT"])), rule)
     return GenRuleset(seed, policies, chains, nat_chains, nat_policies)
 
 
@@ -258,10 +283,10 @@ def _nat_input_rule(rng: random.Random) -> Rule:
         atoms = [f"-p {proto}", f"-m {proto} --dport {rng.choice(NAT_PORTS)}"]
     elif roll < 0.7:
         atoms = [f"-d {rng.choice(NAT_ADDRS)}"]
-    elif roll < 0.85:
+    elif roll < 0.8:
         return Rule([f"-p {proto}", f"-m {proto} --dport {rng.choice(PORTS)}"], "-j DROP")
-    else:
-        return Rule([f"-d {rng.choice(DESTS[:4])}"], "-j DROP")
+    else:  # also the SNAT addresses, at which the replies of the receiver's flows arrive
+        return Rule([f"-d {rng.choice(DESTS[:4] + NAT_ADDRS)}"], "-j DROP")
     return Rule(atoms, "-j ACCEPT")
 
 

@@ -4,7 +4,7 @@ SNAT/MASQUERADE) through netfilter alone and netfilter + ipt2xdp, probe by probe
 observation of NATed probes checked against the kernel first (a probe DNATed to another port or
 address and accepted by filter/INPUT is delivered, not dropped).
 
-IPT2XDP_COMPAT_NAT seeds (default 8), first seed IPT2XDP_COMPAT_NAT_SEED (default 82000), attach as
+IPT2XDP_COMPAT_NAT seeds (default 12), first seed IPT2XDP_COMPAT_NAT_SEED (default 82000), attach as
 IPT2XDP_COMPAT_ATTACH (native), both backends.
 """
 import os
@@ -16,7 +16,7 @@ from compat_tests.packets import DEFAULT_LOCAL
 
 pytestmark = pytest.mark.kernel
 
-NAT_SEEDS = differential.env_int("IPT2XDP_COMPAT_NAT", 8)
+NAT_SEEDS = differential.env_int("IPT2XDP_COMPAT_NAT", 12)
 FIRST = differential.env_int("IPT2XDP_COMPAT_NAT_SEED", 82000)
 ATTACH = os.environ.get("IPT2XDP_COMPAT_ATTACH", "native")
 OTHER = "198.51.100.20"  # a second local address: DNAT and SNAT target
@@ -99,6 +99,47 @@ def test_without_the_nat_destinations_a_rewritten_address_would_look_dropped(cas
     fates = harness.run_once(RULESET, corpus, "legacy").fates
     moved = [p for p in corpus.probes if "another local address" in p.description or "1005" in p.description]
     assert len(moved) == 3 and all(not fates[p.id].delivered for p in moved)
+
+
+PORT_FORWARD = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 80 -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 80 -m tcp --syn -j DNAT --to-destination :8080
+-A PREROUTING -d 198.51.100.20 -p tcp -m tcp --dport 80 -m tcp --syn -j REDIRECT --to-ports 8080
+COMMIT
+"""
+
+
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_a_published_port_s_later_segments_pass(backend):
+    """Only the SYN matches the nat rule (--syn); conntrack rewrites the rest of the connection to
+    8080, which filter/INPUT accepts, while XDP sees port 80, which it drops. The guards defer the
+    SYN; the later segments pass only by the conntrack lookup (abi.NAT_FLOWS)."""
+    import random
+
+    from compat_tests import probes
+    from compat_tests.packets import Corpus, TcpFlow
+
+    ctx = probes.Context(random.Random(0), [], [], [DEFAULT_LOCAL, OTHER], [80], [], [])
+    ctx.tcp_flows = [TcpFlow("192.0.2.1", 20000, DEFAULT_LOCAL, 80), TcpFlow("192.0.2.1", 20001, OTHER, 80)]
+    built = [probes.tcp_flow_syn(ctx, 1, 0), probes.tcp_flow_syn(ctx, 2, 1)]
+    for kind in ("handshake ack", "data", "pure ack", "fin"):
+        for index in (0, 1):
+            built.append(probes.tcp_flow_segment(ctx, len(built) + 1, index, kind))
+    corpus = Corpus(built, (DEFAULT_LOCAL, OTHER), tcp_flows=tuple(ctx.tcp_flows), listen_any=(8080,),
+                    sysctls=(("net.netfilter.nf_conntrack_tcp_loose", "0"),))
+    cmp = harness.compare(PORT_FORWARD, corpus, (backend,), differential.attach_from_env(ATTACH))
+    alone, _ = cmp.runs[0]
+    assert all(fate.delivered for fate in alone.fates.values())  # netfilter accepts the whole connection
+    assert not cmp.disagreements, cmp.report()
 
 
 def test_random_nat_rulesets_agree():
