@@ -115,7 +115,12 @@ def run_seeds(seeds: Sequence[int], attach_name: str = "none", backends: Sequenc
     updates), not on a CPU, so several workers overlap their waits. Runs stay exact: every worker
     has its own namespaces, and the exchange itself never depends on timing.
     """
+    from compat_tests import reuse
+
     workers = max(1, min(workers or env_int("IPT2XDP_COMPAT_WORKERS", 4), len(seeds)))
+    # Forked workers would inherit this process's kept receivers and share them (and delete them
+    # when they finish): each worker makes its own.
+    reuse.close_all()
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(list(seeds[i::workers]), attach_name, tuple(backends), n_probes, out,
