@@ -283,8 +283,11 @@ def _nat_input_rule(rng: random.Random) -> Rule:
         atoms = [f"-p {proto}", f"-m {proto} --dport {rng.choice(NAT_PORTS)}"]
     elif roll < 0.7:
         atoms = [f"-d {rng.choice(NAT_ADDRS)}"]
-    elif roll < 0.8:
+    elif roll < 0.72:
         return Rule([f"-p {proto}", f"-m {proto} --dport {rng.choice(PORTS)}"], "-j DROP")
+    elif roll < 0.8:  # firewalld's "accept what was DNATed" (and its opposites)
+        states = rng.choice(("DNAT", "DNAT", "SNAT", "DNAT,SNAT", "NEW,DNAT"))
+        return Rule([f"-m conntrack {_neg(rng, 0.3)}--ctstate {states}"], rng.choice(("-j ACCEPT", "-j DROP")))
     else:  # also the SNAT addresses, at which the replies of the receiver's flows arrive
         return Rule([f"-d {rng.choice(DESTS[:4] + NAT_ADDRS)}"], "-j DROP")
     return Rule(atoms, "-j ACCEPT")

@@ -35,7 +35,8 @@ def test_nat_rulesets_have_a_nat_table_and_the_same_filter_rules():
     text = "".join(rulegen.render(rulegen.generate(s, nat=True)) for s in range(60))
     for needle in ("*nat", "-j DNAT --to-destination 198.51.100.", "--to-destination :", "-j REDIRECT --to-ports",
                    "-j REDIRECT\n", "-m tcp --syn -j DNAT", "-j nat0", "-g nat", "-j RETURN", "-j MASQUERADE",
-                   "-j SNAT --to-source", ":PREROUTING DROP", "-p icmp -m icmp --icmp-type echo-request"):
+                   "-j SNAT --to-source", ":PREROUTING DROP", "-p icmp -m icmp --icmp-type echo-request",
+                   "--ctstate DNAT"):
         assert needle in text, needle
     assert "*nat" not in "".join(rulegen.render(rulegen.generate(s)) for s in range(60))
     for seed in range(20):  # the filter table is the seed's own, plus the rules about the NAT ports
