@@ -9,6 +9,7 @@ Knobs (environment), read by the tests and by `python -m compat_tests.differenti
                            twice (checks the harness)
   IPT2XDP_COMPAT_WORKERS   seeds checked in parallel (default 4), each worker with its own namespaces
   IPT2XDP_COMPAT_FORWARDING  seeds run with forwarding on in the test suite (default 12)
+  IPT2XDP_COMPAT_NAT       seeds run with a nat table in the test suite (default 8)
 """
 from __future__ import annotations
 
@@ -54,12 +55,14 @@ class SeedFailure:
 
 
 def check_seed(seed: int, attach: Optional[harness.Attach] = None, backends: Sequence[str] = ("legacy", "nft"),
-               n_probes: int = 200, shrink: bool = True, forwarding: bool = False) -> Optional[SeedFailure]:
+               n_probes: int = 200, shrink: bool = True, forwarding: bool = False,
+               nat: bool = False) -> Optional[SeedFailure]:
     """Run one seeded ruleset; None when every probe agrees, else the failure (shrunk if asked).
 
     forwarding: the receiver forwards to a third namespace, and the ruleset has FORWARD rules.
+    nat: the ruleset has a nat table too (rulegen.generate_nat): the receiver is a NAT host.
     """
-    generated = rulegen.generate(seed, forwarding=forwarding)
+    generated = rulegen.generate(seed, forwarding=forwarding, nat=nat)
     text = rulegen.render(generated)
     corpus = packets.generate(text, n_probes, seed, forwarding=forwarding)
     cmp = harness.compare(text, corpus, backends, attach, forwarding=forwarding)
@@ -82,17 +85,19 @@ def check_seed(seed: int, attach: Optional[harness.Attach] = None, backends: Seq
 
 
 def _worker(seeds: Sequence[int], attach_name: str, backends: Sequence[str], n_probes: int, out,
-            forwarding: bool = False) -> None:
+            forwarding: bool = False, nat: bool = False) -> None:
     from compat_tests import reuse
 
     try:
         attach = attach_from_env(attach_name)
         for seed in seeds:
             try:
-                failure = check_seed(seed, attach, backends, n_probes, forwarding=forwarding)
+                failure = check_seed(seed, attach, backends, n_probes, forwarding=forwarding, nat=nat)
                 report = failure.report() if failure else None
                 if report and forwarding:
                     report = "forwarding run (--forwarding / IPT2XDP_COMPAT_FORWARDING)\n" + report
+                if report and nat:
+                    report = "nat run (--nat / IPT2XDP_COMPAT_NAT)\n" + report
                 out.put((seed, report))
             except Exception as error:  # a harness or import error fails the seed, not the whole run
                 out.put((seed, f"seed {seed}: {type(error).__name__}: {error}"))
@@ -103,18 +108,23 @@ def _worker(seeds: Sequence[int], attach_name: str, backends: Sequence[str], n_p
 
 def run_seeds(seeds: Sequence[int], attach_name: str = "none", backends: Sequence[str] = ("legacy", "nft"),
               n_probes: int = 200, workers: Optional[int] = None, progress=None,
-              forwarding: bool = False) -> List[str]:
+              forwarding: bool = False, nat: bool = False) -> List[str]:
     """Check seeds in `workers` processes; returns the failure reports in seed order.
 
     Why parallel: an import spends most of its time waiting for RCU grace periods (map-in-map
     updates), not on a CPU, so several workers overlap their waits. Runs stay exact: every worker
     has its own namespaces, and the exchange itself never depends on timing.
     """
+    from compat_tests import reuse
+
     workers = max(1, min(workers or env_int("IPT2XDP_COMPAT_WORKERS", 4), len(seeds)))
+    # Forked workers would inherit this process's kept receivers and share them (and delete them
+    # when they finish): each worker makes its own.
+    reuse.close_all()
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(list(seeds[i::workers]), attach_name, tuple(backends), n_probes, out,
-                                               forwarding))
+                                               forwarding, nat))
              for i in range(workers)]
     for proc in procs:
         proc.start()
@@ -137,7 +147,7 @@ def run_seeds(seeds: Sequence[int], attach_name: str = "none", backends: Sequenc
     return [reports[s] for s in sorted(reports)]
 
 
-def fast_path_seeds(seeds: Sequence[int], forwarding: bool = False) -> List[int]:
+def fast_path_seeds(seeds: Sequence[int], forwarding: bool = False, nat: bool = False) -> List[int]:
     """The seeds whose ruleset, planned for a receiver like the harness's, gets a fast path: the
     blocklist's (ipt2xdp/fastpath.py) or the exact-tuple one (ipt2xdp/tuplefast.py). Random
     rulesets rarely have one (about 1 in 7), so a run aimed at them picks them."""
@@ -152,7 +162,7 @@ def fast_path_seeds(seeds: Sequence[int], forwarding: bool = False) -> List[int]
     out = []
     for seed in seeds:
         try:
-            result = plan(parse(rulegen.render(rulegen.generate(seed, forwarding=forwarding)), "seed.rules"), host)
+            result = plan(parse(rulegen.render(rulegen.generate(seed, forwarding=forwarding, nat=nat)), "seed.rules"), host)
             fast = compile(result.rules, result.default, overflow="defer").fast_path
             if fast.plens or fast.shapes:
                 out.append(seed)
@@ -172,6 +182,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--forwarding", action="store_true",
                         help="receiver forwards to a third namespace; rulesets get FORWARD rules")
+    parser.add_argument("--nat", action="store_true",
+                        help="rulesets get a nat table too (DNAT, REDIRECT, nat user chains, SNAT/MASQUERADE): "
+                             "the receiver is a NAT host")
     parser.add_argument("--fast-path-only", action="store_true",
                         help="of the seeds, run only those whose plan has a fast path (blocklist or exact "
                              "tuple; about 1 in 7)")
@@ -179,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     backends = args.backends.split(",")
     seeds = range(args.seed, args.seed + args.rulesets)
     if args.fast_path_only:
-        seeds = fast_path_seeds(seeds, args.forwarding)
+        seeds = fast_path_seeds(seeds, args.forwarding, args.nat)
         print(f"{len(seeds)} of {args.rulesets} seeds have a fast path: {list(seeds)}", flush=True)
     start = time.monotonic()
 
@@ -189,10 +202,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if done % 100 == 0:
             print(f"  {done}/{len(seeds)} rulesets, {time.monotonic() - start:.0f} s", flush=True)
 
-    failures = len(run_seeds(seeds, args.attach, backends, args.probes, args.workers, progress, args.forwarding))
+    failures = len(run_seeds(seeds, args.attach, backends, args.probes, args.workers, progress, args.forwarding,
+                             args.nat))
     elapsed = time.monotonic() - start
     print(f"{len(seeds)} rulesets x {args.probes} probes x {len(backends)} backends, attach={args.attach}, "
-          f"forwarding={'on' if args.forwarding else 'off'}, "
+          f"forwarding={'on' if args.forwarding else 'off'}, nat={'on' if args.nat else 'off'}, "
           f"{args.workers or env_int('IPT2XDP_COMPAT_WORKERS', 4)} workers: {failures} failing seed(s), {elapsed:.0f} s")
     return 1 if failures else 0
 

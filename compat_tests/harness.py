@@ -93,6 +93,10 @@ def prepare(text: str) -> Prepared:
     return prepared
 
 
+def has_nat_table(text: str) -> bool:
+    return re.search(r"^\*nat\s*$", text, re.M) is not None
+
+
 def guess_receiver_if(text: str) -> str:
     """The input device a real ruleset names most often (eth0, ppp0...), else RECEIVER_IF."""
     names = [n for n in re.findall(r"(?<!!)\s-i\s+(\S+)", text) if n != "lo" and not n.endswith("+")]
@@ -171,9 +175,9 @@ class Testbed:
                 raise LoadError(f"{BACKENDS[backend]} refused the ruleset: {result.stderr.strip()}")
         raise LoadError(f"{BACKENDS[backend]}: too many missing chains or sets")
 
-    def endpoints(self, protocols, ip_id_offset: int = 0) -> Endpoints:
+    def endpoints(self, protocols, ip_id_offset: int = 0, nat_dsts: Sequence[str] = ()) -> Endpoints:
         return Endpoints(self.sender.path, self.sender_if, self.receiver.path, self.receiver_if, protocols,
-                         self.beyond, ip_id_offset)
+                         self.beyond, ip_id_offset, nat_dsts)
 
     def ip_id_offset(self, ruleset: str, corpus: Corpus) -> int:
         """What to add to the probes' IP ids on the wire: nothing on a fresh testbed."""
@@ -244,11 +248,14 @@ def _exchange(bed: Testbed, ruleset: str, corpus: Corpus, backend: str, attach: 
             attach(bed.receiver, bed.receiver_if, backend=backend)
         else:
             attach(bed.receiver, bed.receiver_if)
-    ends = bed.endpoints(corpus.protocols, bed.ip_id_offset(ruleset, corpus))
+    # With a nat table, DNAT and REDIRECT may deliver a probe at another of the receiver's addresses
+    # (REDIRECT: the veth's own, which differs from one pair to the next).
+    nat_dsts = (*corpus.local_addrs, bed.pair.receiver_ip) if has_nat_table(ruleset) else ()
+    ends = bed.endpoints(corpus.protocols, bed.ip_id_offset(ruleset, corpus), nat_dsts)
     socks = []
     try:
         socks += open_flows(bed.receiver.path, corpus.flows)
-        socks += listen(bed.receiver.path, corpus.tcp_flows)
+        socks += listen(bed.receiver.path, corpus.tcp_flows, corpus.listen_any)
         observation = _exchange_in_two_steps(ends, corpus.probes)
     finally:
         ends.close()

@@ -217,11 +217,14 @@ def open_flows(receiver_ns: str, flows) -> List[socket.socket]:
     return socks
 
 
-def listen(receiver_ns: str, tcp_flows) -> List[socket.socket]:
-    """A listening socket in the receiver per TCP flow server (address, port); the caller closes them."""
+def listen(receiver_ns: str, tcp_flows, any_ports: Iterable[int] = ()) -> List[socket.socket]:
+    """A listening socket in the receiver per TCP flow server (address, port), and one on every
+    address per port of any_ports that no flow server uses; the caller closes them."""
     socks = []
+    servers = {(f.server, f.server_port) for f in tcp_flows}
+    taken = {port for _, port in servers}
     with inside(receiver_ns):
-        for address, port in sorted({(f.server, f.server_port) for f in tcp_flows}):
+        for address, port in sorted(servers | {("0.0.0.0", p) for p in any_ports if p not in taken}):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             socks.append(s)
@@ -280,14 +283,18 @@ class Endpoints:
 
     def __init__(self, sender_ns: str, sender_if: str, receiver_ns: str, receiver_if: str,
                  protocols: Iterable[int], beyond: Optional[Tuple[str, str, str]] = None,
-                 ip_id_offset: int = 0):
+                 ip_id_offset: int = 0, nat_dsts: Iterable[str] = ()):
         """beyond: (namespace, its device, the receiver's device towards it) of a third namespace the
         receiver forwards to; forwarded copies seen there are the reply "seen beyond".
 
         ip_id_offset: added to every probe's IP id on the wire (and taken off what comes back). A
         receiver kept across rulesets holds IP fragment queues for 30 s, keyed by addresses and IP
-        id; without the offset a later run's tail fragment could complete an earlier run's head."""
+        id; without the offset a later run's tail fragment could complete an earlier run's head.
+
+        nat_dsts: the receiver's addresses a nat table may rewrite a probe's destination to (DNAT,
+        REDIRECT): a probe delivered at one of them was accepted by filter/INPUT all the same."""
         self.ip_id_offset = ip_id_offset
+        self.nat_dsts = frozenset(socket.inet_aton(a) for a in nat_dsts)
         self._socks: List[socket.socket] = []
         self.beyond_tap = self.towards_beyond = None
         try:
@@ -452,7 +459,8 @@ class Endpoints:
                     f = _ip_fields(s.recv(65535))
                     pid = self._probe_id(f[0]) if f else None
                     probe = by_id.get(pid)
-                    if probe is None or (f[1], f[2], f[3]) != (probe.proto, probe.src_bytes, probe.dst_bytes):
+                    if probe is None or (f[1], f[2]) != (probe.proto, probe.src_bytes) or \
+                            f[3] != probe.dst_bytes and f[3] not in self.nat_dsts:
                         continue  # not a probe (e.g. a kernel reply looped back): ignore
                     if pid in delivered:
                         notes.append(f"probe {pid} delivered twice")

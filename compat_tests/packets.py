@@ -98,6 +98,8 @@ class Corpus:
     # Receiver sysctls this corpus needs, e.g. net.netfilter.nf_conntrack_tcp_loose (set before
     # ipt2xdp import, which reads them).
     sysctls: Tuple[Tuple[str, str], ...] = ()
+    # TCP ports the receiver listens on at every address: where DNAT and REDIRECT send TCP flows.
+    listen_any: Tuple[int, ...] = ()
 
     @property
     def protocols(self) -> Set[int]:
@@ -117,6 +119,10 @@ class Scan:
     protocols: Set[int] = field(default_factory=set)
     icmp: Set[Tuple[int, int]] = field(default_factory=set)
     rules: List["RuleHint"] = field(default_factory=list)
+    nat_dests: Set[str] = field(default_factory=set)  # --to-destination addresses: the receiver's own
+    nat_sources: Set[str] = field(default_factory=set)  # --to-source addresses: replies come back to them
+    nat_ports: Set[int] = field(default_factory=set)  # ports DNAT and REDIRECT rewrite to
+    nat_matched_ports: Set[int] = field(default_factory=set)  # ports the nat table's rules match
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,16 @@ def scan(text: str) -> Scan:
     for line in text.splitlines():
         if line.startswith(("-A ", "-I ")):
             out.rules.append(_hint(line))
+    for flag, address, port in re.findall(r"--to-(destination|source) (\d+\.\d+\.\d+\.\d+)?(?::(\d+))?", text):
+        if address:
+            (out.nat_dests if flag == "destination" else out.nat_sources).add(address)
+        if port:
+            out.nat_ports.add(int(port))
+    out.nat_ports.update(int(port) for port in re.findall(r"--to-ports (\d+)", text))
+    out.ports |= out.nat_ports
+    nat_table = re.search(r"^\*nat\s*$(.*?)^COMMIT", text, re.M | re.S)
+    for values in re.findall(r"--dports? (?:! )?([\d,:]+)", nat_table.group(1) if nat_table else ""):
+        out.nat_matched_ports.update(int(p) for p in re.split(r"[,:]", values) if p.isdigit() and int(p) < 65536)
     return out
 
 
@@ -233,9 +249,11 @@ def generate(text: str, n: int = 200, seed: int = 0, forwarding: bool = False) -
     local = {a for a in dst_scan if _usable_local(a)} - set(src_pool)
     if forwarding:  # the forwarded block lies behind the receiver, none of it is local
         local = {a for a in local if ipaddress.IPv4Address(a) not in block}
-    local = sorted(local | {DEFAULT_LOCAL})
+    # NAT addresses are always local: a DNAT or SNAT to them keeps the packet on its way to filter/INPUT.
+    kept = {DEFAULT_LOCAL} | found.nat_dests | found.nat_sources
+    local = sorted(local | kept)
     if len(local) > 48:  # each one is an address on the receiver's lo: keep setup fast
-        local = sorted([DEFAULT_LOCAL] + rng.sample([a for a in local if a != DEFAULT_LOCAL], 47))
+        local = sorted(kept | set(rng.sample([a for a in local if a not in kept], 48 - len(kept))))
     dst_pool = sorted(set(local) | set(dst_scan) | {NONLOCAL, "255.255.255.255", "224.0.0.1"})
     forwarded: List[str] = []
     if forwarding:
@@ -244,22 +262,29 @@ def generate(text: str, n: int = 200, seed: int = 0, forwarding: bool = False) -
         forwarded = [a for a in forwarded if a not in (str(block.network_address), str(block.broadcast_address))]
     ctx = probes.Context(rng, src_pool, dst_pool, local, port_edges(sorted(found.ports)),
                          sorted(found.icmp | set(ICMP_TYPES)), sorted(found.protocols | set(OTHER_PROTOCOLS)),
-                         found.rules, forwarded=forwarded)
+                         found.rules, forwarded=forwarded, nat_sources=sorted(found.nat_sources))
     ctx.flows = [Flow(rng.choice((17, 17, 1)), rng.choice(local), rng.choice(ctx.ports) or 1,
                       rng.choice(src_pool), rng.choice(ctx.ports) or 1) for _ in range(6)]
-    servers = sorted({(rng.choice(local), rng.choice([p for p in ctx.ports if p] or [80])) for _ in range(3)})
+    nat = bool(found.nat_dests or found.nat_sources or re.search(r"-j (?:REDIRECT|MASQUERADE)", text))
+    # NAT hosts: the flows go to ports the nat table matches, so that DNAT and REDIRECT rewrite them
+    # (to a listener on every address, listen_any) and their later segments follow the rewrite.
+    server_ports = sorted(found.nat_matched_ports) if nat and found.nat_matched_ports and rng.random() < 0.7 \
+        else [p for p in ctx.ports if p] or [80]
+    servers = sorted({(rng.choice(local), rng.choice(server_ports)) for _ in range(3)})
     ctx.tcp_flows = [TcpFlow(rng.choice(src_pool), rng.choice((20000, min(rng.choice(ctx.ports) or 1, 60000))) + i,
                              *servers[i % len(servers)]) for i in range(4)]
     loose = rng.choice(("0", "1"))
     built: List[Probe] = []
     for index in range(len(ctx.tcp_flows)):  # the flows' SYNs first: a run sends them in a first exchange
         built.append(probes.tcp_flow_syn(ctx, len(built) + 1, index))
-    families = probes.FAMILIES
+    families = probes.FAMILIES + (probes.NAT_FAMILIES if nat else ())  # other corpora stay as they were
     weights = [w for _, w in families]
     while len(built) < n:
         make = rng.choices([f for f, _ in families], weights)[0]
         pid = len(built) + 1
         made = make(ctx, pid)
         built.append(made if isinstance(made, Probe) else Probe(pid, made[0], tuple(made[1]), *made[2:]))
+        if nat:
+            ctx.syns += probes.lone_syn(built[-1])
     return Corpus(built, tuple(local), seed, tuple(ctx.flows), tuple(ctx.tcp_flows),
-                  (("net.netfilter.nf_conntrack_tcp_loose", loose),))
+                  (("net.netfilter.nf_conntrack_tcp_loose", loose),), tuple(sorted(found.nat_ports)))

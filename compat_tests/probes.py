@@ -32,6 +32,8 @@ class Context:
     flows: list = ()  # packets.Flow the receiver opens before the probes
     forwarded: list = ()  # destinations the receiver forwards to the third namespace (forwarding runs)
     tcp_flows: list = ()  # packets.TcpFlow the sender opens
+    nat_sources: list = ()  # SNAT addresses (--to-source): the receiver's flows may leave with them
+    syns: list = field(default_factory=list)  # (src, dst, sport, dport, seq) of earlier single SYN probes
     # Per TCP flow: (probes sent after the SYN, client sequence offset), as a real client advances.
     cursors: dict = field(default_factory=dict)
     syn_seq: dict = field(default_factory=dict)  # per TCP flow: the client's ISN (its SYN's seq)
@@ -217,6 +219,20 @@ def aimed(ctx: Context, pid: int):
     return _done(IP(bytes(pkt)), desc + " (aimed at a rule)")
 
 
+def tcp_again(ctx: Context, pid: int):
+    """A reset from the tuple of an earlier SYN probe (NAT hosts): if the SYN made an entry, conntrack
+    rewrites the reset as it rewrote the SYN (DNAT, REDIRECT), whether or not a nat rule matches it
+    (a `--syn` rule does not): only the conntrack lookup tells XDP (abi.NAT_FLOWS). A reset, because
+    its sequence number (the SYN's + 1) is all conntrack checks: an ACK's acknowledgement would be
+    judged against the receiver's random initial sequence number, a different fate in every run
+    (the TCP flows learn it first and carry the right one)."""
+    if not ctx.syns:
+        return tcp(ctx, pid)
+    src, dst, sport, dport, syn_seq = ctx.rng.choice(ctx.syns)
+    pkt = IP(id=pid, src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="R", seq=(syn_seq + 1) & 0xFFFFFFFF)
+    return _done(pkt, f"tcp {src}:{sport} > {dst}:{dport} [R] after an earlier SYN")
+
+
 def flow(ctx: Context, pid: int):
     """A packet of a flow the receiver opened: its reply (ESTABLISHED), an ICMP error about it (RELATED),
     or the reverse of it (NEW)."""
@@ -224,20 +240,24 @@ def flow(ctx: Context, pid: int):
         return udp(ctx, pid)
     f = ctx.rng.choice(ctx.flows)
     kind = ctx.rng.choice(("reply", "reply", "icmp error", "reversed"))
+    # A flow SNATed on its way out (nat POSTROUTING) is answered at its new source, which conntrack
+    # rewrites back in PREROUTING (a NATed flow, abi.NAT_FLOWS): half the replies go there.
+    to = ctx.rng.choice(ctx.nat_sources) if ctx.nat_sources and ctx.rng.random() < 0.5 else f.local
     if f.proto == 17:
-        outbound = IP(src=f.local, dst=f.remote) / UDP(sport=f.local_port, dport=f.remote_port)
+        outbound = IP(src=to, dst=f.remote) / UDP(sport=f.local_port, dport=f.remote_port)
         reply = UDP(sport=f.remote_port, dport=f.local_port)
         reverse = UDP(sport=f.local_port, dport=f.remote_port)
     else:
-        outbound = IP(src=f.local, dst=f.remote) / ICMP(type=8, id=f.local_port, seq=1)
+        outbound = IP(src=to, dst=f.remote) / ICMP(type=8, id=f.local_port, seq=1)
         reply, reverse = ICMP(type=0, id=f.local_port, seq=1), ICMP(type=8, id=pid, seq=1)
     if kind == "icmp error":
         layer = ICMP(type=3, code=3) / IP(bytes(outbound))
     else:
         layer = reply if kind == "reply" else reverse
-    pkt = IP(id=pid, src=f.remote, dst=f.local) / layer / Raw(_payload(pid))
+    pkt = IP(id=pid, src=f.remote, dst=to) / layer / Raw(_payload(pid))
     name = "udp" if f.proto == 17 else "echo"
-    return _done(IP(bytes(pkt)), f"{kind} for the receiver's {name} flow {f.local}:{f.local_port} > "
+    via = f" via {to}" if to != f.local else ""
+    return _done(IP(bytes(pkt)), f"{kind}{via} for the receiver's {name} flow {f.local}:{f.local_port} > "
                                  f"{f.remote}:{f.remote_port}")
 
 
@@ -328,3 +348,14 @@ def handmade(specs, local_addrs=None, flows=()):
 # (family, weight): common shapes dominate, odd ones are always present in a 200-probe corpus.
 FAMILIES = ((aimed, 30), (tcp, 20), (udp, 12), (icmp, 10), (other_protocol, 5), (fragments, 7),
             (ip_options, 5), (malformed, 7), (odd_addresses, 6), (flow, 8), (tcp_flow, 10))
+NAT_FAMILIES = ((tcp_again, 10),)  # rulesets with a nat table
+
+
+def lone_syn(probe) -> list:
+    """[(src, dst, sport, dport, seq)] of a one-frame TCP probe with only SYN set, else []."""
+    if len(probe.frames) != 1 or probe.proto != 6 or probe.tcp_flow is not None:
+        return []
+    pkt = IP(probe.frames[0])
+    if TCP not in pkt or pkt[TCP].flags != "S" or pkt[IP].flags.MF or pkt[IP].frag:
+        return []
+    return [(pkt[IP].src, pkt[IP].dst, pkt[TCP].sport, pkt[TCP].dport, pkt[TCP].seq)]

@@ -31,6 +31,29 @@ def test_forwarding_rulesets_have_forward_rules():
     assert "-A FORWARD" not in "".join(rulegen.render(rulegen.generate(s)) for s in range(60))
 
 
+def test_nat_rulesets_have_a_nat_table_and_the_same_filter_rules():
+    text = "".join(rulegen.render(rulegen.generate(s, nat=True)) for s in range(60))
+    for needle in ("*nat", "-j DNAT --to-destination 198.51.100.", "--to-destination :", "-j REDIRECT --to-ports",
+                   "-j REDIRECT\n", "-m tcp --syn -j DNAT", "-j nat0", "-g nat", "-j RETURN", "-j MASQUERADE",
+                   "-j SNAT --to-source", ":PREROUTING DROP", "-p icmp -m icmp --icmp-type echo-request",
+                   "--ctstate DNAT"):
+        assert needle in text, needle
+    assert "*nat" not in "".join(rulegen.render(rulegen.generate(s)) for s in range(60))
+    for seed in range(20):  # the filter table is the seed's own, plus the rules about the NAT ports
+        plain, nat = rulegen.generate(seed), rulegen.generate(seed, nat=True)
+        assert plain.policies == nat.policies
+        assert all(rule in nat.chains[name] for name, rules in plain.chains.items() for rule in rules)
+
+
+def test_shrinker_cuts_the_nat_table_too():
+    generated = next(g for g in (rulegen.generate(s, nat=True) for s in range(100))
+                     if rulegen.rule_count(g) > 10 and "-j REDIRECT" in rulegen.render(g))
+    small = rulegen.shrink(generated, lambda text: "-j REDIRECT" in text)
+    assert rulegen.rule_count(small) == 1 and not small.chains["INPUT"]
+    rule = next(r for rules in small.nat_chains.values() for r in rules)
+    assert rule.atoms == [] and rule.target == "-j REDIRECT"
+
+
 def test_shrinker_keeps_only_what_fails():
     generated = next(g for g in map(rulegen.generate, range(100))
                      if rulegen.rule_count(g) > 6 and "-j DROP" in rulegen.render(g))
@@ -54,8 +77,9 @@ def test_iptables_restore_accepts_every_generated_ruleset(backend):
     try:
         refused = []
         for seed in SEEDS:
-            # every other seed with forwarding on: FORWARD rules, -o, user chains reached from both
-            text = rulegen.render(rulegen.generate(seed, forwarding=seed % 2 == 1))
+            # every other seed with forwarding on: FORWARD rules, -o, user chains reached from both;
+            # every third with a nat table
+            text = rulegen.render(rulegen.generate(seed, forwarding=seed % 2 == 1, nat=seed % 3 == 0))
             result = ns.run([f"iptables-{backend}-restore", "-w"], check=False, input=text)
             if result.returncode != 0:
                 refused.append(f"seed {seed}: {result.stderr.strip()}\n{text}")
