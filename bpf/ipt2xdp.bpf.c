@@ -834,7 +834,9 @@ static __always_inline int nat_would_see(struct xdp_md *ctx, struct packet_field
  * look up (ICMP replies and errors of a masqueraded ping, GRE, ...) count as may; but not an ICMP
  * echo request: it is the original direction of its flow (the reply tuple of a masqueraded ping
  * is an echo reply), which conntrack rewrites only for a DNAT, and the packets a DNAT rule or nat
- * chain before filter/INPUT may touch are deferred by the planner's guards already. */
+ * chain before filter/INPUT may touch are deferred by the planner's guards already. With
+ * IPT2XDP_NAT_EXPECT every TCP/UDP packet counts as may: one without an entry may be the first of
+ * a connection a helper expects, which conntrack NATs like its master's. */
 static __always_inline int may_be_natted(struct xdp_md *ctx, struct packet_fields *pkt, __u32 nat_new)
 {
 	__u32 cls;
@@ -842,6 +844,8 @@ static __always_inline int may_be_natted(struct xdp_md *ctx, struct packet_field
 	if (pkt->proto == IPPROTO_ICMP)
 		return icmp_type(pkt) != 8;
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
+		return 1;
+	if (nat_new & IPT2XDP_NAT_EXPECT) /* an expected connection: no entry yet, NATed anyway */
 		return 1;
 	/* verified when nat_would_see asks next, so that it needs no second lookup */
 	cls = ct_class_asked(ctx, pkt, nat_new & IPT2XDP_NAT_NEW_ON);

@@ -56,6 +56,11 @@
  * packet of a known flow may be rewritten in PREROUTING (the reply of a masqueraded connection
  * goes to a container, not to filter/INPUT), so a drop is taken only for TCP/UDP without an entry */
 #define IPT2XDP_NAT_FLOWS 4
+/* gen_config.nat_new, with IPT2XDP_NAT_FLOWS: conntrack helpers may be assigned too, so a TCP/UDP
+ * packet without an entry may open a connection a helper expects (FTP data, TFTP, SIP media), and
+ * an expectation of a NATed master connection NATs its first packet in PREROUTING without any nat
+ * rule (nf_nat_follow_master): no TCP/UDP drop is taken */
+#define IPT2XDP_NAT_EXPECT 8
 /* Conntrack classes (value_class[IPT2XDP_VC_PROTO + class * 256 + proto]); looked up only when
  * the generation's field_mask has IPT2XDP_F_CT_STATE, else every packet is NOT_LOOKED_UP. */
 #define IPT2XDP_CT_NONE 0 /* TCP/UDP, no entry (-ENOENT); length or checksum not verified */

@@ -8,7 +8,9 @@ SYN, to 198.51.100.20:10000, leaves PREROUTING addressed to .10 without any nat 
 is RELATED at filter/INPUT: `-d .20 ! --dport 21 -j DROP` does not see it, the RELATED accept takes it.
 XDP sees .20 and no conntrack entry (an expectation is not an entry: bpf_xdp_ct_lookup cannot see it),
 so neither the guards (no nat rule matches port 10000) nor NAT_FLOWS (TCP without an entry) stop
-its DROP. Netfilter accepts, XDP drops: an invariant violation, on both backends.
+its DROP. Netfilter accepted, XDP dropped: an invariant violation, on both backends, until the
+planner marked such plans (plan.nat_expectations: NAT and helpers) and the program took no TCP/UDP
+drop for them (abi.NAT_EXPECT).
 
 The control connection is a real TCP connection from the sender's kernel; the data SYN is sent from
 AF_PACKET with a full checksum, as a remote client's NIC delivers it (a veth peer's kernel leaves
@@ -117,9 +119,8 @@ def test_netfilter_accepts_the_data_connection_an_expectation_dnats(backend):
     assert accepted
 
 
-@pytest.mark.xfail(strict=True, reason="invariant violation: XDP drops the data SYN of a DNATed FTP session "
-                   "(an expectation NATs it; no nat rule matches it and it has no conntrack entry)")
 @pytest.mark.parametrize("backend", ["legacy", "nft"])
 def test_xdp_passes_the_data_connection_an_expectation_dnats(backend):
+    # fixed by abi.NAT_EXPECT (plan.nat_expectations): with helpers and NAT, no TCP/UDP drop in XDP
     _, accepted = _passive_data_syn(backend, attached=True)
     assert accepted

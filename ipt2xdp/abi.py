@@ -65,6 +65,7 @@ OVERFLOW_COUNTER = 0xFFFFFFFE  # the catch-all DEFER slot that replaces rules be
 NAT_NEW_COUNTER = 0xFFFFFFFD   # drops nat PREROUTING would have seen (default_counter + 2, if nat_new)
 NAT_NEW_ON, NAT_NEW_TCP_LOOSE = 1, 2  # GenConfig.nat_new bits
 NAT_FLOWS = 4  # GenConfig.nat_new: conntrack may hold NATed flows (IPT2XDP_NAT_FLOWS)
+NAT_EXPECT = 8  # with NAT_FLOWS: helpers may expect connections, NATed like their master (IPT2XDP_NAT_EXPECT)
 
 BPF_F_INNER_MAP = 1 << 12
 

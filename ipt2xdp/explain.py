@@ -146,7 +146,8 @@ def explain(plan: Plan, spec: PacketSpec, host: HostContext, ruleset: Optional[i
     texts = _steps(plan)
     path = plan.counter_paths[rule_id]
     code = plan.codes[rule_id] if plan.codes else ""
-    if verdict == Verdict.DROP and plan.nat_flows and key.ct in (CtClass.FOUND, CtClass.NOT_LOOKED_UP):
+    if verdict == Verdict.DROP and plan.nat_flows and (key.ct in (CtClass.FOUND, CtClass.NOT_LOOKED_UP)
+                                                       or plan.nat_expectations and key.proto in (6, 17)):
         verdict, code = Verdict.DEFER, "nat.flow"  # the program's may_be_natted
     outcome = {Verdict.DROP: "drop", Verdict.ACCEPT: "accept"}.get(verdict, "defer")
     if code == "after.maybe-drop":

@@ -357,5 +357,11 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
         notes.append("nat.flows: conntrack may hold NATed flows here (a nat table or a native nat chain): a packet "
                      "of one is rewritten before filter/INPUT (a masqueraded connection's reply goes to the "
                      "container), so XDP drops only TCP/UDP without a conntrack entry and passes the rest")
+    expectations = flows and host.ct_external_helpers
+    if expectations:
+        notes.append("nat.expectations: conntrack helpers may be assigned here too (raw CT --helper, an nftables "
+                     "ct helper, automatic assignment): the first packet of a connection a helper expects (FTP "
+                     "data, TFTP, SIP media) has no entry yet and is NATed like its master connection before "
+                     "filter/INPUT, whatever the nat rules say, so XDP drops no TCP or UDP packet")
     return Plan(tuple(em.rules), DEFER, decisions, tuple(em.paths), tuple(notes), tuple(em.codes),
-                deadline, counting_nat, flows)
+                deadline, counting_nat, flows, expectations)

@@ -54,6 +54,9 @@ class Plan:
     # conntrack may hold NATed flows: XDP passes a drop whose packet may belong to one (abi.NAT_FLOWS;
     # guards.nat_flows())
     nat_flows: bool = False
+    # ... and helpers may be assigned: an expected connection's first packet (no entry yet) is NATed
+    # like its master, so XDP takes no TCP/UDP drop (abi.NAT_EXPECT)
+    nat_expectations: bool = False
 
     def summary(self) -> Dict[str, int]:
         kinds = [d.kind for d in self.decisions]

@@ -376,3 +376,19 @@ def test_the_input_device_addrtype_compares_is_the_outer_bond_or_unknown_in_a_vr
     assert _nf_ifindex(host, 11) is None   # a bond in a VRF: the VRF's table
     assert _nf_ifindex(host, 12) is None   # a master not known
     assert _nf_ifindex(host, 13) == 13
+
+
+def test_helpers_on_a_nat_host_leave_tcp_and_udp_drops_to_netfilter():
+    # an expectation of a NATed master connection NATs the expected connection's first packet
+    # (no entry yet, no nat rule matching it): plan.nat_expectations -> abi.NAT_EXPECT
+    raw = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+           "-A PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp\nCOMMIT\n")
+    nat = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+           "-A POSTROUTING -o eth9 -j MASQUERADE\nCOMMIT\n")
+    host = replace(HOST, ct_external_helpers=False)
+    both = plan(ruleset("-A INPUT -s 198.51.100.7/32 -j DROP", extra_tables=raw + nat), host)
+    assert both.nat_flows and both.nat_expectations
+    assert any(note.startswith("nat.expectations:") for note in both.notes)
+    assert not plan(ruleset("-A INPUT -s 198.51.100.7/32 -j DROP", extra_tables=raw), host).nat_expectations
+    nat_only = plan(ruleset("-A INPUT -s 198.51.100.7/32 -j DROP", extra_tables=nat), host)
+    assert nat_only.nat_flows and not nat_only.nat_expectations

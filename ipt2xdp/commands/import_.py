@@ -204,7 +204,8 @@ def _nat_new(result, backend_name) -> int:
     there XDP adds nothing to it."""
     from ipt2xdp import abi
 
-    return (result.nat_new if backend_name == "legacy" else 0) | (abi.NAT_FLOWS if result.nat_flows else 0)
+    return ((result.nat_new if backend_name == "legacy" else 0) | (abi.NAT_FLOWS if result.nat_flows else 0)
+            | (abi.NAT_EXPECT if result.nat_expectations else 0))
 
 
 def _map_diff(result, loaded, host, backend_name):

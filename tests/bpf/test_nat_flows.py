@@ -70,6 +70,17 @@ def test_tcp_and_udp_without_an_entry_are_dropped(dataplane, match):
 
 
 @pytest.mark.parametrize("match", [CLASSIFIED, FAST], ids=["classified", "fast path"])
+def test_with_helpers_tcp_and_udp_without_an_entry_pass(dataplane, match):
+    # NAT_EXPECT: the first packet of a connection a helper expects has no entry yet and is NATed
+    # like its master (an FTP data connection to a published address): no TCP/UDP drop
+    flows = abi.NAT_FLOWS | abi.NAT_EXPECT
+    for packet in (tcp("1.2.3.4", 10000, flags="S"), tcp("1.2.3.4", 80, flags="A"), udp("1.2.3.4", 69)):
+        assert _run(dataplane, flows, packet, match) == (XDP_PASS, set(), 1)
+    # an echo request is no helper's: still dropped
+    assert _run(dataplane, flows, icmp("1.2.3.4", 8), match) == (XDP_DROP, {RULE}, 0)
+
+
+@pytest.mark.parametrize("match", [CLASSIFIED, FAST], ids=["classified", "fast path"])
 def test_an_icmp_echo_request_is_dropped(dataplane, match):
     # the original direction of its flow: NATed only by a DNAT, whose packets the guards defer
     assert _run(dataplane, abi.NAT_FLOWS, icmp("1.2.3.4", 8), match) == (XDP_DROP, {RULE}, 0)
