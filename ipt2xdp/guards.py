@@ -16,6 +16,9 @@ from ipt2xdp.planmodel import EARLIER_CHAINS, FOREIGN_CHAINS, NO_OP_TARGETS, Rul
 from ipt2xdp.render import render_rule
 from ipt2xdp.terms import conjoin
 
+ICMP = 1
+
+
 MAX_NOTED_EFFECTS = 5  # per native chain, in the report's notes
 
 
@@ -77,6 +80,8 @@ def _guardchain_of(em, table: str, chain_name: str, cond: Match, seen: set, dept
                 _guardchain_of(em, table, rule.target.chain, match, seen, depth + 1, foreign)
             elif foreign:
                 em.emit(match, DEFER, (), foreign.code)
+                if table == "nat":
+                    _icmp_flow_guard(em, match, (), foreign.code)
                 note = (f"{foreign.code}: iptables-{foreign.name} {table}/{chain_name} #{index} `{render_rule(rule)}` "
                         "(not in the planned ruleset) may touch packets first: XDP defers those")
                 if note not in foreign.notes:
@@ -84,6 +89,21 @@ def _guardchain_of(em, table: str, chain_name: str, cond: Match, seen: set, dept
             else:
                 # Superset of the packets this rule may change: its modelled match, unknowns ignored.
                 em.emit(match, DEFER, (ref,), f"earlier.{table}-{chain_name.lower()}")
+                if table == "nat":
+                    _icmp_flow_guard(em, match, (ref,), f"earlier.{table}-{chain_name.lower()}")
+
+
+def _icmp_flow_guard(em, match: Match, refs, code: str) -> None:
+    """A nat rule's NAT binds the flow: conntrack rewrites every later packet of it, whatever the
+    rule's per-packet matches (input device, length, TTL, ICMP type, state) say of that packet. A
+    later TCP/UDP packet has an entry, which NAT_FLOWS passes; an ICMP echo request does not look
+    NATed to the program (may_be_natted), so defer ICMP on the flow's own fields, the addresses,
+    wherever it arrives (a ping whose first request came in on another device, or was shorter)."""
+    if match.proto is not None and ICMP not in match.proto:
+        return
+    flow = Match(src=match.src, dst=match.dst, proto=frozenset({ICMP}))
+    if flow != match:
+        em.emit(flow, DEFER, refs, code)
 
 
 def foreign_guards(em) -> List[str]:

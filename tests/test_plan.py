@@ -392,3 +392,19 @@ def test_helpers_on_a_nat_host_leave_tcp_and_udp_drops_to_netfilter():
     assert not plan(ruleset("-A INPUT -s 198.51.100.7/32 -j DROP", extra_tables=raw), host).nat_expectations
     nat_only = plan(ruleset("-A INPUT -s 198.51.100.7/32 -j DROP", extra_tables=nat), host)
     assert nat_only.nat_flows and not nat_only.nat_expectations
+
+
+def test_an_icmp_dnat_guard_covers_the_flow_on_every_device():
+    # conntrack DNATs every later echo request of a ping the rule matched once, whatever device it
+    # arrives on or however long it is; may_be_natted takes echo requests as never NATed
+    nat = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+           "-A PREROUTING -i veth0 -d 10.77.1.2/32 -p icmp -m length --length 0:100 "
+           "-j DNAT --to-destination 10.88.0.1\n"
+           "-A PREROUTING -i veth0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.88.0.1:8080\nCOMMIT\n")
+    host = replace(HOST, attached=("veth0", "eth1"))
+    result = plan(ruleset("-A INPUT -d 10.77.1.2/32 -j DROP", extra_tables=nat), host)
+    local = int(IPv4Address("10.77.1.2"))
+    echo = dict(proto=1, dst=local, icmp=8 * 256)
+    assert verdict(result, packet(iif=6, **echo)) == Verdict.DEFER   # the flow's request on eth1
+    # TCP is covered by its conntrack entry (NAT_FLOWS), not by a widened guard
+    assert verdict(result, packet(iif=6, dst=local, dport=80)) == Verdict.DROP
