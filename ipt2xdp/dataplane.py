@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Kernel handles of one loaded ipt2xdp program: its maps, atomic generation updates, counters.
-(loader.py builds the user-facing apply/detach/status on top, with pins and devices.)
+"""Kernel handles of one loaded ipt2xdp program: its maps, atomic generation updates (their inner
+maps: innermaps.py), counters (counterread.py). (loader.py builds the user-facing
+apply/detach/status on top, with pins and devices.)
 
 Atomic generations. Each per-generation map is an ARRAY_OF_MAPS with two slots. An update:
   1. creates fresh inner maps sized to the ruleset and fills them (nothing reads them yet);
@@ -73,12 +74,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ipt2xdp import abi, fastcount, libbpf, pins, setguard
+from ipt2xdp import abi, libbpf, pins, setguard
 from ipt2xdp.compile import Tables
+from ipt2xdp.counterread import CounterReading
 from ipt2xdp.errors import AbiMismatch, LoadError
-from ipt2xdp.mapread import read_hash
-from ipt2xdp.mapwrite import (WRITTEN, ZERO_CHUNK, Background, Written, array_rewrite, concurrently, hash_rewrite,
-                              nonzero_entries, rcu_barrier)
+from ipt2xdp.innermaps import InnerMaps
+from ipt2xdp.mapwrite import WRITTEN, Background, Written, concurrently, rcu_barrier
 from ipt2xdp.resources import bpf_object_path
 
 PROG_PIN = "prog"
@@ -136,7 +137,7 @@ def check_abi(obj: libbpf.BpfObject) -> None:
 
 
 @dataclass
-class Dataplane:
+class Dataplane(InnerMaps, CounterReading):
     """Kernel handles of one loaded ipt2xdp program and its maps (pinned or not)."""
 
     prog_fd: int
@@ -269,105 +270,6 @@ class Dataplane:
         libbpf.update_elem(self.meta_fd, _u32(index), data.ljust(META_VALUE_SIZE, b"\0"), what="writing metadata")
 
     # --- generations -------------------------------------------------------------------------
-    def _contents(self, name: str, tables: Tables, generation: int) -> Tuple[int, bytes, bytes]:
-        """(max_entries, keys, values) of a generation's inner map, exactly as written."""
-        contents = tables.maps[name]
-        max_entries = contents.max_entries
-        if name == "counters":  # one stride of counters per possible CPU
-            max_entries *= libbpf.num_possible_cpus()
-        values = contents.values
-        if name == "cfg":
-            values = struct.pack("=Q", generation) + values[8:]
-        return max_entries, contents.keys, values
-
-    def _create_inner(self, name: str, tables: Tables, generation: int) -> Tuple[int, Written]:
-        shape = abi.GEN_MAPS[name]
-        max_entries, keys, values = self._contents(name, tables, generation)
-        fd = libbpf.map_create(shape.kernel_type, f"i2x_{name}"[:15], shape.key_size, shape.kernel_value_size,
-                               max_entries, shape.map_flags)
-        try:
-            count = len(keys) // shape.key_size
-            written_keys, written_values = keys, values
-            if shape.map_type == abi.BPF_MAP_TYPE_ARRAY:
-                keys, values, count = nonzero_entries(keys, values, count, shape.value_size)
-            if shape.counted:
-                values = fastcount.expand(values, shape, libbpf.num_possible_cpus())
-            libbpf.update_batch(fd, keys, values, count, f"filling map {name}")
-            return fd, Written(libbpf.map_info(fd).id, max_entries, written_keys, written_values)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def _remembered(self) -> Dict[int, Dict[str, Written]]:
-        """WRITTEN's slots for this program (emptied when it is another one)."""
-        program = libbpf.map_info(self.map_fds[abi.MAP_STATE.name]).id
-        if WRITTEN["program"] != program:
-            WRITTEN.update(program=program, slots={}, settled=None, deferred=None)
-        return WRITTEN["slots"]
-
-    def _rewritable(self, slot: int, tables: Tables, generation: int) -> Dict[str, Tuple[Written, int]]:
-        """{name: (what the map holds, its fd)} of the inner maps of slot this process may rewrite
-        in place for this generation (module docstring); the fds are the caller's to close."""
-        known = self._remembered().get(slot, {})
-        out: Dict[str, Tuple[Written, int]] = {}
-        try:
-            for name, written in known.items():
-                max_entries, _keys, _values = self._contents(name, tables, generation)
-                if written.max_entries != max_entries:
-                    continue
-                raw = libbpf.lookup_elem(self.map_fds[abi.GEN_MAPS[name].name], _u32(slot), 4)
-                if raw is None or struct.unpack("=I", raw)[0] != written.map_id:
-                    continue
-                fd = libbpf.map_fd_by_id(written.map_id)
-                info = libbpf.map_info(fd)
-                if (info.id, info.max_entries) != (written.map_id, max_entries):
-                    os.close(fd)
-                    continue
-                out[name] = (written, fd)
-        except BaseException:
-            for _written, fd in out.values():
-                os.close(fd)
-            raise
-        return out
-
-    def _rewrite_inner(self, name: str, fd: int, known: Written, tables: Tables, generation: int) -> Optional[Written]:
-        """Make the map fd (holding known) hold this generation's contents; None when it cannot
-        be done by differences (then nothing was written)."""
-        shape = abi.GEN_MAPS[name]
-        max_entries, keys, values = self._contents(name, tables, generation)
-        what = f"rewriting map {name}"
-        if name == "counters":  # written by the program, not by us: read, and zero what it counted
-            if keys or values:
-                return None
-            held = libbpf.read_array(fd, shape.value_size, max_entries)
-            if len(held) != max_entries * shape.value_size:
-                return None
-            index = struct.pack(f"={max_entries}I", *range(max_entries))
-            counted, _, count = nonzero_entries(index, held, max_entries, shape.value_size)
-            libbpf.update_batch(fd, counted, bytes(count * shape.value_size), count, what)
-            return Written(known.map_id, max_entries, b"", b"")
-        if shape.map_type == abi.BPF_MAP_TYPE_ARRAY:
-            rewrite = array_rewrite(known, keys, values, shape.key_size, shape.value_size)
-            if rewrite is None:
-                return None
-            libbpf.update_batch(fd, *rewrite, what)
-        else:
-            stale, changed_keys, changed_values, count = hash_rewrite(known, keys, values, shape.key_size,
-                                                                       shape.value_size)
-            for key in stale:  # first: the map's size is the new generation's own
-                libbpf.delete_elem(fd, key)
-            if shape.counted:  # the program counts in the entries: zero what it counted two flips ago
-                ncpus = libbpf.num_possible_cpus()
-                held_keys, held = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
-                size = shape.key_size
-                new = dict(zip((keys[i:i + size] for i in range(0, len(keys), size)),
-                               (values[i:i + shape.value_size] for i in range(0, len(values), shape.value_size))))
-                changed = [changed_keys[i:i + size] for i in range(0, len(changed_keys), size)]
-                write, plan_values = fastcount.rewrite_set(new, changed, fastcount.counted(held_keys, held, shape, ncpus))
-                changed_keys, changed_values, count = b"".join(write), fastcount.expand(plan_values, shape, ncpus), len(write)
-            libbpf.update_batch(fd, changed_keys, changed_values, count, what)
-        return Written(known.map_id, max_entries, keys, values)
-
     def apply_generation(self, tables: Tables, record: Optional[dict] = None,
                          pause_hook: Optional[Callable[[str], None]] = None,
                          release: bool = True) -> Tuple[int, Dict[int, Tuple[int, int]]]:
@@ -469,82 +371,6 @@ class Dataplane:
             return None
         (map_id,) = struct.unpack("=I", raw)
         return libbpf.map_fd_by_id(map_id) if map_id else None
-
-    def read_counters(self, slot: Optional[int] = None) -> Dict[int, Tuple[int, int]]:
-        """{rule id: (packets, bytes)} summed over CPUs, for the active (or given) slot (the
-        counters array's, named by counter_rules), with what the fast-path entries counted
-        (ipt2xdp/fastcount.py); rules that never matched are left
-        out. abi.DEFAULT_COUNTER / abi.OVERFLOW_COUNTER name the default action and the capacity
-        catch-all, abi.NAT_NEW_COUNTER the drops nat PREROUTING would have seen."""
-        if slot is None:
-            st = self.read_state()
-            slot = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
-        cfg_fd = self._inner_fd(abi.GEN_MAPS["cfg"].name, slot)
-        fd = self._inner_fd(abi.GEN_MAPS["counters"].name, slot)
-        rules_fd = self._inner_fd(abi.GEN_MAPS["counter_rules"].name, slot)
-        try:
-            if cfg_fd is None or fd is None or rules_fd is None:
-                return {}
-            cfg = abi.GenConfig.from_buffer_copy(libbpf.lookup_elem(cfg_fd, _u32(0), ctypes.sizeof(abi.GenConfig)))
-            info = libbpf.map_info(fd)
-            raw = libbpf.read_array(fd, info.value_size, info.max_entries)
-            stride = cfg.counter_stride
-            # counter -> rule id: compile numbers the counters of the rules the classifier decides
-            rule_of = libbpf.read_array(rules_fd, 4, libbpf.map_info(rules_fd).max_entries)
-            names = dict(enumerate(struct.unpack(f"={len(rule_of) // 4}I", rule_of)[:cfg.default_counter]))
-            names.update({cfg.default_counter: abi.DEFAULT_COUNTER, cfg.default_counter + 1: abi.OVERFLOW_COUNTER,
-                          cfg.default_counter + 2: abi.NAT_NEW_COUNTER})
-            totals: Dict[int, List[int]] = {}
-            size = info.value_size  # packets, bytes: two u64
-            zero = bytes(ZERO_CHUNK * size)
-            for first in range(0, len(raw) // size, ZERO_CHUNK):  # most rules never matched: skip zeros
-                chunk = raw[first * size:(first + ZERO_CHUNK) * size]
-                if chunk == zero[:len(chunk)]:
-                    continue
-                values = struct.unpack(f"={len(chunk) // 8}Q", chunk)
-                for offset in range(len(values) // 2):
-                    packets, nbytes = values[2 * offset], values[2 * offset + 1]
-                    if packets or nbytes:
-                        index = first + offset
-                        key = names.get(index % stride, index % stride)
-                        total = totals.setdefault(key, [0, 0])
-                        total[0] += packets
-                        total[1] += nbytes
-            for rule, (packets, nbytes) in self._fast_counts(slot).items():  # fast-path hits: rule ids
-                total = totals.setdefault(rule, [0, 0])
-                total[0] += packets
-                total[1] += nbytes
-            return {k: (v[0], v[1]) for k, v in totals.items()}
-        finally:
-            for f in (cfg_fd, fd, rules_fd):
-                if f is not None:
-                    os.close(f)
-
-    def _fast_counts(self, slot: int) -> Dict[int, List[int]]:
-        """{rule id: [packets, bytes]} the fast-path entries of slot counted (ipt2xdp/fastcount.py)."""
-        ncpus = libbpf.num_possible_cpus()
-        out: Dict[int, List[int]] = {}
-        for shape in abi.GEN_MAPS.values():
-            if not shape.counted:
-                continue
-            fd = self._inner_fd(shape.name, slot)
-            if fd is None:
-                continue
-            try:
-                _keys, raw = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
-            finally:
-                os.close(fd)
-            for rule, (packets, nbytes) in fastcount.totals(raw, shape, ncpus).items():
-                total = out.setdefault(rule, [0, 0])
-                total[0] += packets
-                total[1] += nbytes
-        return out
-
-    def read_stats(self) -> Dict[str, int]:
-        ncpus, size = libbpf.num_possible_cpus(), abi.MAP_STATS.value_size
-        raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATS.name], _u32(0), size * ncpus) or bytes(size * ncpus)
-        per_cpu = [abi.Stats.from_buffer_copy(raw, c * size) for c in range(ncpus)]
-        return {name: sum(s.packets[i] for s in per_cpu) for i, name in enumerate(abi.STAT_NAMES)}
 
     def test_run(self, packet: bytes, repeat: int = 1, ingress_ifindex: int = 0) -> Tuple[int, int]:
         """(XDP verdict, ns per run) of the program on one packet (BPF_PROG_TEST_RUN)."""
