@@ -79,17 +79,13 @@ from ipt2xdp.compile import Tables
 from ipt2xdp.counterread import CounterReading
 from ipt2xdp.errors import AbiMismatch, LoadError
 from ipt2xdp.innermaps import InnerMaps
-from ipt2xdp.mapwrite import WRITTEN, Background, Written, concurrently, rcu_barrier
+from ipt2xdp.mapwrite import WRITTEN, Background, Written, concurrently, rcu_barrier, u32
 from ipt2xdp.resources import bpf_object_path
 
 PROG_PIN = "prog"
 META_PIN = "meta"
 META_VALUE_SIZE = 4096
 META_ATTACH = abi.GEN_SLOTS  # meta[0..GEN_SLOTS-1]: per-slot generation records; meta[2]: attachments
-
-
-def _u32(value: int) -> bytes:
-    return struct.pack("=I", value)
 
 
 def object_digest(path: str) -> str:
@@ -231,12 +227,12 @@ class Dataplane(InnerMaps, CounterReading):
 
     # --- state and metadata ------------------------------------------------------------------
     def read_state(self) -> abi.State:
-        raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATE.name], _u32(0), ctypes.sizeof(abi.State))
+        raw = libbpf.lookup_elem(self.map_fds[abi.MAP_STATE.name], u32(0), ctypes.sizeof(abi.State))
         return abi.State.from_buffer_copy(raw)
 
     def write_state(self, active: int, last_slot: int, generation: int) -> None:
         value = bytes(abi.State(active=active, last_slot=last_slot, generation=generation))
-        libbpf.update_elem(self.map_fds[abi.MAP_STATE.name], _u32(0), value, what="flipping the active generation")
+        libbpf.update_elem(self.map_fds[abi.MAP_STATE.name], u32(0), value, what="flipping the active generation")
 
     def defer_all(self, on: bool = True) -> bool:
         """Make XDP pass everything to netfilter (on: in force for every packet when this returns)
@@ -256,7 +252,7 @@ class Dataplane(InnerMaps, CounterReading):
         return st.active >= abi.GEN_SLOTS
 
     def read_meta(self, index: int) -> dict:
-        raw = libbpf.lookup_elem(self.meta_fd, _u32(index), META_VALUE_SIZE) or b""
+        raw = libbpf.lookup_elem(self.meta_fd, u32(index), META_VALUE_SIZE) or b""
         text = raw.split(b"\0", 1)[0]
         try:
             return json.loads(text) if text else {}
@@ -267,7 +263,7 @@ class Dataplane(InnerMaps, CounterReading):
         data = json.dumps(record, sort_keys=True).encode()
         if len(data) >= META_VALUE_SIZE:
             raise LoadError("metadata record too large", errno.E2BIG, "attach fewer devices per namespace")
-        libbpf.update_elem(self.meta_fd, _u32(index), data.ljust(META_VALUE_SIZE, b"\0"), what="writing metadata")
+        libbpf.update_elem(self.meta_fd, u32(index), data.ljust(META_VALUE_SIZE, b"\0"), what="writing metadata")
 
     # --- generations -------------------------------------------------------------------------
     def apply_generation(self, tables: Tables, record: Optional[dict] = None,
@@ -324,7 +320,7 @@ class Dataplane(InnerMaps, CounterReading):
                                          overflowed_rules=tables.overflowed_rules, applied_at=int(time.time())))
 
             def install(name: str) -> None:
-                libbpf.update_elem(self.map_fds[abi.GEN_MAPS[name].name], _u32(target), _u32(inner[name]),
+                libbpf.update_elem(self.map_fds[abi.GEN_MAPS[name].name], u32(target), u32(inner[name]),
                                    what=f"installing generation {generation} map {name}")
                 hook(f"installed {name}")
             if inner:  # each install waits for a grace period: none when every map was rewritten
@@ -359,14 +355,14 @@ class Dataplane(InnerMaps, CounterReading):
 
         def release(outer_fd: int, slot: int) -> None:  # the old generation: memory follows one ruleset
             try:
-                libbpf.delete_elem(outer_fd, _u32(slot))
+                libbpf.delete_elem(outer_fd, u32(slot))
             except LoadError:
                 pass
         concurrently([lambda fd=self.map_fds[shape.name], slot=slot: release(fd, slot)
                       for shape in abi.GEN_MAPS.values() for slot in slots])
 
     def _inner_fd(self, outer_name: str, slot: int) -> Optional[int]:
-        raw = libbpf.lookup_elem(self.map_fds[outer_name], _u32(slot), 4)
+        raw = libbpf.lookup_elem(self.map_fds[outer_name], u32(slot), 4)
         if raw is None:
             return None
         (map_id,) = struct.unpack("=I", raw)

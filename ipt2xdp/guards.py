@@ -88,9 +88,10 @@ def _guardchain_of(em, table: str, chain_name: str, cond: Match, seen: set, dept
                     foreign.notes.append(note)
             else:
                 # Superset of the packets this rule may change: its modelled match, unknowns ignored.
-                em.emit(match, DEFER, (ref,), f"earlier.{table}-{chain_name.lower()}")
+                code = f"earlier.{table}-{chain_name.lower()}"
+                em.emit(match, DEFER, (ref,), code)
                 if table == "nat":
-                    _icmp_flow_guard(em, match, (ref,), f"earlier.{table}-{chain_name.lower()}")
+                    _icmp_flow_guard(em, match, (ref,), code)
 
 
 def _icmp_flow_guard(em, match: Match, refs, code: str) -> None:

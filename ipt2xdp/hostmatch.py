@@ -16,6 +16,18 @@ from ipt2xdp.hostinfo import HostContext
 UPPER_KINDS = ("macvlan", "macvtap", "ipvlan", "ipvtap", "vlan")
 
 
+def _bonds_of(host: HostContext, device) -> Tuple[list, tuple]:
+    """(the device, then the bonds it is in, innermost first: netfilter sees its packets on the
+    last; the masters above the outer bond, nearest first, None for one not known)."""
+    masters = host.masters(device)
+    seen_as = [device]
+    for master in masters:
+        if master is None or master.kind != "bond":
+            break
+        seen_as.append(master)
+    return seen_as, masters[len(seen_as) - 1:]
+
+
 def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int]]:
     """For each attached device: the name netfilter's -i compares against, and the ambiguous ones.
 
@@ -33,14 +45,9 @@ def nf_interface_names(host: HostContext) -> Tuple[Dict[int, str], FrozenSet[int
         device = host.device(name)
         if device is None:
             continue
-        seen_as = [device]  # the device, then the bonds it is in, innermost first
-        masters = host.masters(device)
-        for master in masters:
-            if master is None or master.kind != "bond":
-                break
-            seen_as.append(master)
+        seen_as, above = _bonds_of(host, device)
         names[device.ifindex] = seen_as[-1].name
-        if len(masters) >= len(seen_as):  # a master other than a bond above them, or one not known
+        if above:  # a master other than a bond above them, or one not known
             ambiguous.add(device.ifindex)
         lowers = {d.ifindex for d in seen_as}
         if any(d.link in lowers and d.kind in UPPER_KINDS for d in host.devices):
@@ -62,14 +69,10 @@ def _nf_ifindex(host: HostContext, ifindex: int) -> Optional[int]:
     device = next((d for d in host.devices if d.ifindex == ifindex), None)
     if device is None:
         return ifindex
-    seen_as = device
-    for master in host.masters(device):
-        if master is None or master.kind == "vrf":
-            return None
-        if master.kind != "bond":
-            break
-        seen_as = master
-    return seen_as.ifindex
+    seen_as, above = _bonds_of(host, device)
+    if above and (above[0] is None or above[0].kind == "vrf"):
+        return None
+    return seen_as[-1].ifindex
 
 
 def addrtype_alternatives(match: irmatches.AddrtypeMatch, host: HostContext,

@@ -24,8 +24,8 @@ from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, 
                                 ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
 from ipt2xdp.fastinit import fast_constructor
-from ipt2xdp.guards import (datapath_guards, earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops, local_guard,
-                            nat_flows, nat_new, raw_ct_targets)
+from ipt2xdp.guards import (datapath_guards, earlier_chain_guards, foreign_guards, foreign_ruleset, guard_set_drops,
+                            local_guard, nat_flows, nat_new, raw_ct_targets)
 from ipt2xdp.hostinfo import HostContext
 from ipt2xdp.hostmatch import nf_interface_names
 from ipt2xdp.jumppaths import History, Way
