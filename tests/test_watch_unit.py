@@ -246,3 +246,25 @@ def test_the_collector_stays_off_from_a_sync_until_the_clean_up(monkeypatch):
         assert gc.isenabled() and warm.uncollected == 0 and not warm.collect_due
     finally:
         gc.enable()
+
+
+def test_a_change_seen_while_a_served_caller_changes_netfilter_marks_stale_without_deferring_again(monkeypatch):
+    """A caller between "begin" and "done" made XDP defer already and holds the lock every flip
+    waits for: the watcher moves the stale mark (so its abort keeps deferring) and writes no map.
+    Without a caller in that window, a relaxing change defers at once."""
+    import types
+
+    from ipt2xdp import loader
+    from ipt2xdp.wrapper import sync
+
+    calls = []
+    monkeypatch.setattr(sync, "mark_stale", lambda: calls.append("mark") or 1)
+    monkeypatch.setattr(loader, "defer_all", lambda on=True: calls.append(("defer", on)))
+    watcher = service.Watcher([Scripted([])])
+    caller = types.SimpleNamespace(pid=4242, begun=(True, 0))
+    watcher.server = types.SimpleNamespace(sessions={7: caller})
+    watcher.defer_now([Change("nftables", "NEWRULE x1")])
+    assert calls == ["mark"]
+    caller.begun = None  # its "done" came: a later change defers again
+    watcher.defer_now([Change("nftables", "DELRULE x1")])
+    assert calls == ["mark", "mark", ("defer", True)]
