@@ -107,11 +107,17 @@ class InnerMaps:
             if shape.counted:  # the program counts in the entries: zero what it counted two flips ago
                 ncpus = libbpf.num_possible_cpus()
                 held_keys, held = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
-                size = shape.key_size
-                new = dict(zip((keys[i:i + size] for i in range(0, len(keys), size)),
-                               (values[i:i + shape.value_size] for i in range(0, len(values), shape.value_size))))
+                recount = fastcount.counted(held_keys, held, shape, ncpus)
+                size, value_size = shape.key_size, shape.value_size
+                # The plan's values of the entries written: the changed ones, and, only if the
+                # program counted in some, every entry (most flips find none: no dict of them all)
+                new = (dict(zip((keys[i:i + size] for i in range(0, len(keys), size)),
+                                (values[i:i + value_size] for i in range(0, len(values), value_size))))
+                       if recount else
+                       dict(zip((changed_keys[i:i + size] for i in range(0, len(changed_keys), size)),
+                                (changed_values[i:i + value_size] for i in range(0, len(changed_values), value_size)))))
                 changed = [changed_keys[i:i + size] for i in range(0, len(changed_keys), size)]
-                write, plan_values = fastcount.rewrite_set(new, changed, fastcount.counted(held_keys, held, shape, ncpus))
+                write, plan_values = fastcount.rewrite_set(new, changed, recount)
                 changed_keys, changed_values, count = b"".join(write), fastcount.expand(plan_values, shape, ncpus), len(write)
             libbpf.update_batch(fd, changed_keys, changed_values, count, what)
         return Written(known.map_id, max_entries, keys, values)

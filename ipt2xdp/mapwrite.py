@@ -142,11 +142,77 @@ def array_rewrite(known: Written, keys: bytes, values: bytes, key_size: int,
 def hash_rewrite(known: Written, keys: bytes, values: bytes, key_size: int,
                   value_size: int) -> Tuple[List[bytes], bytes, bytes, int]:
     """(keys to delete, then keys and values to write, their count) that turn a hash map holding
-    known into one holding (keys, values)."""
-    def entries(k: bytes, v: bytes) -> Dict[bytes, bytes]:
-        return {k[i:i + key_size]: v[j:j + value_size]
-                for i, j in zip(range(0, len(k), key_size), range(0, len(v), value_size))}
-    old, new = entries(known.keys, known.values), entries(keys, values)
+    known into one holding (keys, values). A served change moves one rule: the two generations'
+    entries, in compile's order, differ in a short run between a common head and a common tail
+    (found by comparing bytes), and only that run is compared entry by entry (a dict of every
+    entry of both: 5-10 ms at 10k entries, a tenth of a second at 100k)."""
+    old_count, new_count = len(known.keys) // key_size, len(keys) // key_size
+    head = _common_run(known.keys, keys, known.values, values, key_size, value_size, min(old_count, new_count))
+    tail = _common_run(known.keys, keys, known.values, values, key_size, value_size,
+                       min(old_count, new_count) - head, from_end=True)
+    old_run, new_run = range(head, old_count - tail), range(head, new_count - tail)
+    if len(old_run) + len(new_run) <= DIFF_RUN_LIMIT:
+        diff = _run_diff(known, keys, values, key_size, value_size, old_run, new_run)
+        if diff is not None:
+            return diff
+    return _whole_diff(known.keys, known.values, keys, values, key_size, value_size)
+
+
+DIFF_RUN_LIMIT = 256  # entries of the differing run compared alone; past it, the whole maps
+
+
+def _common_run(old_keys: bytes, new_keys: bytes, old_values: bytes, new_values: bytes, key_size: int,
+                value_size: int, most: int, from_end: bool = False) -> int:
+    """How many entries, at most `most`, the two generations share at their start (or end): the
+    longest equal run, by a binary search of byte slices (each comparison a memcmp)."""
+    def equal(n: int) -> bool:
+        if from_end:
+            return (n == 0 or old_keys[len(old_keys) - n * key_size:] == new_keys[len(new_keys) - n * key_size:]
+                    and old_values[len(old_values) - n * value_size:] == new_values[len(new_values) - n * value_size:])
+        return old_keys[:n * key_size] == new_keys[:n * key_size] and old_values[:n * value_size] == new_values[:n * value_size]
+    low, high = 0, most
+    while low < high:
+        middle = (low + high + 1) // 2
+        if equal(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _entries(keys: bytes, values: bytes, key_size: int, value_size: int, run: range) -> Dict[bytes, bytes]:
+    return {keys[n * key_size:(n + 1) * key_size]: values[n * value_size:(n + 1) * value_size] for n in run}
+
+
+def _elsewhere(blob: bytes, key: bytes, size: int, run: range) -> bool:
+    """Whether key is an entry of blob outside the entries of run."""
+    position = blob.find(key)
+    while position != -1:
+        if position % size == 0 and position // size not in run:
+            return True
+        position = blob.find(key, position + 1)
+    return False
+
+
+def _run_diff(known: Written, keys: bytes, values: bytes, key_size: int, value_size: int, old_run: range,
+              new_run: range) -> Optional[Tuple[List[bytes], bytes, bytes, int]]:
+    """The rewrite from the differing runs alone, or None where that may not be the whole map's:
+    a key of either run that is an entry outside it in either generation (within a run, the last
+    of a repeated key wins, as in the whole map)."""
+    old = _entries(known.keys, known.values, key_size, value_size, old_run)
+    new = _entries(keys, values, key_size, value_size, new_run)
+    for key in set(old) | set(new):
+        if _elsewhere(known.keys, key, key_size, old_run) or _elsewhere(keys, key, key_size, new_run):
+            return None
+    stale = [key for key in old if key not in new]
+    changed = [key for key, value in new.items() if old.get(key) != value]
+    return stale, b"".join(changed), b"".join(new[key] for key in changed), len(changed)
+
+
+def _whole_diff(old_keys: bytes, old_values: bytes, keys: bytes, values: bytes, key_size: int,
+                value_size: int) -> Tuple[List[bytes], bytes, bytes, int]:
+    old = _entries(old_keys, old_values, key_size, value_size, range(len(old_keys) // key_size))
+    new = _entries(keys, values, key_size, value_size, range(len(keys) // key_size))
     stale = [key for key in old if key not in new]
     changed = [key for key, value in new.items() if old.get(key) != value]
     return stale, b"".join(changed), b"".join(new[key] for key in changed), len(changed)

@@ -85,3 +85,63 @@ def testhash_rewrite_equals_a_fresh_fill(seed):
         held[keys[i * key_size:(i + 1) * key_size]] = values[i * value_size:(i + 1) * value_size]
     assert held == new
     assert count == sum(1 for k, v in new.items() if old.get(k) != v)
+
+
+def _apply(old_keys, old_values, stale, keys, values, count, key_size, value_size):
+    """What a hash map filled from old (in order: the last of a repeated key wins) holds after
+    the rewrite: stale keys deleted first, then the writes."""
+    held = {old_keys[i:i + key_size]: old_values[j:j + value_size]
+            for i, j in zip(range(0, len(old_keys), key_size), range(0, len(old_values), value_size))}
+    for key in stale:
+        del held[key]
+    for i in range(count):
+        held[keys[i * key_size:(i + 1) * key_size]] = values[i * value_size:(i + 1) * value_size]
+    return held
+
+
+@pytest.mark.parametrize("seed", range(40))
+def testhash_rewrite_of_one_edit_equals_a_fresh_fill(seed):
+    """A served change: the new entries are the old ones with one run inserted, removed or
+    changed (compared alone), or with a key repeated elsewhere (then the whole maps are)."""
+    rng = random.Random(seed)
+    key_size, value_size = 12, 8
+    count = rng.randrange(0, 400)
+    entries = [(rng.randbytes(key_size), rng.randbytes(value_size)) for _ in range(count)]
+    edited = list(entries)
+    at = rng.randrange(0, count + 1)
+    kind = rng.choice(["insert", "remove", "change", "move", "repeat", "repeat-old"])
+    if kind == "insert" or not entries:
+        edited[at:at] = [(rng.randbytes(key_size), rng.randbytes(value_size)) for _ in range(rng.randrange(1, 4))]
+    elif kind == "remove":
+        del edited[min(at, count - 1):min(at, count - 1) + rng.randrange(1, 4)]
+    elif kind == "change":
+        edited[min(at, count - 1)] = (edited[min(at, count - 1)][0], rng.randbytes(value_size))
+    elif kind == "move":  # the same entry, elsewhere
+        edited.insert(at, edited.pop(rng.randrange(count)))
+    elif kind == "repeat":  # a key of the common head or tail written again in the run, new value
+        edited.insert(at, (rng.choice(entries)[0], rng.randbytes(value_size)))
+    else:  # a key of the run repeated in the old generation's head or tail
+        entries.insert(rng.randrange(count + 1), (edited[min(at, count - 1)][0], rng.randbytes(value_size)))
+    old_keys, old_values = b"".join(k for k, _ in entries), b"".join(v for _, v in entries)
+    keys, values = b"".join(k for k, _ in edited), b"".join(v for _, v in edited)
+    stale, out_keys, out_values, written = hash_rewrite(Written(1, 800, old_keys, old_values), keys, values,
+                                                        key_size, value_size)
+    expected = dict(edited)
+    assert _apply(old_keys, old_values, stale, out_keys, out_values, written, key_size, value_size) == expected
+    held = dict(entries)
+    assert written == sum(1 for k, v in expected.items() if held.get(k) != v)
+    assert len(stale) == sum(1 for k in held if k not in expected)
+
+
+def testhash_rewrite_compares_only_the_differing_run(monkeypatch):
+    """One entry appended to 10,000: no dict of all the entries is made."""
+    from ipt2xdp import mapwrite
+
+    def refuse(*args):
+        raise AssertionError("compared every entry")
+    monkeypatch.setattr(mapwrite, "_whole_diff", refuse)
+    keys = b"".join(struct.pack("=I8x", n) for n in range(10000))
+    values = bytes(8 * 10000)
+    stale, out_keys, out_values, written = hash_rewrite(
+        Written(1, 10001, keys, values), keys + struct.pack("=I8x", 10000), values + b"\1" * 8, 12, 8)
+    assert (stale, written, out_keys, out_values) == ([], 1, struct.pack("=I8x", 10000), b"\1" * 8)
