@@ -204,3 +204,31 @@ def test_the_rule_finder_renders_each_chain_once(monkeypatch):
     assert matcher("filter", "BL", "-A BL -s 10.0.0.2 -j DROP") == 1
     assert matcher("filter", "NOPE", "-A NOPE -j DROP") is None
     assert len(rendered) == 3 + 1  # the spec of each look, and BL's one rule the first time
+
+
+@pytest.mark.parametrize("args, trusted", [
+    (["-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"], True),
+    (["-I", "BL", "1", "-s", "192.0.2.1", "-p", "tcp", "--dport", "22", "-j", "REJECT", "--reject-with",
+      "icmp-port-unreachable"], True),
+    (["-w", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"], True),
+    (["-A", "INPUT", "-s", "192.0.2.1,192.0.2.2", "-j", "DROP"], False),  # two rules: -I would reverse them
+    (["-A", "INPUT", "-m", "pkttype", "--pkt-type", "broadcast", "-j", "DROP"], False),  # kept as words
+    (["-A", "INPUT", "-j", "LOG", "--log-prefix", "x"], True),  # a modeled target
+    (["-D", "INPUT", "-s", "10.0.0.1", "-j", "DROP"], True),  # the first rule rendering as it does
+    (["-D", "INPUT", "-m", "pkttype", "--pkt-type", "host", "-j", "DROP"], False),
+    (["-D", "INPUT", "1"], True), (["-R", "INPUT", "1", "-j", "DROP"], True), (["-F", "INPUT"], False),
+    (["-N", "NEW"], False), (["-P", "INPUT", "DROP"], False), (["-X", "EMPTY"], False),
+    (["-A", "NOPE", "-j", "DROP"], False), (["-A", "INPUT", "-j", "NOPE"], False),
+])
+def test_only_commands_on_one_modeled_rule_may_skip_the_read_back(args, trusted):
+    """watch/holding.py's conditions 2 and 4; the generation (1 and 3) in the kernel test."""
+    from ipt2xdp.parse import parse
+    from ipt2xdp.watch import holding
+
+    ruleset = parse(BASE, "<base>")
+    command = predict.read_command(args)
+    assert command is not None
+    assert holding.trusted_command(command, ruleset) is trusted
+    assert holding.expected_generation("nft", command, ruleset, 41) == (42 if trusted else None)
+    assert holding.expected_generation("legacy", command, ruleset, 41) is None
+    assert holding.expected_generation("nft", command, ruleset, None) is None

@@ -281,6 +281,9 @@ class Planning:
         import threading
 
         self.host, self.ipsets, self.backend, self.devices = host, ipsets, backend, devices
+        self.ruleset, self.text = ruleset, None  # the predicted ruleset and its text (warm.py sets it)
+        # The nf_tables generation at which the kernel holds this ruleset (watch/holding.py), or None.
+        self.expected_generation = None
         self._prepared = None
         self._thread = threading.Thread(target=self._plan, args=(ruleset,), name="ipt2xdp-predicted-plan",
                                         daemon=True)

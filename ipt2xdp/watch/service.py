@@ -183,6 +183,7 @@ class Watcher:
             self._forget_change(session)
 
     def _sync_for(self, session: Session, rc: int, enforcing: bool, mark: int, started: float) -> str:
+        from ipt2xdp.watch import holding
         from ipt2xdp.wrapper import sync
 
         if rc != 0:
@@ -202,6 +203,9 @@ class Watcher:
             return f"error re-planning failed: {error}".replace("\n", " ")
         self.warm.served += 1
         log(f"wrapper pid {session.pid}: served sync #{self.warm.served} in {time.monotonic() - started:.2f} s: {what}")
+        if self.warm.unverified == session.pid:  # read back once the burst is over (watch/holding.py)
+            self._add([Change(holding.SOURCE, f"the ruleset wrapper pid {session.pid}'s change left, not read back",
+                              relaxing=False)], time.monotonic())
         session.after_reply = self._prepare_prediction  # the next caller's head start, once this one has its answer
         return "ok " + what
 

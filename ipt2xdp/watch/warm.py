@@ -32,10 +32,11 @@ from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
 # Sources whose changes cannot touch the host facts (the ruleset is read anew on every sync).
-RULESET_SOURCES = ("legacy", "wrapper", "start", "retry")
+RULESET_SOURCES = ("legacy", "wrapper", "start", "retry", "prediction")
 # How a served sync's log tells whether the plan made while the caller's command ran was flipped to.
 PREDICTION_HELD = "the predicted plan held"
 PREDICTION_MISSED = "the prediction did not hold: planned again"
+PREDICTION_IN_KERNEL = "the kernel holds the prediction (nf_tables generation): not read back"
 
 
 def warm_up() -> None:
@@ -71,9 +72,15 @@ class Warm:
         # freed by collect(), after the answer (freeing them costs 20-25 ms at 10k rules).
         self._leftovers: list = []
         self.last: Dict[str, object] = {}
-        # The last ruleset read back (backend, text, parsed): what a wrapper's command is applied
-        # to in predict(); and the plan of that prediction, being made (predict.Planning).
+        # The last ruleset read back (backend, text, parsed, the nf_tables generation it was read
+        # in or None): what a wrapper's command is applied to in predict(); and the plan of that
+        # prediction, being made (predict.Planning).
         self._base: Optional[tuple] = None
+        # A served sync took the prediction as the kernel's ruleset (holding.py): the pid of its
+        # caller until a sync reads the ruleset back; trust_generations: False once a read-back
+        # did not render as such a prediction (then every sync reads back).
+        self.unverified: Optional[int] = None
+        self.trust_generations = True
         self._base_layout = None   # predict.Layout of its text, and the -D rule finder of its
         self._base_matcher = None  # ruleset: made once per read-back (prepare_prediction())
         self._planning = None
@@ -185,7 +192,7 @@ class Warm:
         the sync that follows its "done" (_sync; flipped to only if what is read back then holds
         it). args None: nothing to predict (a restore)."""
         from ipt2xdp.parse import parse
-        from ipt2xdp.watch import predict
+        from ipt2xdp.watch import holding, predict
 
         self._drop_planning()
         command = predict.read_command(args) if args is not None and predict.wanted() else None
@@ -193,7 +200,7 @@ class Warm:
         if target is None:
             return
         _info, record, backend, devices = target
-        base_backend, base_text, _ = self._base
+        base_backend, base_text, base_ruleset, base_generation = self._base
         if base_backend != backend or sorted(devices) != devices:  # _sync reads the host anew then
             return
         layout, matcher = self._prepared_base()
@@ -214,6 +221,10 @@ class Warm:
             self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
         self._planning = predict.Planning(ruleset, host, record.get("ipsets", "mirror"), backend, devices)
         self._planning_pid = pid
+        self._planning.text = text
+        if self.trust_generations:
+            self._planning.expected_generation = holding.expected_generation(backend, command, base_ruleset,
+                                                                             base_generation)
 
     def _prepared_base(self):
         """(predict.Layout, predict.rule_matcher) of the last ruleset read back, made now if not yet."""
@@ -242,6 +253,19 @@ class Warm:
         planning, self._planning = self._planning, None
         if planning is not None:
             planning.result()
+
+    def _held(self, backend: str, counts_pid: Optional[int]) -> Optional[tuple]:
+        """(text, ruleset, generation) of the prediction for the caller counts_pid when the kernel
+        holds it (holding.py), else None (then the sync reads back)."""
+        from ipt2xdp.watch import holding
+
+        planning = self._planning
+        if (planning is None or counts_pid is None or self._planning_pid != counts_pid or planning.backend != backend
+                or planning.expected_generation is None):
+            return None
+        if holding.generation(backend) != planning.expected_generation:
+            return None
+        return planning.text, planning.ruleset, planning.expected_generation
 
     def _planned(self, backend: str, counts_pid: Optional[int]):
         """The plan predicted for the caller counts_pid, made for this backend (waited for), or None."""
@@ -276,6 +300,7 @@ class Warm:
         from ipt2xdp import backend as backends
         from ipt2xdp.parse import parse
         from ipt2xdp.render import canonical
+        from ipt2xdp.watch import holding
         from ipt2xdp.wrapper import sync
 
         started = time.monotonic()
@@ -289,9 +314,15 @@ class Warm:
         key = info.get("ruleset", {}).get("source_digest")
         times = {}
         with sync.guarded_flip():  # a caller that gave up on us may have changed netfilter since
-            text = backends.save(backend)
-            times["read"] = time.monotonic() - started
-            ruleset = parse(text, f"<iptables-{backend}-save>", self._parse_memo(text))
+            taken = self._held(backend, counts_pid)
+            if taken is not None:
+                text, ruleset, generation = taken
+                self._stale_backends.discard("nft")  # the one transaction since the read was the caller's
+                times["read"] = time.monotonic() - started
+            else:
+                text, generation = holding.read_between(backend, lambda: backends.save(backend))
+                times["read"] = time.monotonic() - started
+                ruleset = parse(text, f"<iptables-{backend}-save>", self._parse_memo(text))
             # The canonical text tells whether anything changed; a wrapper's change flips anyway (below),
             # and the import renders the text from the rule texts its plan makes.
             rendered = canonical(ruleset) if counts_pid is None else None
@@ -308,6 +339,8 @@ class Warm:
                     loader.defer_all(False)
                 what = (f"in step, the plan in force is that of iptables-{backend}'s ruleset and this host; "
                         + ("enforcing again" if deferring else "nothing to do"))
+                if self.unverified is not None and taken is None:
+                    what += f"; the ruleset read back is the prediction taken for wrapper pid {self.unverified}"
             else:
                 mark = time.monotonic()
                 ahead = self._planned(backend, counts_pid)  # waits for the predicted plan, if one is made
@@ -328,8 +361,16 @@ class Warm:
                             f"{len(applied.rewritten)} of {len(abi.GEN_MAPS)} maps rewritten in place")
                     if ahead is not None:
                         what += ", " + (PREDICTION_HELD if held else PREDICTION_MISSED)
+                    if taken is not None:
+                        what += ", " + PREDICTION_IN_KERNEL
+                if self.unverified is not None and taken is None and counts_pid is None:
+                    # A mistake of holding.py's condition 4 (or a change the generation did not show)
+                    self.trust_generations = False
+                    what += (f"; the ruleset read back is not the prediction taken for wrapper pid {self.unverified}: "
+                             "planned again, and every later sync reads the ruleset back")
         total = time.monotonic() - started
         self._leftovers.append((ruleset, text))
-        self._base = (backend, text, ruleset)
+        self._base = (backend, text, ruleset, generation)
+        self.unverified = counts_pid if taken is not None else None
         self.last = {"what": what, "seconds": round(total, 3), **{k: round(v, 3) for k, v in times.items()}}
         return f"{what} ({total:.2f} s: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()) + ")"
