@@ -38,7 +38,7 @@ def fresh(ns):
 
 def served(ns, warm, predicted, ran):
     """One served change: predicted at its begin, ran by the real binary, then the sync."""
-    warm.predict("nft", predicted, os.getpid())
+    warm.predict("nft", predicted, os.getpid(), ran_on="nft")
     real(ns, "nft", ["iptables", *ran])
     return warm.sync("nft", counts_pid=os.getpid())
 
@@ -67,12 +67,19 @@ def test_a_sync_takes_the_prediction_only_while_the_generation_says_the_kernel_h
 
             # Another writer commits between the read and the command: read back.
             two = ["-I", "BL", "1", "-s", "192.0.2.2", "-j", "ACCEPT"]
-            warm.predict("nft", two, os.getpid())
+            warm.predict("nft", two, os.getpid(), ran_on="nft")
             real(ns, "nft", ["iptables", "-A", "INPUT", "-s", "192.0.2.0/24", "-j", "ACCEPT"])
             real(ns, "nft", ["iptables", *two])
             what = warm.sync("nft", counts_pid=os.getpid())
             assert PREDICTION_IN_KERNEL not in what and warm.unverified is None, what
             assert fresh(ns)
+
+            # A command the wrapper ran on the other backend (the generation may move for another
+            # writer's transaction): read back.
+            warm.predict("nft", one, os.getpid(), ran_on="legacy")
+            real(ns, "nft", ["iptables", "-A", "OUTPUT", "-j", "ACCEPT"])
+            what = warm.sync("nft", counts_pid=os.getpid())
+            assert PREDICTION_IN_KERNEL not in what and fresh(ns), what
 
             # Deleting by specification: the first rule that renders as it does.
             what = served(ns, warm, ["-D", "INPUT", "-s", "192.0.2.0/24", "-j", "ACCEPT"],

@@ -164,7 +164,8 @@ class Watcher:
                 except Exception as error:  # noqa: BLE001 - counts then follow rule text
                     log(f"wrapper pid {session.pid}: could not record its change for the counts: {error}")
             try:  # the ruleset the command should leave, planned while it runs (warm.py)
-                self.warm.predict(self.backend, args if isinstance(args, list) else None, session.pid)
+                self.warm.predict(self.backend, args if isinstance(args, list) else None, session.pid,
+                                  ran_on=None if change is None else "legacy" if change.legacy else "nft")
             except Exception as error:  # noqa: BLE001 - only a head start
                 log(f"wrapper pid {session.pid}: could not predict its change: {error}")
         session.after_reply = meanwhile

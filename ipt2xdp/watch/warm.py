@@ -186,11 +186,12 @@ class Warm:
         backend = backend or record.get("backend") or realbin.backend()
         return info, record, backend, record.get("devices") or sorted(info.get("devices", {}))
 
-    def predict(self, backend: Optional[str], args: Optional[list], pid: int) -> None:
+    def predict(self, backend: Optional[str], args: Optional[list], pid: int, ran_on: Optional[str] = None) -> None:
         """A wrapper (pid) is about to run the iptables command args: plan the ruleset it should
         leave (the last one read back with the command applied, predict.py) in a thread, for
         the sync that follows its "done" (_sync; flipped to only if what is read back then holds
-        it). args None: nothing to predict (a restore)."""
+        it, or if the nf_tables generation says the kernel holds it: holding.py, only for a command
+        the wrapper runs on the planned backend, ran_on). args None: nothing to predict (a restore)."""
         from ipt2xdp.parse import parse
         from ipt2xdp.watch import holding, predict
 
@@ -222,7 +223,7 @@ class Warm:
         self._planning = predict.Planning(ruleset, host, record.get("ipsets", "mirror"), backend, devices)
         self._planning_pid = pid
         self._planning.text = text
-        if self.trust_generations:
+        if self.trust_generations and ran_on == backend:
             self._planning.expected_generation = holding.expected_generation(backend, command, base_ruleset,
                                                                              base_generation)
 
