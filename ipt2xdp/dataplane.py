@@ -23,12 +23,19 @@ before step 4 leaves the old generation in force; after it, the new one.
 Ending a deferral. A flip from "defer everything" (the wrapper's and `ipt2xdp watch`'s: defer, the
 real command, flip) needs fewer waits, because a run that reads "defer" reads no slot at all (the
 program returns XDP_PASS before it looks at a generation; a packet passed is always safe):
-  - defer_all(True) waits (its barrier) before it returns, so that the deferral is in force for
-    every packet before netfilter changes. That barrier also ends every run that started before
-    the flip to the generation in force: it settles the other slot (WRITTEN "settled"), so the
-    next flip writes there without waiting first (step 2).
+  - defer_all(True) stores "defer" and starts a barrier. Every run that starts later passes. A run
+    that read the state before judges its packet by the generation in force when it read it,
+    whose slot nothing rewrites before the next flip (which writes the other slot): it is judged
+    by a ruleset in force while it is judged, as netfilter judges a packet already in its rules
+    when a new ruleset is committed (by the old table or generation). So the wrapper's real
+    command need not wait for that barrier (wait=False: begin() lets it run in the background,
+    WRITTEN "pending"); it is needed by the next flip, which waits for it first
+    (settle_deferral): it ends every run that started before the flip to the generation in force,
+    so it settles the other slot (WRITTEN "settled"), and the flip writes there without waiting
+    again (step 2).
   - Step 5 is skipped when the state read under the pins lock at the start of the flip is the very
-    deferral this process made and waited for (WRITTEN "deferred": same generation, same last
+    deferral this process made and waited for (its barrier passed before the flip read the state;
+    WRITTEN "deferred": same generation, same last
     slot; this process's own resume or flip clears it, another process's flip moves the
     generation). Then every run that started before the flip read "defer", and every later one
     reads the new slot: no run reads the replaced slot, so its counters are final when read right
@@ -234,22 +241,41 @@ class Dataplane(InnerMaps, CounterReading):
         value = bytes(abi.State(active=active, last_slot=last_slot, generation=generation))
         libbpf.update_elem(self.map_fds[abi.MAP_STATE.name], u32(0), value, what="flipping the active generation")
 
-    def defer_all(self, on: bool = True) -> bool:
-        """Make XDP pass everything to netfilter (on: in force for every packet when this returns)
-        or resume the last generation (off: a packet still deferring meanwhile is no harm, so no
-        wait). Returns whether it was deferring everything before."""
+    def defer_all(self, on: bool = True, wait: bool = True) -> bool:
+        """Make XDP pass everything to netfilter (on) or resume the last generation (off: a packet
+        still deferring meanwhile is no harm, so no wait). Returns whether it was deferring
+        everything before. on: every run that starts later passes; with wait, every run that read
+        the state before has ended too when this returns; without, that barrier runs in the
+        background and this process's next flip waits for it first (module docstring)."""
         st = self.read_state()
         self._remembered()  # forgets what it knew of another program
-        WRITTEN["deferred"] = None  # until the barrier below has passed
+        WRITTEN["deferred"] = WRITTEN["pending"] = None  # until a barrier after the write below has passed
         self.write_state(abi.DEFER_ALL if on else st.last_slot, st.last_slot, st.generation)
-        if on:
+        if on and wait:
             rcu_barrier()
-            # Every run that started before the flip to st.generation has ended, and every later
-            # one reads "defer" or st.last_slot: the other slot is free (apply_generation), and
-            # from here until this process sees the state otherwise, no run reads any slot.
-            WRITTEN["settled"] = st.generation
-            WRITTEN["deferred"] = (st.generation, st.last_slot)
+            self._settled(st.generation, st.last_slot)
+        elif on:
+            WRITTEN["pending"] = (Background(rcu_barrier), st.generation, st.last_slot)
         return st.active >= abi.GEN_SLOTS
+
+    @staticmethod
+    def _settled(generation: int, last_slot: int) -> None:
+        """A barrier after storing "defer everything" in the state (generation, last_slot) passed:
+        every run that started before the flip to that generation has ended, and every later one
+        reads "defer" or last_slot: the other slot is free (apply_generation), and from here until
+        this process sees the state otherwise, no run reads any slot."""
+        WRITTEN["settled"] = generation
+        WRITTEN["deferred"] = (generation, last_slot)
+
+    @classmethod
+    def settle_deferral(cls) -> None:
+        """Wait for the barrier of this process's last defer_all(wait=False), if it still runs
+        and no defer_all came after it."""
+        pending, WRITTEN["pending"] = WRITTEN.get("pending"), None
+        if pending is not None:
+            barrier, generation, last_slot = pending
+            barrier.join()
+            cls._settled(generation, last_slot)
 
     def read_meta(self, index: int) -> dict:
         raw = libbpf.lookup_elem(self.meta_fd, u32(index), META_VALUE_SIZE) or b""
@@ -280,6 +306,7 @@ class Dataplane(InnerMaps, CounterReading):
         syscalls release the GIL); the first barrier runs while the inner maps are filled. A
         generation costs about three grace periods, not two per outer map plus two."""
         hook = pause_hook or (lambda step: None)
+        self.settle_deferral()
         st = self.read_state()
         last = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
         target = (last + 1) % abi.GEN_SLOTS

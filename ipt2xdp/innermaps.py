@@ -50,7 +50,7 @@ class InnerMaps:
         """WRITTEN's slots for this program (emptied when it is another one)."""
         program = libbpf.map_info(self.map_fds[abi.MAP_STATE.name]).id
         if WRITTEN["program"] != program:
-            WRITTEN.update(program=program, slots={}, settled=None, deferred=None)
+            WRITTEN.update(program=program, slots={}, settled=None, deferred=None, pending=None)
         return WRITTEN["slots"]
 
     def _rewritable(self, slot: int, tables: Tables, generation: int) -> Dict[str, Tuple[Written, int]]:

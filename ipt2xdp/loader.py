@@ -236,16 +236,17 @@ def detach(ifaces: Sequence[str] = (), all_devices: bool = False) -> List[str]:
         return done
 
 
-def defer_all(on: bool = True) -> Optional[bool]:
+def defer_all(on: bool = True, wait: bool = True) -> Optional[bool]:
     """For the wrapper: pass everything to netfilter while it changes (on), then resume (off).
-    Returns whether XDP was deferring everything before (None: not loaded here)."""
+    Returns whether XDP was deferring everything before (None: not loaded here). wait=False: the
+    grace period after the deferral is waited for by this process's next flip (dataplane.py)."""
     require_root()
     with pins.lock():
         dp = Dataplane.open_pinned(pins.pin_dir())
         if dp is None:
             return None
         try:
-            return dp.defer_all(on)
+            return dp.defer_all(on, wait)
         finally:
             dp.close()
 

@@ -102,7 +102,9 @@ class Written:
 # before it writes there.
 # "deferred": (generation, last slot) of the state this process made "defer everything" in and
 # waited for (defer_all): a flip from that very state needs no barrier after it (dataplane.py).
-WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None, "deferred": None}
+# "pending": (the barrier, generation, last slot) of a deferral that did not wait for it
+# (defer_all(wait=False)): the next flip waits for it, then counts it settled and deferred.
+WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None, "deferred": None, "pending": None}
 REWRITE_CHUNK = 256  # array entries compared, and written when they differ, at a time
 
 

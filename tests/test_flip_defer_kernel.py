@@ -134,3 +134,30 @@ def test_other_deferrals_keep_the_wait(namespace, barriers):
     _flip("append", barriers)
     assert len(barriers) == 2, "a flip after another process's flip and deferral skipped its waits"
     assert_in_force_equals_a_full_write(tables_for("append"))
+
+
+def test_a_deferral_left_to_its_barrier_is_waited_for_by_the_next_flip(namespace, barriers):
+    """begin()'s deferral (wait=False): in force for every later run at once; its barrier runs in
+    the background and the flip ending it waits for that one, not for one of its own."""
+    _flip("base", barriers)
+    assert _run(BLOCKED) == [XDP_DROP] * 3
+    counted = _counters()
+    del barriers[:]
+    loader.defer_all(True, wait=False)
+    assert _run(BLOCKED + [APPENDED]) == [XDP_PASS] * 4  # deferring at once
+    result = _flip("append", barriers)
+    assert barriers == [], "the flip ran a barrier of its own instead of the deferral's"
+    assert dataplane.WRITTEN["pending"] is None
+    assert result.previous_counters == counted
+    assert_in_force_equals_a_full_write(tables_for("append"))
+    assert _run(BLOCKED + [APPENDED]) == [XDP_DROP] * 4
+
+    # Resumed before the flip (the real command failed): the pending barrier no longer counts as a
+    # deferral this process waited for; the flip keeps its own waits.
+    loader.defer_all(True, wait=False)
+    loader.defer_all(False)
+    assert dataplane.WRITTEN["pending"] is None
+    _flip("base", barriers)
+    assert len(barriers) >= 1, barriers
+    assert_in_force_equals_a_full_write(tables_for("base"))
+    assert _run([APPENDED]) == [XDP_PASS]

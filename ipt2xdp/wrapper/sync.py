@@ -171,7 +171,9 @@ def begin() -> tuple[bool, int]:
     mark = mark_stale()
     # One open of the pinned maps for both: was it enforcing (read under the same lock as the
     # write)? A deferral by the watcher just before counts as deferring: it re-imports anyway.
-    enforcing = loader.defer_all(True) is not True
+    # The grace period after it runs while the real command does (dataplane.py: a run that read
+    # the state before is judged by the ruleset in force when it read it); the flip waits for it.
+    enforcing = loader.defer_all(True, wait=False) is not True
     return enforcing, mark
 
 
