@@ -263,9 +263,12 @@ def wrapper_section(d, rep):
     if "predicted_plans_held" in d:
         lines += [f"Watcher predicting: {m.get('predict')}, 1-minute load "
                   + " -> ".join(f"{x:.1f}" for x in m.get("load", [])) + f"; {d['predicted_plans_held']} served "
-                  "syncs flipped to the plan made while the real binary ran (watch/predict.py).", ""]
-    v = ms["wrapper"]["change"]
-    rep.at_most(f"one rule change through the CLI at {meth['rules']:,} rules", v, 30, " ms", digits=0)
+                  "syncs flipped to the plan made while the real binary ran (watch/predict.py)"
+                  + (f", {d['kernel_held']} of them without reading the ruleset back (the nf_tables generation "
+                     "told: watch/holding.py)" if "kernel_held" in d else "") + ".", ""]
+    v = ms["wrapper"]["change"] - ms["real"]["change"]
+    rep.at_most(f"one rule change through the CLI at {meth['rules']:,} rules, re-planned in its own process "
+                "(added to the real binary's)", v, 30, " ms", digits=0)
     if "wrapper_watch" in ms:
         rep.at_most(f"one rule change through the CLI at {meth['rules']:,} rules, `ipt2xdp watch` serving it "
                     + ("(steady state; " if "wrapper_watch_first" in ms else "(") + "added to the real binary's)", ms["wrapper_watch"]["change"] - ms["real"]["change"], 30, " ms",

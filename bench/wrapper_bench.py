@@ -43,6 +43,7 @@ from bench.common import stamp, use_tree  # noqa: E402
 use_tree()
 
 from ipt2xdp import netns  # noqa: E402
+from ipt2xdp.watch.warm import PREDICTION_IN_KERNEL  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -162,8 +163,9 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
                  "the steady state); watcher_ms(_first): the watcher's own timing of those syncs, median",
         "predict": "IPT2XDP_WATCH_PREDICT as the watcher had it (auto: it plans the predicted ruleset while the "
                    "real binary runs only while the 1-minute load is below the CPU count plus one); "
-                   "predicted_plans_held: how many served syncs flipped to that plan; load: 1-minute load "
-                   "average before and after"},
+                   "predicted_plans_held: how many served syncs flipped to that plan; kernel_held: how many "
+                   "of them took it without reading the ruleset back (the nf_tables generation told: "
+                   "watch/holding.py); load: 1-minute load average before and after"},
         "predict": os.environ.get("IPT2XDP_WATCH_PREDICT", "auto"), "load": [os.getloadavg()[0]]}}
     with netns.veth_pair() as pair:
         plain, xdp = pair.sender, pair.receiver
@@ -189,6 +191,7 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
             if served != 4 * rounds:
                 raise RuntimeError(f"the watcher served {served} of {4 * rounds} changes: {watch.text()}")
             res["predicted_plans_held"] = watch.text().count("the predicted plan held")
+            res["kernel_held"] = watch.text().count(PREDICTION_IN_KERNEL)
             res["meta"]["load"].append(os.getloadavg()[0])
             res["watcher_ms"] = watch.steps(lambda index: index % 4 >= 2)
             res["watcher_ms_first"] = watch.steps(lambda index: index % 4 < 2)
@@ -206,7 +209,8 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
     res["ms"] = results
     log(f"  {rules} rules, backend {backend}, {rounds} rounds, median wall ms per call; load "
         + " -> ".join(f"{x:.1f}" for x in res["meta"]["load"]) + f"; watcher predicting: {res['meta']['predict']}, "
-        f"{res['predicted_plans_held']} of {4 * rounds} served syncs flipped to the predicted plan")
+        f"{res['predicted_plans_held']} of {4 * rounds} served syncs flipped to the predicted plan, "
+        f"{res['kernel_held']} of them without a read-back")
     log(f"  {'call':<22} {'real':>10} {'wrapper':>10} {'added':>10}")
     for key in ("change", "check", "version"):
         a, b = results["real"][key], results["wrapper"][key]
