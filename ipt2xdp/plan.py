@@ -187,9 +187,15 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     last, closed = len(chain.rules), False
     pending: List[Tuple[Match, RuleRef]] = []  # consecutive DROP rules after a jump, split together
     uniform = jumppaths.uniform(history, cond)
+    # em.term()'s answer read here when the rule keeps it (TERM_MEMO), without the call
+    host = em.host if table == "filter" else em.guard_host
+    memo_on = TERM_MEMO is not None and TERM_MEMO["host"] is host
+    derived_key, emit_rule, emit_path, emit_code = ir.DERIVED, em.rules.append, em.paths.append, em.codes.append
     for index, rule in enumerate(chain.rules, start=1):
         ref = _new_ref(table, chain_name, index)
-        term = em.term(table, chain_name, index, rule)
+        kept = rule.__dict__.get(derived_key) if memo_on else None
+        found = kept.get("term") if kept is not None else None
+        term = found[1] if found is not None and found[0] is host else em.term(table, chain_name, index, rule)
         if term.set_uses:
             em.emit_drops(pending, path, history)
             em.set_events.append((len(em.rules), em.note_sets(term.set_uses, _earlier_set_bits(rule, term))))
@@ -199,7 +205,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
         for disjunct in term.disjuncts:
             match = disjunct.match
             if not unconditional:
-                match = conjoin(cond, match)
+                match = conjoin(cond, match) if kept is None else _conjoined(kept, cond, match)
                 if match is None:
                     continue
             if type(target) is irtargets.Drop and not disjunct.unknown and not term.set_uses:
@@ -207,8 +213,10 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                     em.emit(match, DROP, path + uniform + (ref,), "ok.drop")
                 elif history:
                     pending.append((match, ref))
-                else:
-                    em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
+                else:  # the common case: em.emit(match, DROP, path + (ref,), "ok.drop") inlined
+                    emit_rule(_new_classifier_rule(match, DROP, len(em.rules)))
+                    emit_path(path + (ref,))
+                    emit_code("ok.drop")
                 closed = closed or (index == last and _covers(match, cond))
                 continue
             em.emit_drops(pending, path, history)
@@ -252,6 +260,30 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                 closed = True  # every packet is decided or leaves by this last rule: none falls off the end
     em.emit_drops(pending, path, history)
     return None if closed else history
+
+
+# How many conjunctions a rule keeps (_conjoined): one per place its chain is inlined from, until
+# the jumps' conditions change; then the oldest go.
+CONJOINED_KEPT = 4
+
+
+def _conjoined(kept: dict, cond: Match, match: Match) -> Optional[Match]:
+    """conjoin(cond, match), kept with the rule (kept: its ir.DERIVED dict, present while TERM_MEMO
+    serves its host) for the same two Match objects. A conjunction is a function of the two values
+    alone; both objects are held by the entry, so their ids are not reused while it lives. Under an
+    unchanged jump, cond is the jump rule's own memoised match (or a conjunction kept the same way),
+    so a re-plan meets the same objects again."""
+    memo = kept.get("conjoined")
+    if memo is None:
+        memo = kept["conjoined"] = {}
+    key = (id(cond), id(match))
+    found = memo.get(key)
+    if found is not None and found[0] is cond and found[1] is match:
+        return found[2]
+    if len(memo) >= CONJOINED_KEPT:
+        del memo[next(iter(memo))]
+    narrowed = memo[key] = (cond, match, conjoin(cond, match))
+    return narrowed[2]
 
 
 def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, ...],
