@@ -7,6 +7,7 @@ A rule is "xdp" when every classifier instance of it that a packet can reach dec
 from __future__ import annotations
 
 import bisect
+from itertools import islice
 from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from ipt2xdp import ir
@@ -178,22 +179,49 @@ def _constrained(match: Match) -> Tuple[Tuple[str, ...], FrozenSet[str]]:
 _CONSTRAINED: Dict[int, Tuple[Match, Tuple[str, ...], FrozenSet[str]]] = {}
 
 
-def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
+# The last remembered reachable()'s rules, answers and coverer history (see reachable).
+_LAST: Optional[tuple] = None
+
+
+def reachable(rules: Sequence[ClassifierRule], remember: bool = False) -> List[bool]:
     """Which classifier positions some packet can reach.
 
     A rule is unreachable when an earlier terminal rule matches every packet it matches. Only broad
     earlier rules (at most two constrained fields, the first MAX_COVERERS of them) are checked; a
     rule it misses is reported as reachable, which only makes the report optimistic, never XDP unsafe.
+
+    This is a left fold: the answer at a position and the state after it (the coverers, the CONTINUE
+    targets seen) depend only on the rules up to it. remember: keep this call's rules, answers and
+    the history of its state, so that the next remembering call, whose rules start with equal ones
+    (a long-lived planner's re-plan), takes the answers of that common prefix and rebuilds the state
+    after it from the history (only the adds since the last reset, at most MAX_COVERERS).
     """
-    global _CONSTRAINED
-    coverers = _Coverers()
-    targets: Set[int] = set()
-    out = []
-    known, kept = _CONSTRAINED, {}
+    global _CONSTRAINED, _LAST
+    last, _LAST = _LAST, None
+    known = _CONSTRAINED
+    start = _common_prefix(last[0], rules) if remember and last is not None and len(known) <= 2 * len(rules) + 1000 else 0
+    if start:
+        _, answers, adds, resets, continues = last
+        out = answers[:start]
+        adds = [event for event in adds if event[0] < start]
+        resets = [index for index in resets if index < start]
+        continues = [event for event in continues if event[0] < start]
+        targets = {target for _, target in continues}
+        coverers = _Coverers()
+        since = resets[-1] if resets else 0
+        for index, match, fields in adds:
+            if index >= since:
+                coverers.add(match, fields)
+        kept = known  # the prefix's entries are in it; only new matches are added
+    else:
+        out, adds, resets, continues = [], [], [], []
+        targets, coverers, kept = set(), _Coverers(), {}
     resume = Verdict.CONTINUE
-    for index, rule in enumerate(rules):
+    for index in range(start, len(rules)):
+        rule = rules[index]
         if index in targets:
             coverers = _Coverers()  # packets arriving here skipped some earlier rules
+            resets.append(index)
         match = rule.match
         entry = known.get(id(match))
         if entry is None or entry[0] is not match:
@@ -206,26 +234,44 @@ def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
         action = rule.action
         if action.verdict == resume:
             targets.add(action.target)
+            continues.append((index, action.target))
         elif len(entry[1]) <= 2 and coverers.count < MAX_COVERERS:
             coverers.add(match, entry[1])
+            adds.append((index, match, entry[1]))
     _CONSTRAINED = kept
+    if remember:
+        _LAST = (tuple(rules), out[:], adds, resets, continues)
     return out
 
 
-def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
+def _common_prefix(old: Sequence[ClassifierRule], new: Sequence[ClassifierRule]) -> int:
+    """How many leading rules of new equal those of old (the same objects, mostly)."""
+    limit, index = min(len(old), len(new)), 0
+    while index < limit and (new[index] is old[index] or new[index] == old[index]):
+        index += 1
+    return index
+
+
+def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks, reuse=None, prefix=None):
+    """reuse: (k, p, the last plan's decisions of filter/INPUT's rules 1..k or more): rules 1..k
+    are those of the last plan with the same classifier instances, all before position p, and none
+    after (planprefix); their decisions are taken as they were. prefix: a planprefix.Prefix to keep
+    this plan's decisions of INPUT's rules in, for the next plan."""
     from ipt2xdp.fastinit import fast_constructor
     from ipt2xdp.plan import EARLIER_CHAINS, Decision, RuleRef
     from ipt2xdp.render import render_rule
 
     new_ref, new_decision = fast_constructor(RuleRef), fast_constructor(Decision)  # one per rule
     derived_key, deferred = ir.DERIVED, Verdict.DEFER
-    live = reachable(rules)
-    instances = _instances(rules, paths, codes, guards, live)
+    live = reachable(rules, remember=prefix is not None)
+    taken, first = (reuse[0], max(guards, reuse[1])) if reuse else (0, guards)
+    instances = _instances(rules, paths, codes, first, live)
     found = instances.get
     maybe_drops = {(ref.table, ref.chain, ref.index) for ref, (code, _) in remarks.items() if code == "skip.maybe-drop"}
     sentences: Dict[str, str] = {}
     decisions = []
     add = decisions.append
+    run = None  # where the decisions of filter/INPUT's rules start
     for table in ruleset.tables:
         for chain in table.chains:
             if chain.builtin and (table.name, chain.name) == ("filter", "INPUT"):
@@ -233,10 +279,14 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
                 kind = "xdp" if instances.get((table.name, chain.name, 0)) else "netfilter"
                 code = "ok.policy" if kind == "xdp" else "shadowed"
                 add(Decision(ref, kind, code, why(code), f"-P INPUT {chain.policy}"))
+                run, skip = len(decisions), taken
+                decisions.extend(reuse[2][:taken] if taken else ())
+            else:
+                skip = 0
             # _classify's answer for every rule of a chain XDP never judges
             fixed = _chain_outcome(table.name, chain.name, EARLIER_CHAINS)
             table_name, chain_name = table.name, chain.name
-            for index, rule in enumerate(chain.rules, start=1):
+            for index, rule in enumerate(islice(chain.rules, skip, None) if skip else chain.rules, start=skip + 1):
                 ref = new_ref(table_name, chain_name, index)
                 if fixed is not None:
                     kind, code = fixed
@@ -262,6 +312,8 @@ def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
                 derived = rule.__dict__.get(derived_key)
                 text = derived.get("text") if derived is not None else None
                 add(new_decision(ref, kind, code, sentence, text or render_rule(rule)))
+    if prefix is not None and run is not None:
+        prefix.decisions = tuple(decisions[run:run + len(prefix.recorder.rules)])
     return tuple(decisions)
 
 

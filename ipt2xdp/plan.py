@@ -17,9 +17,11 @@ jump, past a rule without a target) is split into one classifier rule per way (i
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
-from ipt2xdp import ir, irtargets, jumppaths
+
+from ipt2xdp import ir, irtargets, jumppaths, planprefix
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, Action,
                                 ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
@@ -168,8 +170,8 @@ def _side_effect_code(target) -> Optional[str]:
 
 
 def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[RuleRef, ...],
-            returns: List[int], depth: int, history: History = (), exits: Optional[List[Way]] = None
-            ) -> Optional[History]:
+            returns: List[int], depth: int, history: History = (), exits: Optional[List[Way]] = None,
+            start: int = 0, recorder: Optional[planprefix.Recorder] = None) -> Optional[History]:
     """Emit the rules of chain_name under `cond`; RETURNs append their rule index to `returns`.
     Returns the history (jumppaths) at the chain's end, None when its last rule leaves no packet
     to fall off the end.
@@ -177,7 +179,8 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     `returns` holds the positions of CONTINUE placeholders that the caller patches to the end of
     its block once it is known (RETURN resumes after the jump that entered this chain). `history`:
     the ways a packet entering the chain may have come by; `exits` gathers the ways of the packets
-    that leave it early (RETURN, the end of a goto'd chain), in rule order.
+    that leave it early (RETURN, the end of a goto'd chain), in rule order. filter/INPUT only: `start`
+    rules were taken from the last plan (planprefix.resume), and `recorder` notes the checkpoints.
     """
     if exits is None:
         exits = []
@@ -191,7 +194,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     host = em.host if table == "filter" else em.guard_host
     memo_on = TERM_MEMO is not None and TERM_MEMO["host"] is host
     derived_key, emit_rule, emit_path, emit_code = ir.DERIVED, em.rules.append, em.paths.append, em.codes.append
-    for index, rule in enumerate(chain.rules, start=1):
+    for index, rule in enumerate(islice(chain.rules, start, None) if start else chain.rules, start=start + 1):
         ref = _new_ref(table, chain_name, index)
         kept = rule.__dict__.get(derived_key) if memo_on else None
         found = kept.get("term") if kept is not None else None
@@ -258,6 +261,8 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
                     and _covers(match, cond)):
                 closed = True  # every packet is decided or leaves by this last rule: none falls off the end
+        if recorder is not None and not recorder.note(em, index, rule, ref, history, pending, last):
+            recorder = None
     em.emit_drops(pending, path, history)
     return None if closed else history
 
@@ -361,10 +366,19 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     input_chain = chain_of(ruleset, "filter", "INPUT")
     policy = input_chain.policy if input_chain is not None else "ACCEPT"
     history: History = ()
+    # a long-lived planner's TERM_MEMO also keeps where this plan may start the next (planprefix)
+    memo = TERM_MEMO if TERM_MEMO is not None and TERM_MEMO["host"] is em.host else None
+    recorder = previous = None
+    start = 0
+    if memo is not None and input_chain is not None:
+        guard_state = planprefix.guard_state(em)
+        previous = memo.pop("prefix", None)
+        start = planprefix.resume(previous, em, max_rules, guard_state, input_chain)
+        recorder = planprefix.carried(previous, em, start) if start else planprefix.Recorder(em)
     if input_chain is not None:
         top_returns: List[int] = []
         top_exits: List[Way] = []
-        history = _inline(em, "filter", "INPUT", Match(), (), top_returns, 0, (), top_exits) or ()
+        history = _inline(em, "filter", "INPUT", Match(), (), top_returns, 0, (), top_exits, start, recorder) or ()
         policy_position = len(em.rules)
         for position in top_returns:  # RETURN in a builtin chain: the policy decides
             _patch(em, position, policy_position)
@@ -374,9 +388,17 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
         em.emit_drop(Match(), DROP, (), RuleRef("filter", "INPUT", 0), "ok.policy", history)
     else:
         em.emit_accept(Match(), (RuleRef("filter", "INPUT", 0),), "ok.policy")
+    prefix = None
+    if recorder is not None:
+        prefix = planprefix.Prefix(em.host, max_rules, guard_state, recorder, em, tuple(em.rules))
     if em.set_events:
         guard_set_drops(em)
-    decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
+    reuse = None
+    if start:  # INPUT's rules 1..start are those of the last plan, at the same classifier positions
+        reuse = (start, previous.recorder.checkpoints[start - 1][0], previous.decisions)
+    decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks, reuse, prefix)
+    if prefix is not None:
+        memo["prefix"] = prefix
     deadline = min(em.set_expiries) if em.set_expiries else None
     counting_nat = nat_new(ruleset, host)
     if counting_nat:
