@@ -61,9 +61,31 @@ def diff(old: Optional[Sequence[dict]], plan: Plan) -> Dict[str, List[str]]:
     return {"loaded": True, "added": added, "removed": removed, "changed": changed}
 
 
-def decision_records(plan: Plan) -> List[dict]:
-    return [{"table": d.ref.table, "chain": d.ref.chain, "index": d.ref.index, "kind": d.kind,
-             "code": d.code, "why": d.why, "text": d.text} for d in plan.decisions]
+def decision_records(plan: Plan, kept: Optional[dict] = None) -> List[dict]:
+    """kept: what an earlier call left in it ("decisions", "records"): when this plan's decisions
+    start with the same Decision objects (a re-plan takes those of the rules before a change,
+    planprefix), their records are taken as they were; then this call's are left in it. A record
+    is a function of its (immutable) Decision alone. The records are shared by the plan records
+    holding them: read-only, as planstore's records are."""
+    decisions = plan.decisions
+    start, out = 0, []
+    if kept:  # a Decision's record is a function of its value
+        start = common_prefix(kept["decisions"], decisions)
+        out = kept["records"][:start]
+    out += [{"table": d.ref.table, "chain": d.ref.chain, "index": d.ref.index, "kind": d.kind,
+             "code": d.code, "why": d.why, "text": d.text} for d in decisions[start:]]
+    if kept is not None:
+        kept["decisions"], kept["records"] = decisions, out[:]
+    return out
+
+
+def common_prefix(old: Sequence, new: Sequence) -> int:
+    """How many leading items of new equal those of old: the very objects mostly (a re-plan makes
+    some again, such as the policy's decision, equal to the last)."""
+    limit, index = min(len(old), len(new)), 0
+    while index < limit and (new[index] is old[index] or new[index] == old[index]):
+        index += 1
+    return index
 
 
 def as_json(plan: Plan, loaded: Optional[Sequence[dict]] = None, extra: Optional[dict] = None,

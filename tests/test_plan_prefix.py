@@ -40,15 +40,23 @@ def text_of(lines):
     return HEAD + "\n".join(lines) + "\nCOMMIT\n"
 
 
-def outcome(result):
-    return result, report.decision_records(result), report.summary(result)
+def outcome(result, ruleset, host):
+    """The plan, its report records and summary, and the plan record's JSON an import saves (which
+    a long-lived planner makes from the parts of its last one)."""
+    from ipt2xdp.commands import import_
+
+    prepared = import_._Prepared.__new__(import_._Prepared)
+    prepared.host, prepared.result, prepared.ipset_mode, prepared._record = host, result, "mirror", None
+    prepared.text = import_._canonical(ruleset, result)
+    return result, report.decision_records(result), report.summary(result), prepared.plan_record("nft", ["rcv0"], ruleset)[1]
 
 
 def fresh(text, host):
     saved = planner.TERM_MEMO, decisions._LAST
     planner.TERM_MEMO, decisions._LAST = None, None
     try:
-        return outcome(planner.plan(parse(text, "<fresh>"), host))
+        ruleset = parse(text, "<fresh>")
+        return outcome(planner.plan(ruleset, host), ruleset, host)
     finally:
         planner.TERM_MEMO, decisions._LAST = saved
 
@@ -63,7 +71,8 @@ class Planner:
     def plan(self, text, host):
         if planner.TERM_MEMO is None or planner.TERM_MEMO["host"] is not host:
             planner.TERM_MEMO = {"host": host, "terms": {}}
-        return outcome(planner.plan(parse(text, "<iptables-save>", self.memo), host))
+        ruleset = parse(text, "<iptables-save>", self.memo)
+        return outcome(planner.plan(ruleset, host), ruleset, host)
 
 
 @pytest.fixture
@@ -143,7 +152,8 @@ def test_a_host_object_swapped_in_the_same_memo_is_not_resumed(warm):
     other = replace(RECEIVER, attached=("eth0",))
     planner.TERM_MEMO["host"] = other
     appended = text_of(["-A INPUT -i rcv0 -s 10.0.0.0/8 -j DROP"] + DROPS + ["-A INPUT -s 192.0.2.9/32 -j DROP"] + TAIL)
-    assert outcome(planner.plan(parse(appended, "<iptables-save>", warm.memo), other)) == fresh(appended, other)
+    ruleset = parse(appended, "<iptables-save>", warm.memo)
+    assert outcome(planner.plan(ruleset, other), ruleset, other) == fresh(appended, other)
     assert warm.resumed[-1] == 0
 
 
