@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from ipt2xdp import decisions, planprefix, report
+from ipt2xdp import decisions, planprefix, planstore, report
 from ipt2xdp import plan as planner
 from ipt2xdp.parse import ParseMemo, parse
 from tests.fingerprint import HOSTS
@@ -78,6 +78,7 @@ class Planner:
 @pytest.fixture
 def warm(monkeypatch):
     p = Planner()
+    monkeypatch.setattr(planstore, "JSON_CHUNK", 4)  # pieces of the saved JSON kept: many, at these sizes
     real = planprefix.resume
     monkeypatch.setattr(planprefix, "resume", lambda *a: p.resumed.append(real(*a)) or p.resumed[-1])
     yield p

@@ -290,7 +290,7 @@ class _Prepared:
             "host_digest": drift.host_digest(host),
             "policies": drift.policies(ruleset),
         }
-        made = (record, planstore.encoded(record))
+        made = (record, planstore.encoded(record, None if warm is None else warm["json"]))
         self._record = ((backend_name, list(devices)), made)
         return made
 
@@ -305,8 +305,8 @@ class _Prepared:
 
 
 # What plan records made by a long-lived planner share with the next (report.decision_records'
-# kept, _path_records' kept). Only used while plan.TERM_MEMO is set: a one-shot import keeps nothing.
-_RECORD_PARTS: dict = {"decisions": {}, "paths": {}}
+# kept, _path_records' kept, planstore.encoded's kept). Only used while plan.TERM_MEMO is set: a one-shot import keeps nothing.
+_RECORD_PARTS: dict = {"decisions": {}, "paths": {}, "json": {}}
 
 
 def _verdict_names(rules) -> list:
