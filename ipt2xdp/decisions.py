@@ -245,11 +245,10 @@ def reachable(rules: Sequence[ClassifierRule], remember: bool = False) -> List[b
 
 
 def _common_prefix(old: Sequence[ClassifierRule], new: Sequence[ClassifierRule]) -> int:
-    """How many leading rules of new equal those of old (the same objects, mostly)."""
-    limit, index = min(len(old), len(new)), 0
-    while index < limit and (new[index] is old[index] or new[index] == old[index]):
-        index += 1
-    return index
+    """How many leading rules of new equal those of old (the same objects mostly)."""
+    from ipt2xdp.report import common_prefix
+
+    return common_prefix(old, new)
 
 
 def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks, reuse=None, prefix=None):

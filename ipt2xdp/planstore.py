@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from itertools import compress, count
+from operator import is_not
 from typing import Optional, Tuple
 
 from ipt2xdp import pins
@@ -95,10 +97,7 @@ def _same_start(old, new) -> int:
     """How many leading items of the list new are the very objects of the list old."""
     if not old or not new:
         return 0
-    limit, index = min(len(old), len(new)), 0
-    while index < limit and new[index] is old[index]:
-        index += 1
-    return index
+    return next(compress(count(), map(is_not, old, new)), min(len(old), len(new)))  # the first other one
 
 
 def _list_json(items: list, same: int, old_pieces) -> Tuple[str, list]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import compress, count, islice
+from operator import is_not
 from typing import Dict, List, Optional, Sequence
 
 from ipt2xdp.plan import Decision, Plan
@@ -81,11 +83,13 @@ def decision_records(plan: Plan, kept: Optional[dict] = None) -> List[dict]:
 
 def common_prefix(old: Sequence, new: Sequence) -> int:
     """How many leading items of new equal those of old: the very objects mostly (a re-plan makes
-    some again, such as the policy's decision, equal to the last)."""
+    some again, such as the policy's decision, equal to the last), scanned for in C."""
     limit, index = min(len(old), len(new)), 0
-    while index < limit and (new[index] is old[index] or new[index] == old[index]):
+    while True:
+        index += next(compress(count(), map(is_not, islice(old, index, limit), islice(new, index, limit))), limit - index)
+        if index >= limit or new[index] != old[index]:
+            return index
         index += 1
-    return index
 
 
 def as_json(plan: Plan, loaded: Optional[Sequence[dict]] = None, extra: Optional[dict] = None,

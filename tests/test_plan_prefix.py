@@ -205,3 +205,14 @@ def test_reachable_remembered_prefix_equals_a_fresh_answer():
             decisions._LAST = remembered
     finally:
         decisions._LAST = None
+
+
+def test_common_prefix_takes_equal_objects_and_stops_at_the_first_other_value():
+    a, b, c = [1000 + 1], [1000 + 2], [1000 + 3]
+    assert report.common_prefix([a, b, c], [a, b, c]) == 3
+    assert report.common_prefix([a, b, c], [a, list(b), c]) == 3  # equal, not the same object
+    assert report.common_prefix([a, b, c], [a, c, b]) == 1
+    assert report.common_prefix([a, b], [a, b, c]) == 2
+    assert report.common_prefix([], [a]) == 0
+    assert planstore._same_start([a, b, c], [a, list(b), c]) == 1  # the very objects only
+    assert planstore._same_start([a, b], [a, b, c]) == 2
