@@ -81,15 +81,21 @@ def decision_records(plan: Plan, kept: Optional[dict] = None) -> List[dict]:
     return out
 
 
+# common_prefix compares at most this many items that are other objects by value (Python-level,
+# like building their records): a longer prefix of equal copies is not worth taking.
+MAX_EQUAL_COPIES = 64
+
+
 def common_prefix(old: Sequence, new: Sequence) -> int:
-    """How many leading items of new equal those of old: the very objects mostly (a re-plan makes
-    some again, such as the policy's decision, equal to the last), scanned for in C."""
-    limit, index = min(len(old), len(new)), 0
-    while True:
-        index += next(compress(count(), map(is_not, islice(old, index, limit), islice(new, index, limit))), limit - index)
-        if index >= limit or new[index] != old[index]:
+    """How many leading items of new equal those of old (a shorter answer is never wrong, only
+    takes less): the very objects, scanned for in C, and up to MAX_EQUAL_COPIES other objects
+    of equal value (a re-plan makes some again, such as the policy's decision)."""
+    limit = min(len(old), len(new))
+    others = compress(count(), map(is_not, old, new))  # the positions of other objects, in order
+    for index in islice(others, MAX_EQUAL_COPIES):
+        if new[index] != old[index]:
             return index
-        index += 1
+    return next(others, limit)
 
 
 def as_json(plan: Plan, loaded: Optional[Sequence[dict]] = None, extra: Optional[dict] = None,

@@ -216,3 +216,10 @@ def test_common_prefix_takes_equal_objects_and_stops_at_the_first_other_value():
     assert report.common_prefix([], [a]) == 0
     assert planstore._same_start([a, b, c], [a, list(b), c]) == 1  # the very objects only
     assert planstore._same_start([a, b], [a, b, c]) == 2
+
+
+def test_common_prefix_compares_a_bounded_number_of_copies():
+    items = [[i] for i in range(report.MAX_EQUAL_COPIES + 10)]
+    copies = [list(item) for item in items]
+    assert report.common_prefix(items, copies) == report.MAX_EQUAL_COPIES  # shorter, never longer
+    assert report.common_prefix(items, copies[:5] + items[5:]) == len(items)
