@@ -55,6 +55,8 @@ MAX_MAYBE_DROPS = 16
 # Targets in the raw table that change conntrack handling (helpers, NOTRACK, zones, templates).
 CT_RAW_TARGETS = ("CT", "NOTRACK")
 
+# targets that end planprefix's run (planprefix._NOT_PLAIN)
+_NOT_PLAIN = planprefix._NOT_PLAIN
 # One of each per rule: without the frozen __init__'s setattrs.
 _new_classifier_rule, _new_ref = fast_constructor(ClassifierRule), fast_constructor(RuleRef)
 
@@ -261,8 +263,13 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
                     and _covers(match, cond)):
                 closed = True  # every packet is decided or leaves by this last rule: none falls off the end
-        if recorder is not None and not recorder.note(em, index, rule, ref, history, pending, last):
-            recorder = None
+        if recorder is not None:  # planprefix.plain() and .lengths(), inlined (a warm re-plan runs it per rule)
+            if history or pending or index >= last or isinstance(target, _NOT_PLAIN):
+                recorder = None
+            else:
+                recorder.rules.append(rule)
+                recorder.lengths.append((len(em.rules), len(em.maybe_drops), len(em.set_events),
+                                         len(em.set_expiries), len(em.remarks)))
     em.emit_drops(pending, path, history)
     return None if closed else history
 
@@ -395,7 +402,7 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
         guard_set_drops(em)
     reuse = None
     if start:  # INPUT's rules 1..start are those of the last plan, at the same classifier positions
-        reuse = (start, previous.recorder.checkpoints[start - 1][0], previous.decisions)
+        reuse = (start, previous.recorder.lengths[start - 1][0], previous.decisions)
     decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks, reuse, prefix)
     if prefix is not None:
         memo["prefix"] = prefix

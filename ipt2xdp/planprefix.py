@@ -14,19 +14,20 @@ placeholder waiting for its patch (top_returns), never the chain's last rule, in
 _inline's other locals (uniform, closed) take the values they start with. Checkpoints are only
 recorded while every earlier rule was plain too.
 
-A checkpoint after rule k holds the lengths of the emitter's append-only lists then (classifier
-rules, paths, codes, maybe-drops, set events and expiries) and of two logs: the remarks and the
-maybe-drop refs the run added (only its own rules' refs; a later rule never rewrites them: only a
-jump's remark is assigned over, and the run has none). The classifier rules are kept as they
-were before guards.guard_set_drops rewrote some (it only reads events at or before a position,
-and runs again on the whole list). The decisions of rules 1..k are those of the last plan too:
-each depends on its own classifier instances (all emitted within the run, at the same positions),
-their reachability (decisions.reachable is a prefix fold), its remark and maybe-drop mark, and
-its text (see decisions.decide's reuse).
+A checkpoint after rule k holds the lengths of the emitter's lists then (classifier rules, paths,
+codes, maybe-drops, set events and expiries are only appended to; the remarks dict only gets new
+keys, in order, and the run's are never assigned over: only a jump's remark is, and the run has
+none). The maybe-drop refs the run added are those of its "skip.maybe-drop" remarks. The classifier
+rules are kept as they were before guards.guard_set_drops rewrote some (it only reads events at or
+before a position, and runs again on the whole list). The decisions of rules 1..k are those of the
+last plan too: each depends on its own classifier instances (all emitted within the run, at the
+same positions), their reachability (decisions.reachable is a prefix fold), its remark and
+maybe-drop mark, and its text (see decisions.decide's reuse).
 """
 from __future__ import annotations
 
-from itertools import islice
+from itertools import compress, count, islice
+from operator import is_not
 from typing import List, Optional, Tuple
 
 from ipt2xdp import irtargets
@@ -42,31 +43,23 @@ def guard_state(em) -> tuple:
 
 
 class Recorder:
-    """Checkpoints after each rule of INPUT's leading plain run (see the module docstring)."""
+    """Checkpoints after each rule of INPUT's leading plain run (see the module docstring).
+    plan._inline appends to rules and lengths itself, plain() and lengths() inlined: a warm re-plan
+    that takes nothing (an insert first) runs them for every rule."""
 
     def __init__(self, em) -> None:
-        self.rules: List[object] = []      # INPUT's rule objects 1..k
-        self.checkpoints: List[Tuple[int, ...]] = []
-        self.remark_log: List[tuple] = []  # (ref, remark) as the run added them
-        self.drop_ref_log: List[object] = []
-        self.remarks_seen = len(em.remarks)
-        self.drop_refs_seen = len(em.maybe_drop_refs)
+        self.rules: List[object] = []  # INPUT's rule objects 1..k
+        self.lengths: List[Tuple[int, ...]] = []  # see lengths()
+        self.remarks_start = len(em.remarks)
 
-    def note(self, em, index: int, rule, ref, history, pending, last: int) -> bool:
-        """After rule `index` of INPUT: record its checkpoint; False when the run ends here."""
-        if history or pending or index >= last or isinstance(rule.target, _NOT_PLAIN):
-            return False
-        grew = len(em.remarks) - self.remarks_seen
-        if grew:
-            self.remark_log.extend(reversed(list(islice(reversed(em.remarks.items()), grew))))
-            self.remarks_seen += grew
-        if len(em.maybe_drop_refs) != self.drop_refs_seen:  # only this rule's own ref is added
-            self.drop_ref_log.append(ref)
-            self.drop_refs_seen = len(em.maybe_drop_refs)
-        self.rules.append(rule)
-        self.checkpoints.append((len(em.rules), len(em.maybe_drops), len(em.set_events), len(em.set_expiries),
-                                 len(self.remark_log), len(self.drop_ref_log)))
-        return True
+
+def plain(rule, history, pending, index: int, last: int) -> bool:
+    """Whether the state after rule `index` of INPUT is a checkpoint (when every earlier one was)."""
+    return not (history or pending or index >= last or isinstance(rule.target, _NOT_PLAIN))
+
+
+def lengths(em) -> Tuple[int, ...]:
+    return len(em.rules), len(em.maybe_drops), len(em.set_events), len(em.set_expiries), len(em.remarks)
 
 
 class Prefix:
@@ -76,7 +69,7 @@ class Prefix:
         self.host, self.max_rules, self.guards = host, max_rules, guards
         self.recorder = recorder
         self.rules = rules  # classifier rules before guard_set_drops
-        self.paths, self.codes = em.paths, em.codes
+        self.paths, self.codes, self.remarks = em.paths, em.codes, em.remarks
         self.maybe_drops, self.set_events, self.set_expiries = em.maybe_drops, em.set_events, em.set_expiries
         self.decisions: tuple = ()  # of INPUT's rules 1..len(decisions), set by decide
 
@@ -87,32 +80,29 @@ def resume(previous: Optional[Prefix], em, max_rules: int, guards: tuple, chain)
     if previous is None or previous.host is not em.host or previous.max_rules != max_rules:
         return 0
     old, new = previous.recorder.rules, chain.rules
-    limit = min(len(old), len(new) - 1)  # the new chain's last rule is planned afresh (closed)
-    k = 0
-    while k < limit and new[k] is old[k]:
-        k += 1
+    # the new chain's last rule is planned afresh (closed); the first other object ends the run
+    limit = min(len(old), len(new) - 1)
+    k = next(compress(count(), map(is_not, islice(old, limit), islice(new, limit))), max(limit, 0))
     if k == 0 or guards != previous.guards:
         return 0
     start = len(em.rules)
-    rules, drops, events, expiries, remarks, drop_refs = previous.recorder.checkpoints[k - 1]
+    rules, drops, events, expiries, remarks = previous.recorder.lengths[k - 1]
     em.rules.extend(previous.rules[start:rules])
     em.paths.extend(previous.paths[start:rules])
     em.codes.extend(previous.codes[start:rules])
     em.maybe_drops.extend(previous.maybe_drops[len(em.maybe_drops):drops])
     em.set_events.extend(previous.set_events[len(em.set_events):events])
     em.set_expiries.extend(previous.set_expiries[len(em.set_expiries):expiries])
-    em.remarks.update(previous.recorder.remark_log[:remarks])
-    em.maybe_drop_refs.update(previous.recorder.drop_ref_log[:drop_refs])
+    run = list(islice(previous.remarks.items(), previous.recorder.remarks_start, remarks))
+    em.remarks.update(run)
+    em.maybe_drop_refs.update(ref for ref, (code, _) in run if code == "skip.maybe-drop")
     return k
 
 
 def carried(previous: Prefix, em, k: int) -> Recorder:
     """A recorder holding the k checkpoints taken over from previous, to go on from."""
     recorder = Recorder(em)
-    old = previous.recorder
-    recorder.rules = old.rules[:k]
-    recorder.checkpoints = old.checkpoints[:k]
-    _, _, _, _, remarks, drop_refs = recorder.checkpoints[-1]
-    recorder.remark_log = old.remark_log[:remarks]
-    recorder.drop_ref_log = old.drop_ref_log[:drop_refs]
+    recorder.rules = previous.recorder.rules[:k]
+    recorder.lengths = previous.recorder.lengths[:k]
+    recorder.remarks_start = previous.recorder.remarks_start
     return recorder

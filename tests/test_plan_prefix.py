@@ -223,3 +223,27 @@ def test_common_prefix_compares_a_bounded_number_of_copies():
     copies = [list(item) for item in items]
     assert report.common_prefix(items, copies) == report.MAX_EQUAL_COPIES  # shorter, never longer
     assert report.common_prefix(items, copies[:5] + items[5:]) == len(items)
+
+
+def test_set_rules_before_the_change_guard_the_drops_after_it(warm):
+    """With mirrored sets (tests.fingerprint's made-up copies), a set match early in INPUT gives the
+    DROPs after it guard bits (set events): the appended DROP must get them from the taken prefix."""
+    from tests.fingerprint import _with_sets
+
+    lines = DROPS[:10] + ["-A INPUT -m set --match-set bad src -j ACCEPT", "-A INPUT -m set --match-set worse src -j DROP"] \
+        + DROPS[10:] + TAIL
+    host = _with_sets(RECEIVER, parse(text_of(lines), "x"))
+    # a member of "worse" may time out: the plan's deadline comes from the set expiries
+    host = replace(host, ipsets=tuple(replace(s, expiry_ns=10**12) if s.name == "worse" else s for s in host.ipsets))
+    assert host.ipsets
+    warm.plan(text_of(lines), host)
+    for line in ("-A INPUT -s 192.0.2.1/32 -j DROP", "-A INPUT -s 192.0.2.2/32 -p udp -j DROP"):
+        lines = _insert(lines, len(lines) - 5, line)
+        got = warm.plan(text_of(lines), host)
+        assert warm.resumed[-1] > 20
+        assert got == fresh(text_of(lines), host)
+        index = sum(1 for x in lines[:lines.index(line) + 1] if x.startswith("-A INPUT"))
+        appended = [rule for rule, path in zip(got[0].rules, got[0].counter_paths) if path and path[-1].index == index
+                    and path[-1].chain == "INPUT"]
+        assert appended and all(rule.action.guard for rule in appended)  # else this test shows nothing
+        assert got[0].set_deadline_ns == 10**12
