@@ -406,6 +406,8 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks, reuse, prefix)
     if prefix is not None:
         memo["prefix"] = prefix
+    if previous is not None:
+        planprefix.drop(previous)  # freed by the caller when it has time (planprefix.DROPPED)
     deadline = min(em.set_expiries) if em.set_expiries else None
     counting_nat = nat_new(ruleset, host)
     if counting_nat:

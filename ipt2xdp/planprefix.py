@@ -26,11 +26,30 @@ maybe-drop mark, and its text (see decisions.decide's reuse).
 """
 from __future__ import annotations
 
+from collections import deque
 from itertools import compress, count, islice
 from operator import is_not
 from typing import List, Optional, Tuple
 
 from ipt2xdp import irtargets
+
+# The Prefix objects plans have replaced, waiting to be freed: at 10k rules one holds a whole plan
+# (10-20 ms to free), which plan() should not spend. import_._offload hands them to its caller with
+# the plan (args.planned), which `ipt2xdp watch` frees after its answer (warm.release()).
+DROPPED: "deque[Prefix]" = deque()
+DROPPED_KEPT = 4  # more are freed at once: a caller that never takes them does not grow without end
+
+
+def drop(previous: "Prefix") -> None:
+    DROPPED.append(previous)
+    while len(DROPPED) > DROPPED_KEPT:
+        DROPPED.popleft()
+
+
+def take_dropped() -> list:
+    """The replaced prefixes so far (thread-safe: a predicted plan may be made in a thread)."""
+    return [DROPPED.popleft() for _ in range(len(DROPPED))]
+
 
 # targets whose rule leaves the run: they depend on another chain, or are patched later
 _NOT_PLAIN = (irtargets.Jump, irtargets.Goto, irtargets.Return)

@@ -247,3 +247,17 @@ def test_set_rules_before_the_change_guard_the_drops_after_it(warm):
                     and path[-1].chain == "INPUT"]
         assert appended and all(rule.action.guard for rule in appended)  # else this test shows nothing
         assert got[0].set_deadline_ns == 10**12
+
+
+def test_replaced_prefixes_wait_to_be_freed_by_the_caller(warm):
+    """plan() does not free the prefix it replaces (a whole plan at 10k rules): it waits in
+    planprefix.DROPPED for import_._offload's caller, at most DROPPED_KEPT of them."""
+    planprefix.take_dropped()
+    warm.plan(text_of(DROPS + TAIL), RECEIVER)
+    kept = planner.TERM_MEMO["prefix"]
+    warm.plan(text_of(DROPS[1:] + TAIL), RECEIVER)
+    assert planprefix.take_dropped() == [kept]
+    for count in range(planprefix.DROPPED_KEPT + 3):
+        warm.plan(text_of(DROPS[count % 2:] + TAIL), RECEIVER)
+    assert len(planprefix.take_dropped()) == planprefix.DROPPED_KEPT
+    assert planprefix.take_dropped() == []

@@ -390,7 +390,11 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key,
                            release_old=not getattr(args, "release_later", False), preload=preload)
     args.applied = applied  # for `ipt2xdp watch`'s log: which maps the flip rewrote in place
-    args.planned = (result, tables)  # `ipt2xdp watch` frees them after its answer (10-15 ms at 10k rules)
+    # `ipt2xdp watch` frees them after its answer (10-15 ms at 10k rules), and the plans' prefixes
+    # they replaced (planprefix.DROPPED)
+    from ipt2xdp import planprefix
+
+    args.planned = (result, tables, planprefix.take_dropped())
     # The counts XDP kept for each rule stay with it, as netfilter's own do.
     xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
                          getattr(args, "count_pid", None))
