@@ -164,6 +164,11 @@ class _Emitter:
         return bits
 
 
+# the targets _side_effect_code() answers None for, by exact type (the others go through it)
+_MODELLED_TARGETS = frozenset({type(None), irtargets.Accept, irtargets.Drop, irtargets.Return, irtargets.Jump,
+                               irtargets.Goto})
+
+
 def _side_effect_code(target) -> Optional[str]:
     if target is None or isinstance(target, (irtargets.Accept, irtargets.Drop, irtargets.Return, irtargets.Jump,
                                              irtargets.Goto)):
@@ -224,15 +229,18 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                     emit_code("ok.drop")
                 closed = closed or (index == last and _covers(match, cond))
                 continue
-            em.emit_drops(pending, path, history)
-            side_effect = _side_effect_code(rule.target)
+            if pending:
+                em.emit_drops(pending, path, history)
+            side_effect = None if type(target) in _MODELLED_TARGETS else _side_effect_code(target)
             if (disjunct.unknown and not side_effect and isinstance(rule.target, irtargets.Drop)
                     and set(disjunct.unknown.split(",")) <= SKIPPABLE_UNKNOWN and len(em.maybe_drops) < MAX_MAYBE_DROPS):
                 em.maybe_drops.append(match)
                 em.maybe_drop_refs.add(ref)
                 em.remarks.setdefault(ref, ("skip.maybe-drop", None))
-            elif disjunct.unknown or side_effect:
-                em.emit(match, DEFER, path + (ref,), disjunct.unknown or side_effect)
+            elif disjunct.unknown or side_effect:  # em.emit(match, DEFER, ...) inlined
+                emit_rule(_new_classifier_rule(match, DEFER, len(em.rules)))
+                emit_path(path + (ref,))
+                emit_code(disjunct.unknown or side_effect)
             elif rule.target is None:
                 # a counting-only rule: no effect on the packet's fate, but netfilter counts it
                 history = jumppaths.went_on(jumppaths.after_rule(history, match, ref), history, cond)
