@@ -23,6 +23,12 @@ before a position, and runs again on the whole list). The decisions of rules 1..
 last plan too: each depends on its own classifier instances (all emitted within the run, at the
 same positions), their reachability (decisions.reachable is a prefix fold), its remark and
 maybe-drop mark, and its text (see decisions.decide's reuse).
+
+Two limits are wider than needed, kept for simplicity of the argument: at the top level `closed`
+only chooses between () and the history, which is () in a plain state; and the run's remarks and
+maybe-drop refs are only read for the run's own rules, whose decisions are taken: they are restored
+all the same, so that the emitter's state is exactly the fresh plan's.
+tests/test_plan_prefix.py plans each kind of edit both ways and compares.
 """
 from __future__ import annotations
 
