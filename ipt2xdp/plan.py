@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
-
 from ipt2xdp import ir, irtargets, jumppaths, planprefix
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, Action,
                                 ClassifierRule, Match)
@@ -41,6 +40,8 @@ DEFAULT_MAX_RULES = 100_000
 # Set to {"host": HostContext, "terms": {}} by a long-lived planner (`ipt2xdp watch`) to keep each
 # rule's Term between plans: a Term is a pure function of the rule (ir.Rule equality leaves its
 # position out) and of the host object it was translated for, so it is reused only for that object.
+# While it is set, plan() also keeps in it ("prefix") where the next plan may start (planprefix),
+# and each rule its conjunctions with the conditions of the jumps to its chain (_conjoined).
 TERM_MEMO: Optional[dict] = None
 # Unknown parts of a DROP rule that read the packet or conntrack without changing any state. XDP
 # may then go on past the rule as if it did not match ("maybe-drop"): netfilter drops the packet
@@ -55,8 +56,6 @@ MAX_MAYBE_DROPS = 16
 # Targets in the raw table that change conntrack handling (helpers, NOTRACK, zones, templates).
 CT_RAW_TARGETS = ("CT", "NOTRACK")
 
-# targets that end planprefix's run (planprefix._NOT_PLAIN)
-_NOT_PLAIN = planprefix._NOT_PLAIN
 # One of each per rule: without the frozen __init__'s setattrs.
 _new_classifier_rule, _new_ref = fast_constructor(ClassifierRule), fast_constructor(RuleRef)
 
@@ -271,8 +270,8 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
                     and _covers(match, cond)):
                 closed = True  # every packet is decided or leaves by this last rule: none falls off the end
-        if recorder is not None:  # planprefix.plain() and .lengths(), inlined (a warm re-plan runs it per rule)
-            if history or pending or index >= last or isinstance(target, _NOT_PLAIN):
+        if recorder is not None:  # a checkpoint while the state stays plain (planprefix)
+            if history or pending or index >= last or isinstance(target, planprefix.NOT_PLAIN):
                 recorder = None
             else:
                 recorder.rules.append(rule)

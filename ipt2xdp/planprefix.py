@@ -58,7 +58,7 @@ def take_dropped() -> list:
 
 
 # targets whose rule leaves the run: they depend on another chain, or are patched later
-_NOT_PLAIN = (irtargets.Jump, irtargets.Goto, irtargets.Return)
+NOT_PLAIN = (irtargets.Jump, irtargets.Goto, irtargets.Return)
 
 
 def guard_state(em) -> tuple:
@@ -69,22 +69,14 @@ def guard_state(em) -> tuple:
 
 class Recorder:
     """Checkpoints after each rule of INPUT's leading plain run (see the module docstring).
-    plan._inline appends to rules and lengths itself, plain() and lengths() inlined: a warm re-plan
-    that takes nothing (an insert first) runs them for every rule."""
+    plan._inline appends to rules and lengths itself, without a call: a warm re-plan that takes
+    nothing (an insert first) notes every rule. A rule's lengths: of the emitter's rules, maybe_drops,
+    set_events, set_expiries and remarks after it."""
 
     def __init__(self, em) -> None:
         self.rules: List[object] = []  # INPUT's rule objects 1..k
         self.lengths: List[Tuple[int, ...]] = []  # see lengths()
         self.remarks_start = len(em.remarks)
-
-
-def plain(rule, history, pending, index: int, last: int) -> bool:
-    """Whether the state after rule `index` of INPUT is a checkpoint (when every earlier one was)."""
-    return not (history or pending or index >= last or isinstance(rule.target, _NOT_PLAIN))
-
-
-def lengths(em) -> Tuple[int, ...]:
-    return len(em.rules), len(em.maybe_drops), len(em.set_events), len(em.set_expiries), len(em.remarks)
 
 
 class Prefix:
