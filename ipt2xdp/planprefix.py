@@ -75,7 +75,7 @@ class Recorder:
 
     def __init__(self, em) -> None:
         self.rules: List[object] = []  # INPUT's rule objects 1..k
-        self.lengths: List[Tuple[int, ...]] = []  # see lengths()
+        self.lengths: List[Tuple[int, ...]] = []
         self.remarks_start = len(em.remarks)
 
 
