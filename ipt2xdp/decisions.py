@@ -7,7 +7,8 @@ A rule is "xdp" when every classifier instance of it that a packet can reach dec
 from __future__ import annotations
 
 import bisect
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from itertools import islice
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, ClassifierRule, CtClass, Match, Verdict
@@ -136,130 +137,202 @@ class _Coverers:
 
     def __init__(self) -> None:
         self.count = 0
-        self.groups: Dict[Tuple[str, ...], Tuple[List[Match], Dict[str, _Union]]] = {}
+        # fields -> (the fields as a set, members, (field name, its union) per field)
+        self.groups: Dict[Tuple[str, ...], Tuple[FrozenSet[str], List[Match], List[Tuple[str, _Union]]]] = {}
 
     def add(self, match: Match, fields: Tuple[str, ...]) -> None:
-        members, unions = self.groups.setdefault(fields, ([], {name: _Union() for name in fields}))
-        members.append(match)
-        for name in fields:
-            unions[name].add(getattr(match, name))
+        group = self.groups.get(fields)
+        if group is None:
+            group = self.groups[fields] = (frozenset(fields), [], [(name, _Union()) for name in fields])
+        group[1].append(match)
+        for name, union in group[2]:
+            union.add(getattr(match, name))
         self.count += 1
 
-    def cover(self, match: Match, fields: Tuple[str, ...]) -> bool:
-        if not self.groups:
-            return False
-        present = set(fields)
-        for group_fields, (members, unions) in self.groups.items():
-            if not present.issuperset(group_fields):
+    def cover(self, match: Match, present: FrozenSet[str]) -> bool:
+        """present: the fields match constrains."""
+        values = None
+        for group_fields, members, unions in self.groups.values():
+            if not group_fields <= present:
                 continue
-            if all(unions[name].holds(getattr(match, name)) for name in group_fields):
-                if any(_covers(c, match) for c in members):
-                    return True
+            if values is None:
+                values = vars(match)
+            for name, union in unions:
+                if not union.holds(values[name]):
+                    break
+            else:
+                for c in members:
+                    if _covers(c, match):
+                        return True
         return False
 
 
-def _constrained(match: Match) -> Tuple[str, ...]:
+def _constrained(match: Match) -> Tuple[Tuple[str, ...], FrozenSet[str]]:
     values = vars(match)
-    return tuple([name for name in FIELD_NAMES if values[name] is not None])
+    fields = tuple([name for name in FIELD_NAMES if values[name] is not None])
+    return fields, frozenset(fields)
 
 
-# _constrained() of the last reachable()'s matches, by id(match): (match, fields). A long-lived
-# planner hands the same Match objects again for the rules that did not change; the entry holds
-# its match, so the id is not reused meanwhile. Each reachable() replaces it with its own.
-_CONSTRAINED: Dict[int, Tuple[Match, Tuple[str, ...]]] = {}
+# _constrained() of the last reachable()'s matches, by id(match): (match, fields, their set). A
+# long-lived planner hands the same Match objects again for the rules that did not change; the
+# entry holds its match, so the id is not reused meanwhile. Each reachable() replaces it with its own.
+_CONSTRAINED: Dict[int, Tuple[Match, Tuple[str, ...], FrozenSet[str]]] = {}
 
 
-def reachable(rules: Sequence[ClassifierRule]) -> List[bool]:
+# The last remembered reachable()'s rules, answers and coverer history (see reachable).
+_LAST: Optional[tuple] = None
+
+
+def reachable(rules: Sequence[ClassifierRule], remember: bool = False) -> List[bool]:
     """Which classifier positions some packet can reach.
 
     A rule is unreachable when an earlier terminal rule matches every packet it matches. Only broad
     earlier rules (at most two constrained fields, the first MAX_COVERERS of them) are checked; a
     rule it misses is reported as reachable, which only makes the report optimistic, never XDP unsafe.
+
+    This is a left fold: the answer at a position and the state after it (the coverers, the CONTINUE
+    targets seen) depend only on the rules up to it. remember: keep this call's rules, answers and
+    the history of its state, so that the next remembering call, whose rules start with equal ones
+    (a long-lived planner's re-plan), takes the answers of that common prefix and rebuilds the state
+    after it from the history (only the adds since the last reset, at most MAX_COVERERS).
     """
-    global _CONSTRAINED
-    coverers = _Coverers()
-    targets: Set[int] = set()
-    out = []
-    known, kept = _CONSTRAINED, {}
-    for index, rule in enumerate(rules):
+    global _CONSTRAINED, _LAST
+    last, _LAST = _LAST, None
+    known = _CONSTRAINED
+    start = _common_prefix(last[0], rules) if remember and last is not None and len(known) <= 2 * len(rules) + 1000 else 0
+    if start:
+        _, answers, adds, resets, continues = last
+        out = answers[:start]
+        adds = [event for event in adds if event[0] < start]
+        resets = [index for index in resets if index < start]
+        continues = [event for event in continues if event[0] < start]
+        targets = {target for _, target in continues}
+        coverers = _Coverers()
+        since = resets[-1] if resets else 0
+        for index, match, fields in adds:
+            if index >= since:
+                coverers.add(match, fields)
+        kept = known  # the prefix's entries are in it; only new matches are added
+    else:
+        out, adds, resets, continues = [], [], [], []
+        targets, coverers, kept = set(), _Coverers(), {}
+    resume = Verdict.CONTINUE
+    for index in range(start, len(rules)):
+        rule = rules[index]
         if index in targets:
             coverers = _Coverers()  # packets arriving here skipped some earlier rules
+            resets.append(index)
         match = rule.match
         entry = known.get(id(match))
         if entry is None or entry[0] is not match:
-            entry = (match, _constrained(match))
+            entry = (match, *_constrained(match))
         kept[id(match)] = entry
-        fields = entry[1]
-        live = not (coverers.groups and coverers.cover(rule.match, fields))
+        live = not (coverers.groups and coverers.cover(match, entry[2]))
         out.append(live)
         if not live:
             continue
-        if rule.action.verdict == Verdict.CONTINUE:
-            targets.add(rule.action.target)
-        elif len(fields) <= 2 and coverers.count < MAX_COVERERS:
-            coverers.add(rule.match, fields)
+        action = rule.action
+        if action.verdict == resume:
+            targets.add(action.target)
+            continues.append((index, action.target))
+        elif len(entry[1]) <= 2 and coverers.count < MAX_COVERERS:
+            coverers.add(match, entry[1])
+            adds.append((index, match, entry[1]))
     _CONSTRAINED = kept
+    if remember:
+        _LAST = (tuple(rules), out[:], adds, resets, continues)
     return out
 
 
-def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks):
+def _common_prefix(old: Sequence[ClassifierRule], new: Sequence[ClassifierRule]) -> int:
+    """How many leading rules of new equal those of old (the same objects mostly)."""
+    from ipt2xdp.report import common_prefix
+
+    return common_prefix(old, new)
+
+
+def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks, reuse=None, prefix=None):
+    """reuse: (k, p, the last plan's decisions of filter/INPUT's rules 1..k or more): rules 1..k
+    are those of the last plan with the same classifier instances, all before position p, and none
+    after (planprefix); their decisions are taken as they were. prefix: a planprefix.Prefix to keep
+    this plan's decisions of INPUT's rules in, for the next plan."""
     from ipt2xdp.fastinit import fast_constructor
     from ipt2xdp.plan import EARLIER_CHAINS, Decision, RuleRef
     from ipt2xdp.render import render_rule
 
     new_ref, new_decision = fast_constructor(RuleRef), fast_constructor(Decision)  # one per rule
-    derived_key = ir.DERIVED
-    live = reachable(rules)
-    # iptables rule -> (verdict, code, match) of its reachable classifier instances; a rule with
-    # instances, none reachable, has an empty list (it was emitted: shadowed)
-    # keyed by (table, chain, index): a tuple hashes and compares in C, a RuleRef in Python
-    instances: Dict[Tuple[str, str, int], List[Tuple[Verdict, str, Match]]] = {}
-    for index in range(guards, len(rules)):
-        path = paths[index]
-        if path:
-            last = path[-1]
-            key = (last.table, last.chain, last.index)
-            outcomes = instances.get(key)
-            if outcomes is None:
-                outcomes = instances[key] = []
-            if live[index]:
-                rule = rules[index]
-                outcomes.append((rule.action.verdict, codes[index], rule.match))
+    derived_key, deferred = ir.DERIVED, Verdict.DEFER
+    live = reachable(rules, remember=prefix is not None)
+    taken, first = (reuse[0], max(guards, reuse[1])) if reuse else (0, guards)
+    instances = _instances(rules, paths, codes, first, live)
+    found = instances.get
     maybe_drops = {(ref.table, ref.chain, ref.index) for ref, (code, _) in remarks.items() if code == "skip.maybe-drop"}
     sentences: Dict[str, str] = {}
     decisions = []
+    add = decisions.append
+    run = None  # where the decisions of filter/INPUT's rules start
     for table in ruleset.tables:
         for chain in table.chains:
             if chain.builtin and (table.name, chain.name) == ("filter", "INPUT"):
                 ref = RuleRef(table.name, chain.name, 0)
                 kind = "xdp" if instances.get((table.name, chain.name, 0)) else "netfilter"
                 code = "ok.policy" if kind == "xdp" else "shadowed"
-                decisions.append(Decision(ref, kind, code, why(code), f"-P INPUT {chain.policy}"))
+                add(Decision(ref, kind, code, why(code), f"-P INPUT {chain.policy}"))
+                run, skip = len(decisions), taken
+                decisions.extend(reuse[2][:taken] if taken else ())
+            else:
+                skip = 0
             # _classify's answer for every rule of a chain XDP never judges
             fixed = _chain_outcome(table.name, chain.name, EARLIER_CHAINS)
             table_name, chain_name = table.name, chain.name
-            for index, rule in enumerate(chain.rules, start=1):
+            for index, rule in enumerate(islice(chain.rules, skip, None) if skip else chain.rules, start=skip + 1):
                 ref = new_ref(table_name, chain_name, index)
                 if fixed is not None:
                     kind, code = fixed
                 else:
                     key = (table_name, chain_name, index)
-                    outcomes = instances.get(key)
-                    if outcomes and not (maybe_drops and key in maybe_drops):
-                        if len(outcomes) == 1 and outcomes[0][0] != Verdict.DEFER:
-                            kind, code = "xdp", outcomes[0][1]  # _judged's answer for one decided instance
-                        else:
-                            kind, code = _judged(outcomes)
-                    else:
+                    outcomes = found(key)
+                    if not outcomes or (maybe_drops and key in maybe_drops):
                         kind, code = _unjudged(ref, outcomes, remarks, live)
+                    elif len(outcomes) == 1:  # _judged's answer for one instance, without its lists
+                        verdict, code, match = outcomes[0]
+                        if verdict != deferred:
+                            kind = "xdp"
+                        elif match.ct is not None and _lookup_rules_out_some(match):
+                            kind, code = "partial", "ctstate.lookup" if code == "match.ctstate-unsure" else code
+                        else:
+                            kind = "netfilter"
+                    else:
+                        kind, code = _judged(outcomes)
                 sentence = sentences.get(code)
                 if sentence is None:
                     sentence = sentences[code] = why(code)
                 # render_rule(rule), its memo read here: the parse gave most rules their text
                 derived = rule.__dict__.get(derived_key)
                 text = derived.get("text") if derived is not None else None
-                decisions.append(new_decision(ref, kind, code, sentence, text or render_rule(rule)))
+                add(new_decision(ref, kind, code, sentence, text or render_rule(rule)))
+    if prefix is not None and run is not None:
+        prefix.decisions = tuple(decisions[run:run + len(prefix.recorder.rules)])
     return tuple(decisions)
+
+
+def _instances(rules, paths, codes, guards: int, live) -> Dict[Tuple[str, str, int], List[Tuple[Verdict, str, Match]]]:
+    """iptables rule -> (verdict, code, match) of its reachable classifier instances; a rule with
+    instances, none reachable, has an empty list (it was emitted: shadowed). Keyed by (table,
+    chain, index): a tuple hashes and compares in C, a RuleRef in Python."""
+    instances: Dict[Tuple[str, str, int], List[Tuple[Verdict, str, Match]]] = {}
+    found = instances.get
+    tail = slice(guards, None)
+    for rule, path, code, alive in zip(rules[tail], paths[tail], codes[tail], live[tail]):
+        if path:
+            last = path[-1]
+            key = (last.table, last.chain, last.index)
+            outcomes = found(key)
+            if outcomes is None:
+                outcomes = instances[key] = []
+            if alive:
+                outcomes.append((rule.action.verdict, code, rule.match))
+    return instances
 
 
 def _lookup_rules_out_some(match: Match) -> bool:

@@ -17,9 +17,10 @@ jump, past a rule without a target) is split into one classifier rule per way (i
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
-from ipt2xdp import ir, irtargets, jumppaths
+from ipt2xdp import ir, irtargets, jumppaths, planprefix
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, Action,
                                 ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
@@ -39,6 +40,8 @@ DEFAULT_MAX_RULES = 100_000
 # Set to {"host": HostContext, "terms": {}} by a long-lived planner (`ipt2xdp watch`) to keep each
 # rule's Term between plans: a Term is a pure function of the rule (ir.Rule equality leaves its
 # position out) and of the host object it was translated for, so it is reused only for that object.
+# While it is set, plan() also keeps in it ("prefix") where the next plan may start (planprefix),
+# and each rule its conjunctions with the conditions of the jumps to its chain (_conjoined).
 TERM_MEMO: Optional[dict] = None
 # Unknown parts of a DROP rule that read the packet or conntrack without changing any state. XDP
 # may then go on past the rule as if it did not match ("maybe-drop"): netfilter drops the packet
@@ -160,6 +163,11 @@ class _Emitter:
         return bits
 
 
+# the targets _side_effect_code() answers None for, by exact type (the others go through it)
+_MODELLED_TARGETS = frozenset({type(None), irtargets.Accept, irtargets.Drop, irtargets.Return, irtargets.Jump,
+                               irtargets.Goto})
+
+
 def _side_effect_code(target) -> Optional[str]:
     if target is None or isinstance(target, (irtargets.Accept, irtargets.Drop, irtargets.Return, irtargets.Jump,
                                              irtargets.Goto)):
@@ -168,8 +176,8 @@ def _side_effect_code(target) -> Optional[str]:
 
 
 def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[RuleRef, ...],
-            returns: List[int], depth: int, history: History = (), exits: Optional[List[Way]] = None
-            ) -> Optional[History]:
+            returns: List[int], depth: int, history: History = (), exits: Optional[List[Way]] = None,
+            start: int = 0, recorder: Optional[planprefix.Recorder] = None) -> Optional[History]:
     """Emit the rules of chain_name under `cond`; RETURNs append their rule index to `returns`.
     Returns the history (jumppaths) at the chain's end, None when its last rule leaves no packet
     to fall off the end.
@@ -177,7 +185,8 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     `returns` holds the positions of CONTINUE placeholders that the caller patches to the end of
     its block once it is known (RETURN resumes after the jump that entered this chain). `history`:
     the ways a packet entering the chain may have come by; `exits` gathers the ways of the packets
-    that leave it early (RETURN, the end of a goto'd chain), in rule order.
+    that leave it early (RETURN, the end of a goto'd chain), in rule order. filter/INPUT only: `start`
+    rules were taken from the last plan (planprefix.resume), and `recorder` notes the checkpoints.
     """
     if exits is None:
         exits = []
@@ -187,9 +196,15 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
     last, closed = len(chain.rules), False
     pending: List[Tuple[Match, RuleRef]] = []  # consecutive DROP rules after a jump, split together
     uniform = jumppaths.uniform(history, cond)
-    for index, rule in enumerate(chain.rules, start=1):
+    # em.term()'s answer read here when the rule keeps it (TERM_MEMO), without the call
+    host = em.host if table == "filter" else em.guard_host
+    memo_on = TERM_MEMO is not None and TERM_MEMO["host"] is host
+    derived_key, emit_rule, emit_path, emit_code = ir.DERIVED, em.rules.append, em.paths.append, em.codes.append
+    for index, rule in enumerate(islice(chain.rules, start, None) if start else chain.rules, start=start + 1):
         ref = _new_ref(table, chain_name, index)
-        term = em.term(table, chain_name, index, rule)
+        kept = rule.__dict__.get(derived_key) if memo_on else None
+        found = kept.get("term") if kept is not None else None
+        term = found[1] if found is not None and found[0] is host else em.term(table, chain_name, index, rule)
         if term.set_uses:
             em.emit_drops(pending, path, history)
             em.set_events.append((len(em.rules), em.note_sets(term.set_uses, _earlier_set_bits(rule, term))))
@@ -199,7 +214,7 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
         for disjunct in term.disjuncts:
             match = disjunct.match
             if not unconditional:
-                match = conjoin(cond, match)
+                match = conjoin(cond, match) if kept is None else _conjoined(kept, cond, match)
                 if match is None:
                     continue
             if type(target) is irtargets.Drop and not disjunct.unknown and not term.set_uses:
@@ -207,19 +222,24 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
                     em.emit(match, DROP, path + uniform + (ref,), "ok.drop")
                 elif history:
                     pending.append((match, ref))
-                else:
-                    em.emit(match, DROP, path + (ref,), "ok.drop")  # the common case, as below
+                else:  # the common case: em.emit(match, DROP, path + (ref,), "ok.drop") inlined
+                    emit_rule(_new_classifier_rule(match, DROP, len(em.rules)))
+                    emit_path(path + (ref,))
+                    emit_code("ok.drop")
                 closed = closed or (index == last and _covers(match, cond))
                 continue
-            em.emit_drops(pending, path, history)
-            side_effect = _side_effect_code(rule.target)
+            if pending:
+                em.emit_drops(pending, path, history)
+            side_effect = None if type(target) in _MODELLED_TARGETS else _side_effect_code(target)
             if (disjunct.unknown and not side_effect and isinstance(rule.target, irtargets.Drop)
                     and set(disjunct.unknown.split(",")) <= SKIPPABLE_UNKNOWN and len(em.maybe_drops) < MAX_MAYBE_DROPS):
                 em.maybe_drops.append(match)
                 em.maybe_drop_refs.add(ref)
                 em.remarks.setdefault(ref, ("skip.maybe-drop", None))
-            elif disjunct.unknown or side_effect:
-                em.emit(match, DEFER, path + (ref,), disjunct.unknown or side_effect)
+            elif disjunct.unknown or side_effect:  # em.emit(match, DEFER, ...) inlined
+                emit_rule(_new_classifier_rule(match, DEFER, len(em.rules)))
+                emit_path(path + (ref,))
+                emit_code(disjunct.unknown or side_effect)
             elif rule.target is None:
                 # a counting-only rule: no effect on the packet's fate, but netfilter counts it
                 history = jumppaths.went_on(jumppaths.after_rule(history, match, ref), history, cond)
@@ -250,8 +270,39 @@ def _inline(em: _Emitter, table: str, chain_name: str, cond: Match, path: Tuple[
             if (index == last and rule.target is not None and ref not in em.maybe_drop_refs
                     and _covers(match, cond)):
                 closed = True  # every packet is decided or leaves by this last rule: none falls off the end
+        if recorder is not None:  # a checkpoint while the state stays plain (planprefix)
+            if history or pending or index >= last or isinstance(target, planprefix.NOT_PLAIN):
+                recorder = None
+            else:
+                recorder.rules.append(rule)
+                recorder.lengths.append((len(em.rules), len(em.maybe_drops), len(em.set_events),
+                                         len(em.set_expiries), len(em.remarks)))
     em.emit_drops(pending, path, history)
     return None if closed else history
+
+
+# How many conjunctions a rule keeps (_conjoined): one per place its chain is inlined from, until
+# the jumps' conditions change; then the oldest go.
+CONJOINED_KEPT = 4
+
+
+def _conjoined(kept: dict, cond: Match, match: Match) -> Optional[Match]:
+    """conjoin(cond, match), kept with the rule (kept: its ir.DERIVED dict, present while TERM_MEMO
+    serves its host) for the same two Match objects. A conjunction is a function of the two values
+    alone; both objects are held by the entry, so their ids are not reused while it lives. Under an
+    unchanged jump, cond is the jump rule's own memoised match (or a conjunction kept the same way),
+    so a re-plan meets the same objects again."""
+    memo = kept.get("conjoined")
+    if memo is None:
+        memo = kept["conjoined"] = {}
+    key = (id(cond), id(match))
+    found = memo.get(key)
+    if found is not None and found[0] is cond and found[1] is match:
+        return found[2]
+    if len(memo) >= CONJOINED_KEPT:
+        del memo[next(iter(memo))]
+    narrowed = memo[key] = (cond, match, conjoin(cond, match))
+    return narrowed[2]
 
 
 def _call(em: _Emitter, table: str, target, match: Match, path: Tuple[RuleRef, ...],
@@ -329,10 +380,19 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     input_chain = chain_of(ruleset, "filter", "INPUT")
     policy = input_chain.policy if input_chain is not None else "ACCEPT"
     history: History = ()
+    # a long-lived planner's TERM_MEMO also keeps where this plan may start the next (planprefix)
+    memo = TERM_MEMO if TERM_MEMO is not None and TERM_MEMO["host"] is em.host else None
+    recorder = previous = None
+    start = 0
+    if memo is not None and input_chain is not None:
+        guard_state = planprefix.guard_state(em)
+        previous = memo.pop("prefix", None)
+        start = planprefix.resume(previous, em, max_rules, guard_state, input_chain)
+        recorder = planprefix.carried(previous, em, start) if start else planprefix.Recorder(em)
     if input_chain is not None:
         top_returns: List[int] = []
         top_exits: List[Way] = []
-        history = _inline(em, "filter", "INPUT", Match(), (), top_returns, 0, (), top_exits) or ()
+        history = _inline(em, "filter", "INPUT", Match(), (), top_returns, 0, (), top_exits, start, recorder) or ()
         policy_position = len(em.rules)
         for position in top_returns:  # RETURN in a builtin chain: the policy decides
             _patch(em, position, policy_position)
@@ -342,9 +402,19 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
         em.emit_drop(Match(), DROP, (), RuleRef("filter", "INPUT", 0), "ok.policy", history)
     else:
         em.emit_accept(Match(), (RuleRef("filter", "INPUT", 0),), "ok.policy")
+    prefix = None
+    if recorder is not None:
+        prefix = planprefix.Prefix(em.host, max_rules, guard_state, recorder, em, tuple(em.rules))
     if em.set_events:
         guard_set_drops(em)
-    decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks)
+    reuse = None
+    if start:  # INPUT's rules 1..start are those of the last plan, at the same classifier positions
+        reuse = (start, previous.recorder.lengths[start - 1][0], previous.decisions)
+    decisions = decide(ruleset, em.rules, em.paths, em.codes, guards, em.remarks, reuse, prefix)
+    if prefix is not None:
+        memo["prefix"] = prefix
+    if previous is not None:
+        planprefix.drop(previous)  # freed by the caller when it has time (planprefix.DROPPED)
     deadline = min(em.set_expiries) if em.set_expiries else None
     counting_nat = nat_new(ruleset, host)
     if counting_nat:

@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from itertools import compress, count
+from operator import is_not
 from typing import Optional, Tuple
 
 from ipt2xdp import pins
@@ -38,11 +40,76 @@ def digest(ruleset_text: str, devices) -> str:
     return h.hexdigest()[:16]
 
 
-def encoded(record: dict) -> str:
-    """The record's file text (save() writes it)."""
+def encoded(record: dict, kept: Optional[dict] = None) -> str:
+    """The record's file text (save() writes it). kept: see _encoded_from."""
+    if kept is not None:
+        return _encoded_from(record, kept)
     # one C-encoder pass (json.dump() encodes piecewise in Python); the record is a tree of fresh
     # lists and dicts, so the encoder need not track each container against cycles
     return json.dumps(_stored(record), check_circular=False)
+
+
+# Items per piece of a long list's JSON that _encoded_from keeps for the next record.
+JSON_CHUNK = 512
+
+
+def _encoded_from(record: dict, kept: dict) -> str:
+    """json.dumps(_stored(record)), byte for byte, taking from the last call with this `kept` what
+    the records have in common. A long-lived planner's record holds the very decision records and
+    counter-path lists of its last one for the rules before a change (report.decision_records,
+    import_._path_records; records are read-only): where this record's lists start with the same
+    objects, their columns and the JSON of their whole JSON_CHUNK-item pieces are the last ones.
+    (json.dumps of a list is "[" + ", ".join(each item's) + "]", so pieces join to the same text.)"""
+    decisions, paths = record.get("decisions"), record.get("counter_paths")
+    same_decisions = _same_start(kept.get("decisions"), decisions)
+    same_paths = _same_start(kept.get("counter_paths"), paths)
+    old_columns, old_pieces = kept.get("columns", {}), kept.get("pieces", {})
+    columns, pieces, parts = {}, {}, []
+    why = None
+    if decisions:
+        for name in _DECISION_COLUMNS + ("why",):
+            columns[name] = old_columns[name][:same_decisions] if same_decisions else []
+            columns[name] += [d[name] for d in decisions[same_decisions:]]
+        why = dict(zip(columns["code"], columns["why"]))  # {d["code"]: d["why"] ...}: first met, last value
+        if len(set(zip(columns["code"], columns["why"]))) != len(why):
+            why = None  # a code with two sentences: kept as it is (_stored)
+    for key, value in record.items():
+        if key == "decisions" and why is not None:
+            continue  # as columns, last (_stored)
+        if key == "counter_paths" and isinstance(value, list):
+            text, pieces[key] = _list_json(value, same_paths, old_pieces.get(key, ()))
+        else:
+            text = json.dumps(value, check_circular=False)
+        parts.append(f"{json.dumps(key)}: {text}")
+    if why is not None:
+        texts = []
+        for name in _DECISION_COLUMNS:
+            text, pieces[name] = _list_json(columns[name], same_decisions, old_pieces.get(name, ()))
+            texts.append(f"{json.dumps(name)}: {text}")
+        parts.append('"decision_columns": {' + ", ".join(texts) + "}")
+        parts.append(f'"decision_why": {json.dumps(why)}')
+    kept.clear()
+    kept.update(decisions=decisions, counter_paths=paths, columns=columns, pieces=pieces)
+    return "{" + ", ".join(parts) + "}"
+
+
+def _same_start(old, new) -> int:
+    """How many leading items of the list new are the very objects of the list old."""
+    if not old or not new:
+        return 0
+    return next(compress(count(), map(is_not, old, new)), min(len(old), len(new)))  # the first other one
+
+
+def _list_json(items: list, same: int, old_pieces) -> Tuple[str, list]:
+    """(json.dumps(items), its pieces): a piece wholly within items[:same] is the old one."""
+    pieces = []
+    for start in range(0, len(items), JSON_CHUNK):
+        end = start + JSON_CHUNK
+        if end <= same and start // JSON_CHUNK < len(old_pieces):
+            pieces.append(old_pieces[start // JSON_CHUNK])
+        else:
+            pieces.append(json.dumps(items[start:end], check_circular=False)[1:-1])
+    return "[" + ", ".join(pieces) + "]", pieces
 
 
 def save(key: str, record: dict, text: Optional[str] = None) -> str:

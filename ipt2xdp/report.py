@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import compress, count, islice
+from operator import is_not
 from typing import Dict, List, Optional, Sequence
 
 from ipt2xdp.plan import Decision, Plan
@@ -61,9 +63,39 @@ def diff(old: Optional[Sequence[dict]], plan: Plan) -> Dict[str, List[str]]:
     return {"loaded": True, "added": added, "removed": removed, "changed": changed}
 
 
-def decision_records(plan: Plan) -> List[dict]:
-    return [{"table": d.ref.table, "chain": d.ref.chain, "index": d.ref.index, "kind": d.kind,
-             "code": d.code, "why": d.why, "text": d.text} for d in plan.decisions]
+def decision_records(plan: Plan, kept: Optional[dict] = None) -> List[dict]:
+    """kept: what an earlier call left in it ("decisions", "records"): when this plan's decisions
+    start with the same Decision objects (a re-plan takes those of the rules before a change,
+    planprefix), their records are taken as they were; then this call's are left in it. A record
+    is a function of its (immutable) Decision alone. The records are shared by the plan records
+    holding them: read-only, as planstore's records are."""
+    decisions = plan.decisions
+    start, out = 0, []
+    if kept:  # a Decision's record is a function of its value
+        start = common_prefix(kept["decisions"], decisions)
+        out = kept["records"][:start]
+    out += [{"table": d.ref.table, "chain": d.ref.chain, "index": d.ref.index, "kind": d.kind,
+             "code": d.code, "why": d.why, "text": d.text} for d in decisions[start:]]
+    if kept is not None:
+        kept["decisions"], kept["records"] = decisions, out[:]
+    return out
+
+
+# common_prefix compares at most this many items that are other objects by value (Python-level,
+# like building their records): a longer prefix of equal copies is not worth taking.
+MAX_EQUAL_COPIES = 64
+
+
+def common_prefix(old: Sequence, new: Sequence) -> int:
+    """How many leading items of new equal those of old (a shorter answer is never wrong, only
+    takes less): the very objects, scanned for in C, and up to MAX_EQUAL_COPIES other objects
+    of equal value (a re-plan makes some again, such as the policy's decision)."""
+    limit = min(len(old), len(new))
+    others = compress(count(), map(is_not, old, new))  # the positions of other objects, in order
+    for index in islice(others, MAX_EQUAL_COPIES):
+        if new[index] != old[index]:
+            return index
+    return next(others, limit)
 
 
 def as_json(plan: Plan, loaded: Optional[Sequence[dict]] = None, extra: Optional[dict] = None,

@@ -269,25 +269,28 @@ class _Prepared:
         ahead (`ipt2xdp watch`'s prediction) has it made ahead too, from the ruleset it was planned
         from, which renders as the one it is used for (holds()), policies included."""
         from ipt2xdp import drift, planstore, report
+        from ipt2xdp import plan as planner
 
         if self._record is not None and self._record[0] == (backend_name, list(devices)):
             return self._record[1]
         host, result, text = self.host, self.result, self.text
+        # a long-lived planner (TERM_MEMO set) reuses the parts of the last record its plan kept
+        warm = _RECORD_PARTS if planner.TERM_MEMO is not None else None
         record = {
             "backend": backend_name,
             "ipsets": self.ipset_mode,
             "ruleset_text": text,                  # with "host": what `explain --loaded` plans again
             "host": planstore.host_record(host),
             "devices": list(devices),
-            "decisions": report.decision_records(result),
-            "actions": [rule.action.verdict.name for rule in result.rules],
-            "counter_paths": [[[r.table, r.chain, r.index] for r in path] for path in result.counter_paths],
+            "decisions": report.decision_records(result, None if warm is None else warm["decisions"]),
+            "actions": _verdict_names(result.rules),
+            "counter_paths": _path_records(result.counter_paths, None if warm is None else warm["paths"]),
             "summary": report.summary(result),
             # The plan's other input, and the policies the decisions omit: `status` tells drift by them.
             "host_digest": drift.host_digest(host),
             "policies": drift.policies(ruleset),
         }
-        made = (record, planstore.encoded(record))
+        made = (record, planstore.encoded(record, None if warm is None else warm["json"]))
         self._record = ((backend_name, list(devices)), made)
         return made
 
@@ -299,6 +302,34 @@ class _Prepared:
         from ipt2xdp.render import same_canonical
 
         return host == self.given_host and (ruleset is self.ruleset or same_canonical(ruleset, self.ruleset))
+
+
+# What plan records made by a long-lived planner share with the next (report.decision_records'
+# kept, _path_records' kept, planstore.encoded's kept). Only used while plan.TERM_MEMO is set: a one-shot import keeps nothing.
+_RECORD_PARTS: dict = {"decisions": {}, "paths": {}, "json": {}}
+
+
+def _verdict_names(rules) -> list:
+    from ipt2xdp.classifier import Verdict
+
+    names = {verdict: verdict.name for verdict in Verdict}  # Enum.name is a property, slow 10k times
+    return [names[rule.action.verdict] for rule in rules]
+
+
+def _path_records(paths, kept=None) -> list:
+    """Each counter path as [[table, chain, index], ...]. kept: as report.decision_records' (the
+    path tuples a re-plan takes from the last plan, planprefix, are the same objects); the lists
+    are read-only."""
+    from ipt2xdp.report import common_prefix
+
+    start, out = 0, []
+    if kept:
+        start = common_prefix(kept["paths"], paths)
+        out = kept["records"][:start]
+    out += [[[r.table, r.chain, r.index] for r in path] for path in paths[start:]]
+    if kept is not None:
+        kept["paths"], kept["records"] = paths, out[:]
+    return out
 
 
 def _record_ahead(ahead, backend_name, devices):
@@ -359,7 +390,11 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key,
                            release_old=not getattr(args, "release_later", False), preload=preload)
     args.applied = applied  # for `ipt2xdp watch`'s log: which maps the flip rewrote in place
-    args.planned = (result, tables)  # `ipt2xdp watch` frees them after its answer (10-15 ms at 10k rules)
+    # `ipt2xdp watch` frees them after its answer (10-15 ms at 10k rules), and the plans' prefixes
+    # they replaced (planprefix.DROPPED)
+    from ipt2xdp import planprefix
+
+    args.planned = (result, tables, planprefix.take_dropped())
     # The counts XDP kept for each rule stay with it, as netfilter's own do.
     xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
                          getattr(args, "count_pid", None))
