@@ -7,7 +7,7 @@ import bisect
 import ctypes
 import struct
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 from ipt2xdp import abi
 from ipt2xdp.classifier import Action, Verdict
@@ -42,16 +42,27 @@ class MapContents:
             yield self.keys[i * ks:(i + 1) * ks], self.values[i * vs:(i + 1) * vs]
 
 
+_INDEX_KEYS: Dict[int, bytes] = {}  # n -> the u32 keys 0..n-1 (value_class and addr_dir: 200k each)
+
+
+def index_keys(n: int) -> bytes:
+    """The keys of an n-entry array map, 0..n-1 as native u32s. A function of n alone, kept: the
+    fixed-size maps cost a few ms to pack in every compile. Bounded: a few sizes recur."""
+    keys = _INDEX_KEYS.get(n)
+    if keys is None:
+        if len(_INDEX_KEYS) > 32:
+            _INDEX_KEYS.clear()
+        keys = _INDEX_KEYS[n] = struct.pack(f"={n}I", *range(n))
+    return keys
+
+
 def pack_array(name: str, values: Sequence[bytes], value_size: int) -> MapContents:
-    n = max(1, len(values))
-    keys = b"".join(struct.pack("=I", i) for i in range(len(values)))
-    return MapContents(name, n, 4, value_size, keys, b"".join(values))
+    return MapContents(name, max(1, len(values)), 4, value_size, index_keys(len(values)), b"".join(values))
 
 
 def dense_array(name: str, blob: bytes, value_size: int) -> MapContents:
     n = len(blob) // value_size
-    keys = struct.pack(f"={n}I", *range(n))
-    return MapContents(name, max(1, n), 4, value_size, keys, blob)
+    return MapContents(name, max(1, n), 4, value_size, index_keys(n), blob)
 
 
 def action_code(action: Action) -> int:
@@ -95,15 +106,16 @@ def _summary(raw: bytes) -> int:
 
 
 def encode_value_class(field_intervals, row_base) -> MapContents:
-    rows = [0] * abi.VC_ENTRIES
+    # written run by run into zeroed bytes: packing 200k row numbers one by one took several ms
+    rows = bytearray(4 * abi.VC_ENTRIES)
     for name, (base, size) in VALUE_REGIONS.items():
         if name not in field_intervals:
             continue
         intervals = field_intervals[name]
         for i, (start, cls) in enumerate(intervals):
             end = intervals[i + 1][0] if i + 1 < len(intervals) else size
-            rows[base + start:base + end] = [row_base[name] + cls] * (end - start)
-    return dense_array("value_class", struct.pack(f"={len(rows)}I", *rows), 4)
+            rows[4 * (base + start):4 * (base + end)] = struct.pack("=I", row_base[name] + cls) * (end - start)
+    return dense_array("value_class", bytes(rows), 4)
 
 
 def encode_addresses(field_intervals, row_base) -> Tuple[MapContents, MapContents]:
@@ -119,7 +131,7 @@ def encode_addresses(field_intervals, row_base) -> Tuple[MapContents, MapContent
     if len(bounds) > abi.MAX_BOUNDS:
         raise CapacityError(f"the address constraints need {len(bounds)} interval bounds, XDP holds "
                             f"{abi.MAX_BOUNDS}; leave some address rules to netfilter")
-    blob = b"".join(struct.pack("=II", s, r) for s, r in bounds)
+    blob = struct.pack(f"={2 * len(bounds)}I", *(v for bound in bounds for v in bound))
     bounds_map = dense_array("addr_bounds", blob, 8)
     bounds_map.max_entries = abi.MAX_BOUNDS
     return (dense_array("addr_dir", bytes(directory), 8), bounds_map)
