@@ -170,18 +170,16 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     # without a source constraint can matter: it meets every prefix.
     end = len(rules)
     destination_only = []
-    for i, rule in enumerate(rules):
-        if rule.match.src is None:
-            if not _only_destination(rule.match):
-                end = i
-                break
-            destination_only.append(i)
     points: Dict[int, int] = {}                 # single address -> lowest rule index with it
     wide: List[Tuple[int, int, int]] = []       # (lo, hi, rule index) of longer source intervals
     first_at = points.setdefault
-    for index in range(end):
-        src = rules[index].match.src
+    for index, rule in enumerate(rules):
+        src = rule.match.src
         if src is None:
+            if not _only_destination(rule.match):
+                end = index
+                break
+            destination_only.append(index)
             continue
         for lo, hi in src.intervals:
             if lo == hi:
@@ -255,8 +253,9 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     every_destination_only = destination_only + [i for i in range(end, len(rules))
                                                   if rules[i].match.src is None and _only_destination(rules[i].match)]
     tuples, tuple_index = tuplefast.analyse(rules, action_code, every_destination_only)
-    shapes = tuplefast.choose_shapes(tuples)
-    tuple_left_out = sum(1 for box, _, _ in tuples if box[0] not in shapes)
+    by_shape = Counter([entry[0][0] for entry in tuples])
+    shapes = tuplefast.choose_shapes(tuples, by_shape)
+    tuple_left_out = sum(n for shape, n in by_shape.items() if shape not in shapes)
     if tuples:
         last_index = max(last_index, tuple_index[-1])
     # destinations no destination-only rule before the last entry's rule holds

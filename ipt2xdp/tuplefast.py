@@ -43,7 +43,7 @@ import struct
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi
+from ipt2xdp import abi, matchmemo
 from ipt2xdp.classifier import ClassifierRule, IntervalSet, Verdict
 
 K_SRC, K_DST, K_PROTO, K_SPORT, K_DPORT = abi.K_SRC, abi.K_DST, abi.K_PROTO, abi.K_SPORT, abi.K_DPORT
@@ -189,6 +189,10 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     skip = set(destination_only)
     earlier = _EarlierRules()
     by_src, all_src, add = earlier.by_src, earlier.all_src, earlier.add
+    # the other anchors' lists: while they are empty a /32 source's box meets only the rules
+    # naming that source (that_may_meet's common case, inline)
+    others_listed = (earlier.all[K_DST], earlier.all[K_DPORT], earlier.all[0])
+    kept_boxes, kept_box = matchmemo.BOXES, matchmemo.BOXES.get  # box_of per Match object (matchmemo.py)
     entries, rule_index = [], []
     last_action, code = None, 0
     for index, rule in enumerate(rules):
@@ -196,10 +200,21 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
             continue
         match = rule.match
         if rule.action.verdict is drop and (match.proto is not None or match.dst is not None):
-            box = box_of(match)
+            kept = kept_box(id(match))
+            if kept is not None and kept[0] is match:
+                box = kept[1]
+            else:
+                box = box_of(match)
+                kept_boxes[id(match)] = (match, box)
             if box is not None:
-                others = earlier.that_may_meet(box)
-                if others is not None and not any(meets(rules[i].match, box) for i in others):
+                shape = box[0]
+                if shape[0] & K_SRC and shape[1] == 32 and not any(others_listed):
+                    others = by_src.get(box[1])
+                    clear = others is None or not any(meets(rules[i].match, box) for i in others)
+                else:
+                    others = earlier.that_may_meet(box)
+                    clear = others is not None and not any(meets(rules[i].match, box) for i in others)
+                if clear:
                     if rule.action is not last_action:  # the planner shares Action objects
                         last_action, code = rule.action, action_code(rule.action)
                     entries.append((box, rule.rule_id, code))
@@ -214,9 +229,11 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     return entries, rule_index
 
 
-def choose_shapes(entries) -> Tuple[Shape, ...]:
-    """The shapes the program probes: most entries first, at most abi.TUPLE_FAST_SHAPES."""
-    by_shape = Counter(box[0] for box, _, _ in entries)
+def choose_shapes(entries, by_shape: Optional[Counter] = None) -> Tuple[Shape, ...]:
+    """The shapes the program probes: most entries first, at most abi.TUPLE_FAST_SHAPES (by_shape:
+    the entries per shape, if counted already)."""
+    if by_shape is None:
+        by_shape = Counter([entry[0][0] for entry in entries])
     return tuple(sorted(by_shape, key=lambda s: (-by_shape[s], s))[:abi.TUPLE_FAST_SHAPES])
 
 
@@ -249,16 +266,27 @@ def masks(shape: Shape) -> Tuple[int, int, int, int]:
             0xFF if fields & K_PROTO else 0)
 
 
+# struct ipt2xdp_exact_key in one pack: addresses and ports in network byte order, then set_id in
+# host order (given here byte-swapped where that differs), the protocol and a zero pad
+_KEY = struct.Struct("!IIHHHBB")
+
+
+def _host_u16(value: int) -> int:
+    """The u16 whose network-order bytes are value's host-order bytes."""
+    return struct.unpack("!H", struct.pack("=H", value))[0]
+
+
 def encode(entries, shapes: Sequence[Shape]) -> Tuple[bytes, bytes, int]:
     """(keys, values, count) of the tuple_fast map: the entries of probed shapes, keyed as
-    struct ipt2xdp_exact_key with set_id = the shape's index in gen_config.tuple_fast."""
-    index = {shape: i for i, shape in enumerate(shapes)}
-    keys, values = [], []
-    for ((shape, src, dst, proto, sport, dport), rule_id, code) in entries:
-        if shape in index:
-            keys.append(struct.pack("!IIHH", src, dst, sport, dport) + struct.pack("=HBB", index[shape], proto, 0))
-            values.append(struct.pack("=II", rule_id, code))
-    return b"".join(keys), b"".join(values), len(keys)
+    struct ipt2xdp_exact_key with set_id = the shape's index in gen_config.tuple_fast. Packed with
+    one call per key and one for all values (10k-entry lists on every re-plan)."""
+    index = {shape: _host_u16(i) for i, shape in enumerate(shapes)}
+    pack = _KEY.pack
+    chosen = [entry for entry in entries if entry[0][0] in index]
+    keys = b"".join([pack(src, dst, sport, dport, index[shape], proto, 0)
+                     for (shape, src, dst, proto, sport, dport), _, _ in chosen])
+    values = struct.pack(f"={2 * len(chosen)}I", *[v for _, rule_id, code in chosen for v in (rule_id, code)])
+    return keys, values, len(chosen)
 
 
 def describe(box: Box) -> str:
