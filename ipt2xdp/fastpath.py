@@ -32,9 +32,10 @@ reaches classification.
 The exact-tuple fast path (tuplefast.py: boxes of exact source, destination, protocol and ports)
 is proven the same way beside it, shares the destination exception, and is held here too (FastPath.tuples).
 
-What the fast path decides then leaves the classifier (reduce_classifier): a probed prefix is cut
-from its rule's source where no packet from it that is still classified could reach that rule, so
-a source not on the list is classified against the rest of the ruleset only, not the whole list.
+What the fast path decides then leaves the classifier (reduce_classifier, fastreduce.py): a probed
+prefix is cut from its rule's source where no packet from it that is still classified could reach
+that rule, so a source not on the list is classified against the rest of the ruleset only, not the
+whole list.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ipt2xdp import abi, tuplefast
-from ipt2xdp.classifier import CONTINUE, Action, ClassifierRule, IntervalSet, Match, Verdict
+from ipt2xdp.classifier import ClassifierRule, IntervalSet, Verdict
 
 U32_MAX = 0xFFFFFFFF
 MAX_PREFIXES_PER_INTERVAL = 64  # a source range that splits into more CIDR blocks is left to the classifier
@@ -69,6 +70,8 @@ class FastPath:
     tuple_index: List[int] = field(default_factory=list)
     shapes: Tuple[tuplefast.Shape, ...] = ()
     tuple_left_out: int = 0
+    # the classifier indices of the rules on the destination alone (None: unknown, fastreduce looks)
+    destination_only: Optional[List[int]] = None
 
     def probe(self, address: int, dst: Optional[int] = None):
         """(rule_id, action code) of the probed entry holding the host-order source address (for a
@@ -264,119 +267,18 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     dsts = guarded.complement(U32_MAX)
     if not (entries or tuples) or not dsts or len(dsts.intervals) > abi.SRC_FAST_DSTS:
         return FastPath(entries=entries, rule_index=rule_index, left_out=len(entries), dsts=dsts,
-                        tuples=tuples, tuple_index=tuple_index, tuple_left_out=len(tuples))
+                        tuples=tuples, tuple_index=tuple_index, tuple_left_out=len(tuples),
+                        destination_only=every_destination_only)
     return FastPath(entries=entries, rule_index=rule_index, plens=plens, left_out=left_out, dsts=dsts,
-                    tuples=tuples, tuple_index=tuple_index, shapes=shapes, tuple_left_out=tuple_left_out)
+                    tuples=tuples, tuple_index=tuple_index, shapes=shapes, tuple_left_out=tuple_left_out,
+                    destination_only=every_destination_only)
 
 
 def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Optional[List[ClassifierRule]]:
-    """The classifier to hold beside the fast path: each rule's source less the prefixes the program
-    probes for it, where that is exact (a rule left without a source goes; CONTINUE targets follow
-    the rules that stay), so a source not on the list is classified against the rest only. None
-    when nothing can go.
+    """fastreduce.reduce_classifier (kept under this name: compile and tests call it here)."""
+    from ipt2xdp.fastreduce import reduce_classifier as reduce
 
-    A probed exact-tuple box is its rule's whole match (tuplefast.box_of), so the rule goes under
-    the same condition as a prefix that is a rule's whole source (the argument below, with the box
-    in place of P: before r its packets meet only rules on the destination alone).
-
-    A packet from a probed prefix P of rule r is classified only when the fast path does not apply
-    to its destination (outside fast.dsts: the program passes a packet whose src_fast map is
-    missing rather than classify it). Before r it meets only rules on the destination alone
-    (analyse), so whether it reaches r depends on its destination: r loses P only if those rules
-    decide every destination outside fast.dsts before r, or jump it past r (a CONTINUE landing
-    before r keeps it walking). Then a classified packet never reaches a rule from a part that
-    rule lost, so the reduced classifier decides it as the full one (same rule, same counter);
-    the other packets from P take the fast path, which decides as the full one. Prefixes of
-    lengths the program does not probe (left_out) stay, as does everything without a fast path.
-    """
-    if not fast.plens and not fast.shapes:
-        return None
-    plens, every_length = fast.plens, not fast.left_out
-    starts, unreached = _unreached_outside(rules, fast.dsts, max(fast.rule_index + fast.tuple_index))
-    everywhere = all(unreached)
-    gone = set()
-    for (box, _, _), index in zip(fast.tuples, fast.tuple_index):
-        # an entry's rule is its box alone (tuplefast.box_of): the rule goes with it
-        if box[0] in fast.shapes and (everywhere or unreached[bisect.bisect_right(starts, index) - 1]):
-            gone.add(index)
-    probed: Dict[int, List[Tuple[int, int]]] = {}  # the other rules: their probed blocks
-    for (net, plen, _, _), index in zip(fast.entries, fast.rule_index):
-        if not every_length and plen not in plens:
-            continue
-        if not everywhere and not unreached[bisect.bisect_right(starts, index) - 1]:
-            continue
-        intervals = rules[index].match.src.intervals
-        if plen == 32 and len(intervals) == 1 and intervals[0][0] == net == intervals[0][1]:
-            gone.add(index)  # the common case, one address: kept inline for 100k-address blocklists
-        else:
-            probed.setdefault(index, []).append((net, net + (1 << (32 - plen)) - 1))
-    replaced: Dict[int, ClassifierRule] = {}
-    for index, blocks in probed.items():
-        rule = rules[index]
-        src = rule.match.src
-        if sum(hi - lo + 1 for lo, hi in blocks) == src.size():
-            gone.add(index)  # the probed prefixes are the whole source (they never overlap)
-        else:  # a source-only DROP (analyse): the rest of its source is all its match
-            rest = src.intersection(IntervalSet.of(blocks).complement(U32_MAX))
-            replaced[index] = ClassifierRule(Match(src=rest), rule.action, rule.rule_id)
-    if not gone and not replaced:
-        return None
-    cont = Verdict.CONTINUE
-    if not any(rule.action.verdict is cont for rule in rules):
-        return [replaced.get(index, rule) for index, rule in enumerate(rules) if index not in gone]
-    new_index: List[int] = []  # old index -> the new index of the first rule that stays from it on
-    out: List[ClassifierRule] = []
-    for index, rule in enumerate(rules):
-        new_index.append(len(out))
-        if index not in gone:
-            out.append(replaced.get(index, rule))
-    new_index.append(len(out))
-    return [ClassifierRule(r.match, CONTINUE(new_index[r.action.target]), r.rule_id)
-            if r.action.verdict is cont else r for r in out]
-
-
-def _unreached_outside(rules: Sequence[ClassifierRule], dsts: IntervalSet, last: int) -> Tuple[List[int], List[bool]]:
-    """Cut the classifier indices 0..last into stretches (their first indices) and say per stretch
-    whether no packet from a probed prefix to a destination outside dsts reaches a rule in it.
-    Up to an entry's rule such a packet meets only the rules on the destination alone (analyse):
-    a terminal one decides the destinations it holds, a CONTINUE moves them to its target."""
-    walking = dsts.complement(U32_MAX)  # destinations still on their way at index i
-    starts, unreached = [0], [not walking]
-    landing: Dict[int, IntervalSet] = {}  # CONTINUE target -> destinations that land there
-    targets: List[int] = []
-
-    def mark(index: int) -> None:
-        if starts[-1] == index:
-            unreached[-1] = not walking
-        else:
-            starts.append(index)
-            unreached.append(not walking)
-
-    for i in range(last):
-        rule = rules[i]
-        if rule.match.src is not None or not _only_destination(rule.match):
-            continue  # misses every probed prefix and box (analyse, tuplefast.analyse)
-        while targets and targets[0] <= i:
-            target = heapq.heappop(targets)
-            walking = walking.union(landing.pop(target))
-            mark(target)
-        met = walking.intersection(rule.match.dst)
-        if not met:
-            continue
-        walking = walking.intersection(rule.match.dst.complement(U32_MAX))
-        if rule.action.verdict is Verdict.CONTINUE and rule.action.target <= last:
-            target = rule.action.target
-            if target in landing:
-                landing[target] = landing[target].union(met)
-            else:
-                landing[target] = met
-                heapq.heappush(targets, target)
-        mark(i + 1)
-    while targets and targets[0] <= last:
-        target = heapq.heappop(targets)
-        walking = walking.union(landing.pop(target))
-        mark(target)
-    return starts, unreached
+    return reduce(rules, fast)
 
 
 def encode(fast: FastPath) -> Tuple[bytes, bytes, int]:
