@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi, fastpath, tuplefast
+from ipt2xdp import abi, fastpath, matchmemo, tuplefast
 from ipt2xdp.classifier import Action, ClassifierRule, Match, Verdict, validate
 from ipt2xdp.errors import CapacityError
 from ipt2xdp.mapencode import (ACT_CODES, VALUE_REGIONS, MapContents, action_code, dense_array, dump,
@@ -206,6 +206,7 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         Tables, whose maps are keyed by the logical names of abi.GEN_MAPS.
     """
     validate(rules, default_action)
+    matchmemo.trim(len(rules))  # the boxes of matches since gone (kept by tuplefast.analyse)
     fast = fastpath.analyse(rules, action_code) if reduce else None
     held = fastpath.reduce_classifier(rules, fast) if fast else None
     if held is not None:
