@@ -41,12 +41,15 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import operator
 import struct
 from collections import Counter
+from itertools import compress, repeat
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi, tuplefast
+from ipt2xdp import abi, matchmemo, tuplefast
 from ipt2xdp.classifier import ClassifierRule, IntervalSet, Verdict
 
 U32_MAX = 0xFFFFFFFF
@@ -134,6 +137,18 @@ def _only_source(match) -> bool:
             and match.iif is None and match.icmp is None and match.tcp_flags is None and match.ct is None)
 
 
+def _positions(values: List[int], value: int, start: int, stop: int) -> List[int]:
+    """The indices in start..stop-1 where values holds value (list.index: a few are expected)."""
+    out = []
+    try:
+        while True:
+            start = values.index(value, start, stop)
+            out.append(start)
+            start += 1
+    except ValueError:
+        return out
+
+
 def _wide_first(wide: List[Tuple[int, int, int]]) -> Tuple[List[int], List[int]]:
     """Cut the address space at the wide intervals' ends; per piece, the lowest rule index whose
     interval covers it (len(rules) = none): (piece starts, lowest index)."""
@@ -170,25 +185,23 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     its guard on the fast path."""
     # Rules that look at the destination alone stay out of the source analysis: the fast path
     # applies only to destinations none of them holds. Only rules up to the first other rule
-    # without a source constraint can matter: it meets every prefix.
-    end = len(rules)
-    destination_only = []
-    points: Dict[int, int] = {}                 # single address -> lowest rule index with it
+    # without a source constraint can matter: it meets every prefix. What is asked of each rule's
+    # match is kept with it (matchmemo) and read in C-level passes: 10k-rule lists are re-analysed
+    # after every change by `ipt2xdp watch`.
+    facts = matchmemo.facts_of(rules)
+    kinds = list(map(itemgetter(1), facts))
+    end = kinds.index(matchmemo.UNSOURCED) if matchmemo.UNSOURCED in kinds else len(rules)
+    destination_only = _positions(kinds, matchmemo.DESTINATION, 0, end)
+    single = list(compress(range(end), map(operator.eq, kinds, repeat(matchmemo.SINGLE))))
+    # single address -> lowest rule index with it (reversed: the first index is written last)
+    points: Dict[int, int] = dict(zip(map(itemgetter(2), map(facts.__getitem__, reversed(single))), reversed(single)))
     wide: List[Tuple[int, int, int]] = []       # (lo, hi, rule index) of longer source intervals
-    first_at = points.setdefault
-    for index, rule in enumerate(rules):
-        src = rule.match.src
-        if src is None:
-            if not _only_destination(rule.match):
-                end = index
-                break
-            destination_only.append(index)
-            continue
-        for lo, hi in src.intervals:
-            if lo == hi:
-                first_at(lo, index)
-            else:
+    for index in _positions(kinds, matchmemo.SOURCE, 0, end):
+        for lo, hi in rules[index].match.src.intervals:
+            if lo != hi:
                 wide.append((lo, hi, index))
+            elif points.setdefault(lo, index) > index:
+                points[lo] = index
     starts, lowest = _wide_first(wide)
     sorted_points: List[int] = []
 
@@ -218,22 +231,23 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     add, at = entries.append, rule_index.append
     last_index = 0  # of the last rule with an entry
     last_action, code = None, 0
-    drop, only_source = Verdict.DROP, _only_source
-    for index in range(end):
+    drop = Verdict.DROP
+    for index in compress(range(end), map(itemgetter(3), facts)):  # the rules on the source alone
         rule = rules[index]
-        action, match = rule.action, rule.match
-        if action.verdict is not drop or match.src is None or not only_source(match):
+        action = rule.action
+        if action.verdict is not drop:
             continue
         if action is not last_action:  # the planner shares Action objects: no hashing per rule
             last_action, code = action, action_code(action)
-        intervals = match.src.intervals
-        if not wide and len(intervals) == 1 and intervals[0][0] == intervals[0][1]:
+        point = facts[index][2]
+        if point is not None and not wide:
             # the common case, a /32 among /32s: kept inline for 100k-address blocklists
-            if points[intervals[0][0]] == index:
-                add((intervals[0][0], 32, rule.rule_id, code))
+            if points[point] == index:
+                add((point, 32, rule.rule_id, code))
                 at(index)
                 last_index = index
             continue
+        intervals = rule.match.src.intervals
         rule_id = rule.rule_id
         count = len(entries)
         for lo, hi in intervals:
@@ -253,9 +267,8 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     by_length = Counter(plen for _, plen, _, _ in entries)
     plens = tuple(sorted(by_length, key=lambda p: (-by_length[p], -p))[:abi.SRC_FAST_PLENS])
     left_out = sum(n for p, n in by_length.items() if p not in plens)
-    every_destination_only = destination_only + [i for i in range(end, len(rules))
-                                                  if rules[i].match.src is None and _only_destination(rules[i].match)]
-    tuples, tuple_index = tuplefast.analyse(rules, action_code, every_destination_only)
+    every_destination_only = destination_only + _positions(kinds, matchmemo.DESTINATION, end, len(rules))
+    tuples, tuple_index = tuplefast.analyse(rules, action_code, every_destination_only, facts)
     by_shape = Counter([entry[0][0] for entry in tuples])
     shapes = tuplefast.choose_shapes(tuples, by_shape)
     tuple_left_out = sum(n for shape, n in by_shape.items() if shape not in shapes)

@@ -39,6 +39,8 @@ MAX_SCAN earlier rules would have to be looked at: linear in the ruleset for 100
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import struct
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -178,54 +180,48 @@ class _EarlierRules:
         return out
 
 
-def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequence[int]):
+def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequence[int], facts=None):
     """(entries, rule indices) of the classifier's exact-tuple fast path: per entry (box, rule_id,
     action code), and the classifier index of its rule. destination_only: the indices of the
-    rules on the destination alone, left out of the proof (FastPath.dsts covers them)."""
-    drop = Verdict.DROP
-    if not any(rule.action.verdict is drop and (rule.match.proto is not None or rule.match.dst is not None)
-               for rule in rules):
+    rules on the destination alone, left out of the proof (FastPath.dsts covers them). facts:
+    matchmemo.facts_of(rules), if the caller has them."""
+    if facts is None:
+        facts = matchmemo.facts_of(rules)
+    if all(map(operator.is_, map(operator.itemgetter(4), facts), itertools.repeat(None))):
         return [], []  # no rule can be a box (a plain blocklist): no index to build
+    drop = Verdict.DROP
     skip = set(destination_only)
     earlier = _EarlierRules()
     by_src, all_src, add = earlier.by_src, earlier.all_src, earlier.add
-    # the other anchors' lists: while they are empty a /32 source's box meets only the rules
-    # naming that source (that_may_meet's common case, inline)
-    others_listed = (earlier.all[K_DST], earlier.all[K_DPORT], earlier.all[0])
-    kept_boxes, kept_box = matchmemo.BOXES, matchmemo.BOXES.get  # box_of per Match object (matchmemo.py)
+    # while no earlier rule is indexed but under a single source, a /32 source's box meets only
+    # the rules naming that source (that_may_meet's common case, inline)
+    others_listed, only_sources = (earlier.all[K_DST], earlier.all[K_DPORT], earlier.all[0]), True
     entries, rule_index = [], []
     last_action, code = None, 0
     for index, rule in enumerate(rules):
         if index in skip:
             continue
-        match = rule.match
-        if rule.action.verdict is drop and (match.proto is not None or match.dst is not None):
-            kept = kept_box(id(match))
-            if kept is not None and kept[0] is match:
-                box = kept[1]
+        _, _, point, _, box = facts[index]
+        if box is not None and rule.action.verdict is drop:
+            shape = box[0]
+            if only_sources and shape[0] & K_SRC and shape[1] == 32:
+                others = by_src.get(box[1])
+                clear = others is None or not any(meets(rules[i].match, box) for i in others)
             else:
-                box = box_of(match)
-                kept_boxes[id(match)] = (match, box)
-            if box is not None:
-                shape = box[0]
-                if shape[0] & K_SRC and shape[1] == 32 and not any(others_listed):
-                    others = by_src.get(box[1])
-                    clear = others is None or not any(meets(rules[i].match, box) for i in others)
-                else:
-                    others = earlier.that_may_meet(box)
-                    clear = others is not None and not any(meets(rules[i].match, box) for i in others)
-                if clear:
-                    if rule.action is not last_action:  # the planner shares Action objects
-                        last_action, code = rule.action, action_code(rule.action)
-                    entries.append((box, rule.rule_id, code))
-                    rule_index.append(index)
-        src = match.src
-        if src is not None and len(src.intervals) == 1 and src.intervals[0][0] == src.intervals[0][1]:
+                others = earlier.that_may_meet(box)
+                clear = others is not None and not any(meets(rules[i].match, box) for i in others)
+            if clear:
+                if rule.action is not last_action:  # the planner shares Action objects
+                    last_action, code = rule.action, action_code(rule.action)
+                entries.append((box, rule.rule_id, code))
+                rule_index.append(index)
+        if point is not None:
             # the common case, one source address: _EarlierRules.add inline for 100k-rule lists
-            by_src.setdefault(src.intervals[0][0], []).append(index)
+            by_src.setdefault(point, []).append(index)
             all_src.append(index)
         else:
-            add(index, match)
+            add(index, rule.match)
+            only_sources = not any(others_listed)
     return entries, rule_index
 
 
