@@ -273,7 +273,7 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
     named_ifindexes = set().union(*(s.match.iif for s in slots if s.match.iif is not None))
     maps["iif_class"], iif_default_row = encode_iif(field_intervals, row_base, named_ifindexes)
 
-    rule_ids = [r.rule_id for r in all_rules]
+    rule_ids = list(map(operator.attrgetter("rule_id"), all_rules))
     counter_rules = counted_rules(slots)
     counter_of = dict(zip(counter_rules, range(len(counter_rules))))
     default_counter = len(counter_rules)

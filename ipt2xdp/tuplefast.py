@@ -42,6 +42,7 @@ import bisect
 import itertools
 import operator
 import struct
+from operator import itemgetter
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -202,6 +203,22 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
         if index in skip:
             continue
         _, _, point, _, box = facts[index]
+        if point is not None and only_sources:
+            # the common case (a box's source then is this /32): that_may_meet and the index's
+            # add inline, one lookup of the address for both, for 100k-rule lists
+            listed = by_src.get(point)
+            if box is not None and rule.action.verdict is drop and (
+                    listed is None or not any(meets(rules[i].match, box) for i in listed)):
+                if rule.action is not last_action:
+                    last_action, code = rule.action, action_code(rule.action)
+                entries.append((box, rule.rule_id, code))
+                rule_index.append(index)
+            if listed is None:
+                by_src[point] = [index]
+            else:
+                listed.append(index)
+            all_src.append(index)
+            continue
         if box is not None and rule.action.verdict is drop:
             shape = box[0]
             if only_sources and shape[0] & K_SRC and shape[1] == 32:
@@ -274,15 +291,22 @@ def _host_u16(value: int) -> int:
 
 def encode(entries, shapes: Sequence[Shape]) -> Tuple[bytes, bytes, int]:
     """(keys, values, count) of the tuple_fast map: the entries of probed shapes, keyed as
-    struct ipt2xdp_exact_key with set_id = the shape's index in gen_config.tuple_fast. Packed with
-    one call per key and one for all values (10k-entry lists on every re-plan)."""
+    struct ipt2xdp_exact_key with set_id = the shape's index in gen_config.tuple_fast. Packed
+    column by column in C-level passes (10k-entry lists on every re-plan)."""
     index = {shape: _host_u16(i) for i, shape in enumerate(shapes)}
-    pack = _KEY.pack
     chosen = [entry for entry in entries if entry[0][0] in index]
-    keys = b"".join([pack(src, dst, sport, dport, index[shape], proto, 0)
-                     for (shape, src, dst, proto, sport, dport), _, _ in chosen])
-    values = struct.pack(f"={2 * len(chosen)}I", *[v for _, rule_id, code in chosen for v in (rule_id, code)])
-    return keys, values, len(chosen)
+    boxes = list(map(itemgetter(0), chosen))
+    keys = b"".join(map(_KEY.pack, map(itemgetter(1), boxes), map(itemgetter(2), boxes), map(itemgetter(4), boxes),
+                        map(itemgetter(5), boxes), map(index.__getitem__, map(itemgetter(0), boxes)),
+                        map(itemgetter(3), boxes), itertools.repeat(0, len(boxes))))
+    n = len(chosen)
+    rule_ids = struct.pack(f"={n}I", *map(itemgetter(1), chosen))
+    codes = struct.pack(f"={n}I", *map(itemgetter(2), chosen))
+    values = bytearray(8 * n)  # rule_id, code: the two u32 arrays interleaved
+    for byte in range(4):
+        values[byte::8] = rule_ids[byte::4]
+        values[4 + byte::8] = codes[byte::4]
+    return keys, bytes(values), n
 
 
 def describe(box: Box) -> str:

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from ipt2xdp import matchmemo, mapencode, plan as planner
+from ipt2xdp import abi, mapencode, matchmemo, plan as planner
 from ipt2xdp.compile import compile as compile_tables
 from ipt2xdp.parse import ParseMemo, parse
 from tests.test_plan import HOST
@@ -132,3 +132,37 @@ def test_trim_forgets_only_beyond_the_bound(warm):
     assert len(matchmemo.FACTS) == 1500  # 2 * 300 + 1000 = 1600: kept
     matchmemo.trim(200)
     assert not matchmemo.FACTS
+
+
+def test_bulk_packing_is_the_per_entry_packing():
+    """tuplefast.encode (column by column) and mapencode's bulk packs give the bytes the per-entry
+    packs gave (struct ipt2xdp_exact_key: network order, then set_id and proto in host order)."""
+    import struct
+
+    from ipt2xdp import tuplefast
+    from ipt2xdp.compile import MapContents
+
+    rng = random.Random(3)
+    shapes = [(tuplefast.K_SRC | tuplefast.K_PROTO | tuplefast.K_DPORT, 32, 0),
+              (tuplefast.K_SRC | tuplefast.K_DST | tuplefast.K_PROTO, 24, 32), (tuplefast.K_DST | tuplefast.K_PROTO, 0, 16)]
+    entries = [((rng.choice(shapes), rng.getrandbits(32), rng.getrandbits(32), rng.choice((6, 17, 1)),
+                 rng.getrandbits(16), rng.getrandbits(16)), rng.getrandbits(32), rng.getrandbits(32)) for _ in range(300)]
+    for probed in (shapes, shapes[:2], shapes[2:], []):
+        index = {shape: i for i, shape in enumerate(probed)}
+        keys = [struct.pack("!IIHH", src, dst, sport, dport) + struct.pack("=HBB", index[shape], proto, 0)
+                for (shape, src, dst, proto, sport, dport), _, _ in entries if shape in index]
+        values = [struct.pack("=II", rule_id, code) for box, rule_id, code in entries if box[0] in index]
+        assert tuplefast.encode(entries, probed) == (b"".join(keys), b"".join(values), len(keys))
+    bounds = {"src": [(0, 0), (0x0A000000, 1), (0x0A000100, 0)]}
+    _, packed = mapencode.encode_addresses(bounds, {"src": 7})
+    assert packed.values == b"".join(struct.pack("=II", s, 7 + r) for s, r in bounds["src"])
+    assert mapencode.pack_array("x", [b"ab", b"cd", b"ef"], 2) == MapContents(
+        "x", 3, 4, 2, b"".join(struct.pack("=I", i) for i in range(3)), b"abcdef")
+    intervals = {"dport": [(0, 0), (22, 1), (23, 0), (65536, 2)], "proto": [(0, 0), (6, 1), (7, 0)]}
+    rows = [0] * abi.VC_ENTRIES
+    for name, row_base in (("dport", 5), ("proto", 1)):
+        base, size = mapencode.VALUE_REGIONS[name]
+        for i, (start, cls) in enumerate(intervals[name]):
+            end = intervals[name][i + 1][0] if i + 1 < len(intervals[name]) else size
+            rows[base + start:base + end] = [row_base + cls] * (end - start)
+    assert mapencode.encode_value_class(intervals, {"dport": 5, "proto": 1}).values == struct.pack(f"={len(rows)}I", *rows)
