@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import operator
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ipt2xdp.classifier import CONTINUE, ClassifierRule, IntervalSet, Match, Verdict
@@ -39,8 +40,10 @@ def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Option
     starts, unreached = _unreached_outside(rules, fast.dsts, last, fast.destination_only)
     everywhere = all(unreached)
     gone = set()
-    if everywhere and not fast.tuple_left_out:  # every entry's rule goes: one C-level pass
-        gone.update(fast.tuple_index)
+    if not fast.tuple_left_out and _ascending(fast.tuple_index):
+        # every entry's rule goes where its stretch is unreached: slices of the ascending indices
+        for first, after in _unreached_slices(fast.tuple_index, starts, unreached):
+            gone.update(fast.tuple_index[first:after])
     else:
         for (box, _, _), index in zip(fast.tuples, fast.tuple_index):
             # an entry's rule is its box alone (tuplefast.box_of): the rule goes with it
@@ -84,6 +87,19 @@ def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Option
     new_index.append(len(out))
     return [ClassifierRule(r.match, CONTINUE(new_index[r.action.target]), r.rule_id)
             if r.action.verdict is cont else r for r in out]
+
+
+def _ascending(indices: List[int]) -> bool:
+    return all(map(operator.le, indices, itertools.islice(indices, 1, None)))
+
+
+def _unreached_slices(indices: List[int], starts: List[int], unreached: List[bool]):
+    """(first, after) per unreached stretch: the positions in the ascending indices of the rules in it."""
+    for stretch, flag in enumerate(unreached):
+        if flag:
+            first = bisect.bisect_left(indices, starts[stretch])
+            after = bisect.bisect_left(indices, starts[stretch + 1]) if stretch + 1 < len(starts) else len(indices)
+            yield first, after
 
 
 def _unreached_outside(rules: Sequence[ClassifierRule], dsts: IntervalSet, last: int,
