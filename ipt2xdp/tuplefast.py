@@ -193,15 +193,16 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     drop = Verdict.DROP
     skip = set(destination_only)
     earlier = _EarlierRules()
+    entries, rule_index, stop = _leading_single_sources(rules, facts, skip, action_code, earlier)
     by_src, all_src, add = earlier.by_src, earlier.all_src, earlier.add
     # while no earlier rule is indexed but under a single source, a /32 source's box meets only
     # the rules naming that source (that_may_meet's common case, inline)
     others_listed, only_sources = (earlier.all[K_DST], earlier.all[K_DPORT], earlier.all[0]), True
-    entries, rule_index = [], []
     last_action, code = None, 0
-    for index, rule in enumerate(rules):
+    for index in range(stop, len(rules)):
         if index in skip:
             continue
+        rule = rules[index]
         _, _, point, _, box = facts[index]
         if point is not None and only_sources:
             # the common case (a box's source then is this /32): that_may_meet and the index's
@@ -240,6 +241,54 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
             add(index, rule.match)
             only_sources = not any(others_listed)
     return entries, rule_index
+
+
+_SKIPPED = object()
+
+
+def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRules):
+    """analyse() of the leading rules that each name one source address (the skipped ones
+    aside: up to the first other rule), in C-level passes; the 10k-rule lists of exact tuples
+    `ipt2xdp watch` re-analyses after every change are all such rules. Returns (entries, rule
+    indices, the index analyse goes on from) and leaves those rules in earlier's index.
+
+    The same proof as analyse's loop: with only single sources before it, the rules that may meet
+    a box with a /32 source are the earlier ones naming that address; a rule whose address comes
+    first has none, the few others are compared (meets) with their earlier namesakes."""
+    points = list(map(itemgetter(2), facts))
+    for index in skip:
+        points[index] = _SKIPPED
+    try:
+        stop = points.index(None)
+    except ValueError:
+        stop = len(points)
+    held = list(range(stop))
+    for index in sorted((i for i in skip if i < stop), reverse=True):
+        del held[index]  # held[i] == i below every deleted index
+    addresses = list(map(points.__getitem__, held))
+    first = dict(zip(reversed(addresses), reversed(held)))  # address -> the first index naming it
+    boxes = list(map(itemgetter(4), map(facts.__getitem__, held)))
+    candidate = list(map(operator.and_, map(operator.is_not, boxes, itertools.repeat(None)),
+                         map(operator.is_, map(operator.attrgetter("action.verdict"), map(rules.__getitem__, held)),
+                             itertools.repeat(Verdict.DROP))))
+    by_src = dict(zip(addresses, map(list, zip(held))))  # address -> [its indices]; namesakes below
+    firsts = list(map(operator.eq, map(first.__getitem__, addresses), held))
+    if not all(firsts):
+        for position in itertools.compress(range(len(held)), map(operator.not_, firsts)):
+            address, box = addresses[position], boxes[position]
+            named = by_src[address] if by_src[address][0] == first[address] else [first[address]]
+            if candidate[position] and any(meets(rules[i].match, box) for i in named):
+                candidate[position] = False
+            by_src[address] = named
+            named.append(held[position])
+    rule_index = list(itertools.compress(held, candidate))
+    actions = list(map(operator.attrgetter("action"), map(rules.__getitem__, rule_index)))
+    code_of = {key: action_code(action) for key, action in dict(zip(map(id, actions), actions)).items()}
+    entries = list(zip(itertools.compress(boxes, candidate), map(operator.attrgetter("rule_id"), map(rules.__getitem__, rule_index)),
+                       map(code_of.__getitem__, map(id, actions))))
+    earlier.by[K_SRC] = earlier.by_src = by_src
+    earlier.all[K_SRC] = earlier.all_src = held
+    return entries, rule_index, stop
 
 
 def choose_shapes(entries, by_shape: Optional[Counter] = None) -> Tuple[Shape, ...]:
