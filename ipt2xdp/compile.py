@@ -148,8 +148,12 @@ def field_classes(name: str, slots: Sequence[Slot],
     return intervals, bitmaps
 
 
+def _match_fields(match: Match) -> int:
+    return sum(1 << f for f, name in enumerate(FIELDS) if _constraint(match, name) is not None)
+
+
 def _slot_fields(slot: Slot) -> int:
-    return sum(1 << f for f, name in enumerate(FIELDS) if _constraint(slot.match, name) is not None)
+    return _match_fields(slot.match)
 
 
 def group_slots(slots: Sequence[Slot], max_groups: int = abi.MAX_GROUPS) -> List[Tuple[int, List[int]]]:
@@ -159,8 +163,9 @@ def group_slots(slots: Sequence[Slot], max_groups: int = abi.MAX_GROUPS) -> List
     fields; there a slot that leaves one of those fields open is a wildcard in its rows.
     """
     by_shape: Dict[int, List[int]] = {}
-    for index, slot in enumerate(slots):
-        by_shape.setdefault(_slot_fields(slot), []).append(index)
+    # a slot's fields are its match's, kept with the Match object (matchmemo: watch's re-plans)
+    for index, fields in enumerate(matchmemo.field_bits(list(map(operator.attrgetter("match"), slots)), _match_fields)):
+        by_shape.setdefault(fields, []).append(index)
     shapes = sorted(by_shape.items(), key=lambda item: (-len(item[1]), item[0]))
     if len(shapes) <= max_groups:
         return shapes

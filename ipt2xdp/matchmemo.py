@@ -7,7 +7,7 @@ object for every rule whose translation it reused (plan.TERM_MEMO; the classifie
 are new objects, their ids are positions), so what is derived from a match alone need not be
 derived again: its Facts (kind of source constraint, its one address, whether it constrains only
 the source, its exact-tuple box), a few microseconds per rule, and looking them up for a whole
-classifier takes a few C-level passes.
+classifier takes a few C-level passes; and the fields it constrains (compile.group_slots).
 
 Why an entry can never be stale: a Match is a frozen dataclass whose fields are frozen IntervalSets
 and frozensets, so what is derived from it is a function of the object. Entries are keyed by the
@@ -70,7 +70,22 @@ def facts_of(rules: Sequence) -> List[Facts]:
     return found
 
 
+FIELD_BITS: Dict[int, Tuple[object, int]] = {}  # id(match) -> (match, compile._match_fields(match))
+
+
+def field_bits(matches: List, derive) -> List[int]:
+    """derive(match) of each match (compile's fields a slot constrains), kept as FACTS are."""
+    found = list(map(FIELD_BITS.get, map(id, matches), itertools.repeat(_MISSING)))
+    served = list(map(operator.is_, map(operator.itemgetter(0), found), matches))
+    if not all(served):
+        for index in itertools.compress(range(len(served)), map(operator.not_, served)):
+            match = matches[index]
+            found[index] = FIELD_BITS[id(match)] = (match, derive(match))
+    return list(map(operator.itemgetter(1), found))
+
+
 def trim(rules: int) -> None:
     """Forget every match once far more are kept than a ruleset of `rules` rules uses."""
-    if len(FACTS) > 2 * rules + 1000:
-        FACTS.clear()
+    for table in (FACTS, FIELD_BITS):
+        if len(table) > 2 * rules + 1000:
+            table.clear()

@@ -1,15 +1,16 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""What compile keeps between compiles (matchmemo.FACTS: what the fast-path analysis asks of each
-Match; mapencode's array index keys) never makes its maps differ from a fresh compile's: a sequence of edited plans,
-made the way `ipt2xdp watch` makes them (parse.ParseMemo and plan.TERM_MEMO hand back the Match
-objects of the rules that did not change), compiles to exactly what a compile with nothing kept
-makes, and a kept entry is served only for the very Match object it was made from."""
+"""What compile keeps between compiles (matchmemo: what the fast-path analysis and group_slots ask
+of each Match; mapencode's array index keys; slots.py's per-Match shapes and set keys) never makes
+its maps differ from a fresh compile's: a sequence of edited plans, made the way `ipt2xdp watch`
+makes them (parse.ParseMemo and plan.TERM_MEMO hand back the Match objects of the rules that did
+not change), compiles to exactly what a compile with nothing kept makes, and a kept entry is
+served only for the very Match object it was made from."""
 import random
 from dataclasses import replace
 
 import pytest
 
-from ipt2xdp import abi, mapencode, matchmemo, plan as planner
+from ipt2xdp import abi, mapencode, matchmemo, plan as planner, slots
 from ipt2xdp.compile import compile as compile_tables
 from ipt2xdp.parse import ParseMemo, parse
 from tests.test_plan import HOST
@@ -63,16 +64,20 @@ def compiled(result):
     return compile_tables(result.rules, result.default, overflow="defer")
 
 
+KEPT = [(matchmemo, "FACTS"), (matchmemo, "FIELD_BITS"), (mapencode, "_INDEX_KEYS"), (slots, "_MATCH_SHAPES"),
+        (slots, "_SET_KEYS"), (slots, "_UNIONS")]
+
+
 def fresh(result):
-    """The compile of a process that kept nothing."""
-    kept_boxes, kept_keys = dict(matchmemo.FACTS), dict(mapencode._INDEX_KEYS)
-    matchmemo.FACTS.clear()
-    mapencode._INDEX_KEYS.clear()
+    """The compile of a process that kept nothing (every table compile keeps, emptied meanwhile)."""
+    kept = [getattr(module, name) for module, name in KEPT]
+    for module, name in KEPT:
+        setattr(module, name, {})
     try:
         return compiled(result)
     finally:
-        matchmemo.FACTS.update(kept_boxes)
-        mapencode._INDEX_KEYS.update(kept_keys)
+        for (module, name), table in zip(KEPT, kept):
+            setattr(module, name, table)
 
 
 def same_tables(a, b):
@@ -88,9 +93,11 @@ def warm():
     """plan.TERM_MEMO and an empty compile memo, as a fresh `ipt2xdp watch` has them."""
     planner.TERM_MEMO = {"host": HOST, "terms": {}}
     matchmemo.FACTS.clear()
+    matchmemo.FIELD_BITS.clear()
     yield
     planner.TERM_MEMO = None
     matchmemo.FACTS.clear()
+    matchmemo.FIELD_BITS.clear()
 
 
 def test_edited_plans_compile_as_fresh_ones(warm):
@@ -123,6 +130,7 @@ def test_an_entry_is_served_only_for_its_own_match(warm):
     assert wrong[4] is not None and wrong[2] is not None  # a box and a source address, both wrong
     for rule in result.rules:
         matchmemo.FACTS[id(rule.match)] = wrong
+        matchmemo.FIELD_BITS[id(rule.match)] = (other, 0b11111)
     same_tables(compiled(result), fresh(result))
 
 
