@@ -44,9 +44,9 @@ import heapq
 import operator
 import struct
 from collections import Counter
+from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import itemgetter
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ipt2xdp import abi, matchmemo, tuplefast
@@ -264,7 +264,7 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
                         at(index)
         if len(entries) > count:
             last_index = index
-    by_length = Counter(plen for _, plen, _, _ in entries)
+    by_length = Counter(map(itemgetter(1), entries))
     plens = tuple(sorted(by_length, key=lambda p: (-by_length[p], -p))[:abi.SRC_FAST_PLENS])
     left_out = sum(n for p, n in by_length.items() if p not in plens)
     every_destination_only = destination_only + _positions(kinds, matchmemo.DESTINATION, end, len(rules))

@@ -42,8 +42,8 @@ import bisect
 import itertools
 import operator
 import struct
-from operator import itemgetter
 from collections import Counter
+from operator import itemgetter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ipt2xdp import abi, matchmemo
@@ -188,7 +188,7 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     matchmemo.facts_of(rules), if the caller has them."""
     if facts is None:
         facts = matchmemo.facts_of(rules)
-    if all(map(operator.is_, map(operator.itemgetter(4), facts), itertools.repeat(None))):
+    if all(map(operator.is_, map(itemgetter(4), facts), itertools.repeat(None))):
         return [], []  # no rule can be a box (a plain blocklist): no index to build
     drop = Verdict.DROP
     skip = set(destination_only)
