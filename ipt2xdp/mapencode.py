@@ -7,7 +7,7 @@ import bisect
 import ctypes
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 from ipt2xdp import abi
 from ipt2xdp.classifier import Action, Verdict
@@ -42,18 +42,17 @@ class MapContents:
             yield self.keys[i * ks:(i + 1) * ks], self.values[i * vs:(i + 1) * vs]
 
 
-_INDEX_KEYS: Dict[int, bytes] = {}  # n -> the u32 keys 0..n-1 (value_class and addr_dir: 200k each)
+_INDEX_KEYS = b""  # the keys 0..N-1 of the largest array map packed so far (value_class: 200k u32s)
 
 
 def index_keys(n: int) -> bytes:
-    """The keys of an n-entry array map, 0..n-1 as native u32s. A function of n alone, kept: the
-    fixed-size maps cost a few ms to pack in every compile. Bounded: a few sizes recur."""
-    keys = _INDEX_KEYS.get(n)
-    if keys is None:
-        if len(_INDEX_KEYS) > 32:
-            _INDEX_KEYS.clear()
-        keys = _INDEX_KEYS[n] = struct.pack(f"={n}I", *range(n))
-    return keys
+    """The keys of an n-entry array map, 0..n-1 as native u32s: a prefix of the longest kept,
+    so packing the fixed-size maps' keys (a few ms each) is not redone in every compile; at most
+    the largest array map's keys are kept (addr_bounds: 1 MB)."""
+    global _INDEX_KEYS
+    if 4 * n > len(_INDEX_KEYS):
+        _INDEX_KEYS = struct.pack(f"={n}I", *range(n))
+    return _INDEX_KEYS[:4 * n]
 
 
 def pack_array(name: str, values: Sequence[bytes], value_size: int) -> MapContents:

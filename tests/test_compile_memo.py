@@ -64,19 +64,19 @@ def compiled(result):
     return compile_tables(result.rules, result.default, overflow="defer")
 
 
-KEPT = [(matchmemo, "FACTS"), (matchmemo, "FIELD_BITS"), (mapencode, "_INDEX_KEYS"), (slots, "_MATCH_SHAPES"),
-        (slots, "_SET_KEYS"), (slots, "_UNIONS")]
+KEPT = [(matchmemo, "FACTS", dict), (matchmemo, "FIELD_BITS", dict), (mapencode, "_INDEX_KEYS", bytes),
+        (slots, "_MATCH_SHAPES", dict), (slots, "_SET_KEYS", dict), (slots, "_UNIONS", dict)]
 
 
 def fresh(result):
     """The compile of a process that kept nothing (every table compile keeps, emptied meanwhile)."""
-    kept = [getattr(module, name) for module, name in KEPT]
-    for module, name in KEPT:
-        setattr(module, name, {})
+    kept = [getattr(module, name) for module, name, _ in KEPT]
+    for module, name, empty in KEPT:
+        setattr(module, name, empty())
     try:
         return compiled(result)
     finally:
-        for (module, name), table in zip(KEPT, kept):
+        for (module, name, _), table in zip(KEPT, kept):
             setattr(module, name, table)
 
 
@@ -164,6 +164,8 @@ def test_bulk_packing_is_the_per_entry_packing():
     bounds = {"src": [(0, 0), (0x0A000000, 1), (0x0A000100, 0)]}
     _, packed = mapencode.encode_addresses(bounds, {"src": 7})
     assert packed.values == b"".join(struct.pack("=II", s, 7 + r) for s, r in bounds["src"])
+    for n in (100, 5, 0, 300, 7):  # a prefix of the longest kept, or packed anew
+        assert mapencode.index_keys(n) == struct.pack(f"={n}I", *range(n))
     assert mapencode.pack_array("x", [b"ab", b"cd", b"ef"], 2) == MapContents(
         "x", 3, 4, 2, b"".join(struct.pack("=I", i) for i in range(3)), b"abcdef")
     intervals = {"dport": [(0, 0), (22, 1), (23, 0), (65536, 2)], "proto": [(0, 0), (6, 1), (7, 0)]}
