@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi, fastpath, tuplefast
+from ipt2xdp import abi, fastpath, matchmemo, tuplefast
 from ipt2xdp.classifier import Action, ClassifierRule, Match, Verdict, validate
 from ipt2xdp.errors import CapacityError
 from ipt2xdp.mapencode import (ACT_CODES, VALUE_REGIONS, MapContents, action_code, dense_array, dump,
@@ -148,8 +148,12 @@ def field_classes(name: str, slots: Sequence[Slot],
     return intervals, bitmaps
 
 
+def _match_fields(match: Match) -> int:
+    return sum(1 << f for f, name in enumerate(FIELDS) if _constraint(match, name) is not None)
+
+
 def _slot_fields(slot: Slot) -> int:
-    return sum(1 << f for f, name in enumerate(FIELDS) if _constraint(slot.match, name) is not None)
+    return _match_fields(slot.match)
 
 
 def group_slots(slots: Sequence[Slot], max_groups: int = abi.MAX_GROUPS) -> List[Tuple[int, List[int]]]:
@@ -159,8 +163,9 @@ def group_slots(slots: Sequence[Slot], max_groups: int = abi.MAX_GROUPS) -> List
     fields; there a slot that leaves one of those fields open is a wildcard in its rows.
     """
     by_shape: Dict[int, List[int]] = {}
-    for index, slot in enumerate(slots):
-        by_shape.setdefault(_slot_fields(slot), []).append(index)
+    # a slot's fields are its match's, kept with the Match object (matchmemo: watch's re-plans)
+    for index, fields in enumerate(matchmemo.field_bits(list(map(operator.attrgetter("match"), slots)), _match_fields)):
+        by_shape.setdefault(fields, []).append(index)
     shapes = sorted(by_shape.items(), key=lambda item: (-len(item[1]), item[0]))
     if len(shapes) <= max_groups:
         return shapes
@@ -206,6 +211,7 @@ def compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflow
         Tables, whose maps are keyed by the logical names of abi.GEN_MAPS.
     """
     validate(rules, default_action)
+    matchmemo.trim(len(rules))  # the boxes of matches since gone (kept by tuplefast.analyse)
     fast = fastpath.analyse(rules, action_code) if reduce else None
     held = fastpath.reduce_classifier(rules, fast) if fast else None
     if held is not None:
@@ -272,7 +278,7 @@ def _compile(rules: Sequence[ClassifierRule], default_action: Action, *, overflo
     named_ifindexes = set().union(*(s.match.iif for s in slots if s.match.iif is not None))
     maps["iif_class"], iif_default_row = encode_iif(field_intervals, row_base, named_ifindexes)
 
-    rule_ids = [r.rule_id for r in all_rules]
+    rule_ids = list(map(operator.attrgetter("rule_id"), all_rules))
     counter_rules = counted_rules(slots)
     counter_of = dict(zip(counter_rules, range(len(counter_rules))))
     default_counter = len(counter_rules)

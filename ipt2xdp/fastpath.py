@@ -32,21 +32,25 @@ reaches classification.
 The exact-tuple fast path (tuplefast.py: boxes of exact source, destination, protocol and ports)
 is proven the same way beside it, shares the destination exception, and is held here too (FastPath.tuples).
 
-What the fast path decides then leaves the classifier (reduce_classifier): a probed prefix is cut
-from its rule's source where no packet from it that is still classified could reach that rule, so
-a source not on the list is classified against the rest of the ruleset only, not the whole list.
+What the fast path decides then leaves the classifier (reduce_classifier, fastreduce.py): a probed
+prefix is cut from its rule's source where no packet from it that is still classified could reach
+that rule, so a source not on the list is classified against the rest of the ruleset only, not the
+whole list.
 """
 from __future__ import annotations
 
 import bisect
 import heapq
+import operator
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi, tuplefast
-from ipt2xdp.classifier import CONTINUE, Action, ClassifierRule, IntervalSet, Match, Verdict
+from ipt2xdp import abi, matchmemo, tuplefast
+from ipt2xdp.classifier import ClassifierRule, IntervalSet, Verdict
 
 U32_MAX = 0xFFFFFFFF
 MAX_PREFIXES_PER_INTERVAL = 64  # a source range that splits into more CIDR blocks is left to the classifier
@@ -69,6 +73,8 @@ class FastPath:
     tuple_index: List[int] = field(default_factory=list)
     shapes: Tuple[tuplefast.Shape, ...] = ()
     tuple_left_out: int = 0
+    # the classifier indices of the rules on the destination alone (None: unknown, fastreduce looks)
+    destination_only: Optional[List[int]] = None
 
     def probe(self, address: int, dst: Optional[int] = None):
         """(rule_id, action code) of the probed entry holding the host-order source address (for a
@@ -131,6 +137,18 @@ def _only_source(match) -> bool:
             and match.iif is None and match.icmp is None and match.tcp_flags is None and match.ct is None)
 
 
+def _positions(values: List[int], value: int, start: int, stop: int) -> List[int]:
+    """The indices in start..stop-1 where values holds value (list.index: a few are expected)."""
+    out = []
+    try:
+        while True:
+            start = values.index(value, start, stop)
+            out.append(start)
+            start += 1
+    except ValueError:
+        return out
+
+
 def _wide_first(wide: List[Tuple[int, int, int]]) -> Tuple[List[int], List[int]]:
     """Cut the address space at the wide intervals' ends; per piece, the lowest rule index whose
     interval covers it (len(rules) = none): (piece starts, lowest index)."""
@@ -167,27 +185,23 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     its guard on the fast path."""
     # Rules that look at the destination alone stay out of the source analysis: the fast path
     # applies only to destinations none of them holds. Only rules up to the first other rule
-    # without a source constraint can matter: it meets every prefix.
-    end = len(rules)
-    destination_only = []
-    for i, rule in enumerate(rules):
-        if rule.match.src is None:
-            if not _only_destination(rule.match):
-                end = i
-                break
-            destination_only.append(i)
-    points: Dict[int, int] = {}                 # single address -> lowest rule index with it
+    # without a source constraint can matter: it meets every prefix. What is asked of each rule's
+    # match is kept with it (matchmemo) and read in C-level passes: 10k-rule lists are re-analysed
+    # after every change by `ipt2xdp watch`.
+    facts = matchmemo.facts_of(rules)
+    kinds = list(map(itemgetter(1), facts))
+    end = kinds.index(matchmemo.UNSOURCED) if matchmemo.UNSOURCED in kinds else len(rules)
+    destination_only = _positions(kinds, matchmemo.DESTINATION, 0, end)
+    single = list(compress(range(end), map(operator.eq, kinds, repeat(matchmemo.SINGLE))))
+    # single address -> lowest rule index with it (reversed: the first index is written last)
+    points: Dict[int, int] = dict(zip(map(itemgetter(2), map(facts.__getitem__, reversed(single))), reversed(single)))
     wide: List[Tuple[int, int, int]] = []       # (lo, hi, rule index) of longer source intervals
-    first_at = points.setdefault
-    for index in range(end):
-        src = rules[index].match.src
-        if src is None:
-            continue
-        for lo, hi in src.intervals:
-            if lo == hi:
-                first_at(lo, index)
-            else:
+    for index in _positions(kinds, matchmemo.SOURCE, 0, end):
+        for lo, hi in rules[index].match.src.intervals:
+            if lo != hi:
                 wide.append((lo, hi, index))
+            elif points.setdefault(lo, index) > index:
+                points[lo] = index
     starts, lowest = _wide_first(wide)
     sorted_points: List[int] = []
 
@@ -217,22 +231,23 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     add, at = entries.append, rule_index.append
     last_index = 0  # of the last rule with an entry
     last_action, code = None, 0
-    drop, only_source = Verdict.DROP, _only_source
-    for index in range(end):
+    drop = Verdict.DROP
+    for index in compress(range(end), map(itemgetter(3), facts)):  # the rules on the source alone
         rule = rules[index]
-        action, match = rule.action, rule.match
-        if action.verdict is not drop or match.src is None or not only_source(match):
+        action = rule.action
+        if action.verdict is not drop:
             continue
         if action is not last_action:  # the planner shares Action objects: no hashing per rule
             last_action, code = action, action_code(action)
-        intervals = match.src.intervals
-        if not wide and len(intervals) == 1 and intervals[0][0] == intervals[0][1]:
+        point = facts[index][2]
+        if point is not None and not wide:
             # the common case, a /32 among /32s: kept inline for 100k-address blocklists
-            if points[intervals[0][0]] == index:
-                add((intervals[0][0], 32, rule.rule_id, code))
+            if points[point] == index:
+                add((point, 32, rule.rule_id, code))
                 at(index)
                 last_index = index
             continue
+        intervals = rule.match.src.intervals
         rule_id = rule.rule_id
         count = len(entries)
         for lo, hi in intervals:
@@ -249,14 +264,14 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
                         at(index)
         if len(entries) > count:
             last_index = index
-    by_length = Counter(plen for _, plen, _, _ in entries)
+    by_length = Counter(map(itemgetter(1), entries))
     plens = tuple(sorted(by_length, key=lambda p: (-by_length[p], -p))[:abi.SRC_FAST_PLENS])
     left_out = sum(n for p, n in by_length.items() if p not in plens)
-    every_destination_only = destination_only + [i for i in range(end, len(rules))
-                                                  if rules[i].match.src is None and _only_destination(rules[i].match)]
-    tuples, tuple_index = tuplefast.analyse(rules, action_code, every_destination_only)
-    shapes = tuplefast.choose_shapes(tuples)
-    tuple_left_out = sum(1 for box, _, _ in tuples if box[0] not in shapes)
+    every_destination_only = destination_only + _positions(kinds, matchmemo.DESTINATION, end, len(rules))
+    tuples, tuple_index = tuplefast.analyse(rules, action_code, every_destination_only, facts)
+    by_shape = Counter([entry[0][0] for entry in tuples])
+    shapes = tuplefast.choose_shapes(tuples, by_shape)
+    tuple_left_out = sum(n for shape, n in by_shape.items() if shape not in shapes)
     if tuples:
         last_index = max(last_index, tuple_index[-1])
     # destinations no destination-only rule before the last entry's rule holds
@@ -265,119 +280,18 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     dsts = guarded.complement(U32_MAX)
     if not (entries or tuples) or not dsts or len(dsts.intervals) > abi.SRC_FAST_DSTS:
         return FastPath(entries=entries, rule_index=rule_index, left_out=len(entries), dsts=dsts,
-                        tuples=tuples, tuple_index=tuple_index, tuple_left_out=len(tuples))
+                        tuples=tuples, tuple_index=tuple_index, tuple_left_out=len(tuples),
+                        destination_only=every_destination_only)
     return FastPath(entries=entries, rule_index=rule_index, plens=plens, left_out=left_out, dsts=dsts,
-                    tuples=tuples, tuple_index=tuple_index, shapes=shapes, tuple_left_out=tuple_left_out)
+                    tuples=tuples, tuple_index=tuple_index, shapes=shapes, tuple_left_out=tuple_left_out,
+                    destination_only=every_destination_only)
 
 
 def reduce_classifier(rules: Sequence[ClassifierRule], fast: FastPath) -> Optional[List[ClassifierRule]]:
-    """The classifier to hold beside the fast path: each rule's source less the prefixes the program
-    probes for it, where that is exact (a rule left without a source goes; CONTINUE targets follow
-    the rules that stay), so a source not on the list is classified against the rest only. None
-    when nothing can go.
+    """fastreduce.reduce_classifier (kept under this name: compile and tests call it here)."""
+    from ipt2xdp.fastreduce import reduce_classifier as reduce
 
-    A probed exact-tuple box is its rule's whole match (tuplefast.box_of), so the rule goes under
-    the same condition as a prefix that is a rule's whole source (the argument below, with the box
-    in place of P: before r its packets meet only rules on the destination alone).
-
-    A packet from a probed prefix P of rule r is classified only when the fast path does not apply
-    to its destination (outside fast.dsts: the program passes a packet whose src_fast map is
-    missing rather than classify it). Before r it meets only rules on the destination alone
-    (analyse), so whether it reaches r depends on its destination: r loses P only if those rules
-    decide every destination outside fast.dsts before r, or jump it past r (a CONTINUE landing
-    before r keeps it walking). Then a classified packet never reaches a rule from a part that
-    rule lost, so the reduced classifier decides it as the full one (same rule, same counter);
-    the other packets from P take the fast path, which decides as the full one. Prefixes of
-    lengths the program does not probe (left_out) stay, as does everything without a fast path.
-    """
-    if not fast.plens and not fast.shapes:
-        return None
-    plens, every_length = fast.plens, not fast.left_out
-    starts, unreached = _unreached_outside(rules, fast.dsts, max(fast.rule_index + fast.tuple_index))
-    everywhere = all(unreached)
-    gone = set()
-    for (box, _, _), index in zip(fast.tuples, fast.tuple_index):
-        # an entry's rule is its box alone (tuplefast.box_of): the rule goes with it
-        if box[0] in fast.shapes and (everywhere or unreached[bisect.bisect_right(starts, index) - 1]):
-            gone.add(index)
-    probed: Dict[int, List[Tuple[int, int]]] = {}  # the other rules: their probed blocks
-    for (net, plen, _, _), index in zip(fast.entries, fast.rule_index):
-        if not every_length and plen not in plens:
-            continue
-        if not everywhere and not unreached[bisect.bisect_right(starts, index) - 1]:
-            continue
-        intervals = rules[index].match.src.intervals
-        if plen == 32 and len(intervals) == 1 and intervals[0][0] == net == intervals[0][1]:
-            gone.add(index)  # the common case, one address: kept inline for 100k-address blocklists
-        else:
-            probed.setdefault(index, []).append((net, net + (1 << (32 - plen)) - 1))
-    replaced: Dict[int, ClassifierRule] = {}
-    for index, blocks in probed.items():
-        rule = rules[index]
-        src = rule.match.src
-        if sum(hi - lo + 1 for lo, hi in blocks) == src.size():
-            gone.add(index)  # the probed prefixes are the whole source (they never overlap)
-        else:  # a source-only DROP (analyse): the rest of its source is all its match
-            rest = src.intersection(IntervalSet.of(blocks).complement(U32_MAX))
-            replaced[index] = ClassifierRule(Match(src=rest), rule.action, rule.rule_id)
-    if not gone and not replaced:
-        return None
-    cont = Verdict.CONTINUE
-    if not any(rule.action.verdict is cont for rule in rules):
-        return [replaced.get(index, rule) for index, rule in enumerate(rules) if index not in gone]
-    new_index: List[int] = []  # old index -> the new index of the first rule that stays from it on
-    out: List[ClassifierRule] = []
-    for index, rule in enumerate(rules):
-        new_index.append(len(out))
-        if index not in gone:
-            out.append(replaced.get(index, rule))
-    new_index.append(len(out))
-    return [ClassifierRule(r.match, CONTINUE(new_index[r.action.target]), r.rule_id)
-            if r.action.verdict is cont else r for r in out]
-
-
-def _unreached_outside(rules: Sequence[ClassifierRule], dsts: IntervalSet, last: int) -> Tuple[List[int], List[bool]]:
-    """Cut the classifier indices 0..last into stretches (their first indices) and say per stretch
-    whether no packet from a probed prefix to a destination outside dsts reaches a rule in it.
-    Up to an entry's rule such a packet meets only the rules on the destination alone (analyse):
-    a terminal one decides the destinations it holds, a CONTINUE moves them to its target."""
-    walking = dsts.complement(U32_MAX)  # destinations still on their way at index i
-    starts, unreached = [0], [not walking]
-    landing: Dict[int, IntervalSet] = {}  # CONTINUE target -> destinations that land there
-    targets: List[int] = []
-
-    def mark(index: int) -> None:
-        if starts[-1] == index:
-            unreached[-1] = not walking
-        else:
-            starts.append(index)
-            unreached.append(not walking)
-
-    for i in range(last):
-        rule = rules[i]
-        if rule.match.src is not None or not _only_destination(rule.match):
-            continue  # misses every probed prefix and box (analyse, tuplefast.analyse)
-        while targets and targets[0] <= i:
-            target = heapq.heappop(targets)
-            walking = walking.union(landing.pop(target))
-            mark(target)
-        met = walking.intersection(rule.match.dst)
-        if not met:
-            continue
-        walking = walking.intersection(rule.match.dst.complement(U32_MAX))
-        if rule.action.verdict is Verdict.CONTINUE and rule.action.target <= last:
-            target = rule.action.target
-            if target in landing:
-                landing[target] = landing[target].union(met)
-            else:
-                landing[target] = met
-                heapq.heappush(targets, target)
-        mark(i + 1)
-    while targets and targets[0] <= last:
-        target = heapq.heappop(targets)
-        walking = walking.union(landing.pop(target))
-        mark(target)
-    return starts, unreached
+    return reduce(rules, fast)
 
 
 def encode(fast: FastPath) -> Tuple[bytes, bytes, int]:

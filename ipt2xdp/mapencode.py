@@ -42,16 +42,26 @@ class MapContents:
             yield self.keys[i * ks:(i + 1) * ks], self.values[i * vs:(i + 1) * vs]
 
 
+_INDEX_KEYS = b""  # the keys 0..N-1 of the largest array map packed so far (value_class: 200k u32s)
+
+
+def index_keys(n: int) -> bytes:
+    """The keys of an n-entry array map, 0..n-1 as native u32s: a prefix of the longest kept,
+    so packing the fixed-size maps' keys (a few ms each) is not redone in every compile; at most
+    the largest array map's keys are kept (addr_bounds: 1 MB)."""
+    global _INDEX_KEYS
+    if 4 * n > len(_INDEX_KEYS):
+        _INDEX_KEYS = struct.pack(f"={n}I", *range(n))
+    return _INDEX_KEYS[:4 * n]
+
+
 def pack_array(name: str, values: Sequence[bytes], value_size: int) -> MapContents:
-    n = max(1, len(values))
-    keys = b"".join(struct.pack("=I", i) for i in range(len(values)))
-    return MapContents(name, n, 4, value_size, keys, b"".join(values))
+    return MapContents(name, max(1, len(values)), 4, value_size, index_keys(len(values)), b"".join(values))
 
 
 def dense_array(name: str, blob: bytes, value_size: int) -> MapContents:
     n = len(blob) // value_size
-    keys = struct.pack(f"={n}I", *range(n))
-    return MapContents(name, max(1, n), 4, value_size, keys, blob)
+    return MapContents(name, max(1, n), 4, value_size, index_keys(n), blob)
 
 
 def action_code(action: Action) -> int:
@@ -95,15 +105,16 @@ def _summary(raw: bytes) -> int:
 
 
 def encode_value_class(field_intervals, row_base) -> MapContents:
-    rows = [0] * abi.VC_ENTRIES
+    # written run by run into zeroed bytes: packing 200k row numbers one by one took several ms
+    rows = bytearray(4 * abi.VC_ENTRIES)
     for name, (base, size) in VALUE_REGIONS.items():
         if name not in field_intervals:
             continue
         intervals = field_intervals[name]
         for i, (start, cls) in enumerate(intervals):
             end = intervals[i + 1][0] if i + 1 < len(intervals) else size
-            rows[base + start:base + end] = [row_base[name] + cls] * (end - start)
-    return dense_array("value_class", struct.pack(f"={len(rows)}I", *rows), 4)
+            rows[4 * (base + start):4 * (base + end)] = struct.pack("=I", row_base[name] + cls) * (end - start)
+    return dense_array("value_class", bytes(rows), 4)
 
 
 def encode_addresses(field_intervals, row_base) -> Tuple[MapContents, MapContents]:
@@ -119,7 +130,7 @@ def encode_addresses(field_intervals, row_base) -> Tuple[MapContents, MapContent
     if len(bounds) > abi.MAX_BOUNDS:
         raise CapacityError(f"the address constraints need {len(bounds)} interval bounds, XDP holds "
                             f"{abi.MAX_BOUNDS}; leave some address rules to netfilter")
-    blob = b"".join(struct.pack("=II", s, r) for s, r in bounds)
+    blob = struct.pack(f"={2 * len(bounds)}I", *(v for bound in bounds for v in bound))
     bounds_map = dense_array("addr_bounds", blob, 8)
     bounds_map.max_entries = abi.MAX_BOUNDS
     return (dense_array("addr_dir", bytes(directory), 8), bounds_map)

@@ -39,11 +39,14 @@ MAX_SCAN earlier rules would have to be looked at: linear in the ruleset for 100
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import struct
 from collections import Counter
+from operator import itemgetter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi
+from ipt2xdp import abi, matchmemo
 from ipt2xdp.classifier import ClassifierRule, IntervalSet, Verdict
 
 K_SRC, K_DST, K_PROTO, K_SPORT, K_DPORT = abi.K_SRC, abi.K_DST, abi.K_PROTO, abi.K_SPORT, abi.K_DPORT
@@ -178,45 +181,121 @@ class _EarlierRules:
         return out
 
 
-def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequence[int]):
+def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequence[int], facts=None):
     """(entries, rule indices) of the classifier's exact-tuple fast path: per entry (box, rule_id,
     action code), and the classifier index of its rule. destination_only: the indices of the
-    rules on the destination alone, left out of the proof (FastPath.dsts covers them)."""
-    drop = Verdict.DROP
-    if not any(rule.action.verdict is drop and (rule.match.proto is not None or rule.match.dst is not None)
-               for rule in rules):
+    rules on the destination alone, left out of the proof (FastPath.dsts covers them). facts:
+    matchmemo.facts_of(rules), if the caller has them."""
+    if facts is None:
+        facts = matchmemo.facts_of(rules)
+    if all(map(operator.is_, map(itemgetter(4), facts), itertools.repeat(None))):
         return [], []  # no rule can be a box (a plain blocklist): no index to build
+    drop = Verdict.DROP
     skip = set(destination_only)
     earlier = _EarlierRules()
+    entries, rule_index, stop = _leading_single_sources(rules, facts, skip, action_code, earlier)
     by_src, all_src, add = earlier.by_src, earlier.all_src, earlier.add
-    entries, rule_index = [], []
+    # while no earlier rule is indexed but under a single source, a /32 source's box meets only
+    # the rules naming that source (that_may_meet's common case, inline)
+    others_listed, only_sources = (earlier.all[K_DST], earlier.all[K_DPORT], earlier.all[0]), True
     last_action, code = None, 0
-    for index, rule in enumerate(rules):
+    for index in range(stop, len(rules)):
         if index in skip:
             continue
-        match = rule.match
-        if rule.action.verdict is drop and (match.proto is not None or match.dst is not None):
-            box = box_of(match)
-            if box is not None:
+        rule = rules[index]
+        _, _, point, _, box = facts[index]
+        if point is not None and only_sources:
+            # the common case (a box's source then is this /32): that_may_meet and the index's
+            # add inline, one lookup of the address for both, for 100k-rule lists
+            listed = by_src.get(point)
+            if box is not None and rule.action.verdict is drop and (
+                    listed is None or not any(meets(rules[i].match, box) for i in listed)):
+                if rule.action is not last_action:
+                    last_action, code = rule.action, action_code(rule.action)
+                entries.append((box, rule.rule_id, code))
+                rule_index.append(index)
+            if listed is None:
+                by_src[point] = [index]
+            else:
+                listed.append(index)
+            all_src.append(index)
+            continue
+        if box is not None and rule.action.verdict is drop:
+            shape = box[0]
+            if only_sources and shape[0] & K_SRC and shape[1] == 32:
+                others = by_src.get(box[1])
+                clear = others is None or not any(meets(rules[i].match, box) for i in others)
+            else:
                 others = earlier.that_may_meet(box)
-                if others is not None and not any(meets(rules[i].match, box) for i in others):
-                    if rule.action is not last_action:  # the planner shares Action objects
-                        last_action, code = rule.action, action_code(rule.action)
-                    entries.append((box, rule.rule_id, code))
-                    rule_index.append(index)
-        src = match.src
-        if src is not None and len(src.intervals) == 1 and src.intervals[0][0] == src.intervals[0][1]:
+                clear = others is not None and not any(meets(rules[i].match, box) for i in others)
+            if clear:
+                if rule.action is not last_action:  # the planner shares Action objects
+                    last_action, code = rule.action, action_code(rule.action)
+                entries.append((box, rule.rule_id, code))
+                rule_index.append(index)
+        if point is not None:
             # the common case, one source address: _EarlierRules.add inline for 100k-rule lists
-            by_src.setdefault(src.intervals[0][0], []).append(index)
+            by_src.setdefault(point, []).append(index)
             all_src.append(index)
         else:
-            add(index, match)
+            add(index, rule.match)
+            only_sources = not any(others_listed)
     return entries, rule_index
 
 
-def choose_shapes(entries) -> Tuple[Shape, ...]:
-    """The shapes the program probes: most entries first, at most abi.TUPLE_FAST_SHAPES."""
-    by_shape = Counter(box[0] for box, _, _ in entries)
+_SKIPPED = object()
+
+
+def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRules):
+    """analyse() of the leading rules that each name one source address (the skipped ones
+    aside: up to the first other rule), in C-level passes; the 10k-rule lists of exact tuples
+    `ipt2xdp watch` re-analyses after every change are all such rules. Returns (entries, rule
+    indices, the index analyse goes on from) and leaves those rules in earlier's index.
+
+    The same proof as analyse's loop: with only single sources before it, the rules that may meet
+    a box with a /32 source are the earlier ones naming that address; a rule whose address comes
+    first has none, the few others are compared (meets) with their earlier namesakes."""
+    points = list(map(itemgetter(2), facts))
+    for index in skip:
+        points[index] = _SKIPPED
+    try:
+        stop = points.index(None)
+    except ValueError:
+        stop = len(points)
+    held = list(range(stop))
+    for index in sorted((i for i in skip if i < stop), reverse=True):
+        del held[index]  # held[i] == i below every deleted index
+    addresses = list(map(points.__getitem__, held))
+    first = dict(zip(reversed(addresses), reversed(held)))  # address -> the first index naming it
+    boxes = list(map(itemgetter(4), map(facts.__getitem__, held)))
+    candidate = list(map(operator.and_, map(operator.is_not, boxes, itertools.repeat(None)),
+                         map(operator.is_, map(operator.attrgetter("action.verdict"), map(rules.__getitem__, held)),
+                             itertools.repeat(Verdict.DROP))))
+    by_src = dict(zip(addresses, map(list, zip(held))))  # address -> [its indices]; namesakes below
+    firsts = list(map(operator.eq, map(first.__getitem__, addresses), held))
+    if not all(firsts):
+        for position in itertools.compress(range(len(held)), map(operator.not_, firsts)):
+            address, box = addresses[position], boxes[position]
+            named = by_src[address] if by_src[address][0] == first[address] else [first[address]]
+            if candidate[position] and any(meets(rules[i].match, box) for i in named):
+                candidate[position] = False
+            by_src[address] = named
+            named.append(held[position])
+    rule_index = list(itertools.compress(held, candidate))
+    actions = list(map(operator.attrgetter("action"), map(rules.__getitem__, rule_index)))
+    code_of = {key: action_code(action) for key, action in dict(zip(map(id, actions), actions)).items()}
+    entries = list(zip(itertools.compress(boxes, candidate), map(operator.attrgetter("rule_id"), map(rules.__getitem__, rule_index)),
+                       map(code_of.__getitem__, map(id, actions))))
+    earlier.by[K_SRC] = earlier.by_src = by_src
+    earlier.all[K_SRC] = earlier.all_src = held
+    return entries, rule_index, stop
+
+
+def choose_shapes(entries, by_shape: Optional[Counter] = None) -> Tuple[Shape, ...]:
+    """The shapes the program probes: most entries first, at most abi.TUPLE_FAST_SHAPES (by_shape:
+    the entries per shape, if counted already)."""
+    if by_shape is None:
+        by_shape = Counter([entry[0][0] for entry in entries])
     return tuple(sorted(by_shape, key=lambda s: (-by_shape[s], s))[:abi.TUPLE_FAST_SHAPES])
 
 
@@ -249,16 +328,34 @@ def masks(shape: Shape) -> Tuple[int, int, int, int]:
             0xFF if fields & K_PROTO else 0)
 
 
+# struct ipt2xdp_exact_key in one pack: addresses and ports in network byte order, then set_id in
+# host order (given here byte-swapped where that differs), the protocol and a zero pad
+_KEY = struct.Struct("!IIHHHBB")
+
+
+def _host_u16(value: int) -> int:
+    """The u16 whose network-order bytes are value's host-order bytes."""
+    return struct.unpack("!H", struct.pack("=H", value))[0]
+
+
 def encode(entries, shapes: Sequence[Shape]) -> Tuple[bytes, bytes, int]:
     """(keys, values, count) of the tuple_fast map: the entries of probed shapes, keyed as
-    struct ipt2xdp_exact_key with set_id = the shape's index in gen_config.tuple_fast."""
-    index = {shape: i for i, shape in enumerate(shapes)}
-    keys, values = [], []
-    for ((shape, src, dst, proto, sport, dport), rule_id, code) in entries:
-        if shape in index:
-            keys.append(struct.pack("!IIHH", src, dst, sport, dport) + struct.pack("=HBB", index[shape], proto, 0))
-            values.append(struct.pack("=II", rule_id, code))
-    return b"".join(keys), b"".join(values), len(keys)
+    struct ipt2xdp_exact_key with set_id = the shape's index in gen_config.tuple_fast. Packed
+    column by column in C-level passes (10k-entry lists on every re-plan)."""
+    index = {shape: _host_u16(i) for i, shape in enumerate(shapes)}
+    chosen = [entry for entry in entries if entry[0][0] in index]
+    boxes = list(map(itemgetter(0), chosen))
+    keys = b"".join(map(_KEY.pack, map(itemgetter(1), boxes), map(itemgetter(2), boxes), map(itemgetter(4), boxes),
+                        map(itemgetter(5), boxes), map(index.__getitem__, map(itemgetter(0), boxes)),
+                        map(itemgetter(3), boxes), itertools.repeat(0, len(boxes))))
+    n = len(chosen)
+    rule_ids = struct.pack(f"={n}I", *map(itemgetter(1), chosen))
+    codes = struct.pack(f"={n}I", *map(itemgetter(2), chosen))
+    values = bytearray(8 * n)  # rule_id, code: the two u32 arrays interleaved
+    for byte in range(4):
+        values[byte::8] = rule_ids[byte::4]
+        values[4 + byte::8] = codes[byte::4]
+    return keys, bytes(values), n
 
 
 def describe(box: Box) -> str:

@@ -312,3 +312,63 @@ def test_a_hundred_thousand_rules_analyse_in_linear_time(monkeypatch):
     fast = fastpath.analyse(rules, action_code)
     assert len(compared) <= 2 * len(rules)
     assert len(fast.tuples) == 100_000 and fast.tuples[-1][1] == 100_000
+
+
+def leading_single_source_rules(rng, n):
+    """Mostly rules on one source address from a small pool (namesakes: each may meet an earlier
+    one's box), with destination-only guards among them and, past the first few, a rule of
+    another kind that ends the leading stretch."""
+    rules = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.06:
+            rules.append(rule(Match(dst=addr(rng.choice(DSTS))), rng.choice((DEFER, ACCEPT)), i))
+            continue
+        if roll < 0.09 and i > n // 2:
+            rules.append(rule(Match(**{rng.choice(("src", "dst")): addr("10.0.0.0/30")}, proto=UDP_), DROP, i))
+            continue
+        fields = {"src": addr(rng.choice(SOURCES))}
+        if rng.random() < 0.9:
+            fields["proto"] = rng.choice((TCP_, UDP_, UDP_, ICMP_))
+            if fields["proto"] != ICMP_ and rng.random() < 0.7:
+                fields[rng.choice(("dport", "dport", "sport"))] = port(rng.choice(PORTS))
+        if rng.random() < 0.2:
+            fields["dst"] = addr(rng.choice(DSTS))
+        if rng.random() < 0.05:
+            fields["ct"] = frozenset({CtClass.FOUND})
+        rules.append(rule(Match(**fields), rng.choice((DROP, DROP, DROP, GUARDED, ACCEPT)), 100 + i))
+    return rules
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_leading_single_sources_in_c_passes_are_the_loop(seed, monkeypatch):
+    """_leading_single_sources (C-level passes over the leading rules on one address) gives what
+    analyse's rule-by-rule loop gives from the first rule: entries, their rules, and the index
+    the rules after the stretch are proven against."""
+    rng = random.Random(9100 + seed)
+    rules = random_rules(rng, rng.randint(2, 12)) if seed % 4 == 0 else leading_single_source_rules(rng, rng.randint(5, 120))
+    destination_only = [i for i, r in enumerate(rules) if r.match.src is None and fastpath._only_destination(r.match)]
+    passes = tuplefast.analyse(rules, action_code, destination_only)
+    monkeypatch.setattr(tuplefast, "_leading_single_sources", lambda rules, facts, skip, code, earlier: ([], [], 0))
+    loop = tuplefast.analyse(rules, action_code, destination_only)
+    assert passes == loop
+    if seed % 4:
+        assert_sound(rules, fastpath.analyse(rules, action_code))
+
+
+def test_the_leading_stretch_test_is_about_something():
+    """Most of the classifiers above have entries in the stretch and namesakes kept out."""
+    kept_out = with_entries = 0
+    for seed in range(40):
+        if seed % 4 == 0:
+            continue
+        rng = random.Random(9100 + seed)
+        rules = leading_single_source_rules(rng, rng.randint(5, 120))
+        entries, index, stop = tuplefast._leading_single_sources(
+            rules, tuplefast.matchmemo.facts_of(rules),
+            {i for i, r in enumerate(rules) if r.match.src is None and fastpath._only_destination(r.match)},
+            action_code, tuplefast._EarlierRules())
+        with_entries += bool(entries) and stop > 3
+        kept_out += sum(1 for i in range(stop) if rules[i].action == DROP and tuplefast.box_of(rules[i].match)
+                        and i not in index)
+    assert with_entries >= 25 and kept_out >= 25
