@@ -125,7 +125,6 @@ def test_changes_are_served_by_the_watcher_and_planned_once(watched):
     assert all("change in prediction: in step" in line and "is the prediction taken" in line for line in checks), text
     taken = text.count(warm.PREDICTION_IN_KERNEL)
     assert (taken >= 2) if backend == "nft" else (taken == 0), text
-    assert len(checks) >= (1 if backend == "nft" else 0), text
     assert not after["deferring_all"]
     # Each change was planned while the real binary ran, and that plan was the one flipped to (so
     # the in-step checks above compared it with a fresh import): all but an nft namespace's first

@@ -268,3 +268,15 @@ def test_a_change_seen_while_a_served_caller_changes_netfilter_marks_stale_witho
     caller.begun = None  # its "done" came: a later change defers again
     watcher.defer_now([Change("nftables", "DELRULE x1")])
     assert calls == ["mark", "mark", ("defer", True)]
+
+
+def test_the_read_back_after_syncs_that_took_the_generation_waits_for_a_longer_pause():
+    """A check of what served syncs took without reading back (watch/holding.py) waits for 1 s
+    without a call (10 s at the latest); any other pending change keeps the usual debounce."""
+    from ipt2xdp.watch import holding
+
+    watcher = service.Watcher([Scripted([])], debounce=0.2, max_delay=2.0)
+    watcher.pending = [Change(holding.SOURCE, "the ruleset wrapper pid 1's change left", relaxing=False)]
+    assert watcher._delays() == (service.VERIFY_IDLE, service.VERIFY_LATEST) == (1.0, 10.0)
+    watcher.pending.append(Change("nftables", "NEWRULE x1"))
+    assert watcher._delays() == (0.2, 2.0)

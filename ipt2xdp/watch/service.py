@@ -50,6 +50,10 @@ CLEANUP_IDLE = 0.5
 # ... or after this many served syncs in a row without a pause: the cycles they leave are few
 # (about 270 objects per sync at 10k rules) but a flood of calls must not pile them up forever.
 COLLECT_EVERY = 64
+# The read-back after served syncs that took the kernel's generation for it (watch/holding.py):
+# once no call has come for this long (it costs about 100 ms at 10k rules, which a caller arriving
+# meanwhile would wait for), or this long after the first such sync in a stream of calls.
+VERIFY_IDLE, VERIFY_LATEST = 1.0, 10.0
 LOCK_RETRY = 0.1      # the wrapper's lock was held (a caller mid-change): try the re-import again after
 
 
@@ -241,12 +245,22 @@ class Watcher:
     def _timeout(self, now: float) -> Optional[float]:
         deadlines = list(self.next_poll.values())
         if self.pending:
-            deadlines.append(max(min(self.last_at + self.debounce, self.first_at + self.max_delay), self.hold_until))
+            debounce, max_delay = self._delays()
+            deadlines.append(max(min(self.last_at + debounce, self.first_at + max_delay), self.hold_until))
         if self.retry_at is not None:
             deadlines.append(max(self.retry_at, self.hold_until))
         if self.cleanup_at is not None:
             deadlines.append(self.cleanup_at)
         return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _delays(self) -> tuple:
+        """(debounce, max delay) of the re-import the pending changes call for: a check of what
+        served syncs took without reading back waits for a longer pause than a change does."""
+        from ipt2xdp.watch import holding
+
+        if all(change.source == holding.SOURCE for change in self.pending):
+            return max(self.debounce, VERIFY_IDLE), max(self.max_delay, VERIFY_LATEST)
+        return self.debounce, self.max_delay
 
     def _add(self, changes: List[Change], now: float) -> None:
         self.warm.note(changes)
@@ -291,7 +305,8 @@ class Watcher:
             self._add(changes, now)
         if now < self.hold_until:
             return
-        due = self.pending and (now - self.last_at >= self.debounce or now - self.first_at >= self.max_delay)
+        debounce, max_delay = self._delays()
+        due = self.pending and (now - self.last_at >= debounce or now - self.first_at >= max_delay)
         retry = self.retry_at is not None and now >= self.retry_at
         if due or retry:
             self._reimport()
