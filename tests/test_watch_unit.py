@@ -242,9 +242,34 @@ def test_the_collector_stays_off_from_a_sync_until_the_clean_up(monkeypatch):
         warm._leftovers.append(("ruleset", "text"))
         warm.release()  # after each answer: frees, but no full collection and the collector stays off
         assert not warm._leftovers and not gc.isenabled() and warm.uncollected == 2 and warm.collect_due
+        frozen = gc.get_freeze_count()
         warm.collect()
         assert gc.isenabled() and warm.uncollected == 0 and not warm.collect_due
+        # what is left is frozen: later collections walk only what later syncs make
+        assert gc.get_freeze_count() > frozen
     finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def test_every_so_many_collections_walk_the_frozen_heap_again(monkeypatch):
+    import gc
+
+    from ipt2xdp.watch import warm as warm_module
+
+    warm = warm_module.Warm([])
+    calls = []
+    monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+    monkeypatch.setattr(gc, "collect", lambda: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    try:
+        for _ in range(warm_module.UNFREEZE_EVERY):
+            warm.collect_due = True
+            warm.collect()
+        assert calls.count("collect") == calls.count("freeze") == warm_module.UNFREEZE_EVERY
+        assert calls.count("unfreeze") == 1 and calls[-3:] == ["unfreeze", "collect", "freeze"]
+    finally:
+        monkeypatch.undo()
         gc.enable()
 
 
