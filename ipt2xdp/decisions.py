@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 from itertools import islice
-from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, ClassifierRule, CtClass, Match, Verdict

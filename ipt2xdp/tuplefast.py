@@ -44,7 +44,7 @@ import operator
 import struct
 from collections import Counter
 from operator import itemgetter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ipt2xdp import abi, matchmemo
 from ipt2xdp.classifier import ClassifierRule, IntervalSet, Verdict
