@@ -250,7 +250,8 @@ def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRu
     """analyse() of the leading rules that each name one source address (the skipped ones
     aside: up to the first other rule), in C-level passes; the 10k-rule lists of exact tuples
     `ipt2xdp watch` re-analyses after every change are all such rules. Returns (entries, rule
-    indices, the index analyse goes on from) and leaves those rules in earlier's index.
+    indices, the index analyse goes on from) and leaves those rules in earlier's index, unless no
+    later rule looks it up (none has a box): then it is built only where namesakes need it.
 
     The same proof as analyse's loop: with only single sources before it, the rules that may meet
     a box with a /32 source are the earlier ones naming that address; a rule whose address comes
@@ -265,15 +266,19 @@ def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRu
     held = list(range(stop))
     for index in sorted((i for i in skip if i < stop), reverse=True):
         del held[index]  # held[i] == i below every deleted index
+    # the index is read for a box after these rules (a skipped rule has none: the destination alone)
+    indexed = not all(map(operator.is_, map(itemgetter(4), itertools.islice(facts, stop, None)), itertools.repeat(None)))
+    held_rules = rules[:stop] if len(held) == stop else list(map(rules.__getitem__, held))
     addresses = list(map(points.__getitem__, held))
     first = dict(zip(reversed(addresses), reversed(held)))  # address -> the first index naming it
     boxes = list(map(itemgetter(4), map(facts.__getitem__, held)))
+    actions = list(map(operator.attrgetter("action"), held_rules))
     candidate = list(map(operator.and_, map(operator.is_not, boxes, itertools.repeat(None)),
-                         map(operator.is_, map(operator.attrgetter("action.verdict"), map(rules.__getitem__, held)),
-                             itertools.repeat(Verdict.DROP))))
-    by_src = dict(zip(addresses, map(list, zip(held))))  # address -> [its indices]; namesakes below
-    firsts = list(map(operator.eq, map(first.__getitem__, addresses), held))
-    if not all(firsts):
+                         map(operator.is_, map(operator.attrgetter("verdict"), actions), itertools.repeat(Verdict.DROP))))
+    by_src = None
+    if len(first) < len(held):  # some address is named twice: its namesakes are compared
+        by_src = dict(zip(addresses, map(list, zip(held))))  # address -> [its indices]; namesakes below
+        firsts = list(map(operator.eq, map(first.__getitem__, addresses), held))
         for position in itertools.compress(range(len(held)), map(operator.not_, firsts)):
             address, box = addresses[position], boxes[position]
             named = by_src[address] if by_src[address][0] == first[address] else [first[address]]
@@ -281,12 +286,17 @@ def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRu
                 candidate[position] = False
             by_src[address] = named
             named.append(held[position])
+    elif indexed:
+        by_src = dict(zip(addresses, map(list, zip(held))))
     rule_index = list(itertools.compress(held, candidate))
-    actions = list(map(operator.attrgetter("action"), map(rules.__getitem__, rule_index)))
+    actions = list(itertools.compress(actions, candidate))
     code_of = {key: action_code(action) for key, action in dict(zip(map(id, actions), actions)).items()}
-    entries = list(zip(itertools.compress(boxes, candidate), map(operator.attrgetter("rule_id"), map(rules.__getitem__, rule_index)),
-                       map(code_of.__getitem__, map(id, actions))))
-    earlier.by[K_SRC] = earlier.by_src = by_src
+    codes = (itertools.repeat(next(iter(code_of.values())), len(actions)) if len(code_of) == 1
+             else map(code_of.__getitem__, map(id, actions)))  # the planner shares Action objects
+    entries = list(zip(itertools.compress(boxes, candidate),
+                       map(operator.attrgetter("rule_id"), itertools.compress(held_rules, candidate)), codes))
+    if by_src is not None:
+        earlier.by[K_SRC] = earlier.by_src = by_src
     earlier.all[K_SRC] = earlier.all_src = held
     return entries, rule_index, stop
 
