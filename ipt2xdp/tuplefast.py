@@ -198,6 +198,10 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     # while no earlier rule is indexed but under a single source, a /32 source's box meets only
     # the rules naming that source (that_may_meet's common case, inline)
     others_listed, only_sources = (earlier.all[K_DST], earlier.all[K_DPORT], earlier.all[0]), True
+    # while no earlier rule is indexed but under a single source or destination port (a jump on a
+    # port, fail2ban's, and its chain's RETURN), that_may_meet's answer for a /32 source, inline
+    by_dport, all_dport, all_dst, all_loose = earlier.by[K_DPORT], earlier.all[K_DPORT], earlier.all[K_DST], earlier.all[0]
+    ports_only = not (all_dst or all_loose)
     last_action, code = None, 0
     for index in range(stop, len(rules)):
         if index in skip:
@@ -225,6 +229,11 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
             if only_sources and shape[0] & K_SRC and shape[1] == 32:
                 others = by_src.get(box[1])
                 clear = others is None or not any(meets(rules[i].match, box) for i in others)
+            elif ports_only and shape[0] & K_SRC and shape[1] == 32:
+                named = by_src.get(box[1], ())
+                ports = by_dport.get(box[5], ()) if shape[0] & K_DPORT else all_dport
+                clear = (len(named) <= MAX_SCAN and len(named) + len(ports) <= MAX_SCAN
+                         and not any(meets(rules[i].match, box) for i in itertools.chain(named, ports)))
             else:
                 others = earlier.that_may_meet(box)
                 clear = others is not None and not any(meets(rules[i].match, box) for i in others)
@@ -239,7 +248,7 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
             all_src.append(index)
         else:
             add(index, rule.match)
-            only_sources = not any(others_listed)
+            only_sources, ports_only = not any(others_listed), not (all_dst or all_loose)
     return entries, rule_index
 
 
