@@ -255,6 +255,22 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
 _SKIPPED = object()
 
 
+class _Leading:
+    """What the last _leading_single_sources computed, for the next call to take over (see there)."""
+
+    def __init__(self, action_code, held: List[int], held_rules: list, entries: list, rule_index: List[int]) -> None:
+        self.action_code, self.held, self.held_rules = action_code, held, held_rules
+        self.entries, self.rule_index = tuple(entries), tuple(rule_index)
+
+
+LAST: Optional[_Leading] = None
+
+
+def _same_rules(old: Sequence, new: Sequence) -> int:
+    """How many leading items of new are the very objects of old (tests break it)."""
+    return next(itertools.compress(itertools.count(), map(operator.is_not, old, new)), min(len(old), len(new)))
+
+
 def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRules):
     """analyse() of the leading rules that each name one source address (the skipped ones
     aside: up to the first other rule), in C-level passes; the 10k-rule lists of exact tuples
@@ -264,7 +280,14 @@ def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRu
 
     The same proof as analyse's loop: with only single sources before it, the rules that may meet
     a box with a /32 source are the earlier ones naming that address; a rule whose address comes
-    first has none, the few others are compared (meets) with their earlier namesakes."""
+    first has none, the few others are compared (meets) with their earlier namesakes.
+
+    A rule's entry depends on its box, action and id, and on the earlier rules of the stretch
+    alone: where this call's stretch starts with the very ClassifierRule objects (frozen) of the
+    last call's, at the same indices, with the same action_code, their entries are the last ones
+    (a re-plan of `ipt2xdp watch` takes them over, planprefix). LAST holds those rule objects, so
+    their ids are not reused while it lives."""
+    global LAST
     points = list(map(itemgetter(2), facts))
     for index in skip:
         points[index] = _SKIPPED
@@ -272,38 +295,45 @@ def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRu
         stop = points.index(None)
     except ValueError:
         stop = len(points)
-    held = list(range(stop))
+    held, held_rules = list(range(stop)), list(rules[:stop])
     for index in sorted((i for i in skip if i < stop), reverse=True):
-        del held[index]  # held[i] == i below every deleted index
+        del held[index], held_rules[index]  # held[i] == i below every deleted index
     # the index is read for a box after these rules (a skipped rule has none: the destination alone)
     indexed = not all(map(operator.is_, map(itemgetter(4), itertools.islice(facts, stop, None)), itertools.repeat(None)))
-    held_rules = rules[:stop] if len(held) == stop else list(map(rules.__getitem__, held))
     addresses = list(map(points.__getitem__, held))
     first = dict(zip(reversed(addresses), reversed(held)))  # address -> the first index naming it
-    boxes = list(map(itemgetter(4), map(facts.__getitem__, held)))
-    actions = list(map(operator.attrgetter("action"), held_rules))
+    last, LAST, taken = LAST, None, 0
+    if last is not None and last.action_code is action_code:
+        taken = _same_rules(last.held_rules, held_rules)
+        taken = next(itertools.compress(itertools.count(), map(operator.ne, last.held[:taken], held)), taken)
+    tail, tail_rules = held[taken:], held_rules[taken:]
+    boxes = list(map(itemgetter(4), map(facts.__getitem__, tail)))
+    actions = list(map(operator.attrgetter("action"), tail_rules))
     candidate = list(map(operator.and_, map(operator.is_not, boxes, itertools.repeat(None)),
                          map(operator.is_, map(operator.attrgetter("verdict"), actions), itertools.repeat(Verdict.DROP))))
     by_src = None
+    if len(first) < len(held) or indexed:
+        by_src = dict(zip(addresses, map(list, zip(held))))  # address -> [its indices], namesakes below
     if len(first) < len(held):  # some address is named twice: its namesakes are compared
-        by_src = dict(zip(addresses, map(list, zip(held))))  # address -> [its indices]; namesakes below
-        firsts = list(map(operator.eq, map(first.__getitem__, addresses), held))
-        for position in itertools.compress(range(len(held)), map(operator.not_, firsts)):
-            address, box = addresses[position], boxes[position]
+        for position in itertools.compress(range(len(held)), map(operator.ne, map(first.__getitem__, addresses), held)):
+            address = addresses[position]
             named = by_src[address] if by_src[address][0] == first[address] else [first[address]]
-            if candidate[position] and any(meets(rules[i].match, box) for i in named):
-                candidate[position] = False
+            at = position - taken
+            if at >= 0 and candidate[at] and any(meets(rules[i].match, boxes[at]) for i in named):
+                candidate[at] = False
             by_src[address] = named
             named.append(held[position])
-    elif indexed:
-        by_src = dict(zip(addresses, map(list, zip(held))))
-    rule_index = list(itertools.compress(held, candidate))
+    rule_index = list(itertools.compress(tail, candidate))
     actions = list(itertools.compress(actions, candidate))
     code_of = {key: action_code(action) for key, action in dict(zip(map(id, actions), actions)).items()}
     codes = (itertools.repeat(next(iter(code_of.values())), len(actions)) if len(code_of) == 1
              else map(code_of.__getitem__, map(id, actions)))  # the planner shares Action objects
     entries = list(zip(itertools.compress(boxes, candidate),
-                       map(operator.attrgetter("rule_id"), itertools.compress(held_rules, candidate)), codes))
+                       map(operator.attrgetter("rule_id"), itertools.compress(tail_rules, candidate)), codes))
+    if taken:  # the last call's entries of the rules before `taken`
+        kept = bisect.bisect_right(last.rule_index, held[taken - 1])
+        entries[:0], rule_index[:0] = last.entries[:kept], last.rule_index[:kept]
+    LAST = _Leading(action_code, held[:], held_rules, entries, rule_index)  # held grows in analyse
     if by_src is not None:
         earlier.by[K_SRC] = earlier.by_src = by_src
     earlier.all[K_SRC] = earlier.all_src = held
