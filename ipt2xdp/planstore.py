@@ -78,6 +78,8 @@ def _encoded_from(record: dict, kept: dict) -> str:
             continue  # as columns, last (_stored)
         if key == "counter_paths" and isinstance(value, list):
             text, pieces[key] = _list_json(value, same_paths, old_pieces.get(key, ()))
+        elif key == "actions" and isinstance(value, list):  # the verdicts' names, the same str objects
+            text, pieces[key] = _list_json(value, _same_start(kept.get("actions"), value), old_pieces.get(key, ()))
         else:
             text = json.dumps(value, check_circular=False)
         parts.append(f"{json.dumps(key)}: {text}")
@@ -89,7 +91,7 @@ def _encoded_from(record: dict, kept: dict) -> str:
         parts.append('"decision_columns": {' + ", ".join(texts) + "}")
         parts.append(f'"decision_why": {json.dumps(why)}')
     kept.clear()
-    kept.update(decisions=decisions, counter_paths=paths, columns=columns, pieces=pieces)
+    kept.update(decisions=decisions, counter_paths=paths, actions=record.get("actions"), columns=columns, pieces=pieces)
     return "{" + ", ".join(parts) + "}"
 
 

@@ -11,6 +11,8 @@ text of one rule, for reports. Rewrites, as iptables-save does them:
 from __future__ import annotations
 
 import socket
+from itertools import compress, repeat
+from operator import is_
 from typing import Callable, List, Mapping, Optional, Tuple
 
 from ipt2xdp import ir, irmatches, irtargets, options
@@ -247,7 +249,7 @@ def _rule_text(rule: ir.Rule) -> str:
 
 def render(ruleset: ir.Ruleset, counters: bool = False) -> str:
     """The whole ruleset in iptables-save layout (without its date comments)."""
-    return _layout(ruleset, True, lambda table, chain, index, rule: render_rule(rule, counters))
+    return _layout(ruleset, True, lambda table, chain, rules: [render_rule(rule, counters) for rule in rules])
 
 
 def canonical(ruleset: ir.Ruleset, rule_texts: Optional[Mapping[Tuple[str, str, int], str]] = None) -> str:
@@ -256,11 +258,15 @@ def canonical(ruleset: ir.Ruleset, rule_texts: Optional[Mapping[Tuple[str, str, 
     the plan's decisions carry one per rule, so an import renders each rule once."""
     texts = rule_texts or {}
 
-    def text(table: str, chain: str, index: int, rule: ir.Rule) -> str:
-        known = texts.get((table, chain, index))
-        return known if known is not None else render_rule(rule)
+    def chain_texts(table: str, chain: str, rules: List[ir.Rule]) -> List[str]:
+        # looked up in C-level passes (10k-rule chains on every re-plan), rendered where missing
+        n = len(rules)
+        found = list(map(texts.get, zip(repeat(table, n), repeat(chain, n), range(1, n + 1))))
+        for index in compress(range(n), map(is_, found, repeat(None))):
+            found[index] = render_rule(rules[index])
+        return found
 
-    return _layout(ruleset, False, text)
+    return _layout(ruleset, False, chain_texts)
 
 
 def same_canonical(a: ir.Ruleset, b: ir.Ruleset) -> bool:
@@ -286,7 +292,8 @@ def _chain_order(table: ir.Table) -> List[ir.Chain]:
                                                           key=lambda c: c.name)
 
 
-def _layout(ruleset: ir.Ruleset, chain_counters: bool, text: Callable[[str, str, int, ir.Rule], str]) -> str:
+def _layout(ruleset: ir.Ruleset, chain_counters: bool, texts: Callable[[str, str, List[ir.Rule]], List[str]]) -> str:
+    """texts(table, chain, its rules): the rules' lines."""
     out: List[str] = []
     for table in ruleset.tables:
         out.append(f"*{table.name}")
@@ -295,6 +302,6 @@ def _layout(ruleset: ir.Ruleset, chain_counters: bool, text: Callable[[str, str,
             count = c.counters if c.builtin and chain_counters else ir.ZERO
             out.append(f":{c.name} {c.policy or '-'} [{count.packets}:{count.bytes}]")
         for c in ordered:
-            out.extend(text(table.name, c.name, index, r) for index, r in enumerate(c.rules, start=1))
+            out.extend(texts(table.name, c.name, c.rules))
         out.append("COMMIT")
     return "\n".join(out) + "\n" if out else ""

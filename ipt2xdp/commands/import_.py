@@ -14,6 +14,7 @@ Order of a real import, chosen so that XDP and netfilter never disagree:
 """
 from __future__ import annotations
 
+import operator
 import sys
 from dataclasses import replace
 
@@ -239,7 +240,9 @@ def _canonical(ruleset, result) -> str:
     """render(ruleset.without_positions()), reusing the rule texts the plan's decisions hold."""
     from ipt2xdp.render import canonical
 
-    return canonical(ruleset, {(d.ref.table, d.ref.chain, d.ref.index): d.text for d in result.decisions})
+    decisions = result.decisions
+    where = operator.attrgetter("ref.table", "ref.chain", "ref.index")  # C-level: 10k decisions
+    return canonical(ruleset, dict(zip(map(where, decisions), map(operator.attrgetter("text"), decisions))))
 
 
 class _Prepared:
@@ -313,7 +316,9 @@ def _verdict_names(rules) -> list:
     from ipt2xdp.classifier import Verdict
 
     names = {verdict: verdict.name for verdict in Verdict}  # Enum.name is a property, slow 10k times
-    return [names[rule.action.verdict] for rule in rules]
+    # C-level passes (10k-rule plans on every re-plan of `ipt2xdp watch`); the names are the same
+    # str objects every time, which planstore.encoded's reuse of the last record's JSON compares
+    return list(map(names.__getitem__, map(operator.attrgetter("action.verdict"), rules)))
 
 
 def _path_records(paths, kept=None) -> list:
