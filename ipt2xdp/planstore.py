@@ -14,7 +14,7 @@ import json
 import os
 from collections import OrderedDict
 from itertools import compress, count
-from operator import is_not
+from operator import is_, is_not
 from typing import Optional, Tuple
 
 from ipt2xdp import pins
@@ -71,7 +71,9 @@ def _encoded_from(record: dict, kept: dict) -> str:
             columns[name] = old_columns[name][:same_decisions] if same_decisions else []
             columns[name] += [d[name] for d in decisions[same_decisions:]]
         why = dict(zip(columns["code"], columns["why"]))  # {d["code"]: d["why"] ...}: first met, last value
-        if len(set(zip(columns["code"], columns["why"]))) != len(why):
+        # one sentence per code: the very str objects (decide shares them) tell it without hashing pairs
+        if not all(map(is_, map(why.__getitem__, columns["code"]), columns["why"])) and \
+                len(set(zip(columns["code"], columns["why"]))) != len(why):
             why = None  # a code with two sentences: kept as it is (_stored)
     for key, value in record.items():
         if key == "decisions" and why is not None:

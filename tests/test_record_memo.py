@@ -82,3 +82,12 @@ def test_verdict_names_taken_over_without_comparing_are_caught(warm, monkeypatch
     monkeypatch.setattr(planstore, "_list_json", lambda items, same, old: real(
         items, len(items) if items and items[0] in ("DEFER", "DROP", "ACCEPT", "CONTINUE") else same, old))
     assert not all(_replan_all())
+
+
+def test_verdict_names_of_rules_not_compared_are_caught(warm, monkeypatch):
+    named = []
+    real = import_._other_positions
+    monkeypatch.setattr(import_, "_other_positions", lambda old, new: named.append(len(real(old, new))) or real(old, new))
+    assert all(_replan_all()) and sorted(named)[len(named) // 2] < 30, named  # most names were kept
+    monkeypatch.setattr(import_, "_other_positions", lambda old, new: list(range(len(old), len(new))))
+    assert not all(_replan_all())
