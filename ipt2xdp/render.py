@@ -11,8 +11,6 @@ text of one rule, for reports. Rewrites, as iptables-save does them:
 from __future__ import annotations
 
 import socket
-from itertools import compress, repeat
-from operator import is_
 from typing import Callable, List, Mapping, Optional, Tuple
 
 from ipt2xdp import ir, irmatches, irtargets, options
@@ -252,21 +250,17 @@ def render(ruleset: ir.Ruleset, counters: bool = False) -> str:
     return _layout(ruleset, True, lambda table, chain, rules: [render_rule(rule, counters) for rule in rules])
 
 
-def canonical(ruleset: ir.Ruleset, rule_texts: Optional[Mapping[Tuple[str, str, int], str]] = None) -> str:
+def canonical(ruleset: ir.Ruleset, chain_texts: Optional[Mapping[Tuple[str, str], List[str]]] = None) -> str:
     """render(ruleset.without_positions()) (what the plan store and drift digest) without copying
-    the ruleset. rule_texts: render_rule() texts already made, by (table, chain, 1-based index);
-    the plan's decisions carry one per rule, so an import renders each rule once."""
-    texts = rule_texts or {}
+    the ruleset. chain_texts: render_rule() texts already made, by (table, chain), one per rule in
+    order; the plan's decisions carry one per rule, so an import renders each rule once."""
+    texts = chain_texts or {}
 
-    def chain_texts(table: str, chain: str, rules: List[ir.Rule]) -> List[str]:
-        # looked up in C-level passes (10k-rule chains on every re-plan), rendered where missing
-        n = len(rules)
-        found = list(map(texts.get, zip(repeat(table, n), repeat(chain, n), range(1, n + 1))))
-        for index in compress(range(n), map(is_, found, repeat(None))):
-            found[index] = render_rule(rules[index])
-        return found
+    def rule_texts(table: str, chain: str, rules: List[ir.Rule]) -> List[str]:
+        found = texts.get((table, chain))
+        return found if found is not None and len(found) == len(rules) else [render_rule(rule) for rule in rules]
 
-    return _layout(ruleset, False, chain_texts)
+    return _layout(ruleset, False, rule_texts)
 
 
 def same_canonical(a: ir.Ruleset, b: ir.Ruleset) -> bool:

@@ -91,3 +91,32 @@ def test_verdict_names_of_rules_not_compared_are_caught(warm, monkeypatch):
     assert all(_replan_all()) and sorted(named)[len(named) // 2] < 30, named  # most names were kept
     monkeypatch.setattr(import_, "_other_positions", lambda old, new: list(range(len(old), len(new))))
     assert not all(_replan_all())
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_canonical_from_the_decisions_is_the_rendered_ruleset(seed, monkeypatch):
+    """import_._canonical takes each chain's rule texts from the plan's decisions: the text is
+    render(ruleset.without_positions()) for random rulesets (user chains, other tables, empty
+    chains), and every chain's texts are taken, none rendered again."""
+    from ipt2xdp.errors import ParseError
+    from ipt2xdp import render as printer
+    from tests.fingerprint import HOSTS, random_ruleset
+
+    try:
+        ruleset = parse(random_ruleset(seed), "<r>")
+    except ParseError:
+        pytest.skip("the generated ruleset does not parse")
+    result = planner.plan(ruleset, HOSTS["receiver"])
+    taken = import_._chain_texts(ruleset, result.decisions)
+    assert set(taken) == {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.rules}
+    assert import_._canonical(ruleset, result) == printer.render(ruleset.without_positions())
+
+
+def test_canonical_with_texts_out_of_place_is_caught(monkeypatch):
+    from ipt2xdp import render as printer
+
+    ruleset = parse(texts()[2], "<r>")
+    result = planner.plan(ruleset, HOST)
+    chains = import_._chain_texts(ruleset, result.decisions)
+    wrong = {key: texts[1:] + texts[:1] for key, texts in chains.items()}  # each rule gets its neighbour's text
+    assert printer.canonical(ruleset, wrong) != printer.render(ruleset.without_positions())

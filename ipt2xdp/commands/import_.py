@@ -240,9 +240,33 @@ def _canonical(ruleset, result) -> str:
     """render(ruleset.without_positions()), reusing the rule texts the plan's decisions hold."""
     from ipt2xdp.render import canonical
 
-    decisions = result.decisions
-    where = operator.attrgetter("ref.table", "ref.chain", "ref.index")  # C-level: 10k decisions
-    return canonical(ruleset, dict(zip(map(where, decisions), map(operator.attrgetter("text"), decisions))))
+    return canonical(ruleset, _chain_texts(ruleset, result.decisions))
+
+
+def _chain_texts(ruleset, decisions) -> dict:
+    """(table, chain) -> its rules' texts, from the decisions: decide() makes one per rule, chain
+    by chain in the ruleset's order (and filter/INPUT's policy first), so a chain's are a slice.
+    A chain whose slice does not start and end with its first and last rule is left out (rendered
+    then); so is every chain after it."""
+    texts = list(map(operator.attrgetter("text"), decisions))
+    out, at = {}, 0
+    for table in ruleset.tables:
+        for chain in table.chains:
+            if at < len(decisions) and decisions[at].ref.index == 0 and \
+                    (decisions[at].ref.table, decisions[at].ref.chain) == (table.name, chain.name):
+                at += 1  # a policy's decision
+            n = len(chain.rules)
+            if not n:
+                continue
+            if at + n > len(decisions):
+                return out
+            head, tail = decisions[at].ref, decisions[at + n - 1].ref
+            if (head.table, head.chain, head.index, tail.table, tail.chain, tail.index) != \
+                    (table.name, chain.name, 1, table.name, chain.name, n):
+                return out
+            out[(table.name, chain.name)] = texts[at:at + n]
+            at += n
+    return out
 
 
 class _Prepared:
