@@ -203,11 +203,16 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     by_dport, all_dport, all_dst, all_loose = earlier.by[K_DPORT], earlier.all[K_DPORT], earlier.all[K_DST], earlier.all[0]
     ports_only = not (all_dst or all_loose)
     last_action, code = None, 0
-    for index in range(stop, len(rules)):
+    positions = iter(range(stop, len(rules)))
+    for index in positions:
         if index in skip:
             continue
         rule = rules[index]
         _, _, point, _, box = facts[index]
+        if point is not None and ports_only and not only_sources:
+            end = _port_stretch(rules, facts, index, skip, action_code, earlier, entries, rule_index)
+            next(itertools.islice(positions, end - index - 1, end - index - 1), None)  # on from end
+            continue
         if point is not None and only_sources:
             # the common case (a box's source then is this /32): that_may_meet and the index's
             # add inline, one lookup of the address for both, for 100k-rule lists
@@ -250,6 +255,50 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
             add(index, rule.match)
             only_sources, ports_only = not any(others_listed), not (all_dst or all_loose)
     return entries, rule_index
+
+
+def _port_stretch(rules, facts, start, skip, action_code, earlier: _EarlierRules, entries, rule_index) -> int:
+    """analyse's loop over the rules from start on that each name one source address (up to the
+    first other rule, or a skipped one), while only single sources and destination ports are
+    indexed (the rules after fail2ban's jump on port 22 and its chain's RETURN): in C-level passes
+    where a box has no earlier namesake and no earlier rule on its port (then nothing before it
+    meets it: clear), the loop's own test for the others. Adds to entries, rule_index and earlier's
+    index as the loop does; returns where the loop goes on."""
+    end = start
+    while end < len(rules) and end not in skip and facts[end][2] is not None:
+        end += 1
+    by_src, by_dport, all_dport = earlier.by_src, earlier.by[K_DPORT], earlier.all[K_DPORT]
+    held, stretch = range(start, end), facts[start:end]
+    addresses, boxes = list(map(itemgetter(2), stretch)), list(map(itemgetter(4), stretch))
+    actions = list(map(operator.attrgetter("action"), rules[start:end]))
+    candidate = list(map(operator.and_, map(operator.is_not, boxes, itertools.repeat(None)),
+                         map(operator.is_, map(operator.attrgetter("verdict"), actions), itertools.repeat(Verdict.DROP))))
+    first = dict(zip(reversed(addresses), reversed(held)))  # address -> its first index here
+    alone = list(map(operator.and_, map(operator.eq, map(first.__getitem__, addresses), held),
+                     map(operator.not_, map(by_src.__contains__, addresses))))  # no earlier namesake
+    # the index as the loop leaves it: each rule under its address, in order (the first of a new
+    # address makes its list)
+    by_src.update(zip(itertools.compress(addresses, alone), map(list, zip(itertools.compress(held, alone)))))
+    for position in itertools.compress(range(len(addresses)), map(operator.not_, alone)):
+        by_src[addresses[position]].append(held[position])
+    earlier.all_src.extend(held)
+    for position in itertools.compress(range(len(boxes)), candidate):
+        box = boxes[position]
+        fields, index = box[0][0], held[position]
+        ports = by_dport.get(box[5], ()) if fields & K_DPORT else all_dport
+        if alone[position] and not ports:
+            continue  # nothing before it meets it
+        named = by_src[box[1]]
+        named = named[:bisect.bisect_left(named, index)]  # the earlier ones
+        candidate[position] = (len(named) <= MAX_SCAN and len(named) + len(ports) <= MAX_SCAN
+                               and not any(meets(rules[i].match, box) for i in itertools.chain(named, ports)))
+    taken = list(itertools.compress(held, candidate))
+    actions = list(itertools.compress(actions, candidate))
+    code_of = {key: action_code(action) for key, action in dict(zip(map(id, actions), actions)).items()}
+    entries.extend(zip(itertools.compress(boxes, candidate), map(operator.attrgetter("rule_id"), map(rules.__getitem__, taken)),
+                       map(code_of.__getitem__, map(id, actions))))
+    rule_index.extend(taken)
+    return end
 
 
 _SKIPPED = object()
