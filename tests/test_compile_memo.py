@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from ipt2xdp import abi, mapencode, matchmemo, plan as planner, slots, tuplefast
+from ipt2xdp import abi, mapencode, matchmemo, plan as planner, slots, tuplefast, tuplestretch
 from ipt2xdp.compile import compile as compile_tables
 from ipt2xdp.parse import ParseMemo, parse
 from tests.test_plan import HOST
@@ -66,7 +66,7 @@ def compiled(result):
 
 KEPT = [(matchmemo, "FACTS", dict), (matchmemo, "FIELD_BITS", dict), (mapencode, "_INDEX_KEYS", bytes),
         (slots, "_MATCH_SHAPES", dict), (slots, "_SET_KEYS", dict), (slots, "_UNIONS", dict),
-        (tuplefast, "LAST", lambda: None)]
+        (tuplestretch, "LAST", lambda: None)]
 
 
 def fresh(result):
@@ -208,16 +208,16 @@ def _replanned_compiles():
     """[(what, rules the leading stretch took from the last compile, whether the maps equal a
     fresh compile's)] over stretch_edits(), planned and compiled as `ipt2xdp watch` does."""
     parse_memo, out = ParseMemo(), []
-    tuplefast.LAST = None
+    tuplestretch.LAST = None
     for what, lines in stretch_edits():
         result = planner.plan(parse(text_of(lines), "x.rules", parse_memo), HOST)
         taken = []
-        real = tuplefast._same_rules
-        tuplefast._same_rules = lambda old, new: taken.append(real(old, new)) or taken[-1]
+        real = tuplestretch._same_rules
+        tuplestretch._same_rules = lambda old, new: taken.append(real(old, new)) or taken[-1]
         try:
             tables = compiled(result)
         finally:
-            tuplefast._same_rules = real
+            tuplestretch._same_rules = real
         reference = fresh(result)
         out.append((what, taken[0] if taken else 0, tables.dump() == reference.dump()
                     and tables.fast_path.tuples == reference.fast_path.tuples))
@@ -233,5 +233,5 @@ def test_the_leading_stretch_taken_over_compiles_as_fresh(warm):
 
 
 def test_a_stretch_taken_without_comparing_the_rules_is_caught(warm, monkeypatch):
-    monkeypatch.setattr(tuplefast, "_same_rules", lambda old, new: min(len(old), len(new)))
+    monkeypatch.setattr(tuplestretch, "_same_rules", lambda old, new: min(len(old), len(new)))
     assert not all(same for _, _, same in _replanned_compiles())

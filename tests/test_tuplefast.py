@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from ipt2xdp import abi, fastpath, tuplefast
+from ipt2xdp import abi, fastpath, tuplefast, tuplestretch
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, ClassifierRule, CtClass, IntervalSet, Match,
                                 PacketKey, U32_MAX, Verdict, evaluate)
 from ipt2xdp.compile import compile
@@ -342,14 +342,14 @@ def leading_single_source_rules(rng, n):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_the_leading_single_sources_in_c_passes_are_the_loop(seed, monkeypatch):
-    """_leading_single_sources (C-level passes over the leading rules on one address) gives what
+    """tuplestretch.leading_single_sources (C-level passes over the leading rules on one address) gives what
     analyse's rule-by-rule loop gives from the first rule: entries, their rules, and the index
     the rules after the stretch are proven against."""
     rng = random.Random(9100 + seed)
     rules = random_rules(rng, rng.randint(2, 12)) if seed % 4 == 0 else leading_single_source_rules(rng, rng.randint(5, 120))
     destination_only = [i for i, r in enumerate(rules) if r.match.src is None and fastpath._only_destination(r.match)]
     passes = tuplefast.analyse(rules, action_code, destination_only)
-    monkeypatch.setattr(tuplefast, "_leading_single_sources", lambda rules, facts, skip, code, earlier: ([], [], 0))
+    monkeypatch.setattr(tuplestretch, "leading_single_sources", lambda rules, facts, skip, code, earlier: ([], [], 0))
     loop = tuplefast.analyse(rules, action_code, destination_only)
     assert passes == loop
     if seed % 4:
@@ -364,7 +364,7 @@ def test_the_leading_stretch_test_is_about_something():
             continue
         rng = random.Random(9100 + seed)
         rules = leading_single_source_rules(rng, rng.randint(5, 120))
-        entries, index, stop = tuplefast._leading_single_sources(
+        entries, index, stop = tuplestretch.leading_single_sources(
             rules, tuplefast.matchmemo.facts_of(rules),
             {i for i, r in enumerate(rules) if r.match.src is None and fastpath._only_destination(r.match)},
             action_code, tuplefast._EarlierRules())
