@@ -192,11 +192,13 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     kinds = list(map(itemgetter(1), facts))
     end = kinds.index(matchmemo.UNSOURCED) if matchmemo.UNSOURCED in kinds else len(rules)
     destination_only = _positions(kinds, matchmemo.DESTINATION, 0, end)
-    single = list(compress(range(end), map(operator.eq, kinds, repeat(matchmemo.SINGLE))))
+    # the rules on the source alone: none in a list of exact tuples, which needs no index below
+    sourced = list(compress(range(end), map(itemgetter(3), facts)))
+    single = list(compress(range(end), map(operator.eq, kinds, repeat(matchmemo.SINGLE)))) if sourced else []
     # single address -> lowest rule index with it (reversed: the first index is written last)
     points: Dict[int, int] = dict(zip(map(itemgetter(2), map(facts.__getitem__, reversed(single))), reversed(single)))
     wide: List[Tuple[int, int, int]] = []       # (lo, hi, rule index) of longer source intervals
-    for index in _positions(kinds, matchmemo.SOURCE, 0, end):
+    for index in (_positions(kinds, matchmemo.SOURCE, 0, end) if sourced else ()):
         for lo, hi in rules[index].match.src.intervals:
             if lo != hi:
                 wide.append((lo, hi, index))
@@ -232,7 +234,7 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     last_index = 0  # of the last rule with an entry
     last_action, code = None, 0
     drop = Verdict.DROP
-    for index in compress(range(end), map(itemgetter(3), facts)):  # the rules on the source alone
+    for index in sourced:
         rule = rules[index]
         action = rule.action
         if action.verdict is not drop:
@@ -269,7 +271,7 @@ def analyse(rules: Sequence[ClassifierRule], action_code) -> FastPath:
     left_out = sum(n for p, n in by_length.items() if p not in plens)
     every_destination_only = destination_only + _positions(kinds, matchmemo.DESTINATION, end, len(rules))
     tuples, tuple_index = tuplefast.analyse(rules, action_code, every_destination_only, facts)
-    by_shape = Counter([entry[0][0] for entry in tuples])
+    by_shape = Counter(map(itemgetter(0), map(itemgetter(0), tuples)))
     shapes = tuplefast.choose_shapes(tuples, by_shape)
     tuple_left_out = sum(n for shape, n in by_shape.items() if shape not in shapes)
     if tuples:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
-from ipt2xdp import ir, irtargets, jumppaths, planprefix
+from ipt2xdp import ir, irtargets, jumppaths, planprefix, splitmemo
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, GUARD_ADDITIONS, GUARD_REMOVALS, Action,
                                 ClassifierRule, Match)
 from ipt2xdp.decisions import _covers
@@ -116,7 +116,10 @@ class _Emitter:
         """The plain DROP rules of pending (consecutive, one history), grouped by way; pending empties."""
         if not pending:
             return
-        splits = [[part + (ref,) for part in jumppaths.split(history, match)] for match, ref in pending]
+        if TERM_MEMO is not None:  # a long-lived planner: the splits of the rules after an unchanged jump
+            splits = splitmemo.splits(history, [match for match, _ in pending], [ref for _, ref in pending])
+        else:
+            splits = [[part + (ref,) for part in jumppaths.split(history, match)] for match, ref in pending]
         for part, refs, _, ref in jumppaths.grouped(splits):
             if refs is None:
                 self.emit(part, DEFER, path + (ref,), jumppaths.DEFER_CODE)
@@ -385,6 +388,7 @@ def plan(ruleset: ir.Ruleset, host: HostContext, max_rules: int = DEFAULT_MAX_RU
     recorder = previous = None
     start = 0
     if memo is not None and input_chain is not None:
+        splitmemo.trim(sum(len(chain.rules) for table in ruleset.tables for chain in table.chains))
         guard_state = planprefix.guard_state(em)
         previous = memo.pop("prefix", None)
         start = planprefix.resume(previous, em, max_rules, guard_state, input_chain)

@@ -14,7 +14,7 @@ import json
 import os
 from collections import OrderedDict
 from itertools import compress, count
-from operator import is_not
+from operator import is_, is_not
 from typing import Optional, Tuple
 
 from ipt2xdp import pins
@@ -71,13 +71,17 @@ def _encoded_from(record: dict, kept: dict) -> str:
             columns[name] = old_columns[name][:same_decisions] if same_decisions else []
             columns[name] += [d[name] for d in decisions[same_decisions:]]
         why = dict(zip(columns["code"], columns["why"]))  # {d["code"]: d["why"] ...}: first met, last value
-        if len(set(zip(columns["code"], columns["why"]))) != len(why):
+        # one sentence per code: the very str objects (decide shares them) tell it without hashing pairs
+        if not all(map(is_, map(why.__getitem__, columns["code"]), columns["why"])) and \
+                len(set(zip(columns["code"], columns["why"]))) != len(why):
             why = None  # a code with two sentences: kept as it is (_stored)
     for key, value in record.items():
         if key == "decisions" and why is not None:
             continue  # as columns, last (_stored)
         if key == "counter_paths" and isinstance(value, list):
             text, pieces[key] = _list_json(value, same_paths, old_pieces.get(key, ()))
+        elif key == "actions" and isinstance(value, list):  # the verdicts' names, the same str objects
+            text, pieces[key] = _list_json(value, _same_start(kept.get("actions"), value), old_pieces.get(key, ()))
         else:
             text = json.dumps(value, check_circular=False)
         parts.append(f"{json.dumps(key)}: {text}")
@@ -89,7 +93,7 @@ def _encoded_from(record: dict, kept: dict) -> str:
         parts.append('"decision_columns": {' + ", ".join(texts) + "}")
         parts.append(f'"decision_why": {json.dumps(why)}')
     kept.clear()
-    kept.update(decisions=decisions, counter_paths=paths, columns=columns, pieces=pieces)
+    kept.update(decisions=decisions, counter_paths=paths, actions=record.get("actions"), columns=columns, pieces=pieces)
     return "{" + ", ".join(parts) + "}"
 
 

@@ -247,20 +247,20 @@ def _rule_text(rule: ir.Rule) -> str:
 
 def render(ruleset: ir.Ruleset, counters: bool = False) -> str:
     """The whole ruleset in iptables-save layout (without its date comments)."""
-    return _layout(ruleset, True, lambda table, chain, index, rule: render_rule(rule, counters))
+    return _layout(ruleset, True, lambda table, chain, rules: [render_rule(rule, counters) for rule in rules])
 
 
-def canonical(ruleset: ir.Ruleset, rule_texts: Optional[Mapping[Tuple[str, str, int], str]] = None) -> str:
+def canonical(ruleset: ir.Ruleset, chain_texts: Optional[Mapping[Tuple[str, str], List[str]]] = None) -> str:
     """render(ruleset.without_positions()) (what the plan store and drift digest) without copying
-    the ruleset. rule_texts: render_rule() texts already made, by (table, chain, 1-based index);
-    the plan's decisions carry one per rule, so an import renders each rule once."""
-    texts = rule_texts or {}
+    the ruleset. chain_texts: render_rule() texts already made, by (table, chain), one per rule in
+    order; the plan's decisions carry one per rule, so an import renders each rule once."""
+    texts = chain_texts or {}
 
-    def text(table: str, chain: str, index: int, rule: ir.Rule) -> str:
-        known = texts.get((table, chain, index))
-        return known if known is not None else render_rule(rule)
+    def rule_texts(table: str, chain: str, rules: List[ir.Rule]) -> List[str]:
+        found = texts.get((table, chain))
+        return found if found is not None and len(found) == len(rules) else [render_rule(rule) for rule in rules]
 
-    return _layout(ruleset, False, text)
+    return _layout(ruleset, False, rule_texts)
 
 
 def same_canonical(a: ir.Ruleset, b: ir.Ruleset) -> bool:
@@ -286,7 +286,8 @@ def _chain_order(table: ir.Table) -> List[ir.Chain]:
                                                           key=lambda c: c.name)
 
 
-def _layout(ruleset: ir.Ruleset, chain_counters: bool, text: Callable[[str, str, int, ir.Rule], str]) -> str:
+def _layout(ruleset: ir.Ruleset, chain_counters: bool, texts: Callable[[str, str, List[ir.Rule]], List[str]]) -> str:
+    """texts(table, chain, its rules): the rules' lines."""
     out: List[str] = []
     for table in ruleset.tables:
         out.append(f"*{table.name}")
@@ -295,6 +296,6 @@ def _layout(ruleset: ir.Ruleset, chain_counters: bool, text: Callable[[str, str,
             count = c.counters if c.builtin and chain_counters else ir.ZERO
             out.append(f":{c.name} {c.policy or '-'} [{count.packets}:{count.bytes}]")
         for c in ordered:
-            out.extend(text(table.name, c.name, index, r) for index, r in enumerate(c.rules, start=1))
+            out.extend(texts(table.name, c.name, c.rules))
         out.append("COMMIT")
     return "\n".join(out) + "\n" if out else ""

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-from itertools import compress, count, islice
-from operator import is_not
+from itertools import compress, count, islice, repeat
+from operator import attrgetter, eq, is_not
 from typing import Dict, List, Optional, Sequence
 
 from ipt2xdp.plan import Decision, Plan
@@ -25,18 +25,22 @@ def _ref_label(decision: Decision) -> str:
 
 
 def summary(plan: Plan) -> Dict[str, object]:
-    counts = plan.summary()
-    filter_input = [d for d in plan.decisions if d.ref.table == "filter"]
-    drops = [d for d in plan.decisions if d.code == "ok.drop" or (d.code == "ok.policy" and "DROP" in d.text)]
-    total = len(plan.decisions)
+    # plan.summary() and the counts below in C-level passes (10k decisions on every re-plan)
+    decisions = plan.decisions
+    kinds = list(map(attrgetter("kind"), decisions))
+    counts = {k: kinds.count(k) for k in ("xdp", "partial", "netfilter")}
+    codes = list(map(attrgetter("code"), decisions))
+    policies = compress(decisions, map(eq, codes, repeat("ok.policy")))
+    drops = codes.count("ok.drop") + sum("DROP" in d.text for d in policies)
+    total = len(decisions)
     return {
         "rules": total,
         "xdp": counts["xdp"],
         "partial": counts["partial"],
         "netfilter": counts["netfilter"],
         "xdp_share": round((counts["xdp"] + counts["partial"]) / total, 3) if total else 0.0,
-        "xdp_drop_rules": len(drops),
-        "filter_rules": len(filter_input),
+        "xdp_drop_rules": drops,
+        "filter_rules": list(map(attrgetter("ref.table"), decisions)).count("filter"),
         "classifier_rules": len(plan.rules),
     }
 

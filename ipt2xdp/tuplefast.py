@@ -193,17 +193,26 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
     drop = Verdict.DROP
     skip = set(destination_only)
     earlier = _EarlierRules()
-    entries, rule_index, stop = _leading_single_sources(rules, facts, skip, action_code, earlier)
+    entries, rule_index, stop = tuplestretch.leading_single_sources(rules, facts, skip, action_code, earlier)
     by_src, all_src, add = earlier.by_src, earlier.all_src, earlier.add
     # while no earlier rule is indexed but under a single source, a /32 source's box meets only
     # the rules naming that source (that_may_meet's common case, inline)
     others_listed, only_sources = (earlier.all[K_DST], earlier.all[K_DPORT], earlier.all[0]), True
+    # while no earlier rule is indexed but under a single source or destination port (a jump on a
+    # port, fail2ban's, and its chain's RETURN), that_may_meet's answer for a /32 source, inline
+    by_dport, all_dport, all_dst, all_loose = earlier.by[K_DPORT], earlier.all[K_DPORT], earlier.all[K_DST], earlier.all[0]
+    ports_only = not (all_dst or all_loose)
     last_action, code = None, 0
-    for index in range(stop, len(rules)):
+    positions = iter(range(stop, len(rules)))
+    for index in positions:
         if index in skip:
             continue
         rule = rules[index]
         _, _, point, _, box = facts[index]
+        if point is not None and ports_only and not only_sources:
+            end = tuplestretch.port_stretch(rules, facts, index, skip, action_code, earlier, entries, rule_index)
+            next(itertools.islice(positions, end - index - 1, end - index - 1), None)  # on from end
+            continue
         if point is not None and only_sources:
             # the common case (a box's source then is this /32): that_may_meet and the index's
             # add inline, one lookup of the address for both, for 100k-rule lists
@@ -225,6 +234,11 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
             if only_sources and shape[0] & K_SRC and shape[1] == 32:
                 others = by_src.get(box[1])
                 clear = others is None or not any(meets(rules[i].match, box) for i in others)
+            elif ports_only and shape[0] & K_SRC and shape[1] == 32:
+                named = by_src.get(box[1], ())
+                ports = by_dport.get(box[5], ()) if shape[0] & K_DPORT else all_dport
+                clear = (len(named) <= MAX_SCAN and len(named) + len(ports) <= MAX_SCAN
+                         and not any(meets(rules[i].match, box) for i in itertools.chain(named, ports)))
             else:
                 others = earlier.that_may_meet(box)
                 clear = others is not None and not any(meets(rules[i].match, box) for i in others)
@@ -239,56 +253,8 @@ def analyse(rules: Sequence[ClassifierRule], action_code, destination_only: Sequ
             all_src.append(index)
         else:
             add(index, rule.match)
-            only_sources = not any(others_listed)
+            only_sources, ports_only = not any(others_listed), not (all_dst or all_loose)
     return entries, rule_index
-
-
-_SKIPPED = object()
-
-
-def _leading_single_sources(rules, facts, skip, action_code, earlier: _EarlierRules):
-    """analyse() of the leading rules that each name one source address (the skipped ones
-    aside: up to the first other rule), in C-level passes; the 10k-rule lists of exact tuples
-    `ipt2xdp watch` re-analyses after every change are all such rules. Returns (entries, rule
-    indices, the index analyse goes on from) and leaves those rules in earlier's index.
-
-    The same proof as analyse's loop: with only single sources before it, the rules that may meet
-    a box with a /32 source are the earlier ones naming that address; a rule whose address comes
-    first has none, the few others are compared (meets) with their earlier namesakes."""
-    points = list(map(itemgetter(2), facts))
-    for index in skip:
-        points[index] = _SKIPPED
-    try:
-        stop = points.index(None)
-    except ValueError:
-        stop = len(points)
-    held = list(range(stop))
-    for index in sorted((i for i in skip if i < stop), reverse=True):
-        del held[index]  # held[i] == i below every deleted index
-    addresses = list(map(points.__getitem__, held))
-    first = dict(zip(reversed(addresses), reversed(held)))  # address -> the first index naming it
-    boxes = list(map(itemgetter(4), map(facts.__getitem__, held)))
-    candidate = list(map(operator.and_, map(operator.is_not, boxes, itertools.repeat(None)),
-                         map(operator.is_, map(operator.attrgetter("action.verdict"), map(rules.__getitem__, held)),
-                             itertools.repeat(Verdict.DROP))))
-    by_src = dict(zip(addresses, map(list, zip(held))))  # address -> [its indices]; namesakes below
-    firsts = list(map(operator.eq, map(first.__getitem__, addresses), held))
-    if not all(firsts):
-        for position in itertools.compress(range(len(held)), map(operator.not_, firsts)):
-            address, box = addresses[position], boxes[position]
-            named = by_src[address] if by_src[address][0] == first[address] else [first[address]]
-            if candidate[position] and any(meets(rules[i].match, box) for i in named):
-                candidate[position] = False
-            by_src[address] = named
-            named.append(held[position])
-    rule_index = list(itertools.compress(held, candidate))
-    actions = list(map(operator.attrgetter("action"), map(rules.__getitem__, rule_index)))
-    code_of = {key: action_code(action) for key, action in dict(zip(map(id, actions), actions)).items()}
-    entries = list(zip(itertools.compress(boxes, candidate), map(operator.attrgetter("rule_id"), map(rules.__getitem__, rule_index)),
-                       map(code_of.__getitem__, map(id, actions))))
-    earlier.by[K_SRC] = earlier.by_src = by_src
-    earlier.all[K_SRC] = earlier.all_src = held
-    return entries, rule_index, stop
 
 
 def choose_shapes(entries, by_shape: Optional[Counter] = None) -> Tuple[Shape, ...]:
@@ -376,3 +342,6 @@ def describe(box: Box) -> str:
     if fields & K_DPORT:
         parts.append(f"--dport {dport}")
     return " ".join(parts)
+
+
+from ipt2xdp import tuplestretch  # noqa: E402 - it reads this module's meets and MAX_SCAN when called

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from ipt2xdp import abi, mapencode, matchmemo, plan as planner, slots
+from ipt2xdp import abi, mapencode, matchmemo, plan as planner, slots, tuplefast, tuplestretch
 from ipt2xdp.compile import compile as compile_tables
 from ipt2xdp.parse import ParseMemo, parse
 from tests.test_plan import HOST
@@ -65,7 +65,8 @@ def compiled(result):
 
 
 KEPT = [(matchmemo, "FACTS", dict), (matchmemo, "FIELD_BITS", dict), (mapencode, "_INDEX_KEYS", bytes),
-        (slots, "_MATCH_SHAPES", dict), (slots, "_SET_KEYS", dict), (slots, "_UNIONS", dict)]
+        (slots, "_MATCH_SHAPES", dict), (slots, "_SET_KEYS", dict), (slots, "_UNIONS", dict),
+        (tuplestretch, "LAST", lambda: None)]
 
 
 def fresh(result):
@@ -176,3 +177,61 @@ def test_bulk_packing_is_the_per_entry_packing():
             end = intervals[name][i + 1][0] if i + 1 < len(intervals[name]) else size
             rows[base + start:base + end] = [row_base + cls] * (end - start)
     assert mapencode.encode_value_class(intervals, {"dport": 5, "proto": 1}).values == struct.pack(f"={len(rows)}I", *rows)
+
+
+def stretch_edits():
+    """(what, INPUT rules) of edits of a list of exact tuples (one long leading stretch of single
+    sources, namesakes among them: a repeated box is shadowed), each editing the one before."""
+    rng = random.Random(11)
+    lines = [f"-A INPUT -s 10.2.0.{rng.randrange(120)}/32 -p tcp -m tcp --dport {rng.choice((22, 80, 443))} "
+             f"-j {rng.choice(('DROP', 'DROP', 'DROP', 'ACCEPT'))}" for _ in range(300)]
+    steps = [("start", list(lines))]
+    lines.append("-A INPUT -s 10.2.0.7/32 -p tcp -m tcp --dport 22 -j DROP")
+    steps.append(("append a namesake", list(lines)))
+    lines.append("-A INPUT -s 192.0.2.1/32 -p udp -m udp --dport 53 -j DROP")
+    steps.append(("append", list(lines)))
+    del lines[150]
+    steps.append(("delete", list(lines)))
+    lines[200] = lines[200].replace("-j DROP", "-j ACCEPT") if "-j DROP" in lines[200] else lines[200].replace(
+        "-j ACCEPT", "-j DROP")
+    steps.append(("action changed", list(lines)))
+    lines.insert(0, "-A INPUT -s 10.2.0.9/32 -p tcp -m tcp --dport 80 -j ACCEPT")
+    steps.append(("insert first", list(lines)))
+    lines.append("-A INPUT -p udp -m udp --dport 53 -j ACCEPT")
+    steps.append(("append a rule on a port", list(lines)))
+    lines = lines[:-1] + ["-A INPUT -s 10.2.0.9/32 -p tcp -m tcp --dport 8080 -j DROP"]
+    steps.append(("replace the last", list(lines)))
+    return steps
+
+
+def _replanned_compiles():
+    """[(what, rules the leading stretch took from the last compile, whether the maps equal a
+    fresh compile's)] over stretch_edits(), planned and compiled as `ipt2xdp watch` does."""
+    parse_memo, out = ParseMemo(), []
+    tuplestretch.LAST = None
+    for what, lines in stretch_edits():
+        result = planner.plan(parse(text_of(lines), "x.rules", parse_memo), HOST)
+        taken = []
+        real = tuplestretch._same_rules
+        tuplestretch._same_rules = lambda old, new: taken.append(real(old, new)) or taken[-1]
+        try:
+            tables = compiled(result)
+        finally:
+            tuplestretch._same_rules = real
+        reference = fresh(result)
+        out.append((what, taken[0] if taken else 0, tables.dump() == reference.dump()
+                    and tables.fast_path.tuples == reference.fast_path.tuples))
+    return out
+
+
+def test_the_leading_stretch_taken_over_compiles_as_fresh(warm):
+    """tuplefast keeps the last leading stretch's entries for the ClassifierRule objects a re-plan
+    takes over (planprefix): the maps are a fresh compile's after each edit, and it took some."""
+    steps = _replanned_compiles()
+    assert all(same for _, _, same in steps), steps
+    assert max(taken for _, taken, _ in steps) > 100, steps
+
+
+def test_a_stretch_taken_without_comparing_the_rules_is_caught(warm, monkeypatch):
+    monkeypatch.setattr(tuplestretch, "_same_rules", lambda old, new: min(len(old), len(new)))
+    assert not all(same for _, _, same in _replanned_compiles())

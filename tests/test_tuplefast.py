@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from ipt2xdp import abi, fastpath, tuplefast
+from ipt2xdp import abi, fastpath, tuplefast, tuplestretch
 from ipt2xdp.classifier import (ACCEPT, CONTINUE, DEFER, DROP, ClassifierRule, CtClass, IntervalSet, Match,
                                 PacketKey, U32_MAX, Verdict, evaluate)
 from ipt2xdp.compile import compile
@@ -342,14 +342,14 @@ def leading_single_source_rules(rng, n):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_the_leading_single_sources_in_c_passes_are_the_loop(seed, monkeypatch):
-    """_leading_single_sources (C-level passes over the leading rules on one address) gives what
+    """tuplestretch.leading_single_sources (C-level passes over the leading rules on one address) gives what
     analyse's rule-by-rule loop gives from the first rule: entries, their rules, and the index
     the rules after the stretch are proven against."""
     rng = random.Random(9100 + seed)
     rules = random_rules(rng, rng.randint(2, 12)) if seed % 4 == 0 else leading_single_source_rules(rng, rng.randint(5, 120))
     destination_only = [i for i, r in enumerate(rules) if r.match.src is None and fastpath._only_destination(r.match)]
     passes = tuplefast.analyse(rules, action_code, destination_only)
-    monkeypatch.setattr(tuplefast, "_leading_single_sources", lambda rules, facts, skip, code, earlier: ([], [], 0))
+    monkeypatch.setattr(tuplestretch, "leading_single_sources", lambda rules, facts, skip, code, earlier: ([], [], 0))
     loop = tuplefast.analyse(rules, action_code, destination_only)
     assert passes == loop
     if seed % 4:
@@ -364,7 +364,7 @@ def test_the_leading_stretch_test_is_about_something():
             continue
         rng = random.Random(9100 + seed)
         rules = leading_single_source_rules(rng, rng.randint(5, 120))
-        entries, index, stop = tuplefast._leading_single_sources(
+        entries, index, stop = tuplestretch.leading_single_sources(
             rules, tuplefast.matchmemo.facts_of(rules),
             {i for i, r in enumerate(rules) if r.match.src is None and fastpath._only_destination(r.match)},
             action_code, tuplefast._EarlierRules())
@@ -372,3 +372,67 @@ def test_the_leading_stretch_test_is_about_something():
         kept_out += sum(1 for i in range(stop) if rules[i].action == DROP and tuplefast.box_of(rules[i].match)
                         and i not in index)
     assert with_entries >= 25 and kept_out >= 25
+
+
+def reference_analysis(rules, destination_only):
+    """analyse() as the module docstring states it, rule by rule through _EarlierRules alone."""
+    earlier, entries, index = tuplefast._EarlierRules(), [], []
+    for i, r in enumerate(rules):
+        if i in destination_only:
+            continue
+        box = tuplefast.box_of(r.match)
+        if box is not None and r.action.verdict is Verdict.DROP:
+            others = earlier.that_may_meet(box)
+            if others is not None and not any(tuplefast.meets(rules[j].match, box) for j in others):
+                entries.append((box, r.rule_id, action_code(r.action)))
+                index.append(i)
+        earlier.add(i, r.match)
+    return entries, index
+
+
+def port_jump_rules(rng, n):
+    """fail2ban's shape: single-source rules with rules on a destination port alone among them
+    (a jump's condition, its chain's RETURN), few ports, sometimes a destination or a loose rule."""
+    rules = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.15:
+            rules.append(rule(Match(proto=rng.choice((TCP_, UDP_)), dport=port(rng.choice(PORTS))),
+                              rng.choice((CONTINUE(n), ACCEPT, DEFER)), i))
+        elif roll < 0.17:
+            rules.append(rule(Match(dst=addr(rng.choice(DSTS)), proto=UDP_), ACCEPT, i))
+        elif roll < 0.18:
+            rules.append(rule(Match(proto=UDP_), ACCEPT, i))
+        else:
+            fields = {"src": addr(rng.choice(SOURCES)), "proto": rng.choice((TCP_, UDP_))}
+            if rng.random() < 0.8:
+                fields["dport"] = port(rng.choice(PORTS))
+            rules.append(rule(Match(**fields), rng.choice((DROP, DROP, DROP, GUARDED, ACCEPT)), i))
+    return rules
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_inline_index_lookups_are_that_may_meet(seed, monkeypatch):
+    """analyse's inline cases (only sources, or sources and destination ports, indexed so far)
+    give what that_may_meet gives, at its scan limit too (a small one here, so it is met)."""
+    rng = random.Random(9300 + seed)
+    rules = port_jump_rules(rng, rng.randint(5, 150))
+    if seed % 2:
+        monkeypatch.setattr(tuplefast, "MAX_SCAN", rng.randint(1, 6))
+    destination_only = [i for i, r in enumerate(rules) if r.match.src is None and fastpath._only_destination(r.match)]
+    assert tuplefast.analyse(rules, action_code, destination_only) == reference_analysis(rules, set(destination_only))
+
+
+def test_the_inline_lookup_test_is_about_something(monkeypatch):
+    """Its classifiers have entries, and boxes kept out by an earlier rule on a port alone."""
+    with_entries = kept_out = 0
+    for seed in range(40):
+        rules = port_jump_rules(random.Random(9300 + seed), 150)
+        entries, index = reference_analysis(rules, set())
+        with_entries += len(entries) > 5
+        for i, r in enumerate(rules):
+            box = tuplefast.box_of(r.match)
+            if box and r.action == DROP and i not in index and any(
+                    rules[j].match.src is None and tuplefast.meets(rules[j].match, box) for j in range(i)):
+                kept_out += 1
+    assert with_entries >= 30 and kept_out >= 30

@@ -14,6 +14,7 @@ Order of a real import, chosen so that XDP and netfilter never disagree:
 """
 from __future__ import annotations
 
+import operator
 import sys
 from dataclasses import replace
 
@@ -239,7 +240,33 @@ def _canonical(ruleset, result) -> str:
     """render(ruleset.without_positions()), reusing the rule texts the plan's decisions hold."""
     from ipt2xdp.render import canonical
 
-    return canonical(ruleset, {(d.ref.table, d.ref.chain, d.ref.index): d.text for d in result.decisions})
+    return canonical(ruleset, _chain_texts(ruleset, result.decisions))
+
+
+def _chain_texts(ruleset, decisions) -> dict:
+    """(table, chain) -> its rules' texts, from the decisions: decide() makes one per rule, chain
+    by chain in the ruleset's order (and filter/INPUT's policy first), so a chain's are a slice.
+    A chain whose slice does not start and end with its first and last rule is left out (rendered
+    then); so is every chain after it."""
+    texts = list(map(operator.attrgetter("text"), decisions))
+    out, at = {}, 0
+    for table in ruleset.tables:
+        for chain in table.chains:
+            if at < len(decisions) and decisions[at].ref.index == 0 and \
+                    (decisions[at].ref.table, decisions[at].ref.chain) == (table.name, chain.name):
+                at += 1  # a policy's decision
+            n = len(chain.rules)
+            if not n:
+                continue
+            if at + n > len(decisions):
+                return out
+            head, tail = decisions[at].ref, decisions[at + n - 1].ref
+            if (head.table, head.chain, head.index, tail.table, tail.chain, tail.index) != \
+                    (table.name, chain.name, 1, table.name, chain.name, n):
+                return out
+            out[(table.name, chain.name)] = texts[at:at + n]
+            at += n
+    return out
 
 
 class _Prepared:
@@ -283,7 +310,7 @@ class _Prepared:
             "host": planstore.host_record(host),
             "devices": list(devices),
             "decisions": report.decision_records(result, None if warm is None else warm["decisions"]),
-            "actions": _verdict_names(result.rules),
+            "actions": _verdict_names(result.rules, None if warm is None else warm["actions"]),
             "counter_paths": _path_records(result.counter_paths, None if warm is None else warm["paths"]),
             "summary": report.summary(result),
             # The plan's other input, and the policies the decisions omit: `status` tells drift by them.
@@ -306,14 +333,37 @@ class _Prepared:
 
 # What plan records made by a long-lived planner share with the next (report.decision_records'
 # kept, _path_records' kept, planstore.encoded's kept). Only used while plan.TERM_MEMO is set: a one-shot import keeps nothing.
-_RECORD_PARTS: dict = {"decisions": {}, "paths": {}, "json": {}}
+_RECORD_PARTS: dict = {"decisions": {}, "paths": {}, "json": {}, "actions": {}}
 
 
-def _verdict_names(rules) -> list:
+def _verdict_names(rules, kept=None) -> list:
+    """kept: what the last call left in it: the name at a position whose classifier rule (frozen)
+    is the very object of the last call's there (a re-plan takes most over from the last plan,
+    planprefix; the guards before them are new) is the last one. The names are the same str
+    objects every time, which planstore.encoded's reuse compares."""
     from ipt2xdp.classifier import Verdict
 
-    names = {verdict: verdict.name for verdict in Verdict}  # Enum.name is a property, slow 10k times
-    return [names[rule.action.verdict] for rule in rules]
+    # Enum.name is a property, and an Enum member hashes in Python: the members (singletons) are
+    # looked up by id, in C-level passes
+    names = {id(verdict): verdict.name for verdict in Verdict}
+    other = _other_positions(kept["rules"], rules) if kept else None
+    if other is not None and len(other) < len(rules) // 4:
+        out = kept["names"][:len(rules)]
+        out += rules[len(out):]  # placeholders, each named below
+        for index in other:
+            out[index] = names[id(rules[index].action.verdict)]
+    else:
+        out = list(map(names.__getitem__, map(id, map(operator.attrgetter("action.verdict"), rules))))
+    if kept is not None:
+        kept["rules"], kept["names"] = rules, out[:]
+    return out
+
+
+def _other_positions(old, new) -> list:
+    """The positions in new that do not hold the very object old holds there (tests break it)."""
+    from itertools import compress
+
+    return list(compress(range(len(new)), map(operator.is_not, old, new))) + list(range(len(old), len(new)))
 
 
 def _path_records(paths, kept=None) -> list:
