@@ -148,7 +148,17 @@ class Watch:
         self.out.close()
 
 
+def check_plain_start() -> None:
+    """Refuse to time a venv whose Python start imports an editable install's hook (pip's finder:
+    pathlib, re, fnmatch... about 17 ms of every wrapper call that no installed package pays)."""
+    started = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True)
+    if "__editable___" in started.stderr:
+        raise RuntimeError(f"{sys.executable} imports an editable install's finder at start: reinstall with "
+                           "`make venv` (editable_mode=compat) before timing the wrapper")
+
+
 def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -> dict:
+    check_plain_start()
     env = ["env", f"IPT2XDP_BACKEND={backend}"]
     res = {"meta": {**stamp(), "method": {
         "rules": rules, "rounds": rounds, "backend": backend,
