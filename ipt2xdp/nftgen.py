@@ -10,21 +10,18 @@ import socket
 import struct
 from typing import Optional
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
+from ipt2xdp.nftlist import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES
+from ipt2xdp.rtnl import _HEADER, NLM_F_REQUEST, NLMSG_ERROR, _attrs
+
 NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
-NLM_F_REQUEST = 1
-NLMSG_ERROR = 2
 NFTA_GEN_ID = 1
-_NLMSG = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (network order; 0 here)
-_ATTR = struct.Struct("=HH")
 
 
 def generation() -> Optional[int]:
     """The current generation, or None when nf_tables does not answer (not loaded, no netlink)."""
-    request = _NLMSG.pack(_NLMSG.size + _NFGENMSG.size, NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN,
-                          NLM_F_REQUEST, 1, 0) + _NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
+    request = _HEADER.pack(_HEADER.size + _NFGENMSG.size, NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN,
+                           NLM_F_REQUEST, 1, 0) + _NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
             sock.settimeout(1.0)
@@ -39,19 +36,14 @@ def generation() -> Optional[int]:
 def generation_of(data: bytes) -> Optional[int]:
     """NFTA_GEN_ID of the NEWGEN message in a netlink answer (None for an error, or none there)."""
     offset = 0
-    while offset + _NLMSG.size <= len(data):
-        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
-        if length < _NLMSG.size:
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size:
             return None
         if kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN:
-            at, end = offset + _NLMSG.size + _NFGENMSG.size, offset + length
-            while at + _ATTR.size <= end:
-                size, attr = _ATTR.unpack_from(data, at)
-                if size < _ATTR.size:
-                    return None
-                if attr & 0x3FFF == NFTA_GEN_ID and size >= _ATTR.size + 4:
-                    return struct.unpack_from("!I", data, at + _ATTR.size)[0]
-                at += (size + 3) & ~3
+            for attr, value in _attrs(data, offset + _HEADER.size + _NFGENMSG.size, offset + length):
+                if attr == NFTA_GEN_ID and len(value) >= 4:
+                    return struct.unpack_from("!I", value)[0]
             return None
         if kind == NLMSG_ERROR:
             return None

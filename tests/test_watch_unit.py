@@ -305,3 +305,15 @@ def test_the_read_back_after_syncs_that_took_the_generation_waits_for_a_longer_p
     assert watcher._delays() == (service.VERIFY_IDLE, service.VERIFY_LATEST) == (1.0, 10.0)
     watcher.pending.append(Change("nftables", "NEWRULE x1"))
     assert watcher._delays() == (0.2, 2.0)
+
+
+def test_the_generation_is_read_from_a_newgen_answer_and_none_from_an_error():
+    from ipt2xdp import nftgen
+
+    attrs = struct.pack("=HH", 8, nftgen.NFTA_GEN_ID) + struct.pack("!I", 4242)
+    body = struct.pack("=BBH", 0, 0, 0) + attrs
+    newgen = struct.pack("=IHHII", 16 + len(body), 10 << 8 | nftgen.NFT_MSG_NEWGEN, 0, 1, 0) + body
+    assert nftgen.generation_of(newgen) == 4242
+    error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -2) + bytes(16)
+    assert nftgen.generation_of(error) is None
+    assert nftgen.generation_of(b"") is None

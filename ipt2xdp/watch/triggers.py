@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, Hashable, List, Optional
+
+from ipt2xdp.nftgen import NFT_MSG_NEWGEN
+from ipt2xdp.nftlist import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES
+from ipt2xdp.rtnl import _HEADER, NETLINK_ROUTE
 
 # Modules imported by the watcher before it builds its triggers; each calls register() on import.
 PLUGIN_MODULES: List[str] = []
@@ -134,13 +137,9 @@ def _sysctls() -> tuple:
 
 # ----------------------------------------------------------------------------- netlink events
 
-NETLINK_ROUTE = 0
-NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NFNLGRP_NFTABLES = 7
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_NEWGEN = 15
 NFT_MSG_NAMES = {0: "NEWTABLE", 2: "DELTABLE", 3: "NEWCHAIN", 5: "DELCHAIN", 6: "NEWRULE", 8: "DELRULE",
                  9: "NEWSET", 11: "DELSET", 12: "NEWSETELEM", 14: "DELSETELEM", 18: "NEWOBJ", 20: "DELOBJ",
                  22: "NEWFLOWTABLE", 24: "DELFLOWTABLE", 26: "DESTROYTABLE", 27: "DESTROYCHAIN",
@@ -148,7 +147,6 @@ NFT_MSG_NAMES = {0: "NEWTABLE", 2: "DELTABLE", 3: "NEWCHAIN", 5: "DELCHAIN", 6: 
                  32: "DESTROYFLOWTABLE"}
 # nf_tables families whose rules never see an IPv4 packet: ip6 and arp.
 IRRELEVANT_FAMILIES = {10: "ip6", 3: "arp"}
-_NLMSG = struct.Struct("=IHHII")
 
 
 def _netlink_socket(protocol: int, groups: int = 0, memberships=()) -> socket.socket:
@@ -177,11 +175,11 @@ def _drain(sock: socket.socket):
                 continue
             raise
         offset = 0
-        while offset + _NLMSG.size <= len(data):
-            length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
-            if length < _NLMSG.size:
+        while offset + _HEADER.size <= len(data):
+            length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+            if length < _HEADER.size:
                 break
-            yield kind, data[offset + _NLMSG.size:offset + length]
+            yield kind, data[offset + _HEADER.size:offset + length]
             offset += (length + 3) & ~3
 
 
