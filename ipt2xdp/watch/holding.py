@@ -58,9 +58,7 @@ def read_between(backend: str, read):
 def trusted_command(command, base_ruleset) -> bool:
     """Conditions 2 and 4 for an iptables command (predict.Command) applied to base_ruleset."""
     from ipt2xdp import irmatches, irtargets
-    from ipt2xdp.errors import ParseError
-    from ipt2xdp.parse import parse
-    from ipt2xdp.watch.predict import rule_line
+    from ipt2xdp.watch.predict import parsed_rule_line, rule_line
 
     if command.letter not in "AIRD":
         return False
@@ -69,13 +67,8 @@ def trusted_command(command, base_ruleset) -> bool:
         return False
     if not command.spec:
         return command.letter == "D"  # by number: the rule at that place
-    declared = "".join(f":{c.name} {c.policy or '-'} [0:0]\n" for c in table.chains)
-    try:
-        parsed = parse(f"*{command.table}\n{declared}{rule_line(command.chain, command.spec)}\nCOMMIT\n",
-                       "<rule spec>").table(command.table).chain(command.chain).rules
-    except ParseError:
-        return False
-    if len(parsed) != 1:
+    parsed = parsed_rule_line(base_ruleset, command.table, command.chain, rule_line(command.chain, command.spec))
+    if parsed is None or len(parsed) != 1:
         return False
     rule = parsed[0]
     return (not any(isinstance(match, irmatches.GenericMatch) for match in rule.matches)

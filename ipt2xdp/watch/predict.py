@@ -224,6 +224,23 @@ def wanted() -> bool:
     return os.getloadavg()[0] < (os.cpu_count() or 1) + 1
 
 
+def parsed_rule_line(ruleset, table: str, chain: str, line: str) -> Optional[tuple]:
+    """The rules the project's parser reads from one rule line of chain in ruleset's table (one
+    per address of a list), or None when the table or chain is not there or the line does not
+    parse. Every chain of the table is declared around it, so a jump to one of them parses."""
+    from ipt2xdp.errors import ParseError
+    from ipt2xdp.parse import parse
+
+    known = ruleset.table(table)
+    if known is None or known.chain(chain) is None:
+        return None
+    declared = "".join(f":{c.name} {c.policy or '-'} [0:0]\n" for c in known.chains)
+    try:
+        return parse(f"*{table}\n{declared}{line}\nCOMMIT\n", "<rule spec>").table(table).chain(chain).rules
+    except ParseError:
+        return None
+
+
 def rule_matcher(ruleset):
     """predicted_text()'s matching_rule for the ruleset parsed from the text: the first rule of the
     chain that renders as the rule line parsed does (what `-D CHAIN <spec>` deletes, as far as the
@@ -247,20 +264,13 @@ def rule_matcher(ruleset):
         return by_text[key]
 
     def matching_rule(table: str, chain: str, line: str) -> Optional[int]:
-        from ipt2xdp.errors import ParseError
-        from ipt2xdp.parse import parse
         from ipt2xdp.render import render_rule
 
         texts = index(table, chain)
         if texts is None:
             return None
-        known = ruleset.table(table)
-        declared = "".join(f":{c.name} {c.policy or '-'} [0:0]\n" for c in known.chains)
-        try:
-            parsed = parse(f"*{table}\n{declared}{line}\nCOMMIT\n", "<rule spec>").table(table).chain(chain).rules
-        except ParseError:
-            return None
-        if len(parsed) != 1:
+        parsed = parsed_rule_line(ruleset, table, chain, line)
+        if parsed is None or len(parsed) != 1:
             return None
         return texts.get(render_rule(parsed[0]))
     matching_rule.index = index
