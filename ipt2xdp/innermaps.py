@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 from ipt2xdp import abi, fastcount, libbpf
 from ipt2xdp.compile import Tables
 from ipt2xdp.mapread import read_hash
-from ipt2xdp.mapwrite import WRITTEN, Written, array_rewrite, hash_rewrite, nonzero_entries, u32
+from ipt2xdp.mapwrite import WRITTEN, Written, array_rewrite, entries, hash_rewrite, nonzero_entries, u32
 
 
 class InnerMaps:
@@ -111,13 +111,9 @@ class InnerMaps:
                 size, value_size = shape.key_size, shape.value_size
                 # The plan's values of the entries written: the changed ones, and, only if the
                 # program counted in some, every entry (most flips find none: no dict of them all)
-                new = (dict(zip((keys[i:i + size] for i in range(0, len(keys), size)),
-                                (values[i:i + value_size] for i in range(0, len(values), value_size))))
-                       if recount else
-                       dict(zip((changed_keys[i:i + size] for i in range(0, len(changed_keys), size)),
-                                (changed_values[i:i + value_size] for i in range(0, len(changed_values), value_size)))))
-                changed = [changed_keys[i:i + size] for i in range(0, len(changed_keys), size)]
-                write, plan_values = fastcount.rewrite_set(new, changed, recount)
+                changed_entries = entries(changed_keys, changed_values, size, value_size)
+                new = entries(keys, values, size, value_size) if recount else changed_entries
+                write, plan_values = fastcount.rewrite_set(new, list(changed_entries), recount)
                 changed_keys, changed_values, count = b"".join(write), fastcount.expand(plan_values, shape, ncpus), len(write)
             libbpf.update_batch(fd, changed_keys, changed_values, count, what)
         return Written(known.map_id, max_entries, keys, values)

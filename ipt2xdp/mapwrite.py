@@ -182,7 +182,11 @@ def _common_run(old_keys: bytes, new_keys: bytes, old_values: bytes, new_values:
     return low
 
 
-def _entries(keys: bytes, values: bytes, key_size: int, value_size: int, run: range) -> Dict[bytes, bytes]:
+def entries(keys: bytes, values: bytes, key_size: int, value_size: int,
+            run: Optional[range] = None) -> Dict[bytes, bytes]:
+    """{key: value} of packed entries (those of run, by index; all of them without one)."""
+    if run is None:
+        run = range(len(keys) // key_size)
     return {keys[n * key_size:(n + 1) * key_size]: values[n * value_size:(n + 1) * value_size] for n in run}
 
 
@@ -201,20 +205,20 @@ def _run_diff(known: Written, keys: bytes, values: bytes, key_size: int, value_s
     """The rewrite from the differing runs alone, or None where that may not be the whole map's:
     a key of either run that is an entry outside it in either generation (within a run, the last
     of a repeated key wins, as in the whole map)."""
-    old = _entries(known.keys, known.values, key_size, value_size, old_run)
-    new = _entries(keys, values, key_size, value_size, new_run)
+    old = entries(known.keys, known.values, key_size, value_size, old_run)
+    new = entries(keys, values, key_size, value_size, new_run)
     for key in set(old) | set(new):
         if _elsewhere(known.keys, key, key_size, old_run) or _elsewhere(keys, key, key_size, new_run):
             return None
-    stale = [key for key in old if key not in new]
-    changed = [key for key, value in new.items() if old.get(key) != value]
-    return stale, b"".join(changed), b"".join(new[key] for key in changed), len(changed)
+    return _diff(old, new)
 
 
 def _whole_diff(old_keys: bytes, old_values: bytes, keys: bytes, values: bytes, key_size: int,
                 value_size: int) -> Tuple[List[bytes], bytes, bytes, int]:
-    old = _entries(old_keys, old_values, key_size, value_size, range(len(old_keys) // key_size))
-    new = _entries(keys, values, key_size, value_size, range(len(keys) // key_size))
+    return _diff(entries(old_keys, old_values, key_size, value_size), entries(keys, values, key_size, value_size))
+
+
+def _diff(old: Dict[bytes, bytes], new: Dict[bytes, bytes]) -> Tuple[List[bytes], bytes, bytes, int]:
     stale = [key for key in old if key not in new]
     changed = [key for key, value in new.items() if old.get(key) != value]
     return stale, b"".join(changed), b"".join(new[key] for key in changed), len(changed)
