@@ -23,11 +23,10 @@ atomic, and `watch` never compiles in two threads at once (predict.py) anyway.
 """
 from __future__ import annotations
 
-import itertools
 import operator
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ipt2xdp import fastpath, tuplefast
+from ipt2xdp import fastpath, identitymemo, tuplefast
 
 # Facts.kind: how the match constrains the source
 SINGLE = 0        # one address (Facts.point)
@@ -40,7 +39,6 @@ UNSOURCED = 3     # no source, and not the destination alone (it meets every sou
 # match constrains the protocol or the destination (else None: a source-only match is a prefix)
 Facts = Tuple[object, int, Optional[int], bool, Optional[tuple]]
 FACTS: Dict[int, Facts] = {}  # id(match) -> its Facts
-_MISSING = (None,)
 
 
 def derive(match) -> Facts:
@@ -58,16 +56,8 @@ def derive(match) -> Facts:
 
 
 def facts_of(rules: Sequence) -> List[Facts]:
-    """The Facts of each rule's match, in order: looked up by identity in C-level passes, derived
-    (and kept) for the matches not seen before."""
-    matches = list(map(operator.attrgetter("match"), rules))
-    found = list(map(FACTS.get, map(id, matches), itertools.repeat(_MISSING)))
-    served = list(map(operator.is_, map(operator.itemgetter(0), found), matches))
-    if not all(served):
-        for index in itertools.compress(range(len(served)), map(operator.not_, served)):
-            match = matches[index]
-            found[index] = FACTS[id(match)] = derive(match)
-    return found
+    """The Facts of each rule's match, in order (identitymemo.kept)."""
+    return identitymemo.kept(FACTS, list(map(operator.attrgetter("match"), rules)), derive)
 
 
 FIELD_BITS: Dict[int, Tuple[object, int]] = {}  # id(match) -> (match, compile._match_fields(match))
@@ -75,13 +65,7 @@ FIELD_BITS: Dict[int, Tuple[object, int]] = {}  # id(match) -> (match, compile._
 
 def field_bits(matches: List, derive) -> List[int]:
     """derive(match) of each match (compile's fields a slot constrains), kept as FACTS are."""
-    found = list(map(FIELD_BITS.get, map(id, matches), itertools.repeat(_MISSING)))
-    served = list(map(operator.is_, map(operator.itemgetter(0), found), matches))
-    if not all(served):
-        for index in itertools.compress(range(len(served)), map(operator.not_, served)):
-            match = matches[index]
-            found[index] = FIELD_BITS[id(match)] = (match, derive(match))
-    return list(map(operator.itemgetter(1), found))
+    return list(map(operator.itemgetter(1), identitymemo.kept(FIELD_BITS, matches, lambda m: (m, derive(m)))))
 
 
 def trim(rules: int) -> None:

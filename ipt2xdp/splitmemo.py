@@ -20,15 +20,13 @@ A planner that keeps no TERM_MEMO (a one-shot import) does not use this (plan.py
 """
 from __future__ import annotations
 
-import itertools
 import operator
 from typing import Dict, List, Sequence, Tuple
 
-from ipt2xdp import jumppaths
+from ipt2xdp import identitymemo, jumppaths
 
 # tuple of id(way.match) -> (the ways' matches, {id(match): (match, ((part, way index), ...))})
 SPLITS: Dict[tuple, Tuple[tuple, dict]] = {}
-_MISSING = (None,)
 
 
 def splits(history: jumppaths.History, matches: Sequence, rule_refs: Sequence) -> List[list]:
@@ -39,14 +37,8 @@ def splits(history: jumppaths.History, matches: Sequence, rule_refs: Sequence) -
     table = SPLITS.get(key)
     if table is None or not all(map(operator.is_, table[0], way_matches)):
         table = SPLITS[key] = (way_matches, {})
-    known = table[1]
-    found = list(map(known.get, map(id, matches), itertools.repeat(_MISSING)))
-    served = list(map(operator.is_, map(operator.itemgetter(0), found), matches))
-    if not all(served):
-        for index in itertools.compress(range(len(found)), map(operator.not_, served)):
-            match = matches[index]
-            parts = tuple((part, way) for part, _, way in jumppaths.split(history, match))
-            found[index] = known[id(match)] = (match, parts)
+    found = identitymemo.kept(table[1], matches, lambda match: (
+        match, tuple((part, way) for part, _, way in jumppaths.split(history, match))))
     # the refs of the way each part came by: None past MAX_SPLITS (the deferred rest), () for no way
     refs = {index: way.refs for index, way in enumerate(history)}
     refs[len(history)], refs[None] = (), None
