@@ -12,6 +12,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from ipt2xdp import ir
 from ipt2xdp.classifier import ALL_CT, FIELD_NAMES, ClassifierRule, CtClass, Match, Verdict
+from ipt2xdp.identitymemo import common_prefix
 from ipt2xdp.terms import unknown_why
 
 OK_WHY = {
@@ -199,7 +200,7 @@ def reachable(rules: Sequence[ClassifierRule], remember: bool = False) -> List[b
     global _CONSTRAINED, _LAST
     last, _LAST = _LAST, None
     known = _CONSTRAINED
-    start = _common_prefix(last[0], rules) if remember and last is not None and len(known) <= 2 * len(rules) + 1000 else 0
+    start = common_prefix(last[0], rules) if remember and last is not None and len(known) <= 2 * len(rules) + 1000 else 0
     if start:
         _, answers, adds, resets, continues = last
         out = answers[:start]
@@ -242,13 +243,6 @@ def reachable(rules: Sequence[ClassifierRule], remember: bool = False) -> List[b
     if remember:
         _LAST = (tuple(rules), out[:], adds, resets, continues)
     return out
-
-
-def _common_prefix(old: Sequence[ClassifierRule], new: Sequence[ClassifierRule]) -> int:
-    """How many leading rules of new equal those of old (the same objects mostly)."""
-    from ipt2xdp.report import common_prefix
-
-    return common_prefix(old, new)
 
 
 def decide(ruleset: ir.Ruleset, rules, paths, codes, guards: int, remarks, reuse=None, prefix=None):

@@ -5,12 +5,13 @@ compiles of a long-lived planner (matchmemo.py, splitmemo.py).
 An entry is keyed by id(obj) and holds obj itself as its first item: while the entry lives no other
 object can have that id, and a lookup serves it only for the very object asked about. An equal
 object that is another one is derived anew (to the same value). Hashing the objects instead would
-hash every field, about as slow as deriving the value."""
+hash every field, about as slow as deriving the value. And where a re-plan's lists start with the
+very objects of the last one's: identical_prefix, common_prefix."""
 from __future__ import annotations
 
 import itertools
 import operator
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 _MISSING = (None,)
 
@@ -25,3 +26,27 @@ def kept(table: Dict[int, tuple], objects: Sequence, make: Callable[[object], tu
             obj = objects[index]
             found[index] = table[id(obj)] = make(obj)
     return found
+
+
+def identical_prefix(old: Sequence, new: Sequence, limit: Optional[int] = None) -> int:
+    """How many leading items of new (at most limit) are the very objects of old."""
+    most = min(len(old), len(new)) if limit is None else max(min(len(old), len(new), limit), 0)
+    return next(itertools.compress(itertools.count(), map(operator.is_not, itertools.islice(old, most),
+                                                           itertools.islice(new, most))), most)
+
+
+# common_prefix compares at most this many items that are other objects by value (Python-level,
+# like building their records): a longer prefix of equal copies is not worth taking.
+MAX_EQUAL_COPIES = 64
+
+
+def common_prefix(old: Sequence, new: Sequence) -> int:
+    """How many leading items of new equal those of old (a shorter answer is never wrong, only
+    takes less): the very objects, scanned for in C, and up to MAX_EQUAL_COPIES other objects
+    of equal value (a re-plan makes some again, such as the policy's decision)."""
+    limit = min(len(old), len(new))
+    others = itertools.compress(itertools.count(), map(operator.is_not, old, new))  # other objects' positions
+    for index in itertools.islice(others, MAX_EQUAL_COPIES):
+        if new[index] != old[index]:
+            return index
+    return next(others, limit)

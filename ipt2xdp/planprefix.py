@@ -33,11 +33,11 @@ tests/test_plan_prefix.py plans each kind of edit both ways and compares.
 from __future__ import annotations
 
 from collections import deque
-from itertools import compress, count, islice
-from operator import is_not
+from itertools import islice
 from typing import List, Optional, Tuple
 
 from ipt2xdp import irtargets
+from ipt2xdp.identitymemo import identical_prefix
 
 # The Prefix objects plans have replaced, waiting to be freed: at 10k rules one holds a whole plan
 # (10-20 ms to free), which plan() should not spend. import_._offload hands them to its caller with
@@ -99,7 +99,7 @@ def resume(previous: Optional[Prefix], em, max_rules: int, guards: tuple, chain)
     old, new = previous.recorder.rules, chain.rules
     # the new chain's last rule is planned afresh (closed); the first other object ends the run
     limit = min(len(old), len(new) - 1)
-    k = next(compress(count(), map(is_not, islice(old, limit), islice(new, limit))), max(limit, 0))
+    k = identical_prefix(old, new, limit)
     if k == 0 or guards != previous.guards:
         return 0
     start = len(em.rules)

@@ -13,8 +13,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from itertools import compress, count
-from operator import is_, is_not
+from operator import is_
 from typing import Optional, Tuple
 
 from ipt2xdp import pins
@@ -99,9 +98,9 @@ def _encoded_from(record: dict, kept: dict) -> str:
 
 def _same_start(old, new) -> int:
     """How many leading items of the list new are the very objects of the list old."""
-    if not old or not new:
-        return 0
-    return next(compress(count(), map(is_not, old, new)), min(len(old), len(new)))  # the first other one
+    from ipt2xdp.identitymemo import identical_prefix
+
+    return identical_prefix(old or (), new or ())
 
 
 def _list_json(items: list, same: int, old_pieces) -> Tuple[str, list]:

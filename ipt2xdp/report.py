@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-from itertools import compress, count, islice, repeat
-from operator import attrgetter, eq, is_not
+from itertools import compress, repeat
+from operator import attrgetter, eq
 from typing import Dict, List, Optional, Sequence
 
+from ipt2xdp.identitymemo import common_prefix
 from ipt2xdp.plan import Decision, Plan
 
 KIND_LABEL = {"xdp": "XDP", "partial": "XDP (some)", "netfilter": "netfilter"}
@@ -84,22 +85,6 @@ def decision_records(plan: Plan, kept: Optional[dict] = None) -> List[dict]:
         kept["decisions"], kept["records"] = decisions, out[:]
     return out
 
-
-# common_prefix compares at most this many items that are other objects by value (Python-level,
-# like building their records): a longer prefix of equal copies is not worth taking.
-MAX_EQUAL_COPIES = 64
-
-
-def common_prefix(old: Sequence, new: Sequence) -> int:
-    """How many leading items of new equal those of old (a shorter answer is never wrong, only
-    takes less): the very objects, scanned for in C, and up to MAX_EQUAL_COPIES other objects
-    of equal value (a re-plan makes some again, such as the policy's decision)."""
-    limit = min(len(old), len(new))
-    others = compress(count(), map(is_not, old, new))  # the positions of other objects, in order
-    for index in islice(others, MAX_EQUAL_COPIES):
-        if new[index] != old[index]:
-            return index
-    return next(others, limit)
 
 
 def as_json(plan: Plan, loaded: Optional[Sequence[dict]] = None, extra: Optional[dict] = None,

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from ipt2xdp import decisions, planprefix, planstore, report
+from ipt2xdp import decisions, identitymemo, planprefix, planstore, report
 from ipt2xdp import plan as planner
 from ipt2xdp.parse import ParseMemo, parse
 from tests.fingerprint import HOSTS
@@ -209,20 +209,23 @@ def test_reachable_remembered_prefix_equals_a_fresh_answer():
 
 def test_common_prefix_takes_equal_objects_and_stops_at_the_first_other_value():
     a, b, c = [1000 + 1], [1000 + 2], [1000 + 3]
-    assert report.common_prefix([a, b, c], [a, b, c]) == 3
-    assert report.common_prefix([a, b, c], [a, list(b), c]) == 3  # equal, not the same object
-    assert report.common_prefix([a, b, c], [a, c, b]) == 1
-    assert report.common_prefix([a, b], [a, b, c]) == 2
-    assert report.common_prefix([], [a]) == 0
+    assert identitymemo.common_prefix([a, b, c], [a, b, c]) == 3
+    assert identitymemo.common_prefix([a, b, c], [a, list(b), c]) == 3  # equal, not the same object
+    assert identitymemo.common_prefix([a, b, c], [a, c, b]) == 1
+    assert identitymemo.common_prefix([a, b], [a, b, c]) == 2
+    assert identitymemo.common_prefix([], [a]) == 0
     assert planstore._same_start([a, b, c], [a, list(b), c]) == 1  # the very objects only
     assert planstore._same_start([a, b], [a, b, c]) == 2
+    assert planstore._same_start(None, [a]) == 0
+    assert identitymemo.identical_prefix([a, b, c], [a, b, c], limit=2) == 2  # planprefix: never the last rule
+    assert identitymemo.identical_prefix([a, b], [a], limit=-1) == 0
 
 
 def test_common_prefix_compares_a_bounded_number_of_copies():
-    items = [[i] for i in range(report.MAX_EQUAL_COPIES + 10)]
+    items = [[i] for i in range(identitymemo.MAX_EQUAL_COPIES + 10)]
     copies = [list(item) for item in items]
-    assert report.common_prefix(items, copies) == report.MAX_EQUAL_COPIES  # shorter, never longer
-    assert report.common_prefix(items, copies[:5] + items[5:]) == len(items)
+    assert identitymemo.common_prefix(items, copies) == identitymemo.MAX_EQUAL_COPIES  # shorter, never longer
+    assert identitymemo.common_prefix(items, copies[:5] + items[5:]) == len(items)
 
 
 def test_set_rules_before_the_change_guard_the_drops_after_it(warm):

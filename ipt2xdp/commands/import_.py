@@ -370,7 +370,7 @@ def _path_records(paths, kept=None) -> list:
     """Each counter path as [[table, chain, index], ...]. kept: as report.decision_records' (the
     path tuples a re-plan takes from the last plan, planprefix, are the same objects); the lists
     are read-only."""
-    from ipt2xdp.report import common_prefix
+    from ipt2xdp.identitymemo import common_prefix
 
     start, out = 0, []
     if kept:
