@@ -58,13 +58,44 @@ def _is_bpffs(path: str) -> bool:
 
 
 def bpffs_root() -> str:
-    """The bpffs mount to pin under; LoadError if none is reachable."""
+    """The bpffs mount to pin under, mounted at /sys/fs/bpf when none is (as bpftool and libxdp do:
+    a host booted without systemd has none); LoadError if none is reachable or can be mounted."""
     override = os.environ.get("IPT2XDP_BPFFS")
-    for path in ((override,) if override else _candidates()):
+    if override:
+        if _is_bpffs(override):
+            return override
+        raise LoadError(f"IPT2XDP_BPFFS={override} is not a BPF filesystem", errno.ENOENT,
+                        f"mount one there with: mount -t bpf bpf {override}, or unset IPT2XDP_BPFFS")
+    for path in _candidates():
         if _is_bpffs(path):
             return path
-    raise LoadError("no BPF filesystem at /sys/fs/bpf", errno.ENOENT,
-                    "mount it with: mount -t bpf bpf /sys/fs/bpf")
+    return mount_bpffs()
+
+
+def _same_mount_namespace_as_parent() -> bool:
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino == os.stat(f"/proc/{os.getppid()}/ns/mnt").st_ino
+    except OSError:
+        return True
+
+
+def mount_bpffs(path: str = "/sys/fs/bpf") -> str:
+    """Mount bpffs at path and return it.
+
+    Only in the caller's own mount namespace: under `ip netns exec` (a private namespace our parent
+    is not in) a mount would be a new instance that vanishes with the command, taking the pins with
+    it, so the user is told to mount it on the host instead.
+    """
+    hint = f"mount it with: mount -t bpf bpf {path}"
+    if not _same_mount_namespace_as_parent():
+        raise LoadError(f"no BPF filesystem at {path} in the host's mount namespace", errno.ENOENT,
+                        f"{hint} outside `ip netns exec`")
+    libc = ctypes.CDLL(None, use_errno=True)
+    # mode=0700 as libxdp mounts it: pinned maps hold the firewall's decisions.
+    if libc.mount(b"bpf", path.encode(), b"bpf", 0, b"mode=0700") != 0:
+        err = ctypes.get_errno()
+        raise LoadError(f"no BPF filesystem at {path}, and mounting one failed", err, hint)
+    return path
 
 
 SO_NETNS_COOKIE = 71  # Linux >= 5.14

@@ -122,4 +122,4 @@ def test_missing_bpffs_is_a_one_line_error(monkeypatch, tmp_path):
     monkeypatch.setenv("IPT2XDP_BPFFS", str(tmp_path))
     with pytest.raises(LoadError) as info:
         pins.pin_dir()
-    assert "mount -t bpf bpf /sys/fs/bpf" in str(info.value) and "\n" not in str(info.value)
+    assert f"mount -t bpf bpf {tmp_path}" in str(info.value) and "\n" not in str(info.value)
