@@ -130,7 +130,7 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
     require_root()
     devices.check_mode(mode)
     indexes = {name: devices.ifindex(name) for name in ifaces}  # fail on a missing device first
-    directory = pins.pin_dir()
+    directory = pins.pin_dir(mount=True)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     with pins.lock():
         _remove_stale_tmp(directory)

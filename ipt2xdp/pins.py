@@ -57,9 +57,11 @@ def _is_bpffs(path: str) -> bool:
     return (buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
 
 
-def bpffs_root() -> str:
-    """The bpffs mount to pin under, mounted at /sys/fs/bpf when none is (as bpftool and libxdp do:
-    a host booted without systemd has none); LoadError if none is reachable or can be mounted."""
+def bpffs_root(mount: bool = False) -> str:
+    """The bpffs mount to pin under; with mount (a load about to pin), mounted at /sys/fs/bpf when
+    none is (as bpftool and libxdp do: a host booted without systemd has none), while readers and
+    the wrapper's pass-through leave the host's mounts alone. LoadError if none can be mounted, or
+    IPT2XDP_BPFFS names no bpffs."""
     override = os.environ.get("IPT2XDP_BPFFS")
     if override:
         if _is_bpffs(override):
@@ -69,7 +71,8 @@ def bpffs_root() -> str:
     for path in _candidates():
         if _is_bpffs(path):
             return path
-    return mount_bpffs()
+    # No bpffs, so nothing pinned: readers find no pins under the unmounted path ("not loaded").
+    return mount_bpffs() if mount else "/sys/fs/bpf"
 
 
 def _same_mount_namespace_as_parent() -> bool:
@@ -170,8 +173,9 @@ def _remove_state_files(netns: int) -> None:
             os.unlink(path)
 
 
-def pin_dir(root: Optional[str] = None, netns: Optional[int] = None) -> str:
-    return os.path.join(root or bpffs_root(), "ipt2xdp", str(netns if netns is not None else netns_id()))
+def pin_dir(root: Optional[str] = None, netns: Optional[int] = None, mount: bool = False) -> str:
+    """mount: see bpffs_root()."""
+    return os.path.join(root or bpffs_root(mount), "ipt2xdp", str(netns if netns is not None else netns_id()))
 
 
 def lock_path(netns: Optional[int] = None) -> str:
