@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 
 all: bpf venv
 
+# The XDP objects, and the wrapper's native launcher (launcher/) beside them.
 bpf:
 	@$(MAKE) -s -C bpf
+	@$(MAKE) -s -C launcher
 
 $(VENV)/.stamp: setup.cfg setup.py pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +52,7 @@ bench-quick: bpf venv $(VENV)/.bench-stamp
 
 clean:
 	@$(MAKE) -s -C bpf clean
+	@$(MAKE) -s -C launcher clean
 	rm -rf $(VENV) build *.egg-info
 
 .PHONY: all bpf venv demo test compat-long compat-long-forwarding compat-updates bench bench-quick clean

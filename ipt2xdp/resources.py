@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Locate the files that ship with the package: the lark grammar and the compiled BPF objects.
+"""Locate the files that ship with the package: the lark grammar, the compiled BPF objects and the
+wrapper's native launcher.
 
 An installed package carries them in ipt2xdp/_data (copied by setup.py); an editable install or a
 source checkout finds them in the repository's grammar/ and bpf/ directories.
@@ -27,3 +28,9 @@ def grammar_path(name: str = "iptables_save.lark") -> Path:
 
 def bpf_object_path(name: str = "ipt2xdp.bpf.o") -> Path:
     return _find(name, "bpf", "build it with `make bpf` (needs clang and libbpf-dev) or reinstall the package")
+
+
+def launcher_path() -> Path:
+    """The wrapper's native launcher (launcher/launch.c), which `ipt2xdp alternatives install` puts
+    beside the Python wrapper."""
+    return _find("ipt2xdp-launch", "launcher", "build it with `make bpf` (needs a C compiler) or reinstall the package")

@@ -47,30 +47,55 @@ def world(tmp_path):
     return run, ua, sbin, bin_, tmp_path
 
 
-def test_install_points_all_names_at_the_wrapper_and_remove_restores(world):
+def test_install_points_all_names_at_the_launcher_and_remove_restores(world):
+    from ipt2xdp import resources
+
     run, ua, sbin, bin_, tmp = world
     r = run("install")
     assert r.returncode == 0, r.stderr
+    launcher = bin_ / "ipt2xdp-launch"
+    assert launcher.read_bytes() == resources.launcher_path().read_bytes() and os.access(launcher, os.X_OK)
     for name in ("iptables", "iptables-save", "iptables-restore"):
-        assert os.path.realpath(sbin / name) == str(bin_ / f"ipt2xdp-{name}")
+        assert os.path.realpath(sbin / name) == str(launcher)
     state = json.loads((tmp / "state.json").read_text())
     assert state["backend"] == "nft" and state["previous_value"] == "/usr/sbin/iptables-nft"
     status = json.loads(run("status", "--json").stdout)
-    assert status["installed"] and status["selected"] and status["recorded"]["backend"] == "nft"
+    assert status["installed"] and status["selected"] and status["launcher"]
+    assert status["recorded"]["backend"] == "nft"
     assert run("install").returncode == 0  # idempotent
     r = run("remove")
     assert r.returncode == 0, r.stderr
     assert os.path.realpath(sbin / "iptables") == os.path.realpath("/usr/sbin/iptables-nft")
     assert os.readlink(os.readlink(sbin / "iptables-save")) == "/usr/sbin/iptables-nft-save"
     assert "ipt2xdp" not in ua("--query", "iptables")
-    assert not (tmp / "state.json").exists()
+    assert not (tmp / "state.json").exists() and not launcher.exists()
+
+
+def test_no_launcher_registers_the_python_wrapper_and_install_swaps_it(world):
+    run, ua, sbin, bin_, tmp = world
+    ua("--set", "iptables", "/usr/sbin/iptables-legacy")
+    assert run("install", "--no-launcher").returncode == 0
+    for name in ("iptables", "iptables-save", "iptables-restore"):
+        assert os.path.realpath(sbin / name) == str(bin_ / f"ipt2xdp-{name}")
+    assert not json.loads(run("status", "--json").stdout)["launcher"]
+    # Installed again without the option: the launcher replaces it, and what came before us stays recorded.
+    r = run("install")
+    assert r.returncode == 0, r.stderr
+    assert os.path.realpath(sbin / "iptables-save") == str(bin_ / "ipt2xdp-launch")
+    state = json.loads((tmp / "state.json").read_text())
+    assert (state["backend"], state["previous_value"], state["previous_status"]) == \
+        ("legacy", "/usr/sbin/iptables-legacy", "manual")
+    assert ua("--query", "iptables").count("Alternative: ") == 3  # legacy, nft, ours: the Python one removed
+    assert run("remove").returncode == 0
+    assert os.readlink(os.readlink(sbin / "iptables")) == "/usr/sbin/iptables-legacy"
+    assert "ipt2xdp" not in ua("--query", "iptables")
 
 
 def test_a_manual_legacy_selection_is_recorded_and_restored(world):
     run, ua, sbin, bin_, tmp = world
     ua("--set", "iptables", "/usr/sbin/iptables-legacy")
     assert run("install").returncode == 0
-    assert os.path.realpath(sbin / "iptables") == str(bin_ / "ipt2xdp-iptables")
+    assert os.path.realpath(sbin / "iptables") == str(bin_ / "ipt2xdp-launch")
     assert json.loads((tmp / "state.json").read_text())["backend"] == "legacy"
     assert run("remove").returncode == 0
     assert os.readlink(os.readlink(sbin / "iptables")) == "/usr/sbin/iptables-legacy"

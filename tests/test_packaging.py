@@ -18,6 +18,9 @@ def test_wheel_contains_grammar_and_bpf_object(tmp_path):
     for grammar in (ROOT / "grammar").glob("*.lark"):
         assert f"ipt2xdp/_data/{grammar.name}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
+    # The native launcher `ipt2xdp alternatives install` puts behind the iptables names: built, executable.
+    launcher = zipfile.ZipFile(wheel).getinfo("ipt2xdp/_data/ipt2xdp-launch")
+    assert zipfile.ZipFile(wheel).read(launcher).startswith(b"\x7fELF") and (launcher.external_attr >> 16) & 0o111
     # The wrapper's launchers: plain scripts (pip writes the interpreter into "#!python" on install)
     # that import the wrapper alone, not console_scripts launchers (those import re on every call).
     for tool in ("ipt2xdp-iptables", "ipt2xdp-iptables-save", "ipt2xdp-iptables-restore"):

@@ -140,9 +140,9 @@ def test_changes_are_served_by_the_watcher_and_planned_once(watched):
 OTHER_WRITER = """
 import json, subprocess, sys
 from ipt2xdp import wrapper
-from ipt2xdp.wrapper import client, cmdline, sync
+from ipt2xdp.wrapper import client, cmdline, route, sync
 backend, args, other = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-change = wrapper._rule_change(cmdline.parse_iptables(args), backend)
+change = route.rule_change(cmdline.parse_iptables(args), backend)
 change["args"] = args
 def command():
     rc = subprocess.run([f"iptables-{backend}", *args]).returncode

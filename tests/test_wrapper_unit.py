@@ -2,7 +2,7 @@
 """The wrapper's pure parts: what a command line asks for, and counter rewriting in iptables' format."""
 import pytest
 
-from ipt2xdp.wrapper import cmdline, realbin, rewrite
+from ipt2xdp.wrapper import cmdline, realbin, rewrite, route
 
 
 @pytest.mark.parametrize("args, changing, read_only", [
@@ -105,11 +105,10 @@ def test_the_change_record_is_countmaps(args, backend):
     what Change.to_json() gives for the same command (the watcher and the counts read it back)."""
     import json
 
-    from ipt2xdp import wrapper
     from ipt2xdp.wrapper.countmap import Change
 
     cmd = cmdline.parse_iptables(args)
-    record = wrapper._rule_change(cmd, backend)
+    record = route.rule_change(cmd, backend)
     letters = sorted(cmd.commands & set("ADRINEPFX"))
     expected = Change(table=cmd.table, command=letters[0] if len(letters) == 1 else "", chain=cmd.chain,
                       rulenum=cmd.position, new_chain=cmd.new_chain, legacy=backend == "legacy")

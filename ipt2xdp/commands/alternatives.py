@@ -8,6 +8,10 @@ binaries and an iptables upgrade cannot silently drop the wrapper (priority 100 
 target: the iptables-save/-restore slaves get the wrapper, any other (ip6tables*) keeps the path
 the previously selected alternative gave it, so IPv6 tools keep working unchanged.
 
+What is registered is the native launcher (launcher/launch.c), copied beside the Python wrapper as
+ipt2xdp-launch, for all three names: it starts in a millisecond and hands the call to `ipt2xdp
+watch` when one runs, else runs the Python wrapper (`--no-launcher` registers that one instead).
+
 Before switching, the backend the group pointed to is recorded (realbin.STATE_FILE): the wrapper
 runs that real binary, since `iptables` is the wrapper itself afterwards. remove restores the
 previous selection (manual or auto).
@@ -34,6 +38,8 @@ HELP = "register the iptables wrapper with update-alternatives (install, remove,
 GROUP = "iptables"
 IPV6_GROUP = "ip6tables"  # Debian: its own group, left as it is (see the module docstring)
 PRIORITY = 100
+LAUNCHER = "ipt2xdp-launch"
+OURS = ("ipt2xdp-iptables", LAUNCHER)  # what install registers: the native launcher, or the Python wrapper
 
 
 def add_arguments(parser):
@@ -44,6 +50,8 @@ def add_arguments(parser):
     parser.add_argument("--wrapper-dir", help="where ipt2xdp-iptables* are (default: beside this python)")
     parser.add_argument("--state", help="where to record the previous backend (default /var/lib/ipt2xdp)")
     parser.add_argument("--json", action="store_true", help="status as JSON")
+    parser.add_argument("--no-launcher", action="store_true",
+                        help="register the Python wrapper itself, not the native launcher in front of it")
 
 
 def _ua(args) -> List[str]:
@@ -124,6 +132,35 @@ def _state_file(args) -> str:
     return realbin.STATE_FILE
 
 
+def _read_state(args) -> Dict:
+    try:
+        with open(_state_file(args)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _launcher(args, directory: str) -> Optional[str]:
+    """The native launcher (launcher/launch.c), copied beside the Python wrapper it falls back to
+    (again on every install: an upgrade brings a new one); None with --no-launcher or when it was
+    not built (the Python wrapper is registered then, as it says)."""
+    if args.no_launcher:
+        return None
+    from ipt2xdp import resources
+    from ipt2xdp.errors import Ipt2xdpError
+
+    try:
+        source = resources.launcher_path()
+    except Ipt2xdpError as error:
+        print(f"ipt2xdp: {error}; registering the Python wrapper, which starts slower")
+        return None
+    target = os.path.join(directory, LAUNCHER)
+    shutil.copyfile(source, target + ".tmp")
+    os.chmod(target + ".tmp", 0o755)
+    os.replace(target + ".tmp", target)
+    return target
+
+
 def install(args) -> int:
     group = query(args)
     if group is None:
@@ -131,26 +168,34 @@ def install(args) -> int:
 
         raise Ipt2xdpError("no `iptables` alternatives group: is the iptables package installed?")
     directory = _wrapper_dir(args)
-    wrapper = os.path.join(directory, "ipt2xdp-iptables")
+    launcher = _launcher(args, directory)
+    wrapper = launcher or os.path.join(directory, "ipt2xdp-iptables")
     if group.get("value") == wrapper:
         print(f"ipt2xdp: {wrapper} is already the iptables alternative")
         return 0
-    backend = _backend_of(group.get("value"))
+    recorded = _read_state(args)
+    if os.path.basename(group.get("value") or "") in OURS and recorded.get("backend"):
+        # Registered before with the other of our two programs: swap it, keeping what came before us.
+        _call(args, "--remove", GROUP, group["value"])
+        group = query(args) or group
+        backend, previous = recorded["backend"], recorded.get("previous_value")
+        previous_status = recorded.get("previous_status")
+    else:
+        backend, previous, previous_status = _backend_of(group.get("value")), group.get("value"), group.get("status")
     if backend is None:
         from ipt2xdp.errors import Ipt2xdpError
 
         raise Ipt2xdpError(f"iptables points to {group.get('value')}, neither -nft nor -legacy; not touching it")
-    previous_slaves = group["alternatives"].get(group.get("value"), {}).get("slaves", {})
+    previous_slaves = group["alternatives"].get(previous, {}).get("slaves", {})
     extra: List[str] = []
     for name, link in sorted(group["slaves"].items()):
         if name in ("iptables-save", "iptables-restore"):
-            target = os.path.join(directory, f"ipt2xdp-{name}")
+            target = launcher or os.path.join(directory, f"ipt2xdp-{name}")
         else:
             target = previous_slaves.get(name)  # ip6tables* on Fedora: keep the real ones
         if target:
             extra += ["--slave", link, name, target]
-    state = {"backend": backend, "previous_value": group.get("value"), "previous_status": group.get("status"),
-             "wrapper": wrapper}
+    state = {"backend": backend, "previous_value": previous, "previous_status": previous_status, "wrapper": wrapper}
     path = _state_file(args)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -186,15 +231,15 @@ def _ipv6_note(args, backend: Optional[str]) -> Optional[str]:
 
 def remove(args) -> int:
     path = _state_file(args)
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        state = {}
+    state = _read_state(args)
     group = query(args) or {}
     wrapper = state.get("wrapper") or os.path.join(_wrapper_dir(args), "ipt2xdp-iptables")
-    if wrapper in group.get("alternatives", {}):
-        _call(args, "--remove", GROUP, wrapper)
+    for registered in group.get("alternatives", {}):
+        if registered == wrapper or os.path.dirname(registered) == os.path.dirname(wrapper) \
+                and os.path.basename(registered) in OURS:
+            _call(args, "--remove", GROUP, registered)
+    if os.path.basename(wrapper) == LAUNCHER and os.path.exists(wrapper):
+        os.unlink(wrapper)  # our copy (install made it)
     previous = state.get("previous_value")
     if state.get("previous_status") == "manual" and previous:
         _call(args, "--set", GROUP, previous)
@@ -209,20 +254,17 @@ def remove(args) -> int:
 
 def status(args) -> int:
     group = query(args) or {}
-    path = _state_file(args)
-    try:
-        with open(path) as f:
-            state: Dict = json.load(f)
-    except (OSError, ValueError):
-        state = {}
-    installed = any(os.path.basename(p) == "ipt2xdp-iptables" for p in group.get("alternatives", {}))
-    info = {"installed": installed, "selected": os.path.basename(group.get("value") or "") == "ipt2xdp-iptables",
+    state = _read_state(args)
+    installed = any(os.path.basename(p) in OURS for p in group.get("alternatives", {}))
+    selected = os.path.basename(group.get("value") or "")
+    info = {"installed": installed, "selected": selected in OURS, "launcher": selected == LAUNCHER,
             "value": group.get("value"), "status": group.get("status"), "recorded": state, "ip6tables": _ipv6(args)}
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
         print(f"iptables -> {info['value']} ({info['status']}); wrapper "
               f"{'registered' if installed else 'not registered'}"
+              + (" (native launcher)" if info["launcher"] else "")
               + (f", runs iptables-{state['backend']}" if state.get("backend") else ""))
         if info["ip6tables"]:
             print(f"ip6tables -> {info['ip6tables']['value']} ({info['ip6tables']['status']}); not wrapped: "

@@ -50,7 +50,8 @@ def run(args) -> int:
     for line in drift.describe(info.get("drift", {})):
         print(line)
     watcher = info["watcher"]
-    print(f"watcher: pid {watcher['pid']}, served {watcher['served']} wrapper change(s) over its socket" if watcher
+    print(f"watcher: pid {watcher['pid']}, served {watcher['served']} wrapper change(s) over its socket "
+          f"({watcher.get('launched', 0)} from the native launcher)" if watcher
           else "watcher: none answering in this namespace (wrapper calls re-plan in their own process)")
     if not info["devices"]:
         print("devices: none attached")

@@ -32,11 +32,19 @@ class Session:
         self.sock = sock
         self.buffer = b""
         self.begun: Optional[tuple] = None  # (enforcing before, stale mark) between begin and done
+        # The wrapper's lock, held by the watcher for a native launcher between "run" and "done"
+        # (a Python wrapper holds it itself): released when the session ends.
+        self.lock = None
         # Work that need not delay the answer (dispatch() may set it): run right after the reply,
         # while the caller goes on (after "begin": its real command runs meanwhile).
         self.after_reply: Optional[Callable[[], None]] = None
         pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         self.pid, self.uid = pid, uid
+
+    def release_lock(self) -> None:
+        lock, self.lock = self.lock, None
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
     def reply(self, line: str) -> None:
         try:
@@ -51,7 +59,8 @@ class Session:
 
 class SyncServer:
     """Listens; handle() reads what is ready and calls dispatch(session, words) -> answer line
-    (words: the request line split in at most three: "begin", the pid, the change's JSON),
+    (words: the request line split in at most three: "begin", the pid, the change's JSON; or
+    "run", the launcher's argv and environment),
     or gone(session) when a caller's connection ends between begin and done."""
 
     def __init__(self, netns: int, dispatch: Callable[[Session, List[str]], str], gone: Callable[[Session], None]):
@@ -123,7 +132,7 @@ class SyncServer:
         while b"\n" in session.buffer:
             line, session.buffer = session.buffer.split(b"\n", 1)
             words = line.decode("utf-8", "replace").split(None, 2)  # begin's third word: JSON
-            if words and words[0] == "begin" and _peer_closed(session.sock):
+            if words and words[0] in ("begin", "run") and _peer_closed(session.sock):
                 continue  # the caller gave up waiting: do not defer on behalf of nobody
             session.reply(self.dispatch(session, words))
             after, session.after_reply = session.after_reply, None
@@ -134,6 +143,7 @@ class SyncServer:
         self.sessions.pop(session.sock.fileno(), None)
         if session.begun is not None:
             self.gone(session)
+        session.release_lock()
         session.sock.close()
 
     def close(self) -> None:

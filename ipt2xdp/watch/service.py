@@ -79,6 +79,7 @@ class Watcher:
         self.cleanup_at: Optional[float] = None  # when the last served sync's leftovers are due
         self.warm = Warm(triggers)
         self.server: Optional[SyncServer] = None
+        self.launched = 0  # native launchers' changes begun here (the rest of `served` came from Python wrappers)
 
     # --------------------------------------------------------------------------- the two halves
     def defer_now(self, changes: List[Change]) -> None:
@@ -129,9 +130,12 @@ class Watcher:
     def dispatch(self, session: Session, words: List[str]) -> str:
         try:
             if words == ["status"]:
-                return "ok " + json.dumps({"pid": os.getpid(), "served": self.warm.served, "last": self.warm.last})
+                return "ok " + json.dumps({"pid": os.getpid(), "served": self.warm.served, "launched": self.launched,
+                                           "last": self.warm.last})
             if len(words) in (2, 3) and words[0] == "begin":
-                return self._begin(session, words[2] if len(words) == 3 else None)
+                return self._begin(session, json.loads(words[2]) if len(words) == 3 else None)
+            if len(words) in (2, 3) and words[0] == "run":
+                return self._run(session, words[1], words[2] if len(words) == 3 else "")
             if len(words) == 2 and words[0] == "done" and words[1].lstrip("-").isdigit():
                 return self._done(session, int(words[1]))
         except Exception as error:  # noqa: BLE001 - answer, keep watching
@@ -139,8 +143,40 @@ class Watcher:
             return f"error {error}".replace("\n", " ")
         return "error unknown request"
 
-    def _begin(self, session: Session, change_json: Optional[str] = None) -> str:
-        """change_json: what the caller's command does to the rule objects (countmap.Change's
+    def _run(self, session: Session, argv_hex: str, env_hex: str) -> str:
+        """A native launcher's call (launcher/launch.c has the protocol): what it is to do, and for
+        a change, the watcher's half done as for a Python wrapper's "begin", with the wrapper's lock
+        taken here for the launcher, which holds none. argv and env: NUL-separated, hex-encoded."""
+        from ipt2xdp.wrapper import locate, realbin, route, sync
+
+        argv = [word.decode("utf-8", "surrogateescape") for word in bytes.fromhex(argv_hex).split(b"\0")]
+        pairs = bytes.fromhex(env_hex).decode("utf-8", "surrogateescape").split("\0") if env_hex else []
+        env = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+        backend = realbin.backend(env)
+        call = route.launched_call(realbin.applet(argv[0]), argv[1:], backend, lambda: locate.pin_dir_fast() is not None)
+        real = realbin.multi_binary(backend, env.get("IPT2XDP_SBIN", realbin.DEFAULT_SBIN))
+        if call.kind == route.REAL:
+            return f"exec {real}"
+        if call.kind != route.CHANGE:
+            return "python"
+        lock = sync.wrapper_lock(-1)
+        try:
+            lock.__enter__()
+        except sync.LockTimeout:
+            return "python"  # another caller's change: the Python wrapper waits for it, as -w says
+        session.lock = lock
+        try:
+            answer = self._begin(session, call.change)
+        finally:
+            if session.begun is None:
+                session.release_lock()
+        if answer != "ok":
+            return "python"
+        self.launched += 1
+        return f"spawn {real}"
+
+    def _begin(self, session: Session, data: Optional[dict] = None) -> str:
+        """data: what the caller's command does to the rule objects (countmap.Change's
         JSON, with the command line beside it as "args" for an iptables command); recorded for the
         flip that ends this deferral, bound to the generation in force (the caller holds the lock:
         no other flip comes in between), right after the answer: while the caller's real command
@@ -156,7 +192,6 @@ class Watcher:
             pass  # held, as it must be: by the caller
         # Checked before deferring: a record this watcher cannot read makes the caller re-plan
         # itself (it records the change its own way), not lose the counts' positions.
-        data = json.loads(change_json) if change_json is not None else None
         args = data.pop("args", None) if isinstance(data, dict) else None  # the command line, if an iptables one
         change = countmap.Change.from_json(data) if data is not None else None
         session.begun = sync.begin()
@@ -186,6 +221,7 @@ class Watcher:
             return self._sync_for(session, rc, enforcing, mark, started)
         finally:
             self._forget_change(session)
+            session.release_lock()  # a launcher's: taken in _run()
 
     def _sync_for(self, session: Session, rc: int, enforcing: bool, mark: int, started: float) -> str:
         from ipt2xdp.watch import holding

@@ -19,39 +19,17 @@ def _emit(data: bytes) -> None:
 
 
 def _iptables(argv0: str, args: list, backend: str) -> int:
-    from ipt2xdp.wrapper import cmdline, realbin
+    from ipt2xdp.wrapper import realbin, route
     from ipt2xdp.wrapper.locate import pin_dir_fast
 
-    cmd = cmdline.parse_iptables(args)
-    zeroing = "Z" in cmd.commands and cmd.table in cmdline.PLANNED_TABLES
-    counted = zeroing or (cmd.wants_counters and cmd.table in cmdline.PLANNED_TABLES)
-    # -C, -L and -S without counters, --version...: nothing to do around them, loaded here or not.
-    if not (cmd.changes_planned_tables or counted) or pin_dir_fast() is None:
+    call = route.iptables_call(args, backend, lambda: pin_dir_fast() is not None)
+    if call.kind == route.REAL:
         realbin.exec_real(backend, argv0, args)
-    if cmd.changes_planned_tables:
-        change = _rule_change(cmd, backend)
-        # Beside the record, for `ipt2xdp watch` alone: the command line, so that it can plan the
-        # ruleset the command should leave while the real binary runs (watch/predict.py).
-        change["args"] = list(args)
-        return _changing(backend, cmd.wait, change, lambda: realbin.run_real(backend, argv0, args).returncode)
-    return _counted_listing(argv0, args, backend, cmd, zeroing)
-
-
-def _change_record(table: "str | None" = "filter", command: str = "", chain=None, rulenum=None, new_chain=None,
-                   legacy: bool = False, replaced_tables=(), touched_tables=(), set_chains=()) -> dict:
-    """countmap.Change(...).to_json(), built without importing countmap (its dataclasses cost a
-    served call about 15 ms of imports); tests/test_wrapper_unit.py holds them equal."""
-    return {"table": table, "command": command, "chain": chain, "rulenum": rulenum, "new_chain": new_chain,
-            "legacy": legacy, "replaced_tables": sorted(replaced_tables), "touched_tables": sorted(touched_tables),
-            "set_chains": sorted(list(c) for c in set_chains)}
-
-
-def _rule_change(cmd, backend: str) -> dict:
-    """What an iptables command does to the kernel's rule objects, for XDP's counts to follow
-    (countmap.Change's JSON)."""
-    letters = sorted(cmd.commands & set("ADRINEPFX"))
-    return _change_record(table=cmd.table, command=letters[0] if len(letters) == 1 else "", chain=cmd.chain,
-                          rulenum=cmd.position, new_chain=cmd.new_chain, legacy=backend == "legacy")
+    if call.kind == route.CHANGE:
+        return _changing(backend, call.cmd.wait, call.change,
+                         lambda: realbin.run_real(backend, argv0, args).returncode)
+    cmd = call.cmd
+    return _counted_listing(argv0, args, backend, cmd, "Z" in cmd.commands)
 
 
 def _restore_change(cmd, text: str, backend: str) -> dict:
@@ -67,9 +45,11 @@ def _restore_change(cmd, text: str, backend: str) -> dict:
     if cmd.table:
         tables &= {cmd.table}
         chains = {c for c in chains if c[0] == cmd.table}
-    return _change_record(command="restore", legacy=backend == "legacy", touched_tables=tables,
-                          replaced_tables=() if cmd.noflush else tables,
-                          set_chains=chains if cmd.noflush else ())
+    from ipt2xdp.wrapper.route import change_record
+
+    return change_record(command="restore", legacy=backend == "legacy", touched_tables=tables,
+                         replaced_tables=() if cmd.noflush else tables,
+                         set_chains=chains if cmd.noflush else ())
 
 
 def _changing(backend: str, wait, change: dict, command) -> int:
@@ -172,6 +152,11 @@ def main(argv: "list | None" = None) -> int:
     from ipt2xdp.wrapper import realbin
 
     argv = list(sys.argv if argv is None else argv)
+    # The native launcher (launcher/launch.c) execs this script when it cannot hand the call to
+    # `ipt2xdp watch`, and says here which name it was called by; the real tool must not see it.
+    launched_as = os.environ.pop("IPT2XDP_ARGV0", None)
+    if launched_as:
+        argv[0] = launched_as
     name = realbin.applet(argv[0])
     backend = realbin.backend()
     try:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 
-SBIN = os.environ.get("IPT2XDP_SBIN", "/usr/sbin")
-STATE_FILE = os.environ.get("IPT2XDP_ALT_STATE", "/var/lib/ipt2xdp/alternatives.json")
+DEFAULT_SBIN, DEFAULT_STATE_FILE = "/usr/sbin", "/var/lib/ipt2xdp/alternatives.json"
+SBIN = os.environ.get("IPT2XDP_SBIN", DEFAULT_SBIN)
+STATE_FILE = os.environ.get("IPT2XDP_ALT_STATE", DEFAULT_STATE_FILE)
 
 
-def recorded() -> "dict | None":
+def recorded(state_file: "str | None" = None) -> "dict | None":
     """What `ipt2xdp alternatives install` recorded, or None."""
     try:
-        with open(STATE_FILE) as f:
+        with open(state_file or STATE_FILE) as f:
             return json_value(f.read())
     except (OSError, ValueError):
         return None
@@ -54,8 +55,8 @@ def json_value(text: str):
     return value
 
 
-def _from_link() -> "str | None":
-    target = os.path.basename(os.path.realpath(os.path.join(SBIN, "iptables")))
+def _from_link(sbin: "str | None" = None) -> "str | None":
+    target = os.path.basename(os.path.realpath(os.path.join(sbin or SBIN, "iptables")))
     if "nft" in target:
         return "nft"
     if "legacy" in target:
@@ -63,14 +64,21 @@ def _from_link() -> "str | None":
     return None
 
 
-def backend() -> str:
-    override = os.environ.get("IPT2XDP_BACKEND")
+def backend(environ: "dict | None" = None) -> str:
+    """environ: the caller's IPT2XDP_* variables when it is another process (`ipt2xdp watch`
+    deciding for the native launcher); default: this process's."""
+    if environ is None:
+        override, state_file, sbin = os.environ.get("IPT2XDP_BACKEND"), STATE_FILE, SBIN
+    else:
+        override = environ.get("IPT2XDP_BACKEND")
+        state_file = environ.get("IPT2XDP_ALT_STATE", DEFAULT_STATE_FILE)
+        sbin = environ.get("IPT2XDP_SBIN", DEFAULT_SBIN)
     if override in ("nft", "legacy"):
         return override
-    state = recorded()
+    state = recorded(state_file)
     if state and state.get("backend") in ("nft", "legacy"):
         return state["backend"]
-    found = _from_link()
+    found = _from_link(sbin)
     if found:
         return found
     from ipt2xdp import backend as backends  # last resort: ask the binary
@@ -78,9 +86,9 @@ def backend() -> str:
     return backends.active_backend()
 
 
-def multi_binary(name: str) -> str:
+def multi_binary(name: str, sbin: "str | None" = None) -> str:
     """xtables-<backend>-multi: it picks its applet from argv[0], so we choose argv[0] freely."""
-    return os.path.join(SBIN, f"xtables-{name}-multi")
+    return os.path.join(sbin or SBIN, f"xtables-{name}-multi")
 
 
 def applet(argv0: str) -> str:
