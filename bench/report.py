@@ -254,9 +254,16 @@ def wrapper_section(d, rep):
         label = "change, `ipt2xdp watch` serving it" + (", steady (maps rewritten in place)"
                                                         if "wrapper_watch_first" in ms else "")
         lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b - a:.1f} |")
+    if "launched" in ms:  # the native launcher `ipt2xdp alternatives install` registers, watcher running
+        for key, label in (("change", "change through the native launcher, `ipt2xdp watch` serving it"),
+                           ("check", "check through the native launcher"),
+                           ("version", "version through the native launcher")):
+            a, b = ms["real"][key], ms["launched"][key]
+            lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b - a:.1f} |")
     lines.append("")
     for key, which in (("watcher_ms_first", "the first syncs after another process's flips"),
-                       ("watcher_ms", "the steady syncs" if d.get("watcher_ms_first") else "each sync it served")):
+                       ("watcher_ms", "the steady syncs" if d.get("watcher_ms_first") else "each sync it served"),
+                       ("watcher_ms_launched", "the syncs of the launcher's changes")):
         if d.get(key):
             lines += [f"The watcher's own timing of {which} (median ms): "
                       + ", ".join(f"{k} {v:.0f}" for k, v in d[key].items()) + ".", ""]
@@ -273,6 +280,10 @@ def wrapper_section(d, rep):
         rep.at_most(f"one rule change through the CLI at {meth['rules']:,} rules, `ipt2xdp watch` serving it "
                     + ("(steady state; " if "wrapper_watch_first" in ms else "(") + "added to the real binary's)", ms["wrapper_watch"]["change"] - ms["real"]["change"], 30, " ms",
                     digits=0)
+    if "launched" in ms:
+        rep.at_most(f"one rule change at {meth['rules']:,} rules through the native launcher (what `ipt2xdp "
+                    "alternatives install` registers), `ipt2xdp watch` serving it (added to the real binary's)",
+                    ms["launched"]["change"] - ms["real"]["change"], 30, " ms", digits=0)
     return lines
 
 

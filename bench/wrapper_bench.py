@@ -16,7 +16,10 @@ twice: the first pair right after the in-process calls' flips (the watcher finds
 write in both slots: full writes), then a second pair (it rewrites the maps of its own flip before
 last in place: the steady state of a watcher serving every call, dataplane.py). The watcher's
 served count is checked and its own timing of each sync (read, parse, host facts, plan+flip) is
-reported beside, for each of the two.
+reported beside, for each of the two. Then the same pair through the native launcher (what
+`ipt2xdp alternatives install` registers: launcher/launch.c, a copy beside the Python wrapper),
+which hands the whole call to the watcher instead of starting Python; and `-C` and `--version`
+through it with the watcher running (it answers "exec the real tool").
 
     sudo .venv/bin/python bench/wrapper_bench.py [--rules 10000] [--rounds 10] [--backend nft]
 """
@@ -27,6 +30,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -42,7 +46,7 @@ from bench.common import stamp, use_tree  # noqa: E402
 
 use_tree()
 
-from ipt2xdp import netns  # noqa: E402
+from ipt2xdp import netns, resources  # noqa: E402
 from ipt2xdp.watch.warm import PREDICTION_IN_KERNEL  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -117,10 +121,12 @@ class Watch:
                 return
             time.sleep(0.1)
 
-    def served(self) -> int:
+    def served(self) -> tuple:
+        """(changes served, of them handed over by the native launcher)."""
         st = json.loads(self.ns.run(self.env + [sys.executable, "-m", "ipt2xdp", "status", "--json", "--no-drift"],
                                     check=False).stdout)
-        return (st.get("watcher") or {}).get("served")
+        watcher = st.get("watcher") or {}
+        return watcher.get("served"), watcher.get("launched")
 
     def steps(self, keep=lambda index: True) -> dict:
         """The watcher's own timing of the syncs it served, median ms per step; keep(index) picks
@@ -177,7 +183,12 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
                    "of them took it without reading the ruleset back (the nf_tables generation told: "
                    "watch/holding.py); load: 1-minute load average before and after"},
         "predict": os.environ.get("IPT2XDP_WATCH_PREDICT", "auto"), "load": [os.getloadavg()[0]]}}
-    with netns.veth_pair() as pair:
+    with netns.veth_pair() as pair, tempfile.TemporaryDirectory(prefix="ipt2xdp-launcher-") as directory:
+        launcher_dir = Path(directory)
+        launcher_dir.chmod(0o755)
+        shutil.copy(resources.launcher_path(), launcher_dir / "ipt2xdp-launch")
+        (launcher_dir / "ipt2xdp-iptables").symlink_to(BIN / "ipt2xdp-iptables")
+        (launcher_dir / "iptables").symlink_to(launcher_dir / "ipt2xdp-launch")
         plain, xdp = pair.sender, pair.receiver
         for ns in (plain, xdp):
             ns.run([f"iptables-{backend}-restore"], input=ruleset(rules))
@@ -187,7 +198,8 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
             raise RuntimeError(r.stderr)
         rule = ["INPUT", "-s", "192.0.2.1", "-j", "DROP"]
         real_bin, wrapper = [f"iptables-{backend}"], env + [str(BIN / "ipt2xdp-iptables")]
-        times = {"real": [], "wrapper": [], "wrapper_watch_first": [], "wrapper_watch": []}
+        launcher = env + [str(launcher_dir / "iptables")]
+        times = {"real": [], "wrapper": [], "wrapper_watch_first": [], "wrapper_watch": [], "launched": []}
         watch = None
         try:
             watch = Watch(xdp, env)
@@ -197,19 +209,25 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
                     times["wrapper"] += change_pair(xdp, wrapper, rule)
                 times["wrapper_watch_first"] += change_pair(xdp, wrapper, rule)
                 times["wrapper_watch"] += change_pair(xdp, wrapper, rule)
-            served = watch.served()
-            if served != 4 * rounds:
-                raise RuntimeError(f"the watcher served {served} of {4 * rounds} changes: {watch.text()}")
+                times["launched"] += change_pair(xdp, launcher, rule)
+            served, launched = watch.served()
+            if (served, launched) != (6 * rounds, 2 * rounds):
+                raise RuntimeError(f"the watcher served {served} of {6 * rounds} changes, {launched} of "
+                                   f"{2 * rounds} from the launcher: {watch.text()}")
             res["predicted_plans_held"] = watch.text().count("the predicted plan held")
             res["kernel_held"] = watch.text().count(PREDICTION_IN_KERNEL)
             res["meta"]["load"].append(os.getloadavg()[0])
-            res["watcher_ms"] = watch.steps(lambda index: index % 4 >= 2)
-            res["watcher_ms_first"] = watch.steps(lambda index: index % 4 < 2)
+            res["watcher_ms_first"] = watch.steps(lambda index: index % 6 < 2)
+            res["watcher_ms"] = watch.steps(lambda index: 2 <= index % 6 < 4)
+            res["watcher_ms_launched"] = watch.steps(lambda index: index % 6 >= 4)
+            results = {"launched": {"change": statistics.median(times["launched"]),
+                                    "check": timed(xdp, launcher + ["-w", "-C", *rule], rounds),
+                                    "version": timed(xdp, launcher + ["--version"], rounds)}}
             with watch.paused():
-                results = {who: {"change": statistics.median(times[who]),
-                                 "check": timed(ns, argv0 + ["-w", "-C", *rule], rounds),
-                                 "version": timed(ns, argv0 + ["--version"], rounds)}
-                           for who, ns, argv0 in (("real", plain, real_bin), ("wrapper", xdp, wrapper))}
+                results.update({who: {"change": statistics.median(times[who]),
+                                      "check": timed(ns, argv0 + ["-w", "-C", *rule], rounds),
+                                      "version": timed(ns, argv0 + ["--version"], rounds)}
+                                for who, ns, argv0 in (("real", plain, real_bin), ("wrapper", xdp, wrapper))})
             results["wrapper_watch"] = {"change": statistics.median(times["wrapper_watch"])}
             results["wrapper_watch_first"] = {"change": statistics.median(times["wrapper_watch_first"])}
         finally:
@@ -221,17 +239,21 @@ def run(rules: int = 10000, rounds: int = 10, backend: str = "nft", log=print) -
         + " -> ".join(f"{x:.1f}" for x in res["meta"]["load"]) + f"; watcher predicting: {res['meta']['predict']}, "
         f"{res['predicted_plans_held']} of {4 * rounds} served syncs flipped to the predicted plan, "
         f"{res['kernel_held']} of them without a read-back")
-    log(f"  {'call':<22} {'real':>10} {'wrapper':>10} {'added':>10}")
+    log(f"  {'call':<26} {'real':>10} {'wrapper':>10} {'added':>10}")
     for key in ("change", "check", "version"):
         a, b = results["real"][key], results["wrapper"][key]
-        log(f"  {key:<22} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
+        log(f"  {key:<26} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
     a = results["real"]["change"]
     for key, label, steps in (("wrapper_watch_first", "change, served, first", "watcher_ms_first"),
-                              ("wrapper_watch", "change, served, steady", "watcher_ms")):
+                              ("wrapper_watch", "change, served, steady", "watcher_ms"),
+                              ("launched", "change, launcher, served", "watcher_ms_launched")):
         b = results[key]["change"]
-        log(f"  {label:<22} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
+        log(f"  {label:<26} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
         log("    watcher's own timing of those syncs (median ms): "
             + ", ".join(f"{k} {v:.0f}" for k, v in res[steps].items()))
+    for key in ("check", "version"):
+        a, b = results["real"][key], results["launched"][key]
+        log(f"  {key + ', launcher':<26} {a:>10.1f} {b:>10.1f} {b - a:>10.1f}")
     return res
 
 
