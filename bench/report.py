@@ -254,12 +254,18 @@ def wrapper_section(d, rep):
         label = "change, `ipt2xdp watch` serving it" + (", steady (maps rewritten in place)"
                                                         if "wrapper_watch_first" in ms else "")
         lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b - a:.1f} |")
+        for key, label in (("append", "  of which `-A` alone"), ("delete", "  of which `-D` alone")):
+            if key in ms["wrapper_watch"]:
+                a, b = ms["real"][key], ms["wrapper_watch"][key]
+                lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b - a:.1f} |")
     if "launched" in ms:  # the native launcher `ipt2xdp alternatives install` registers, watcher running
         for key, label in (("change", "change through the native launcher, `ipt2xdp watch` serving it"),
+                           ("append", "  of which `-A` alone"), ("delete", "  of which `-D` alone"),
                            ("check", "check through the native launcher"),
                            ("version", "version through the native launcher")):
-            a, b = ms["real"][key], ms["launched"][key]
-            lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b - a:.1f} |")
+            if key in ms["launched"]:
+                a, b = ms["real"][key], ms["launched"][key]
+                lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b - a:.1f} |")
     lines.append("")
     for key, which in (("watcher_ms_first", "the first syncs after another process's flips"),
                        ("watcher_ms", "the steady syncs" if d.get("watcher_ms_first") else "each sync it served"),
@@ -281,9 +287,12 @@ def wrapper_section(d, rep):
                     + ("(steady state; " if "wrapper_watch_first" in ms else "(") + "added to the real binary's)", ms["wrapper_watch"]["change"] - ms["real"]["change"], 30, " ms",
                     digits=0)
     if "launched" in ms:
-        rep.at_most(f"one rule change at {meth['rules']:,} rules through the native launcher (what `ipt2xdp "
-                    "alternatives install` registers), `ipt2xdp watch` serving it (added to the real binary's)",
-                    ms["launched"]["change"] - ms["real"]["change"], 30, " ms", digits=0)
+        for key, which in (("change", "one rule change (median of -A and -D)"), ("append", "one -A"),
+                           ("delete", "one -D")):
+            if key in ms["launched"]:
+                rep.at_most(f"{which} at {meth['rules']:,} rules through the native launcher (what `ipt2xdp "
+                            "alternatives install` registers), `ipt2xdp watch` serving it (added to the real "
+                            "binary's)", ms["launched"][key] - ms["real"][key], 30, " ms", digits=0)
     return lines
 
 
