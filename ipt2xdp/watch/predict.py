@@ -241,6 +241,21 @@ def parsed_rule_line(ruleset, table: str, chain: str, line: str) -> Optional[tup
         return None
 
 
+# Rendered rule texts by the rule object (identitymemo): a read-back or prediction parsed through
+# the watcher's ParseMemo hands back the very objects of the unchanged lines, so a chain's index is
+# rendered anew only for its new rules (rendering 10k rules took 7-9 ms after every served change).
+_RENDERED: dict = {}
+
+
+def _rendered(rules, ruleset_size: int) -> list:
+    from ipt2xdp import identitymemo
+    from ipt2xdp.render import render_rule
+
+    if len(_RENDERED) > 2 * ruleset_size + 10000:
+        _RENDERED.clear()  # it keeps every rule it rendered (and the rule): most are gone by now
+    return [text for _rule, text in identitymemo.kept(_RENDERED, rules, lambda rule: (rule, render_rule(rule)))]
+
+
 def rule_matcher(ruleset):
     """predicted_text()'s matching_rule for the ruleset parsed from the text: the first rule of the
     chain that renders as the rule line parsed does (what `-D CHAIN <spec>` deletes, as far as the
@@ -249,17 +264,16 @@ def rule_matcher(ruleset):
     by_text: dict = {}  # (table, chain) -> {rendered rule: its first 1-based index}
 
     def index(table: str, chain: str) -> Optional[dict]:
-        from ipt2xdp.render import render_rule
-
         key = (table, chain)
         if key not in by_text:
             known = ruleset.table(table)
             rules = known.chain(chain).rules if known is not None and known.chain(chain) is not None else None
             texts = None
             if rules is not None:
-                texts = {}
-                for position, rule in enumerate(rules, 1):
-                    texts.setdefault(render_rule(rule), position)
+                size = sum(len(c.rules) for t in ruleset.tables for c in t.chains)
+                rendered = _rendered(rules, size)
+                # reversed: the first position of a text is the one left in the dict
+                texts = dict(zip(reversed(rendered), range(len(rendered), 0, -1)))
             by_text[key] = texts
         return by_text[key]
 
