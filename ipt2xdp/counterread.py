@@ -12,18 +12,20 @@ from typing import Dict, List, Optional, Tuple
 
 from ipt2xdp import abi, fastcount, libbpf
 from ipt2xdp.mapread import read_hash
-from ipt2xdp.mapwrite import ZERO_CHUNK, u32
+from ipt2xdp.mapwrite import WRITTEN, ZERO_CHUNK, u32
 
 
 class CounterReading:
     """Needs of the class it is mixed into: map_fds, read_state() and _inner_fd(outer, slot)."""
 
-    def read_counters(self, slot: Optional[int] = None) -> Dict[int, Tuple[int, int]]:
+    def read_counters(self, slot: Optional[int] = None, final: bool = False) -> Dict[int, Tuple[int, int]]:
         """{rule id: (packets, bytes)} summed over CPUs, for the active (or given) slot (the
         counters array's, named by counter_rules), with what the fast-path entries counted
         (ipt2xdp/fastcount.py); rules that never matched are left
         out. abi.DEFAULT_COUNTER / abi.OVERFLOW_COUNTER name the default action and the capacity
-        catch-all, abi.NAT_NEW_COUNTER the drops nat PREROUTING would have seen."""
+        catch-all, abi.NAT_NEW_COUNTER the drops nat PREROUTING would have seen. final: no run can
+        count in slot any more (the flip that replaced it read them): what the counted maps hold is
+        kept for the flip that rewrites them (mapwrite.WRITTEN["final_counts"])."""
         if slot is None:
             st = self.read_state()
             slot = st.last_slot if st.active >= abi.GEN_SLOTS else st.active
@@ -58,7 +60,7 @@ class CounterReading:
                         total = totals.setdefault(key, [0, 0])
                         total[0] += packets
                         total[1] += nbytes
-            for rule, (packets, nbytes) in self._fast_counts(slot).items():  # fast-path hits: rule ids
+            for rule, (packets, nbytes) in self._fast_counts(slot, final).items():  # fast-path hits: rule ids
                 total = totals.setdefault(rule, [0, 0])
                 total[0] += packets
                 total[1] += nbytes
@@ -68,7 +70,7 @@ class CounterReading:
                 if f is not None:
                     os.close(f)
 
-    def _fast_counts(self, slot: int) -> Dict[int, List[int]]:
+    def _fast_counts(self, slot: int, final: bool = False) -> Dict[int, List[int]]:
         """{rule id: [packets, bytes]} the fast-path entries of slot counted (ipt2xdp/fastcount.py)."""
         ncpus = libbpf.num_possible_cpus()
         out: Dict[int, List[int]] = {}
@@ -79,7 +81,9 @@ class CounterReading:
             if fd is None:
                 continue
             try:
-                _keys, raw = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
+                keys, raw = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
+                if final:
+                    WRITTEN["final_counts"][libbpf.map_info(fd).id] = (keys, raw)
             finally:
                 os.close(fd)
             for rule, (packets, nbytes) in fastcount.totals(raw, shape, ncpus).items():

@@ -63,7 +63,11 @@ generation's maps (release=False, no release_replaced()) finds, at its next flip
 slot holding maps it filled itself two flips ago. Step 1 then writes into those maps only the
 entries that differ from what it wrote there (WRITTEN; the program itself writes only the
 counters and the fast-path entries' counts, which are read and zeroed), after the barrier of step 2, and step 3 installs only the
-maps made afresh. A map is rewritten in place only when this process remembers what it holds,
+maps made afresh. What the program counted in the fast-path entries there is known from the flip
+that replaced the slot: it read the slot's final counters (after its barrier, or ending a deferral
+no run read the slot through), and that read (mapwrite.WRITTEN["final_counts"]) tells which counts
+to zero, instead of reading the hash maps again (about 7 ms at 10k rules).
+A map is rewritten in place only when this process remembers what it holds,
 the slot still holds that very map (by map id: every other writer installs maps of its own, and a
 release deletes them) and its size is the one the new generation needs; anything else, or any
 doubt, is a full write into a new map. tests/test_flip_rewrite_kernel.py compares every map so
@@ -364,7 +368,9 @@ class Dataplane(InnerMaps, CounterReading):
         finally:
             for fd in list(inner.values()) + [fd for _old, fd in reused.values()]:
                 os.close(fd)
-        old_counters = self.read_counters(slot=last) if st.generation else {}
+        # Final: after the barrier, or ending a deferral no run read the replaced slot through.
+        WRITTEN["final_counts"] = {}  # only the slot just replaced is rewritten next
+        old_counters = self.read_counters(slot=last, final=not release) if st.generation else {}
         if release:
             self.release_slots([last])
         return generation, old_counters

@@ -50,7 +50,7 @@ class InnerMaps:
         """WRITTEN's slots for this program (emptied when it is another one)."""
         program = libbpf.map_info(self.map_fds[abi.MAP_STATE.name]).id
         if WRITTEN["program"] != program:
-            WRITTEN.update(program=program, slots={}, settled=None, deferred=None, pending=None)
+            WRITTEN.update(program=program, slots={}, settled=None, deferred=None, pending=None, final_counts={})
         return WRITTEN["slots"]
 
     def _rewritable(self, slot: int, tables: Tables, generation: int) -> Dict[str, Tuple[Written, int]]:
@@ -106,7 +106,10 @@ class InnerMaps:
                 libbpf.delete_elem(fd, key)
             if shape.counted:  # the program counts in the entries: zero what it counted two flips ago
                 ncpus = libbpf.num_possible_cpus()
-                held_keys, held = read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
+                # Read when the flip before last replaced this slot, after which no run counted
+                # in it (dataplane.py); else read now.
+                final = WRITTEN["final_counts"].pop(known.map_id, None)
+                held_keys, held = final or read_hash(fd, shape.key_size, fastcount.entry_size(shape, ncpus))
                 recount = fastcount.counted(held_keys, held, shape, ncpus)
                 size, value_size = shape.key_size, shape.value_size
                 # The plan's values of the entries written: the changed ones, and, only if the

@@ -104,7 +104,12 @@ class Written:
 # waited for (defer_all): a flip from that very state needs no barrier after it (dataplane.py).
 # "pending": (the barrier, generation, last slot) of a deferral that did not wait for it
 # (defer_all(wait=False)): the next flip waits for it, then counts it settled and deferred.
-WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None, "deferred": None, "pending": None}
+# "final_counts": {map id: (keys, per-CPU values)} of the counted (fast-path) maps of the slot the
+# last flip replaced, as the flip read them once no run could count in them any more (its final
+# counters): what the next flip's rewrite of that slot finds in them (to zero what was counted),
+# read again otherwise.
+WRITTEN: Dict[str, object] = {"program": None, "slots": {}, "settled": None, "deferred": None, "pending": None,
+                              "final_counts": {}}
 REWRITE_CHUNK = 256  # array entries compared, and written when they differ, at a time
 
 
