@@ -131,17 +131,20 @@ def use_tree() -> str:
 
 
 def snapshot_head() -> str:
-    """Export HEAD's ipt2xdp/, bpf/ and grammar/ to /tmp and build the BPF objects there."""
+    """Export HEAD's ipt2xdp/, bpf/, grammar/ and launcher/ to /tmp and build the BPF objects and the
+    wrapper's native launcher there."""
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, check=True).stdout.strip()
     dest = Path(f"/tmp/ipt2xdp-bench-{commit}")
-    if not (dest / "bpf" / "ipt2xdp.bpf.o").exists():
+    if not (dest / "bpf" / "ipt2xdp.bpf.o").exists() or not (dest / "launcher" / "ipt2xdp-launch").exists():
         dest.mkdir(parents=True, exist_ok=True)
-        paths = [p for p in ("ipt2xdp", "bpf", "grammar")
+        paths = [p for p in ("ipt2xdp", "bpf", "grammar", "launcher")
                  if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"HEAD:{p}"]).returncode == 0]
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", *paths], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
         subprocess.run(["make", "-s", "-C", str(dest / "bpf")], check=True)
+        if (dest / "launcher").is_dir():
+            subprocess.run(["make", "-s", "-C", str(dest / "launcher")], check=True)
         # byte-compiled as an installed package is: with PYTHONDONTWRITEBYTECODE set (it is on this
         # machine) every wrapper process would otherwise compile the modules it imports (~150 ms)
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "ipt2xdp")], check=True)
