@@ -18,8 +18,9 @@ The window that remains is between the kernel committing a relaxing change and s
 notification's delivery and one map write for nf_tables (about a millisecond, measured in
 tests/test_watch_kernel.py), up to one poll interval for legacy (1 s by default).
 
-The watcher also serves the wrapper (server.py, requests.py; wrapper/client.py, launcher/launch.c): a wrapper call holding the
-wrapper's lock asks it to defer, runs the real command, and asks it to sync. The sync first drains
+The watcher also serves the wrapper (server.py, requests.py; wrapper/client.py, launcher/launch.c):
+a wrapper call holding the wrapper's lock (or the native launcher, for which the watcher takes it)
+asks it to defer, runs the real command, and asks it to sync. The sync first drains
 every trigger, so the notification of the caller's own change is covered by that one re-plan and
 does not start another; the planning stack, the grammar and the host facts stay warm (warm.py).
 """
