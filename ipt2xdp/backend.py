@@ -91,7 +91,7 @@ def start_restore(text: str, backend: str, test: bool = False, counters: bool = 
     through files, not pipes: a pipe would stall the restore until the caller read it."""
     extra = (["--test"] if test else []) + (["--counters"] if counters else [])
     with tempfile.TemporaryFile() as given:
-        given.write(text.encode())
+        given.write(text.encode("utf-8", "surrogateescape"))  # the bytes read, comments included
         given.seek(0)
         stderr = tempfile.TemporaryFile()
         try:
@@ -128,8 +128,10 @@ class Saving:
             code = self.process.wait()
             self.stdout.seek(0)
             self.stderr.seek(0)
-            # decoded as subprocess.run(text=True) decodes (locale encoding, universal newlines)
-            out = io.TextIOWrapper(self.stdout).read()
+            # decoded as subprocess.run(text=True) decodes (locale encoding, universal newlines),
+            # but a comment may hold any byte (-m comment stores what it was given): kept as
+            # surrogates, as Python keeps such bytes of argv and file names
+            out = io.TextIOWrapper(self.stdout, errors="surrogateescape").read()
             err = io.TextIOWrapper(self.stderr, errors="replace").read()
         finally:
             self.stdout.close()

@@ -70,7 +70,18 @@ def entry() -> None:
     (processexit) unless the command runs for long (`watch`)."""
     from ipt2xdp.processexit import exit_now
 
+    _keep_any_byte()
     exit_now(main(one_shot=True))
+
+
+def _keep_any_byte() -> None:
+    """A ruleset is bytes, and a comment may hold any (-m comment stores what it was given; so do
+    iptables-save and -restore): read and print such bytes back as they were, kept as surrogates
+    in between, as Python keeps them in argv and file names (backend.py reads iptables-save so)."""
+    for stream in (sys.stdin, sys.stdout):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
 
 
 def main(argv: Optional[Sequence[str]] = None, one_shot: bool = False) -> int:

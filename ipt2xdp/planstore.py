@@ -34,7 +34,7 @@ def _directory(netns: Optional[int] = None) -> str:
 
 
 def digest(ruleset_text: str, devices) -> str:
-    h = hashlib.sha256(ruleset_text.encode())
+    h = hashlib.sha256(ruleset_text.encode("utf-8", "surrogateescape"))  # a comment may hold any byte
     h.update(("\0" + ",".join(devices)).encode())
     return h.hexdigest()[:16]
 
@@ -200,12 +200,21 @@ def from_json(text: str) -> dict:
     return record
 
 
+# What `detach --all` leaves in the namespace's state directory: a running watcher's socket (removing
+# it would leave the watcher listening where no wrapper finds it) and the stale mark, which only ever
+# counts up (a re-plan that read it before must still see it move: wrapper/sync.py).
+KEPT_BY_REMOVE_ALL = ("watch.sock", "stale")
+
+
 def remove_all() -> None:
+    """Forget the plan records and the counts carried for the generations `detach --all` removed."""
     directory = _directory()
     if os.path.isdir(directory):
         for name in os.listdir(directory):
-            os.unlink(os.path.join(directory, name))
-        os.rmdir(directory)
+            if name not in KEPT_BY_REMOVE_ALL:
+                os.unlink(os.path.join(directory, name))
+        if not os.listdir(directory):
+            os.rmdir(directory)
 
 
 def host_record(host) -> dict:

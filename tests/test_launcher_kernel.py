@@ -13,9 +13,12 @@
   kernel; a real tool that cannot be run fails the call and leaves XDP enforcing the old plan.
 """
 import fcntl
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -147,3 +150,37 @@ def test_a_real_tool_killed_by_a_signal_and_one_that_cannot_run(watched, launche
     time.sleep(QUIET_SECONDS)
     after = status(ns, backend)
     assert (after["generation"], after["deferring_all"]) == (generation, False), read_log(log)
+
+
+def test_odd_arguments_reach_the_real_tool_as_given(watched, launcher_dir):
+    """The launcher runs the real tool with its own argv: a comment with spaces, quotes
+    and a byte that is not UTF-8, and an empty argument, arrive as the real binary would get them
+    (the watcher only reads them, hex-encoded, to decide and predict)."""
+    backend, pair, _proc, log = watched
+    ns = pair.receiver
+    comment = b"ban 'x' \"y\" \xff"
+    for each, run in ((pair.sender, lambda args: real(pair.sender, backend, ["iptables", *args])),
+                      (ns, lambda args: launched(launcher_dir, ns, backend, "iptables", args))):
+        got = run([b"-A", b"INPUT", b"-s", b"192.0.2.9", b"-m", b"comment", b"--comment", comment, b"-j", b"DROP"])
+        assert got.returncode == 0, got.stderr
+        bad = run(["-A", "INPUT", "", "-j", "DROP"])
+        assert bad.returncode == 2, bad.stderr
+    listed = [subprocess.run(each.argv([f"iptables-{backend}", "-S", "INPUT"]), capture_output=True, check=True).stdout
+              for each in (pair.sender, ns)]  # bytes: the comment is not UTF-8
+    assert listed[0] == listed[1] and b"\xff" in listed[1] and b"192.0.2.9" in listed[1], listed
+    assert_in_step(ns, backend, "odd arguments")
+
+
+def test_with_nothing_loaded_the_launcher_runs_the_real_tool(watched, launcher_dir):
+    backend, pair, _proc, log = watched
+    ns = pair.receiver
+    assert ns.run(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp", "detach", "--all"],
+                  check=False).returncode == 0
+    # status shows no watcher when nothing is loaded: ask the watcher itself
+    ask = [sys.executable, "-c", "from ipt2xdp.wrapper.client import ask_status; print(ask_status())"]
+    before = json.loads(ns.run(ask).stdout)  # answers: detach --all left its socket in place
+    got = launched(launcher_dir, ns, backend, "iptables", ["-A", "INPUT", "-s", "192.0.2.10", "-j", "DROP"])
+    assert (got.returncode, got.stderr) == (0, "")
+    assert "192.0.2.10" in real(ns, backend, ["iptables", "-S"]).stdout
+    after = json.loads(ns.run(ask).stdout)
+    assert (after["launched"], after["served"]) == (before["launched"], before["served"]), read_log(log)

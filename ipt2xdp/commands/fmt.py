@@ -25,12 +25,10 @@ def load(args):
     if args.file == "-":
         return parse(sys.stdin.read(), "<stdin>"), "<stdin>"
     try:
-        with open(args.file) as f:
+        with open(args.file, errors="surrogateescape") as f:  # a comment may hold any byte (cli.py)
             text = f.read()
     except OSError as error:
         raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{args.file} is not a text file") from None
     return parse(text, args.file), args.file
 
 

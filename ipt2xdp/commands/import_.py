@@ -53,7 +53,7 @@ def _read_input(args):
     if args.file == "-":
         return sys.stdin.read(), "<stdin>"
     try:
-        with open(args.file) as f:
+        with open(args.file, errors="surrogateescape") as f:  # a comment may hold any byte (cli.py)
             return f.read(), args.file
     except OSError as error:
         raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
