@@ -41,7 +41,8 @@ def legacy_tables() -> List[str]:
 
 def _save_text(argv: Sequence[str]) -> str:
     try:
-        result = subprocess.run(list(argv), capture_output=True, text=True)
+        # a comment may hold any byte: kept as surrogates (cli.py prints them back as they were)
+        result = subprocess.run(list(argv), capture_output=True, text=True, errors="surrogateescape")
     except FileNotFoundError:
         raise Ipt2xdpError(f"{argv[0]} is not installed; install the iptables package") from None
     if result.returncode != 0:
@@ -104,7 +105,7 @@ def _extension_text(ext, ip) -> str:
     buf = ext._get_saved_buf(ip)
     if buf is None:
         return ""
-    text = buf.decode() if isinstance(buf, bytes) else buf
+    text = buf.decode("utf-8", "surrogateescape") if isinstance(buf, bytes) else buf
     return " " + " ".join(text.split("\n")).strip() if text.strip() else ""
 
 
@@ -165,17 +166,11 @@ def read_legacy_iptc(tables: Optional[Sequence[str]] = None) -> ir.Ruleset:
     return ordered(parse(legacy_save_text(tables), path="<python-iptables>"))
 
 
-def backend() -> str:
-    """"nf_tables" or "legacy": the backend `iptables` points at on this host."""
-    try:
-        version = subprocess.run(["iptables", "--version"], capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        return "nf_tables"
-    return "legacy" if "legacy" in version else "nf_tables"
-
-
 def read_live(counters: bool = True) -> ir.Ruleset:
-    """The ruleset in force: python-iptables on a legacy host, iptables-nft-save otherwise."""
-    if backend() == "legacy":
+    """The ruleset in force: python-iptables on a legacy host, iptables-nft-save otherwise (the
+    backend `iptables` runs, or IPT2XDP_BACKEND's, as `import --live` reads it)."""
+    from ipt2xdp.backend import active_backend
+
+    if active_backend() == "legacy":
         return read_legacy_iptc()
     return read_nft(counters)

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 RULES = (b"*filter\n:INPUT ACCEPT [0:0]\n"
          b"-A INPUT -s 192.0.2.1/32 -m comment --comment \"ban \xff\xfe\" -j DROP\nCOMMIT\n")
 
@@ -35,3 +37,26 @@ def test_a_binary_file_is_a_parse_error_with_its_position(tmp_path):
     result = ipt2xdp("check", str(path))
     assert result.returncode == 2
     assert f"{path}:1:1: error:".encode() in result.stderr and b"Traceback" not in result.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_a_live_ruleset_with_such_a_comment(backend):
+    """Read from the kernel (python-iptables for legacy, iptables-nft-save for nf_tables): `fmt
+    --live` prints what iptables-save prints, byte for byte, and `import --live --dry-run` plans it."""
+    from ipt2xdp import netns
+
+    with netns.veth_pair() as pair:
+        ns = pair.receiver
+        subprocess.run(ns.argv([f"iptables-{backend}", "-A", "INPUT", "-s", "192.0.2.1", "-m", "comment",
+                                "--comment", b"ban \xff\xfe", "-j", "DROP"]), check=True)
+        env = dict(os.environ, PYTHONIOENCODING="utf-8:strict", IPT2XDP_BACKEND=backend)
+        printed = subprocess.run(ns.argv([sys.executable, "-m", "ipt2xdp", "fmt", "--live"]), capture_output=True,
+                                 env=env)
+        saved = subprocess.run(ns.argv([f"iptables-{backend}-save", "-t", "filter"]), capture_output=True, check=True)
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout == b"".join(line for line in saved.stdout.splitlines(keepends=True)
+                                          if not line.startswith(b"#"))
+        planned = subprocess.run(ns.argv([sys.executable, "-m", "ipt2xdp", "import", "--live", "--dry-run"]),
+                                 capture_output=True, env=env)
+        assert planned.returncode == 0 and b"XDP decides" in planned.stdout, planned.stderr
