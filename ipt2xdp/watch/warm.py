@@ -251,17 +251,17 @@ class Warm:
         return self._base_layout, self._base_matcher
 
     def prepare_prediction(self) -> None:
-        """What the next caller's prediction needs from the last read-back (its lines laid out by
-        table, its rules' texts by chain), made once the caller of that sync has its answer (`ipt2xdp
-        watch` calls this right after answering "done"), not on the next caller's critical path:
-        the prediction's plan starts only after them (15-30 ms at 10k rules)."""
+        """What every next caller's prediction needs from the last read-back (its lines laid out by
+        table), made once the caller of that sync has its answer (`ipt2xdp watch` calls this right
+        after answering "done"), not on the next caller's critical path: the prediction's plan
+        starts only after it. A chain's rule texts (the -D finder's index) are made when a -D asks:
+        its real command reads the whole ruleset, which hides them, while an append never needs
+        them (and a burst of appends would wait for them after every answer)."""
         if self._base is None:
             return
-        layout, matcher = self._prepared_base()
+        layout, _matcher = self._prepared_base()
         for table in self._base[2].tables:
             layout.table(table.name)
-            for chain in table.chains:
-                matcher.index(table.name, chain.name)
 
     def _drop_planning(self) -> None:
         """Wait for a plan still being made (nothing else plans meanwhile) and forget it."""
