@@ -40,7 +40,8 @@ PROFILES = {
         # flipped comparisons 10 ns apart (docs/fast-path-cost.md)
         "e2e": dict(rule_sizes=(1000, 10000), bl_sizes=(100000,), seconds=0.25, rounds=20),
         "control": dict(sizes=(1000, 10000, 100000), repeats=2),
-        "wrapper": dict(rules=10000, rounds=2),
+        # six rounds: the per-operation medians (-A, -D) of the served change move by 10-20 ms at two
+        "wrapper": dict(rules=10000, rounds=6),
         "parse": dict(n=100000, repeats=2),
     },
     "quick": {
