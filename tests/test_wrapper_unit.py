@@ -210,3 +210,31 @@ def test_the_wrapper_path_imports_no_re_json_or_enum():
             " 'dataclasses', 'ctypes') if m in sys.modules)))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("name, args, loaded, kind", [
+    ("iptables", ["-w", "-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"], True, route.CHANGE),
+    ("iptables", ["-t", "nat", "-I", "PREROUTING", "-j", "ACCEPT"], True, route.CHANGE),
+    ("iptables", ["-t", "security", "-A", "INPUT", "-j", "ACCEPT"], True, route.REAL),  # not planned
+    ("iptables", ["-A", "INPUT", "-j", "DROP"], False, route.REAL),  # nothing loaded here
+    ("iptables", ["-C", "INPUT", "-j", "DROP"], True, route.REAL),
+    ("iptables", ["-L", "-n"], True, route.REAL),
+    ("iptables", ["-L", "-v", "-n"], True, route.WRAPPER),  # XDP's counts to add: the Python wrapper
+    ("iptables", ["-Z"], True, route.WRAPPER),
+    ("iptables", ["--version"], True, route.REAL),
+    ("iptables", ["--bogus"], True, route.REAL),
+    ("ip6tables", ["-A", "INPUT", "-j", "DROP"], True, route.REAL),  # XDP passes IPv6
+    ("iptables-save", ["-c"], True, route.WRAPPER),
+    ("iptables-restore", ["--noflush"], True, route.WRAPPER),
+    ("iptables-legacy-save", [], True, route.WRAPPER),
+])
+def test_what_the_watcher_tells_the_launcher(name, args, loaded, kind):
+    """route.launched_call: the launcher execs the real tool, hands a change over, or runs the
+    Python wrapper; asked whether anything is loaded only when it matters."""
+    asked = []
+    call = route.launched_call(name, list(args), "nft", lambda: asked.append(1) or loaded)
+    assert call.kind == kind
+    if kind == route.CHANGE:
+        assert call.change["args"] == list(args) and call.change["legacy"] is False
+    if args[:1] in (["-C"], ["--version"], ["--bogus"], ["-L"]) and "-v" not in args:
+        assert not asked  # read-only: no need to look at the pins
