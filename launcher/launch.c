@@ -235,6 +235,11 @@ int main(int argc, char **argv)
 	char *request;
 	int sock, status, err;
 
+	if (argc < 1 || !argv[0]) { /* execve() with an empty argv: no name to act as */
+		fprintf(stderr, "ipt2xdp-launch: started without a name (argv[0]); run it as iptables, "
+				"iptables-save or iptables-restore\n");
+		return 2;
+	}
 	sock = connect_watcher();
 	if (sock < 0)
 		python_wrapper(argv);
