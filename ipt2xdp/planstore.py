@@ -200,18 +200,18 @@ def from_json(text: str) -> dict:
     return record
 
 
-# What `detach --all` leaves in the namespace's state directory: a running watcher's socket (removing
-# it would leave the watcher listening where no wrapper finds it) and the stale mark, which only ever
-# counts up (a re-plan that read it before must still see it move: wrapper/sync.py).
-KEPT_BY_REMOVE_ALL = ("watch.sock", "stale")
-
-
 def remove_all() -> None:
-    """Forget the plan records and the counts carried for the generations `detach --all` removed."""
+    """Forget the plan records and the counts carried for the generations `detach --all` removed.
+    Left in place: a running watcher's socket (removing it would leave the watcher listening where no
+    wrapper finds it) and the stale mark, which only ever counts up (a re-plan that read it before
+    must still see it move: wrapper/sync.py)."""
+    from ipt2xdp.wrapper.client import SOCKET_NAME
+    from ipt2xdp.wrapper.sync import STALE_NAME
+
     directory = _directory()
     if os.path.isdir(directory):
         for name in os.listdir(directory):
-            if name not in KEPT_BY_REMOVE_ALL:
+            if name not in (SOCKET_NAME, STALE_NAME):
                 os.unlink(os.path.join(directory, name))
         if not os.listdir(directory):
             os.rmdir(directory)

@@ -133,11 +133,9 @@ def _state_file(args) -> str:
 
 
 def _read_state(args) -> Dict:
-    try:
-        with open(_state_file(args)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+    from ipt2xdp.wrapper import realbin
+
+    return realbin.recorded(_state_file(args)) or {}
 
 
 def _launcher(args, directory: str) -> Optional[str]:

@@ -76,7 +76,7 @@ class Watcher(WrapperRequests):
         self.cleanup_at: Optional[float] = None  # when the last served sync's leftovers are due
         self.warm = Warm(triggers)
         self.server: Optional[SyncServer] = None
-        self.launched = 0  # native launchers' changes begun here (the rest of `served` came from Python wrappers)
+        self.launched = 0  # changes the native launcher handed over ("run"), begun here
 
     # --------------------------------------------------------------------------- the two halves
     def defer_now(self, changes: List[Change]) -> None:

@@ -27,6 +27,7 @@ import sys
 from ipt2xdp.wrapper.locate import netns_cookie, pin_dir_fast  # noqa: F401 - also used as sync.<name>
 
 LOCK_DIR = "/run/lock"
+STALE_NAME = "stale"  # the stale mark's file in the namespace's state directory (planstore.STATE_ROOT)
 
 
 class LockTimeout(Exception):
@@ -93,7 +94,7 @@ def _note(message: str) -> None:
 def _stale_path() -> str:
     from ipt2xdp import planstore
 
-    return os.path.join(planstore.STATE_ROOT, str(_netns()), "stale")
+    return os.path.join(planstore.STATE_ROOT, str(_netns()), STALE_NAME)
 
 
 def _netns() -> int:
