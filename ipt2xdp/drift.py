@@ -91,7 +91,7 @@ def check(info: Optional[dict] = None, backend: Optional[str] = None) -> dict:
     if not info.get("loaded"):
         return {"loaded": False}
     key = info.get("ruleset", {}).get("source_digest")
-    record = planstore.load(key) or {}
+    record = planstore.load_settled(key) or {}
     if backend is None:
         from ipt2xdp.wrapper import realbin
 

@@ -46,7 +46,7 @@ def load() -> Loaded:
     if not info.get("loaded"):
         raise LoadError("ipt2xdp is not loaded in this network namespace", 0,
                         "explain a FILE or --live instead, or import a ruleset first", exit_code=1)
-    record = planstore.load(info.get("ruleset", {}).get("source_digest"))
+    record = planstore.load_settled(info.get("ruleset", {}).get("source_digest"))
     if not record or "ruleset_text" not in record:
         raise LoadError("the plan of the loaded generation is not stored (imported by an older ipt2xdp?)", 0,
                         REIMPORT, exit_code=1)

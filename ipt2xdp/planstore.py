@@ -165,6 +165,29 @@ def load(key: Optional[str]) -> Optional[dict]:
     return record
 
 
+# How long a reader without the wrapper's lock waits for a flip's plan record (load_settled()).
+SETTLE_WAIT = 5.0
+
+
+def load_settled(key: Optional[str]) -> Optional[dict]:
+    """load() of the generation in force, for a reader that does not hold the wrapper's lock
+    (status, explain --loaded, a dry run's diff). `ipt2xdp watch`, serving a native launcher, flips
+    first and saves the record after its answer, under the wrapper's lock it holds for the
+    launcher: a record not there yet is read again once that lock is free (up to SETTLE_WAIT s).
+    Not for a holder of the lock: it would wait for itself."""
+    record = load(key)
+    if record is not None or not key:
+        return record
+    from ipt2xdp.wrapper import sync
+
+    try:
+        with sync.wrapper_lock(SETTLE_WAIT):
+            pass
+    except sync.LockTimeout:
+        return None
+    return load(key)
+
+
 # A decision record's fields but "why", which is a function of "code" (decisions.why): stored as one
 # list per field, each "why" once. A 10k-rule record as a list of dicts is 2 MB of JSON, 15-35 ms to
 # write before the flip and about as long to read in each listing with counts; as columns about

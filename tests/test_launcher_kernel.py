@@ -184,3 +184,58 @@ def test_with_nothing_loaded_the_launcher_runs_the_real_tool(watched, launcher_d
     assert "192.0.2.10" in real(ns, backend, ["iptables", "-S"]).stdout
     after = json.loads(ns.run(ask).stdout)
     assert (after["launched"], after["served"]) == (before["launched"], before["served"]), read_log(log)
+
+
+def test_counts_follow_each_launched_change(watched, launcher_dir):
+    """The watcher saves a launched flip's plan record and carries the counts after its answer,
+    still holding the wrapper's lock: a counted rule keeps XDP's drops across an insert before it,
+    and deleting it by number takes them away from its identical twin, as netfilter's own do."""
+    backend, pair, _proc, log = watched
+    ns = pair.receiver
+    run = lambda *args: launched(launcher_dir, ns, backend, "iptables", list(args))
+    dropping = ["-p", "udp", "--dport", "9999", "-j", "DROP"]
+    before = status(ns, backend)["watcher"]
+    for args in (["-N", "BL"], ["-A", "INPUT", "-j", "BL"], ["-A", "BL", *dropping]):
+        assert run(*args).returncode == 0
+    send_udp(pair, 9999, 5)
+    counts = lambda: [line.split()[:2] for line in run("-L", "BL", "-v", "-x", "-n").stdout.splitlines()[2:]]
+    assert run("-I", "BL", "1", "-s", "198.51.100.1", "-j", "DROP").returncode == 0
+    assert counts() == [["0", "0"], ["5", str(5 * 36)]]
+    assert run("-A", "BL", *dropping).returncode == 0  # its twin, nothing counted
+    assert counts() == [["0", "0"], ["5", str(5 * 36)], ["0", "0"]]
+    assert run("-D", "BL", "2").returncode == 0
+    assert counts() == [["0", "0"], ["0", "0"]]
+    after = status(ns, backend)["watcher"]
+    assert after["launched"] - before["launched"] == 6, read_log(log)  # every change, none by the Python wrapper
+    assert "failed" not in read_log(log)
+    assert_in_step(ns, backend, "counted")
+
+
+def test_status_waits_for_the_record_of_a_flip_being_finished(watched, launcher_dir):
+    """While the watcher finishes a launched change, the generation in force has no plan record yet
+    and the wrapper's lock is held: `ipt2xdp status` (which takes no lock) reads the record once
+    the lock is free, not a plan-less generation."""
+    from ipt2xdp import pins, planstore
+
+    backend, pair, _proc, log = watched
+    ns = pair.receiver
+    assert launched(launcher_dir, ns, backend, "iptables", ["-A", "INPUT", "-s", "192.0.2.46", "-j", "DROP"]).returncode == 0
+    netns = pins.netns_id_of(ns.path)
+    key = status(ns, backend)["ruleset"]["source_digest"]
+    record = os.path.join(planstore._directory(netns), f"plan-{key}.json")
+    fd = os.open(f"/run/lock/ipt2xdp-wrapper-{netns}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(record, record + ".later")
+    try:
+        reader = subprocess.Popen(ns.argv(["env", f"IPT2XDP_BACKEND={backend}", sys.executable, "-m", "ipt2xdp",
+                                           "status", "--json"]), stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert reader.poll() is None  # waiting for the lock
+    finally:
+        os.rename(record + ".later", record)
+        os.close(fd)
+    out, _ = reader.communicate(timeout=60)
+    shown = json.loads(out)
+    assert shown["plan_summary"] is not None and shown["plan_summary"]["rules"] >= 1
+    # without the record, the host the plan was made for is unknown: drift would say it changed
+    assert (shown["drift"]["ruleset_changed"], shown["drift"]["host_changed"]) == (False, False), shown["drift"]

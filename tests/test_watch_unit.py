@@ -226,7 +226,7 @@ def test_the_collector_stays_off_from_a_sync_until_the_clean_up(monkeypatch):
     warm = Warm([])
     outcomes = iter(["planned", RuntimeError("re-planning failed")])
 
-    def fake_sync(backend, counts_pid=None):
+    def fake_sync(backend, counts_pid=None, later=None):
         outcome = next(outcomes)
         if isinstance(outcome, Exception):
             raise outcome

@@ -84,7 +84,7 @@ fresh = report.decision_records(plan(rs, host))
 key = st["ruleset"]["source_digest"]
 print(json.dumps({"deferring": st["deferring_all"], "generation": st["generation"],
                   "key_matches": key == planstore.digest(render(rs.without_positions()), devices),
-                  "same": (planstore.load(key) or {}).get("decisions") == fresh}))
+                  "same": (planstore.load_settled(key) or {}).get("decisions") == fresh}))
 """
 
 

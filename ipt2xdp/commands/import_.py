@@ -110,7 +110,7 @@ def _run(args, mark: int, preload=None) -> int:
     memo = ParseMemo()  # what iptables-save prints back below is mostly the same lines
     ruleset = parse(text, path, memo)
     processexit.keep(memo, ruleset)  # a one-shot process never frees them (see keep())
-    loaded = _loaded()
+    loaded = _loaded(settled=args.dry_run)  # an import holds the wrapper's lock already
     if args.ipsets is None:
         args.ipsets = ((loaded or {}).get("plan") or {}).get("ipsets", "mirror")
     devices = _devices(args, loaded)
@@ -221,18 +221,20 @@ def _map_diff(result, loaded, host, backend_name):
     except CapacityError as error:
         return {"error": f"the plan does not compile, so it could not be loaded: {error}"}
     generation = mapread.read_loaded() if loaded else None
-    record = planstore.load(generation.source_digest) if generation else None
+    record = planstore.load_settled(generation.source_digest) if generation else None  # a dry run's: no lock
     return mapdiff.map_diff(result, tables, generation, record, {d.ifindex: d.name for d in host.devices})
 
 
-def _loaded():
-    """loader.status() plus the plan record of the generation in force (None if not loaded)."""
+def _loaded(settled: bool = False):
+    """loader.status() plus the plan record of the generation in force (None if not loaded).
+    settled: the caller holds no wrapper lock (planstore.load_settled)."""
     from ipt2xdp import loader, planstore
 
     info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return None
-    info["plan"] = planstore.load(info.get("ruleset", {}).get("source_digest"))
+    key = info.get("ruleset", {}).get("source_digest")
+    info["plan"] = planstore.load_settled(key) if settled else planstore.load(key)
     return info
 
 
@@ -431,8 +433,16 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     processexit.keep(prepared)  # its plan record too
     result, tables = prepared.result, prepared.tables
     key = planstore.digest(prepared.text, devices)
-    record, record_text = prepared.plan_record(backend_name, devices, ruleset)
-    planstore.save(key, record, record_text)
+
+    def save_record() -> dict:
+        record, record_text = prepared.plan_record(backend_name, devices, ruleset)
+        planstore.save(key, record, record_text)
+        return record
+    # `ipt2xdp watch` serving a native launcher, whose lock it holds until these are done, saves the
+    # record and carries the counts after its answer: every reader of either (the counted listings,
+    # the next flip, an import) takes that lock first.
+    later = getattr(args, "finish_later", None)
+    record = save_record() if later is None else None
     from ipt2xdp.wrapper import xdpcounts
 
     if before is None or prepared is not ahead:
@@ -445,9 +455,14 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     from ipt2xdp import planprefix
 
     args.planned = (result, tables, planprefix.take_dropped())
-    # The counts XDP kept for each rule stay with it, as netfilter's own do.
-    xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
-                         getattr(args, "count_pid", None))
+
+    def carry_counts() -> None:  # the counts XDP kept for each rule stay with it, as netfilter's own do
+        xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
+                             getattr(args, "count_pid", None))
+    if later is not None:
+        later += [save_record, carry_counts]
+        return f"ipt2xdp: generation {applied.generation}"
+    carry_counts()
     s = record["summary"]  # report.summary(result), made with the record
     attached = ", ".join(f"{name} ({mode})" for name, mode in sorted(applied.attached.items()))
     return "\n".join([f"ipt2xdp: generation {applied.generation} on {attached}: {s['rules']} rules, XDP decides "

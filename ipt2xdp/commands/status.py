@@ -21,7 +21,7 @@ def run(args) -> int:
     libbpf.set_verbose(getattr(args, "verbose", False))
     info = loader.status()
     if info["loaded"]:
-        plan = planstore.load(info.get("ruleset", {}).get("source_digest"))
+        plan = planstore.load_settled(info.get("ruleset", {}).get("source_digest"))
         info["rules"] = counters.rule_rows(info["counters"], plan)
         info["xdp_dropped_packets"], info["xdp_dropped_bytes"] = counters.dropped(info["counters"], plan)
         info["plan_summary"] = (plan or {}).get("summary")

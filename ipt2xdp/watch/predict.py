@@ -309,6 +309,9 @@ class Planning:
         # The nf_tables generation at which the kernel holds this ruleset (watch/holding.py), or None.
         self.expected_generation = None
         self._prepared = None
+        # Set once the sync waits for the plan: the record is then made after the answer, if the
+        # sync leaves it for later (a native launcher's), not while the caller waits.
+        self._awaited = threading.Event()
         self._thread = threading.Thread(target=self._plan, args=(ruleset,), name="ipt2xdp-predicted-plan",
                                         daemon=True)
         self._thread.start()
@@ -321,8 +324,9 @@ class Planning:
         try:
             prepared = _Prepared(ruleset, self.host, types.SimpleNamespace(ipsets=self.ipsets), self.backend,
                                  hold_notices=True)
-            prepared.plan_record(self.backend, self.devices, ruleset)  # its JSON too: 30-60 ms at 10k rules
             prepared.tables.digest  # noqa: B018 - made here, kept for the flip's metadata
+            if not self._awaited.is_set():  # the caller's command still runs: its record too (10-15 ms at 10k rules)
+                prepared.plan_record(self.backend, self.devices, ruleset)
             self._prepared = prepared
         except Exception:  # noqa: BLE001 - only a head start: the sync plans what it reads back itself
             self._prepared = None
@@ -330,6 +334,11 @@ class Planning:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def hurry(self) -> None:
+        """The caller's command has ended: what the sync does not need first is left for after."""
+        self._awaited.set()
+
     def result(self):
+        self._awaited.set()
         self._thread.join()
         return self._prepared

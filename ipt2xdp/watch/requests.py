@@ -120,13 +120,40 @@ class WrapperRequests:
             return "error done without begin"
         enforcing, mark = session.begun
         session.begun = None
+        self.warm.hurry()
+        # A launcher's lock is the watcher's (taken in _run()): the flip's record and counts are
+        # finished after the answer, before it is released. A Python wrapper lets its own go once
+        # answered: everything is done before.
+        later: Optional[list] = [] if session.lock is not None else None
         try:
-            return self._sync_for(session, rc, enforcing, mark, started)
+            answer = self._sync_for(session, rc, enforcing, mark, started, later)
+        except BaseException:
+            self._finish(session, later)
+            raise
+        if later:
+            then = session.after_reply
+            session.after_reply = lambda: self._finish(session, later, then)
+        else:
+            self._finish(session, later)
+        return answer
+
+    def _finish(self, session: Session, later: Optional[list], then=None) -> None:
+        """What the flip left for after the answer, then the change record and the lock let go."""
+        try:
+            for step in later or ():
+                step()
+        except Exception as error:  # noqa: BLE001 - the plan is in force; its record or counts are not
+            log(f"wrapper pid {session.pid}: after the flip, saving its plan record or carrying the counts "
+                f"failed: {error}; re-importing")
+            self._add([Change("wrapper", f"pid {session.pid}'s plan record or counts not saved")], time.monotonic())
         finally:
             self._forget_change(session)
-            session.release_lock()  # a launcher's: taken in _run()
+            session.release_lock()
+        if then is not None:
+            then()
 
-    def _sync_for(self, session: Session, rc: int, enforcing: bool, mark: int, started: float) -> str:
+    def _sync_for(self, session: Session, rc: int, enforcing: bool, mark: int, started: float,
+                  later: Optional[list] = None) -> str:
         from ipt2xdp.watch import holding
         from ipt2xdp.watch.service import RETRY_FIRST
         from ipt2xdp.wrapper import sync
@@ -140,7 +167,7 @@ class WrapperRequests:
         self.warm.note(changes + self.pending)
         self.pending, self.retry_at, self.retry_delay = [], None, RETRY_FIRST
         try:
-            what = self.warm.sync(self.backend, counts_pid=session.pid)  # its counts follow its command
+            what = self.warm.sync(self.backend, counts_pid=session.pid, later=later)  # its counts follow its command
         except Exception as error:  # noqa: BLE001 - XDP keeps deferring; retried like a failed re-import
             self.retry_at = time.monotonic() + self.retry_delay
             log(f"wrapper pid {session.pid}: re-planning failed, XDP keeps deferring to netfilter; retrying in "

@@ -263,6 +263,11 @@ class Warm:
         for table in self._base[2].tables:
             layout.table(table.name)
 
+    def hurry(self) -> None:
+        """The caller the plan being made is for has ended its command (its "done" came)."""
+        if self._planning is not None:
+            self._planning.hurry()
+
     def _drop_planning(self) -> None:
         """Wait for a plan still being made (nothing else plans meanwhile) and forget it."""
         planning, self._planning = self._planning, None
@@ -290,7 +295,7 @@ class Warm:
         prepared = planning.result()
         return prepared if counts_pid is not None and pid == counts_pid and planning.backend == backend else None
 
-    def sync(self, backend: Optional[str], counts_pid: Optional[int] = None) -> str:
+    def sync(self, backend: Optional[str], counts_pid: Optional[int] = None, later: Optional[list] = None) -> str:
         """Bring XDP in step with the kernel now; what was done, for the log. Raises on failure
         (XDP keeps deferring if it was).
 
@@ -304,13 +309,14 @@ class Warm:
             gc.disable()
             self._collector_off = True
         try:
-            return self._sync(backend, counts_pid)
+            return self._sync(backend, counts_pid, later)
         finally:
             self.collect_due = True
             self.uncollected += 1
 
-    def _sync(self, backend: Optional[str], counts_pid: Optional[int] = None) -> str:
-        """counts_pid: the wrapper process the flip is for (its pending change moves the counts)."""
+    def _sync(self, backend: Optional[str], counts_pid: Optional[int] = None, later: Optional[list] = None) -> str:
+        """counts_pid: the wrapper process the flip is for (its pending change moves the counts);
+        later: what the flip leaves to do after the answer (sync.replan's)."""
         from ipt2xdp import abi, drift, loader, planstore
         from ipt2xdp import backend as backends
         from ipt2xdp.parse import parse
@@ -365,7 +371,8 @@ class Warm:
                 if self.host_trigger is not None:  # the host object is reused only with its trigger
                     self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
                 applied = sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
-                                      counts_pid=counts_pid, release_later=True, keep=self._leftovers, ahead=ahead)
+                                      counts_pid=counts_pid, release_later=True, keep=self._leftovers, ahead=ahead,
+                                      later=later)
                 planned = self._leftovers[-1] if self._leftovers else None
                 held = ahead is not None and planned is not None and planned[0] is ahead.result
                 times["flip" if held else "plan+flip"] = time.monotonic() - mark

@@ -188,7 +188,7 @@ def abort(enforcing_before: bool, mark: int) -> None:
 
 
 def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: int | None = None,
-           release_later: bool = False, keep: list | None = None, ahead=None):
+           release_later: bool = False, keep: list | None = None, ahead=None, later: list | None = None):
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
@@ -205,11 +205,11 @@ def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: in
     if not info.get("loaded"):
         return None
     with guarded_flip(), gcpause.paused():
-        return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later, keep, ahead)
+        return _replan(info, backend_name, ruleset, host, text, counts_pid, release_later, keep, ahead, later)
 
 
 def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid: int | None = None,
-            release_later: bool = False, keep: list | None = None, ahead=None):
+            release_later: bool = False, keep: list | None = None, ahead=None, later: list | None = None):
     from ipt2xdp import backend as backends
     from ipt2xdp import planstore, report
     from ipt2xdp.commands.import_ import _offload
@@ -231,6 +231,7 @@ def _replan(info: dict, backend_name: str, ruleset, host, text=None, counts_pid:
                                  ipsets=(old_plan or {}).get("ipsets", "mirror"))
     args.count_pid = counts_pid  # whose pending change record the counts follow (the wrapper's)
     args.release_later = release_later
+    args.finish_later = later
     if ahead is not None and ahead.ipset_mode != args.ipsets:
         ahead = None  # planned for another set mode than this re-plan's
     # carries XDP's counts (xdpcounts.after_flip)
