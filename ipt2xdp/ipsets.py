@@ -20,6 +20,8 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass
+from itertools import chain as chained
+from operator import attrgetter
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ipt2xdp import ir, irmatches
@@ -152,7 +154,13 @@ def referenced_sets(ruleset: ir.Ruleset) -> List[str]:
     """Names of the sets `-m set` matches of the filter table read, in first-use order."""
     table = ruleset.table("filter")
     names: Dict[str, None] = {}
-    for chain in (table.chains if table is not None else ()):
+    chains = table.chains if table is not None else ()
+    # the match types first, in C-level passes (`ipt2xdp watch` asks this after every change, of
+    # 10k-rule tables that most often have no set match at all)
+    matches = chained.from_iterable(map(attrgetter("matches"), chained.from_iterable(map(attrgetter("rules"), chains))))
+    if irmatches.SetMatch not in set(map(type, matches)):
+        return []
+    for chain in chains:
         for rule in chain.rules:
             for match in rule.matches:
                 if isinstance(match, irmatches.SetMatch):
