@@ -153,6 +153,7 @@ class Dataplane(InnerMaps, CounterReading):
     obj: Optional[libbpf.BpfObject] = None
     object_sha: str = ""
     rewritten: List[str] = field(default_factory=list)  # maps the last apply_generation() rewrote in place
+    replaced_slot: Optional[int] = None  # the slot the last apply_generation() replaced
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -298,12 +299,14 @@ class Dataplane(InnerMaps, CounterReading):
     # --- generations -------------------------------------------------------------------------
     def apply_generation(self, tables: Tables, record: Optional[dict] = None,
                          pause_hook: Optional[Callable[[str], None]] = None,
-                         release: bool = True) -> Tuple[int, Dict[int, Tuple[int, int]]]:
+                         release: bool = True, counts_later: bool = False) -> Tuple[int, Optional[Dict[int, Tuple[int, int]]]]:
         """Make tables the generation in force, atomically. Returns (generation, final counters of
         the generation it replaced). pause_hook(step) is a test hook called between steps.
         release=False leaves the replaced generation's maps in their slot (release_replaced()
         frees them later; the next generation replaces them, or rewrites them in place when this
         process filled them: module docstring). self.rewritten lists the maps rewritten in place.
+        counts_later (with release=False): the final counters are not read here (None), but by the
+        caller from self.replaced_slot before the next flip (loader.ApplyResult.final_counts()).
 
         Every update or delete of an outer map waits for a grace period before it returns, so the
         updates of the outer maps run in parallel threads and share their waits (the
@@ -370,6 +373,9 @@ class Dataplane(InnerMaps, CounterReading):
                 os.close(fd)
         # Final: after the barrier, or ending a deferral no run read the replaced slot through.
         WRITTEN["final_counts"] = {}  # only the slot just replaced is rewritten next
+        self.replaced_slot = last
+        if counts_later and not release and st.generation:
+            return generation, None
         old_counters = self.read_counters(slot=last, final=not release) if st.generation else {}
         if release:
             self.release_slots([last])

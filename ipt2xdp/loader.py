@@ -31,8 +31,22 @@ class ApplyResult:
     pin_dir: str
     attached: Dict[str, str]                       # device -> mode now in use
     newly_attached: List[str] = field(default_factory=list)
-    previous_counters: Dict[int, Tuple[int, int]] = field(default_factory=dict)  # of the replaced generation
+    # of the replaced generation; None: not read yet (apply(counts_later=True)), see final_counts()
+    previous_counters: Optional[Dict[int, Tuple[int, int]]] = field(default_factory=dict)
     rewritten: List[str] = field(default_factory=list)  # maps rewritten in place (dataplane.py), not made anew
+    replaced_slot: Optional[int] = None
+
+    def final_counts(self) -> Dict[int, Tuple[int, int]]:
+        """previous_counters, read now if the flip left them: no run counts in the replaced slot
+        any more, and the wrapper's lock, held by the caller, keeps any flip from rewriting it first."""
+        if self.previous_counters is None:
+            dp = Dataplane.open_pinned(self.pin_dir)
+            try:
+                self.previous_counters = dp.read_counters(slot=self.replaced_slot, final=True) if dp else {}
+            finally:
+                if dp is not None:
+                    dp.close()
+        return self.previous_counters
 
 
 def _stderr_notice(message: str) -> None:
@@ -109,7 +123,7 @@ def _open_or_load(directory: str, object_path: Optional[str], preload: Optional[
 def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, source_digest: str = "",
           object_path: Optional[str] = None, notice: Callable[[str], None] = _stderr_notice,
           pause_hook: Optional[Callable[[str], None]] = None, release_old: bool = True,
-          preload: Optional[Preload] = None) -> ApplyResult:
+          preload: Optional[Preload] = None, counts_later: bool = False) -> ApplyResult:
     """Make tables the ruleset XDP enforces in this network namespace and attach it to ifaces.
 
     Args:
@@ -124,6 +138,8 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
             release_replaced() frees them): `ipt2xdp watch` keeps them, and its next flip
             rewrites in them only what differs (dataplane.py).
         preload: the object loaded ahead (Preload), used if nothing is pinned yet.
+        counts_later: with release_old=False, the replaced generation's final counters are read
+            by ApplyResult.final_counts() when the caller asks, not before apply returns.
     Raises:
         LoadError (with errno and next step), AbiMismatch.
     """
@@ -138,7 +154,7 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
         newly: List[str] = []
         try:
             generation, previous = dp.apply_generation(tables, {"source_digest": source_digest}, pause_hook,
-                                                         release_old)
+                                                         release_old, counts_later)
             record = dp.read_meta(META_ATTACH)
             attachments = dict(record.get("attachments", {}))
             our_id = dp.prog_id
@@ -160,7 +176,7 @@ def apply(tables: Tables, ifaces: Sequence[str] = (), mode: str = "native", *, s
             dp.close()
             raise
         result = ApplyResult(generation, directory, {n: a["mode"] for n, a in attachments.items()}, newly, previous,
-                             list(dp.rewritten))
+                             list(dp.rewritten), dp.replaced_slot)
         dp.close()
         return result
 

@@ -448,7 +448,8 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     if before is None or prepared is not ahead:
         before = loader.status(include_counters=False)
     applied = loader.apply(tables, devices, mode=args.mode, source_digest=key,
-                           release_old=not getattr(args, "release_later", False), preload=preload)
+                           release_old=not getattr(args, "release_later", False), preload=preload,
+                           counts_later=later is not None)
     args.applied = applied  # for `ipt2xdp watch`'s log: which maps the flip rewrote in place
     # `ipt2xdp watch` frees them after its answer (10-15 ms at 10k rules), and the plans' prefixes
     # they replaced (planprefix.DROPPED)
@@ -457,7 +458,7 @@ def _offload(ruleset, host, devices, args, backend_name, report, text=None, ahea
     args.planned = (result, tables, planprefix.take_dropped())
 
     def carry_counts() -> None:  # the counts XDP kept for each rule stay with it, as netfilter's own do
-        xdpcounts.after_flip(before, applied.previous_counters, getattr(args, "count_change", None),
+        xdpcounts.after_flip(before, applied.final_counts(), getattr(args, "count_change", None),
                              getattr(args, "count_pid", None))
     if later is not None:
         later += [save_record, carry_counts]
