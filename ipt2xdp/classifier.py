@@ -284,15 +284,30 @@ def evaluate(rules: Sequence[ClassifierRule], default: Action, packet: PacketKey
     return default.verdict, None
 
 
+# The last classifier that passed validate()'s common case, a copy (its rules keep their ids while
+# it is held): a re-plan's classifier starts with the very rules of the last one (planprefix).
+_VALIDATED: list = [[]]
+
+
 def validate(rules: Sequence[ClassifierRule], default: Action) -> None:
     """Raise ValueError for a classifier compile() cannot represent faithfully."""
+    import itertools
+
     if default.verdict == Verdict.CONTINUE:
         raise ValueError("the default action cannot be CONTINUE")
     # the common case, nothing wrong, in C-level passes (compile validates 10k-rule classifiers
-    # on every re-plan); the rules are walked one by one only to name the first one wrong
-    ids = list(map(operator.attrgetter("rule_id"), rules))
-    verdicts = list(map(operator.attrgetter("action.verdict"), rules))
+    # on every re-plan), over the rules that are not the very ones at the same place in the last
+    # classifier that passed (a re-plan makes its guards anew and takes the rest over: reading a
+    # rule's fields from memory no pass touched since is about as slow as a Python loop); the
+    # rules are walked one by one only to name the first one wrong
+    last = _VALIDATED[0]
+    others = list(itertools.compress(range(len(last)), map(operator.is_not, last, rules)))
+    fresh = ([rules[i] for i in others] + list(rules[len(last):]) if len(others) < len(rules) // 4
+             else rules)
+    ids = list(map(operator.attrgetter("rule_id"), fresh))
+    verdicts = list(map(operator.attrgetter("action.verdict"), fresh))
     if (not ids or min(ids) >= 0) and Verdict.CONTINUE not in verdicts:
+        _VALIDATED[0] = list(rules)
         return
     for index, rule in enumerate(rules):
         if rule.rule_id < 0:

@@ -154,18 +154,34 @@ def referenced_sets(ruleset: ir.Ruleset) -> List[str]:
     """Names of the sets `-m set` matches of the filter table read, in first-use order."""
     table = ruleset.table("filter")
     names: Dict[str, None] = {}
-    chains = table.chains if table is not None else ()
-    # the match types first, in C-level passes (`ipt2xdp watch` asks this after every change, of
-    # 10k-rule tables that most often have no set match at all)
-    matches = chained.from_iterable(map(attrgetter("matches"), chained.from_iterable(map(attrgetter("rules"), chains))))
-    if irmatches.SetMatch not in set(map(type, matches)):
-        return []
-    for chain in chains:
-        for rule in chain.rules:
+    for chain in (table.chains if table is not None else ()):
+        names.update(dict.fromkeys(_chain_sets(chain.name, chain.rules)))
+    return list(names)
+
+
+# chain name -> (its rules as _chain_sets() last read them, a copy: they keep their ids while held;
+# [(position, set name)] of their set matches). `ipt2xdp watch` asks after every change, of 10k-rule
+# chains that start with the very rules they had before (the parse memo's).
+_CHAIN_SETS: Dict[str, Tuple[list, List[Tuple[int, str]]]] = {}
+
+
+def _chain_sets(name: str, rules) -> List[str]:
+    """The set names of a chain's set matches, in order (repeated as often as they are)."""
+    from ipt2xdp.identitymemo import identical_prefix
+
+    before, found = _CHAIN_SETS.get(name, ([], []))
+    same = identical_prefix(before, rules)
+    found = [(position, set_name) for position, set_name in found if position < same]
+    fresh = rules[same:]
+    # the match types first, in C-level passes: most tables have no set match at all
+    matches = chained.from_iterable(map(attrgetter("matches"), fresh))
+    if irmatches.SetMatch in set(map(type, matches)):
+        for offset, rule in enumerate(fresh, same):
             for match in rule.matches:
                 if isinstance(match, irmatches.SetMatch):
-                    names.setdefault(match.set_name, None)
-    return list(names)
+                    found.append((offset, match.set_name))
+    _CHAIN_SETS[name] = (list(rules), found)
+    return [set_name for _, set_name in found]
 
 
 def changed_by_rules(ruleset: ir.Ruleset) -> FrozenSet[str]:

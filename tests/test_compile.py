@@ -30,6 +30,21 @@ def test_validate_rejects_backward_continue():
         validate([], CONTINUE(1))
 
 
+def test_validate_checks_every_rule_not_taken_over_from_the_last_classifier_that_passed():
+    rules = blocklist(1000)
+    validate(rules, ACCEPT)
+    for wrong in (ClassifierRule(Match(), DROP, -1), ClassifierRule(Match(), CONTINUE(0), 7)):
+        for where in (0, 500, 1000):  # in place of a rule that passed, and after them all
+            changed = rules[:where] + [wrong] + rules[where + 1:]
+            with pytest.raises(ValueError):
+                validate(changed, ACCEPT)
+        validate(rules + [ClassifierRule(Match(), DROP, 5000)], ACCEPT)  # what passed, and one more
+    many_new = blocklist(1000, start=1)  # equal rules, other objects: checked again
+    validate(many_new, ACCEPT)
+    with pytest.raises(ValueError):
+        validate(many_new[:-1] + [ClassifierRule(Match(), DROP, -3)], ACCEPT)
+
+
 def blocklist(n, start=0, action=DROP, plen=32):
     step = 1 << (32 - plen)
     return [ClassifierRule(Match(src=IntervalSet.range(0x0A000000 + i * step, 0x0A000000 + (i + 1) * step - 1)),

@@ -132,3 +132,24 @@ def test_sets_changed_by_set_targets_are_not_mirrored():
     result = plan(rs, host_with(sets, rs))
     decision = next(d for d in result.decisions if d.ref == RuleRef("filter", "INPUT", 2))
     assert (decision.kind, decision.code) == ("netfilter", "match.set-target")
+
+
+def test_referenced_sets_follow_each_change_of_rules_read_before():
+    """A chain that starts with the very rules of the last one asked about (the parse memo's) is
+    read again only past them: what changed there, or before, is still seen."""
+    from ipt2xdp.parse import ParseMemo, parse
+
+    memo = ParseMemo()
+    plain = [f"-A INPUT -s 10.0.{i // 256}.{i % 256} -j DROP" for i in range(300)]
+
+    def sets_of(lines, chains=":BL - [0:0]\n"):
+        text = f"*filter\n:INPUT ACCEPT [0:0]\n{chains}" + "\n".join(lines) + "\nCOMMIT\n"
+        return ipsets.referenced_sets(parse(text, "memo.rules", memo))
+
+    assert sets_of(plain) == []
+    assert sets_of(plain + ["-A INPUT -m set --match-set late src -j DROP"]) == ["late"]
+    assert sets_of(plain[:150] + ["-A INPUT -m set --match-set mid src -j DROP"] + plain[150:]
+                   + ["-A INPUT -m set --match-set late src -j DROP"]) == ["mid", "late"]
+    assert sets_of(["-A BL -m set --match-set first dst -j DROP", "-A INPUT -m set --match-set mid src -j DROP"]
+                   + plain) == ["mid", "first"]  # INPUT is declared first
+    assert sets_of(plain) == []
