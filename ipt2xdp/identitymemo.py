@@ -28,6 +28,30 @@ def kept(table: Dict[int, tuple], objects: Sequence, make: Callable[[object], tu
     return found
 
 
+class Positional:
+    """kept() for lists that hold, at most places, the very objects the last list asked about
+    held there (a re-plan's: most rules keep their position): those entries are taken from the
+    last answer after pointer compares in C, without a lookup (10k dict lookups cost about 2 ms,
+    most of it reading entries from memory no pass touched since); the others from kept()."""
+
+    def __init__(self) -> None:
+        self.objects: list = []   # held: their ids stay theirs while the entries are served
+        self.entries: list = []
+
+    def kept(self, table: Dict[int, tuple], objects: Sequence, make: Callable[[object], tuple]) -> List[tuple]:
+        last = self.objects
+        others = list(itertools.compress(range(min(len(last), len(objects))), map(operator.is_not, last, objects)))
+        if not last or len(others) > len(objects) // 4:
+            entries = kept(table, objects, make)
+        else:
+            entries = self.entries[:len(objects)] + [None] * (len(objects) - len(last))
+            fresh = others + list(range(len(last), len(objects)))
+            for index, entry in zip(fresh, kept(table, [objects[i] for i in fresh], make)):
+                entries[index] = entry
+        self.objects, self.entries = list(objects), entries
+        return entries
+
+
 def identical_prefix(old: Sequence, new: Sequence, limit: Optional[int] = None) -> int:
     """How many leading items of new (at most limit) are the very objects of old."""
     most = min(len(old), len(new)) if limit is None else max(min(len(old), len(new), limit), 0)

@@ -55,17 +55,21 @@ def derive(match) -> Facts:
     return match, kind, point, src is not None and fastpath._only_source(match), box
 
 
+_FACTS_AT = identitymemo.Positional()
+
+
 def facts_of(rules: Sequence) -> List[Facts]:
-    """The Facts of each rule's match, in order (identitymemo.kept)."""
-    return identitymemo.kept(FACTS, list(map(operator.attrgetter("match"), rules)), derive)
+    """The Facts of each rule's match, in order (identitymemo.kept, by position first)."""
+    return _FACTS_AT.kept(FACTS, list(map(operator.attrgetter("match"), rules)), derive)
 
 
 FIELD_BITS: Dict[int, Tuple[object, int]] = {}  # id(match) -> (match, compile._match_fields(match))
+_FIELD_BITS_AT = identitymemo.Positional()
 
 
 def field_bits(matches: List, derive) -> List[int]:
     """derive(match) of each match (compile's fields a slot constrains), kept as FACTS are."""
-    return list(map(operator.itemgetter(1), identitymemo.kept(FIELD_BITS, matches, lambda m: (m, derive(m)))))
+    return list(map(operator.itemgetter(1), _FIELD_BITS_AT.kept(FIELD_BITS, matches, lambda m: (m, derive(m)))))
 
 
 def trim(rules: int) -> None:
