@@ -79,13 +79,30 @@ class Tables:
             return kept[1]
         h = hashlib.sha256()
         for name, keys, values in made_from:
-            h.update(name.encode() + keys + b"|" + values)
+            h.update(name.encode() + _map_hash(name, keys, values))
         digest = h.hexdigest()[:16]
         self.__dict__["_digest"] = (made_from, digest)
         return digest
 
     def dump(self) -> str:
         return dump(self)
+
+
+# map name -> (keys, values, their sha256) of the last Tables.digest made: a re-plan's maps are
+# mostly the same bytes (the 1.5 MB address directory and value classes of a 10k-rule blocklist
+# stay as they were when a rule is appended), which compare in a fraction of hashing them.
+_MAP_HASHES: Dict[str, Tuple[bytes, bytes, bytes]] = {}
+
+
+def _map_hash(name: str, keys: bytes, values: bytes) -> bytes:
+    last = _MAP_HASHES.get(name)
+    if last is not None and last[0] == keys and last[1] == values:
+        return last[2]
+    h = hashlib.sha256(keys)
+    h.update(b"|")
+    h.update(values)
+    _MAP_HASHES[name] = (keys, values, h.digest())
+    return _MAP_HASHES[name][2]
 
 
 # --- step 2: classes -----------------------------------------------------------------------------

@@ -190,3 +190,19 @@ def test_golden_dump():
     if os.environ.get("IPT2XDP_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(text)
     assert GOLDEN.read_text() == text
+
+
+def test_digest_is_that_of_the_maps_whichever_were_hashed_before():
+    """Tables.digest takes a map's hash from the last digest made only where its bytes are the
+    same: digests made one after another are the ones made afresh."""
+    import ipt2xdp.compile as compile_module
+
+    rulesets = [blocklist(300), blocklist(300) + [ClassifierRule(Match(proto=frozenset({17})), DROP, 900)],
+                blocklist(300, plen=24), blocklist(300)]
+    in_turn = [compile(rules, ACCEPT).digest for rules in rulesets]
+    fresh = []
+    for rules in rulesets:
+        compile_module._MAP_HASHES.clear()
+        fresh.append(compile(rules, ACCEPT).digest)
+    assert in_turn == fresh
+    assert len(set(fresh)) == 3 and fresh[0] == fresh[3]

@@ -232,3 +232,75 @@ def test_only_commands_on_one_modeled_rule_may_skip_the_read_back(args, trusted)
     assert holding.expected_generation("nft", command, ruleset, 41) == (42 if trusted else None)
     assert holding.expected_generation("legacy", command, ruleset, 41) is None
     assert holding.expected_generation("nft", command, ruleset, None) is None
+
+
+SPECS = [["-s", "192.0.2.7", "-j", "ACCEPT"], ["-p", "tcp", "--dport", "22", "-j", "DROP"],
+         ["-s", "10.0.0.0/8", "-m", "comment", "--comment", "two words", "-j", "ACCEPT"], ["-j", "RETURN"],
+         ["-p", "udp", "-m", "udp", "--sport", "53", "-j", "ACCEPT"]]
+
+
+MADE: dict = {}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_an_edited_ruleset_is_the_parse_of_the_edited_text(seed):
+    """predictrules.edited_ruleset, made from the objects of the ruleset it edits, is what parse()
+    of the predicted text gives, spans included, over chains of random edits of random rulesets
+    (each made from the last one's edited ruleset, as the watcher's predictions follow each other)."""
+    import random
+
+    from ipt2xdp.errors import ParseError
+    from ipt2xdp.parse import parse
+    from ipt2xdp.watch import predictrules
+    from tests.fingerprint import canonical, random_ruleset
+
+    rng = random.Random(seed)
+    path = "<iptables-nft-save>"
+    # another table after the one edited, or before it: its rules' lines move, or do not
+    nat = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+           "-A PREROUTING -p tcp --dport 8080 -j REDIRECT --to-ports 80\n-A POSTROUTING -s 10.0.0.0/8 -j MASQUERADE\n"
+           "COMMIT\n")
+    text = random_ruleset(seed) + nat if seed % 2 else nat + random_ruleset(seed)
+    base, made = parse(text, path), 0
+    for _ in range(25):
+        table = rng.choice(base.tables)
+        chain = rng.choice(table.chains)
+        count, letter, spec = len(chain.rules), rng.choice("AAIIRD"), rng.choice(SPECS)
+        if letter in "RD" and not count:
+            continue
+        at = [] if letter == "A" else [str(rng.randint(1, count + (letter == "I")))]
+        command = predict.read_command(["-t", table.name, f"-{letter}", chain.name, *at, *([] if letter == "D" else spec)])
+        layout = predict.Layout(text)
+        found = predict.predicted_edits(text, command, None, layout)
+        if found is None:
+            continue
+        edited = predictrules.edited_ruleset(base, layout, command, found[1], path)
+        text = predict.edited_text(*found)
+        try:
+            base = parse(text, path)
+        except ParseError:
+            assert edited is None
+            break
+        if edited is not None:
+            assert canonical(edited) == canonical(base), (command.letter, command.chain, text)
+            base, made = edited, made + 1
+    MADE[seed] = made
+
+
+def test_most_random_edits_were_made_from_the_ruleset_they_edit():
+    assert len(MADE) == 40 and sum(MADE.values()) >= 40 * 12, MADE  # the test above ran, not only parses
+
+
+def test_a_line_of_more_than_one_rule_leaves_the_edit_to_the_parse():
+    """An address list is one line of the text and a rule per address: the lines after it in its
+    chain are not its rules' places, so its table is parsed (a prediction holding one is read back)."""
+    from ipt2xdp.parse import parse
+    from ipt2xdp.watch import predictrules
+
+    text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 192.0.2.1,192.0.2.2 -j DROP\n-A INPUT -j ACCEPT\nCOMMIT\n"
+    for args in (["-A", "INPUT", "-s", "192.0.2.9", "-j", "DROP"], ["-A", "INPUT", "-s", "192.0.2.8,192.0.2.9", "-j", "DROP"]):
+        command = predict.read_command(args)
+        layout = predict.Layout(text if "," not in args[3] else text.replace("192.0.2.1,192.0.2.2", "192.0.2.1"))
+        found = predict.predicted_edits(layout.text, command, None, layout)
+        assert found is not None
+        assert predictrules.edited_ruleset(parse(layout.text, "p"), layout, command, found[1], "p") is None

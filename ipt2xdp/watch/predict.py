@@ -150,13 +150,27 @@ def predicted_text(text: str, command: Command, matching_rule=None, layout: Opti
     chain, line) -> the 1-based index of the first rule of chain equal to the rule line, or None:
     how a `-D CHAIN <spec>` finds the rule it deletes (warm.py compares parsed rules). layout:
     Layout(text), if made already (used only if it is of this very text)."""
+    found = predicted_edits(text, command, matching_rule, layout)
+    return edited_text(*found) if found is not None else None
+
+
+def edited_text(layout: Layout, edits: list) -> str:
+    lines = list(layout.lines)  # the layout serves the next prediction too
+    for index, removed, inserted in sorted(edits, key=lambda e: e[0], reverse=True):
+        lines[index:index + removed] = inserted
+    return "\n".join(lines)
+
+
+def predicted_edits(text: str, command: Command, matching_rule=None, layout: Optional[Layout] = None):
+    """(Layout(text), [(line index, lines removed there, lines inserted there)]) of what command
+    does to text, or None (predicted_text())."""
     if layout is None or layout.text is not text:
         layout = Layout(text)
     found = layout.table(command.table)
     if found is None:
         return None
     start, end, declared, rules = found
-    lines = list(layout.lines)  # edited below; the layout serves the next prediction too
+    lines = layout.lines  # read only
     chain, letter = command.chain, command.letter
     if chain is not None and chain not in declared and letter != "N":
         return None  # the command fails; if another writer made the chain meanwhile, it is read back
@@ -202,9 +216,7 @@ def predicted_text(text: str, command: Command, matching_rule=None, layout: Opti
         edits.append((declared[chain], 1, [" ".join([words[0], command.policy, words[2]])]))
     else:
         return None
-    for index, removed, inserted in sorted(edits, key=lambda e: e[0], reverse=True):
-        lines[index:index + removed] = inserted
-    return "\n".join(lines)
+    return layout, edits
 
 
 MODE_ENV = "IPT2XDP_WATCH_PREDICT"  # auto (default), always, never

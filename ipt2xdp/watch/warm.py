@@ -219,16 +219,21 @@ class Warm:
         if base_backend != backend or sorted(devices) != devices:  # _sync reads the host anew then
             return
         layout, matcher = self._prepared_base()
-        text = predict.predicted_text(base_text, command, matcher, layout)
-        if text is None:
+        found = predict.predicted_edits(base_text, command, matcher, layout)
+        if found is None:
             return
+        text = predict.edited_text(*found)
         if gc.isenabled():  # as in sync(): off until collect()
             gc.disable()
             self._collector_off = True
         from ipt2xdp.errors import ParseError
+        from ipt2xdp.watch import predictrules
 
+        path = f"<iptables-{backend}-save>"
+        ruleset = predictrules.edited_ruleset(base_ruleset, found[0], command, found[1], path)
         try:
-            ruleset = parse(text, f"<iptables-{backend}-save>", self._parse_memo(text))
+            if ruleset is None:
+                ruleset = parse(text, path, self._parse_memo(text))
         except ParseError:
             return
         host = self.host(devices, backend, [t.name for t in ruleset.tables])
