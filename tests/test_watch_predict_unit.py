@@ -246,7 +246,8 @@ MADE: dict = {}
 def test_an_edited_ruleset_is_the_parse_of_the_edited_text(seed):
     """predictrules.edited_ruleset, made from the objects of the ruleset it edits, is what parse()
     of the predicted text gives, spans included, over chains of random edits of random rulesets
-    (each made from the last one's edited ruleset, as the watcher's predictions follow each other)."""
+    (each made from the last one's edited ruleset, as the watcher's predictions follow each other);
+    predictrules.edited_layout is the layout a scan of the edited text makes."""
     import random
 
     from ipt2xdp.errors import ParseError
@@ -274,8 +275,15 @@ def test_an_edited_ruleset_is_the_parse_of_the_edited_text(seed):
         found = predict.predicted_edits(text, command, None, layout)
         if found is None:
             continue
+        for table_name in ("filter", "nat"):
+            layout.table(table_name)  # laid out, as prepare_prediction() does
         edited = predictrules.edited_ruleset(base, layout, command, found[1], path)
         text = predict.edited_text(*found)
+        moved = predictrules.edited_layout(layout, command, found[1], text)
+        scanned = predict.Layout(text)
+        assert moved.lines == scanned.lines
+        assert {name: moved.table(name) for name in ("filter", "nat")} == \
+            {name: scanned.table(name) for name in ("filter", "nat")}, (command.letter, command.chain, text)
         try:
             base = parse(text, path)
         except ParseError:

@@ -84,6 +84,7 @@ class Warm:
         # did not render as such a prediction (then every sync reads back).
         self.unverified: Optional[int] = None
         self.trust_generations = True
+        self._edited = None  # (text, the Layout it was edited from, the command, its edits) of the last prediction
         self._base_layout = None   # predict.Layout of its text, and the -D rule finder of its
         self._base_matcher = None  # ruleset: made once per read-back (prepare_prediction())
         self._planning = None
@@ -223,6 +224,7 @@ class Warm:
         if found is None:
             return
         text = predict.edited_text(*found)
+        self._edited = (text, found[0], command, found[1])  # its layout is made from the last (_prepared_base)
         if gc.isenabled():  # as in sync(): off until collect()
             gc.disable()
             self._collector_off = True
@@ -251,7 +253,13 @@ class Warm:
         from ipt2xdp.watch import predict
 
         if self._base_layout is None or self._base_layout.text is not self._base[1]:
-            self._base_layout = predict.Layout(self._base[1])
+            edited, self._edited = self._edited, None
+            if edited is not None and edited[0] is self._base[1]:  # the text of the prediction taken
+                from ipt2xdp.watch import predictrules
+
+                self._base_layout = predictrules.edited_layout(edited[1], edited[2], edited[3], edited[0])
+            else:
+                self._base_layout = predict.Layout(self._base[1])
             self._base_matcher = predict.rule_matcher(self._base[2])
         return self._base_layout, self._base_matcher
 
