@@ -385,7 +385,7 @@ class Warm:
                     self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
                 applied = sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
                                       counts_pid=counts_pid, release_later=True, keep=self._leftovers, ahead=ahead,
-                                      later=later)
+                                      later=later, info=info)
                 planned = self._leftovers[-1] if self._leftovers else None
                 held = ahead is not None and planned is not None and planned[0] is ahead.result
                 times["flip" if held else "plan+flip"] = time.monotonic() - mark
