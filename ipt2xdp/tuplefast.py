@@ -46,7 +46,7 @@ from collections import Counter
 from operator import itemgetter
 from typing import List, Optional, Sequence, Tuple
 
-from ipt2xdp import abi, matchmemo
+from ipt2xdp import abi, identitymemo, matchmemo
 from ipt2xdp.classifier import ClassifierRule, IntervalSet, Verdict
 
 K_SRC, K_DST, K_PROTO, K_SPORT, K_DPORT = abi.K_SRC, abi.K_DST, abi.K_PROTO, abi.K_SPORT, abi.K_DPORT
@@ -304,6 +304,10 @@ def _host_u16(value: int) -> int:
     return struct.unpack("!H", struct.pack("=H", value))[0]
 
 
+# (boxes, shape -> set id, their keys) of the last encode(): held, so the boxes keep their ids.
+_LAST_KEYS: list = [[], None, b""]
+
+
 def encode(entries, shapes: Sequence[Shape]) -> Tuple[bytes, bytes, int]:
     """(keys, values, count) of the tuple_fast map: the entries of probed shapes, keyed as
     struct ipt2xdp_exact_key with set_id = the shape's index in gen_config.tuple_fast. Packed
@@ -311,9 +315,16 @@ def encode(entries, shapes: Sequence[Shape]) -> Tuple[bytes, bytes, int]:
     index = {shape: _host_u16(i) for i, shape in enumerate(shapes)}
     chosen = [entry for entry in entries if entry[0][0] in index]
     boxes = list(map(itemgetter(0), chosen))
-    keys = b"".join(map(_KEY.pack, map(itemgetter(1), boxes), map(itemgetter(2), boxes), map(itemgetter(4), boxes),
-                        map(itemgetter(5), boxes), map(index.__getitem__, map(itemgetter(0), boxes)),
-                        map(itemgetter(3), boxes), itertools.repeat(0, len(boxes))))
+    # a key is a function of its box and the shapes: the keys of the boxes the last call began with
+    # (the very objects: matchmemo keeps a match's box) are its bytes, packed again only after them
+    last_boxes, last_index, last_keys = _LAST_KEYS
+    same = identitymemo.identical_prefix(last_boxes, boxes) if last_index == index else 0
+    fresh = boxes[same:]
+    keys = last_keys[:same * _KEY.size] + b"".join(
+        map(_KEY.pack, map(itemgetter(1), fresh), map(itemgetter(2), fresh), map(itemgetter(4), fresh),
+            map(itemgetter(5), fresh), map(index.__getitem__, map(itemgetter(0), fresh)),
+            map(itemgetter(3), fresh), itertools.repeat(0, len(fresh))))
+    _LAST_KEYS[:] = [boxes, index, keys]
     n = len(chosen)
     rule_ids = struct.pack(f"={n}I", *map(itemgetter(1), chosen))
     codes = struct.pack(f"={n}I", *map(itemgetter(2), chosen))

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from ipt2xdp import abi, mapencode, matchmemo, plan as planner, slots, tuplefast, tuplestretch
+from ipt2xdp import abi, classifier, identitymemo, mapencode, matchmemo, plan as planner, slots, tuplefast, tuplestretch
 from ipt2xdp.compile import compile as compile_tables
 from ipt2xdp.parse import ParseMemo, parse
 from tests.test_plan import HOST
@@ -66,7 +66,9 @@ def compiled(result):
 
 KEPT = [(matchmemo, "FACTS", dict), (matchmemo, "FIELD_BITS", dict), (mapencode, "_INDEX_KEYS", bytes),
         (slots, "_MATCH_SHAPES", dict), (slots, "_SET_KEYS", dict), (slots, "_UNIONS", dict),
-        (tuplestretch, "LAST", lambda: None)]
+        (tuplestretch, "LAST", lambda: None), (tuplefast, "_LAST_KEYS", lambda: [[], None, b""]),
+        (matchmemo, "_FACTS_AT", identitymemo.Positional), (matchmemo, "_FIELD_BITS_AT", identitymemo.Positional),
+        (classifier, "_VALIDATED", lambda: [[]])]
 
 
 def fresh(result):

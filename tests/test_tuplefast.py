@@ -185,6 +185,21 @@ def test_shapes_most_entries_first_at_most_four():
     assert fastpath.reduce_classifier(rules, fast) == [rules[-1]]  # the unprobed shape stays
 
 
+def test_keys_packed_before_are_taken_only_for_the_same_boxes_and_shapes():
+    rules = [udp_drop(f"10.0.0.{i}", 53, i) for i in range(1, 6)]
+    rules += [rule(Match(dst=addr(f"192.0.2.{i}"), proto=UDP_, dport=port(443)), DROP, 10 + i) for i in range(3)]
+    fast = fastpath.analyse(rules, action_code)
+    shapes = list(fast.shapes)
+    calls = [(fast.tuples, shapes), (fast.tuples, shapes[::-1]), (fast.tuples[:4], shapes),
+             (fast.tuples[:4] + fast.tuples[5:], shapes), (fast.tuples, shapes)]
+    in_turn = [tuplefast.encode(entries, order) for entries, order in calls]
+    afresh = []
+    for entries, order in calls:
+        tuplefast._LAST_KEYS[:] = [[], None, b""]
+        afresh.append(tuplefast.encode(entries, order))
+    assert in_turn == afresh and in_turn[0] != in_turn[1]
+
+
 def test_compile_writes_the_map_and_the_shapes():
     local = addr("192.0.2.1/32", "224.0.0.0/4")
     rules = [rule(Match(dst=local.complement(U32_MAX)), DEFER, 0)] + \
