@@ -312,3 +312,12 @@ def test_a_line_of_more_than_one_rule_leaves_the_edit_to_the_parse():
         found = predict.predicted_edits(layout.text, command, None, layout)
         assert found is not None
         assert predictrules.edited_ruleset(parse(layout.text, "p"), layout, command, found[1], "p") is None
+
+
+def test_the_switch_interval_is_short_only_while_a_plan_is_made():
+    import sys
+
+    before = sys.getswitchinterval()
+    planning = predict.Planning(None, None, "mirror", "nft", [])  # nothing to plan: it fails at once
+    assert planning.result() is None
+    assert sys.getswitchinterval() == before != predict.PLANNING_SWITCH_INTERVAL

@@ -16,6 +16,7 @@ position iptables-save prints that rule.
 from __future__ import annotations
 
 import os
+import sys
 from typing import List, Optional
 
 _COMMANDS = {
@@ -303,6 +304,9 @@ def rule_matcher(ruleset):
     return matching_rule
 
 
+PLANNING_SWITCH_INTERVAL = 0.0005  # seconds (sys.setswitchinterval)
+
+
 class Planning:
     """The plan of a predicted ruleset (import_._Prepared) and its plan record, made in a thread
     while the watcher's loop goes on: answering the caller's "done", reading the ruleset back (the
@@ -326,6 +330,11 @@ class Planning:
         self._awaited = threading.Event()
         self._thread = threading.Thread(target=self._plan, args=(ruleset,), name="ipt2xdp-predicted-plan",
                                         daemon=True)
+        # While the plan is made, the loop gets the interpreter within half a millisecond of asking
+        # (the default 5 ms, once per syscall of reading the caller's "done", kept the plan going
+        # on into the record the answer does not wait for): restored when the plan is made.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(PLANNING_SWITCH_INTERVAL)
         self._thread.start()
 
     def _plan(self, ruleset) -> None:
@@ -342,6 +351,8 @@ class Planning:
             self._prepared = prepared
         except Exception:  # noqa: BLE001 - only a head start: the sync plans what it reads back itself
             self._prepared = None
+        finally:
+            sys.setswitchinterval(self._switch_interval)
 
     def running(self) -> bool:
         return self._thread.is_alive()
