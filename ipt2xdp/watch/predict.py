@@ -324,6 +324,7 @@ class Planning:
         self.ruleset, self.text = ruleset, None  # the predicted ruleset and its text (warm.py sets it)
         # The nf_tables generation at which the kernel holds this ruleset (watch/holding.py), or None.
         self.expected_generation = None
+        self.target = None  # warm.Warm._target()'s answer it was planned for
         self._prepared = None
         # Set once the sync waits for the plan: the record is then made after the answer, if the
         # sync leaves it for later (a native launcher's), not while the caller waits.

@@ -244,6 +244,9 @@ class Warm:
         self._planning = predict.Planning(ruleset, host, record.get("ipsets", "mirror"), backend, devices)
         self._planning_pid = pid
         self._planning.text = text
+        # what the sync after its "done" reads again otherwise: nothing flips in between (the caller,
+        # or this watcher for a launcher, holds the wrapper's lock)
+        self._planning.target = target
         if self.trust_generations and ran_on == backend:
             self._planning.expected_generation = holding.expected_generation(backend, command, base_ruleset,
                                                                              base_generation)
@@ -340,7 +343,9 @@ class Warm:
         started = time.monotonic()
         if counts_pid is None:
             self._drop_planning()
-        target = self._target(backend)
+        planning = self._planning
+        held_for = planning is not None and counts_pid is not None and self._planning_pid == counts_pid
+        target = planning.target if held_for and planning.target is not None else self._target(backend)
         if target is None:
             self._drop_planning()
             return "ipt2xdp is not loaded in this network namespace; nothing to do"
@@ -385,7 +390,7 @@ class Warm:
                     self._memo(host, sum(len(c.rules) for t in ruleset.tables for c in t.chains))
                 applied = sync.replan(backend, ruleset, host if sorted(devices) == devices else None, rendered,
                                       counts_pid=counts_pid, release_later=True, keep=self._leftovers, ahead=ahead,
-                                      later=later, info=info)
+                                      later=later)  # its own status read: a detach meanwhile is seen
                 planned = self._leftovers[-1] if self._leftovers else None
                 held = ahead is not None and planned is not None and planned[0] is ahead.result
                 times["flip" if held else "plan+flip"] = time.monotonic() - mark

@@ -188,8 +188,7 @@ def abort(enforcing_before: bool, mark: int) -> None:
 
 
 def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: int | None = None,
-           release_later: bool = False, keep: list | None = None, ahead=None, later: list | None = None,
-           info: dict | None = None):
+           release_later: bool = False, keep: list | None = None, ahead=None, later: list | None = None):
     """Plan, compile and flip to the kernel's ruleset now (import --live on the attached devices),
     carrying XDP's per-rule counts over to the new plan. ruleset and host: already read by the
     caller, after the point its own changes are covered from; text: the ruleset rendered, if at hand;
@@ -201,11 +200,11 @@ def replan(backend_name: str, ruleset=None, host=None, text=None, counts_pid: in
     (`ipt2xdp watch`'s prediction), flipped to only if it holds for ruleset and host, as an import's
     plan of its input; later: a list the plan record's save and the counts' carrying are appended
     to instead of being done (`ipt2xdp watch` does them after its answer, under the wrapper's lock
-    it holds for a native launcher); info: loader.status(include_counters=False) as the caller read
-    it under the wrapper's lock, if it did. Returns the flip's loader.ApplyResult (None: not loaded)."""
+    it holds for a native launcher). Returns the flip's loader.ApplyResult (None: not loaded: read
+    here, right before the flip, as `ipt2xdp detach` takes no wrapper lock)."""
     from ipt2xdp import gcpause, loader
 
-    info = info or loader.status(include_counters=False)
+    info = loader.status(include_counters=False)
     if not info.get("loaded"):
         return None
     with guarded_flip(), gcpause.paused():
