@@ -56,7 +56,7 @@ def _encoded_from(record: dict, kept: dict) -> str:
     """json.dumps(_stored(record)), byte for byte, taking from the last call with this `kept` what
     the records have in common. A long-lived planner's record holds the very decision records and
     counter-path lists of its last one for the rules before a change (report.decision_records,
-    import_._path_records; records are read-only): where this record's lists start with the same
+    planrecord.path_records; records are read-only): where this record's lists start with the same
     objects, their columns and the JSON of their whole JSON_CHUNK-item pieces are the last ones.
     (json.dumps of a list is "[" + ", ".join(each item's) + "]", so pieces join to the same text.)"""
     decisions, paths = record.get("decisions"), record.get("counter_paths")

@@ -28,7 +28,7 @@ def test_fingerprint_unchanged(name):
 def test_canonical_text_from_the_plans_rule_texts_is_the_rendered_copy(name):
     """What an import digests and stores (render.canonical with the decisions' texts) is
     render(ruleset.without_positions()), which `status` and drift compute from scratch."""
-    from ipt2xdp.commands.import_ import _canonical
+    from ipt2xdp.planrecord import canonical_text
     from ipt2xdp.errors import ParseError
     from ipt2xdp.parse import parse
     from ipt2xdp.plan import plan
@@ -41,5 +41,5 @@ def test_canonical_text_from_the_plans_rule_texts_is_the_rendered_copy(name):
     except ParseError:
         pytest.skip("not a ruleset")
     result = plan(ruleset, HOSTS[host])
-    assert _canonical(ruleset, result) == render(ruleset.without_positions())
+    assert canonical_text(ruleset, result) == render(ruleset.without_positions())
     assert len(result.decisions) >= sum(len(c.rules) for t in ruleset.tables for c in t.chains)

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from ipt2xdp import decisions, identitymemo, planprefix, planstore, report
+from ipt2xdp import decisions, identitymemo, planprefix, planrecord, planstore, report
 from ipt2xdp import plan as planner
 from ipt2xdp.parse import ParseMemo, parse
 from tests.fingerprint import HOSTS
@@ -47,7 +47,7 @@ def outcome(result, ruleset, host):
 
     prepared = import_._Prepared.__new__(import_._Prepared)
     prepared.host, prepared.result, prepared.ipset_mode, prepared._record = host, result, "mirror", None
-    prepared.text = import_._canonical(ruleset, result)
+    prepared.text = planrecord.canonical_text(ruleset, result)
     return result, report.decision_records(result), report.summary(result), prepared.plan_record("nft", ["rcv0"], ruleset)[1]
 
 

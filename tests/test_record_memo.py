@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The plan record a long-lived planner makes (import_._RECORD_PARTS: the last record's decision
+"""The plan record a long-lived planner makes (planrecord.RECORD_PARTS: the last record's decision
 records, counter paths, and the JSON of their pieces and of the verdict names) is, after every
 edit, byte for byte the record made with nothing kept; and a reuse that does not compare the
 objects it takes over is caught by the same comparison."""
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ipt2xdp import plan as planner, planstore
+from ipt2xdp import plan as planner, planrecord, planstore
 from ipt2xdp.commands import import_
 from ipt2xdp.parse import ParseMemo, parse
 from tests.test_compile_memo import stretch_edits, text_of
@@ -18,7 +18,7 @@ from tests.test_plan import HOST
 def _record(ruleset, result, host):
     prepared = import_._Prepared.__new__(import_._Prepared)
     prepared.host, prepared.result, prepared.ipset_mode, prepared._record = host, result, "mirror", None
-    prepared.text = import_._canonical(ruleset, result)
+    prepared.text = planrecord.canonical_text(ruleset, result)
     return prepared.plan_record("nft", ["veth0"], ruleset)
 
 
@@ -35,7 +35,7 @@ def texts():
 def _replan_all():
     """[whether the kept record equals the fresh one] over texts(), as `ipt2xdp watch` makes them."""
     memo, same = ParseMemo(), []
-    for part in import_._RECORD_PARTS.values():
+    for part in planrecord.RECORD_PARTS.values():
         part.clear()
     for text in texts():
         planner.TERM_MEMO = planner.TERM_MEMO if planner.TERM_MEMO else {"host": HOST, "terms": {}}
@@ -55,7 +55,7 @@ def _replan_all():
 def warm():
     yield
     planner.TERM_MEMO = None
-    for part in import_._RECORD_PARTS.values():
+    for part in planrecord.RECORD_PARTS.values():
         part.clear()
 
 
@@ -86,16 +86,16 @@ def test_verdict_names_taken_over_without_comparing_are_caught(warm, monkeypatch
 
 def test_verdict_names_of_rules_not_compared_are_caught(warm, monkeypatch):
     named = []
-    real = import_._other_positions
-    monkeypatch.setattr(import_, "_other_positions", lambda old, new: named.append(len(real(old, new))) or real(old, new))
+    real = planrecord.other_positions
+    monkeypatch.setattr(planrecord, "other_positions", lambda old, new: named.append(len(real(old, new))) or real(old, new))
     assert all(_replan_all()) and sorted(named)[len(named) // 2] < 30, named  # most names were kept
-    monkeypatch.setattr(import_, "_other_positions", lambda old, new: list(range(len(old), len(new))))
+    monkeypatch.setattr(planrecord, "other_positions", lambda old, new: list(range(len(old), len(new))))
     assert not all(_replan_all())
 
 
 @pytest.mark.parametrize("seed", range(30))
 def test_canonical_from_the_decisions_is_the_rendered_ruleset(seed, monkeypatch):
-    """import_._canonical takes each chain's rule texts from the plan's decisions: the text is
+    """planrecord.canonical_text takes each chain's rule texts from the plan's decisions: the text is
     render(ruleset.without_positions()) for random rulesets (user chains, other tables, empty
     chains), and every chain's texts are taken, none rendered again."""
     from ipt2xdp.errors import ParseError
@@ -107,9 +107,9 @@ def test_canonical_from_the_decisions_is_the_rendered_ruleset(seed, monkeypatch)
     except ParseError:
         pytest.skip("the generated ruleset does not parse")
     result = planner.plan(ruleset, HOSTS["receiver"])
-    taken = import_._chain_texts(ruleset, result.decisions)
+    taken = planrecord.chain_texts(ruleset, result.decisions)
     assert set(taken) == {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.rules}
-    assert import_._canonical(ruleset, result) == printer.render(ruleset.without_positions())
+    assert planrecord.canonical_text(ruleset, result) == printer.render(ruleset.without_positions())
 
 
 def test_canonical_with_texts_out_of_place_is_caught(monkeypatch):
@@ -117,6 +117,6 @@ def test_canonical_with_texts_out_of_place_is_caught(monkeypatch):
 
     ruleset = parse(texts()[2], "<r>")
     result = planner.plan(ruleset, HOST)
-    chains = import_._chain_texts(ruleset, result.decisions)
+    chains = planrecord.chain_texts(ruleset, result.decisions)
     wrong = {key: texts[1:] + texts[:1] for key, texts in chains.items()}  # each rule gets its neighbour's text
     assert printer.canonical(ruleset, wrong) != printer.render(ruleset.without_positions())

@@ -14,7 +14,6 @@ Order of a real import, chosen so that XDP and netfilter never disagree:
 """
 from __future__ import annotations
 
-import operator
 import sys
 from dataclasses import replace
 
@@ -135,11 +134,12 @@ def _run(args, mark: int, preload=None) -> int:
         old = loaded.get("plan", {}).get("decisions") if loaded and loaded.get("plan") else None
         maps = _map_diff(result, loaded, host, backends.resolve(args.backend))
         if args.json:
-            from ipt2xdp import drift, planstore
+            from ipt2xdp import drift, planrecord, planstore
 
             # The digests an import of this ruleset would record: equal to `status --json`'s when in step.
             print(report.as_json(result, old, {"devices": devices, "source": path,
-                                               "source_digest": planstore.digest(_canonical(ruleset, result), devices),
+                                               "source_digest": planstore.digest(
+                                                   planrecord.canonical_text(ruleset, result), devices),
                                                "host_digest": drift.host_digest(host)}, map_diff=maps))
         else:
             print(report.as_table(result, old, colour=report.use_colour(sys.stdout), map_diff=maps))
@@ -238,45 +238,12 @@ def _loaded(settled: bool = False):
     return info
 
 
-def _canonical(ruleset, result) -> str:
-    """render(ruleset.without_positions()), reusing the rule texts the plan's decisions hold."""
-    from ipt2xdp.render import canonical
-
-    return canonical(ruleset, _chain_texts(ruleset, result.decisions))
-
-
-def _chain_texts(ruleset, decisions) -> dict:
-    """(table, chain) -> its rules' texts, from the decisions: decide() makes one per rule, chain
-    by chain in the ruleset's order (and filter/INPUT's policy first), so a chain's are a slice.
-    A chain whose slice does not start and end with its first and last rule is left out (rendered
-    then); so is every chain after it."""
-    texts = list(map(operator.attrgetter("text"), decisions))
-    out, at = {}, 0
-    for table in ruleset.tables:
-        for chain in table.chains:
-            if at < len(decisions) and decisions[at].ref.index == 0 and \
-                    (decisions[at].ref.table, decisions[at].ref.chain) == (table.name, chain.name):
-                at += 1  # a policy's decision
-            n = len(chain.rules)
-            if not n:
-                continue
-            if at + n > len(decisions):
-                return out
-            head, tail = decisions[at].ref, decisions[at + n - 1].ref
-            if (head.table, head.chain, head.index, tail.table, tail.chain, tail.index) != \
-                    (table.name, chain.name, 1, table.name, chain.name, n):
-                return out
-            out[(table.name, chain.name)] = texts[at:at + n]
-            at += n
-    return out
-
-
 class _Prepared:
     """A ruleset planned and compiled for a host, not yet loaded. hold_notices: what planning has
     to say waits in .notices until the plan is used (a plan made ahead may be made again)."""
 
     def __init__(self, ruleset, host, args, backend_name, text=None, hold_notices=False):
-        from ipt2xdp import loader, setguard
+        from ipt2xdp import loader, planrecord, setguard
         from ipt2xdp.compile import compile as compile_tables
         from ipt2xdp.plan import plan
 
@@ -290,36 +257,18 @@ class _Prepared:
         self.tables = compile_tables(self.result.rules, self.result.default, overflow="defer",
                                      nat_new=_nat_new(self.result, backend_name))
         self.tables.set_guard = setguard.with_deadline(expectation, self.result.set_deadline_ns)
-        self.text = text if text is not None else _canonical(ruleset, self.result)
+        self.text = text if text is not None else planrecord.canonical_text(ruleset, self.result)
         self._record = None
 
     def plan_record(self, backend_name: str, devices, ruleset) -> tuple:
         """(the plan store's record of this plan, its JSON) for planstore.save(). Kept: a plan made
         ahead (`ipt2xdp watch`'s prediction) has it made ahead too, from the ruleset it was planned
         from, which renders as the one it is used for (holds()), policies included."""
-        from ipt2xdp import drift, planstore, report
-        from ipt2xdp import plan as planner
+        from ipt2xdp import planrecord
 
         if self._record is not None and self._record[0] == (backend_name, list(devices)):
             return self._record[1]
-        host, result, text = self.host, self.result, self.text
-        # a long-lived planner (TERM_MEMO set) reuses the parts of the last record its plan kept
-        warm = _RECORD_PARTS if planner.TERM_MEMO is not None else None
-        record = {
-            "backend": backend_name,
-            "ipsets": self.ipset_mode,
-            "ruleset_text": text,                  # with "host": what `explain --loaded` plans again
-            "host": planstore.host_record(host),
-            "devices": list(devices),
-            "decisions": report.decision_records(result, None if warm is None else warm["decisions"]),
-            "actions": _verdict_names(result.rules, None if warm is None else warm["actions"]),
-            "counter_paths": _path_records(result.counter_paths, None if warm is None else warm["paths"]),
-            "summary": report.summary(result),
-            # The plan's other input, and the policies the decisions omit: `status` tells drift by them.
-            "host_digest": drift.host_digest(host),
-            "policies": drift.policies(ruleset),
-        }
-        made = (record, planstore.encoded(record, None if warm is None else warm["json"]))
+        made = planrecord.made(self, backend_name, devices, ruleset)
         self._record = ((backend_name, list(devices)), made)
         return made
 
@@ -331,57 +280,6 @@ class _Prepared:
         from ipt2xdp.render import same_canonical
 
         return host == self.given_host and (ruleset is self.ruleset or same_canonical(ruleset, self.ruleset))
-
-
-# What plan records made by a long-lived planner share with the next (report.decision_records'
-# kept, _path_records' kept, planstore.encoded's kept). Only used while plan.TERM_MEMO is set: a one-shot import keeps nothing.
-_RECORD_PARTS: dict = {"decisions": {}, "paths": {}, "json": {}, "actions": {}}
-
-
-def _verdict_names(rules, kept=None) -> list:
-    """kept: what the last call left in it: the name at a position whose classifier rule (frozen)
-    is the very object of the last call's there (a re-plan takes most over from the last plan,
-    planprefix; the guards before them are new) is the last one. The names are the same str
-    objects every time, which planstore.encoded's reuse compares."""
-    from ipt2xdp.classifier import Verdict
-
-    # Enum.name is a property, and an Enum member hashes in Python: the members (singletons) are
-    # looked up by id, in C-level passes
-    names = {id(verdict): verdict.name for verdict in Verdict}
-    other = _other_positions(kept["rules"], rules) if kept else None
-    if other is not None and len(other) < len(rules) // 4:
-        out = kept["names"][:len(rules)]
-        out += rules[len(out):]  # placeholders, each named below
-        for index in other:
-            out[index] = names[id(rules[index].action.verdict)]
-    else:
-        out = list(map(names.__getitem__, map(id, map(operator.attrgetter("action.verdict"), rules))))
-    if kept is not None:
-        kept["rules"], kept["names"] = rules, out[:]
-    return out
-
-
-def _other_positions(old, new) -> list:
-    """The positions in new that do not hold the very object old holds there (tests break it)."""
-    from itertools import compress
-
-    return list(compress(range(len(new)), map(operator.is_not, old, new))) + list(range(len(old), len(new)))
-
-
-def _path_records(paths, kept=None) -> list:
-    """Each counter path as [[table, chain, index], ...]. kept: as report.decision_records' (the
-    path tuples a re-plan takes from the last plan, planprefix, are the same objects); the lists
-    are read-only."""
-    from ipt2xdp.identitymemo import common_prefix
-
-    start, out = 0, []
-    if kept:
-        start = common_prefix(kept["paths"], paths)
-        out = kept["records"][:start]
-    out += [[[r.table, r.chain, r.index] for r in path] for path in paths[start:]]
-    if kept is not None:
-        kept["paths"], kept["records"] = paths, out[:]
-    return out
 
 
 def _record_ahead(ahead, backend_name, devices):
