@@ -291,7 +291,7 @@ _VALIDATED: list = [[]]
 
 def validate(rules: Sequence[ClassifierRule], default: Action) -> None:
     """Raise ValueError for a classifier compile() cannot represent faithfully."""
-    import itertools
+    from ipt2xdp.identitymemo import other_positions
 
     if default.verdict == Verdict.CONTINUE:
         raise ValueError("the default action cannot be CONTINUE")
@@ -300,10 +300,8 @@ def validate(rules: Sequence[ClassifierRule], default: Action) -> None:
     # classifier that passed (a re-plan makes its guards anew and takes the rest over: reading a
     # rule's fields from memory no pass touched since is about as slow as a Python loop); the
     # rules are walked one by one only to name the first one wrong
-    last = _VALIDATED[0]
-    others = list(itertools.compress(range(len(last)), map(operator.is_not, last, rules)))
-    fresh = ([rules[i] for i in others] + list(rules[len(last):]) if len(others) < len(rules) // 4
-             else rules)
+    others = other_positions(_VALIDATED[0], rules)
+    fresh = [rules[i] for i in others] if len(others) < len(rules) // 4 else rules
     ids = list(map(operator.attrgetter("rule_id"), fresh))
     verdicts = list(map(operator.attrgetter("action.verdict"), fresh))
     if (not ids or min(ids) >= 0) and Verdict.CONTINUE not in verdicts:

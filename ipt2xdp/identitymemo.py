@@ -40,16 +40,22 @@ class Positional:
 
     def kept(self, table: Dict[int, tuple], objects: Sequence, make: Callable[[object], tuple]) -> List[tuple]:
         last = self.objects
-        others = list(itertools.compress(range(min(len(last), len(objects))), map(operator.is_not, last, objects)))
-        if not last or len(others) > len(objects) // 4:
+        fresh = other_positions(last, objects)
+        if not last or len(fresh) > len(objects) // 4:
             entries = kept(table, objects, make)
         else:
             entries = self.entries[:len(objects)] + [None] * (len(objects) - len(last))
-            fresh = others + list(range(len(last), len(objects)))
             for index, entry in zip(fresh, kept(table, [objects[i] for i in fresh], make)):
                 entries[index] = entry
         self.objects, self.entries = list(objects), entries
         return entries
+
+
+def other_positions(old: Sequence, new: Sequence) -> List[int]:
+    """The positions in new that do not hold the very object old holds there (pointer compares in
+    C: no item is read), those past old's end included."""
+    return (list(itertools.compress(range(len(new)), map(operator.is_not, old, new)))
+            + list(range(len(old), len(new))))
 
 
 def identical_prefix(old: Sequence, new: Sequence, limit: Optional[int] = None) -> int:

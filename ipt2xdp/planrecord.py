@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import operator
 
+from ipt2xdp.identitymemo import other_positions  # a name of this module: tests break it here
+
 
 def made(prepared, backend_name: str, devices, ruleset) -> tuple:
     """(the record of prepared's plan, its JSON) for planstore.save()."""
@@ -92,13 +94,6 @@ def verdict_names(rules, kept=None) -> list:
     if kept is not None:
         kept["rules"], kept["names"] = rules, out[:]
     return out
-
-
-def other_positions(old, new) -> list:
-    """The positions in new that do not hold the very object old holds there (tests break it)."""
-    from itertools import compress
-
-    return list(compress(range(len(new)), map(operator.is_not, old, new))) + list(range(len(old), len(new)))
 
 
 def path_records(paths, kept=None) -> list:
