@@ -156,10 +156,16 @@ def predicted_text(text: str, command: Command, matching_rule=None, layout: Opti
 
 
 def edited_text(layout: Layout, edits: list) -> str:
-    lines = list(layout.lines)  # the layout serves the next prediction too
+    return "\n".join(edited_lines(layout, edits))
+
+
+def edited_lines(layout: Layout, edits: list) -> List[str]:
+    """layout's lines with the edits (predicted_edits()) made, in a new list: the layout serves
+    the next prediction too."""
+    lines = list(layout.lines)
     for index, removed, inserted in sorted(edits, key=lambda e: e[0], reverse=True):
         lines[index:index + removed] = inserted
-    return "\n".join(lines)
+    return lines
 
 
 def predicted_edits(text: str, command: Command, matching_rule=None, layout: Optional[Layout] = None):

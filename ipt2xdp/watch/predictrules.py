@@ -91,17 +91,17 @@ def edited_layout(layout, command, edits: list, text: str):
     """predict.Layout(text) of the text the one edit leaves, with the tables layout had laid out
     (prepare_prediction(): all of them) moved by the edit instead of scanned again (a pass over
     10k lines costs 5-7 ms, paid after every served change before the next caller's prediction)."""
-    from ipt2xdp.watch.predict import Layout
+    from ipt2xdp.watch.predict import Layout, edited_lines
 
     out = Layout.__new__(Layout)
-    out.text, out._tables = text, {}
-    out.lines = list(layout.lines)
-    for index, removed, inserted in sorted(edits, key=lambda e: e[0], reverse=True):
-        out.lines[index:index + removed] = inserted
+    out.text, out.lines, out._tables = text, edited_lines(layout, edits), {}
     if command.letter not in "AIRD" or len(edits) != 1:
         return out  # laid out when asked
     index, removed, inserted = edits[0]
     shift = len(inserted) - removed
+
+    def moved(line: int) -> int:  # a line the edit neither removed nor inserted
+        return line if line < index else line + shift
     for name, found in layout._tables.items():
         if found is None:
             continue
@@ -109,15 +109,13 @@ def edited_layout(layout, command, edits: list, text: str):
         if end < index:
             out._tables[name] = found
             continue
-        moved = (lambda i: i + shift) if start > index else (lambda i: i if i < index else i + shift)
         chains = {}
         for chain, lines in rules.items():
             at, past = bisect_left(lines, index), bisect_left(lines, index + removed)
             here = [index] if inserted and name == command.table and chain == command.chain else []
-            chains[chain] = lines[:at] + here + [i + shift for i in lines[past:]] if start <= index else \
-                [i + shift for i in lines]
+            chains[chain] = lines[:at] + here + [line + shift for line in lines[past:]]
         if inserted and name == command.table and command.chain not in chains:
             chains[command.chain] = [index]
         chains = {chain: lines for chain, lines in chains.items() if lines}  # as a scan finds them
-        out._tables[name] = (moved(start), end + shift, {c: moved(i) for c, i in declared.items()}, chains)
+        out._tables[name] = (moved(start), moved(end), {c: moved(i) for c, i in declared.items()}, chains)
     return out
