@@ -24,12 +24,9 @@ def load(args):
         return read_live(), "<live>"
     if args.file == "-":
         return parse(sys.stdin.read(), "<stdin>"), "<stdin>"
-    try:
-        with open(args.file, errors="surrogateescape") as f:  # a comment may hold any byte (cli.py)
-            text = f.read()
-    except OSError as error:
-        raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
-    return parse(text, args.file), args.file
+    from ipt2xdp.commands import read_ruleset_file
+
+    return parse(read_ruleset_file(args.file), args.file), args.file
 
 
 def run(args) -> int:

@@ -51,11 +51,9 @@ def _read_input(args):
         raise UsageError("nothing to import: give a FILE, - for stdin, or --live")
     if args.file == "-":
         return sys.stdin.read(), "<stdin>"
-    try:
-        with open(args.file, errors="surrogateescape") as f:  # a comment may hold any byte (cli.py)
-            return f.read(), args.file
-    except OSError as error:
-        raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
+    from ipt2xdp.commands import read_ruleset_file
+
+    return read_ruleset_file(args.file), args.file
 
 
 def _devices(args, loaded):
